@@ -1,0 +1,80 @@
+// GPTConfig: every architectural choice of a flashgpt model, its presets, JSON form and validation.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace flashgpt {
+
+enum class NormKind { LayerNorm, RMSNorm };
+enum class PosKind { Learned, Rope };
+enum class MlpKind { Gelu, SwiGLU };
+// The attention mechanism of every block. Standard is the materialised reference; the attention
+// family (flash, latent) plugs in behind the same seam (attention/attention.h).
+enum class AttentionKind { Standard };
+
+struct GPTConfig {
+  int vocab_size = 50257;
+  int block_size = 1024;  // maximum sequence length
+  int n_layer = 12;
+  int n_head = 12;
+  int n_kv_head = 0;  // 0: same as n_head (multi-head); fewer: grouped-query attention
+  int n_embd = 768;
+  int mlp_hidden = 0;  // 0: 4·n_embd for gelu, 8/3·n_embd rounded up to 64 for swiglu
+  NormKind norm = NormKind::LayerNorm;
+  PosKind pos = PosKind::Learned;
+  MlpKind mlp = MlpKind::Gelu;
+  AttentionKind attention = AttentionKind::Standard;
+  bool post_norm = false;  // add a norm on each sublayer's output before the residual add
+  bool qk_norm = false;    // RMSNorm over the head dim of q and k (learnable gain), before RoPE
+  bool tie_embeddings = true;
+  bool bias = true;  // biases in linear layers and LayerNorm
+  float rope_theta = 10000.0f;
+  float norm_eps = 1e-5f;
+
+  // Derived sizes (valid after validate()).
+  int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }
+  int head_dim() const { return n_embd / n_head; }
+  int q_dim() const { return n_head * head_dim(); }
+  int kv_dim() const { return kv_heads() * head_dim(); }
+  int hidden() const;            // MLP hidden width F
+  int fc_out() const;            // width of the first MLP matmul: F (gelu) or 2F (swiglu)
+  int padded_vocab_size() const;  // vocab rounded up to a multiple of kVocabPadMultiple
+
+  // Throws flashgpt::Error naming the field and the reason when the combination is invalid.
+  void validate() const;
+
+  nlohmann::json to_json() const;
+  // Reads the fields present in `j` over the current values; an unknown field or a value of the
+  // wrong type is an error naming `source` and the field.
+  void update_from_json(const nlohmann::json& j, const std::string& source);
+  static GPTConfig from_json_file(const std::string& path);
+  static GPTConfig preset(const std::string& name);
+  static std::vector<std::string> preset_names();
+  bool operator==(const GPTConfig&) const = default;
+};
+
+inline constexpr int kVocabPadMultiple = 128;
+
+std::string to_string(NormKind k);
+std::string to_string(PosKind k);
+std::string to_string(MlpKind k);
+std::string to_string(AttentionKind k);
+NormKind parse_norm_kind(const std::string& s, const std::string& field);
+PosKind parse_pos_kind(const std::string& s, const std::string& field);
+MlpKind parse_mlp_kind(const std::string& s, const std::string& field);
+AttentionKind parse_attention_kind(const std::string& s, const std::string& field);
+
+// Model size figures shown by `flashgpt info` and used for MFU.
+struct ModelStats {
+  int64_t n_params = 0;               // every trainable parameter (padding rows included)
+  int64_t n_params_non_embedding = 0;
+  double train_flops_per_token = 0;   // 6·N + 6·L·C·T at T = block_size
+  int64_t kv_cache_bytes_per_token = 0;  // all layers, fp32
+};
+ModelStats model_stats(const GPTConfig& c, int seq_len = 0);
+
+}  // namespace flashgpt

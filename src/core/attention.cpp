@@ -1,0 +1,53 @@
+// Checks and dispatch for the attention seam; the arithmetic lives in src/cpu/attention_*_cpu.cpp.
+#include "flashgpt/attention/attention.h"
+
+#include "flashgpt/core/error.h"
+
+namespace flashgpt {
+
+void check_attention_dims(const AttentionDims& d, const AttentionMask& m) {
+  FLASHGPT_CHECK(d.B > 0 && d.Tq > 0 && d.Tk > 0, "attention: batch {} / Tq {} / Tk {} must be positive", d.B, d.Tq,
+                 d.Tk);
+  FLASHGPT_CHECK(d.Hq > 0 && d.Hkv > 0, "attention: head counts must be positive (Hq {}, Hkv {})", d.Hq, d.Hkv);
+  FLASHGPT_CHECK(d.Hq % d.Hkv == 0, "attention: Hq {} is not a multiple of Hkv {}", d.Hq, d.Hkv);
+  FLASHGPT_CHECK(d.Dqk > 0 && d.Dv > 0, "attention: head dims must be positive (Dqk {}, Dv {})", d.Dqk, d.Dv);
+  FLASHGPT_CHECK(d.Tk_stride == 0 || d.Tk_stride >= d.Tk, "attention: Tk_stride {} is smaller than Tk {}",
+                 d.Tk_stride, d.Tk);
+  FLASHGPT_CHECK(!m.causal || m.q_offset >= 0, "attention: causal q_offset {} is negative", m.q_offset);
+}
+
+template <typename T>
+void attention_forward(AttentionKernel kernel, const AttentionDims& d, const AttentionMask& m, T scale, const T* q,
+                       const T* k, const T* v, T* o, T* lse) {
+  check_attention_dims(d, m);
+  switch (kernel) {
+    case AttentionKernel::Standard:
+      cpu::attention_standard_forward(d, m, scale, q, k, v, o, lse);
+      return;
+  }
+  fail("attention: unknown kernel");
+}
+
+template <typename T>
+void attention_backward(AttentionKernel kernel, const AttentionDims& d, const AttentionMask& m, T scale,
+                        const T* q, const T* k, const T* v, const T* o, const T* lse, const T* dout, T* dq, T* dk,
+                        T* dv) {
+  check_attention_dims(d, m);
+  switch (kernel) {
+    case AttentionKernel::Standard:
+      cpu::attention_standard_backward(d, m, scale, q, k, v, o, lse, dout, dq, dk, dv);
+      return;
+  }
+  fail("attention: unknown kernel");
+}
+
+#define FLASHGPT_INSTANTIATE(T)                                                                              \
+  template void attention_forward<T>(AttentionKernel, const AttentionDims&, const AttentionMask&, T, const T*, \
+                                     const T*, const T*, T*, T*);                                            \
+  template void attention_backward<T>(AttentionKernel, const AttentionDims&, const AttentionMask&, T, const T*, \
+                                      const T*, const T*, const T*, const T*, const T*, T*, T*, T*);
+FLASHGPT_INSTANTIATE(float)
+FLASHGPT_INSTANTIATE(double)
+#undef FLASHGPT_INSTANTIATE
+
+}  // namespace flashgpt

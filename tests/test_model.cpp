@@ -1,0 +1,159 @@
+// The model: configs and presets, cached decoding against the full forward, and learning.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+
+#include "flashgpt/core/error.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/model/gpt.h"
+#include "flashgpt/ops/adamw.h"
+
+namespace flashgpt {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, PresetsHaveGpt2Sizes) {
+  // llm.c reports 124,475,904 parameters for GPT-2 124M with the vocabulary padded to 50304.
+  EXPECT_EQ(model_stats(GPTConfig::preset("d12")).n_params, 124475904);
+  EXPECT_EQ(GPTConfig::preset("d12").padded_vocab_size(), 50304);
+  EXPECT_EQ(GPTConfig::preset("d24").n_embd, 1024);
+  EXPECT_EQ(GPTConfig::preset("d48").n_layer, 48);
+  EXPECT_TRUE(GPTConfig::preset("d12_post_norm").post_norm);
+  EXPECT_FALSE(GPTConfig::preset("d12_post_norm").qk_norm);
+  EXPECT_TRUE(GPTConfig::preset("d12_post_norm_qk_norm").qk_norm);
+  for (const auto& name : GPTConfig::preset_names()) EXPECT_NO_THROW(GPTConfig::preset(name).validate()) << name;
+}
+
+TEST(Config, InvalidCombinationsNameTheField) {
+  GPTConfig c = GPTConfig::preset("tiny");
+  c.n_head = 3;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("'n_head'"), std::string::npos);
+  c = GPTConfig::preset("tiny");
+  c.n_kv_head = 3;
+  c.n_head = 4;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("'n_kv_head'"), std::string::npos);
+  c = GPTConfig::preset("tiny");
+  c.n_embd = 6;
+  c.n_head = 2;  // head dim 3: odd, no RoPE
+  c.pos = PosKind::Rope;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("'pos'"), std::string::npos);
+  EXPECT_NE(error_of([] { GPTConfig::preset("d13"); }).find("d13"), std::string::npos);
+  GPTConfig j;
+  EXPECT_NE(error_of([&] { j.update_from_json({{"n_layers", 3}}, "my.json"); }).find("unknown config field 'n_layers'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { j.update_from_json({{"norm", "batchnorm"}}, "my.json"); }).find("batchnorm"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { j.update_from_json({{"n_layer", "six"}}, "my.json"); }).find("my.json"),
+            std::string::npos);
+}
+
+TEST(Config, JsonRoundTrip) {
+  GPTConfig c = GPTConfig::preset("d12_post_norm_qk_norm");
+  c.pos = PosKind::Rope;
+  c.mlp = MlpKind::SwiGLU;
+  c.n_kv_head = 4;
+  GPTConfig d;
+  d.update_from_json(c.to_json(), "round trip");
+  EXPECT_EQ(c, d);
+}
+
+GPTConfig small_config(PosKind pos, int kv_heads, bool qk_norm) {
+  GPTConfig c = GPTConfig::preset("tiny");
+  c.vocab_size = 37;
+  c.block_size = 16;
+  c.n_head = 4;
+  c.n_kv_head = kv_heads;
+  c.pos = pos;
+  c.qk_norm = qk_norm;
+  c.post_norm = qk_norm;
+  return c;
+}
+
+class CachedDecode : public ::testing::TestWithParam<std::tuple<PosKind, int, bool>> {};
+
+TEST_P(CachedDecode, EqualsFullForward) {
+  auto [pos, kv, qkn] = GetParam();
+  GPT<float> model(small_config(pos, kv, qkn));
+  model.init_weights(7);
+  const int64_t B = 2, Tn = 12, Vp = model.config().padded_vocab_size();
+  std::vector<int> tokens(B * Tn);
+  Rng rng(3);
+  for (auto& t : tokens) t = static_cast<int>(rng.next_u64() % 37);
+  model.forward(tokens.data(), nullptr, B, Tn);
+  std::vector<float> full(model.logits(), model.logits() + B * Tn * Vp);
+
+  // Prefill 5 tokens, then one at a time.
+  KVCache<float> cache = model.make_cache(B, 16);
+  const int64_t prefill = 5;
+  std::vector<float> step_logits(B * prefill * Vp);
+  std::vector<int> chunk(B * prefill);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < prefill; ++t) chunk[b * prefill + t] = tokens[b * Tn + t];
+  model.forward_cached(cache, chunk.data(), B, prefill, step_logits.data(), true);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < prefill; ++t)
+      for (int64_t j = 0; j < Vp; ++j)
+        ASSERT_NEAR(step_logits[(b * prefill + t) * Vp + j], full[(b * Tn + t) * Vp + j], 1e-5);
+  for (int64_t t = prefill; t < Tn; ++t) {
+    int next[2] = {tokens[t], tokens[Tn + t]};
+    std::vector<float> last(B * Vp);
+    model.forward_cached(cache, next, B, 1, last.data());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < Vp; ++j) ASSERT_NEAR(last[b * Vp + j], full[(b * Tn + t) * Vp + j], 1e-5) << "t=" << t;
+  }
+  EXPECT_EQ(cache.length, Tn);
+  // KV-cache bytes: 2 · layers · kv_heads · head_dim · 4 per token.
+  EXPECT_EQ(cache.bytes(), model_stats(model.config()).kv_cache_bytes_per_token * 16 * B);
+}
+
+INSTANTIATE_TEST_SUITE_P(Mechanisms, CachedDecode,
+                         ::testing::Combine(::testing::Values(PosKind::Learned, PosKind::Rope),
+                                            ::testing::Values(0, 2, 1), ::testing::Bool()));
+
+TEST(Model, RejectsBadTokensAndLengths) {
+  GPT<float> model(small_config(PosKind::Learned, 0, false));
+  model.init_weights(1);
+  std::vector<int> tokens(20, 1);
+  EXPECT_NE(error_of([&] { model.forward(tokens.data(), nullptr, 1, 20); }).find("block_size 16"), std::string::npos);
+  tokens[3] = 37;
+  EXPECT_NE(error_of([&] { model.forward(tokens.data(), nullptr, 1, 8); }).find("out of range"), std::string::npos);
+  tokens[3] = 1;
+  KVCache<float> cache = model.make_cache(1, 16);
+  std::vector<float> logits(model.config().padded_vocab_size());
+  model.forward_cached(cache, tokens.data(), 1, 16, logits.data());
+  EXPECT_NE(error_of([&] { model.forward_cached(cache, tokens.data(), 1, 1, logits.data()); }).find("exceeds"),
+            std::string::npos);
+}
+
+TEST(Model, ForwardBackwardIsDeterministic) {
+  GPT<float> model(small_config(PosKind::Rope, 2, true));
+  model.init_weights(5);
+  std::vector<int> tokens(32), targets(32);
+  for (int i = 0; i < 32; ++i) {
+    tokens[i] = (i * 7) % 37;
+    targets[i] = (i * 11 + 3) % 37;
+  }
+  model.zero_grad();
+  double l1 = model.forward(tokens.data(), targets.data(), 2, 16);
+  model.backward();
+  std::vector<float> g1(model.grads().begin(), model.grads().end());
+  model.zero_grad();
+  double l2 = model.forward(tokens.data(), targets.data(), 2, 16);
+  model.backward();
+  EXPECT_EQ(l1, l2);
+  EXPECT_TRUE(std::equal(g1.begin(), g1.end(), model.grads().begin()));
+  // Initial loss is close to ln(vocab) for a freshly initialised model.
+  EXPECT_NEAR(l1, std::log(37.0), 0.3);
+}
+
+}  // namespace
+}  // namespace flashgpt
