@@ -8,7 +8,7 @@ packages=(
   libopenblas-openmp-dev liblapacke-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev libpcre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev librapidcheck-dev
-  fortunes
+  zlib1g-dev fortunes
 )
 
 missing=()

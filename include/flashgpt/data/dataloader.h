@@ -1,0 +1,49 @@
+// Batches of (inputs, targets) [B, T] from one or more token shards, as llm.c reads them: a window of
+// B·T + 1 consecutive tokens, targets shifted by one. Windows advance by B·T·world; each of `world`
+// processes starts `rank` windows in, so processes read disjoint data. At the end of a shard the
+// loader moves to the next one, and after the last back to the first (a new epoch).
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace flashgpt {
+
+class DataLoader {
+ public:
+  // pattern: a shard path or glob. vocab_size: tokens at or above it are an error naming the shard.
+  DataLoader(const std::string& pattern, int64_t B, int64_t T, int vocab_size, int rank = 0, int world = 1);
+
+  // Fills inputs and targets, each B·T ints.
+  void next_batch(int* inputs, int* targets);
+  void reset();
+  int64_t total_tokens() const { return total_tokens_; }
+  size_t num_shards() const { return shards_.size(); }
+  const std::string& pattern() const { return pattern_; }
+
+  // Position for checkpoints: resuming from it continues with exactly the next batch.
+  nlohmann::json state() const;
+  void set_state(const nlohmann::json& s, const std::string& source);
+
+ private:
+  struct Shard {
+    std::string path;
+    int64_t ntokens;
+  };
+  void start_shard(size_t index);
+
+  std::string pattern_;
+  int64_t B_, T_;
+  int vocab_size_, rank_, world_;
+  std::vector<Shard> shards_;
+  int64_t total_tokens_ = 0;
+  size_t shard_ = 0;
+  int64_t pos_ = 0;
+  int64_t epoch_ = 0;
+  std::vector<uint16_t> window_;
+};
+
+}  // namespace flashgpt

@@ -1,0 +1,67 @@
+// The training loop: AdamW with a learning-rate schedule, gradient accumulation to a total batch,
+// global-norm clipping, periodic validation, samples and checkpoints, a progress display and a
+// JSONL metrics log. A fixed seed gives identical losses on re-runs with the same thread count, and
+// a resumed run continues exactly as if it had never stopped.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "flashgpt/model/config.h"
+#include "flashgpt/train/schedule.h"
+
+namespace flashgpt {
+
+class Tokenizer;
+
+struct TrainOptions {
+  // Data: shard paths or globs; the tokenizer decodes samples (optional).
+  std::string train_data;
+  std::string val_data;  // empty: no validation
+  std::string tokenizer_path;
+  // Batch: micro-batch B × T; total_batch_tokens (0: B·T) sets gradient accumulation.
+  int64_t batch_size = 4;
+  int64_t seq_len = 64;
+  int64_t total_batch_tokens = 0;
+  int64_t max_steps = 1000;
+  // Optimiser.
+  LrScheduleParams lr;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double weight_decay = 0.1;  // 0: off; matrices only
+  double grad_clip = 1.0;     // 0: off
+  // Evaluation, samples, logs, checkpoints.
+  int64_t val_every = 100;
+  int64_t val_batches = 10;
+  int64_t sample_every = 0;  // 0: off
+  int sample_tokens = 64;
+  int64_t log_every = 10;
+  int64_t save_every = 0;  // 0: only at the end
+  std::string out_dir = "out";
+  std::string metrics_path;  // empty: <out_dir>/metrics.jsonl
+  bool save_optimizer = true;
+  // Reproducibility and robustness.
+  uint64_t seed = 1337;
+  bool overfit_single_batch = false;
+  bool skip_nonfinite = false;  // false: stop with a message on a non-finite loss or gradient
+  std::string resume;           // checkpoint to continue from
+  std::string init_from;        // checkpoint or llm.c model file to start from (weights only)
+  std::optional<bool> progress_bar;  // unset: on when stderr is a terminal
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double final_loss = 0;
+  double final_val_loss = -1;
+  double tokens_per_second = 0;
+  std::string checkpoint;
+};
+
+// Trains a model of `config` (ignored when resuming: the checkpoint's config is used).
+TrainResult train(GPTConfig config, const TrainOptions& opt);
+
+// Measures this machine's sgemm rate (GFLOP/s) on square matrices of size n, median of `repeats`.
+double measure_sgemm_gflops(int n = 1024, int repeats = 5);
+
+}  // namespace flashgpt
