@@ -95,9 +95,9 @@ void GPTConfig::update_from_json(const nlohmann::json& j, const std::string& sou
       FLASHGPT_CHECK(value.is_boolean(), "{}: field '{}' must be true or false, got {}", source, key, value.dump());
       return value.get<bool>();
     };
-    auto as_float = [&]() -> float {
+    auto as_float = [&]() -> double {
       FLASHGPT_CHECK(value.is_number(), "{}: field '{}' must be a number, got {}", source, key, value.dump());
-      return value.get<float>();
+      return value.get<double>();
     };
     auto as_string = [&]() -> std::string {
       FLASHGPT_CHECK(value.is_string(), "{}: field '{}' must be a string, got {}", source, key, value.dump());

@@ -32,8 +32,8 @@ struct GPTConfig {
   bool qk_norm = false;    // RMSNorm over the head dim of q and k (learnable gain), before RoPE
   bool tie_embeddings = true;
   bool bias = true;  // biases in linear layers and LayerNorm
-  float rope_theta = 10000.0f;
-  float norm_eps = 1e-5f;
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-5;
 
   // Derived sizes (valid after validate()).
   int kv_heads() const { return n_kv_head > 0 ? n_kv_head : n_head; }

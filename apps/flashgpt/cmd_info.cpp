@@ -1,0 +1,111 @@
+// flashgpt info: what a model costs (parameters, FLOPs, KV cache) and what this build offers.
+#include <omp.h>
+
+#include <fmt/format.h>
+
+#include <memory>
+
+#include "checkpoint_loading.h"
+#include "commands.h"
+#include "flashgpt/core/threads.h"
+
+extern "C" char* openblas_get_config(void);
+
+namespace flashgpt::cli {
+
+namespace {
+
+struct InfoCli {
+  ModelFlags model;
+  std::string checkpoint;
+  int seq_len = 0;
+  bool json = false;
+};
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) {
+    b /= 1024;
+    ++u;
+  }
+  return fmt::format("{:.{}f} {}", b, u == 0 ? 0 : 2, units[u]);
+}
+
+std::string cpu_features() {
+  std::string f;
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2")) f += "avx2 ";
+  if (__builtin_cpu_supports("fma")) f += "fma ";
+  if (__builtin_cpu_supports("avx512f")) f += "avx512f ";
+  if (__builtin_cpu_supports("avx512bw")) f += "avx512bw ";
+  if (!f.empty()) f.pop_back();
+  return f.empty() ? "none of avx2/fma/avx512" : f;
+}
+
+void run_info(const InfoCli& c) {
+  GPTConfig cfg;
+  if (!c.checkpoint.empty()) {
+    cfg = load_model(c.checkpoint, "").model->config();
+  } else {
+    cfg = c.model.resolve("d12");
+  }
+  const int T = c.seq_len > 0 ? c.seq_len : cfg.block_size;
+  const ModelStats s = model_stats(cfg, T);
+  nlohmann::json build = {{"version", FLASHGPT_VERSION},
+                          {"blas", openblas_get_config()},
+                          {"threads", num_threads()},
+                          {"cpu_features", cpu_features()},
+                          {"devices", {"cpu"}},
+                          {"cuda", "not in this build"},
+                          {"attention_kernels", {"standard"}}};
+  if (c.json) {
+    nlohmann::json j = {{"config", cfg.to_json()},
+                        {"padded_vocab_size", cfg.padded_vocab_size()},
+                        {"parameters", s.n_params},
+                        {"parameters_non_embedding", s.n_params_non_embedding},
+                        {"seq_len", T},
+                        {"train_flops_per_token", s.train_flops_per_token},
+                        {"forward_flops_per_token", s.train_flops_per_token / 3},
+                        {"kv_cache_bytes_per_token", s.kv_cache_bytes_per_token},
+                        {"kv_cache_bytes_at_seq_len", s.kv_cache_bytes_per_token * T},
+                        {"build", build}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("model\n");
+  std::printf("  layers %d, heads %d (kv heads %d), width %d, head dim %d, MLP %s %d, context %d\n", cfg.n_layer,
+              cfg.n_head, cfg.kv_heads(), cfg.n_embd, cfg.head_dim(), to_string(cfg.mlp).c_str(), cfg.hidden(),
+              cfg.block_size);
+  std::printf("  norm %s%s%s, positions %s, attention %s, %s LM head, %s\n", to_string(cfg.norm).c_str(),
+              cfg.post_norm ? " + post-norm" : "", cfg.qk_norm ? " + qk-norm" : "", to_string(cfg.pos).c_str(),
+              to_string(cfg.attention).c_str(), cfg.tie_embeddings ? "tied" : "untied",
+              cfg.bias ? "biases" : "no biases");
+  std::printf("  vocab %d (padded to %d)\n", cfg.vocab_size, cfg.padded_vocab_size());
+  std::printf("parameters\n  %lld total (%.2fM), %lld without embeddings\n", static_cast<long long>(s.n_params),
+              static_cast<double>(s.n_params) / 1e6, static_cast<long long>(s.n_params_non_embedding));
+  std::printf("FLOPs per token (T = %d)\n  training %.3g (6N + 6LCT), forward %.3g\n", T, s.train_flops_per_token,
+              s.train_flops_per_token / 3);
+  std::printf("KV cache (fp32)\n  %s per token (%lld bytes), %s for %d tokens\n",
+              human_bytes(static_cast<double>(s.kv_cache_bytes_per_token)).c_str(),
+              static_cast<long long>(s.kv_cache_bytes_per_token),
+              human_bytes(static_cast<double>(s.kv_cache_bytes_per_token) * T).c_str(), T);
+  std::printf("build\n  flashgpt %s | devices: cpu (CUDA not in this build) | attention kernels: standard\n",
+              FLASHGPT_VERSION);
+  std::printf("  BLAS: %s | threads: %d | CPU: %s\n", openblas_get_config(), num_threads(), cpu_features().c_str());
+}
+
+}  // namespace
+
+void register_info(CLI::App& app) {
+  auto c = std::make_shared<InfoCli>();
+  CLI::App* sub = app.add_subcommand("info", "Parameters, FLOPs per token, KV-cache size, and this build's features");
+  add_model_flags(*sub, c->model);
+  sub->add_option("-c,--checkpoint", c->checkpoint, "Describe this checkpoint's model instead")
+      ->check(CLI::ExistingFile);
+  sub->add_option("-t,--seq-len", c->seq_len, "Sequence length for FLOPs and the KV cache (default: block size)");
+  sub->add_flag("--json", c->json, "Print one JSON object");
+  sub->callback([c] { run_info(*c); });
+}
+
+}  // namespace flashgpt::cli

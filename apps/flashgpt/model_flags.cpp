@@ -1,0 +1,89 @@
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "commands.h"
+
+namespace flashgpt::cli {
+
+GPTConfig ModelFlags::resolve(const std::string& default_preset) const {
+  GPTConfig c = GPTConfig::preset(preset.empty() ? default_preset : preset);
+  if (!config_file.empty()) {
+    GPTConfig from_file = GPTConfig::from_json_file(config_file);
+    c = from_file;
+  }
+  for (const auto& apply : overrides) apply(c);
+  c.validate();
+  return c;
+}
+
+namespace {
+
+template <typename T>
+void field(CLI::App& app, ModelFlags& f, const std::string& name, const std::string& help, T GPTConfig::*member) {
+  app.add_option_function<T>(
+         name, [&f, member](const T& v) { f.overrides.push_back([member, v](GPTConfig& c) { c.*member = v; }); },
+         help)
+      ->group("Model");
+}
+
+void toggle(CLI::App& app, ModelFlags& f, const std::string& name, const std::string& help, bool GPTConfig::*member) {
+  app.add_flag_function(
+         "--" + name + ",!--no-" + name,
+         [&f, member](int64_t count) {
+           f.overrides.push_back([member, count](GPTConfig& c) { c.*member = count > 0; });
+         },
+         help)
+      ->group("Model");
+}
+
+template <typename Enum>
+void choice(CLI::App& app, ModelFlags& f, const std::string& name, const std::string& help,
+            const std::vector<std::string>& choices, Enum GPTConfig::*member, Enum (*parse)(const std::string&, const std::string&)) {
+  app.add_option_function<std::string>(
+         name,
+         [&f, member, parse, name](const std::string& v) {
+           Enum e = parse(v, name);
+           f.overrides.push_back([member, e](GPTConfig& c) { c.*member = e; });
+         },
+         help)
+      ->check(CLI::IsMember(choices))
+      ->group("Model");
+}
+
+}  // namespace
+
+void add_model_flags(CLI::App& app, ModelFlags& f) {
+  app.add_option("--preset", f.preset,
+                 fmt::format("Model preset: {}", fmt::join(GPTConfig::preset_names(), ", ")))
+      ->check(CLI::IsMember(GPTConfig::preset_names()))
+      ->group("Model");
+  app.add_option("--config", f.config_file, "Model config JSON file (fields as in `flashgpt info --json`); "
+                                            "may name a \"preset\" to start from")
+      ->check(CLI::ExistingFile)
+      ->group("Model");
+  field<int>(app, f, "--vocab-size", "Vocabulary size (set from the tokenizer when training)", &GPTConfig::vocab_size);
+  field<int>(app, f, "--block-size", "Maximum sequence length (context)", &GPTConfig::block_size);
+  field<int>(app, f, "--n-layer", "Number of blocks", &GPTConfig::n_layer);
+  field<int>(app, f, "--n-head", "Query heads per block", &GPTConfig::n_head);
+  field<int>(app, f, "--n-kv-head", "Key/value heads (fewer than --n-head: grouped-query attention; 0: same)",
+             &GPTConfig::n_kv_head);
+  field<int>(app, f, "--n-embd", "Model width", &GPTConfig::n_embd);
+  field<int>(app, f, "--mlp-hidden", "MLP hidden width (0: 4×width for gelu, 8/3×width for swiglu)",
+             &GPTConfig::mlp_hidden);
+  choice<NormKind>(app, f, "--norm", "Norm: layernorm or rmsnorm", {"layernorm", "rmsnorm"}, &GPTConfig::norm,
+                   &parse_norm_kind);
+  choice<PosKind>(app, f, "--pos", "Positions: learned or rope", {"learned", "rope"}, &GPTConfig::pos,
+                  &parse_pos_kind);
+  choice<MlpKind>(app, f, "--mlp", "MLP: gelu or swiglu", {"gelu", "swiglu"}, &GPTConfig::mlp, &parse_mlp_kind);
+  choice<AttentionKind>(app, f, "--attention", "Attention mechanism: standard", {"standard"}, &GPTConfig::attention,
+                        &parse_attention_kind);
+  toggle(app, f, "post-norm", "Norm each sublayer's output before the residual add (keeps the pre-norm)",
+         &GPTConfig::post_norm);
+  toggle(app, f, "qk-norm", "RMSNorm on queries and keys over the head dim, before RoPE", &GPTConfig::qk_norm);
+  toggle(app, f, "tie-embeddings", "Share the token embedding with the LM head", &GPTConfig::tie_embeddings);
+  toggle(app, f, "bias", "Biases in linear layers and LayerNorm", &GPTConfig::bias);
+  field<double>(app, f, "--rope-theta", "RoPE base frequency", &GPTConfig::rope_theta);
+  field<double>(app, f, "--norm-eps", "Epsilon of the norms", &GPTConfig::norm_eps);
+}
+
+}  // namespace flashgpt::cli
