@@ -74,6 +74,9 @@ void register_train(CLI::App& app) {
       ->capture_default_str()
       ->group(batch);
   sub->add_option("-n,--steps", o.max_steps, "Optimizer steps")->capture_default_str()->group(batch);
+  sub->add_option("--stop-at-step", o.stop_at_step,
+                  "Save and stop after this step, keeping the schedule of --steps (continue with --resume)")
+      ->group(batch);
   const char* optim = "Optimizer";
   sub->add_option("--lr", o.lr.lr, "Peak learning rate")->capture_default_str()->group(optim);
   sub->add_option("--lr-schedule", c->schedule, "cosine, linear, constant or wsd (warmup-stable-decay)")

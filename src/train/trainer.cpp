@@ -43,6 +43,7 @@ void check_options(const TrainOptions& o, const GPTConfig& c) {
   FLASHGPT_CHECK(o.seq_len > 0, "--seq-len: must be positive, got {}", o.seq_len);
   FLASHGPT_CHECK(o.seq_len <= c.block_size, "--seq-len: {} exceeds the model's block_size {}", o.seq_len, c.block_size);
   FLASHGPT_CHECK(o.max_steps > 0, "--steps: must be positive, got {}", o.max_steps);
+  FLASHGPT_CHECK(o.stop_at_step >= 0, "--stop-at-step: must be ≥ 0, got {}", o.stop_at_step);
   const int64_t micro = o.batch_size * o.seq_len;
   FLASHGPT_CHECK(o.total_batch_tokens == 0 || (o.total_batch_tokens >= micro && o.total_batch_tokens % micro == 0),
                  "--total-batch-size: {} tokens is not a multiple of batch × seq-len = {}", o.total_batch_tokens,
@@ -261,6 +262,11 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     if (g_stop_requested) {
       ++step;
       progress.line(fmt::format("interrupted at step {}: saving a checkpoint", step));
+      break;
+    }
+    if (opt.stop_at_step > 0 && step + 1 >= opt.stop_at_step) {
+      ++step;
+      progress.line(fmt::format("stopping at step {} as asked (--stop-at-step); resume with --resume", step));
       break;
     }
   }

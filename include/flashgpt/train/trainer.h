@@ -26,6 +26,7 @@ struct TrainOptions {
   int64_t seq_len = 64;
   int64_t total_batch_tokens = 0;
   int64_t max_steps = 1000;
+  int64_t stop_at_step = 0;  // >0: save and stop after this step (the schedule still spans max_steps)
   // Optimiser.
   LrScheduleParams lr;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
