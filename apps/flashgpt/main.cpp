@@ -2,6 +2,7 @@
 // line naming what went wrong and exits non-zero.
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "commands.h"
 #include "flashgpt/core/error.h"
@@ -24,6 +25,18 @@ int main(int argc, char** argv) {
   flashgpt::cli::register_bench(app);
   flashgpt::cli::register_convert(app);
   flashgpt::cli::register_plot(app);
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    std::string names;
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      known |= sub->get_name() == argv[1];
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      std::fprintf(stderr, "flashgpt: error: unknown command '%s' (choose one of: %s)\n", argv[1], names.c_str());
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::Success& e) {  // --help, --version

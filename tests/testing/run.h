@@ -14,9 +14,17 @@ struct RunResult {
   std::string output;  // stdout and stderr together
 };
 
+// Single-quotes s for the shell.
+inline std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// Runs `command` under bash (for $'…' quoting and the like).
 inline RunResult run_command(const std::string& command) {
   RunResult r;
-  std::FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  std::FILE* pipe = ::popen(("bash -c " + shell_quote(command) + " 2>&1").c_str(), "r");
   if (!pipe) return r;
   std::array<char, 4096> buf{};
   size_t n;

@@ -1,0 +1,162 @@
+// The flashgpt command line end to end: a whole pipeline, --help, and bad input of every kind,
+// each of which must give exactly one error line naming the file or flag, and a non-zero exit.
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <nlohmann/json.hpp>
+
+#include <thread>
+
+#include "flashgpt/core/io.h"
+#include "testing/run.h"
+#include "testing/temp_dir.h"
+
+namespace flashgpt {
+namespace {
+
+using testing::run_flashgpt;
+using testing::RunResult;
+
+// A failed command ends with exactly one error line (after any progress it printed) that names
+// the problem, and exits non-zero.
+void expect_one_error_line(const RunResult& r, const std::string& needle) {
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  const std::string prefix = "flashgpt: error: ";
+  const size_t first = r.output.find(prefix);
+  ASSERT_NE(first, std::string::npos) << r.output;
+  EXPECT_TRUE(first == 0 || r.output[first - 1] == '\n') << r.output;
+  EXPECT_EQ(r.output.find(prefix, first + 1), std::string::npos) << "more than one error line: " << r.output;
+  const std::string error_line = r.output.substr(first);
+  EXPECT_EQ(testing::count_lines(error_line), 1) << "the error is not the last line: " << r.output;
+  EXPECT_NE(error_line.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.output;
+}
+
+const char* kCorpus =
+    "Once upon a time there was a small model.\n%\nIt learned to write one character at a time.\n%\n"
+    "Every night it read the same stories again.\n%\nAnd every morning it wrote a little better.\n";
+
+struct Pipeline : ::testing::Test {
+  testing::TempDir dir;
+  void SetUp() override {
+    std::string text;
+    for (int i = 0; i < 30; ++i) text += kCorpus;
+    write_text_file_atomic(dir / "corpus.txt", text);
+  }
+  std::string prepare() {
+    RunResult r = run_flashgpt("prepare " + (dir / "corpus.txt") + " --out " + (dir / "data") +
+                               " --tokenizer char --doc-separator $'\\n%\\n' --val-fraction 0.1");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return dir / "data";
+  }
+  std::string train_tiny(const std::string& extra = "") {
+    RunResult r = run_flashgpt("train --data " + prepare() + " --preset tiny -b 2 -t 32 --steps 6 --val-every 3 " +
+                               "--val-batches 1 --out " + (dir / "run") + " --no-progress " + extra);
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return dir / "run/ckpt.safetensors";
+  }
+};
+
+TEST_F(Pipeline, PrepareTrainSampleEvalInfoConvertPlot) {
+  const std::string ckpt = train_tiny("--sample-every 3 --sample-tokens 8");
+  EXPECT_TRUE(file_exists(ckpt));
+  RunResult s = run_flashgpt("sample -c " + ckpt + " -p 'Once upon' -n 12 --seed 3 --top-k 5");
+  ASSERT_EQ(s.exit_code, 0) << s.output;
+  EXPECT_EQ(s.output.rfind("Once upon", 0), 0u) << s.output;
+  EXPECT_NE(s.output.find("tokens/s"), std::string::npos);
+  // Same seed, same text.
+  EXPECT_EQ(run_flashgpt("sample -c " + ckpt + " -p 'Once upon' -n 12 --seed 3 --top-k 5 2>/dev/null").output,
+            run_flashgpt("sample -c " + ckpt + " -p 'Once upon' -n 12 --seed 3 --top-k 5 2>/dev/null").output);
+  RunResult e = run_flashgpt("eval -c " + ckpt + " -d '" + (dir / "data/val_*.bin") + "' -t 32 -b 1 --json");
+  ASSERT_EQ(e.exit_code, 0) << e.output;
+  EXPECT_GT(nlohmann::json::parse(e.output)["loss"].get<double>(), 0.0);
+  RunResult i = run_flashgpt("info -c " + ckpt + " --json");
+  ASSERT_EQ(i.exit_code, 0) << i.output;
+  EXPECT_EQ(nlohmann::json::parse(i.output)["config"]["n_layer"], 2);
+  // To llm.c's format and back: the same weights, so the same eval loss.
+  ASSERT_EQ(run_flashgpt("convert " + ckpt + " " + (dir / "model.bin")).exit_code, 0);
+  ASSERT_EQ(run_flashgpt("convert " + (dir / "model.bin") + " " + (dir / "back.safetensors") + " --tokenizer " +
+                         (dir / "data/tokenizer.json"))
+                .exit_code,
+            0);
+  RunResult e2 = run_flashgpt("eval -c " + (dir / "back.safetensors") + " -d '" + (dir / "data/val_*.bin") +
+                              "' -t 32 -b 1 --json");
+  EXPECT_EQ(nlohmann::json::parse(e2.output)["loss"], nlohmann::json::parse(e.output)["loss"]);
+  RunResult p = run_flashgpt("plot " + (dir / "run/metrics.jsonl") + " -o " + (dir / "loss.svg"));
+  ASSERT_EQ(p.exit_code, 0) << p.output;
+  EXPECT_NE(read_text_file(dir / "loss.svg").find("<polyline"), std::string::npos);
+}
+
+TEST(Cli, HelpForEveryCommand) {
+  for (const char* cmd : {"", "prepare", "train", "sample", "eval", "info", "bench", "bench train", "convert", "plot"}) {
+    RunResult r = run_flashgpt(std::string(cmd) + " --help");
+    EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.output;
+    EXPECT_NE(r.output.find("Usage"), std::string::npos) << cmd;
+  }
+  RunResult t = run_flashgpt("train --help");
+  for (const char* flag : {"--post-norm", "--qk-norm", "--pos", "--norm", "--mlp", "--n-kv-head", "--lr-schedule",
+                           "--grad-clip", "--weight-decay", "--overfit-single-batch", "--resume", "--total-batch-size"})
+    EXPECT_NE(t.output.find(flag), std::string::npos) << flag;
+}
+
+TEST(Cli, BadFlagsAndValues) {
+  expect_one_error_line(run_flashgpt("train --bogus-flag 3"), "--bogus-flag");
+  expect_one_error_line(run_flashgpt("info --n-layer three"), "--n-layer");
+  expect_one_error_line(run_flashgpt("info --norm batchnorm"), "--norm");
+  expect_one_error_line(run_flashgpt("info --preset d13"), "--preset");
+  expect_one_error_line(run_flashgpt("info --n-head 7"), "n_head");
+  expect_one_error_line(run_flashgpt("info --n-head 12 --n-kv-head 5"), "n_kv_head");
+  expect_one_error_line(run_flashgpt("frobnicate"), "unknown command 'frobnicate'");
+  expect_one_error_line(run_flashgpt(""), "subcommand");
+}
+
+TEST_F(Pipeline, BadFilesAndData) {
+  expect_one_error_line(run_flashgpt("sample -c " + (dir / "missing.safetensors")), "missing.safetensors");
+  write_text_file_atomic(dir / "junk.safetensors", "not a checkpoint");
+  expect_one_error_line(run_flashgpt("sample -c " + (dir / "junk.safetensors")), "junk.safetensors");
+  write_text_file_atomic(dir / "empty.txt", "  \n\n ");
+  expect_one_error_line(run_flashgpt("prepare " + (dir / "empty.txt") + " --out " + (dir / "e")), "empty corpus");
+  write_text_file_atomic(dir / "bad.json", R"({"n_layer": 2, "n_layers": 3})");
+  expect_one_error_line(run_flashgpt("info --config " + (dir / "bad.json")), "unknown config field 'n_layers'");
+  const std::string data = prepare();
+  expect_one_error_line(run_flashgpt("train --data " + data + " --preset tiny -t 128 --steps 1 --out " + (dir / "o")),
+                        "--seq-len");
+  // Shard tokens beyond the model's vocabulary.
+  expect_one_error_line(run_flashgpt("train --train-data '" + data + "/train_*.bin' --preset tiny --vocab-size 50 " +
+                                     "-b 1 -t 16 --steps 2 --no-progress --out " + (dir / "o")),
+                        "out of range for vocab_size 50");
+  // A truncated shard.
+  const std::string shard = data + "/train_000000.bin";
+  std::string bytes = read_text_file(shard);
+  write_text_file_atomic(dir / "cut.bin", bytes.substr(0, bytes.size() - 3));
+  expect_one_error_line(run_flashgpt("eval -c " + train_tiny() + " -d " + (dir / "cut.bin")), "cut.bin");
+  // A prompt longer than the context.
+  std::string long_prompt(200, 'a');
+  expect_one_error_line(run_flashgpt("sample -c " + (dir / "run/ckpt.safetensors") + " -p " + long_prompt), "prompt");
+  expect_one_error_line(run_flashgpt("sample -c " + (dir / "run/ckpt.safetensors") + " --prompt-ids 1,99999"),
+                        "out of range");
+  // A truncated checkpoint given to --resume.
+  std::string ck = read_text_file(dir / "run/ckpt.safetensors");
+  write_text_file_atomic(dir / "cut.safetensors", ck.substr(0, ck.size() / 2));
+  expect_one_error_line(run_flashgpt("train --data " + data + " --resume " + (dir / "cut.safetensors") +
+                                     " --steps 10 --no-progress --out " + (dir / "r")),
+                        "cut.safetensors");
+}
+
+TEST_F(Pipeline, KillingARunWhileItSavesLeavesALoadableCheckpoint) {
+  const std::string data = prepare();
+  // Saves after every step; kill -9 lands at varied points, often mid-write.
+  for (int delay_ms : {150, 230, 310, 390}) {
+    const std::string out = dir / ("kill" + std::to_string(delay_ms));
+    const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(FLASHGPT_BINARY) + " train --data " + data +
+                            " --preset tiny --n-embd 64 -b 4 -t 32 --steps 100000 --save-every 1 --no-progress --out " +
+                            out + " > /dev/null 2>&1 & pid=$!; sleep " + std::to_string(delay_ms / 1000.0) +
+                            "; kill -9 $pid; wait $pid";
+    testing::run_command(cmd);
+    if (!file_exists(out + "/ckpt.safetensors")) continue;  // killed before the first save
+    RunResult r = run_flashgpt("info -c " + out + "/ckpt.safetensors --json");
+    EXPECT_EQ(r.exit_code, 0) << "delay " << delay_ms << ": " << r.output;
+  }
+}
+
+}  // namespace
+}  // namespace flashgpt
