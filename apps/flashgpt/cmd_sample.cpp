@@ -82,6 +82,7 @@ void run_sample(SampleCli& c) {
     });
     const double secs = t.seconds();
     std::printf("\n");
+    std::fflush(stdout);
     std::fprintf(stderr, "[%zu tokens in %.2f s, %.1f tokens/s; stopped: %s]\n", r.tokens.size(), secs,
                  static_cast<double>(r.tokens.size()) / std::max(secs, 1e-9), r.stop_reason.c_str());
   }
