@@ -5,6 +5,8 @@
 #include <memory>
 
 #include "commands.h"
+
+extern "C" char* openblas_get_corename(void);
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/threads.h"
@@ -76,6 +78,7 @@ void run_bench_train(const BenchTrainCli& c) {
                         {"batch", B},
                         {"seq", T},
                         {"threads", num_threads()},
+                        {"blas_kernels", openblas_get_corename()},
                         {"steps", c.steps},
                         {"step_s_median", step_s},
                         {"step_s_min", *std::min_element(times.begin(), times.end())},
@@ -96,8 +99,8 @@ void run_bench_train(const BenchTrainCli& c) {
   std::printf("  step time  median %.3f s (min %.3f, max %.3f over %d steps)\n", step_s,
               *std::min_element(times.begin(), times.end()), *std::max_element(times.begin(), times.end()), c.steps);
   std::printf("  throughput %.0f tokens/s, %.1f model GFLOP/s (6N + 6LCT per token)\n", tok_s, model_gflops);
-  std::printf("  sgemm      %.1f GFLOP/s (%d³, best of before/after: %.1f / %.1f)\n", gemm, c.gemm_size, gemm_before,
-              gemm_after);
+  std::printf("  sgemm      %.1f GFLOP/s (%d³, best of before/after: %.1f / %.1f; OpenBLAS %s kernels)\n", gemm,
+              c.gemm_size, gemm_before, gemm_after, openblas_get_corename());
   std::printf("  MFU        %.1f%% of the measured sgemm rate\n", mfu * 100);
 }
 

@@ -10,6 +10,7 @@
 #include "flashgpt/core/threads.h"
 
 extern "C" char* openblas_get_config(void);
+extern "C" char* openblas_get_corename(void);
 
 namespace flashgpt::cli {
 
@@ -54,6 +55,7 @@ void run_info(const InfoCli& c) {
   const ModelStats s = model_stats(cfg, T);
   nlohmann::json build = {{"version", FLASHGPT_VERSION},
                           {"blas", openblas_get_config()},
+                          {"blas_kernels", openblas_get_corename()},
                           {"threads", num_threads()},
                           {"cpu_features", cpu_features()},
                           {"devices", {"cpu"}},
@@ -92,7 +94,15 @@ void run_info(const InfoCli& c) {
               human_bytes(static_cast<double>(s.kv_cache_bytes_per_token) * T).c_str(), T);
   std::printf("build\n  flashgpt %s | devices: cpu (CUDA not in this build) | attention kernels: standard\n",
               FLASHGPT_VERSION);
-  std::printf("  BLAS: %s | threads: %d | CPU: %s\n", openblas_get_config(), num_threads(), cpu_features().c_str());
+  std::printf("  BLAS: %s | kernels: %s | threads: %d | CPU: %s\n", openblas_get_config(), openblas_get_corename(),
+              num_threads(), cpu_features().c_str());
+  const std::string core = openblas_get_corename();
+  if (cpu_features().find("avx512bw") != std::string::npos && core.find("kylakex") == std::string::npos &&
+      core.find("ooperlake") == std::string::npos && core.find("apphire") == std::string::npos) {
+    std::printf("  hint: this CPU has AVX-512 but OpenBLAS chose its %s kernels; OPENBLAS_CORETYPE=SkylakeX in the\n"
+                "        environment selects the AVX-512 ones (about 1.7x faster training steps on such CPUs)\n",
+                core.c_str());
+  }
 }
 
 }  // namespace
