@@ -98,6 +98,21 @@ TEST(Cli, HelpForEveryCommand) {
     EXPECT_NE(t.output.find(flag), std::string::npos) << flag;
 }
 
+TEST(Cli, ConfigFileThenFlagsOverride) {
+  testing::TempDir dir;
+  write_text_file_atomic(dir / "model.json",
+                         R"({"preset": "d12_post_norm", "n_layer": 4, "pos": "rope", "mlp": "swiglu", "n_kv_head": 4})");
+  RunResult r = run_flashgpt("info --config " + (dir / "model.json") + " --n-layer 3 --qk-norm --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  nlohmann::json c = nlohmann::json::parse(r.output)["config"];
+  EXPECT_EQ(c["n_layer"], 3);       // the flag wins over the file
+  EXPECT_EQ(c["pos"], "rope");      // the file wins over the preset
+  EXPECT_EQ(c["post_norm"], true);  // the preset the file names
+  EXPECT_EQ(c["qk_norm"], true);
+  EXPECT_EQ(c["n_kv_head"], 4);
+  EXPECT_EQ(c["n_embd"], 768);
+}
+
 TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("train --bogus-flag 3"), "--bogus-flag");
   expect_one_error_line(run_flashgpt("info --n-layer three"), "--n-layer");

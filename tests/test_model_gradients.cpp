@@ -2,7 +2,7 @@
 // architecture options (2⁸ = 256 models).
 #include <gtest/gtest.h>
 
-#include <omp.h>
+#include <fmt/format.h>
 
 #include "flashgpt/model/gpt.h"
 #include "testing/finite_diff.h"
@@ -31,14 +31,9 @@ GPTConfig config_from_bits(int bits) {
 
 std::string config_name(int bits) {
   GPTConfig c = config_from_bits(bits);
-  std::string s;
-  s += c.post_norm ? "post" : "pre";
-  s += c.qk_norm ? "_qknorm" : "";
-  s += "_" + to_string(c.pos) + "_" + to_string(c.norm) + "_" + to_string(c.mlp);
-  s += c.n_kv_head ? "_mqa" : "_mha";
-  s += c.tie_embeddings ? "_tied" : "_untied";
-  s += c.bias ? "_bias" : "_nobias";
-  return s;
+  return fmt::format("{}{}_{}_{}_{}_{}_{}_{}", c.post_norm ? "post" : "pre", c.qk_norm ? "_qknorm" : "",
+                     to_string(c.pos), to_string(c.norm), to_string(c.mlp), c.n_kv_head ? "mqa" : "mha",
+                     c.tie_embeddings ? "tied" : "untied", c.bias ? "bias" : "nobias");
 }
 
 class ModelGradients : public ::testing::TestWithParam<int> {};

@@ -1,0 +1,106 @@
+// Sampling: token choice rules and generation with the KV cache.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "flashgpt/core/error.h"
+#include "flashgpt/infer/sampler.h"
+
+namespace flashgpt {
+namespace {
+
+TEST(SampleToken, GreedyTopKTopPAndNeverThePadding) {
+  // Real vocabulary of 4; two padding columns with huge logits must never be chosen.
+  std::vector<float> logits = {1.0f, 3.0f, 2.0f, 0.5f, 100.0f, 100.0f};
+  Rng rng(1);
+  SampleOptions greedy;
+  greedy.temperature = 0;
+  EXPECT_EQ(sample_token(logits.data(), 4, greedy, rng), 1);
+  SampleOptions top2;
+  top2.top_k = 2;
+  std::set<int> seen;
+  for (int i = 0; i < 500; ++i) seen.insert(sample_token(logits.data(), 4, top2, rng));
+  EXPECT_EQ(seen, (std::set<int>{1, 2}));
+  SampleOptions nucleus;
+  nucleus.top_p = 0.5f;  // token 1 alone holds ~0.64 of the mass
+  for (int i = 0; i < 200; ++i) EXPECT_EQ(sample_token(logits.data(), 4, nucleus, rng), 1);
+  SampleOptions all;
+  seen.clear();
+  for (int i = 0; i < 2000; ++i) seen.insert(sample_token(logits.data(), 4, all, rng));
+  EXPECT_EQ(seen, (std::set<int>{0, 1, 2, 3}));
+}
+
+TEST(SampleToken, FrequenciesFollowTheSoftmax) {
+  std::vector<float> logits = {0.0f, std::log(3.0f)};  // p = 1/4, 3/4
+  Rng rng(9);
+  SampleOptions o;
+  int ones = 0;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) ones += sample_token(logits.data(), 2, o, rng);
+  EXPECT_NEAR(static_cast<double>(ones) / n, 0.75, 0.015);
+}
+
+GPTConfig tiny_model_config() {
+  GPTConfig c = GPTConfig::preset("tiny");
+  c.vocab_size = 20;
+  c.block_size = 16;
+  return c;
+}
+
+TEST(Generate, StopsCleanlyAtTheContextLimit) {
+  GPT<float> model(tiny_model_config());
+  model.init_weights(3);
+  Rng rng(4);
+  SampleOptions o;
+  o.max_new_tokens = 100;
+  o.stop_at_eot = false;
+  std::vector<int> prompt = {1, 2, 3, 4, 5};
+  SampleResult r = generate(model, prompt, o, rng);
+  EXPECT_EQ(r.stop_reason, "context_limit");
+  EXPECT_EQ(prompt.size() + r.tokens.size(), 17u);  // 16 positions of context, the last one predicts one more
+  for (int t : r.tokens) EXPECT_TRUE(t >= 0 && t < 20);
+}
+
+TEST(Generate, GreedyDecodingMatchesArgmaxOfTheFullForward) {
+  GPT<float> model(tiny_model_config());
+  model.init_weights(8);
+  Rng rng(1);
+  SampleOptions o;
+  o.temperature = 0;
+  o.max_new_tokens = 6;
+  o.stop_at_eot = false;
+  std::vector<int> seq = {7, 3};
+  SampleResult r = generate(model, seq, o, rng);
+  ASSERT_EQ(r.tokens.size(), 6u);
+  EXPECT_EQ(r.stop_reason, "max_new_tokens");
+  // Recompute each step with a full (uncached) forward and compare the argmax.
+  const int64_t Vp = model.config().padded_vocab_size();
+  for (int t : r.tokens) {
+    model.forward(seq.data(), nullptr, 1, static_cast<int64_t>(seq.size()));
+    const float* last = model.logits() + (seq.size() - 1) * Vp;
+    EXPECT_EQ(static_cast<int>(std::max_element(last, last + 20) - last), t);
+    seq.push_back(t);
+  }
+}
+
+TEST(Generate, StopsAtEndOfTextAndRejectsBadOptions) {
+  GPT<float> model(tiny_model_config());
+  model.init_weights(8);
+  Rng rng(1);
+  SampleOptions o;
+  o.temperature = 0;
+  std::vector<int> prompt = {7, 3};
+  SampleResult first = generate(model, prompt, o, rng);
+  o.eot_token = first.tokens[0];  // make the first greedy choice the end-of-text token
+  SampleResult r = generate(model, prompt, o, rng);
+  EXPECT_TRUE(r.tokens.empty());
+  EXPECT_EQ(r.stop_reason, "end_of_text");
+  o.top_p = 0;
+  EXPECT_THROW(generate(model, prompt, o, rng), Error);
+  EXPECT_THROW(generate(model, std::vector<int>{}, SampleOptions{}, rng), Error);
+}
+
+}  // namespace
+}  // namespace flashgpt
