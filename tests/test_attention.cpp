@@ -1,8 +1,11 @@
-// The attention seam: the standard kernel against a plain triple-loop reference and finite
-// differences, over GQA/MQA, Tq ≠ Tk with an aligned causal mask, and Dqk ≠ Dv.
+// The attention seam: both kernels against a plain triple-loop reference and finite differences
+// in double, over GQA/MQA, Tq ≠ Tk with an aligned causal mask, key padding, document segments,
+// Dqk ≠ Dv, and (for flash) tiles that do not divide the lengths.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <limits>
 
 #include "flashgpt/attention/attention.h"
@@ -28,11 +31,18 @@ void reference_attention(const AttentionDims& d, const AttentionMask& m, double 
         double mx = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < d.Tk; ++j) {
           if (m.causal && j > m.q_offset + i) continue;
+          if (m.kv_lengths && j >= m.kv_lengths[b]) continue;
+          if (m.q_segments && m.q_segments[b * d.Tq + i] != m.kv_segments[b * d.Tk + j]) continue;
           double acc = 0;
           for (int64_t c = 0; c < d.Dqk; ++c)
             acc += q[((b * d.Tq + i) * d.Hq + h) * d.Dqk + c] * k[((b * d.Tk + j) * d.Hkv + h / group) * d.Dqk + c];
           s[j] = scale * acc;
           mx = std::max(mx, s[j]);
+        }
+        if (std::isinf(mx)) {  // nothing visible: zeros and lse = −∞
+          for (int64_t c = 0; c < d.Dv; ++c) o[((b * d.Tq + i) * d.Hq + h) * d.Dv + c] = 0;
+          lse[(b * d.Hq + h) * d.Tq + i] = mx;
+          continue;
         }
         double sum = 0;
         for (int64_t j = 0; j < d.Tk; ++j) sum += std::isinf(s[j]) ? 0.0 : std::exp(s[j] - mx);
@@ -46,17 +56,35 @@ void reference_attention(const AttentionDims& d, const AttentionMask& m, double 
       }
 }
 
+enum class MaskExtra { None, Padding, Segments };
+
 struct Case {
   const char* name;
   AttentionDims dims;
   AttentionMask mask;
+  MaskExtra extra = MaskExtra::None;
 };
 
-class StandardAttention : public ::testing::TestWithParam<Case> {};
+class AttentionKernels : public ::testing::TestWithParam<std::tuple<AttentionKernel, Case>> {};
 
-TEST_P(StandardAttention, ForwardMatchesReferenceAndBackwardMatchesFiniteDifferences) {
-  const Case& tc = GetParam();
+TEST_P(AttentionKernels, ForwardMatchesReferenceAndBackwardMatchesFiniteDifferences) {
+  const AttentionKernel kernel = std::get<0>(GetParam());
+  Case tc = std::get<1>(GetParam());
   const AttentionDims& d = tc.dims;
+  std::vector<int32_t> lengths(d.B), q_seg(d.B * d.Tq), kv_seg(d.B * d.Tk);
+  if (tc.extra == MaskExtra::Padding) {
+    for (int64_t b = 0; b < d.B; ++b) lengths[b] = static_cast<int32_t>(std::max<int64_t>(1, d.Tk - 2 * b - 1));
+    tc.mask.kv_lengths = lengths.data();
+  }
+  if (tc.extra == MaskExtra::Segments) {  // documents of 3 tokens, offset per sequence
+    for (int64_t b = 0; b < d.B; ++b)
+      for (int64_t j = 0; j < d.Tk; ++j) kv_seg[b * d.Tk + j] = static_cast<int32_t>((j + b) / 3);
+    for (int64_t b = 0; b < d.B; ++b)
+      for (int64_t i = 0; i < d.Tq; ++i) q_seg[b * d.Tq + i] = kv_seg[b * d.Tk + tc.mask.q_offset + i];
+    tc.mask.q_segments = q_seg.data();
+    tc.mask.kv_segments = kv_seg.data();
+  }
+  const AttentionTiling tiles{2, 3};  // tiles that do not divide the lengths
   Rng rng(11);
   auto q = random_vector(d.B * d.Tq * d.Hq * d.Dqk, rng);
   auto k = random_vector(d.B * d.Tk * d.Hkv * d.Dqk, rng);
@@ -65,36 +93,49 @@ TEST_P(StandardAttention, ForwardMatchesReferenceAndBackwardMatchesFiniteDiffere
   const double nan = std::numeric_limits<double>::quiet_NaN();
   std::vector<double> o(d.B * d.Tq * d.Hq * d.Dv, nan), lse(d.B * d.Hq * d.Tq, nan);
   std::vector<double> o_ref(o.size()), lse_ref(lse.size());
-  attention_forward(AttentionKernel::Standard, d, tc.mask, scale, q.data(), k.data(), v.data(), o.data(), lse.data());
+  attention_forward(kernel, d, tc.mask, scale, q.data(), k.data(), v.data(), o.data(), lse.data(), tiles);
   reference_attention(d, tc.mask, scale, q, k, v, o_ref, lse_ref);
   for (size_t i = 0; i < o.size(); ++i) ASSERT_NEAR(o[i], o_ref[i], 1e-12) << "o[" << i << "]";
-  for (size_t i = 0; i < lse.size(); ++i) ASSERT_NEAR(lse[i], lse_ref[i], 1e-12) << "lse[" << i << "]";
+  for (size_t i = 0; i < lse.size(); ++i) {
+    if (std::isinf(lse_ref[i])) {
+      ASSERT_EQ(lse[i], lse_ref[i]) << "lse[" << i << "]";
+    } else {
+      ASSERT_NEAR(lse[i], lse_ref[i], 1e-12) << "lse[" << i << "]";
+    }
+  }
 
   auto R = random_vector(o.size(), rng);
   auto loss = [&] {
-    attention_forward(AttentionKernel::Standard, d, tc.mask, scale, q.data(), k.data(), v.data(), o.data(),
-                      lse.data());
+    attention_forward(kernel, d, tc.mask, scale, q.data(), k.data(), v.data(), o.data(), lse.data(), tiles);
     return dot(R, o.data());
   };
   loss();
   std::vector<double> dq(q.size(), nan), dk(k.size(), nan), dv(v.size(), nan);
-  attention_backward(AttentionKernel::Standard, d, tc.mask, scale, q.data(), k.data(), v.data(), o.data(), lse.data(),
-                     R.data(), dq.data(), dk.data(), dv.data());
+  attention_backward(kernel, d, tc.mask, scale, q.data(), k.data(), v.data(), o.data(), lse.data(), R.data(),
+                     dq.data(), dk.data(), dv.data(), tiles);
   expect_gradient_matches("dq", q.data(), dq.data(), q.size(), loss);
   expect_gradient_matches("dk", k.data(), dk.data(), k.size(), loss);
   expect_gradient_matches("dv", v.data(), dv.data(), v.size(), loss);
 }
 
 INSTANTIATE_TEST_SUITE_P(
-    Shapes, StandardAttention,
-    ::testing::Values(Case{"causal_mha", {2, 3, 3, 5, 5, 4, 4, 0}, {true, 0}},
-                      Case{"noncausal", {1, 2, 2, 4, 6, 4, 4, 0}, {false, 0}},
-                      Case{"gqa", {2, 4, 2, 6, 6, 8, 8, 0}, {true, 0}},
-                      Case{"mqa", {1, 4, 1, 5, 5, 4, 4, 0}, {true, 0}},
-                      Case{"decode_aligned", {2, 2, 1, 2, 7, 4, 4, 0}, {true, 5}},
-                      Case{"single_token", {1, 2, 2, 1, 1, 4, 4, 0}, {true, 0}},
-                      Case{"dqk_ne_dv", {1, 2, 2, 5, 5, 6, 3, 0}, {true, 0}}),
-    [](const auto& p) { return std::string(p.param.name); });
+    Shapes, AttentionKernels,
+    ::testing::Combine(
+        ::testing::Values(AttentionKernel::Standard, AttentionKernel::Flash),
+        ::testing::Values(Case{"causal_mha", {2, 3, 3, 5, 5, 4, 4, 0}, {true, 0}},
+                          Case{"noncausal", {1, 2, 2, 4, 6, 4, 4, 0}, {false, 0}},
+                          Case{"gqa", {2, 4, 2, 6, 6, 8, 8, 0}, {true, 0}},
+                          Case{"mqa", {1, 4, 1, 5, 5, 4, 4, 0}, {true, 0}},
+                          Case{"decode_aligned", {2, 2, 1, 2, 7, 4, 4, 0}, {true, 5}},
+                          Case{"single_token", {1, 2, 2, 1, 1, 4, 4, 0}, {true, 0}},
+                          Case{"dqk_ne_dv", {1, 2, 2, 5, 5, 6, 3, 0}, {true, 0}},
+                          Case{"key_padding", {3, 2, 1, 5, 7, 4, 4, 0}, {false, 0}, MaskExtra::Padding},
+                          Case{"padding_causal", {3, 2, 2, 6, 6, 4, 4, 0}, {true, 0}, MaskExtra::Padding},
+                          Case{"documents", {2, 2, 2, 8, 8, 4, 4, 0}, {true, 0}, MaskExtra::Segments},
+                          Case{"documents_decode", {2, 2, 1, 3, 9, 4, 4, 0}, {true, 6}, MaskExtra::Segments})),
+    [](const auto& p) {
+      return std::string(to_string(std::get<0>(p.param))) + "_" + std::get<1>(p.param).name;
+    });
 
 TEST(AttentionSeam, RejectsInconsistentShapes) {
   std::vector<double> buf(64, 0.0);

@@ -5,6 +5,8 @@
 
 namespace flashgpt {
 
+const char* to_string(AttentionKernel k) { return k == AttentionKernel::Flash ? "flash" : "standard"; }
+
 void check_attention_dims(const AttentionDims& d, const AttentionMask& m) {
   FLASHGPT_CHECK(d.B > 0 && d.Tq > 0 && d.Tk > 0, "attention: batch {} / Tq {} / Tk {} must be positive", d.B, d.Tq,
                  d.Tk);
@@ -14,15 +16,20 @@ void check_attention_dims(const AttentionDims& d, const AttentionMask& m) {
   FLASHGPT_CHECK(d.Tk_stride == 0 || d.Tk_stride >= d.Tk, "attention: Tk_stride {} is smaller than Tk {}",
                  d.Tk_stride, d.Tk);
   FLASHGPT_CHECK(!m.causal || m.q_offset >= 0, "attention: causal q_offset {} is negative", m.q_offset);
+  FLASHGPT_CHECK((m.q_segments == nullptr) == (m.kv_segments == nullptr),
+                 "attention: document masking needs segment ids for both queries and keys");
 }
 
 template <typename T>
 void attention_forward(AttentionKernel kernel, const AttentionDims& d, const AttentionMask& m, T scale, const T* q,
-                       const T* k, const T* v, T* o, T* lse) {
+                       const T* k, const T* v, T* o, T* lse, const AttentionTiling& tiling) {
   check_attention_dims(d, m);
   switch (kernel) {
     case AttentionKernel::Standard:
       cpu::attention_standard_forward(d, m, scale, q, k, v, o, lse);
+      return;
+    case AttentionKernel::Flash:
+      cpu::attention_flash_forward(d, m, flash_tiles(d, tiling, sizeof(T)), scale, q, k, v, o, lse);
       return;
   }
   fail("attention: unknown kernel");
@@ -31,11 +38,15 @@ void attention_forward(AttentionKernel kernel, const AttentionDims& d, const Att
 template <typename T>
 void attention_backward(AttentionKernel kernel, const AttentionDims& d, const AttentionMask& m, T scale,
                         const T* q, const T* k, const T* v, const T* o, const T* lse, const T* dout, T* dq, T* dk,
-                        T* dv) {
+                        T* dv, const AttentionTiling& tiling) {
   check_attention_dims(d, m);
   switch (kernel) {
     case AttentionKernel::Standard:
       cpu::attention_standard_backward(d, m, scale, q, k, v, o, lse, dout, dq, dk, dv);
+      return;
+    case AttentionKernel::Flash:
+      cpu::attention_flash_backward(d, m, flash_tiles(d, tiling, sizeof(T)), scale, q, k, v, o, lse, dout, dq, dk,
+                                    dv);
       return;
   }
   fail("attention: unknown kernel");
@@ -43,9 +54,10 @@ void attention_backward(AttentionKernel kernel, const AttentionDims& d, const At
 
 #define FLASHGPT_INSTANTIATE(T)                                                                              \
   template void attention_forward<T>(AttentionKernel, const AttentionDims&, const AttentionMask&, T, const T*, \
-                                     const T*, const T*, T*, T*);                                            \
+                                     const T*, const T*, T*, T*, const AttentionTiling&);                    \
   template void attention_backward<T>(AttentionKernel, const AttentionDims&, const AttentionMask&, T, const T*, \
-                                      const T*, const T*, const T*, const T*, const T*, T*, T*, T*);
+                                      const T*, const T*, const T*, const T*, const T*, T*, T*, T*,           \
+                                      const AttentionTiling&);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(double)
 #undef FLASHGPT_INSTANTIATE

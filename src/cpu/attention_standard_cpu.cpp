@@ -1,6 +1,6 @@
 // The materialised reference attention: per (batch, head) the full Tq×Tk score matrix is formed
 // with BLAS, masked, soft-maxed and multiplied by V. Its backward recomputes the probabilities
-// from the saved log-sum-exp, exactly as the flash kernels do, so both share one interface.
+// from the saved log-sum-exp, exactly as the flash kernel does, so both share one interface.
 #include <omp.h>
 
 #include <algorithm>
@@ -8,17 +8,29 @@
 #include <limits>
 #include <vector>
 
-#include "flashgpt/attention/attention.h"
+#include "cpu/attention_mask.h"
+#include "cpu/vec_math.h"
 #include "flashgpt/ops/matmul.h"
 
 namespace flashgpt::cpu {
 
 namespace {
 
-// Number of keys query row i may see (keys 0 … limit−1).
-inline int64_t visible_keys(const AttentionDims& d, const AttentionMask& m, int64_t i) {
-  if (!m.causal) return d.Tk;
-  return std::clamp<int64_t>(m.q_offset + i + 1, 0, d.Tk);
+// Overwrites the scores of invisible keys in row i with kMaskedScore; returns the visible count.
+template <typename T>
+int64_t mask_row(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i, T* s) {
+  const int64_t limit = key_limit(d, m, b, i);
+  std::fill(s + limit, s + d.Tk, kMaskedScore<T>);
+  if (!m.q_segments) return limit;
+  int64_t visible = 0;
+  for (int64_t j = 0; j < limit; ++j) {
+    if (same_segment(d, m, b, i, j)) {
+      ++visible;
+    } else {
+      s[j] = kMaskedScore<T>;
+    }
+  }
+  return visible;
 }
 
 }  // namespace
@@ -45,21 +57,15 @@ void attention_standard_forward(const AttentionDims& d, const AttentionMask& m, 
         ops::gemm<T>(false, true, d.Tq, d.Tk, d.Dqk, scale, qb, q_row, kb, k_row, T(0), scores.data(), d.Tk);
         for (int64_t i = 0; i < d.Tq; ++i) {
           T* s = scores.data() + i * d.Tk;
-          const int64_t n = visible_keys(d, m, i);
-          if (n == 0) {  // a row that sees nothing outputs zeros
+          if (mask_row(d, m, b, i, s) == 0) {  // a row that sees nothing outputs zeros
             std::fill(s, s + d.Tk, T(0));
             lb[i] = -std::numeric_limits<T>::infinity();
             continue;
           }
-          T mx = *std::max_element(s, s + n);
-          T sum = 0;
-          for (int64_t j = 0; j < n; ++j) {
-            s[j] = std::exp(s[j] - mx);
-            sum += s[j];
-          }
-          T inv = T(1) / sum;
-          for (int64_t j = 0; j < n; ++j) s[j] *= inv;
-          std::fill(s + n, s + d.Tk, T(0));
+          const T mx = row_max(s, d.Tk);
+          const T sum = exp_shifted_sum(s, d.Tk, mx);
+          const T inv = T(1) / sum;
+          for (int64_t j = 0; j < d.Tk; ++j) s[j] *= inv;
           lb[i] = mx + std::log(sum);
         }
         // O = P V   [Tq, Dv]
@@ -101,9 +107,11 @@ void attention_standard_backward(const AttentionDims& d, const AttentionMask& m,
           ops::gemm<T>(false, true, d.Tq, d.Tk, d.Dqk, scale, qb, q_row, kb, k_row, T(0), P.data(), d.Tk);
           for (int64_t i = 0; i < d.Tq; ++i) {
             T* p = P.data() + i * d.Tk;
-            const int64_t n = visible_keys(d, m, i);
-            for (int64_t j = 0; j < n; ++j) p[j] = std::exp(p[j] - lb[i]);
-            std::fill(p + n, p + d.Tk, T(0));
+            if (mask_row(d, m, b, i, p) == 0) {
+              std::fill(p, p + d.Tk, T(0));
+              continue;
+            }
+            exp_shifted_sum(p, d.Tk, lb[i]);
           }
           // dV += Pᵀ dO ;  dP = dO Vᵀ
           ops::gemm<T>(true, false, d.Tk, d.Dv, d.Tq, T(1), P.data(), d.Tk, dob, o_row, T(1), dvb, v_row);

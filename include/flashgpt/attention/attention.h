@@ -8,13 +8,23 @@
 //   k  [B, Tk_stride, Hkv, Dqk] v  [B, Tk_stride, Hkv, Dv]   (only the first Tk rows are read;
 //                                Tk_stride ≥ Tk lets a KV cache of larger capacity be used in place)
 // Query head h reads key/value head h / (Hq / Hkv): grouped-query attention, MQA when Hkv = 1.
+//
+// Kernels:
+//   Standard — the materialised reference: the whole Tq×Tk score matrix per (batch, head).
+//   Flash    — FlashAttention-2 (Dao 2023): tiles of queries against tiles of keys with an online
+//              softmax; the forward saves only lse, the backward recomputes each tile's
+//              probabilities from it after a D = rowsum(dO ∘ O) pre-pass; tiles wholly masked are
+//              skipped; extra memory is O(tile) per thread, never Tq×Tk.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace flashgpt {
 
-enum class AttentionKernel { Standard };
+enum class AttentionKernel { Standard, Flash };
+
+const char* to_string(AttentionKernel k);
 
 struct AttentionDims {
   int64_t B = 1, Hq = 1, Hkv = 1, Tq = 1, Tk = 1, Dqk = 1, Dv = 1;
@@ -22,11 +32,25 @@ struct AttentionDims {
   int64_t kv_rows() const { return Tk_stride > 0 ? Tk_stride : Tk; }
 };
 
+// Key j is visible to query i of sequence b when every mask present allows it:
+//   causal     — j ≤ q_offset + i: query i sits at absolute position q_offset + i (decoding with a
+//                cache uses q_offset = Tk − Tq);
+//   kv_lengths — j < kv_lengths[b]: keys beyond a sequence's length are padding;
+//   segments   — q_segments[b·Tq + i] == kv_segments[b·kv_rows + j]: packed documents attend only
+//                within themselves (document masking).
+// A query that sees no key outputs zeros and lse = −∞.
 struct AttentionMask {
-  // Causal, aligned at q_offset: query i sits at absolute position q_offset + i and sees keys
-  // 0 … q_offset + i (decoding with a cache uses q_offset = Tk − Tq).
   bool causal = true;
   int64_t q_offset = 0;
+  const int32_t* kv_lengths = nullptr;   // [B]
+  const int32_t* q_segments = nullptr;   // [B, Tq]
+  const int32_t* kv_segments = nullptr;  // [B, kv_rows]
+};
+
+// Tile sizes of the flash kernel; 0 chooses from the cache sizes.
+struct AttentionTiling {
+  int64_t block_q = 0;
+  int64_t block_kv = 0;
 };
 
 // Throws flashgpt::Error naming the bad size when the dims are inconsistent.
@@ -34,13 +58,16 @@ void check_attention_dims(const AttentionDims& d, const AttentionMask& m);
 
 template <typename T>
 void attention_forward(AttentionKernel kernel, const AttentionDims& d, const AttentionMask& m, T scale, const T* q,
-                       const T* k, const T* v, T* o, T* lse);
+                       const T* k, const T* v, T* o, T* lse, const AttentionTiling& tiling = {});
 
-// dq, dk, dv are written (not accumulated).
+// dq, dk, dv are written (not accumulated); dk and dv rows at or beyond Tk are left alone.
 template <typename T>
 void attention_backward(AttentionKernel kernel, const AttentionDims& d, const AttentionMask& m, T scale,
                         const T* q, const T* k, const T* v, const T* o, const T* lse, const T* dout, T* dq, T* dk,
-                        T* dv);
+                        T* dv, const AttentionTiling& tiling = {});
+
+// The tile sizes the flash kernel uses for these dims (after automatic choice).
+AttentionTiling flash_tiles(const AttentionDims& d, const AttentionTiling& requested, size_t element_bytes);
 
 namespace cpu {
 template <typename T>
@@ -49,6 +76,13 @@ void attention_standard_forward(const AttentionDims& d, const AttentionMask& m, 
 template <typename T>
 void attention_standard_backward(const AttentionDims& d, const AttentionMask& m, T scale, const T* q, const T* k,
                                  const T* v, const T* o, const T* lse, const T* dout, T* dq, T* dk, T* dv);
+template <typename T>
+void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, T scale,
+                             const T* q, const T* k, const T* v, T* o, T* lse);
+template <typename T>
+void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, T scale,
+                              const T* q, const T* k, const T* v, const T* o, const T* lse, const T* dout, T* dq,
+                              T* dk, T* dv);
 }  // namespace cpu
 
 }  // namespace flashgpt

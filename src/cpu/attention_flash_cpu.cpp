@@ -1,0 +1,252 @@
+// FlashAttention-2 on the CPU. Each thread takes one (batch, head, query tile) in the forward and
+// one (batch, kv head) in the backward, and works tile by tile with BLAS on the tiles; the scores
+// of one tile pair are the only matrix it ever holds (extra memory O(block_q · block_kv)).
+//
+// Forward, for a query tile Q_i against key/value tiles K_j, V_j (Dao 2023, Algorithm 1):
+//   S = scale·Q_i K_jᵀ;  m' = max(m, rowmax S);  P = exp(S − m');  l = e^{m−m'}·l + rowsum P
+//   O = e^{m−m'}·O + P V_j;   finally O /= l and lse = m + log l.
+// Backward (Algorithm 2), with D = rowsum(dO ∘ O) first:
+//   P = exp(scale·Q_i K_jᵀ − lse);  dV_j += Pᵀ dO_i;  dP = dO_i V_jᵀ;  dS = P ∘ (dP − D)
+//   dQ_i += scale·dS K_j;  dK_j += scale·dSᵀ Q_i.
+// Tile pairs that the mask hides entirely are skipped.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/attention_mask.h"
+#include "cpu/vec_math.h"
+#include "flashgpt/core/error.h"
+#include "flashgpt/ops/matmul.h"
+
+namespace flashgpt {
+
+AttentionTiling flash_tiles(const AttentionDims& d, const AttentionTiling& requested, size_t element_bytes) {
+  FLASHGPT_CHECK(requested.block_q >= 0 && requested.block_kv >= 0, "--flash-block-q/--flash-block-kv: must be ≥ 0");
+  long l2 = ::sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (l2 <= 0) l2 = 1 << 20;
+  // Q, K and V tiles, the score and gradient tiles, and the output accumulator should fit in half
+  // of L2, leaving room for BLAS's packed panels.
+  auto working_set = [&](int64_t bq, int64_t bkv) {
+    return static_cast<long>((bq * d.Dqk + bkv * (d.Dqk + d.Dv) + 2 * bq * bkv + bq * d.Dv) * element_bytes);
+  };
+  AttentionTiling t = requested;
+  if (t.block_q == 0) t.block_q = 64;
+  if (t.block_kv == 0) {
+    t.block_kv = 256;
+    while (t.block_kv > 32 && working_set(t.block_q, t.block_kv) > l2 / 2) t.block_kv /= 2;
+  }
+  t.block_q = std::clamp<int64_t>(t.block_q, 1, d.Tq);
+  t.block_kv = std::clamp<int64_t>(t.block_kv, 1, d.Tk);
+  return t;
+}
+
+namespace cpu {
+
+namespace {
+
+struct SegmentRange {
+  int32_t lo = std::numeric_limits<int32_t>::max(), hi = std::numeric_limits<int32_t>::min();
+  bool overlaps(const SegmentRange& o) const { return lo <= o.hi && o.lo <= hi; }
+};
+
+SegmentRange segment_range(const int32_t* seg, int64_t n) {
+  SegmentRange r;
+  for (int64_t i = 0; i < n; ++i) {
+    r.lo = std::min(r.lo, seg[i]);
+    r.hi = std::max(r.hi, seg[i]);
+  }
+  return r;
+}
+
+// Where the keys a query tile [i0, i0 + br) of sequence b can see end (exclusive).
+int64_t tile_key_end(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i0, int64_t br) {
+  return key_limit(d, m, b, i0 + br - 1);  // the limit only grows with i
+}
+
+// True when no key of [j0, j0 + bc) is visible to any query of [i0, i0 + br).
+bool tile_hidden(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i0, int64_t br, int64_t j0,
+                 int64_t bc) {
+  if (j0 >= tile_key_end(d, m, b, i0, br)) return true;
+  if (!m.q_segments) return false;
+  const SegmentRange qr = segment_range(m.q_segments + b * d.Tq + i0, br);
+  const SegmentRange kr = segment_range(m.kv_segments + b * d.kv_rows() + j0, bc);
+  return !qr.overlaps(kr);
+}
+
+// Masks tile S [br, bc] (leading dim lds) in place; true when some entry was masked.
+template <typename T>
+void mask_tile(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i0, int64_t br, int64_t j0,
+               int64_t bc, T* S, int64_t lds) {
+  if (!m.q_segments && j0 + bc <= key_limit(d, m, b, i0)) return;  // wholly visible
+  for (int64_t r = 0; r < br; ++r) {
+    const int64_t limit = key_limit(d, m, b, i0 + r);
+    T* s = S + r * lds;
+    for (int64_t c = 0; c < bc; ++c) {
+      if (j0 + c >= limit || !same_segment(d, m, b, i0 + r, j0 + c)) s[c] = kMaskedScore<T>;
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, T scale,
+                             const T* q, const T* k, const T* v, T* o, T* lse) {
+  const int64_t group = d.Hq / d.Hkv;
+  const int64_t q_row = d.Hq * d.Dqk, k_row = d.Hkv * d.Dqk, v_row = d.Hkv * d.Dv, o_row = d.Hq * d.Dv;
+  const int64_t kv_rows = d.kv_rows();
+  const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
+  const int64_t n_qt = (d.Tq + Br - 1) / Br;
+#pragma omp parallel
+  {
+    std::vector<T> S(static_cast<size_t>(Br * Bc)), acc(static_cast<size_t>(Br * d.Dv));
+    std::vector<T> row_m(static_cast<size_t>(Br)), row_l(static_cast<size_t>(Br));
+#pragma omp for collapse(3) schedule(dynamic, 1)
+    for (int64_t b = 0; b < d.B; ++b) {
+      for (int64_t h = 0; h < d.Hq; ++h) {
+        for (int64_t qt = 0; qt < n_qt; ++qt) {
+          const int64_t i0 = qt * Br, br = std::min(Br, d.Tq - i0), hk = h / group;
+          const T* Qi = q + (b * d.Tq + i0) * q_row + h * d.Dqk;
+          const T* kb = k + b * kv_rows * k_row + hk * d.Dqk;
+          const T* vb = v + b * kv_rows * v_row + hk * d.Dv;
+          std::fill(row_m.begin(), row_m.end(), kMaskedScore<T>);
+          std::fill(row_l.begin(), row_l.end(), T(0));
+          std::fill(acc.begin(), acc.end(), T(0));
+          const int64_t key_end = tile_key_end(d, m, b, i0, br);
+          for (int64_t j0 = 0; j0 < key_end; j0 += Bc) {
+            const int64_t bc = std::min(Bc, key_end - j0);
+            if (tile_hidden(d, m, b, i0, br, j0, bc)) continue;
+            ops::gemm<T>(false, true, br, bc, d.Dqk, scale, Qi, q_row, kb + j0 * k_row, k_row, T(0), S.data(), Bc);
+            mask_tile(d, m, b, i0, br, j0, bc, S.data(), Bc);
+            for (int64_t r = 0; r < br; ++r) {
+              T* s = S.data() + r * Bc;
+              const T m_new = std::max(row_m[r], row_max(s, bc));
+              if (m_new <= kMaskedScore<T>) {  // nothing visible in this row yet
+                std::fill(s, s + bc, T(0));
+                continue;
+              }
+              const T alpha = std::exp(row_m[r] - m_new);  // 0 while the row had seen nothing
+              const T sum = exp_shifted_sum(s, bc, m_new);
+              row_l[r] = row_l[r] * alpha + sum;
+              row_m[r] = m_new;
+              if (alpha != T(1)) {
+                T* a = acc.data() + r * d.Dv;
+                for (int64_t c = 0; c < d.Dv; ++c) a[c] *= alpha;
+              }
+            }
+            // acc += P V_j
+            ops::gemm<T>(false, false, br, d.Dv, bc, T(1), S.data(), Bc, vb + j0 * v_row, v_row, T(1), acc.data(),
+                         d.Dv);
+          }
+          T* Oi = o + (b * d.Tq + i0) * o_row + h * d.Dv;
+          T* li = lse + (b * d.Hq + h) * d.Tq + i0;
+          for (int64_t r = 0; r < br; ++r) {
+            T* out = Oi + r * o_row;
+            if (row_l[r] == T(0)) {  // the row saw no key
+              std::fill(out, out + d.Dv, T(0));
+              li[r] = -std::numeric_limits<T>::infinity();
+              continue;
+            }
+            const T inv = T(1) / row_l[r];
+            const T* a = acc.data() + r * d.Dv;
+            for (int64_t c = 0; c < d.Dv; ++c) out[c] = a[c] * inv;
+            li[r] = row_m[r] + std::log(row_l[r]);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, T scale,
+                              const T* q, const T* k, const T* v, const T* o, const T* lse, const T* dout, T* dq,
+                              T* dk, T* dv) {
+  const int64_t group = d.Hq / d.Hkv;
+  const int64_t q_row = d.Hq * d.Dqk, k_row = d.Hkv * d.Dqk, v_row = d.Hkv * d.Dv, o_row = d.Hq * d.Dv;
+  const int64_t kv_rows = d.kv_rows();
+  const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
+  // Each (batch, kv head) belongs to one thread: it alone writes that head's dK, dV and the dQ of
+  // its query heads, so no accumulation is shared and results do not depend on scheduling.
+#pragma omp parallel
+  {
+    std::vector<T> P(static_cast<size_t>(Br * Bc)), dP(static_cast<size_t>(Br * Bc)), D(static_cast<size_t>(d.Tq));
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (int64_t b = 0; b < d.B; ++b) {
+      for (int64_t hk = 0; hk < d.Hkv; ++hk) {
+        const T* kb = k + b * kv_rows * k_row + hk * d.Dqk;
+        const T* vb = v + b * kv_rows * v_row + hk * d.Dv;
+        T* dkb = dk + b * kv_rows * k_row + hk * d.Dqk;
+        T* dvb = dv + b * kv_rows * v_row + hk * d.Dv;
+        for (int64_t j = 0; j < d.Tk; ++j) {
+          std::fill(dkb + j * k_row, dkb + j * k_row + d.Dqk, T(0));
+          std::fill(dvb + j * v_row, dvb + j * v_row + d.Dv, T(0));
+        }
+        for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+          const T* qb = q + b * d.Tq * q_row + h * d.Dqk;
+          const T* ob = o + b * d.Tq * o_row + h * d.Dv;
+          const T* dob = dout + b * d.Tq * o_row + h * d.Dv;
+          const T* lb = lse + (b * d.Hq + h) * d.Tq;
+          T* dqb = dq + b * d.Tq * q_row + h * d.Dqk;
+          for (int64_t i = 0; i < d.Tq; ++i) {  // pre-pass: D_i = Σ_c dO_ic O_ic, and dQ = 0
+            T Di = 0;
+            for (int64_t c = 0; c < d.Dv; ++c) Di += dob[i * o_row + c] * ob[i * o_row + c];
+            D[static_cast<size_t>(i)] = Di;
+            std::fill(dqb + i * q_row, dqb + i * q_row + d.Dqk, T(0));
+          }
+          for (int64_t j0 = 0; j0 < d.Tk; j0 += Bc) {
+            const int64_t bc = std::min(Bc, d.Tk - j0);
+            for (int64_t i0 = 0; i0 < d.Tq; i0 += Br) {
+              const int64_t br = std::min(Br, d.Tq - i0);
+              if (tile_hidden(d, m, b, i0, br, j0, bc)) continue;
+              const T* Qi = qb + i0 * q_row;
+              const T* dOi = dob + i0 * o_row;
+              // P = exp(scale · Q_i K_jᵀ − lse)
+              ops::gemm<T>(false, true, br, bc, d.Dqk, scale, Qi, q_row, kb + j0 * k_row, k_row, T(0), P.data(), Bc);
+              mask_tile(d, m, b, i0, br, j0, bc, P.data(), Bc);
+              for (int64_t r = 0; r < br; ++r) {
+                T* p = P.data() + r * Bc;
+                if (!std::isfinite(lb[i0 + r])) {  // the row saw no key at all
+                  std::fill(p, p + bc, T(0));
+                  continue;
+                }
+                exp_shifted_sum(p, bc, lb[i0 + r]);
+              }
+              // dV_j += Pᵀ dO_i ;  dP = dO_i V_jᵀ
+              ops::gemm<T>(true, false, bc, d.Dv, br, T(1), P.data(), Bc, dOi, o_row, T(1), dvb + j0 * v_row, v_row);
+              ops::gemm<T>(false, true, br, bc, d.Dv, T(1), dOi, o_row, vb + j0 * v_row, v_row, T(0), dP.data(), Bc);
+              // dS = P ∘ (dP − D)
+              for (int64_t r = 0; r < br; ++r) {
+                T* p = P.data() + r * Bc;
+                const T* dp = dP.data() + r * Bc;
+                const T Di = D[static_cast<size_t>(i0 + r)];
+                for (int64_t c = 0; c < bc; ++c) p[c] *= dp[c] - Di;
+              }
+              // dQ_i += scale · dS K_j ;  dK_j += scale · dSᵀ Q_i
+              ops::gemm<T>(false, false, br, d.Dqk, bc, scale, P.data(), Bc, kb + j0 * k_row, k_row, T(1),
+                           dqb + i0 * q_row, q_row);
+              ops::gemm<T>(true, false, bc, d.Dqk, br, scale, P.data(), Bc, Qi, q_row, T(1), dkb + j0 * k_row,
+                           k_row);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+#define FLASHGPT_INSTANTIATE(T)                                                                                    \
+  template void attention_flash_forward<T>(const AttentionDims&, const AttentionMask&, const AttentionTiling&, T, \
+                                           const T*, const T*, const T*, T*, T*);                                  \
+  template void attention_flash_backward<T>(const AttentionDims&, const AttentionMask&, const AttentionTiling&, T, \
+                                            const T*, const T*, const T*, const T*, const T*, const T*, T*, T*,   \
+                                            T*);
+FLASHGPT_INSTANTIATE(float)
+FLASHGPT_INSTANTIATE(double)
+#undef FLASHGPT_INSTANTIATE
+
+}  // namespace cpu
+}  // namespace flashgpt
