@@ -119,6 +119,7 @@ void register_bench(CLI::App& app) {
   tr->add_option("--gemm-size", c->gemm_size, "Square sgemm size for the reference rate")->capture_default_str();
   tr->add_flag("--json", c->json, "Print one JSON object");
   tr->callback([c] { run_bench_train(*c); });
+  register_bench_attention(*bench);
 }
 
 }  // namespace flashgpt::cli

@@ -27,6 +27,7 @@ void register_sample(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_info(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_bench_attention(CLI::App& bench);
 void register_convert(CLI::App& app);
 void register_plot(CLI::App& app);
 

@@ -1,0 +1,229 @@
+// flashgpt bench attention: the attention kernels side by side over batch, sequence and width,
+// each checked against the standard kernel before it is timed.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <sstream>
+
+#include "commands.h"
+#include "flashgpt/attention/attention.h"
+#include "flashgpt/core/error.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/core/threads.h"
+#include "flashgpt/core/timer.h"
+
+namespace flashgpt::cli {
+
+namespace {
+
+struct BenchAttentionCli {
+  std::vector<std::string> mechanisms = {"standard", "flash"};
+  std::vector<int64_t> batches = {1, 4};
+  std::vector<int64_t> seqs = {512, 1024, 2048};
+  std::vector<int64_t> hiddens = {768};
+  int64_t head_dim = 64;
+  std::string causal = "yes";
+  int repeats = 3;
+  bool json = false, csv = false, no_memory = false, probe_memory = false;
+  AttentionTiling tiles;
+};
+
+struct Case {
+  std::string mechanism;
+  int64_t batch, seq, hidden, heads, head_dim;
+  bool causal;
+  double fwd_ms = 0, fwd_bwd_ms = 0, gflops_fwd = 0, gflops = 0, max_rel_err = 0;
+  int64_t peak_bytes = -1;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int64_t max_rss_bytes() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;
+}
+
+struct Buffers {
+  std::vector<float> q, k, v, dout, o, lse, dq, dk, dv;
+};
+
+Buffers make_buffers(const AttentionDims& d, uint64_t seed) {
+  Rng rng(seed);
+  auto randn = [&](int64_t n) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (float& e : x) e = static_cast<float>(rng.normal());
+    return x;
+  };
+  Buffers b;
+  b.q = randn(d.B * d.Tq * d.Hq * d.Dqk);
+  b.k = randn(d.B * d.Tk * d.Hkv * d.Dqk);
+  b.v = randn(d.B * d.Tk * d.Hkv * d.Dv);
+  b.dout = randn(d.B * d.Tq * d.Hq * d.Dv);
+  b.o.assign(static_cast<size_t>(d.B * d.Tq * d.Hq * d.Dv), 0.0f);
+  b.lse.assign(static_cast<size_t>(d.B * d.Hq * d.Tq), 0.0f);
+  b.dq.assign(b.q.size(), 0.0f);
+  b.dk.assign(b.k.size(), 0.0f);
+  b.dv.assign(b.v.size(), 0.0f);
+  return b;
+}
+
+void forward(AttentionKernel kern, const AttentionDims& d, const AttentionMask& m, const AttentionTiling& t,
+             Buffers& b) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d.Dqk));
+  attention_forward(kern, d, m, scale, b.q.data(), b.k.data(), b.v.data(), b.o.data(), b.lse.data(), t);
+}
+
+void backward(AttentionKernel kern, const AttentionDims& d, const AttentionMask& m, const AttentionTiling& t,
+              Buffers& b) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d.Dqk));
+  attention_backward(kern, d, m, scale, b.q.data(), b.k.data(), b.v.data(), b.o.data(), b.lse.data(),
+                     b.dout.data(), b.dq.data(), b.dk.data(), b.dv.data(), t);
+}
+
+// Extra memory of one forward + backward beyond the inputs and outputs: the growth of peak resident
+// memory in a fresh process (this program again, with --probe-memory) that has already touched its
+// buffers. A fresh process, not fork(): OpenMP's thread pool does not survive a fork.
+int64_t probe_peak_bytes(AttentionKernel kern, const AttentionDims& d, const AttentionMask& m,
+                         const AttentionTiling& t) {
+  Buffers b = make_buffers(d, 1);
+  const int64_t before = max_rss_bytes();
+  forward(kern, d, m, t, b);
+  backward(kern, d, m, t, b);
+  return std::max<int64_t>(0, max_rss_bytes() - before);
+}
+
+int64_t measure_peak_bytes(const std::string& mech, const AttentionDims& d, bool causal, const AttentionTiling& t) {
+  const std::string cmd = fmt::format(
+      "/proc/{}/exe --threads {} bench attention --probe-memory --mechanism {} --batch {} --seq {} --hidden {} "
+      "--head-dim {} --causal {} --flash-block-q {} --flash-block-kv {}",
+      ::getpid(), num_threads(), mech, d.B, d.Tq, d.Hq * d.Dqk, d.Dqk, causal ? "yes" : "no", t.block_q, t.block_kv);
+  std::FILE* pipe = ::popen(cmd.c_str(), "r");
+  if (!pipe) return -1;
+  long long bytes = -1;
+  if (std::fscanf(pipe, "%lld", &bytes) != 1) bytes = -1;
+  ::pclose(pipe);
+  return bytes;
+}
+
+AttentionKernel parse_mechanism(const std::string& s) {
+  if (s == "standard") return AttentionKernel::Standard;
+  if (s == "flash") return AttentionKernel::Flash;
+  fail("--mechanism: '{}' is not an attention kernel of this build (choose standard or flash)", s);
+}
+
+void run_bench_attention(const BenchAttentionCli& c) {
+  FLASHGPT_CHECK(c.repeats > 0, "--repeats: must be positive");
+  FLASHGPT_CHECK(c.head_dim > 0, "--head-dim: must be positive");
+  if (c.probe_memory) {  // internal: one case, print the extra peak bytes
+    const int64_t H = c.hiddens.at(0) / c.head_dim;
+    const AttentionDims d{c.batches.at(0), H, H, c.seqs.at(0), c.seqs.at(0), c.head_dim, c.head_dim, 0};
+    std::printf("%lld\n", static_cast<long long>(probe_peak_bytes(parse_mechanism(c.mechanisms.at(0)), d,
+                                                                  AttentionMask{c.causal == "yes", 0}, c.tiles)));
+    return;
+  }
+  std::vector<bool> causal_modes;
+  if (c.causal == "yes" || c.causal == "both") causal_modes.push_back(true);
+  if (c.causal == "no" || c.causal == "both") causal_modes.push_back(false);
+  std::vector<Case> cases;
+  if (!c.json && !c.csv) {
+    std::printf("| mechanism | batch | seq | hidden | heads | causal | fwd ms | fwd+bwd ms | fwd GFLOP/s | fwd+bwd GFLOP/s | "
+                "extra peak MiB | max rel err |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  } else if (c.csv) {
+    std::printf("mechanism,batch,seq,hidden,heads,causal,fwd_ms,fwd_bwd_ms,gflops_fwd,gflops,peak_bytes,max_rel_err\n");
+  }
+  for (int64_t hidden : c.hiddens) {
+    FLASHGPT_CHECK(hidden % c.head_dim == 0, "--hidden: {} is not a multiple of --head-dim {}", hidden, c.head_dim);
+    const int64_t H = hidden / c.head_dim;
+    for (int64_t B : c.batches) {
+      for (int64_t T : c.seqs) {
+        for (bool causal : causal_modes) {
+          const AttentionDims d{B, H, H, T, T, c.head_dim, c.head_dim, 0};
+          const AttentionMask m{causal, 0};
+          // The standard kernel's output is the yardstick for every mechanism's error.
+          Buffers ref = make_buffers(d, 1);
+          forward(AttentionKernel::Standard, d, m, c.tiles, ref);
+          double ref_scale = 0;
+          for (float x : ref.o) ref_scale = std::max(ref_scale, static_cast<double>(std::abs(x)));
+          for (const std::string& mech : c.mechanisms) {
+            const AttentionKernel kern = parse_mechanism(mech);
+            Case r{mech, B, T, hidden, H, c.head_dim, causal};
+            Buffers b = make_buffers(d, 1);
+            forward(kern, d, m, c.tiles, b);  // check before timing (and warm up)
+            for (size_t i = 0; i < b.o.size(); ++i)
+              r.max_rel_err = std::max(r.max_rel_err, std::abs(static_cast<double>(b.o[i]) - ref.o[i]) / ref_scale);
+            FLASHGPT_CHECK(r.max_rel_err < 1e-4, "bench: {} disagrees with the standard kernel (relative error {:.2e})",
+                           mech, r.max_rel_err);
+            std::vector<double> fwd, fwd_bwd;
+            for (int rep = 0; rep < c.repeats; ++rep) {
+              Timer t;
+              forward(kern, d, m, c.tiles, b);
+              const double tf = t.seconds();
+              backward(kern, d, m, c.tiles, b);
+              fwd.push_back(tf);
+              fwd_bwd.push_back(t.seconds());
+            }
+            r.fwd_ms = median(fwd) * 1e3;
+            r.fwd_bwd_ms = median(fwd_bwd) * 1e3;
+            // flash-attention's convention: forward 4·B·H·T²·D (halved when causal), backward 2.5×.
+            const double flops_fwd = 4.0 * B * H * T * static_cast<double>(T) * c.head_dim * (causal ? 0.5 : 1.0);
+            r.gflops_fwd = flops_fwd / (r.fwd_ms * 1e-3) / 1e9;
+            r.gflops = 3.5 * flops_fwd / (r.fwd_bwd_ms * 1e-3) / 1e9;
+            if (!c.no_memory) r.peak_bytes = measure_peak_bytes(mech, d, causal, c.tiles);
+            if (c.json) {
+              std::printf("%s\n", nlohmann::json{{"mechanism", r.mechanism}, {"batch", B}, {"seq", T},
+                                                 {"hidden", hidden}, {"heads", H}, {"head_dim", c.head_dim},
+                                                 {"causal", causal}, {"fwd_ms", r.fwd_ms},
+                                                 {"fwd_bwd_ms", r.fwd_bwd_ms}, {"gflops_fwd", r.gflops_fwd},
+                                                 {"gflops", r.gflops}, {"peak_bytes", r.peak_bytes},
+                                                 {"max_rel_err", r.max_rel_err}, {"threads", num_threads()}}
+                                      .dump()
+                                      .c_str());
+            } else if (c.csv) {
+              std::printf("%s,%lld,%lld,%lld,%lld,%d,%.3f,%.3f,%.2f,%.2f,%lld,%.3e\n", mech.c_str(),
+                          static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(hidden),
+                          static_cast<long long>(H), causal ? 1 : 0, r.fwd_ms, r.fwd_bwd_ms, r.gflops_fwd, r.gflops,
+                          static_cast<long long>(r.peak_bytes), r.max_rel_err);
+            } else {
+              std::printf("| %s | %lld | %lld | %lld | %lld | %s | %.2f | %.2f | %.1f | %.1f | %.1f | %.1e |\n",
+                          mech.c_str(), static_cast<long long>(B), static_cast<long long>(T),
+                          static_cast<long long>(hidden), static_cast<long long>(H), causal ? "yes" : "no", r.fwd_ms,
+                          r.fwd_bwd_ms, r.gflops_fwd, r.gflops, static_cast<double>(r.peak_bytes) / (1 << 20),
+                          r.max_rel_err);
+            }
+            std::fflush(stdout);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void register_bench_attention(CLI::App& bench) {
+  auto c = std::make_shared<BenchAttentionCli>();
+  CLI::App* sub = bench.add_subcommand("attention", "Attention kernels: time, GFLOP/s, extra memory, error");
+  sub->add_option("--mechanism", c->mechanisms, "Kernels to compare: standard, flash")->delimiter(',')->capture_default_str();
+  sub->add_option("--batch", c->batches, "Batch sizes")->delimiter(',')->capture_default_str();
+  sub->add_option("--seq", c->seqs, "Sequence lengths")->delimiter(',')->capture_default_str();
+  sub->add_option("--hidden", c->hiddens, "Model widths (heads = hidden / head dim)")->delimiter(',')->capture_default_str();
+  sub->add_option("--head-dim", c->head_dim, "Head dimension")->capture_default_str();
+  sub->add_option("--causal", c->causal, "yes, no or both")->check(CLI::IsMember({"yes", "no", "both"}))->capture_default_str();
+  sub->add_option("--repeats", c->repeats, "Timed repeats (median reported)")->capture_default_str();
+  sub->add_option("--flash-block-q", c->tiles.block_q, "Flash query tile (0: automatic)");
+  sub->add_option("--flash-block-kv", c->tiles.block_kv, "Flash key/value tile (0: automatic)");
+  sub->add_flag("--no-memory", c->no_memory, "Skip the peak-memory measurement (it forks a process per case)");
+  sub->add_flag("--probe-memory", c->probe_memory)->group("");  // internal, see measure_peak_bytes
+  sub->add_flag("--json", c->json, "One JSON object per case");
+  sub->add_flag("--csv", c->csv, "CSV instead of a markdown table");
+  sub->callback([c] { run_bench_attention(*c); });
+}
+
+}  // namespace flashgpt::cli
