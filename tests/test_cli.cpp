@@ -5,6 +5,7 @@
 #include <csignal>
 #include <nlohmann/json.hpp>
 
+#include <sstream>
 #include <thread>
 
 #include "flashgpt/core/io.h"
@@ -84,6 +85,28 @@ TEST_F(Pipeline, PrepareTrainSampleEvalInfoConvertPlot) {
   RunResult p = run_flashgpt("plot " + (dir / "run/metrics.jsonl") + " -o " + (dir / "loss.svg"));
   ASSERT_EQ(p.exit_code, 0) << p.output;
   EXPECT_NE(read_text_file(dir / "loss.svg").find("<polyline"), std::string::npos);
+}
+
+TEST_F(Pipeline, FlashAttentionWithDocumentMaskingTrainsAndSamples) {
+  const std::string ckpt = train_tiny("--attention flash --document-masking --flash-block-q 8 --flash-block-kv 16");
+  RunResult i = run_flashgpt("info -c " + ckpt + " --json");
+  ASSERT_EQ(i.exit_code, 0) << i.output;
+  EXPECT_EQ(nlohmann::json::parse(i.output)["config"]["attention"], "flash");
+  RunResult s = run_flashgpt("sample -c " + ckpt + " -n 8 --seed 1");
+  EXPECT_EQ(s.exit_code, 0) << s.output;
+  RunResult b = run_flashgpt("bench attention --batch 1 --seq 64,100 --hidden 128 --repeats 1 --causal both --json");
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  int rows = 0;
+  std::istringstream lines(b.output);
+  for (std::string line; std::getline(lines, line); ++rows) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    for (const char* key : {"mechanism", "batch", "seq", "hidden", "heads", "causal", "fwd_ms", "fwd_bwd_ms", "gflops",
+                            "peak_bytes", "max_rel_err"})
+      EXPECT_TRUE(j.contains(key)) << key;
+    EXPECT_LT(j["max_rel_err"].get<double>(), 1e-5);
+    EXPECT_GE(j["peak_bytes"].get<int64_t>(), 0);
+  }
+  EXPECT_EQ(rows, 8);  // 2 mechanisms × 2 lengths × causal and not
 }
 
 TEST(Cli, HelpForEveryCommand) {

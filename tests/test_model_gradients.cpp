@@ -1,5 +1,5 @@
 // Whole-model gradients against finite differences, in double, under every combination of the
-// architecture options (2⁸ = 256 models).
+// architecture options and both attention kernels (2⁹ = 512 models), and with document masking.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -26,21 +26,23 @@ GPTConfig config_from_bits(int bits) {
   c.tie_embeddings = !(bits & 64);
   c.bias = !(bits & 128);
   c.mlp_hidden = c.mlp == MlpKind::SwiGLU ? 12 : 0;
+  c.attention = bits & 256 ? AttentionKind::Flash : AttentionKind::Standard;
   return c;
 }
 
 std::string config_name(int bits) {
   GPTConfig c = config_from_bits(bits);
-  return fmt::format("{}{}_{}_{}_{}_{}_{}_{}", c.post_norm ? "post" : "pre", c.qk_norm ? "_qknorm" : "",
-                     to_string(c.pos), to_string(c.norm), to_string(c.mlp), c.n_kv_head ? "mqa" : "mha",
-                     c.tie_embeddings ? "tied" : "untied", c.bias ? "bias" : "nobias");
+  return fmt::format("{}_{}{}_{}_{}_{}_{}_{}_{}", to_string(c.attention), c.post_norm ? "post" : "pre",
+                     c.qk_norm ? "_qknorm" : "", to_string(c.pos), to_string(c.norm), to_string(c.mlp),
+                     c.n_kv_head ? "mqa" : "mha", c.tie_embeddings ? "tied" : "untied", c.bias ? "bias" : "nobias");
 }
 
 class ModelGradients : public ::testing::TestWithParam<int> {};
 
-TEST_P(ModelGradients, MatchFiniteDifferences) {
-  GPT<double> model(config_from_bits(GetParam()));
-  Rng rng(100 + static_cast<uint64_t>(GetParam()));
+void check_model_gradients(int bits, bool document_masking) {
+  GPT<double> model(config_from_bits(bits));
+  model.set_attention_tiling({2, 3});  // tiles that do not divide the length
+  Rng rng(100 + static_cast<uint64_t>(bits));
   // Random weights everywhere (not the init's ones and zeros) so every path carries gradient.
   for (double& p : model.params()) p = rng.normal() * 0.5;
   const int64_t B = 2, Tn = 5;
@@ -48,12 +50,14 @@ TEST_P(ModelGradients, MatchFiniteDifferences) {
   for (auto& t : tokens) t = static_cast<int>(rng.next_u64() % 11);
   for (auto& t : targets) t = static_cast<int>(rng.next_u64() % 11);
   targets[3] = -1;  // an ignored position
+  std::vector<int32_t> segments = {0, 0, 1, 1, 1, 0, 1, 1, 2, 2};  // documents inside each row
+  const int32_t* seg = document_masking ? segments.data() : nullptr;
 
   model.zero_grad();
-  model.forward(tokens.data(), targets.data(), B, Tn);
+  model.forward(tokens.data(), targets.data(), B, Tn, seg);
   model.backward(1.0);
   std::vector<double> analytic(model.grads().begin(), model.grads().end());
-  auto loss = [&] { return model.forward(tokens.data(), targets.data(), B, Tn); };
+  auto loss = [&] { return model.forward(tokens.data(), targets.data(), B, Tn, seg); };
   for (const ParamSpec& s : model.specs()) {
     int64_t n = s.numel();
     if (s.name == "wte" || s.name == "lm_head.weight") n = 11 * 8;  // padding rows: checked below
@@ -69,7 +73,16 @@ TEST_P(ModelGradients, MatchFiniteDifferences) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllOptionCombinations, ModelGradients, ::testing::Range(0, 256),
+TEST_P(ModelGradients, MatchFiniteDifferences) { check_model_gradients(GetParam(), false); }
+
+TEST(ModelGradientsWithDocumentMasking, MatchFiniteDifferences) {
+  for (int bits : {0, 1 | 2 | 4, 256, 256 | 1 | 2 | 4 | 32}) {
+    SCOPED_TRACE(config_name(bits));
+    check_model_gradients(bits, true);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllOptionCombinations, ModelGradients, ::testing::Range(0, 512),
                          [](const auto& p) { return config_name(p.param); });
 
 }  // namespace

@@ -74,6 +74,15 @@ void register_train(CLI::App& app) {
       ->capture_default_str()
       ->group(batch);
   sub->add_option("-n,--steps", o.max_steps, "Optimizer steps")->capture_default_str()->group(batch);
+  sub->add_flag("--document-masking", o.document_masking,
+                "Attend only within each document (documents start at the end-of-text token)")
+      ->group(batch);
+  sub->add_option("--eot-token", o.eot_token, "End-of-text token id for --document-masking (default: the tokenizer's)")
+      ->group(batch);
+  sub->add_option("--flash-block-q", o.attention_tiling.block_q, "Flash attention query tile (0: from cache sizes)")
+      ->group(batch);
+  sub->add_option("--flash-block-kv", o.attention_tiling.block_kv, "Flash attention key/value tile (0: automatic)")
+      ->group(batch);
   sub->add_option("--stop-at-step", o.stop_at_step,
                   "Save and stop after this step, keeping the schedule of --steps (continue with --resume)")
       ->group(batch);

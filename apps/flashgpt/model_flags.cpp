@@ -75,8 +75,14 @@ void add_model_flags(CLI::App& app, ModelFlags& f) {
   choice<PosKind>(app, f, "--pos", "Positions: learned or rope", {"learned", "rope"}, &GPTConfig::pos,
                   &parse_pos_kind);
   choice<MlpKind>(app, f, "--mlp", "MLP: gelu or swiglu", {"gelu", "swiglu"}, &GPTConfig::mlp, &parse_mlp_kind);
-  choice<AttentionKind>(app, f, "--attention", "Attention mechanism: standard", {"standard"}, &GPTConfig::attention,
+  choice<AttentionKind>(app, f, "--attention", "Attention: standard (CausalSelfAttention) or flash "
+                        "(FlashCausalSelfAttention, FlashAttention-2)", {"standard", "flash"}, &GPTConfig::attention,
                         &parse_attention_kind);
+  app.add_flag_function(
+         "--use-flash-attention",
+         [&f](int64_t) { f.overrides.push_back([](GPTConfig& c) { c.attention = AttentionKind::Flash; }); },
+         "Same as --attention flash")
+      ->group("Model");
   toggle(app, f, "post-norm", "Norm each sublayer's output before the residual add (keeps the pre-norm)",
          &GPTConfig::post_norm);
   toggle(app, f, "qk-norm", "RMSNorm on queries and keys over the head dim, before RoPE", &GPTConfig::qk_norm);

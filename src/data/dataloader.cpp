@@ -10,6 +10,16 @@
 
 namespace flashgpt {
 
+void document_segments(const int* tokens, int64_t B, int64_t T, int eot_token, int32_t* segments) {
+  for (int64_t b = 0; b < B; ++b) {
+    int32_t seg = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      if (t > 0 && tokens[b * T + t] == eot_token) ++seg;
+      segments[b * T + t] = seg;
+    }
+  }
+}
+
 DataLoader::DataLoader(const std::string& pattern, int64_t B, int64_t T, int vocab_size, int rank, int world)
     : pattern_(pattern), B_(B), T_(T), vocab_size_(vocab_size), rank_(rank), world_(world) {
   FLASHGPT_CHECK(B > 0 && T > 0, "data loader: batch {} and sequence length {} must be positive", B, T);

@@ -14,7 +14,7 @@ namespace flashgpt {
 std::string to_string(NormKind k) { return k == NormKind::LayerNorm ? "layernorm" : "rmsnorm"; }
 std::string to_string(PosKind k) { return k == PosKind::Learned ? "learned" : "rope"; }
 std::string to_string(MlpKind k) { return k == MlpKind::Gelu ? "gelu" : "swiglu"; }
-std::string to_string(AttentionKind) { return "standard"; }
+std::string to_string(AttentionKind k) { return k == AttentionKind::Flash ? "flash" : "standard"; }
 
 NormKind parse_norm_kind(const std::string& s, const std::string& field) {
   if (s == "layernorm") return NormKind::LayerNorm;
@@ -33,7 +33,8 @@ MlpKind parse_mlp_kind(const std::string& s, const std::string& field) {
 }
 AttentionKind parse_attention_kind(const std::string& s, const std::string& field) {
   if (s == "standard") return AttentionKind::Standard;
-  fail("{}: '{}' is not an attention mechanism this build offers (choose standard)", field, s);
+  if (s == "flash") return AttentionKind::Flash;
+  fail("{}: '{}' is not an attention mechanism this build offers (choose standard or flash)", field, s);
 }
 
 int GPTConfig::hidden() const {
@@ -115,6 +116,7 @@ void GPTConfig::update_from_json(const nlohmann::json& j, const std::string& sou
     else if (key == "pos") pos = parse_pos_kind(as_string(), field);
     else if (key == "mlp") mlp = parse_mlp_kind(as_string(), field);
     else if (key == "attention") attention = parse_attention_kind(as_string(), field);
+    else if (key == "use_flash_attention") attention = as_bool() ? AttentionKind::Flash : AttentionKind::Standard;
     else if (key == "post_norm") post_norm = as_bool();
     else if (key == "qk_norm") qk_norm = as_bool();
     else if (key == "tie_embeddings") tie_embeddings = as_bool();

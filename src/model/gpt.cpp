@@ -97,7 +97,7 @@ void GPT<T>::zero_grad() {
 
 template <typename T>
 AttentionKernel GPT<T>::attention_kernel() const {
-  return AttentionKernel::Standard;
+  return config_.attention == AttentionKind::Flash ? AttentionKernel::Flash : AttentionKernel::Standard;
 }
 
 template <typename T>
@@ -194,7 +194,7 @@ void GPT<T>::check_tokens(const int* tokens, int64_t n, const char* what) const 
 
 template <typename T>
 void GPT<T>::block_forward(int l, LayerActs& a, const T* x, T* out, T* branch, int64_t B, int64_t Tn,
-                           KVCache<T>* cache) {
+                           KVCache<T>* cache, const int32_t* segments) {
   const GPTConfig& c = config_;
   const LayerParams P = layer_params(params_.data(), l);
   const int64_t N = B * Tn, C = c.n_embd, hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads();
@@ -220,6 +220,8 @@ void GPT<T>::block_forward(int l, LayerActs& a, const T* x, T* out, T* branch, i
 
   AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
   AttentionMask mask{true, 0};
+  mask.q_segments = segments;
+  mask.kv_segments = segments;
   const T* k_src = a.ka;
   const T* v_src = a.v;
   if (cache) {
@@ -238,7 +240,7 @@ void GPT<T>::block_forward(int l, LayerActs& a, const T* x, T* out, T* branch, i
     mask.q_offset = pos0;
   }
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
-  attention_forward(attention_kernel(), dims, mask, scale, a.qa, k_src, v_src, a.att, a.lse);
+  attention_forward(attention_kernel(), dims, mask, scale, a.qa, k_src, v_src, a.att, a.lse, tiling_);
 
   ops::matmul_forward(a.proj, a.att, P.proj_w, P.proj_b, N, qd, C);
   const T* attn_out = a.proj;
@@ -267,7 +269,7 @@ void GPT<T>::block_forward(int l, LayerActs& a, const T* x, T* out, T* branch, i
 }
 
 template <typename T>
-double GPT<T>::forward(const int* tokens, const int* targets, int64_t B, int64_t Tn) {
+double GPT<T>::forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) {
   const GPTConfig& c = config_;
   FLASHGPT_CHECK(B > 0 && Tn > 0, "forward: batch {} and sequence length {} must be positive", B, Tn);
   FLASHGPT_CHECK(Tn <= c.block_size, "sequence length {} exceeds the model's block_size {}", Tn, c.block_size);
@@ -285,13 +287,19 @@ double GPT<T>::forward(const int* tokens, const int* targets, int64_t B, int64_t
   } else {
     a.targets.clear();
   }
+  if (segments) {
+    segments_.assign(segments, segments + N);
+  } else {
+    segments_.clear();
+  }
+  const int32_t* seg = segments_.empty() ? nullptr : segments_.data();
 
   const T* wte = params_.data() + spec("wte").offset;
   const T* wpe = c.pos == PosKind::Learned ? params_.data() + spec("wpe").offset : nullptr;
   ops::embedding_forward(a.resid[0], tokens, wte, wpe, B, Tn, C, 0);
   for (int l = 0; l < c.n_layer; ++l) {
     block_forward(l, a.layers[static_cast<size_t>(l)], a.resid[static_cast<size_t>(l)],
-                  a.resid[static_cast<size_t>(l) + 1], a.branch, B, Tn, nullptr);
+                  a.resid[static_cast<size_t>(l) + 1], a.branch, B, Tn, nullptr, seg);
   }
   const T* lnf_w = params_.data() + spec("lnf.weight").offset;
   const T* lnf_b = c.norm == NormKind::LayerNorm && c.bias ? params_.data() + spec("lnf.bias").offset : nullptr;
@@ -306,7 +314,7 @@ double GPT<T>::forward(const int* tokens, const int* targets, int64_t B, int64_t
 }
 
 template <typename T>
-void GPT<T>::block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t Tn) {
+void GPT<T>::block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t Tn, const int32_t* segments) {
   const GPTConfig& c = config_;
   const LayerParams P = layer_params(params_.data(), l);
   const LayerParams G = layer_params(grads_.data(), l);
@@ -342,8 +350,11 @@ void GPT<T>::block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t 
   ops::matmul_backward(s.datt, g(G.proj_w), g(G.proj_b), dattn, a.att, P.proj_w, N, qd, C, false);
   const AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
-  attention_backward(attention_kernel(), dims, AttentionMask{true, 0}, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt,
-                     s.dqa, s.dka, s.dv);
+  AttentionMask mask{true, 0};
+  mask.q_segments = segments;
+  mask.kv_segments = segments;
+  attention_backward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv,
+                     tiling_);
   if (c.pos == PosKind::Rope) {
     ops::rope_backward(s.dqa, rope_, B, Tn, Hq, hd, 0);
     ops::rope_backward(s.dka, rope_, B, Tn, Hkv, hd, 0);
@@ -381,7 +392,8 @@ void GPT<T>::backward(T loss_scale) {
   ops::norm_backward(c.norm, scratch_.dres, grad("lnf.weight"), lnf_bias ? grad("lnf.bias") : nullptr, scratch_.dln,
                      a.resid.back(), param("lnf.weight"), a.lnf_mean, a.lnf_rstd, N, C, false);
   for (int l = c.n_layer - 1; l >= 0; --l) {
-    block_backward(l, a.layers[static_cast<size_t>(l)], a.resid[static_cast<size_t>(l)], B, Tn);
+    block_backward(l, a.layers[static_cast<size_t>(l)], a.resid[static_cast<size_t>(l)], B, Tn,
+                   segments_.empty() ? nullptr : segments_.data());
   }
   ops::embedding_backward(grad("wte"), c.pos == PosKind::Learned ? grad("wpe") : nullptr, scratch_.dres,
                           a.tokens.data(), B, Tn, C);
@@ -421,7 +433,7 @@ void GPT<T>::forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int
   for (int l = 0; l < c.n_layer; ++l) {
     // Layers share one activation set in inference; streams alternate between two buffers.
     block_forward(l, a.layers[0], a.resid[static_cast<size_t>(l % 2)], a.resid[static_cast<size_t>((l + 1) % 2)],
-                  a.branch, B, Tn, &cache);
+                  a.branch, B, Tn, &cache, nullptr);
   }
   T* x = a.resid[static_cast<size_t>(c.n_layer % 2)];
   const T* rows = x;

@@ -49,7 +49,8 @@ void check_gpt2_architecture(const GPTConfig& c) {
   need(c.tie_embeddings, "tie_embeddings", "must be true");
   need(c.bias, "bias", "must be true");
   need(c.kv_heads() == c.n_head, "n_kv_head", "must equal n_head");
-  need(c.attention == AttentionKind::Standard, "attention", "must be standard");
+  need(c.attention == AttentionKind::Standard || c.attention == AttentionKind::Flash, "attention",
+       "must be standard or flash");
 }
 
 const ParamSpec& find_spec(const std::vector<ParamSpec>& specs, const std::string& name) {

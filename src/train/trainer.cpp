@@ -105,7 +105,16 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   check_options(opt, config);
 
   GPT<float> model(config);
+  model.set_attention_tiling(opt.attention_tiling);
   const int64_t n_params = model.num_params();
+  int eot = opt.eot_token;
+  if (opt.document_masking && eot < 0) {
+    FLASHGPT_CHECK(tokenizer != nullptr || config.vocab_size == 50257,
+                   "--document-masking: no tokenizer to take the end-of-text token from; give --eot-token");
+    eot = tokenizer ? tokenizer->eot_token() : 50256;  // GPT-2's <|endoftext|>
+  }
+  FLASHGPT_CHECK(!opt.document_masking || eot < config.vocab_size, "--eot-token: {} is not below vocab_size {}", eot,
+                 config.vocab_size);
   std::vector<float> m(static_cast<size_t>(n_params), 0.0f), v(static_cast<size_t>(n_params), 0.0f);
   Rng rng(opt.seed);
   int64_t start_step = 0;
@@ -167,13 +176,20 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     }
     save_checkpoint(ckpt_path, ref);
   };
+  std::vector<int32_t> segments(opt.document_masking ? static_cast<size_t>(micro) : 0);
+  // Forward with document masking when asked for.
+  auto forward = [&](const std::vector<int>& x, const std::vector<int>& y) {
+    if (!opt.document_masking) return model.forward(x.data(), y.data(), B, T);
+    document_segments(x.data(), B, T, eot, segments.data());
+    return model.forward(x.data(), y.data(), B, T, segments.data());
+  };
   auto evaluate = [&]() {
     val_loader->reset();
     std::vector<int> x(static_cast<size_t>(micro)), y(static_cast<size_t>(micro));
     double sum = 0;
     for (int64_t i = 0; i < opt.val_batches; ++i) {
       val_loader->next_batch(x.data(), y.data());
-      sum += model.forward(x.data(), y.data(), B, T);
+      sum += forward(x, y);
     }
     return sum / static_cast<double>(opt.val_batches);
   };
@@ -210,7 +226,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     double loss = 0;
     for (int64_t a = 0; a < accum; ++a) {
       if (!opt.overfit_single_batch) train_loader.next_batch(x.data(), y.data());
-      loss += model.forward(x.data(), y.data(), B, T) / static_cast<double>(accum);
+      loss += forward(x, y) / static_cast<double>(accum);
       model.backward(1.0f / static_cast<float>(accum));
     }
     const double grad_norm = std::sqrt(ops::sum_squares(model.grads().data(), n_params));

@@ -12,6 +12,11 @@
 
 namespace flashgpt {
 
+// Document ids for document masking: in each of the B rows of tokens [B, T], a new document
+// starts at every end-of-text token after the first position (the token opens the document it
+// precedes, as `flashgpt prepare` and llm.c write them).
+void document_segments(const int* tokens, int64_t B, int64_t T, int eot_token, int32_t* segments);
+
 class DataLoader {
  public:
   // pattern: a shard path or glob. vocab_size: tokens at or above it are an error naming the shard.

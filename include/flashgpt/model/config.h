@@ -12,9 +12,11 @@ namespace flashgpt {
 enum class NormKind { LayerNorm, RMSNorm };
 enum class PosKind { Learned, Rope };
 enum class MlpKind { Gelu, SwiGLU };
-// The attention mechanism of every block. Standard is the materialised reference; the attention
-// family (flash, latent) plugs in behind the same seam (attention/attention.h).
-enum class AttentionKind { Standard };
+// The attention mechanism of every block (attention/attention.h):
+//   standard — CausalSelfAttention: the materialised reference kernel;
+//   flash    — FlashCausalSelfAttention: the same maths and parameters with the FlashAttention-2
+//              kernel, so one replaces the other in a trained model.
+enum class AttentionKind { Standard, Flash };
 
 struct GPTConfig {
   int vocab_size = 50257;

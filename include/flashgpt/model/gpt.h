@@ -36,6 +36,8 @@ class GPT {
   explicit GPT(const GPTConfig& config);
 
   const GPTConfig& config() const { return config_; }
+  // Tile sizes of the flash kernel (0: automatic).
+  void set_attention_tiling(const AttentionTiling& t) { tiling_ = t; }
   const std::vector<ParamSpec>& specs() const { return specs_; }
   int64_t num_params() const { return static_cast<int64_t>(params_.size()); }
   std::span<T> params() { return params_; }
@@ -52,7 +54,9 @@ class GPT {
 
   // Forward over tokens [B, Tn] (Tn ≤ block_size). With targets (−1 = ignore) returns the mean loss
   // and keeps every activation the backward needs; without, leaves logits [B, Tn, Vp] in logits().
-  double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn);
+  // segments (optional, [B, Tn]): document ids for document masking — a token attends only to
+  // earlier tokens of its own document.
+  double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments = nullptr);
   // Backward of the last forward with targets; adds the gradient of loss_scale · loss into grads().
   void backward(T loss_scale = T(1));
   const T* logits() const { return train_.logits; }
@@ -117,8 +121,9 @@ class GPT {
   void allocate_scratch(int64_t N);
   LayerParams layer_params(const T* base, int l) const;
   void check_tokens(const int* tokens, int64_t n, const char* what) const;
-  void block_forward(int l, LayerActs& a, const T* x, T* out, T* branch, int64_t B, int64_t Tn, KVCache<T>* cache);
-  void block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t Tn);
+  void block_forward(int l, LayerActs& a, const T* x, T* out, T* branch, int64_t B, int64_t Tn, KVCache<T>* cache,
+                     const int32_t* segments);
+  void block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t Tn, const int32_t* segments);
   AttentionKernel attention_kernel() const;
 
   GPTConfig config_;
@@ -129,6 +134,8 @@ class GPT {
   Activations train_, infer_;
   Scratch scratch_;
   bool have_forward_ = false;
+  AttentionTiling tiling_;
+  std::vector<int32_t> segments_;  // of the last training forward (empty: no document masking)
 };
 
 extern template class GPT<float>;

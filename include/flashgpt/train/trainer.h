@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "flashgpt/attention/attention.h"
 #include "flashgpt/model/config.h"
 #include "flashgpt/train/schedule.h"
 
@@ -26,6 +27,11 @@ struct TrainOptions {
   int64_t seq_len = 64;
   int64_t total_batch_tokens = 0;
   int64_t max_steps = 1000;
+  // Document masking: tokens attend only within their own document, documents delimited by the
+  // end-of-text token (the tokenizer's, or eot_token when set).
+  bool document_masking = false;
+  int eot_token = -1;
+  AttentionTiling attention_tiling;  // flash kernel tiles (0: automatic)
   int64_t stop_at_step = 0;  // >0: save and stop after this step (the schedule still spans max_steps)
   // Optimiser.
   LrScheduleParams lr;
