@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "flashgpt/core/error.h"
+#include "testing/errors.h"
 #include "flashgpt/core/io.h"
 #include "flashgpt/model/checkpoint.h"
 #include "flashgpt/model/gpt.h"
@@ -14,14 +15,7 @@
 namespace flashgpt {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using testing::error_of;
 
 GPTConfig small(bool gpt2 = false) {
   GPTConfig c = GPTConfig::preset("tiny");

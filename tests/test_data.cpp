@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "flashgpt/core/error.h"
+#include "testing/errors.h"
 #include "flashgpt/core/io.h"
 #include "flashgpt/data/dataloader.h"
 #include "flashgpt/data/shard.h"
@@ -15,14 +16,7 @@
 namespace flashgpt {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "no error";
-}
+using testing::error_of;
 
 std::vector<int> iota_tokens(int n, int start = 0) {
   std::vector<int> t(static_cast<size_t>(n));

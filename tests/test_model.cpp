@@ -5,6 +5,7 @@
 #include <functional>
 
 #include "flashgpt/core/error.h"
+#include "testing/errors.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/data/dataloader.h"
 #include "flashgpt/model/gpt.h"
@@ -13,14 +14,7 @@
 namespace flashgpt {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_of;
 
 TEST(Config, PresetsHaveGpt2Sizes) {
   // llm.c reports 124,475,904 parameters for GPT-2 124M with the vocabulary padded to 50304.

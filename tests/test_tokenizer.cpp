@@ -5,6 +5,7 @@
 #include "flashgpt/core/io.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/tokenizer/tokenizer.h"
+#include "testing/errors.h"
 #include "testing/temp_dir.h"
 
 namespace flashgpt {
@@ -137,14 +138,7 @@ TEST(Tokenizer, BadFilesGiveOneClearError) {
   write_text_file_atomic(dir / "broken.json", "{\"type\": \"bpe\", \"vocab\": ");
   write_text_file_atomic(dir / "alien.json", "{\"type\": \"wordpiece\"}");
   write_text_file_atomic(dir / "bad_merges.bpe", "#version: 0.2\nĠ zzz\n");
-  auto message = [](auto f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  auto message = [](const std::function<void()>& f) { return testing::error_of(f); };
   EXPECT_NE(message([&] { load_tokenizer(dir / "broken.json"); }).find("broken.json"), std::string::npos);
   EXPECT_NE(message([&] { load_tokenizer(dir / "alien.json"); }).find("wordpiece"), std::string::npos);
   EXPECT_NE(message([&] { load_tokenizer(dir / "missing.json"); }).find("missing.json"), std::string::npos);

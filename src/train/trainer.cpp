@@ -152,7 +152,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   std::ofstream metrics(metrics_path, resuming ? std::ios::app : std::ios::trunc);
   FLASHGPT_CHECK(metrics.good(), "{}: cannot open the metrics file for writing", metrics_path);
   const ModelStats stats = model_stats(config, static_cast<int>(T));
-  const double gemm_gflops = measure_sgemm_gflops(512, 5);
+  const double gemm_gflops = measure_sgemm_gflops(1024, 5);  // the MFU denominator
   Progress progress(opt.progress_bar.value_or(::isatty(STDERR_FILENO) != 0));
   progress.line(fmt::format("model: {} layers, {} heads, {} wide, {:.2f}M parameters, vocab {} | batch {}×{} × {} "
                             "accumulation = {} tokens/step | {} steps{}",
