@@ -19,6 +19,21 @@ namespace {
 
 inline uint64_t pair_key(int a, int b) { return (static_cast<uint64_t>(a) << 32) | static_cast<uint32_t>(b); }
 
+// Replaces every non-overlapping occurrence of the pair (a, b), left to right, by merged_id: the
+// one merge rule that training and encoding share.
+void apply_merge(std::vector<int>& ids, int a, int b, int merged_id) {
+  size_t out = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (i + 1 < ids.size() && ids[i] == a && ids[i + 1] == b) {
+      ids[out++] = merged_id;
+      ++i;
+    } else {
+      ids[out++] = ids[i];
+    }
+  }
+  ids.resize(out);
+}
+
 // GPT-2's pre-tokenizer: contractions, letters, numbers, other symbols, whitespace.
 constexpr char kGpt2Pattern[] =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
@@ -161,18 +176,7 @@ void ByteBPE::encode_piece(std::string_view piece, std::vector<int>& out) const 
       }
     }
     if (best_id < 0) break;
-    const int a = ids[best_pos], b = ids[best_pos + 1];
-    std::vector<int> merged;
-    merged.reserve(ids.size());
-    for (size_t i = 0; i < ids.size(); ++i) {
-      if (i + 1 < ids.size() && ids[i] == a && ids[i + 1] == b) {
-        merged.push_back(best_id);
-        ++i;
-      } else {
-        merged.push_back(ids[i]);
-      }
-    }
-    ids.swap(merged);
+    apply_merge(ids, ids[best_pos], ids[best_pos + 1], best_id);
   }
   out.insert(out.end(), ids.begin(), ids.end());
   std::lock_guard<std::mutex> lock(cache_mutex_);
@@ -345,16 +349,7 @@ std::unique_ptr<Tokenizer> train_bpe_tokenizer(std::string_view corpus, int voca
       for (size_t i = 0; i + 1 < ids.size(); ++i) present |= ids[i] == a && ids[i + 1] == b;
       if (!present) continue;
       for (size_t i = 0; i + 1 < ids.size(); ++i) change(pair_key(ids[i], ids[i + 1]), -word.count);
-      std::vector<int> merged;
-      for (size_t i = 0; i < ids.size(); ++i) {
-        if (i + 1 < ids.size() && ids[i] == a && ids[i + 1] == b) {
-          merged.push_back(new_id);
-          ++i;
-        } else {
-          merged.push_back(ids[i]);
-        }
-      }
-      ids.swap(merged);
+      apply_merge(ids, a, b, new_id);
       for (size_t i = 0; i + 1 < ids.size(); ++i) {
         uint64_t k = pair_key(ids[i], ids[i + 1]);
         change(k, word.count);
