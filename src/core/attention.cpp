@@ -15,6 +15,10 @@ void check_attention_dims(const AttentionDims& d, const AttentionMask& m) {
   FLASHGPT_CHECK(d.Dqk > 0 && d.Dv > 0, "attention: head dims must be positive (Dqk {}, Dv {})", d.Dqk, d.Dv);
   FLASHGPT_CHECK(d.Tk_stride == 0 || d.Tk_stride >= d.Tk, "attention: Tk_stride {} is smaller than Tk {}",
                  d.Tk_stride, d.Tk);
+  FLASHGPT_CHECK(d.k_row_stride == 0 || d.k_row_stride >= d.Hkv * d.Dqk,
+                 "attention: key row stride {} is smaller than Hkv·Dqk = {}", d.k_row_stride, d.Hkv * d.Dqk);
+  FLASHGPT_CHECK(d.v_row_stride == 0 || d.v_row_stride >= d.Hkv * d.Dv,
+                 "attention: value row stride {} is smaller than Hkv·Dv = {}", d.v_row_stride, d.Hkv * d.Dv);
   FLASHGPT_CHECK(!m.causal || m.q_offset >= 0, "attention: causal q_offset {} is negative", m.q_offset);
   FLASHGPT_CHECK((m.q_segments == nullptr) == (m.kv_segments == nullptr),
                  "attention: document masking needs segment ids for both queries and keys");

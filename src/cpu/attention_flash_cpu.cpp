@@ -96,7 +96,7 @@ template <typename T>
 void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, T scale,
                              const T* q, const T* k, const T* v, T* o, T* lse) {
   const int64_t group = d.Hq / d.Hkv;
-  const int64_t q_row = d.Hq * d.Dqk, k_row = d.Hkv * d.Dqk, v_row = d.Hkv * d.Dv, o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
   const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
   const int64_t n_qt = (d.Tq + Br - 1) / Br;
@@ -166,7 +166,7 @@ void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, co
                               const T* q, const T* k, const T* v, const T* o, const T* lse, const T* dout, T* dq,
                               T* dk, T* dv) {
   const int64_t group = d.Hq / d.Hkv;
-  const int64_t q_row = d.Hq * d.Dqk, k_row = d.Hkv * d.Dqk, v_row = d.Hkv * d.Dv, o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
   const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
   // Each (batch, kv head) belongs to one thread: it alone writes that head's dK, dV and the dQ of

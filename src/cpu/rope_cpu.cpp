@@ -23,8 +23,8 @@ namespace {
 
 // sign = +1 rotates forward, −1 applies the inverse rotation.
 template <typename T>
-void rotate(T* x, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t pos_offset,
-            T sign) {
+void rotate(T* x, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t head_stride,
+            int64_t pos_offset, T sign) {
   const int64_t half = D / 2;
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < B; ++b) {
@@ -32,7 +32,7 @@ void rotate(T* x, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, i
       const T* c = table.cos.data() + (pos_offset + t) * half;
       const T* s = table.sin.data() + (pos_offset + t) * half;
       for (int64_t h = 0; h < H; ++h) {
-        T* v = x + ((b * Tn + t) * H + h) * D;
+        T* v = x + ((b * Tn + t) * H + h) * head_stride;
         for (int64_t i = 0; i < half; ++i) {
           T a = v[i], bb = v[i + half];
           T si = sign * s[i];
@@ -48,20 +48,36 @@ void rotate(T* x, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, i
 
 template <typename T>
 void rope_forward(T* x, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t pos_offset) {
-  rotate(x, table, B, Tn, H, D, pos_offset, T(1));
+  rotate(x, table, B, Tn, H, D, D, pos_offset, T(1));
 }
 
 template <typename T>
 void rope_backward(T* dx, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, int64_t D,
                    int64_t pos_offset) {
-  rotate(dx, table, B, Tn, H, D, pos_offset, T(-1));
+  rotate(dx, table, B, Tn, H, D, D, pos_offset, T(-1));
+}
+
+template <typename T>
+void rope_forward_strided(T* x, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, int64_t D,
+                          int64_t head_stride, int64_t pos_offset) {
+  rotate(x, table, B, Tn, H, D, head_stride, pos_offset, T(1));
+}
+
+template <typename T>
+void rope_backward_strided(T* dx, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, int64_t D,
+                           int64_t head_stride, int64_t pos_offset) {
+  rotate(dx, table, B, Tn, H, D, head_stride, pos_offset, T(-1));
 }
 
 template struct RopeTable<float>;
 template struct RopeTable<double>;
 #define FLASHGPT_INSTANTIATE(T)                                                                             \
   template void rope_forward<T>(T*, const RopeTable<T>&, int64_t, int64_t, int64_t, int64_t, int64_t);     \
-  template void rope_backward<T>(T*, const RopeTable<T>&, int64_t, int64_t, int64_t, int64_t, int64_t);
+  template void rope_backward<T>(T*, const RopeTable<T>&, int64_t, int64_t, int64_t, int64_t, int64_t);     \
+  template void rope_forward_strided<T>(T*, const RopeTable<T>&, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                        int64_t);                                                             \
+  template void rope_backward_strided<T>(T*, const RopeTable<T>&, int64_t, int64_t, int64_t, int64_t, int64_t,\
+                                         int64_t);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(double)
 #undef FLASHGPT_INSTANTIATE

@@ -14,7 +14,15 @@ namespace flashgpt {
 std::string to_string(NormKind k) { return k == NormKind::LayerNorm ? "layernorm" : "rmsnorm"; }
 std::string to_string(PosKind k) { return k == PosKind::Learned ? "learned" : "rope"; }
 std::string to_string(MlpKind k) { return k == MlpKind::Gelu ? "gelu" : "swiglu"; }
-std::string to_string(AttentionKind k) { return k == AttentionKind::Flash ? "flash" : "standard"; }
+std::string to_string(AttentionKind k) {
+  switch (k) {
+    case AttentionKind::Standard: return "standard";
+    case AttentionKind::Flash: return "flash";
+    case AttentionKind::MLA: return "mla";
+    case AttentionKind::FlashMLA: return "flash_mla";
+  }
+  return "?";
+}
 
 NormKind parse_norm_kind(const std::string& s, const std::string& field) {
   if (s == "layernorm") return NormKind::LayerNorm;
@@ -34,7 +42,9 @@ MlpKind parse_mlp_kind(const std::string& s, const std::string& field) {
 AttentionKind parse_attention_kind(const std::string& s, const std::string& field) {
   if (s == "standard") return AttentionKind::Standard;
   if (s == "flash") return AttentionKind::Flash;
-  fail("{}: '{}' is not an attention mechanism this build offers (choose standard or flash)", field, s);
+  if (s == "mla") return AttentionKind::MLA;
+  if (s == "flash_mla") return AttentionKind::FlashMLA;
+  fail("{}: '{}' is not an attention mechanism (choose standard, flash, mla or flash_mla)", field, s);
 }
 
 int GPTConfig::hidden() const {
@@ -71,6 +81,45 @@ void GPTConfig::validate() const {
     FLASHGPT_CHECK(rope_theta > 0, "config field 'rope_theta': must be positive, got {}", rope_theta);
   }
   FLASHGPT_CHECK(norm_eps > 0 && norm_eps < 1, "config field 'norm_eps': must be in (0, 1), got {}", norm_eps);
+  validate_latent();
+}
+
+void GPTConfig::validate_latent() const {
+  FLASHGPT_CHECK(n_latent >= 0, "config field 'n_latent': must be 0 (head_dim / 2) or positive, got {}", n_latent);
+  FLASHGPT_CHECK(rope_dim >= 0, "config field 'rope_dim': must be 0 (automatic) or positive, got {}", rope_dim);
+  FLASHGPT_CHECK(q_lora_rank >= 0, "config field 'q_lora_rank': must be 0 (off) or positive, got {}", q_lora_rank);
+  FLASHGPT_CHECK(svd_rank >= 0, "config field 'svd_rank': must be positive, got {}", svd_rank);
+  const std::string mech = to_string(attention);
+  if (!is_latent(attention)) {
+    // Latent fields on a mechanism without a latent would be silently ignored: refuse them.
+    for (auto [value, name] : {std::pair{n_latent, "n_latent"}, {rope_dim, "rope_dim"}, {q_lora_rank, "q_lora_rank"},
+                               {svd_rank, "svd_rank"}}) {
+      FLASHGPT_CHECK(value == 0, "config field '{}': only latent attention (mla or flash_mla) has it, but attention is {}",
+                     name, mech);
+    }
+    FLASHGPT_CHECK(!use_svd, "config field 'use_svd': SVD compresses MLA's value up-projection; attention is {}", mech);
+    return;
+  }
+  FLASHGPT_CHECK(kv_heads() == n_head,
+                 "config field 'n_kv_head': {} attention derives every head's key and value from one latent; "
+                 "n_kv_head must be 0 or n_head {}, got {}",
+                 mech, n_head, n_kv_head);
+  if (pos == PosKind::Learned) {
+    FLASHGPT_CHECK(rope_dim == 0, "config field 'rope_dim': decoupled RoPE needs pos = rope, but pos is learned");
+  } else {
+    FLASHGPT_CHECK(mla_rope_dim() % 2 == 0 && mla_rope_dim() > 0,
+                   "config field 'rope_dim': RoPE rotates pairs, so it must be even and positive, got {}",
+                   mla_rope_dim());
+  }
+  if (use_svd) {
+    const int max_rank = std::min(latent_dim(), n_head * head_dim());
+    FLASHGPT_CHECK(svd_rank > 0 && svd_rank <= max_rank,
+                   "config field 'svd_rank': use_svd needs a rank between 1 and min(n_latent, n_head·head_dim) = {}, "
+                   "got {}",
+                   max_rank, svd_rank);
+  } else {
+    FLASHGPT_CHECK(svd_rank == 0, "config field 'svd_rank': set use_svd to factor the value up-projection");
+  }
 }
 
 nlohmann::json GPTConfig::to_json() const {
@@ -82,7 +131,21 @@ nlohmann::json GPTConfig::to_json() const {
                         {"attention", to_string(attention)}, {"post_norm", post_norm},
                         {"qk_norm", qk_norm},           {"tie_embeddings", tie_embeddings},
                         {"bias", bias},                 {"rope_theta", rope_theta},
-                        {"norm_eps", norm_eps}};
+                        {"norm_eps", norm_eps},         {"n_latent", n_latent},
+                        {"rope_dim", rope_dim},         {"q_lora_rank", q_lora_rank},
+                        {"use_svd", use_svd},           {"svd_rank", svd_rank}};
+}
+
+void GPTConfig::set_flash(bool on) {
+  const bool latent = is_latent(attention);
+  attention = on ? (latent ? AttentionKind::FlashMLA : AttentionKind::Flash)
+                 : (latent ? AttentionKind::MLA : AttentionKind::Standard);
+}
+
+void GPTConfig::set_latent(bool on) {
+  const bool flash = uses_flash_kernel(attention);
+  attention = on ? (flash ? AttentionKind::FlashMLA : AttentionKind::MLA)
+                 : (flash ? AttentionKind::Flash : AttentionKind::Standard);
 }
 
 void GPTConfig::update_from_json(const nlohmann::json& j, const std::string& source) {
@@ -116,7 +179,17 @@ void GPTConfig::update_from_json(const nlohmann::json& j, const std::string& sou
     else if (key == "pos") pos = parse_pos_kind(as_string(), field);
     else if (key == "mlp") mlp = parse_mlp_kind(as_string(), field);
     else if (key == "attention") attention = parse_attention_kind(as_string(), field);
-    else if (key == "use_flash_attention") attention = as_bool() ? AttentionKind::Flash : AttentionKind::Standard;
+    else if (key == "use_flash_attention") set_flash(as_bool());
+    else if (key == "use_latent_attention") set_latent(as_bool());
+    else if (key == "use_flash_mla") {
+      if (as_bool()) attention = AttentionKind::FlashMLA;
+      else if (attention == AttentionKind::FlashMLA) attention = AttentionKind::Standard;
+    }
+    else if (key == "n_latent") n_latent = as_int();
+    else if (key == "rope_dim") rope_dim = as_int();
+    else if (key == "q_lora_rank") q_lora_rank = as_int();
+    else if (key == "use_svd") use_svd = as_bool();
+    else if (key == "svd_rank") svd_rank = as_int();
     else if (key == "post_norm") post_norm = as_bool();
     else if (key == "qk_norm") qk_norm = as_bool();
     else if (key == "tie_embeddings") tie_embeddings = as_bool();
@@ -171,6 +244,9 @@ const std::map<std::string, GPTConfig>& presets() {
     t["d12_post_norm"] = pn;
     pn.qk_norm = true;
     t["d12_post_norm_qk_norm"] = pn;
+    GPTConfig fm = pn;  // FlashMLA with post-norm and QK-norm (the seed's d12_flash_mla)
+    fm.attention = AttentionKind::FlashMLA;
+    t["d12_flash_mla"] = fm;
     return t;
   }();
   return table;
@@ -198,9 +274,42 @@ ModelStats model_stats(const GPTConfig& c, int seq_len) {
     s.n_params += p.numel();
     if (p.name != "wte" && p.name != "wpe" && p.name != "lm_head.weight") s.n_params_non_embedding += p.numel();
   }
-  int T = seq_len > 0 ? seq_len : c.block_size;
-  s.train_flops_per_token = 6.0 * static_cast<double>(s.n_params) + 6.0 * c.n_layer * c.n_embd * static_cast<double>(T);
-  s.kv_cache_bytes_per_token = static_cast<int64_t>(2) * c.n_layer * c.kv_dim() * static_cast<int64_t>(sizeof(float));
+  const int T = seq_len > 0 ? seq_len : c.block_size;
+  const bool latent = is_latent(c.attention);
+  // Scores and weighted sum, forward and backward (3×), 2 FLOPs per multiply-add, causal half:
+  // 3·L·T·Hq·(Dqk + Dv) — 6·L·C·T for multi-head attention.
+  const int qk = latent ? c.mla_qk_dim() : c.head_dim();
+  s.train_flops_per_token = 6.0 * static_cast<double>(s.n_params) +
+                            3.0 * c.n_layer * static_cast<double>(T) * c.n_head * (qk + c.head_dim());
+  s.kv_cache_bytes_per_token = attention_stats(c).kv_cache_bytes_per_token;
+  return s;
+}
+
+}  // namespace flashgpt
+
+namespace flashgpt {
+
+AttentionStats attention_stats(const GPTConfig& c) {
+  auto count = [](const GPTConfig& cfg) {
+    int64_t n = 0;
+    for (const ParamSpec& p : param_specs(cfg)) {
+      if (p.name.find(".attn.") != std::string::npos) n += p.numel();
+    }
+    return n;
+  };
+  GPTConfig mha = c;  // the same width and heads as plain multi-head attention
+  mha.attention = AttentionKind::Standard;
+  mha.n_kv_head = 0;
+  mha.n_latent = mha.rope_dim = mha.q_lora_rank = mha.svd_rank = 0;
+  mha.use_svd = false;
+  AttentionStats s;
+  s.mechanism = to_string(c.attention);
+  s.params = count(c);
+  s.mha_params = count(mha);
+  const int64_t per_layer = is_latent(c.attention) ? c.latent_dim() + c.mla_rope_dim() : 2 * c.kv_dim();
+  s.kv_cache_floats_per_token_layer = per_layer;
+  s.kv_cache_bytes_per_token = per_layer * c.n_layer * static_cast<int64_t>(sizeof(float));
+  s.mha_kv_cache_bytes_per_token = 2 * static_cast<int64_t>(mha.kv_dim()) * c.n_layer * static_cast<int64_t>(sizeof(float));
   return s;
 }
 

@@ -1,5 +1,7 @@
 #include "flashgpt/model/gpt.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -13,6 +15,7 @@
 #include "flashgpt/ops/embedding.h"
 #include "flashgpt/ops/matmul.h"
 #include "flashgpt/ops/norm.h"
+#include "flashgpt/ops/svd.h"
 
 namespace flashgpt {
 
@@ -23,7 +26,11 @@ GPT<T>::GPT(const GPTConfig& config) : config_(config) {
   int64_t total = specs_.empty() ? 0 : specs_.back().offset + specs_.back().numel();
   params_.assign(static_cast<size_t>(total), T(0));
   grads_.assign(static_cast<size_t>(total), T(0));
-  if (config_.pos == PosKind::Rope) rope_ = ops::RopeTable<T>(config_.block_size, config_.head_dim(), config_.rope_theta);
+  if (config_.pos == PosKind::Rope) {
+    // Multi-head attention rotates whole heads; latent attention only its decoupled rope part.
+    const int width = is_latent(config_.attention) ? config_.mla_rope_dim() : config_.head_dim();
+    rope_ = ops::RopeTable<T>(config_.block_size, width, config_.rope_theta);
+  }
 }
 
 template <typename T>
@@ -64,6 +71,21 @@ typename GPT<T>::LayerParams GPT<T>::layer_params(const T* base, int l) const {
   p.mlp_proj_b = find("mlp.proj.bias");
   p.post_mlp_w = find("post_mlp_norm.weight");
   p.post_mlp_b = find("post_mlp_norm.bias");
+  p.q_w = find("attn.q.weight");
+  p.q_b = find("attn.q.bias");
+  p.q_down_w = find("attn.q_down.weight");
+  p.q_down_b = find("attn.q_down.bias");
+  p.q_down_norm_w = find("attn.q_down_norm.weight");
+  p.q_up_w = find("attn.q_up.weight");
+  p.kv_down_w = find("attn.kv_down.weight");
+  p.kv_down_b = find("attn.kv_down.bias");
+  p.kv_norm_w = find("attn.kv_norm.weight");
+  p.k_rope_w = find("attn.k_rope.weight");
+  p.k_rope_b = find("attn.k_rope.bias");
+  p.k_up_w = find("attn.k_up.weight");
+  p.v_up_w = find("attn.v_up.weight");
+  p.v_up_u_w = find("attn.v_up_u.weight");
+  p.v_up_v_w = find("attn.v_up_v.weight");
   return p;
 }
 
@@ -88,6 +110,18 @@ void GPT<T>::init_weights(uint64_t seed) {
       if (s.name == name) std::fill(params_.data() + s.offset + V * C, params_.data() + s.offset + Vp * C, T(0));
     }
   }
+  if (config_.use_svd) {
+    // A factored value up-projection starts as the best rank-r approximation (truncated SVD) of a
+    // full matrix drawn like every other weight.
+    const int64_t rows = static_cast<int64_t>(config_.n_head) * config_.head_dim(), cols = config_.latent_dim();
+    std::vector<T> full(static_cast<size_t>(rows * cols));
+    for (int l = 0; l < config_.n_layer; ++l) {
+      const ParamSpec& u = spec(fmt::format("blocks.{}.attn.v_up_u.weight", l));
+      for (T& x : full) x = static_cast<T>(rng.normal() * u.init_std);
+      ops::truncated_svd(full.data(), rows, cols, config_.svd_rank, params_.data() + u.offset,
+                         param(fmt::format("blocks.{}.attn.v_up_v.weight", l)));
+    }
+  }
 }
 
 template <typename T>
@@ -97,62 +131,83 @@ void GPT<T>::zero_grad() {
 
 template <typename T>
 AttentionKernel GPT<T>::attention_kernel() const {
-  return config_.attention == AttentionKind::Flash ? AttentionKernel::Flash : AttentionKernel::Standard;
+  return uses_flash_kernel(config_.attention) ? AttentionKernel::Flash : AttentionKernel::Standard;
 }
+
+namespace {
+
+// Widths of the attention buffers, which depend on the mechanism (see LayerActs).
+struct AttnWidths {
+  int64_t q, k, ka, v, q_rows_per_token, k_rows_per_token;  // q_rows / k_rows: norm statistics per token
+  int64_t cq, ckv, kr, v_up, q_abs, o_lat;
+};
+
+AttnWidths attn_widths(const GPTConfig& c) {
+  AttnWidths w{};
+  const int64_t H = c.n_head, hd = c.head_dim();
+  if (is_latent(c.attention)) {
+    const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim();
+    w.q = H * dqk;
+    w.k = dr;
+    w.ka = H * dqk;
+    w.v = H * hd;
+    w.q_rows_per_token = H;
+    w.k_rows_per_token = 1;
+    w.cq = c.q_lora_rank;
+    w.ckv = nl;
+    w.kr = dr;
+    w.v_up = c.use_svd ? H * hd * nl : 0;
+    w.q_abs = H * (nl + dr);
+    w.o_lat = H * nl;
+  } else {
+    w.q = c.q_dim();
+    w.k = w.ka = w.v = c.kv_dim();
+    w.q_rows_per_token = H;
+    w.k_rows_per_token = c.kv_heads();
+  }
+  return w;
+}
+
+}  // namespace
 
 template <typename T>
 void GPT<T>::allocate(Activations& a, int64_t B, int64_t Tn, bool per_layer, int64_t logit_rows) {
   if (a.B == B && a.Tn == Tn && a.per_layer == per_layer && !a.storage.empty()) return;
   const GPTConfig& c = config_;
-  const int64_t N = B * Tn, C = c.n_embd, qd = c.q_dim(), kvd = c.kv_dim();
-  const int64_t Hq = c.n_head, Hkv = c.kv_heads(), Vp = c.padded_vocab_size();
+  const int64_t N = B * Tn, C = c.n_embd, qd = c.q_dim(), Hq = c.n_head, Vp = c.padded_vocab_size();
+  const AttnWidths w = attn_widths(c);
   const int64_t n_sets = per_layer ? c.n_layer : 1;
-  const int64_t per_block = N * (C * 6 + qd * 3 + kvd * 4 + c.fc_out() + c.hidden()) + N * (Hq + Hkv + 6) + B * Hq * Tn;
-  const int64_t total = n_sets * per_block + (c.n_layer + 1) * N * C + N * C * 2 + N * 3 + logit_rows * Vp;
-  a.storage.assign(static_cast<size_t>(total), T(0));
-  T* cursor = a.storage.data();
-  auto take = [&](int64_t n) {
-    T* p = cursor;
-    cursor += n;
-    return p;
-  };
-  a.layers.resize(static_cast<size_t>(c.n_layer));
+  // Buffers are laid out twice: once to count, once to hand out pointers.
+  std::vector<std::pair<T**, int64_t>> plan;
+  a.layers.assign(static_cast<size_t>(c.n_layer), LayerActs{});
   for (int64_t s = 0; s < n_sets; ++s) {
     LayerActs& L = a.layers[static_cast<size_t>(s)];
-    L.ln1 = take(N * C);
-    L.ln1_mean = take(N);
-    L.ln1_rstd = take(N);
-    L.q = take(N * qd);
-    L.k = take(N * kvd);
-    L.v = take(N * kvd);
-    L.q_rstd = take(N * Hq);
-    L.k_rstd = take(N * Hkv);
-    L.qa = take(N * qd);
-    L.ka = take(N * kvd);
-    L.att = take(N * qd);
-    L.lse = take(B * Hq * Tn);
-    L.proj = take(N * C);
-    L.post_attn_mean = take(N);
-    L.post_attn_rstd = take(N);
-    L.res_mid = take(N * C);
-    L.ln2 = take(N * C);
-    L.ln2_mean = take(N);
-    L.ln2_rstd = take(N);
-    L.fc = take(N * c.fc_out());
-    L.act = take(N * c.hidden());
-    L.mlp_proj = take(N * C);
-    L.post_mlp_mean = take(N);
-    L.post_mlp_rstd = take(N);
+    plan.insert(plan.end(), {{&L.ln1, N * C}, {&L.ln1_mean, N}, {&L.ln1_rstd, N}, {&L.q, N * w.q}, {&L.k, N * w.k},
+                             {&L.v, N * w.v}, {&L.q_rstd, N * w.q_rows_per_token},
+                             {&L.k_rstd, N * w.k_rows_per_token}, {&L.qa, N * w.q}, {&L.ka, N * w.ka},
+                             {&L.att, N * qd}, {&L.lse, B * Hq * Tn}, {&L.cq_pre, N * w.cq}, {&L.cq, N * w.cq},
+                             {&L.cq_rstd, w.cq > 0 ? N : 0}, {&L.ckv_pre, N * w.ckv}, {&L.ckv, N * w.ckv},
+                             {&L.ckv_rstd, w.ckv > 0 ? N : 0}, {&L.kr, N * w.kr}, {&L.v_up, w.v_up},
+                             // absorbed decoding buffers exist only in the inference set
+                             {&L.q_abs, per_layer ? 0 : N * w.q_abs}, {&L.o_lat, per_layer ? 0 : N * w.o_lat},
+                             {&L.proj, N * C}, {&L.post_attn_mean, N}, {&L.post_attn_rstd, N}, {&L.res_mid, N * C},
+                             {&L.ln2, N * C}, {&L.ln2_mean, N}, {&L.ln2_rstd, N}, {&L.fc, N * c.fc_out()},
+                             {&L.act, N * c.hidden()}, {&L.mlp_proj, N * C}, {&L.post_mlp_mean, N},
+                             {&L.post_mlp_rstd, N}});
+  }
+  a.resid.assign(static_cast<size_t>(c.n_layer + 1), nullptr);
+  for (auto& r : a.resid) plan.push_back({&r, N * C});
+  plan.insert(plan.end(), {{&a.lnf, N * C}, {&a.branch, N * C}, {&a.lnf_mean, N}, {&a.lnf_rstd, N},
+                           {&a.losses, N}, {&a.logits, logit_rows * Vp}});
+  int64_t total = 0;
+  for (const auto& [ptr, n] : plan) total += n;
+  a.storage.assign(static_cast<size_t>(total), T(0));
+  T* cursor = a.storage.data();
+  for (const auto& [ptr, n] : plan) {
+    *ptr = n > 0 ? cursor : nullptr;
+    cursor += n;
   }
   for (size_t l = static_cast<size_t>(n_sets); l < a.layers.size(); ++l) a.layers[l] = a.layers[0];
-  a.resid.resize(static_cast<size_t>(c.n_layer + 1));
-  for (auto& r : a.resid) r = take(N * C);
-  a.lnf = take(N * C);
-  a.branch = take(N * C);
-  a.lnf_mean = take(N);
-  a.lnf_rstd = take(N);
-  a.losses = take(N);
-  a.logits = take(logit_rows * Vp);
   a.B = B;
   a.Tn = Tn;
   a.per_layer = per_layer;
@@ -161,27 +216,23 @@ void GPT<T>::allocate(Activations& a, int64_t B, int64_t Tn, bool per_layer, int
 template <typename T>
 void GPT<T>::allocate_scratch(int64_t N) {
   const GPTConfig& c = config_;
-  const int64_t C = c.n_embd, qd = c.q_dim(), kvd = c.kv_dim();
-  const int64_t total = N * (3 * C + c.fc_out() + c.hidden() + 3 * qd + 4 * kvd);
-  if (static_cast<int64_t>(scratch_.storage.size()) == total) return;
-  scratch_.storage.assign(static_cast<size_t>(total), T(0));
-  T* p = scratch_.storage.data();
-  auto take = [&](int64_t n) {
-    T* r = p;
-    p += n;
-    return r;
-  };
-  scratch_.dres = take(N * C);
-  scratch_.dln = take(N * C);
-  scratch_.dbranch = take(N * C);
-  scratch_.dfc = take(N * c.fc_out());
-  scratch_.dact = take(N * c.hidden());
-  scratch_.datt = take(N * qd);
-  scratch_.dqa = take(N * qd);
-  scratch_.dq = take(N * qd);
-  scratch_.dka = take(N * kvd);
-  scratch_.dk = take(N * kvd);
-  scratch_.dv = take(N * kvd);
+  const int64_t C = c.n_embd, qd = c.q_dim();
+  const AttnWidths w = attn_widths(c);
+  Scratch& s = scratch_;
+  const std::vector<std::pair<T**, int64_t>> plan = {
+      {&s.dres, N * C},       {&s.dln, N * C},       {&s.dbranch, N * C}, {&s.dfc, N * c.fc_out()},
+      {&s.dact, N * c.hidden()}, {&s.datt, N * qd},  {&s.dqa, N * w.q},   {&s.dq, N * w.q},
+      {&s.dka, N * w.ka},     {&s.dk, N * w.k},      {&s.dv, N * w.v},    {&s.dkr, N * w.kr},
+      {&s.dckv, N * w.ckv},   {&s.dckv_pre, N * w.ckv}, {&s.dcq, N * w.cq}, {&s.dcq_pre, N * w.cq},
+      {&s.dv_up, w.v_up}};
+  int64_t total = 0;
+  for (const auto& [ptr, n] : plan) total += n;
+  if (static_cast<int64_t>(s.storage.size()) != total) s.storage.assign(static_cast<size_t>(total), T(0));
+  T* cursor = s.storage.data();
+  for (const auto& [ptr, n] : plan) {
+    *ptr = n > 0 ? cursor : nullptr;
+    cursor += n;
+  }
 }
 
 template <typename T>
@@ -197,50 +248,15 @@ void GPT<T>::block_forward(int l, LayerActs& a, const T* x, T* out, T* branch, i
                            KVCache<T>* cache, const int32_t* segments) {
   const GPTConfig& c = config_;
   const LayerParams P = layer_params(params_.data(), l);
-  const int64_t N = B * Tn, C = c.n_embd, hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads();
-  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t N = B * Tn, C = c.n_embd, qd = c.q_dim();
   const T eps = static_cast<T>(c.norm_eps);
-  const int64_t pos0 = cache ? cache->length : 0;
 
   ops::norm_forward(c.norm, a.ln1, a.ln1_mean, a.ln1_rstd, x, P.ln1_w, P.ln1_b, N, C, eps);
-  ops::matmul_forward(a.q, a.ln1, P.qkv_w, P.qkv_b, N, C, qd);
-  ops::matmul_forward(a.k, a.ln1, P.qkv_w + qd * C, P.qkv_b ? P.qkv_b + qd : nullptr, N, C, kvd);
-  ops::matmul_forward(a.v, a.ln1, P.qkv_w + (qd + kvd) * C, P.qkv_b ? P.qkv_b + qd + kvd : nullptr, N, C, kvd);
-  if (c.qk_norm) {
-    ops::rmsnorm_forward(a.qa, a.q_rstd, a.q, P.q_norm_w, N * Hq, hd, eps);
-    ops::rmsnorm_forward(a.ka, a.k_rstd, a.k, P.k_norm_w, N * Hkv, hd, eps);
+  if (is_latent(c.attention)) {
+    mla_forward(l, P, a, B, Tn, cache, segments);
   } else {
-    std::copy(a.q, a.q + N * qd, a.qa);
-    std::copy(a.k, a.k + N * kvd, a.ka);
+    mha_forward(l, P, a, B, Tn, cache, segments);
   }
-  if (c.pos == PosKind::Rope) {
-    ops::rope_forward(a.qa, rope_, B, Tn, Hq, hd, pos0);
-    ops::rope_forward(a.ka, rope_, B, Tn, Hkv, hd, pos0);
-  }
-
-  AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
-  AttentionMask mask{true, 0};
-  mask.q_segments = segments;
-  mask.kv_segments = segments;
-  const T* k_src = a.ka;
-  const T* v_src = a.v;
-  if (cache) {
-    // Append this step's keys and values, then attend over everything cached so far.
-    const int64_t layer_off = static_cast<int64_t>(l) * cache->B * cache->capacity * kvd;
-    for (int64_t b = 0; b < B; ++b) {
-      T* kc = cache->k.data() + layer_off + (b * cache->capacity + pos0) * kvd;
-      T* vc = cache->v.data() + layer_off + (b * cache->capacity + pos0) * kvd;
-      std::copy(a.ka + b * Tn * kvd, a.ka + (b + 1) * Tn * kvd, kc);
-      std::copy(a.v + b * Tn * kvd, a.v + (b + 1) * Tn * kvd, vc);
-    }
-    k_src = cache->k.data() + layer_off;
-    v_src = cache->v.data() + layer_off;
-    dims.Tk = pos0 + Tn;
-    dims.Tk_stride = cache->capacity;
-    mask.q_offset = pos0;
-  }
-  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
-  attention_forward(attention_kernel(), dims, mask, scale, a.qa, k_src, v_src, a.att, a.lse, tiling_);
 
   ops::matmul_forward(a.proj, a.att, P.proj_w, P.proj_b, N, qd, C);
   const T* attn_out = a.proj;
@@ -319,8 +335,7 @@ void GPT<T>::block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t 
   const LayerParams P = layer_params(params_.data(), l);
   const LayerParams G = layer_params(grads_.data(), l);
   auto g = [](const T* p) { return const_cast<T*>(p); };
-  const int64_t N = B * Tn, C = c.n_embd, hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads();
-  const int64_t qd = c.q_dim(), kvd = c.kv_dim(), F = c.hidden();
+  const int64_t N = B * Tn, C = c.n_embd, qd = c.q_dim(), F = c.hidden();
   Scratch& s = scratch_;
 
   // MLP branch: s.dres holds the gradient of the block output.
@@ -348,31 +363,11 @@ void GPT<T>::block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t 
     dattn = s.dbranch;
   }
   ops::matmul_backward(s.datt, g(G.proj_w), g(G.proj_b), dattn, a.att, P.proj_w, N, qd, C, false);
-  const AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
-  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
-  AttentionMask mask{true, 0};
-  mask.q_segments = segments;
-  mask.kv_segments = segments;
-  attention_backward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv,
-                     tiling_);
-  if (c.pos == PosKind::Rope) {
-    ops::rope_backward(s.dqa, rope_, B, Tn, Hq, hd, 0);
-    ops::rope_backward(s.dka, rope_, B, Tn, Hkv, hd, 0);
+  if (is_latent(c.attention)) {
+    mla_backward(P, G, a, B, Tn, segments);
+  } else {
+    mha_backward(P, G, a, B, Tn, segments);
   }
-  const T* dq = s.dqa;
-  const T* dk = s.dka;
-  if (c.qk_norm) {
-    ops::rmsnorm_backward(s.dq, g(G.q_norm_w), s.dqa, a.q, P.q_norm_w, a.q_rstd, N * Hq, hd, false);
-    ops::rmsnorm_backward(s.dk, g(G.k_norm_w), s.dka, a.k, P.k_norm_w, a.k_rstd, N * Hkv, hd, false);
-    dq = s.dq;
-    dk = s.dk;
-  }
-  T* gqkv_b = g(G.qkv_b);
-  ops::matmul_backward(s.dln, g(G.qkv_w), gqkv_b, dq, a.ln1, P.qkv_w, N, C, qd, false);
-  ops::matmul_backward(s.dln, g(G.qkv_w) + qd * C, gqkv_b ? gqkv_b + qd : nullptr, dk, a.ln1, P.qkv_w + qd * C, N, C,
-                       kvd, true);
-  ops::matmul_backward(s.dln, g(G.qkv_w) + (qd + kvd) * C, gqkv_b ? gqkv_b + qd + kvd : nullptr, s.dv, a.ln1,
-                       P.qkv_w + (qd + kvd) * C, N, C, kvd, true);
   ops::norm_backward(c.norm, s.dres, g(G.ln1_w), g(G.ln1_b), s.dln, x, P.ln1_w, a.ln1_mean, a.ln1_rstd, N, C, true);
 }
 
@@ -408,6 +403,11 @@ KVCache<T> GPT<T>::make_cache(int64_t B, int64_t capacity) const {
   KVCache<T> cache;
   cache.B = B;
   cache.capacity = capacity;
+  if (is_latent(config_.attention)) {
+    cache.latent_row = config_.latent_dim() + config_.mla_rope_dim();
+    cache.latent.assign(static_cast<size_t>(config_.n_layer) * B * capacity * cache.latent_row, T(0));
+    return cache;
+  }
   const size_t n = static_cast<size_t>(config_.n_layer) * B * capacity * config_.kv_dim();
   cache.k.assign(n, T(0));
   cache.v.assign(n, T(0));

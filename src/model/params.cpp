@@ -35,15 +35,46 @@ std::vector<ParamSpec> param_specs(const GPTConfig& c) {
     if (c.bias) vector(prefix + ".bias", out, ParamInit::Zeros);
   };
 
+  // Multi-head latent attention (DeepSeek-V2). Up-projections have no bias, so weight absorption
+  // stays exact; the latents' RMSNorms carry a gain only.
+  auto mla_params = [&](const std::string& b) {
+    const int64_t H = c.n_head, nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim();
+    if (c.q_lora_rank > 0) {
+      linear(b + "attn.q_down", c.q_lora_rank, C, kInitStd);
+      vector(b + "attn.q_down_norm.weight", c.q_lora_rank, ParamInit::Ones);
+      matrix(b + "attn.q_up.weight", {H * dqk, c.q_lora_rank}, kInitStd);
+    } else {
+      linear(b + "attn.q", H * dqk, C, kInitStd);
+    }
+    linear(b + "attn.kv_down", nl, C, kInitStd);
+    vector(b + "attn.kv_norm.weight", nl, ParamInit::Ones);
+    if (dr > 0) linear(b + "attn.k_rope", dr, C, kInitStd);
+    matrix(b + "attn.k_up.weight", {H * hd, nl}, kInitStd);
+    if (c.use_svd) {  // v_up ≈ v_up_u · v_up_v, rank svd_rank
+      matrix(b + "attn.v_up_u.weight", {H * hd, c.svd_rank}, kInitStd);
+      matrix(b + "attn.v_up_v.weight", {c.svd_rank, nl}, kInitStd);
+    } else {
+      matrix(b + "attn.v_up.weight", {H * hd, nl}, kInitStd);
+    }
+    if (c.qk_norm) {
+      vector(b + "attn.q_norm.weight", dqk, ParamInit::Ones);
+      if (dr > 0) vector(b + "attn.k_norm.weight", dr, ParamInit::Ones);
+    }
+  };
+
   matrix("wte", {c.padded_vocab_size(), C}, kInitStd);
   if (c.pos == PosKind::Learned) matrix("wpe", {c.block_size, C}, kInitStd);
   for (int l = 0; l < c.n_layer; ++l) {
     std::string b = fmt::format("blocks.{}.", l);
     norm(b + "ln1");
-    linear(b + "attn.qkv", c.q_dim() + 2 * c.kv_dim(), C, kInitStd);
-    if (c.qk_norm) {
-      vector(b + "attn.q_norm.weight", hd, ParamInit::Ones);
-      vector(b + "attn.k_norm.weight", hd, ParamInit::Ones);
+    if (is_latent(c.attention)) {
+      mla_params(b);
+    } else {
+      linear(b + "attn.qkv", c.q_dim() + 2 * c.kv_dim(), C, kInitStd);
+      if (c.qk_norm) {
+        vector(b + "attn.q_norm.weight", hd, ParamInit::Ones);
+        vector(b + "attn.k_norm.weight", hd, ParamInit::Ones);
+      }
     }
     linear(b + "attn.proj", C, c.q_dim(), proj_std);
     if (c.post_norm) norm(b + "post_attn_norm");

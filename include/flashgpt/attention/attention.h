@@ -7,6 +7,9 @@
 //   q  [B, Tq, Hq, Dqk]        o  [B, Tq, Hq, Dv]       lse [B, Hq, Tq]
 //   k  [B, Tk_stride, Hkv, Dqk] v  [B, Tk_stride, Hkv, Dv]   (only the first Tk rows are read;
 //                                Tk_stride ≥ Tk lets a KV cache of larger capacity be used in place)
+//   k_row_stride / v_row_stride (elements from one key/value token to the next; 0: Hkv·Dqk and
+//   Hkv·Dv) let k and v be views into wider rows — absorbed MLA decode reads keys [c_kv, k_rope]
+//   and values c_kv out of the same latent cache rows.
 // Query head h reads key/value head h / (Hq / Hkv): grouped-query attention, MQA when Hkv = 1.
 //
 // Kernels:
@@ -29,7 +32,11 @@ const char* to_string(AttentionKernel k);
 struct AttentionDims {
   int64_t B = 1, Hq = 1, Hkv = 1, Tq = 1, Tk = 1, Dqk = 1, Dv = 1;
   int64_t Tk_stride = 0;  // 0: same as Tk
+  int64_t k_row_stride = 0;  // 0: Hkv·Dqk
+  int64_t v_row_stride = 0;  // 0: Hkv·Dv
   int64_t kv_rows() const { return Tk_stride > 0 ? Tk_stride : Tk; }
+  int64_t k_row() const { return k_row_stride > 0 ? k_row_stride : Hkv * Dqk; }
+  int64_t v_row() const { return v_row_stride > 0 ? v_row_stride : Hkv * Dv; }
 };
 
 // Key j is visible to query i of sequence b when every mask present allows it:

@@ -2,10 +2,22 @@
 // scalar so the same code trains in float and is gradient-checked in double.
 //
 // Block l (x: the residual stream [B, T, C]):
-//   h   = norm_ln1(x);  q, k, v = h·W_qkvᵀ (+b);  q, k = rope(qk_norm(q, k));  a = attention(q, k, v)
+//   h   = norm_ln1(x);  a = attention(h)
 //   x'  = x + post_attn_norm?(a·W_projᵀ (+b))
 //   x'' = x' + post_mlp_norm?(act(norm_ln2(x')·W_fcᵀ (+b))·W_mlp_projᵀ (+b))
 // then lnf and the LM head (tied to wte unless tie_embeddings = false) over the padded vocabulary.
+//
+// attention(h), by config.attention:
+//   standard / flash (CausalSelfAttention / FlashCausalSelfAttention, gpt_attention_mha.cpp):
+//     q, k, v = h·W_qkvᵀ (+b);  q, k = rope(qk_norm(q, k));  a = kernel(q, k, v)
+//   mla / flash_mla (MultiHeadLatentAttention / FlashMLA, gpt_attention_mla.cpp), per DeepSeek-V2:
+//     c_kv = RMSNorm(h·W_kv_downᵀ)                    latent, n_latent wide (the decode cache)
+//     k_r  = rope(k_norm?(h·W_k_ropeᵀ))               one rope key of rope_dim shared by all heads
+//     q    = h·W_qᵀ, or q_up(RMSNorm(h·W_q_downᵀ))   per head [q_nope (head_dim), q_rope (rope_dim)]
+//     q    = q_norm?(q), then rope on the q_rope part
+//     per head: k = [c_kv·W_k_up,hᵀ, k_r],  v = c_kv·W_v_up,hᵀ;  a = kernel(q, k, v), scale 1/√(head_dim + rope_dim)
+//   Decoding attends straight over the cached [c_kv, k_r] rows with W_k_up folded into the query
+//   and W_v_up into the output (weight absorption): MQA with Dqk = n_latent + rope_dim, Dv = n_latent.
 #pragma once
 
 #include <cstdint>
@@ -20,15 +32,24 @@
 
 namespace flashgpt {
 
-// Keys and values of every layer for incremental decoding: k, v [L][B][capacity][Hkv][head_dim].
+// The decoding cache of every layer. Multi-head attention keeps keys and values,
+// k, v [L][B][capacity][Hkv][head_dim]; latent attention keeps only latent [L][B][capacity][row]
+// with row = [c_kv (n_latent), k_rope (rope_dim)].
 template <typename T>
 struct KVCache {
   int64_t B = 0;
   int64_t capacity = 0;
   int64_t length = 0;  // tokens already cached (the same for every sequence of the batch)
   std::vector<T> k, v;
-  int64_t bytes() const { return static_cast<int64_t>((k.size() + v.size()) * sizeof(T)); }
+  std::vector<T> latent;
+  int64_t latent_row = 0;  // n_latent + rope_dim
+  int64_t bytes() const { return static_cast<int64_t>((k.size() + v.size() + latent.size()) * sizeof(T)); }
 };
+
+// How latent attention decodes: Absorbed (the fast path: attention over the latent cache with the
+// up-projections folded into query and output) or Expanded (the reference: every cached latent
+// re-expanded into per-head keys and values, then ordinary attention). Both read the same cache.
+enum class MlaDecode { Absorbed, Expanded };
 
 template <typename T>
 class GPT {
@@ -38,6 +59,7 @@ class GPT {
   const GPTConfig& config() const { return config_; }
   // Tile sizes of the flash kernel (0: automatic).
   void set_attention_tiling(const AttentionTiling& t) { tiling_ = t; }
+  void set_mla_decode(MlaDecode m) { mla_decode_ = m; }
   const std::vector<ParamSpec>& specs() const { return specs_; }
   int64_t num_params() const { return static_cast<int64_t>(params_.size()); }
   std::span<T> params() { return params_; }
@@ -76,20 +98,35 @@ class GPT {
             *k_norm_w = nullptr, *proj_w = nullptr, *proj_b = nullptr, *post_attn_w = nullptr,
             *post_attn_b = nullptr, *ln2_w = nullptr, *ln2_b = nullptr, *fc_w = nullptr, *fc_b = nullptr,
             *mlp_proj_w = nullptr, *mlp_proj_b = nullptr, *post_mlp_w = nullptr, *post_mlp_b = nullptr;
+    // latent attention
+    const T *q_w = nullptr, *q_b = nullptr, *q_down_w = nullptr, *q_down_b = nullptr, *q_down_norm_w = nullptr,
+            *q_up_w = nullptr, *kv_down_w = nullptr, *kv_down_b = nullptr, *kv_norm_w = nullptr, *k_rope_w = nullptr,
+            *k_rope_b = nullptr, *k_up_w = nullptr, *v_up_w = nullptr, *v_up_u_w = nullptr, *v_up_v_w = nullptr;
   };
   // Saved activations of one block, N = B·Tn rows.
   struct LayerActs {
     T* ln1;       // [N, C]
     T* ln1_mean;  // [N]
     T* ln1_rstd;  // [N]
-    T* q;         // [N, Hq·hd]   projections before qk_norm / rope
-    T* k;         // [N, Hkv·hd]
-    T* v;         // [N, Hkv·hd]
+    T* q;         // [N, Hq·dqk]  projections before qk_norm / rope (dqk: hd, or hd + rope_dim for MLA)
+    T* k;         // [N, Hkv·hd]  (MLA: the rope key [N, rope_dim])
+    T* v;         // [N, Hkv·hd]  (MLA: [N, Hq·hd], expanded from the latent)
     T* q_rstd;    // [N·Hq]       qk_norm statistics
-    T* k_rstd;    // [N·Hkv]
-    T* qa;        // [N, Hq·hd]   q and k as attention sees them
-    T* ka;        // [N, Hkv·hd]
+    T* k_rstd;    // [N·Hkv]      (MLA: [N])
+    T* qa;        // [N, Hq·dqk]  q and k as attention sees them
+    T* ka;        // [N, Hkv·hd]  (MLA: [N, Hq·dqk], [k_nope, k_rope] per head)
     T* att;       // [N, Hq·hd]   attention output
+    // latent attention only
+    T* cq_pre;    // [N, q_lora_rank]  query latent before / after its RMSNorm
+    T* cq;
+    T* cq_rstd;   // [N]
+    T* ckv_pre;   // [N, n_latent]     key/value latent before / after its RMSNorm
+    T* ckv;
+    T* ckv_rstd;  // [N]
+    T* kr;        // [N, rope_dim]     the rope key after k_norm and rope
+    T* v_up;      // [Hq·hd, n_latent] the value up-projection (u·v when factored by SVD)
+    T* q_abs;     // [N, Hq, n_latent + rope_dim]  absorbed queries (decoding only)
+    T* o_lat;     // [N, Hq, n_latent]             attention output in the latent (decoding only)
     T* lse;       // [B, Hq, Tn]
     T* proj;      // [N, C]
     T* post_attn_mean, *post_attn_rstd;  // [N]
@@ -115,6 +152,7 @@ class GPT {
   struct Scratch {  // backward buffers, reused by every block
     std::vector<T> storage;
     T *dres, *dln, *dbranch, *dfc, *dact, *datt, *dqa, *dka, *dv, *dq, *dk;
+    T *dkr, *dckv, *dckv_pre, *dcq, *dcq_pre, *dv_up;  // latent attention
   };
 
   void allocate(Activations& a, int64_t B, int64_t Tn, bool per_layer, int64_t logit_rows);
@@ -125,6 +163,19 @@ class GPT {
                      const int32_t* segments);
   void block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t Tn, const int32_t* segments);
   AttentionKernel attention_kernel() const;
+  // The attention sublayer from a.ln1 to a.att (forward) and from scratch_.datt to scratch_.dln
+  // (backward, written): multi-head in gpt_attention_mha.cpp, latent in gpt_attention_mla.cpp.
+  void mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>* cache,
+                   const int32_t* segments);
+  void mha_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
+                    const int32_t* segments);
+  void mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>* cache,
+                   const int32_t* segments);
+  void mla_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
+                    const int32_t* segments);
+  void mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>& cache);
+  void mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>& cache);
+  const T* mla_value_up(const LayerParams& P, LayerActs& a);
 
   GPTConfig config_;
   std::vector<ParamSpec> specs_;
@@ -135,6 +186,7 @@ class GPT {
   Scratch scratch_;
   bool have_forward_ = false;
   AttentionTiling tiling_;
+  MlaDecode mla_decode_ = MlaDecode::Absorbed;
   std::vector<int32_t> segments_;  // of the last training forward (empty: no document masking)
 };
 

@@ -26,4 +26,14 @@ void rope_forward(T* x, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_
 template <typename T>
 void rope_backward(T* dx, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t pos_offset);
 
+// The same over the first D elements of heads that sit head_stride apart, rows H·head_stride apart:
+// MLA rotates only the rope part of each query head ([q_nope, q_rope]: x = q + d_nope,
+// head_stride = d_nope + d_rope) and its one shared rope key.
+template <typename T>
+void rope_forward_strided(T* x, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, int64_t D,
+                          int64_t head_stride, int64_t pos_offset);
+template <typename T>
+void rope_backward_strided(T* dx, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, int64_t D,
+                           int64_t head_stride, int64_t pos_offset);
+
 }  // namespace flashgpt::ops

@@ -1,0 +1,109 @@
+// CausalSelfAttention and FlashCausalSelfAttention: the multi-head (and grouped-query) attention
+// sublayer of GPT<T>, from the block's normed input a.ln1 to the head outputs a.att. The two
+// mechanisms differ only in the kernel behind attention_forward / attention_backward.
+#include <algorithm>
+#include <cmath>
+
+#include "flashgpt/model/gpt.h"
+#include "flashgpt/ops/matmul.h"
+#include "flashgpt/ops/norm.h"
+#include "flashgpt/ops/rope.h"
+
+namespace flashgpt {
+
+template <typename T>
+void GPT<T>::mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>* cache,
+                         const int32_t* segments) {
+  const GPTConfig& c = config_;
+  const int64_t N = B * Tn, C = c.n_embd, hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads();
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+  const T eps = static_cast<T>(c.norm_eps);
+  const int64_t pos0 = cache ? cache->length : 0;
+
+  ops::matmul_forward(a.q, a.ln1, P.qkv_w, P.qkv_b, N, C, qd);
+  ops::matmul_forward(a.k, a.ln1, P.qkv_w + qd * C, P.qkv_b ? P.qkv_b + qd : nullptr, N, C, kvd);
+  ops::matmul_forward(a.v, a.ln1, P.qkv_w + (qd + kvd) * C, P.qkv_b ? P.qkv_b + qd + kvd : nullptr, N, C, kvd);
+  if (c.qk_norm) {
+    ops::rmsnorm_forward(a.qa, a.q_rstd, a.q, P.q_norm_w, N * Hq, hd, eps);
+    ops::rmsnorm_forward(a.ka, a.k_rstd, a.k, P.k_norm_w, N * Hkv, hd, eps);
+  } else {
+    std::copy(a.q, a.q + N * qd, a.qa);
+    std::copy(a.k, a.k + N * kvd, a.ka);
+  }
+  if (c.pos == PosKind::Rope) {
+    ops::rope_forward(a.qa, rope_, B, Tn, Hq, hd, pos0);
+    ops::rope_forward(a.ka, rope_, B, Tn, Hkv, hd, pos0);
+  }
+
+  AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
+  AttentionMask mask{true, 0};
+  mask.q_segments = segments;
+  mask.kv_segments = segments;
+  const T* k_src = a.ka;
+  const T* v_src = a.v;
+  if (cache) {
+    // Append this step's keys and values, then attend over everything cached so far.
+    const int64_t layer_off = static_cast<int64_t>(l) * cache->B * cache->capacity * kvd;
+    for (int64_t b = 0; b < B; ++b) {
+      T* kc = cache->k.data() + layer_off + (b * cache->capacity + pos0) * kvd;
+      T* vc = cache->v.data() + layer_off + (b * cache->capacity + pos0) * kvd;
+      std::copy(a.ka + b * Tn * kvd, a.ka + (b + 1) * Tn * kvd, kc);
+      std::copy(a.v + b * Tn * kvd, a.v + (b + 1) * Tn * kvd, vc);
+    }
+    k_src = cache->k.data() + layer_off;
+    v_src = cache->v.data() + layer_off;
+    dims.Tk = pos0 + Tn;
+    dims.Tk_stride = cache->capacity;
+    mask.q_offset = pos0;
+  }
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  attention_forward(attention_kernel(), dims, mask, scale, a.qa, k_src, v_src, a.att, a.lse, tiling_);
+}
+
+template <typename T>
+void GPT<T>::mha_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
+                          const int32_t* segments) {
+  const GPTConfig& c = config_;
+  auto g = [](const T* p) { return const_cast<T*>(p); };
+  const int64_t N = B * Tn, C = c.n_embd, hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads();
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+  Scratch& s = scratch_;
+
+  const AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  AttentionMask mask{true, 0};
+  mask.q_segments = segments;
+  mask.kv_segments = segments;
+  attention_backward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv,
+                     tiling_);
+  if (c.pos == PosKind::Rope) {
+    ops::rope_backward(s.dqa, rope_, B, Tn, Hq, hd, 0);
+    ops::rope_backward(s.dka, rope_, B, Tn, Hkv, hd, 0);
+  }
+  const T* dq = s.dqa;
+  const T* dk = s.dka;
+  if (c.qk_norm) {
+    ops::rmsnorm_backward(s.dq, g(G.q_norm_w), s.dqa, a.q, P.q_norm_w, a.q_rstd, N * Hq, hd, false);
+    ops::rmsnorm_backward(s.dk, g(G.k_norm_w), s.dka, a.k, P.k_norm_w, a.k_rstd, N * Hkv, hd, false);
+    dq = s.dq;
+    dk = s.dk;
+  }
+  T* gqkv_b = g(G.qkv_b);
+  ops::matmul_backward(s.dln, g(G.qkv_w), gqkv_b, dq, a.ln1, P.qkv_w, N, C, qd, false);
+  ops::matmul_backward(s.dln, g(G.qkv_w) + qd * C, gqkv_b ? gqkv_b + qd : nullptr, dk, a.ln1, P.qkv_w + qd * C, N, C,
+                       kvd, true);
+  ops::matmul_backward(s.dln, g(G.qkv_w) + (qd + kvd) * C, gqkv_b ? gqkv_b + qd + kvd : nullptr, s.dv, a.ln1,
+                       P.qkv_w + (qd + kvd) * C, N, C, kvd, true);
+}
+
+// The class is instantiated in gpt.cpp; this file instantiates its own members.
+#define FLASHGPT_INSTANTIATE(T)                                                                                  \
+  template void GPT<T>::mha_forward(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>*,          \
+                                    const int32_t*);                                                             \
+  template void GPT<T>::mha_backward(const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,       \
+                                     const int32_t*);
+FLASHGPT_INSTANTIATE(float)
+FLASHGPT_INSTANTIATE(double)
+#undef FLASHGPT_INSTANTIATE
+
+}  // namespace flashgpt

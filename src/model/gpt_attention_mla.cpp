@@ -1,0 +1,261 @@
+// MultiHeadLatentAttention and FlashMLA (DeepSeek-V2): the latent attention sublayer of GPT<T>,
+// from the block's normed input a.ln1 to the head outputs a.att. The maths is in gpt.h.
+//
+// Training expands the latent into per-head keys [k_nope, k_rope] (Dqk = head_dim + rope_dim) and
+// values (Dv = head_dim) and runs the standard (mla) or flash (flash_mla) kernel over them.
+// Decoding keeps only [c_kv, k_rope] per token and layer; by default it attends straight over those
+// rows with weight absorption:
+//   q_nope,h · k_nope,h = q_nope,h · (W_k_up,h c_kv) = (W_k_up,hᵀ q_nope,h) · c_kv
+//   Σ_t p_t v_t,h       = W_v_up,h (Σ_t p_t c_kv,t)
+// so every head is one query of an MQA over the cache with Dqk = n_latent + rope_dim and
+// Dv = n_latent, reading keys and values out of the same rows.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "flashgpt/core/error.h"
+#include "flashgpt/model/gpt.h"
+#include "flashgpt/ops/matmul.h"
+#include "flashgpt/ops/norm.h"
+#include "flashgpt/ops/rope.h"
+
+namespace flashgpt {
+
+template <typename T>
+const T* GPT<T>::mla_value_up(const LayerParams& P, LayerActs& a) {
+  if (!config_.use_svd) return P.v_up_w;
+  // Factored by SVD: v_up = u · v, [H·hd, r] · [r, n_latent].
+  const int64_t rows = static_cast<int64_t>(config_.n_head) * config_.head_dim(), nl = config_.latent_dim();
+  const int64_t r = config_.svd_rank;
+  ops::gemm<T>(false, false, rows, nl, r, T(1), P.v_up_u_w, r, P.v_up_v_w, nl, T(0), a.v_up, nl);
+  return a.v_up;
+}
+
+template <typename T>
+void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>* cache,
+                         const int32_t* segments) {
+  const GPTConfig& c = config_;
+  const int64_t N = B * Tn, C = c.n_embd, H = c.n_head, hd = c.head_dim();
+  const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), r = c.q_lora_rank;
+  const T eps = static_cast<T>(c.norm_eps);
+  const int64_t pos0 = cache ? cache->length : 0;
+
+  // Queries, straight or through the low-rank query latent.
+  if (r > 0) {
+    ops::matmul_forward(a.cq_pre, a.ln1, P.q_down_w, P.q_down_b, N, C, r);
+    ops::rmsnorm_forward(a.cq, a.cq_rstd, a.cq_pre, P.q_down_norm_w, N, r, eps);
+    ops::matmul_forward(a.q, a.cq, P.q_up_w, static_cast<const T*>(nullptr), N, r, H * dqk);
+  } else {
+    ops::matmul_forward(a.q, a.ln1, P.q_w, P.q_b, N, C, H * dqk);
+  }
+  // The key/value latent and the shared rope key.
+  ops::matmul_forward(a.ckv_pre, a.ln1, P.kv_down_w, P.kv_down_b, N, C, nl);
+  ops::rmsnorm_forward(a.ckv, a.ckv_rstd, a.ckv_pre, P.kv_norm_w, N, nl, eps);
+  if (dr > 0) ops::matmul_forward(a.k, a.ln1, P.k_rope_w, P.k_rope_b, N, C, dr);
+  // QK-norm before RoPE: each query head, and the rope key (the latent has its own norm).
+  if (c.qk_norm) {
+    ops::rmsnorm_forward(a.qa, a.q_rstd, a.q, P.q_norm_w, N * H, dqk, eps);
+    if (dr > 0) ops::rmsnorm_forward(a.kr, a.k_rstd, a.k, P.k_norm_w, N, dr, eps);
+  } else {
+    std::copy(a.q, a.q + N * H * dqk, a.qa);
+    if (dr > 0) std::copy(a.k, a.k + N * dr, a.kr);
+  }
+  if (dr > 0) {
+    ops::rope_forward_strided(a.qa + hd, rope_, B, Tn, H, dr, dqk, pos0);
+    ops::rope_forward(a.kr, rope_, B, Tn, 1, dr, pos0);
+  }
+
+  if (cache) {
+    // Append [c_kv, k_rope] of the new tokens to this layer's latent cache.
+    const int64_t row = cache->latent_row;
+    T* layer = cache->latent.data() + static_cast<int64_t>(l) * cache->B * cache->capacity * row;
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < Tn; ++t) {
+        T* dst = layer + (b * cache->capacity + pos0 + t) * row;
+        const int64_t n = b * Tn + t;
+        std::copy(a.ckv + n * nl, a.ckv + (n + 1) * nl, dst);
+        if (dr > 0) std::copy(a.kr + n * dr, a.kr + (n + 1) * dr, dst + nl);
+      }
+    }
+    if (mla_decode_ == MlaDecode::Absorbed) {
+      mla_decode_absorbed(l, P, a, B, Tn, *cache);
+    } else {
+      mla_decode_expanded(l, P, a, B, Tn, *cache);
+    }
+    return;
+  }
+
+  // Expanded keys [k_nope,h, k_rope] per head and values, from the latent.
+  for (int64_t h = 0; h < H; ++h) {
+    ops::gemm<T>(false, true, N, hd, nl, T(1), a.ckv, nl, P.k_up_w + h * hd * nl, nl, T(0), a.ka + h * dqk, H * dqk);
+  }
+  if (dr > 0) {
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t h = 0; h < H; ++h) std::copy(a.kr + n * dr, a.kr + (n + 1) * dr, a.ka + (n * H + h) * dqk + hd);
+    }
+  }
+  const T* v_up = mla_value_up(P, a);
+  ops::matmul_forward(a.v, a.ckv, v_up, static_cast<const T*>(nullptr), N, nl, H * hd);
+
+  const AttentionDims dims{B, H, H, Tn, Tn, dqk, hd, 0};
+  AttentionMask mask{true, 0};
+  mask.q_segments = segments;
+  mask.kv_segments = segments;
+  const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
+  attention_forward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, tiling_);
+}
+
+template <typename T>
+void GPT<T>::mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn,
+                                 KVCache<T>& cache) {
+  const GPTConfig& c = config_;
+  const int64_t N = B * Tn, H = c.n_head, hd = c.head_dim();
+  const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), row = cache.latent_row;
+  const int64_t pos0 = cache.length;
+  // Absorbed queries [W_k_up,hᵀ q_nope,h, q_rope,h] per head.
+  for (int64_t h = 0; h < H; ++h) {
+    ops::gemm<T>(false, false, N, nl, hd, T(1), a.qa + h * dqk, H * dqk, P.k_up_w + h * hd * nl, nl, T(0),
+                 a.q_abs + h * row, H * row);
+  }
+  if (dr > 0) {
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t h = 0; h < H; ++h) {
+        const T* src = a.qa + (n * H + h) * dqk + hd;
+        std::copy(src, src + dr, a.q_abs + (n * H + h) * row + nl);
+      }
+    }
+  }
+  // MQA over the latent rows: keys are whole rows, values their first n_latent elements.
+  const T* layer = cache.latent.data() + static_cast<int64_t>(l) * cache.B * cache.capacity * row;
+  AttentionDims dims{B, H, 1, Tn, pos0 + Tn, row, nl, cache.capacity};
+  dims.k_row_stride = row;
+  dims.v_row_stride = row;
+  AttentionMask mask{true, pos0};
+  const T scale = T(1) / std::sqrt(static_cast<T>(dqk));  // the expanded model's scale
+  attention_forward(attention_kernel(), dims, mask, scale, a.q_abs, layer, layer, a.o_lat, a.lse, tiling_);
+  // Head outputs W_v_up,h · o_lat,h.
+  const T* v_up = mla_value_up(P, a);
+  for (int64_t h = 0; h < H; ++h) {
+    ops::gemm<T>(false, true, N, hd, nl, T(1), a.o_lat + h * nl, H * nl, v_up + h * hd * nl, nl, T(0), a.att + h * hd,
+                 H * hd);
+  }
+}
+
+template <typename T>
+void GPT<T>::mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn,
+                                 KVCache<T>& cache) {
+  const GPTConfig& c = config_;
+  const int64_t H = c.n_head, hd = c.head_dim();
+  const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), row = cache.latent_row;
+  const int64_t pos0 = cache.length, Tk = pos0 + Tn;
+  // Re-expand every cached latent into per-head keys and values (the reference path).
+  std::vector<T> keys(static_cast<size_t>(B * Tk * H * dqk)), values(static_cast<size_t>(B * Tk * H * hd));
+  const T* layer = cache.latent.data() + static_cast<int64_t>(l) * cache.B * cache.capacity * row;
+  const T* v_up = mla_value_up(P, a);
+  for (int64_t b = 0; b < B; ++b) {
+    const T* rows = layer + b * cache.capacity * row;
+    T* kb = keys.data() + b * Tk * H * dqk;
+    for (int64_t h = 0; h < H; ++h) {
+      ops::gemm<T>(false, true, Tk, hd, nl, T(1), rows, row, P.k_up_w + h * hd * nl, nl, T(0), kb + h * dqk, H * dqk);
+      for (int64_t t = 0; t < Tk && dr > 0; ++t) {
+        std::copy(rows + t * row + nl, rows + t * row + nl + dr, kb + (t * H + h) * dqk + hd);
+      }
+    }
+    ops::gemm<T>(false, true, Tk, H * hd, nl, T(1), rows, row, v_up, nl, T(0), values.data() + b * Tk * H * hd,
+                 H * hd);
+  }
+  const AttentionDims dims{B, H, H, Tn, Tk, dqk, hd, 0};
+  const AttentionMask mask{true, pos0};
+  const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
+  attention_forward(attention_kernel(), dims, mask, scale, a.qa, keys.data(), values.data(), a.att, a.lse, tiling_);
+}
+
+template <typename T>
+void GPT<T>::mla_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
+                          const int32_t* segments) {
+  const GPTConfig& c = config_;
+  auto g = [](const T* p) { return const_cast<T*>(p); };
+  const int64_t N = B * Tn, C = c.n_embd, H = c.n_head, hd = c.head_dim();
+  const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), r = c.q_lora_rank;
+  Scratch& s = scratch_;
+
+  const AttentionDims dims{B, H, H, Tn, Tn, dqk, hd, 0};
+  AttentionMask mask{true, 0};
+  mask.q_segments = segments;
+  mask.kv_segments = segments;
+  const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
+  attention_backward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv,
+                     tiling_);
+
+  // The rope key is shared: its gradient sums over heads. Then undo RoPE and QK-norm.
+  const T* dq = s.dqa;
+  const T* dk_rope = s.dkr;
+  if (dr > 0) {
+    for (int64_t n = 0; n < N; ++n) {
+      T* dst = s.dkr + n * dr;
+      std::fill(dst, dst + dr, T(0));
+      for (int64_t h = 0; h < H; ++h) {
+        const T* src = s.dka + (n * H + h) * dqk + hd;
+        for (int64_t i = 0; i < dr; ++i) dst[i] += src[i];
+      }
+    }
+    ops::rope_backward_strided(s.dqa + hd, rope_, B, Tn, H, dr, dqk, 0);
+    ops::rope_backward(s.dkr, rope_, B, Tn, 1, dr, 0);
+  }
+  if (c.qk_norm) {
+    ops::rmsnorm_backward(s.dq, g(G.q_norm_w), s.dqa, a.q, P.q_norm_w, a.q_rstd, N * H, dqk, false);
+    dq = s.dq;
+    if (dr > 0) {
+      ops::rmsnorm_backward(s.dk, g(G.k_norm_w), s.dkr, a.k, P.k_norm_w, a.k_rstd, N, dr, false);
+      dk_rope = s.dk;
+    }
+  }
+
+  // Into the latent: dc_kv = Σ_h dk_nope,h · W_k_up,h + dv · W_v_up.
+  for (int64_t h = 0; h < H; ++h) {
+    const T* dk_nope = s.dka + h * dqk;
+    ops::gemm<T>(false, false, N, nl, hd, T(1), dk_nope, H * dqk, P.k_up_w + h * hd * nl, nl, h == 0 ? T(0) : T(1),
+                 s.dckv, nl);
+    ops::gemm<T>(true, false, hd, nl, N, T(1), dk_nope, H * dqk, a.ckv, nl, T(1), g(G.k_up_w) + h * hd * nl, nl);
+  }
+  const T* v_up = c.use_svd ? a.v_up : P.v_up_w;  // a.v_up holds u·v from the forward
+  if (c.use_svd) {
+    const int64_t rows = H * hd, rank = c.svd_rank;
+    std::fill(s.dv_up, s.dv_up + rows * nl, T(0));
+    ops::matmul_backward(s.dckv, s.dv_up, static_cast<T*>(nullptr), s.dv, a.ckv, v_up, N, nl, rows, true);
+    // v_up = u·v:  du += dv_up·vᵀ,  dv += uᵀ·dv_up.
+    ops::gemm<T>(false, true, rows, rank, nl, T(1), s.dv_up, nl, P.v_up_v_w, nl, T(1), g(G.v_up_u_w), rank);
+    ops::gemm<T>(true, false, rank, nl, rows, T(1), P.v_up_u_w, rank, s.dv_up, nl, T(1), g(G.v_up_v_w), nl);
+  } else {
+    ops::matmul_backward(s.dckv, g(G.v_up_w), static_cast<T*>(nullptr), s.dv, a.ckv, v_up, N, nl, H * hd, true);
+  }
+  ops::rmsnorm_backward(s.dckv_pre, g(G.kv_norm_w), s.dckv, a.ckv_pre, P.kv_norm_w, a.ckv_rstd, N, nl, false);
+
+  // Back into the block's normed input.
+  ops::matmul_backward(s.dln, g(G.kv_down_w), g(G.kv_down_b), s.dckv_pre, a.ln1, P.kv_down_w, N, C, nl, false);
+  if (dr > 0) {
+    ops::matmul_backward(s.dln, g(G.k_rope_w), g(G.k_rope_b), dk_rope, a.ln1, P.k_rope_w, N, C, dr, true);
+  }
+  if (r > 0) {
+    ops::matmul_backward(s.dcq, g(G.q_up_w), static_cast<T*>(nullptr), dq, a.cq, P.q_up_w, N, r, H * dqk, false);
+    ops::rmsnorm_backward(s.dcq_pre, g(G.q_down_norm_w), s.dcq, a.cq_pre, P.q_down_norm_w, a.cq_rstd, N, r, false);
+    ops::matmul_backward(s.dln, g(G.q_down_w), g(G.q_down_b), s.dcq_pre, a.ln1, P.q_down_w, N, C, r, true);
+  } else {
+    ops::matmul_backward(s.dln, g(G.q_w), g(G.q_b), dq, a.ln1, P.q_w, N, C, H * dqk, true);
+  }
+}
+
+// The class is instantiated in gpt.cpp; this file instantiates its own members.
+#define FLASHGPT_INSTANTIATE(T)                                                                                  \
+  template const T* GPT<T>::mla_value_up(const LayerParams&, LayerActs&);                                        \
+  template void GPT<T>::mla_forward(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>*,          \
+                                    const int32_t*);                                                             \
+  template void GPT<T>::mla_backward(const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,       \
+                                     const int32_t*);                                                            \
+  template void GPT<T>::mla_decode_absorbed(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>&); \
+  template void GPT<T>::mla_decode_expanded(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>&);
+FLASHGPT_INSTANTIATE(float)
+FLASHGPT_INSTANTIATE(double)
+#undef FLASHGPT_INSTANTIATE
+
+}  // namespace flashgpt
