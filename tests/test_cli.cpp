@@ -109,15 +109,61 @@ TEST_F(Pipeline, FlashAttentionWithDocumentMaskingTrainsAndSamples) {
   EXPECT_EQ(rows, 8);  // 2 mechanisms × 2 lengths × causal and not
 }
 
+TEST_F(Pipeline, FlashMlaTrainsSamplesAndCompresses) {
+  const std::string ckpt = train_tiny("--use-flash-mla --pos rope --latent-dim 8 --q-lora-rank 12 --qk-norm");
+  RunResult i = run_flashgpt("info -c " + ckpt + " --json -t 64");
+  ASSERT_EQ(i.exit_code, 0) << i.output;
+  nlohmann::json info = nlohmann::json::parse(i.output);
+  EXPECT_EQ(info["config"]["attention"], "flash_mla");
+  EXPECT_EQ(info["config"]["n_latent"], 8);
+  // tiny: 2 layers, head_dim 16, rope_dim 8: (8 + 8) floats per token per layer.
+  EXPECT_EQ(info["kv_cache_bytes_per_token"], 2 * (8 + 8) * 4);
+  ASSERT_EQ(info["attention"].size(), 4u);
+  for (const auto& m : info["attention"]) {
+    EXPECT_EQ(m["this_model"], m["mechanism"] == "flash_mla");
+    EXPECT_EQ(m["kv_cache_bytes_at_seq_len"], m["kv_cache_bytes_per_token"].get<int64_t>() * 64);
+  }
+  RunResult s = run_flashgpt("sample -c " + ckpt + " -n 8 --seed 1");
+  EXPECT_EQ(s.exit_code, 0) << s.output;
+
+  RunResult c = run_flashgpt("compress -c " + ckpt + " --svd-rank 4 -o " + (dir / "svd.safetensors") + " -d '" +
+                             (dir / "data/val_*.bin") + "' -b 1 -t 16 --batches 2 --json");
+  ASSERT_EQ(c.exit_code, 0) << c.output;
+  nlohmann::json cj = nlohmann::json::parse(c.output);
+  EXPECT_LT(cj["params_after"].get<int64_t>(), cj["params_before"].get<int64_t>());
+  EXPECT_TRUE(cj.contains("loss_before") && cj.contains("loss_after"));
+  ASSERT_EQ(cj["layers"].size(), 2u);
+  EXPECT_GT(cj["layers"][0]["retained_energy"].get<double>(), 0.0);
+  RunResult ci = run_flashgpt("info -c " + (dir / "svd.safetensors") + " --json");
+  nlohmann::json cinfo = nlohmann::json::parse(ci.output);
+  EXPECT_EQ(cinfo["config"]["use_svd"], true);
+  EXPECT_EQ(cinfo["config"]["svd_rank"], 4);
+  EXPECT_EQ(run_flashgpt("sample -c " + (dir / "svd.safetensors") + " -n 4 --seed 1").exit_code, 0);
+  // A compressed model fine-tunes from its weights.
+  RunResult ft = run_flashgpt("train --data " + (dir / "data") + " --init-from " + (dir / "svd.safetensors") +
+                              " -b 2 -t 16 --steps 2 --val-every 2 --val-batches 1 --no-progress --out " + (dir / "ft"));
+  EXPECT_EQ(ft.exit_code, 0) << ft.output;
+
+  expect_one_error_line(run_flashgpt("compress -c " + ckpt + " --svd-rank 9 -o " + (dir / "x.safetensors")),
+                        "svd_rank");
+  expect_one_error_line(run_flashgpt("compress -c " + ckpt + " --svd-rank 2 -o " + ckpt), "--out");
+  const std::string mha = train_tiny("--attention flash");
+  expect_one_error_line(run_flashgpt("compress -c " + mha + " --svd-rank 2 -o " + (dir / "y.safetensors")),
+                        "latent attention");
+}
+
 TEST(Cli, HelpForEveryCommand) {
-  for (const char* cmd : {"", "prepare", "train", "sample", "eval", "info", "bench", "bench train", "convert", "plot"}) {
+  for (const char* cmd : {"", "prepare", "train", "sample", "eval", "info", "bench", "bench train", "convert", "plot",
+                          "compress"}) {
     RunResult r = run_flashgpt(std::string(cmd) + " --help");
     EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.output;
     EXPECT_NE(r.output.find("Usage"), std::string::npos) << cmd;
   }
   RunResult t = run_flashgpt("train --help");
   for (const char* flag : {"--post-norm", "--qk-norm", "--pos", "--norm", "--mlp", "--n-kv-head", "--lr-schedule",
-                           "--grad-clip", "--weight-decay", "--overfit-single-batch", "--resume", "--total-batch-size"})
+                           "--grad-clip", "--weight-decay", "--overfit-single-batch", "--resume", "--total-batch-size",
+                           "--use-flash-mla", "--use-latent-attention", "--latent-dim", "--rope-dim", "--q-lora-rank",
+                           "--use-svd", "--svd-rank"})
     EXPECT_NE(t.output.find(flag), std::string::npos) << flag;
 }
 
@@ -143,6 +189,11 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("info --preset d13"), "--preset");
   expect_one_error_line(run_flashgpt("info --n-head 7"), "n_head");
   expect_one_error_line(run_flashgpt("info --n-head 12 --n-kv-head 5"), "n_kv_head");
+  expect_one_error_line(run_flashgpt("info --attention linear"), "--attention");
+  expect_one_error_line(run_flashgpt("info --latent-dim 16"), "n_latent");  // standard attention has no latent
+  expect_one_error_line(run_flashgpt("info --attention mla --n-kv-head 4"), "n_kv_head");
+  expect_one_error_line(run_flashgpt("info --attention mla --use-svd"), "svd_rank");
+  expect_one_error_line(run_flashgpt("info --attention mla --pos rope --rope-dim 7"), "rope_dim");
   expect_one_error_line(run_flashgpt("frobnicate"), "unknown command 'frobnicate'");
   expect_one_error_line(run_flashgpt(""), "subcommand");
 }

@@ -44,6 +44,24 @@ std::string cpu_features() {
   return f.empty() ? "none of avx2/fma/avx512" : f;
 }
 
+// This model's sizes under each attention mechanism (the latent ones with its latent settings or
+// their defaults; the others as they are, grouped-query heads included).
+std::vector<GPTConfig> mechanism_variants(const GPTConfig& cfg) {
+  std::vector<GPTConfig> out;
+  for (AttentionKind k : {AttentionKind::Standard, AttentionKind::Flash, AttentionKind::MLA, AttentionKind::FlashMLA}) {
+    GPTConfig v = cfg;
+    v.attention = k;
+    if (is_latent(k)) {
+      v.n_kv_head = 0;
+    } else {
+      v.n_latent = v.rope_dim = v.q_lora_rank = v.svd_rank = 0;
+      v.use_svd = false;
+    }
+    out.push_back(v);
+  }
+  return out;
+}
+
 void run_info(const InfoCli& c) {
   GPTConfig cfg;
   if (!c.checkpoint.empty()) {
@@ -60,7 +78,21 @@ void run_info(const InfoCli& c) {
                           {"cpu_features", cpu_features()},
                           {"devices", {"cpu"}},
                           {"cuda", "not in this build"},
-                          {"attention_kernels", {"standard"}}};
+                          {"attention_kernels", {"standard", "flash"}},
+                          {"attention_mechanisms", {"standard", "flash", "mla", "flash_mla"}}};
+  nlohmann::json mechanisms = nlohmann::json::array();
+  for (const GPTConfig& v : mechanism_variants(cfg)) {
+    const AttentionStats a = attention_stats(v);
+    mechanisms.push_back({{"mechanism", a.mechanism},
+                          {"this_model", v.attention == cfg.attention},
+                          {"attention_params", a.params},
+                          {"mha_attention_params", a.mha_params},
+                          {"param_compression_vs_mha", a.param_compression()},
+                          {"kv_cache_floats_per_token_per_layer", a.kv_cache_floats_per_token_layer},
+                          {"kv_cache_bytes_per_token", a.kv_cache_bytes_per_token},
+                          {"kv_cache_bytes_at_seq_len", a.kv_cache_bytes_per_token * T},
+                          {"cache_compression_vs_mha", a.cache_compression()}});
+  }
   if (c.json) {
     nlohmann::json j = {{"config", cfg.to_json()},
                         {"padded_vocab_size", cfg.padded_vocab_size()},
@@ -71,6 +103,7 @@ void run_info(const InfoCli& c) {
                         {"forward_flops_per_token", s.train_flops_per_token / 3},
                         {"kv_cache_bytes_per_token", s.kv_cache_bytes_per_token},
                         {"kv_cache_bytes_at_seq_len", s.kv_cache_bytes_per_token * T},
+                        {"attention", mechanisms},
                         {"build", build}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
@@ -84,15 +117,31 @@ void run_info(const InfoCli& c) {
               to_string(cfg.attention).c_str(), cfg.tie_embeddings ? "tied" : "untied",
               cfg.bias ? "biases" : "no biases");
   std::printf("  vocab %d (padded to %d)\n", cfg.vocab_size, cfg.padded_vocab_size());
+  if (is_latent(cfg.attention)) {
+    std::printf("  latent attention: n_latent %d, rope_dim %d (q·k width %d, v width %d), %s%s\n", cfg.latent_dim(),
+                cfg.mla_rope_dim(), cfg.mla_qk_dim(), cfg.head_dim(),
+                cfg.q_lora_rank > 0 ? fmt::format("queries through rank {}", cfg.q_lora_rank).c_str()
+                                    : "full-rank queries",
+                cfg.use_svd ? fmt::format(", value up-projection at SVD rank {}", cfg.svd_rank).c_str() : "");
+  }
   std::printf("parameters\n  %lld total (%.2fM), %lld without embeddings\n", static_cast<long long>(s.n_params),
               static_cast<double>(s.n_params) / 1e6, static_cast<long long>(s.n_params_non_embedding));
-  std::printf("FLOPs per token (T = %d)\n  training %.3g (6N + 6LCT), forward %.3g\n", T, s.train_flops_per_token,
-              s.train_flops_per_token / 3);
+  std::printf("FLOPs per token (T = %d)\n  training %.3g (6N + 3·L·T·H·(Dqk + Dv)), forward %.3g\n", T,
+              s.train_flops_per_token, s.train_flops_per_token / 3);
   std::printf("KV cache (fp32)\n  %s per token (%lld bytes), %s for %d tokens\n",
               human_bytes(static_cast<double>(s.kv_cache_bytes_per_token)).c_str(),
               static_cast<long long>(s.kv_cache_bytes_per_token),
               human_bytes(static_cast<double>(s.kv_cache_bytes_per_token) * T).c_str(), T);
-  std::printf("build\n  flashgpt %s | devices: cpu (CUDA not in this build) | attention kernels: standard\n",
+  std::printf("attention mechanisms at this size (cache for %d tokens; ratios against multi-head attention)\n", T);
+  std::printf("  %-11s %14s %9s %16s %14s %9s\n", "mechanism", "attn params", "MHA/this", "cache/token", "cache", "MHA/this");
+  for (const GPTConfig& v : mechanism_variants(cfg)) {
+    const AttentionStats a = attention_stats(v);
+    std::printf("%s %-11s %14lld %8.2fx %16s %14s %8.2fx\n", v.attention == cfg.attention ? "*" : " ",
+                a.mechanism.c_str(), static_cast<long long>(a.params), a.param_compression(),
+                human_bytes(static_cast<double>(a.kv_cache_bytes_per_token)).c_str(),
+                human_bytes(static_cast<double>(a.kv_cache_bytes_per_token) * T).c_str(), a.cache_compression());
+  }
+  std::printf("build\n  flashgpt %s | devices: cpu (CUDA not in this build) | attention kernels: standard, flash\n",
               FLASHGPT_VERSION);
   std::printf("  BLAS: %s | kernels: %s | threads: %d | CPU: %s\n", openblas_get_config(), openblas_get_corename(),
               num_threads(), cpu_features().c_str());

@@ -30,5 +30,6 @@ void register_bench(CLI::App& app);
 void register_bench_attention(CLI::App& bench);
 void register_convert(CLI::App& app);
 void register_plot(CLI::App& app);
+void register_compress(CLI::App& app);
 
 }  // namespace flashgpt::cli

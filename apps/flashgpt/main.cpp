@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   flashgpt::cli::register_bench(app);
   flashgpt::cli::register_convert(app);
   flashgpt::cli::register_plot(app);
+  flashgpt::cli::register_compress(app);
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     std::string names;

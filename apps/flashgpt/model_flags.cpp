@@ -75,14 +75,26 @@ void add_model_flags(CLI::App& app, ModelFlags& f) {
   choice<PosKind>(app, f, "--pos", "Positions: learned or rope", {"learned", "rope"}, &GPTConfig::pos,
                   &parse_pos_kind);
   choice<MlpKind>(app, f, "--mlp", "MLP: gelu or swiglu", {"gelu", "swiglu"}, &GPTConfig::mlp, &parse_mlp_kind);
-  choice<AttentionKind>(app, f, "--attention", "Attention: standard (CausalSelfAttention) or flash "
-                        "(FlashCausalSelfAttention, FlashAttention-2)", {"standard", "flash"}, &GPTConfig::attention,
-                        &parse_attention_kind);
-  app.add_flag_function(
-         "--use-flash-attention",
-         [&f](int64_t) { f.overrides.push_back([](GPTConfig& c) { c.attention = AttentionKind::Flash; }); },
-         "Same as --attention flash")
-      ->group("Model");
+  choice<AttentionKind>(app, f, "--attention",
+                        "Attention: standard (CausalSelfAttention), flash (FlashCausalSelfAttention, "
+                        "FlashAttention-2), mla (MultiHeadLatentAttention) or flash_mla (FlashMLA)",
+                        {"standard", "flash", "mla", "flash_mla"}, &GPTConfig::attention, &parse_attention_kind);
+  auto action = [&](const std::string& name, const std::string& help, std::function<void(GPTConfig&)> apply) {
+    app.add_flag_function(name, [&f, apply](int64_t) { f.overrides.push_back(apply); }, help)->group("Model");
+  };
+  action("--use-flash-attention", "The flash kernel for the current mechanism (standard→flash, mla→flash_mla)",
+         [](GPTConfig& c) { c.set_flash(true); });
+  action("--use-latent-attention", "The latent variant of the current mechanism (standard→mla, flash→flash_mla)",
+         [](GPTConfig& c) { c.set_latent(true); });
+  action("--use-flash-mla", "Same as --attention flash_mla", [](GPTConfig& c) { c.attention = AttentionKind::FlashMLA; });
+  field<int>(app, f, "--latent-dim,--n-latent", "MLA latent width n_latent (0: head_dim / 2)", &GPTConfig::n_latent);
+  field<int>(app, f, "--rope-dim", "MLA decoupled RoPE width (0: head_dim / 2 with --pos rope; none with learned)",
+             &GPTConfig::rope_dim);
+  field<int>(app, f, "--q-lora-rank", "MLA low-rank query path of this rank (0: full-rank queries)",
+             &GPTConfig::q_lora_rank);
+  toggle(app, f, "use-svd", "Factor MLA's value up-projection at rank --svd-rank (truncated SVD at init)",
+         &GPTConfig::use_svd);
+  field<int>(app, f, "--svd-rank", "Rank of the SVD-factored value up-projection", &GPTConfig::svd_rank);
   toggle(app, f, "post-norm", "Norm each sublayer's output before the residual add (keeps the pre-norm)",
          &GPTConfig::post_norm);
   toggle(app, f, "qk-norm", "RMSNorm on queries and keys over the head dim, before RoPE", &GPTConfig::qk_norm);
