@@ -2,6 +2,7 @@
 // in double, over GQA/MQA, Tq ≠ Tk with an aligned causal mask, key padding, document segments,
 // Dqk ≠ Dv, and (for flash) tiles that do not divide the lengths.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -151,6 +152,39 @@ TEST(AttentionSeam, RejectsInconsistentShapes) {
   }
   EXPECT_THROW(run({1, 2, 2, 0, 1, 4, 4, 0}), Error);
   EXPECT_THROW(run({1, 2, 2, 2, 4, 4, 4, 3}), Error);  // Tk_stride < Tk
+}
+
+// Decoding-sized grouped queries take the flash kernel's packed path, which splits the key range
+// across threads and combines the partial softmax states: at DeepSeek's absorbed sizes (128 heads
+// over one latent key/value head, Dqk 576, Dv 512 read from the same cache rows), for sequences of
+// different lengths, it equals the reference.
+TEST(AttentionSeam, PackedDecodeSplitsTheCacheAndCombines) {
+  const int64_t B = 3, Hq = 128, Tq = 1, Tk = 300, row = 576, Dv = 512;
+  Rng rng(17);
+  const std::vector<double> q = random_vector(static_cast<size_t>(B * Tq * Hq * row), rng);
+  const std::vector<double> cache = random_vector(static_cast<size_t>(B * Tk * row), rng);
+  const int32_t lengths[B] = {300, 1, 77};
+  AttentionDims d{B, Hq, 1, Tq, Tk, row, Dv, 0};
+  d.k_row_stride = d.v_row_stride = row;
+  AttentionMask m{true, Tk - 1};
+  m.kv_lengths = lengths;
+  // The reference wants plain [B, Tk, 1, D] key and value arrays.
+  std::vector<double> values(static_cast<size_t>(B * Tk * Dv));
+  for (int64_t t = 0; t < B * Tk; ++t) std::copy(cache.begin() + t * row, cache.begin() + t * row + Dv, values.begin() + t * Dv);
+  std::vector<double> o_ref(B * Tq * Hq * Dv), lse_ref(B * Hq * Tq);
+  AttentionDims plain = d;
+  plain.k_row_stride = plain.v_row_stride = 0;
+  reference_attention(plain, m, 0.05, q, cache, values, o_ref, lse_ref);
+  const int threads = omp_get_max_threads();
+  for (int t : {1, 4, 16}) {  // 4 and 16 threads split each sequence's keys
+    omp_set_num_threads(t);
+    std::vector<double> o(o_ref.size(), 99.0), lse(lse_ref.size(), 99.0);
+    attention_forward<double>(AttentionKernel::Flash, d, m, 0.05, q.data(), cache.data(), cache.data(), o.data(),
+                              lse.data(), AttentionTiling{0, 32});
+    for (size_t i = 0; i < o.size(); ++i) ASSERT_NEAR(o[i], o_ref[i], 1e-12) << "threads " << t << " at " << i;
+    for (size_t i = 0; i < lse.size(); ++i) ASSERT_NEAR(lse[i], lse_ref[i], 1e-12) << "threads " << t;
+  }
+  omp_set_num_threads(threads);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "flashgpt/attention/latent_decode.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/matmul.h"
@@ -155,8 +156,8 @@ TEST_P(MlaDecoding, AbsorbedAndExpandedEqualTheFullForward) {
 INSTANTIATE_TEST_SUITE_P(Options, MlaDecoding, ::testing::Values(0, 2, 4, 6, 4 | 8, 4 | 16, 4 | 32, 2 | 4 | 32 | 128, 1 | 2 | 4 | 8 | 16 | 32),
                          [](const auto& p) { return mla_name(p.param); });
 
-// The absorbed attention itself: one query against a latent cache, at DeepSeek-like proportions
-// (head_dim 128 + rope 64 expanded; 512 + 64 absorbed, scaled down), equals the expanded maths.
+// The absorbed attention itself (latent_attention_decode): one query against a latent cache, at
+// DeepSeek-like proportions scaled down, equals attention over the expanded keys and values.
 TEST(Mla, AbsorbedAttentionEqualsExpandedAttention) {
   const int64_t H = 4, hd = 16, nl = 24, dr = 8, Tk = 37, dqk = hd + dr, row = nl + dr;
   Rng rng(9);
@@ -175,22 +176,18 @@ TEST(Mla, AbsorbedAttentionEqualsExpandedAttention) {
     ops::gemm<double>(false, true, Tk, H * hd, nl, 1.0, cache.data(), row, w_uv.data(), nl, 0.0, values.data(), H * hd);
     attention_forward(kernel, AttentionDims{1, H, H, 1, Tk, dqk, hd}, AttentionMask{true, Tk - 1}, scale, q.data(),
                       keys.data(), values.data(), o_exp.data(), lse_exp.data());
-    // Absorbed: MQA over the cache rows.
-    std::vector<double> q_abs(H * row), o_lat(H * nl), lse_abs(H), o_abs(H * hd);
-    for (int64_t h = 0; h < H; ++h) {
-      ops::gemm<double>(false, false, 1, nl, hd, 1.0, q.data() + h * dqk, dqk, w_uk.data() + h * hd * nl, nl, 0.0,
-                        q_abs.data() + h * row, row);
-      std::copy(q.begin() + h * dqk + hd, q.begin() + (h + 1) * dqk, q_abs.begin() + h * row + nl);
-    }
-    AttentionDims d{1, H, 1, 1, Tk, row, nl};
-    d.k_row_stride = d.v_row_stride = row;
-    attention_forward(kernel, d, AttentionMask{true, Tk - 1}, scale, q_abs.data(), cache.data(), cache.data(),
-                      o_lat.data(), lse_abs.data());
-    for (int64_t h = 0; h < H; ++h) {
-      ops::gemm<double>(false, true, 1, hd, nl, 1.0, o_lat.data() + h * nl, nl, w_uv.data() + h * hd * nl, nl, 0.0,
-                        o_abs.data() + h * hd, hd);
-      EXPECT_NEAR(lse_abs[h], lse_exp[h], 1e-12 * std::abs(lse_exp[h]));
-    }
+    // Absorbed: the decode function, MQA over the cache rows.
+    std::vector<double> q_abs(H * row, -7.0), o_lat(H * nl, -7.0), lse_abs(H, -7.0), o_abs(H * hd, -7.0);
+    LatentDecodeDims d;
+    d.H = H;
+    d.Tq = 1;
+    d.Tk = Tk;
+    d.head_dim = hd;
+    d.n_latent = nl;
+    d.rope_dim = dr;
+    latent_attention_decode(kernel, d, q.data(), w_uk.data(), w_uv.data(), cache.data(), q_abs.data(), o_lat.data(),
+                            lse_abs.data(), o_abs.data());
+    for (int64_t h = 0; h < H; ++h) EXPECT_NEAR(lse_abs[h], lse_exp[h], 1e-12 * std::abs(lse_exp[h]));
     for (int64_t i = 0; i < H * hd; ++i) EXPECT_NEAR(o_abs[i], o_exp[i], 1e-12) << to_string(kernel) << " " << i;
   }
 }

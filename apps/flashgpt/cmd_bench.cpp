@@ -120,6 +120,7 @@ void register_bench(CLI::App& app) {
   tr->add_flag("--json", c->json, "Print one JSON object");
   tr->callback([c] { run_bench_train(*c); });
   register_bench_attention(*bench);
+  register_bench_decode(*bench);
 }
 
 }  // namespace flashgpt::cli

@@ -44,20 +44,11 @@ std::string cpu_features() {
   return f.empty() ? "none of avx2/fma/avx512" : f;
 }
 
-// This model's sizes under each attention mechanism (the latent ones with its latent settings or
-// their defaults; the others as they are, grouped-query heads included).
+// This model's sizes under each attention mechanism.
 std::vector<GPTConfig> mechanism_variants(const GPTConfig& cfg) {
   std::vector<GPTConfig> out;
   for (AttentionKind k : {AttentionKind::Standard, AttentionKind::Flash, AttentionKind::MLA, AttentionKind::FlashMLA}) {
-    GPTConfig v = cfg;
-    v.attention = k;
-    if (is_latent(k)) {
-      v.n_kv_head = 0;
-    } else {
-      v.n_latent = v.rope_dim = v.q_lora_rank = v.svd_rank = 0;
-      v.use_svd = false;
-    }
-    out.push_back(v);
+    out.push_back(cfg.with_attention(k));
   }
   return out;
 }

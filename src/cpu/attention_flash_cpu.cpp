@@ -9,6 +9,7 @@
 //   P = exp(scale·Q_i K_jᵀ − lse);  dV_j += Pᵀ dO_i;  dP = dO_i V_jᵀ;  dS = P ∘ (dP − D)
 //   dQ_i += scale·dS K_j;  dK_j += scale·dSᵀ Q_i.
 // Tile pairs that the mask hides entirely are skipped.
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,6 +77,9 @@ bool tile_hidden(const AttentionDims& d, const AttentionMask& m, int64_t b, int6
   return !qr.overlaps(kr);
 }
 
+// Decoding-sized grouped queries (Tq · group rows at most) take the packed path.
+constexpr int64_t kMaxPackedRows = 256;
+
 // Masks tile S [br, bc] (leading dim lds) in place; true when some entry was masked.
 template <typename T>
 void mask_tile(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i0, int64_t br, int64_t j0,
@@ -90,12 +94,124 @@ void mask_tile(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_
   }
 }
 
+// Packed grouped-query forward, for decoding (few queries, many heads per key/value head): the
+// query rows of every head that shares a key/value head form one tile — row r is query token
+// r / group of head hk·group + r % group — so each key/value tile is read once per group and
+// multiplied as one GEMM instead of `group` GEMVs. With few such tiles to go round, the key range
+// is split across threads (flash-decoding) and the partial softmax states (m, l, unnormalised O)
+// are combined at the end:  M = max m_s,  L = Σ l_s·e^{m_s−M},  O = Σ O_s·e^{m_s−M} / L.
+template <typename T>
+void flash_forward_packed(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, T scale,
+                          const T* q, const T* k, const T* v, T* o, T* lse) {
+  const int64_t group = d.Hq / d.Hkv, rows = d.Tq * group;
+  const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
+  const int64_t kv_rows = d.kv_rows(), Bc = tiles.block_kv;
+  const int64_t items = d.B * d.Hkv;
+  int64_t key_end_max = 0;  // splits share out the longest sequence's keys
+  for (int64_t b = 0; b < d.B; ++b) key_end_max = std::max(key_end_max, tile_key_end(d, m, b, 0, d.Tq));
+  const int64_t key_tiles = (key_end_max + Bc - 1) / Bc;
+  const int64_t threads = omp_get_max_threads();
+  int64_t splits = 1;
+  if (items < 2 * threads) splits = std::clamp<int64_t>((2 * threads + items - 1) / items, 1, std::max<int64_t>(key_tiles, 1));
+  const int64_t tiles_per_split = (std::max<int64_t>(key_tiles, 1) + splits - 1) / splits;
+  // Partial states per (item, split): m and l per row, then the unnormalised output.
+  const int64_t part = rows * (2 + d.Dv);
+  std::vector<T> partial(static_cast<size_t>(items * splits * part));
+#pragma omp parallel
+  {
+    std::vector<T> Qp(static_cast<size_t>(rows * d.Dqk)), S(static_cast<size_t>(rows * Bc));
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const int64_t b = item / d.Hkv, hk = item % d.Hkv;
+        for (int64_t i = 0; i < d.Tq; ++i) {  // pack the group's query rows
+          const T* src = q + (b * d.Tq + i) * q_row + hk * group * d.Dqk;
+          std::copy(src, src + group * d.Dqk, Qp.data() + i * group * d.Dqk);
+        }
+        T* row_m = partial.data() + (item * splits + sp) * part;
+        T* row_l = row_m + rows;
+        T* acc = row_l + rows;
+        std::fill(row_m, row_m + rows, kMaskedScore<T>);
+        std::fill(row_l, row_l + rows, T(0));
+        std::fill(acc, acc + rows * d.Dv, T(0));
+        const T* kb = k + b * kv_rows * k_row + hk * d.Dqk;
+        const T* vb = v + b * kv_rows * v_row + hk * d.Dv;
+        const int64_t key_end = std::min(tile_key_end(d, m, b, 0, d.Tq), (sp + 1) * tiles_per_split * Bc);
+        for (int64_t j0 = sp * tiles_per_split * Bc; j0 < key_end; j0 += Bc) {
+          const int64_t bc = std::min(Bc, key_end - j0);
+          if (tile_hidden(d, m, b, 0, d.Tq, j0, bc)) continue;
+          ops::gemm<T>(false, true, rows, bc, d.Dqk, scale, Qp.data(), d.Dqk, kb + j0 * k_row, k_row, T(0), S.data(),
+                       Bc);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = r / group;
+            T* s = S.data() + r * Bc;
+            const int64_t limit = key_limit(d, m, b, i);
+            for (int64_t c = 0; c < bc; ++c) {
+              if (j0 + c >= limit || !same_segment(d, m, b, i, j0 + c)) s[c] = kMaskedScore<T>;
+            }
+            const T m_new = std::max(row_m[r], row_max(s, bc));
+            if (m_new <= kMaskedScore<T>) {
+              std::fill(s, s + bc, T(0));
+              continue;
+            }
+            const T alpha = std::exp(row_m[r] - m_new);
+            row_l[r] = row_l[r] * alpha + exp_shifted_sum(s, bc, m_new);
+            row_m[r] = m_new;
+            if (alpha != T(1)) {
+              T* a = acc + r * d.Dv;
+              for (int64_t c = 0; c < d.Dv; ++c) a[c] *= alpha;
+            }
+          }
+          ops::gemm<T>(false, false, rows, d.Dv, bc, T(1), S.data(), Bc, vb + j0 * v_row, v_row, T(1), acc, d.Dv);
+        }
+      }
+    }
+    // Combine the splits of every row.
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t b = item / d.Hkv, hk = item % d.Hkv, i = r / group, h = hk * group + r % group;
+        T M = kMaskedScore<T>;
+        for (int64_t sp = 0; sp < splits; ++sp) {
+          const T* pm = partial.data() + (item * splits + sp) * part;
+          if (pm[rows + r] > T(0)) M = std::max(M, pm[r]);
+        }
+        T* out = o + (b * d.Tq + i) * o_row + h * d.Dv;
+        T& l_out = lse[(b * d.Hq + h) * d.Tq + i];
+        if (M <= kMaskedScore<T>) {  // the row saw no key
+          std::fill(out, out + d.Dv, T(0));
+          l_out = -std::numeric_limits<T>::infinity();
+          continue;
+        }
+        std::fill(out, out + d.Dv, T(0));
+        T L = 0;
+        for (int64_t sp = 0; sp < splits; ++sp) {
+          const T* pm = partial.data() + (item * splits + sp) * part;
+          const T l_s = pm[rows + r];
+          if (l_s <= T(0)) continue;
+          const T w = std::exp(pm[r] - M);
+          L += l_s * w;
+          const T* a = pm + 2 * rows + r * d.Dv;
+          for (int64_t c = 0; c < d.Dv; ++c) out[c] += w * a[c];
+        }
+        const T inv = T(1) / L;
+        for (int64_t c = 0; c < d.Dv; ++c) out[c] *= inv;
+        l_out = M + std::log(L);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
 void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, T scale,
                              const T* q, const T* k, const T* v, T* o, T* lse) {
   const int64_t group = d.Hq / d.Hkv;
+  if (group > 1 && d.Tq * group <= kMaxPackedRows) {
+    flash_forward_packed(d, m, tiles, scale, q, k, v, o, lse);
+    return;
+  }
   const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
   const int64_t Br = tiles.block_q, Bc = tiles.block_kv;

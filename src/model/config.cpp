@@ -142,6 +142,18 @@ void GPTConfig::set_flash(bool on) {
                  : (latent ? AttentionKind::MLA : AttentionKind::Standard);
 }
 
+GPTConfig GPTConfig::with_attention(AttentionKind k) const {
+  GPTConfig v = *this;
+  v.attention = k;
+  if (is_latent(k)) {
+    v.n_kv_head = 0;
+  } else {
+    v.n_latent = v.rope_dim = v.q_lora_rank = v.svd_rank = 0;
+    v.use_svd = false;
+  }
+  return v;
+}
+
 void GPTConfig::set_latent(bool on) {
   const bool flash = uses_flash_kernel(attention);
   attention = on ? (flash ? AttentionKind::FlashMLA : AttentionKind::MLA)

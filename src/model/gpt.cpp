@@ -396,22 +396,29 @@ void GPT<T>::backward(T loss_scale) {
 }
 
 template <typename T>
-KVCache<T> GPT<T>::make_cache(int64_t B, int64_t capacity) const {
+KVCache<T> make_kv_cache(const GPTConfig& config, int64_t B, int64_t capacity) {
   FLASHGPT_CHECK(B > 0, "KV cache: batch {} must be positive", B);
-  FLASHGPT_CHECK(capacity > 0 && capacity <= config_.block_size,
-                 "KV cache: capacity {} must be between 1 and the model's block_size {}", capacity, config_.block_size);
+  FLASHGPT_CHECK(capacity > 0 && capacity <= config.block_size,
+                 "KV cache: capacity {} must be between 1 and the model's block_size {}", capacity, config.block_size);
   KVCache<T> cache;
   cache.B = B;
   cache.capacity = capacity;
-  if (is_latent(config_.attention)) {
-    cache.latent_row = config_.latent_dim() + config_.mla_rope_dim();
-    cache.latent.assign(static_cast<size_t>(config_.n_layer) * B * capacity * cache.latent_row, T(0));
+  if (is_latent(config.attention)) {
+    cache.latent_row = config.latent_dim() + config.mla_rope_dim();
+    cache.latent.assign(static_cast<size_t>(config.n_layer) * B * capacity * cache.latent_row, T(0));
     return cache;
   }
-  const size_t n = static_cast<size_t>(config_.n_layer) * B * capacity * config_.kv_dim();
+  const size_t n = static_cast<size_t>(config.n_layer) * B * capacity * config.kv_dim();
   cache.k.assign(n, T(0));
   cache.v.assign(n, T(0));
   return cache;
+}
+template KVCache<float> make_kv_cache<float>(const GPTConfig&, int64_t, int64_t);
+template KVCache<double> make_kv_cache<double>(const GPTConfig&, int64_t, int64_t);
+
+template <typename T>
+KVCache<T> GPT<T>::make_cache(int64_t B, int64_t capacity) const {
+  return make_kv_cache<T>(config_, B, capacity);
 }
 
 template <typename T>

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <vector>
 
+#include "flashgpt/attention/latent_decode.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/matmul.h"
@@ -109,36 +110,18 @@ template <typename T>
 void GPT<T>::mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn,
                                  KVCache<T>& cache) {
   const GPTConfig& c = config_;
-  const int64_t N = B * Tn, H = c.n_head, hd = c.head_dim();
-  const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), row = cache.latent_row;
-  const int64_t pos0 = cache.length;
-  // Absorbed queries [W_k_up,hᵀ q_nope,h, q_rope,h] per head.
-  for (int64_t h = 0; h < H; ++h) {
-    ops::gemm<T>(false, false, N, nl, hd, T(1), a.qa + h * dqk, H * dqk, P.k_up_w + h * hd * nl, nl, T(0),
-                 a.q_abs + h * row, H * row);
-  }
-  if (dr > 0) {
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t h = 0; h < H; ++h) {
-        const T* src = a.qa + (n * H + h) * dqk + hd;
-        std::copy(src, src + dr, a.q_abs + (n * H + h) * row + nl);
-      }
-    }
-  }
-  // MQA over the latent rows: keys are whole rows, values their first n_latent elements.
-  const T* layer = cache.latent.data() + static_cast<int64_t>(l) * cache.B * cache.capacity * row;
-  AttentionDims dims{B, H, 1, Tn, pos0 + Tn, row, nl, cache.capacity};
-  dims.k_row_stride = row;
-  dims.v_row_stride = row;
-  AttentionMask mask{true, pos0};
-  const T scale = T(1) / std::sqrt(static_cast<T>(dqk));  // the expanded model's scale
-  attention_forward(attention_kernel(), dims, mask, scale, a.q_abs, layer, layer, a.o_lat, a.lse, tiling_);
-  // Head outputs W_v_up,h · o_lat,h.
-  const T* v_up = mla_value_up(P, a);
-  for (int64_t h = 0; h < H; ++h) {
-    ops::gemm<T>(false, true, N, hd, nl, T(1), a.o_lat + h * nl, H * nl, v_up + h * hd * nl, nl, T(0), a.att + h * hd,
-                 H * hd);
-  }
+  LatentDecodeDims d;
+  d.B = B;
+  d.H = c.n_head;
+  d.Tq = Tn;
+  d.Tk = cache.length + Tn;
+  d.capacity = cache.capacity;
+  d.head_dim = c.head_dim();
+  d.n_latent = c.latent_dim();
+  d.rope_dim = c.mla_rope_dim();
+  const T* layer = cache.latent.data() + static_cast<int64_t>(l) * cache.B * cache.capacity * cache.latent_row;
+  latent_attention_decode(attention_kernel(), d, a.qa, P.k_up_w, mla_value_up(P, a), layer, a.q_abs, a.o_lat, a.lse,
+                          a.att, tiling_);
 }
 
 template <typename T>

@@ -71,6 +71,9 @@ struct GPTConfig {
   // use_latent_attention the latent variant (standard↔mla, flash↔flash_mla).
   void set_flash(bool on);
   void set_latent(bool on);
+  // This model with another attention mechanism: latent fields dropped for multi-head mechanisms;
+  // grouped-query heads dropped for latent ones (which derive every head from one latent).
+  GPTConfig with_attention(AttentionKind k) const;
 
   nlohmann::json to_json() const;
   // Reads the fields present in `j` over the current values; an unknown field or a value of the

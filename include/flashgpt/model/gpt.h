@@ -46,6 +46,11 @@ struct KVCache {
   int64_t bytes() const { return static_cast<int64_t>((k.size() + v.size() + latent.size()) * sizeof(T)); }
 };
 
+// An empty cache for B sequences of up to `capacity` tokens, laid out for the config's mechanism;
+// its bytes() are exactly attention_stats(config).kv_cache_bytes_per_token · B · capacity in fp32.
+template <typename T>
+KVCache<T> make_kv_cache(const GPTConfig& config, int64_t B, int64_t capacity);
+
 // How latent attention decodes: Absorbed (the fast path: attention over the latent cache with the
 // up-projections folded into query and output) or Expanded (the reference: every cached latent
 // re-expanded into per-head keys and values, then ordinary attention). Both read the same cache.
