@@ -144,6 +144,34 @@ TEST_F(Pipeline, FlashMlaTrainsSamplesAndCompresses) {
                               " -b 2 -t 16 --steps 2 --val-every 2 --val-batches 1 --no-progress --out " + (dir / "ft"));
   EXPECT_EQ(ft.exit_code, 0) << ft.output;
 
+  // The benchmarks of the latent mechanisms run, check themselves, and report their shapes.
+  RunResult b = run_flashgpt("bench attention --mechanism mla,flash_mla --batch 1 --seq 40 --hidden 128 "
+                             "--head-dim 32 --repeats 1 --no-memory --json");
+  ASSERT_EQ(b.exit_code, 0) << b.output;
+  std::istringstream blines(b.output);
+  int brows = 0;
+  for (std::string line; std::getline(blines, line); ++brows) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["dqk"], 48);  // head_dim 32 + rope 16
+    EXPECT_EQ(j["dv"], 32);
+    EXPECT_LT(j["max_rel_err"].get<double>(), 1e-5);
+  }
+  EXPECT_EQ(brows, 2);
+  RunResult dec = run_flashgpt("bench decode --preset tiny --context 100 --repeats 2 --json");
+  ASSERT_EQ(dec.exit_code, 0) << dec.output;
+  std::istringstream dlines(dec.output);
+  int drows = 0;
+  for (std::string line; std::getline(dlines, line); ++drows) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["cache_bytes"], j["predicted_cache_bytes"]) << line;
+    EXPECT_GT(j["ms_per_token"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(drows, 4);
+  RunResult plot = run_flashgpt("bench attention --mechanism standard,flash_mla --batch 1 --seq 32,64 --hidden 64 "
+                                "--head-dim 32 --repeats 1 --no-memory --json --plot " + (dir / "attn.svg"));
+  ASSERT_EQ(plot.exit_code, 0) << plot.output;
+  EXPECT_NE(read_text_file(dir / "attn.svg").find("flash_mla"), std::string::npos);
+
   expect_one_error_line(run_flashgpt("compress -c " + ckpt + " --svd-rank 9 -o " + (dir / "x.safetensors")),
                         "svd_rank");
   expect_one_error_line(run_flashgpt("compress -c " + ckpt + " --svd-rank 2 -o " + ckpt), "--out");
@@ -190,6 +218,8 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("info --n-head 7"), "n_head");
   expect_one_error_line(run_flashgpt("info --n-head 12 --n-kv-head 5"), "n_kv_head");
   expect_one_error_line(run_flashgpt("info --attention linear"), "--attention");
+  expect_one_error_line(run_flashgpt("bench attention --mechanism linear"), "--mechanism");
+  expect_one_error_line(run_flashgpt("bench decode --mechanism mla --context 0"), "--context");
   expect_one_error_line(run_flashgpt("info --latent-dim 16"), "n_latent");  // standard attention has no latent
   expect_one_error_line(run_flashgpt("info --attention mla --n-kv-head 4"), "n_kv_head");
   expect_one_error_line(run_flashgpt("info --attention mla --use-svd"), "svd_rank");

@@ -1,5 +1,8 @@
-// flashgpt bench attention: the attention kernels side by side over batch, sequence and width,
-// each checked against the standard kernel before it is timed.
+// flashgpt bench attention: the attention mechanisms side by side over batch, sequence and width,
+// each checked against the standard kernel at the same shapes before it is timed. standard and
+// flash run multi-head attention's shapes (Dqk = Dv = head_dim); mla and flash_mla the training
+// shapes of latent attention (per head Dqk = head_dim + rope_dim, Dv = head_dim) with the standard
+// and the flash kernel.
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -7,14 +10,17 @@
 #include <cmath>
 #include <memory>
 #include <sstream>
+#include <tuple>
 
 #include "commands.h"
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/core/error.h"
+#include "flashgpt/core/io.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
 #include "flashgpt/train/trainer.h"
+#include "svg_chart.h"
 
 namespace flashgpt::cli {
 
@@ -22,6 +28,7 @@ namespace {
 
 struct BenchAttentionCli {
   std::vector<std::string> mechanisms = {"standard", "flash"};
+  int64_t rope_dim = -1;  // latent mechanisms' rope width; -1: head_dim / 2
   std::vector<int64_t> batches = {1, 4};
   std::vector<int64_t> seqs = {512, 1024, 2048};
   std::vector<int64_t> hiddens = {768};
@@ -29,6 +36,7 @@ struct BenchAttentionCli {
   std::string causal = "yes";
   int repeats = 3;
   bool json = false, csv = false, no_memory = false, probe_memory = false;
+  std::string plot;  // SVG file: time and memory against sequence length per mechanism
   AttentionTiling tiles;
 };
 
@@ -103,8 +111,9 @@ int64_t probe_peak_bytes(AttentionKernel kern, const AttentionDims& d, const Att
 int64_t measure_peak_bytes(const std::string& mech, const AttentionDims& d, bool causal, const AttentionTiling& t) {
   const std::string cmd = fmt::format(
       "/proc/{}/exe --threads {} bench attention --probe-memory --mechanism {} --batch {} --seq {} --hidden {} "
-      "--head-dim {} --causal {} --flash-block-q {} --flash-block-kv {}",
-      ::getpid(), num_threads(), mech, d.B, d.Tq, d.Hq * d.Dqk, d.Dqk, causal ? "yes" : "no", t.block_q, t.block_kv);
+      "--head-dim {} --rope-dim {} --causal {} --flash-block-q {} --flash-block-kv {}",
+      ::getpid(), num_threads(), mech, d.B, d.Tq, d.Hq * d.Dv, d.Dv, d.Dqk - d.Dv, causal ? "yes" : "no", t.block_q,
+      t.block_kv);
   std::FILE* pipe = ::popen(cmd.c_str(), "r");
   if (!pipe) return -1;
   long long bytes = -1;
@@ -113,20 +122,80 @@ int64_t measure_peak_bytes(const std::string& mech, const AttentionDims& d, bool
   return bytes;
 }
 
-AttentionKernel parse_mechanism(const std::string& s) {
-  if (s == "standard") return AttentionKernel::Standard;
-  if (s == "flash") return AttentionKernel::Flash;
-  fail("--mechanism: '{}' is not an attention kernel of this build (choose standard or flash)", s);
+struct Mechanism {
+  AttentionKernel kernel;
+  bool latent;
+};
+
+Mechanism parse_mechanism(const std::string& s) {
+  const AttentionKind k = parse_attention_kind(s, "--mechanism");
+  return {uses_flash_kernel(k) ? AttentionKernel::Flash : AttentionKernel::Standard, is_latent(k)};
+}
+
+// The attention shapes of a mechanism at B, T, H heads of head_dim.
+AttentionDims mechanism_dims(const Mechanism& mech, int64_t B, int64_t T, int64_t H, int64_t head_dim,
+                             int64_t rope_dim) {
+  const int64_t dqk = mech.latent ? head_dim + rope_dim : head_dim;
+  return AttentionDims{B, H, H, T, T, dqk, head_dim, 0};
+}
+
+// Forward+backward time and extra peak memory against sequence length, one line per mechanism, for
+// the largest batch and width measured (causal when measured both ways).
+void write_plot(const std::string& path, const std::vector<Case>& cases) {
+  const Case* pick = &cases.front();
+  for (const Case& r : cases) {
+    if (std::tie(r.batch, r.hidden, r.causal) > std::tie(pick->batch, pick->hidden, pick->causal)) pick = &r;
+  }
+  std::vector<std::string> mechs;
+  std::vector<Series> time, memory;
+  double x_max = 1;
+  for (const Case& r : cases) {
+    if (r.batch != pick->batch || r.hidden != pick->hidden || r.causal != pick->causal) continue;
+    auto it = std::find(mechs.begin(), mechs.end(), r.mechanism);
+    if (it == mechs.end()) {
+      mechs.push_back(r.mechanism);
+      time.emplace_back();
+      memory.emplace_back();
+      it = mechs.end() - 1;
+    }
+    const size_t i = static_cast<size_t>(it - mechs.begin());
+    time[i].x.push_back(static_cast<double>(r.seq));
+    time[i].y.push_back(r.fwd_bwd_ms);
+    if (r.peak_bytes >= 0) {
+      memory[i].x.push_back(static_cast<double>(r.seq));
+      memory[i].y.push_back(static_cast<double>(r.peak_bytes) / (1 << 20));
+    }
+    x_max = std::max(x_max, static_cast<double>(r.seq));
+  }
+  const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
+  std::vector<std::pair<const Series*, std::string>> t_series, m_series;
+  for (size_t i = 0; i < mechs.size(); ++i) {
+    const std::string label = mechs[i] + "|" + colors[i % 6];
+    t_series.push_back({&time[i], label});
+    m_series.push_back({&memory[i], label});
+  }
+  std::ostringstream svg;
+  svg << R"(<svg xmlns="http://www.w3.org/2000/svg" width="900" height="660" font-family="sans-serif">)" << "\n"
+      << R"(<rect width="100%" height="100%" fill="white"/>)" << "\n";
+  const std::string shape = fmt::format("batch {}, hidden {}, {} heads{}", pick->batch, pick->hidden, pick->heads,
+                                        pick->causal ? ", causal" : "");
+  draw_panel(svg, {70, 40, 800, 300}, "forward+backward ms (" + shape + ")", t_series, x_max);
+  draw_panel(svg, {70, 400, 800, 220}, "extra peak memory, MiB", m_series, x_max);
+  svg << R"(<text x="470" y="652" font-size="12" text-anchor="middle">sequence length</text>)" << "\n</svg>\n";
+  write_text_file_atomic(path, svg.str());
 }
 
 void run_bench_attention(const BenchAttentionCli& c) {
   FLASHGPT_CHECK(c.repeats > 0, "--repeats: must be positive");
   FLASHGPT_CHECK(c.head_dim > 0, "--head-dim: must be positive");
+  const int64_t rope_dim = c.rope_dim >= 0 ? c.rope_dim : c.head_dim / 2;
+  for (const std::string& m : c.mechanisms) parse_mechanism(m);  // names a bad one before any work
   if (c.probe_memory) {  // internal: one case, print the extra peak bytes
-    const int64_t H = c.hiddens.at(0) / c.head_dim;
-    const AttentionDims d{c.batches.at(0), H, H, c.seqs.at(0), c.seqs.at(0), c.head_dim, c.head_dim, 0};
-    std::printf("%lld\n", static_cast<long long>(probe_peak_bytes(parse_mechanism(c.mechanisms.at(0)), d,
-                                                                  AttentionMask{c.causal == "yes", 0}, c.tiles)));
+    const Mechanism mech = parse_mechanism(c.mechanisms.at(0));
+    const AttentionDims d = mechanism_dims(mech, c.batches.at(0), c.seqs.at(0), c.hiddens.at(0) / c.head_dim,
+                                           c.head_dim, rope_dim);
+    std::printf("%lld\n", static_cast<long long>(
+                              probe_peak_bytes(mech.kernel, d, AttentionMask{c.causal == "yes", 0}, c.tiles)));
     return;
   }
   std::vector<bool> causal_modes;
@@ -134,6 +203,7 @@ void run_bench_attention(const BenchAttentionCli& c) {
   if (c.causal == "no" || c.causal == "both") causal_modes.push_back(false);
   // The machine's own sgemm rate, measured in this run: the ceiling the kernels are compared with.
   const double gemm_gflops = measure_sgemm_gflops(1024, 7);
+  std::vector<Case> cases;
   if (!c.json && !c.csv) {
     std::printf("sgemm rate on this machine now: %.1f GFLOP/s (1024³, %d threads)\n\n", gemm_gflops, num_threads());
     std::printf("| mechanism | batch | seq | hidden | heads | causal | fwd ms | fwd+bwd ms | fwd GFLOP/s | fwd+bwd GFLOP/s | "
@@ -147,20 +217,27 @@ void run_bench_attention(const BenchAttentionCli& c) {
     for (int64_t B : c.batches) {
       for (int64_t T : c.seqs) {
         for (bool causal : causal_modes) {
-          const AttentionDims d{B, H, H, T, T, c.head_dim, c.head_dim, 0};
           const AttentionMask m{causal, 0};
-          // The standard kernel's output is the yardstick for every mechanism's error.
-          Buffers ref = make_buffers(d, 1);
-          forward(AttentionKernel::Standard, d, m, c.tiles, ref);
-          double ref_scale = 0;
-          for (float x : ref.o) ref_scale = std::max(ref_scale, static_cast<double>(std::abs(x)));
+          // The standard kernel's output at the same shapes is the yardstick for every mechanism's error.
+          std::vector<float> ref_o[2];
+          double ref_scale[2] = {0, 0};
           for (const std::string& mech : c.mechanisms) {
-            const AttentionKernel kern = parse_mechanism(mech);
+            const Mechanism mk = parse_mechanism(mech);
+            const AttentionKernel kern = mk.kernel;
+            const AttentionDims d = mechanism_dims(mk, B, T, H, c.head_dim, rope_dim);
+            if (ref_o[mk.latent].empty()) {
+              Buffers ref = make_buffers(d, 1);
+              forward(AttentionKernel::Standard, d, m, c.tiles, ref);
+              ref_o[mk.latent] = ref.o;
+              for (float x : ref.o) ref_scale[mk.latent] = std::max(ref_scale[mk.latent], static_cast<double>(std::abs(x)));
+            }
+            const std::vector<float>& ref_out = ref_o[mk.latent];
             Case r{mech, B, T, hidden, H, c.head_dim, causal};
             Buffers b = make_buffers(d, 1);
             forward(kern, d, m, c.tiles, b);  // check before timing (and warm up)
             for (size_t i = 0; i < b.o.size(); ++i)
-              r.max_rel_err = std::max(r.max_rel_err, std::abs(static_cast<double>(b.o[i]) - ref.o[i]) / ref_scale);
+              r.max_rel_err =
+                  std::max(r.max_rel_err, std::abs(static_cast<double>(b.o[i]) - ref_out[i]) / ref_scale[mk.latent]);
             FLASHGPT_CHECK(r.max_rel_err < 1e-4, "bench: {} disagrees with the standard kernel (relative error {:.2e})",
                            mech, r.max_rel_err);
             std::vector<double> fwd, fwd_bwd;
@@ -174,14 +251,17 @@ void run_bench_attention(const BenchAttentionCli& c) {
             }
             r.fwd_ms = median(fwd) * 1e3;
             r.fwd_bwd_ms = median(fwd_bwd) * 1e3;
-            // flash-attention's convention: forward 4·B·H·T²·D (halved when causal), backward 2.5×.
-            const double flops_fwd = 4.0 * B * H * T * static_cast<double>(T) * c.head_dim * (causal ? 0.5 : 1.0);
+            // flash-attention's convention: forward 2·B·H·T²·(Dqk + Dv) — 4·B·H·T²·D when they are
+            // equal — halved when causal; the backward 2.5× the forward.
+            const double flops_fwd =
+                2.0 * B * H * T * static_cast<double>(T) * static_cast<double>(d.Dqk + d.Dv) * (causal ? 0.5 : 1.0);
             r.gflops_fwd = flops_fwd / (r.fwd_ms * 1e-3) / 1e9;
             r.gflops = 3.5 * flops_fwd / (r.fwd_bwd_ms * 1e-3) / 1e9;
             if (!c.no_memory) r.peak_bytes = measure_peak_bytes(mech, d, causal, c.tiles);
             if (c.json) {
               std::printf("%s\n", nlohmann::json{{"mechanism", r.mechanism}, {"batch", B}, {"seq", T},
                                                  {"hidden", hidden}, {"heads", H}, {"head_dim", c.head_dim},
+                                                 {"dqk", d.Dqk}, {"dv", d.Dv},
                                                  {"causal", causal}, {"fwd_ms", r.fwd_ms},
                                                  {"fwd_bwd_ms", r.fwd_bwd_ms}, {"gflops_fwd", r.gflops_fwd},
                                                  {"gflops", r.gflops}, {"peak_bytes", r.peak_bytes},
@@ -203,10 +283,15 @@ void run_bench_attention(const BenchAttentionCli& c) {
                           r.max_rel_err);
             }
             std::fflush(stdout);
+            cases.push_back(r);
           }
         }
       }
     }
+  }
+  if (!c.plot.empty() && !cases.empty()) {
+    write_plot(c.plot, cases);
+    if (!c.json && !c.csv) std::printf("\nwrote %s\n", c.plot.c_str());
   }
 }
 
@@ -215,7 +300,10 @@ void run_bench_attention(const BenchAttentionCli& c) {
 void register_bench_attention(CLI::App& bench) {
   auto c = std::make_shared<BenchAttentionCli>();
   CLI::App* sub = bench.add_subcommand("attention", "Attention kernels: time, GFLOP/s, extra memory, error");
-  sub->add_option("--mechanism", c->mechanisms, "Kernels to compare: standard, flash")->delimiter(',')->capture_default_str();
+  sub->add_option("--mechanism", c->mechanisms, "Mechanisms to compare: standard, flash, mla, flash_mla")
+      ->delimiter(',')
+      ->capture_default_str();
+  sub->add_option("--rope-dim", c->rope_dim, "Rope width of the latent mechanisms' heads (default: head dim / 2)");
   sub->add_option("--batch", c->batches, "Batch sizes")->delimiter(',')->capture_default_str();
   sub->add_option("--seq", c->seqs, "Sequence lengths")->delimiter(',')->capture_default_str();
   sub->add_option("--hidden", c->hiddens, "Model widths (heads = hidden / head dim)")->delimiter(',')->capture_default_str();
@@ -228,6 +316,7 @@ void register_bench_attention(CLI::App& bench) {
   sub->add_flag("--probe-memory", c->probe_memory)->group("");  // internal, see measure_peak_bytes
   sub->add_flag("--json", c->json, "One JSON object per case");
   sub->add_flag("--csv", c->csv, "CSV instead of a markdown table");
+  sub->add_option("--plot", c->plot, "Also write an SVG chart of time and memory against sequence length");
   sub->callback([c] { run_bench_attention(*c); });
 }
 

@@ -153,6 +153,7 @@ void run_bench_decode(const BenchDecodeCli& c) {
   const GPTConfig base = c.model.resolve("d12");
   std::vector<AttentionKind> kinds;
   for (const std::string& m : c.mechanisms) kinds.push_back(parse_attention_kind(m, "--mechanism"));
+  for (int64_t context : c.contexts) FLASHGPT_CHECK(context > 0, "--context: {} must be positive", context);
   if (!c.json) {
     std::printf("decode attention, all %d layers, one new token per sequence: batch %lld, %d heads × %d, %d threads\n\n",
                 base.n_layer, static_cast<long long>(c.batch), base.n_head, base.head_dim(), num_threads());
@@ -160,7 +161,6 @@ void run_bench_decode(const BenchDecodeCli& c) {
                 "|---|---|---|---|---|---|---|---|\n");
   }
   for (int64_t context : c.contexts) {
-    FLASHGPT_CHECK(context > 0, "--context: {} must be positive", context);
     std::vector<Result> results;
     for (AttentionKind k : kinds) results.push_back(bench_one(base, k, context, c));
     double mha_ms = 0;  // the faster multi-head kernel: the yardstick for the speedup
