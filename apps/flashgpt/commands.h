@@ -17,7 +17,9 @@ struct ModelFlags {
   std::string preset;
   std::string config_file;
   std::vector<std::function<void(GPTConfig&)>> overrides;
-  GPTConfig resolve(const std::string& default_preset) const;
+  // validate = false leaves checking to the caller (bench decode validates each mechanism's variant,
+  // so latent flags may be given with a multi-head preset).
+  GPTConfig resolve(const std::string& default_preset, bool validate = true) const;
 };
 void add_model_flags(CLI::App& app, ModelFlags& flags);
 

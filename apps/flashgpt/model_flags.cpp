@@ -5,14 +5,14 @@
 
 namespace flashgpt::cli {
 
-GPTConfig ModelFlags::resolve(const std::string& default_preset) const {
+GPTConfig ModelFlags::resolve(const std::string& default_preset, bool validate) const {
   GPTConfig c = GPTConfig::preset(preset.empty() ? default_preset : preset);
   if (!config_file.empty()) {
     GPTConfig from_file = GPTConfig::from_json_file(config_file);
     c = from_file;
   }
   for (const auto& apply : overrides) apply(c);
-  c.validate();
+  if (validate) c.validate();
   return c;
 }
 
