@@ -11,12 +11,14 @@
 
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/core/error.h"
+#include "testing/errors.h"
 #include "testing/finite_diff.h"
 
 namespace flashgpt {
 namespace {
 
 using testing::dot;
+using testing::error_of;
 using testing::expect_gradient_matches;
 using testing::random_vector;
 
@@ -32,8 +34,8 @@ void reference_attention(const AttentionDims& d, const AttentionMask& m, double 
         double mx = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < d.Tk; ++j) {
           if (m.causal && j > m.q_offset + i) continue;
-          if (m.kv_lengths && j >= m.kv_lengths[b]) continue;
-          if (m.q_segments && m.q_segments[b * d.Tq + i] != m.kv_segments[b * d.Tk + j]) continue;
+          if (!m.kv_lengths.empty() && j >= m.kv_lengths[b]) continue;
+          if (!m.q_segments.empty() && m.q_segments[b * d.Tq + i] != m.kv_segments[b * d.Tk + j]) continue;
           double acc = 0;
           for (int64_t c = 0; c < d.Dqk; ++c)
             acc += q[((b * d.Tq + i) * d.Hq + h) * d.Dqk + c] * k[((b * d.Tk + j) * d.Hkv + h / group) * d.Dqk + c];
@@ -75,15 +77,15 @@ TEST_P(AttentionKernels, ForwardMatchesReferenceAndBackwardMatchesFiniteDifferen
   std::vector<int32_t> lengths(d.B), q_seg(d.B * d.Tq), kv_seg(d.B * d.Tk);
   if (tc.extra == MaskExtra::Padding) {
     for (int64_t b = 0; b < d.B; ++b) lengths[b] = static_cast<int32_t>(std::max<int64_t>(1, d.Tk - 2 * b - 1));
-    tc.mask.kv_lengths = lengths.data();
+    tc.mask.kv_lengths = lengths;
   }
   if (tc.extra == MaskExtra::Segments) {  // documents of 3 tokens, offset per sequence
     for (int64_t b = 0; b < d.B; ++b)
       for (int64_t j = 0; j < d.Tk; ++j) kv_seg[b * d.Tk + j] = static_cast<int32_t>((j + b) / 3);
     for (int64_t b = 0; b < d.B; ++b)
       for (int64_t i = 0; i < d.Tq; ++i) q_seg[b * d.Tq + i] = kv_seg[b * d.Tk + tc.mask.q_offset + i];
-    tc.mask.q_segments = q_seg.data();
-    tc.mask.kv_segments = kv_seg.data();
+    tc.mask.q_segments = q_seg;
+    tc.mask.kv_segments = kv_seg;
   }
   const AttentionTiling tiles{2, 3};  // tiles that do not divide the lengths
   Rng rng(11);
@@ -152,6 +154,23 @@ TEST(AttentionSeam, RejectsInconsistentShapes) {
   }
   EXPECT_THROW(run({1, 2, 2, 0, 1, 4, 4, 0}), Error);
   EXPECT_THROW(run({1, 2, 2, 2, 4, 4, 4, 3}), Error);  // Tk_stride < Tk
+  // Masks of the wrong length, or lengths outside the keys, name the mask.
+  const AttentionDims d{2, 2, 2, 2, 3, 2, 2, 0};
+  auto run_mask = [&](const AttentionMask& m) {
+    attention_forward(AttentionKernel::Flash, d, m, 1.0, buf.data(), buf.data(), buf.data(), buf.data(), buf.data());
+  };
+  const std::vector<int32_t> one_length = {3}, long_length = {3, 4}, seg4 = {0, 0, 1, 1}, seg5 = {0, 0, 0, 1, 1};
+  AttentionMask m;
+  m.kv_lengths = one_length;
+  EXPECT_NE(error_of([&] { run_mask(m); }).find("kv_lengths holds 1"), std::string::npos);
+  m.kv_lengths = long_length;
+  EXPECT_NE(error_of([&] { run_mask(m); }).find("kv_lengths[1] = 4"), std::string::npos);
+  m = AttentionMask{};
+  m.q_segments = seg4;
+  m.kv_segments = seg5;  // B·Tk = 6
+  EXPECT_NE(error_of([&] { run_mask(m); }).find("kv_segments holds 5"), std::string::npos);
+  m.q_segments = seg5;
+  EXPECT_NE(error_of([&] { run_mask(m); }).find("q_segments holds 5"), std::string::npos);
 }
 
 // Decoding-sized grouped queries take the flash kernel's packed path, which splits the key range

@@ -62,7 +62,7 @@ RC_GTEST_PROP(FlashAttention, EqualsStandardForwardAndBackward, ()) {
   std::vector<int32_t> lengths(B), q_seg(B * Tq), kv_seg(B * Tk);
   if (mask_kind & 1) {
     for (auto& l : lengths) l = static_cast<int32_t>(rng.next_u64() % static_cast<uint64_t>(Tk + 1));
-    mask.kv_lengths = lengths.data();
+    mask.kv_lengths = lengths;
   }
   if (mask_kind & 2) {  // packed documents: a new one starts with probability 1/8 at each position
     for (int64_t b = 0; b < B; ++b) {
@@ -73,8 +73,8 @@ RC_GTEST_PROP(FlashAttention, EqualsStandardForwardAndBackward, ()) {
       }
       for (int64_t i = 0; i < Tq; ++i) q_seg[b * Tq + i] = kv_seg[b * Tk + mask.q_offset + i];
     }
-    mask.q_segments = q_seg.data();
-    mask.kv_segments = kv_seg.data();
+    mask.q_segments = q_seg;
+    mask.kv_segments = kv_seg;
   }
   auto randn = [&](int64_t n) {
     std::vector<float> x(static_cast<size_t>(n));

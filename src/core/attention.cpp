@@ -20,8 +20,18 @@ void check_attention_dims(const AttentionDims& d, const AttentionMask& m) {
   FLASHGPT_CHECK(d.v_row_stride == 0 || d.v_row_stride >= d.Hkv * d.Dv,
                  "attention: value row stride {} is smaller than Hkv·Dv = {}", d.v_row_stride, d.Hkv * d.Dv);
   FLASHGPT_CHECK(!m.causal || m.q_offset >= 0, "attention: causal q_offset {} is negative", m.q_offset);
-  FLASHGPT_CHECK((m.q_segments == nullptr) == (m.kv_segments == nullptr),
+  FLASHGPT_CHECK(m.q_segments.empty() == m.kv_segments.empty(),
                  "attention: document masking needs segment ids for both queries and keys");
+  FLASHGPT_CHECK(m.kv_lengths.empty() || static_cast<int64_t>(m.kv_lengths.size()) == d.B,
+                 "attention: kv_lengths holds {} lengths for a batch of {}", m.kv_lengths.size(), d.B);
+  for (size_t b = 0; b < m.kv_lengths.size(); ++b) {
+    FLASHGPT_CHECK(m.kv_lengths[b] >= 0 && m.kv_lengths[b] <= d.Tk, "attention: kv_lengths[{}] = {} is outside [0, Tk = {}]",
+                   b, m.kv_lengths[b], d.Tk);
+  }
+  FLASHGPT_CHECK(m.q_segments.empty() || static_cast<int64_t>(m.q_segments.size()) == d.B * d.Tq,
+                 "attention: q_segments holds {} ids, not B·Tq = {}", m.q_segments.size(), d.B * d.Tq);
+  FLASHGPT_CHECK(m.kv_segments.empty() || static_cast<int64_t>(m.kv_segments.size()) == d.B * d.kv_rows(),
+                 "attention: kv_segments holds {} ids, not B·kv_rows = {}", m.kv_segments.size(), d.B * d.kv_rows());
 }
 
 template <typename T>

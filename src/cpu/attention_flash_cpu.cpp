@@ -71,9 +71,9 @@ int64_t tile_key_end(const AttentionDims& d, const AttentionMask& m, int64_t b, 
 bool tile_hidden(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i0, int64_t br, int64_t j0,
                  int64_t bc) {
   if (j0 >= tile_key_end(d, m, b, i0, br)) return true;
-  if (!m.q_segments) return false;
-  const SegmentRange qr = segment_range(m.q_segments + b * d.Tq + i0, br);
-  const SegmentRange kr = segment_range(m.kv_segments + b * d.kv_rows() + j0, bc);
+  if (m.q_segments.empty()) return false;
+  const SegmentRange qr = segment_range(m.q_segments.data() + b * d.Tq + i0, br);
+  const SegmentRange kr = segment_range(m.kv_segments.data() + b * d.kv_rows() + j0, bc);
   return !qr.overlaps(kr);
 }
 
@@ -84,7 +84,7 @@ constexpr int64_t kMaxPackedRows = 256;
 template <typename T>
 void mask_tile(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i0, int64_t br, int64_t j0,
                int64_t bc, T* S, int64_t lds) {
-  if (!m.q_segments && j0 + bc <= key_limit(d, m, b, i0)) return;  // wholly visible
+  if (m.q_segments.empty() && j0 + bc <= key_limit(d, m, b, i0)) return;  // wholly visible
   for (int64_t r = 0; r < br; ++r) {
     const int64_t limit = key_limit(d, m, b, i0 + r);
     T* s = S + r * lds;

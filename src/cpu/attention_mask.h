@@ -11,12 +11,12 @@ namespace flashgpt::cpu {
 inline int64_t key_limit(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i) {
   int64_t limit = d.Tk;
   if (m.causal) limit = std::min(limit, m.q_offset + i + 1);
-  if (m.kv_lengths) limit = std::min<int64_t>(limit, m.kv_lengths[b]);
+  if (!m.kv_lengths.empty()) limit = std::min<int64_t>(limit, m.kv_lengths[b]);
   return std::max<int64_t>(limit, 0);
 }
 
 inline bool same_segment(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i, int64_t j) {
-  return !m.q_segments || m.q_segments[b * d.Tq + i] == m.kv_segments[b * d.kv_rows() + j];
+  return m.q_segments.empty() || m.q_segments[b * d.Tq + i] == m.kv_segments[b * d.kv_rows() + j];
 }
 
 inline bool key_visible(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i, int64_t j) {

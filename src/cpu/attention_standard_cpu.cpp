@@ -21,7 +21,7 @@ template <typename T>
 int64_t mask_row(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i, T* s) {
   const int64_t limit = key_limit(d, m, b, i);
   std::fill(s + limit, s + d.Tk, kMaskedScore<T>);
-  if (!m.q_segments) return limit;
+  if (m.q_segments.empty()) return limit;
   int64_t visible = 0;
   for (int64_t j = 0; j < limit; ++j) {
     if (same_segment(d, m, b, i, j)) {

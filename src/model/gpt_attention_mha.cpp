@@ -37,8 +37,7 @@ void GPT<T>::mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
 
   AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
   AttentionMask mask{true, 0};
-  mask.q_segments = segments;
-  mask.kv_segments = segments;
+  if (segments) mask.q_segments = mask.kv_segments = {segments, static_cast<size_t>(B * Tn)};
   const T* k_src = a.ka;
   const T* v_src = a.v;
   if (cache) {
@@ -72,8 +71,7 @@ void GPT<T>::mha_backward(const LayerParams& P, const LayerParams& G, LayerActs&
   const AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
   AttentionMask mask{true, 0};
-  mask.q_segments = segments;
-  mask.kv_segments = segments;
+  if (segments) mask.q_segments = mask.kv_segments = {segments, static_cast<size_t>(B * Tn)};
   attention_backward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv,
                      tiling_);
   if (c.pos == PosKind::Rope) {

@@ -100,8 +100,7 @@ void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
 
   const AttentionDims dims{B, H, H, Tn, Tn, dqk, hd, 0};
   AttentionMask mask{true, 0};
-  mask.q_segments = segments;
-  mask.kv_segments = segments;
+  if (segments) mask.q_segments = mask.kv_segments = {segments, static_cast<size_t>(B * Tn)};
   const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
   attention_forward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, tiling_);
 }
@@ -164,8 +163,7 @@ void GPT<T>::mla_backward(const LayerParams& P, const LayerParams& G, LayerActs&
 
   const AttentionDims dims{B, H, H, Tn, Tn, dqk, hd, 0};
   AttentionMask mask{true, 0};
-  mask.q_segments = segments;
-  mask.kv_segments = segments;
+  if (segments) mask.q_segments = mask.kv_segments = {segments, static_cast<size_t>(B * Tn)};
   const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
   attention_backward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv,
                      tiling_);

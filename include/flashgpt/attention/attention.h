@@ -22,6 +22,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 namespace flashgpt {
 
@@ -49,9 +50,10 @@ struct AttentionDims {
 struct AttentionMask {
   bool causal = true;
   int64_t q_offset = 0;
-  const int32_t* kv_lengths = nullptr;   // [B]
-  const int32_t* q_segments = nullptr;   // [B, Tq]
-  const int32_t* kv_segments = nullptr;  // [B, kv_rows]
+  // Empty: that mask is off. Sizes are checked: B, B·Tq and B·kv_rows.
+  std::span<const int32_t> kv_lengths;   // [B]
+  std::span<const int32_t> q_segments;   // [B, Tq]
+  std::span<const int32_t> kv_segments;  // [B, kv_rows]
 };
 
 // Tile sizes of the flash kernel; 0 chooses from the cache sizes.
