@@ -73,11 +73,13 @@ GPTConfig small_config(PosKind pos, int kv_heads, bool qk_norm) {
   return c;
 }
 
-class CachedDecode : public ::testing::TestWithParam<std::tuple<PosKind, int, bool>> {};
+class CachedDecode : public ::testing::TestWithParam<std::tuple<PosKind, int, bool, bool>> {};
 
 TEST_P(CachedDecode, EqualsFullForward) {
-  auto [pos, kv, qkn] = GetParam();
-  GPT<float> model(small_config(pos, kv, qkn));
+  auto [pos, kv, qkn, flash] = GetParam();
+  GPTConfig config = small_config(pos, kv, qkn);
+  config.attention = flash ? AttentionKind::Flash : AttentionKind::Standard;
+  GPT<float> model(config);
   model.init_weights(7);
   const int64_t B = 2, Tn = 12, Vp = model.config().padded_vocab_size();
   std::vector<int> tokens(B * Tn);
@@ -112,7 +114,7 @@ TEST_P(CachedDecode, EqualsFullForward) {
 
 INSTANTIATE_TEST_SUITE_P(Mechanisms, CachedDecode,
                          ::testing::Combine(::testing::Values(PosKind::Learned, PosKind::Rope),
-                                            ::testing::Values(0, 2, 1), ::testing::Bool()));
+                                            ::testing::Values(0, 2, 1), ::testing::Bool(), ::testing::Bool()));
 
 TEST(Model, FlashAttentionModelEqualsStandard) {
   GPTConfig c = small_config(PosKind::Rope, 2, true);

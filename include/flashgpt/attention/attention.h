@@ -51,9 +51,9 @@ struct AttentionMask {
   bool causal = true;
   int64_t q_offset = 0;
   // Empty: that mask is off. Sizes are checked: B, B·Tq and B·kv_rows.
-  std::span<const int32_t> kv_lengths;   // [B]
-  std::span<const int32_t> q_segments;   // [B, Tq]
-  std::span<const int32_t> kv_segments;  // [B, kv_rows]
+  std::span<const int32_t> kv_lengths{};   // [B]
+  std::span<const int32_t> q_segments{};   // [B, Tq]
+  std::span<const int32_t> kv_segments{};  // [B, kv_rows]
 };
 
 // Tile sizes of the flash kernel; 0 chooses from the cache sizes.
