@@ -276,11 +276,13 @@ void run_bench_attention(const BenchAttentionCli& c) {
                           static_cast<long long>(H), causal ? 1 : 0, r.fwd_ms, r.fwd_bwd_ms, r.gflops_fwd, r.gflops,
                           static_cast<long long>(r.peak_bytes), r.max_rel_err);
             } else {
-              std::printf("| %s | %lld | %lld | %lld | %lld | %s | %.2f | %.2f | %.1f | %.1f | %.1f | %.1e |\n",
+              const std::string peak = r.peak_bytes >= 0
+                                           ? fmt::format("{:.1f}", static_cast<double>(r.peak_bytes) / (1 << 20))
+                                           : std::string("—");  // not measured (--no-memory) or the probe failed
+              std::printf("| %s | %lld | %lld | %lld | %lld | %s | %.2f | %.2f | %.1f | %.1f | %s | %.1e |\n",
                           mech.c_str(), static_cast<long long>(B), static_cast<long long>(T),
                           static_cast<long long>(hidden), static_cast<long long>(H), causal ? "yes" : "no", r.fwd_ms,
-                          r.fwd_bwd_ms, r.gflops_fwd, r.gflops, static_cast<double>(r.peak_bytes) / (1 << 20),
-                          r.max_rel_err);
+                          r.fwd_bwd_ms, r.gflops_fwd, r.gflops, peak.c_str(), r.max_rel_err);
             }
             std::fflush(stdout);
             cases.push_back(r);
