@@ -7,6 +7,7 @@
 
 #include "checkpoint_loading.h"
 #include "commands.h"
+#include "flashgpt/core/device.h"
 #include "flashgpt/core/threads.h"
 
 extern "C" char* openblas_get_config(void);
@@ -62,13 +63,23 @@ void run_info(const InfoCli& c) {
   }
   const int T = c.seq_len > 0 ? c.seq_len : cfg.block_size;
   const ModelStats s = model_stats(cfg, T);
+  const DeviceReport dev = probe_devices();
+  nlohmann::json devices = {"cpu"}, gpus = nlohmann::json::array();
+  for (const GpuInfo& g : dev.gpus) {
+    devices.push_back(fmt::format("cuda:{}", g.index));
+    gpus.push_back({{"index", g.index}, {"name", g.name}, {"compute_capability", fmt::format("{}.{}", g.cc_major, g.cc_minor)},
+                    {"memory_bytes", g.memory_bytes}, {"multiprocessors", g.multiprocessors}});
+  }
+  nlohmann::json cuda = {{"built", dev.cuda_built},       {"architectures", dev.cuda_architectures},
+                         {"driver_version", dev.driver_version}, {"runtime_version", dev.runtime_version},
+                         {"gpus", gpus},                  {"why_no_gpu", dev.why_none}};
   nlohmann::json build = {{"version", FLASHGPT_VERSION},
                           {"blas", openblas_get_config()},
                           {"blas_kernels", openblas_get_corename()},
                           {"threads", num_threads()},
                           {"cpu_features", cpu_features()},
-                          {"devices", {"cpu"}},
-                          {"cuda", "not in this build"},
+                          {"devices", devices},
+                          {"cuda", cuda},
                           {"attention_kernels", {"standard", "flash"}},
                           {"attention_mechanisms", {"standard", "flash", "mla", "flash_mla"}}};
   nlohmann::json mechanisms = nlohmann::json::array();
@@ -132,8 +143,19 @@ void run_info(const InfoCli& c) {
                 human_bytes(static_cast<double>(a.kv_cache_bytes_per_token)).c_str(),
                 human_bytes(static_cast<double>(a.kv_cache_bytes_per_token) * T).c_str(), a.cache_compression());
   }
-  std::printf("build\n  flashgpt %s | devices: cpu (CUDA not in this build) | attention kernels: standard, flash\n",
+  std::printf("build\n  flashgpt %s | attention kernels: standard, flash | mechanisms: standard, flash, mla, flash_mla\n",
               FLASHGPT_VERSION);
+  if (!dev.cuda_built) {
+    std::printf("  devices: cpu; %s\n", dev.why_none.c_str());
+  } else {
+    std::printf("  CUDA backend built for sm %s (runtime %d, driver %d)\n", dev.cuda_architectures.c_str(),
+                dev.runtime_version, dev.driver_version);
+    for (const GpuInfo& g : dev.gpus) {
+      std::printf("  cuda:%d %s, compute capability %d.%d, %s, %d SMs\n", g.index, g.name.c_str(), g.cc_major,
+                  g.cc_minor, human_bytes(static_cast<double>(g.memory_bytes)).c_str(), g.multiprocessors);
+    }
+    if (dev.gpus.empty()) std::printf("  devices: cpu only; no GPU: %s\n", dev.why_none.c_str());
+  }
   std::printf("  BLAS: %s | kernels: %s | threads: %d | CPU: %s\n", openblas_get_config(), openblas_get_corename(),
               num_threads(), cpu_features().c_str());
   const std::string core = openblas_get_corename();
