@@ -15,6 +15,7 @@
 #include "flashgpt/ops/svd.h"
 #include "testing/errors.h"
 #include "testing/finite_diff.h"
+#include "testing/model_agreement.h"
 
 namespace flashgpt {
 namespace {
@@ -203,27 +204,13 @@ TEST(Mla, FlashMlaEqualsMla) {
   c.attention = AttentionKind::FlashMLA;
   GPT<float> flash(c);
   mla.init_weights(5);
-  std::copy(mla.params().begin(), mla.params().end(), flash.params().begin());
   flash.set_attention_tiling({16, 16});
   std::vector<int> tokens(2 * 50), targets(2 * 50);
   for (int i = 0; i < 100; ++i) {
     tokens[i] = (i * 13) % 37;
     targets[i] = (i * 7 + 3) % 37;
   }
-  mla.zero_grad();
-  flash.zero_grad();
-  const double lm = mla.forward(tokens.data(), targets.data(), 2, 50);
-  const double lf = flash.forward(tokens.data(), targets.data(), 2, 50);
-  EXPECT_NEAR(lf, lm, 1e-5 * lm);
-  mla.backward();
-  flash.backward();
-  double scale = 0, worst = 0;
-  for (size_t i = 0; i < mla.grads().size(); ++i) {
-    scale = std::max(scale, static_cast<double>(std::abs(mla.grads()[i])));
-    worst = std::max(worst, static_cast<double>(std::abs(mla.grads()[i] - flash.grads()[i])));
-  }
-  EXPECT_GT(scale, 0.0);
-  EXPECT_LT(worst, 1e-5 * scale);
+  testing::expect_models_agree(mla, flash, tokens, targets, 2, 50);
 }
 
 TEST(Mla, StatsCountTheLatentCache) {

@@ -6,6 +6,7 @@
 
 #include "flashgpt/core/error.h"
 #include "testing/errors.h"
+#include "testing/model_agreement.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/data/dataloader.h"
 #include "flashgpt/model/gpt.h"
@@ -123,25 +124,12 @@ TEST(Model, FlashAttentionModelEqualsStandard) {
   c.attention = AttentionKind::Flash;
   GPT<float> flash(c);
   standard.init_weights(11);
-  std::copy(standard.params().begin(), standard.params().end(), flash.params().begin());
   std::vector<int> tokens(2 * 50), targets(2 * 50);
   for (int i = 0; i < 100; ++i) {
     tokens[i] = (i * 13) % 37;
     targets[i] = (i * 5 + 1) % 37;
   }
-  standard.zero_grad();
-  flash.zero_grad();
-  const double ls = standard.forward(tokens.data(), targets.data(), 2, 50);
-  const double lf = flash.forward(tokens.data(), targets.data(), 2, 50);
-  EXPECT_NEAR(lf, ls, 1e-5 * ls);
-  standard.backward();
-  flash.backward();
-  double scale = 0, worst = 0;
-  for (size_t i = 0; i < standard.grads().size(); ++i) {
-    scale = std::max(scale, static_cast<double>(std::abs(standard.grads()[i])));
-    worst = std::max(worst, static_cast<double>(std::abs(standard.grads()[i] - flash.grads()[i])));
-  }
-  EXPECT_LT(worst, 1e-5 * scale);
+  testing::expect_models_agree(standard, flash, tokens, targets, 2, 50);
 }
 
 TEST(Model, DocumentMaskingKeepsDocumentsApart) {

@@ -26,6 +26,16 @@ GPT<T>::GPT(const GPTConfig& config) : config_(config) {
   int64_t total = specs_.empty() ? 0 : specs_.back().offset + specs_.back().numel();
   params_.assign(static_cast<size_t>(total), T(0));
   grads_.assign(static_cast<size_t>(total), T(0));
+  // Each block's tensors are looked up by name once, here.
+  for (int l = 0; l < config_.n_layer; ++l) {
+    const std::string prefix = "blocks." + std::to_string(l) + ".";
+    std::vector<int64_t>& offsets = layer_param_offsets_.emplace_back();
+    for (const LayerField& f : layer_fields()) {
+      const std::string name = prefix + f.second;
+      auto it = std::find_if(specs_.begin(), specs_.end(), [&](const ParamSpec& s) { return s.name == name; });
+      offsets.push_back(it == specs_.end() ? -1 : it->offset);
+    }
+  }
   if (config_.pos == PosKind::Rope) {
     // Multi-head attention rotates whole heads; latent attention only its decoupled rope part.
     const int width = is_latent(config_.attention) ? config_.mla_rope_dim() : config_.head_dim();
@@ -42,50 +52,51 @@ const ParamSpec& GPT<T>::spec(const std::string& name) const {
 }
 
 template <typename T>
+std::span<const typename GPT<T>::LayerField> GPT<T>::layer_fields() {
+  // Names, not positions, tie the code to params.h; a tensor the config lacks stays null.
+  static const LayerField fields[] = {
+      {&LayerParams::ln1_w, "ln1.weight"},
+      {&LayerParams::ln1_b, "ln1.bias"},
+      {&LayerParams::qkv_w, "attn.qkv.weight"},
+      {&LayerParams::qkv_b, "attn.qkv.bias"},
+      {&LayerParams::q_norm_w, "attn.q_norm.weight"},
+      {&LayerParams::k_norm_w, "attn.k_norm.weight"},
+      {&LayerParams::proj_w, "attn.proj.weight"},
+      {&LayerParams::proj_b, "attn.proj.bias"},
+      {&LayerParams::post_attn_w, "post_attn_norm.weight"},
+      {&LayerParams::post_attn_b, "post_attn_norm.bias"},
+      {&LayerParams::ln2_w, "ln2.weight"},
+      {&LayerParams::ln2_b, "ln2.bias"},
+      {&LayerParams::fc_w, "mlp.fc.weight"},
+      {&LayerParams::fc_b, "mlp.fc.bias"},
+      {&LayerParams::mlp_proj_w, "mlp.proj.weight"},
+      {&LayerParams::mlp_proj_b, "mlp.proj.bias"},
+      {&LayerParams::post_mlp_w, "post_mlp_norm.weight"},
+      {&LayerParams::post_mlp_b, "post_mlp_norm.bias"},
+      {&LayerParams::q_w, "attn.q.weight"},
+      {&LayerParams::q_b, "attn.q.bias"},
+      {&LayerParams::q_down_w, "attn.q_down.weight"},
+      {&LayerParams::q_down_b, "attn.q_down.bias"},
+      {&LayerParams::q_down_norm_w, "attn.q_down_norm.weight"},
+      {&LayerParams::q_up_w, "attn.q_up.weight"},
+      {&LayerParams::kv_down_w, "attn.kv_down.weight"},
+      {&LayerParams::kv_down_b, "attn.kv_down.bias"},
+      {&LayerParams::kv_norm_w, "attn.kv_norm.weight"},
+      {&LayerParams::k_rope_w, "attn.k_rope.weight"},
+      {&LayerParams::k_rope_b, "attn.k_rope.bias"},
+      {&LayerParams::k_up_w, "attn.k_up.weight"},
+      {&LayerParams::v_up_w, "attn.v_up.weight"},
+      {&LayerParams::v_up_u_w, "attn.v_up_u.weight"},
+      {&LayerParams::v_up_v_w, "attn.v_up_v.weight"}};
+  return fields;
+}
+
+template <typename T>
 typename GPT<T>::LayerParams GPT<T>::layer_params(const T* base, int l) const {
-  // Looks the block's tensors up by name once per call; names, not positions, tie code to params.h.
-  const std::string prefix = "blocks." + std::to_string(l) + ".";
-  auto find = [&](const char* suffix) -> const T* {
-    const std::string name = prefix + suffix;
-    for (const ParamSpec& s : specs_) {
-      if (s.name == name) return base + s.offset;
-    }
-    return nullptr;
-  };
   LayerParams p;
-  p.ln1_w = find("ln1.weight");
-  p.ln1_b = find("ln1.bias");
-  p.qkv_w = find("attn.qkv.weight");
-  p.qkv_b = find("attn.qkv.bias");
-  p.q_norm_w = find("attn.q_norm.weight");
-  p.k_norm_w = find("attn.k_norm.weight");
-  p.proj_w = find("attn.proj.weight");
-  p.proj_b = find("attn.proj.bias");
-  p.post_attn_w = find("post_attn_norm.weight");
-  p.post_attn_b = find("post_attn_norm.bias");
-  p.ln2_w = find("ln2.weight");
-  p.ln2_b = find("ln2.bias");
-  p.fc_w = find("mlp.fc.weight");
-  p.fc_b = find("mlp.fc.bias");
-  p.mlp_proj_w = find("mlp.proj.weight");
-  p.mlp_proj_b = find("mlp.proj.bias");
-  p.post_mlp_w = find("post_mlp_norm.weight");
-  p.post_mlp_b = find("post_mlp_norm.bias");
-  p.q_w = find("attn.q.weight");
-  p.q_b = find("attn.q.bias");
-  p.q_down_w = find("attn.q_down.weight");
-  p.q_down_b = find("attn.q_down.bias");
-  p.q_down_norm_w = find("attn.q_down_norm.weight");
-  p.q_up_w = find("attn.q_up.weight");
-  p.kv_down_w = find("attn.kv_down.weight");
-  p.kv_down_b = find("attn.kv_down.bias");
-  p.kv_norm_w = find("attn.kv_norm.weight");
-  p.k_rope_w = find("attn.k_rope.weight");
-  p.k_rope_b = find("attn.k_rope.bias");
-  p.k_up_w = find("attn.k_up.weight");
-  p.v_up_w = find("attn.v_up.weight");
-  p.v_up_u_w = find("attn.v_up_u.weight");
-  p.v_up_v_w = find("attn.v_up_v.weight");
+  const std::vector<int64_t>& offsets = layer_param_offsets_[static_cast<size_t>(l)];
+  const auto fields = layer_fields();
+  for (size_t i = 0; i < fields.size(); ++i) p.*(fields[i].first) = offsets[i] < 0 ? nullptr : base + offsets[i];
   return p;
 }
 

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flashgpt/attention/attention.h"
@@ -162,6 +163,8 @@ class GPT {
 
   void allocate(Activations& a, int64_t B, int64_t Tn, bool per_layer, int64_t logit_rows);
   void allocate_scratch(int64_t N);
+  using LayerField = std::pair<const T* LayerParams::*, const char*>;  // member, name within the block
+  static std::span<const LayerField> layer_fields();
   LayerParams layer_params(const T* base, int l) const;
   void check_tokens(const int* tokens, int64_t n, const char* what) const;
   void block_forward(int l, LayerActs& a, const T* x, T* out, T* branch, int64_t B, int64_t Tn, KVCache<T>* cache,
@@ -185,7 +188,7 @@ class GPT {
   GPTConfig config_;
   std::vector<ParamSpec> specs_;
   std::vector<T> params_, grads_;
-  std::vector<int64_t> layer_offsets_;  // per layer: index of its first ParamSpec
+  std::vector<std::vector<int64_t>> layer_param_offsets_;  // per layer, per layer_fields() entry; −1: absent
   ops::RopeTable<T> rope_;
   Activations train_, infer_;
   Scratch scratch_;
