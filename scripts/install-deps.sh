@@ -9,6 +9,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libfmt-dev libpcre2-dev
   libgtest-dev libgmock-dev libbenchmark-dev librapidcheck-dev
   zlib1g-dev fortunes
+  libopenmpi-dev openmpi-bin
 )
 
 missing=()

@@ -5,6 +5,7 @@
 #include "commands.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/io.h"
+#include "flashgpt/dist/comm.h"
 #include "flashgpt/train/trainer.h"
 
 namespace flashgpt::cli {
@@ -45,6 +46,7 @@ void run_train(TrainCli& c) {
   opt.save_optimizer = !c.no_optimizer_state;
   const GPTConfig config = c.model.resolve("d12");
   TrainResult r = train(config, opt);
+  if (dist::world().rank() != 0) return;
   std::printf("trained %lld steps: loss %.4f%s, %.0f tokens/s; checkpoint %s\n", static_cast<long long>(r.steps),
               r.final_loss, r.final_val_loss >= 0 ? fmt::format(", val loss {:.4f}", r.final_val_loss).c_str() : "",
               r.tokens_per_second, r.checkpoint.c_str());
@@ -129,6 +131,26 @@ void register_train(CLI::App& app) {
       ->group(mon);
   sub->add_flag("--progress", c->progress, "Force the progress bar")->group(mon);
   sub->add_flag("--no-progress", c->no_progress, "Plain log lines even on a terminal")->group(mon);
+  const char* par = "Several processes (start with mpirun -np N flashgpt train …)";
+  sub->add_option("--zero", o.zero_stage, "1: shard the AdamW state across ranks (ZeRO-1); 0: every rank keeps it all")
+      ->check(CLI::IsMember({0, 1}))
+      ->capture_default_str()
+      ->group(par);
+  sub->add_option("--context-parallel", o.context_parallel,
+                  "Ranks sharing each sequence (context parallelism); must divide the rank count")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group(par);
+  sub->add_option("--comm-timeout", o.comm_timeout_s,
+                  "Seconds a rank waits for the others before ending the job (a rank died or hangs)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str()
+      ->group(par);
+  sub->add_option("--check-weights-every", o.check_weights_every,
+                  "Compare weight fingerprints across ranks every N steps (0: off)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str()
+      ->group(par);
   const char* run = "Run";
   sub->add_option("--seed", o.seed, "Seed for weights and sampling")->capture_default_str()->group(run);
   sub->add_flag("--overfit-single-batch", o.overfit_single_batch, "Train on the first batch again and again (debug)")

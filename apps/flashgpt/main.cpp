@@ -1,12 +1,38 @@
 // flashgpt: train and run GPT language models. Only this function catches errors: it prints one
 // line naming what went wrong and exits non-zero.
+#include <chrono>
 #include <cstdio>
 #include <exception>
 #include <string>
+#include <thread>
 
 #include "commands.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/threads.h"
+#include "flashgpt/dist/comm.h"
+
+namespace {
+
+// Prints the one error line and exits. In a job of several ranks the others may be waiting for
+// this one, so the whole job is ended; ranks other than 0 wait a moment first, so an error that
+// every rank hits is printed once, by rank 0.
+int report_error(const std::string& message, int code) {
+  const flashgpt::dist::LaunchInfo li = flashgpt::dist::launch_info();
+  if (!flashgpt::dist::distributed() && li.under_launcher && li.world_rank != 0) {
+    std::this_thread::sleep_for(std::chrono::seconds(2));  // the launcher ends this rank once rank 0 has failed
+  }
+  if (flashgpt::dist::distributed()) {
+    flashgpt::dist::Communicator& w = flashgpt::dist::world();
+    if (w.rank() != 0) std::this_thread::sleep_for(std::chrono::seconds(2));
+    std::fprintf(stderr, "flashgpt: error: %s%s\n",
+                 w.rank() != 0 ? ("rank " + std::to_string(w.rank()) + ": ").c_str() : "", message.c_str());
+    w.abort(code);
+  }
+  std::fprintf(stderr, "flashgpt: error: %s\n", message.c_str());
+  return code;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -43,17 +69,14 @@ int main(int argc, char** argv) {
   } catch (const CLI::Success& e) {  // --help, --version
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "flashgpt: error: %s (see --help)\n", e.what());
-    return e.get_exit_code() != 0 ? e.get_exit_code() : 2;
+    return report_error(std::string(e.what()) + " (see --help)", e.get_exit_code() != 0 ? e.get_exit_code() : 2);
   } catch (const flashgpt::Error& e) {
-    std::fprintf(stderr, "flashgpt: error: %s\n", e.what());
-    return 1;
+    return report_error(e.what(), 1);
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "flashgpt: error: out of memory (try a smaller model, batch or sequence length)\n");
-    return 1;
+    return report_error("out of memory (try a smaller model, batch or sequence length)", 1);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "flashgpt: error: %s\n", e.what());
-    return 1;
+    return report_error(e.what(), 1);
   }
+  flashgpt::dist::finalize();
   return 0;
 }

@@ -21,7 +21,8 @@ void embedding_forward(T* out, const int* tokens, const T* wte, const T* wpe, in
 }
 
 template <typename T>
-void embedding_backward(T* dwte, T* dwpe, const T* dout, const int* tokens, int64_t B, int64_t Tn, int64_t C) {
+void embedding_backward(T* dwte, T* dwpe, const T* dout, const int* tokens, int64_t B, int64_t Tn, int64_t C,
+                        int64_t pos_offset) {
   // Channels are split across threads; within a channel block rows are visited in order, so the
   // sums are deterministic and no two threads touch the same element.
 #pragma omp parallel for schedule(static)
@@ -33,7 +34,7 @@ void embedding_backward(T* dwte, T* dwpe, const T* dout, const int* tokens, int6
         T* de = dwte + static_cast<int64_t>(tokens[b * Tn + t]) * C;
         for (int64_t j = c0; j < c1; ++j) de[j] += dy[j];
         if (dwpe) {
-          T* dp = dwpe + t * C;
+          T* dp = dwpe + (pos_offset + t) * C;
           for (int64_t j = c0; j < c1; ++j) dp[j] += dy[j];
         }
       }
@@ -43,7 +44,7 @@ void embedding_backward(T* dwte, T* dwpe, const T* dout, const int* tokens, int6
 
 #define FLASHGPT_INSTANTIATE(T)                                                                          \
   template void embedding_forward<T>(T*, const int*, const T*, const T*, int64_t, int64_t, int64_t, int64_t); \
-  template void embedding_backward<T>(T*, T*, const T*, const int*, int64_t, int64_t, int64_t);
+  template void embedding_backward<T>(T*, T*, const T*, const int*, int64_t, int64_t, int64_t, int64_t);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(double)
 #undef FLASHGPT_INSTANTIATE

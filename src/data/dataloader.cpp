@@ -45,28 +45,31 @@ void DataLoader::reset() {
 
 void DataLoader::start_shard(size_t index) {
   shard_ = index;
-  pos_ = B_ * T_ * rank_;
+  pos_ = 0;
 }
 
 void DataLoader::next_batch(int* inputs, int* targets) {
+  // pos_ is where the whole group's block of world windows starts; every process moves to the next
+  // shard at the same time, when the block no longer fits.
   const int64_t n = B_ * T_;
-  if (pos_ + n + 1 > shards_[shard_].ntokens) {
+  if (pos_ + n * world_ + 1 > shards_[shard_].ntokens) {
     size_t next = (shard_ + 1) % shards_.size();
     if (next == 0) ++epoch_;
     start_shard(next);
   }
   const Shard& s = shards_[shard_];
+  const int64_t at = pos_ + n * rank_;
   std::FILE* f = std::fopen(s.path.c_str(), "rb");
   FLASHGPT_CHECK(f != nullptr, "{}: cannot open: {}", s.path, std::strerror(errno));
-  std::fseek(f, kShardHeaderBytes + pos_ * 2, SEEK_SET);
+  std::fseek(f, kShardHeaderBytes + at * 2, SEEK_SET);
   size_t got = std::fread(window_.data(), 2, window_.size(), f);
   std::fclose(f);
   FLASHGPT_CHECK(got == window_.size(), "{}: read failed at token {} (file changed since it was opened?)", s.path,
-                 pos_);
+                 at);
   for (int64_t i = 0; i <= n; ++i) {
     FLASHGPT_CHECK(window_[static_cast<size_t>(i)] < vocab_size_,
                    "{}: token id {} at position {} is out of range for vocab_size {}", s.path,
-                   window_[static_cast<size_t>(i)], pos_ + i, vocab_size_);
+                   window_[static_cast<size_t>(i)], at + i, vocab_size_);
   }
   for (int64_t i = 0; i < n; ++i) {
     inputs[i] = window_[static_cast<size_t>(i)];

@@ -9,6 +9,7 @@
 
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
+#include "flashgpt/dist/context_parallel.h"
 #include "flashgpt/ops/activation.h"
 #include "flashgpt/ops/cross_entropy.h"
 #include "flashgpt/ops/elementwise.h"
@@ -35,6 +36,14 @@ GPT<T>::GPT(const GPTConfig& config) : config_(config) {
       auto it = std::find_if(specs_.begin(), specs_.end(), [&](const ParamSpec& s) { return s.name == name; });
       offsets.push_back(it == specs_.end() ? -1 : it->offset);
     }
+    int64_t lo = total, hi = 0;
+    for (const ParamSpec& s : specs_) {
+      if (s.name.starts_with(prefix)) {
+        lo = std::min(lo, s.offset);
+        hi = std::max(hi, s.offset + s.numel());
+      }
+    }
+    block_ranges_.emplace_back(lo, hi - lo);
   }
   if (config_.pos == PosKind::Rope) {
     // Multi-head attention rotates whole heads; latent attention only its decoupled rope part.
@@ -49,6 +58,17 @@ const ParamSpec& GPT<T>::spec(const std::string& name) const {
     if (s.name == name) return s;
   }
   fail("model has no parameter '{}'", name);
+}
+
+template <typename T>
+void GPT<T>::set_context_parallel(const dist::ContextParallel* cp) {
+  FLASHGPT_CHECK(cp == nullptr || !is_latent(config_.attention),
+                 "--context-parallel: not available for latent attention ({}) yet; use standard or flash attention",
+                 to_string(config_.attention));
+  FLASHGPT_CHECK(cp == nullptr || cp->seq_len() <= config_.block_size,
+                 "--context-parallel: sequence length {} exceeds the model's block_size {}", cp ? cp->seq_len() : 0,
+                 config_.block_size);
+  cp_ = cp;
 }
 
 template <typename T>
@@ -323,7 +343,23 @@ double GPT<T>::forward(const int* tokens, const int* targets, int64_t B, int64_t
 
   const T* wte = params_.data() + spec("wte").offset;
   const T* wpe = c.pos == PosKind::Learned ? params_.data() + spec("wpe").offset : nullptr;
-  ops::embedding_forward(a.resid[0], tokens, wte, wpe, B, Tn, C, 0);
+  if (cp_) {
+    FLASHGPT_CHECK(Tn == cp_->local_len(), "context parallel forward: {} rows per sequence, expected {}", Tn,
+                   cp_->local_len());
+    if (seg) {
+      cp_segments_.resize(static_cast<size_t>(B * cp_->seq_len()));
+      cp_->gather(seg, cp_segments_.data(), B, 1);
+    }
+    const int64_t ch = cp_->chunk();
+    for (int64_t b = 0; b < B; ++b) {
+      for (int j = 0; j < 2; ++j) {
+        const int64_t row = b * Tn + j * ch;
+        ops::embedding_forward(a.resid[0] + row * C, tokens + row, wte, wpe, 1, ch, C, cp_->global_chunk(j) * ch);
+      }
+    }
+  } else {
+    ops::embedding_forward(a.resid[0], tokens, wte, wpe, B, Tn, C, 0);
+  }
   for (int l = 0; l < c.n_layer; ++l) {
     block_forward(l, a.layers[static_cast<size_t>(l)], a.resid[static_cast<size_t>(l)],
                   a.resid[static_cast<size_t>(l) + 1], a.branch, B, Tn, nullptr, seg);
@@ -377,7 +413,7 @@ void GPT<T>::block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t 
   if (is_latent(c.attention)) {
     mla_backward(P, G, a, B, Tn, segments);
   } else {
-    mha_backward(P, G, a, B, Tn, segments);
+    mha_backward(l, P, G, a, B, Tn, segments);
   }
   ops::norm_backward(c.norm, s.dres, g(G.ln1_w), g(G.ln1_b), s.dln, x, P.ln1_w, a.ln1_mean, a.ln1_rstd, N, C, true);
 }
@@ -400,9 +436,21 @@ void GPT<T>::backward(T loss_scale) {
   for (int l = c.n_layer - 1; l >= 0; --l) {
     block_backward(l, a.layers[static_cast<size_t>(l)], a.resid[static_cast<size_t>(l)], B, Tn,
                    segments_.empty() ? nullptr : segments_.data());
+    if (grads_ready_) grads_ready_(block_ranges_[static_cast<size_t>(l)].first, block_ranges_[static_cast<size_t>(l)].second);
   }
-  ops::embedding_backward(grad("wte"), c.pos == PosKind::Learned ? grad("wpe") : nullptr, scratch_.dres,
-                          a.tokens.data(), B, Tn, C);
+  T* dwpe = c.pos == PosKind::Learned ? grad("wpe") : nullptr;
+  if (cp_) {
+    const int64_t ch = cp_->chunk();
+    for (int64_t b = 0; b < B; ++b) {
+      for (int j = 0; j < 2; ++j) {
+        const int64_t row = b * Tn + j * ch;
+        ops::embedding_backward(grad("wte"), dwpe, scratch_.dres + row * C, a.tokens.data() + row, 1, ch, C,
+                                cp_->global_chunk(j) * ch);
+      }
+    }
+  } else {
+    ops::embedding_backward(grad("wte"), dwpe, scratch_.dres, a.tokens.data(), B, Tn, C);
+  }
   have_forward_ = false;  // the logits buffer now holds gradients
 }
 
@@ -444,6 +492,13 @@ void GPT<T>::forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int
   const int64_t N = B * Tn, C = c.n_embd, Vp = c.padded_vocab_size();
   check_tokens(tokens, N, "token");
   const int64_t logit_rows = all_positions ? N : B;
+  // Decoding runs whole sequences on this process alone, context parallelism or not.
+  struct ContextParallelOff {
+    const dist::ContextParallel*& slot;
+    const dist::ContextParallel* saved;
+    ~ContextParallelOff() { slot = saved; }
+  } cp_off{cp_, cp_};
+  cp_ = nullptr;
   allocate(infer_, B, Tn, /*per_layer=*/false, logit_rows);
   Activations& a = infer_;
   const T* wpe = c.pos == PosKind::Learned ? param("wpe") : nullptr;

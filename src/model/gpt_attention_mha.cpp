@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "flashgpt/dist/context_parallel.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/matmul.h"
 #include "flashgpt/ops/norm.h"
@@ -31,8 +32,12 @@ void GPT<T>::mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
     std::copy(a.k, a.k + N * kvd, a.ka);
   }
   if (c.pos == PosKind::Rope) {
-    ops::rope_forward(a.qa, rope_, B, Tn, Hq, hd, pos0);
-    ops::rope_forward(a.ka, rope_, B, Tn, Hkv, hd, pos0);
+    rope_rows(a.qa, B, Tn, Hq, hd, pos0, false);
+    rope_rows(a.ka, B, Tn, Hkv, hd, pos0, false);
+  }
+  if (cp_ && !cache) {
+    cp_attention_forward(l, a, B, Tn, segments);
+    return;
   }
 
   AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
@@ -60,7 +65,7 @@ void GPT<T>::mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
 }
 
 template <typename T>
-void GPT<T>::mha_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
+void GPT<T>::mha_backward(int l, const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
                           const int32_t* segments) {
   const GPTConfig& c = config_;
   auto g = [](const T* p) { return const_cast<T*>(p); };
@@ -68,15 +73,19 @@ void GPT<T>::mha_backward(const LayerParams& P, const LayerParams& G, LayerActs&
   const int64_t qd = c.q_dim(), kvd = c.kv_dim();
   Scratch& s = scratch_;
 
-  const AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
-  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
-  AttentionMask mask{true, 0};
-  if (segments) mask.q_segments = mask.kv_segments = {segments, static_cast<size_t>(B * Tn)};
-  attention_backward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv,
-                     tiling_);
+  if (cp_) {
+    cp_attention_backward(l, a, B, Tn, segments);
+  } else {
+    const AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
+    const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+    AttentionMask mask{true, 0};
+    if (segments) mask.q_segments = mask.kv_segments = {segments, static_cast<size_t>(B * Tn)};
+    attention_backward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt, s.dqa, s.dka,
+                       s.dv, tiling_);
+  }
   if (c.pos == PosKind::Rope) {
-    ops::rope_backward(s.dqa, rope_, B, Tn, Hq, hd, 0);
-    ops::rope_backward(s.dka, rope_, B, Tn, Hkv, hd, 0);
+    rope_rows(s.dqa, B, Tn, Hq, hd, 0, true);
+    rope_rows(s.dka, B, Tn, Hkv, hd, 0, true);
   }
   const T* dq = s.dqa;
   const T* dk = s.dka;
@@ -94,12 +103,93 @@ void GPT<T>::mha_backward(const LayerParams& P, const LayerParams& G, LayerActs&
                        P.qkv_w + (qd + kvd) * C, N, C, kvd, true);
 }
 
+template <typename T>
+void GPT<T>::rope_rows(T* x, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t pos0, bool backward) const {
+  auto rope = backward ? &ops::rope_backward<T> : &ops::rope_forward<T>;
+  if (!cp_) {
+    rope(x, rope_, B, Tn, H, D, pos0);
+    return;
+  }
+  const int64_t ch = cp_->chunk();
+  for (int64_t b = 0; b < B; ++b) {
+    for (int j = 0; j < 2; ++j) rope(x + (b * Tn + j * ch) * H * D, rope_, 1, ch, H, D, cp_->global_chunk(j) * ch);
+  }
+}
+
+// Context parallelism: each local chunk of queries (global chunk g) attends to the gathered keys
+// and values of chunks 0…g, causally aligned at position g·chunk. Its lse rows sit in a.lse as
+// [B][2][Hq][chunk].
+template <typename T>
+void GPT<T>::cp_attention_forward(int l, LayerActs& a, int64_t B, int64_t Tn, const int32_t* segments) {
+  const GPTConfig& c = config_;
+  const int64_t hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads(), qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t Tg = cp_->seq_len(), ch = cp_->chunk(), per = B * Tg * kvd;
+  cp_kv_.resize(static_cast<size_t>(c.n_layer * 2 * per));
+  T* kg = cp_kv_.data() + static_cast<int64_t>(l) * 2 * per;
+  T* vg = kg + per;
+  cp_->gather(a.ka, kg, B, kvd);
+  cp_->gather(a.v, vg, B, kvd);
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int j = 0; j < 2; ++j) {
+      const int64_t g = cp_->global_chunk(j), row = b * Tn + j * ch;
+      const AttentionDims d{1, Hq, Hkv, ch, (g + 1) * ch, hd, hd, 0};
+      AttentionMask m{true, g * ch};
+      if (segments) {
+        m.q_segments = {segments + row, static_cast<size_t>(ch)};
+        m.kv_segments = {cp_segments_.data() + b * Tg, static_cast<size_t>((g + 1) * ch)};
+      }
+      attention_forward(attention_kernel(), d, m, scale, a.qa + row * qd, kg + b * Tg * kvd, vg + b * Tg * kvd,
+                        a.att + row * qd, a.lse + (b * 2 + j) * Hq * ch, tiling_);
+    }
+  }
+}
+
+template <typename T>
+void GPT<T>::cp_attention_backward(int l, LayerActs& a, int64_t B, int64_t Tn, const int32_t* segments) {
+  const GPTConfig& c = config_;
+  const int64_t hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads(), qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t Tg = cp_->seq_len(), ch = cp_->chunk(), per = B * Tg * kvd;
+  Scratch& s = scratch_;
+  const T* kg = cp_kv_.data() + static_cast<int64_t>(l) * 2 * per;
+  const T* vg = kg + per;
+  cp_scratch_.assign(static_cast<size_t>(2 * per + 2 * Tg * kvd), T(0));
+  T* dkg = cp_scratch_.data();
+  T* dvg = dkg + per;
+  T* dk1 = dvg + per;  // one query chunk's key and value gradients
+  T* dv1 = dk1 + Tg * kvd;
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int j = 0; j < 2; ++j) {
+      const int64_t g = cp_->global_chunk(j), row = b * Tn + j * ch, n = (g + 1) * ch * kvd;
+      const AttentionDims d{1, Hq, Hkv, ch, (g + 1) * ch, hd, hd, 0};
+      AttentionMask m{true, g * ch};
+      if (segments) {
+        m.q_segments = {segments + row, static_cast<size_t>(ch)};
+        m.kv_segments = {cp_segments_.data() + b * Tg, static_cast<size_t>((g + 1) * ch)};
+      }
+      attention_backward(attention_kernel(), d, m, scale, a.qa + row * qd, kg + b * Tg * kvd, vg + b * Tg * kvd,
+                         a.att + row * qd, a.lse + (b * 2 + j) * Hq * ch, s.datt + row * qd, s.dqa + row * qd, dk1,
+                         dv1, tiling_);
+      for (int64_t i = 0; i < n; ++i) {
+        dkg[b * Tg * kvd + i] += dk1[i];
+        dvg[b * Tg * kvd + i] += dv1[i];
+      }
+    }
+  }
+  cp_->reduce_scatter(dkg, s.dka, B, kvd);
+  cp_->reduce_scatter(dvg, s.dv, B, kvd);
+}
+
 // The class is instantiated in gpt.cpp; this file instantiates its own members.
 #define FLASHGPT_INSTANTIATE(T)                                                                                  \
   template void GPT<T>::mha_forward(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>*,          \
                                     const int32_t*);                                                             \
-  template void GPT<T>::mha_backward(const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,       \
-                                     const int32_t*);
+  template void GPT<T>::mha_backward(int, const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,  \
+                                     const int32_t*);                                                            \
+  template void GPT<T>::rope_rows(T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool) const;                  \
+  template void GPT<T>::cp_attention_forward(int, LayerActs&, int64_t, int64_t, const int32_t*);                 \
+  template void GPT<T>::cp_attention_backward(int, LayerActs&, int64_t, int64_t, const int32_t*);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(double)
 #undef FLASHGPT_INSTANTIATE

@@ -14,12 +14,14 @@
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/timer.h"
 #include "flashgpt/data/dataloader.h"
+#include "flashgpt/dist/context_parallel.h"
 #include "flashgpt/infer/sampler.h"
 #include "flashgpt/model/checkpoint.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
 #include "flashgpt/ops/matmul.h"
 #include "flashgpt/tokenizer/tokenizer.h"
+#include "train/distributed.h"
 #include "train/progress.h"
 
 namespace flashgpt {
@@ -78,6 +80,11 @@ double measure_sgemm_gflops(int n, int repeats) {
 }
 
 TrainResult train(GPTConfig config, const TrainOptions& opt) {
+  dist::Communicator& comm = opt.comm ? *opt.comm : dist::world();
+  comm.set_timeout(opt.comm_timeout_s);
+  const ParallelLayout lay = make_parallel_layout(comm, opt.context_parallel);
+  const bool root = comm.rank() == 0;
+
   // --- model, optimizer state, tokenizer: fresh, from a checkpoint, or resumed -------------------
   std::unique_ptr<Tokenizer> tokenizer;
   if (!opt.tokenizer_path.empty()) tokenizer = load_tokenizer(opt.tokenizer_path);
@@ -103,9 +110,32 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   }
   config.validate();
   check_options(opt, config);
+  const int64_t B = opt.batch_size, T = opt.seq_len, micro = B * T;
+  const int64_t group_micro = micro * lay.dp;  // tokens in one micro-batch of every data-parallel rank
+  const int64_t total = opt.total_batch_tokens > 0 ? opt.total_batch_tokens : group_micro;
+  FLASHGPT_CHECK(total % group_micro == 0,
+                 "--total-batch-size: {} tokens is not a multiple of batch {} × seq-len {} × {} data-parallel ranks = "
+                 "{}",
+                 total, B, T, lay.dp, group_micro);
+  const int64_t accum = total / group_micro;
+  // Every rank must run the same model on the same schedule: compare what defines the run.
+  {
+    const std::string run_key = config.to_json().dump() +
+                                fmt::format("|{}|{}|{}|{}|{}|{}|{}|{}", B, T, total, opt.max_steps, opt.seed,
+                                            opt.zero_stage, opt.context_parallel, opt.lr.lr);
+    dist::check_same_on_all_ranks(comm, dist::fingerprint(run_key.data(), run_key.size()),
+                                  "the model config and training options");
+  }
 
   GPT<float> model(config);
   model.set_attention_tiling(opt.attention_tiling);
+  std::unique_ptr<dist::Communicator> cp_group;
+  std::unique_ptr<dist::ContextParallel> cp;
+  if (lay.cp > 1) {
+    cp_group = comm.split(lay.dp_rank, lay.cp_rank);
+    cp = std::make_unique<dist::ContextParallel>(*cp_group, T);
+    model.set_context_parallel(cp.get());
+  }
   const int64_t n_params = model.num_params();
   int eot = opt.eot_token;
   if (opt.document_masking && eot < 0) {
@@ -115,7 +145,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   }
   FLASHGPT_CHECK(!opt.document_masking || eot < config.vocab_size, "--eot-token: {} is not below vocab_size {}", eot,
                  config.vocab_size);
-  std::vector<float> m(static_cast<size_t>(n_params), 0.0f), v(static_cast<size_t>(n_params), 0.0f);
+  GradientSync sync(comm, model, opt.zero_stage);
   Rng rng(opt.seed);
   int64_t start_step = 0;
   if (ckpt.params.empty()) {
@@ -123,10 +153,11 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   } else {
     std::copy(ckpt.params.begin(), ckpt.params.end(), model.params().begin());
   }
-  DataLoader train_loader(opt.train_data, opt.batch_size, opt.seq_len, config.vocab_size);
+  // Every replica starts from rank 0's weights.
+  comm.broadcast(model.params().data(), static_cast<size_t>(n_params) * sizeof(float), 0);
+  DataLoader train_loader(opt.train_data, B, T, config.vocab_size, lay.dp_rank, lay.dp);
   if (resuming) {
-    m = std::move(ckpt.adam_m);
-    v = std::move(ckpt.adam_v);
+    sync.load_state(ckpt.adam_m, ckpt.adam_v);
     try {
       start_step = ckpt.train_state.at("step").get<int64_t>();
       rng.set_state(ckpt.train_state.at("rng").get<uint64_t>());
@@ -139,62 +170,93 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   }
   ckpt = CheckpointData{};  // release the loaded copy
   std::unique_ptr<DataLoader> val_loader;
-  if (!opt.val_data.empty()) val_loader = std::make_unique<DataLoader>(opt.val_data, opt.batch_size, opt.seq_len, config.vocab_size);
+  if (!opt.val_data.empty()) {
+    val_loader = std::make_unique<DataLoader>(opt.val_data, B, T, config.vocab_size, lay.dp_rank, lay.dp);
+  }
 
   // --- bookkeeping -------------------------------------------------------------------------------
-  const int64_t B = opt.batch_size, T = opt.seq_len, micro = B * T;
-  const int64_t total = opt.total_batch_tokens > 0 ? opt.total_batch_tokens : micro;
-  const int64_t accum = total / micro;
   const std::string ckpt_path = (std::filesystem::path(opt.out_dir) / "ckpt.safetensors").string();
   const std::string metrics_path =
       opt.metrics_path.empty() ? (std::filesystem::path(opt.out_dir) / "metrics.jsonl").string() : opt.metrics_path;
-  std::filesystem::create_directories(opt.out_dir);
-  std::ofstream metrics(metrics_path, resuming ? std::ios::app : std::ios::trunc);
-  FLASHGPT_CHECK(metrics.good(), "{}: cannot open the metrics file for writing", metrics_path);
+  std::ofstream metrics;
+  if (root) {
+    std::filesystem::create_directories(opt.out_dir);
+    metrics.open(metrics_path, resuming ? std::ios::app : std::ios::trunc);
+    FLASHGPT_CHECK(metrics.good(), "{}: cannot open the metrics file for writing", metrics_path);
+  }
   const ModelStats stats = model_stats(config, static_cast<int>(T));
-  const double gemm_gflops = measure_sgemm_gflops(1024, 5);  // the MFU denominator
-  Progress progress(opt.progress_bar.value_or(::isatty(STDERR_FILENO) != 0));
-  progress.line(fmt::format("model: {} layers, {} heads, {} wide, {:.2f}M parameters, vocab {} | batch {}×{} × {} "
-                            "accumulation = {} tokens/step | {} steps{}",
-                            config.n_layer, config.n_head, config.n_embd, static_cast<double>(n_params) / 1e6,
-                            config.vocab_size, B, T, accum, total, opt.max_steps,
-                            resuming ? fmt::format(" (resuming at step {})", start_step) : ""));
+  const double gemm_gflops = measure_sgemm_gflops(1024, 5);  // the MFU denominator (one rank's)
+  Progress progress(root && opt.progress_bar.value_or(::isatty(STDERR_FILENO) != 0));
+  auto say = [&](const std::string& line) {
+    if (root) progress.line(line);
+  };
+  say(fmt::format("model: {} layers, {} heads, {} wide, {:.2f}M parameters, vocab {} | batch {}×{} × {} "
+                  "accumulation{} = {} tokens/step | {} steps{}",
+                  config.n_layer, config.n_head, config.n_embd, static_cast<double>(n_params) / 1e6,
+                  config.vocab_size, B, T, accum, lay.dp > 1 ? fmt::format(" × {} data-parallel ranks", lay.dp) : "",
+                  total, opt.max_steps, resuming ? fmt::format(" (resuming at step {})", start_step) : ""));
+  if (comm.size() > 1) {
+    say(fmt::format("ranks: {} ({} data-parallel{}{}), over {}", comm.size(), lay.dp,
+                    lay.cp > 1 ? fmt::format(" × {} context-parallel, {} tokens per rank per sequence", lay.cp,
+                                             cp->local_len())
+                               : "",
+                    opt.zero_stage == 1 ? ", ZeRO-1 optimizer shards" : "", comm.backend()));
+  }
 
   nlohmann::json tokenizer_json = tokenizer ? tokenizer->to_json() : nlohmann::json();
-  auto save = [&](int64_t steps_done) {
+  std::vector<float> m_full, v_full;
+  auto save = [&](int64_t steps_done) {  // collective: ZeRO-1 gathers the optimizer state to rank 0
+    if (opt.save_optimizer) sync.gather_state(m_full, v_full);
+    if (!root) return;
     nlohmann::json state = {{"step", steps_done},
                             {"rng", rng.state()},
                             {"train_loader", train_loader.state()},
                             {"batch_size", B},
                             {"seq_len", T},
                             {"total_batch_tokens", total},
-                            {"seed", opt.seed}};
+                            {"seed", opt.seed},
+                            {"ranks", comm.size()}};
     CheckpointRef ref{config, model.params(), {}, {}, state, tokenizer_json};
     if (opt.save_optimizer) {
-      ref.adam_m = m;
-      ref.adam_v = v;
+      ref.adam_m = m_full;
+      ref.adam_v = v_full;
     }
     save_checkpoint(ckpt_path, ref);
   };
-  std::vector<int32_t> segments(opt.document_masking ? static_cast<size_t>(micro) : 0);
-  // Forward with document masking when asked for.
-  auto forward = [&](const std::vector<int>& x, const std::vector<int>& y) {
-    if (!opt.document_masking) return model.forward(x.data(), y.data(), B, T);
-    document_segments(x.data(), B, T, eot, segments.data());
-    return model.forward(x.data(), y.data(), B, T, segments.data());
+  // A micro-batch of this rank: the loader's [B, T] window, or under context parallelism this
+  // rank's rows of it (document ids are taken from the whole sequences first).
+  const int64_t Tl = cp ? cp->local_len() : T;
+  std::vector<int> xg(static_cast<size_t>(micro)), yg(static_cast<size_t>(micro));
+  std::vector<int> x(static_cast<size_t>(B * Tl)), y(x.size());
+  std::vector<int32_t> seg_g(opt.document_masking ? static_cast<size_t>(micro) : 0), seg(opt.document_masking ? x.size() : 0);
+  auto next_micro_batch = [&](DataLoader& loader) {
+    loader.next_batch(xg.data(), yg.data());
+    if (opt.document_masking) document_segments(xg.data(), B, T, eot, seg_g.data());
+    if (!cp) {
+      x = xg;
+      y = yg;
+      if (opt.document_masking) seg = seg_g;
+      return;
+    }
+    cp->slice(xg.data(), x.data(), B, 1);
+    cp->slice(yg.data(), y.data(), B, 1);
+    if (opt.document_masking) cp->slice(seg_g.data(), seg.data(), B, 1);
   };
+  auto forward = [&]() {
+    return model.forward(x.data(), y.data(), B, Tl, opt.document_masking ? seg.data() : nullptr);
+  };
+  // The mean validation loss over val_batches windows, the same windows one process would read.
   auto evaluate = [&]() {
     val_loader->reset();
-    std::vector<int> x(static_cast<size_t>(micro)), y(static_cast<size_t>(micro));
     double sum = 0;
-    for (int64_t i = 0; i < opt.val_batches; ++i) {
-      val_loader->next_batch(x.data(), y.data());
-      sum += forward(x, y);
+    for (int64_t i = lay.dp_rank; i < opt.val_batches; i += lay.dp) {
+      next_micro_batch(*val_loader);
+      sum += forward();
     }
-    return sum / static_cast<double>(opt.val_batches);
+    return comm.sum(sum) / static_cast<double>(opt.val_batches * lay.cp);
   };
   auto sample = [&]() {
-    if (!tokenizer) return;
+    if (!tokenizer || !root) return;
     SampleOptions so;
     so.max_new_tokens = opt.sample_tokens;
     so.top_k = 40;
@@ -203,10 +265,14 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     SampleResult r = generate(model, std::span<const int>(&prompt, 1), so, rng);
     progress.line("sample: " + tokenizer->decode(r.tokens));
   };
+  auto log_metrics = [&](const nlohmann::json& j) {
+    if (!root) return;
+    metrics << j.dump() << "\n";
+    metrics.flush();
+  };
 
   InterruptGuard interrupt_guard;
-  std::vector<int> x(static_cast<size_t>(micro)), y(static_cast<size_t>(micro));
-  if (opt.overfit_single_batch) train_loader.next_batch(x.data(), y.data());
+  if (opt.overfit_single_batch) next_micro_batch(train_loader);
   TrainResult result;
   Timer run_timer;
   double tokens_done = 0, train_seconds = 0;
@@ -216,20 +282,31 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     if (val_loader && step % opt.val_every == 0) {
       const double val = evaluate();
       result.final_val_loss = val;
-      progress.line(fmt::format("step {:>6} | val loss {:.4f}", step, val));
-      metrics << nlohmann::json{{"step", step}, {"val_loss", val}}.dump() << "\n";
+      say(fmt::format("step {:>6} | val loss {:.4f}", step, val));
+      log_metrics({{"step", step}, {"val_loss", val}});
     }
     if (opt.sample_every > 0 && step > 0 && step % opt.sample_every == 0) sample();
 
     Timer step_timer;
+    const uint64_t bytes_before = comm.bytes_sent();
     model.zero_grad();
     double loss = 0;
     for (int64_t a = 0; a < accum; ++a) {
-      if (!opt.overfit_single_batch) train_loader.next_batch(x.data(), y.data());
-      loss += forward(x, y) / static_cast<double>(accum);
+      if (!opt.overfit_single_batch) next_micro_batch(train_loader);
+      loss += forward() / static_cast<double>(accum);
+      if (a + 1 == accum) {
+        comm.arrive("the gradient reduction", step);  // names a rank that died or hangs
+        sync.overlap_next_backward();
+      }
       model.backward(1.0f / static_cast<float>(accum));
     }
-    const double grad_norm = std::sqrt(ops::sum_squares(model.grads().data(), n_params));
+    sync.finish_reduction();
+    // The global mean loss, and whether any rank was interrupted, in one reduction.
+    double shared[2] = {loss, g_stop_requested ? 1.0 : 0.0};
+    comm.allreduce_sum(shared, 2, dist::DType::F64);
+    loss = shared[0] / comm.size();
+    const bool stop_requested = shared[1] > 0;
+    const double grad_norm = std::sqrt(sync.grad_sum_squares());
     const double lr = learning_rate(
         LrScheduleParams{opt.lr.kind, opt.lr.lr, opt.lr.final_lr_fraction, opt.lr.warmup_steps, opt.max_steps,
                          opt.lr.decay_fraction},
@@ -242,8 +319,8 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
              "or pass --skip-nonfinite to skip such steps",
              step, what);
       }
-      progress.line(fmt::format("step {}: {}; step skipped", step, what));
-      metrics << nlohmann::json{{"step", step}, {"skipped", what}}.dump() << "\n";
+      say(fmt::format("step {}: {}; step skipped", step, what));
+      log_metrics({{"step", step}, {"skipped", what}});
       FLASHGPT_CHECK(++consecutive_skips < 10, "step {}: 10 consecutive non-finite steps; stopping", step);
       continue;
     }
@@ -257,47 +334,49 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     hp.eps = static_cast<float>(opt.eps);
     hp.weight_decay = static_cast<float>(opt.weight_decay);
     hp.step = step + 1;
-    for (const ParamSpec& s : model.specs()) {
-      ops::adamw_update(model.params().data() + s.offset, model.grads().data() + s.offset, m.data() + s.offset,
-                        v.data() + s.offset, s.numel(), hp, s.decay, clip_scale);
+    sync.step(hp, clip_scale);
+    if (comm.size() > 1 && opt.check_weights_every > 0 && (step + 1) % opt.check_weights_every == 0) {
+      dist::check_same_on_all_ranks(comm, dist::fingerprint(model.params().data(), model.params().size_bytes()),
+                                    fmt::format("step {}: the weights", step + 1));
     }
     const double dt = step_timer.seconds();
     train_seconds += dt;
     tokens_done += static_cast<double>(total);
     const double tok_s = static_cast<double>(total) / dt;
-    const double mfu = stats.train_flops_per_token * tok_s / (gemm_gflops * 1e9);
+    const double mfu = stats.train_flops_per_token * tok_s / (gemm_gflops * 1e9 * comm.size());
     result.final_loss = loss;
-    metrics << nlohmann::json{{"step", step + 1},  {"loss", loss},  {"lr", lr},
-                              {"grad_norm", grad_norm}, {"tokens_per_s", tok_s}, {"mfu", mfu},
-                              {"step_ms", dt * 1e3}}
-                   .dump()
-            << "\n";
-    metrics.flush();
-    progress.step(step + 1, opt.max_steps, loss, lr, grad_norm, tok_s, mfu, dt, opt.log_every);
+    result.losses.push_back(loss);
+    nlohmann::json line = {{"step", step + 1},  {"loss", loss},  {"lr", lr},
+                           {"grad_norm", grad_norm}, {"tokens_per_s", tok_s}, {"mfu", mfu},
+                           {"step_ms", dt * 1e3}};
+    if (comm.size() > 1) line["comm_bytes"] = comm.bytes_sent() - bytes_before;
+    log_metrics(line);
+    if (root) progress.step(step + 1, opt.max_steps, loss, lr, grad_norm, tok_s, mfu, dt, opt.log_every);
     if (opt.save_every > 0 && (step + 1) % opt.save_every == 0 && step + 1 < opt.max_steps) save(step + 1);
-    if (g_stop_requested) {
+    if (stop_requested) {
       ++step;
-      progress.line(fmt::format("interrupted at step {}: saving a checkpoint", step));
+      say(fmt::format("interrupted at step {}: saving a checkpoint", step));
       break;
     }
     if (opt.stop_at_step > 0 && step + 1 >= opt.stop_at_step) {
       ++step;
-      progress.line(fmt::format("stopping at step {} as asked (--stop-at-step); resume with --resume", step));
+      say(fmt::format("stopping at step {} as asked (--stop-at-step); resume with --resume", step));
       break;
     }
   }
   if (val_loader) {
     const double val = evaluate();
     result.final_val_loss = val;
-    progress.line(fmt::format("step {:>6} | val loss {:.4f}", step, val));
-    metrics << nlohmann::json{{"step", step}, {"val_loss", val}}.dump() << "\n";
+    say(fmt::format("step {:>6} | val loss {:.4f}", step, val));
+    log_metrics({{"step", step}, {"val_loss", val}});
   }
   save(step);
-  progress.line(fmt::format("saved {} (step {})", ckpt_path, step));
+  say(fmt::format("saved {} (step {})", ckpt_path, step));
   if (opt.sample_every > 0) sample();
   result.steps = step;
   result.tokens_per_second = train_seconds > 0 ? tokens_done / train_seconds : 0;
   result.checkpoint = ckpt_path;
+  result.bytes_sent = comm.bytes_sent();
   return result;
 }
 

@@ -1,7 +1,10 @@
 // Batches of (inputs, targets) [B, T] from one or more token shards, as llm.c reads them: a window of
-// B·T + 1 consecutive tokens, targets shifted by one. Windows advance by B·T·world; each of `world`
-// processes starts `rank` windows in, so processes read disjoint data. At the end of a shard the
-// loader moves to the next one, and after the last back to the first (a new epoch).
+// B·T + 1 consecutive tokens, targets shifted by one. The `world` processes of a data-parallel job
+// read a block of `world` consecutive windows per batch, process `rank` the rank-th, so together
+// they read exactly the windows one process would read in `world` batches. When the next block no
+// longer fits in a shard, every process moves to the next shard at once, and after the last back
+// to the first (a new epoch). The saved position is the block's, the same on every process, so a
+// run resumes on any number of processes.
 #pragma once
 
 #include <nlohmann/json.hpp>

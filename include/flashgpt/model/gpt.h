@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <utility>
@@ -32,6 +33,10 @@
 #include "flashgpt/ops/rope.h"
 
 namespace flashgpt {
+
+namespace dist {
+class ContextParallel;
+}
 
 // The decoding cache of every layer. Multi-head attention keeps keys and values,
 // k, v [L][B][capacity][Hkv][head_dim]; latent attention keeps only latent [L][B][capacity][row]
@@ -90,6 +95,19 @@ class GPT {
   const T* logits() const { return train_.logits; }
   // Per-token losses of the last forward with targets [B·Tn].
   const T* losses() const { return train_.losses; }
+
+  // Context parallelism (dist/context_parallel.h): forward and backward then take this rank's rows
+  // of each sequence — tokens, targets and segments [B, cp->local_len()], cut by cp->slice() — at
+  // their global positions, and each layer's attention gathers keys and values from the group.
+  // The loss is the mean over the local rows. Null switches it off. Multi-head attention only: a
+  // latent-attention model is refused with a message.
+  void set_context_parallel(const dist::ContextParallel* cp);
+  // Called by backward() with each block's parameter range [offset, offset + count) as soon as
+  // that block's gradient is complete (last block first), so data parallelism can reduce it while
+  // the backward runs on. The embeddings and final norm are complete only when backward returns.
+  using GradsReadyHook = std::function<void(int64_t offset, int64_t count)>;
+  void set_grads_ready_hook(GradsReadyHook hook) { grads_ready_ = std::move(hook); }
+  std::pair<int64_t, int64_t> block_param_range(int l) const { return block_ranges_[static_cast<size_t>(l)]; }
 
   // Incremental decoding: runs Tn new tokens per sequence at positions cache.length … and appends
   // their keys and values to the cache. Writes logits [B, Vp] of the last new position, or
@@ -175,7 +193,7 @@ class GPT {
   // (backward, written): multi-head in gpt_attention_mha.cpp, latent in gpt_attention_mla.cpp.
   void mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>* cache,
                    const int32_t* segments);
-  void mha_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
+  void mha_backward(int l, const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
                     const int32_t* segments);
   void mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>* cache,
                    const int32_t* segments);
@@ -184,6 +202,11 @@ class GPT {
   void mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>& cache);
   void mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>& cache);
   const T* mla_value_up(const LayerParams& P, LayerActs& a);
+  // Context parallelism: RoPE and embeddings at the rows' global positions, and attention of the
+  // local query chunks against the gathered keys and values (gpt_attention_mha.cpp).
+  void rope_rows(T* x, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t pos0, bool backward) const;
+  void cp_attention_forward(int l, LayerActs& a, int64_t B, int64_t Tn, const int32_t* segments);
+  void cp_attention_backward(int l, LayerActs& a, int64_t B, int64_t Tn, const int32_t* segments);
 
   GPTConfig config_;
   std::vector<ParamSpec> specs_;
@@ -196,6 +219,12 @@ class GPT {
   AttentionTiling tiling_;
   MlaDecode mla_decode_ = MlaDecode::Absorbed;
   std::vector<int32_t> segments_;  // of the last training forward (empty: no document masking)
+  std::vector<std::pair<int64_t, int64_t>> block_ranges_;  // per block: parameter offset, count
+  GradsReadyHook grads_ready_;
+  const dist::ContextParallel* cp_ = nullptr;
+  std::vector<T> cp_kv_;               // per layer: gathered keys and values [2][B, T, kv_dim]
+  std::vector<T> cp_scratch_;          // backward: global dk, dv [2][B, T, kv_dim], one sequence's [2][T, kv_dim]
+  std::vector<int32_t> cp_segments_;   // gathered document ids [B, T]
 };
 
 extern template class GPT<float>;

@@ -10,6 +10,7 @@ template <typename T>
 void embedding_forward(T* out, const int* tokens, const T* wte, const T* wpe, int64_t B, int64_t Tn, int64_t C,
                        int64_t pos_offset);
 template <typename T>
-void embedding_backward(T* dwte, T* dwpe, const T* dout, const int* tokens, int64_t B, int64_t Tn, int64_t C);
+void embedding_backward(T* dwte, T* dwpe, const T* dout, const int* tokens, int64_t B, int64_t Tn, int64_t C,
+                        int64_t pos_offset = 0);
 
 }  // namespace flashgpt::ops

@@ -2,14 +2,21 @@
 // global-norm clipping, periodic validation, samples and checkpoints, a progress display and a
 // JSONL metrics log. A fixed seed gives identical losses on re-runs with the same thread count, and
 // a resumed run continues exactly as if it had never stopped.
+//
+// Under `mpirun -np N` the same loop trains data-parallel (and optionally with ZeRO-1 and context
+// parallelism, see train/distributed.h and dist/context_parallel.h): the total batch, the
+// accumulation and the learning rate mean what they mean in one process, and only rank 0 logs,
+// samples and saves.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "flashgpt/attention/attention.h"
+#include "flashgpt/dist/comm.h"
 #include "flashgpt/model/config.h"
 #include "flashgpt/train/schedule.h"
 
@@ -22,7 +29,8 @@ struct TrainOptions {
   std::string train_data;
   std::string val_data;  // empty: no validation
   std::string tokenizer_path;
-  // Batch: micro-batch B × T; total_batch_tokens (0: B·T) sets gradient accumulation.
+  // Batch: micro-batch B × T per data-parallel rank; total_batch_tokens (0: B·T × data-parallel
+  // ranks) is the global batch and sets gradient accumulation.
   int64_t batch_size = 4;
   int64_t seq_len = 64;
   int64_t total_batch_tokens = 0;
@@ -55,6 +63,12 @@ struct TrainOptions {
   std::string resume;           // checkpoint to continue from
   std::string init_from;        // checkpoint or llm.c model file to start from (weights only)
   std::optional<bool> progress_bar;  // unset: on when stderr is a terminal
+  // Several processes. comm null: dist::world() (one process unless started by mpirun).
+  dist::Communicator* comm = nullptr;
+  int zero_stage = 0;        // 1: shard the AdamW state across ranks (ZeRO-1)
+  int context_parallel = 1;  // ranks sharing each sequence
+  double comm_timeout_s = 300;        // a rank waiting longer for the others ends the job
+  int64_t check_weights_every = 100;  // compare weight fingerprints across ranks every N steps (0: off)
 };
 
 struct TrainResult {
@@ -63,6 +77,8 @@ struct TrainResult {
   double final_val_loss = -1;
   double tokens_per_second = 0;
   std::string checkpoint;
+  std::vector<double> losses;  // per step run here (the global mean over ranks)
+  uint64_t bytes_sent = 0;     // by this rank, over the whole run
 };
 
 // Trains a model of `config` (ignored when resuming: the checkpoint's config is used).

@@ -1,0 +1,69 @@
+// Data parallelism and ZeRO-1 for the trainer (and `bench train`): how the ranks of a job are
+// laid out, how gradients are averaged, and how the AdamW state is kept.
+//
+// Layout: world = data-parallel groups × context-parallel ranks; ranks r·cp … r·cp + cp − 1 share
+// sequences (one context-parallel group), data-parallel group r reads its own part of the data.
+//
+// Plain data parallelism: every rank keeps the whole AdamW state; gradients are all-reduced in
+// per-block buckets started as soon as the backward finishes each block, then averaged.
+// ZeRO-1: rank r owns the parameter range [offset, offset + count) of the flat parameter vector
+// and only that part of the AdamW state; gradients are reduce-scattered to their owners, each
+// rank updates its range, and the updated parameters are all-gathered.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "flashgpt/dist/comm.h"
+#include "flashgpt/model/gpt.h"
+#include "flashgpt/ops/adamw.h"
+
+namespace flashgpt {
+
+struct ParallelLayout {
+  int world = 1, rank = 0;
+  int dp = 1, dp_rank = 0;  // data-parallel groups
+  int cp = 1, cp_rank = 0;  // ranks sharing each sequence
+};
+// Throws naming --context-parallel when it does not divide the rank count.
+ParallelLayout make_parallel_layout(const dist::Communicator& world, int context_parallel);
+
+class GradientSync {
+ public:
+  // comm: every rank holding a replica (the whole job). zero_stage: 0 or 1.
+  GradientSync(dist::Communicator& comm, GPT<float>& model, int zero_stage);
+
+  int zero_stage() const { return zero_; }
+  // Before the last micro-batch's backward: start reducing each block as it completes.
+  void overlap_next_backward();
+  // After the last backward: finish the reduction and average over the ranks.
+  void finish_reduction();
+  // Σ g² of the averaged gradient over the whole model, the same on every rank.
+  double grad_sum_squares();
+  // AdamW over this rank's part (everything without ZeRO), then share the updated weights.
+  void step(const ops::AdamWParams& hp, float clip_scale);
+
+  // This rank's range of the flat parameter vector (everything without ZeRO).
+  int64_t shard_offset() const { return lo_; }
+  int64_t shard_count() const { return hi_ - lo_; }
+  std::span<float> m() { return m_; }
+  std::span<float> v() { return v_; }
+  // The whole AdamW state, assembled on rank 0 (empty elsewhere); a collective call.
+  void gather_state(std::vector<float>& m_full, std::vector<float>& v_full);
+  // Takes this rank's part of a whole AdamW state (from a checkpoint).
+  void load_state(std::span<const float> m_full, std::span<const float> v_full);
+
+ private:
+  dist::Communicator& comm_;
+  GPT<float>& model_;
+  int zero_;
+  std::vector<int64_t> counts_;  // per rank: parameters owned (ZeRO-1)
+  int64_t lo_ = 0, hi_ = 0;
+  std::vector<float> m_, v_, shard_grad_;
+  std::vector<std::pair<int64_t, int64_t>> rest_;  // ranges no block hook covers (embeddings, final norm)
+  bool overlapping_ = false;
+};
+
+}  // namespace flashgpt
