@@ -294,12 +294,12 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     for (int64_t a = 0; a < accum; ++a) {
       if (!opt.overfit_single_batch) next_micro_batch(train_loader);
       loss += forward() / static_cast<double>(accum);
-      if (a + 1 == accum) {
-        comm.arrive("the gradient reduction", step);  // names a rank that died or hangs
-        sync.overlap_next_backward();
-      }
+      if (a + 1 == accum) sync.overlap_next_backward();
       model.backward(1.0f / static_cast<float>(accum));
     }
+    // Rank 0 names any rank that does not get here (compute is where a rank spends its time, so
+    // where it dies or hangs), then the reduction started during the backward completes.
+    comm.arrive("the gradient reduction", step);
     sync.finish_reduction();
     // The global mean loss, and whether any rank was interrupted, in one reduction.
     double shared[2] = {loss, g_stop_requested ? 1.0 : 0.0};
@@ -346,6 +346,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     const double mfu = stats.train_flops_per_token * tok_s / (gemm_gflops * 1e9 * comm.size());
     result.final_loss = loss;
     result.losses.push_back(loss);
+    result.grad_norms.push_back(grad_norm);
     nlohmann::json line = {{"step", step + 1},  {"loss", loss},  {"lr", lr},
                            {"grad_norm", grad_norm}, {"tokens_per_s", tok_s}, {"mfu", mfu},
                            {"step_ms", dt * 1e3}};

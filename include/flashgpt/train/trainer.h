@@ -77,7 +77,8 @@ struct TrainResult {
   double final_val_loss = -1;
   double tokens_per_second = 0;
   std::string checkpoint;
-  std::vector<double> losses;  // per step run here (the global mean over ranks)
+  std::vector<double> losses;      // per step run here (the global mean over ranks)
+  std::vector<double> grad_norms;  // per step, before clipping
   uint64_t bytes_sent = 0;     // by this rank, over the whole run
 };
 

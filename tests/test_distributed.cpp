@@ -1,0 +1,396 @@
+// Training across processes, run under mpirun with 2, 3 and 4 ranks (tests/CMakeLists.txt): the
+// communicator's collectives, context-parallel attention and whole-model gradients against one
+// process, and whole training runs — data parallel, ZeRO-1, context parallel, resumed on another
+// rank count — against the same run in one process. Every rank runs every test; a test that
+// fails on any rank fails the job. Only rank 0 prints the usual report.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+
+#include "flashgpt/core/error.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/data/dataloader.h"
+#include "flashgpt/data/shard.h"
+#include "flashgpt/dist/comm.h"
+#include "flashgpt/dist/context_parallel.h"
+#include "flashgpt/model/checkpoint.h"
+#include "flashgpt/model/gpt.h"
+#include "flashgpt/tokenizer/tokenizer.h"
+#include "flashgpt/train/trainer.h"
+#include "testing/temp_dir.h"
+
+namespace flashgpt {
+namespace {
+
+using dist::Communicator;
+using dist::DType;
+
+Communicator& W() { return dist::world(); }
+
+// A directory every rank sees: rank 0 makes it and tells the others; rank 0 removes it.
+class SharedDir {
+ public:
+  SharedDir() {
+    char buf[256] = {};
+    if (W().rank() == 0) {
+      static int counter = 0;
+      path_ = std::filesystem::temp_directory_path() /
+              ("flashgpt-dist-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+      std::filesystem::remove_all(path_);
+      std::filesystem::create_directories(path_);
+      std::snprintf(buf, sizeof buf, "%s", path_.c_str());
+    }
+    W().broadcast(buf, sizeof buf, 0);
+    path_ = buf;
+  }
+  ~SharedDir() {
+    W().arrive("test cleanup", 0);
+    std::error_code ec;
+    if (W().rank() == 0) std::filesystem::remove_all(path_, ec);
+  }
+  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+TEST(Communicator, CollectivesOverUnevenParts) {
+  Communicator& c = W();
+  const int n = c.size(), r = c.rank();
+  ASSERT_GE(n, 2) << "run this binary under mpirun with 2 or more ranks";
+  EXPECT_EQ(c.backend(), "mpi");
+  // allreduce: Σ over ranks of (rank + 1) · i
+  std::vector<double> x(5);
+  for (int i = 0; i < 5; ++i) x[static_cast<size_t>(i)] = (r + 1) * i;
+  c.allreduce_sum(std::span<double>(x));
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(x[static_cast<size_t>(i)], n * (n + 1) / 2.0 * i);
+  // Uneven parts: rank k owns k + 1 elements.
+  std::vector<int64_t> counts(static_cast<size_t>(n));
+  std::iota(counts.begin(), counts.end(), 1);
+  const int64_t total = std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  std::vector<float> send(static_cast<size_t>(total));
+  for (int64_t i = 0; i < total; ++i) send[static_cast<size_t>(i)] = static_cast<float>(i * (r + 1));
+  std::vector<float> mine(static_cast<size_t>(r + 1), -1.0f);
+  c.reduce_scatter_sum(send.data(), mine.data(), counts, DType::F32);
+  const int64_t first = r * (r + 1) / 2;
+  for (int64_t i = 0; i <= r; ++i) {
+    EXPECT_EQ(mine[static_cast<size_t>(i)], static_cast<float>((first + i) * n * (n + 1) / 2)) << i;
+  }
+  // all-gather in place: every rank's part lands in order.
+  std::vector<float> all(static_cast<size_t>(total), -1.0f);
+  for (int64_t i = 0; i <= r; ++i) all[static_cast<size_t>(first + i)] = static_cast<float>(100 * r + i);
+  c.allgather(all.data() + first, all.data(), counts, DType::F32);
+  for (int k = 0, at = 0; k < n; ++k) {
+    for (int i = 0; i <= k; ++i, ++at) EXPECT_EQ(all[static_cast<size_t>(at)], static_cast<float>(100 * k + i));
+  }
+  // gather to rank 0 only.
+  std::vector<float> got(r == 0 ? static_cast<size_t>(total) : 0);
+  c.gather(mine.data(), r == 0 ? got.data() : nullptr, counts, DType::F32, 0);
+  if (r == 0) {
+    for (int64_t i = 0; i < total; ++i) EXPECT_EQ(got[static_cast<size_t>(i)], static_cast<float>(i * n * (n + 1) / 2));
+  }
+  // broadcast and the typed helpers.
+  int64_t v = r == 0 ? 4242 : 0;
+  c.broadcast(&v, sizeof v, 0);
+  EXPECT_EQ(v, 4242);
+  EXPECT_EQ(c.sum(int64_t{1}), n);
+  EXPECT_EQ(c.allgather_one(int32_t{r})[static_cast<size_t>(n - 1)], n - 1);
+  EXPECT_GT(c.bytes_sent(), 0u);
+}
+
+TEST(Communicator, SplitFormsIndependentGroups) {
+  Communicator& c = W();
+  auto g = c.split(c.rank() % 2, c.rank());
+  const int expected = (c.size() + 1 - c.rank() % 2) / 2;  // ranks of my parity
+  EXPECT_EQ(g->size(), expected);
+  EXPECT_EQ(g->rank(), c.rank() / 2);
+  EXPECT_EQ(g->sum(c.rank()), c.rank() % 2 == 0 ? (expected - 1) * expected : expected * expected);
+}
+
+TEST(Communicator, ReplicaCheckNamesTheRankThatDiffers) {
+  Communicator& c = W();
+  std::vector<float> w(100, 0.5f);
+  EXPECT_NO_THROW(dist::check_same_on_all_ranks(c, dist::fingerprint(w.data(), w.size() * 4), "the weights"));
+  if (c.rank() == c.size() - 1) w[37] = std::nextafter(0.5f, 1.0f);  // one ulp on the last rank
+  try {
+    dist::check_same_on_all_ranks(c, dist::fingerprint(w.data(), w.size() * 4), "step 7: the weights");
+    ADD_FAILURE() << "a one-ulp difference went unnoticed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("step 7: the weights differ across ranks: rank " +
+                                         std::to_string(c.size() - 1)),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(ContextParallel, ChunksBalanceTheCausalWorkAndGatherUndoesSlice) {
+  Communicator& c = W();
+  const int n = c.size();
+  const int64_t B = 2, T = 4 * n, width = 3;
+  dist::ContextParallel cp(c, T);
+  EXPECT_EQ(cp.local_len(), 4);
+  // Causal work of a rank: Σ over its query rows of the keys they see — the same on every rank.
+  int64_t work = 0;
+  for (int64_t t = 0; t < cp.local_len(); ++t) work += cp.position(t) + 1;
+  const std::vector<int64_t> works = c.allgather_one(work);
+  for (int64_t w : works) EXPECT_EQ(w, works[0]);
+  std::vector<double> global(static_cast<size_t>(B * T * width)), local(static_cast<size_t>(B * 4 * width)),
+      back(global.size());
+  for (size_t i = 0; i < global.size(); ++i) global[i] = static_cast<double>(i);
+  cp.slice(global.data(), local.data(), B, width);
+  cp.gather(local.data(), back.data(), B, width);
+  EXPECT_EQ(back, global);
+  // reduce_scatter: every rank contributes (rank + 1) · global; mine are my rows of the sum.
+  std::vector<double> contrib(global.size());
+  for (size_t i = 0; i < global.size(); ++i) contrib[i] = (c.rank() + 1) * global[i];
+  std::vector<double> summed(local.size());
+  cp.reduce_scatter(contrib.data(), summed.data(), B, width);
+  for (size_t i = 0; i < local.size(); ++i) EXPECT_EQ(summed[i], n * (n + 1) / 2.0 * local[i]);
+  EXPECT_THROW(dist::ContextParallel(c, 2 * n + 1), Error);  // not a multiple of 2N
+}
+
+// The whole model under context parallelism: loss and every gradient equal one process's.
+TEST(ContextParallel, ModelLossAndGradientsEqualOneProcess) {
+  Communicator& c = W();
+  const int n = c.size();
+  for (int variant = 0; variant < 8; ++variant) {
+    GPTConfig cfg;
+    cfg.vocab_size = 61;
+    cfg.block_size = 64;
+    cfg.n_layer = 2;
+    cfg.n_head = 4;
+    cfg.n_embd = 32;
+    cfg.attention = variant & 1 ? AttentionKind::Flash : AttentionKind::Standard;
+    cfg.pos = variant & 2 ? PosKind::Rope : PosKind::Learned;
+    cfg.n_kv_head = variant & 4 ? 2 : 0;
+    cfg.qk_norm = variant == 3 || variant == 6;
+    cfg.post_norm = variant == 5 || variant == 6;
+    const bool documents = variant >= 4;
+    SCOPED_TRACE("variant " + std::to_string(variant));
+    const int64_t B = 2, T = 2 * n * 5;
+    GPT<double> ref(cfg), par(cfg);
+    ref.init_weights(7);
+    std::copy(ref.params().begin(), ref.params().end(), par.params().begin());
+    Rng rng(11);  // the same tokens on every rank
+    std::vector<int> tok(static_cast<size_t>(B * T)), tgt(tok.size());
+    for (auto& t : tok) t = static_cast<int>(rng.next_u64() % 61);
+    for (auto& t : tgt) t = static_cast<int>(rng.next_u64() % 61);
+    std::vector<int32_t> seg(tok.size());
+    for (int64_t i = 0; i < B * T; ++i) seg[static_cast<size_t>(i)] = static_cast<int32_t>((i % T) / 7 + i / T);
+    ref.zero_grad();
+    const double loss_ref = ref.forward(tok.data(), tgt.data(), B, T, documents ? seg.data() : nullptr);
+    ref.backward();
+
+    dist::ContextParallel cp(c, T);
+    par.set_context_parallel(&cp);
+    const int64_t Tl = cp.local_len();
+    std::vector<int> ltok(static_cast<size_t>(B * Tl)), ltgt(ltok.size());
+    std::vector<int32_t> lseg(ltok.size());
+    cp.slice(tok.data(), ltok.data(), B, 1);
+    cp.slice(tgt.data(), ltgt.data(), B, 1);
+    cp.slice(seg.data(), lseg.data(), B, 1);
+    par.zero_grad();
+    const double local = par.forward(ltok.data(), ltgt.data(), B, Tl, documents ? lseg.data() : nullptr);
+    par.backward(1.0 / n);
+    const double loss = c.sum(local) / n;
+    c.allreduce_sum(par.grads());
+    EXPECT_NEAR(loss, loss_ref, 1e-12 * std::abs(loss_ref));
+    double max_err = 0, max_g = 0;
+    for (int64_t i = 0; i < ref.num_params(); ++i) {
+      max_err = std::max(max_err, std::abs(par.grads()[static_cast<size_t>(i)] - ref.grads()[static_cast<size_t>(i)]));
+      max_g = std::max(max_g, std::abs(ref.grads()[static_cast<size_t>(i)]));
+    }
+    EXPECT_LT(max_err, 1e-10 * max_g) << "largest gradient " << max_g;
+  }
+}
+
+TEST(ContextParallel, LatentAttentionIsRefusedWithAMessage) {
+  GPTConfig cfg = GPTConfig::preset("tiny").with_attention(AttentionKind::FlashMLA);
+  GPT<float> m(cfg);
+  dist::ContextParallel cp(W(), 4 * W().size());
+  try {
+    m.set_context_parallel(&cp);
+    ADD_FAILURE() << "latent attention accepted context parallelism";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--context-parallel"), std::string::npos) << e.what();
+  }
+}
+
+// --- whole training runs -----------------------------------------------------------------------
+
+// Random tokens over a small vocabulary: enough data that no run below leaves the first shard.
+struct Corpus {
+  SharedDir dir;
+  std::string train, val;
+  Corpus() {
+    train = dir / "train.bin";
+    val = dir / "val.bin";
+    if (W().rank() == 0) {
+      Rng rng(5);
+      std::vector<int> ids(60000);
+      for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int>((i * 7 + rng.next_u64() % 5) % 50);
+      write_shard(train, ids);
+      write_shard(val, std::span<const int>(ids.data(), 20000));
+    }
+    W().arrive("corpus written", 0);
+  }
+};
+
+GPTConfig small_model() {
+  GPTConfig c = GPTConfig::preset("tiny");
+  c.vocab_size = 50;
+  c.block_size = 48;
+  return c;
+}
+
+TrainOptions options(const Corpus& corpus, const std::string& out, Communicator* comm) {
+  TrainOptions o;
+  o.train_data = corpus.train;
+  o.val_data = corpus.val;
+  o.batch_size = 2;
+  o.seq_len = 24;
+  o.total_batch_tokens = 2 * 24 * 12;  // divisible by 1, 2, 3 and 4 data-parallel ranks
+  o.max_steps = 6;
+  o.lr.lr = 3e-3;
+  o.lr.warmup_steps = 2;
+  o.val_every = 3;
+  o.val_batches = 6;
+  o.out_dir = out;
+  o.progress_bar = false;
+  o.seed = 9;
+  o.comm = comm;
+  o.check_weights_every = 1;
+  return o;
+}
+
+// The same run in this process alone, for reference (every rank computes it privately).
+TrainResult one_process(const Corpus& corpus, TrainOptions o) {
+  testing::TempDir mine;
+  auto single = dist::make_single_process_comm();
+  o.comm = single.get();
+  o.out_dir = mine / "out";
+  o.zero_stage = 0;
+  o.context_parallel = 1;
+  return train(small_model(), o);
+}
+
+// Step by step: the losses and the gradient norms (which a wrongly scaled average would change
+// while AdamW, being scale-free, would hide it in the losses).
+void expect_same_losses(const TrainResult& a, const TrainResult& b, double tol) {
+  ASSERT_EQ(a.losses.size(), b.losses.size());
+  ASSERT_EQ(a.grad_norms.size(), b.grad_norms.size());
+  for (size_t s = 0; s < a.losses.size(); ++s) {
+    EXPECT_NEAR(a.losses[s], b.losses[s], tol * std::abs(b.losses[s])) << "step " << s + 1;
+    EXPECT_NEAR(a.grad_norms[s], b.grad_norms[s], 10 * tol * b.grad_norms[s]) << "step " << s + 1;
+  }
+}
+
+TEST(Train, DataParallelLossesEqualOneProcessStepByStep) {
+  Corpus corpus;
+  TrainOptions o = options(corpus, corpus.dir / "dp", &W());
+  const TrainResult ref = one_process(corpus, o);
+  const TrainResult dp = train(small_model(), o);
+  expect_same_losses(dp, ref, 1e-5);
+  EXPECT_NEAR(dp.final_val_loss, ref.final_val_loss, 1e-5 * ref.final_val_loss);
+  EXPECT_LT(ref.losses.back(), ref.losses.front() - 0.1) << "the reference run should learn";
+  EXPECT_GT(dp.bytes_sent, 0u);
+}
+
+TEST(Train, ZeroOneEqualsDataParallelAndResumesOnAnotherRankCount) {
+  Corpus corpus;
+  TrainOptions o = options(corpus, corpus.dir / "z", &W());
+  const TrainResult ref = one_process(corpus, o);
+  TrainOptions dp_opt = options(corpus, corpus.dir / "dp", &W());
+  const TrainResult dp = train(small_model(), dp_opt);
+  o.zero_stage = 1;
+  const TrainResult z = train(small_model(), o);
+  expect_same_losses(z, dp, 1e-5);
+  expect_same_losses(z, ref, 1e-5);
+  // The checkpoint holds the whole optimizer state, equal to the plain run's.
+  if (W().rank() == 0) {
+    const CheckpointData a = load_checkpoint(corpus.dir / "z/ckpt.safetensors");
+    const CheckpointData b = load_checkpoint(corpus.dir / "dp/ckpt.safetensors");
+    ASSERT_EQ(a.adam_v.size(), b.adam_v.size());
+    double max_err = 0;
+    for (size_t i = 0; i < a.adam_v.size(); ++i) max_err = std::max(max_err, double(std::abs(a.adam_v[i] - b.adam_v[i])));
+    EXPECT_LT(max_err, 1e-9);
+  }
+  // Stop after 3 steps on every rank, then resume on one rank fewer (or one, from two).
+  TrainOptions first = options(corpus, corpus.dir / "r", &W());
+  first.zero_stage = 1;
+  first.stop_at_step = 3;
+  EXPECT_EQ(train(small_model(), first).steps, 3);
+  const int fewer = W().size() - 1;
+  auto sub = W().split(W().rank() < fewer ? 0 : 1, W().rank());
+  if (W().rank() < fewer) {
+    TrainOptions second = options(corpus, corpus.dir / "r", sub.get());
+    second.zero_stage = 1;
+    second.resume = corpus.dir / "r/ckpt.safetensors";
+    const TrainResult rest = train(small_model(), second);
+    ASSERT_EQ(rest.losses.size(), 3u);
+    for (size_t s = 0; s < 3; ++s) EXPECT_NEAR(rest.losses[s], ref.losses[s + 3], 1e-5 * ref.losses[s + 3]) << s;
+  }
+  W().arrive("resumed", 0);
+}
+
+TEST(Train, ContextParallelEqualsOneProcessWithDocumentMasks) {
+  Corpus corpus;
+  std::vector<int> layouts = {W().size()};  // every rank shares each sequence
+  if (W().size() % 2 == 0 && W().size() > 2) layouts.push_back(2);  // 2-way, composed with data parallelism
+  for (int cp : layouts) {
+    SCOPED_TRACE("context parallel " + std::to_string(cp));
+    TrainOptions o = options(corpus, corpus.dir / ("cp" + std::to_string(cp)), &W());
+    o.document_masking = true;
+    o.eot_token = 0;
+    o.context_parallel = cp;
+    o.attention_tiling = {4, 4};
+    o.zero_stage = cp == 2 ? 1 : 0;  // composes with ZeRO-1 too
+    GPTConfig m = small_model();
+    TrainOptions ref_opt = o;
+    testing::TempDir mine;
+    auto single = dist::make_single_process_comm();
+    ref_opt.comm = single.get();
+    ref_opt.out_dir = mine / "out";
+    ref_opt.context_parallel = 1;
+    ref_opt.zero_stage = 0;
+    const TrainResult ref = train(m, ref_opt);
+    const TrainResult par = train(m, o);
+    expect_same_losses(par, ref, 1e-5);
+  }
+}
+
+TEST(Train, RejectsLayoutsThatDoNotDivide) {
+  Corpus corpus;
+  TrainOptions o = options(corpus, corpus.dir / "bad", &W());
+  o.context_parallel = W().size() + 1;
+  EXPECT_THROW(train(small_model(), o), Error);
+  o = options(corpus, corpus.dir / "bad", &W());
+  o.total_batch_tokens = 2 * 24 * (2 * W().size() + 1);  // not a multiple of B·T·ranks
+  EXPECT_THROW(train(small_model(), o), Error);
+  o = options(corpus, corpus.dir / "bad", &W());
+  o.context_parallel = W().size();
+  o.seq_len = 2 * W().size() + 1;  // not a multiple of 2 × ranks
+  o.total_batch_tokens = 0;
+  EXPECT_THROW(train(small_model(), o), Error);
+}
+
+}  // namespace
+}  // namespace flashgpt
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  flashgpt::dist::Communicator& w = flashgpt::dist::world();
+  w.set_timeout(120);
+  if (w.rank() != 0) {  // one report: rank 0's (a failure on another rank still fails the job)
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  const int rc = RUN_ALL_TESTS();
+  const int failed = w.sum(rc != 0 ? 1 : 0);
+  if (w.rank() == 0 && failed > 0) std::fprintf(stderr, "%d rank(s) had failures\n", failed);
+  flashgpt::dist::finalize();
+  return failed > 0 ? 1 : 0;
+}
