@@ -1,5 +1,9 @@
 // flashgpt bench train: training throughput and model-FLOP utilisation against the sgemm rate
-// measured on the same machine in the same run.
+// measured on the same machine in the same run. Under `mpirun -np N` it also measures the scaling:
+// first rank 0 alone times the step (the others wait), then all N ranks train together
+// (data-parallel, optionally ZeRO-1 and context-parallel); the efficiency is the N-rank tokens/s
+// against N × the one-rank figure, beside the bytes each rank sent per step and the volume
+// docs/distributed.md predicts.
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -11,6 +15,9 @@ extern "C" char* openblas_get_corename(void);
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/dist/comm.h"
+#include "flashgpt/dist/context_parallel.h"
+#include "flashgpt/train/distributed.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
 #include "flashgpt/train/trainer.h"
@@ -25,6 +32,7 @@ struct BenchTrainCli {
   int steps = 5, warmup = 1;
   int gemm_size = 1024;
   bool json = false;
+  int zero = 0, context_parallel = 1;
 };
 
 double median(std::vector<double> v) {
@@ -33,75 +41,152 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-void run_bench_train(const BenchTrainCli& c) {
-  const GPTConfig cfg = c.model.resolve("d12");
-  FLASHGPT_CHECK(c.seq_len > 0 && c.seq_len <= cfg.block_size, "--seq-len: must be in 1…{}", cfg.block_size);
-  FLASHGPT_CHECK(c.batch_size > 0 && c.steps > 0 && c.warmup >= 0, "--batch-size and --steps must be positive");
-  const double gemm_before = measure_sgemm_gflops(c.gemm_size, 7);
-
-  GPT<float> model(cfg);
+// Median step time of `steps` timed steps (after `warmup`) of forward, backward, gradient
+// reduction over `comm` and AdamW; bytes sent per step by this rank, and the last loss.
+struct StepTiming {
+  double step_s = 0, step_min = 0, step_max = 0, loss = 0;
+  double bytes_per_step = 0;
+};
+StepTiming time_steps(GPT<float>& model, dist::Communicator& comm, int zero, const dist::ContextParallel* cp,
+                      int64_t B, int64_t T, int warmup, int steps) {
   model.init_weights(1);
-  const int64_t B = c.batch_size, T = c.seq_len, n = model.num_params();
-  std::vector<float> m(static_cast<size_t>(n), 0.0f), v(static_cast<size_t>(n), 0.0f);
+  model.set_context_parallel(cp);
+  GradientSync sync(comm, model, zero);
+  const int vocab = model.config().vocab_size;
   std::vector<int> x(static_cast<size_t>(B * T)), y(x.size());
-  Rng rng(2);
-  for (auto& t : x) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(cfg.vocab_size));
-  for (auto& t : y) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(cfg.vocab_size));
+  Rng rng(2 + static_cast<uint64_t>(comm.rank()));
+  for (auto& t : x) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(vocab));
+  for (auto& t : y) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(vocab));
+  const int64_t Tl = cp ? cp->local_len() : T;
+  std::vector<int> xl(static_cast<size_t>(B * Tl)), yl(xl.size());
+  if (cp) {
+    cp->slice(x.data(), xl.data(), B, 1);
+    cp->slice(y.data(), yl.data(), B, 1);
+  } else {
+    xl = x;
+    yl = y;
+  }
   std::vector<double> times;
-  double loss = 0;
-  for (int s = 0; s < c.warmup + c.steps; ++s) {
+  StepTiming r;
+  comm.allreduce_sum(&r.loss, 1, dist::DType::F64);  // start together
+  // Bytes sent by this rank: the gradient traffic over comm, the keys and values over the group.
+  auto bytes_sent = [&] { return comm.bytes_sent() + (cp ? cp->group().bytes_sent() : 0); };
+  uint64_t bytes0 = 0;
+  for (int s = 0; s < warmup + steps; ++s) {
+    if (s == warmup) bytes0 = bytes_sent();
     Timer t;
     model.zero_grad();
-    loss = model.forward(x.data(), y.data(), B, T);
+    double loss = model.forward(xl.data(), yl.data(), B, Tl);
+    sync.overlap_next_backward();
     model.backward();
+    sync.finish_reduction();
+    r.loss = comm.sum(loss) / comm.size();
+    const double norm = std::sqrt(sync.grad_sum_squares());
     ops::AdamWParams hp;
     hp.lr = 1e-4f;
     hp.weight_decay = 0.1f;
     hp.step = s + 1;
-    for (const ParamSpec& p : model.specs()) {
-      ops::adamw_update(model.params().data() + p.offset, model.grads().data() + p.offset, m.data() + p.offset,
-                        v.data() + p.offset, p.numel(), hp, p.decay, 1.0f);
-    }
-    if (s >= c.warmup) times.push_back(t.seconds());
+    sync.step(hp, norm > 1.0 ? static_cast<float>(1.0 / norm) : 1.0f);
+    if (s >= warmup) times.push_back(t.seconds());
   }
-  FLASHGPT_CHECK(std::isfinite(loss), "bench: the model produced a non-finite loss");
+  model.set_context_parallel(nullptr);
+  FLASHGPT_CHECK(std::isfinite(r.loss), "bench: the model produced a non-finite loss");
+  r.step_s = median(times);
+  r.step_min = *std::min_element(times.begin(), times.end());
+  r.step_max = *std::max_element(times.begin(), times.end());
+  r.bytes_per_step = static_cast<double>(bytes_sent() - bytes0) / steps;
+  return r;
+}
+
+void run_bench_train(const BenchTrainCli& c) {
+  const GPTConfig cfg = c.model.resolve("d12");
+  FLASHGPT_CHECK(c.seq_len > 0 && c.seq_len <= cfg.block_size, "--seq-len: must be in 1…{}", cfg.block_size);
+  FLASHGPT_CHECK(c.batch_size > 0 && c.steps > 0 && c.warmup >= 0, "--batch-size and --steps must be positive");
+  dist::Communicator& world = dist::world();
+  const ParallelLayout lay = make_parallel_layout(world, c.context_parallel);
+  const bool root = world.rank() == 0;
+  const double gemm_before = measure_sgemm_gflops(c.gemm_size, 7);
+
+  GPT<float> model(cfg);
+  const int64_t B = c.batch_size, T = c.seq_len, n = model.num_params();
+  // One rank alone: the baseline the scaling is measured against (the same step, no peers).
+  StepTiming one;
+  auto single = dist::make_single_process_comm();
+  if (world.size() == 1 || root) one = time_steps(model, *single, 0, nullptr, B, T, c.warmup, c.steps);
+  StepTiming all;
+  if (world.size() > 1) {
+    world.broadcast(&one, sizeof one, 0);
+    std::unique_ptr<dist::Communicator> group;
+    std::unique_ptr<dist::ContextParallel> cp;
+    if (lay.cp > 1) {
+      group = world.split(lay.dp_rank, lay.cp_rank);
+      cp = std::make_unique<dist::ContextParallel>(*group, T);
+    }
+    all = time_steps(model, world, c.zero, cp.get(), B, T, c.warmup, c.steps);
+    // The job moves at the pace of its slowest rank.
+    std::vector<double> per_rank = world.allgather_one(all.step_s);
+    all.step_s = *std::max_element(per_rank.begin(), per_rank.end());
+  }
   const double gemm_after = measure_sgemm_gflops(c.gemm_size, 7);
   const double gemm = std::max(gemm_before, gemm_after);  // the higher of the two is the fairer ceiling
-  const double step_s = median(times);
-  const double tok_s = static_cast<double>(B * T) / step_s;
+  const double tok_s = static_cast<double>(B * T) / one.step_s;
   const ModelStats stats = model_stats(cfg, static_cast<int>(T));
   const double model_gflops = stats.train_flops_per_token * tok_s / 1e9;
   const double mfu = model_gflops / gemm;
+  if (!root) return;
+  nlohmann::json j = {{"bench", "train"},
+                      {"params", n},
+                      {"batch", B},
+                      {"seq", T},
+                      {"threads", num_threads()},
+                      {"blas_kernels", openblas_get_corename()},
+                      {"steps", c.steps},
+                      {"step_s_median", one.step_s},
+                      {"step_s_min", one.step_min},
+                      {"step_s_max", one.step_max},
+                      {"tokens_per_s", tok_s},
+                      {"model_gflops", model_gflops},
+                      {"gemm_gflops", gemm},
+                      {"gemm_gflops_before", gemm_before},
+                      {"gemm_gflops_after", gemm_after},
+                      {"gemm_size", c.gemm_size},
+                      {"mfu", mfu},
+                      {"loss", one.loss}};
+  double tok_s_all = 0, efficiency = 0, predicted = 0;
+  if (world.size() > 1) {
+    const int N = world.size();
+    tok_s_all = static_cast<double>(B * T * lay.dp) / all.step_s;
+    efficiency = tok_s_all / (N * tok_s);
+    predicted = predicted_bytes_per_step(cfg, B, T, lay, c.zero);
+    j["ranks"] = N;
+    j["data_parallel"] = lay.dp;
+    j["context_parallel"] = lay.cp;
+    j["zero"] = c.zero;
+    j["ranks_step_s_median"] = all.step_s;
+    j["ranks_tokens_per_s"] = tok_s_all;
+    j["scaling_efficiency"] = efficiency;
+    j["comm_bytes_per_step"] = all.bytes_per_step;
+    j["comm_bytes_per_step_predicted"] = predicted;
+  }
   if (c.json) {
-    nlohmann::json j = {{"bench", "train"},
-                        {"params", n},
-                        {"batch", B},
-                        {"seq", T},
-                        {"threads", num_threads()},
-                        {"blas_kernels", openblas_get_corename()},
-                        {"steps", c.steps},
-                        {"step_s_median", step_s},
-                        {"step_s_min", *std::min_element(times.begin(), times.end())},
-                        {"step_s_max", *std::max_element(times.begin(), times.end())},
-                        {"tokens_per_s", tok_s},
-                        {"model_gflops", model_gflops},
-                        {"gemm_gflops", gemm},
-                        {"gemm_gflops_before", gemm_before},
-                        {"gemm_gflops_after", gemm_after},
-                        {"gemm_size", c.gemm_size},
-                        {"mfu", mfu},
-                        {"loss", loss}};
     std::printf("%s\n", j.dump().c_str());
     return;
   }
   std::printf("train step: %.2fM params, B=%lld T=%lld, %d threads\n", static_cast<double>(n) / 1e6,
               static_cast<long long>(B), static_cast<long long>(T), num_threads());
-  std::printf("  step time  median %.3f s (min %.3f, max %.3f over %d steps)\n", step_s,
-              *std::min_element(times.begin(), times.end()), *std::max_element(times.begin(), times.end()), c.steps);
+  std::printf("  step time  median %.3f s (min %.3f, max %.3f over %d steps)\n", one.step_s, one.step_min,
+              one.step_max, c.steps);
   std::printf("  throughput %.0f tokens/s, %.1f model GFLOP/s (6N + 6LCT per token)\n", tok_s, model_gflops);
   std::printf("  sgemm      %.1f GFLOP/s (%d³, best of before/after: %.1f / %.1f; OpenBLAS %s kernels)\n", gemm,
               c.gemm_size, gemm_before, gemm_after, openblas_get_corename());
   std::printf("  MFU        %.1f%% of the measured sgemm rate\n", mfu * 100);
+  if (world.size() > 1) {
+    std::printf("  %d ranks    (%d data-parallel × %d context-parallel%s): median step %.3f s, %.0f tokens/s\n",
+                world.size(), lay.dp, lay.cp, c.zero ? ", ZeRO-1" : "", all.step_s, tok_s_all);
+    std::printf("  scaling    %.1f%% of %d × one rank's tokens/s\n", efficiency * 100, world.size());
+    std::printf("  traffic    %.2f MB sent per rank per step (predicted %.2f MB)\n", all.bytes_per_step / 1e6,
+                predicted / 1e6);
+  }
 }
 
 }  // namespace
@@ -118,6 +203,9 @@ void register_bench(CLI::App& app) {
   tr->add_option("--warmup", c->warmup, "Untimed warm-up steps")->capture_default_str();
   tr->add_option("--gemm-size", c->gemm_size, "Square sgemm size for the reference rate")->capture_default_str();
   tr->add_flag("--json", c->json, "Print one JSON object");
+  tr->add_option("--zero", c->zero, "Under mpirun: 1 shards the AdamW state (ZeRO-1)")->check(CLI::IsMember({0, 1}));
+  tr->add_option("--context-parallel", c->context_parallel, "Under mpirun: ranks sharing each sequence")
+      ->check(CLI::PositiveNumber);
   tr->callback([c] { run_bench_train(*c); });
   register_bench_attention(*bench);
   register_bench_decode(*bench);

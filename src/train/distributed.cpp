@@ -1,4 +1,4 @@
-#include "train/distributed.h"
+#include "flashgpt/train/distributed.h"
 
 #include <algorithm>
 
@@ -20,6 +20,18 @@ ParallelLayout make_parallel_layout(const dist::Communicator& world, int context
   p.dp = p.world / p.cp;
   p.dp_rank = p.rank / p.cp;
   return p;
+}
+
+double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, const ParallelLayout& layout,
+                                int zero_stage) {
+  (void)zero_stage;  // ZeRO-1 moves the same volume as the all-reduce, split in two halves
+  const double N = layout.world, P = static_cast<double>(model_stats(config).n_params);
+  double bytes = N > 1 ? 2.0 * (N - 1) / N * 4.0 * P : 0.0;
+  if (layout.cp > 1) {
+    const double cp = layout.cp;
+    bytes += config.n_layer * 4.0 * (cp - 1) / cp * static_cast<double>(B * T) * config.kv_dim() * 4.0;
+  }
+  return bytes;
 }
 
 GradientSync::GradientSync(dist::Communicator& comm, GPT<float>& model, int zero_stage)

@@ -21,7 +21,7 @@
 #include "flashgpt/ops/adamw.h"
 #include "flashgpt/ops/matmul.h"
 #include "flashgpt/tokenizer/tokenizer.h"
-#include "train/distributed.h"
+#include "flashgpt/train/distributed.h"
 #include "train/progress.h"
 
 namespace flashgpt {
@@ -288,7 +288,8 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     if (opt.sample_every > 0 && step > 0 && step % opt.sample_every == 0) sample();
 
     Timer step_timer;
-    const uint64_t bytes_before = comm.bytes_sent();
+    auto bytes_sent = [&] { return comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0); };
+    const uint64_t bytes_before = bytes_sent();
     model.zero_grad();
     double loss = 0;
     for (int64_t a = 0; a < accum; ++a) {
@@ -350,7 +351,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     nlohmann::json line = {{"step", step + 1},  {"loss", loss},  {"lr", lr},
                            {"grad_norm", grad_norm}, {"tokens_per_s", tok_s}, {"mfu", mfu},
                            {"step_ms", dt * 1e3}};
-    if (comm.size() > 1) line["comm_bytes"] = comm.bytes_sent() - bytes_before;
+    if (comm.size() > 1) line["comm_bytes"] = bytes_sent() - bytes_before;
     log_metrics(line);
     if (root) progress.step(step + 1, opt.max_steps, loss, lr, grad_norm, tok_s, mfu, dt, opt.log_every);
     if (opt.save_every > 0 && (step + 1) % opt.save_every == 0 && step + 1 < opt.max_steps) save(step + 1);
@@ -377,7 +378,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   result.steps = step;
   result.tokens_per_second = train_seconds > 0 ? tokens_done / train_seconds : 0;
   result.checkpoint = ckpt_path;
-  result.bytes_sent = comm.bytes_sent();
+  result.bytes_sent = comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0);
   return result;
 }
 

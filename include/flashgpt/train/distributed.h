@@ -30,6 +30,14 @@ struct ParallelLayout {
 // Throws naming --context-parallel when it does not divide the rank count.
 ParallelLayout make_parallel_layout(const dist::Communicator& world, int context_parallel);
 
+// Bytes each rank sends per optimizer step (one micro-batch of B × T per data-parallel rank) under
+// bandwidth-optimal collectives: the fp32 gradient all-reduce 2(N−1)/N · 4P (ZeRO-1: a
+// reduce-scatter and an all-gather of (N−1)/N · 4P each, the same total), plus under context
+// parallelism per layer the all-gather of keys and values and the reduce-scatter of their
+// gradients, 4 · (cp−1)/cp · B·T·kv_dim · 4 bytes. Scalars (the loss, the norm) are left out.
+double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, const ParallelLayout& layout,
+                                int zero_stage);
+
 class GradientSync {
  public:
   // comm: every rank holding a replica (the whole job). zero_stage: 0 or 1.

@@ -1,0 +1,184 @@
+// `mpirun -np N flashgpt train …` as a user runs it: the same losses as one process with only rank
+// 0 writing, one error line for a bad layout or mismatched ranks, and a dead or hung rank ending
+// the whole job in bounded time with the last checkpoint still good. Skipped without MPI.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <map>
+#include <sstream>
+
+#include "flashgpt/core/io.h"
+#include "flashgpt/data/shard.h"
+#include "flashgpt/model/checkpoint.h"
+#include "flashgpt/tokenizer/tokenizer.h"
+#include "testing/run.h"
+#include "testing/temp_dir.h"
+
+namespace flashgpt {
+namespace {
+
+using testing::run_command;
+using testing::RunResult;
+using testing::shell_quote;
+
+#ifdef FLASHGPT_MPIEXEC
+constexpr const char* kMpiexec = FLASHGPT_MPIEXEC;
+#else
+constexpr const char* kMpiexec = "";
+#endif
+
+std::string mpirun(int ranks) {
+  return fmt::format("OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 {} -np {} {}",
+                     kMpiexec, ranks, FLASHGPT_MPIEXEC_OVERSUBSCRIBE);
+}
+
+class DistributedCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (std::string(kMpiexec).empty()) GTEST_SKIP() << "built without MPI";
+    std::string text;
+    const char* lines[] = {"the cat sat on the mat. ", "a dog ran in the park! ", "birds sing at dawn; "};
+    for (int i = 0; i < 600; ++i) text += lines[i % 3];
+    auto tok = train_char_tokenizer(text);
+    const std::vector<int> ids = tok->encode(text);
+    write_shard(dir / "train_000.bin", ids);
+    write_shard(dir / "val_000.bin", std::span<const int>(ids.data(), 4000));
+    save_tokenizer(*tok, dir / "tokenizer.json");
+  }
+  // A tiny model and schedule; extra flags appended (batch: `batch` sequences per rank).
+  std::string train_args(const std::string& out, const std::string& extra = "", int batch = 2) const {
+    return fmt::format("train --data {} --preset tiny --block-size 32 -b {} -t 32 --total-batch-size 256 --lr 3e-3 "
+                       "--val-every 4 --val-batches 4 --no-progress --out {} {}",
+                       shell_quote(dir.str()), batch, shell_quote(out), extra);
+  }
+  testing::TempDir dir;
+};
+
+std::map<int64_t, double> losses(const std::string& metrics) {
+  std::map<int64_t, double> m;
+  std::istringstream in(read_text_file(metrics));
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) m[j["step"]] = j["loss"];
+  }
+  return m;
+}
+
+int count(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+TEST_F(DistributedCli, TwoRanksTrainLikeOneProcessAndOnlyRankZeroWrites) {
+  const RunResult one = testing::run_flashgpt(train_args(dir / "one", "-n 6"));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const RunResult two = run_command(mpirun(2) + " " + FLASHGPT_BINARY + " " + train_args(dir / "two", "-n 6 --zero 1"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  EXPECT_EQ(count(two.output, "trained 6 steps"), 1) << two.output;
+  EXPECT_NE(two.output.find("ranks: 2 (2 data-parallel, ZeRO-1 optimizer shards), over mpi"), std::string::npos)
+      << two.output;
+  const auto a = losses(dir / "one/metrics.jsonl"), b = losses(dir / "two/metrics.jsonl");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  for (const auto& [step, loss] : a) EXPECT_NEAR(b.at(step), loss, 1e-5 * loss) << "step " << step;
+  // The checkpoint holds the whole optimizer state and resumes in one process.
+  const RunResult resumed = testing::run_flashgpt(
+      train_args(dir / "two", "-n 8 --resume " + shell_quote(dir / "two/ckpt.safetensors")));
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+}
+
+TEST_F(DistributedCli, ABadLayoutIsOneErrorLine) {
+  const RunResult r =
+      run_command(mpirun(2) + " " + FLASHGPT_BINARY + " " + train_args(dir / "bad", "-n 2 --context-parallel 3"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_EQ(count(r.output, "flashgpt: error:"), 1) << r.output;
+  EXPECT_NE(r.output.find("--context-parallel 3: needs a multiple of 3 processes, but this run has 2"),
+            std::string::npos)
+      << r.output;
+  const RunResult single = testing::run_flashgpt(train_args(dir / "bad", "-n 2 --context-parallel 2"));
+  EXPECT_NE(single.exit_code, 0);
+  EXPECT_NE(single.output.find("mpirun -np 2"), std::string::npos) << single.output;
+}
+
+TEST_F(DistributedCli, RanksWithDifferentConfigsAreRefused) {
+  const std::string bin = FLASHGPT_BINARY;
+  const RunResult r = run_command(mpirun(1) + " " + bin + " " + train_args(dir / "mm", "-n 2") + " : -np 1 " + bin +
+                                  " " + train_args(dir / "mm", "-n 2 --n-embd 64"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("the model config and training options differ across ranks: rank 1"), std::string::npos)
+      << r.output;
+}
+
+// Starts a long run, waits for its first checkpoint, then does `action` to rank 1's process.
+RunResult disturb_rank_one(const std::string& command, const std::string& ckpt, const std::string& action,
+                           const std::string& log) {
+  const std::string script = fmt::format(
+      "{} > {} 2>&1 &\n"
+      "job=$!\n"
+      "for i in $(seq 1 600); do [ -f {} ] && break; kill -0 $job 2>/dev/null || break; sleep 0.1; done\n"
+      "sleep 0.5\n"
+      "victim=\n"
+      "for p in $(pgrep -P $job); do\n"
+      "  if tr '\\0' '\\n' < /proc/$p/environ | grep -qx OMPI_COMM_WORLD_RANK=1; then victim=$p; fi\n"
+      "done\n"
+      "[ -n \"$victim\" ] || {{ echo 'no rank 1 found'; cat {}; kill -9 $job; exit 90; }}\n"
+      "kill -{} $victim\n"
+      "start=$SECONDS\n"
+      "for i in $(seq 1 900); do kill -0 $job 2>/dev/null || break; sleep 0.1; done\n"
+      "kill -9 $job $victim 2>/dev/null\n"
+      "wait $job; rc=$?\n"
+      "echo \"job ended: exit $rc after $((SECONDS - start)) s\"\n"
+      "cat {}\n"
+      "[ $rc -ne 0 ]",
+      command, shell_quote(log), shell_quote(ckpt), shell_quote(log), action, shell_quote(log));
+  return run_command(script);
+}
+
+int seconds_to_end(const std::string& output) {
+  const size_t at = output.find("job ended: exit ");
+  if (at == std::string::npos) return -1;
+  const size_t after = output.find(" after ", at);
+  return std::stoi(output.substr(after + 7));
+}
+
+TEST_F(DistributedCli, AKilledRankEndsTheJobAndTheLastCheckpointResumes) {
+  const std::string out = dir / "killed";
+  const RunResult r = disturb_rank_one(
+      mpirun(2) + " " + FLASHGPT_BINARY + " " + train_args(out, "-n 1000000 --save-every 20"),
+      out + "/ckpt.safetensors", "KILL", dir / "killed.log");
+  ASSERT_EQ(r.exit_code, 0) << r.output;  // the script's own check: the job ended non-zero
+  EXPECT_GE(seconds_to_end(r.output), 0) << r.output;
+  EXPECT_LE(seconds_to_end(r.output), 60) << r.output;
+  EXPECT_NE(r.output.find("rank 1"), std::string::npos) << r.output;  // the launcher names the dead rank
+  const CheckpointData c = load_checkpoint(out + "/ckpt.safetensors");
+  const int64_t step = c.train_state.at("step").get<int64_t>();
+  EXPECT_EQ(step % 20, 0);
+  const RunResult resumed = testing::run_flashgpt(train_args(
+      dir / "resumed", fmt::format("-n {} --resume {}", step + 2, shell_quote(out + "/ckpt.safetensors"))));
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find(fmt::format("trained {} steps", step + 2)), std::string::npos) << resumed.output;
+}
+
+TEST_F(DistributedCli, AHungRankEndsTheJobWithinTheTimeout) {
+  const std::string out = dir / "hung";
+  const RunResult r = disturb_rank_one(mpirun(2) + " " + FLASHGPT_BINARY + " " +
+                                           train_args(out, "-n 1000000 --save-every 20 --comm-timeout 3 --n-layer 4 "
+                                                           "--n-embd 128", 4),
+                                       out + "/ckpt.safetensors", "STOP", dir / "hung.log");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const int seconds = seconds_to_end(r.output);
+  EXPECT_GE(seconds, 2) << r.output;  // it waited for the timeout…
+  EXPECT_LE(seconds, 40) << r.output;  // …and not much longer
+  // Rank 0 names the rank when the hang caught it computing (nearly always); a hang inside a
+  // collective is reported by the waiting rank with where it waited.
+  const bool named = r.output.find("rank 1 did not reach the gradient reduction") != std::string::npos;
+  const bool waited = r.output.find("for the other ranks in") != std::string::npos;
+  EXPECT_TRUE(named || waited) << r.output;
+  EXPECT_NO_THROW(load_checkpoint(out + "/ckpt.safetensors"));
+}
+
+}  // namespace
+}  // namespace flashgpt
