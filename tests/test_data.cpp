@@ -109,6 +109,53 @@ TEST(DataLoader, RanksReadDisjointWindows) {
   EXPECT_EQ(x0[0], 8);
 }
 
+// Together the ranks read exactly the windows one process reads, in blocks of `world`, move to the
+// next shard at the same step, and save a position any rank count resumes from.
+TEST(DataLoader, RanksTogetherReadWhatOneProcessReadsAcrossShards) {
+  testing::TempDir dir;
+  write_shard(dir / "d_000.bin", iota_tokens(61, 0));
+  write_shard(dir / "d_001.bin", iota_tokens(40, 500));
+  const std::string glob = dir / "d_*.bin";
+  for (int world : {2, 3}) {
+    SCOPED_TRACE("world " + std::to_string(world));
+    DataLoader one(glob, 1, 5, 1000);
+    std::vector<DataLoader> ranks;
+    for (int r = 0; r < world; ++r) ranks.emplace_back(glob, 1, 5, 1000, r, world);
+    std::vector<int> x(5), y(5);
+    std::vector<int> firsts_one, firsts_ranks;
+    for (int step = 0; step < 12; ++step) {
+      std::vector<int> block;
+      for (int r = 0; r < world; ++r) {
+        ranks[static_cast<size_t>(r)].next_batch(x.data(), y.data());
+        block.push_back(x[0]);
+        EXPECT_EQ(ranks[static_cast<size_t>(r)].state(), ranks[0].state()) << "step " << step;
+      }
+      // One block: consecutive windows of one shard.
+      for (int r = 1; r < world; ++r) EXPECT_EQ(block[static_cast<size_t>(r)], block[0] + 5 * r) << "step " << step;
+      firsts_ranks.insert(firsts_ranks.end(), block.begin(), block.end());
+    }
+    // Within a shard the windows are those one process reads; the ranks skip a shard's tail
+    // that holds fewer than `world` windows, so a single process with the same tail agrees.
+    for (int i = 0; i < 12 * world; ++i) {
+      one.next_batch(x.data(), y.data());
+      firsts_one.push_back(x[0]);
+    }
+    const int per_shard0 = (61 - 1) / 5 / world * world;  // windows of shard 0 the ranks use
+    for (int i = 0; i < per_shard0; ++i) EXPECT_EQ(firsts_ranks[static_cast<size_t>(i)], firsts_one[static_cast<size_t>(i)]);
+    EXPECT_EQ(firsts_ranks[static_cast<size_t>(per_shard0)], 500) << "every rank moved to shard 1 together";
+    // Resuming the state on one process continues at the block the ranks would read next (away
+    // from a shard's tail, where the two skip differently).
+    DataLoader r0(glob, 1, 5, 1000, 0, world);
+    r0.next_batch(x.data(), y.data());
+    DataLoader resumed(glob, 1, 5, 1000);
+    resumed.set_state(r0.state(), "test");
+    resumed.next_batch(x.data(), y.data());
+    std::vector<int> x0(5), y0(5);
+    r0.next_batch(x0.data(), y0.data());
+    EXPECT_EQ(x, x0);
+  }
+}
+
 TEST(DataLoader, RejectsTooSmallShardsAndOutOfRangeTokens) {
   testing::TempDir dir;
   write_shard(dir / "small.bin", iota_tokens(10));

@@ -7,6 +7,7 @@
 
 #include "checkpoint_loading.h"
 #include "commands.h"
+#include "flashgpt/dist/comm.h"
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/threads.h"
 
@@ -73,6 +74,11 @@ void run_info(const InfoCli& c) {
   nlohmann::json cuda = {{"built", dev.cuda_built},       {"architectures", dev.cuda_architectures},
                          {"driver_version", dev.driver_version}, {"runtime_version", dev.runtime_version},
                          {"gpus", gpus},                  {"why_no_gpu", dev.why_none}};
+  const dist::LaunchInfo launch = dist::launch_info();
+  nlohmann::json mpi = {{"built", launch.mpi_built},
+                        {"under_launcher", launch.under_launcher},
+                        {"ranks", launch.world_size},
+                        {"rank", launch.world_rank}};
   nlohmann::json build = {{"version", FLASHGPT_VERSION},
                           {"blas", openblas_get_config()},
                           {"blas_kernels", openblas_get_corename()},
@@ -80,6 +86,7 @@ void run_info(const InfoCli& c) {
                           {"cpu_features", cpu_features()},
                           {"devices", devices},
                           {"cuda", cuda},
+                          {"mpi", mpi},
                           {"attention_kernels", {"standard", "flash"}},
                           {"attention_mechanisms", {"standard", "flash", "mla", "flash_mla"}}};
   nlohmann::json mechanisms = nlohmann::json::array();
@@ -156,6 +163,13 @@ void run_info(const InfoCli& c) {
     }
     if (dev.gpus.empty()) std::printf("  devices: cpu only; no GPU: %s\n", dev.why_none.c_str());
   }
+  std::printf("  multi-process training: %s\n",
+              !launch.mpi_built ? "not built (no MPI found at build time; install libopenmpi-dev and rebuild)"
+              : launch.under_launcher
+                  ? fmt::format("MPI, rank {} of {} (data parallel, --zero 1, --context-parallel N)", launch.world_rank,
+                                launch.world_size)
+                        .c_str()
+                  : "MPI (start with mpirun -np N flashgpt train …; --zero 1, --context-parallel N)");
   std::printf("  BLAS: %s | kernels: %s | threads: %d | CPU: %s\n", openblas_get_config(), openblas_get_corename(),
               num_threads(), cpu_features().c_str());
   const std::string core = openblas_get_corename();
