@@ -267,7 +267,7 @@ TrainOptions options(const Corpus& corpus, const std::string& out, Communicator*
 }
 
 // The same run in this process alone, for reference (every rank computes it privately).
-TrainResult one_process(const Corpus& corpus, TrainOptions o) {
+TrainResult one_process(TrainOptions o) {
   testing::TempDir mine;
   auto single = dist::make_single_process_comm();
   o.comm = single.get();
@@ -291,7 +291,7 @@ void expect_same_losses(const TrainResult& a, const TrainResult& b, double tol) 
 TEST(Train, DataParallelLossesEqualOneProcessStepByStep) {
   Corpus corpus;
   TrainOptions o = options(corpus, corpus.dir / "dp", &W());
-  const TrainResult ref = one_process(corpus, o);
+  const TrainResult ref = one_process(o);
   const TrainResult dp = train(small_model(), o);
   expect_same_losses(dp, ref, 1e-5);
   EXPECT_NEAR(dp.final_val_loss, ref.final_val_loss, 1e-5 * ref.final_val_loss);
@@ -302,7 +302,7 @@ TEST(Train, DataParallelLossesEqualOneProcessStepByStep) {
 TEST(Train, ZeroOneEqualsDataParallelAndResumesOnAnotherRankCount) {
   Corpus corpus;
   TrainOptions o = options(corpus, corpus.dir / "z", &W());
-  const TrainResult ref = one_process(corpus, o);
+  const TrainResult ref = one_process(o);
   TrainOptions dp_opt = options(corpus, corpus.dir / "dp", &W());
   const TrainResult dp = train(small_model(), dp_opt);
   o.zero_stage = 1;

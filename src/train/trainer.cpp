@@ -373,6 +373,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     log_metrics({{"step", step}, {"val_loss", val}});
   }
   save(step);
+  comm.arrive("the end of training", step);  // the checkpoint is on disk before any rank returns
   say(fmt::format("saved {} (step {})", ckpt_path, step));
   if (opt.sample_every > 0) sample();
   result.steps = step;
