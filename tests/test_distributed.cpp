@@ -152,11 +152,12 @@ TEST(ContextParallel, ChunksBalanceTheCausalWorkAndGatherUndoesSlice) {
   EXPECT_THROW(dist::ContextParallel(c, 2 * n + 1), Error);  // not a multiple of 2N
 }
 
-// The whole model under context parallelism: loss and every gradient equal one process's.
+// The whole model under context parallelism: loss and every gradient equal one process's, for
+// multi-head, grouped-query and latent attention, both kernels, both position schemes.
 TEST(ContextParallel, ModelLossAndGradientsEqualOneProcess) {
   Communicator& c = W();
   const int n = c.size();
-  for (int variant = 0; variant < 8; ++variant) {
+  for (int variant = 0; variant < 12; ++variant) {
     GPTConfig cfg;
     cfg.vocab_size = 61;
     cfg.block_size = 64;
@@ -168,7 +169,16 @@ TEST(ContextParallel, ModelLossAndGradientsEqualOneProcess) {
     cfg.n_kv_head = variant & 4 ? 2 : 0;
     cfg.qk_norm = variant == 3 || variant == 6;
     cfg.post_norm = variant == 5 || variant == 6;
-    const bool documents = variant >= 4;
+    if (variant >= 8) {  // latent attention: the expanded keys and values are gathered
+      cfg.n_kv_head = 0;
+      cfg.attention = variant & 1 ? AttentionKind::FlashMLA : AttentionKind::MLA;
+      cfg.n_latent = 12;
+      cfg.q_lora_rank = variant == 9 ? 16 : 0;
+      cfg.use_svd = variant == 11;
+      cfg.svd_rank = variant == 11 ? 6 : 0;
+      cfg.qk_norm = variant == 10 || variant == 11;
+    }
+    const bool documents = variant >= 4 && variant != 8;
     SCOPED_TRACE("variant " + std::to_string(variant));
     const int64_t B = 2, T = 2 * n * 5;
     GPT<double> ref(cfg), par(cfg);
@@ -204,18 +214,6 @@ TEST(ContextParallel, ModelLossAndGradientsEqualOneProcess) {
       max_g = std::max(max_g, std::abs(ref.grads()[static_cast<size_t>(i)]));
     }
     EXPECT_LT(max_err, 1e-10 * max_g) << "largest gradient " << max_g;
-  }
-}
-
-TEST(ContextParallel, LatentAttentionIsRefusedWithAMessage) {
-  GPTConfig cfg = GPTConfig::preset("tiny").with_attention(AttentionKind::FlashMLA);
-  GPT<float> m(cfg);
-  dist::ContextParallel cp(W(), 4 * W().size());
-  try {
-    m.set_context_parallel(&cp);
-    ADD_FAILURE() << "latent attention accepted context parallelism";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("--context-parallel"), std::string::npos) << e.what();
   }
 }
 
@@ -341,24 +339,26 @@ TEST(Train, ContextParallelEqualsOneProcessWithDocumentMasks) {
   std::vector<int> layouts = {W().size()};  // every rank shares each sequence
   if (W().size() % 2 == 0 && W().size() > 2) layouts.push_back(2);  // 2-way, composed with data parallelism
   for (int cp : layouts) {
-    SCOPED_TRACE("context parallel " + std::to_string(cp));
-    TrainOptions o = options(corpus, corpus.dir / ("cp" + std::to_string(cp)), &W());
-    o.document_masking = true;
-    o.eot_token = 0;
-    o.context_parallel = cp;
-    o.attention_tiling = {4, 4};
-    o.zero_stage = cp == 2 ? 1 : 0;  // composes with ZeRO-1 too
-    GPTConfig m = small_model();
-    TrainOptions ref_opt = o;
-    testing::TempDir mine;
-    auto single = dist::make_single_process_comm();
-    ref_opt.comm = single.get();
-    ref_opt.out_dir = mine / "out";
-    ref_opt.context_parallel = 1;
-    ref_opt.zero_stage = 0;
-    const TrainResult ref = train(m, ref_opt);
-    const TrainResult par = train(m, o);
-    expect_same_losses(par, ref, 1e-5);
+    for (AttentionKind kind : {AttentionKind::Flash, AttentionKind::FlashMLA}) {
+      SCOPED_TRACE("context parallel " + std::to_string(cp) + ", " + to_string(kind));
+      TrainOptions o = options(corpus, corpus.dir / ("cp" + std::to_string(cp)), &W());
+      o.document_masking = true;
+      o.eot_token = 0;
+      o.context_parallel = cp;
+      o.attention_tiling = {4, 4};
+      o.zero_stage = cp == 2 ? 1 : 0;  // composes with ZeRO-1 too
+      GPTConfig m = small_model().with_attention(kind);
+      TrainOptions ref_opt = o;
+      testing::TempDir mine;
+      auto single = dist::make_single_process_comm();
+      ref_opt.comm = single.get();
+      ref_opt.out_dir = mine / "out";
+      ref_opt.context_parallel = 1;
+      ref_opt.zero_stage = 0;
+      const TrainResult ref = train(m, ref_opt);
+      const TrainResult par = train(m, o);
+      expect_same_losses(par, ref, 1e-5);
+    }
   }
 }
 

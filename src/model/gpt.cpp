@@ -62,9 +62,6 @@ const ParamSpec& GPT<T>::spec(const std::string& name) const {
 
 template <typename T>
 void GPT<T>::set_context_parallel(const dist::ContextParallel* cp) {
-  FLASHGPT_CHECK(cp == nullptr || !is_latent(config_.attention),
-                 "--context-parallel: not available for latent attention ({}) yet; use standard or flash attention",
-                 to_string(config_.attention));
   FLASHGPT_CHECK(cp == nullptr || cp->seq_len() <= config_.block_size,
                  "--context-parallel: sequence length {} exceeds the model's block_size {}", cp ? cp->seq_len() : 0,
                  config_.block_size);
@@ -411,7 +408,7 @@ void GPT<T>::block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t 
   }
   ops::matmul_backward(s.datt, g(G.proj_w), g(G.proj_b), dattn, a.att, P.proj_w, N, qd, C, false);
   if (is_latent(c.attention)) {
-    mla_backward(P, G, a, B, Tn, segments);
+    mla_backward(l, P, G, a, B, Tn, segments);
   } else {
     mha_backward(l, P, G, a, B, Tn, segments);
   }

@@ -32,11 +32,11 @@ void GPT<T>::mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
     std::copy(a.k, a.k + N * kvd, a.ka);
   }
   if (c.pos == PosKind::Rope) {
-    rope_rows(a.qa, B, Tn, Hq, hd, pos0, false);
-    rope_rows(a.ka, B, Tn, Hkv, hd, pos0, false);
+    rope_rows(a.qa, B, Tn, Hq, hd, hd, pos0, false);
+    rope_rows(a.ka, B, Tn, Hkv, hd, hd, pos0, false);
   }
   if (cp_ && !cache) {
-    cp_attention_forward(l, a, B, Tn, segments);
+    cp_attention_forward(l, a.qa, a.ka, a.v, a.att, a.lse, B, Tn, Hq, Hkv, hd, hd, segments);
     return;
   }
 
@@ -74,7 +74,7 @@ void GPT<T>::mha_backward(int l, const LayerParams& P, const LayerParams& G, Lay
   Scratch& s = scratch_;
 
   if (cp_) {
-    cp_attention_backward(l, a, B, Tn, segments);
+    cp_attention_backward(l, a.qa, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv, B, Tn, Hq, Hkv, hd, hd, segments);
   } else {
     const AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
     const T scale = T(1) / std::sqrt(static_cast<T>(hd));
@@ -84,8 +84,8 @@ void GPT<T>::mha_backward(int l, const LayerParams& P, const LayerParams& G, Lay
                        s.dv, tiling_);
   }
   if (c.pos == PosKind::Rope) {
-    rope_rows(s.dqa, B, Tn, Hq, hd, 0, true);
-    rope_rows(s.dka, B, Tn, Hkv, hd, 0, true);
+    rope_rows(s.dqa, B, Tn, Hq, hd, hd, 0, true);
+    rope_rows(s.dka, B, Tn, Hkv, hd, hd, 0, true);
   }
   const T* dq = s.dqa;
   const T* dk = s.dka;
@@ -104,81 +104,83 @@ void GPT<T>::mha_backward(int l, const LayerParams& P, const LayerParams& G, Lay
 }
 
 template <typename T>
-void GPT<T>::rope_rows(T* x, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t pos0, bool backward) const {
-  auto rope = backward ? &ops::rope_backward<T> : &ops::rope_forward<T>;
+void GPT<T>::rope_rows(T* x, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t head_stride, int64_t pos0,
+                       bool backward) const {
+  auto rope = backward ? &ops::rope_backward_strided<T> : &ops::rope_forward_strided<T>;
   if (!cp_) {
-    rope(x, rope_, B, Tn, H, D, pos0);
+    rope(x, rope_, B, Tn, H, D, head_stride, pos0);
     return;
   }
   const int64_t ch = cp_->chunk();
   for (int64_t b = 0; b < B; ++b) {
-    for (int j = 0; j < 2; ++j) rope(x + (b * Tn + j * ch) * H * D, rope_, 1, ch, H, D, cp_->global_chunk(j) * ch);
+    for (int j = 0; j < 2; ++j) {
+      rope(x + (b * Tn + j * ch) * H * head_stride, rope_, 1, ch, H, D, head_stride, cp_->global_chunk(j) * ch);
+    }
   }
 }
 
 // Context parallelism: each local chunk of queries (global chunk g) attends to the gathered keys
-// and values of chunks 0…g, causally aligned at position g·chunk. Its lse rows sit in a.lse as
-// [B][2][Hq][chunk].
+// and values of chunks 0…g, causally aligned at position g·chunk. Its lse rows sit in lse as
+// [B][2][Hq][chunk]. Keys are [rows, Hkv·dqk], values [rows, Hkv·dv]; the gathered copies are kept
+// per layer for the backward.
 template <typename T>
-void GPT<T>::cp_attention_forward(int l, LayerActs& a, int64_t B, int64_t Tn, const int32_t* segments) {
-  const GPTConfig& c = config_;
-  const int64_t hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads(), qd = c.q_dim(), kvd = c.kv_dim();
-  const int64_t Tg = cp_->seq_len(), ch = cp_->chunk(), per = B * Tg * kvd;
-  cp_kv_.resize(static_cast<size_t>(c.n_layer * 2 * per));
-  T* kg = cp_kv_.data() + static_cast<int64_t>(l) * 2 * per;
-  T* vg = kg + per;
-  cp_->gather(a.ka, kg, B, kvd);
-  cp_->gather(a.v, vg, B, kvd);
-  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+void GPT<T>::cp_attention_forward(int l, const T* q, const T* k, const T* v, T* out, T* lse, int64_t B, int64_t Tn,
+                                  int64_t Hq, int64_t Hkv, int64_t dqk, int64_t dv, const int32_t* segments) {
+  const int64_t Tg = cp_->seq_len(), ch = cp_->chunk(), kw = Hkv * dqk, vw = Hkv * dv;
+  const int64_t per_layer = B * Tg * (kw + vw);
+  cp_kv_.resize(static_cast<size_t>(config_.n_layer * per_layer));
+  T* kg = cp_kv_.data() + static_cast<int64_t>(l) * per_layer;
+  T* vg = kg + B * Tg * kw;
+  cp_->gather(k, kg, B, kw);
+  cp_->gather(v, vg, B, vw);
+  const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
   for (int64_t b = 0; b < B; ++b) {
     for (int j = 0; j < 2; ++j) {
       const int64_t g = cp_->global_chunk(j), row = b * Tn + j * ch;
-      const AttentionDims d{1, Hq, Hkv, ch, (g + 1) * ch, hd, hd, 0};
+      const AttentionDims d{1, Hq, Hkv, ch, (g + 1) * ch, dqk, dv, 0};
       AttentionMask m{true, g * ch};
       if (segments) {
         m.q_segments = {segments + row, static_cast<size_t>(ch)};
         m.kv_segments = {cp_segments_.data() + b * Tg, static_cast<size_t>((g + 1) * ch)};
       }
-      attention_forward(attention_kernel(), d, m, scale, a.qa + row * qd, kg + b * Tg * kvd, vg + b * Tg * kvd,
-                        a.att + row * qd, a.lse + (b * 2 + j) * Hq * ch, tiling_);
+      attention_forward(attention_kernel(), d, m, scale, q + row * Hq * dqk, kg + b * Tg * kw, vg + b * Tg * vw,
+                        out + row * Hq * dv, lse + (b * 2 + j) * Hq * ch, tiling_);
     }
   }
 }
 
 template <typename T>
-void GPT<T>::cp_attention_backward(int l, LayerActs& a, int64_t B, int64_t Tn, const int32_t* segments) {
-  const GPTConfig& c = config_;
-  const int64_t hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads(), qd = c.q_dim(), kvd = c.kv_dim();
-  const int64_t Tg = cp_->seq_len(), ch = cp_->chunk(), per = B * Tg * kvd;
-  Scratch& s = scratch_;
-  const T* kg = cp_kv_.data() + static_cast<int64_t>(l) * 2 * per;
-  const T* vg = kg + per;
-  cp_scratch_.assign(static_cast<size_t>(2 * per + 2 * Tg * kvd), T(0));
-  T* dkg = cp_scratch_.data();
-  T* dvg = dkg + per;
-  T* dk1 = dvg + per;  // one query chunk's key and value gradients
-  T* dv1 = dk1 + Tg * kvd;
-  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+void GPT<T>::cp_attention_backward(int l, const T* q, const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv_out,
+                                   int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t dqk, int64_t dv,
+                                   const int32_t* segments) {
+  const int64_t Tg = cp_->seq_len(), ch = cp_->chunk(), kw = Hkv * dqk, vw = Hkv * dv;
+  const int64_t per_layer = B * Tg * (kw + vw);
+  const T* kg = cp_kv_.data() + static_cast<int64_t>(l) * per_layer;
+  const T* vg = kg + B * Tg * kw;
+  cp_scratch_.assign(static_cast<size_t>(per_layer + Tg * (kw + vw)), T(0));
+  T* dkg = cp_scratch_.data();  // the whole sequences' key and value gradients from this rank's queries
+  T* dvg = dkg + B * Tg * kw;
+  T* dk1 = dvg + B * Tg * vw;  // one query chunk's
+  T* dv1 = dk1 + Tg * kw;
+  const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
   for (int64_t b = 0; b < B; ++b) {
     for (int j = 0; j < 2; ++j) {
-      const int64_t g = cp_->global_chunk(j), row = b * Tn + j * ch, n = (g + 1) * ch * kvd;
-      const AttentionDims d{1, Hq, Hkv, ch, (g + 1) * ch, hd, hd, 0};
+      const int64_t g = cp_->global_chunk(j), row = b * Tn + j * ch, rows = (g + 1) * ch;
+      const AttentionDims d{1, Hq, Hkv, ch, rows, dqk, dv, 0};
       AttentionMask m{true, g * ch};
       if (segments) {
         m.q_segments = {segments + row, static_cast<size_t>(ch)};
-        m.kv_segments = {cp_segments_.data() + b * Tg, static_cast<size_t>((g + 1) * ch)};
+        m.kv_segments = {cp_segments_.data() + b * Tg, static_cast<size_t>(rows)};
       }
-      attention_backward(attention_kernel(), d, m, scale, a.qa + row * qd, kg + b * Tg * kvd, vg + b * Tg * kvd,
-                         a.att + row * qd, a.lse + (b * 2 + j) * Hq * ch, s.datt + row * qd, s.dqa + row * qd, dk1,
-                         dv1, tiling_);
-      for (int64_t i = 0; i < n; ++i) {
-        dkg[b * Tg * kvd + i] += dk1[i];
-        dvg[b * Tg * kvd + i] += dv1[i];
-      }
+      attention_backward(attention_kernel(), d, m, scale, q + row * Hq * dqk, kg + b * Tg * kw, vg + b * Tg * vw,
+                         out + row * Hq * dv, lse + (b * 2 + j) * Hq * ch, dout + row * Hq * dv, dq + row * Hq * dqk,
+                         dk1, dv1, tiling_);
+      for (int64_t i = 0; i < rows * kw; ++i) dkg[b * Tg * kw + i] += dk1[i];
+      for (int64_t i = 0; i < rows * vw; ++i) dvg[b * Tg * vw + i] += dv1[i];
     }
   }
-  cp_->reduce_scatter(dkg, s.dka, B, kvd);
-  cp_->reduce_scatter(dvg, s.dv, B, kvd);
+  cp_->reduce_scatter(dkg, dk, B, kw);
+  cp_->reduce_scatter(dvg, dv_out, B, vw);
 }
 
 // The class is instantiated in gpt.cpp; this file instantiates its own members.
@@ -187,9 +189,11 @@ void GPT<T>::cp_attention_backward(int l, LayerActs& a, int64_t B, int64_t Tn, c
                                     const int32_t*);                                                             \
   template void GPT<T>::mha_backward(int, const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,  \
                                      const int32_t*);                                                            \
-  template void GPT<T>::rope_rows(T*, int64_t, int64_t, int64_t, int64_t, int64_t, bool) const;                  \
-  template void GPT<T>::cp_attention_forward(int, LayerActs&, int64_t, int64_t, const int32_t*);                 \
-  template void GPT<T>::cp_attention_backward(int, LayerActs&, int64_t, int64_t, const int32_t*);
+  template void GPT<T>::rope_rows(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool) const;         \
+  template void GPT<T>::cp_attention_forward(int, const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t, \
+                                             int64_t, int64_t, int64_t, const int32_t*);                         \
+  template void GPT<T>::cp_attention_backward(int, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,    \
+                                              int64_t, int64_t, int64_t, int64_t, int64_t, const int32_t*);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(double)
 #undef FLASHGPT_INSTANTIATE

@@ -62,8 +62,8 @@ void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
     if (dr > 0) std::copy(a.k, a.k + N * dr, a.kr);
   }
   if (dr > 0) {
-    ops::rope_forward_strided(a.qa + hd, rope_, B, Tn, H, dr, dqk, pos0);
-    ops::rope_forward(a.kr, rope_, B, Tn, 1, dr, pos0);
+    rope_rows(a.qa + hd, B, Tn, H, dr, dqk, pos0, false);
+    rope_rows(a.kr, B, Tn, 1, dr, dr, pos0, false);
   }
 
   if (cache) {
@@ -97,6 +97,10 @@ void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
   }
   const T* v_up = mla_value_up(P, a);
   ops::matmul_forward(a.v, a.ckv, v_up, static_cast<const T*>(nullptr), N, nl, H * hd);
+  if (cp_) {  // context parallelism: attend over every rank's expanded keys and values
+    cp_attention_forward(l, a.qa, a.ka, a.v, a.att, a.lse, B, Tn, H, H, dqk, hd, segments);
+    return;
+  }
 
   const AttentionDims dims{B, H, H, Tn, Tn, dqk, hd, 0};
   AttentionMask mask{true, 0};
@@ -153,7 +157,7 @@ void GPT<T>::mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int6
 }
 
 template <typename T>
-void GPT<T>::mla_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
+void GPT<T>::mla_backward(int l, const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
                           const int32_t* segments) {
   const GPTConfig& c = config_;
   auto g = [](const T* p) { return const_cast<T*>(p); };
@@ -161,12 +165,16 @@ void GPT<T>::mla_backward(const LayerParams& P, const LayerParams& G, LayerActs&
   const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), r = c.q_lora_rank;
   Scratch& s = scratch_;
 
-  const AttentionDims dims{B, H, H, Tn, Tn, dqk, hd, 0};
-  AttentionMask mask{true, 0};
-  if (segments) mask.q_segments = mask.kv_segments = {segments, static_cast<size_t>(B * Tn)};
-  const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
-  attention_backward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv,
-                     tiling_);
+  if (cp_) {
+    cp_attention_backward(l, a.qa, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv, B, Tn, H, H, dqk, hd, segments);
+  } else {
+    const AttentionDims dims{B, H, H, Tn, Tn, dqk, hd, 0};
+    AttentionMask mask{true, 0};
+    if (segments) mask.q_segments = mask.kv_segments = {segments, static_cast<size_t>(B * Tn)};
+    const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
+    attention_backward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, s.datt, s.dqa, s.dka,
+                       s.dv, tiling_);
+  }
 
   // The rope key is shared: its gradient sums over heads. Then undo RoPE and QK-norm.
   const T* dq = s.dqa;
@@ -180,8 +188,8 @@ void GPT<T>::mla_backward(const LayerParams& P, const LayerParams& G, LayerActs&
         for (int64_t i = 0; i < dr; ++i) dst[i] += src[i];
       }
     }
-    ops::rope_backward_strided(s.dqa + hd, rope_, B, Tn, H, dr, dqk, 0);
-    ops::rope_backward(s.dkr, rope_, B, Tn, 1, dr, 0);
+    rope_rows(s.dqa + hd, B, Tn, H, dr, dqk, 0, true);
+    rope_rows(s.dkr, B, Tn, 1, dr, dr, 0, true);
   }
   if (c.qk_norm) {
     ops::rmsnorm_backward(s.dq, g(G.q_norm_w), s.dqa, a.q, P.q_norm_w, a.q_rstd, N * H, dqk, false);
@@ -231,7 +239,7 @@ void GPT<T>::mla_backward(const LayerParams& P, const LayerParams& G, LayerActs&
   template const T* GPT<T>::mla_value_up(const LayerParams&, LayerActs&);                                        \
   template void GPT<T>::mla_forward(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>*,          \
                                     const int32_t*);                                                             \
-  template void GPT<T>::mla_backward(const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,       \
+  template void GPT<T>::mla_backward(int, const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,       \
                                      const int32_t*);                                                            \
   template void GPT<T>::mla_decode_absorbed(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>&); \
   template void GPT<T>::mla_decode_expanded(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>&);

@@ -27,9 +27,12 @@ double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, c
   (void)zero_stage;  // ZeRO-1 moves the same volume as the all-reduce, split in two halves
   const double N = layout.world, P = static_cast<double>(model_stats(config).n_params);
   double bytes = N > 1 ? 2.0 * (N - 1) / N * 4.0 * P : 0.0;
-  if (layout.cp > 1) {
+  if (layout.cp > 1) {  // keys and values gathered, their gradients reduce-scattered, per layer
     const double cp = layout.cp;
-    bytes += config.n_layer * 4.0 * (cp - 1) / cp * static_cast<double>(B * T) * config.kv_dim() * 4.0;
+    const double width = is_latent(config.attention)
+                             ? static_cast<double>(config.n_head) * (config.mla_qk_dim() + config.head_dim())
+                             : 2.0 * config.kv_dim();
+    bytes += config.n_layer * 2.0 * (cp - 1) / cp * static_cast<double>(B * T) * width * 4.0;
   }
   return bytes;
 }

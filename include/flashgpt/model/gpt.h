@@ -99,8 +99,8 @@ class GPT {
   // Context parallelism (dist/context_parallel.h): forward and backward then take this rank's rows
   // of each sequence — tokens, targets and segments [B, cp->local_len()], cut by cp->slice() — at
   // their global positions, and each layer's attention gathers keys and values from the group.
-  // The loss is the mean over the local rows. Null switches it off. Multi-head attention only: a
-  // latent-attention model is refused with a message.
+  // The loss is the mean over the local rows. Null switches it off. Latent attention gathers its
+  // expanded per-head keys and values.
   void set_context_parallel(const dist::ContextParallel* cp);
   // Called by backward() with each block's parameter range [offset, offset + count) as soon as
   // that block's gradient is complete (last block first), so data parallelism can reduce it while
@@ -197,16 +197,21 @@ class GPT {
                     const int32_t* segments);
   void mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>* cache,
                    const int32_t* segments);
-  void mla_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
+  void mla_backward(int l, const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
                     const int32_t* segments);
   void mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>& cache);
   void mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>& cache);
   const T* mla_value_up(const LayerParams& P, LayerActs& a);
-  // Context parallelism: RoPE and embeddings at the rows' global positions, and attention of the
-  // local query chunks against the gathered keys and values (gpt_attention_mha.cpp).
-  void rope_rows(T* x, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t pos0, bool backward) const;
-  void cp_attention_forward(int l, LayerActs& a, int64_t B, int64_t Tn, const int32_t* segments);
-  void cp_attention_backward(int l, LayerActs& a, int64_t B, int64_t Tn, const int32_t* segments);
+  // Context parallelism: RoPE at the rows' global positions (heads head_stride apart), and
+  // attention of the local query chunks against the gathered keys and values
+  // (gpt_attention_mha.cpp; latent attention calls them with its expanded keys and values).
+  void rope_rows(T* x, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t head_stride, int64_t pos0,
+                 bool backward) const;
+  void cp_attention_forward(int l, const T* q, const T* k, const T* v, T* out, T* lse, int64_t B, int64_t Tn,
+                            int64_t Hq, int64_t Hkv, int64_t dqk, int64_t dv, const int32_t* segments);
+  void cp_attention_backward(int l, const T* q, const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv_out,
+                             int64_t B, int64_t Tn, int64_t Hq, int64_t Hkv, int64_t dqk, int64_t dv,
+                             const int32_t* segments);
 
   GPTConfig config_;
   std::vector<ParamSpec> specs_;
