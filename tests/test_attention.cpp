@@ -9,6 +9,7 @@
 #include <tuple>
 #include <limits>
 
+#include "cpu/tile_gemm.h"
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/core/error.h"
 #include "testing/errors.h"
@@ -16,6 +17,50 @@
 
 namespace flashgpt {
 namespace {
+
+// The flash kernel's tile product against a plain triple loop in double, for A read straight,
+// transposed and through strided rows, with and without accumulation, over awkward sizes.
+TEST(TileGemm, MatchesAPlainProductForEveryLayout) {
+  Rng rng(123);
+  auto uniform = [&] { return static_cast<float>(static_cast<double>(rng.next_u64() % 20001) / 10000.0 - 1.0); };
+  for (int trial = 0; trial < 60; ++trial) {
+    const int64_t M = 1 + static_cast<int64_t>(rng.next_u64() % 40), N = 1 + static_cast<int64_t>(rng.next_u64() % 70);
+    const int64_t K = 1 + static_cast<int64_t>(rng.next_u64() % 50);
+    const bool transposed = trial % 2 == 1, accumulate = trial % 3 == 0;
+    const int64_t lda = (transposed ? M : K) + static_cast<int64_t>(rng.next_u64() % 5);
+    const int64_t a_m = transposed ? 1 : lda, a_k = transposed ? lda : 1;
+    const int64_t ldb = N + static_cast<int64_t>(rng.next_u64() % 7), ldc = N + static_cast<int64_t>(rng.next_u64() % 3);
+    std::vector<float> a(static_cast<size_t>((transposed ? K : M) * lda)), b(static_cast<size_t>(K * ldb)),
+        c(static_cast<size_t>(M * ldc));
+    for (auto& x : a) x = uniform();
+    for (auto& x : b) x = uniform();
+    for (auto& x : c) x = uniform();
+    const std::vector<float> c0 = c;
+    const float alpha = 0.75f;
+    cpu::tile_gemm(M, N, K, alpha, a.data(), a_m, a_k, b.data(), ldb, c.data(), ldc, accumulate);
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < ldc; ++n) {
+        const size_t at = static_cast<size_t>(m * ldc + n);
+        if (n >= N) {  // the padding between rows is never written
+          ASSERT_EQ(c[at], c0[at]) << "padding written at " << m << "," << n;
+          continue;
+        }
+        double ref = 0;
+        for (int64_t k = 0; k < K; ++k) ref += double(a[static_cast<size_t>(m * a_m + k * a_k)]) * b[static_cast<size_t>(k * ldb + n)];
+        ref = alpha * ref + (accumulate ? c0[at] : 0.0);
+        ASSERT_NEAR(c[at], ref, 1e-5 * (1 + std::abs(ref)) * std::sqrt(double(K)))
+            << "M " << M << " N " << N << " K " << K << " at " << m << "," << n;
+      }
+    }
+  }
+  // The transposing copy the kernels pack with.
+  std::vector<float> src(7 * 13), dst(13 * 9, -1.0f);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i);
+  cpu::transpose_rows(src.data(), 13, 7, 11, dst.data(), 9);  // 7 rows of 11 of 13
+  for (int n = 0; n < 7; ++n) {
+    for (int k = 0; k < 11; ++k) EXPECT_EQ(dst[static_cast<size_t>(k * 9 + n)], src[static_cast<size_t>(n * 13 + k)]);
+  }
+}
 
 using testing::dot;
 using testing::error_of;

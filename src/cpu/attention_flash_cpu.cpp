@@ -15,9 +15,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/attention_mask.h"
+#include "cpu/tile_gemm.h"
 #include "cpu/vec_math.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/ops/matmul.h"
@@ -204,6 +206,103 @@ void flash_forward_packed(const AttentionDims& d, const AttentionMask& m, const 
 
 }  // namespace
 
+// Query rows per sweep of the key/value-outer loops: as many as keep their Q, O (or dO, dQ) rows
+// in half of L2, so each key tile's sweep reads them from cache. A whole number of query tiles.
+int64_t query_sweep_rows(int64_t Br, int64_t row_floats) {
+  long l2 = ::sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (l2 <= 0) l2 = 1 << 20;
+  const int64_t rows = static_cast<int64_t>(l2 / 2) / (row_floats * static_cast<int64_t>(sizeof(float)));
+  return std::max<int64_t>(Br, rows / Br * Br);
+}
+
+// The fp32 forward on the AVX-512 tile kernel, key/value tiles outermost: each thread takes one
+// (batch, head), transposes each key tile once (Kᵀ_j, the kernel's B operand) and sweeps every
+// query tile that sees it, keeping the online-softmax state (m, l) of every row of the head and
+// accumulating O straight in the output rows. Per row the tiles arrive in the same order as in
+// the query-outer loop, so the arithmetic is the same; extra memory is one key tile, one score
+// tile and two numbers per query row.
+void flash_forward_kv_outer(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, float scale,
+                            const float* q, const float* k, const float* v, float* o, float* lse) {
+  const int64_t group = d.Hq / d.Hkv;
+  const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
+  const int64_t kv_rows = d.kv_rows();
+  const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
+  const int64_t sweep = query_sweep_rows(Br, d.Dqk + d.Dv);
+#pragma omp parallel
+  {
+    std::vector<float> Kt(static_cast<size_t>(d.Dqk * Bc)), S(static_cast<size_t>(Br * Bc));
+    std::vector<float> row_m(static_cast<size_t>(d.Tq)), row_l(static_cast<size_t>(d.Tq));
+#pragma omp for collapse(2) schedule(dynamic, 1)
+    for (int64_t b = 0; b < d.B; ++b) {
+      for (int64_t h = 0; h < d.Hq; ++h) {
+        const int64_t hk = h / group;
+        const float* Qb = q + b * d.Tq * q_row + h * d.Dqk;
+        const float* kb = k + b * kv_rows * k_row + hk * d.Dqk;
+        const float* vb = v + b * kv_rows * v_row + hk * d.Dv;
+        float* Ob = o + b * d.Tq * o_row + h * d.Dv;
+        std::fill(row_m.begin(), row_m.end(), kMaskedScore<float>);
+        std::fill(row_l.begin(), row_l.end(), 0.0f);
+        for (int64_t i = 0; i < d.Tq; ++i) std::fill(Ob + i * o_row, Ob + i * o_row + d.Dv, 0.0f);
+        for (int64_t s0 = 0; s0 < d.Tq; s0 += sweep) {  // a sweep of query rows that stays in cache
+          const int64_t s1 = std::min(d.Tq, s0 + sweep);
+          const int64_t key_end = tile_key_end(d, m, b, s0, s1 - s0);
+        for (int64_t j0 = 0; j0 < key_end; j0 += Bc) {
+          const int64_t bc = std::min(Bc, key_end - j0);
+          bool packed = false;
+          for (int64_t i0 = s0; i0 < s1; i0 += Br) {
+            const int64_t br = std::min(Br, s1 - i0);
+            if (tile_hidden(d, m, b, i0, br, j0, bc)) continue;
+            if (!packed) {
+              transpose_rows(kb + j0 * k_row, k_row, bc, d.Dqk, Kt.data(), bc);
+              packed = true;
+            }
+            tile_gemm(br, bc, d.Dqk, scale, Qb + i0 * q_row, q_row, 1, Kt.data(), bc, S.data(), Bc, false);
+            mask_tile(d, m, b, i0, br, j0, bc, S.data(), Bc);
+            for (int64_t r = 0; r < br; ++r) {
+              float* s = S.data() + r * Bc;
+              float& rm = row_m[static_cast<size_t>(i0 + r)];
+              float& rl = row_l[static_cast<size_t>(i0 + r)];
+              const float m_new = std::max(rm, row_max(s, bc));
+              if (m_new <= kMaskedScore<float>) {  // nothing visible in this row yet
+                std::fill(s, s + bc, 0.0f);
+                continue;
+              }
+              const float alpha = std::exp(rm - m_new);  // 0 while the row had seen nothing
+              rl = rl * alpha + exp_shifted_sum(s, bc, m_new);
+              rm = m_new;
+              if (alpha != 1.0f) {
+                float* out = Ob + (i0 + r) * o_row;
+                for (int64_t c = 0; c < d.Dv; ++c) out[c] *= alpha;
+              }
+            }
+            // O_i += P V_j
+            tile_gemm(br, d.Dv, bc, 1.0f, S.data(), Bc, 1, vb + j0 * v_row, v_row, Ob + i0 * o_row, o_row, true);
+          }
+        }
+        }
+        float* lb = lse + (b * d.Hq + h) * d.Tq;
+        for (int64_t i = 0; i < d.Tq; ++i) {
+          float* out = Ob + i * o_row;
+          const float l = row_l[static_cast<size_t>(i)];
+          if (l == 0.0f) {  // the row saw no key
+            std::fill(out, out + d.Dv, 0.0f);
+            lb[i] = -std::numeric_limits<float>::infinity();
+            continue;
+          }
+          const float inv = 1.0f / l;
+          for (int64_t c = 0; c < d.Dv; ++c) out[c] *= inv;
+          lb[i] = row_m[static_cast<size_t>(i)] + std::log(l);
+        }
+      }
+    }
+  }
+}
+
+// The tile kernel pays off once every thread has whole heads to work on.
+bool use_tile_kernel(const AttentionDims& d) {
+  return tile_gemm_available() && d.B * d.Hq >= 2 * static_cast<int64_t>(omp_get_max_threads());
+}
+
 template <typename T>
 void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, T scale,
                              const T* q, const T* k, const T* v, T* o, T* lse) {
@@ -211,6 +310,12 @@ void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, con
   if (group > 1 && d.Tq * group <= kMaxPackedRows) {
     flash_forward_packed(d, m, tiles, scale, q, k, v, o, lse);
     return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_tile_kernel(d)) {
+      flash_forward_kv_outer(d, m, tiles, scale, q, k, v, o, lse);
+      return;
+    }
   }
   const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
@@ -277,6 +382,39 @@ void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, con
   }
 }
 
+// One backward tile pair on the AVX-512 tile kernel (fp32): the products of Algorithm 2 with
+// Kᵀ_j and Vᵀ_j already transposed, Pᵀ and dSᵀ read through the kernel's strides.
+void backward_tile_f32(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i0, int64_t br, int64_t j0,
+                       int64_t bc, float scale, const float* Qi, int64_t q_row, const float* Kj, int64_t k_row,
+                       const float* Kt, const float* Vt, const float* dOi, int64_t o_row, const float* lse,
+                       const float* D, float* P, float* dP, int64_t ld, float* dQi, float* dKj, float* dVj,
+                       int64_t v_row) {
+  // P = exp(scale · Q_i K_jᵀ − lse)
+  tile_gemm(br, bc, d.Dqk, scale, Qi, q_row, 1, Kt, bc, P, ld, false);
+  mask_tile(d, m, b, i0, br, j0, bc, P, ld);
+  for (int64_t r = 0; r < br; ++r) {
+    float* p = P + r * ld;
+    if (!std::isfinite(lse[r])) {  // the row saw no key at all
+      std::fill(p, p + bc, 0.0f);
+      continue;
+    }
+    exp_shifted_sum(p, bc, lse[r]);
+  }
+  // dV_j += Pᵀ dO_i ;  dP = dO_i V_jᵀ
+  tile_gemm(bc, d.Dv, br, 1.0f, P, 1, ld, dOi, o_row, dVj, v_row, true);
+  tile_gemm(br, bc, d.Dv, 1.0f, dOi, o_row, 1, Vt, bc, dP, ld, false);
+  // dS = P ∘ (dP − D)
+  for (int64_t r = 0; r < br; ++r) {
+    float* p = P + r * ld;
+    const float* dp = dP + r * ld;
+    const float Di = D[r];
+    for (int64_t c = 0; c < bc; ++c) p[c] *= dp[c] - Di;
+  }
+  // dQ_i += scale · dS K_j ;  dK_j += scale · dSᵀ Q_i
+  tile_gemm(br, d.Dqk, bc, scale, P, ld, 1, Kj, k_row, dQi, q_row, true);
+  tile_gemm(bc, d.Dqk, br, scale, P, 1, ld, Qi, q_row, dKj, k_row, true);
+}
+
 template <typename T>
 void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, T scale,
                               const T* q, const T* k, const T* v, const T* o, const T* lse, const T* dout, T* dq,
@@ -287,9 +425,15 @@ void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, co
   const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
   // Each (batch, kv head) belongs to one thread: it alone writes that head's dK, dV and the dQ of
   // its query heads, so no accumulation is shared and results do not depend on scheduling.
+  // fp32 on an AVX-512 CPU: the tile kernel, with Kᵀ_j and Vᵀ_j transposed once per key tile.
+  bool tile_kernel = false;
+  if constexpr (std::is_same_v<T, float>) tile_kernel = tile_gemm_available();
+  // The BLAS path keeps the plain loop order (one sweep); the tile kernel sweeps cache-sized blocks.
+  const int64_t sweep = tile_kernel ? query_sweep_rows(Br, d.Dqk + 2 * d.Dv) : d.Tq;
 #pragma omp parallel
   {
     std::vector<T> P(static_cast<size_t>(Br * Bc)), dP(static_cast<size_t>(Br * Bc)), D(static_cast<size_t>(d.Tq));
+    std::vector<T> Kt(tile_kernel ? static_cast<size_t>(d.Dqk * Bc) : 0), Vt(tile_kernel ? static_cast<size_t>(d.Dv * Bc) : 0);
 #pragma omp for collapse(2) schedule(dynamic, 1)
     for (int64_t b = 0; b < d.B; ++b) {
       for (int64_t hk = 0; hk < d.Hkv; ++hk) {
@@ -313,13 +457,29 @@ void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, co
             D[static_cast<size_t>(i)] = Di;
             std::fill(dqb + i * q_row, dqb + i * q_row + d.Dqk, T(0));
           }
+          for (int64_t s0 = 0; s0 < d.Tq; s0 += sweep) {  // query rows whose Q, dO, dQ stay in cache
+            const int64_t s1 = std::min(d.Tq, s0 + sweep);
           for (int64_t j0 = 0; j0 < d.Tk; j0 += Bc) {
             const int64_t bc = std::min(Bc, d.Tk - j0);
-            for (int64_t i0 = 0; i0 < d.Tq; i0 += Br) {
-              const int64_t br = std::min(Br, d.Tq - i0);
+            bool packed = false;
+            for (int64_t i0 = s0; i0 < s1; i0 += Br) {
+              const int64_t br = std::min(Br, s1 - i0);
               if (tile_hidden(d, m, b, i0, br, j0, bc)) continue;
               const T* Qi = qb + i0 * q_row;
               const T* dOi = dob + i0 * o_row;
+              if constexpr (std::is_same_v<T, float>) {
+                if (tile_kernel) {
+                  if (!packed) {
+                    transpose_rows(kb + j0 * k_row, k_row, bc, d.Dqk, Kt.data(), bc);
+                    transpose_rows(vb + j0 * v_row, v_row, bc, d.Dv, Vt.data(), bc);
+                    packed = true;
+                  }
+                  backward_tile_f32(d, m, b, i0, br, j0, bc, scale, Qi, q_row, kb + j0 * k_row, k_row, Kt.data(),
+                                    Vt.data(), dOi, o_row, lb + i0, D.data() + i0, P.data(), dP.data(), Bc,
+                                    dqb + i0 * q_row, dkb + j0 * k_row, dvb + j0 * v_row, v_row);
+                  continue;
+                }
+              }
               // P = exp(scale · Q_i K_jᵀ − lse)
               ops::gemm<T>(false, true, br, bc, d.Dqk, scale, Qi, q_row, kb + j0 * k_row, k_row, T(0), P.data(), Bc);
               mask_tile(d, m, b, i0, br, j0, bc, P.data(), Bc);
@@ -347,6 +507,7 @@ void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, co
               ops::gemm<T>(true, false, bc, d.Dqk, br, scale, P.data(), Bc, Qi, q_row, T(1), dkb + j0 * k_row,
                            k_row);
             }
+          }
           }
         }
       }

@@ -1,0 +1,110 @@
+#include "cpu/tile_gemm.h"
+
+#include <immintrin.h>
+
+namespace flashgpt::cpu {
+
+namespace {
+
+constexpr int kMR = 8;   // rows of C per block
+constexpr int kNR = 32;  // columns of C per block: two 16-float vectors
+
+template <int MR>
+__attribute__((target("avx512f"), always_inline)) inline void block(int64_t K, float alpha, const float* a,
+                                                                      int64_t a_m, int64_t a_k, const float* b,
+                                                                      int64_t ldb, float* c, int64_t ldc,
+                                                                      bool accumulate, __mmask16 m0, __mmask16 m1) {
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    c0[r] = _mm512_setzero_ps();
+    c1[r] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const float* bk = b + k * ldb;
+    const __m512 b0 = _mm512_maskz_loadu_ps(m0, bk);
+    const __m512 b1 = _mm512_maskz_loadu_ps(m1, bk + 16);
+    const float* ak = a + k * a_k;
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 av = _mm512_set1_ps(ak[r * a_m]);
+      c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
+      c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
+    }
+  }
+  const __m512 al = _mm512_set1_ps(alpha);
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+    float* cr = c + r * ldc;
+    __m512 v0 = _mm512_mul_ps(al, c0[r]), v1 = _mm512_mul_ps(al, c1[r]);
+    if (accumulate) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
+    }
+    _mm512_mask_storeu_ps(cr, m0, v0);
+    _mm512_mask_storeu_ps(cr + 16, m1, v1);
+  }
+}
+
+__attribute__((target("avx512f"))) void tile_gemm_avx512(int64_t M, int64_t N, int64_t K, float alpha,
+                                                          const float* a, int64_t a_m, int64_t a_k, const float* b,
+                                                          int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  for (int64_t n0 = 0; n0 < N; n0 += kNR) {
+    const int64_t nr = N - n0 < kNR ? N - n0 : kNR;
+    const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
+    const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : __mmask16(0);
+    int64_t m = 0;
+    for (; m + kMR <= M; m += kMR) {
+      block<kMR>(K, alpha, a + m * a_m, a_m, a_k, b + n0, ldb, c + m * ldc + n0, ldc, accumulate, m0, m1);
+    }
+    const float* am = a + m * a_m;
+    float* cm = c + m * ldc + n0;
+    switch (M - m) {
+      case 7: block<7>(K, alpha, am, a_m, a_k, b + n0, ldb, cm, ldc, accumulate, m0, m1); break;
+      case 6: block<6>(K, alpha, am, a_m, a_k, b + n0, ldb, cm, ldc, accumulate, m0, m1); break;
+      case 5: block<5>(K, alpha, am, a_m, a_k, b + n0, ldb, cm, ldc, accumulate, m0, m1); break;
+      case 4: block<4>(K, alpha, am, a_m, a_k, b + n0, ldb, cm, ldc, accumulate, m0, m1); break;
+      case 3: block<3>(K, alpha, am, a_m, a_k, b + n0, ldb, cm, ldc, accumulate, m0, m1); break;
+      case 2: block<2>(K, alpha, am, a_m, a_k, b + n0, ldb, cm, ldc, accumulate, m0, m1); break;
+      case 1: block<1>(K, alpha, am, a_m, a_k, b + n0, ldb, cm, ldc, accumulate, m0, m1); break;
+      default: break;
+    }
+  }
+}
+
+}  // namespace
+
+bool tile_gemm_available() {
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+}
+
+void tile_gemm(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t a_m, int64_t a_k,
+               const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  if (tile_gemm_available()) {
+    tile_gemm_avx512(M, N, K, alpha, a, a_m, a_k, b, ldb, c, ldc, accumulate);
+    return;
+  }
+  for (int64_t m = 0; m < M; ++m) {  // portable fallback (callers prefer BLAS on such CPUs)
+    for (int64_t n = 0; n < N; ++n) {
+      float s = 0;
+      for (int64_t k = 0; k < K; ++k) s += a[m * a_m + k * a_k] * b[k * ldb + n];
+      c[m * ldc + n] = alpha * s + (accumulate ? c[m * ldc + n] : 0.0f);
+    }
+  }
+}
+
+void transpose_rows(const float* src, int64_t src_row, int64_t N, int64_t K, float* dst, int64_t ld) {
+  constexpr int64_t kB = 16;  // 16 × 16 blocks keep both sides in cache lines
+  for (int64_t n0 = 0; n0 < N; n0 += kB) {
+    const int64_t n1 = n0 + kB < N ? n0 + kB : N;
+    for (int64_t k0 = 0; k0 < K; k0 += kB) {
+      const int64_t k1 = k0 + kB < K ? k0 + kB : K;
+      for (int64_t n = n0; n < n1; ++n) {
+        for (int64_t k = k0; k < k1; ++k) dst[k * ld + n] = src[n * src_row + k];
+      }
+    }
+  }
+}
+
+}  // namespace flashgpt::cpu
