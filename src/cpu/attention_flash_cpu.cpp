@@ -1,6 +1,9 @@
-// FlashAttention-2 on the CPU. Each thread takes one (batch, head, query tile) in the forward and
-// one (batch, kv head) in the backward, and works tile by tile with BLAS on the tiles; the scores
-// of one tile pair are the only matrix it ever holds (extra memory O(block_q · block_kv)).
+// FlashAttention-2 on the CPU. The tile products run on the AVX-512 tile kernel (tile_gemm.h) in
+// fp32 where the CPU has it, on BLAS otherwise. Forward: with the tile kernel each thread takes one
+// (batch, head) and loops key/value tiles outermost over cache-sized sweeps of query tiles
+// (flash_forward_kv_outer); else one (batch, head, query tile) each. Backward: one (batch, kv
+// head) per thread. The scores of one tile pair, one transposed key (and value) tile and two
+// numbers per query row are all the extra memory a thread holds, never a Tq × Tk matrix.
 //
 // Forward, for a query tile Q_i against key/value tiles K_j, V_j (Dao 2023, Algorithm 1):
 //   S = scale·Q_i K_jᵀ;  m' = max(m, rowmax S);  P = exp(S − m');  l = e^{m−m'}·l + rowsum P
@@ -428,8 +431,9 @@ void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, co
   // fp32 on an AVX-512 CPU: the tile kernel, with Kᵀ_j and Vᵀ_j transposed once per key tile.
   bool tile_kernel = false;
   if constexpr (std::is_same_v<T, float>) tile_kernel = tile_gemm_available();
-  // The BLAS path keeps the plain loop order (one sweep); the tile kernel sweeps cache-sized blocks.
-  const int64_t sweep = tile_kernel ? query_sweep_rows(Br, d.Dqk + 2 * d.Dv) : d.Tq;
+  // One sweep over all query rows per key tile: sweeping cache-sized blocks (as the forward does)
+  // re-transposes Kᵀ_j and Vᵀ_j per block and measured no faster here (BENCHMARKS.md).
+  const int64_t sweep = d.Tq;
 #pragma omp parallel
   {
     std::vector<T> P(static_cast<size_t>(Br * Bc)), dP(static_cast<size_t>(Br * Bc)), D(static_cast<size_t>(d.Tq));
