@@ -301,9 +301,11 @@ void flash_forward_kv_outer(const AttentionDims& d, const AttentionMask& m, cons
   }
 }
 
-// The tile kernel pays off once every thread has whole heads to work on.
-bool use_tile_kernel(const AttentionDims& d) {
-  return tile_gemm_available() && d.B * d.Hq >= 2 * static_cast<int64_t>(omp_get_max_threads());
+// The key/value-outer forward pays off once every thread has whole heads of full query tiles to
+// work on; decoding (a few queries against a long cache) keeps the query-outer loop, which reads
+// each key once without transposing it.
+bool use_tile_kernel(const AttentionDims& d, int64_t block_q) {
+  return tile_gemm_available() && d.Tq >= block_q && d.B * d.Hq >= 2 * static_cast<int64_t>(omp_get_max_threads());
 }
 
 template <typename T>
@@ -315,7 +317,7 @@ void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, con
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (use_tile_kernel(d)) {
+    if (use_tile_kernel(d, tiles.block_q)) {
       flash_forward_kv_outer(d, m, tiles, scale, q, k, v, o, lse);
       return;
     }
