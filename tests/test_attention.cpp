@@ -53,12 +53,17 @@ TEST(TileGemm, MatchesAPlainProductForEveryLayout) {
       }
     }
   }
-  // The transposing copy the kernels pack with.
-  std::vector<float> src(7 * 13), dst(13 * 9, -1.0f);
-  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i);
-  cpu::transpose_rows(src.data(), 13, 7, 11, dst.data(), 9);  // 7 rows of 11 of 13
-  for (int n = 0; n < 7; ++n) {
-    for (int k = 0; k < 11; ++k) EXPECT_EQ(dst[static_cast<size_t>(k * 9 + n)], src[static_cast<size_t>(n * 13 + k)]);
+  // The transposing copy the kernels pack with: whole 16 × 16 blocks (vector) and ragged edges.
+  for (const auto& [N, K, src_row, ld] : {std::tuple<int, int, int, int>{7, 11, 13, 9}, {37, 50, 53, 40}, {32, 16, 16, 32}}) {
+    std::vector<float> src(static_cast<size_t>(N * src_row)), dst(static_cast<size_t>(K * ld), -1.0f);
+    for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<float>(i);
+    cpu::transpose_rows(src.data(), src_row, N, K, dst.data(), ld);
+    for (int k = 0; k < K; ++k) {
+      for (int n = 0; n < ld; ++n) {
+        const float want = n < N ? src[static_cast<size_t>(n * src_row + k)] : -1.0f;  // beyond N: untouched
+        ASSERT_EQ(dst[static_cast<size_t>(k * ld + n)], want) << N << "x" << K << " at " << k << "," << n;
+      }
+    }
   }
 }
 
