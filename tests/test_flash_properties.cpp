@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/tile_gemm.h"
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/core/rng.h"
 
@@ -56,6 +57,7 @@ RC_GTEST_PROP(FlashAttention, EqualsStandardForwardAndBackward, ()) {
   const int mask_kind = *rc::gen::inRange(0, 4);  // 0 none, 1 padding, 2 documents, 3 both
   const AttentionTiling tiles{*rc::gen::element<int64_t>(0, 1, 7, 16, 64), *rc::gen::element<int64_t>(0, 1, 5, 32, 128)};
   const uint64_t seed = *rc::gen::arbitrary<uint64_t>();
+  const bool tile_kernel = *rc::gen::arbitrary<bool>();  // the AVX-512 tile kernel, or BLAS on the tiles
   RC_TAG(mask.causal ? "causal" : "full", mask_kind, Hq == Hkv ? "mha" : (Hkv == 1 ? "mqa" : "gqa"));
 
   Rng rng(seed);
@@ -97,7 +99,11 @@ RC_GTEST_PROP(FlashAttention, EqualsStandardForwardAndBackward, ()) {
                        r.dq.data(), r.dk.data(), r.dv.data(), tiles);
     return r;
   };
-  const Result ref = run(AttentionKernel::Standard), fl = run(AttentionKernel::Flash);
+  const Result ref = run(AttentionKernel::Standard);
+  cpu::set_tile_kernel_enabled(tile_kernel);
+  const Result fl = run(AttentionKernel::Flash);
+  cpu::set_tile_kernel_enabled(true);
+  RC_TAG(tile_kernel ? "tile kernel" : "blas tiles");
   std::string why;
   RC_ASSERT(close(fl.o, ref.o, 1e-5, &why) || (RC_LOG() << "o: " << why << "\n", false));
   RC_ASSERT(close(fl.lse, ref.lse, 1e-5, &why) || (RC_LOG() << "lse: " << why << "\n", false));

@@ -10,8 +10,11 @@
 
 namespace flashgpt::cpu {
 
-// True when this CPU has AVX-512 (the tile kernel is used only then).
+// True when this CPU has AVX-512 and the kernel is enabled (the flash kernel then uses it; else
+// BLAS). FLASHGPT_TILE_KERNEL=0 in the environment disables it at start; tests switch it to cover
+// both paths.
 bool tile_gemm_available();
+void set_tile_kernel_enabled(bool on);
 
 void tile_gemm(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t a_m, int64_t a_k,
                const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);

@@ -2,6 +2,10 @@
 
 #include <immintrin.h>
 
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
+
 namespace flashgpt::cpu {
 
 namespace {
@@ -74,10 +78,24 @@ __attribute__((target("avx512f"))) void tile_gemm_avx512(int64_t M, int64_t N, i
 
 }  // namespace
 
-bool tile_gemm_available() {
-  static const bool ok = __builtin_cpu_supports("avx512f");
-  return ok;
+namespace {
+
+std::atomic<bool>& tile_kernel_enabled() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("FLASHGPT_TILE_KERNEL");
+    return !(env && std::string_view(env) == "0");
+  }()};
+  return on;
 }
+
+}  // namespace
+
+bool tile_gemm_available() {
+  static const bool cpu_has_it = __builtin_cpu_supports("avx512f");
+  return cpu_has_it && tile_kernel_enabled().load(std::memory_order_relaxed);
+}
+
+void set_tile_kernel_enabled(bool on) { tile_kernel_enabled() = on; }
 
 void tile_gemm(int64_t M, int64_t N, int64_t K, float alpha, const float* a, int64_t a_m, int64_t a_k,
                const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
