@@ -1,0 +1,60 @@
+// Attention on the GPU, behind the same seam as the CPU kernels (attention/attention.h): the same
+// layouts, masks and results, with every pointer — q, k, v, o, lse, the gradients and the mask's
+// kv_lengths and segment ids — in device memory. Runs on the current device's default stream and
+// returns when the work is queued; errors (launch, bad sizes) are flashgpt::Error.
+//
+// Kernels:
+//   flash_forward_fp32 / flash_backward_fp32 — the fp32 parity path: FlashAttention-2's tiling
+//   and online softmax with one thread per query (forward, dQ) or key (dK, dV) row and the tiles
+//   in shared memory. Correct first: it is the reference the tensor-core kernels are held to on
+//   the GPU, as the CPU's standard kernel is on the CPU.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "flashgpt/attention/attention.h"
+
+namespace flashgpt::cuda {
+
+// True when this build has the CUDA backend and a GPU is usable.
+bool gpu_available();
+
+void flash_forward_fp32(const AttentionDims& d, const AttentionMask& m, float scale, const float* q, const float* k,
+                        const float* v, float* o, float* lse);
+// dq, dk, dv are written (not accumulated); dk and dv rows at or beyond Tk are left alone.
+void flash_backward_fp32(const AttentionDims& d, const AttentionMask& m, float scale, const float* q, const float* k,
+                         const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                         float* dv);
+
+// Device memory for tests and tools: copies in and out, freed on destruction.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  DeviceBuffer& operator=(DeviceBuffer&&) = delete;
+  void* get() const { return ptr_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  size_t bytes() const { return bytes_; }
+  void upload(const void* host, size_t bytes);
+  void download(void* host, size_t bytes) const;
+  void fill_bytes(int value);  // e.g. 0xFF poisons floats with NaN
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Waits for the device and throws on any error a kernel raised.
+void synchronize();
+
+}  // namespace flashgpt::cuda
