@@ -105,11 +105,13 @@ double GradientSync::grad_sum_squares() {
 
 void GradientSync::step(const ops::AdamWParams& hp, float clip_scale) {
   float* p = model_.params().data();
-  const float* g = zero_ == 1 && comm_.size() > 1 ? shard_grad_.data() - lo_ : model_.grads().data();
+  const bool sharded = zero_ == 1 && comm_.size() > 1;
   for (const ParamSpec& s : model_.specs()) {  // each tensor's part inside [lo_, hi_)
     const int64_t a = std::max(lo_, s.offset), b = std::min(hi_, s.offset + s.numel());
     if (a >= b) continue;
-    ops::adamw_update(p + a, g + a, m_.data() + (a - lo_), v_.data() + (a - lo_), b - a, hp, s.decay, clip_scale);
+    // ZeRO-1 holds this rank's averaged gradient in its own buffer, indexed from lo_.
+    const float* g = sharded ? shard_grad_.data() + (a - lo_) : model_.grads().data() + a;
+    ops::adamw_update(p + a, g, m_.data() + (a - lo_), v_.data() + (a - lo_), b - a, hp, s.decay, clip_scale);
   }
   if (zero_ == 1 && comm_.size() > 1) comm_.allgather(p + lo_, p, counts_, dist::DType::F32);
 }
