@@ -218,6 +218,12 @@ int64_t query_sweep_rows(int64_t Br, int64_t row_floats) {
   return std::max<int64_t>(Br, rows / Br * Br);
 }
 
+// dst[r·width + c] = src[r·src_row + c]: n strided rows made contiguous, so the tile kernel's
+// loads run through consecutive cache lines and pages.
+void copy_rows(const float* src, int64_t src_row, int64_t n, int64_t width, float* dst) {
+  for (int64_t r = 0; r < n; ++r) std::copy(src + r * src_row, src + r * src_row + width, dst + r * width);
+}
+
 // The fp32 forward on the AVX-512 tile kernel, key/value tiles outermost: each thread takes one
 // (batch, head), transposes each key tile once (Kᵀ_j, the kernel's B operand) and sweeps every
 // query tile that sees it, keeping the online-softmax state (m, l) of every row of the head and
@@ -234,6 +240,7 @@ void flash_forward_kv_outer(const AttentionDims& d, const AttentionMask& m, cons
 #pragma omp parallel
   {
     std::vector<float> Kt(static_cast<size_t>(d.Dqk * Bc)), S(static_cast<size_t>(Br * Bc));
+    std::vector<float> Vc(static_cast<size_t>(Bc * d.Dv)), Qc(static_cast<size_t>(Br * d.Dqk));
     std::vector<float> row_m(static_cast<size_t>(d.Tq)), row_l(static_cast<size_t>(d.Tq));
 #pragma omp for collapse(2) schedule(dynamic, 1)
     for (int64_t b = 0; b < d.B; ++b) {
@@ -257,9 +264,11 @@ void flash_forward_kv_outer(const AttentionDims& d, const AttentionMask& m, cons
             if (tile_hidden(d, m, b, i0, br, j0, bc)) continue;
             if (!packed) {
               transpose_rows(kb + j0 * k_row, k_row, bc, d.Dqk, Kt.data(), bc);
+              copy_rows(vb + j0 * v_row, v_row, bc, d.Dv, Vc.data());
               packed = true;
             }
-            tile_gemm(br, bc, d.Dqk, scale, Qb + i0 * q_row, q_row, 1, Kt.data(), bc, S.data(), Bc, false);
+            copy_rows(Qb + i0 * q_row, q_row, br, d.Dqk, Qc.data());
+            tile_gemm(br, bc, d.Dqk, scale, Qc.data(), d.Dqk, 1, Kt.data(), bc, S.data(), Bc, false);
             mask_tile(d, m, b, i0, br, j0, bc, S.data(), Bc);
             for (int64_t r = 0; r < br; ++r) {
               float* s = S.data() + r * Bc;
@@ -279,7 +288,7 @@ void flash_forward_kv_outer(const AttentionDims& d, const AttentionMask& m, cons
               }
             }
             // O_i += P V_j
-            tile_gemm(br, d.Dv, bc, 1.0f, S.data(), Bc, 1, vb + j0 * v_row, v_row, Ob + i0 * o_row, o_row, true);
+            tile_gemm(br, d.Dv, bc, 1.0f, S.data(), Bc, 1, Vc.data(), d.Dv, Ob + i0 * o_row, o_row, true);
           }
         }
         }
@@ -390,12 +399,13 @@ void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, con
 // One backward tile pair on the AVX-512 tile kernel (fp32): the products of Algorithm 2 with
 // Kᵀ_j and Vᵀ_j already transposed, Pᵀ and dSᵀ read through the kernel's strides.
 void backward_tile_f32(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i0, int64_t br, int64_t j0,
-                       int64_t bc, float scale, const float* Qi, int64_t q_row, const float* Kj, int64_t k_row,
-                       const float* Kt, const float* Vt, const float* dOi, int64_t o_row, const float* lse,
-                       const float* D, float* P, float* dP, int64_t ld, float* dQi, float* dKj, float* dVj,
-                       int64_t v_row) {
+                       int64_t bc, float scale, const float* Qi, const float* Kj, const float* Kt, const float* Vt,
+                       const float* dOi, const float* lse, const float* D, float* P, float* dP, int64_t ld,
+                       float* dQi, int64_t dq_row, float* dKj, int64_t dk_row, float* dVj, int64_t dv_row) {
+  // Operands packed contiguous: Q_i [br, Dqk], K_j [bc, Dqk], dO_i [br, Dv], Kᵀ_j and Vᵀ_j [D, bc].
+  const int64_t Dqk = d.Dqk, Dv = d.Dv;
   // P = exp(scale · Q_i K_jᵀ − lse)
-  tile_gemm(br, bc, d.Dqk, scale, Qi, q_row, 1, Kt, bc, P, ld, false);
+  tile_gemm(br, bc, Dqk, scale, Qi, Dqk, 1, Kt, bc, P, ld, false);
   mask_tile(d, m, b, i0, br, j0, bc, P, ld);
   for (int64_t r = 0; r < br; ++r) {
     float* p = P + r * ld;
@@ -406,8 +416,8 @@ void backward_tile_f32(const AttentionDims& d, const AttentionMask& m, int64_t b
     exp_shifted_sum(p, bc, lse[r]);
   }
   // dV_j += Pᵀ dO_i ;  dP = dO_i V_jᵀ
-  tile_gemm(bc, d.Dv, br, 1.0f, P, 1, ld, dOi, o_row, dVj, v_row, true);
-  tile_gemm(br, bc, d.Dv, 1.0f, dOi, o_row, 1, Vt, bc, dP, ld, false);
+  tile_gemm(bc, Dv, br, 1.0f, P, 1, ld, dOi, Dv, dVj, dv_row, true);
+  tile_gemm(br, bc, Dv, 1.0f, dOi, Dv, 1, Vt, bc, dP, ld, false);
   // dS = P ∘ (dP − D)
   for (int64_t r = 0; r < br; ++r) {
     float* p = P + r * ld;
@@ -416,8 +426,8 @@ void backward_tile_f32(const AttentionDims& d, const AttentionMask& m, int64_t b
     for (int64_t c = 0; c < bc; ++c) p[c] *= dp[c] - Di;
   }
   // dQ_i += scale · dS K_j ;  dK_j += scale · dSᵀ Q_i
-  tile_gemm(br, d.Dqk, bc, scale, P, ld, 1, Kj, k_row, dQi, q_row, true);
-  tile_gemm(bc, d.Dqk, br, scale, P, 1, ld, Qi, q_row, dKj, k_row, true);
+  tile_gemm(br, Dqk, bc, scale, P, ld, 1, Kj, Dqk, dQi, dq_row, true);
+  tile_gemm(bc, Dqk, br, scale, P, 1, ld, Qi, Dqk, dKj, dk_row, true);
 }
 
 template <typename T>
@@ -439,7 +449,9 @@ void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, co
 #pragma omp parallel
   {
     std::vector<T> P(static_cast<size_t>(Br * Bc)), dP(static_cast<size_t>(Br * Bc)), D(static_cast<size_t>(d.Tq));
-    std::vector<T> Kt(tile_kernel ? static_cast<size_t>(d.Dqk * Bc) : 0), Vt(tile_kernel ? static_cast<size_t>(d.Dv * Bc) : 0);
+    const size_t kv_tile = tile_kernel ? static_cast<size_t>(std::max(d.Dqk, d.Dv) * Bc) : 0;
+    const size_t q_tile = tile_kernel ? static_cast<size_t>(std::max(d.Dqk, d.Dv) * Br) : 0;
+    std::vector<T> Kt(kv_tile), Vt(kv_tile), Kc(kv_tile), Qc(q_tile), dOc(q_tile);
 #pragma omp for collapse(2) schedule(dynamic, 1)
     for (int64_t b = 0; b < d.B; ++b) {
       for (int64_t hk = 0; hk < d.Hkv; ++hk) {
@@ -478,11 +490,14 @@ void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, co
                   if (!packed) {
                     transpose_rows(kb + j0 * k_row, k_row, bc, d.Dqk, Kt.data(), bc);
                     transpose_rows(vb + j0 * v_row, v_row, bc, d.Dv, Vt.data(), bc);
+                    copy_rows(kb + j0 * k_row, k_row, bc, d.Dqk, Kc.data());
                     packed = true;
                   }
-                  backward_tile_f32(d, m, b, i0, br, j0, bc, scale, Qi, q_row, kb + j0 * k_row, k_row, Kt.data(),
-                                    Vt.data(), dOi, o_row, lb + i0, D.data() + i0, P.data(), dP.data(), Bc,
-                                    dqb + i0 * q_row, dkb + j0 * k_row, dvb + j0 * v_row, v_row);
+                  copy_rows(Qi, q_row, br, d.Dqk, Qc.data());
+                  copy_rows(dOi, o_row, br, d.Dv, dOc.data());
+                  backward_tile_f32(d, m, b, i0, br, j0, bc, scale, Qc.data(), Kc.data(), Kt.data(), Vt.data(),
+                                    dOc.data(), lb + i0, D.data() + i0, P.data(), dP.data(), Bc, dqb + i0 * q_row,
+                                    q_row, dkb + j0 * k_row, k_row, dvb + j0 * v_row, v_row);
                   continue;
                 }
               }
