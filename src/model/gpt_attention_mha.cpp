@@ -128,11 +128,13 @@ void GPT<T>::cp_attention_forward(int l, const T* q, const T* k, const T* v, T* 
                                   int64_t Hq, int64_t Hkv, int64_t dqk, int64_t dv, const int32_t* segments) {
   const int64_t Tg = cp_->seq_len(), ch = cp_->chunk(), kw = Hkv * dqk, vw = Hkv * dv;
   const int64_t per_layer = B * Tg * (kw + vw);
-  cp_kv_.resize(static_cast<size_t>(config_.n_layer * per_layer));
+  cp_kv_.resize(static_cast<size_t>(config_.n_layer * per_layer));  // (a no-op when already sized)
   T* kg = cp_kv_.data() + static_cast<int64_t>(l) * per_layer;
   T* vg = kg + B * Tg * kw;
-  cp_->gather(k, kg, B, kw);
-  cp_->gather(v, vg, B, vw);
+  if (k != nullptr) {  // else the caller put the whole sequences' keys and values there already
+    cp_->gather(k, kg, B, kw);
+    cp_->gather(v, vg, B, vw);
+  }
   const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
   for (int64_t b = 0; b < B; ++b) {
     for (int j = 0; j < 2; ++j) {
@@ -179,8 +181,10 @@ void GPT<T>::cp_attention_backward(int l, const T* q, const T* out, const T* lse
       for (int64_t i = 0; i < rows * vw; ++i) dvg[b * Tg * vw + i] += dv1[i];
     }
   }
-  cp_->reduce_scatter(dkg, dk, B, kw);
-  cp_->reduce_scatter(dvg, dv_out, B, vw);
+  if (dk != nullptr) {  // else the caller takes the whole sequences' gradients from cp_scratch_
+    cp_->reduce_scatter(dkg, dk, B, kw);
+    cp_->reduce_scatter(dvg, dv_out, B, vw);
+  }
 }
 
 // The class is instantiated in gpt.cpp; this file instantiates its own members.

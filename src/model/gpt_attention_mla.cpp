@@ -15,6 +15,7 @@
 
 #include "flashgpt/attention/latent_decode.h"
 #include "flashgpt/core/error.h"
+#include "flashgpt/dist/context_parallel.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/matmul.h"
 #include "flashgpt/ops/norm.h"
@@ -86,6 +87,11 @@ void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
     return;
   }
 
+  if (cp_) {
+    mla_cp_forward(l, P, a, B, Tn, segments);
+    return;
+  }
+
   // Expanded keys [k_nope,h, k_rope] per head and values, from the latent.
   for (int64_t h = 0; h < H; ++h) {
     ops::gemm<T>(false, true, N, hd, nl, T(1), a.ckv, nl, P.k_up_w + h * hd * nl, nl, T(0), a.ka + h * dqk, H * dqk);
@@ -97,10 +103,6 @@ void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
   }
   const T* v_up = mla_value_up(P, a);
   ops::matmul_forward(a.v, a.ckv, v_up, static_cast<const T*>(nullptr), N, nl, H * hd);
-  if (cp_) {  // context parallelism: attend over every rank's expanded keys and values
-    cp_attention_forward(l, a.qa, a.ka, a.v, a.att, a.lse, B, Tn, H, H, dqk, hd, segments);
-    return;
-  }
 
   const AttentionDims dims{B, H, H, Tn, Tn, dqk, hd, 0};
   AttentionMask mask{true, 0};
@@ -166,7 +168,9 @@ void GPT<T>::mla_backward(int l, const LayerParams& P, const LayerParams& G, Lay
   Scratch& s = scratch_;
 
   if (cp_) {
-    cp_attention_backward(l, a.qa, a.att, a.lse, s.datt, s.dqa, s.dka, s.dv, B, Tn, H, H, dqk, hd, segments);
+    // The latent gradients of this rank's rows arrive in s.dckv and s.dkr (before RoPE), the
+    // up-projections' gradients are added (mla_cp_backward).
+    mla_cp_backward(l, P, G, a, B, Tn, segments);
   } else {
     const AttentionDims dims{B, H, H, Tn, Tn, dqk, hd, 0};
     AttentionMask mask{true, 0};
@@ -180,7 +184,7 @@ void GPT<T>::mla_backward(int l, const LayerParams& P, const LayerParams& G, Lay
   const T* dq = s.dqa;
   const T* dk_rope = s.dkr;
   if (dr > 0) {
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = 0; n < N && !cp_; ++n) {
       T* dst = s.dkr + n * dr;
       std::fill(dst, dst + dr, T(0));
       for (int64_t h = 0; h < H; ++h) {
@@ -200,24 +204,15 @@ void GPT<T>::mla_backward(int l, const LayerParams& P, const LayerParams& G, Lay
     }
   }
 
-  // Into the latent: dc_kv = Σ_h dk_nope,h · W_k_up,h + dv · W_v_up.
-  for (int64_t h = 0; h < H; ++h) {
+  // Into the latent: dc_kv = Σ_h dk_nope,h · W_k_up,h + dv · W_v_up (done on whole sequences
+  // under context parallelism).
+  for (int64_t h = 0; h < H && !cp_; ++h) {
     const T* dk_nope = s.dka + h * dqk;
     ops::gemm<T>(false, false, N, nl, hd, T(1), dk_nope, H * dqk, P.k_up_w + h * hd * nl, nl, h == 0 ? T(0) : T(1),
                  s.dckv, nl);
     ops::gemm<T>(true, false, hd, nl, N, T(1), dk_nope, H * dqk, a.ckv, nl, T(1), g(G.k_up_w) + h * hd * nl, nl);
   }
-  const T* v_up = c.use_svd ? a.v_up : P.v_up_w;  // a.v_up holds u·v from the forward
-  if (c.use_svd) {
-    const int64_t rows = H * hd, rank = c.svd_rank;
-    std::fill(s.dv_up, s.dv_up + rows * nl, T(0));
-    ops::matmul_backward(s.dckv, s.dv_up, static_cast<T*>(nullptr), s.dv, a.ckv, v_up, N, nl, rows, true);
-    // v_up = u·v:  du += dv_up·vᵀ,  dv += uᵀ·dv_up.
-    ops::gemm<T>(false, true, rows, rank, nl, T(1), s.dv_up, nl, P.v_up_v_w, nl, T(1), g(G.v_up_u_w), rank);
-    ops::gemm<T>(true, false, rank, nl, rows, T(1), P.v_up_u_w, rank, s.dv_up, nl, T(1), g(G.v_up_v_w), nl);
-  } else {
-    ops::matmul_backward(s.dckv, g(G.v_up_w), static_cast<T*>(nullptr), s.dv, a.ckv, v_up, N, nl, H * hd, true);
-  }
+  if (!cp_) mla_value_up_backward(P, G, a, s.dv, a.ckv, s.dckv, N);
   ops::rmsnorm_backward(s.dckv_pre, g(G.kv_norm_w), s.dckv, a.ckv_pre, P.kv_norm_w, a.ckv_rstd, N, nl, false);
 
   // Back into the block's normed input.
@@ -234,11 +229,101 @@ void GPT<T>::mla_backward(int l, const LayerParams& P, const LayerParams& G, Lay
   }
 }
 
+// dc_kv += dv · W_v_up and the value up-projection's gradient (the SVD factors' when factored), for
+// N rows of values dv [N, H·hd] made from latents ckv [N, n_latent].
+template <typename T>
+void GPT<T>::mla_value_up_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, const T* dv,
+                                   const T* ckv, T* dckv, int64_t N) {
+  const GPTConfig& c = config_;
+  auto g = [](const T* p) { return const_cast<T*>(p); };
+  const int64_t H = c.n_head, hd = c.head_dim(), nl = c.latent_dim();
+  const T* v_up = c.use_svd ? a.v_up : P.v_up_w;  // a.v_up holds u·v from the forward
+  if (c.use_svd) {
+    Scratch& s = scratch_;
+    const int64_t rows = H * hd, rank = c.svd_rank;
+    std::fill(s.dv_up, s.dv_up + rows * nl, T(0));
+    ops::matmul_backward(dckv, s.dv_up, static_cast<T*>(nullptr), dv, ckv, v_up, N, nl, rows, true);
+    // v_up = u·v:  du += dv_up·vᵀ,  dv += uᵀ·dv_up.
+    ops::gemm<T>(false, true, rows, rank, nl, T(1), s.dv_up, nl, P.v_up_v_w, nl, T(1), g(G.v_up_u_w), rank);
+    ops::gemm<T>(true, false, rank, nl, rows, T(1), P.v_up_u_w, rank, s.dv_up, nl, T(1), g(G.v_up_v_w), nl);
+  } else {
+    ops::matmul_backward(dckv, g(G.v_up_w), static_cast<T*>(nullptr), dv, ckv, v_up, N, nl, H * hd, true);
+  }
+}
+
+// Context parallelism for latent attention: the ranks exchange the latent rows [c_kv, k_rope]
+// (n_latent + rope_dim per token, against H·(2·head_dim + rope_dim) for expanded keys and values)
+// and every rank expands the whole sequences itself; the backward returns each rank the summed
+// latent gradients of its own rows. The expanded keys and values sit in cp_kv_ for the backward.
+template <typename T>
+void GPT<T>::mla_cp_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn,
+                            const int32_t* segments) {
+  const GPTConfig& c = config_;
+  const int64_t H = c.n_head, hd = c.head_dim(), nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim();
+  const int64_t Ng = B * cp_->seq_len(), kw = H * dqk, vw = H * hd;
+  const int64_t lat = Ng * (nl + dr), per_layer = Ng * (kw + vw);
+  cp_latent_.resize(static_cast<size_t>(c.n_layer * lat));
+  cp_kv_.resize(static_cast<size_t>(c.n_layer * per_layer));
+  T* ckv_g = cp_latent_.data() + static_cast<int64_t>(l) * lat;
+  T* kr_g = ckv_g + Ng * nl;
+  cp_->gather(a.ckv, ckv_g, B, nl);
+  if (dr > 0) cp_->gather(a.kr, kr_g, B, dr);
+  T* kg = cp_kv_.data() + static_cast<int64_t>(l) * per_layer;
+  T* vg = kg + Ng * kw;
+  for (int64_t h = 0; h < H; ++h) {
+    ops::gemm<T>(false, true, Ng, hd, nl, T(1), ckv_g, nl, P.k_up_w + h * hd * nl, nl, T(0), kg + h * dqk, kw);
+  }
+  if (dr > 0) {
+    for (int64_t n = 0; n < Ng; ++n) {
+      for (int64_t h = 0; h < H; ++h) std::copy(kr_g + n * dr, kr_g + (n + 1) * dr, kg + n * kw + h * dqk + hd);
+    }
+  }
+  ops::matmul_forward(vg, ckv_g, mla_value_up(P, a), static_cast<const T*>(nullptr), Ng, nl, vw);
+  cp_attention_forward(l, a.qa, nullptr, nullptr, a.att, a.lse, B, Tn, H, H, dqk, hd, segments);
+}
+
+template <typename T>
+void GPT<T>::mla_cp_backward(int l, const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
+                             const int32_t* segments) {
+  const GPTConfig& c = config_;
+  auto g = [](const T* p) { return const_cast<T*>(p); };
+  const int64_t H = c.n_head, hd = c.head_dim(), nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim();
+  const int64_t Ng = B * cp_->seq_len(), kw = H * dqk, vw = H * hd, lat = Ng * (nl + dr);
+  Scratch& s = scratch_;
+  // dK, dV of the whole sequences from this rank's queries, left in cp_scratch_.
+  cp_attention_backward(l, a.qa, a.att, a.lse, s.datt, s.dqa, nullptr, nullptr, B, Tn, H, H, dqk, hd, segments);
+  const T* dkg = cp_scratch_.data();
+  const T* dvg = dkg + Ng * kw;
+  const T* ckv_g = cp_latent_.data() + static_cast<int64_t>(l) * lat;
+  cp_dlatent_.assign(static_cast<size_t>(lat), T(0));
+  T* dckv_g = cp_dlatent_.data();
+  T* dkr_g = dckv_g + Ng * nl;
+  for (int64_t h = 0; h < H; ++h) {
+    ops::gemm<T>(false, false, Ng, nl, hd, T(1), dkg + h * dqk, kw, P.k_up_w + h * hd * nl, nl, T(1), dckv_g, nl);
+    ops::gemm<T>(true, false, hd, nl, Ng, T(1), dkg + h * dqk, kw, ckv_g, nl, T(1), g(G.k_up_w) + h * hd * nl, nl);
+  }
+  mla_value_up_backward(P, G, a, dvg, ckv_g, dckv_g, Ng);
+  for (int64_t n = 0; n < Ng && dr > 0; ++n) {  // the shared rope key: summed over heads
+    for (int64_t h = 0; h < H; ++h) {
+      const T* src = dkg + n * kw + h * dqk + hd;
+      for (int64_t i = 0; i < dr; ++i) dkr_g[n * dr + i] += src[i];
+    }
+  }
+  cp_->reduce_scatter(dckv_g, s.dckv, B, nl);
+  if (dr > 0) cp_->reduce_scatter(dkr_g, s.dkr, B, dr);
+  (void)vw;
+}
+
 // The class is instantiated in gpt.cpp; this file instantiates its own members.
 #define FLASHGPT_INSTANTIATE(T)                                                                                  \
   template const T* GPT<T>::mla_value_up(const LayerParams&, LayerActs&);                                        \
   template void GPT<T>::mla_forward(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>*,          \
                                     const int32_t*);                                                             \
+  template void GPT<T>::mla_value_up_backward(const LayerParams&, const LayerParams&, LayerActs&, const T*,        \
+                                              const T*, T*, int64_t);                                            \
+  template void GPT<T>::mla_cp_forward(int, const LayerParams&, LayerActs&, int64_t, int64_t, const int32_t*);    \
+  template void GPT<T>::mla_cp_backward(int, const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t, \
+                                        const int32_t*);                                                         \
   template void GPT<T>::mla_backward(int, const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,       \
                                      const int32_t*);                                                            \
   template void GPT<T>::mla_decode_absorbed(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>&); \

@@ -29,9 +29,9 @@ double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, c
   double bytes = N > 1 ? 2.0 * (N - 1) / N * 4.0 * P : 0.0;
   if (layout.cp > 1) {  // keys and values gathered, their gradients reduce-scattered, per layer
     const double cp = layout.cp;
-    const double width = is_latent(config.attention)
-                             ? static_cast<double>(config.n_head) * (config.mla_qk_dim() + config.head_dim())
-                             : 2.0 * config.kv_dim();
+    // Multi-head: keys and values, kv_dim each. Latent attention: its latent rows [c_kv, k_rope].
+    const double width = is_latent(config.attention) ? static_cast<double>(config.latent_dim() + config.mla_rope_dim())
+                                                     : 2.0 * config.kv_dim();
     bytes += config.n_layer * 2.0 * (cp - 1) / cp * static_cast<double>(B * T) * width * 4.0;
   }
   return bytes;

@@ -202,9 +202,16 @@ class GPT {
   void mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>& cache);
   void mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>& cache);
   const T* mla_value_up(const LayerParams& P, LayerActs& a);
+  void mla_value_up_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, const T* dv, const T* ckv,
+                             T* dckv, int64_t N);
+  // Context parallelism for latent attention: the latent rows are exchanged, not keys and values.
+  void mla_cp_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, const int32_t* segments);
+  void mla_cp_backward(int l, const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
+                       const int32_t* segments);
   // Context parallelism: RoPE at the rows' global positions (heads head_stride apart), and
   // attention of the local query chunks against the gathered keys and values
-  // (gpt_attention_mha.cpp; latent attention calls them with its expanded keys and values).
+  // (gpt_attention_mha.cpp). k and v null: the global keys and values are already in cp_kv_ (latent
+  // attention expands them there); dk and dv_out null: the global gradients stay in cp_scratch_.
   void rope_rows(T* x, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t head_stride, int64_t pos0,
                  bool backward) const;
   void cp_attention_forward(int l, const T* q, const T* k, const T* v, T* out, T* lse, int64_t B, int64_t Tn,
@@ -230,6 +237,8 @@ class GPT {
   std::vector<T> cp_kv_;               // per layer: gathered keys and values [2][B, T, kv_dim]
   std::vector<T> cp_scratch_;          // backward: global dk, dv [2][B, T, kv_dim], one sequence's [2][T, kv_dim]
   std::vector<int32_t> cp_segments_;   // gathered document ids [B, T]
+  std::vector<T> cp_latent_;           // latent attention, per layer: gathered [c_kv | k_rope] rows
+  std::vector<T> cp_dlatent_;          // their gradients from this rank's queries, before the reduce-scatter
 };
 
 extern template class GPT<float>;
