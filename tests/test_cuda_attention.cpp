@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -129,6 +130,117 @@ TEST(CudaAttention, Fp32FlashEqualsTheCpuStandardKernel) {
     EXPECT_LT(rel_error(from_device(gdq, dq.size()), dq), 1e-5);
     EXPECT_LT(rel_error(from_device(gdk, dk.size()), dk), 1e-5);
     EXPECT_LT(rel_error(from_device(gdv, dv.size()), dv), 1e-5);
+  }
+}
+
+// bf16 to and from float, round to nearest even (what __float2bfloat16 does).
+uint16_t to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u += 0x7FFF + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+float from_bf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// ‖a − ref‖ / ‖ref‖ over finite entries; NaN (unwritten) makes it infinite.
+double norm_error(const std::vector<double>& a, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
+    num += (a[i] - ref[i]) * (a[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// The tensor-core forward in bf16 against fp64 on the same bf16 inputs: its error must stay within
+// twice that of a plain same-precision computation (fp32 arithmetic on the bf16 inputs, the output
+// rounded to bf16), the bound the CUDA issue sets.
+TEST(CudaAttention, Bf16FlashForwardIsAsAccurateAsAPlainBf16Computation) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  const std::vector<Case> cases = {
+      {1, 4, 4, 77, 77, 64, 64, true, 0},    {2, 8, 2, 130, 130, 128, 128, true, 3},
+      {1, 6, 1, 33, 95, 128, 128, true, 1},  {2, 4, 4, 100, 100, 64, 64, false, 2},
+      {1, 12, 12, 1024, 1024, 64, 64, true, 0},
+  };
+  Rng rng(91);
+  for (const Case& c : cases) {
+    SCOPED_TRACE(name(c));
+    AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
+    auto draw = [&](size_t n, std::vector<uint16_t>& bits, std::vector<double>& exact, std::vector<float>& f32) {
+      bits.resize(n);
+      exact.resize(n);
+      f32.resize(n);
+      for (size_t i = 0; i < n; ++i) {
+        bits[i] = to_bf16(static_cast<float>(rng.normal()));
+        f32[i] = from_bf16(bits[i]);
+        exact[i] = f32[i];
+      }
+    };
+    std::vector<uint16_t> qb, kb, vb;
+    std::vector<double> qd, kd, vd;
+    std::vector<float> qf, kf, vf;
+    draw(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk), qb, qd, qf);
+    draw(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dqk), kb, kd, kf);
+    draw(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dv), vb, vd, vf);
+    std::vector<int32_t> lengths(static_cast<size_t>(c.B)), qseg(static_cast<size_t>(c.B * c.Tq)),
+        kseg(static_cast<size_t>(c.B * c.Tk));
+    for (int64_t b = 0; b < c.B; ++b) {
+      lengths[static_cast<size_t>(b)] = static_cast<int32_t>(std::max<int64_t>(1, c.Tk - 5 * b));
+      for (int64_t j = 0; j < c.Tk; ++j) kseg[static_cast<size_t>(b * c.Tk + j)] = static_cast<int32_t>(j / 29);
+      for (int64_t i = 0; i < c.Tq; ++i) qseg[static_cast<size_t>(b * c.Tq + i)] = static_cast<int32_t>((c.Tk - c.Tq + i) / 29);
+    }
+    AttentionMask hm{c.causal, c.Tk - c.Tq};
+    if (c.masks & 1) hm.kv_lengths = lengths;
+    if (c.masks & 2) {
+      hm.q_segments = qseg;
+      hm.kv_segments = kseg;
+    }
+    const size_t n_out = static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dv), n_lse = static_cast<size_t>(c.B * c.Hq * c.Tq);
+    std::vector<double> ref(n_out), ref_lse(n_lse);
+    attention_forward(AttentionKernel::Standard, d, hm, 1.0 / std::sqrt(static_cast<double>(c.Dqk)), qd.data(),
+                      kd.data(), vd.data(), ref.data(), ref_lse.data());
+    std::vector<float> plain(n_out), plain_lse(n_lse);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk));
+    attention_forward(AttentionKernel::Standard, d, hm, scale, qf.data(), kf.data(), vf.data(), plain.data(),
+                      plain_lse.data());
+    std::vector<double> plain_rounded(n_out);
+    for (size_t i = 0; i < n_out; ++i) plain_rounded[i] = from_bf16(to_bf16(plain[i]));
+
+    auto gq = to_device(qb), gk = to_device(kb), gv = to_device(vb);
+    auto glen = to_device(lengths), gqs = to_device(qseg), gks = to_device(kseg);
+    AttentionMask dm{c.causal, c.Tk - c.Tq};
+    if (c.masks & 1) dm.kv_lengths = {glen.as<int32_t>(), lengths.size()};
+    if (c.masks & 2) {
+      dm.q_segments = {gqs.as<int32_t>(), qseg.size()};
+      dm.kv_segments = {gks.as<int32_t>(), kseg.size()};
+    }
+    cuda::DeviceBuffer go(n_out * 2), glse(n_lse * 4);
+    go.fill_bytes(0xFF);  // NaN in bf16 too
+    glse.fill_bytes(0xFF);
+    cuda::flash_forward_bf16(d, dm, scale, gq.as<uint16_t>(), gk.as<uint16_t>(), gv.as<uint16_t>(),
+                             go.as<uint16_t>(), glse.as<float>());
+    cuda::synchronize();
+    std::vector<uint16_t> out_bits(n_out);
+    go.download(out_bits.data(), n_out * 2);
+    std::vector<double> out(n_out);
+    for (size_t i = 0; i < n_out; ++i) out[i] = from_bf16(out_bits[i]);
+    const double plain_err = norm_error(plain_rounded, ref), flash_err = norm_error(out, ref);
+    EXPECT_LE(flash_err, 2 * plain_err + 1e-6) << "flash " << flash_err << " against plain bf16 " << plain_err;
+    std::vector<float> lse_out = from_device(glse, n_lse);
+    std::vector<double> lse_d(lse_out.begin(), lse_out.end());
+    for (size_t i = 0; i < n_lse; ++i) {
+      if (std::isinf(ref_lse[i])) {
+        EXPECT_TRUE(std::isinf(lse_d[i]) && lse_d[i] < 0) << "row " << i;
+        lse_d[i] = ref_lse[i] = 0;
+      }
+    }
+    EXPECT_LT(norm_error(lse_d, ref_lse), 1e-3);
   }
 }
 

@@ -27,6 +27,10 @@ void flash_backward_fp32(const AttentionDims&, const AttentionMask&, float, cons
                          const float*, const float*, const float*, float*, float*, float*) {
   fail("GPU attention: {}", kNoCuda);
 }
+void flash_forward_bf16(const AttentionDims&, const AttentionMask&, float, const uint16_t*, const uint16_t*,
+                        const uint16_t*, uint16_t*, float*) {
+  fail("GPU attention: {}", kNoCuda);
+}
 DeviceBuffer::DeviceBuffer(size_t) { fail("device memory: {}", kNoCuda); }
 DeviceBuffer::~DeviceBuffer() = default;
 void DeviceBuffer::upload(const void*, size_t) {}

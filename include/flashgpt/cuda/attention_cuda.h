@@ -8,6 +8,10 @@
 //   and online softmax with one thread per query (forward, dQ) or key (dK, dV) row and the tiles
 //   in shared memory. Correct first: it is the reference the tensor-core kernels are held to on
 //   the GPU, as the CPU's standard kernel is on the CPU.
+//   flash_forward_bf16 — the first tensor-core forward: bf16 q, k, v and o (stored as uint16_t
+//   bit patterns, so host code needs no CUDA headers), fp32 accumulation and lse, through WMMA
+//   16×16×16 tiles; each warp owns 16 query rows, the online softmax runs on the score tile in
+//   shared memory. Head dims 64 and 128 with Dqk = Dv.
 #pragma once
 
 #include <cstddef>
@@ -26,6 +30,9 @@ void flash_forward_fp32(const AttentionDims& d, const AttentionMask& m, float sc
 void flash_backward_fp32(const AttentionDims& d, const AttentionMask& m, float scale, const float* q, const float* k,
                          const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
                          float* dv);
+
+void flash_forward_bf16(const AttentionDims& d, const AttentionMask& m, float scale, const uint16_t* q,
+                        const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse);
 
 // Device memory for tests and tools: copies in and out, freed on destruction.
 class DeviceBuffer {
