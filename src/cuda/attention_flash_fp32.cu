@@ -58,6 +58,17 @@ __device__ __forceinline__ bool same_document(const Mask& m, const Dims& d, int6
   return !m.q_seg || m.q_seg[b * d.Tq + i] == m.kv_seg[b * d.kv_rows + j];
 }
 
+// Stages rows [first, first + rows) of a tensor into shared memory, row r at dst + r·ld, width
+// values each; rows at or past `valid` are zeros. src points at row 0 of this (batch, head);
+// rows sit src_row apart. Every thread of the block takes part (t of n).
+__device__ __forceinline__ void stage_rows(float* dst, int64_t ld, const float* __restrict__ src, int64_t src_row,
+                                           int64_t first, int64_t valid, int rows, int64_t width, int t, int n) {
+  for (int64_t idx = t; idx < rows * width; idx += n) {
+    const int64_t r = idx / width, c = idx % width;
+    dst[r * ld + c] = first + r < valid ? src[(first + r) * src_row + c] : 0.0f;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 constexpr int kFwdRows = 64;  // queries per block (threads)
 constexpr int kFwdKeys = 32;  // keys per tile
@@ -74,10 +85,10 @@ __global__ void forward_kernel(Dims d, Mask m, float scale, const float* __restr
   const int t = threadIdx.x;
   const int64_t i = i0 + t, hk = h / d.group;
   const int64_t q_row = d.Hq * d.Dqk, o_row = d.Hq * d.Dv;
-  for (int64_t idx = t; idx < kFwdRows * d.Dqk; idx += kFwdRows) {
-    const int64_t r = idx / d.Dqk, c = idx % d.Dqk;
-    Qs[r * qs + c] = i0 + r < d.Tq ? q[(b * d.Tq + i0 + r) * q_row + h * d.Dqk + c] : 0.0f;
-  }
+  const float* qb = q + b * d.Tq * q_row + h * d.Dqk;
+  const float* kb = k + b * d.kv_rows * d.k_row + hk * d.Dqk;
+  const float* vb = v + b * d.kv_rows * d.v_row + hk * d.Dv;
+  stage_rows(Qs, qs, qb, q_row, i0, d.Tq, kFwdRows, d.Dqk, t, kFwdRows);
   for (int64_t c = 0; c < d.Dv; ++c) Os[t * os + c] = 0.0f;
   const bool active = i < d.Tq;
   const int64_t last = min(i0 + kFwdRows, d.Tq) - 1;
@@ -86,14 +97,8 @@ __global__ void forward_kernel(Dims d, Mask m, float scale, const float* __restr
   float row_m = kMasked, row_l = 0.0f;
   for (int64_t j0 = 0; j0 < key_end; j0 += kFwdKeys) {
     __syncthreads();
-    for (int64_t idx = t; idx < kFwdKeys * d.Dqk; idx += kFwdRows) {
-      const int64_t r = idx / d.Dqk, c = idx % d.Dqk, j = j0 + r;
-      Ks[idx] = j < d.Tk ? k[(b * d.kv_rows + j) * d.k_row + hk * d.Dqk + c] : 0.0f;
-    }
-    for (int64_t idx = t; idx < kFwdKeys * d.Dv; idx += kFwdRows) {
-      const int64_t r = idx / d.Dv, c = idx % d.Dv, j = j0 + r;
-      Vs[idx] = j < d.Tk ? v[(b * d.kv_rows + j) * d.v_row + hk * d.Dv + c] : 0.0f;
-    }
+    stage_rows(Ks, d.Dqk, kb, d.k_row, j0, d.Tk, kFwdKeys, d.Dqk, t, kFwdRows);
+    stage_rows(Vs, d.Dv, vb, d.v_row, j0, d.Tk, kFwdKeys, d.Dv, t, kFwdRows);
     __syncthreads();
     if (!active) continue;
     float s[kFwdKeys];
@@ -166,15 +171,11 @@ __global__ void dq_kernel(Dims d, Mask m, float scale, const float* __restrict__
   const int t = threadIdx.x;
   const int64_t i = i0 + t, hk = h / d.group;
   const int64_t q_row = d.Hq * d.Dqk, o_row = d.Hq * d.Dv;
-  for (int64_t idx = t; idx < kDqRows * d.Dqk; idx += kDqRows) {
-    const int64_t r = idx / d.Dqk, c = idx % d.Dqk;
-    Qs[r * qs + c] = i0 + r < d.Tq ? q[(b * d.Tq + i0 + r) * q_row + h * d.Dqk + c] : 0.0f;
-    dQs[r * qs + c] = 0.0f;
-  }
-  for (int64_t idx = t; idx < kDqRows * d.Dv; idx += kDqRows) {
-    const int64_t r = idx / d.Dv, c = idx % d.Dv;
-    dOs[r * os + c] = i0 + r < d.Tq ? dout[(b * d.Tq + i0 + r) * o_row + h * d.Dv + c] : 0.0f;
-  }
+  const float* kb = k + b * d.kv_rows * d.k_row + hk * d.Dqk;
+  const float* vb = v + b * d.kv_rows * d.v_row + hk * d.Dv;
+  stage_rows(Qs, qs, q + b * d.Tq * q_row + h * d.Dqk, q_row, i0, d.Tq, kDqRows, d.Dqk, t, kDqRows);
+  stage_rows(dOs, os, dout + b * d.Tq * o_row + h * d.Dv, o_row, i0, d.Tq, kDqRows, d.Dv, t, kDqRows);
+  for (int64_t c = 0; c < d.Dqk; ++c) dQs[t * qs + c] = 0.0f;
   const bool active = i < d.Tq;
   const int64_t last = min(i0 + kDqRows, d.Tq) - 1;
   const int64_t key_end = key_limit(d, m, b, last);
@@ -183,14 +184,8 @@ __global__ void dq_kernel(Dims d, Mask m, float scale, const float* __restrict__
   const float my_D = active ? D[(b * d.Hq + h) * d.Tq + i] : 0.0f;
   for (int64_t j0 = 0; j0 < key_end; j0 += kDqKeys) {
     __syncthreads();
-    for (int64_t idx = t; idx < kDqKeys * d.Dqk; idx += kDqRows) {
-      const int64_t r = idx / d.Dqk, c = idx % d.Dqk, j = j0 + r;
-      Ks[idx] = j < d.Tk ? k[(b * d.kv_rows + j) * d.k_row + hk * d.Dqk + c] : 0.0f;
-    }
-    for (int64_t idx = t; idx < kDqKeys * d.Dv; idx += kDqRows) {
-      const int64_t r = idx / d.Dv, c = idx % d.Dv, j = j0 + r;
-      Vs[idx] = j < d.Tk ? v[(b * d.kv_rows + j) * d.v_row + hk * d.Dv + c] : 0.0f;
-    }
+    stage_rows(Ks, d.Dqk, kb, d.k_row, j0, d.Tk, kDqKeys, d.Dqk, t, kDqRows);
+    stage_rows(Vs, d.Dv, vb, d.v_row, j0, d.Tk, kDqKeys, d.Dv, t, kDqRows);
     __syncthreads();
     if (!active) continue;
     for (int c = 0; c < kDqKeys; ++c) {
@@ -229,30 +224,18 @@ __global__ void dkv_kernel(Dims d, Mask m, float scale, const float* __restrict_
   const int t = threadIdx.x;
   const int64_t j = j0 + t;
   const int64_t q_row = d.Hq * d.Dqk, o_row = d.Hq * d.Dv;
-  for (int64_t idx = t; idx < kKvRows * d.Dqk; idx += kKvRows) {
-    const int64_t r = idx / d.Dqk, c = idx % d.Dqk;
-    Ks[r * ks + c] = j0 + r < d.Tk ? k[(b * d.kv_rows + j0 + r) * d.k_row + hk * d.Dqk + c] : 0.0f;
-    dKs[r * ks + c] = 0.0f;
-  }
-  for (int64_t idx = t; idx < kKvRows * d.Dv; idx += kKvRows) {
-    const int64_t r = idx / d.Dv, c = idx % d.Dv;
-    Vs[r * vs + c] = j0 + r < d.Tk ? v[(b * d.kv_rows + j0 + r) * d.v_row + hk * d.Dv + c] : 0.0f;
-    dVs[r * vs + c] = 0.0f;
-  }
+  stage_rows(Ks, ks, k + b * d.kv_rows * d.k_row + hk * d.Dqk, d.k_row, j0, d.Tk, kKvRows, d.Dqk, t, kKvRows);
+  stage_rows(Vs, vs, v + b * d.kv_rows * d.v_row + hk * d.Dv, d.v_row, j0, d.Tk, kKvRows, d.Dv, t, kKvRows);
+  for (int64_t c = 0; c < d.Dqk; ++c) dKs[t * ks + c] = 0.0f;
+  for (int64_t c = 0; c < d.Dv; ++c) dVs[t * vs + c] = 0.0f;
   const bool active = j < d.Tk;
   // The first query that can see key j0 under the causal mask; padding and documents per pair.
   const int64_t i_start = m.causal ? max(int64_t{0}, j0 - m.q_offset) : 0;
   for (int64_t h = hk * d.group; h < (hk + 1) * d.group; ++h) {
     for (int64_t i0 = i_start / kKvQueries * kKvQueries; i0 < d.Tq; i0 += kKvQueries) {
       __syncthreads();
-      for (int64_t idx = t; idx < kKvQueries * d.Dqk; idx += kKvRows) {
-        const int64_t r = idx / d.Dqk, c = idx % d.Dqk;
-        Qs[idx] = i0 + r < d.Tq ? q[(b * d.Tq + i0 + r) * q_row + h * d.Dqk + c] : 0.0f;
-      }
-      for (int64_t idx = t; idx < kKvQueries * d.Dv; idx += kKvRows) {
-        const int64_t r = idx / d.Dv, c = idx % d.Dv;
-        dOs[idx] = i0 + r < d.Tq ? dout[(b * d.Tq + i0 + r) * o_row + h * d.Dv + c] : 0.0f;
-      }
+      stage_rows(Qs, d.Dqk, q + b * d.Tq * q_row + h * d.Dqk, q_row, i0, d.Tq, kKvQueries, d.Dqk, t, kKvRows);
+      stage_rows(dOs, d.Dv, dout + b * d.Tq * o_row + h * d.Dv, o_row, i0, d.Tq, kKvQueries, d.Dv, t, kKvRows);
       for (int64_t r = t; r < kKvQueries; r += kKvRows) {
         const bool in = i0 + r < d.Tq;
         Ls[r] = in ? lse[(b * d.Hq + h) * d.Tq + i0 + r] : 0.0f;

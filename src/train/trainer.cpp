@@ -226,18 +226,17 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   // A micro-batch of this rank: the loader's [B, T] window, or under context parallelism this
   // rank's rows of it (document ids are taken from the whole sequences first).
   const int64_t Tl = cp ? cp->local_len() : T;
-  std::vector<int> xg(static_cast<size_t>(micro)), yg(static_cast<size_t>(micro));
+  std::vector<int> xg(cp ? static_cast<size_t>(micro) : 0), yg(xg.size());  // whole windows (context parallel)
   std::vector<int> x(static_cast<size_t>(B * Tl)), y(x.size());
-  std::vector<int32_t> seg_g(opt.document_masking ? static_cast<size_t>(micro) : 0), seg(opt.document_masking ? x.size() : 0);
+  std::vector<int32_t> seg_g(opt.document_masking ? xg.size() : 0), seg(opt.document_masking ? x.size() : 0);
   auto next_micro_batch = [&](DataLoader& loader) {
-    loader.next_batch(xg.data(), yg.data());
-    if (opt.document_masking) document_segments(xg.data(), B, T, eot, seg_g.data());
-    if (!cp) {
-      x = xg;
-      y = yg;
-      if (opt.document_masking) seg = seg_g;
+    if (!cp) {  // the window is this rank's micro-batch
+      loader.next_batch(x.data(), y.data());
+      if (opt.document_masking) document_segments(x.data(), B, T, eot, seg.data());
       return;
     }
+    loader.next_batch(xg.data(), yg.data());
+    if (opt.document_masking) document_segments(xg.data(), B, T, eot, seg_g.data());
     cp->slice(xg.data(), x.data(), B, 1);
     cp->slice(yg.data(), y.data(), B, 1);
     if (opt.document_masking) cp->slice(seg_g.data(), seg.data(), B, 1);
