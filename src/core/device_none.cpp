@@ -16,7 +16,7 @@ DeviceReport probe_devices() {
   return r;
 }
 
-namespace cuda {
+namespace cuda::inline FLASHGPT_CUDA_ABI {
 
 bool gpu_available() { return false; }
 void flash_forward_fp32(const AttentionDims&, const AttentionMask&, float, const float*, const float*, const float*,
@@ -38,5 +38,5 @@ void DeviceBuffer::download(void*, size_t) const {}
 void DeviceBuffer::fill_bytes(int) {}
 void synchronize() {}
 
-}  // namespace cuda
+}  // namespace cuda::inline FLASHGPT_CUDA_ABI
 }  // namespace flashgpt

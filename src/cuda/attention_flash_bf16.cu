@@ -5,18 +5,14 @@
 // with half the columns, combining through a shuffle — writes P in bf16, rescales its fp32 output
 // rows by e^{m−m'} and adds P V on the tensor cores. At the end each row is divided by l and
 // written in bf16 with lse = m + log l.
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-#include <mma.h>
-
 #include <cmath>
 #include <cstdint>
 #include <string>
 
-#include "cuda/cuda_check.h"
+#include "cuda/platform.h"
 #include "flashgpt/cuda/attention_cuda.h"
 
-namespace flashgpt::cuda {
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 namespace {
 
@@ -50,7 +46,7 @@ __global__ void __launch_bounds__(32 * kWarps)
     forward_bf16_kernel(Dims d, Mask m, float scale, const __nv_bfloat16* __restrict__ q,
                         const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
                         __nv_bfloat16* __restrict__ o, float* __restrict__ lse) {
-  extern __shared__ __align__(128) unsigned char raw[];
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
   __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(raw);  // [kRows][D]
   __nv_bfloat16* Ks = Qs + kRows * D;                          // [kKeys][D]
   __nv_bfloat16* Vs = Ks + kKeys * D;                          // [kKeys][D]
@@ -168,10 +164,9 @@ void launch(const Dims& d, const Mask& m, float scale, const uint16_t* q, const 
       cudaFuncSetAttribute(forward_bf16_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
   const dim3 grid(static_cast<unsigned>((d.Tq + kRows - 1) / kRows), static_cast<unsigned>(d.Hq),
                   static_cast<unsigned>(d.B));
-  forward_bf16_kernel<D><<<grid, 32 * kWarps, shared>>>(
-      d, m, scale, reinterpret_cast<const __nv_bfloat16*>(q), reinterpret_cast<const __nv_bfloat16*>(k),
-      reinterpret_cast<const __nv_bfloat16*>(v), reinterpret_cast<__nv_bfloat16*>(o), lse);
-  FLASHGPT_CUDA_CHECK_LAUNCH("bf16 flash forward");
+  launch_kernel("bf16 flash forward", forward_bf16_kernel<D>, grid, 32 * kWarps, shared, nullptr, d, m, scale,
+                reinterpret_cast<const __nv_bfloat16*>(q), reinterpret_cast<const __nv_bfloat16*>(k),
+                reinterpret_cast<const __nv_bfloat16*>(v), reinterpret_cast<__nv_bfloat16*>(o), lse);
 }
 
 }  // namespace
@@ -193,4 +188,4 @@ void flash_forward_bf16(const AttentionDims& ad, const AttentionMask& am, float 
   }
 }
 
-}  // namespace flashgpt::cuda
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -7,17 +7,15 @@
 // Backward: D = rowsum(dO ∘ O) first; then one kernel per query tile for dQ and one per key tile
 // for dK and dV (summing the query heads that share a key/value head), each recomputing
 // P = exp(scale·q·k − lse) from the forward's lse, so no thread ever writes another's row.
-#include <cuda_runtime.h>
-
 #include <cmath>
 #include <cstdint>
 #include <string>
 
-#include "cuda/cuda_check.h"
+#include "cuda/platform.h"
 #include "flashgpt/core/device.h"
 #include "flashgpt/cuda/attention_cuda.h"
 
-namespace flashgpt::cuda {
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 namespace {
 
@@ -75,7 +73,7 @@ constexpr int kFwdKeys = 32;  // keys per tile
 
 __global__ void forward_kernel(Dims d, Mask m, float scale, const float* __restrict__ q, const float* __restrict__ k,
                                const float* __restrict__ v, float* __restrict__ o, float* __restrict__ lse) {
-  extern __shared__ float sm[];
+  FLASHGPT_DYNAMIC_SHARED(float, sm);
   const int64_t qs = d.Dqk + 1, os = d.Dv + 1;
   float* Qs = sm;
   float* Ks = Qs + kFwdRows * qs;
@@ -160,7 +158,7 @@ constexpr int kDqKeys = 32;
 __global__ void dq_kernel(Dims d, Mask m, float scale, const float* __restrict__ q, const float* __restrict__ k,
                           const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ D,
                           const float* __restrict__ dout, float* __restrict__ dq) {
-  extern __shared__ float sm[];
+  FLASHGPT_DYNAMIC_SHARED(float, sm);
   const int64_t qs = d.Dqk + 1, os = d.Dv + 1;
   float* Qs = sm;
   float* dOs = Qs + kDqRows * qs;
@@ -210,7 +208,7 @@ constexpr int kKvQueries = 16;  // queries per tile
 __global__ void dkv_kernel(Dims d, Mask m, float scale, const float* __restrict__ q, const float* __restrict__ k,
                            const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ D,
                            const float* __restrict__ dout, float* __restrict__ dk, float* __restrict__ dv) {
-  extern __shared__ float sm[];
+  FLASHGPT_DYNAMIC_SHARED(float, sm);
   const int64_t ks = d.Dqk + 1, vs = d.Dv + 1;
   float* Ks = sm;
   float* Vs = Ks + kKvRows * ks;
@@ -285,7 +283,11 @@ unsigned blocks(int64_t n, int per) { return static_cast<unsigned>((n + per - 1)
 
 }  // namespace
 
+#if defined(FLASHGPT_SIMT)
+bool gpu_available() { return true; }  // the emulator is always there
+#else
 bool gpu_available() { return !probe_devices().gpus.empty(); }
+#endif
 
 void flash_forward_fp32(const AttentionDims& ad, const AttentionMask& am, float scale, const float* q, const float* k,
                         const float* v, float* o, float* lse) {
@@ -295,8 +297,8 @@ void flash_forward_fp32(const AttentionDims& ad, const AttentionMask& am, float 
                                                             kFwdKeys * d.Dv + kFwdRows * (d.Dv + 1));
   allow_shared(forward_kernel, shared, "flash forward");
   const dim3 grid(blocks(d.Tq, kFwdRows), static_cast<unsigned>(d.Hq), static_cast<unsigned>(d.B));
-  forward_kernel<<<grid, kFwdRows, shared>>>(d, mask_of(am), scale, q, k, v, o, lse);
-  FLASHGPT_CUDA_CHECK_LAUNCH("flash forward");
+  launch_kernel("flash forward", forward_kernel, grid, kFwdRows, shared, nullptr, d, mask_of(am), scale, q, k, v, o,
+                lse);
 }
 
 void flash_backward_fp32(const AttentionDims& ad, const AttentionMask& am, float scale, const float* q, const float* k,
@@ -306,22 +308,22 @@ void flash_backward_fp32(const AttentionDims& ad, const AttentionMask& am, float
   const Dims d = dims_of(ad);
   const Mask m = mask_of(am);
   DeviceBuffer D(sizeof(float) * static_cast<size_t>(d.B * d.Hq * d.Tq));
-  rowdot_kernel<<<blocks(d.B * d.Hq * d.Tq, 256), 256>>>(d, o, dout, D.as<float>());
-  FLASHGPT_CUDA_CHECK_LAUNCH("flash backward D = rowsum(dO∘O)");
+  launch_kernel("flash backward D = rowsum(dO∘O)", rowdot_kernel, blocks(d.B * d.Hq * d.Tq, 256), 256, 0, nullptr, d, o,
+                dout, D.as<float>());
 
   const size_t dq_shared = sizeof(float) * static_cast<size_t>(kDqRows * (d.Dqk + 1) * 2 + kDqRows * (d.Dv + 1) +
                                                                kDqKeys * (d.Dqk + d.Dv));
   allow_shared(dq_kernel, dq_shared, "flash backward dQ");
-  dq_kernel<<<dim3(blocks(d.Tq, kDqRows), static_cast<unsigned>(d.Hq), static_cast<unsigned>(d.B)), kDqRows,
-              dq_shared>>>(d, m, scale, q, k, v, lse, D.as<float>(), dout, dq);
-  FLASHGPT_CUDA_CHECK_LAUNCH("flash backward dQ");
+  launch_kernel("flash backward dQ", dq_kernel,
+                dim3(blocks(d.Tq, kDqRows), static_cast<unsigned>(d.Hq), static_cast<unsigned>(d.B)), kDqRows,
+                dq_shared, nullptr, d, m, scale, q, k, v, lse, D.as<float>(), dout, dq);
 
   const size_t kv_shared = sizeof(float) * static_cast<size_t>(kKvRows * (d.Dqk + 1) * 2 + kKvRows * (d.Dv + 1) * 2 +
                                                                kKvQueries * (d.Dqk + d.Dv) + 2 * kKvQueries);
   allow_shared(dkv_kernel, kv_shared, "flash backward dK, dV");
-  dkv_kernel<<<dim3(blocks(d.Tk, kKvRows), static_cast<unsigned>(d.Hkv), static_cast<unsigned>(d.B)), kKvRows,
-               kv_shared>>>(d, m, scale, q, k, v, lse, D.as<float>(), dout, dk, dv);
-  FLASHGPT_CUDA_CHECK_LAUNCH("flash backward dK, dV");
+  launch_kernel("flash backward dK, dV", dkv_kernel,
+                dim3(blocks(d.Tk, kKvRows), static_cast<unsigned>(d.Hkv), static_cast<unsigned>(d.B)), kKvRows,
+                kv_shared, nullptr, d, m, scale, q, k, v, lse, D.as<float>(), dout, dk, dv);
   synchronize();  // D is freed on return
 }
 
@@ -350,4 +352,4 @@ void synchronize() {
   FLASHGPT_CUDA_CHECK(cudaGetLastError());
 }
 
-}  // namespace flashgpt::cuda
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -3,11 +3,17 @@
 // fmt: nvcc cannot evaluate its compile-time format checks, so messages are built here.)
 #pragma once
 
+#if defined(FLASHGPT_SIMT)
+#include "cuda/simt/simt.h"
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <string>
 
-namespace flashgpt::cuda {
+#include "flashgpt/cuda/abi.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 // Throws flashgpt::Error(message) (cuda_errors.cpp).
 [[noreturn]] void raise(const std::string& message);
@@ -19,7 +25,7 @@ inline void check(cudaError_t e, const char* what, const char* file, int line) {
   }
 }
 
-}  // namespace flashgpt::cuda
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
 
 #define FLASHGPT_CUDA_CHECK(call) ::flashgpt::cuda::check((call), #call, __FILE__, __LINE__)
 // After a launch: configuration errors now, execution errors at the next synchronising call.

@@ -18,8 +18,9 @@
 #include <cstdint>
 
 #include "flashgpt/attention/attention.h"
+#include "flashgpt/cuda/abi.h"
 
-namespace flashgpt::cuda {
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 // True when this build has the CUDA backend and a GPU is usable.
 bool gpu_available();
@@ -64,4 +65,4 @@ class DeviceBuffer {
 // Waits for the device and throws on any error a kernel raised.
 void synchronize();
 
-}  // namespace flashgpt::cuda
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,0 +1,53 @@
+// What every CUDA source includes first: the CUDA runtime, bf16/half and WMMA headers when nvcc
+// compiles it for a GPU, or their CPU emulation (simt/simt.h) when the host compiler compiles the
+// same source for the emulated test build (FLASHGPT_SIMT). Kernels are launched through
+// launch_kernel and declare dynamic shared memory with FLASHGPT_DYNAMIC_SHARED, the two spots
+// where the GPU syntax has no host-compiler spelling.
+#pragma once
+
+#if defined(FLASHGPT_SIMT)
+#include "cuda/simt/simt.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+#endif
+
+#include <cstddef>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "cuda/cuda_check.h"
+
+// `name` points at this block's dynamic shared memory, as `type*`, 128-byte aligned.
+#if defined(FLASHGPT_SIMT)
+#define FLASHGPT_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::flashgpt::simt::dynamic_shared())
+#else
+#define FLASHGPT_DYNAMIC_SHARED(type, name)               \
+  extern __shared__ __align__(128) unsigned char name##_raw_[]; \
+  type* name = reinterpret_cast<type*>(name##_raw_)
+#endif
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+// Queues kernel<<<grid, block, shared, stream>>>(args...) and checks the launch; `name` says which
+// kernel in the error. Arguments convert to the kernel's parameter types as in a launch.
+template <typename... Params, typename... Args>
+void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                   cudaStream_t stream, Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "launch_kernel: wrong number of kernel arguments");
+#if defined(FLASHGPT_SIMT)
+  (void)stream;
+  const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  ::flashgpt::simt::run_grid(name, grid, block, shared, [&] {
+    std::apply(kernel, params);  // by value: each thread gets its own copies
+  });
+#else
+  kernel<<<grid, block, shared, stream>>>(std::forward<Args>(args)...);
+#endif
+  check(cudaGetLastError(), name, __FILE__, __LINE__);
+}
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

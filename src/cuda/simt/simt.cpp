@@ -1,0 +1,384 @@
+// The fiber scheduler behind simt.h: every CUDA thread of a block is a ucontext fiber on its own
+// stack; blocks run in sequence; barriers hand control back to the scheduler, which releases a
+// barrier once every thread it concerns has arrived and reports a deadlock when nothing can move.
+#include "cuda/simt/simt.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <exception>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "flashgpt/core/error.h"
+
+namespace flashgpt::simt {
+
+namespace {
+
+constexpr size_t kStackBytes = 512 * 1024;
+constexpr int kMaxThreads = 1024;
+constexpr size_t kSharedOptIn = 232448;  // 227 KiB, an H100's opt-in limit per block
+constexpr int kSmCount = 132;
+
+enum class State { Runnable, AtBlock, AtWarp, Done };
+
+const char* state_name(State s) {
+  switch (s) {
+    case State::Runnable: return "running";
+    case State::AtBlock: return "at __syncthreads";
+    case State::AtWarp: return "at a warp barrier";
+    case State::Done: return "exited";
+  }
+  return "?";
+}
+
+struct Fiber {
+  ucontext_t ctx{};
+  uint3 idx{};
+  int linear = 0;
+  State state = State::Runnable;
+  unsigned mask = 0;  // the warp barrier's mask while at one
+  uint64_t slot = 0;  // the value published for a shuffle
+  bool vote = false;  // the predicate published for a ballot
+};
+
+// Fiber stacks, mapped once with a guard page below each and reused by every launch.
+class StackPool {
+ public:
+  char* get(size_t i) {
+    while (stacks_.size() <= i) {
+      const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+      void* p = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+      if (p == MAP_FAILED) fail("simt: cannot map a fiber stack of {} bytes", kStackBytes);
+      mprotect(p, page, PROT_NONE);  // an overflow faults instead of corrupting a neighbour
+      stacks_.push_back(static_cast<char*>(p) + page);
+    }
+    return stacks_[i];
+  }
+
+ private:
+  std::vector<char*> stacks_;
+};
+
+struct Launch {
+  const char* name = "";
+  dim3 grid, block;
+  uint3 block_idx{};
+  std::vector<Fiber> fibers;
+  void* shared = nullptr;
+  const std::function<void()>* body = nullptr;
+  Fiber* current = nullptr;
+  ucontext_t scheduler{};
+  std::exception_ptr error;
+};
+
+Launch* g_launch = nullptr;
+cudaError_t g_last_error = cudaSuccess;
+StackPool g_stacks;
+
+std::mt19937_64& order_rng() {
+  static std::mt19937_64 rng([] {
+    const char* s = std::getenv("FLASHGPT_SIMT_SEED");
+    return s ? std::strtoull(s, nullptr, 10) : 0x5eedULL;
+  }());
+  return rng;
+}
+
+Launch& launch() {
+  if (!g_launch || !g_launch->current) fail("simt: a device built-in was called outside a kernel");
+  return *g_launch;
+}
+
+[[noreturn]] void kernel_fault(const std::string& what) {
+  const Launch& l = launch();
+  const Fiber& f = *l.current;
+  fail("simt: kernel {} block ({}, {}, {}) thread ({}, {}, {}): {}", l.name, l.block_idx.x, l.block_idx.y,
+       l.block_idx.z, f.idx.x, f.idx.y, f.idx.z, what);
+}
+
+void yield(State s) {
+  Launch& l = launch();
+  Fiber* f = l.current;
+  f->state = s;
+  swapcontext(&f->ctx, &l.scheduler);
+}
+
+void fiber_entry() {
+  Launch& l = *g_launch;
+  try {
+    (*l.body)();
+  } catch (...) {
+    if (!l.error) l.error = std::current_exception();
+  }
+  l.current->state = State::Done;  // returning resumes the scheduler (uc_link)
+}
+
+std::string describe_states(const Launch& l) {
+  std::string out;
+  const size_t shown = std::min<size_t>(l.fibers.size(), 64);
+  for (size_t i = 0; i < shown; ++i) {
+    const Fiber& f = l.fibers[i];
+    out += "\n  thread " + std::to_string(f.linear) + ": " + state_name(f.state);
+    if (f.state == State::AtWarp) out += " (mask " + std::to_string(f.mask) + ")";
+  }
+  if (shown < l.fibers.size()) out += "\n  …";
+  return out;
+}
+
+// Releases complete warp-barrier groups; returns whether any was released. A group whose mask
+// names an exited or missing lane can never complete: that is a fault.
+bool release_warps(Launch& l) {
+  bool released = false;
+  const int n = static_cast<int>(l.fibers.size());
+  for (int base = 0; base < n; base += 32) {
+    for (int lane = 0; lane < 32 && base + lane < n; ++lane) {
+      const Fiber& f = l.fibers[static_cast<size_t>(base + lane)];
+      if (f.state != State::AtWarp) continue;
+      bool complete = true;
+      for (int o = 0; o < 32; ++o) {
+        if (!(f.mask >> o & 1u)) continue;
+        if (base + o >= n) {
+          fail("simt: kernel {}: warp barrier mask {:#x} of thread {} names lane {}, which this block does not have",
+               l.name, f.mask, f.linear, o);
+        }
+        const Fiber& g = l.fibers[static_cast<size_t>(base + o)];
+        if (g.state == State::Done) {
+          fail("simt: kernel {}: thread {} waits at a warp barrier (mask {:#x}) for lane {}, which has exited", l.name,
+               f.linear, f.mask, o);
+        }
+        if (g.state != State::AtWarp || g.mask != f.mask) complete = false;
+      }
+      if (!complete) continue;
+      for (int o = 0; o < 32; ++o)
+        if (f.mask >> o & 1u) l.fibers[static_cast<size_t>(base + o)].state = State::Runnable;
+      released = true;
+    }
+  }
+  return released;
+}
+
+// Runs f until it reaches a barrier or exits (its own function: swapcontext returns twice).
+[[gnu::noinline]] void resume(Launch& l, Fiber& f) {
+  l.current = &f;
+  swapcontext(&l.scheduler, &f.ctx);
+  l.current = nullptr;
+}
+
+// Makes f start at fiber_entry on `stack` and return to the scheduler when done.
+[[gnu::noinline]] void prepare(Launch& l, Fiber& f, char* stack) {
+  f.state = State::Runnable;
+  getcontext(&f.ctx);
+  f.ctx.uc_stack.ss_sp = stack;
+  f.ctx.uc_stack.ss_size = kStackBytes;
+  f.ctx.uc_link = &l.scheduler;
+  makecontext(&f.ctx, fiber_entry, 0);
+}
+
+void run_block(Launch& l, std::vector<int>& order) {
+  for (size_t i = 0; i < l.fibers.size(); ++i) prepare(l, l.fibers[i], g_stacks.get(i));
+  auto& rng = order_rng();
+  for (;;) {
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int i : order) {
+      Fiber& f = l.fibers[static_cast<size_t>(i)];
+      if (f.state != State::Runnable) continue;
+      resume(l, f);
+      if (l.error) std::rethrow_exception(l.error);
+    }
+    bool all_done = true, all_at_block = true;
+    for (const Fiber& f : l.fibers) {
+      if (f.state != State::Done) all_done = false;
+      if (f.state != State::Done && f.state != State::AtBlock) all_at_block = false;
+    }
+    if (all_done) return;
+    if (release_warps(l)) continue;
+    if (all_at_block) {
+      for (Fiber& f : l.fibers)
+        if (f.state == State::AtBlock) f.state = State::Runnable;
+      continue;
+    }
+    fail("simt: kernel {} block ({}, {}, {}) deadlocks: no barrier can complete{}", l.name, l.block_idx.x,
+         l.block_idx.y, l.block_idx.z, describe_states(l));
+  }
+}
+
+}  // namespace
+
+const uint3& thread_index() { return launch().current->idx; }
+const uint3& block_index() { return launch().block_idx; }
+const dim3& block_dim() { return launch().block; }
+const dim3& grid_dim() { return launch().grid; }
+int lane() { return launch().current->linear % 32; }
+void* dynamic_shared() { return launch().shared; }
+
+void sync_block() { yield(State::AtBlock); }
+
+void sync_warp(unsigned mask) {
+  Fiber& f = *launch().current;
+  if (!(mask >> (f.linear % 32) & 1u)) kernel_fault("a warp barrier's mask " + std::to_string(mask) + " leaves out the calling lane");
+  f.mask = mask;
+  yield(State::AtWarp);
+}
+
+uint64_t exchange(unsigned mask, uint64_t value, int src) {
+  Launch& l = launch();
+  Fiber& f = *l.current;
+  f.slot = value;
+  sync_warp(mask);
+  if (src < 0 || src > 31 || !(mask >> src & 1u)) {
+    kernel_fault("a shuffle reads lane " + std::to_string(src) + ", outside its mask " + std::to_string(mask));
+  }
+  const uint64_t got = l.fibers[static_cast<size_t>(f.linear / 32 * 32 + src)].slot;
+  sync_warp(mask);  // every lane has read before any publishes again
+  return got;
+}
+
+unsigned ballot(unsigned mask, bool predicate) {
+  Launch& l = launch();
+  Fiber& f = *l.current;
+  f.vote = predicate;
+  sync_warp(mask);
+  unsigned bits = 0;
+  const int base = f.linear / 32 * 32;
+  for (int o = 0; o < 32; ++o)
+    if ((mask >> o & 1u) && l.fibers[static_cast<size_t>(base + o)].vote) bits |= 1u << o;
+  sync_warp(mask);
+  return bits;
+}
+
+void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std::function<void()>& body) {
+  if (g_launch) fail("simt: kernel {} launched from inside kernel {} (not supported)", name, g_launch->name);
+  const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
+  if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
+    g_last_error = cudaErrorInvalidConfiguration;
+    return;
+  }
+  if (shared > kSharedOptIn) {
+    g_last_error = cudaErrorInvalidValue;
+    return;
+  }
+  Launch l;
+  l.name = name;
+  l.grid = grid;
+  l.block = block;
+  l.body = &body;
+  l.fibers.resize(threads);
+  for (uint32_t z = 0, i = 0; z < block.z; ++z)
+    for (uint32_t y = 0; y < block.y; ++y)
+      for (uint32_t x = 0; x < block.x; ++x, ++i) {
+        l.fibers[i].idx = uint3{x, y, z};
+        l.fibers[i].linear = static_cast<int>(i);
+      }
+  void* smem = nullptr;
+  if (posix_memalign(&smem, 128, shared > 0 ? shared : 1) != 0) fail("simt: cannot allocate {} bytes", shared);
+  std::unique_ptr<void, decltype(&std::free)> smem_owner(smem, &std::free);
+  l.shared = smem;
+  std::vector<int> order(threads);
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  g_launch = &l;
+  try {
+    for (uint32_t z = 0; z < grid.z; ++z)
+      for (uint32_t y = 0; y < grid.y; ++y)
+        for (uint32_t x = 0; x < grid.x; ++x) {
+          l.block_idx = uint3{x, y, z};
+          std::memset(smem, 0xFF, shared);  // unwritten shared memory reads as NaN
+          run_block(l, order);
+        }
+  } catch (...) {
+    g_launch = nullptr;
+    throw;
+  }
+  g_launch = nullptr;
+}
+
+cudaError_t malloc_device(void** ptr, size_t bytes) {
+  void* p = nullptr;
+  if (posix_memalign(&p, 256, bytes > 0 ? bytes : 1) != 0) return cudaErrorMemoryAllocation;
+  std::memset(p, 0xFF, bytes);  // unwritten device memory reads as NaN
+  *ptr = p;
+  return cudaSuccess;
+}
+
+cudaError_t free_device(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+
+cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  if (bytes > 0) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t set_bytes(void* ptr, int value, size_t bytes) {
+  std::memset(ptr, value, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t get_device(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int) {
+  switch (attr) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(kSharedOptIn); return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = 49152; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = kSmCount; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    case cudaDevAttrMaxThreadsPerBlock: *value = kMaxThreads; return cudaSuccess;
+    case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t last_error() {
+  const cudaError_t e = g_last_error;
+  g_last_error = cudaSuccess;
+  return e;
+}
+
+cudaError_t device_synchronize() { return cudaSuccess; }
+
+const char* error_string(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    default: return "unknown error";
+  }
+}
+
+const char* error_name(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    default: return "cudaErrorUnknown";
+  }
+}
+
+}  // namespace flashgpt::simt
+
+namespace nvcuda::wmma::detail {
+
+void check_pointer(const void* p, unsigned ldm, size_t element_bytes, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) {
+    flashgpt::fail("simt: {}: pointer {} is not 32-byte aligned", what, p);
+  }
+  if ((ldm * element_bytes) % 16 != 0) {
+    flashgpt::fail("simt: {}: leading dimension {} is not a multiple of 16 bytes", what, ldm);
+  }
+}
+
+}  // namespace nvcuda::wmma::detail

@@ -1,0 +1,318 @@
+// The CUDA execution model on the CPU, for testing our kernels where no GPU exists.
+//
+// A build with FLASHGPT_SIMT compiles the very same .cu sources with the host C++ compiler
+// against this header (cuda/platform.h picks it). Each CUDA thread of a block becomes a fiber
+// with its own stack; blocks run one after another. A fiber runs until it reaches a barrier
+// (__syncthreads, __syncwarp, a shuffle, a vote) and the scheduler resumes fibers in a shuffled
+// order each round, so a kernel that reads shared memory before the barrier that should order it
+// gets different answers from run to run instead of passing by luck.
+//
+// What it checks, as the hardware would fail or silently misbehave:
+//   - launch limits: threads per block (1024), grid y/z (65535), dynamic shared memory (the
+//     opt-in limit of the emulated device);
+//   - a shuffle or vote whose mask names a lane that has exited, that waits at another barrier,
+//     or that reads from a lane outside the mask; a __syncthreads some threads never reach
+//     (reported as a deadlock with every thread's state);
+//   - WMMA loads and stores on pointers not 32-byte aligned or with a leading dimension that is
+//     not a multiple of 16 bytes;
+//   - reads of shared or global memory nobody wrote: dynamic shared memory and every
+//     cudaMalloc'd buffer start as 0xFF bytes (NaN in float, bf16 and half).
+// Out-of-bounds accesses are caught when the tests run under AddressSanitizer.
+//
+// What it does not model: timing, occupancy, memory ordering between blocks (they run in
+// sequence), and the accumulation order inside a tensor-core instruction.
+#pragma once
+
+#if !defined(FLASHGPT_SIMT)
+#error "cuda/simt/simt.h is for FLASHGPT_SIMT builds only"
+#endif
+
+#include <cuda_bf16.h>  // the real bf16/half types and their host conversions; dim3, cudaError_t
+#include <cuda_fp16.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// Storage classes and qualifiers: shared variables are per block, and blocks run in sequence on
+// one host thread, so a function-local static is exactly one copy per block.
+#undef __shared__
+#define __shared__ static
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+#undef __grid_constant__
+#define __grid_constant__
+
+namespace flashgpt::simt {
+
+// The calling fiber's coordinates (valid inside a kernel only).
+const uint3& thread_index();
+const uint3& block_index();
+const dim3& block_dim();
+const dim3& grid_dim();
+int lane();
+void* dynamic_shared();
+
+void sync_block();
+// Waits until every lane in mask has arrived at a warp barrier with the same mask.
+void sync_warp(unsigned mask);
+// Each lane of mask publishes value; returns the value lane src published. src outside mask is an
+// error (the hardware returns garbage).
+uint64_t exchange(unsigned mask, uint64_t value, int src);
+unsigned ballot(unsigned mask, bool predicate);
+
+// Runs body once per thread of every block of grid (the kernel's parameters are bound in body).
+void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std::function<void()>& body);
+
+// The runtime API the .cu sources use, on host memory.
+cudaError_t malloc_device(void** ptr, size_t bytes);
+cudaError_t free_device(void* ptr);
+cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
+cudaError_t set_bytes(void* ptr, int value, size_t bytes);
+cudaError_t get_device(int* device);
+cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int device);
+cudaError_t last_error();
+cudaError_t device_synchronize();
+const char* error_string(cudaError_t e);
+const char* error_name(cudaError_t e);
+template <typename Kernel>
+cudaError_t func_set_attribute(Kernel, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
+
+// Lane arithmetic of the shuffles: the source lane, or −1 for "keep your own value".
+inline int shfl_source(int lane, int target, int width) {
+  const int base = lane & ~(width - 1);
+  return base + (target & (width - 1));
+}
+
+template <typename T>
+T shuffle(unsigned mask, T value, int src) {
+  static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= 8, "shuffles move values of up to 8 bytes");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  const uint64_t got = exchange(mask, bits, src);
+  T out;
+  std::memcpy(&out, &got, sizeof(T));
+  return out;
+}
+
+}  // namespace flashgpt::simt
+
+#define threadIdx (::flashgpt::simt::thread_index())
+#define blockIdx (::flashgpt::simt::block_index())
+#define blockDim (::flashgpt::simt::block_dim())
+#define gridDim (::flashgpt::simt::grid_dim())
+constexpr int warpSize = 32;
+
+// The runtime calls, redirected to host memory (the real declarations stay untouched).
+#define cudaMalloc(ptr, bytes) ::flashgpt::simt::malloc_device(reinterpret_cast<void**>(ptr), bytes)
+#define cudaFree ::flashgpt::simt::free_device
+#define cudaMemcpy ::flashgpt::simt::copy
+#define cudaMemset ::flashgpt::simt::set_bytes
+#define cudaGetDevice ::flashgpt::simt::get_device
+#define cudaDeviceGetAttribute ::flashgpt::simt::device_attribute
+#define cudaGetLastError ::flashgpt::simt::last_error
+#define cudaDeviceSynchronize ::flashgpt::simt::device_synchronize
+#define cudaGetErrorString ::flashgpt::simt::error_string
+#define cudaGetErrorName ::flashgpt::simt::error_name
+#define cudaFuncSetAttribute ::flashgpt::simt::func_set_attribute
+
+// Device built-ins.
+inline void __syncthreads() { ::flashgpt::simt::sync_block(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ::flashgpt::simt::sync_warp(mask); }
+
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+  return ::flashgpt::simt::shuffle(mask, v, ::flashgpt::simt::shfl_source(::flashgpt::simt::lane(), src, width));
+}
+template <typename T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  const int lane = ::flashgpt::simt::lane();
+  const int target = lane ^ lane_mask;
+  // A target in a later group of `width` lanes returns the caller's own value.
+  const int src = (target & ~(width - 1)) > (lane & ~(width - 1)) ? lane : target;
+  return ::flashgpt::simt::shuffle(mask, v, src);
+}
+template <typename T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::flashgpt::simt::lane();
+  const int end = (lane & ~(width - 1)) + width;
+  const int src = lane + static_cast<int>(delta) < end ? lane + static_cast<int>(delta) : lane;
+  return ::flashgpt::simt::shuffle(mask, v, src);
+}
+template <typename T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  const int lane = ::flashgpt::simt::lane();
+  const int base = lane & ~(width - 1);
+  const int src = lane - static_cast<int>(delta) >= base ? lane - static_cast<int>(delta) : lane;
+  return ::flashgpt::simt::shuffle(mask, v, src);
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate) { return ::flashgpt::simt::ballot(mask, predicate != 0); }
+inline int __any_sync(unsigned mask, int predicate) { return ::flashgpt::simt::ballot(mask, predicate != 0) != 0; }
+inline int __all_sync(unsigned mask, int predicate) {
+  return ::flashgpt::simt::ballot(mask, predicate != 0) == mask;
+}
+
+// Atomics: one host thread runs every fiber and none yields inside these, so plain updates are atomic.
+template <typename T>
+T atomicAdd(T* address, T value) {
+  const T old = *address;
+  *address = old + value;
+  return old;
+}
+template <typename T>
+T atomicMax(T* address, T value) {
+  const T old = *address;
+  *address = old < value ? value : old;
+  return old;
+}
+template <typename T>
+T atomicCAS(T* address, T compare, T value) {
+  const T old = *address;
+  if (old == compare) *address = value;
+  return old;
+}
+template <typename T>
+T atomicExch(T* address, T value) {
+  const T old = *address;
+  *address = value;
+  return old;
+}
+template <typename T>
+T __ldg(const T* p) {
+  return *p;
+}
+
+// Fast-math intrinsics at full precision (the tests' bounds cover the hardware's approximations).
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __frcp_rn(float x) { return 1.0f / x; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline int __float_as_int(float x) {
+  int i;
+  std::memcpy(&i, &x, 4);
+  return i;
+}
+inline unsigned __float_as_uint(float x) {
+  unsigned i;
+  std::memcpy(&i, &x, 4);
+  return i;
+}
+inline float __int_as_float(int i) {
+  float x;
+  std::memcpy(&x, &i, 4);
+  return x;
+}
+inline float __uint_as_float(unsigned i) {
+  float x;
+  std::memcpy(&x, &i, 4);
+  return x;
+}
+
+// CUDA's min and max take mixed integer and floating types.
+template <typename A, typename B>
+  requires std::is_arithmetic_v<A> && std::is_arithmetic_v<B>
+constexpr std::common_type_t<A, B> min(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  return static_cast<C>(b) < static_cast<C>(a) ? static_cast<C>(b) : static_cast<C>(a);
+}
+template <typename A, typename B>
+  requires std::is_arithmetic_v<A> && std::is_arithmetic_v<B>
+constexpr std::common_type_t<A, B> max(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  return static_cast<C>(a) < static_cast<C>(b) ? static_cast<C>(b) : static_cast<C>(a);
+}
+
+// Warp matrix multiply-accumulate. Each lane holds the whole tile (row-major, element (r, c) at
+// x[r·cols + c]), so elementwise loops over num_elements behave as on the hardware, whose own
+// distribution of elements over lanes is unspecified. A store writes only the lane's own
+// elements (element e belongs to lane e mod 32): lanes run one after another here, and a lane
+// that wrote the whole tile would change what the next lane's load of the same tile reads, where
+// on the hardware the warp's loads all happen before its stores.
+namespace nvcuda::wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
+  static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
+  static constexpr int num_elements = rows * cols;
+  using element_type = T;
+  T x[num_elements];
+};
+
+namespace detail {
+void check_pointer(const void* p, unsigned ldm, size_t element_bytes, const char* what);
+}
+
+template <typename Use, int M, int N, int K, typename T, typename L>
+void fill_fragment(fragment<Use, M, N, K, T, L>& f, T value) {
+  for (auto& e : f.x) e = value;
+}
+template <typename Use, int M, int N, int K, typename T, typename L, typename V>
+  requires(!std::is_same_v<T, V>)
+void fill_fragment(fragment<Use, M, N, K, T, L>& f, V value) {
+  for (auto& e : f.x) e = static_cast<T>(value);
+}
+
+// matrix_a / matrix_b: the layout is part of the fragment type.
+template <typename Use, int M, int N, int K, typename T, typename L>
+  requires(!std::is_same_v<Use, accumulator>)
+void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const T* p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, L>;
+  detail::check_pointer(p, ldm, sizeof(T), "wmma::load_matrix_sync");
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c)
+      f.x[r * F::cols + c] = std::is_same_v<L, row_major> ? p[static_cast<size_t>(r) * ldm + c]
+                                                          : p[static_cast<size_t>(c) * ldm + r];
+}
+
+template <int M, int N, int K, typename T>
+void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const T* p, unsigned ldm, layout_t layout) {
+  detail::check_pointer(p, ldm, sizeof(T), "wmma::load_matrix_sync");
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c)
+      f.x[r * N + c] = layout == mem_row_major ? p[static_cast<size_t>(r) * ldm + c] : p[static_cast<size_t>(c) * ldm + r];
+}
+
+template <int M, int N, int K, typename T>
+void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t layout) {
+  detail::check_pointer(p, ldm, sizeof(T), "wmma::store_matrix_sync");
+  const int own = ::flashgpt::simt::lane();
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c)
+      if ((r * N + c) % 32 == own)
+        (layout == mem_row_major ? p[static_cast<size_t>(r) * ldm + c] : p[static_cast<size_t>(c) * ldm + r]) =
+            f.x[r * N + c];
+}
+
+template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB, typename TC>
+void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+              const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, TC>& c) {
+  TC out[M * N];
+  for (int r = 0; r < M; ++r)
+    for (int n = 0; n < N; ++n) {
+      float acc = static_cast<float>(c.x[r * N + n]);
+      for (int k = 0; k < K; ++k) acc += static_cast<float>(a.x[r * K + k]) * static_cast<float>(b.x[k * N + n]);
+      out[r * N + n] = static_cast<TC>(acc);
+    }
+  std::memcpy(d.x, out, sizeof(out));
+}
+
+}  // namespace nvcuda::wmma
