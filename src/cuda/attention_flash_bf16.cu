@@ -154,14 +154,7 @@ void launch(const Dims& d, const Mask& m, float scale, const uint16_t* q, const 
             uint16_t* o, float* lse) {
   const size_t shared = sizeof(__nv_bfloat16) * (kRows * D + 2 * kKeys * D + kWarps * 16 * kKeys) +
                         sizeof(float) * (kWarps * 16 * kKeys + kWarps * 16 * D);
-  int device = 0, limit = 0;
-  FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
-  FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  FLASHGPT_CUDA_REQUIRE(shared <= static_cast<size_t>(limit),
-                        "bf16 flash forward: needs " + std::to_string(shared) + " bytes of shared memory, the GPU allows " +
-                            std::to_string(limit));
-  FLASHGPT_CUDA_CHECK(
-      cudaFuncSetAttribute(forward_bf16_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
+  allow_shared(forward_bf16_kernel<D>, shared, "bf16 flash forward");
   const dim3 grid(static_cast<unsigned>((d.Tq + kRows - 1) / kRows), static_cast<unsigned>(d.Hq),
                   static_cast<unsigned>(d.B));
   launch_kernel("bf16 flash forward", forward_bf16_kernel<D>, grid, 32 * kWarps, shared, nullptr, d, m, scale,

@@ -261,17 +261,6 @@ __global__ void dkv_kernel(Dims d, Mask m, float scale, const float* __restrict_
   for (int64_t c = 0; c < d.Dv; ++c) gv[c] = dVs[t * vs + c];
 }
 
-template <typename Kernel>
-void allow_shared(Kernel kernel, size_t bytes, const char* name) {
-  int device = 0, limit = 0;
-  FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
-  FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  FLASHGPT_CUDA_REQUIRE(bytes <= static_cast<size_t>(limit),
-                        std::string(name) + ": needs " + std::to_string(bytes) + " bytes of shared memory, the GPU allows " +
-                            std::to_string(limit));
-  FLASHGPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-
 void check_dims(const AttentionDims& d, const AttentionMask& m) {
   check_attention_dims(d, m);
   FLASHGPT_CUDA_REQUIRE(d.Dqk <= kMaxHeadDim && d.Dv <= kMaxHeadDim,

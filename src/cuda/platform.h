@@ -15,6 +15,7 @@
 #endif
 
 #include <cstddef>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -31,6 +32,19 @@
 #endif
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+// Lets `kernel` use `bytes` of dynamic shared memory (past the default 48 KiB), or throws naming
+// `name` when the GPU cannot give that much.
+template <typename Kernel>
+void allow_shared(Kernel kernel, size_t bytes, const char* name) {
+  int device = 0, limit = 0;
+  FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
+  FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  FLASHGPT_CUDA_REQUIRE(bytes <= static_cast<size_t>(limit), std::string(name) + ": needs " + std::to_string(bytes) +
+                                                                 " bytes of shared memory, the GPU allows " +
+                                                                 std::to_string(limit));
+  FLASHGPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
 
 // Queues kernel<<<grid, block, shared, stream>>>(args...) and checks the launch; `name` says which
 // kernel in the error. Arguments convert to the kernel's parameter types as in a launch.

@@ -1,0 +1,99 @@
+// The training step's other ops on the GPU, one CUDA file per family beside its CPU twin
+// (src/cuda/<op>_cuda.cu against src/cpu/<op>_cpu.cpp), with the CPU ops' semantics (ops/*.h)
+// and every pointer in device memory. Activations are float or bf16 (T); arithmetic, statistics
+// (mean, rstd), losses, parameter gradients and optimizer state are fp32. Each call queues its
+// kernels on the default stream; errors are flashgpt::Error.
+//
+// Reductions across rows (norm weight gradients, bias gradients, the embedding table's gradient)
+// add into their fp32 outputs with atomics, so their last bits depend on the order blocks finish.
+#pragma once
+
+#include <cstdint>
+
+#include "flashgpt/cuda/abi.h"
+#include "flashgpt/ops/adamw.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+// A bf16 value in device memory (the bit pattern; host code needs no CUDA headers).
+struct bf16 {
+  uint16_t bits;
+};
+
+// --- elementwise (elementwise_cuda.cu) ---
+// out = a + b ;  y += x
+template <typename T>
+void add(T* out, const T* a, const T* b, int64_t n);
+template <typename T>
+void add_inplace(T* y, const T* x, int64_t n);
+// Converts n values between precisions (fp32 master weights to their bf16 copy, and back).
+void convert(bf16* out, const float* in, int64_t n);
+void convert(float* out, const bf16* in, int64_t n);
+
+// --- embedding (embedding_cuda.cu) ---
+// out[b,t,:] = wte[tok[b,t]] + wpe[pos_offset + t] (wpe may be null). Tokens must be < V (the
+// caller checks them on the host before they are uploaded).
+template <typename T>
+void embedding_forward(T* out, const int* tokens, const T* wte, const T* wpe, int64_t B, int64_t Tn, int64_t C,
+                       int64_t pos_offset);
+// dwte[tok] += dout rows; dwpe[pos_offset + t] += Σ_b dout[b, t] (deterministic); dwpe may be null.
+template <typename T>
+void embedding_backward(float* dwte, float* dwpe, const T* dout, const int* tokens, int64_t B, int64_t Tn, int64_t C,
+                        int64_t pos_offset);
+
+// --- norms (norm_cuda.cu) --- rows [N, C]; b may be null.
+template <typename T>
+void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int64_t N, int64_t C,
+                       float eps);
+// dinp written (accumulate = false) or added to; dw and db (may be null) added to.
+template <typename T>
+void layernorm_backward(T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w, const float* mean,
+                        const float* rstd, int64_t N, int64_t C, bool accumulate);
+template <typename T>
+void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, int64_t C, float eps);
+template <typename T>
+void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int64_t N,
+                      int64_t C, bool accumulate);
+
+// --- activations (activation_cuda.cu) --- input gradients are written.
+template <typename T>
+void gelu_forward(T* out, const T* inp, int64_t n);
+template <typename T>
+void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n);
+template <typename T>
+void swiglu_forward(T* out, const T* inp, int64_t N, int64_t F);
+template <typename T>
+void swiglu_backward(T* dinp, const T* inp, const T* dout, int64_t N, int64_t F);
+
+// --- the classifier's loss (cross_entropy_cuda.cu) --- logits [N, Vp], real vocabulary V.
+// losses[N] = −log softmax(logits)[target] (0 where target < 0); logits unchanged.
+template <typename T>
+void cross_entropy_forward(float* losses, const T* logits, const int* targets, int64_t N, int64_t V, int64_t Vp);
+// The fused classifier step: losses as above, and logits replaced in place by their gradient
+// scale·(softmax − onehot(target)), zero in the padding columns and in rows whose target < 0.
+// Only the logits buffer ever holds [N, Vp] values: no probabilities or gradient copy exists.
+template <typename T>
+void cross_entropy_fused(T* logits_inout, float* losses, const int* targets, int64_t N, int64_t V, int64_t Vp,
+                         float scale);
+
+// --- rotary embedding (rope_cuda.cu) --- x [B, Tn, H, ·] in place, heads head_stride apart, rotating
+// the first D values of each head at positions pos_offset + t; cos and sin tables [max_pos, D/2].
+template <typename T>
+void rope_forward(T* x, const float* cos, const float* sin, int64_t B, int64_t Tn, int64_t H, int64_t D,
+                  int64_t head_stride, int64_t pos_offset);
+template <typename T>
+void rope_backward(T* dx, const float* cos, const float* sin, int64_t B, int64_t Tn, int64_t H, int64_t D,
+                   int64_t head_stride, int64_t pos_offset);
+
+// --- bias gradient (elementwise_cuda.cu) --- db[oc] += Σ_n dout[n, oc].
+template <typename T>
+void bias_backward(float* db, const T* dout, int64_t N, int64_t OC);
+
+// --- optimizer (adamw_cuda.cu) --- the CPU's AdamW over fp32 master weights; copy (may be null)
+// receives the updated weights in bf16 for the next forward.
+void adamw_update(float* params, const float* grads, float* m, float* v, int64_t n, const ops::AdamWParams& p,
+                  bool decay, float grad_scale, bf16* copy = nullptr);
+// Σ x² over n values, accumulated in double into *out (device memory), for global-norm clipping.
+void sum_squares(double* out, const float* x, int64_t n);
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,0 +1,103 @@
+// GELU (tanh approximation) and SwiGLU on the GPU (CPU twin: cpu/activation_cpu.cpp), in fp32
+// arithmetic whatever the storage type.
+#include "cuda/device_math.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+namespace {
+
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/π)
+constexpr float kGeluCubic = 0.044715f;
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void gelu_forward_kernel(T* __restrict__ out, const T* __restrict__ inp, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float x = to_f32(inp[i]);
+    const float u = kGeluScale * (x + kGeluCubic * x * x * x);
+    out[i] = from_f32<T>(0.5f * x * (1.0f + tanhf(u)));
+  }
+}
+
+template <typename T>
+__global__ void gelu_backward_kernel(T* __restrict__ dinp, const T* __restrict__ inp, const T* __restrict__ dout,
+                                     int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float x = to_f32(inp[i]);
+    const float u = kGeluScale * (x + kGeluCubic * x * x * x);
+    const float th = tanhf(u);
+    const float du = kGeluScale * (1.0f + 3.0f * kGeluCubic * x * x);
+    dinp[i] = from_f32<T>(to_f32(dout[i]) * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du));
+  }
+}
+
+// inp rows [gate | up] of width 2F; out rows of width F.
+template <typename T>
+__global__ void swiglu_forward_kernel(T* __restrict__ out, const T* __restrict__ inp, int64_t N, int64_t F) {
+  const int64_t n = N * F;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = i / F, j = i % F;
+    const float a = to_f32(inp[row * 2 * F + j]), up = to_f32(inp[row * 2 * F + F + j]);
+    const float s = 1.0f / (1.0f + expf(-a));
+    out[i] = from_f32<T>(a * s * up);
+  }
+}
+
+template <typename T>
+__global__ void swiglu_backward_kernel(T* __restrict__ dinp, const T* __restrict__ inp, const T* __restrict__ dout,
+                                       int64_t N, int64_t F) {
+  const int64_t n = N * F;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = i / F, j = i % F;
+    const float a = to_f32(inp[row * 2 * F + j]), up = to_f32(inp[row * 2 * F + F + j]);
+    const float dy = to_f32(dout[i]);
+    const float s = 1.0f / (1.0f + expf(-a));
+    dinp[row * 2 * F + F + j] = from_f32<T>(dy * a * s);
+    dinp[row * 2 * F + j] = from_f32<T>(dy * up * s * (1.0f + a * (1.0f - s)));
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void gelu_forward(T* out, const T* inp, int64_t n) {
+  if (n <= 0) return;
+  launch_kernel("gelu forward", gelu_forward_kernel<device_t<T>>, grid_for(n, kThreads), kThreads, 0, nullptr,
+                dev(out), dev(inp), n);
+}
+
+template <typename T>
+void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n) {
+  if (n <= 0) return;
+  launch_kernel("gelu backward", gelu_backward_kernel<device_t<T>>, grid_for(n, kThreads), kThreads, 0, nullptr,
+                dev(dinp), dev(inp), dev(dout), n);
+}
+
+template <typename T>
+void swiglu_forward(T* out, const T* inp, int64_t N, int64_t F) {
+  if (N <= 0 || F <= 0) return;
+  launch_kernel("swiglu forward", swiglu_forward_kernel<device_t<T>>, grid_for(N * F, kThreads), kThreads, 0, nullptr,
+                dev(out), dev(inp), N, F);
+}
+
+template <typename T>
+void swiglu_backward(T* dinp, const T* inp, const T* dout, int64_t N, int64_t F) {
+  if (N <= 0 || F <= 0) return;
+  launch_kernel("swiglu backward", swiglu_backward_kernel<device_t<T>>, grid_for(N * F, kThreads), kThreads, 0,
+                nullptr, dev(dinp), dev(inp), dev(dout), N, F);
+}
+
+#define FLASHGPT_INSTANTIATE(T)                                              \
+  template void gelu_forward<T>(T*, const T*, int64_t);                      \
+  template void gelu_backward<T>(T*, const T*, const T*, int64_t);           \
+  template void swiglu_forward<T>(T*, const T*, int64_t, int64_t);           \
+  template void swiglu_backward<T>(T*, const T*, const T*, int64_t, int64_t);
+FLASHGPT_INSTANTIATE(float)
+FLASHGPT_INSTANTIATE(bf16)
+#undef FLASHGPT_INSTANTIATE
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

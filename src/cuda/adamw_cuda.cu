@@ -1,0 +1,58 @@
+// AdamW over fp32 master weights and the squared norm for clipping, on the GPU (CPU twin:
+// cpu/adamw_cpu.cpp). One thread per parameter; the update optionally writes the bf16 copy the
+// next forward reads, so no separate conversion pass runs.
+#include <cmath>
+
+#include "cuda/device_math.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+__global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
+                             float* __restrict__ v, __nv_bfloat16* __restrict__ copy, int64_t n, float lr, float b1,
+                             float b2, float bc1, float bc2, float eps, float wd, float grad_scale) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = grads[i] * grad_scale;
+    const float mi = b1 * m[i] + (1.0f - b1) * g;
+    const float vi = b2 * v[i] + (1.0f - b2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const float p = params[i] - lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * params[i]);
+    params[i] = p;
+    if (copy) copy[i] = __float2bfloat16(p);
+  }
+}
+
+__global__ void sum_squares_kernel(double* __restrict__ out, const float* __restrict__ x, int64_t n) {
+  __shared__ float scratch[32];
+  float s = 0.0f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    s += x[i] * x[i];
+  }
+  const float total = block_sum(s, scratch);
+  if (threadIdx.x == 0) atomicAdd(out, static_cast<double>(total));
+}
+
+}  // namespace
+
+void adamw_update(float* params, const float* grads, float* m, float* v, int64_t n, const ops::AdamWParams& p,
+                  bool decay, float grad_scale, bf16* copy) {
+  if (n <= 0) return;
+  // Bias corrections in double on the host, as the CPU computes them.
+  const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(p.beta1), static_cast<double>(p.step)));
+  const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(p.beta2), static_cast<double>(p.step)));
+  launch_kernel("adamw", adamw_kernel, grid_for(n, kThreads), kThreads, 0, nullptr, params, grads, m, v, dev(copy), n,
+                p.lr, p.beta1, p.beta2, bc1, bc2, p.eps, decay ? p.weight_decay : 0.0f, grad_scale);
+}
+
+void sum_squares(double* out, const float* x, int64_t n) {
+  if (n <= 0) return;
+  launch_kernel("sum of squares", sum_squares_kernel, grid_for(n, kThreads, 1024), kThreads, 0, nullptr, out, x, n);
+}
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,0 +1,103 @@
+// Elementwise ops, precision conversion and the bias gradient on the GPU (CPU twin:
+// cpu/elementwise_cpu.cpp; the bias gradient is matmul_cpu.cpp's column sum).
+#include "cuda/device_math.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+namespace {
+
+template <typename T>
+__global__ void add_kernel(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
+  }
+}
+
+template <typename T>
+__global__ void add_inplace_kernel(T* __restrict__ y, const T* __restrict__ x, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    y[i] = from_f32<T>(to_f32(y[i]) + to_f32(x[i]));
+  }
+}
+
+template <typename To, typename From>
+__global__ void convert_kernel(To* __restrict__ out, const From* __restrict__ in, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = from_f32<To>(to_f32(in[i]));
+  }
+}
+
+// Block (32, 8): 32 columns, 8 row lanes; each thread sums a strided set of rows of its column,
+// the 8 partial sums meet in shared memory and one atomic per column and block adds them in.
+constexpr int kBiasRows = 8;
+
+template <typename T>
+__global__ void bias_backward_kernel(float* __restrict__ db, const T* __restrict__ dout, int64_t N, int64_t OC) {
+  __shared__ float part[kBiasRows][33];
+  const int64_t col = blockIdx.x * 32LL + threadIdx.x;
+  float s = 0.0f;
+  if (col < OC) {
+    for (int64_t r = blockIdx.y * static_cast<int64_t>(kBiasRows) + threadIdx.y; r < N;
+         r += static_cast<int64_t>(gridDim.y) * kBiasRows) {
+      s += to_f32(dout[r * OC + col]);
+    }
+  }
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < OC) {
+    float total = 0.0f;
+    for (int r = 0; r < kBiasRows; ++r) total += part[r][threadIdx.x];
+    atomicAdd(db + col, total);
+  }
+}
+
+constexpr int kThreads = 256;
+
+}  // namespace
+
+template <typename T>
+void add(T* out, const T* a, const T* b, int64_t n) {
+  if (n <= 0) return;
+  launch_kernel("add", add_kernel<device_t<T>>, grid_for(n, kThreads), kThreads, 0, nullptr, dev(out), dev(a), dev(b),
+                n);
+}
+
+template <typename T>
+void add_inplace(T* y, const T* x, int64_t n) {
+  if (n <= 0) return;
+  launch_kernel("add_inplace", add_inplace_kernel<device_t<T>>, grid_for(n, kThreads), kThreads, 0, nullptr, dev(y),
+                dev(x), n);
+}
+
+void convert(bf16* out, const float* in, int64_t n) {
+  if (n <= 0) return;
+  launch_kernel("convert fp32 → bf16", convert_kernel<__nv_bfloat16, float>, grid_for(n, kThreads), kThreads, 0,
+                nullptr, dev(out), in, n);
+}
+
+void convert(float* out, const bf16* in, int64_t n) {
+  if (n <= 0) return;
+  launch_kernel("convert bf16 → fp32", convert_kernel<float, __nv_bfloat16>, grid_for(n, kThreads), kThreads, 0,
+                nullptr, out, dev(in), n);
+}
+
+template <typename T>
+void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
+  if (N <= 0 || OC <= 0) return;
+  const unsigned row_blocks = grid_for(N, kBiasRows * 16, 256);  // ≥ 16 rows per thread before the atomics
+  launch_kernel("bias backward", bias_backward_kernel<device_t<T>>, dim3(grid_for(OC, 32), row_blocks),
+                dim3(32, kBiasRows), 0, nullptr, db, dev(dout), N, OC);
+}
+
+#define FLASHGPT_INSTANTIATE(T)                                  \
+  template void add<T>(T*, const T*, const T*, int64_t);         \
+  template void add_inplace<T>(T*, const T*, int64_t);           \
+  template void bias_backward<T>(float*, const T*, int64_t, int64_t);
+FLASHGPT_INSTANTIATE(float)
+FLASHGPT_INSTANTIATE(bf16)
+#undef FLASHGPT_INSTANTIATE
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,0 +1,424 @@
+// The training step's GPU ops (cuda/ops_cuda.h) against their CPU twins (ops/*.h) on the same
+// inputs: fp32 within 1e-5 relative to the largest value; bf16 within twice the error of a plain
+// bf16 computation (fp32 arithmetic on the bf16 inputs, rounded to bf16) against fp64. Outputs
+// are poisoned (NaN) before each run; sizes include 1, odd widths and widths past a warp's stride.
+// Skipped without a GPU; the simt build runs them on the CPU emulator.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "flashgpt/core/device.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/ops_cuda.h"
+#include "flashgpt/ops/activation.h"
+#include "flashgpt/ops/adamw.h"
+#include "flashgpt/ops/cross_entropy.h"
+#include "flashgpt/ops/elementwise.h"
+#include "flashgpt/ops/embedding.h"
+#include "flashgpt/ops/matmul.h"
+#include "flashgpt/ops/norm.h"
+#include "flashgpt/ops/rope.h"
+
+namespace flashgpt {
+namespace {
+
+using cuda::bf16;
+using cuda::DeviceBuffer;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none
+
+// max |a − b| / max(1, max |b|); NaN or infinity (unwritten) fails.
+double rel_error(const std::vector<float>& a, const std::vector<double>& b) {
+  double scale = 1.0, worst = 0.0;
+  for (double x : b) scale = std::max(scale, std::abs(x));
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
+    worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return worst / scale;
+}
+double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+  return rel_error(a, std::vector<double>(b.begin(), b.end()));
+}
+
+uint16_t to_bf16_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u += 0x7FFF + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+float from_bf16_bits(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+float round_bf16(float x) { return from_bf16_bits(to_bf16_bits(x)); }
+std::vector<float> round_bf16(std::vector<float> v) {
+  for (float& x : v) x = round_bf16(x);
+  return v;
+}
+
+struct Data {
+  Rng rng{1234};
+  std::vector<float> normal(size_t n, double sd = 1.0) {
+    std::vector<float> v(n);
+    for (float& x : v) x = static_cast<float>(rng.normal() * sd);
+    return v;
+  }
+};
+
+// Device copies of host vectors, as float or as bf16.
+DeviceBuffer up(const std::vector<float>& h) {
+  DeviceBuffer d(h.size() * 4);
+  d.upload(h.data(), h.size() * 4);
+  return d;
+}
+DeviceBuffer up_bf16(const std::vector<float>& h) {
+  std::vector<uint16_t> bits(h.size());
+  for (size_t i = 0; i < h.size(); ++i) bits[i] = to_bf16_bits(h[i]);
+  DeviceBuffer d(bits.size() * 2);
+  d.upload(bits.data(), bits.size() * 2);
+  return d;
+}
+template <typename T>
+DeviceBuffer up_as(const std::vector<float>& h) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    return up_bf16(h);
+  } else {
+    return up(h);
+  }
+}
+DeviceBuffer poisoned(size_t bytes) {
+  DeviceBuffer d(bytes);
+  d.fill_bytes(0xFF);
+  return d;
+}
+template <typename T>
+std::vector<float> down_as(const DeviceBuffer& d, size_t n) {
+  std::vector<float> h(n);
+  if constexpr (std::is_same_v<T, bf16>) {
+    std::vector<uint16_t> bits(n);
+    d.download(bits.data(), n * 2);
+    for (size_t i = 0; i < n; ++i) h[i] = from_bf16_bits(bits[i]);
+  } else {
+    d.download(h.data(), n * 4);
+  }
+  return h;
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST(CudaOps, ElementwiseAddAndConvert) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  for (int64_t n : {1, 255, 1000}) {
+    SCOPED_TRACE("n " + std::to_string(n));
+    const auto a = data.normal(static_cast<size_t>(n)), b = data.normal(static_cast<size_t>(n));
+    std::vector<float> want(a.size());
+    ops::add(want.data(), a.data(), b.data(), n);
+    auto da = up(a), db = up(b), out = poisoned(a.size() * 4);
+    cuda::add(out.as<float>(), da.as<const float>(), db.as<const float>(), n);
+    EXPECT_EQ(rel_error(down_as<float>(out, a.size()), want), 0.0);
+    cuda::add_inplace(da.as<float>(), db.as<const float>(), n);
+    EXPECT_EQ(rel_error(down_as<float>(da, a.size()), want), 0.0);
+    // fp32 → bf16 rounds to nearest even, and back is exact.
+    auto half = poisoned(a.size() * 2), back = poisoned(a.size() * 4);
+    cuda::convert(half.as<bf16>(), db.as<const float>(), n);
+    cuda::convert(back.as<float>(), half.as<const bf16>(), n);
+    EXPECT_EQ(rel_error(down_as<float>(back, a.size()), round_bf16(b)), 0.0);
+  }
+}
+
+TEST(CudaOps, BiasGradientSumsColumns) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  for (auto [N, OC] : {std::pair<int64_t, int64_t>{1, 1}, {37, 45}, {300, 70}}) {
+    SCOPED_TRACE("N " + std::to_string(N) + " OC " + std::to_string(OC));
+    const auto dout = data.normal(static_cast<size_t>(N * OC));
+    const auto prior = data.normal(static_cast<size_t>(OC));
+    std::vector<double> want(prior.begin(), prior.end());
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t c = 0; c < OC; ++c) want[static_cast<size_t>(c)] += dout[static_cast<size_t>(r * OC + c)];
+    auto ddo = up(dout), db = up(prior);
+    cuda::bias_backward(db.as<float>(), ddo.as<const float>(), N, OC);
+    EXPECT_LT(rel_error(down_as<float>(db, prior.size()), want), 1e-5);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+void check_embedding(bool positions) {
+  Data data;
+  const int64_t B = 3, Tn = 17, C = 40, V = 11, P = 32, pos0 = 5;
+  std::vector<int> tokens(static_cast<size_t>(B * Tn));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 7 + 3) % V);  // repeats: atomics collide
+  const auto wte = round_bf16(data.normal(static_cast<size_t>(V * C)));
+  const auto wpe = round_bf16(data.normal(static_cast<size_t>(P * C)));
+  const auto dout = round_bf16(data.normal(static_cast<size_t>(B * Tn * C)));
+  std::vector<float> want(dout.size());
+  ops::embedding_forward(want.data(), tokens.data(), wte.data(), positions ? wpe.data() : nullptr, B, Tn, C, pos0);
+  std::vector<float> dwte(wte.size(), 0.5f), dwpe(wpe.size(), -0.25f);
+  auto dwte_want = dwte, dwpe_want = dwpe;
+  ops::embedding_backward(dwte_want.data(), positions ? dwpe_want.data() : nullptr, dout.data(), tokens.data(), B, Tn,
+                          C, pos0);
+
+  DeviceBuffer dtok(tokens.size() * 4);
+  dtok.upload(tokens.data(), tokens.size() * 4);
+  DeviceBuffer gwte = up_as<T>(wte), gwpe = up_as<T>(wpe), gdout = up_as<T>(dout),
+               out = poisoned(dout.size() * sizeof(T));
+  cuda::embedding_forward(out.as<T>(), dtok.as<const int>(), gwte.as<const T>(),
+                          positions ? gwpe.as<const T>() : nullptr, B, Tn, C, pos0);
+  const auto got = down_as<T>(out, dout.size());
+  // bf16: the sum of two bf16 values rounded once, as the plain computation does.
+  EXPECT_LT(rel_error(got, std::is_same_v<T, bf16> ? round_bf16(want) : want), 1e-6);
+  auto gdwte = up(dwte), gdwpe = up(dwpe);
+  cuda::embedding_backward(gdwte.as<float>(), positions ? gdwpe.as<float>() : nullptr, gdout.as<const T>(),
+                           dtok.as<const int>(), B, Tn, C, pos0);
+  EXPECT_LT(rel_error(down_as<float>(gdwte, dwte.size()), dwte_want), 1e-5);
+  EXPECT_LT(rel_error(down_as<float>(gdwpe, dwpe.size()), dwpe_want), 1e-5);
+}
+
+TEST(CudaOps, EmbeddingForwardAndBackward) {
+  SKIP_WITHOUT_GPU();
+  for (bool positions : {true, false}) {
+    SCOPED_TRACE(positions ? "learned positions" : "no position table");
+    check_embedding<float>(positions);
+    check_embedding<bf16>(positions);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+struct NormCase {
+  int64_t N, C;
+};
+const std::vector<NormCase> kNormCases = {{1, 1}, {5, 31}, {33, 64}, {70, 200}, {9, 768}};
+
+TEST(CudaOps, NormsEqualTheCpuInFp32) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  for (const NormCase& c : kNormCases) {
+    for (bool layer : {true, false}) {
+      SCOPED_TRACE(std::string(layer ? "layernorm" : "rmsnorm") + " N " + std::to_string(c.N) + " C " +
+                   std::to_string(c.C));
+      const size_t nc = static_cast<size_t>(c.N * c.C), cc = static_cast<size_t>(c.C), n = static_cast<size_t>(c.N);
+      const auto x = data.normal(nc, 2.0), w = data.normal(cc), b = data.normal(cc), dy = data.normal(nc);
+      const auto dx0 = data.normal(nc), dw0 = data.normal(cc), db0 = data.normal(cc);
+      std::vector<float> y(nc), mean(n), rstd(n), dx = dx0, dw = dw0, db = db0;
+      if (layer) {
+        ops::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), c.N, c.C, 1e-5f);
+        ops::layernorm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), mean.data(),
+                                rstd.data(), c.N, c.C, true);
+      } else {
+        ops::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), c.N, c.C, 1e-5f);
+        ops::rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), c.N, c.C, true);
+      }
+      auto gx = up(x), gw = up(w), gb = up(b), gdy = up(dy), gdx = up(dx0), gdw = up(dw0), gdb = up(db0);
+      auto gy = poisoned(nc * 4), gmean = poisoned(n * 4), grstd = poisoned(n * 4);
+      if (layer) {
+        cuda::layernorm_forward(gy.as<float>(), gmean.as<float>(), grstd.as<float>(), gx.as<const float>(),
+                                gw.as<const float>(), gb.as<const float>(), c.N, c.C, 1e-5f);
+        EXPECT_LT(rel_error(down_as<float>(gmean, n), mean), 1e-5);
+      } else {
+        cuda::rmsnorm_forward(gy.as<float>(), grstd.as<float>(), gx.as<const float>(), gw.as<const float>(), c.N, c.C,
+                              1e-5f);
+      }
+      EXPECT_LT(rel_error(down_as<float>(gy, nc), y), 1e-5);
+      EXPECT_LT(rel_error(down_as<float>(grstd, n), rstd), 1e-5);
+      // The backward takes the CPU's statistics, so it is checked on its own.
+      auto cmean = up(mean), crstd = up(rstd);
+      if (layer) {
+        cuda::layernorm_backward(gdx.as<float>(), gdw.as<float>(), gdb.as<float>(), gdy.as<const float>(),
+                                 gx.as<const float>(), gw.as<const float>(), cmean.as<const float>(),
+                                 crstd.as<const float>(), c.N, c.C, true);
+        EXPECT_LT(rel_error(down_as<float>(gdb, cc), db), 1e-5);
+      } else {
+        cuda::rmsnorm_backward(gdx.as<float>(), gdw.as<float>(), gdy.as<const float>(), gx.as<const float>(),
+                               gw.as<const float>(), crstd.as<const float>(), c.N, c.C, true);
+      }
+      EXPECT_LT(rel_error(down_as<float>(gdx, nc), dx), 1e-5);
+      EXPECT_LT(rel_error(down_as<float>(gdw, cc), dw), 1e-5);
+    }
+  }
+}
+
+// The error bound for bf16: ‖ours − exact‖ ≤ 2·‖plain − exact‖ (+ a floor for exact cases).
+double norm_err(const std::vector<float>& a, const std::vector<double>& exact) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
+    num += (a[i] - exact[i]) * (a[i] - exact[i]);
+    den += exact[i] * exact[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+#define EXPECT_WITHIN_PLAIN_BF16(ours, plain, exact)                                                \
+  do {                                                                                              \
+    const double e_ours = norm_err(ours, exact), e_plain = norm_err(plain, exact);                 \
+    EXPECT_LE(e_ours, 2 * e_plain + 1e-6) << "ours " << e_ours << " against plain bf16 " << e_plain; \
+  } while (0)
+
+TEST(CudaOps, NormsInBf16AreAsAccurateAsAPlainBf16Computation) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  for (const NormCase& c : kNormCases) {
+    SCOPED_TRACE("N " + std::to_string(c.N) + " C " + std::to_string(c.C));
+    const size_t nc = static_cast<size_t>(c.N * c.C), cc = static_cast<size_t>(c.C), n = static_cast<size_t>(c.N);
+    const auto x = round_bf16(data.normal(nc, 2.0)), w = round_bf16(data.normal(cc)), b = round_bf16(data.normal(cc));
+    const auto dy = round_bf16(data.normal(nc));
+    // Exact (fp64) and plain (fp32 on the bf16 values, rounded to bf16).
+    std::vector<double> xd(x.begin(), x.end()), wd(w.begin(), w.end()), bd(b.begin(), b.end()), dyd(dy.begin(), dy.end());
+    std::vector<double> y_exact(nc), mean_d(n), rstd_d(n), dx_exact(nc), dw_d(cc, 0.0), db_d(cc, 0.0);
+    ops::layernorm_forward(y_exact.data(), mean_d.data(), rstd_d.data(), xd.data(), wd.data(), bd.data(), c.N, c.C,
+                           1e-5);
+    ops::layernorm_backward(dx_exact.data(), dw_d.data(), db_d.data(), dyd.data(), xd.data(), wd.data(),
+                            mean_d.data(), rstd_d.data(), c.N, c.C, false);
+    std::vector<float> y_plain(nc), mean(n), rstd(n), dx_plain(nc), dw(cc, 0.0f), db(cc, 0.0f);
+    ops::layernorm_forward(y_plain.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), c.N, c.C, 1e-5f);
+    ops::layernorm_backward(dx_plain.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), mean.data(),
+                            rstd.data(), c.N, c.C, false);
+    y_plain = round_bf16(y_plain);
+    dx_plain = round_bf16(dx_plain);
+
+    auto gx = up_bf16(x), gw = up_bf16(w), gb = up_bf16(b), gdy = up_bf16(dy);
+    auto gy = poisoned(nc * 2), gmean = poisoned(n * 4), grstd = poisoned(n * 4), gdx = poisoned(nc * 2);
+    std::vector<float> zeros(cc, 0.0f);
+    auto gdw = up(zeros), gdb = up(zeros);
+    cuda::layernorm_forward(gy.as<bf16>(), gmean.as<float>(), grstd.as<float>(), gx.as<const bf16>(),
+                            gw.as<const bf16>(), gb.as<const bf16>(), c.N, c.C, 1e-5f);
+    cuda::layernorm_backward(gdx.as<bf16>(), gdw.as<float>(), gdb.as<float>(), gdy.as<const bf16>(), gx.as<const bf16>(),
+                             gw.as<const bf16>(), gmean.as<const float>(), grstd.as<const float>(), c.N, c.C, false);
+    EXPECT_WITHIN_PLAIN_BF16(down_as<bf16>(gy, nc), y_plain, y_exact);
+    EXPECT_WITHIN_PLAIN_BF16(down_as<bf16>(gdx, nc), dx_plain, dx_exact);
+    // Weight gradients stay fp32: as close as the fp32 CPU computation on the same bf16 values.
+    EXPECT_LT(rel_error(down_as<float>(gdw, cc), dw_d), 1e-5);
+    EXPECT_LT(rel_error(down_as<float>(gdb, cc), db_d), 1e-5);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST(CudaOps, ActivationsEqualTheCpu) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  for (auto [N, F] : {std::pair<int64_t, int64_t>{1, 1}, {7, 33}, {20, 130}}) {
+    SCOPED_TRACE("N " + std::to_string(N) + " F " + std::to_string(F));
+    const size_t nf = static_cast<size_t>(N * F);
+    // GELU over [N, F]
+    const auto x = data.normal(nf, 2.0), dy = data.normal(nf);
+    std::vector<float> y(nf), dx(nf);
+    ops::gelu_forward(y.data(), x.data(), static_cast<int64_t>(nf));
+    ops::gelu_backward(dx.data(), x.data(), dy.data(), static_cast<int64_t>(nf));
+    auto gx = up(x), gdy = up(dy), gy = poisoned(nf * 4), gdx = poisoned(nf * 4);
+    cuda::gelu_forward(gy.as<float>(), gx.as<const float>(), static_cast<int64_t>(nf));
+    cuda::gelu_backward(gdx.as<float>(), gx.as<const float>(), gdy.as<const float>(), static_cast<int64_t>(nf));
+    EXPECT_LT(rel_error(down_as<float>(gy, nf), y), 1e-5);
+    EXPECT_LT(rel_error(down_as<float>(gdx, nf), dx), 1e-5);
+    // SwiGLU over [N, 2F] → [N, F]
+    const auto xs = data.normal(2 * nf, 2.0);
+    std::vector<float> ys(nf), dxs(2 * nf);
+    ops::swiglu_forward(ys.data(), xs.data(), N, F);
+    ops::swiglu_backward(dxs.data(), xs.data(), dy.data(), N, F);
+    auto gxs = up(xs), gys = poisoned(nf * 4), gdxs = poisoned(2 * nf * 4);
+    cuda::swiglu_forward(gys.as<float>(), gxs.as<const float>(), N, F);
+    cuda::swiglu_backward(gdxs.as<float>(), gxs.as<const float>(), gdy.as<const float>(), N, F);
+    EXPECT_LT(rel_error(down_as<float>(gys, nf), ys), 1e-5);
+    EXPECT_LT(rel_error(down_as<float>(gdxs, 2 * nf), dxs), 1e-5);
+    // bf16 GELU: fp32 arithmetic on the bf16 input, rounded once — exactly the plain computation.
+    const auto xb = round_bf16(x);
+    std::vector<float> yb(nf);
+    ops::gelu_forward(yb.data(), xb.data(), static_cast<int64_t>(nf));
+    auto gxb = up_bf16(xb), gyb = poisoned(nf * 2);
+    cuda::gelu_forward(gyb.as<bf16>(), gxb.as<const bf16>(), static_cast<int64_t>(nf));
+    EXPECT_LT(rel_error(down_as<bf16>(gyb, nf), round_bf16(yb)), 1e-2);  // tanh may differ by an ulp before rounding
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST(CudaOps, CrossEntropyForwardAndFusedGradient) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  for (auto [N, V, Vp] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {6, 50, 64}, {9, 300, 300}, {4, 1000, 1024}}) {
+    SCOPED_TRACE("N " + std::to_string(N) + " V " + std::to_string(V) + " Vp " + std::to_string(Vp));
+    const size_t nv = static_cast<size_t>(N * Vp);
+    auto logits = data.normal(nv, 3.0);
+    std::vector<int> targets(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) targets[static_cast<size_t>(i)] = i % 4 == 3 ? -1 : static_cast<int>((i * 37) % V);
+    const float scale = 1.0f / static_cast<float>(N);
+    std::vector<float> probs = logits, losses(static_cast<size_t>(N));
+    ops::softmax_cross_entropy_forward(probs.data(), losses.data(), targets.data(), N, V, Vp);
+    ops::softmax_cross_entropy_backward(probs.data(), targets.data(), N, V, Vp, scale);
+    auto gl = up(logits), gloss = poisoned(static_cast<size_t>(N) * 4);
+    DeviceBuffer gt(targets.size() * 4);
+    gt.upload(targets.data(), targets.size() * 4);
+    cuda::cross_entropy_forward(gloss.as<float>(), gl.as<const float>(), gt.as<const int>(), N, V, Vp);
+    EXPECT_LT(rel_error(down_as<float>(gloss, static_cast<size_t>(N)), losses), 1e-5);
+    EXPECT_EQ(rel_error(down_as<float>(gl, nv), logits), 0.0) << "the forward must leave the logits alone";
+    gloss.fill_bytes(0xFF);
+    cuda::cross_entropy_fused(gl.as<float>(), gloss.as<float>(), gt.as<const int>(), N, V, Vp, scale);
+    EXPECT_LT(rel_error(down_as<float>(gloss, static_cast<size_t>(N)), losses), 1e-5);
+    EXPECT_LT(rel_error(down_as<float>(gl, nv), probs), 1e-6);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST(CudaOps, RopeEqualsTheCpu) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  const int64_t B = 2, Tn = 9, H = 3, D = 16, pos0 = 4;
+  const ops::RopeTable<float> table(32, static_cast<int>(D), 10000.0);
+  auto gcos = up(table.cos), gsin = up(table.sin);
+  for (int64_t stride : {D, D + 8}) {  // plain heads, and MLA's rope part after 8 nope values
+    SCOPED_TRACE("head stride " + std::to_string(stride));
+    const auto x = data.normal(static_cast<size_t>(B * Tn * H * stride));
+    std::vector<float> fwd = x, bwd = x;
+    ops::rope_forward_strided(fwd.data(), table, B, Tn, H, D, stride, pos0);
+    ops::rope_backward_strided(bwd.data(), table, B, Tn, H, D, stride, pos0);
+    auto gf = up(x), gbk = up(x);
+    cuda::rope_forward(gf.as<float>(), gcos.as<const float>(), gsin.as<const float>(), B, Tn, H, D, stride, pos0);
+    cuda::rope_backward(gbk.as<float>(), gcos.as<const float>(), gsin.as<const float>(), B, Tn, H, D, stride, pos0);
+    EXPECT_LT(rel_error(down_as<float>(gf, x.size()), fwd), 1e-6);
+    EXPECT_LT(rel_error(down_as<float>(gbk, x.size()), bwd), 1e-6);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+TEST(CudaOps, AdamWAndSumOfSquaresEqualTheCpu) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  const int64_t n = 1000;
+  const auto p0 = data.normal(n), g = data.normal(n), m0 = data.normal(n, 0.1);
+  auto v0 = data.normal(n, 0.1);
+  for (float& x : v0) x = x * x;
+  for (bool decay : {true, false}) {
+    SCOPED_TRACE(decay ? "decay" : "no decay");
+    ops::AdamWParams hp;
+    hp.lr = 1e-3f;
+    hp.weight_decay = 0.1f;
+    hp.step = 7;
+    std::vector<float> p = p0, m = m0, v = v0;
+    ops::adamw_update(p.data(), g.data(), m.data(), v.data(), n, hp, decay, 0.5f);
+    auto gp = up(p0), gg = up(g), gm = up(m0), gv = up(v0), copy = poisoned(static_cast<size_t>(n) * 2);
+    cuda::adamw_update(gp.as<float>(), gg.as<const float>(), gm.as<float>(), gv.as<float>(), n, hp, decay, 0.5f,
+                       copy.as<bf16>());
+    EXPECT_LT(rel_error(down_as<float>(gp, n), p), 1e-6);
+    EXPECT_LT(rel_error(down_as<float>(gm, n), m), 1e-6);
+    EXPECT_LT(rel_error(down_as<float>(gv, n), v), 1e-6);
+    EXPECT_EQ(rel_error(down_as<bf16>(copy, n), round_bf16(down_as<float>(gp, n))), 0.0);
+  }
+  std::vector<double> zero{0.0};
+  DeviceBuffer acc(8);
+  acc.upload(zero.data(), 8);
+  auto gg = up(g);
+  cuda::sum_squares(acc.as<double>(), gg.as<const float>(), n);
+  double got = 0;
+  acc.download(&got, 8);
+  EXPECT_NEAR(got, ops::sum_squares(g.data(), n), 1e-6 * got);
+}
+
+}  // namespace
+}  // namespace flashgpt
