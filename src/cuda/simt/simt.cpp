@@ -132,34 +132,33 @@ std::string describe_states(const Launch& l) {
   return out;
 }
 
-// Releases complete warp-barrier groups; returns whether any was released. A group whose mask
-// names an exited or missing lane can never complete: that is a fault.
-bool release_warps(Launch& l) {
+// Releases the complete warp-barrier groups of the warp starting at thread `base`; returns whether
+// any was released. A group whose mask names an exited or missing lane can never complete: that
+// is a fault.
+bool release_warp(Launch& l, int base) {
   bool released = false;
   const int n = static_cast<int>(l.fibers.size());
-  for (int base = 0; base < n; base += 32) {
-    for (int lane = 0; lane < 32 && base + lane < n; ++lane) {
-      const Fiber& f = l.fibers[static_cast<size_t>(base + lane)];
-      if (f.state != State::AtWarp) continue;
-      bool complete = true;
-      for (int o = 0; o < 32; ++o) {
-        if (!(f.mask >> o & 1u)) continue;
-        if (base + o >= n) {
-          fail("simt: kernel {}: warp barrier mask {:#x} of thread {} names lane {}, which this block does not have",
-               l.name, f.mask, f.linear, o);
-        }
-        const Fiber& g = l.fibers[static_cast<size_t>(base + o)];
-        if (g.state == State::Done) {
-          fail("simt: kernel {}: thread {} waits at a warp barrier (mask {:#x}) for lane {}, which has exited", l.name,
-               f.linear, f.mask, o);
-        }
-        if (g.state != State::AtWarp || g.mask != f.mask) complete = false;
+  for (int lane = 0; lane < 32 && base + lane < n; ++lane) {
+    const Fiber& f = l.fibers[static_cast<size_t>(base + lane)];
+    if (f.state != State::AtWarp) continue;
+    bool complete = true;
+    for (int o = 0; o < 32; ++o) {
+      if (!(f.mask >> o & 1u)) continue;
+      if (base + o >= n) {
+        fail("simt: kernel {}: warp barrier mask {:#x} of thread {} names lane {}, which this block does not have",
+             l.name, f.mask, f.linear, o);
       }
-      if (!complete) continue;
-      for (int o = 0; o < 32; ++o)
-        if (f.mask >> o & 1u) l.fibers[static_cast<size_t>(base + o)].state = State::Runnable;
-      released = true;
+      const Fiber& g = l.fibers[static_cast<size_t>(base + o)];
+      if (g.state == State::Done) {
+        fail("simt: kernel {}: thread {} waits at a warp barrier (mask {:#x}) for lane {}, which has exited", l.name,
+             f.linear, f.mask, o);
+      }
+      if (g.state != State::AtWarp || g.mask != f.mask) complete = false;
     }
+    if (!complete) continue;
+    for (int o = 0; o < 32; ++o)
+      if (f.mask >> o & 1u) l.fibers[static_cast<size_t>(base + o)].state = State::Runnable;
+    released = true;
   }
   return released;
 }
@@ -181,16 +180,45 @@ bool release_warps(Launch& l) {
   makecontext(&f.ctx, fiber_entry, 0);
 }
 
+// Scheduling: a warp runs all its runnable lanes (in shuffled order) to their next barrier and its
+// warp barriers are released at once, so warps drift apart by whole phases, as on the hardware.
+// Which warp runs next is drawn per block from one of two policies: any ready warp at random, or
+// the first ready warp of a random priority order — which runs each warp as far as it can go
+// before the next starts, exposing a read of what a later warp was to write before a barrier.
+// A __syncthreads releases when every live thread is at it.
 void run_block(Launch& l, std::vector<int>& order) {
   for (size_t i = 0; i < l.fibers.size(); ++i) prepare(l, l.fibers[i], g_stacks.get(i));
   auto& rng = order_rng();
+  const int n = static_cast<int>(l.fibers.size()), warps = (n + 31) / 32;
+  std::vector<int> priority(static_cast<size_t>(warps));
+  for (int w = 0; w < warps; ++w) priority[static_cast<size_t>(w)] = w;
+  std::shuffle(priority.begin(), priority.end(), rng);
+  const bool by_priority = rng() % 2 == 0;
+  std::vector<int> ready;
+  ready.reserve(static_cast<size_t>(warps));
   for (;;) {
-    std::shuffle(order.begin(), order.end(), rng);
-    for (int i : order) {
-      Fiber& f = l.fibers[static_cast<size_t>(i)];
-      if (f.state != State::Runnable) continue;
-      resume(l, f);
-      if (l.error) std::rethrow_exception(l.error);
+    ready.clear();
+    for (int w : priority) {
+      for (int i = w * 32; i < std::min(n, w * 32 + 32); ++i) {
+        if (l.fibers[static_cast<size_t>(i)].state == State::Runnable) {
+          ready.push_back(w);
+          break;
+        }
+      }
+    }
+    if (!ready.empty()) {
+      const int w = by_priority ? ready.front() : ready[static_cast<size_t>(rng() % ready.size())];
+      const int lanes = std::min(32, n - w * 32);
+      for (int i = 0; i < lanes; ++i) order[static_cast<size_t>(i)] = w * 32 + i;
+      std::shuffle(order.begin(), order.begin() + lanes, rng);
+      for (int i = 0; i < lanes; ++i) {
+        Fiber& f = l.fibers[static_cast<size_t>(order[static_cast<size_t>(i)])];
+        if (f.state != State::Runnable) continue;
+        resume(l, f);
+        if (l.error) std::rethrow_exception(l.error);
+      }
+      release_warp(l, w * 32);
+      continue;
     }
     bool all_done = true, all_at_block = true;
     for (const Fiber& f : l.fibers) {
@@ -198,12 +226,13 @@ void run_block(Launch& l, std::vector<int>& order) {
       if (f.state != State::Done && f.state != State::AtBlock) all_at_block = false;
     }
     if (all_done) return;
-    if (release_warps(l)) continue;
     if (all_at_block) {
       for (Fiber& f : l.fibers)
         if (f.state == State::AtBlock) f.state = State::Runnable;
       continue;
     }
+    // Nothing can run: a warp barrier waits on a lane held elsewhere, or names an exited lane.
+    for (int w = 0; w < warps; ++w) release_warp(l, w * 32);
     fail("simt: kernel {} block ({}, {}, {}) deadlocks: no barrier can complete{}", l.name, l.block_idx.x,
          l.block_idx.y, l.block_idx.z, describe_states(l));
   }

@@ -3,9 +3,11 @@
 // A build with FLASHGPT_SIMT compiles the very same .cu sources with the host C++ compiler
 // against this header (cuda/platform.h picks it). Each CUDA thread of a block becomes a fiber
 // with its own stack; blocks run one after another. A fiber runs until it reaches a barrier
-// (__syncthreads, __syncwarp, a shuffle, a vote) and the scheduler resumes fibers in a shuffled
-// order each round, so a kernel that reads shared memory before the barrier that should order it
-// gets different answers from run to run instead of passing by luck.
+// (__syncthreads, __syncwarp, a shuffle, a vote). The scheduler picks a warp at random and runs
+// its lanes, in shuffled order, to their next barrier, so warps drift apart by whole phases as
+// they may on the hardware: a kernel that touches shared memory without the barrier that should
+// order it gets wrong answers instead of passing by luck. The order is random but repeatable
+// (FLASHGPT_SIMT_SEED picks another).
 //
 // What it checks, as the hardware would fail or silently misbehave:
 //   - launch limits: threads per block (1024), grid y/z (65535), dynamic shared memory (the
