@@ -32,10 +32,11 @@ bin=""
 if [ -z "${GPU_CHECK_USE_BUNDLE:-}" ] &&
    cmake -S . -B build-gpu-here -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_MPI=OFF -DFLASHGPT_NATIVE=OFF \
      -DCMAKE_CUDA_ARCHITECTURES=native -DFLASHGPT_BUILD_BENCH=OFF > "$logs/configure.log" 2>&1 &&
-   cmake --build build-gpu-here --parallel --target flashgpt_cli test_cuda_attention test_device test_attention \
-     > "$logs/build.log" 2>&1; then
+   cmake --build build-gpu-here --parallel --target flashgpt_cli test_cuda_attention test_cuda_ops \
+     test_cuda_latent_decode test_device test_attention > "$logs/build.log" 2>&1; then
   mkdir -p build-gpu-here/bin
-  cp build-gpu-here/flashgpt build-gpu-here/tests/test_cuda_attention build-gpu-here/tests/test_device \
+  cp build-gpu-here/flashgpt build-gpu-here/tests/test_cuda_attention build-gpu-here/tests/test_cuda_ops \
+     build-gpu-here/tests/test_cuda_latent_decode build-gpu-here/tests/test_device \
      build-gpu-here/tests/test_attention build-gpu-here/bin/
   bin=build-gpu-here/bin
   say "- programs: built here (native architecture)"
@@ -67,11 +68,14 @@ if [ -n "$bin" ]; then
   say "|---|---|---|---|"
   run info "$bin/flashgpt" info --preset d12
   run test_device "$bin/test_device"
-  run test_cuda_attention "$bin/test_cuda_attention"
+  cuda_tests=(test_cuda_attention test_cuda_ops test_cuda_latent_decode)
+  for t in "${cuda_tests[@]}"; do run "$t" "$bin/$t"; done
   run test_attention_cpu "$bin/test_attention"
   if command -v compute-sanitizer > /dev/null; then
-    run memcheck compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/test_cuda_attention"
-    run racecheck compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/test_cuda_attention"
+    for t in "${cuda_tests[@]}"; do
+      run "memcheck_$t" compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/$t"
+      run "racecheck_$t" compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/$t"
+    done
   else
     say "| sanitizer | not installed | | |"
   fi
