@@ -17,16 +17,36 @@
 
 #include "flashgpt/core/error.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 namespace flashgpt::simt {
 
 namespace {
 
-constexpr size_t kStackBytes = 512 * 1024;
+constexpr size_t kStackBytes = 64 * 1024;  // kernels keep little on their stacks; small stacks switch fast under ASan
 constexpr int kMaxThreads = 1024;
 constexpr size_t kSharedOptIn = 232448;  // 227 KiB, an H100's opt-in limit per block
 constexpr int kSmCount = 132;
 
 enum class State { Runnable, AtBlock, AtWarp, Done };
+
+// AddressSanitizer must be told about every stack switch, or it takes the fibers' stacks for
+// corrupt ones. No-ops in other builds.
+#if defined(__SANITIZE_ADDRESS__)
+const void* g_scheduler_stack = nullptr;  // the launching thread's stack, learnt on the first switch
+size_t g_scheduler_stack_size = 0;
+inline void switch_to(void** fake, const void* bottom, size_t size) { __sanitizer_start_switch_fiber(fake, bottom, size); }
+inline void switched_from_scheduler(void* fake) {
+  __sanitizer_finish_switch_fiber(fake, &g_scheduler_stack, &g_scheduler_stack_size);
+}
+inline void switched_back(void* fake) { __sanitizer_finish_switch_fiber(fake, nullptr, nullptr); }
+#else
+inline void switch_to(void**, const void*, size_t) {}
+inline void switched_from_scheduler(void*) {}
+inline void switched_back(void*) {}
+#endif
 
 const char* state_name(State s) {
   switch (s) {
@@ -46,6 +66,8 @@ struct Fiber {
   unsigned mask = 0;  // the warp barrier's mask while at one
   uint64_t slot = 0;  // the value published for a shuffle
   bool vote = false;  // the predicate published for a ballot
+  char* stack = nullptr;
+  void* fake_stack = nullptr;  // AddressSanitizer's bookkeeping while switched away
 };
 
 // Fiber stacks, mapped once with a guard page below each and reused by every launch.
@@ -107,17 +129,25 @@ void yield(State s) {
   Launch& l = launch();
   Fiber* f = l.current;
   f->state = s;
+#if defined(__SANITIZE_ADDRESS__)
+  switch_to(&f->fake_stack, g_scheduler_stack, g_scheduler_stack_size);
+#endif
   swapcontext(&f->ctx, &l.scheduler);
+  switched_from_scheduler(f->fake_stack);
 }
 
 void fiber_entry() {
   Launch& l = *g_launch;
+  switched_from_scheduler(nullptr);
   try {
     (*l.body)();
   } catch (...) {
     if (!l.error) l.error = std::current_exception();
   }
   l.current->state = State::Done;  // returning resumes the scheduler (uc_link)
+#if defined(__SANITIZE_ADDRESS__)
+  switch_to(nullptr, g_scheduler_stack, g_scheduler_stack_size);  // this fiber's stack is finished with
+#endif
 }
 
 std::string describe_states(const Launch& l) {
@@ -166,13 +196,18 @@ bool release_warp(Launch& l, int base) {
 // Runs f until it reaches a barrier or exits (its own function: swapcontext returns twice).
 [[gnu::noinline]] void resume(Launch& l, Fiber& f) {
   l.current = &f;
+  void* fake = nullptr;
+  switch_to(&fake, f.stack, kStackBytes);
   swapcontext(&l.scheduler, &f.ctx);
+  switched_back(fake);
   l.current = nullptr;
 }
 
 // Makes f start at fiber_entry on `stack` and return to the scheduler when done.
 [[gnu::noinline]] void prepare(Launch& l, Fiber& f, char* stack) {
   f.state = State::Runnable;
+  f.stack = stack;
+  f.fake_stack = nullptr;
   getcontext(&f.ctx);
   f.ctx.uc_stack.ss_sp = stack;
   f.ctx.uc_stack.ss_size = kStackBytes;

@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -235,12 +236,13 @@ constexpr std::common_type_t<A, B> max(A a, B b) {
   return static_cast<C>(a) < static_cast<C>(b) ? static_cast<C>(b) : static_cast<C>(a);
 }
 
-// Warp matrix multiply-accumulate. Each lane holds the whole tile (row-major, element (r, c) at
-// x[r·cols + c]), so elementwise loops over num_elements behave as on the hardware, whose own
-// distribution of elements over lanes is unspecified. A store writes only the lane's own
-// elements (element e belongs to lane e mod 32): lanes run one after another here, and a lane
-// that wrote the whole tile would change what the next lane's load of the same tile reads, where
-// on the hardware the warp's loads all happen before its stores.
+// Warp matrix multiply-accumulate. Each lane's fragment has room for the whole tile (row-major,
+// element (r, c) at x[r·cols + c]), so elementwise loops over num_elements behave as on the
+// hardware, whose own distribution of elements over lanes is unspecified. Loads fill the whole
+// tile (the A and B operands are needed whole); of an accumulator, element e belongs to lane
+// e mod 32: mma_sync computes only those and a store writes only those. Lanes run one after
+// another here, and a lane that wrote the whole tile would change what the next lane's load of
+// the same tile reads, where on the hardware the warp's loads all happen before its stores.
 namespace nvcuda::wmma {
 
 struct matrix_a {};
@@ -307,9 +309,16 @@ void store_matrix_sync(T* p, const fragment<accumulator, M, N, K, T>& f, unsigne
 template <int M, int N, int K, typename TA, typename LA, typename TB, typename LB, typename TC>
 void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
               const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, TC>& c) {
+  // Each lane computes only its own share (element e belongs to lane e mod 32); the others become
+  // NaN, so a kernel that leans on elements the hardware would not give this lane sees it.
+  const int own = ::flashgpt::simt::lane();
   TC out[M * N];
   for (int r = 0; r < M; ++r)
     for (int n = 0; n < N; ++n) {
+      if ((r * N + n) % 32 != own) {
+        out[r * N + n] = static_cast<TC>(std::numeric_limits<float>::quiet_NaN());
+        continue;
+      }
       float acc = static_cast<float>(c.x[r * N + n]);
       for (int k = 0; k < K; ++k) acc += static_cast<float>(a.x[r * K + k]) * static_cast<float>(b.x[k * N + n]);
       out[r * N + n] = static_cast<TC>(acc);
