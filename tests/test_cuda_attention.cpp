@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "flashgpt/attention/attention.h"
@@ -241,6 +242,104 @@ TEST(CudaAttention, Bf16FlashForwardIsAsAccurateAsAPlainBf16Computation) {
       }
     }
     EXPECT_LT(norm_error(lse_d, ref_lse), 1e-3);
+  }
+}
+
+// The tensor-core backward in bf16: dQ, dK and dV against fp64 on the same bf16 inputs (q, k, v,
+// dO and the forward's output rounded to bf16, its lse in fp32), each within twice the error of a
+// plain computation (fp32 arithmetic on those inputs, the gradients rounded to bf16).
+TEST(CudaAttention, Bf16FlashBackwardIsAsAccurateAsAPlainBf16Computation) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  const std::vector<Case> cases = {
+      {1, 4, 4, 77, 77, 64, 64, true, 0},
+      {2, 4, 2, 130, 130, 128, 128, true, 3},
+      {1, 6, 1, 33, 95, 128, 128, true, 1},
+      {2, 2, 2, 100, 100, 64, 64, false, 2},
+  };
+  Rng rng(93);
+  auto rounded = [&](size_t n) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = from_bf16(to_bf16(static_cast<float>(rng.normal())));
+    return v;
+  };
+  auto bits_of = [](const std::vector<float>& v) {
+    std::vector<uint16_t> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) b[i] = to_bf16(v[i]);
+    return b;
+  };
+  auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(name(c));
+    AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
+    const auto q = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk));
+    const auto k = rounded(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dqk));
+    const auto v = rounded(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dv));
+    const auto dout = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dv));
+    std::vector<int32_t> lengths(static_cast<size_t>(c.B)), qseg(static_cast<size_t>(c.B * c.Tq)),
+        kseg(static_cast<size_t>(c.B * c.Tk));
+    for (int64_t b = 0; b < c.B; ++b) {
+      lengths[static_cast<size_t>(b)] = static_cast<int32_t>(std::max<int64_t>(1, c.Tk - 5 * b));
+      for (int64_t j = 0; j < c.Tk; ++j) kseg[static_cast<size_t>(b * c.Tk + j)] = static_cast<int32_t>(j / 29);
+      for (int64_t i = 0; i < c.Tq; ++i) qseg[static_cast<size_t>(b * c.Tq + i)] = static_cast<int32_t>((c.Tk - c.Tq + i) / 29);
+    }
+    AttentionMask hm{c.causal, c.Tk - c.Tq};
+    if (c.masks & 1) hm.kv_lengths = lengths;
+    if (c.masks & 2) {
+      hm.q_segments = qseg;
+      hm.kv_segments = kseg;
+    }
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.Dqk));
+    // The forward in fp64; the backward's inputs are its output in bf16 and its lse in fp32.
+    const auto qd = as_double(q), kd = as_double(k), vd = as_double(v), dod = as_double(dout);
+    std::vector<double> o_exact(dout.size()), lse_exact(static_cast<size_t>(c.B * c.Hq * c.Tq));
+    attention_forward(AttentionKernel::Standard, d, hm, scale, qd.data(), kd.data(), vd.data(), o_exact.data(),
+                      lse_exact.data());
+    std::vector<float> o(o_exact.size()), lse(lse_exact.size());
+    for (size_t i = 0; i < o.size(); ++i) o[i] = from_bf16(to_bf16(static_cast<float>(o_exact[i])));
+    for (size_t i = 0; i < lse.size(); ++i) lse[i] = static_cast<float>(lse_exact[i]);
+    const auto od = as_double(o), lsed = as_double(lse);
+    std::vector<double> dq_e(q.size()), dk_e(k.size()), dv_e(v.size());
+    attention_backward(AttentionKernel::Standard, d, hm, scale, qd.data(), kd.data(), vd.data(), od.data(),
+                       lsed.data(), dod.data(), dq_e.data(), dk_e.data(), dv_e.data());
+    std::vector<float> dq_p(q.size()), dk_p(k.size()), dv_p(v.size());
+    attention_backward(AttentionKernel::Standard, d, hm, static_cast<float>(scale), q.data(), k.data(), v.data(),
+                       o.data(), lse.data(), dout.data(), dq_p.data(), dk_p.data(), dv_p.data());
+    auto rounded_double = [](const std::vector<float>& x) {
+      std::vector<double> r(x.size());
+      for (size_t i = 0; i < x.size(); ++i) r[i] = from_bf16(to_bf16(x[i]));
+      return r;
+    };
+
+    auto gq = to_device(bits_of(q)), gk = to_device(bits_of(k)), gv = to_device(bits_of(v)),
+         gdo = to_device(bits_of(dout)), go = to_device(bits_of(o)), glse = to_device(lse);
+    auto glen = to_device(lengths), gqs = to_device(qseg), gks = to_device(kseg);
+    AttentionMask dm{c.causal, c.Tk - c.Tq};
+    if (c.masks & 1) dm.kv_lengths = {glen.as<int32_t>(), lengths.size()};
+    if (c.masks & 2) {
+      dm.q_segments = {gqs.as<int32_t>(), qseg.size()};
+      dm.kv_segments = {gks.as<int32_t>(), kseg.size()};
+    }
+    cuda::DeviceBuffer gdq(q.size() * 2), gdk(k.size() * 2), gdv(v.size() * 2);
+    for (auto* buf : {&gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
+    cuda::flash_backward_bf16(d, dm, static_cast<float>(scale), gq.as<uint16_t>(), gk.as<uint16_t>(),
+                              gv.as<uint16_t>(), go.as<uint16_t>(), glse.as<float>(), gdo.as<uint16_t>(),
+                              gdq.as<uint16_t>(), gdk.as<uint16_t>(), gdv.as<uint16_t>());
+    cuda::synchronize();
+    auto download = [](const cuda::DeviceBuffer& buf, size_t n) {
+      std::vector<uint16_t> bits(n);
+      buf.download(bits.data(), n * 2);
+      std::vector<double> out(n);
+      for (size_t i = 0; i < n; ++i) out[i] = from_bf16(bits[i]);
+      return out;
+    };
+    const std::vector<std::tuple<const char*, std::vector<double>, std::vector<double>, std::vector<double>>> grads = {
+        {"dq", download(gdq, q.size()), rounded_double(dq_p), dq_e},
+        {"dk", download(gdk, k.size()), rounded_double(dk_p), dk_e},
+        {"dv", download(gdv, v.size()), rounded_double(dv_p), dv_e}};
+    for (const auto& [what, ours, plain, exact] : grads) {
+      const double e_ours = norm_error(ours, exact), e_plain = norm_error(plain, exact);
+      EXPECT_LE(e_ours, 2 * e_plain + 1e-6) << what << ": flash " << e_ours << " against plain bf16 " << e_plain;
+    }
   }
 }
 

@@ -31,6 +31,11 @@ void flash_forward_bf16(const AttentionDims&, const AttentionMask&, float, const
                         const uint16_t*, uint16_t*, float*) {
   fail("GPU attention: {}", kNoCuda);
 }
+void flash_backward_bf16(const AttentionDims&, const AttentionMask&, float, const uint16_t*, const uint16_t*,
+                         const uint16_t*, const uint16_t*, const float*, const uint16_t*, uint16_t*, uint16_t*,
+                         uint16_t*) {
+  fail("GPU attention: {}", kNoCuda);
+}
 DeviceBuffer::DeviceBuffer(size_t) { fail("device memory: {}", kNoCuda); }
 DeviceBuffer::~DeviceBuffer() = default;
 void DeviceBuffer::upload(const void*, size_t) {}

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda/attention_bf16_common.h"
 #include "cuda/platform.h"
 #include "flashgpt/cuda/attention_cuda.h"
 
@@ -16,30 +17,11 @@ namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 namespace {
 
-namespace wmma = nvcuda::wmma;
+using namespace bf16_attention;
 
 constexpr int kWarps = 4;
 constexpr int kRows = 16 * kWarps;  // queries per block
 constexpr int kKeys = 32;           // keys per tile
-
-struct Dims {
-  int64_t B, Hq, Hkv, Tq, Tk, D, kv_rows, k_row, v_row, group;
-};
-
-struct Mask {
-  bool causal;
-  int64_t q_offset;
-  const int32_t* kv_lengths;
-  const int32_t* q_seg;
-  const int32_t* kv_seg;
-};
-
-__device__ __forceinline__ bool visible(const Dims& d, const Mask& m, int64_t b, int64_t i, int64_t j) {
-  if (i >= d.Tq || j >= d.Tk) return false;
-  if (m.causal && j > m.q_offset + i) return false;
-  if (m.kv_lengths && j >= m.kv_lengths[b]) return false;
-  return !m.q_seg || m.q_seg[b * d.Tq + i] == m.kv_seg[b * d.kv_rows + j];
-}
 
 template <int D>
 __global__ void __launch_bounds__(32 * kWarps)
@@ -170,10 +152,8 @@ void flash_forward_bf16(const AttentionDims& ad, const AttentionMask& am, float 
   FLASHGPT_CUDA_REQUIRE(ad.Dqk == ad.Dv && (ad.Dqk == 64 || ad.Dqk == 128),
                         "bf16 flash forward: head dims 64 and 128 with Dqk = Dv (got " + std::to_string(ad.Dqk) +
                             " and " + std::to_string(ad.Dv) + ")");
-  const Dims d{ad.B, ad.Hq, ad.Hkv, ad.Tq, ad.Tk, ad.Dqk, ad.kv_rows(), ad.k_row(), ad.v_row(), ad.Hq / ad.Hkv};
-  const Mask m{am.causal, am.q_offset, am.kv_lengths.empty() ? nullptr : am.kv_lengths.data(),
-               am.q_segments.empty() ? nullptr : am.q_segments.data(),
-               am.kv_segments.empty() ? nullptr : am.kv_segments.data()};
+  const Dims d = dims_of(ad);
+  const Mask m = mask_of(am);
   if (d.D == 64) {
     launch<64>(d, m, scale, q, k, v, o, lse);
   } else {

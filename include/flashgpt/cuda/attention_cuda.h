@@ -12,6 +12,7 @@
 //   bit patterns, so host code needs no CUDA headers), fp32 accumulation and lse, through WMMA
 //   16×16×16 tiles; each warp owns 16 query rows, the online softmax runs on the score tile in
 //   shared memory. Head dims 64 and 128 with Dqk = Dv.
+//   flash_backward_bf16 — its backward on the same tiles (dQ per query block; dK, dV per key block).
 #pragma once
 
 #include <cstddef>
@@ -34,6 +35,11 @@ void flash_backward_fp32(const AttentionDims& d, const AttentionMask& m, float s
 
 void flash_forward_bf16(const AttentionDims& d, const AttentionMask& m, float scale, const uint16_t* q,
                         const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse);
+// The bf16 backward on tensor cores (attention_flash_bf16_backward.cu): P recomputed from lse,
+// dq, dk, dv written in bf16 (dk and dv summed over each GQA group). Head dims 64 and 128, Dqk = Dv.
+void flash_backward_bf16(const AttentionDims& d, const AttentionMask& m, float scale, const uint16_t* q,
+                         const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
+                         const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv);
 
 // Device memory for tests and tools: copies in and out, freed on destruction.
 class DeviceBuffer {
