@@ -17,9 +17,13 @@
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "testing/bf16.h"
 
 namespace flashgpt {
 namespace {
+
+using testing::from_bf16;
+using testing::to_bf16;
 
 struct Case {
   int64_t B, Hq, Hkv, Tq, Tk, Dqk, Dv;
@@ -61,6 +65,51 @@ std::vector<float> from_device(const cuda::DeviceBuffer& d, size_t n) {
   return h;
 }
 
+// A case's masks, on the host and in device memory: sequence b is padded to Tk − pad_step·b keys
+// (at least 1) and documents are doc_len tokens long; c.masks picks which apply (1 padding,
+// 2 documents).
+struct CaseMasks {
+  std::vector<int32_t> lengths, qseg, kseg;
+  cuda::DeviceBuffer glen, gqs, gks;
+  AttentionMask host, device;
+
+  CaseMasks(const Case& c, int64_t pad_step, int64_t doc_len)
+      : lengths(build_lengths(c, pad_step)),
+        qseg(static_cast<size_t>(c.B * c.Tq)),
+        kseg(static_cast<size_t>(c.B * c.Tk)),
+        glen(lengths.size() * 4),
+        gqs(qseg.size() * 4),
+        gks(kseg.size() * 4),
+        host{c.causal, c.Tk - c.Tq},
+        device{c.causal, c.Tk - c.Tq} {
+    for (int64_t b = 0; b < c.B; ++b) {
+      for (int64_t j = 0; j < c.Tk; ++j) kseg[static_cast<size_t>(b * c.Tk + j)] = static_cast<int32_t>(j / doc_len);
+      for (int64_t i = 0; i < c.Tq; ++i) {
+        qseg[static_cast<size_t>(b * c.Tq + i)] = static_cast<int32_t>((c.Tk - c.Tq + i) / doc_len);
+      }
+    }
+    glen.upload(lengths.data(), lengths.size() * 4);
+    gqs.upload(qseg.data(), qseg.size() * 4);
+    gks.upload(kseg.data(), kseg.size() * 4);
+    if (c.masks & 1) {
+      host.kv_lengths = lengths;
+      device.kv_lengths = {glen.as<int32_t>(), lengths.size()};
+    }
+    if (c.masks & 2) {
+      host.q_segments = qseg;
+      host.kv_segments = kseg;
+      device.q_segments = {gqs.as<int32_t>(), qseg.size()};
+      device.kv_segments = {gks.as<int32_t>(), kseg.size()};
+    }
+  }
+
+  static std::vector<int32_t> build_lengths(const Case& c, int64_t pad_step) {
+    std::vector<int32_t> l(static_cast<size_t>(c.B));
+    for (int64_t b = 0; b < c.B; ++b) l[static_cast<size_t>(b)] = static_cast<int32_t>(std::max<int64_t>(1, c.Tk - pad_step * b));
+    return l;
+  }
+};
+
 TEST(CudaAttention, Fp32FlashEqualsTheCpuStandardKernel) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   const std::vector<Case> cases = {
@@ -83,21 +132,9 @@ TEST(CudaAttention, Fp32FlashEqualsTheCpuStandardKernel) {
     const auto k = randn(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dqk));
     const auto v = randn(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dv));
     const auto dout = randn(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dv));
-    std::vector<int32_t> lengths(static_cast<size_t>(c.B)), qseg(static_cast<size_t>(c.B * c.Tq)),
-        kseg(static_cast<size_t>(c.B * c.Tk));
-    for (int64_t b = 0; b < c.B; ++b) {
-      lengths[static_cast<size_t>(b)] = static_cast<int32_t>(std::max<int64_t>(1, c.Tk - 7 * b));
-      for (int64_t j = 0; j < c.Tk; ++j) kseg[static_cast<size_t>(b * c.Tk + j)] = static_cast<int32_t>(j / 23);
-      for (int64_t i = 0; i < c.Tq; ++i) {
-        qseg[static_cast<size_t>(b * c.Tq + i)] = static_cast<int32_t>((c.Tk - c.Tq + i) / 23);
-      }
-    }
-    AttentionMask host_mask{c.causal, c.Tk - c.Tq};
-    if (c.masks & 1) host_mask.kv_lengths = lengths;
-    if (c.masks & 2) {
-      host_mask.q_segments = qseg;
-      host_mask.kv_segments = kseg;
-    }
+    const CaseMasks masks(c, 7, 23);
+    const AttentionMask& host_mask = masks.host;
+    const AttentionMask& dev_mask = masks.device;
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk));
     // CPU reference.
     std::vector<float> o(dout.size()), lse(static_cast<size_t>(c.B * c.Hq * c.Tq)), dq(q.size()), dk(k.size()),
@@ -108,13 +145,6 @@ TEST(CudaAttention, Fp32FlashEqualsTheCpuStandardKernel) {
                        lse.data(), dout.data(), dq.data(), dk.data(), dv.data());
     // GPU, outputs poisoned first.
     auto gq = to_device(q), gk = to_device(k), gv = to_device(v), gdo = to_device(dout);
-    auto glen = to_device(lengths), gqs = to_device(qseg), gks = to_device(kseg);
-    AttentionMask dev_mask{c.causal, c.Tk - c.Tq};
-    if (c.masks & 1) dev_mask.kv_lengths = {glen.as<int32_t>(), lengths.size()};
-    if (c.masks & 2) {
-      dev_mask.q_segments = {gqs.as<int32_t>(), qseg.size()};
-      dev_mask.kv_segments = {gks.as<int32_t>(), kseg.size()};
-    }
     cuda::DeviceBuffer go(o.size() * 4), glse(lse.size() * 4), gdq(dq.size() * 4), gdk(dk.size() * 4),
         gdv(dv.size() * 4);
     for (auto* buf : {&go, &glse, &gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
@@ -132,20 +162,6 @@ TEST(CudaAttention, Fp32FlashEqualsTheCpuStandardKernel) {
     EXPECT_LT(rel_error(from_device(gdk, dk.size()), dk), 1e-5);
     EXPECT_LT(rel_error(from_device(gdv, dv.size()), dv), 1e-5);
   }
-}
-
-// bf16 to and from float, round to nearest even (what __float2bfloat16 does).
-uint16_t to_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-float from_bf16(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
 }
 
 // ‖a − ref‖ / ‖ref‖ over finite entries; NaN (unwritten) makes it infinite.
@@ -189,19 +205,9 @@ TEST(CudaAttention, Bf16FlashForwardIsAsAccurateAsAPlainBf16Computation) {
     draw(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk), qb, qd, qf);
     draw(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dqk), kb, kd, kf);
     draw(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dv), vb, vd, vf);
-    std::vector<int32_t> lengths(static_cast<size_t>(c.B)), qseg(static_cast<size_t>(c.B * c.Tq)),
-        kseg(static_cast<size_t>(c.B * c.Tk));
-    for (int64_t b = 0; b < c.B; ++b) {
-      lengths[static_cast<size_t>(b)] = static_cast<int32_t>(std::max<int64_t>(1, c.Tk - 5 * b));
-      for (int64_t j = 0; j < c.Tk; ++j) kseg[static_cast<size_t>(b * c.Tk + j)] = static_cast<int32_t>(j / 29);
-      for (int64_t i = 0; i < c.Tq; ++i) qseg[static_cast<size_t>(b * c.Tq + i)] = static_cast<int32_t>((c.Tk - c.Tq + i) / 29);
-    }
-    AttentionMask hm{c.causal, c.Tk - c.Tq};
-    if (c.masks & 1) hm.kv_lengths = lengths;
-    if (c.masks & 2) {
-      hm.q_segments = qseg;
-      hm.kv_segments = kseg;
-    }
+    const CaseMasks masks(c, 5, 29);
+    const AttentionMask& hm = masks.host;
+    const AttentionMask& dm = masks.device;
     const size_t n_out = static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dv), n_lse = static_cast<size_t>(c.B * c.Hq * c.Tq);
     std::vector<double> ref(n_out), ref_lse(n_lse);
     attention_forward(AttentionKernel::Standard, d, hm, 1.0 / std::sqrt(static_cast<double>(c.Dqk)), qd.data(),
@@ -214,13 +220,6 @@ TEST(CudaAttention, Bf16FlashForwardIsAsAccurateAsAPlainBf16Computation) {
     for (size_t i = 0; i < n_out; ++i) plain_rounded[i] = from_bf16(to_bf16(plain[i]));
 
     auto gq = to_device(qb), gk = to_device(kb), gv = to_device(vb);
-    auto glen = to_device(lengths), gqs = to_device(qseg), gks = to_device(kseg);
-    AttentionMask dm{c.causal, c.Tk - c.Tq};
-    if (c.masks & 1) dm.kv_lengths = {glen.as<int32_t>(), lengths.size()};
-    if (c.masks & 2) {
-      dm.q_segments = {gqs.as<int32_t>(), qseg.size()};
-      dm.kv_segments = {gks.as<int32_t>(), kseg.size()};
-    }
     cuda::DeviceBuffer go(n_out * 2), glse(n_lse * 4);
     go.fill_bytes(0xFF);  // NaN in bf16 too
     glse.fill_bytes(0xFF);
@@ -275,19 +274,9 @@ TEST(CudaAttention, Bf16FlashBackwardIsAsAccurateAsAPlainBf16Computation) {
     const auto k = rounded(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dqk));
     const auto v = rounded(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dv));
     const auto dout = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dv));
-    std::vector<int32_t> lengths(static_cast<size_t>(c.B)), qseg(static_cast<size_t>(c.B * c.Tq)),
-        kseg(static_cast<size_t>(c.B * c.Tk));
-    for (int64_t b = 0; b < c.B; ++b) {
-      lengths[static_cast<size_t>(b)] = static_cast<int32_t>(std::max<int64_t>(1, c.Tk - 5 * b));
-      for (int64_t j = 0; j < c.Tk; ++j) kseg[static_cast<size_t>(b * c.Tk + j)] = static_cast<int32_t>(j / 29);
-      for (int64_t i = 0; i < c.Tq; ++i) qseg[static_cast<size_t>(b * c.Tq + i)] = static_cast<int32_t>((c.Tk - c.Tq + i) / 29);
-    }
-    AttentionMask hm{c.causal, c.Tk - c.Tq};
-    if (c.masks & 1) hm.kv_lengths = lengths;
-    if (c.masks & 2) {
-      hm.q_segments = qseg;
-      hm.kv_segments = kseg;
-    }
+    const CaseMasks masks(c, 5, 29);
+    const AttentionMask& hm = masks.host;
+    const AttentionMask& dm = masks.device;
     const double scale = 1.0 / std::sqrt(static_cast<double>(c.Dqk));
     // The forward in fp64; the backward's inputs are its output in bf16 and its lse in fp32.
     const auto qd = as_double(q), kd = as_double(k), vd = as_double(v), dod = as_double(dout);
@@ -312,13 +301,6 @@ TEST(CudaAttention, Bf16FlashBackwardIsAsAccurateAsAPlainBf16Computation) {
 
     auto gq = to_device(bits_of(q)), gk = to_device(bits_of(k)), gv = to_device(bits_of(v)),
          gdo = to_device(bits_of(dout)), go = to_device(bits_of(o)), glse = to_device(lse);
-    auto glen = to_device(lengths), gqs = to_device(qseg), gks = to_device(kseg);
-    AttentionMask dm{c.causal, c.Tk - c.Tq};
-    if (c.masks & 1) dm.kv_lengths = {glen.as<int32_t>(), lengths.size()};
-    if (c.masks & 2) {
-      dm.q_segments = {gqs.as<int32_t>(), qseg.size()};
-      dm.kv_segments = {gks.as<int32_t>(), kseg.size()};
-    }
     cuda::DeviceBuffer gdq(q.size() * 2), gdk(k.size() * 2), gdv(v.size() * 2);
     for (auto* buf : {&gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
     cuda::flash_backward_bf16(d, dm, static_cast<float>(scale), gq.as<uint16_t>(), gk.as<uint16_t>(),

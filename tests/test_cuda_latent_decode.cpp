@@ -23,12 +23,15 @@
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/latent_decode_cuda.h"
+#include "testing/bf16.h"
 
 namespace flashgpt {
 namespace {
 
 using cuda::bf16;
 using cuda::DeviceBuffer;
+using testing::from_bf16;
+using testing::to_bf16;
 
 struct Case {
   int64_t H, Tq, nl, rope, page;
@@ -37,19 +40,6 @@ struct Case {
 
 std::string name(const Case& c) {
   return fmt::format("H{} Tq{} latent {}+{} page {} lens {}", c.H, c.Tq, c.nl, c.rope, c.page, fmt::join(c.lens, " "));
-}
-
-uint16_t to_bf16_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-float from_bf16_bits(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
 }
 
 // A paged cache: the pool, the block table and the dense rows of each sequence.
@@ -80,7 +70,7 @@ Paged make_paged(const Case& c, Rng& rng, bool round) {
     std::vector<float> rows(static_cast<size_t>(len * row));
     for (float& x : rows) {
       x = static_cast<float>(rng.normal());
-      if (round) x = from_bf16_bits(to_bf16_bits(x));
+      if (round) x = from_bf16(to_bf16(x));
     }
     for (int64_t pg = 0; pg < (len + c.page - 1) / c.page; ++pg) {
       const int32_t id = ids[next++];
@@ -170,12 +160,12 @@ TEST(CudaLatentDecode, Bf16IsAsAccurateAsAPlainBf16Computation) {
     const int64_t row = c.nl + c.rope, B = static_cast<int64_t>(c.lens.size());
     const Paged p = make_paged(c, rng, true);
     std::vector<float> q(static_cast<size_t>(B * c.Tq * c.H * row));
-    for (float& x : q) x = from_bf16_bits(to_bf16_bits(static_cast<float>(rng.normal())));
+    for (float& x : q) x = from_bf16(to_bf16(static_cast<float>(rng.normal())));
     const double scale = 1.0 / std::sqrt(static_cast<double>(row));
     double num_ours = 0, num_plain = 0, den = 0;
     std::vector<uint16_t> q_bits(q.size()), pool_bits(p.pool.size());
-    for (size_t i = 0; i < q.size(); ++i) q_bits[i] = to_bf16_bits(q[i]);
-    for (size_t i = 0; i < p.pool.size(); ++i) pool_bits[i] = to_bf16_bits(p.pool[i]);
+    for (size_t i = 0; i < q.size(); ++i) q_bits[i] = to_bf16(q[i]);
+    for (size_t i = 0; i < p.pool.size(); ++i) pool_bits[i] = to_bf16(p.pool[i]);
     DeviceBuffer gq(q_bits.size() * 2), gpool(pool_bits.size() * 2), gtab(p.table.size() * 4), glen(c.lens.size() * 4);
     gq.upload(q_bits.data(), q_bits.size() * 2);
     gpool.upload(pool_bits.data(), pool_bits.size() * 2);
@@ -199,9 +189,9 @@ TEST(CudaLatentDecode, Bf16IsAsAccurateAsAPlainBf16Computation) {
       std::vector<float> plain, plain_lse;
       reference<float>(c, qf, rows, len, static_cast<float>(scale), plain, plain_lse);
       for (size_t i = 0; i < exact.size(); ++i) {
-        const double ours = from_bf16_bits(out_bits[static_cast<size_t>(b * c.Tq * c.H * c.nl) + i]);
+        const double ours = from_bf16(out_bits[static_cast<size_t>(b * c.Tq * c.H * c.nl) + i]);
         ASSERT_TRUE(std::isfinite(ours));
-        const double pl = from_bf16_bits(to_bf16_bits(plain[i]));
+        const double pl = from_bf16(to_bf16(plain[i]));
         num_ours += (ours - exact[i]) * (ours - exact[i]);
         num_plain += (pl - exact[i]) * (pl - exact[i]);
         den += exact[i] * exact[i];

@@ -23,12 +23,16 @@
 #include "flashgpt/ops/matmul.h"
 #include "flashgpt/ops/norm.h"
 #include "flashgpt/ops/rope.h"
+#include "testing/bf16.h"
 
 namespace flashgpt {
 namespace {
 
 using cuda::bf16;
 using cuda::DeviceBuffer;
+using testing::round_bf16;
+using testing::from_bf16;
+using testing::to_bf16;
 
 #define SKIP_WITHOUT_GPU() \
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none
@@ -45,24 +49,6 @@ double rel_error(const std::vector<float>& a, const std::vector<double>& b) {
 }
 double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
   return rel_error(a, std::vector<double>(b.begin(), b.end()));
-}
-
-uint16_t to_bf16_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
-}
-float from_bf16_bits(uint16_t h) {
-  const uint32_t u = static_cast<uint32_t>(h) << 16;
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-float round_bf16(float x) { return from_bf16_bits(to_bf16_bits(x)); }
-std::vector<float> round_bf16(std::vector<float> v) {
-  for (float& x : v) x = round_bf16(x);
-  return v;
 }
 
 struct Data {
@@ -82,7 +68,7 @@ DeviceBuffer up(const std::vector<float>& h) {
 }
 DeviceBuffer up_bf16(const std::vector<float>& h) {
   std::vector<uint16_t> bits(h.size());
-  for (size_t i = 0; i < h.size(); ++i) bits[i] = to_bf16_bits(h[i]);
+  for (size_t i = 0; i < h.size(); ++i) bits[i] = to_bf16(h[i]);
   DeviceBuffer d(bits.size() * 2);
   d.upload(bits.data(), bits.size() * 2);
   return d;
@@ -106,7 +92,7 @@ std::vector<float> down_as(const DeviceBuffer& d, size_t n) {
   if constexpr (std::is_same_v<T, bf16>) {
     std::vector<uint16_t> bits(n);
     d.download(bits.data(), n * 2);
-    for (size_t i = 0; i < n; ++i) h[i] = from_bf16_bits(bits[i]);
+    for (size_t i = 0; i < n; ++i) h[i] = from_bf16(bits[i]);
   } else {
     d.download(h.data(), n * 4);
   }

@@ -12,11 +12,13 @@
 #include "cuda/platform.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "testing/errors.h"
 
 namespace flashgpt {
 namespace {
 
 using cuda::launch_kernel;
+using testing::error_of;
 
 // ---------------------------------------------------------------------------------------------
 __global__ void shuffles_kernel(int* out) {
@@ -139,16 +141,6 @@ __global__ void exited_lane_kernel(int* out) {
 __global__ void outside_mask_kernel(int* out) {
   const int t = static_cast<int>(threadIdx.x);
   if (t < 16) out[t] = __shfl_sync(0x0000ffffu, t, 20);
-}
-
-template <typename Fn>
-std::string error_of(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(Simt, ReportsDeadlocksAndBadWarpMasks) {
