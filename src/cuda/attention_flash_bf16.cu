@@ -40,10 +40,7 @@ __global__ void __launch_bounds__(32 * kWarps)
   const int64_t hk = h / d.group;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t q_row = d.Hq * D;
-  for (int idx = tid; idx < kRows * D; idx += blockDim.x) {
-    const int r = idx / D, c = idx % D;
-    Qs[idx] = i0 + r < d.Tq ? q[(b * d.Tq + i0 + r) * q_row + h * D + c] : __float2bfloat16(0.0f);
-  }
+  stage<D>(Qs, q + b * d.Tq * q_row + h * D, q_row, i0, d.Tq, kRows);
   float* Ow = Os + warp * 16 * D;
   for (int idx = lane; idx < 16 * D; idx += 32) Ow[idx] = 0.0f;
   float* Sw = Ss + warp * 16 * kKeys;
@@ -58,13 +55,8 @@ __global__ void __launch_bounds__(32 * kWarps)
   if (m.causal) key_end = min(key_end, m.q_offset + min(i0 + kRows, d.Tq));
   for (int64_t j0 = 0; j0 < key_end; j0 += kKeys) {
     __syncthreads();
-    for (int idx = tid; idx < kKeys * D; idx += blockDim.x) {
-      const int r = idx / D, c = idx % D;
-      const int64_t j = j0 + r;
-      const bool in = j < d.Tk;
-      Ks[idx] = in ? k[(b * d.kv_rows + j) * d.k_row + hk * D + c] : __float2bfloat16(0.0f);
-      Vs[idx] = in ? v[(b * d.kv_rows + j) * d.v_row + hk * D + c] : __float2bfloat16(0.0f);
-    }
+    stage<D>(Ks, k + b * d.kv_rows * d.k_row + hk * D, d.k_row, j0, d.Tk, kKeys);
+    stage<D>(Vs, v + b * d.kv_rows * d.v_row + hk * D, d.v_row, j0, d.Tk, kKeys);
     __syncthreads();
     // S = Q_w Kᵀ (16 × kKeys), fp32 accumulators, into shared memory.
     for (int n = 0; n < kKeys / 16; ++n) {

@@ -39,16 +39,6 @@ __global__ void rowdot_bf16_kernel(Dims d, const __nv_bfloat16* __restrict__ o, 
   }
 }
 
-// Rows [first, first + rows) of a [·, row_stride] bf16 tensor into shared [rows][D]; zeros past valid.
-template <int D>
-__device__ __forceinline__ void stage(__nv_bfloat16* dst, const __nv_bfloat16* __restrict__ src, int64_t row_stride,
-                                      int64_t first, int64_t valid, int rows) {
-  for (int idx = static_cast<int>(threadIdx.x); idx < rows * D; idx += static_cast<int>(blockDim.x)) {
-    const int r = idx / D, c = idx % D;
-    dst[idx] = first + r < valid ? src[(first + r) * row_stride + c] : __float2bfloat16(0.0f);
-  }
-}
-
 // C (16 × 32, fp32, ld 32) = A (16 × D rows, ld D) · Bᵀ where B is 32 rows of D (ld D).
 template <int D>
 __device__ __forceinline__ void product_abt(float* c, const __nv_bfloat16* a, const __nv_bfloat16* b) {

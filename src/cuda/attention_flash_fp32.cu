@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 
+#include "cuda/attention_mask_cuda.h"
 #include "cuda/platform.h"
 #include "flashgpt/core/device.h"
 #include "flashgpt/cuda/attention_cuda.h"
@@ -26,22 +27,11 @@ struct Dims {
   int64_t B, Hq, Hkv, Tq, Tk, Dqk, Dv, kv_rows, k_row, v_row, group;
 };
 
-struct Mask {
-  bool causal;
-  int64_t q_offset;
-  const int32_t* kv_lengths;
-  const int32_t* q_seg;
-  const int32_t* kv_seg;
-};
+using attention_kernels::Mask;
+using attention_kernels::mask_of;
 
 Dims dims_of(const AttentionDims& d) {
   return {d.B, d.Hq, d.Hkv, d.Tq, d.Tk, d.Dqk, d.Dv, d.kv_rows(), d.k_row(), d.v_row(), d.Hq / d.Hkv};
-}
-
-Mask mask_of(const AttentionMask& m) {
-  return {m.causal, m.q_offset, m.kv_lengths.empty() ? nullptr : m.kv_lengths.data(),
-          m.q_segments.empty() ? nullptr : m.q_segments.data(),
-          m.kv_segments.empty() ? nullptr : m.kv_segments.data()};
 }
 
 // Keys [0, limit) pass the causal and padding masks for query i of sequence b.
