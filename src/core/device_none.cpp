@@ -3,6 +3,7 @@
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/gpt_cuda.h"
 
 namespace flashgpt {
 
@@ -38,10 +39,35 @@ void flash_backward_bf16(const AttentionDims&, const AttentionMask&, float, cons
 }
 DeviceBuffer::DeviceBuffer(size_t) { fail("device memory: {}", kNoCuda); }
 DeviceBuffer::~DeviceBuffer() = default;
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&&) noexcept { return *this; }
 void DeviceBuffer::upload(const void*, size_t) {}
 void DeviceBuffer::download(void*, size_t) const {}
 void DeviceBuffer::fill_bytes(int) {}
+void copy_to_device(void*, const void*, size_t) { fail("device memory: {}", kNoCuda); }
+void copy_to_host(void*, const void*, size_t) { fail("device memory: {}", kNoCuda); }
+void copy_on_device(void*, const void*, size_t) { fail("device memory: {}", kNoCuda); }
+void fill_device_bytes(void*, int, size_t) { fail("device memory: {}", kNoCuda); }
 void synchronize() {}
+
+// The GPU model cannot be made here; its other members are unreachable without one.
+struct GPTCuda::Impl {};
+std::string GPTCuda::unsupported(const GPTConfig&, Precision) { return kNoCuda; }
+GPTCuda::GPTCuda(const GPTConfig&, Precision) { fail("--device cuda: {}", kNoCuda); }
+GPTCuda::~GPTCuda() = default;
+const GPTConfig& GPTCuda::config() const { fail("GPU model: {}", kNoCuda); }
+Precision GPTCuda::precision() const { fail("GPU model: {}", kNoCuda); }
+int64_t GPTCuda::num_params() const { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::set_params(std::span<const float>) { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::get_params(std::span<float>) const { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::set_optimizer_state(std::span<const float>, std::span<const float>) { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::get_optimizer_state(std::span<float>, std::span<float>) const { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::get_grads(std::span<float>) const { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::zero_grad() { fail("GPU model: {}", kNoCuda); }
+double GPTCuda::forward(const int*, const int*, int64_t, int64_t, const int32_t*) { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::backward(float) { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::get_logits(std::span<float>) const { fail("GPU model: {}", kNoCuda); }
+double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}", kNoCuda); }
 
 }  // namespace cuda::inline FLASHGPT_CUDA_ABI
 }  // namespace flashgpt

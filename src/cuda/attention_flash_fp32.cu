@@ -306,29 +306,4 @@ void flash_backward_fp32(const AttentionDims& ad, const AttentionMask& am, float
   synchronize();  // D is freed on return
 }
 
-DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
-  FLASHGPT_CUDA_CHECK(cudaMalloc(&ptr_, bytes > 0 ? bytes : 1));
-}
-
-DeviceBuffer::~DeviceBuffer() { cudaFree(ptr_); }
-
-void DeviceBuffer::upload(const void* host, size_t bytes) {
-  FLASHGPT_CUDA_REQUIRE(bytes <= bytes_, "device buffer: uploading " + std::to_string(bytes) + " bytes into " +
-                                             std::to_string(bytes_));
-  FLASHGPT_CUDA_CHECK(cudaMemcpy(ptr_, host, bytes, cudaMemcpyHostToDevice));
-}
-
-void DeviceBuffer::download(void* host, size_t bytes) const {
-  FLASHGPT_CUDA_REQUIRE(bytes <= bytes_, "device buffer: downloading " + std::to_string(bytes) + " bytes from " +
-                                             std::to_string(bytes_));
-  FLASHGPT_CUDA_CHECK(cudaMemcpy(host, ptr_, bytes, cudaMemcpyDeviceToHost));
-}
-
-void DeviceBuffer::fill_bytes(int value) { FLASHGPT_CUDA_CHECK(cudaMemset(ptr_, value, bytes_)); }
-
-void synchronize() {
-  FLASHGPT_CUDA_CHECK(cudaDeviceSynchronize());
-  FLASHGPT_CUDA_CHECK(cudaGetLastError());
-}
-
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -30,6 +30,15 @@ __global__ void convert_kernel(To* __restrict__ out, const From* __restrict__ in
   }
 }
 
+// out[n, oc] += bias[oc] over rows [N, OC] (the matmul's bias, added after the GEMM).
+template <typename T>
+__global__ void add_bias_kernel(T* __restrict__ out, const T* __restrict__ bias, int64_t N, int64_t OC) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < N * OC;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    out[i] = from_f32<T>(to_f32(out[i]) + to_f32(bias[i % OC]));
+  }
+}
+
 // Block (32, 8): 32 columns, 8 row lanes; each thread sums a strided set of rows of its column,
 // the 8 partial sums meet in shared memory and one atomic per column and block adds them in.
 constexpr int kBiasRows = 8;
@@ -85,6 +94,13 @@ void convert(float* out, const bf16* in, int64_t n) {
 }
 
 template <typename T>
+void add_bias(T* out, const T* bias, int64_t N, int64_t OC) {
+  if (N <= 0 || OC <= 0) return;
+  launch_kernel("add bias", add_bias_kernel<device_t<T>>, grid_for(N * OC, kThreads), kThreads, 0, nullptr, dev(out),
+                dev(bias), N, OC);
+}
+
+template <typename T>
 void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
   if (N <= 0 || OC <= 0) return;
   const unsigned row_blocks = grid_for(N, kBiasRows * 16, 256);  // ≥ 16 rows per thread before the atomics
@@ -95,6 +111,7 @@ void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
 #define FLASHGPT_INSTANTIATE(T)                                  \
   template void add<T>(T*, const T*, const T*, int64_t);         \
   template void add_inplace<T>(T*, const T*, int64_t);           \
+  template void add_bias<T>(T*, const T*, int64_t, int64_t);      \
   template void bias_backward<T>(float*, const T*, int64_t, int64_t);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(bf16)

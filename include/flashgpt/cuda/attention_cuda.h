@@ -20,6 +20,7 @@
 
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/cuda/abi.h"
+#include "flashgpt/cuda/device_memory.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -40,35 +41,5 @@ void flash_forward_bf16(const AttentionDims& d, const AttentionMask& m, float sc
 void flash_backward_bf16(const AttentionDims& d, const AttentionMask& m, float scale, const uint16_t* q,
                          const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
                          const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv);
-
-// Device memory for tests and tools: copies in and out, freed on destruction.
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes);
-  ~DeviceBuffer();
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
-    o.ptr_ = nullptr;
-    o.bytes_ = 0;
-  }
-  DeviceBuffer& operator=(DeviceBuffer&&) = delete;
-  void* get() const { return ptr_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-  size_t bytes() const { return bytes_; }
-  void upload(const void* host, size_t bytes);
-  void download(void* host, size_t bytes) const;
-  void fill_bytes(int value);  // e.g. 0xFF poisons floats with NaN
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-// Waits for the device and throws on any error a kernel raised.
-void synchronize();
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

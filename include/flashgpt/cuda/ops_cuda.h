@@ -85,7 +85,9 @@ template <typename T>
 void rope_backward(T* dx, const float* cos, const float* sin, int64_t B, int64_t Tn, int64_t H, int64_t D,
                    int64_t head_stride, int64_t pos_offset);
 
-// --- bias gradient (elementwise_cuda.cu) --- db[oc] += Σ_n dout[n, oc].
+// --- bias (elementwise_cuda.cu) --- out[n, oc] += bias[oc];  db[oc] += Σ_n dout[n, oc].
+template <typename T>
+void add_bias(T* out, const T* bias, int64_t N, int64_t OC);
 template <typename T>
 void bias_backward(float* db, const T* dout, int64_t N, int64_t OC);
 

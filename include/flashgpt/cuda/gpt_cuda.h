@@ -1,0 +1,87 @@
+// GPTCuda: the GPT model's training step on the GPU — the CPU model's forward and backward
+// (model/gpt.h) on device memory, with cuBLASLt GEMMs (cuda/matmul_cuda.h), our flash-attention
+// kernels (cuda/attention_cuda.h) and the op kernels (cuda/ops_cuda.h), and AdamW over fp32 master
+// weights on the device. Parameters use the CPU model's layout (model/params.h), so checkpoints,
+// optimizer state and the CPU sampler move between the two by plain copies.
+//
+// Precision:
+//   FP32 — every activation and weight in fp32, fp32 attention kernels: the parity mode, which
+//          tracks the CPU model to rounding.
+//   BF16 — mixed precision: weights used in bf16 (a copy refreshed by each AdamW step), bf16
+//          activations and tensor-core attention, with fp32 accumulation, fp32 norm statistics,
+//          losses, gradients, master weights and optimizer state.
+//
+// What runs on the GPU today: the multi-head family (standard and flash attention, both through
+// the flash kernels, which compute the same maths), grouped-query heads, learned or rotary
+// positions, QK-norm, pre- or post-norm, LayerNorm or RMSNorm, GELU or SwiGLU, biases or none,
+// tied or untied embeddings, and document masking. unsupported() names anything else (latent
+// attention, and for BF16 head dims other than 64 and 128), so `--device auto` can fall back to
+// the CPU with that reason.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "flashgpt/core/error.h"
+#include "flashgpt/cuda/abi.h"
+#include "flashgpt/model/config.h"
+#include "flashgpt/ops/adamw.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+enum class Precision { FP32, BF16 };
+inline std::string to_string(Precision p) { return p == Precision::FP32 ? "fp32" : "bf16"; }
+// "fp32" or "bf16"; anything else is an error naming `field`.
+inline Precision parse_precision(const std::string& s, const std::string& field) {
+  if (s == "fp32") return Precision::FP32;
+  if (s == "bf16") return Precision::BF16;
+  fail("{}: unknown precision '{}' (expected fp32 or bf16)", field, s);
+}
+
+class GPTCuda {
+ public:
+  // Allocates the parameters, gradients and optimizer state on the current GPU (zero weights:
+  // set_params next). Throws flashgpt::Error with unsupported()'s reason, or on a CUDA failure.
+  GPTCuda(const GPTConfig& config, Precision precision);
+  ~GPTCuda();
+  GPTCuda(const GPTCuda&) = delete;
+  GPTCuda& operator=(const GPTCuda&) = delete;
+
+  // Why this config cannot train on the GPU at this precision, or "" when it can.
+  static std::string unsupported(const GPTConfig& config, Precision precision);
+
+  const GPTConfig& config() const;
+  Precision precision() const;
+  int64_t num_params() const;
+
+  // Weights and AdamW moments, host ↔ device, in the CPU model's layout (num_params() floats).
+  void set_params(std::span<const float> params);
+  void get_params(std::span<float> params) const;
+  void set_optimizer_state(std::span<const float> m, std::span<const float> v);
+  void get_optimizer_state(std::span<float> m, std::span<float> v) const;
+  void get_grads(std::span<float> grads) const;
+
+  void zero_grad();
+  // As GPT<T>::forward, with host arrays (tokens and targets are checked on the host first): the
+  // mean loss over the targets ≥ 0, or 0 without targets, when the logits stay for get_logits.
+  double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments = nullptr);
+  // Adds the gradient of loss_scale · (the last forward's loss) into the gradients.
+  void backward(float loss_scale = 1.0f);
+  // The last forward's logits [B·Tn, padded_vocab] (valid until the next backward).
+  void get_logits(std::span<float> logits) const;
+
+  // Σ g² over every gradient (for global-norm clipping).
+  double grad_sum_squares();
+  // One AdamW step over every tensor (weight decay on the tensors the parameter table marks),
+  // gradients multiplied by grad_scale first (clipping); refreshes the bf16 weight copy.
+  void adamw_step(const ops::AdamWParams& hp, float grad_scale);
+
+  struct Impl;  // the implementation, one per precision (gpt_cuda.cpp)
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,0 +1,64 @@
+// Device memory and copies (flashgpt/cuda/device_memory.h), compiled for the GPU and for the
+// emulator alike.
+#include <string>
+
+#include "cuda/platform.h"
+#include "flashgpt/cuda/device_memory.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
+  FLASHGPT_CUDA_CHECK(cudaMalloc(&ptr_, bytes > 0 ? bytes : 1));
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_ != nullptr) cudaFree(ptr_);
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = o.ptr_;
+    bytes_ = o.bytes_;
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+void DeviceBuffer::upload(const void* host, size_t bytes) {
+  FLASHGPT_CUDA_REQUIRE(bytes <= bytes_, "device buffer: uploading " + std::to_string(bytes) + " bytes into " +
+                                             std::to_string(bytes_));
+  copy_to_device(ptr_, host, bytes);
+}
+
+void DeviceBuffer::download(void* host, size_t bytes) const {
+  FLASHGPT_CUDA_REQUIRE(bytes <= bytes_, "device buffer: downloading " + std::to_string(bytes) + " bytes from " +
+                                             std::to_string(bytes_));
+  copy_to_host(host, ptr_, bytes);
+}
+
+void DeviceBuffer::fill_bytes(int value) { fill_device_bytes(ptr_, value, bytes_); }
+
+void copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
+  if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemcpy(device_dst, host_src, bytes, cudaMemcpyHostToDevice));
+}
+
+void copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
+  if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemcpy(host_dst, device_src, bytes, cudaMemcpyDeviceToHost));
+}
+
+void copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
+  if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemcpy(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice));
+}
+
+void fill_device_bytes(void* device_dst, int value, size_t bytes) {
+  if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemset(device_dst, value, bytes));
+}
+
+void synchronize() {
+  FLASHGPT_CUDA_CHECK(cudaDeviceSynchronize());
+  FLASHGPT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

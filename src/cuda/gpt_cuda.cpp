@@ -1,0 +1,578 @@
+// GPTCuda (flashgpt/cuda/gpt_cuda.h): the CPU model's forward and backward (model/gpt.cpp,
+// model/gpt_attention_mha.cpp) step for step on the GPU. Host code only: it queues the CUDA ops'
+// kernels and cuBLASLt GEMMs, so it compiles once for the GPU build and once for the emulator.
+//
+// Memory: fp32 master weights, gradients and AdamW moments [P] in the CPU's parameter layout; the
+// weights the forward reads (the master itself in FP32, a bf16 copy in BF16); and one arena per
+// element type for the activations of every layer (kept for the backward) and the backward's
+// scratch, laid out for the batch shape of the last forward.
+#include "flashgpt/cuda/gpt_cuda.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <initializer_list>
+#include <utility>
+#include <vector>
+
+#include "flashgpt/core/error.h"
+#include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/device_memory.h"
+#include "flashgpt/cuda/matmul_cuda.h"
+#include "flashgpt/cuda/ops_cuda.h"
+#include "flashgpt/model/params.h"
+#include "flashgpt/ops/rope.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+std::string GPTCuda::unsupported(const GPTConfig& c, Precision p) {
+  if (is_latent(c.attention)) {
+    return fmt::format("attention '{}' (latent attention) does not train on the GPU yet", flashgpt::to_string(c.attention));
+  }
+  if (p == Precision::BF16 && c.head_dim() != 64 && c.head_dim() != 128) {
+    return fmt::format("bf16 attention on the GPU needs head_dim 64 or 128; this model has {} (n_embd {} / n_head {}); "
+                       "train it with --precision fp32",
+                       c.head_dim(), c.n_embd, c.n_head);
+  }
+  return "";
+}
+
+namespace {
+
+// The tensors of one block by their offsets in the parameter buffer (−1: the config has none).
+struct LayerOffsets {
+  int64_t ln1_w, ln1_b, qkv_w, qkv_b, q_norm_w, k_norm_w, proj_w, proj_b, post_attn_w, post_attn_b, ln2_w, ln2_b,
+      fc_w, fc_b, mlp_proj_w, mlp_proj_b, post_mlp_w, post_mlp_b;
+};
+
+// An arena of device memory for values of one type, handed out in order.
+template <typename E>
+class Arena {
+ public:
+  void plan(E** slot, int64_t n) { plan_.emplace_back(slot, n); }
+  void commit() {
+    int64_t total = 0;
+    for (const auto& [slot, n] : plan_) total += round_up(n);
+    if (static_cast<int64_t>(buf_.bytes() / sizeof(E)) != total) buf_ = DeviceBuffer(static_cast<size_t>(total) * sizeof(E));
+    E* cursor = buf_.as<E>();
+    for (const auto& [slot, n] : plan_) {
+      *slot = n > 0 ? cursor : nullptr;
+      cursor += round_up(n);
+    }
+    plan_.clear();
+  }
+
+ private:
+  // Every buffer starts 256 bytes after the last, as cuBLASLt's fastest kernels want.
+  static int64_t round_up(int64_t n) {
+    constexpr int64_t per = static_cast<int64_t>(256 / sizeof(E));
+    return (n + per - 1) / per * per;
+  }
+  std::vector<std::pair<E**, int64_t>> plan_;
+  DeviceBuffer buf_;
+};
+
+}  // namespace
+
+struct GPTCuda::Impl {
+  GPTConfig config;
+  Precision precision;
+  std::vector<ParamSpec> specs;
+  int64_t P = 0;
+  DeviceBuffer master, grads, adam_m, adam_v;  // fp32 [P]
+  explicit Impl(const GPTConfig& c, Precision p) : config(c), precision(p), specs(param_specs(c)) {
+    P = specs.empty() ? 0 : specs.back().offset + specs.back().numel();
+    const size_t bytes = static_cast<size_t>(P) * sizeof(float);
+    master = DeviceBuffer(bytes);
+    grads = DeviceBuffer(bytes);
+    adam_m = DeviceBuffer(bytes);
+    adam_v = DeviceBuffer(bytes);
+    master.fill_bytes(0);
+    grads.fill_bytes(0);
+    adam_m.fill_bytes(0);
+    adam_v.fill_bytes(0);
+  }
+  virtual ~Impl() = default;
+  int64_t offset_of(const std::string& name) const {
+    for (const ParamSpec& s : specs) {
+      if (s.name == name) return s.offset;
+    }
+    return -1;
+  }
+  virtual void refresh_weights() = 0;  // the forward's weights from the master copy
+  virtual bf16* weight_copy() = 0;     // the bf16 copy AdamW refreshes (null in FP32)
+  virtual double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) = 0;
+  virtual void backward(float loss_scale) = 0;
+  virtual void get_logits(std::span<float> out) const = 0;
+};
+
+namespace {
+
+template <typename T>
+class Model final : public GPTCuda::Impl {
+ public:
+  Model(const GPTConfig& c, Precision p) : Impl(c, p) {
+    if constexpr (std::is_same_v<T, bf16>) copy_ = DeviceBuffer(static_cast<size_t>(P) * sizeof(bf16));
+    for (int l = 0; l < c.n_layer; ++l) {
+      const std::string pre = "blocks." + std::to_string(l) + ".";
+      auto at = [&](const char* name) { return offset_of(pre + name); };
+      layers_.push_back({at("ln1.weight"), at("ln1.bias"), at("attn.qkv.weight"), at("attn.qkv.bias"),
+                         at("attn.q_norm.weight"), at("attn.k_norm.weight"), at("attn.proj.weight"),
+                         at("attn.proj.bias"), at("post_attn_norm.weight"), at("post_attn_norm.bias"),
+                         at("ln2.weight"), at("ln2.bias"), at("mlp.fc.weight"), at("mlp.fc.bias"),
+                         at("mlp.proj.weight"), at("mlp.proj.bias"), at("post_mlp_norm.weight"),
+                         at("post_mlp_norm.bias")});
+    }
+    wte_ = offset_of("wte");
+    wpe_ = offset_of("wpe");
+    lnf_w_ = offset_of("lnf.weight");
+    lnf_b_ = offset_of("lnf.bias");
+    lm_ = c.tie_embeddings ? wte_ : offset_of("lm_head.weight");
+    if (c.pos == PosKind::Rope) {
+      const ops::RopeTable<float> table(c.block_size, c.head_dim(), c.rope_theta);
+      rope_cos_ = DeviceBuffer(table.cos.size() * sizeof(float));
+      rope_sin_ = DeviceBuffer(table.sin.size() * sizeof(float));
+      rope_cos_.upload(table.cos.data(), table.cos.size() * sizeof(float));
+      rope_sin_.upload(table.sin.data(), table.sin.size() * sizeof(float));
+    }
+    refresh_weights();
+  }
+
+  void refresh_weights() override {
+    if constexpr (std::is_same_v<T, bf16>) convert(copy_.as<bf16>(), master.as<float>(), P);
+  }
+  bf16* weight_copy() override {
+    if constexpr (std::is_same_v<T, bf16>) return copy_.as<bf16>();
+    return nullptr;
+  }
+
+  double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) override;
+  void backward(float loss_scale) override;
+  void get_logits(std::span<float> out) const override;
+
+ private:
+  struct LayerActs {
+    T *ln1, *q, *k, *v, *qa, *ka, *att, *proj, *res_mid, *ln2, *fc, *act, *mlp_proj;
+    float *ln1_mean, *ln1_rstd, *q_rstd, *k_rstd, *lse, *post_attn_mean, *post_attn_rstd, *ln2_mean, *ln2_rstd,
+        *post_mlp_mean, *post_mlp_rstd;
+  };
+
+  // The weights the forward reads (T) and the fp32 gradients, by offset.
+  const T* W(int64_t off) const {
+    if (off < 0) return nullptr;
+    if constexpr (std::is_same_v<T, bf16>) {
+      return copy_.as<bf16>() + off;
+    } else {
+      return master.as<float>() + off;
+    }
+  }
+  float* G(int64_t off) const { return off < 0 ? nullptr : grads.as<float>() + off; }
+
+  void allocate(int64_t B, int64_t Tn);
+  void norm_forward(T* out, float* mean, float* rstd, const T* inp, int64_t w, int64_t b, int64_t N, int64_t C) const;
+  void norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean, const float* rstd,
+                     int64_t N, int64_t C, bool accumulate) const;
+  AttentionMask mask() const;
+  void attention_forward(const AttentionDims& d, float scale, LayerActs& a) const;
+  void attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const;
+  void block_forward(int l, LayerActs& a, const T* x, T* out);
+  void block_backward(int l, const LayerActs& a, const T* x);
+  void mha_forward(const LayerOffsets& o, LayerActs& a);
+  void mha_backward(const LayerOffsets& o, const LayerActs& a);
+
+  DeviceBuffer copy_;  // bf16 weights (BF16 only)
+  std::vector<LayerOffsets> layers_;
+  int64_t wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1, lm_ = -1;
+  DeviceBuffer rope_cos_, rope_sin_;
+
+  // The shape the buffers are laid out for, and the last forward's inputs.
+  int64_t B_ = 0, Tn_ = 0;
+  Arena<T> arena_t_;
+  Arena<float> arena_f_;
+  Arena<int> arena_i_;
+  std::vector<LayerActs> acts_;
+  std::vector<T*> resid_;
+  T *lnf_ = nullptr, *logits_ = nullptr, *branch_ = nullptr;
+  float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *losses_ = nullptr;
+  int *tokens_ = nullptr, *targets_ = nullptr, *segments_ = nullptr;
+  bool have_segments_ = false, have_forward_ = false;
+  int64_t n_targets_ = 0;
+  // Backward scratch, reused by every block.
+  T *dres_ = nullptr, *dln_ = nullptr, *dbranch_ = nullptr, *dfc_ = nullptr, *dact_ = nullptr, *datt_ = nullptr,
+    *dqa_ = nullptr, *dka_ = nullptr, *dv_ = nullptr, *dq_ = nullptr, *dk_ = nullptr;
+};
+
+template <typename T>
+void Model<T>::allocate(int64_t B, int64_t Tn) {
+  if (B == B_ && Tn == Tn_) return;
+  const GPTConfig& c = config;
+  const int64_t N = B * Tn, C = c.n_embd, qd = c.q_dim(), kvd = c.kv_dim(), Hq = c.n_head, Hkv = c.kv_heads();
+  const int64_t F = c.hidden(), Vp = c.padded_vocab_size();
+  using TSlots = std::initializer_list<std::pair<T**, int64_t>>;
+  using FSlots = std::initializer_list<std::pair<float**, int64_t>>;
+  auto plan_t = [&](TSlots slots) {
+    for (const auto& [slot, n] : slots) arena_t_.plan(slot, n);
+  };
+  auto plan_f = [&](FSlots slots) {
+    for (const auto& [slot, n] : slots) arena_f_.plan(slot, n);
+  };
+  acts_.assign(static_cast<size_t>(c.n_layer), LayerActs{});
+  for (LayerActs& a : acts_) {
+    plan_t({{&a.ln1, N * C}, {&a.q, N * qd}, {&a.k, N * kvd}, {&a.v, N * kvd}, {&a.att, N * qd}, {&a.proj, N * C},
+            {&a.res_mid, N * C}, {&a.ln2, N * C}, {&a.fc, N * c.fc_out()}, {&a.act, N * F}, {&a.mlp_proj, N * C},
+            // Without QK-norm, RoPE (if any) runs in place on q and k: the backward needs only the result.
+            {&a.qa, c.qk_norm ? N * qd : 0}, {&a.ka, c.qk_norm ? N * kvd : 0}});
+    plan_f({{&a.ln1_mean, N}, {&a.ln1_rstd, N}, {&a.q_rstd, c.qk_norm ? N * Hq : 0},
+            {&a.k_rstd, c.qk_norm ? N * Hkv : 0}, {&a.lse, B * Hq * Tn}, {&a.post_attn_mean, N},
+            {&a.post_attn_rstd, N}, {&a.ln2_mean, N}, {&a.ln2_rstd, N}, {&a.post_mlp_mean, N},
+            {&a.post_mlp_rstd, N}});
+  }
+  resid_.assign(static_cast<size_t>(c.n_layer + 1), nullptr);
+  for (T*& r : resid_) arena_t_.plan(&r, N * C);
+  plan_t({{&lnf_, N * C}, {&branch_, N * C}, {&logits_, N * Vp}, {&dres_, N * C}, {&dln_, N * C},
+          {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * qd}, {&dqa_, N * qd},
+          {&dka_, N * kvd}, {&dv_, N * kvd}, {&dq_, c.qk_norm ? N * qd : 0}, {&dk_, c.qk_norm ? N * kvd : 0}});
+  plan_f({{&lnf_mean_, N}, {&lnf_rstd_, N}, {&losses_, N}});
+  for (int** slot : {&tokens_, &targets_, &segments_}) arena_i_.plan(slot, N);
+  B_ = Tn_ = 0;  // until the arenas exist
+  arena_t_.commit();
+  arena_f_.commit();
+  arena_i_.commit();
+  for (LayerActs& a : acts_) {
+    if (!c.qk_norm) {
+      a.qa = a.q;
+      a.ka = a.k;
+    }
+  }
+  B_ = B;
+  Tn_ = Tn;
+}
+
+template <typename T>
+void Model<T>::norm_forward(T* out, float* mean, float* rstd, const T* inp, int64_t w, int64_t b, int64_t N,
+                            int64_t C) const {
+  const float eps = static_cast<float>(config.norm_eps);
+  if (config.norm == NormKind::LayerNorm) {
+    layernorm_forward(out, mean, rstd, inp, W(w), W(b), N, C, eps);
+  } else {
+    rmsnorm_forward(out, rstd, inp, W(w), N, C, eps);
+  }
+}
+
+template <typename T>
+void Model<T>::norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean,
+                             const float* rstd, int64_t N, int64_t C, bool accumulate) const {
+  if (config.norm == NormKind::LayerNorm) {
+    layernorm_backward(dinp, G(w), G(b), dout, inp, W(w), mean, rstd, N, C, accumulate);
+  } else {
+    rmsnorm_backward(dinp, G(w), dout, inp, W(w), rstd, N, C, accumulate);
+  }
+}
+
+template <typename T>
+AttentionMask Model<T>::mask() const {
+  AttentionMask m{true, 0};
+  if (have_segments_) m.q_segments = m.kv_segments = {segments_, static_cast<size_t>(B_ * Tn_)};
+  return m;
+}
+
+template <typename T>
+void Model<T>::attention_forward(const AttentionDims& d, float scale, LayerActs& a) const {
+  if constexpr (std::is_same_v<T, bf16>) {
+    auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
+    flash_forward_bf16(d, mask(), scale, u(a.qa), u(a.ka), u(a.v), reinterpret_cast<uint16_t*>(a.att), a.lse);
+  } else {
+    flash_forward_fp32(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse);
+  }
+}
+
+template <typename T>
+void Model<T>::attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const {
+  if constexpr (std::is_same_v<T, bf16>) {
+    auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
+    auto w = [](bf16* p) { return reinterpret_cast<uint16_t*>(p); };
+    flash_backward_bf16(d, mask(), scale, u(a.qa), u(a.ka), u(a.v), u(a.att), a.lse, u(datt_), w(dqa_), w(dka_),
+                        w(dv_));
+  } else {
+    flash_backward_fp32(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse, datt_, dqa_, dka_, dv_);
+  }
+}
+
+template <typename T>
+void Model<T>::mha_forward(const LayerOffsets& o, LayerActs& a) {
+  const GPTConfig& c = config;
+  const int64_t N = B_ * Tn_, C = c.n_embd, hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads();
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+  const float eps = static_cast<float>(c.norm_eps);
+  const T* w = W(o.qkv_w);
+  const T* b = W(o.qkv_b);
+  matmul_forward(a.q, a.ln1, w, b, N, C, qd);
+  matmul_forward(a.k, a.ln1, w + qd * C, b ? b + qd : nullptr, N, C, kvd);
+  matmul_forward(a.v, a.ln1, w + (qd + kvd) * C, b ? b + qd + kvd : nullptr, N, C, kvd);
+  if (c.qk_norm) {
+    rmsnorm_forward(a.qa, a.q_rstd, a.q, W(o.q_norm_w), N * Hq, hd, eps);
+    rmsnorm_forward(a.ka, a.k_rstd, a.k, W(o.k_norm_w), N * Hkv, hd, eps);
+  }
+  if (c.pos == PosKind::Rope) {
+    rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0);
+    rope_forward(a.ka, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0);
+  }
+  const AttentionDims d{B_, Hq, Hkv, Tn_, Tn_, hd, hd, 0};
+  attention_forward(d, 1.0f / std::sqrt(static_cast<float>(hd)), a);
+}
+
+template <typename T>
+void Model<T>::mha_backward(const LayerOffsets& o, const LayerActs& a) {
+  const GPTConfig& c = config;
+  const int64_t N = B_ * Tn_, C = c.n_embd, hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads();
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+  const AttentionDims d{B_, Hq, Hkv, Tn_, Tn_, hd, hd, 0};
+  attention_backward(d, 1.0f / std::sqrt(static_cast<float>(hd)), a);
+  if (c.pos == PosKind::Rope) {
+    rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0);
+    rope_backward(dka_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0);
+  }
+  const T* dq = dqa_;
+  const T* dk = dka_;
+  if (c.qk_norm) {
+    rmsnorm_backward(dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, N * Hq, hd, false);
+    rmsnorm_backward(dk_, G(o.k_norm_w), dka_, a.k, W(o.k_norm_w), a.k_rstd, N * Hkv, hd, false);
+    dq = dq_;
+    dk = dk_;
+  }
+  const T* w = W(o.qkv_w);
+  float* gw = G(o.qkv_w);
+  float* gb = G(o.qkv_b);
+  matmul_backward(dln_, gw, gb, dq, a.ln1, w, N, C, qd, false);
+  matmul_backward(dln_, gw + qd * C, gb ? gb + qd : nullptr, dk, a.ln1, w + qd * C, N, C, kvd, true);
+  matmul_backward(dln_, gw + (qd + kvd) * C, gb ? gb + qd + kvd : nullptr, dv_, a.ln1, w + (qd + kvd) * C, N, C, kvd,
+                  true);
+}
+
+template <typename T>
+void Model<T>::block_forward(int l, LayerActs& a, const T* x, T* out) {
+  const GPTConfig& c = config;
+  const LayerOffsets& o = layers_[static_cast<size_t>(l)];
+  const int64_t N = B_ * Tn_, C = c.n_embd, F = c.hidden();
+  norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, o.ln1_w, o.ln1_b, N, C);
+  mha_forward(o, a);
+  matmul_forward(a.proj, a.att, W(o.proj_w), W(o.proj_b), N, c.q_dim(), C);
+  const T* attn_out = a.proj;
+  if (c.post_norm) {
+    norm_forward(branch_, a.post_attn_mean, a.post_attn_rstd, a.proj, o.post_attn_w, o.post_attn_b, N, C);
+    attn_out = branch_;
+  }
+  add(a.res_mid, x, attn_out, N * C);
+  norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res_mid, o.ln2_w, o.ln2_b, N, C);
+  matmul_forward(a.fc, a.ln2, W(o.fc_w), W(o.fc_b), N, C, c.fc_out());
+  if (c.mlp == MlpKind::Gelu) {
+    gelu_forward(a.act, a.fc, N * F);
+  } else {
+    swiglu_forward(a.act, a.fc, N, F);
+  }
+  matmul_forward(a.mlp_proj, a.act, W(o.mlp_proj_w), W(o.mlp_proj_b), N, F, C);
+  const T* mlp_out = a.mlp_proj;
+  if (c.post_norm) {
+    norm_forward(branch_, a.post_mlp_mean, a.post_mlp_rstd, a.mlp_proj, o.post_mlp_w, o.post_mlp_b, N, C);
+    mlp_out = branch_;
+  }
+  add(out, a.res_mid, mlp_out, N * C);
+}
+
+template <typename T>
+void Model<T>::block_backward(int l, const LayerActs& a, const T* x) {
+  const GPTConfig& c = config;
+  const LayerOffsets& o = layers_[static_cast<size_t>(l)];
+  const int64_t N = B_ * Tn_, C = c.n_embd, F = c.hidden(), qd = c.q_dim();
+  // MLP branch: dres_ holds the gradient of the block's output.
+  const T* dmlp = dres_;
+  if (c.post_norm) {
+    norm_backward(dbranch_, dres_, a.mlp_proj, o.post_mlp_w, o.post_mlp_b, a.post_mlp_mean, a.post_mlp_rstd, N, C,
+                  false);
+    dmlp = dbranch_;
+  }
+  matmul_backward(dact_, G(o.mlp_proj_w), G(o.mlp_proj_b), dmlp, a.act, W(o.mlp_proj_w), N, F, C, false);
+  if (c.mlp == MlpKind::Gelu) {
+    gelu_backward(dfc_, a.fc, dact_, N * F);
+  } else {
+    swiglu_backward(dfc_, a.fc, dact_, N, F);
+  }
+  matmul_backward(dln_, G(o.fc_w), G(o.fc_b), dfc_, a.ln2, W(o.fc_w), N, C, c.fc_out(), false);
+  norm_backward(dres_, dln_, a.res_mid, o.ln2_w, o.ln2_b, a.ln2_mean, a.ln2_rstd, N, C, true);
+  // Attention branch: dres_ now holds the gradient of x'.
+  const T* dattn = dres_;
+  if (c.post_norm) {
+    norm_backward(dbranch_, dres_, a.proj, o.post_attn_w, o.post_attn_b, a.post_attn_mean, a.post_attn_rstd, N, C,
+                  false);
+    dattn = dbranch_;
+  }
+  matmul_backward(datt_, G(o.proj_w), G(o.proj_b), dattn, a.att, W(o.proj_w), N, qd, C, false);
+  mha_backward(o, a);
+  norm_backward(dres_, dln_, x, o.ln1_w, o.ln1_b, a.ln1_mean, a.ln1_rstd, N, C, true);
+}
+
+template <typename T>
+double Model<T>::forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) {
+  const GPTConfig& c = config;
+  FLASHGPT_CHECK(B > 0 && Tn > 0, "forward: batch {} and sequence length {} must be positive", B, Tn);
+  FLASHGPT_CHECK(Tn <= c.block_size, "sequence length {} exceeds the model's block_size {}", Tn, c.block_size);
+  const int64_t N = B * Tn, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();
+  for (int64_t i = 0; i < N; ++i) {
+    FLASHGPT_CHECK(tokens[i] >= 0 && tokens[i] < V, "token id {} at index {} is out of range for vocab_size {}",
+                   tokens[i], i, V);
+    FLASHGPT_CHECK(!targets || (targets[i] >= -1 && targets[i] < V),
+                   "target id {} at index {} is out of range for vocab_size {}", targets ? targets[i] : 0, i, V);
+  }
+  allocate(B, Tn);
+  copy_to_device(tokens_, tokens, static_cast<size_t>(N) * sizeof(int));
+  if (targets) copy_to_device(targets_, targets, static_cast<size_t>(N) * sizeof(int));
+  have_segments_ = segments != nullptr;
+  if (segments) copy_to_device(segments_, segments, static_cast<size_t>(N) * sizeof(int32_t));
+
+  embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), B, Tn, C, 0);
+  for (int l = 0; l < c.n_layer; ++l) {
+    block_forward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l) + 1]);
+  }
+  norm_forward(lnf_, lnf_mean_, lnf_rstd_, resid_.back(), lnf_w_, lnf_b_, N, C);
+  matmul_forward(logits_, lnf_, W(lm_), static_cast<const T*>(nullptr), N, C, Vp);
+  have_forward_ = targets != nullptr;
+  if (!targets) {
+    synchronize();
+    return 0.0;
+  }
+  n_targets_ = std::count_if(targets, targets + N, [](int t) { return t >= 0; });
+  cross_entropy_forward(losses_, logits_, targets_, N, V, Vp);
+  std::vector<float> losses(static_cast<size_t>(N));
+  copy_to_host(losses.data(), losses_, losses.size() * sizeof(float));
+  synchronize();
+  double total = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    if (targets[i] >= 0) total += losses[static_cast<size_t>(i)];
+  }
+  return n_targets_ > 0 ? total / static_cast<double>(n_targets_) : 0.0;
+}
+
+template <typename T>
+void Model<T>::backward(float loss_scale) {
+  FLASHGPT_CHECK(have_forward_, "backward: call forward with targets first");
+  const GPTConfig& c = config;
+  const int64_t N = B_ * Tn_, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();
+  const float per_token = n_targets_ > 0 ? loss_scale / static_cast<float>(n_targets_) : 0.0f;
+  cross_entropy_fused(logits_, losses_, targets_, N, V, Vp, per_token);  // logits_ now holds their gradient
+  matmul_backward(dln_, G(lm_), nullptr, logits_, lnf_, W(lm_), N, C, Vp, false);
+  norm_backward(dres_, dln_, resid_.back(), lnf_w_, lnf_b_, lnf_mean_, lnf_rstd_, N, C, false);
+  for (int l = c.n_layer - 1; l >= 0; --l) {
+    block_backward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)]);
+  }
+  embedding_backward(G(wte_), G(wpe_), dres_, tokens_, B_, Tn_, C, 0);
+  have_forward_ = false;
+  synchronize();
+}
+
+template <typename T>
+void Model<T>::get_logits(std::span<float> out) const {
+  const int64_t n = B_ * Tn_ * config.padded_vocab_size();
+  FLASHGPT_CHECK(B_ > 0 && static_cast<int64_t>(out.size()) == n, "logits: {} values wanted, the last forward has {}",
+                 out.size(), n);
+  if constexpr (std::is_same_v<T, bf16>) {
+    DeviceBuffer wide(static_cast<size_t>(n) * sizeof(float));
+    convert(wide.as<float>(), logits_, n);
+    wide.download(out.data(), out.size_bytes());
+  } else {
+    copy_to_host(out.data(), logits_, out.size_bytes());
+  }
+}
+
+}  // namespace
+
+GPTCuda::GPTCuda(const GPTConfig& config, Precision precision) {
+  config.validate();
+  const std::string why = unsupported(config, precision);
+  FLASHGPT_CHECK(why.empty(), "--device cuda: {}", why);
+  if (precision == Precision::BF16) {
+    impl_ = std::make_unique<Model<bf16>>(config, precision);
+  } else {
+    impl_ = std::make_unique<Model<float>>(config, precision);
+  }
+}
+
+GPTCuda::~GPTCuda() = default;
+
+const GPTConfig& GPTCuda::config() const { return impl_->config; }
+Precision GPTCuda::precision() const { return impl_->precision; }
+int64_t GPTCuda::num_params() const { return impl_->P; }
+
+namespace {
+void check_count(size_t got, int64_t want, const char* what) {
+  FLASHGPT_CHECK(static_cast<int64_t>(got) == want, "{}: {} values given, the model has {} parameters", what, got,
+                 want);
+}
+}  // namespace
+
+void GPTCuda::set_params(std::span<const float> params) {
+  check_count(params.size(), impl_->P, "set_params");
+  impl_->master.upload(params.data(), params.size_bytes());
+  impl_->refresh_weights();
+}
+
+void GPTCuda::get_params(std::span<float> params) const {
+  check_count(params.size(), impl_->P, "get_params");
+  impl_->master.download(params.data(), params.size_bytes());
+}
+
+void GPTCuda::set_optimizer_state(std::span<const float> m, std::span<const float> v) {
+  check_count(m.size(), impl_->P, "optimizer state m");
+  check_count(v.size(), impl_->P, "optimizer state v");
+  impl_->adam_m.upload(m.data(), m.size_bytes());
+  impl_->adam_v.upload(v.data(), v.size_bytes());
+}
+
+void GPTCuda::get_optimizer_state(std::span<float> m, std::span<float> v) const {
+  check_count(m.size(), impl_->P, "optimizer state m");
+  check_count(v.size(), impl_->P, "optimizer state v");
+  impl_->adam_m.download(m.data(), m.size_bytes());
+  impl_->adam_v.download(v.data(), v.size_bytes());
+}
+
+void GPTCuda::get_grads(std::span<float> grads) const {
+  check_count(grads.size(), impl_->P, "get_grads");
+  impl_->grads.download(grads.data(), grads.size_bytes());
+}
+
+void GPTCuda::zero_grad() { impl_->grads.fill_bytes(0); }
+
+double GPTCuda::forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) {
+  return impl_->forward(tokens, targets, B, Tn, segments);
+}
+
+void GPTCuda::backward(float loss_scale) { impl_->backward(loss_scale); }
+
+void GPTCuda::get_logits(std::span<float> logits) const { impl_->get_logits(logits); }
+
+double GPTCuda::grad_sum_squares() {
+  DeviceBuffer sum(sizeof(double));
+  sum.fill_bytes(0);
+  cuda::sum_squares(sum.as<double>(), impl_->grads.as<float>(), impl_->P);
+  double out = 0;
+  sum.download(&out, sizeof out);
+  return out;
+}
+
+void GPTCuda::adamw_step(const ops::AdamWParams& hp, float grad_scale) {
+  Impl& m = *impl_;
+  bf16* copy = m.weight_copy();
+  // One launch per run of consecutive tensors with the same weight decay.
+  const std::vector<ParamSpec>& specs = m.specs;
+  for (size_t i = 0; i < specs.size();) {
+    size_t j = i + 1;
+    while (j < specs.size() && specs[j].decay == specs[i].decay) ++j;
+    const int64_t off = specs[i].offset, n = specs[j - 1].offset + specs[j - 1].numel() - off;
+    adamw_update(m.master.as<float>() + off, m.grads.as<float>() + off, m.adam_m.as<float>() + off,
+                 m.adam_v.as<float>() + off, n, hp, specs[i].decay, grad_scale, copy ? copy + off : nullptr);
+    i = j;
+  }
+  synchronize();
+}
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

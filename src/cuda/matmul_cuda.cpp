@@ -1,0 +1,275 @@
+// Matmul on the GPU (flashgpt/cuda/matmul_cuda.h): cuBLASLt in the GPU build, OpenBLAS on the host
+// in the emulated one. Host code only; compiled once for each build.
+//
+// cuBLASLt is column-major, so a row-major product C = op(A)·op(B) is asked for as the
+// column-major product Cᵀ = op(B)ᵀ·op(A)ᵀ: the operands swap places and each keeps its storage.
+// Each distinct shape (with its types and pointer alignments) gets its descriptors and the
+// heuristic's algorithm once; later calls reuse them.
+#include "flashgpt/cuda/matmul_cuda.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cuda/cuda_check.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/cuda/device_memory.h"
+
+#if defined(FLASHGPT_SIMT)
+#include <cblas.h>
+#else
+#include <cublasLt.h>
+#endif
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+namespace {
+
+void check_sizes(const char* what, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, bool ta,
+                 bool tb) {
+  const bool ok = M >= 0 && N >= 0 && K >= 0 && lda >= std::max<int64_t>(1, ta ? M : K) &&
+                  ldb >= std::max<int64_t>(1, tb ? K : N) && ldc >= std::max<int64_t>(1, N);
+  if (!ok) {
+    raise(std::string(what) + ": bad sizes M=" + std::to_string(M) + " N=" + std::to_string(N) +
+          " K=" + std::to_string(K) + " lda=" + std::to_string(lda) + " ldb=" + std::to_string(ldb) +
+          " ldc=" + std::to_string(ldc));
+  }
+}
+
+#if defined(FLASHGPT_SIMT)
+
+// --- the emulated build: the product on the host, in fp32 ---------------------------------------
+
+float widen(float x) { return x; }
+float widen(bf16 x) {
+  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+void narrow(float x, float& out) { out = x; }
+void narrow(float x, bf16& out) {  // round to nearest even; NaN stays NaN
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) {
+    out.bits = static_cast<uint16_t>((u >> 16) | 0x40u);
+    return;
+  }
+  u += 0x7fffu + ((u >> 16) & 1u);
+  out.bits = static_cast<uint16_t>(u >> 16);
+}
+
+// C = alpha·op(A)·op(B) + beta·C, with C read only when beta ≠ 0.
+template <typename T, typename TC>
+void gemm_host(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
+               int64_t ldb, float beta, TC* C, int64_t ldc) {
+  std::vector<float> a(static_cast<size_t>(M * K)), b(static_cast<size_t>(K * N)), c(static_cast<size_t>(M * N), 0.0f);
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t k = 0; k < K; ++k) a[static_cast<size_t>(i * K + k)] = widen(ta ? A[k * lda + i] : A[i * lda + k]);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t j = 0; j < N; ++j) b[static_cast<size_t>(k * N + j)] = widen(tb ? B[j * ldb + k] : B[k * ldb + j]);
+  }
+  if (beta != 0.0f) {
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) c[static_cast<size_t>(i * N + j)] = widen(C[i * ldc + j]);
+    }
+  }
+  if (M > 0 && N > 0) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
+                static_cast<int>(K), alpha, a.data(), static_cast<int>(std::max<int64_t>(K, 1)), b.data(),
+                static_cast<int>(N), beta, c.data(), static_cast<int>(N));
+  }
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      narrow(c[static_cast<size_t>(i * N + j)], C[i * ldc + j]);
+    }
+  }
+}
+
+#else
+
+// --- the GPU build: cuBLASLt ----------------------------------------------------------------------
+
+void check_lt(cublasStatus_t s, const char* what, const char* file, int line) {
+  if (s != CUBLAS_STATUS_SUCCESS) {
+    raise(std::string("cuBLASLt: ") + what + " failed at " + file + ":" + std::to_string(line) + ": " +
+          cublasLtGetStatusString(s) + " (" + cublasLtGetStatusName(s) + ")");
+  }
+}
+#define FLASHGPT_LT_CHECK(call) check_lt((call), #call, __FILE__, __LINE__)
+
+template <typename T>
+constexpr cudaDataType_t data_type() {
+  if constexpr (std::is_same_v<T, float>) {
+    return CUDA_R_32F;
+  } else {
+    return CUDA_R_16BF;
+  }
+}
+
+// The largest power of two (up to 256) dividing the address: what cuBLASLt may assume of it.
+uint32_t alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  uint32_t al = 256;
+  while (al > 1 && a % al != 0) al /= 2;
+  return al;
+}
+
+struct Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+// One handle, one workspace and the plans of every shape seen, for the process's lifetime (they are
+// released with the CUDA context at exit).
+struct Lt {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = size_t{32} << 20;  // what cuBLASLt recommends on Hopper
+  std::map<std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, uint32_t, uint32_t,
+                      uint32_t>,
+           Plan>
+      plans;
+};
+
+Lt& lt() {
+  static Lt* s = [] {
+    auto* l = new Lt;
+    FLASHGPT_LT_CHECK(cublasLtCreate(&l->handle));
+    FLASHGPT_CUDA_CHECK(cudaMalloc(&l->workspace, l->workspace_bytes));
+    return l;
+  }();
+  return *s;
+}
+
+#endif
+
+}  // namespace
+
+template <typename T, typename TC>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, float beta, TC* C, int64_t ldc) {
+  check_sizes("GPU gemm", M, N, K, lda, ldb, ldc, ta, tb);
+  if (M == 0 || N == 0) return;
+#if defined(FLASHGPT_SIMT)
+  gemm_host<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#else
+  Lt& l = lt();
+  const uint32_t al_a = alignment(A), al_b = alignment(B), al_c = alignment(C);
+  const auto key = std::make_tuple(static_cast<int>(ta), static_cast<int>(tb), M, N, K, lda, ldb, ldc,
+                                   static_cast<int>(data_type<T>()), static_cast<int>(data_type<TC>()), al_a, al_b,
+                                   al_c);
+  auto it = l.plans.find(key);
+  if (it == l.plans.end()) {
+    Plan p;
+    FLASHGPT_LT_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    // The column-major product Cᵀ[N,M] = op(B)ᵀ · op(A)ᵀ (see the top of this file).
+    const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    FLASHGPT_LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof op_first));
+    FLASHGPT_LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof op_second));
+    FLASHGPT_LT_CHECK(cublasLtMatrixLayoutCreate(&p.a, data_type<T>(), static_cast<uint64_t>(tb ? K : N),
+                                                 static_cast<uint64_t>(tb ? N : K), ldb));
+    FLASHGPT_LT_CHECK(cublasLtMatrixLayoutCreate(&p.b, data_type<T>(), static_cast<uint64_t>(ta ? M : K),
+                                                 static_cast<uint64_t>(ta ? K : M), lda));
+    FLASHGPT_LT_CHECK(
+        cublasLtMatrixLayoutCreate(&p.c, data_type<TC>(), static_cast<uint64_t>(N), static_cast<uint64_t>(M), ldc));
+    cublasLtMatmulPreference_t pref = nullptr;
+    FLASHGPT_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    FLASHGPT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                           &l.workspace_bytes, sizeof l.workspace_bytes));
+    // Column-major A is our B and vice versa.
+    FLASHGPT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_b,
+                                                           sizeof al_b));
+    FLASHGPT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_a,
+                                                           sizeof al_a));
+    FLASHGPT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c,
+                                                           sizeof al_c));
+    FLASHGPT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c,
+                                                           sizeof al_c));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    FLASHGPT_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(l.handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (found == 0) {
+      raise("cuBLASLt: no algorithm for the product M=" + std::to_string(M) + " N=" + std::to_string(N) +
+            " K=" + std::to_string(K));
+    }
+    p.algo = result.algo;
+    it = l.plans.emplace(key, p).first;
+  }
+  const Plan& p = it->second;
+  FLASHGPT_LT_CHECK(cublasLtMatmul(l.handle, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
+                                   l.workspace, l.workspace_bytes, nullptr));
+#endif
+}
+
+template <typename T>
+void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int64_t N, int64_t C, int64_t OC) {
+  gemm<T, T>(false, true, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC);
+  if (bias != nullptr) add_bias(out, bias, N, OC);
+}
+
+template <typename T>
+void matmul_backward(T* dinp, float* dw, float* dbias, const T* dout, const T* inp, const T* w, int64_t N, int64_t C,
+                     int64_t OC, bool accumulate_dinp) {
+  if (dinp != nullptr) gemm<T, T>(false, false, N, C, OC, 1.0f, dout, OC, w, C, accumulate_dinp ? 1.0f : 0.0f, dinp, C);
+  gemm<T, float>(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
+  if (dbias != nullptr) bias_backward(dbias, dout, N, OC);
+}
+
+double measure_gemm_flops(bool bf16_inputs, int n, int repeats) {
+  const size_t count = static_cast<size_t>(n) * static_cast<size_t>(n);
+  std::vector<float> host(count);
+  Rng rng(7);
+  for (float& x : host) x = static_cast<float>(rng.normal());
+  DeviceBuffer a(count * sizeof(float)), b(count * sizeof(float)), c(count * sizeof(float)), staging(count * sizeof(float));
+  staging.upload(host.data(), count * sizeof(float));
+  auto run = [&] {
+    if (bf16_inputs) {
+      gemm<bf16, bf16>(false, true, n, n, n, 1.0f, a.as<bf16>(), n, b.as<bf16>(), n, 0.0f, c.as<bf16>(), n);
+    } else {
+      gemm<float, float>(false, true, n, n, n, 1.0f, a.as<float>(), n, b.as<float>(), n, 0.0f, c.as<float>(), n);
+    }
+  };
+  if (bf16_inputs) {
+    convert(a.as<bf16>(), staging.as<float>(), static_cast<int64_t>(count));
+    convert(b.as<bf16>(), staging.as<float>(), static_cast<int64_t>(count));
+  } else {
+    copy_on_device(a.get(), staging.get(), count * sizeof(float));
+    copy_on_device(b.get(), staging.get(), count * sizeof(float));
+  }
+  run();  // warm-up: the plan and the clocks
+  synchronize();
+  constexpr int kPerTiming = 10;
+  std::vector<double> seconds;
+  for (int r = 0; r < std::max(1, repeats); ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kPerTiming; ++i) run();
+    synchronize();
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / kPerTiming);
+  }
+  std::sort(seconds.begin(), seconds.end());
+  return 2.0 * n * static_cast<double>(n) * n / seconds[seconds.size() / 2];
+}
+
+template void gemm<float, float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+                                 int64_t, float, float*, int64_t);
+template void gemm<bf16, bf16>(bool, bool, int64_t, int64_t, int64_t, float, const bf16*, int64_t, const bf16*,
+                               int64_t, float, bf16*, int64_t);
+template void gemm<bf16, float>(bool, bool, int64_t, int64_t, int64_t, float, const bf16*, int64_t, const bf16*,
+                                int64_t, float, float*, int64_t);
+#define FLASHGPT_INSTANTIATE(T)                                                                                \
+  template void matmul_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);               \
+  template void matmul_backward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t, int64_t, \
+                                   bool);
+FLASHGPT_INSTANTIATE(float)
+FLASHGPT_INSTANTIATE(bf16)
+#undef FLASHGPT_INSTANTIATE
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,0 +1,306 @@
+// The GPU training step (cuda/gpt_cuda.h) against the CPU model (model/gpt.h) from the same
+// weights on the same batches:
+//   FP32 — the loss within 1e-5 relative, logits and every parameter's gradient within 1e-4 of the
+//          largest, and a few AdamW steps whose losses and weights track the CPU's;
+//   BF16 — the loss within 2%, the gradient pointing the CPU's way (cosine > 0.99), and a few steps
+//          whose losses fall with the CPU's.
+// Over the architecture switches the GPU runs (GPT-2's; a Llama-like block with RMSNorm, SwiGLU,
+// RoPE, QK-norm, GQA, no biases, untied embeddings and post-norm) and document masking. Skipped
+// without a GPU; the simt build runs it on the CPU emulator.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "flashgpt/core/device.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/model/gpt.h"
+#include "flashgpt/ops/adamw.h"
+#include "testing/errors.h"
+
+namespace flashgpt {
+namespace {
+
+using cuda::GPTCuda;
+using cuda::Precision;
+using testing::error_of;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none
+
+GPTConfig gpt2_like() {
+  GPTConfig c;
+  c.vocab_size = 97;  // padded to 128: the padding columns must stay out of the loss
+  c.block_size = 32;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_embd = 128;  // head_dim 64, as the bf16 kernels need
+  return c;
+}
+
+GPTConfig llama_like() {
+  GPTConfig c = gpt2_like();
+  c.n_head = 4;
+  c.n_kv_head = 2;
+  c.n_embd = 256;
+  c.norm = NormKind::RMSNorm;
+  c.pos = PosKind::Rope;
+  c.mlp = MlpKind::SwiGLU;
+  c.qk_norm = true;
+  c.bias = false;
+  c.tie_embeddings = false;
+  c.post_norm = true;
+  c.attention = AttentionKind::Flash;
+  return c;
+}
+
+struct Batch {
+  int64_t B = 2, T = 16;
+  std::vector<int> x, y;
+  std::vector<int32_t> seg;
+};
+
+Batch make_batch(const GPTConfig& c, uint64_t seed, int64_t B = 2, int64_t T = 16) {
+  Batch b;
+  b.B = B;
+  b.T = T;
+  Rng rng(seed);
+  for (int64_t i = 0; i < B * T; ++i) {
+    b.x.push_back(static_cast<int>(rng.next_u64() % static_cast<uint64_t>(c.vocab_size)));
+    b.y.push_back(static_cast<int>(rng.next_u64() % static_cast<uint64_t>(c.vocab_size)));
+  }
+  b.y[3] = -1;  // an ignored target
+  // Documents: sequence 0 splits at t = 5 and 11, sequence 1 is one document.
+  for (int64_t s = 0; s < B; ++s) {
+    for (int64_t t = 0; t < T; ++t) b.seg.push_back(s == 0 ? static_cast<int32_t>((t >= 5) + (t >= 11)) : 0);
+  }
+  return b;
+}
+
+// max |a − b| / max |b|.
+double rel_error(std::span<const float> a, std::span<const float> b) {
+  double scale = 0, worst = 0;
+  for (float x : b) scale = std::max(scale, static_cast<double>(std::abs(x)));
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
+    worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return scale > 0 ? worst / scale : worst;
+}
+
+double cosine(std::span<const float> a, std::span<const float> b) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ab += static_cast<double>(a[i]) * b[i];
+    aa += static_cast<double>(a[i]) * a[i];
+    bb += static_cast<double>(b[i]) * b[i];
+  }
+  return ab / std::sqrt(aa * bb);
+}
+
+// The CPU model and the GPU model from the same initial weights.
+struct Pair {
+  GPT<float> cpu;
+  GPTCuda gpu;
+  std::vector<float> m, v;  // the CPU's AdamW moments
+  Pair(const GPTConfig& c, Precision p) : cpu(c), gpu(c, p) {
+    cpu.init_weights(42);
+    gpu.set_params(cpu.params());
+    m.assign(static_cast<size_t>(cpu.num_params()), 0.0f);
+    v = m;
+  }
+  std::vector<float> gpu_grads() {
+    std::vector<float> g(static_cast<size_t>(gpu.num_params()));
+    gpu.get_grads(g);
+    return g;
+  }
+  std::vector<float> gpu_params() {
+    std::vector<float> p(static_cast<size_t>(gpu.num_params()));
+    gpu.get_params(p);
+    return p;
+  }
+  void cpu_adamw(const ops::AdamWParams& hp) {
+    for (const ParamSpec& s : cpu.specs()) {
+      ops::adamw_update(cpu.params().data() + s.offset, cpu.grads().data() + s.offset, m.data() + s.offset,
+                        v.data() + s.offset, s.numel(), hp, s.decay, 1.0f);
+    }
+  }
+};
+
+// AdamW divides each gradient element by its own running size, so an element whose true gradient
+// is zero moves by ±lr on whatever round-off it carries; an eps above that round-off keeps such
+// elements still on both devices, and the comparison about the real updates.
+ops::AdamWParams adamw(int64_t step) {
+  ops::AdamWParams hp;
+  hp.lr = 3e-3f;
+  hp.weight_decay = 0.1f;
+  hp.eps = 1e-5f;
+  hp.step = step;
+  return hp;
+}
+
+// The largest weight difference, as a fraction of the learning rate (one step moves a weight by
+// at most about lr).
+double max_diff_in_lr(std::span<const float> a, std::span<const float> b) {
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
+  return worst / 3e-3;
+}
+
+void expect_fp32_parity(const GPTConfig& c, bool doc_mask) {
+  Pair p(c, Precision::FP32);
+  const Batch b = make_batch(c, 7);
+  const int32_t* seg = doc_mask ? b.seg.data() : nullptr;
+  // Logits of a forward without targets.
+  p.cpu.forward(b.x.data(), nullptr, b.B, b.T, seg);
+  p.gpu.forward(b.x.data(), nullptr, b.B, b.T, seg);
+  const int64_t n_logits = b.B * b.T * c.padded_vocab_size();
+  std::vector<float> logits(static_cast<size_t>(n_logits), std::numeric_limits<float>::quiet_NaN());
+  p.gpu.get_logits(logits);
+  EXPECT_LT(rel_error(logits, {p.cpu.logits(), static_cast<size_t>(n_logits)}), 1e-4);
+  // Three steps: the loss, every gradient, and the weights after AdamW.
+  for (int64_t step = 1; step <= 3; ++step) {
+    p.cpu.zero_grad();
+    p.gpu.zero_grad();
+    const double cpu_loss = p.cpu.forward(b.x.data(), b.y.data(), b.B, b.T, seg);
+    const double gpu_loss = p.gpu.forward(b.x.data(), b.y.data(), b.B, b.T, seg);
+    EXPECT_NEAR(gpu_loss, cpu_loss, 1e-5 * cpu_loss) << "step " << step;
+    p.cpu.backward(0.5f);
+    p.gpu.backward(0.5f);
+    const std::vector<float> g = p.gpu_grads();
+    EXPECT_LT(rel_error(g, p.cpu.grads()), 1e-4) << "step " << step;
+    // Per tensor, so that a wrong small tensor (a norm gain, a bias) is not hidden by a large one.
+    for (const ParamSpec& s : p.cpu.specs()) {
+      const std::span<const float> gs(g.data() + s.offset, static_cast<size_t>(s.numel()));
+      const std::span<const float> cs(p.cpu.grads().data() + s.offset, static_cast<size_t>(s.numel()));
+      EXPECT_LT(rel_error(gs, cs), 1e-3) << s.name << " at step " << step;
+    }
+    double cpu_sq = 0;
+    for (float x : p.cpu.grads()) cpu_sq += static_cast<double>(x) * x;
+    EXPECT_NEAR(p.gpu.grad_sum_squares(), cpu_sq, 1e-4 * cpu_sq);
+    p.cpu_adamw(adamw(step));
+    p.gpu.adamw_step(adamw(step), 1.0f);
+    EXPECT_LT(max_diff_in_lr(p.gpu_params(), p.cpu.params()), 0.02) << "step " << step;
+  }
+}
+
+TEST(CudaGpt, Fp32TracksTheCpuModelGpt2Block) {
+  SKIP_WITHOUT_GPU();
+  expect_fp32_parity(gpt2_like(), false);
+}
+
+TEST(CudaGpt, Fp32TracksTheCpuModelLlamaBlockWithDocumentMasks) {
+  SKIP_WITHOUT_GPU();
+  expect_fp32_parity(llama_like(), true);
+}
+
+TEST(CudaGpt, Fp32TracksTheCpuModelWithRopeWithoutQkNorm) {
+  SKIP_WITHOUT_GPU();
+  GPTConfig c = gpt2_like();
+  c.pos = PosKind::Rope;
+  c.n_head = 4;  // head_dim 32: fp32 has no head-dim limit
+  c.n_kv_head = 1;
+  expect_fp32_parity(c, false);
+}
+
+TEST(CudaGpt, Bf16TrainingFollowsTheCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const GPTConfig& c : {gpt2_like(), llama_like()}) {
+    Pair p(c, Precision::BF16);
+    const Batch b = make_batch(c, 9);
+    std::vector<double> cpu_losses, gpu_losses;
+    for (int64_t step = 1; step <= 4; ++step) {
+      p.cpu.zero_grad();
+      p.gpu.zero_grad();
+      cpu_losses.push_back(p.cpu.forward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data()));
+      gpu_losses.push_back(p.gpu.forward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data()));
+      EXPECT_NEAR(gpu_losses.back(), cpu_losses.back(), 0.02 * cpu_losses.back())
+          << to_string(c.attention) << " step " << step;
+      p.cpu.backward(1.0f);
+      p.gpu.backward(1.0f);
+      const std::vector<float> g = p.gpu_grads();
+      EXPECT_GT(cosine(g, p.cpu.grads()), 0.99) << to_string(c.attention) << " step " << step;
+      p.cpu_adamw(adamw(step));
+      p.gpu.adamw_step(adamw(step), 1.0f);
+    }
+    // Both learn the batch.
+    EXPECT_LT(gpu_losses.back(), gpu_losses.front() - 0.1);
+    EXPECT_LT(cpu_losses.back(), cpu_losses.front() - 0.1);
+  }
+}
+
+TEST(CudaGpt, ClippingScalesTheGradientsOfTheStep) {
+  SKIP_WITHOUT_GPU();
+  const GPTConfig c = gpt2_like();
+  Pair p(c, Precision::FP32);
+  const Batch b = make_batch(c, 11);
+  p.cpu.forward(b.x.data(), b.y.data(), b.B, b.T);
+  p.gpu.forward(b.x.data(), b.y.data(), b.B, b.T);
+  p.cpu.backward();
+  p.gpu.backward();
+  for (const ParamSpec& s : p.cpu.specs()) {
+    ops::adamw_update(p.cpu.params().data() + s.offset, p.cpu.grads().data() + s.offset, p.m.data() + s.offset,
+                      p.v.data() + s.offset, s.numel(), adamw(1), s.decay, 0.25f);
+  }
+  p.gpu.adamw_step(adamw(1), 0.25f);
+  EXPECT_LT(max_diff_in_lr(p.gpu_params(), p.cpu.params()), 1e-3);
+  std::vector<float> m(p.m.size()), v(p.v.size());
+  p.gpu.get_optimizer_state(m, v);
+  EXPECT_LT(rel_error(m, p.m), 1e-4);
+  EXPECT_LT(rel_error(v, p.v), 1e-4);
+}
+
+TEST(CudaGpt, OptimizerStateRoundTrips) {
+  SKIP_WITHOUT_GPU();
+  const GPTConfig c = gpt2_like();
+  GPTCuda gpu(c, Precision::BF16);
+  Rng rng(3);
+  std::vector<float> m(static_cast<size_t>(gpu.num_params())), v(m.size());
+  for (size_t i = 0; i < m.size(); ++i) {
+    m[i] = static_cast<float>(rng.normal());
+    v[i] = static_cast<float>(std::abs(rng.normal()));
+  }
+  gpu.set_optimizer_state(m, v);
+  std::vector<float> m2(m.size()), v2(m.size());
+  gpu.get_optimizer_state(m2, v2);
+  EXPECT_EQ(m, m2);
+  EXPECT_EQ(v, v2);
+}
+
+TEST(CudaGpt, WhatTheGpuCannotTrainIsNamed) {
+  // Pure config checks: no GPU needed.
+  GPTConfig mla = gpt2_like().with_attention(AttentionKind::FlashMLA);
+  EXPECT_NE(GPTCuda::unsupported(mla, Precision::FP32), "");
+  GPTConfig odd = gpt2_like();
+  odd.n_head = 4;  // head_dim 32
+  EXPECT_NE(GPTCuda::unsupported(odd, Precision::BF16).find("head_dim 64 or 128"), std::string::npos)
+      << GPTCuda::unsupported(odd, Precision::BF16);
+  EXPECT_EQ(cuda::parse_precision("bf16", "--precision"), Precision::BF16);
+  EXPECT_NE(error_of([] { cuda::parse_precision("fp8", "--precision"); }).find("--precision: unknown precision 'fp8'"),
+            std::string::npos);
+}
+
+TEST(CudaGpt, BadInputIsAnErrorNamingIt) {
+  SKIP_WITHOUT_GPU();
+  GPTConfig mla = gpt2_like().with_attention(AttentionKind::MLA);
+  EXPECT_NE(error_of([&] { GPTCuda g(mla, Precision::FP32); }).find("latent attention"), std::string::npos);
+  const GPTConfig c = gpt2_like();
+  GPTCuda gpu(c, Precision::FP32);
+  const Batch b = make_batch(c, 1);
+  std::vector<int> bad = b.x;
+  bad[5] = c.vocab_size;
+  EXPECT_NE(error_of([&] { gpu.forward(bad.data(), b.y.data(), b.B, b.T); }).find("token id 97 at index 5"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { gpu.forward(b.x.data(), b.y.data(), 1, c.block_size + 1); }).find("block_size"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { gpu.backward(); }).find("call forward with targets first"), std::string::npos);
+  std::vector<float> wrong(10);
+  EXPECT_NE(error_of([&] { gpu.set_params(wrong); }).find("the model has"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace flashgpt

@@ -1,0 +1,235 @@
+// The GPU GEMM seam (cuda/matmul_cuda.h) against the CPU matmul (ops/matmul.h) on the same inputs:
+// fp32 within 1e-5 relative to the largest value; bf16 within twice the error of a plain bf16
+// computation (fp32 arithmetic on the bf16 inputs, rounded to bf16) against fp64. Every
+// transpose, leading dimensions wider than the rows, sizes of 1 and odd sizes, accumulation into
+// the output and the fp32 weight gradient from bf16 inputs. Outputs are poisoned (NaN) before
+// each product whose beta is 0, which must not read them. Skipped without a GPU; the simt build
+// runs the same calls through its host stand-in.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "flashgpt/core/device.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/matmul_cuda.h"
+#include "flashgpt/ops/matmul.h"
+#include "testing/bf16.h"
+#include "testing/errors.h"
+
+namespace flashgpt {
+namespace {
+
+using cuda::bf16;
+using cuda::DeviceBuffer;
+using testing::from_bf16;
+using testing::round_bf16;
+using testing::error_of;
+using testing::to_bf16;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none
+
+std::vector<float> normal(Rng& rng, size_t n, double sd = 1.0) {
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(rng.normal() * sd);
+  return v;
+}
+
+// max |a − b| / max(1, max |b|); a non-finite value (unwritten output) fails.
+double rel_error(const std::vector<float>& a, const std::vector<double>& b) {
+  double scale = 1.0, worst = 0.0;
+  for (double x : b) scale = std::max(scale, std::abs(x));
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
+    worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return worst / scale;
+}
+
+DeviceBuffer up_f32(const std::vector<float>& h) {
+  DeviceBuffer d(h.size() * 4);
+  d.upload(h.data(), h.size() * 4);
+  return d;
+}
+DeviceBuffer up_bf16(const std::vector<float>& h) {
+  std::vector<uint16_t> bits(h.size());
+  for (size_t i = 0; i < h.size(); ++i) bits[i] = to_bf16(h[i]);
+  DeviceBuffer d(bits.size() * 2);
+  d.upload(bits.data(), bits.size() * 2);
+  return d;
+}
+std::vector<float> down_f32(const DeviceBuffer& d, size_t n) {
+  std::vector<float> h(n);
+  d.download(h.data(), n * 4);
+  return h;
+}
+std::vector<float> down_bf16(const DeviceBuffer& d, size_t n) {
+  std::vector<uint16_t> bits(n);
+  d.download(bits.data(), n * 2);
+  std::vector<float> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = from_bf16(bits[i]);
+  return h;
+}
+
+// C = alpha·op(A)·op(B) + beta·C in double, row-major with leading dimensions.
+std::vector<double> gemm_ref(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
+                             const std::vector<float>& A, int64_t lda, const std::vector<float>& B, int64_t ldb,
+                             double beta, const std::vector<float>& C, int64_t ldc) {
+  std::vector<double> out(C.begin(), C.end());
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        s += static_cast<double>(ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+      }
+      out[i * ldc + j] = alpha * s + (beta != 0 ? beta * C[i * ldc + j] : 0.0);
+    }
+  }
+  return out;
+}
+
+struct Shape {
+  int64_t M, N, K;
+  bool ta, tb;
+  int64_t pad;  // extra columns in every leading dimension
+};
+
+const Shape kShapes[] = {{1, 1, 1, false, false, 0},   {7, 5, 3, false, true, 0},   {33, 17, 65, true, false, 3},
+                         {64, 128, 32, true, true, 0}, {96, 50, 129, false, true, 5}, {13, 200, 40, false, false, 1}};
+
+TEST(CudaMatmul, Fp32GemmMatchesTheCpuForEveryTransposeAndStride) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(5);
+  for (const Shape& s : kShapes) {
+    for (float beta : {0.0f, 0.5f}) {
+      const int64_t lda = (s.ta ? s.M : s.K) + s.pad, ldb = (s.tb ? s.K : s.N) + s.pad, ldc = s.N + s.pad;
+      const std::vector<float> A = normal(rng, static_cast<size_t>((s.ta ? s.K : s.M) * lda));
+      const std::vector<float> B = normal(rng, static_cast<size_t>((s.tb ? s.N : s.K) * ldb));
+      std::vector<float> C = normal(rng, static_cast<size_t>(s.M * ldc));
+      DeviceBuffer dA = up_f32(A), dB = up_f32(B), dC(C.size() * 4);
+      if (beta == 0.0f) {
+        dC.fill_bytes(0xFF);  // NaN: must not be read
+        // The padding columns keep their poison, so the reference holds NaN there too.
+        C.assign(C.size(), std::numeric_limits<float>::quiet_NaN());
+      } else {
+        dC.upload(C.data(), C.size() * 4);
+      }
+      cuda::gemm<float, float>(s.ta, s.tb, s.M, s.N, s.K, 1.5f, dA.as<float>(), lda, dB.as<float>(), ldb, beta,
+                               dC.as<float>(), ldc);
+      const std::vector<float> got = down_f32(dC, C.size());
+      const std::vector<double> want = gemm_ref(s.ta, s.tb, s.M, s.N, s.K, 1.5, A, lda, B, ldb, beta, C, ldc);
+      // Compare the written columns only.
+      std::vector<float> g;
+      std::vector<double> w;
+      for (int64_t i = 0; i < s.M; ++i) {
+        for (int64_t j = 0; j < s.N; ++j) {
+          g.push_back(got[i * ldc + j]);
+          w.push_back(want[i * ldc + j]);
+        }
+      }
+      EXPECT_LT(rel_error(g, w), 1e-5) << s.M << "x" << s.N << "x" << s.K << " ta=" << s.ta << " tb=" << s.tb
+                                       << " beta=" << beta;
+    }
+  }
+}
+
+TEST(CudaMatmul, Bf16GemmIsWithinTwiceAPlainBf16Computation) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(6);
+  for (const Shape& s : kShapes) {
+    const int64_t lda = (s.ta ? s.M : s.K) + s.pad, ldb = (s.tb ? s.K : s.N) + s.pad, ldc = s.N;
+    // bf16 inputs: the reference and the plain computation see the same rounded values.
+    const std::vector<float> A = round_bf16(normal(rng, static_cast<size_t>((s.ta ? s.K : s.M) * lda)));
+    const std::vector<float> B = round_bf16(normal(rng, static_cast<size_t>((s.tb ? s.N : s.K) * ldb)));
+    const std::vector<float> zero(static_cast<size_t>(s.M * ldc), 0.0f);
+    const std::vector<double> want = gemm_ref(s.ta, s.tb, s.M, s.N, s.K, 1.0, A, lda, B, ldb, 0.0, zero, ldc);
+    std::vector<float> plain(want.size());
+    {
+      const std::vector<double> f = gemm_ref(s.ta, s.tb, s.M, s.N, s.K, 1.0, A, lda, B, ldb, 0.0, zero, ldc);
+      for (size_t i = 0; i < f.size(); ++i) plain[i] = round_bf16(static_cast<float>(f[i]));
+    }
+    const double plain_err = std::max(rel_error(plain, want), 1e-7);
+    DeviceBuffer dA = up_bf16(A), dB = up_bf16(B), dC(zero.size() * 2), dCf(zero.size() * 4);
+    dC.fill_bytes(0xFF);
+    cuda::gemm<bf16, bf16>(s.ta, s.tb, s.M, s.N, s.K, 1.0f, dA.as<bf16>(), lda, dB.as<bf16>(), ldb, 0.0f,
+                           dC.as<bf16>(), ldc);
+    EXPECT_LE(rel_error(down_bf16(dC, zero.size()), want), 2 * plain_err)
+        << s.M << "x" << s.N << "x" << s.K << " ta=" << s.ta << " tb=" << s.tb;
+    // fp32 output from bf16 inputs (the weight gradient's form): fp32-accurate.
+    dCf.fill_bytes(0xFF);
+    cuda::gemm<bf16, float>(s.ta, s.tb, s.M, s.N, s.K, 1.0f, dA.as<bf16>(), lda, dB.as<bf16>(), ldb, 0.0f,
+                            dCf.as<float>(), ldc);
+    EXPECT_LT(rel_error(down_f32(dCf, zero.size()), want), 1e-5)
+        << s.M << "x" << s.N << "x" << s.K << " ta=" << s.ta << " tb=" << s.tb;
+  }
+}
+
+// The layer-level calls against the CPU's matmul_forward / matmul_backward.
+TEST(CudaMatmul, MatmulForwardAndBackwardMatchTheCpuOps) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(8);
+  for (auto [N, C, OC] : {std::tuple<int64_t, int64_t, int64_t>{1, 1, 1}, {37, 24, 40}, {64, 96, 33}}) {
+    for (bool bias : {false, true}) {
+      const std::vector<float> inp = normal(rng, static_cast<size_t>(N * C)), w = normal(rng, static_cast<size_t>(OC * C));
+      const std::vector<float> b = normal(rng, static_cast<size_t>(OC)), dout = normal(rng, static_cast<size_t>(N * OC));
+      const std::vector<float> dinp0 = normal(rng, static_cast<size_t>(N * C)), dw0 = normal(rng, static_cast<size_t>(OC * C));
+      const std::vector<float> db0 = normal(rng, static_cast<size_t>(OC));
+      // CPU in double.
+      std::vector<double> out(static_cast<size_t>(N * OC)), dinp(dinp0.begin(), dinp0.end()), dw(dw0.begin(), dw0.end()),
+          db(db0.begin(), db0.end());
+      auto dd = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+      const std::vector<double> inp_d = dd(inp), w_d = dd(w), b_d = dd(b), dout_d = dd(dout);
+      ops::matmul_forward<double>(out.data(), inp_d.data(), w_d.data(), bias ? b_d.data() : nullptr, N, C, OC);
+      ops::matmul_backward<double>(dinp.data(), dw.data(), bias ? db.data() : nullptr, dout_d.data(), inp_d.data(),
+                                   w_d.data(), N, C, OC, /*accumulate_dinp=*/true);
+      // GPU in fp32.
+      DeviceBuffer d_inp = up_f32(inp), d_w = up_f32(w), d_b = up_f32(b), d_dout = up_f32(dout), d_out(out.size() * 4);
+      DeviceBuffer d_dinp = up_f32(dinp0), d_dw = up_f32(dw0), d_db = up_f32(db0);
+      d_out.fill_bytes(0xFF);
+      cuda::matmul_forward<float>(d_out.as<float>(), d_inp.as<float>(), d_w.as<float>(), bias ? d_b.as<float>() : nullptr,
+                                  N, C, OC);
+      cuda::matmul_backward<float>(d_dinp.as<float>(), d_dw.as<float>(), bias ? d_db.as<float>() : nullptr,
+                                   d_dout.as<float>(), d_inp.as<float>(), d_w.as<float>(), N, C, OC, true);
+      EXPECT_LT(rel_error(down_f32(d_out, out.size()), out), 1e-5) << N << "," << C << "," << OC << " bias " << bias;
+      EXPECT_LT(rel_error(down_f32(d_dinp, dinp.size()), dinp), 1e-5) << N << "," << C << "," << OC;
+      EXPECT_LT(rel_error(down_f32(d_dw, dw.size()), dw), 1e-5) << N << "," << C << "," << OC;
+      if (bias) {
+        EXPECT_LT(rel_error(down_f32(d_db, db.size()), db), 1e-5) << N << "," << C << "," << OC;
+      }
+      // The input gradient written rather than added; no input gradient at all.
+      ops::matmul_backward<double>(dinp.data(), dw.data(), nullptr, dout_d.data(), inp_d.data(), w_d.data(), N, C, OC,
+                                   false);
+      d_dinp.fill_bytes(0xFF);
+      cuda::matmul_backward<float>(d_dinp.as<float>(), d_dw.as<float>(), nullptr, d_dout.as<float>(), d_inp.as<float>(),
+                                   d_w.as<float>(), N, C, OC, false);
+      EXPECT_LT(rel_error(down_f32(d_dinp, dinp.size()), dinp), 1e-5) << N << "," << C << "," << OC;
+      cuda::matmul_backward<float>(nullptr, d_dw.as<float>(), nullptr, d_dout.as<float>(), d_inp.as<float>(),
+                                   d_w.as<float>(), N, C, OC, false);
+      ops::matmul_backward<double>(nullptr, dw.data(), nullptr, dout_d.data(), inp_d.data(), w_d.data(), N, C, OC, false);
+      EXPECT_LT(rel_error(down_f32(d_dw, dw.size()), dw), 1e-5) << N << "," << C << "," << OC;
+    }
+  }
+}
+
+TEST(CudaMatmul, BadSizesAreErrors) {
+  SKIP_WITHOUT_GPU();
+  DeviceBuffer a(64), b(64), c(64);
+  float* A = a.as<float>();
+  float* B = b.as<float>();
+  float* C = c.as<float>();
+  // lda 3 < K 4; a negative size.
+  EXPECT_NE(error_of([&] { cuda::gemm<float, float>(false, false, 2, 2, 4, 1.0f, A, 3, B, 2, 0.0f, C, 2); })
+                .find("GPU gemm: bad sizes M=2 N=2 K=4 lda=3"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { cuda::gemm<float, float>(false, false, -1, 2, 2, 1.0f, A, 2, B, 2, 0.0f, C, 2); })
+                .find("bad sizes"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace flashgpt
