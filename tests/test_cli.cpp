@@ -8,6 +8,7 @@
 #include <sstream>
 #include <thread>
 
+#include "flashgpt/core/device.h"
 #include "flashgpt/core/io.h"
 #include "testing/run.h"
 #include "testing/temp_dir.h"
@@ -259,6 +260,42 @@ TEST_F(Pipeline, BadFilesAndData) {
   expect_one_error_line(run_flashgpt("train --data " + data + " --resume " + (dir / "cut.safetensors") +
                                      " --steps 10 --no-progress --out " + (dir / "r")),
                         "cut.safetensors");
+}
+
+// --device: auto falls back to the CPU with one line saying why; cuda without a usable GPU is one
+// error line. With a GPU, a run trains there in both precisions and resumes.
+TEST_F(Pipeline, DeviceChoice) {
+  const std::string data = prepare();
+  const std::string common = "train --data " + data + " --preset tiny -b 2 -t 32 --val-batches 1 --no-progress ";
+  if (probe_devices().gpus.empty()) {
+    RunResult r = run_flashgpt(common + "--steps 2 --out " + (dir / "auto"));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("device: cpu (--device auto: "), std::string::npos) << r.output;
+    expect_one_error_line(run_flashgpt(common + "--steps 2 --device cuda --out " + (dir / "cuda")), "--device cuda: ");
+    return;
+  }
+  // head_dim 16: bf16 attention on the GPU needs 64 or 128.
+  expect_one_error_line(run_flashgpt(common + "--steps 2 --device cuda --out " + (dir / "c16")), "head_dim 64 or 128");
+  RunResult fallback = run_flashgpt(common + "--steps 2 --out " + (dir / "a16"));
+  EXPECT_NE(fallback.output.find("device: cpu (--device auto: bf16 attention"), std::string::npos) << fallback.output;
+  for (const char* precision : {"bf16", "fp32"}) {
+    const std::string out = dir / (std::string("gpu_") + precision);
+    const std::string gpu = common + "--n-embd 128 --n-head 2 --device cuda --precision " + precision + " --out " + out;
+    RunResult r = run_flashgpt(gpu + " --steps 40 --stop-at-step 20 --lr 3e-3");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("device: cuda:0"), std::string::npos) << r.output;
+    RunResult resumed = run_flashgpt(gpu + " --steps 40 --lr 3e-3 --resume " + out + "/ckpt.safetensors");
+    ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+    // The metrics of both halves: the loss falls over the run.
+    std::istringstream lines(read_text_file(out + "/metrics.jsonl"));
+    std::vector<double> losses;
+    for (std::string line; std::getline(lines, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      if (j.contains("loss")) losses.push_back(j["loss"].get<double>());
+    }
+    ASSERT_EQ(losses.size(), 40u) << precision;
+    EXPECT_LT(losses.back(), losses.front() - 0.5) << precision;
+  }
 }
 
 TEST_F(Pipeline, KillingARunWhileItSavesLeavesALoadableCheckpoint) {

@@ -88,6 +88,20 @@ void register_train(CLI::App& app) {
   sub->add_option("--stop-at-step", o.stop_at_step,
                   "Save and stop after this step, keeping the schedule of --steps (continue with --resume)")
       ->group(batch);
+  const char* device = "Device";
+  o.device = "auto";
+  sub->add_option("--device", o.device,
+                  "cpu, cuda, or auto: the GPU when this build and machine have one and the model runs there, else "
+                  "the CPU with a line saying why")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))
+      ->capture_default_str()
+      ->group(device);
+  sub->add_option("--precision", o.precision,
+                  "GPU arithmetic: bf16 (mixed precision: bf16 weights and activations, fp32 master weights, "
+                  "statistics and optimizer state) or fp32 (parity with the CPU); the CPU trains in fp32")
+      ->check(CLI::IsMember({"bf16", "fp32"}))
+      ->capture_default_str()
+      ->group(device);
   const char* optim = "Optimizer";
   sub->add_option("--lr", o.lr.lr, "Peak learning rate")->capture_default_str()->group(optim);
   sub->add_option("--lr-schedule", c->schedule, "cosine, linear, constant or wsd (warmup-stable-decay)")

@@ -8,11 +8,15 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
+#include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/io.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/cuda/matmul_cuda.h"
 #include "flashgpt/data/dataloader.h"
 #include "flashgpt/dist/context_parallel.h"
 #include "flashgpt/infer/sampler.h"
@@ -62,6 +66,36 @@ void check_options(const TrainOptions& o, const GPTConfig& c) {
   FLASHGPT_CHECK(o.val_every > 0 && o.val_batches > 0, "--val-every and --val-batches: must be positive");
   FLASHGPT_CHECK(o.log_every > 0, "--log-every: must be positive");
   FLASHGPT_CHECK(o.resume.empty() || o.init_from.empty(), "--resume and --init-from: give one or the other");
+}
+
+// Where this run trains, and the line that says so.
+struct DeviceChoice {
+  bool gpu = false;
+  std::string line;
+};
+
+DeviceChoice choose_device(const TrainOptions& o, const GPTConfig& c, cuda::Precision precision, int ranks) {
+  FLASHGPT_CHECK(o.device == "cpu" || o.device == "cuda" || o.device == "auto",
+                 "--device: unknown device '{}' (expected cpu, cuda or auto)", o.device);
+  if (o.device == "cpu") return {false, ""};
+  std::string why;
+  const DeviceReport r = probe_devices();
+  if (r.gpus.empty()) {
+    why = r.why_none;
+  } else if (ranks > 1) {
+    why = "training across processes runs on the CPU only for now (the GPU path has no NCCL communicator yet)";
+  } else if (o.context_parallel > 1) {
+    why = "context parallelism runs on the CPU only";
+  } else {
+    why = cuda::GPTCuda::unsupported(c, precision);
+  }
+  if (why.empty()) {
+    const GpuInfo& g = r.gpus.front();
+    return {true, fmt::format("device: cuda:{} ({}, compute capability {}.{}), {}", g.index, g.name, g.cc_major,
+                              g.cc_minor, cuda::to_string(precision))};
+  }
+  FLASHGPT_CHECK(o.device != "cuda", "--device cuda: {}", why);
+  return {false, fmt::format("device: cpu (--device auto: {})", why)};
 }
 
 }  // namespace
@@ -127,8 +161,14 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
                                   "the model config and training options");
   }
 
+  const cuda::Precision precision = cuda::parse_precision(opt.precision, "--precision");
+  const DeviceChoice where = choose_device(opt, config, precision, comm.size());
+  // The host model holds the weights for checkpoints and samples in both cases; on the GPU the
+  // training step runs on the device copy.
   GPT<float> model(config);
   model.set_attention_tiling(opt.attention_tiling);
+  std::unique_ptr<cuda::GPTCuda> gpu;
+  if (where.gpu) gpu = std::make_unique<cuda::GPTCuda>(config, precision);
   std::unique_ptr<dist::Communicator> cp_group;
   std::unique_ptr<dist::ContextParallel> cp;
   if (lay.cp > 1) {
@@ -145,7 +185,8 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   }
   FLASHGPT_CHECK(!opt.document_masking || eot < config.vocab_size, "--eot-token: {} is not below vocab_size {}", eot,
                  config.vocab_size);
-  GradientSync sync(comm, model, opt.zero_stage);
+  std::optional<GradientSync> sync;  // the CPU path's gradient reduction and optimizer
+  if (!gpu) sync.emplace(comm, model, opt.zero_stage);
   Rng rng(opt.seed);
   int64_t start_step = 0;
   if (ckpt.params.empty()) {
@@ -155,9 +196,17 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   }
   // Every replica starts from rank 0's weights.
   comm.broadcast(model.params().data(), static_cast<size_t>(n_params) * sizeof(float), 0);
+  if (gpu) gpu->set_params(model.params());
   DataLoader train_loader(opt.train_data, B, T, config.vocab_size, lay.dp_rank, lay.dp);
   if (resuming) {
-    sync.load_state(ckpt.adam_m, ckpt.adam_v);
+    if (gpu) {
+      FLASHGPT_CHECK(static_cast<int64_t>(ckpt.adam_m.size()) == n_params && ckpt.adam_v.size() == ckpt.adam_m.size(),
+                     "{}: the optimizer state has {} values, the model {} parameters", opt.resume, ckpt.adam_m.size(),
+                     n_params);
+      gpu->set_optimizer_state(ckpt.adam_m, ckpt.adam_v);
+    } else {
+      sync->load_state(ckpt.adam_m, ckpt.adam_v);
+    }
     try {
       start_step = ckpt.train_state.at("step").get<int64_t>();
       rng.set_state(ckpt.train_state.at("rng").get<uint64_t>());
@@ -185,7 +234,9 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     FLASHGPT_CHECK(metrics.good(), "{}: cannot open the metrics file for writing", metrics_path);
   }
   const ModelStats stats = model_stats(config, static_cast<int>(T));
-  const double gemm_gflops = measure_sgemm_gflops(1024, 5);  // the MFU denominator (one rank's)
+  // The MFU denominator: this device's measured GEMM rate (one rank's), in the run's precision.
+  const double gemm_gflops = gpu ? cuda::measure_gemm_flops(precision == cuda::Precision::BF16, 4096, 5) / 1e9
+                                 : measure_sgemm_gflops(1024, 5);
   Progress progress(root && opt.progress_bar.value_or(::isatty(STDERR_FILENO) != 0));
   auto say = [&](const std::string& line) {
     if (root) progress.line(line);
@@ -195,6 +246,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
                   config.n_layer, config.n_head, config.n_embd, static_cast<double>(n_params) / 1e6,
                   config.vocab_size, B, T, accum, lay.dp > 1 ? fmt::format(" × {} data-parallel ranks", lay.dp) : "",
                   total, opt.max_steps, resuming ? fmt::format(" (resuming at step {})", start_step) : ""));
+  if (!where.line.empty()) say(where.line);
   if (comm.size() > 1) {
     say(fmt::format("ranks: {} ({} data-parallel{}{}), over {}", comm.size(), lay.dp,
                     lay.cp > 1 ? fmt::format(" × {} context-parallel, {} tokens per rank per sequence", lay.cp,
@@ -205,8 +257,20 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
 
   nlohmann::json tokenizer_json = tokenizer ? tokenizer->to_json() : nlohmann::json();
   std::vector<float> m_full, v_full;
+  auto pull_params = [&] {  // the GPU's weights into the host model
+    if (gpu) gpu->get_params(model.params());
+  };
   auto save = [&](int64_t steps_done) {  // collective: ZeRO-1 gathers the optimizer state to rank 0
-    if (opt.save_optimizer) sync.gather_state(m_full, v_full);
+    if (opt.save_optimizer) {
+      if (gpu) {
+        m_full.resize(static_cast<size_t>(n_params));
+        v_full.resize(static_cast<size_t>(n_params));
+        gpu->get_optimizer_state(m_full, v_full);
+      } else {
+        sync->gather_state(m_full, v_full);
+      }
+    }
+    pull_params();
     if (!root) return;
     nlohmann::json state = {{"step", steps_done},
                             {"rng", rng.state()},
@@ -242,7 +306,8 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     if (opt.document_masking) cp->slice(seg_g.data(), seg.data(), B, 1);
   };
   auto forward = [&]() {
-    return model.forward(x.data(), y.data(), B, Tl, opt.document_masking ? seg.data() : nullptr);
+    const int32_t* s = opt.document_masking ? seg.data() : nullptr;
+    return gpu ? gpu->forward(x.data(), y.data(), B, Tl, s) : model.forward(x.data(), y.data(), B, Tl, s);
   };
   // The mean validation loss over val_batches windows, the same windows one process would read.
   auto evaluate = [&]() {
@@ -261,6 +326,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     so.top_k = 40;
     so.eot_token = tokenizer->eot_token();
     const int prompt = tokenizer->eot_token();
+    pull_params();  // samples come from the host model
     SampleResult r = generate(model, std::span<const int>(&prompt, 1), so, rng);
     progress.line("sample: " + tokenizer->decode(r.tokens));
   };
@@ -289,24 +355,32 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     Timer step_timer;
     auto bytes_sent = [&] { return comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0); };
     const uint64_t bytes_before = bytes_sent();
-    model.zero_grad();
+    if (gpu) {
+      gpu->zero_grad();
+    } else {
+      model.zero_grad();
+    }
     double loss = 0;
     for (int64_t a = 0; a < accum; ++a) {
       if (!opt.overfit_single_batch) next_micro_batch(train_loader);
       loss += forward() / static_cast<double>(accum);
-      if (a + 1 == accum) sync.overlap_next_backward();
+      if (gpu) {
+        gpu->backward(1.0f / static_cast<float>(accum));
+        continue;
+      }
+      if (a + 1 == accum) sync->overlap_next_backward();
       model.backward(1.0f / static_cast<float>(accum));
     }
     // Rank 0 names any rank that does not get here (compute is where a rank spends its time, so
     // where it dies or hangs), then the reduction started during the backward completes.
     comm.arrive("the gradient reduction", step);
-    sync.finish_reduction();
+    if (sync) sync->finish_reduction();
     // The global mean loss, and whether any rank was interrupted, in one reduction.
     double shared[2] = {loss, g_stop_requested ? 1.0 : 0.0};
     comm.allreduce_sum(shared, 2, dist::DType::F64);
     loss = shared[0] / comm.size();
     const bool stop_requested = shared[1] > 0;
-    const double grad_norm = std::sqrt(sync.grad_sum_squares());
+    const double grad_norm = std::sqrt(gpu ? gpu->grad_sum_squares() : sync->grad_sum_squares());
     const double lr = learning_rate(
         LrScheduleParams{opt.lr.kind, opt.lr.lr, opt.lr.final_lr_fraction, opt.lr.warmup_steps, opt.max_steps,
                          opt.lr.decay_fraction},
@@ -334,7 +408,11 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     hp.eps = static_cast<float>(opt.eps);
     hp.weight_decay = static_cast<float>(opt.weight_decay);
     hp.step = step + 1;
-    sync.step(hp, clip_scale);
+    if (gpu) {
+      gpu->adamw_step(hp, clip_scale);
+    } else {
+      sync->step(hp, clip_scale);
+    }
     if (comm.size() > 1 && opt.check_weights_every > 0 && (step + 1) % opt.check_weights_every == 0) {
       dist::check_same_on_all_ranks(comm, dist::fingerprint(model.params().data(), model.params().size_bytes()),
                                     fmt::format("step {}: the weights", step + 1));
@@ -379,6 +457,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   result.tokens_per_second = train_seconds > 0 ? tokens_done / train_seconds : 0;
   result.checkpoint = ckpt_path;
   result.bytes_sent = comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0);
+  result.device = gpu ? "cuda" : "cpu";
   return result;
 }
 

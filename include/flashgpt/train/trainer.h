@@ -40,6 +40,12 @@ struct TrainOptions {
   bool document_masking = false;
   int eot_token = -1;
   AttentionTiling attention_tiling;  // flash kernel tiles (0: automatic)
+  // Where to train: "cpu"; "cuda" (the GPU, or an error saying why not); "auto" (the GPU when this
+  // build has the CUDA backend, a GPU is usable and the model runs there, else the CPU with one
+  // line saying why). precision: the GPU's arithmetic, "bf16" (mixed) or "fp32" (parity); the CPU
+  // trains in fp32.
+  std::string device = "cpu";
+  std::string precision = "bf16";
   int64_t stop_at_step = 0;  // >0: save and stop after this step (the schedule still spans max_steps)
   // Optimiser.
   LrScheduleParams lr;
@@ -80,6 +86,7 @@ struct TrainResult {
   std::vector<double> losses;      // per step run here (the global mean over ranks)
   std::vector<double> grad_norms;  // per step, before clipping
   uint64_t bytes_sent = 0;     // by this rank, over the whole run
+  std::string device;          // where it trained: "cpu" or "cuda"
 };
 
 // Trains a model of `config` (ignored when resuming: the checkpoint's config is used).
