@@ -11,10 +11,13 @@
 #include "commands.h"
 
 extern "C" char* openblas_get_corename(void);
+#include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/cuda/matmul_cuda.h"
 #include "flashgpt/dist/comm.h"
 #include "flashgpt/dist/context_parallel.h"
 #include "flashgpt/train/distributed.h"
@@ -30,9 +33,10 @@ struct BenchTrainCli {
   ModelFlags model;
   int64_t batch_size = 4, seq_len = 64;
   int steps = 5, warmup = 1;
-  int gemm_size = 1024;
+  int gemm_size = 0;  // 0: 1024 on the CPU, 8192 on the GPU
   bool json = false;
   int zero = 0, context_parallel = 1;
+  std::string device = "cpu", precision = "bf16";
 };
 
 double median(std::vector<double> v) {
@@ -98,14 +102,97 @@ StepTiming time_steps(GPT<float>& model, dist::Communicator& comm, int zero, con
   return r;
 }
 
+// The same on the GPU (cuda/gpt_cuda.h): forward, backward, the gradient norm and AdamW, each
+// step ending in a device synchronisation, against the GEMM rate cuBLASLt reaches here in the
+// run's precision (median of n³ products before and after; the higher is the ceiling).
+void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
+  FLASHGPT_CHECK(dist::world().size() == 1, "--device cuda: the GPU benchmark runs in one process");
+  const cuda::Precision precision = cuda::parse_precision(c.precision, "--precision");
+  const bool bf16 = precision == cuda::Precision::BF16;
+  const int gemm_size = c.gemm_size > 0 ? c.gemm_size : 8192;
+  cuda::GPTCuda gpu(cfg, precision);
+  {
+    GPT<float> host(cfg);
+    host.init_weights(1);
+    gpu.set_params(host.params());
+  }
+  const int64_t B = c.batch_size, T = c.seq_len;
+  std::vector<int> x(static_cast<size_t>(B * T)), y(x.size());
+  Rng rng(2);
+  for (auto& t : x) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(cfg.vocab_size));
+  for (auto& t : y) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(cfg.vocab_size));
+  const double gemm_before = cuda::measure_gemm_flops(bf16, gemm_size, 7) / 1e9;
+  std::vector<double> times;
+  double loss = 0;
+  for (int s = 0; s < c.warmup + c.steps; ++s) {
+    Timer t;
+    gpu.zero_grad();
+    loss = gpu.forward(x.data(), y.data(), B, T);
+    gpu.backward();
+    const double norm = std::sqrt(gpu.grad_sum_squares());
+    ops::AdamWParams hp;
+    hp.lr = 1e-4f;
+    hp.weight_decay = 0.1f;
+    hp.step = s + 1;
+    gpu.adamw_step(hp, norm > 1.0 ? static_cast<float>(1.0 / norm) : 1.0f);  // ends in a synchronisation
+    if (s >= c.warmup) times.push_back(t.seconds());
+  }
+  FLASHGPT_CHECK(std::isfinite(loss), "bench: the model produced a non-finite loss");
+  const double gemm_after = cuda::measure_gemm_flops(bf16, gemm_size, 7) / 1e9;
+  const double gemm = std::max(gemm_before, gemm_after);
+  const double step = median(times);
+  const double tok_s = static_cast<double>(B * T) / step;
+  const ModelStats stats = model_stats(cfg, static_cast<int>(T));
+  const double model_gflops = stats.train_flops_per_token * tok_s / 1e9;
+  const DeviceReport dev = probe_devices();
+  const std::string gpu_name = dev.gpus.empty() ? "?" : dev.gpus.front().name;
+  nlohmann::json j = {{"bench", "train"},
+                      {"device", "cuda"},
+                      {"gpu", gpu_name},
+                      {"precision", c.precision},
+                      {"attention", to_string(cfg.attention)},
+                      {"params", gpu.num_params()},
+                      {"batch", B},
+                      {"seq", T},
+                      {"steps", c.steps},
+                      {"step_s_median", step},
+                      {"step_s_min", *std::min_element(times.begin(), times.end())},
+                      {"step_s_max", *std::max_element(times.begin(), times.end())},
+                      {"tokens_per_s", tok_s},
+                      {"model_gflops", model_gflops},
+                      {"gemm_gflops", gemm},
+                      {"gemm_gflops_before", gemm_before},
+                      {"gemm_gflops_after", gemm_after},
+                      {"gemm_size", gemm_size},
+                      {"mfu", model_gflops / gemm},
+                      {"loss", loss}};
+  if (c.json) {
+    std::printf("%s\n", j.dump().c_str());
+    return;
+  }
+  std::printf("train step on %s (%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(), c.precision.c_str(),
+              static_cast<double>(gpu.num_params()) / 1e6, static_cast<long long>(B), static_cast<long long>(T));
+  std::printf("  step time  median %.4f s (min %.4f, max %.4f over %d steps)\n", step,
+              j["step_s_min"].get<double>(), j["step_s_max"].get<double>(), c.steps);
+  std::printf("  throughput %.0f tokens/s, %.1f model TFLOP/s (6N + 6LCT per token)\n", tok_s, model_gflops / 1e3);
+  std::printf("  GEMM       %.1f TFLOP/s (cuBLASLt %s, %d³, best of before/after: %.1f / %.1f)\n", gemm / 1e3,
+              c.precision.c_str(), gemm_size, gemm_before / 1e3, gemm_after / 1e3);
+  std::printf("  MFU        %.1f%% of the measured GEMM rate\n", 100 * model_gflops / gemm);
+}
+
 void run_bench_train(const BenchTrainCli& c) {
   const GPTConfig cfg = c.model.resolve("d12");
   FLASHGPT_CHECK(c.seq_len > 0 && c.seq_len <= cfg.block_size, "--seq-len: must be in 1…{}", cfg.block_size);
   FLASHGPT_CHECK(c.batch_size > 0 && c.steps > 0 && c.warmup >= 0, "--batch-size and --steps must be positive");
+  if (c.device == "cuda") {
+    run_bench_train_gpu(c, cfg);
+    return;
+  }
   dist::Communicator& world = dist::world();
   const ParallelLayout lay = make_parallel_layout(world, c.context_parallel);
   const bool root = world.rank() == 0;
-  const double gemm_before = measure_sgemm_gflops(c.gemm_size, 7);
+  const int gemm_size = c.gemm_size > 0 ? c.gemm_size : 1024;
+  const double gemm_before = measure_sgemm_gflops(gemm_size, 7);
 
   GPT<float> model(cfg);
   const int64_t B = c.batch_size, T = c.seq_len, n = model.num_params();
@@ -127,7 +214,7 @@ void run_bench_train(const BenchTrainCli& c) {
     std::vector<double> per_rank = world.allgather_one(all.step_s);
     all.step_s = *std::max_element(per_rank.begin(), per_rank.end());
   }
-  const double gemm_after = measure_sgemm_gflops(c.gemm_size, 7);
+  const double gemm_after = measure_sgemm_gflops(gemm_size, 7);
   const double gemm = std::max(gemm_before, gemm_after);  // the higher of the two is the fairer ceiling
   const double tok_s = static_cast<double>(B * T) / one.step_s;
   const ModelStats stats = model_stats(cfg, static_cast<int>(T));
@@ -149,7 +236,7 @@ void run_bench_train(const BenchTrainCli& c) {
                       {"gemm_gflops", gemm},
                       {"gemm_gflops_before", gemm_before},
                       {"gemm_gflops_after", gemm_after},
-                      {"gemm_size", c.gemm_size},
+                      {"gemm_size", gemm_size},
                       {"mfu", mfu},
                       {"loss", one.loss}};
   double tok_s_all = 0, efficiency = 0, predicted = 0;
@@ -178,7 +265,7 @@ void run_bench_train(const BenchTrainCli& c) {
               one.step_max, c.steps);
   std::printf("  throughput %.0f tokens/s, %.1f model GFLOP/s (6N + 6LCT per token)\n", tok_s, model_gflops);
   std::printf("  sgemm      %.1f GFLOP/s (%d³, best of before/after: %.1f / %.1f; OpenBLAS %s kernels)\n", gemm,
-              c.gemm_size, gemm_before, gemm_after, openblas_get_corename());
+              gemm_size, gemm_before, gemm_after, openblas_get_corename());
   std::printf("  MFU        %.1f%% of the measured sgemm rate\n", mfu * 100);
   if (world.size() > 1) {
     std::printf("  %d ranks    (%d data-parallel × %d context-parallel%s): median step %.3f s, %.0f tokens/s\n",
@@ -201,7 +288,14 @@ void register_bench(CLI::App& app) {
   tr->add_option("-t,--seq-len", c->seq_len, "Tokens per sequence")->capture_default_str();
   tr->add_option("--steps", c->steps, "Timed steps (median reported)")->capture_default_str();
   tr->add_option("--warmup", c->warmup, "Untimed warm-up steps")->capture_default_str();
-  tr->add_option("--gemm-size", c->gemm_size, "Square sgemm size for the reference rate")->capture_default_str();
+  tr->add_option("--gemm-size", c->gemm_size, "Square GEMM size for the reference rate (0: 1024 on the CPU, 8192 on the GPU)")
+      ->capture_default_str();
+  tr->add_option("--device", c->device, "cpu, or cuda (the training step on the GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  tr->add_option("--precision", c->precision, "GPU arithmetic: bf16 or fp32")
+      ->check(CLI::IsMember({"bf16", "fp32"}))
+      ->capture_default_str();
   tr->add_flag("--json", c->json, "Print one JSON object");
   tr->add_option("--zero", c->zero, "Under mpirun: 1 shards the AdamW state (ZeRO-1)")->check(CLI::IsMember({0, 1}));
   tr->add_option("--context-parallel", c->context_parallel, "Under mpirun: ranks sharing each sequence")

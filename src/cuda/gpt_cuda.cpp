@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/device_memory.h"
@@ -490,6 +491,7 @@ GPTCuda::GPTCuda(const GPTConfig& config, Precision precision) {
   config.validate();
   const std::string why = unsupported(config, precision);
   FLASHGPT_CHECK(why.empty(), "--device cuda: {}", why);
+  FLASHGPT_CHECK(gpu_available(), "--device cuda: {}", probe_devices().why_none);
   if (precision == Precision::BF16) {
     impl_ = std::make_unique<Model<bf16>>(config, precision);
   } else {
