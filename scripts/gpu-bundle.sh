@@ -13,18 +13,21 @@ build=build-gpu
 # No -march=native: the GPU machine's CPU may lack this one's instruction sets. No MPI: one GPU.
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_NATIVE=OFF -DFLASHGPT_MPI=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$archs" -DFLASHGPT_BUILD_BENCH=OFF > /dev/null
-programs=(flashgpt tests/test_cuda_attention tests/test_cuda_ops tests/test_cuda_latent_decode tests/test_device
-          tests/test_attention)
+programs=(flashgpt tests/test_cuda_attention tests/test_cuda_ops tests/test_cuda_latent_decode tests/test_cuda_matmul
+          tests/test_cuda_gpt tests/test_device tests/test_attention)
 cmake --build "$build" --parallel --target flashgpt_cli test_cuda_attention test_cuda_ops test_cuda_latent_decode \
-  test_device test_attention
+  test_cuda_matmul test_cuda_gpt test_device test_attention
 
 rm -rf gpu-bundle
 mkdir -p gpu-bundle/bin gpu-bundle/lib
 for p in "${programs[@]}"; do cp "$build/$p" gpu-bundle/bin/; done
-# Libraries the programs load, but not the C and C++ runtime (the GPU machine's own are newer).
+# Libraries the programs load, but not the C and C++ runtime (the GPU machine's own are newer) nor
+# the CUDA toolkit's (cuBLASLt is hundreds of MB; the GPU machine has the toolkit, and
+# scripts/gpu-check.sh puts its libraries on the path).
 for p in "${programs[@]}"; do ldd "$build/$p"; done | awk '/=> \//{print $3}' | sort -u | while read -r lib; do
   case "$(basename "$lib")" in
     libc.so*|libm.so*|libstdc++.so*|libgcc_s.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libmvec.so*) ;;
+    libcublas*|libcudart*|libcuda.so*) ;;
     *) cp -L "$lib" gpu-bundle/lib/ ;;
   esac
 done

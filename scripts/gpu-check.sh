@@ -33,16 +33,26 @@ if [ -z "${GPU_CHECK_USE_BUNDLE:-}" ] &&
    cmake -S . -B build-gpu-here -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_MPI=OFF -DFLASHGPT_NATIVE=OFF \
      -DCMAKE_CUDA_ARCHITECTURES=native -DFLASHGPT_BUILD_BENCH=OFF > "$logs/configure.log" 2>&1 &&
    cmake --build build-gpu-here --parallel --target flashgpt_cli test_cuda_attention test_cuda_ops \
-     test_cuda_latent_decode test_device test_attention > "$logs/build.log" 2>&1; then
+     test_cuda_latent_decode test_cuda_matmul test_cuda_gpt test_device test_attention > "$logs/build.log" 2>&1; then
   mkdir -p build-gpu-here/bin
   cp build-gpu-here/flashgpt build-gpu-here/tests/test_cuda_attention build-gpu-here/tests/test_cuda_ops \
-     build-gpu-here/tests/test_cuda_latent_decode build-gpu-here/tests/test_device \
+     build-gpu-here/tests/test_cuda_latent_decode build-gpu-here/tests/test_cuda_matmul \
+     build-gpu-here/tests/test_cuda_gpt build-gpu-here/tests/test_device \
      build-gpu-here/tests/test_attention build-gpu-here/bin/
   bin=build-gpu-here/bin
   say "- programs: built here (native architecture)"
 elif [ -d gpu-bundle/bin ]; then
   bin=gpu-bundle/bin
-  export LD_LIBRARY_PATH="$PWD/gpu-bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # The bundle leaves out the CUDA toolkit's libraries (cuBLASLt alone is larger than a bundle may
+  # be): this machine's toolkit, or the ones PyTorch's wheels carry, provide them.
+  cuda_libs=""
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+           $(python3 -c 'import nvidia, os; print(" ".join(os.path.join(p, s) for p in nvidia.__path__ for s in os.listdir(p)))' 2>/dev/null); do
+    for sub in "$d" "$d/lib"; do
+      if ls "$sub"/libcublasLt.so.* > /dev/null 2>&1; then cuda_libs="${cuda_libs:+$cuda_libs:}$sub"; fi
+    done
+  done
+  export LD_LIBRARY_PATH="$PWD/gpu-bundle/lib${cuda_libs:+:$cuda_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   why="${GPU_CHECK_USE_BUNDLE:+as asked}"
   why="${why:-building here failed: $(grep -m1 -iE 'error|could not' "$logs/configure.log" "$logs/build.log" 2>/dev/null | cut -c1-160)}"
   say "- programs: gpu-bundle, commit $(cat gpu-bundle/COMMIT 2>/dev/null) ($(tr '\n' ' ' < gpu-bundle/ENV)); $why"
@@ -68,7 +78,7 @@ if [ -n "$bin" ]; then
   say "|---|---|---|---|"
   run info "$bin/flashgpt" info --preset d12
   run test_device "$bin/test_device"
-  cuda_tests=(test_cuda_attention test_cuda_ops test_cuda_latent_decode)
+  cuda_tests=(test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_matmul test_cuda_gpt)
   for t in "${cuda_tests[@]}"; do run "$t" "$bin/$t"; done
   run test_attention_cpu "$bin/test_attention"
   if command -v compute-sanitizer > /dev/null; then
@@ -79,6 +89,37 @@ if [ -n "$bin" ]; then
   else
     say "| sanitizer | not installed | | |"
   fi
+fi
+
+# --- the training step, beside PyTorch's ----------------------------------------------------
+say ""
+say "## Training step: GPT-2 124M (d12), B=16, T=1024"
+say ""
+have_torch=0
+python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null && have_torch=1
+say "| program | batch | params | step (median) | tokens/s | model TFLOP/s | GEMM TFLOP/s | MFU |"
+say "|---|---|---|---|---|---|---|---|"
+if [ -n "$bin" ]; then
+  for precision in bf16 fp32; do
+    if timeout 600 "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset d12 -b 16 -t 1024 \
+         --steps 10 --warmup 3 --json > "$logs/bench_train_$precision.json" 2> "$logs/bench_train_$precision.err"; then
+      cat "$logs/bench_train_$precision.json" >> "$out/gpu-check-$stamp-train.jsonl"
+      python3 - "$logs/bench_train_$precision.json" >> "$report" <<'PYEOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+print(f"| flashgpt ({j['precision']}, {j['attention']}) | {j['batch']}×{j['seq']} | {j['params'] / 1e6:.1f}M | "
+      f"{j['step_s_median'] * 1e3:.1f} ms | {j['tokens_per_s']:,.0f} | {j['model_gflops'] / 1e3:.1f} | "
+      f"{j['gemm_gflops'] / 1e3:.1f} | {100 * j['mfu']:.1f}% |")
+PYEOF
+    else
+      say "| flashgpt ($precision) | FAILED: $(tail -1 "$logs/bench_train_$precision.err" | cut -c1-150) | | | | | | |"
+      status=1
+    fi
+  done
+fi
+if [ $have_torch = 1 ]; then
+  timeout 900 python3 bench/peers/gpt_train.py --batch 16 --seq 1024 --jsonl "$out/gpu-check-$stamp-train.jsonl" \
+    >> "$report" 2> "$logs/peer_gpt.err" || say "| PyTorch peer | FAILED: $(tail -1 "$logs/peer_gpt.err" | cut -c1-150) | | | | | | |"
 fi
 
 # --- peers ----------------------------------------------------------------------------------
