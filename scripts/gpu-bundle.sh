@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GPU programs on this machine (which has the Debian libraries flashgpt links) and
 # gathers them, with every shared library they need beyond the C/C++ runtime, into gpu-bundle/,
-# so that a GPU machine without those libraries can run them (scripts/gpu-check.sh does).
+# so that a GPU machine without those libraries can run them (scripts/gpu-check.sh does), and
+# packs that into gpu-bundle.tar.xz (about 11 MB) to carry there.
 #   scripts/gpu-bundle.sh                 (CUDA architecture 90a: Hopper)
 #   CUDA_ARCHS="80;90a" scripts/gpu-bundle.sh
 set -euo pipefail
@@ -36,5 +37,7 @@ cat > gpu-bundle/ENV <<ENVEOF
 archs=$archs
 built_on=$(uname -srm)
 ENVEOF
-du -sh gpu-bundle
+# Compressed for the trip (OpenBLAS alone is 36 MB); gpu-check.sh unpacks it.
+tar -cJf gpu-bundle.tar.xz gpu-bundle
+du -sh gpu-bundle gpu-bundle.tar.xz
 echo "bundle: $(ls gpu-bundle/bin | tr '\n' ' ')| libraries: $(ls gpu-bundle/lib | wc -l)"

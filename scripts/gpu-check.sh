@@ -3,7 +3,7 @@
 # racecheck over them, and PyTorch's attention as the peer, all written to one report with the
 # GPU, driver, commit and date. Fits well within 25 minutes.
 #   scripts/gpu-check.sh                  report in bench/results/ (or in $OUT when set)
-#   GPU_CHECK_USE_BUNDLE=1 scripts/gpu-check.sh   skip building here, use gpu-bundle/
+#   GPU_CHECK_USE_BUNDLE=1 scripts/gpu-check.sh   skip building here, use gpu-bundle/ (or gpu-bundle.tar.xz)
 #
 # Programs: built here when this machine has flashgpt's build dependencies; otherwise those of
 # gpu-bundle/, which scripts/gpu-bundle.sh makes on a machine that has them (carry it along).
@@ -29,6 +29,7 @@ say "- host: $(uname -srm), $(nproc) cores"
 
 # --- programs -------------------------------------------------------------------------------
 bin=""
+if [ ! -d gpu-bundle/bin ] && [ -f gpu-bundle.tar.xz ]; then tar -xJf gpu-bundle.tar.xz; fi
 if [ -z "${GPU_CHECK_USE_BUNDLE:-}" ] &&
    cmake -S . -B build-gpu-here -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_MPI=OFF -DFLASHGPT_NATIVE=OFF \
      -DCMAKE_CUDA_ARCHITECTURES=native -DFLASHGPT_BUILD_BENCH=OFF > "$logs/configure.log" 2>&1 &&

@@ -1,11 +1,12 @@
 // The GPU training step (cuda/gpt_cuda.h) against the CPU model (model/gpt.h) from the same
-// weights on the same batches:
+// weights on the same batches, for multi-head and latent attention:
 //   FP32 — the loss within 1e-5 relative, logits and every parameter's gradient within 1e-4 of the
 //          largest, and a few AdamW steps whose losses and weights track the CPU's;
 //   BF16 — the loss within 2%, the gradient pointing the CPU's way (cosine > 0.99), and a few steps
 //          whose losses fall with the CPU's.
 // Over the architecture switches the GPU runs (GPT-2's; a Llama-like block with RMSNorm, SwiGLU,
-// RoPE, QK-norm, GQA, no biases, untied embeddings and post-norm) and document masking. Skipped
+// RoPE, QK-norm, GQA, no biases, untied embeddings and post-norm; FlashMLA with decoupled RoPE and
+// low-rank queries; MLA with SVD-factored values) and document masking. Skipped
 // without a GPU; the simt build runs it on the CPU emulator.
 #include <gtest/gtest.h>
 
@@ -207,9 +208,49 @@ TEST(CudaGpt, Fp32TracksTheCpuModelWithRopeWithoutQkNorm) {
   expect_fp32_parity(c, false);
 }
 
+// FlashMLA with decoupled RoPE, low-rank queries and QK-norm (Dqk 96 ≠ Dv 64).
+GPTConfig mla_rope() {
+  GPTConfig c = gpt2_like().with_attention(AttentionKind::FlashMLA);
+  c.pos = PosKind::Rope;
+  c.q_lora_rank = 48;
+  c.qk_norm = true;
+  c.norm = NormKind::RMSNorm;
+  c.mlp = MlpKind::SwiGLU;
+  return c;
+}
+
+// MLA (the standard kernel's mechanism) with learned positions, post-norm and the value
+// up-projection factored by SVD.
+GPTConfig mla_svd() {
+  GPTConfig c = gpt2_like().with_attention(AttentionKind::MLA);
+  c.post_norm = true;
+  c.use_svd = true;
+  c.svd_rank = 8;
+  return c;
+}
+
+// d12_flash_mla's block at a small width: FlashMLA, post-norm, QK-norm, learned positions, so
+// Dqk = Dv = 64 and the bf16 kernels apply.
+GPTConfig flash_mla_like() {
+  GPTConfig c = gpt2_like().with_attention(AttentionKind::FlashMLA);
+  c.post_norm = true;
+  c.qk_norm = true;
+  return c;
+}
+
+TEST(CudaGpt, Fp32TracksTheCpuModelFlashMlaWithRopeAndLowRankQueries) {
+  SKIP_WITHOUT_GPU();
+  expect_fp32_parity(mla_rope(), true);
+}
+
+TEST(CudaGpt, Fp32TracksTheCpuModelMlaWithSvdFactors) {
+  SKIP_WITHOUT_GPU();
+  expect_fp32_parity(mla_svd(), false);
+}
+
 TEST(CudaGpt, Bf16TrainingFollowsTheCpu) {
   SKIP_WITHOUT_GPU();
-  for (const GPTConfig& c : {gpt2_like(), llama_like()}) {
+  for (const GPTConfig& c : {gpt2_like(), llama_like(), flash_mla_like()}) {
     Pair p(c, Precision::BF16);
     const Batch b = make_batch(c, 9);
     std::vector<double> cpu_losses, gpu_losses;
@@ -273,8 +314,10 @@ TEST(CudaGpt, OptimizerStateRoundTrips) {
 
 TEST(CudaGpt, WhatTheGpuCannotTrainIsNamed) {
   // Pure config checks: no GPU needed.
-  GPTConfig mla = gpt2_like().with_attention(AttentionKind::FlashMLA);
-  EXPECT_NE(GPTCuda::unsupported(mla, Precision::FP32), "");
+  EXPECT_EQ(GPTCuda::unsupported(mla_rope(), Precision::FP32), "");
+  EXPECT_EQ(GPTCuda::unsupported(flash_mla_like(), Precision::BF16), "");
+  EXPECT_NE(GPTCuda::unsupported(mla_rope(), Precision::BF16).find("are 96 and 64"), std::string::npos)
+      << GPTCuda::unsupported(mla_rope(), Precision::BF16);
   GPTConfig odd = gpt2_like();
   odd.n_head = 4;  // head_dim 32
   EXPECT_NE(GPTCuda::unsupported(odd, Precision::BF16).find("head_dim 64 or 128"), std::string::npos)
@@ -286,8 +329,8 @@ TEST(CudaGpt, WhatTheGpuCannotTrainIsNamed) {
 
 TEST(CudaGpt, BadInputIsAnErrorNamingIt) {
   SKIP_WITHOUT_GPU();
-  GPTConfig mla = gpt2_like().with_attention(AttentionKind::MLA);
-  EXPECT_NE(error_of([&] { GPTCuda g(mla, Precision::FP32); }).find("latent attention"), std::string::npos);
+  EXPECT_NE(error_of([&] { GPTCuda g(mla_rope(), Precision::BF16); }).find("--device cuda: bf16 attention"),
+            std::string::npos);
   const GPTConfig c = gpt2_like();
   GPTCuda gpu(c, Precision::FP32);
   const Batch b = make_batch(c, 1);

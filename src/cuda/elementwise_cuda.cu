@@ -39,6 +39,30 @@ __global__ void add_bias_kernel(T* __restrict__ out, const T* __restrict__ bias,
   }
 }
 
+// dst[n, h·stride + offset + i] = src[n, i] for every head h.
+template <typename T>
+__global__ void broadcast_to_heads_kernel(T* __restrict__ dst, const T* __restrict__ src, int64_t N, int64_t H,
+                                          int64_t stride, int64_t offset, int64_t width) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < N * H * width;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e % width, h = (e / width) % H, n = e / (width * H);
+    dst[(n * H + h) * stride + offset + i] = src[n * width + i];
+  }
+}
+
+// dst[n, i] = Σ_h src[n, h·stride + offset + i], summed in fp32 in head order.
+template <typename T>
+__global__ void sum_over_heads_kernel(T* __restrict__ dst, const T* __restrict__ src, int64_t N, int64_t H,
+                                      int64_t stride, int64_t offset, int64_t width) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < N * width;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e % width, n = e / width;
+    float s = 0.0f;
+    for (int64_t h = 0; h < H; ++h) s += to_f32(src[(n * H + h) * stride + offset + i]);
+    dst[e] = from_f32<T>(s);
+  }
+}
+
 // Block (32, 8): 32 columns, 8 row lanes; each thread sums a strided set of rows of its column,
 // the 8 partial sums meet in shared memory and one atomic per column and block adds them in.
 constexpr int kBiasRows = 8;
@@ -101,6 +125,21 @@ void add_bias(T* out, const T* bias, int64_t N, int64_t OC) {
 }
 
 template <typename T>
+void broadcast_to_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_stride, int64_t offset,
+                        int64_t width) {
+  if (N <= 0 || H <= 0 || width <= 0) return;
+  launch_kernel("broadcast to heads", broadcast_to_heads_kernel<device_t<T>>, grid_for(N * H * width, kThreads),
+                kThreads, 0, nullptr, dev(dst), dev(src), N, H, head_stride, offset, width);
+}
+
+template <typename T>
+void sum_over_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_stride, int64_t offset, int64_t width) {
+  if (N <= 0 || width <= 0) return;
+  launch_kernel("sum over heads", sum_over_heads_kernel<device_t<T>>, grid_for(N * width, kThreads), kThreads, 0,
+                nullptr, dev(dst), dev(src), N, H, head_stride, offset, width);
+}
+
+template <typename T>
 void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
   if (N <= 0 || OC <= 0) return;
   const unsigned row_blocks = grid_for(N, kBiasRows * 16, 256);  // ≥ 16 rows per thread before the atomics
@@ -112,6 +151,8 @@ void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
   template void add<T>(T*, const T*, const T*, int64_t);         \
   template void add_inplace<T>(T*, const T*, int64_t);           \
   template void add_bias<T>(T*, const T*, int64_t, int64_t);      \
+  template void broadcast_to_heads<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
+  template void sum_over_heads<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t);     \
   template void bias_backward<T>(float*, const T*, int64_t, int64_t);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(bf16)

@@ -10,6 +10,8 @@
 
 #include <fmt/format.h>
 
+#include "cuda/gpt_cuda_model.h"
+
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
@@ -28,188 +30,53 @@
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 std::string GPTCuda::unsupported(const GPTConfig& c, Precision p) {
-  if (is_latent(c.attention)) {
-    return fmt::format("attention '{}' (latent attention) does not train on the GPU yet", flashgpt::to_string(c.attention));
-  }
   if (p == Precision::BF16 && c.head_dim() != 64 && c.head_dim() != 128) {
     return fmt::format("bf16 attention on the GPU needs head_dim 64 or 128; this model has {} (n_embd {} / n_head {}); "
                        "train it with --precision fp32",
                        c.head_dim(), c.n_embd, c.n_head);
   }
+  if (p == Precision::BF16 && is_latent(c.attention) && c.mla_rope_dim() > 0) {
+    return fmt::format("bf16 attention on the GPU needs equal query-key and value head dims; this latent model's are "
+                       "{} and {} (decoupled rope_dim {}); train it with --precision fp32",
+                       c.mla_qk_dim(), c.head_dim(), c.mla_rope_dim());
+  }
+  if (c.head_dim() > 256 || (is_latent(c.attention) && c.mla_qk_dim() > 256)) {
+    return fmt::format("GPU attention supports head dims up to 256; this model's is {}",
+                       is_latent(c.attention) ? c.mla_qk_dim() : c.head_dim());
+  }
   return "";
 }
 
-namespace {
+namespace gpt_detail {
 
-// The tensors of one block by their offsets in the parameter buffer (−1: the config has none).
-struct LayerOffsets {
-  int64_t ln1_w, ln1_b, qkv_w, qkv_b, q_norm_w, k_norm_w, proj_w, proj_b, post_attn_w, post_attn_b, ln2_w, ln2_b,
-      fc_w, fc_b, mlp_proj_w, mlp_proj_b, post_mlp_w, post_mlp_b;
-};
-
-// An arena of device memory for values of one type, handed out in order.
-template <typename E>
-class Arena {
- public:
-  void plan(E** slot, int64_t n) { plan_.emplace_back(slot, n); }
-  void commit() {
-    int64_t total = 0;
-    for (const auto& [slot, n] : plan_) total += round_up(n);
-    if (static_cast<int64_t>(buf_.bytes() / sizeof(E)) != total) buf_ = DeviceBuffer(static_cast<size_t>(total) * sizeof(E));
-    E* cursor = buf_.as<E>();
-    for (const auto& [slot, n] : plan_) {
-      *slot = n > 0 ? cursor : nullptr;
-      cursor += round_up(n);
-    }
-    plan_.clear();
-  }
-
- private:
-  // Every buffer starts 256 bytes after the last, as cuBLASLt's fastest kernels want.
-  static int64_t round_up(int64_t n) {
-    constexpr int64_t per = static_cast<int64_t>(256 / sizeof(E));
-    return (n + per - 1) / per * per;
-  }
-  std::vector<std::pair<E**, int64_t>> plan_;
-  DeviceBuffer buf_;
-};
-
-}  // namespace
-
-struct GPTCuda::Impl {
-  GPTConfig config;
-  Precision precision;
-  std::vector<ParamSpec> specs;
-  int64_t P = 0;
-  DeviceBuffer master, grads, adam_m, adam_v;  // fp32 [P]
-  explicit Impl(const GPTConfig& c, Precision p) : config(c), precision(p), specs(param_specs(c)) {
-    P = specs.empty() ? 0 : specs.back().offset + specs.back().numel();
-    const size_t bytes = static_cast<size_t>(P) * sizeof(float);
-    master = DeviceBuffer(bytes);
-    grads = DeviceBuffer(bytes);
-    adam_m = DeviceBuffer(bytes);
-    adam_v = DeviceBuffer(bytes);
-    master.fill_bytes(0);
-    grads.fill_bytes(0);
-    adam_m.fill_bytes(0);
-    adam_v.fill_bytes(0);
-  }
-  virtual ~Impl() = default;
-  int64_t offset_of(const std::string& name) const {
-    for (const ParamSpec& s : specs) {
-      if (s.name == name) return s.offset;
-    }
-    return -1;
-  }
-  virtual void refresh_weights() = 0;  // the forward's weights from the master copy
-  virtual bf16* weight_copy() = 0;     // the bf16 copy AdamW refreshes (null in FP32)
-  virtual double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) = 0;
-  virtual void backward(float loss_scale) = 0;
-  virtual void get_logits(std::span<float> out) const = 0;
-};
-
-namespace {
-
-template <typename T>
-class Model final : public GPTCuda::Impl {
- public:
-  Model(const GPTConfig& c, Precision p) : Impl(c, p) {
-    if constexpr (std::is_same_v<T, bf16>) copy_ = DeviceBuffer(static_cast<size_t>(P) * sizeof(bf16));
-    for (int l = 0; l < c.n_layer; ++l) {
-      const std::string pre = "blocks." + std::to_string(l) + ".";
-      auto at = [&](const char* name) { return offset_of(pre + name); };
-      layers_.push_back({at("ln1.weight"), at("ln1.bias"), at("attn.qkv.weight"), at("attn.qkv.bias"),
-                         at("attn.q_norm.weight"), at("attn.k_norm.weight"), at("attn.proj.weight"),
-                         at("attn.proj.bias"), at("post_attn_norm.weight"), at("post_attn_norm.bias"),
-                         at("ln2.weight"), at("ln2.bias"), at("mlp.fc.weight"), at("mlp.fc.bias"),
-                         at("mlp.proj.weight"), at("mlp.proj.bias"), at("post_mlp_norm.weight"),
-                         at("post_mlp_norm.bias")});
-    }
-    wte_ = offset_of("wte");
-    wpe_ = offset_of("wpe");
-    lnf_w_ = offset_of("lnf.weight");
-    lnf_b_ = offset_of("lnf.bias");
-    lm_ = c.tie_embeddings ? wte_ : offset_of("lm_head.weight");
-    if (c.pos == PosKind::Rope) {
-      const ops::RopeTable<float> table(c.block_size, c.head_dim(), c.rope_theta);
-      rope_cos_ = DeviceBuffer(table.cos.size() * sizeof(float));
-      rope_sin_ = DeviceBuffer(table.sin.size() * sizeof(float));
-      rope_cos_.upload(table.cos.data(), table.cos.size() * sizeof(float));
-      rope_sin_.upload(table.sin.data(), table.sin.size() * sizeof(float));
-    }
-    refresh_weights();
-  }
-
-  void refresh_weights() override {
-    if constexpr (std::is_same_v<T, bf16>) convert(copy_.as<bf16>(), master.as<float>(), P);
-  }
-  bf16* weight_copy() override {
-    if constexpr (std::is_same_v<T, bf16>) return copy_.as<bf16>();
-    return nullptr;
-  }
-
-  double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) override;
-  void backward(float loss_scale) override;
-  void get_logits(std::span<float> out) const override;
-
- private:
-  struct LayerActs {
-    T *ln1, *q, *k, *v, *qa, *ka, *att, *proj, *res_mid, *ln2, *fc, *act, *mlp_proj;
-    float *ln1_mean, *ln1_rstd, *q_rstd, *k_rstd, *lse, *post_attn_mean, *post_attn_rstd, *ln2_mean, *ln2_rstd,
-        *post_mlp_mean, *post_mlp_rstd;
-  };
-
-  // The weights the forward reads (T) and the fp32 gradients, by offset.
-  const T* W(int64_t off) const {
-    if (off < 0) return nullptr;
-    if constexpr (std::is_same_v<T, bf16>) {
-      return copy_.as<bf16>() + off;
-    } else {
-      return master.as<float>() + off;
-    }
-  }
-  float* G(int64_t off) const { return off < 0 ? nullptr : grads.as<float>() + off; }
-
-  void allocate(int64_t B, int64_t Tn);
-  void norm_forward(T* out, float* mean, float* rstd, const T* inp, int64_t w, int64_t b, int64_t N, int64_t C) const;
-  void norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean, const float* rstd,
-                     int64_t N, int64_t C, bool accumulate) const;
-  AttentionMask mask() const;
-  void attention_forward(const AttentionDims& d, float scale, LayerActs& a) const;
-  void attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const;
-  void block_forward(int l, LayerActs& a, const T* x, T* out);
-  void block_backward(int l, const LayerActs& a, const T* x);
-  void mha_forward(const LayerOffsets& o, LayerActs& a);
-  void mha_backward(const LayerOffsets& o, const LayerActs& a);
-
-  DeviceBuffer copy_;  // bf16 weights (BF16 only)
-  std::vector<LayerOffsets> layers_;
-  int64_t wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1, lm_ = -1;
-  DeviceBuffer rope_cos_, rope_sin_;
-
-  // The shape the buffers are laid out for, and the last forward's inputs.
-  int64_t B_ = 0, Tn_ = 0;
-  Arena<T> arena_t_;
-  Arena<float> arena_f_;
-  Arena<int> arena_i_;
-  std::vector<LayerActs> acts_;
-  std::vector<T*> resid_;
-  T *lnf_ = nullptr, *logits_ = nullptr, *branch_ = nullptr;
-  float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *losses_ = nullptr;
-  int *tokens_ = nullptr, *targets_ = nullptr, *segments_ = nullptr;
-  bool have_segments_ = false, have_forward_ = false;
-  int64_t n_targets_ = 0;
-  // Backward scratch, reused by every block.
-  T *dres_ = nullptr, *dln_ = nullptr, *dbranch_ = nullptr, *dfc_ = nullptr, *dact_ = nullptr, *datt_ = nullptr,
-    *dqa_ = nullptr, *dka_ = nullptr, *dv_ = nullptr, *dq_ = nullptr, *dk_ = nullptr;
-};
+LayerOffsets layer_offsets(const GPTCuda::Impl& m, int l) {
+  const std::string pre = "blocks." + std::to_string(l) + ".";
+  auto at = [&](const char* name) { return m.offset_of(pre + name); };
+  return {at("ln1.weight"), at("ln1.bias"), at("attn.qkv.weight"), at("attn.qkv.bias"), at("attn.q_norm.weight"),
+          at("attn.k_norm.weight"), at("attn.proj.weight"), at("attn.proj.bias"), at("post_attn_norm.weight"),
+          at("post_attn_norm.bias"), at("ln2.weight"), at("ln2.bias"), at("mlp.fc.weight"), at("mlp.fc.bias"),
+          at("mlp.proj.weight"), at("mlp.proj.bias"), at("post_mlp_norm.weight"), at("post_mlp_norm.bias"),
+          at("attn.q.weight"), at("attn.q.bias"), at("attn.q_down.weight"), at("attn.q_down.bias"),
+          at("attn.q_down_norm.weight"), at("attn.q_up.weight"), at("attn.kv_down.weight"), at("attn.kv_down.bias"),
+          at("attn.kv_norm.weight"), at("attn.k_rope.weight"), at("attn.k_rope.bias"), at("attn.k_up.weight"),
+          at("attn.v_up.weight"), at("attn.v_up_u.weight"), at("attn.v_up_v.weight")};
+}
 
 template <typename T>
 void Model<T>::allocate(int64_t B, int64_t Tn) {
   if (B == B_ && Tn == Tn_) return;
   const GPTConfig& c = config;
-  const int64_t N = B * Tn, C = c.n_embd, qd = c.q_dim(), kvd = c.kv_dim(), Hq = c.n_head, Hkv = c.kv_heads();
-  const int64_t F = c.hidden(), Vp = c.padded_vocab_size();
+  const int64_t N = B * Tn, C = c.n_embd, H = c.n_head, hd = c.head_dim(), F = c.hidden(),
+                Vp = c.padded_vocab_size();
+  const bool latent = is_latent(c.attention), qkn = c.qk_norm;
+  // Widths of the attention buffers (as the CPU model's attn_widths): q and its attention copy qa,
+  // the projected key k (latent: the rope key), the keys attention sees ka, the values v, the
+  // rows of k QK-norm normalises per token, and the latent attention's own.
+  const int64_t dqk = latent ? c.mla_qk_dim() : hd, dr = latent ? c.mla_rope_dim() : 0;
+  const int64_t nl = latent ? c.latent_dim() : 0, r = latent ? c.q_lora_rank : 0;
+  const int64_t wq = H * dqk, wk = latent ? dr : c.kv_dim(), wka = latent ? H * dqk : c.kv_dim();
+  const int64_t wv = latent ? H * hd : c.kv_dim(), k_rows = latent ? (dr > 0 ? 1 : 0) : c.kv_heads();
+  const int64_t v_up = latent && c.use_svd ? H * hd * nl : 0;
   using TSlots = std::initializer_list<std::pair<T**, int64_t>>;
   using FSlots = std::initializer_list<std::pair<float**, int64_t>>;
   auto plan_t = [&](TSlots slots) {
@@ -220,30 +87,38 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   };
   acts_.assign(static_cast<size_t>(c.n_layer), LayerActs{});
   for (LayerActs& a : acts_) {
-    plan_t({{&a.ln1, N * C}, {&a.q, N * qd}, {&a.k, N * kvd}, {&a.v, N * kvd}, {&a.att, N * qd}, {&a.proj, N * C},
-            {&a.res_mid, N * C}, {&a.ln2, N * C}, {&a.fc, N * c.fc_out()}, {&a.act, N * F}, {&a.mlp_proj, N * C},
-            // Without QK-norm, RoPE (if any) runs in place on q and k: the backward needs only the result.
-            {&a.qa, c.qk_norm ? N * qd : 0}, {&a.ka, c.qk_norm ? N * kvd : 0}});
-    plan_f({{&a.ln1_mean, N}, {&a.ln1_rstd, N}, {&a.q_rstd, c.qk_norm ? N * Hq : 0},
-            {&a.k_rstd, c.qk_norm ? N * Hkv : 0}, {&a.lse, B * Hq * Tn}, {&a.post_attn_mean, N},
-            {&a.post_attn_rstd, N}, {&a.ln2_mean, N}, {&a.ln2_rstd, N}, {&a.post_mlp_mean, N},
-            {&a.post_mlp_rstd, N}});
+    // Without QK-norm, RoPE (if any) runs in place on q and k (qa, ka or kr alias them): the
+    // backward needs only the rotated values.
+    plan_t({{&a.ln1, N * C}, {&a.q, N * wq}, {&a.k, N * wk}, {&a.v, N * wv}, {&a.att, N * H * hd},
+            {&a.proj, N * C}, {&a.res_mid, N * C}, {&a.ln2, N * C}, {&a.fc, N * c.fc_out()}, {&a.act, N * F},
+            {&a.mlp_proj, N * C}, {&a.qa, qkn ? N * wq : 0}, {&a.ka, latent || qkn ? N * wka : 0},
+            {&a.cq_pre, N * r}, {&a.cq, N * r}, {&a.ckv_pre, N * nl}, {&a.ckv, N * nl},
+            {&a.kr, latent && qkn ? N * dr : 0}, {&a.v_up, v_up}});
+    plan_f({{&a.ln1_mean, N}, {&a.ln1_rstd, N}, {&a.q_rstd, qkn ? N * H : 0}, {&a.k_rstd, qkn ? N * k_rows : 0},
+            {&a.lse, B * H * Tn}, {&a.post_attn_mean, N}, {&a.post_attn_rstd, N}, {&a.ln2_mean, N},
+            {&a.ln2_rstd, N}, {&a.post_mlp_mean, N}, {&a.post_mlp_rstd, N}, {&a.cq_rstd, r > 0 ? N : 0},
+            {&a.ckv_rstd, latent ? N : 0}});
   }
   resid_.assign(static_cast<size_t>(c.n_layer + 1), nullptr);
-  for (T*& r : resid_) arena_t_.plan(&r, N * C);
+  for (T*& x : resid_) arena_t_.plan(&x, N * C);
   plan_t({{&lnf_, N * C}, {&branch_, N * C}, {&logits_, N * Vp}, {&dres_, N * C}, {&dln_, N * C},
-          {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * qd}, {&dqa_, N * qd},
-          {&dka_, N * kvd}, {&dv_, N * kvd}, {&dq_, c.qk_norm ? N * qd : 0}, {&dk_, c.qk_norm ? N * kvd : 0}});
-  plan_f({{&lnf_mean_, N}, {&lnf_rstd_, N}, {&losses_, N}});
+          {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * H * hd}, {&dqa_, N * wq},
+          {&dka_, N * wka}, {&dv_, N * wv}, {&dq_, qkn ? N * wq : 0}, {&dk_, qkn ? N * wk : 0},
+          {&dkr_, N * dr}, {&dckv_, N * nl}, {&dckv_pre_, N * nl}, {&dcq_, N * r}, {&dcq_pre_, N * r}});
+  plan_f({{&lnf_mean_, N}, {&lnf_rstd_, N}, {&losses_, N}, {&dv_up_, v_up}});
   for (int** slot : {&tokens_, &targets_, &segments_}) arena_i_.plan(slot, N);
   B_ = Tn_ = 0;  // until the arenas exist
   arena_t_.commit();
   arena_f_.commit();
   arena_i_.commit();
   for (LayerActs& a : acts_) {
-    if (!c.qk_norm) {
+    if (!qkn) {
       a.qa = a.q;
-      a.ka = a.k;
+      if (latent) {
+        a.kr = a.k;
+      } else {
+        a.ka = a.k;
+      }
     }
   }
   B_ = B;
@@ -357,7 +232,11 @@ void Model<T>::block_forward(int l, LayerActs& a, const T* x, T* out) {
   const LayerOffsets& o = layers_[static_cast<size_t>(l)];
   const int64_t N = B_ * Tn_, C = c.n_embd, F = c.hidden();
   norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, o.ln1_w, o.ln1_b, N, C);
-  mha_forward(o, a);
+  if (is_latent(c.attention)) {
+    mla_forward(o, a);
+  } else {
+    mha_forward(o, a);
+  }
   matmul_forward(a.proj, a.att, W(o.proj_w), W(o.proj_b), N, c.q_dim(), C);
   const T* attn_out = a.proj;
   if (c.post_norm) {
@@ -409,7 +288,11 @@ void Model<T>::block_backward(int l, const LayerActs& a, const T* x) {
     dattn = dbranch_;
   }
   matmul_backward(datt_, G(o.proj_w), G(o.proj_b), dattn, a.att, W(o.proj_w), N, qd, C, false);
-  mha_backward(o, a);
+  if (is_latent(c.attention)) {
+    mla_backward(o, a);
+  } else {
+    mha_backward(o, a);
+  }
   norm_backward(dres_, dln_, x, o.ln1_w, o.ln1_b, a.ln1_mean, a.ln1_rstd, N, C, true);
 }
 
@@ -485,7 +368,12 @@ void Model<T>::get_logits(std::span<float> out) const {
   }
 }
 
-}  // namespace
+template class Model<float>;
+template class Model<bf16>;
+
+}  // namespace gpt_detail
+
+using gpt_detail::Model;
 
 GPTCuda::GPTCuda(const GPTConfig& config, Precision precision) {
   config.validate();

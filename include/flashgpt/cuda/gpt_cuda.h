@@ -11,12 +11,14 @@
 //          activations and tensor-core attention, with fp32 accumulation, fp32 norm statistics,
 //          losses, gradients, master weights and optimizer state.
 //
-// What runs on the GPU today: the multi-head family (standard and flash attention, both through
-// the flash kernels, which compute the same maths), grouped-query heads, learned or rotary
-// positions, QK-norm, pre- or post-norm, LayerNorm or RMSNorm, GELU or SwiGLU, biases or none,
-// tied or untied embeddings, and document masking. unsupported() names anything else (latent
-// attention, and for BF16 head dims other than 64 and 128), so `--device auto` can fall back to
-// the CPU with that reason.
+// What runs on the GPU: every attention mechanism (standard and flash through the flash kernels,
+// which compute the same maths; mla and flash_mla with their latent expanded into per-head keys
+// and values, low-rank queries and SVD-factored value up-projections included), grouped-query
+// heads, learned or rotary positions, QK-norm, pre- or post-norm, LayerNorm or RMSNorm, GELU or
+// SwiGLU, biases or none, tied or untied embeddings, and document masking. unsupported() names
+// what does not (in BF16: head dims other than 64 and 128, and latent attention with decoupled
+// RoPE, whose query-key and value head dims differ), so `--device auto` can fall back to the CPU
+// with that reason. Context parallelism and several processes stay on the CPU.
 #pragma once
 
 #include <cstdint>

@@ -85,6 +85,16 @@ template <typename T>
 void rope_backward(T* dx, const float* cos, const float* sin, int64_t B, int64_t Tn, int64_t H, int64_t D,
                    int64_t head_stride, int64_t pos_offset);
 
+// --- head slices (elementwise_cuda.cu) --- rows of H heads, head_stride apart; columns
+// [offset, offset + width) of each head. MLA's shared rope key is copied into every head's key,
+// and its gradient summed back over the heads (in fp32).
+//   broadcast_to_heads: dst[n, h, offset + i] = src[n, i]
+//   sum_over_heads:     dst[n, i] = Σ_h src[n, h, offset + i]
+template <typename T>
+void broadcast_to_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_stride, int64_t offset,
+                        int64_t width);
+template <typename T>
+void sum_over_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_stride, int64_t offset, int64_t width);
 // --- bias (elementwise_cuda.cu) --- out[n, oc] += bias[oc];  db[oc] += Σ_n dout[n, oc].
 template <typename T>
 void add_bias(T* out, const T* bias, int64_t N, int64_t OC);

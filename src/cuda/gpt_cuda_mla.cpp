@@ -1,0 +1,124 @@
+// MultiHeadLatentAttention and FlashMLA on the GPU: GPTCuda's latent attention sublayer, step for
+// step the CPU's (model/gpt_attention_mla.cpp), from the block's normed input a.ln1 to the head
+// outputs a.att and back. Training expands the normed latent c_kv into per-head keys
+// [k_nope, k_rope] (Dqk = head_dim + rope_dim) and values (Dv = head_dim) and runs the flash
+// kernels over them.
+#include <cmath>
+
+#include "cuda/gpt_cuda_model.h"
+#include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/matmul_cuda.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+namespace gpt_detail {
+
+template <typename T>
+void Model<T>::mla_forward(const LayerOffsets& o, LayerActs& a) {
+  const GPTConfig& c = config;
+  const int64_t N = B_ * Tn_, C = c.n_embd, H = c.n_head, hd = c.head_dim();
+  const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), r = c.q_lora_rank;
+  const float eps = static_cast<float>(c.norm_eps);
+
+  // Queries, straight or through the low-rank query latent.
+  if (r > 0) {
+    matmul_forward(a.cq_pre, a.ln1, W(o.q_down_w), W(o.q_down_b), N, C, r);
+    rmsnorm_forward(a.cq, a.cq_rstd, a.cq_pre, W(o.q_down_norm_w), N, r, eps);
+    matmul_forward(a.q, a.cq, W(o.q_up_w), static_cast<const T*>(nullptr), N, r, H * dqk);
+  } else {
+    matmul_forward(a.q, a.ln1, W(o.q_w), W(o.q_b), N, C, H * dqk);
+  }
+  // The key/value latent and the shared rope key.
+  matmul_forward(a.ckv_pre, a.ln1, W(o.kv_down_w), W(o.kv_down_b), N, C, nl);
+  rmsnorm_forward(a.ckv, a.ckv_rstd, a.ckv_pre, W(o.kv_norm_w), N, nl, eps);
+  if (dr > 0) matmul_forward(a.k, a.ln1, W(o.k_rope_w), W(o.k_rope_b), N, C, dr);
+  // QK-norm before RoPE: each query head, and the rope key (without it, qa and kr alias q and k).
+  if (c.qk_norm) {
+    rmsnorm_forward(a.qa, a.q_rstd, a.q, W(o.q_norm_w), N * H, dqk, eps);
+    if (dr > 0) rmsnorm_forward(a.kr, a.k_rstd, a.k, W(o.k_norm_w), N, dr, eps);
+  }
+  if (dr > 0) {
+    rope_forward(a.qa + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, 0);
+    rope_forward(a.kr, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, 0);
+  }
+  // Expanded keys [k_nope,h, k_rope] per head, and values, from the latent.
+  for (int64_t h = 0; h < H; ++h) {
+    gemm<T, T>(false, true, N, hd, nl, 1.0f, a.ckv, nl, W(o.k_up_w) + h * hd * nl, nl, 0.0f, a.ka + h * dqk, H * dqk);
+  }
+  if (dr > 0) broadcast_to_heads(a.ka, a.kr, N, H, dqk, hd, dr);
+  const T* v_up = W(o.v_up_w);
+  if (c.use_svd) {  // factored: v_up = u · v, [H·hd, rank] · [rank, n_latent]
+    const int64_t rank = c.svd_rank;
+    gemm<T, T>(false, false, H * hd, nl, rank, 1.0f, W(o.v_up_u_w), rank, W(o.v_up_v_w), nl, 0.0f, a.v_up, nl);
+    v_up = a.v_up;
+  }
+  matmul_forward(a.v, a.ckv, v_up, static_cast<const T*>(nullptr), N, nl, H * hd);
+
+  const AttentionDims d{B_, H, H, Tn_, Tn_, dqk, hd, 0};
+  attention_forward(d, 1.0f / std::sqrt(static_cast<float>(dqk)), a);
+}
+
+template <typename T>
+void Model<T>::mla_backward(const LayerOffsets& o, const LayerActs& a) {
+  const GPTConfig& c = config;
+  const int64_t N = B_ * Tn_, C = c.n_embd, H = c.n_head, hd = c.head_dim();
+  const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), r = c.q_lora_rank;
+  const AttentionDims d{B_, H, H, Tn_, Tn_, dqk, hd, 0};
+  attention_backward(d, 1.0f / std::sqrt(static_cast<float>(dqk)), a);  // dqa_, dka_, dv_
+
+  // The rope key is shared: its gradient sums over heads. Then undo RoPE and QK-norm.
+  const T* dq = dqa_;
+  const T* dk_rope = dkr_;
+  if (dr > 0) {
+    sum_over_heads(dkr_, dka_, N, H, dqk, hd, dr);
+    rope_backward(dqa_ + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, 0);
+    rope_backward(dkr_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, 0);
+  }
+  if (c.qk_norm) {
+    rmsnorm_backward(dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, N * H, dqk, false);
+    dq = dq_;
+    if (dr > 0) {
+      rmsnorm_backward(dk_, G(o.k_norm_w), dkr_, a.k, W(o.k_norm_w), a.k_rstd, N, dr, false);
+      dk_rope = dk_;
+    }
+  }
+
+  // Into the latent: dc_kv = Σ_h dk_nope,h · W_k_up,h + dv · W_v_up.
+  for (int64_t h = 0; h < H; ++h) {
+    const T* dk_nope = dka_ + h * dqk;
+    gemm<T, T>(false, false, N, nl, hd, 1.0f, dk_nope, H * dqk, W(o.k_up_w) + h * hd * nl, nl, h == 0 ? 0.0f : 1.0f,
+               dckv_, nl);
+    gemm<T, float>(true, false, hd, nl, N, 1.0f, dk_nope, H * dqk, a.ckv, nl, 1.0f, G(o.k_up_w) + h * hd * nl, nl);
+  }
+  if (c.use_svd) {
+    // dv_up = dvᵀ·c_kv, then through v_up = u·v: du += dv_up·vᵀ, dv += uᵀ·dv_up (with the fp32
+    // master factors).
+    const int64_t rows = H * hd, rank = c.svd_rank;
+    fill_device_bytes(dv_up_, 0, static_cast<size_t>(rows * nl) * sizeof(float));
+    matmul_backward(dckv_, dv_up_, static_cast<float*>(nullptr), dv_, a.ckv, a.v_up, N, nl, rows, true);
+    gemm<float, float>(false, true, rows, rank, nl, 1.0f, dv_up_, nl, M(o.v_up_v_w), nl, 1.0f, G(o.v_up_u_w), rank);
+    gemm<float, float>(true, false, rank, nl, rows, 1.0f, M(o.v_up_u_w), rank, dv_up_, nl, 1.0f, G(o.v_up_v_w), nl);
+  } else {
+    matmul_backward(dckv_, G(o.v_up_w), static_cast<float*>(nullptr), dv_, a.ckv, W(o.v_up_w), N, nl, H * hd, true);
+  }
+  rmsnorm_backward(dckv_pre_, G(o.kv_norm_w), dckv_, a.ckv_pre, W(o.kv_norm_w), a.ckv_rstd, N, nl, false);
+
+  // Back into the block's normed input.
+  matmul_backward(dln_, G(o.kv_down_w), G(o.kv_down_b), dckv_pre_, a.ln1, W(o.kv_down_w), N, C, nl, false);
+  if (dr > 0) matmul_backward(dln_, G(o.k_rope_w), G(o.k_rope_b), dk_rope, a.ln1, W(o.k_rope_w), N, C, dr, true);
+  if (r > 0) {
+    matmul_backward(dcq_, G(o.q_up_w), static_cast<float*>(nullptr), dq, a.cq, W(o.q_up_w), N, r, H * dqk, false);
+    rmsnorm_backward(dcq_pre_, G(o.q_down_norm_w), dcq_, a.cq_pre, W(o.q_down_norm_w), a.cq_rstd, N, r, false);
+    matmul_backward(dln_, G(o.q_down_w), G(o.q_down_b), dcq_pre_, a.ln1, W(o.q_down_w), N, C, r, true);
+  } else {
+    matmul_backward(dln_, G(o.q_w), G(o.q_b), dq, a.ln1, W(o.q_w), N, C, H * dqk, true);
+  }
+}
+
+// The class is instantiated in gpt_cuda.cpp; this file instantiates its own members.
+template void Model<float>::mla_forward(const LayerOffsets&, LayerActs&);
+template void Model<float>::mla_backward(const LayerOffsets&, const LayerActs&);
+template void Model<bf16>::mla_forward(const LayerOffsets&, LayerActs&);
+template void Model<bf16>::mla_backward(const LayerOffsets&, const LayerActs&);
+
+}  // namespace gpt_detail
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,0 +1,195 @@
+// GPTCuda's implementation (the public side is flashgpt/cuda/gpt_cuda.h): the model class with
+// its device buffers, shared by gpt_cuda.cpp (the model, multi-head attention, the step) and
+// gpt_cuda_mla.cpp (latent attention), as the CPU model splits gpt.cpp and gpt_attention_*.cpp.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "flashgpt/attention/attention.h"
+#include "flashgpt/cuda/device_memory.h"
+#include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/cuda/ops_cuda.h"
+#include "flashgpt/model/params.h"
+#include "flashgpt/ops/rope.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+struct GPTCuda::Impl {
+  GPTConfig config;
+  Precision precision;
+  std::vector<ParamSpec> specs;
+  int64_t P = 0;
+  DeviceBuffer master, grads, adam_m, adam_v;  // fp32 [P]
+  explicit Impl(const GPTConfig& c, Precision p) : config(c), precision(p), specs(param_specs(c)) {
+    P = specs.empty() ? 0 : specs.back().offset + specs.back().numel();
+    const size_t bytes = static_cast<size_t>(P) * sizeof(float);
+    master = DeviceBuffer(bytes);
+    grads = DeviceBuffer(bytes);
+    adam_m = DeviceBuffer(bytes);
+    adam_v = DeviceBuffer(bytes);
+    master.fill_bytes(0);
+    grads.fill_bytes(0);
+    adam_m.fill_bytes(0);
+    adam_v.fill_bytes(0);
+  }
+  virtual ~Impl() = default;
+  int64_t offset_of(const std::string& name) const {
+    for (const ParamSpec& s : specs) {
+      if (s.name == name) return s.offset;
+    }
+    return -1;
+  }
+  virtual void refresh_weights() = 0;  // the forward's weights from the master copy
+  virtual bf16* weight_copy() = 0;     // the bf16 copy AdamW refreshes (null in FP32)
+  virtual double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) = 0;
+  virtual void backward(float loss_scale) = 0;
+  virtual void get_logits(std::span<float> out) const = 0;
+};
+
+namespace gpt_detail {
+
+// The tensors of one block by their offsets in the parameter buffer (−1: the config has none).
+struct LayerOffsets {
+  int64_t ln1_w, ln1_b, qkv_w, qkv_b, q_norm_w, k_norm_w, proj_w, proj_b, post_attn_w, post_attn_b, ln2_w, ln2_b,
+      fc_w, fc_b, mlp_proj_w, mlp_proj_b, post_mlp_w, post_mlp_b;
+  // latent attention
+  int64_t q_w, q_b, q_down_w, q_down_b, q_down_norm_w, q_up_w, kv_down_w, kv_down_b, kv_norm_w, k_rope_w, k_rope_b,
+      k_up_w, v_up_w, v_up_u_w, v_up_v_w;
+};
+
+// Block l's tensors, by their names in the parameter table (model/params.cpp).
+LayerOffsets layer_offsets(const GPTCuda::Impl& m, int l);
+
+// An arena of device memory for values of one type, handed out in order.
+template <typename E>
+class Arena {
+ public:
+  void plan(E** slot, int64_t n) { plan_.emplace_back(slot, n); }
+  void commit() {
+    int64_t total = 0;
+    for (const auto& [slot, n] : plan_) total += round_up(n);
+    if (static_cast<int64_t>(buf_.bytes() / sizeof(E)) != total) buf_ = DeviceBuffer(static_cast<size_t>(total) * sizeof(E));
+    E* cursor = buf_.as<E>();
+    for (const auto& [slot, n] : plan_) {
+      *slot = n > 0 ? cursor : nullptr;
+      cursor += round_up(n);
+    }
+    plan_.clear();
+  }
+
+ private:
+  // Every buffer starts 256 bytes after the last, as cuBLASLt's fastest kernels want.
+  static int64_t round_up(int64_t n) {
+    constexpr int64_t per = static_cast<int64_t>(256 / sizeof(E));
+    return (n + per - 1) / per * per;
+  }
+  std::vector<std::pair<E**, int64_t>> plan_;
+  DeviceBuffer buf_;
+};
+
+template <typename T>
+class Model final : public GPTCuda::Impl {
+ public:
+  Model(const GPTConfig& c, Precision p) : Impl(c, p) {
+    if constexpr (std::is_same_v<T, bf16>) copy_ = DeviceBuffer(static_cast<size_t>(P) * sizeof(bf16));
+    for (int l = 0; l < c.n_layer; ++l) layers_.push_back(layer_offsets(*this, l));
+    wte_ = offset_of("wte");
+    wpe_ = offset_of("wpe");
+    lnf_w_ = offset_of("lnf.weight");
+    lnf_b_ = offset_of("lnf.bias");
+    lm_ = c.tie_embeddings ? wte_ : offset_of("lm_head.weight");
+    if (c.pos == PosKind::Rope) {
+      // Multi-head attention rotates whole heads; latent attention only its decoupled rope part.
+      const int width = is_latent(c.attention) ? c.mla_rope_dim() : c.head_dim();
+      const ops::RopeTable<float> table(c.block_size, width, c.rope_theta);
+      rope_cos_ = DeviceBuffer(table.cos.size() * sizeof(float));
+      rope_sin_ = DeviceBuffer(table.sin.size() * sizeof(float));
+      rope_cos_.upload(table.cos.data(), table.cos.size() * sizeof(float));
+      rope_sin_.upload(table.sin.data(), table.sin.size() * sizeof(float));
+    }
+    refresh_weights();
+  }
+
+  void refresh_weights() override {
+    if constexpr (std::is_same_v<T, bf16>) convert(copy_.as<bf16>(), master.as<float>(), P);
+  }
+  bf16* weight_copy() override {
+    if constexpr (std::is_same_v<T, bf16>) return copy_.as<bf16>();
+    return nullptr;
+  }
+
+  double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) override;
+  void backward(float loss_scale) override;
+  void get_logits(std::span<float> out) const override;
+
+ private:
+  // Saved activations of one block, N = B·Tn rows (widths as in the CPU model's LayerActs).
+  struct LayerActs {
+    T *ln1, *q, *k, *v, *qa, *ka, *att, *proj, *res_mid, *ln2, *fc, *act, *mlp_proj;
+    float *ln1_mean, *ln1_rstd, *q_rstd, *k_rstd, *lse, *post_attn_mean, *post_attn_rstd, *ln2_mean, *ln2_rstd,
+        *post_mlp_mean, *post_mlp_rstd;
+    // latent attention only
+    T *cq_pre, *cq, *ckv_pre, *ckv, *kr, *v_up;
+    float *cq_rstd, *ckv_rstd;
+  };
+
+  // The weights the forward reads (T) and the fp32 gradients, by offset.
+  const T* W(int64_t off) const {
+    if (off < 0) return nullptr;
+    if constexpr (std::is_same_v<T, bf16>) {
+      return copy_.as<bf16>() + off;
+    } else {
+      return master.as<float>() + off;
+    }
+  }
+  float* G(int64_t off) const { return off < 0 ? nullptr : grads.as<float>() + off; }
+  const float* M(int64_t off) const { return off < 0 ? nullptr : master.as<float>() + off; }  // fp32 master
+
+  void allocate(int64_t B, int64_t Tn);
+  void norm_forward(T* out, float* mean, float* rstd, const T* inp, int64_t w, int64_t b, int64_t N, int64_t C) const;
+  void norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean, const float* rstd,
+                     int64_t N, int64_t C, bool accumulate) const;
+  AttentionMask mask() const;
+  void attention_forward(const AttentionDims& d, float scale, LayerActs& a) const;
+  void attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const;
+  void block_forward(int l, LayerActs& a, const T* x, T* out);
+  void block_backward(int l, const LayerActs& a, const T* x);
+  // The attention sublayer from a.ln1 to a.att, and from datt_ back into dln_ (written):
+  // multi-head here in gpt_cuda.cpp, latent in gpt_cuda_mla.cpp.
+  void mha_forward(const LayerOffsets& o, LayerActs& a);
+  void mha_backward(const LayerOffsets& o, const LayerActs& a);
+  void mla_forward(const LayerOffsets& o, LayerActs& a);
+  void mla_backward(const LayerOffsets& o, const LayerActs& a);
+
+  DeviceBuffer copy_;  // bf16 weights (BF16 only)
+  std::vector<LayerOffsets> layers_;
+  int64_t wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1, lm_ = -1;
+  DeviceBuffer rope_cos_, rope_sin_;
+
+  // The shape the buffers are laid out for, and the last forward's inputs.
+  int64_t B_ = 0, Tn_ = 0;
+  Arena<T> arena_t_;
+  Arena<float> arena_f_;
+  Arena<int> arena_i_;
+  std::vector<LayerActs> acts_;
+  std::vector<T*> resid_;
+  T *lnf_ = nullptr, *logits_ = nullptr, *branch_ = nullptr;
+  float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *losses_ = nullptr;
+  int *tokens_ = nullptr, *targets_ = nullptr, *segments_ = nullptr;
+  bool have_segments_ = false, have_forward_ = false;
+  int64_t n_targets_ = 0;
+  // Backward scratch, reused by every block.
+  T *dres_ = nullptr, *dln_ = nullptr, *dbranch_ = nullptr, *dfc_ = nullptr, *dact_ = nullptr, *datt_ = nullptr,
+    *dqa_ = nullptr, *dka_ = nullptr, *dv_ = nullptr, *dq_ = nullptr, *dk_ = nullptr;
+  T *dkr_ = nullptr, *dckv_ = nullptr, *dckv_pre_ = nullptr, *dcq_ = nullptr, *dcq_pre_ = nullptr;  // latent
+  float* dv_up_ = nullptr;  // the factored value up-projection's gradient [H·hd, n_latent]
+};
+
+}  // namespace gpt_detail
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
