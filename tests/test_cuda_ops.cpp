@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "flashgpt/core/device.h"
@@ -135,6 +136,64 @@ TEST(CudaOps, BiasGradientSumsColumns) {
     cuda::bias_backward(db.as<float>(), ddo.as<const float>(), N, OC);
     EXPECT_LT(rel_error(down_as<float>(db, prior.size()), want), 1e-5);
   }
+}
+
+TEST(CudaOps, BiasIsAddedToEveryRow) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  for (auto [N, OC] : {std::pair<int64_t, int64_t>{1, 1}, {37, 45}}) {
+    const auto out0 = data.normal(static_cast<size_t>(N * OC)), bias = data.normal(static_cast<size_t>(OC));
+    std::vector<double> want(out0.begin(), out0.end());
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t c = 0; c < OC; ++c) want[static_cast<size_t>(r * OC + c)] += bias[static_cast<size_t>(c)];
+    auto dout = up(out0), db = up(bias);
+    cuda::add_bias(dout.as<float>(), db.as<const float>(), N, OC);
+    EXPECT_LT(rel_error(down_as<float>(dout, out0.size()), want), 1e-6) << N << "x" << OC;
+  }
+}
+
+// MLA's shared rope key into every head's key, and its gradient back, on heads wider than the slice.
+template <typename T>
+void check_head_slices() {
+  Data data;
+  using Case = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;  // N, H, stride, offset, width
+  for (auto [N, H, stride, offset, width] : {Case{1, 1, 4, 0, 4}, Case{7, 3, 96, 64, 32}, Case{33, 5, 20, 13, 7}}) {
+    SCOPED_TRACE("N " + std::to_string(N) + " H " + std::to_string(H) + " offset " + std::to_string(offset));
+    const auto src = round_bf16(data.normal(static_cast<size_t>(N * width)));
+    const auto heads = round_bf16(data.normal(static_cast<size_t>(N * H * stride)));
+    auto at = [&](int64_t n, int64_t h, int64_t i) { return static_cast<size_t>((n * H + h) * stride + offset + i); };
+    // broadcast: the slice of every head is the source row; the rest of each head is untouched.
+    std::vector<double> want(heads.begin(), heads.end());
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < width; ++i) want[at(n, h, i)] = src[static_cast<size_t>(n * width + i)];
+    auto d_heads = up_as<T>(heads), d_src = up_as<T>(src);
+    cuda::broadcast_to_heads(d_heads.template as<T>(), d_src.template as<const T>(), N, H, stride, offset, width);
+    EXPECT_EQ(rel_error(down_as<T>(d_heads, heads.size()), want), 0.0);
+    // sum: in fp32, rounded once (bf16), against fp64.
+    auto d_sum = poisoned(static_cast<size_t>(N * width) * sizeof(T));
+    std::vector<double> sum(static_cast<size_t>(N * width), 0.0);
+    std::vector<float> plain(sum.size());
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t i = 0; i < width; ++i) {
+        float f = 0;
+        for (int64_t h = 0; h < H; ++h) {
+          sum[static_cast<size_t>(n * width + i)] += heads[at(n, h, i)];
+          f += heads[at(n, h, i)];
+        }
+        plain[static_cast<size_t>(n * width + i)] = std::is_same_v<T, bf16> ? round_bf16(f) : f;
+      }
+    }
+    auto d_grad = up_as<T>(heads);
+    cuda::sum_over_heads(d_sum.template as<T>(), d_grad.template as<const T>(), N, H, stride, offset, width);
+    EXPECT_LE(rel_error(down_as<T>(d_sum, sum.size()), sum), std::max(2 * rel_error(plain, sum), 1e-6));
+  }
+}
+
+TEST(CudaOps, HeadSlicesBroadcastAndSum) {
+  SKIP_WITHOUT_GPU();
+  check_head_slices<float>();
+  check_head_slices<bf16>();
 }
 
 // ---------------------------------------------------------------------------------------------
