@@ -19,6 +19,7 @@
 #include "flashgpt/cuda/matmul_cuda.h"
 #include "flashgpt/ops/matmul.h"
 #include "testing/bf16.h"
+#include "testing/device_buffers.h"
 #include "testing/errors.h"
 
 namespace flashgpt {
@@ -26,10 +27,9 @@ namespace {
 
 using cuda::bf16;
 using cuda::DeviceBuffer;
-using testing::from_bf16;
 using testing::round_bf16;
 using testing::error_of;
-using testing::to_bf16;
+using testing::up_bf16;
 
 #define SKIP_WITHOUT_GPU() \
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none
@@ -51,30 +51,9 @@ double rel_error(const std::vector<float>& a, const std::vector<double>& b) {
   return worst / scale;
 }
 
-DeviceBuffer up_f32(const std::vector<float>& h) {
-  DeviceBuffer d(h.size() * 4);
-  d.upload(h.data(), h.size() * 4);
-  return d;
-}
-DeviceBuffer up_bf16(const std::vector<float>& h) {
-  std::vector<uint16_t> bits(h.size());
-  for (size_t i = 0; i < h.size(); ++i) bits[i] = to_bf16(h[i]);
-  DeviceBuffer d(bits.size() * 2);
-  d.upload(bits.data(), bits.size() * 2);
-  return d;
-}
-std::vector<float> down_f32(const DeviceBuffer& d, size_t n) {
-  std::vector<float> h(n);
-  d.download(h.data(), n * 4);
-  return h;
-}
-std::vector<float> down_bf16(const DeviceBuffer& d, size_t n) {
-  std::vector<uint16_t> bits(n);
-  d.download(bits.data(), n * 2);
-  std::vector<float> h(n);
-  for (size_t i = 0; i < n; ++i) h[i] = from_bf16(bits[i]);
-  return h;
-}
+DeviceBuffer up_f32(const std::vector<float>& h) { return testing::up(h); }
+std::vector<float> down_f32(const DeviceBuffer& d, size_t n) { return testing::down_as<float>(d, n); }
+std::vector<float> down_bf16(const DeviceBuffer& d, size_t n) { return testing::down_as<bf16>(d, n); }
 
 // C = alpha·op(A)·op(B) + beta·C in double, row-major with leading dimensions.
 std::vector<double> gemm_ref(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,

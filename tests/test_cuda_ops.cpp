@@ -25,6 +25,7 @@
 #include "flashgpt/ops/norm.h"
 #include "flashgpt/ops/rope.h"
 #include "testing/bf16.h"
+#include "testing/device_buffers.h"
 
 namespace flashgpt {
 namespace {
@@ -34,6 +35,11 @@ using cuda::DeviceBuffer;
 using testing::round_bf16;
 using testing::from_bf16;
 using testing::to_bf16;
+using testing::down_as;
+using testing::poisoned;
+using testing::up;
+using testing::up_as;
+using testing::up_bf16;
 
 #define SKIP_WITHOUT_GPU() \
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none
@@ -61,44 +67,6 @@ struct Data {
   }
 };
 
-// Device copies of host vectors, as float or as bf16.
-DeviceBuffer up(const std::vector<float>& h) {
-  DeviceBuffer d(h.size() * 4);
-  d.upload(h.data(), h.size() * 4);
-  return d;
-}
-DeviceBuffer up_bf16(const std::vector<float>& h) {
-  std::vector<uint16_t> bits(h.size());
-  for (size_t i = 0; i < h.size(); ++i) bits[i] = to_bf16(h[i]);
-  DeviceBuffer d(bits.size() * 2);
-  d.upload(bits.data(), bits.size() * 2);
-  return d;
-}
-template <typename T>
-DeviceBuffer up_as(const std::vector<float>& h) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    return up_bf16(h);
-  } else {
-    return up(h);
-  }
-}
-DeviceBuffer poisoned(size_t bytes) {
-  DeviceBuffer d(bytes);
-  d.fill_bytes(0xFF);
-  return d;
-}
-template <typename T>
-std::vector<float> down_as(const DeviceBuffer& d, size_t n) {
-  std::vector<float> h(n);
-  if constexpr (std::is_same_v<T, bf16>) {
-    std::vector<uint16_t> bits(n);
-    d.download(bits.data(), n * 2);
-    for (size_t i = 0; i < n; ++i) h[i] = from_bf16(bits[i]);
-  } else {
-    d.download(h.data(), n * 4);
-  }
-  return h;
-}
 
 // ---------------------------------------------------------------------------------------------
 TEST(CudaOps, ElementwiseAddAndConvert) {
