@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The flashgpt demo: builds flashgpt, turns the English fortune files into a training corpus,
-# trains a small GPT on the CPU for a few minutes, then writes some text with it.
+# trains a small GPT for a few minutes (on the GPU when flashgpt finds one it can train on, else on
+# the CPU), then writes some text with it.
 # Re-running reuses the build and the prepared corpus.
 #   DEMO_STEPS=400 (default) sets the length of the training run.
 set -euo pipefail
