@@ -328,8 +328,7 @@ double Model<T>::forward(const int* tokens, const int* targets, int64_t B, int64
   n_targets_ = std::count_if(targets, targets + N, [](int t) { return t >= 0; });
   cross_entropy_forward(losses_, logits_, targets_, N, V, Vp);
   std::vector<float> losses(static_cast<size_t>(N));
-  copy_to_host(losses.data(), losses_, losses.size() * sizeof(float));
-  synchronize();
+  copy_to_host(losses.data(), losses_, losses.size() * sizeof(float));  // waits for the forward
   double total = 0;
   for (int64_t i = 0; i < N; ++i) {
     if (targets[i] >= 0) total += losses[static_cast<size_t>(i)];
@@ -441,7 +440,7 @@ void GPTCuda::backward(float loss_scale) { impl_->backward(loss_scale); }
 void GPTCuda::get_logits(std::span<float> logits) const { impl_->get_logits(logits); }
 
 double GPTCuda::grad_sum_squares() {
-  DeviceBuffer sum(sizeof(double));
+  DeviceBuffer& sum = impl_->sum_squares;  // allocated once: this runs every step
   sum.fill_bytes(0);
   cuda::sum_squares(sum.as<double>(), impl_->grads.as<float>(), impl_->P);
   double out = 0;
