@@ -18,6 +18,7 @@
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "testing/bf16.h"
+#include "testing/errors.h"
 
 namespace flashgpt {
 namespace {
@@ -164,6 +165,16 @@ TEST(CudaAttention, Fp32FlashEqualsTheCpuStandardKernel) {
   }
 }
 
+// ‖a − ref‖; NaN (unwritten) makes it infinite.
+double abs_error(const std::vector<double>& a, const std::vector<double>& ref) {
+  double num = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
+    num += (a[i] - ref[i]) * (a[i] - ref[i]);
+  }
+  return std::sqrt(num);
+}
+
 // ‖a − ref‖ / ‖ref‖ over finite entries; NaN (unwritten) makes it infinite.
 double norm_error(const std::vector<double>& a, const std::vector<double>& ref) {
   double num = 0, den = 0;
@@ -175,154 +186,223 @@ double norm_error(const std::vector<double>& a, const std::vector<double>& ref) 
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
-// The tensor-core forward in bf16 against fp64 on the same bf16 inputs: its error must stay within
-// twice that of a plain same-precision computation (fp32 arithmetic on the bf16 inputs, the output
-// rounded to bf16), the bound the CUDA issue sets.
-TEST(CudaAttention, Bf16FlashForwardIsAsAccurateAsAPlainBf16Computation) {
-  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
-  const std::vector<Case> cases = {
-      {1, 4, 4, 77, 77, 64, 64, true, 0},    {2, 8, 2, 130, 130, 128, 128, true, 3},
-      {1, 6, 1, 33, 95, 128, 128, true, 1},  {2, 4, 4, 100, 100, 64, 64, false, 2},
-      {1, 12, 12, 1024, 1024, 64, 64, true, 0},
-  };
-  Rng rng(91);
-  for (const Case& c : cases) {
-    SCOPED_TRACE(name(c));
-    AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
-    auto draw = [&](size_t n, std::vector<uint16_t>& bits, std::vector<double>& exact, std::vector<float>& f32) {
-      bits.resize(n);
-      exact.resize(n);
-      f32.resize(n);
-      for (size_t i = 0; i < n; ++i) {
-        bits[i] = to_bf16(static_cast<float>(rng.normal()));
-        f32[i] = from_bf16(bits[i]);
-        exact[i] = f32[i];
-      }
-    };
-    std::vector<uint16_t> qb, kb, vb;
-    std::vector<double> qd, kd, vd;
-    std::vector<float> qf, kf, vf;
-    draw(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk), qb, qd, qf);
-    draw(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dqk), kb, kd, kf);
-    draw(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dv), vb, vd, vf);
-    const CaseMasks masks(c, 5, 29);
-    const AttentionMask& hm = masks.host;
-    const AttentionMask& dm = masks.device;
-    const size_t n_out = static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dv), n_lse = static_cast<size_t>(c.B * c.Hq * c.Tq);
-    std::vector<double> ref(n_out), ref_lse(n_lse);
-    attention_forward(AttentionKernel::Standard, d, hm, 1.0 / std::sqrt(static_cast<double>(c.Dqk)), qd.data(),
-                      kd.data(), vd.data(), ref.data(), ref_lse.data());
-    std::vector<float> plain(n_out), plain_lse(n_lse);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk));
-    attention_forward(AttentionKernel::Standard, d, hm, scale, qf.data(), kf.data(), vf.data(), plain.data(),
-                      plain_lse.data());
-    std::vector<double> plain_rounded(n_out);
-    for (size_t i = 0; i < n_out; ++i) plain_rounded[i] = from_bf16(to_bf16(plain[i]));
+// The tensor-core kernels' variants: element type × tile shape. Each case runs in all four.
+struct TcVariant {
+  cuda::TensorCoreType type;
+  cuda::FlashTiles tiles;
+};
 
-    auto gq = to_device(qb), gk = to_device(kb), gv = to_device(vb);
-    cuda::DeviceBuffer go(n_out * 2), glse(n_lse * 4);
-    go.fill_bytes(0xFF);  // NaN in bf16 too
-    glse.fill_bytes(0xFF);
-    cuda::flash_forward_bf16(d, dm, scale, gq.as<uint16_t>(), gk.as<uint16_t>(), gv.as<uint16_t>(),
-                             go.as<uint16_t>(), glse.as<float>());
-    cuda::synchronize();
-    std::vector<uint16_t> out_bits(n_out);
-    go.download(out_bits.data(), n_out * 2);
-    std::vector<double> out(n_out);
-    for (size_t i = 0; i < n_out; ++i) out[i] = from_bf16(out_bits[i]);
-    const double plain_err = norm_error(plain_rounded, ref), flash_err = norm_error(out, ref);
-    EXPECT_LE(flash_err, 2 * plain_err + 1e-6) << "flash " << flash_err << " against plain bf16 " << plain_err;
-    std::vector<float> lse_out = from_device(glse, n_lse);
-    std::vector<double> lse_d(lse_out.begin(), lse_out.end());
-    for (size_t i = 0; i < n_lse; ++i) {
-      if (std::isinf(ref_lse[i])) {
-        EXPECT_TRUE(std::isinf(lse_d[i]) && lse_d[i] < 0) << "row " << i;
-        lse_d[i] = ref_lse[i] = 0;
+std::string name(const TcVariant& v) {
+  return fmt::format("{} {}", v.type == cuda::TensorCoreType::bf16 ? "bf16" : "fp16",
+                     v.tiles == cuda::FlashTiles::Wide ? "wide tiles" : "narrow tiles");
+}
+
+const std::vector<TcVariant>& tc_variants() {
+  static const std::vector<TcVariant> v = {{cuda::TensorCoreType::bf16, cuda::FlashTiles::Wide},
+                                           {cuda::TensorCoreType::bf16, cuda::FlashTiles::Narrow},
+                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::Wide},
+                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::Narrow}};
+  return v;
+}
+
+uint16_t to_bits(cuda::TensorCoreType t, float x) {
+  return t == cuda::TensorCoreType::bf16 ? to_bf16(x) : testing::to_f16(x);
+}
+float from_bits(cuda::TensorCoreType t, uint16_t b) {
+  return t == cuda::TensorCoreType::bf16 ? from_bf16(b) : testing::from_f16(b);
+}
+float round_to(cuda::TensorCoreType t, float x) { return from_bits(t, to_bits(t, x)); }
+
+// The shapes for the tensor-core kernels: every instantiated head-dim pair, GQA and MQA, lengths
+// no tile divides, Tq ≠ Tk, every mask. The long sequence runs only on a GPU (the emulator
+// executes each tensor-core instruction as a warp-wide exchange between fibers).
+std::vector<Case> tc_cases() {
+  std::vector<Case> c = {
+      {1, 4, 4, 77, 77, 64, 64, true, 0},     {2, 4, 2, 130, 130, 128, 128, true, 3},
+      {1, 6, 1, 33, 95, 128, 128, true, 1},   {2, 2, 2, 100, 100, 64, 64, false, 2},
+      {1, 2, 2, 70, 70, 96, 64, true, 2},     {1, 2, 1, 50, 81, 192, 128, true, 1},
+      {1, 1, 1, 1, 1, 64, 64, true, 0},
+  };
+#if !defined(FLASHGPT_SIMT)
+  c.push_back({1, 12, 12, 1024, 1024, 64, 64, true, 0});
+  c.push_back({2, 16, 16, 700, 700, 192, 128, true, 2});
+#endif
+  return c;
+}
+
+// The tensor-core forward against fp64 on the same rounded inputs: its error must stay within
+// twice that of a plain same-precision computation (fp32 arithmetic on the rounded inputs, the
+// output rounded), the bound the CUDA issue sets. Outputs are poisoned first.
+TEST(CudaAttention, TensorCoreFlashForwardIsAsAccurateAsAPlainComputation) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  Rng rng(91);
+  for (const TcVariant& var : tc_variants()) {
+    for (const Case& c : tc_cases()) {
+      SCOPED_TRACE(name(var) + " " + name(c));
+      AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
+      auto draw = [&](size_t n, std::vector<uint16_t>& bits, std::vector<double>& exact, std::vector<float>& f32) {
+        bits.resize(n);
+        exact.resize(n);
+        f32.resize(n);
+        for (size_t i = 0; i < n; ++i) {
+          bits[i] = to_bits(var.type, static_cast<float>(rng.normal()));
+          f32[i] = from_bits(var.type, bits[i]);
+          exact[i] = f32[i];
+        }
+      };
+      std::vector<uint16_t> qb, kb, vb;
+      std::vector<double> qd, kd, vd;
+      std::vector<float> qf, kf, vf;
+      draw(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk), qb, qd, qf);
+      draw(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dqk), kb, kd, kf);
+      draw(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dv), vb, vd, vf);
+      const CaseMasks masks(c, 5, 29);
+      const AttentionMask& hm = masks.host;
+      const AttentionMask& dm = masks.device;
+      const size_t n_out = static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dv);
+      const size_t n_lse = static_cast<size_t>(c.B * c.Hq * c.Tq);
+      std::vector<double> ref(n_out), ref_lse(n_lse);
+      attention_forward(AttentionKernel::Standard, d, hm, 1.0 / std::sqrt(static_cast<double>(c.Dqk)), qd.data(),
+                        kd.data(), vd.data(), ref.data(), ref_lse.data());
+      std::vector<float> plain(n_out), plain_lse(n_lse);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk));
+      attention_forward(AttentionKernel::Standard, d, hm, scale, qf.data(), kf.data(), vf.data(), plain.data(),
+                        plain_lse.data());
+      std::vector<double> plain_rounded(n_out);
+      for (size_t i = 0; i < n_out; ++i) plain_rounded[i] = round_to(var.type, plain[i]);
+
+      auto gq = to_device(qb), gk = to_device(kb), gv = to_device(vb);
+      cuda::DeviceBuffer go(n_out * 2), glse(n_lse * 4);
+      go.fill_bytes(0xFF);  // NaN in bf16 and fp16 too
+      glse.fill_bytes(0xFF);
+      cuda::flash_forward_tc(var.type, d, dm, scale, gq.as<uint16_t>(), gk.as<uint16_t>(), gv.as<uint16_t>(),
+                             go.as<uint16_t>(), glse.as<float>(), var.tiles);
+      cuda::synchronize();
+      std::vector<uint16_t> out_bits(n_out);
+      go.download(out_bits.data(), n_out * 2);
+      std::vector<double> out(n_out);
+      for (size_t i = 0; i < n_out; ++i) out[i] = from_bits(var.type, out_bits[i]);
+      const double plain_err = norm_error(plain_rounded, ref), flash_err = norm_error(out, ref);
+      EXPECT_LE(flash_err, 2 * plain_err + 1e-6) << "flash " << flash_err << " against plain " << plain_err;
+      std::vector<float> lse_out = from_device(glse, n_lse);
+      std::vector<double> lse_d(lse_out.begin(), lse_out.end());
+      for (size_t i = 0; i < n_lse; ++i) {
+        if (std::isinf(ref_lse[i])) {
+          EXPECT_TRUE(std::isinf(lse_d[i]) && lse_d[i] < 0) << "row " << i;
+          lse_d[i] = ref_lse[i] = 0;
+        }
       }
+      EXPECT_LT(norm_error(lse_d, ref_lse), 1e-3);
     }
-    EXPECT_LT(norm_error(lse_d, ref_lse), 1e-3);
   }
 }
 
-// The tensor-core backward in bf16: dQ, dK and dV against fp64 on the same bf16 inputs (q, k, v,
-// dO and the forward's output rounded to bf16, its lse in fp32), each within twice the error of a
-// plain computation (fp32 arithmetic on those inputs, the gradients rounded to bf16).
-TEST(CudaAttention, Bf16FlashBackwardIsAsAccurateAsAPlainBf16Computation) {
+// The tensor-core backward: dQ, dK and dV against fp64 on the same rounded inputs (q, k, v, dO
+// and the forward's output rounded, its lse in fp32), each within twice the error of a plain
+// computation (fp32 arithmetic on those inputs, the gradients rounded). Every other case passes
+// its own workspace, poisoned, to check the kernel clears what it accumulates into.
+TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
-  const std::vector<Case> cases = {
-      {1, 4, 4, 77, 77, 64, 64, true, 0},
-      {2, 4, 2, 130, 130, 128, 128, true, 3},
-      {1, 6, 1, 33, 95, 128, 128, true, 1},
-      {2, 2, 2, 100, 100, 64, 64, false, 2},
-  };
   Rng rng(93);
-  auto rounded = [&](size_t n) {
-    std::vector<float> v(n);
-    for (auto& x : v) x = from_bf16(to_bf16(static_cast<float>(rng.normal())));
-    return v;
-  };
-  auto bits_of = [](const std::vector<float>& v) {
-    std::vector<uint16_t> b(v.size());
-    for (size_t i = 0; i < v.size(); ++i) b[i] = to_bf16(v[i]);
-    return b;
-  };
   auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
-  for (const Case& c : cases) {
-    SCOPED_TRACE(name(c));
-    AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
-    const auto q = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk));
-    const auto k = rounded(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dqk));
-    const auto v = rounded(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dv));
-    const auto dout = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dv));
-    const CaseMasks masks(c, 5, 29);
-    const AttentionMask& hm = masks.host;
-    const AttentionMask& dm = masks.device;
-    const double scale = 1.0 / std::sqrt(static_cast<double>(c.Dqk));
-    // The forward in fp64; the backward's inputs are its output in bf16 and its lse in fp32.
-    const auto qd = as_double(q), kd = as_double(k), vd = as_double(v), dod = as_double(dout);
-    std::vector<double> o_exact(dout.size()), lse_exact(static_cast<size_t>(c.B * c.Hq * c.Tq));
-    attention_forward(AttentionKernel::Standard, d, hm, scale, qd.data(), kd.data(), vd.data(), o_exact.data(),
-                      lse_exact.data());
-    std::vector<float> o(o_exact.size()), lse(lse_exact.size());
-    for (size_t i = 0; i < o.size(); ++i) o[i] = from_bf16(to_bf16(static_cast<float>(o_exact[i])));
-    for (size_t i = 0; i < lse.size(); ++i) lse[i] = static_cast<float>(lse_exact[i]);
-    const auto od = as_double(o), lsed = as_double(lse);
-    std::vector<double> dq_e(q.size()), dk_e(k.size()), dv_e(v.size());
-    attention_backward(AttentionKernel::Standard, d, hm, scale, qd.data(), kd.data(), vd.data(), od.data(),
-                       lsed.data(), dod.data(), dq_e.data(), dk_e.data(), dv_e.data());
-    std::vector<float> dq_p(q.size()), dk_p(k.size()), dv_p(v.size());
-    attention_backward(AttentionKernel::Standard, d, hm, static_cast<float>(scale), q.data(), k.data(), v.data(),
-                       o.data(), lse.data(), dout.data(), dq_p.data(), dk_p.data(), dv_p.data());
-    auto rounded_double = [](const std::vector<float>& x) {
-      std::vector<double> r(x.size());
-      for (size_t i = 0; i < x.size(); ++i) r[i] = from_bf16(to_bf16(x[i]));
-      return r;
+  int case_index = 0;
+  for (const TcVariant& var : tc_variants()) {
+    auto rounded = [&](size_t n) {
+      std::vector<float> v(n);
+      for (auto& x : v) x = round_to(var.type, static_cast<float>(rng.normal()));
+      return v;
     };
+    auto bits_of = [&](const std::vector<float>& v) {
+      std::vector<uint16_t> b(v.size());
+      for (size_t i = 0; i < v.size(); ++i) b[i] = to_bits(var.type, v[i]);
+      return b;
+    };
+    for (const Case& c : tc_cases()) {
+      SCOPED_TRACE(name(var) + " " + name(c));
+      AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
+      const auto q = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk));
+      const auto k = rounded(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dqk));
+      const auto v = rounded(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dv));
+      const auto dout = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dv));
+      const CaseMasks masks(c, 5, 29);
+      const AttentionMask& hm = masks.host;
+      const AttentionMask& dm = masks.device;
+      const double scale = 1.0 / std::sqrt(static_cast<double>(c.Dqk));
+      // The forward in fp64; the backward's inputs are its output rounded and its lse in fp32.
+      const auto qd = as_double(q), kd = as_double(k), vd = as_double(v), dod = as_double(dout);
+      std::vector<double> o_exact(dout.size()), lse_exact(static_cast<size_t>(c.B * c.Hq * c.Tq));
+      attention_forward(AttentionKernel::Standard, d, hm, scale, qd.data(), kd.data(), vd.data(), o_exact.data(),
+                        lse_exact.data());
+      std::vector<float> o(o_exact.size()), lse(lse_exact.size());
+      for (size_t i = 0; i < o.size(); ++i) o[i] = round_to(var.type, static_cast<float>(o_exact[i]));
+      for (size_t i = 0; i < lse.size(); ++i) lse[i] = static_cast<float>(lse_exact[i]);
+      const auto od = as_double(o), lsed = as_double(lse);
+      std::vector<double> dq_e(q.size()), dk_e(k.size()), dv_e(v.size());
+      attention_backward(AttentionKernel::Standard, d, hm, scale, qd.data(), kd.data(), vd.data(), od.data(),
+                         lsed.data(), dod.data(), dq_e.data(), dk_e.data(), dv_e.data());
+      std::vector<float> dq_p(q.size()), dk_p(k.size()), dv_p(v.size());
+      attention_backward(AttentionKernel::Standard, d, hm, static_cast<float>(scale), q.data(), k.data(), v.data(),
+                         o.data(), lse.data(), dout.data(), dq_p.data(), dk_p.data(), dv_p.data());
+      auto rounded_double = [&](const std::vector<float>& x) {
+        std::vector<double> r(x.size());
+        for (size_t i = 0; i < x.size(); ++i) r[i] = round_to(var.type, x[i]);
+        return r;
+      };
 
-    auto gq = to_device(bits_of(q)), gk = to_device(bits_of(k)), gv = to_device(bits_of(v)),
-         gdo = to_device(bits_of(dout)), go = to_device(bits_of(o)), glse = to_device(lse);
-    cuda::DeviceBuffer gdq(q.size() * 2), gdk(k.size() * 2), gdv(v.size() * 2);
-    for (auto* buf : {&gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
-    cuda::flash_backward_bf16(d, dm, static_cast<float>(scale), gq.as<uint16_t>(), gk.as<uint16_t>(),
+      auto gq = to_device(bits_of(q)), gk = to_device(bits_of(k)), gv = to_device(bits_of(v)),
+           gdo = to_device(bits_of(dout)), go = to_device(bits_of(o)), glse = to_device(lse);
+      cuda::DeviceBuffer gdq(q.size() * 2), gdk(k.size() * 2), gdv(v.size() * 2);
+      for (auto* buf : {&gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
+      cuda::DeviceBuffer workspace;
+      if (case_index++ % 2 == 1) {
+        workspace = cuda::DeviceBuffer(cuda::flash_backward_workspace_bytes(d));
+        workspace.fill_bytes(0xFF);
+      }
+      cuda::flash_backward_tc(var.type, d, dm, static_cast<float>(scale), gq.as<uint16_t>(), gk.as<uint16_t>(),
                               gv.as<uint16_t>(), go.as<uint16_t>(), glse.as<float>(), gdo.as<uint16_t>(),
-                              gdq.as<uint16_t>(), gdk.as<uint16_t>(), gdv.as<uint16_t>());
-    cuda::synchronize();
-    auto download = [](const cuda::DeviceBuffer& buf, size_t n) {
-      std::vector<uint16_t> bits(n);
-      buf.download(bits.data(), n * 2);
-      std::vector<double> out(n);
-      for (size_t i = 0; i < n; ++i) out[i] = from_bf16(bits[i]);
-      return out;
-    };
-    const std::vector<std::tuple<const char*, std::vector<double>, std::vector<double>, std::vector<double>>> grads = {
-        {"dq", download(gdq, q.size()), rounded_double(dq_p), dq_e},
-        {"dk", download(gdk, k.size()), rounded_double(dk_p), dk_e},
-        {"dv", download(gdv, v.size()), rounded_double(dv_p), dv_e}};
-    for (const auto& [what, ours, plain, exact] : grads) {
-      const double e_ours = norm_error(ours, exact), e_plain = norm_error(plain, exact);
-      EXPECT_LE(e_ours, 2 * e_plain + 1e-6) << what << ": flash " << e_ours << " against plain bf16 " << e_plain;
+                              gdq.as<uint16_t>(), gdk.as<uint16_t>(), gdv.as<uint16_t>(), workspace.get(), var.tiles);
+      cuda::synchronize();
+      auto download = [&](const cuda::DeviceBuffer& buf, size_t n) {
+        std::vector<uint16_t> bits(n);
+        buf.download(bits.data(), n * 2);
+        std::vector<double> out(n);
+        for (size_t i = 0; i < n; ++i) out[i] = from_bits(var.type, bits[i]);
+        return out;
+      };
+      const std::vector<std::tuple<const char*, std::vector<double>, std::vector<double>, std::vector<double>>>
+          grads = {{"dq", download(gdq, q.size()), rounded_double(dq_p), dq_e},
+                   {"dk", download(gdk, k.size()), rounded_double(dk_p), dk_e},
+                   {"dv", download(gdv, v.size()), rounded_double(dv_p), dv_e}};
+      // Absolute norms, with a floor of fp32 round-off (1e-5 per element): a gradient that is
+      // exactly zero (one key per query) leaves only the order of fp32 sums to tell them apart.
+      for (const auto& [what, ours, plain, exact] : grads) {
+        const double e_ours = abs_error(ours, exact), e_plain = abs_error(plain, exact);
+        const double floor = 1e-5 * std::sqrt(static_cast<double>(exact.size()));
+        EXPECT_LE(e_ours, 2 * e_plain + floor) << what << ": flash " << e_ours << " against plain " << e_plain;
+      }
     }
   }
+}
+
+// Head dims without an instantiation and misaligned rows are refused with what was asked for.
+TEST(CudaAttention, TensorCoreKernelsRefuseWhatTheyCannotRun) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  EXPECT_TRUE(cuda::flash_tc_supports(192, 128));
+  EXPECT_FALSE(cuda::flash_tc_supports(80, 80));
+  cuda::DeviceBuffer buf(1 << 20), lse(1 << 16);
+  const AttentionMask m;
+  auto* p = buf.as<uint16_t>();
+  const std::string dims = testing::error_of([&] {
+    cuda::flash_forward_tc(cuda::TensorCoreType::bf16, {1, 1, 1, 8, 8, 80, 80, 0}, m, 1.0f, p, p, p, p,
+                           lse.as<float>());
+  });
+  EXPECT_NE(dims.find("64/64, 96/64, 128/128 or 192/128 (got 80/80)"), std::string::npos) << dims;
+  AttentionDims odd{1, 1, 1, 8, 8, 64, 64, 0};
+  odd.k_row_stride = 68;
+  const std::string rows = testing::error_of([&] {
+    cuda::flash_backward_tc(cuda::TensorCoreType::fp16, odd, m, 1.0f, p, p, p, p, lse.as<float>(), p, p, p, p);
+  });
+  EXPECT_NE(rows.find("16-byte aligned"), std::string::npos) << rows;
 }
 
 TEST(CudaAttention, ReportsWhyWithoutAGpu) {

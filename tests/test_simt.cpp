@@ -1,7 +1,8 @@
 // The CPU emulator of the CUDA execution model (src/cuda/simt) that the CUDA kernels' tests run
 // on where no GPU exists: its shuffles, votes, barriers and WMMA tiles against their documented
 // semantics, and the faults it must report — a missing barrier, a deadlock, a warp mask naming an
-// exited lane, a bad launch, a misaligned tensor-core load. Built only with the emulator.
+// exited lane, a bad launch, a misaligned tensor-core load — and the Ampere instructions
+// (mma.m16n8k16, ldmatrix, cp.async) against the PTX ISA's fragment layouts. Built only with the emulator.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "cuda/platform.h"
+#include "cuda/tensor_core.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "testing/errors.h"
@@ -229,6 +231,110 @@ TEST(Simt, WmmaTilesMultiplyAndCheckAlignment) {
                   db.as<const __nv_bfloat16>(), dc.as<float>(), 8);
   });
   EXPECT_NE(misaligned.find("not 32-byte aligned"), std::string::npos) << misaligned;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One m16n8k16 product through the Ampere instructions: A (16×16) and B (16×8) reach shared
+// memory by cp.async, the fragments come from ldmatrix — B once from its n-major copy and once,
+// transposed, from its k-major copy — and D is written from the accumulator layout. seen[0] is
+// what thread 0 read of A before its wait (the old contents), seen[1] after.
+constexpr int kPad = 8;  // elements of padding per shared row
+
+template <typename E>
+__global__ void mma_kernel(const E* a, const E* bt, const E* bk, float* d, float* seen) {
+  FLASHGPT_DYNAMIC_SHARED(E, smem);
+  E* As = smem;                     // [16][16 + kPad]
+  E* Bts = As + 16 * (16 + kPad);   // [8][16 + kPad]  (n-major: Bᵀ)
+  E* Bks = Bts + 8 * (16 + kPad);   // [16][8 + kPad]  (k-major: B)
+  const int l = static_cast<int>(threadIdx.x);
+  cuda::tc::cp_async_16(As + (l / 2) * (16 + kPad) + (l % 2) * 8, a + (l / 2) * 16 + (l % 2) * 8, true);
+  if (l < 16) cuda::tc::cp_async_16(Bts + (l / 2) * (16 + kPad) + (l % 2) * 8, bt + (l / 2) * 16 + (l % 2) * 8, true);
+  if (l < 16) cuda::tc::cp_async_16(Bks + l * (8 + kPad), bk + l * 8, true);
+  cuda::tc::cp_async_commit();
+  const int mine = (l / 2) * (16 + kPad) + (l % 2) * 8;  // the first element this thread copies
+  seen[l] = cuda::tc::to_float(As[mine]);
+  cuda::tc::cp_async_wait<0>();
+  __syncwarp();
+  seen[32 + l] = cuda::tc::to_float(As[mine]);
+  uint32_t fa[4], fb[2], fbt[2];
+  cuda::tc::ldmatrix_x4(fa, As + (l & 15) * (16 + kPad) + (l >> 4) * 8);
+  cuda::tc::ldmatrix_x2(fb, Bts + (l & 7) * (16 + kPad) + ((l >> 3) & 1) * 8);
+  cuda::tc::ldmatrix_x2_trans(fbt, Bks + ((l >> 3) & 1) * 8 * (8 + kPad) + (l & 7) * (8 + kPad));
+  float acc[2][4] = {{1, 1, 1, 1}, {1, 1, 1, 1}};  // C = 1
+  cuda::tc::mma_16816<E>(acc[0], fa, fb);
+  cuda::tc::mma_16816<E>(acc[1], fa, fbt);
+  const int g = l / 4, t = l % 4;
+  for (int v = 0; v < 2; ++v)
+    for (int e = 0; e < 4; ++e) d[v * 128 + (g + (e >> 1) * 8) * 8 + 2 * t + (e & 1)] = acc[v][e];
+}
+
+template <typename E>
+void check_mma(E (*convert)(float), float (*back)(E)) {
+  std::vector<E> a(256), bt(128), bk(128);
+  std::vector<float> af(256), bf(128);
+  for (int i = 0; i < 256; ++i) {
+    af[static_cast<size_t>(i)] = static_cast<float>((i * 7) % 11 - 5);
+    a[static_cast<size_t>(i)] = convert(af[static_cast<size_t>(i)]);
+  }
+  for (int k = 0; k < 16; ++k)
+    for (int n = 0; n < 8; ++n) {
+      const float v = static_cast<float>((k * 3 + n * 5) % 9 - 4) * 0.5f;
+      bf[static_cast<size_t>(k * 8 + n)] = v;
+      bk[static_cast<size_t>(k * 8 + n)] = convert(v);
+      bt[static_cast<size_t>(n * 16 + k)] = convert(v);
+    }
+  cuda::DeviceBuffer da(512), dbt(256), dbk(256), dd(1024), dseen(64 * 4);
+  da.upload(a.data(), 512);
+  dbt.upload(bt.data(), 256);
+  dbk.upload(bk.data(), 256);
+  const size_t shared = sizeof(E) * (16 * (16 + kPad) + 8 * (16 + kPad) + 16 * (8 + kPad));
+  launch_kernel("mma", mma_kernel<E>, 1, 32, shared, nullptr, da.as<const E>(), dbt.as<const E>(), dbk.as<const E>(),
+                dd.as<float>(), dseen.as<float>());
+  std::vector<float> d(256), seen(64);
+  dd.download(d.data(), 1024);
+  dseen.download(seen.data(), 64 * 4);
+  // Copies land at random before or at their wait: of 32, some must still be missing before it
+  // (the chance that none is: 2^-32), and after the wait every one has landed.
+  int early = 0;
+  for (int l = 0; l < 32; ++l) {
+    const float want = back(a[static_cast<size_t>((l / 2) * 16 + (l % 2) * 8)]);
+    early += !std::isnan(seen[static_cast<size_t>(l)]);
+    EXPECT_EQ(seen[static_cast<size_t>(32 + l)], want) << "thread " << l << " after its wait";
+  }
+  EXPECT_LT(early, 32) << "no cp.async waited for its wait";
+  for (int v = 0; v < 2; ++v)
+    for (int r = 0; r < 16; ++r)
+      for (int n = 0; n < 8; ++n) {
+        float want = 1.0f;
+        for (int k = 0; k < 16; ++k) want += af[static_cast<size_t>(r * 16 + k)] * bf[static_cast<size_t>(k * 8 + n)];
+        EXPECT_EQ(d[static_cast<size_t>(v * 128 + r * 8 + n)], want) << (v ? "transposed B " : "B ") << r << "," << n;
+      }
+}
+
+TEST(Simt, AmpereMmaLdmatrixAndCpAsyncFollowThePtxLayouts) {
+  check_mma<__nv_bfloat16>([](float x) { return __float2bfloat16(x); }, [](__nv_bfloat16 x) { return __bfloat162float(x); });
+  check_mma<__half>([](float x) { return __float2half(x); }, [](__half x) { return __half2float(x); });
+}
+
+__global__ void ldmatrix_global_kernel(const __nv_bfloat16* g) {
+  uint32_t r[4];
+  cuda::tc::ldmatrix_x4(r, g + (threadIdx.x % 8) * 8);
+}
+
+__global__ void unwaited_copy_kernel(const __nv_bfloat16* g) {
+  FLASHGPT_DYNAMIC_SHARED(__nv_bfloat16, smem);
+  cuda::tc::cp_async_16(smem + threadIdx.x * 8, g + threadIdx.x * 8, true);
+  cuda::tc::cp_async_commit();
+}
+
+TEST(Simt, AmpereInstructionsReportMisuse) {
+  cuda::DeviceBuffer g(4096);
+  const std::string global = error_of(
+      [&] { launch_kernel("ldmatrix on global", ldmatrix_global_kernel, 1, 32, 0, nullptr, g.as<const __nv_bfloat16>()); });
+  EXPECT_NE(global.find("outside the block's dynamic shared memory"), std::string::npos) << global;
+  const std::string unwaited = error_of(
+      [&] { launch_kernel("unwaited", unwaited_copy_kernel, 1, 32, 512, nullptr, g.as<const __nv_bfloat16>()); });
+  EXPECT_NE(unwaited.find("never waited for"), std::string::npos) << unwaited;
 }
 
 }  // namespace

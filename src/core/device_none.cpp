@@ -28,13 +28,15 @@ void flash_backward_fp32(const AttentionDims&, const AttentionMask&, float, cons
                          const float*, const float*, const float*, float*, float*, float*) {
   fail("GPU attention: {}", kNoCuda);
 }
-void flash_forward_bf16(const AttentionDims&, const AttentionMask&, float, const uint16_t*, const uint16_t*,
-                        const uint16_t*, uint16_t*, float*) {
+bool flash_tc_supports(int64_t, int64_t) { return false; }
+void flash_forward_tc(TensorCoreType, const AttentionDims&, const AttentionMask&, float, const uint16_t*,
+                      const uint16_t*, const uint16_t*, uint16_t*, float*, FlashTiles) {
   fail("GPU attention: {}", kNoCuda);
 }
-void flash_backward_bf16(const AttentionDims&, const AttentionMask&, float, const uint16_t*, const uint16_t*,
-                         const uint16_t*, const uint16_t*, const float*, const uint16_t*, uint16_t*, uint16_t*,
-                         uint16_t*) {
+size_t flash_backward_workspace_bytes(const AttentionDims&) { return 0; }
+void flash_backward_tc(TensorCoreType, const AttentionDims&, const AttentionMask&, float, const uint16_t*,
+                       const uint16_t*, const uint16_t*, const uint16_t*, const float*, const uint16_t*, uint16_t*,
+                       uint16_t*, uint16_t*, void*, FlashTiles) {
   fail("GPU attention: {}", kNoCuda);
 }
 DeviceBuffer::DeviceBuffer(size_t) { fail("device memory: {}", kNoCuda); }

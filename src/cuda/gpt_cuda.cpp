@@ -30,15 +30,15 @@
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 std::string GPTCuda::unsupported(const GPTConfig& c, Precision p) {
-  if (p == Precision::BF16 && c.head_dim() != 64 && c.head_dim() != 128) {
+  if (p == Precision::BF16 && !is_latent(c.attention) && !flash_tc_supports(c.head_dim(), c.head_dim())) {
     return fmt::format("bf16 attention on the GPU needs head_dim 64 or 128; this model has {} (n_embd {} / n_head {}); "
                        "train it with --precision fp32",
                        c.head_dim(), c.n_embd, c.n_head);
   }
-  if (p == Precision::BF16 && is_latent(c.attention) && c.mla_rope_dim() > 0) {
-    return fmt::format("bf16 attention on the GPU needs equal query-key and value head dims; this latent model's are "
-                       "{} and {} (decoupled rope_dim {}); train it with --precision fp32",
-                       c.mla_qk_dim(), c.head_dim(), c.mla_rope_dim());
+  if (p == Precision::BF16 && is_latent(c.attention) && !flash_tc_supports(c.mla_qk_dim(), c.head_dim())) {
+    return fmt::format("bf16 latent attention on the GPU needs query-key/value head dims 64/64, 96/64, 128/128 or "
+                       "192/128; this model's are {}/{} (head_dim {} + rope_dim {}); train it with --precision fp32",
+                       c.mla_qk_dim(), c.head_dim(), c.head_dim(), c.mla_rope_dim());
   }
   if (c.head_dim() > 256 || (is_latent(c.attention) && c.mla_qk_dim() > 256)) {
     return fmt::format("GPU attention supports head dims up to 256; this model's is {}",
@@ -105,7 +105,10 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
           {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * H * hd}, {&dqa_, N * wq},
           {&dka_, N * wka}, {&dv_, N * wv}, {&dq_, qkn ? N * wq : 0}, {&dk_, qkn ? N * wk : 0},
           {&dkr_, N * dr}, {&dckv_, N * nl}, {&dckv_pre_, N * nl}, {&dcq_, N * r}, {&dcq_pre_, N * r}});
-  plan_f({{&lnf_mean_, N}, {&lnf_rstd_, N}, {&losses_, N}, {&dv_up_, v_up}});
+  // The tensor-core attention backward's workspace (its fp32 dQ accumulator and row sums).
+  const AttentionDims att_dims{B, H, latent ? H : c.kv_heads(), Tn, Tn, dqk, hd, 0};
+  const int64_t flash_ws = std::is_same_v<T, bf16> ? static_cast<int64_t>(flash_backward_workspace_bytes(att_dims) / 4) : 0;
+  plan_f({{&lnf_mean_, N}, {&lnf_rstd_, N}, {&losses_, N}, {&dv_up_, v_up}, {&flash_ws_, flash_ws}});
   for (int** slot : {&tokens_, &targets_, &segments_}) arena_i_.plan(slot, N);
   B_ = Tn_ = 0;  // until the arenas exist
   arena_t_.commit();
@@ -169,7 +172,7 @@ void Model<T>::attention_backward(const AttentionDims& d, float scale, const Lay
     auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
     auto w = [](bf16* p) { return reinterpret_cast<uint16_t*>(p); };
     flash_backward_bf16(d, mask(), scale, u(a.qa), u(a.ka), u(a.v), u(a.att), a.lse, u(datt_), w(dqa_), w(dka_),
-                        w(dv_));
+                        w(dv_), flash_ws_);
   } else {
     flash_backward_fp32(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse, datt_, dqa_, dka_, dv_);
   }

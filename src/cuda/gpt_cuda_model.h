@@ -189,6 +189,7 @@ class Model final : public GPTCuda::Impl {
     *dqa_ = nullptr, *dka_ = nullptr, *dv_ = nullptr, *dq_ = nullptr, *dk_ = nullptr;
   T *dkr_ = nullptr, *dckv_ = nullptr, *dckv_pre_ = nullptr, *dcq_ = nullptr, *dcq_pre_ = nullptr;  // latent
   float* dv_up_ = nullptr;  // the factored value up-projection's gradient [H·hd, n_latent]
+  float* flash_ws_ = nullptr;  // the bf16 attention backward's workspace
 };
 
 }  // namespace gpt_detail

@@ -8,11 +8,13 @@
 //   and online softmax with one thread per query (forward, dQ) or key (dK, dV) row and the tiles
 //   in shared memory. Correct first: it is the reference the tensor-core kernels are held to on
 //   the GPU, as the CPU's standard kernel is on the CPU.
-//   flash_forward_bf16 — the first tensor-core forward: bf16 q, k, v and o (stored as uint16_t
-//   bit patterns, so host code needs no CUDA headers), fp32 accumulation and lse, through WMMA
-//   16×16×16 tiles; each warp owns 16 query rows, the online softmax runs on the score tile in
-//   shared memory. Head dims 64 and 128 with Dqk = Dv.
-//   flash_backward_bf16 — its backward on the same tiles (dQ per query block; dK, dV per key block).
+//   flash_forward_tc / flash_backward_tc — FlashAttention-2 on the tensor cores (Ampere and
+//   newer): bf16 or fp16 q, k, v, o and gradients (stored as uint16_t bit patterns, so host code
+//   needs no CUDA headers), fp32 accumulation, softmax statistics and lse; mma.m16n8k16 with
+//   operands through ldmatrix and key/value (forward) or query (backward) tiles double-buffered by
+//   cp.async. Head dims (Dqk, Dv): 64/64, 128/128, and latent attention's 96/64 and 192/128.
+//   Tiles come in two shapes, chosen per GPU by its shared memory (FlashTiles).
+//   flash_forward_bf16 / flash_backward_bf16 — the same in bf16.
 #pragma once
 
 #include <cstddef>
@@ -34,12 +36,41 @@ void flash_backward_fp32(const AttentionDims& d, const AttentionMask& m, float s
                          const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
                          float* dv);
 
-void flash_forward_bf16(const AttentionDims& d, const AttentionMask& m, float scale, const uint16_t* q,
-                        const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse);
-// The bf16 backward on tensor cores (attention_flash_bf16_backward.cu): P recomputed from lse,
-// dq, dk, dv written in bf16 (dk and dv summed over each GQA group). Head dims 64 and 128, Dqk = Dv.
-void flash_backward_bf16(const AttentionDims& d, const AttentionMask& m, float scale, const uint16_t* q,
-                         const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
-                         const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv);
+// Element type of the tensor-core kernels.
+enum class TensorCoreType { bf16, fp16 };
+
+// Tile shapes of the tensor-core kernels. Wide (8 warps; 128 queries per forward block, 128 keys
+// per backward block) needs the 160 KiB+ of shared memory per block of sm_80 and sm_90; Narrow
+// (4 warps) fits the 99 KiB of sm_86 and sm_89. Auto takes Wide where the GPU allows it.
+enum class FlashTiles { Auto, Wide, Narrow };
+
+// Whether the tensor-core kernels have an instantiation for these head dims.
+bool flash_tc_supports(int64_t Dqk, int64_t Dv);
+
+void flash_forward_tc(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, float scale,
+                      const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse,
+                      FlashTiles tiles = FlashTiles::Auto);
+
+// Device memory the backward needs besides its outputs: an fp32 dQ accumulator and D = rowsum(dO ∘ O).
+size_t flash_backward_workspace_bytes(const AttentionDims& d);
+
+// P recomputed from lse; dq, dk, dv written (dk and dv summed over each GQA group; their rows at or
+// beyond Tk left alone). `workspace`: flash_backward_workspace_bytes(d) of device memory, or null
+// to have the call allocate it (and wait for the GPU before freeing it).
+void flash_backward_tc(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, float scale,
+                       const uint16_t* q, const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
+                       const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv, void* workspace = nullptr,
+                       FlashTiles tiles = FlashTiles::Auto);
+
+inline void flash_forward_bf16(const AttentionDims& d, const AttentionMask& m, float scale, const uint16_t* q,
+                               const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse) {
+  flash_forward_tc(TensorCoreType::bf16, d, m, scale, q, k, v, o, lse);
+}
+inline void flash_backward_bf16(const AttentionDims& d, const AttentionMask& m, float scale, const uint16_t* q,
+                                const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
+                                const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv,
+                                void* workspace = nullptr) {
+  flash_backward_tc(TensorCoreType::bf16, d, m, scale, q, k, v, o, lse, dout, dq, dk, dv, workspace);
+}
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

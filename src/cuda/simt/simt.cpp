@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
+#include <deque>
 #include <exception>
 #include <memory>
 #include <random>
@@ -66,8 +68,18 @@ struct Fiber {
   unsigned mask = 0;  // the warp barrier's mask while at one
   uint64_t slot = 0;  // the value published for a shuffle
   bool vote = false;  // the predicate published for a ballot
+  const void* published = nullptr;  // what a tensor-core collective shares with the warp
   char* stack = nullptr;
   void* fake_stack = nullptr;  // AddressSanitizer's bookkeeping while switched away
+  // Asynchronous copies (cp.async) issued and not yet waited for: the open group, then the
+  // committed ones, oldest first. Each holds the source bytes as read at issue.
+  struct Copy {
+    void* dst;
+    std::array<unsigned char, 16> bytes;
+    int size;
+  };
+  std::vector<Copy> open_copies;
+  std::deque<std::vector<Copy>> copy_groups;
 };
 
 // Fiber stacks, mapped once with a guard page below each and reused by every launch.
@@ -95,6 +107,7 @@ struct Launch {
   uint3 block_idx{};
   std::vector<Fiber> fibers;
   void* shared = nullptr;
+  size_t shared_bytes = 0;
   const std::function<void()>* body = nullptr;
   Fiber* current = nullptr;
   ucontext_t scheduler{};
@@ -206,6 +219,8 @@ bool release_warp(Launch& l, int base) {
 // Makes f start at fiber_entry on `stack` and return to the scheduler when done.
 [[gnu::noinline]] void prepare(Launch& l, Fiber& f, char* stack) {
   f.state = State::Runnable;
+  f.open_copies.clear();
+  f.copy_groups.clear();
   f.stack = stack;
   f.fake_stack = nullptr;
   getcontext(&f.ctx);
@@ -260,7 +275,15 @@ void run_block(Launch& l, std::vector<int>& order) {
       if (f.state != State::Done) all_done = false;
       if (f.state != State::Done && f.state != State::AtBlock) all_at_block = false;
     }
-    if (all_done) return;
+    if (all_done) {
+      for (const Fiber& f : l.fibers) {
+        if (!f.open_copies.empty() || !f.copy_groups.empty()) {
+          fail("simt: kernel {} block ({}, {}, {}): thread {} exited with asynchronous copies never waited for",
+               l.name, l.block_idx.x, l.block_idx.y, l.block_idx.z, f.linear);
+        }
+      }
+      return;
+    }
     if (all_at_block) {
       for (Fiber& f : l.fibers)
         if (f.state == State::AtBlock) f.state = State::Runnable;
@@ -317,6 +340,133 @@ unsigned ballot(unsigned mask, bool predicate) {
   return bits;
 }
 
+namespace {
+
+// Every lane of the (full) warp publishes `mine`; returns the 32 lanes' pointers, valid until the
+// caller's matching end_collective (the lanes wait there, their stacks intact).
+std::array<const void*, 32> begin_collective(const void* mine, const char* what) {
+  Launch& l = launch();
+  Fiber& f = *l.current;
+  const int base = f.linear / 32 * 32;
+  if (base + 32 > static_cast<int>(l.fibers.size())) {
+    kernel_fault(std::string(what) + " needs a whole warp of 32 threads");
+  }
+  f.published = mine;
+  sync_warp(0xffffffffu);
+  std::array<const void*, 32> lanes{};
+  for (int o = 0; o < 32; ++o) lanes[static_cast<size_t>(o)] = l.fibers[static_cast<size_t>(base + o)].published;
+  return lanes;
+}
+
+void end_collective() { sync_warp(0xffffffffu); }  // every lane has read before any publishes again
+
+float element_of(MmaType t, uint32_t reg, int half) {
+  const auto bits = static_cast<uint16_t>(reg >> (16 * half));
+  if (t == MmaType::bf16) return __uint_as_float(static_cast<uint32_t>(bits) << 16);
+  __half_raw raw;
+  raw.x = bits;
+  return __half2float(__half(raw));
+}
+
+void check_shared(const void* p, size_t bytes, const char* what) {
+  const Launch& l = launch();
+  const auto* c = static_cast<const unsigned char*>(p);
+  const auto* base = static_cast<const unsigned char*>(l.shared);
+  if (c < base || c + bytes > base + l.shared_bytes) {
+    kernel_fault(std::string(what) + ": address outside the block's dynamic shared memory");
+  }
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) kernel_fault(std::string(what) + ": address not 16-byte aligned");
+}
+
+}  // namespace
+
+void mma_m16n8k16(MmaType type, float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+  struct Operands {
+    uint32_t a[4], b[2];
+  } mine{};
+  std::memcpy(mine.a, a, sizeof(mine.a));
+  std::memcpy(mine.b, b, sizeof(mine.b));
+  const auto lanes = begin_collective(&mine, "mma.m16n8k16");
+  // The operands whole, from the PTX ISA's fragment layouts (g = lane / 4, t = lane % 4):
+  //   A: a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1], a2 = A[g][2t+8, 2t+9], a3 = A[g+8][2t+8, 2t+9]
+  //   B: b0 = B[2t, 2t+1][g], b1 = B[2t+8, 2t+9][g]
+  float A[16][16], B[16][8];
+  for (int o = 0; o < 32; ++o) {
+    const auto& op = *static_cast<const Operands*>(lanes[static_cast<size_t>(o)]);
+    const int g = o / 4, t = o % 4;
+    for (int r = 0; r < 4; ++r) {
+      const int row = g + (r & 1) * 8, col = 2 * t + (r >> 1) * 8;
+      A[row][col] = element_of(type, op.a[r], 0);
+      A[row][col + 1] = element_of(type, op.a[r], 1);
+    }
+    for (int r = 0; r < 2; ++r) {
+      B[2 * t + r * 8][g] = element_of(type, op.b[r], 0);
+      B[2 * t + r * 8 + 1][g] = element_of(type, op.b[r], 1);
+    }
+  }
+  end_collective();
+  // This lane's accumulators: c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1].
+  const int own = lane(), g = own / 4, t = own % 4;
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + (e >> 1) * 8, col = 2 * t + (e & 1);
+    float acc = c[e];
+    for (int k = 0; k < 16; ++k) acc += A[row][k] * B[k][col];
+    d[e] = acc;
+  }
+}
+
+void ldmatrix(int count, bool trans, uint32_t* out, const void* row) {
+  if (count != 1 && count != 2 && count != 4) kernel_fault("ldmatrix loads 1, 2 or 4 matrices");
+  const auto lanes = begin_collective(row, "ldmatrix");
+  // Matrix i's eight rows are addressed by lanes 8i … 8i + 7; this lane receives, of each, the
+  // pair (g, 2t), (g, 2t + 1) — or, transposed, (2t, g), (2t + 1, g).
+  const int own = lane(), g = own / 4, t = own % 4;
+  for (int i = 0; i < count; ++i) {
+    for (int r = 0; r < 8; ++r) check_shared(lanes[static_cast<size_t>(8 * i + r)], 16, "ldmatrix");
+    auto at = [&](int r, int c) {
+      uint16_t v;
+      std::memcpy(&v, static_cast<const unsigned char*>(lanes[static_cast<size_t>(8 * i + r)]) + 2 * c, 2);
+      return static_cast<uint32_t>(v);
+    };
+    out[i] = trans ? (at(2 * t, g) | at(2 * t + 1, g) << 16) : (at(g, 2 * t) | at(g, 2 * t + 1) << 16);
+  }
+  end_collective();
+}
+
+void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+  if (bytes != 4 && bytes != 8 && bytes != 16) kernel_fault("cp.async copies 4, 8 or 16 bytes");
+  if (src_bytes < 0 || src_bytes > bytes) kernel_fault("cp.async: source size outside 0 … copy size");
+  check_shared(dst, static_cast<size_t>(bytes), "cp.async destination");
+  if (reinterpret_cast<uintptr_t>(dst) % static_cast<uintptr_t>(bytes) != 0 ||
+      reinterpret_cast<uintptr_t>(src) % static_cast<uintptr_t>(bytes) != 0) {
+    kernel_fault("cp.async: addresses not aligned to the copy size");
+  }
+  Fiber::Copy c{dst, {}, bytes};
+  if (src_bytes > 0) std::memcpy(c.bytes.data(), src, static_cast<size_t>(src_bytes));  // the rest zero-filled
+  // On the hardware the bytes land at some moment between issue and wait. Each copy here lands
+  // either at once (exposing a reader in another warp that the code did not fence off with a
+  // barrier) or only at the wait (exposing a read before the wait), drawn at random.
+  if (order_rng()() % 2 == 0) {
+    std::memcpy(c.dst, c.bytes.data(), static_cast<size_t>(c.size));
+    return;
+  }
+  launch().current->open_copies.push_back(c);
+}
+
+void cp_async_commit() {
+  Fiber& f = *launch().current;
+  f.copy_groups.push_back(std::move(f.open_copies));
+  f.open_copies.clear();
+}
+
+void cp_async_wait(int pending) {
+  Fiber& f = *launch().current;
+  while (static_cast<int>(f.copy_groups.size()) > pending) {
+    for (const auto& c : f.copy_groups.front()) std::memcpy(c.dst, c.bytes.data(), static_cast<size_t>(c.size));
+    f.copy_groups.pop_front();
+  }
+}
+
 void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std::function<void()>& body) {
   if (g_launch) fail("simt: kernel {} launched from inside kernel {} (not supported)", name, g_launch->name);
   const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
@@ -345,6 +495,7 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std:
   if (posix_memalign(&smem, 128, shared > 0 ? shared : 1) != 0) fail("simt: cannot allocate {} bytes", shared);
   std::unique_ptr<void, decltype(&std::free)> smem_owner(smem, &std::free);
   l.shared = smem;
+  l.shared_bytes = shared;
   std::vector<int> order(threads);
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
   g_launch = &l;

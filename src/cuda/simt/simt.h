@@ -70,6 +70,20 @@ void sync_warp(unsigned mask);
 uint64_t exchange(unsigned mask, uint64_t value, int src);
 unsigned ballot(unsigned mask, bool predicate);
 
+// The tensor-core primitives of cuda/tensor_core.h, as warp collectives with the PTX ISA's
+// fragment layouts: every lane of the warp must call them together.
+//   mma_m16n8k16 — D = A·B + C, A 16×16 and B 16×8 in 16-bit elements, two per register, C and D
+//   fp32; ldmatrix — count 8×8 matrices of 16-bit elements from shared memory, optionally
+//   transposed; cp_async — a copy into shared memory, the bytes past src_bytes zeroed, that lands
+//   at random either at once or only when its thread waits for its group: a read before the wait
+//   or a race with another warp's reads of the old contents shows as a wrong answer.
+enum class MmaType { bf16, f16 };
+void mma_m16n8k16(MmaType type, float* d, const uint32_t* a, const uint32_t* b, const float* c);
+void ldmatrix(int count, bool trans, uint32_t* out, const void* row);
+void cp_async(void* dst, const void* src, int bytes, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int pending);
+
 // Runs body once per thread of every block of grid (the kernel's parameters are bound in body).
 void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std::function<void()>& body);
 

@@ -1,0 +1,161 @@
+// The tensor-core flash attention's entry points (attention_cuda.h): checks, the choice of tile
+// shape, the dispatch to the per-head-dim instantiations (attention_flash_tc_d*.cu), and the
+// backward's two small passes around its main kernel —
+//   before: D = rowsum(dO ∘ O) per (b, h, i) and the fp32 dQ accumulator zeroed, one warp per row;
+//   after:  dQ = the accumulator rounded to bf16 or fp16.
+#include <initializer_list>
+#include <string>
+#include <type_traits>
+
+#include "cuda/attention_flash_tc_common.h"
+#include "cuda/device_math.h"
+#include "flashgpt/cuda/attention_cuda.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+namespace {
+
+using namespace flash_tc;
+
+template <typename E>
+__global__ void backward_prologue_kernel(int64_t rows, int64_t Hq, int64_t Tq, int64_t Dqk, int64_t Dv,
+                                         const E* __restrict__ o, const E* __restrict__ dout, float* __restrict__ dsum,
+                                         float* __restrict__ dq_accum) {
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
+    // r walks (b, i, h) in memory order; D is stored as (b, h, i) like lse.
+    const int64_t h = r % Hq, i = (r / Hq) % Tq, b = r / (Hq * Tq);
+    float s = 0.0f;
+    for (int64_t c = lane; c < Dv; c += 32) s += tc::to_float(o[r * Dv + c]) * tc::to_float(dout[r * Dv + c]);
+    s = warp_sum(s);
+    if (lane == 0) dsum[(b * Hq + h) * Tq + i] = s;
+    for (int64_t c = lane; c < Dqk; c += 32) dq_accum[r * Dqk + c] = 0.0f;
+  }
+}
+
+template <typename E>
+__global__ void dq_convert_kernel(int64_t n, const float* __restrict__ acc, E* __restrict__ dq) {
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    dq[idx] = tc::from_float<E>(acc[idx]);
+  }
+}
+
+template <typename T>
+auto* dev_bf16(T* p) {
+  return reinterpret_cast<std::conditional_t<std::is_const_v<T>, const __nv_bfloat16, __nv_bfloat16>*>(p);
+}
+template <typename T>
+auto* dev_f16(T* p) {
+  return reinterpret_cast<std::conditional_t<std::is_const_v<T>, const __half, __half>*>(p);
+}
+
+size_t round_up(size_t n) { return (n + 255) / 256 * 256; }
+
+size_t dq_accum_bytes(const AttentionDims& d) {
+  return round_up(sizeof(float) * static_cast<size_t>(d.B * d.Tq * d.Hq * d.Dqk));
+}
+
+// Calls f.template operator()<Dqk, Dv>() for the instantiated pair, or throws naming `what`.
+template <typename F>
+void with_head_dims(const AttentionDims& d, const char* what, F&& f) {
+  if (d.Dqk == 64 && d.Dv == 64) return f.template operator()<64, 64>();
+  if (d.Dqk == 96 && d.Dv == 64) return f.template operator()<96, 64>();
+  if (d.Dqk == 128 && d.Dv == 128) return f.template operator()<128, 128>();
+  if (d.Dqk == 192 && d.Dv == 128) return f.template operator()<192, 128>();
+  FLASHGPT_CUDA_REQUIRE(false, std::string(what) + ": head dims (Dqk, Dv) must be 64/64, 96/64, 128/128 or 192/128 (got " +
+                                   std::to_string(d.Dqk) + "/" + std::to_string(d.Dv) + ")");
+}
+
+// Wide tiles where asked for, or (Auto) where the GPU gives a block `wide_bytes` of shared memory.
+bool use_wide(FlashTiles tiles, size_t wide_bytes) {
+  if (tiles != FlashTiles::Auto) return tiles == FlashTiles::Wide;
+  int device = 0, limit = 0;
+  FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
+  FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return wide_bytes <= static_cast<size_t>(limit);
+}
+
+// cp.async moves 16-byte pieces: every row must start 16-byte aligned.
+void check_alignment(const AttentionDims& d, const char* what, std::initializer_list<const void*> pointers) {
+  bool ok = d.k_row() % 8 == 0 && d.v_row() % 8 == 0;
+  for (const void* p : pointers) ok = ok && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  FLASHGPT_CUDA_REQUIRE(ok, std::string(what) + ": tensors must start 16-byte aligned and key/value rows be multiples "
+                                                "of 8 elements (k row " + std::to_string(d.k_row()) + ", v row " +
+                                std::to_string(d.v_row()) + ")");
+}
+
+template <typename E>
+void forward_typed(const AttentionDims& ad, const AttentionMask& am, float scale, const E* q, const E* k, const E* v,
+                   E* o, float* lse, FlashTiles tiles) {
+  with_head_dims(ad, "tensor-core flash forward", [&]<int Dqk, int Dv>() {
+    using L = Launchers<E, Dqk, Dv>;
+    L::forward(dims_of(ad), mask_of(am), scale, q, k, v, o, lse, use_wide(tiles, L::forward_bytes(true)));
+  });
+}
+
+template <typename E>
+void backward_typed(const AttentionDims& ad, const AttentionMask& am, float scale, const E* q, const E* k,
+                    const E* v, const E* o, const float* lse, const E* dout, E* dq, E* dk, E* dv, void* workspace,
+                    FlashTiles tiles) {
+  with_head_dims(ad, "tensor-core flash backward", [&]<int Dqk, int Dv>() {
+    using L = Launchers<E, Dqk, Dv>;
+    const bool wide = use_wide(tiles, L::backward_bytes(true));
+    DeviceBuffer own;
+    if (!workspace) {
+      own = DeviceBuffer(flash_backward_workspace_bytes(ad));
+      workspace = own.get();
+    }
+    auto* dq_accum = static_cast<float*>(workspace);
+    auto* dsum = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + dq_accum_bytes(ad));
+    const int64_t rows = ad.B * ad.Tq * ad.Hq;
+    launch_kernel("tensor-core flash backward D = rowsum(dO∘O)", backward_prologue_kernel<E>, grid_for(rows, 8), 256,
+                  0, nullptr, rows, ad.Hq, ad.Tq, ad.Dqk, ad.Dv, o, dout, dsum, dq_accum);
+    L::backward(dims_of(ad), mask_of(am), scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv, wide);
+    const int64_t n = rows * ad.Dqk;
+    launch_kernel("tensor-core flash backward dQ conversion", dq_convert_kernel<E>, grid_for(n, 256), 256, 0, nullptr,
+                  n, dq_accum, dq);
+    if (own.get()) synchronize();  // the workspace is freed on return
+  });
+}
+
+}  // namespace
+
+bool flash_tc_supports(int64_t Dqk, int64_t Dv) {
+  return (Dqk == 64 && Dv == 64) || (Dqk == 96 && Dv == 64) || (Dqk == 128 && Dv == 128) ||
+         (Dqk == 192 && Dv == 128);
+}
+
+size_t flash_backward_workspace_bytes(const AttentionDims& d) {
+  return dq_accum_bytes(d) + round_up(sizeof(float) * static_cast<size_t>(d.B * d.Hq * d.Tq));
+}
+
+void flash_forward_tc(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, float scale,
+                      const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse,
+                      FlashTiles tiles) {
+  check_attention_dims(d, m);
+  check_alignment(d, "tensor-core flash forward", {q, k, v, o});
+  if (type == TensorCoreType::bf16) {
+    forward_typed(d, m, scale, dev_bf16(q), dev_bf16(k), dev_bf16(v), dev_bf16(o), lse, tiles);
+  } else {
+    forward_typed(d, m, scale, dev_f16(q), dev_f16(k), dev_f16(v), dev_f16(o), lse, tiles);
+  }
+}
+
+void flash_backward_tc(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, float scale,
+                       const uint16_t* q, const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
+                       const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv, void* workspace,
+                       FlashTiles tiles) {
+  check_attention_dims(d, m);
+  check_alignment(d, "tensor-core flash backward", {q, k, v, o, dout, dq, dk, dv, workspace});
+  if (type == TensorCoreType::bf16) {
+    backward_typed(d, m, scale, dev_bf16(q), dev_bf16(k), dev_bf16(v), dev_bf16(o), lse, dev_bf16(dout),
+                   dev_bf16(dq), dev_bf16(dk), dev_bf16(dv), workspace, tiles);
+  } else {
+    backward_typed(d, m, scale, dev_f16(q), dev_f16(k), dev_f16(v), dev_f16(o), lse, dev_f16(dout), dev_f16(dq),
+                   dev_f16(dk), dev_f16(dv), workspace, tiles);
+  }
+}
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

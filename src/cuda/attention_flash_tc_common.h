@@ -1,0 +1,121 @@
+// What the tensor-core flash kernels share (attention_flash_tc_*.{h,cu}): their sizes and mask in
+// device form, the visibility test of one (query, key) pair, the asynchronous tile loader, and
+// the per-head-dim launchers each instantiation file defines.
+//
+// Shared-memory tiles are row-major with 8 elements (16 bytes) of padding per row, so the eight
+// row addresses of an ldmatrix fall in different banks.
+#pragma once
+
+#include <cstdint>
+
+#include "cuda/attention_mask_cuda.h"
+#include "cuda/platform.h"
+#include "cuda/tensor_core.h"
+#include "flashgpt/attention/attention.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+namespace flash_tc {
+
+struct Dims {
+  int64_t B, Hq, Hkv, Tq, Tk, kv_rows, k_row, v_row, group;
+};
+
+using attention_kernels::Mask;
+using attention_kernels::mask_of;
+
+inline Dims dims_of(const AttentionDims& a) {
+  return {a.B, a.Hq, a.Hkv, a.Tq, a.Tk, a.kv_rows(), a.k_row(), a.v_row(), a.Hq / a.Hkv};
+}
+
+constexpr int kPad = 8;  // elements of padding per shared-memory row
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ bool visible(const Dims& d, const Mask& m, int64_t b, int64_t i, int64_t j) {
+  if (i >= d.Tq || j >= d.Tk) return false;
+  if (m.causal && j > m.q_offset + i) return false;
+  if (m.kv_lengths && j >= m.kv_lengths[b]) return false;
+  return !m.q_seg || m.q_seg[b * d.Tq + i] == m.kv_seg[b * d.kv_rows + j];
+}
+
+// Queues the copy of rows [first, first + Rows) of a [·, stride] tensor (D elements each, from
+// src) into shared [Rows][D + kPad]; rows at or past `valid` are zero-filled. The caller commits.
+template <int D, int Rows, int Threads, typename E>
+__device__ __forceinline__ void load_rows(E* dst, const E* src, int64_t stride, int64_t first, int64_t valid) {
+  constexpr int kChunks = D / 8;  // 16-byte pieces per row
+  for (int idx = static_cast<int>(threadIdx.x); idx < Rows * kChunks; idx += Threads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool ok = first + r < valid;
+    tc::cp_async_16(dst + r * (D + kPad) + c * 8, ok ? src + (first + r) * stride + c * 8 : src, ok);
+  }
+}
+
+// A 16 × 16 A-operand fragment from row-major shared rows [row0, row0 + 16), columns
+// [col0, col0 + 16) (ld elements per row).
+template <typename E>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const E* s, int ld, int row0, int col0) {
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  tc::ldmatrix_x4(a, s + (row0 + (lane & 15)) * ld + col0 + (lane >> 4) * 8);
+}
+
+// The A operand of a product whose A is stored transposed: A[r][c] = s[col0 + c][row0 + r].
+template <typename E>
+__device__ __forceinline__ void load_a_transposed(uint32_t (&a)[4], const E* s, int ld, int row0, int col0) {
+  const int lane = static_cast<int>(threadIdx.x) % 32, mtx = lane >> 3;
+  tc::ldmatrix_x4_trans(a, s + (col0 + (mtx >> 1) * 8 + (lane & 7)) * ld + row0 + (mtx & 1) * 8);
+}
+
+// B operands of two adjacent n-tiles (n0 … n0 + 15) for k rows k0 … k0 + 15, where B[k][n] =
+// s[n][k] (the rows of s are B's columns, as K's rows are Kᵀ's): b[0..1] n-tile 0, b[2..3] n-tile 1.
+template <typename E>
+__device__ __forceinline__ void load_b_from_rows(uint32_t (&b)[4], const E* s, int ld, int n0, int k0) {
+  const int lane = static_cast<int>(threadIdx.x) % 32, mtx = lane >> 3;
+  tc::ldmatrix_x4(b, s + (n0 + (mtx >> 1) * 8 + (lane & 7)) * ld + k0 + (mtx & 1) * 8);
+}
+
+// The same where B[k][n] = s[k][n] (B stored k-major, as V is for P·V).
+template <typename E>
+__device__ __forceinline__ void load_b_from_cols(uint32_t (&b)[4], const E* s, int ld, int n0, int k0) {
+  const int lane = static_cast<int>(threadIdx.x) % 32, mtx = lane >> 3;
+  tc::ldmatrix_x4_trans(b, s + (k0 + (mtx & 1) * 8 + (lane & 7)) * ld + n0 + (mtx >> 1) * 8);
+}
+
+// acc[n0/8], acc[n0/8 + 1] += A · (the two n-tiles of b).
+template <typename E>
+__device__ __forceinline__ void mma_pair(float (&c0)[4], float (&c1)[4], const uint32_t (&a)[4], const uint32_t (&b)[4]) {
+  const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+  tc::mma_16816<E>(c0, a, b0);
+  tc::mma_16816<E>(c1, a, b1);
+}
+
+// The A operand for k columns kk·16 … kk·16 + 15 from accumulators laid out as C (16 × 8 per
+// n-tile): the FlashAttention-2 register reuse of P (or dS) as the next product's left operand.
+template <typename E, int N>
+__device__ __forceinline__ void accumulators_as_a(uint32_t (&a)[4], const float (&c)[N][4], int kk) {
+  a[0] = tc::pack2<E>(c[2 * kk][0], c[2 * kk][1]);
+  a[1] = tc::pack2<E>(c[2 * kk][2], c[2 * kk][3]);
+  a[2] = tc::pack2<E>(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+  a[3] = tc::pack2<E>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+}
+
+// Stores two elements as one 32-bit word.
+template <typename E>
+__device__ __forceinline__ void store2(E* p, float a, float b) {
+  *reinterpret_cast<uint32_t*>(p) = tc::pack2<E>(a, b);
+}
+
+// The launchers, one explicit instantiation per (element, Dqk, Dv) in attention_flash_tc_d*.cu.
+// `wide`: the tiles for GPUs with ≥ 160 KiB of shared memory per block (A100, H100, H200);
+// otherwise those that fit 99 KiB (sm_86, sm_89). *_bytes give the shared memory each needs.
+template <typename E, int Dqk, int Dv>
+struct Launchers {
+  static size_t forward_bytes(bool wide);
+  static size_t backward_bytes(bool wide);
+  static void forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o,
+                      float* lse, bool wide);
+  // dq_accum (fp32, dq's layout) must hold zeros; dsum = rowsum(dO ∘ O) per (b, h, i).
+  static void backward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
+                       const float* lse, const float* dsum, const E* dout, float* dq_accum, E* dk, E* dv, bool wide);
+};
+
+}  // namespace flash_tc
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

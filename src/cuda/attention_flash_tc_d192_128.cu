@@ -1,0 +1,4 @@
+// The tensor-core flash kernels for query-key head dim 192, value head dim 128 (latent attention with decoupled RoPE), bf16 and fp16.
+#include "cuda/attention_flash_tc_launch.h"
+
+FLASHGPT_FLASH_TC_INSTANTIATE(192, 128)

@@ -1,0 +1,170 @@
+// The FlashAttention-2 forward on the tensor cores (mma.m16n8k16, bf16 or fp16 in, fp32 accumulators).
+//
+// A block owns BlockM = 16·Warps queries of one head; each warp owns 16 of them. Key and value
+// tiles of BlockN rows stream through shared memory in two stages: while the block computes on
+// tile j, cp.async is already filling the other stage with tile j + 1. Per tile, each warp
+//   S = Q Kᵀ        (16 × BlockN, fp32 in registers; Q and K fragments through ldmatrix)
+//   masks S only where the tile needs it (the causal diagonal, the sequence end, padding, documents)
+//   m' = max(m, rowmax S), P = exp2((S − m')·scale·log2 e), l = l·e^{m−m'} + rowsum P
+//   O = O·e^{m−m'} + P V (P reused from the accumulators as the A operand, V through ldmatrix.trans)
+// with each row's statistics shared by the four lanes that hold it. At the end O / l is written
+// and lse = m·scale + log l. Query blocks run heaviest first (the causal mask makes late blocks
+// long). Tiles past a query block's last visible key — causal or padding — are never loaded.
+#pragma once
+
+#include <cmath>
+
+#include "cuda/attention_flash_tc_common.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+namespace flash_tc {
+
+template <int Dqk_, int Dv_, int Warps_, int BlockN_>
+struct ForwardTiles {
+  static constexpr int Dqk = Dqk_, Dv = Dv_, Warps = Warps_, BlockN = BlockN_;
+  static constexpr int BlockM = 16 * Warps, Threads = 32 * Warps;
+  static constexpr int QS = Dqk + kPad, KS = Dqk + kPad, VS = Dv + kPad;  // shared row strides (elements)
+  static constexpr int q_elems = BlockM * QS, k_elems = BlockN * KS, v_elems = BlockN * VS;
+  static constexpr size_t bytes = 2 * static_cast<size_t>(q_elems + 2 * k_elems + 2 * v_elems);
+  static_assert(Dqk % 16 == 0 && Dv % 16 == 0 && BlockN % 16 == 0, "tiles are whole 16 × 16 fragments");
+};
+
+template <typename E, typename F>
+__global__ void __launch_bounds__(F::Threads)
+    flash_forward_tc_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
+                            const E* __restrict__ v, E* __restrict__ o, float* __restrict__ lse) {
+  constexpr int Dqk = F::Dqk, Dv = F::Dv, BlockM = F::BlockM, BlockN = F::BlockN;
+  FLASHGPT_DYNAMIC_SHARED(E, smem);
+  E* Qs = smem;
+  E* Ks = Qs + F::q_elems;       // two stages
+  E* Vs = Ks + 2 * F::k_elems;   // two stages
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.z, h = blockIdx.y, hk = h / d.group;
+  const int64_t i0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BlockM;
+  const int64_t q_row = d.Hq * Dqk, o_row = d.Hq * Dv;
+  const E* qb = q + b * d.Tq * q_row + h * Dqk;
+  const E* kb = k + b * d.kv_rows * d.k_row + hk * Dqk;
+  const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;
+  const float scale_log2 = scale * kLog2e;
+
+  int64_t key_limit = d.Tk;  // keys at or past this are never visible
+  if (m.kv_lengths) key_limit = min(key_limit, static_cast<int64_t>(m.kv_lengths[b]));
+  int64_t key_end = key_limit;
+  if (m.causal) key_end = min(key_end, m.q_offset + min(i0 + BlockM, d.Tq));
+  const int n_tiles = key_end > 0 ? static_cast<int>((key_end + BlockN - 1) / BlockN) : 0;
+
+  load_rows<Dqk, BlockM, F::Threads>(Qs, qb, q_row, i0, d.Tq);
+  tc::cp_async_commit();
+  if (n_tiles > 0) {
+    load_rows<Dqk, BlockN, F::Threads>(Ks, kb, d.k_row, 0, d.Tk);
+    load_rows<Dv, BlockN, F::Threads>(Vs, vb, d.v_row, 0, d.Tk);
+  }
+  tc::cp_async_commit();
+
+  float acc[Dv / 8][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  const int64_t warp_row = i0 + warp * 16, row0 = warp_row + g;  // this lane's rows: row0, row0 + 8
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int stage = tile & 1;
+    const int64_t j0 = static_cast<int64_t>(tile) * BlockN;
+    if (tile + 1 < n_tiles) {
+      load_rows<Dqk, BlockN, F::Threads>(Ks + (stage ^ 1) * F::k_elems, kb, d.k_row, j0 + BlockN, d.Tk);
+      load_rows<Dv, BlockN, F::Threads>(Vs + (stage ^ 1) * F::v_elems, vb, d.v_row, j0 + BlockN, d.Tk);
+    }
+    tc::cp_async_commit();
+    tc::cp_async_wait<1>();  // everything but the tile just queued has landed
+    __syncthreads();
+    const E* Kt = Ks + stage * F::k_elems;
+    const E* Vt = Vs + stage * F::v_elems;
+
+    float s[BlockN / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < Dqk / 16; ++kk) {
+      uint32_t a[4];
+      load_a(a, Qs, F::QS, warp * 16, kk * 16);
+#pragma unroll
+      for (int n = 0; n < BlockN / 16; ++n) {
+        uint32_t bk[4];
+        load_b_from_rows(bk, Kt, F::KS, n * 16, kk * 16);
+        mma_pair<E>(s[2 * n], s[2 * n + 1], a, bk);
+      }
+    }
+    const bool needs_mask = m.q_seg || j0 + BlockN > key_limit || (m.causal && j0 + BlockN - 1 > m.q_offset + warp_row);
+    if (needs_mask) {
+#pragma unroll
+      for (int n = 0; n < BlockN / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (!visible(d, m, b, row0 + (e >> 1) * 8, j0 + n * 8 + 2 * t + (e & 1))) s[n][e] = -INFINITY;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = row_max[r];
+#pragma unroll
+      for (int n = 0; n < BlockN / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float base = mx == -INFINITY ? 0.0f : mx * scale_log2;  // a row with nothing visible yet stays at 0
+      const float alpha = exp2f(row_max[r] * scale_log2 - base);
+      row_max[r] = mx;
+      float sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < BlockN / 8; ++n) {
+        s[n][2 * r] = exp2f(s[n][2 * r] * scale_log2 - base);
+        s[n][2 * r + 1] = exp2f(s[n][2 * r + 1] * scale_log2 - base);
+        sum += s[n][2 * r] + s[n][2 * r + 1];
+      }
+      row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+      for (int n = 0; n < Dv / 8; ++n) {
+        acc[n][2 * r] *= alpha;
+        acc[n][2 * r + 1] *= alpha;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BlockN / 16; ++kk) {
+      uint32_t a[4];
+      accumulators_as_a<E>(a, s, kk);
+#pragma unroll
+      for (int n = 0; n < Dv / 16; ++n) {
+        uint32_t bv[4];
+        load_b_from_cols(bv, Vt, F::VS, n * 16, kk * 16);
+        mma_pair<E>(acc[2 * n], acc[2 * n + 1], a, bv);
+      }
+    }
+    __syncthreads();  // the next tile's copies go into the stage just read
+  }
+  tc::cp_async_wait<0>();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = row_sum[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int64_t i = row0 + r * 8;
+    if (i >= d.Tq) continue;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key writes zeros
+    E* out = o + (b * d.Tq + i) * o_row + h * Dv;
+#pragma unroll
+    for (int n = 0; n < Dv / 8; ++n) store2(out + n * 8 + 2 * t, acc[n][2 * r] * inv, acc[n][2 * r + 1] * inv);
+    if (t == 0) lse[(b * d.Hq + h) * d.Tq + i] = sum > 0.0f ? row_max[r] * scale + logf(sum) : -INFINITY;
+  }
+}
+
+// The tiles per head dim: wide for ≥ 160 KiB of shared memory per block, narrow for 99 KiB.
+template <int Dqk, int Dv, bool Wide>
+using ForwardTilesFor = ForwardTiles<Dqk, Dv, Wide ? 8 : 4, (!Wide && Dqk > 128) ? 32 : 64>;
+
+template <typename E, typename F>
+void launch_forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o, float* lse) {
+  allow_shared(flash_forward_tc_kernel<E, F>, F::bytes, "tensor-core flash forward");
+  const dim3 grid(static_cast<unsigned>((d.Tq + F::BlockM - 1) / F::BlockM), static_cast<unsigned>(d.Hq),
+                  static_cast<unsigned>(d.B));
+  launch_kernel("tensor-core flash forward", flash_forward_tc_kernel<E, F>, grid, F::Threads, F::bytes, nullptr, d, m,
+                scale, q, k, v, o, lse);
+}
+
+}  // namespace flash_tc
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

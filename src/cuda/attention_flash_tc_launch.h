@@ -1,0 +1,49 @@
+// The launchers' definitions (declared in attention_flash_tc_common.h), included once by each
+// per-head-dim instantiation file attention_flash_tc_d*.cu so those compile in parallel.
+#pragma once
+
+#include "cuda/attention_flash_tc_backward.h"
+#include "cuda/attention_flash_tc_forward.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+namespace flash_tc {
+
+template <typename E, int Dqk, int Dv>
+size_t Launchers<E, Dqk, Dv>::forward_bytes(bool wide) {
+  return wide ? ForwardTilesFor<Dqk, Dv, true>::bytes : ForwardTilesFor<Dqk, Dv, false>::bytes;
+}
+
+template <typename E, int Dqk, int Dv>
+size_t Launchers<E, Dqk, Dv>::backward_bytes(bool wide) {
+  return wide ? BackwardTilesFor<Dqk, Dv, true>::bytes : BackwardTilesFor<Dqk, Dv, false>::bytes;
+}
+
+template <typename E, int Dqk, int Dv>
+void Launchers<E, Dqk, Dv>::forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
+                                    E* o, float* lse, bool wide) {
+  if (wide) {
+    launch_forward<E, ForwardTilesFor<Dqk, Dv, true>>(d, m, scale, q, k, v, o, lse);
+  } else {
+    launch_forward<E, ForwardTilesFor<Dqk, Dv, false>>(d, m, scale, q, k, v, o, lse);
+  }
+}
+
+template <typename E, int Dqk, int Dv>
+void Launchers<E, Dqk, Dv>::backward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
+                                     const float* lse, const float* dsum, const E* dout, float* dq_accum, E* dk,
+                                     E* dv, bool wide) {
+  if (wide) {
+    launch_backward<E, BackwardTilesFor<Dqk, Dv, true>>(d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+  } else {
+    launch_backward<E, BackwardTilesFor<Dqk, Dv, false>>(d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+  }
+}
+
+}  // namespace flash_tc
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
+
+#define FLASHGPT_FLASH_TC_INSTANTIATE(DQK, DV)                                                        \
+  namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI::flash_tc {                                      \
+  template struct Launchers<__nv_bfloat16, DQK, DV>;                                                  \
+  template struct Launchers<__half, DQK, DV>;                                                         \
+  }
