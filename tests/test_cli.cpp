@@ -220,6 +220,9 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("info --n-head 12 --n-kv-head 5"), "n_kv_head");
   expect_one_error_line(run_flashgpt("info --attention linear"), "--attention");
   expect_one_error_line(run_flashgpt("bench attention --mechanism linear"), "--mechanism");
+  expect_one_error_line(run_flashgpt("bench attention --device cuda --mechanism standard"), "--mechanism: 'standard'");
+  expect_one_error_line(run_flashgpt("bench attention --tokens 4096"), "--tokens");
+  expect_one_error_line(run_flashgpt("bench attention --device cuda --precision fp8"), "--precision");
   expect_one_error_line(run_flashgpt("bench decode --mechanism mla --context 0"), "--context");
   expect_one_error_line(run_flashgpt("info --latent-dim 16"), "n_latent");  // standard attention has no latent
   expect_one_error_line(run_flashgpt("info --attention mla --n-kv-head 4"), "n_kv_head");
@@ -272,7 +275,23 @@ TEST_F(Pipeline, DeviceChoice) {
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("device: cpu (--device auto: "), std::string::npos) << r.output;
     expect_one_error_line(run_flashgpt(common + "--steps 2 --device cuda --out " + (dir / "cuda")), "--device cuda: ");
+    expect_one_error_line(run_flashgpt("bench attention --device cuda"), "--device cuda: ");
     return;
+  }
+  // The tensor-core kernels' benchmark: checked, then timed, one JSON line per case.
+  for (const char* precision : {"bf16", "fp16"}) {
+    RunResult b = run_flashgpt(std::string("bench attention --device cuda --precision ") + precision +
+                               " --mechanism flash,flash_mla --batch 1 --seq 256 --hidden 256 --repeats 2 --json");
+    ASSERT_EQ(b.exit_code, 0) << b.output;
+    std::istringstream rows(b.output);
+    int n = 0;
+    for (std::string line; std::getline(rows, line); ++n) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      EXPECT_GT(j["fwd_tflops"].get<double>(), 0.0) << line;
+      EXPECT_GE(j["fwd_bwd_ms"].get<double>(), j["fwd_ms"].get<double>()) << line;
+      EXPECT_LT(j["max_rel_err"].get<double>(), 2e-2) << line;
+    }
+    EXPECT_EQ(n, 2) << b.output;
   }
   // head_dim 16: bf16 attention on the GPU needs 64 or 128.
   expect_one_error_line(run_flashgpt(common + "--steps 2 --device cuda --out " + (dir / "c16")), "head_dim 64 or 128");

@@ -16,6 +16,7 @@
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
+#include "flashgpt/cuda/attention_bench_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "testing/bf16.h"
 #include "testing/errors.h"
@@ -403,6 +404,30 @@ TEST(CudaAttention, TensorCoreKernelsRefuseWhatTheyCannotRun) {
     cuda::flash_backward_tc(cuda::TensorCoreType::fp16, odd, m, 1.0f, p, p, p, p, lse.as<float>(), p, p, p, p);
   });
   EXPECT_NE(rows.find("16-byte aligned"), std::string::npos) << rows;
+}
+
+// The benchmark checks the kernel against the fp32 one, then times it: its figures are present and
+// consistent, and the extra memory it reports is what the kernels were given.
+TEST(CudaAttention, BenchmarkChecksThenTimes) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  for (const auto type : {cuda::TensorCoreType::bf16, cuda::TensorCoreType::fp16}) {
+    cuda::FlashBenchCase c;
+    c.type = type;
+    c.dims = AttentionDims{1, 2, 2, 48, 48, 96, 64, 0};
+    c.repeats = 1;
+    const cuda::FlashBenchResult r = cuda::bench_flash_attention(c);
+    EXPECT_GT(r.fwd_ms, 0.0);
+    EXPECT_GE(r.fwd_bwd_ms, r.fwd_ms);
+    EXPECT_GT(r.fwd_tflops, 0.0);
+    EXPECT_NEAR(r.fwd_bwd_tflops / r.fwd_tflops, 3.5 * r.fwd_ms / r.fwd_bwd_ms, 1e-9);
+    EXPECT_LT(r.max_rel_err, type == cuda::TensorCoreType::bf16 ? 2e-2 : 4e-3);
+    EXPECT_GT(r.max_rel_err, 0.0);  // rounded outputs cannot match fp32 exactly
+    EXPECT_GE(static_cast<size_t>(r.extra_bytes), cuda::flash_backward_workspace_bytes(c.dims) + 2 * 48 * 4);
+  }
+  cuda::FlashBenchCase bad;
+  bad.dims = AttentionDims{1, 1, 1, 8, 8, 32, 32, 0};
+  EXPECT_NE(testing::error_of([&] { cuda::bench_flash_attention(bad); }).find("no instantiation for head dims 32/32"),
+            std::string::npos);
 }
 
 TEST(CudaAttention, ReportsWhyWithoutAGpu) {

@@ -14,11 +14,13 @@
 
 #include "commands.h"
 #include "flashgpt/attention/attention.h"
+#include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/io.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/attention_bench_cuda.h"
 #include "flashgpt/train/trainer.h"
 #include "svg_chart.h"
 
@@ -38,6 +40,11 @@ struct BenchAttentionCli {
   bool json = false, csv = false, no_memory = false, probe_memory = false;
   std::string plot;  // SVG file: time and memory against sequence length per mechanism
   AttentionTiling tiles;
+  // On the GPU (--device cuda): the tensor-core kernels' element type and tiles, and the batch as
+  // tokens / seq when --tokens is given (flash-attention's benchmark shapes).
+  std::string device = "cpu", precision = "bf16", gpu_tiles = "auto";
+  int64_t tokens = 0;
+  bool mechanisms_given = false;
 };
 
 struct Case {
@@ -185,11 +192,78 @@ void write_plot(const std::string& path, const std::vector<Case>& cases) {
   write_text_file_atomic(path, svg.str());
 }
 
+// The tensor-core kernels on the GPU: flash (Dqk = Dv = head dim) and flash_mla (Dqk = head dim +
+// rope dim), each case checked against the fp32 kernel before it is timed.
+void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
+  std::vector<std::string> mechs = c.mechanisms_given ? c.mechanisms : std::vector<std::string>{"flash"};
+  for (const std::string& mech : mechs) {
+    FLASHGPT_CHECK(uses_flash_kernel(parse_attention_kind(mech, "--mechanism")),
+                   "--mechanism: '{}' has no GPU kernel yet (the GPU runs flash and flash_mla)", mech);
+  }
+  FLASHGPT_CHECK(c.tiles.block_q == 0 && c.tiles.block_kv == 0,
+                 "--flash-block-q/--flash-block-kv: CPU tiles; the GPU takes --tiles");
+  const DeviceReport dev = probe_devices();
+  FLASHGPT_CHECK(cuda::gpu_available(), "--device cuda: {}", dev.why_none);
+  if (!c.json) std::printf("%s, tensor-core flash kernels\n\n", dev.gpus.empty() ? "GPU" : dev.gpus.front().name.c_str());
+  cuda::FlashBenchCase bc;
+  bc.type = c.precision == "fp16" ? cuda::TensorCoreType::fp16 : cuda::TensorCoreType::bf16;
+  bc.tiles = c.gpu_tiles == "wide" ? cuda::FlashTiles::Wide
+             : c.gpu_tiles == "narrow" ? cuda::FlashTiles::Narrow
+                                       : cuda::FlashTiles::Auto;
+  bc.repeats = c.repeats;
+  std::vector<bool> causal_modes;
+  if (c.causal == "no" || c.causal == "both") causal_modes.push_back(false);
+  if (c.causal == "yes" || c.causal == "both") causal_modes.push_back(true);
+  if (!c.json) {
+    std::printf("| mechanism | precision | batch | seq | heads | Dqk/Dv | causal | fwd ms | fwd+bwd ms | fwd TFLOP/s | "
+                "fwd+bwd TFLOP/s | extra MiB | max rel err |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  }
+  for (int64_t hidden : c.hiddens) {
+    FLASHGPT_CHECK(hidden % c.head_dim == 0, "--hidden: {} is not a multiple of --head-dim {}", hidden, c.head_dim);
+    const int64_t H = hidden / c.head_dim;
+    for (int64_t T : c.seqs) {
+      std::vector<int64_t> batches = c.batches;
+      if (c.tokens > 0) batches = {std::max<int64_t>(1, c.tokens / T)};
+      for (int64_t B : batches) {
+        for (bool causal : causal_modes) {
+          for (const std::string& mech : mechs) {
+            const Mechanism mk = parse_mechanism(mech);
+            bc.dims = mechanism_dims(mk, B, T, H, c.head_dim, rope_dim);
+            bc.causal = causal;
+            const cuda::FlashBenchResult r = cuda::bench_flash_attention(bc);
+            if (c.json) {
+              std::printf("%s\n", nlohmann::json{{"program", "flashgpt"}, {"mechanism", mech},
+                                                 {"precision", c.precision}, {"batch", B}, {"seq", T}, {"heads", H},
+                                                 {"head_dim", c.head_dim}, {"dqk", bc.dims.Dqk}, {"dv", bc.dims.Dv},
+                                                 {"causal", causal}, {"fwd_ms", r.fwd_ms},
+                                                 {"fwd_bwd_ms", r.fwd_bwd_ms}, {"fwd_tflops", r.fwd_tflops},
+                                                 {"fwd_bwd_tflops", r.fwd_bwd_tflops},
+                                                 {"extra_bytes", r.extra_bytes}, {"max_rel_err", r.max_rel_err}}
+                                      .dump()
+                                      .c_str());
+            } else {
+              std::printf("| %s | %s | %lld | %lld | %lld | %lld/%lld | %s | %.3f | %.3f | %.1f | %.1f | %.1f | %.1e |\n",
+                          mech.c_str(), c.precision.c_str(), static_cast<long long>(B), static_cast<long long>(T),
+                          static_cast<long long>(H), static_cast<long long>(bc.dims.Dqk),
+                          static_cast<long long>(bc.dims.Dv), causal ? "yes" : "no", r.fwd_ms, r.fwd_bwd_ms,
+                          r.fwd_tflops, r.fwd_bwd_tflops, static_cast<double>(r.extra_bytes) / (1 << 20),
+                          r.max_rel_err);
+            }
+            std::fflush(stdout);
+          }
+        }
+      }
+    }
+  }
+}
+
 void run_bench_attention(const BenchAttentionCli& c) {
   FLASHGPT_CHECK(c.repeats > 0, "--repeats: must be positive");
   FLASHGPT_CHECK(c.head_dim > 0, "--head-dim: must be positive");
   const int64_t rope_dim = c.rope_dim >= 0 ? c.rope_dim : c.head_dim / 2;
   for (const std::string& m : c.mechanisms) parse_mechanism(m);  // names a bad one before any work
+  if (c.device == "cuda") return run_bench_attention_cuda(c, rope_dim);
+  FLASHGPT_CHECK(c.tokens == 0, "--tokens: only with --device cuda (the CPU takes --batch)");
   if (c.probe_memory) {  // internal: one case, print the extra peak bytes
     const Mechanism mech = parse_mechanism(c.mechanisms.at(0));
     const AttentionDims d = mechanism_dims(mech, c.batches.at(0), c.seqs.at(0), c.hiddens.at(0) / c.head_dim,
@@ -304,7 +378,18 @@ void register_bench_attention(CLI::App& bench) {
   CLI::App* sub = bench.add_subcommand("attention", "Attention kernels: time, GFLOP/s, extra memory, error");
   sub->add_option("--mechanism", c->mechanisms, "Mechanisms to compare: standard, flash, mla, flash_mla")
       ->delimiter(',')
+      ->capture_default_str()
+      ->each([c](const std::string&) { c->mechanisms_given = true; });
+  sub->add_option("--device", c->device, "cpu, or cuda: the tensor-core kernels (flash, flash_mla) on the GPU")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  sub->add_option("--precision", c->precision, "GPU element type: bf16 or fp16")
+      ->check(CLI::IsMember({"bf16", "fp16"}))
+      ->capture_default_str();
+  sub->add_option("--tiles", c->gpu_tiles, "GPU tile shapes: auto, wide (sm_80/sm_90) or narrow (sm_86/sm_89)")
+      ->check(CLI::IsMember({"auto", "wide", "narrow"}))
+      ->capture_default_str();
+  sub->add_option("--tokens", c->tokens, "GPU: batch = tokens / seq for each length (overrides --batch)");
   sub->add_option("--rope-dim", c->rope_dim, "Rope width of the latent mechanisms' heads (default: head dim / 2)");
   sub->add_option("--batch", c->batches, "Batch sizes")->delimiter(',')->capture_default_str();
   sub->add_option("--seq", c->seqs, "Sequence lengths")->delimiter(',')->capture_default_str();

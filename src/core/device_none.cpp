@@ -2,6 +2,7 @@
 // probing reports why, and the GPU kernels refuse with a message.
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
+#include "flashgpt/cuda/attention_bench_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 
@@ -39,6 +40,7 @@ void flash_backward_tc(TensorCoreType, const AttentionDims&, const AttentionMask
                        uint16_t*, uint16_t*, void*, FlashTiles) {
   fail("GPU attention: {}", kNoCuda);
 }
+FlashBenchResult bench_flash_attention(const FlashBenchCase&) { fail("bench attention --device cuda: {}", kNoCuda); }
 DeviceBuffer::DeviceBuffer(size_t) { fail("device memory: {}", kNoCuda); }
 DeviceBuffer::~DeviceBuffer() = default;
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&&) noexcept { return *this; }

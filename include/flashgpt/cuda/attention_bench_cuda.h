@@ -1,0 +1,38 @@
+// The tensor-core flash kernels timed on the GPU (flashgpt bench attention --device cuda): one
+// case's forward and forward+backward, checked against the fp32 flash kernel on the same rounded
+// inputs before anything is timed.
+#pragma once
+
+#include <cstdint>
+
+#include "flashgpt/attention/attention.h"
+#include "flashgpt/cuda/abi.h"
+#include "flashgpt/cuda/attention_cuda.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+struct FlashBenchCase {
+  TensorCoreType type = TensorCoreType::bf16;
+  AttentionDims dims;  // Tq = Tk, self-attention
+  bool causal = true;
+  FlashTiles tiles = FlashTiles::Auto;
+  int repeats = 10;  // timed runs after two warm-ups; medians reported
+  uint64_t seed = 1;
+};
+
+struct FlashBenchResult {
+  double fwd_ms = 0, fwd_bwd_ms = 0;
+  // flash-attention's convention: forward 2·B·H·T²·(Dqk + Dv), halved when causal; backward 2.5×.
+  double fwd_tflops = 0, fwd_bwd_tflops = 0;
+  // max |o − o_fp32| / max |o_fp32| against the fp32 kernel on the same rounded inputs.
+  double max_rel_err = 0;
+  // Device memory the kernels need beyond q, k, v, o, dO and the gradients: lse and the
+  // backward's workspace.
+  int64_t extra_bytes = 0;
+};
+
+// Throws (naming the case) when the output disagrees with the fp32 kernel beyond the element
+// type's precision (bf16 2e-2, fp16 4e-3 relative to the largest output).
+FlashBenchResult bench_flash_attention(const FlashBenchCase& c);
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

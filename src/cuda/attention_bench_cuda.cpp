@@ -1,0 +1,156 @@
+// The tensor-core flash kernels' benchmark (attention_bench_cuda.h). Host code over the kernels,
+// built for the GPU and for the emulator (where its test runs a tiny case).
+#include "flashgpt/cuda/attention_bench_cuda.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "flashgpt/core/error.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/device_memory.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+namespace {
+
+uint16_t to_bits(TensorCoreType t, float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if (t == TensorCoreType::bf16) {
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+  }
+  // fp16, round to nearest even; the benchmark's inputs are normal draws, far from fp16's range
+  // limits, but the subnormal and overflow cases are still handled.
+  const auto sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  u &= 0x7FFFFFFFu;
+  if (u >= 0x477FF000u) return sign | 0x7C00u;
+  if (u < 0x38800000u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return sign | static_cast<uint16_t>(std::nearbyint(std::ldexp(f, 24)));
+  }
+  u += 0xFFFu + ((u >> 13) & 1u);
+  return sign | static_cast<uint16_t>((u >> 13) - ((127u - 15u) << 10));
+}
+
+float from_bits(TensorCoreType t, uint16_t h) {
+  if (t == TensorCoreType::bf16) {
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+  }
+  const int e = (h >> 10) & 0x1F;
+  const auto m = static_cast<float>(h & 0x3FFu);
+  const float f = e == 0 ? std::ldexp(m, -24) : std::ldexp(m + 1024.0f, e - 25);
+  return (h & 0x8000u) ? -f : f;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// One rounded random tensor: its bits on the device for the tensor-core kernels, its values in
+// fp32 on the device for the reference.
+struct Input {
+  DeviceBuffer bits, f32;
+  Input(TensorCoreType t, int64_t n, Rng& rng) : bits(static_cast<size_t>(n) * 2), f32(static_cast<size_t>(n) * 4) {
+    std::vector<uint16_t> b(static_cast<size_t>(n));
+    std::vector<float> f(b.size());
+    for (size_t i = 0; i < b.size(); ++i) {
+      b[i] = to_bits(t, static_cast<float>(rng.normal()));
+      f[i] = from_bits(t, b[i]);
+    }
+    bits.upload(b.data(), b.size() * 2);
+    f32.upload(f.data(), f.size() * 4);
+  }
+};
+
+}  // namespace
+
+FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
+  const AttentionDims& d = c.dims;
+  FLASHGPT_CHECK(c.repeats > 0, "bench attention: repeats must be positive");
+  FLASHGPT_CHECK(d.Tq == d.Tk, "bench attention: self-attention cases only (Tq = Tk)");
+  const char* type = c.type == TensorCoreType::bf16 ? "bf16" : "fp16";
+  const std::string what = fmt::format("{} B{} H{} T{} D{}/{}{}", type, d.B, d.Hq, d.Tq, d.Dqk, d.Dv,
+                                       c.causal ? " causal" : "");
+  FLASHGPT_CHECK(flash_tc_supports(d.Dqk, d.Dv),
+                 "bench attention: the tensor-core kernels have no instantiation for head dims {}/{}", d.Dqk, d.Dv);
+  Rng rng(c.seed);
+  const int64_t nq = d.B * d.Tq * d.Hq * d.Dqk, nk = d.B * d.Tk * d.Hkv * d.Dqk, nv = d.B * d.Tk * d.Hkv * d.Dv;
+  const int64_t no = d.B * d.Tq * d.Hq * d.Dv, nl = d.B * d.Hq * d.Tq;
+  Input q(c.type, nq, rng), k(c.type, nk, rng), v(c.type, nv, rng), dout(c.type, no, rng);
+  DeviceBuffer o(static_cast<size_t>(no) * 2), lse(static_cast<size_t>(nl) * 4), dq(static_cast<size_t>(nq) * 2),
+      dk(static_cast<size_t>(nk) * 2), dv(static_cast<size_t>(nv) * 2);
+  DeviceBuffer workspace(flash_backward_workspace_bytes(d));
+  const AttentionMask m{c.causal, 0};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d.Dqk));
+
+  // Checked first: the fp32 kernel on the same rounded values is the reference.
+  FlashBenchResult r;
+  {
+    DeviceBuffer o_ref(static_cast<size_t>(no) * 4), lse_ref(static_cast<size_t>(nl) * 4);
+    flash_forward_fp32(d, m, scale, q.f32.as<float>(), k.f32.as<float>(), v.f32.as<float>(), o_ref.as<float>(),
+                       lse_ref.as<float>());
+    flash_forward_tc(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(), v.bits.as<uint16_t>(),
+                     o.as<uint16_t>(), lse.as<float>(), c.tiles);
+    std::vector<float> ref(static_cast<size_t>(no));
+    std::vector<uint16_t> got(ref.size());
+    o_ref.download(ref.data(), ref.size() * 4);
+    o.download(got.data(), got.size() * 2);
+    double worst = 0, top = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      top = std::max(top, static_cast<double>(std::abs(ref[i])));
+      const double e = std::abs(static_cast<double>(from_bits(c.type, got[i])) - ref[i]);
+      worst = std::isfinite(e) ? std::max(worst, e) : INFINITY;
+    }
+    const double rel = worst / std::max(top, 1e-30), bound = c.type == TensorCoreType::bf16 ? 2e-2 : 4e-3;
+    FLASHGPT_CHECK(rel <= bound, "bench attention {}: the tensor-core forward disagrees with the fp32 kernel "
+                   "(relative error {:.2e} > {:.0e})", what, rel, bound);
+    r.max_rel_err = rel;
+  }
+  r.extra_bytes = static_cast<int64_t>(lse.bytes() + workspace.bytes());
+
+  auto forward = [&] {
+    flash_forward_tc(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(), v.bits.as<uint16_t>(),
+                     o.as<uint16_t>(), lse.as<float>(), c.tiles);
+  };
+  auto backward = [&] {
+    flash_backward_tc(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(), v.bits.as<uint16_t>(),
+                      o.as<uint16_t>(), lse.as<float>(), dout.bits.as<uint16_t>(), dq.as<uint16_t>(),
+                      dk.as<uint16_t>(), dv.as<uint16_t>(), workspace.get(), c.tiles);
+  };
+  for (int w = 0; w < 2; ++w) {
+    forward();
+    backward();
+  }
+  synchronize();
+  std::vector<double> fwd, both;
+  for (int rep = 0; rep < c.repeats; ++rep) {
+    Timer t;
+    forward();
+    synchronize();
+    const double tf = t.seconds();
+    backward();
+    synchronize();
+    fwd.push_back(tf);
+    both.push_back(t.seconds());
+  }
+  r.fwd_ms = median(fwd) * 1e3;
+  r.fwd_bwd_ms = median(both) * 1e3;
+  const double flops = 2.0 * static_cast<double>(d.B * d.Hq) * static_cast<double>(d.Tq) *
+                       static_cast<double>(d.Tk) * static_cast<double>(d.Dqk + d.Dv) * (c.causal ? 0.5 : 1.0);
+  r.fwd_tflops = flops / (r.fwd_ms * 1e-3) / 1e12;
+  r.fwd_bwd_tflops = 3.5 * flops / (r.fwd_bwd_ms * 1e-3) / 1e12;
+  return r;
+}
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
