@@ -92,6 +92,39 @@ if [ -n "$bin" ]; then
   fi
 fi
 
+# --- the tensor-core attention kernels, on the peer's shapes ----------------------------------
+say ""
+say "## Attention: flashgpt's tensor-core kernels (checked against the fp32 kernel, then timed)"
+say ""
+if [ -n "$bin" ]; then
+  attn_ok=1
+  for d in 64 128; do
+    for precision in bf16 fp16; do
+      timeout 600 "$bin/flashgpt" bench attention --device cuda --precision "$precision" --hidden 2048 --head-dim "$d" \
+        --tokens 16384 --seq 1024,2048,4096,8192 --causal both --repeats 20 --json \
+        >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
+    done
+  done
+  # Latent attention's training shapes (DeepSeek's 192/128, and head 64 + rope 32).
+  timeout 600 "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 2048 --head-dim 128 \
+    --rope-dim 64 --tokens 16384 --seq 1024,4096 --causal yes --repeats 20 --json \
+    >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
+  timeout 600 "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 768 --head-dim 64 \
+    --rope-dim 32 --tokens 16384 --seq 1024 --causal yes --repeats 20 --json \
+    >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
+  [ $attn_ok = 1 ] || { say "(a case failed: $(tail -1 "$logs/bench_attention.err" | cut -c1-200))"; status=1; }
+  python3 - "$out/gpu-check-$stamp-attention.jsonl" >> "$report" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| mechanism | precision | B | H | T | Dqk/Dv | causal | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | extra MiB | max rel err |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['mechanism']} | {r['precision']} | {r['batch']} | {r['heads']} | {r['seq']} | {r['dqk']}/{r['dv']} | "
+          f"{r['causal']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {r['fwd_tflops']:.1f} | "
+          f"{r['fwd_bwd_tflops']:.1f} | {r['extra_bytes'] / 2**20:.1f} | {r['max_rel_err']:.1e} |")
+PYEOF
+fi
+
 # --- the training step, beside PyTorch's ----------------------------------------------------
 say ""
 say "## Training step: GPT-2 124M (d12), B=16, T=1024"
@@ -131,6 +164,28 @@ if python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; the
   timeout 900 python3 bench/peers/sdpa_attention.py --repeats 20 --jsonl "$out/gpu-check-$stamp-peers.jsonl" \
     > "$logs/peers.md" 2> "$logs/peers.err" || say "(the peer run failed: $(tail -1 "$logs/peers.err"))"
   cat "$logs/peers.md" >> "$report"
+  if [ -s "$out/gpu-check-$stamp-attention.jsonl" ]; then
+    say ""
+    say "### flashgpt against PyTorch, same shapes (bf16; ratio > 1: flashgpt faster)"
+    say ""
+    python3 - "$out/gpu-check-$stamp-attention.jsonl" "$out/gpu-check-$stamp-peers.jsonl" >> "$report" <<'PYEOF'
+import json, sys
+ours = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+peers = [json.loads(l) for l in open(sys.argv[2]) if l.strip()]
+def key(r):
+    return (r["batch"], r["heads"], r["seq"], r["head_dim"], bool(r["causal"]))
+peer = {(p["peer"],) + key(p): p for p in peers}
+print("| B | H | T | D | causal | fwd: ours / torch_flash | fwd+bwd: ours / torch_flash | fwd+bwd: ours / torch_cudnn |")
+print("|---|---|---|---|---|---|---|---|")
+for r in ours:
+    if r["mechanism"] != "flash" or r["precision"] != "bf16":
+        continue
+    f, c = peer.get(("torch_flash",) + key(r)), peer.get(("torch_cudnn",) + key(r))
+    ratio = lambda p, k: f"{r[k] / p[k]:.2f}×" if p else "—"
+    print(f"| {r['batch']} | {r['heads']} | {r['seq']} | {r['head_dim']} | {r['causal']} | "
+          f"{ratio(f, 'fwd_tflops')} | {ratio(f, 'fwd_bwd_tflops')} | {ratio(c, 'fwd_bwd_tflops')} |")
+PYEOF
+  fi
 else
   say "PyTorch with CUDA is not available here."
 fi
