@@ -1,10 +1,10 @@
 // The paged latent decode (cuda/latent_decode_cuda.h) against the CPU's standard attention over
 // each sequence's cache gathered into a dense MQA problem (keys = whole latent rows, values =
-// their first n_latent values, causal with the new tokens last): fp32 within 1e-5, bf16 within
-// twice the error of a plain bf16 computation against fp64. Sequences have different lengths, the
-// block table scatters their pages over a pool whose unused pages are NaN, and the split count
-// is automatic, one (no combine) or several. Skipped without a GPU; the simt build runs it on
-// the CPU emulator.
+// their first n_latent values, causal with the new tokens last): fp32 within 1e-5, bf16 — on the
+// CUDA cores and on the tensor cores — within twice the error of a plain bf16 computation against
+// fp64. Sequences have different lengths, the block table scatters their pages over a pool whose
+// unused pages and rows are NaN, and the split count is automatic, one (no combine) or several.
+// Skipped without a GPU; the simt build runs it on the CPU emulator.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <gtest/gtest.h>
@@ -106,6 +106,16 @@ const std::vector<Case> kCases = {
     {20, 2, 40, 0, 16, {64, 2, 33, 90}},
 };
 
+// The tensor-core kernel's sizes (576/512 and 64/32): more query rows than one block holds, rows
+// that end mid-block, pages smaller and larger than its key tile, sequences shorter than a tile.
+const std::vector<Case> kTensorCoreCases = {
+    {128, 1, 512, 64, 64, {1, 64, 300}},
+    {16, 3, 512, 64, 16, {70, 3}},
+    {40, 2, 32, 32, 16, {2, 33, 90, 200}},
+    {7, 1, 32, 32, 5, {1, 31, 77}},
+    {33, 4, 32, 32, 64, {130, 4}},
+};
+
 TEST(CudaLatentDecode, Fp32EqualsTheCpuOverEverySplitCount) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   Rng rng(5);
@@ -135,7 +145,8 @@ TEST(CudaLatentDecode, Fp32EqualsTheCpuOverEverySplitCount) {
       gout.fill_bytes(0xFF);
       glse.fill_bytes(0xFF);
       cuda::latent_decode_paged(d, scale, gq.as<const float>(), gpool.as<const float>(), gtab.as<const int32_t>(),
-                                glen.as<const int32_t>(), gout.as<float>(), glse.as<float>(), splits);
+                                glen.as<const int32_t>(), gout.as<float>(), glse.as<float>(),
+                                cuda::LatentDecodeOptions{splits});
       cuda::synchronize();
       std::vector<float> got(want.size()), got_lse(want_lse.size());
       gout.download(got.data(), got.size() * 4);
@@ -152,54 +163,160 @@ TEST(CudaLatentDecode, Fp32EqualsTheCpuOverEverySplitCount) {
   }
 }
 
+// Runs the bf16 decode of case c with the given options and returns the largest of (its error
+// against fp64) / (a plain bf16 computation's error against fp64), relative norms over all rows.
+struct Bf16Run {
+  double ours = 0, plain = 0;
+  std::vector<uint16_t> out;
+  std::vector<float> lse;
+};
+
+Bf16Run run_bf16(const Case& c, uint64_t seed, const cuda::LatentDecodeOptions& opt) {
+  Rng rng(seed);
+  const int64_t row = c.nl + c.rope, B = static_cast<int64_t>(c.lens.size());
+  const Paged p = make_paged(c, rng, true);
+  std::vector<float> q(static_cast<size_t>(B * c.Tq * c.H * row));
+  for (float& x : q) x = from_bf16(to_bf16(static_cast<float>(rng.normal())));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(row));
+  std::vector<uint16_t> q_bits(q.size()), pool_bits(p.pool.size());
+  for (size_t i = 0; i < q.size(); ++i) q_bits[i] = to_bf16(q[i]);
+  for (size_t i = 0; i < p.pool.size(); ++i) pool_bits[i] = to_bf16(p.pool[i]);
+  DeviceBuffer gq(q_bits.size() * 2), gpool(pool_bits.size() * 2), gtab(p.table.size() * 4), glen(c.lens.size() * 4);
+  gq.upload(q_bits.data(), q_bits.size() * 2);
+  gpool.upload(pool_bits.data(), pool_bits.size() * 2);
+  gtab.upload(p.table.data(), p.table.size() * 4);
+  glen.upload(c.lens.data(), c.lens.size() * 4);
+  const size_t n_out = static_cast<size_t>(B * c.Tq * c.H * c.nl), n_lse = static_cast<size_t>(B * c.H * c.Tq);
+  DeviceBuffer gout(n_out * 2), glse(n_lse * 4);
+  gout.fill_bytes(0xFF);
+  glse.fill_bytes(0xFF);
+  cuda::latent_decode_paged(cuda::PagedLatentDims{B, c.H, c.Tq, c.nl, c.rope, c.page, p.max_pages},
+                            static_cast<float>(scale), gq.as<const bf16>(), gpool.as<const bf16>(),
+                            gtab.as<const int32_t>(), glen.as<const int32_t>(), gout.as<bf16>(), glse.as<float>(), opt);
+  cuda::synchronize();
+  Bf16Run r;
+  r.out.resize(n_out);
+  r.lse.resize(n_lse);
+  gout.download(r.out.data(), n_out * 2);
+  glse.download(r.lse.data(), n_lse * 4);
+  double num_ours = 0, num_plain = 0, den = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t len = c.lens[static_cast<size_t>(b)];
+    const auto qf = std::vector<float>(q.begin() + b * c.Tq * c.H * row, q.begin() + (b + 1) * c.Tq * c.H * row);
+    const auto& rows = p.dense[static_cast<size_t>(b)];
+    std::vector<double> exact, exact_lse;
+    reference<double>(c, {qf.begin(), qf.end()}, {rows.begin(), rows.end()}, len, scale, exact, exact_lse);
+    std::vector<float> plain, plain_lse;
+    reference<float>(c, qf, rows, len, static_cast<float>(scale), plain, plain_lse);
+    for (size_t i = 0; i < exact.size(); ++i) {
+      const double ours = from_bf16(r.out[static_cast<size_t>(b * c.Tq * c.H * c.nl) + i]);
+      EXPECT_TRUE(std::isfinite(ours)) << "output " << i << " of sequence " << b << " unwritten or read a wrong row";
+      if (!std::isfinite(ours)) return r;
+      const double pl = from_bf16(to_bf16(plain[i]));
+      num_ours += (ours - exact[i]) * (ours - exact[i]);
+      num_plain += (pl - exact[i]) * (pl - exact[i]);
+      den += exact[i] * exact[i];
+    }
+    for (size_t i = 0; i < exact_lse.size(); ++i) {
+      EXPECT_NEAR(r.lse[static_cast<size_t>(b * c.H * c.Tq) + i], exact_lse[i], 1e-3 * std::abs(exact_lse[i]) + 1e-3)
+          << "lse " << i << " of sequence " << b;
+    }
+  }
+  r.ours = std::sqrt(num_ours / den);
+  r.plain = std::sqrt(num_plain / den);
+  return r;
+}
+
 TEST(CudaLatentDecode, Bf16IsAsAccurateAsAPlainBf16Computation) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
-  Rng rng(6);
   for (const Case& c : kCases) {
-    SCOPED_TRACE(name(c));
-    const int64_t row = c.nl + c.rope, B = static_cast<int64_t>(c.lens.size());
-    const Paged p = make_paged(c, rng, true);
-    std::vector<float> q(static_cast<size_t>(B * c.Tq * c.H * row));
-    for (float& x : q) x = from_bf16(to_bf16(static_cast<float>(rng.normal())));
-    const double scale = 1.0 / std::sqrt(static_cast<double>(row));
-    double num_ours = 0, num_plain = 0, den = 0;
-    std::vector<uint16_t> q_bits(q.size()), pool_bits(p.pool.size());
-    for (size_t i = 0; i < q.size(); ++i) q_bits[i] = to_bf16(q[i]);
-    for (size_t i = 0; i < p.pool.size(); ++i) pool_bits[i] = to_bf16(p.pool[i]);
-    DeviceBuffer gq(q_bits.size() * 2), gpool(pool_bits.size() * 2), gtab(p.table.size() * 4), glen(c.lens.size() * 4);
-    gq.upload(q_bits.data(), q_bits.size() * 2);
-    gpool.upload(pool_bits.data(), pool_bits.size() * 2);
-    gtab.upload(p.table.data(), p.table.size() * 4);
-    glen.upload(c.lens.data(), c.lens.size() * 4);
-    const size_t n_out = static_cast<size_t>(B * c.Tq * c.H * c.nl);
-    DeviceBuffer gout(n_out * 2), glse(static_cast<size_t>(B * c.H * c.Tq) * 4);
-    gout.fill_bytes(0xFF);
-    cuda::PagedLatentDims d{B, c.H, c.Tq, c.nl, c.rope, c.page, p.max_pages};
-    cuda::latent_decode_paged(d, static_cast<float>(scale), gq.as<const bf16>(), gpool.as<const bf16>(),
-                              gtab.as<const int32_t>(), glen.as<const int32_t>(), gout.as<bf16>(), glse.as<float>());
-    cuda::synchronize();
-    std::vector<uint16_t> out_bits(n_out);
-    gout.download(out_bits.data(), n_out * 2);
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t len = c.lens[static_cast<size_t>(b)];
-      const auto qf = std::vector<float>(q.begin() + b * c.Tq * c.H * row, q.begin() + (b + 1) * c.Tq * c.H * row);
-      const auto& rows = p.dense[static_cast<size_t>(b)];
-      std::vector<double> exact, exact_lse;
-      reference<double>(c, {qf.begin(), qf.end()}, {rows.begin(), rows.end()}, len, scale, exact, exact_lse);
-      std::vector<float> plain, plain_lse;
-      reference<float>(c, qf, rows, len, static_cast<float>(scale), plain, plain_lse);
-      for (size_t i = 0; i < exact.size(); ++i) {
-        const double ours = from_bf16(out_bits[static_cast<size_t>(b * c.Tq * c.H * c.nl) + i]);
-        ASSERT_TRUE(std::isfinite(ours));
-        const double pl = from_bf16(to_bf16(plain[i]));
-        num_ours += (ours - exact[i]) * (ours - exact[i]);
-        num_plain += (pl - exact[i]) * (pl - exact[i]);
-        den += exact[i] * exact[i];
-      }
+    for (int splits : {0, 1, 3}) {
+      SCOPED_TRACE(fmt::format("{} splits {}", name(c), splits));
+      cuda::LatentDecodeOptions opt;
+      opt.splits = splits;
+      opt.kernel = cuda::LatentDecodeKernel::CudaCores;
+      const Bf16Run r = run_bf16(c, 6, opt);
+      EXPECT_LE(r.ours, 2 * r.plain + 1e-6) << "ours " << r.ours << " against plain bf16 " << r.plain;
     }
-    const double e_ours = std::sqrt(num_ours / den), e_plain = std::sqrt(num_plain / den);
-    EXPECT_LE(e_ours, 2 * e_plain + 1e-6) << "ours " << e_ours << " against plain bf16 " << e_plain;
   }
+}
+
+TEST(CudaLatentDecode, TensorCoreKernelIsAsAccurateAsAPlainBf16Computation) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  int run = 0;
+  for (const Case& c : kTensorCoreCases) {
+    for (int splits : {0, 1, 2, 5}) {
+      SCOPED_TRACE(fmt::format("{} splits {}", name(c), splits));
+      cuda::LatentDecodeOptions opt;
+      opt.splits = splits;
+      opt.kernel = cuda::LatentDecodeKernel::TensorCores;
+      // Every other run brings its own scratch, poisoned.
+      const auto plan = cuda::plan_latent_decode<bf16>(
+          cuda::PagedLatentDims{static_cast<int64_t>(c.lens.size()), c.H, c.Tq, c.nl, c.rope, c.page,
+                                (*std::max_element(c.lens.begin(), c.lens.end()) + c.page - 1) / c.page},
+          opt);
+      EXPECT_EQ(plan.kernel, cuda::LatentDecodeKernel::TensorCores);
+      DeviceBuffer ws(std::max<size_t>(plan.workspace_bytes, 1));
+      ws.fill_bytes(0xFF);
+      if (run++ % 2 == 1) opt.workspace = ws.get();
+      const Bf16Run r = run_bf16(c, 7, opt);
+      EXPECT_LE(r.ours, 2 * r.plain + 1e-6) << "ours " << r.ours << " against plain bf16 " << r.plain;
+    }
+  }
+}
+
+TEST(CudaLatentDecode, AutoPicksTheTensorCoresForBf16AtTheirSizes) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  using cuda::LatentDecodeKernel;
+  cuda::PagedLatentDims d{128, 128, 1, 512, 64, 64, 64};
+  EXPECT_TRUE(cuda::latent_decode_tc_supports(512, 64));
+  EXPECT_FALSE(cuda::latent_decode_tc_supports(40, 0));
+  const auto tc = cuda::plan_latent_decode<bf16>(d);
+  EXPECT_EQ(tc.kernel, LatentDecodeKernel::TensorCores);
+  EXPECT_EQ(tc.rows_per_block, 64);  // the emulated GPU has an H100's shared memory: wide tiles
+  EXPECT_GE(tc.blocks_per_sm, 1);
+  EXPECT_GT(tc.shared_bytes, 100u * 1024);
+  // 128 sequences × 2 row blocks fill the 132 SMs twice over: one split, no scratch.
+  EXPECT_EQ(tc.splits, 1);
+  EXPECT_EQ(tc.workspace_bytes, 0u);
+  EXPECT_EQ(cuda::plan_latent_decode<float>(d).kernel, LatentDecodeKernel::CudaCores);
+  cuda::LatentDecodeOptions cores;
+  cores.kernel = LatentDecodeKernel::CudaCores;
+  EXPECT_EQ(cuda::plan_latent_decode<bf16>(d, cores).kernel, LatentDecodeKernel::CudaCores);
+  // One long sequence: split along its cache, with scratch for the partial results.
+  d.B = 1;
+  d.max_pages = 512;
+  const auto one = cuda::plan_latent_decode<bf16>(d);
+  EXPECT_GT(one.splits, 16);
+  EXPECT_GE(one.workspace_bytes, static_cast<size_t>(one.splits) * 128 * (512 + 1) * sizeof(float));
+  cuda::LatentDecodeOptions forced;
+  forced.kernel = LatentDecodeKernel::TensorCores;
+  d.n_latent = 40;
+  try {
+    (void)cuda::plan_latent_decode<bf16>(d, forced);
+    ADD_FAILURE() << "the tensor-core kernel accepted n_latent 40";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("512/64 or 32/32"), std::string::npos) << e.what();
+  }
+  d.n_latent = 512;
+  EXPECT_THROW((void)cuda::plan_latent_decode<float>(d, forced), Error);
+}
+
+TEST(CudaLatentDecode, SplitChoiceFillsTheGpuWithoutWastingWaves) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  // Enough blocks for every slot: no split (each costs a query load and a combine).
+  EXPECT_EQ(cuda::choose_latent_splits(256, 512, 132), 1);
+  EXPECT_EQ(cuda::choose_latent_splits(1000, 16, 132), 1);
+  // One sequence over 132 slots: split as far as the pages allow, never further.
+  EXPECT_EQ(cuda::choose_latent_splits(1, 8, 132), 8);
+  EXPECT_EQ(cuda::choose_latent_splits(1, 1, 132), 1);
+  const int s = cuda::choose_latent_splits(2, 512, 132);
+  EXPECT_GE(s, 32);
+  EXPECT_LE(2 * s, 132);  // one wave
+  // 100 blocks leave a quarter of 132 slots idle; five splits make 500 blocks, four nearly full
+  // waves of 13 pages each instead of one wave of 64.
+  EXPECT_EQ(cuda::choose_latent_splits(100, 64, 132), 5);
+  EXPECT_THROW((void)cuda::choose_latent_splits(0, 1, 1), Error);
 }
 
 TEST(CudaLatentDecode, RejectsBadSizes) {
@@ -210,6 +327,16 @@ TEST(CudaLatentDecode, RejectsBadSizes) {
   d.n_latent = 512;
   d.page_size = 0;
   EXPECT_THROW(cuda::latent_decode_paged<float>(d, 1.0f, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr), Error);
+  // The tensor-core kernel reads 16-byte pieces: misaligned queries are refused, not misread.
+  d.page_size = 64;
+  DeviceBuffer buf(4096);
+  cuda::LatentDecodeOptions opt;
+  opt.kernel = cuda::LatentDecodeKernel::TensorCores;
+  opt.splits = 1;
+  const auto* base = buf.as<const bf16>();
+  EXPECT_THROW(cuda::latent_decode_paged<bf16>(d, 1.0f, base + 1, base, buf.as<const int32_t>(),
+                                               buf.as<const int32_t>(), buf.as<bf16>(), buf.as<float>(), opt),
+               Error);
 }
 
 }  // namespace

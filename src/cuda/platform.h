@@ -46,6 +46,20 @@ void allow_shared(Kernel kernel, size_t bytes, const char* name) {
   FLASHGPT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
+// How many blocks of `kernel` (threads each, `shared` bytes of dynamic shared memory, which
+// allow_shared has already allowed) one SM holds at once.
+template <typename Kernel>
+int max_blocks_per_sm(Kernel kernel, int threads, size_t shared) {
+#if defined(FLASHGPT_SIMT)
+  (void)kernel;
+  return ::flashgpt::simt::max_blocks_per_sm(threads, shared);
+#else
+  int blocks = 0;
+  FLASHGPT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, shared));
+  return blocks;
+#endif
+}
+
 // Queues kernel<<<grid, block, shared, stream>>>(args...) and checks the launch; `name` says which
 // kernel in the error. Arguments convert to the kernel's parameter types as in a launch.
 template <typename... Params, typename... Args>

@@ -10,9 +10,15 @@
 //
 // The work is split along each sequence's cache (split-KV, as in Flash-Decoding): every split
 // covers whole pages and keeps its own online softmax; a combine kernel then merges the splits by
-// their log-sum-exp. The split count is chosen from the batch and the GPU's SM count unless given.
+// their log-sum-exp. Two kernels do the splits:
+//   tensor cores — bf16, for the (n_latent, rope_dim) pairs latent_decode_tc_supports names: a
+//                  block holds 64 query rows (heads × new tokens) of one sequence and streams
+//                  its split of the cache through shared memory once for all of them, QKᵀ and PV
+//                  on mma.sync with the values read from the very rows that hold the keys;
+//   CUDA cores   — fp32 (the parity path) and every other size, 16 query rows per block.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "flashgpt/cuda/abi.h"
@@ -31,11 +37,48 @@ struct PagedLatentDims {
   int64_t row() const { return n_latent + rope_dim; }
 };
 
+enum class LatentDecodeKernel { Auto, CudaCores, TensorCores };
+
+// Auto: the tensor-core kernel for bf16 at the sizes it is built for, otherwise the CUDA-core one.
+struct LatentDecodeOptions {
+  int splits = 0;  // splits of each sequence's cache; 0 chooses from the batch and the GPU
+  LatentDecodeKernel kernel = LatentDecodeKernel::Auto;
+  // Scratch for the splits' partial results: at least plan_latent_decode(…).workspace_bytes, or
+  // null to have each call allocate (and wait for) its own.
+  void* workspace = nullptr;
+};
+
+// What a call with these options will do on this GPU.
+struct LatentDecodePlan {
+  LatentDecodeKernel kernel = LatentDecodeKernel::CudaCores;  // resolved, never Auto
+  int splits = 1;
+  int rows_per_block = 16;      // query rows (heads × new tokens) that share one pass over the cache
+  int blocks_per_sm = 1;        // how many of the split kernel's blocks one SM holds at once
+  size_t shared_bytes = 0;      // per block
+  size_t workspace_bytes = 0;   // the partial outputs and log-sum-exps when splits > 1
+};
+
+// Whether the tensor-core kernel is built for this latent width and rope width.
+bool latent_decode_tc_supports(int64_t n_latent, int64_t rope_dim);
+
+// The split count the automatic choice makes for `blocks` blocks of a split-free launch over at
+// most `pages` pages per sequence, when `slots` blocks run at once on the whole GPU: the count
+// with the fewest page-steps on the busiest SM, where every split also pays about one page for
+// loading its queries and writing its partial result, and the combine step about two more.
+int choose_latent_splits(int64_t blocks, int64_t pages, int64_t slots);
+
+// T is float or bf16. Throws on sizes no kernel runs (naming them), or when TensorCores is asked
+// for what the tensor-core kernel cannot run.
+template <typename T>
+LatentDecodePlan plan_latent_decode(const PagedLatentDims& d, const LatentDecodeOptions& opt = {});
+
 // q_abs [B, Tq, H, row] (queries with W_k_up folded in), cache pages [·, page_size, row],
 // block_table [B, max_pages], seq_lens [B] (each ≥ Tq and ≤ max_pages·page_size); writes
-// out [B, Tq, H, n_latent] and lse [B, H, Tq]. T is float or bf16. splits = 0 chooses.
+// out [B, Tq, H, n_latent] and lse [B, H, Tq]. T is float or bf16. Without a workspace the call
+// waits for the GPU before returning (it frees what it allocated).
 template <typename T>
 void latent_decode_paged(const PagedLatentDims& d, float scale, const T* q_abs, const T* cache,
-                         const int32_t* block_table, const int32_t* seq_lens, T* out, float* lse, int splits = 0);
+                         const int32_t* block_table, const int32_t* seq_lens, T* out, float* lse,
+                         const LatentDecodeOptions& opt = {});
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

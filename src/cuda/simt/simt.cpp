@@ -555,6 +555,15 @@ cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int) {
   }
 }
 
+int max_blocks_per_sm(int threads, size_t shared) {
+  constexpr int kThreadsPerSm = 2048, kBlocksPerSm = 32;
+  constexpr size_t kSharedPerSm = 233472, kReservedPerBlock = 1024;  // 228 KiB, less 1 KiB per block
+  if (threads <= 0 || threads > kMaxThreads || shared > kSharedOptIn) return 0;
+  const int by_threads = kThreadsPerSm / threads;
+  const int by_shared = static_cast<int>(kSharedPerSm / (shared + kReservedPerBlock));
+  return std::min({by_threads, by_shared, kBlocksPerSm});
+}
+
 cudaError_t last_error() {
   const cudaError_t e = g_last_error;
   g_last_error = cudaSuccess;

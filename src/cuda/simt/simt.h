@@ -94,6 +94,9 @@ cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
 cudaError_t set_bytes(void* ptr, int value, size_t bytes);
 cudaError_t get_device(int* device);
 cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int device);
+// Blocks of `threads` threads and `shared` bytes of dynamic shared memory that one SM of the
+// emulated GPU (an H100's limits: 2048 threads, 228 KiB of shared memory, 32 blocks) holds at once.
+int max_blocks_per_sm(int threads, size_t shared);
 cudaError_t last_error();
 cudaError_t device_synchronize();
 const char* error_string(cudaError_t e);

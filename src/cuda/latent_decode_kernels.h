@@ -1,0 +1,69 @@
+// What the paged latent decode's kernels share (latent_decode_*.cu): the sizes in device form, the
+// cache split each block covers, and the launchers of the two split kernels — CUDA cores
+// (latent_decode_cuda_cores.cu) and tensor cores (latent_decode_tc.cu). The entry point, the
+// plan and the combine step are in latent_decode_cuda.cu.
+//
+// Both split kernels write, per query row, either the final output and log-sum-exp (one split)
+// or the split's normalised output and log-sum-exp in fp32 for the combine step:
+//   part_o [splits, B·Tq·H, n_latent], part_lse [splits, B·Tq·H], rows in out's [B, Tq, H] order.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/platform.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+namespace latent_decode {
+
+struct Dims {
+  int64_t B, H, Tq, nl, row, page, max_pages;
+  __host__ __device__ int64_t rows() const { return Tq * H; }  // query rows per sequence
+};
+
+// The keys [k0, k1) that split `split` of `splits` covers in a sequence of len tokens: whole
+// pages, the same count for every split, the last ones possibly empty.
+struct KeyRange {
+  int64_t k0, k1;
+};
+__host__ __device__ inline KeyRange split_range(int64_t len, int64_t page, int split, int splits) {
+  const int64_t pages = (len + page - 1) / page, per = (pages + splits - 1) / splits;
+  const int64_t k0 = split * per * page, k1 = (split + 1) * per * page;
+  return {k0 < len ? k0 : len, k1 < len ? k1 : len};
+}
+
+template <typename E>
+struct Args {
+  const E* q;
+  const E* cache;
+  const int32_t* block_table;
+  const int32_t* seq_lens;
+  E* out;
+  float* lse;
+  float* part_o;    // null when splits == 1
+  float* part_lse;  // null when splits == 1
+};
+
+// How one split kernel launches for these sizes: the query rows a block holds, its threads and
+// shared memory, and how many of its blocks an SM holds at once.
+struct LaunchInfo {
+  int rows = 0, threads = 0;
+  size_t shared_bytes = 0;
+  int blocks_per_sm = 0;
+};
+
+// The CUDA-core kernel (E float or __nv_bfloat16): any n_latent ≤ 512 and rope_dim.
+template <typename E>
+LaunchInfo cuda_cores_info(const Dims& d);
+template <typename E>
+void launch_cuda_cores(const Dims& d, float scale, int splits, const Args<E>& a);
+
+// The tensor-core kernel (bf16): the (n_latent, rope_dim) pairs tc_supports names. `wide` tiles
+// need 152 KiB of shared memory per block (A100, H100, H200), the others 75 KiB (every sm_8x).
+bool tc_supports(int64_t nl, int64_t rope);
+size_t tc_shared_bytes(const Dims& d, bool wide);
+LaunchInfo tc_info(const Dims& d, bool wide);
+void launch_tensor_cores(const Dims& d, float scale, int splits, const Args<__nv_bfloat16>& a, bool wide);
+
+}  // namespace latent_decode
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
