@@ -125,6 +125,29 @@ for r in rows:
 PYEOF
 fi
 
+# --- the latent decode, beside the copy bandwidth ---------------------------------------------
+say ""
+say "## MLA latent decode: batch 128, 128 heads, 576/512 rows, pages of 64 (against this GPU's copy rate)"
+say ""
+if [ -n "$bin" ]; then
+  if timeout 600 "$bin/flashgpt" bench latent-decode --batch 128 --heads 128 --latent 512 --rope 64 \
+       --context 1024,2048,4096,8192,16384,32768 --kernel tensor-cores,cuda-cores --repeats 10 --json \
+       > "$out/gpu-check-$stamp-latent-decode.jsonl" 2> "$logs/bench_latent_decode.err"; then
+    python3 - "$out/gpu-check-$stamp-latent-decode.jsonl" >> "$report" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| kernel | context | splits | ms | GB/s | copy GB/s | of copy | TFLOP/s | max rel err |")
+print("|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['kernel']} | {r['context']} | {r['splits']} | {r['ms']:.3f} | {r['gbps']:.0f} | {r['copy_gbps']:.0f} | "
+          f"{100 * r['of_copy']:.0f}% | {r['tflops']:.1f} | {r['max_rel_err']:.1e} |")
+PYEOF
+  else
+    say "(failed: $(tail -1 "$logs/bench_latent_decode.err" | cut -c1-200))"
+    status=1
+  fi
+fi
+
 # --- the training step, beside PyTorch's ----------------------------------------------------
 say ""
 say "## Training step: GPT-2 124M (d12), B=16, T=1024"

@@ -182,7 +182,8 @@ TEST_F(Pipeline, FlashMlaTrainsSamplesAndCompresses) {
 }
 
 TEST(Cli, HelpForEveryCommand) {
-  for (const char* cmd : {"", "prepare", "train", "sample", "eval", "info", "bench", "bench train", "convert", "plot",
+  for (const char* cmd : {"", "prepare", "train", "sample", "eval", "info", "bench", "bench train", "bench attention",
+                          "bench decode", "bench latent-decode", "convert", "plot",
                           "compress"}) {
     RunResult r = run_flashgpt(std::string(cmd) + " --help");
     EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.output;
@@ -224,6 +225,9 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench attention --tokens 4096"), "--tokens");
   expect_one_error_line(run_flashgpt("bench attention --device cuda --precision fp8"), "--precision");
   expect_one_error_line(run_flashgpt("bench decode --mechanism mla --context 0"), "--context");
+  expect_one_error_line(run_flashgpt("bench latent-decode --context 1 --new-tokens 2"), "--context: 1");
+  expect_one_error_line(run_flashgpt("bench latent-decode --kernel magic"), "--kernel");
+  expect_one_error_line(run_flashgpt("bench latent-decode --heads 0"), "--heads");
   expect_one_error_line(run_flashgpt("info --latent-dim 16"), "n_latent");  // standard attention has no latent
   expect_one_error_line(run_flashgpt("info --attention mla --n-kv-head 4"), "n_kv_head");
   expect_one_error_line(run_flashgpt("info --attention mla --use-svd"), "svd_rank");
@@ -276,7 +280,24 @@ TEST_F(Pipeline, DeviceChoice) {
     EXPECT_NE(r.output.find("device: cpu (--device auto: "), std::string::npos) << r.output;
     expect_one_error_line(run_flashgpt(common + "--steps 2 --device cuda --out " + (dir / "cuda")), "--device cuda: ");
     expect_one_error_line(run_flashgpt("bench attention --device cuda"), "--device cuda: ");
+    expect_one_error_line(run_flashgpt("bench latent-decode"), "bench latent-decode: needs a GPU");
     return;
+  }
+  // The latent decode's benchmark, both kernels side by side beside the copy rate.
+  {
+    RunResult b = run_flashgpt("bench latent-decode --batch 4 --heads 64 --context 512 --kernel tensor-cores,cuda-cores "
+                               "--repeats 2 --json");
+    ASSERT_EQ(b.exit_code, 0) << b.output;
+    std::istringstream rows(b.output);
+    std::vector<std::string> kernels;
+    for (std::string line; std::getline(rows, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      kernels.push_back(j["kernel"].get<std::string>());
+      EXPECT_GT(j["gbps"].get<double>(), 0.0) << line;
+      EXPECT_GT(j["copy_gbps"].get<double>(), 0.0) << line;
+      EXPECT_LT(j["max_rel_err"].get<double>(), 2e-2) << line;
+    }
+    EXPECT_EQ(kernels, (std::vector<std::string>{"tensor-cores", "cuda-cores"})) << b.output;
   }
   // The tensor-core kernels' benchmark: checked, then timed, one JSON line per case.
   for (const char* precision : {"bf16", "fp16"}) {

@@ -22,6 +22,7 @@
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/latent_decode_bench_cuda.h"
 #include "flashgpt/cuda/latent_decode_cuda.h"
 #include "testing/bf16.h"
 
@@ -317,6 +318,31 @@ TEST(CudaLatentDecode, SplitChoiceFillsTheGpuWithoutWastingWaves) {
   // waves of 13 pages each instead of one wave of 64.
   EXPECT_EQ(cuda::choose_latent_splits(100, 64, 132), 5);
   EXPECT_THROW((void)cuda::choose_latent_splits(0, 1, 1), Error);
+}
+
+// The benchmark checks before it times: a tiny case runs both kernels and reports sane figures.
+TEST(CudaLatentDecode, BenchmarkChecksThenTimes) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  for (auto kernel : {cuda::LatentDecodeKernel::TensorCores, cuda::LatentDecodeKernel::CudaCores}) {
+    cuda::LatentDecodeBenchCase c;
+    c.dims = cuda::PagedLatentDims{3, 8, 2, 32, 32, 16, 1};
+    c.context = 70;
+    c.options.kernel = kernel;
+    c.repeats = 2;
+    const cuda::LatentDecodeBenchResult r = cuda::bench_latent_decode(c);
+    EXPECT_EQ(r.plan.kernel, kernel);
+    EXPECT_GT(r.ms, 0.0);
+    EXPECT_GT(r.gbps, 0.0);
+    EXPECT_GT(r.copy_gbps, 0.0);
+    EXPECT_GT(r.tflops, 0.0);
+    EXPECT_LT(r.max_rel_err, 2e-2);
+    EXPECT_GT(r.max_rel_err, 0.0);  // bf16 outputs: exact agreement would mean nothing was compared
+    // Cache rows (3 × 70 × 64 bf16), queries, outputs, lse and the block table.
+    EXPECT_DOUBLE_EQ(r.bytes, 3.0 * 70 * 64 * 2 + 3 * 2 * 8 * 64 * 2 + 3 * 2 * 8 * 32 * 2 + 3 * 2 * 8 * 4 + 3 * 5 * 4);
+  }
+  cuda::LatentDecodeBenchCase bad;
+  bad.context = 0;
+  EXPECT_THROW((void)cuda::bench_latent_decode(bad), Error);
 }
 
 TEST(CudaLatentDecode, RejectsBadSizes) {

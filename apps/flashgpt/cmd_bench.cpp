@@ -303,6 +303,7 @@ void register_bench(CLI::App& app) {
   tr->callback([c] { run_bench_train(*c); });
   register_bench_attention(*bench);
   register_bench_decode(*bench);
+  register_bench_latent_decode(*bench);
 }
 
 }  // namespace flashgpt::cli

@@ -5,6 +5,7 @@
 #include "flashgpt/cuda/attention_bench_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/cuda/latent_decode_bench_cuda.h"
 
 namespace flashgpt {
 
@@ -41,6 +42,7 @@ void flash_backward_tc(TensorCoreType, const AttentionDims&, const AttentionMask
   fail("GPU attention: {}", kNoCuda);
 }
 FlashBenchResult bench_flash_attention(const FlashBenchCase&) { fail("bench attention --device cuda: {}", kNoCuda); }
+LatentDecodeBenchResult bench_latent_decode(const LatentDecodeBenchCase&) { fail("bench latent-decode: {}", kNoCuda); }
 DeviceBuffer::DeviceBuffer(size_t) { fail("device memory: {}", kNoCuda); }
 DeviceBuffer::~DeviceBuffer() = default;
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&&) noexcept { return *this; }

@@ -1,0 +1,183 @@
+// The paged latent decode's benchmark (latent_decode_bench_cuda.h). Host code over the kernels,
+// built for the GPU and for the emulator (where its test runs a tiny case).
+//
+// The pool holds exactly the sequences' pages, in a random order. Its values are one random block
+// repeated (writing gigabytes of fresh random numbers from the host would take longer than the
+// benchmark); the block's length is prime, so no two pages hold the same values. Each sample
+// times enough back-to-back calls to last a few milliseconds, so the launch and the wait are
+// spread thin; the copy is timed the same way.
+#include "flashgpt/cuda/latent_decode_bench_cuda.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "flashgpt/attention/attention.h"
+#include "flashgpt/core/error.h"
+#include "flashgpt/core/half_precision.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/device_memory.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Fills n elements (bf16 or fp32) at dst with one random block of kBlock elements, repeated.
+void fill_repeating(void* dst, int64_t n, bool bf16, Rng& rng) {
+  constexpr int64_t kBlock = 1048573;  // prime
+  const int64_t first = std::min(n, kBlock);
+  const size_t width = bf16 ? 2 : 4;
+  if (bf16) {
+    std::vector<uint16_t> h(static_cast<size_t>(first));
+    for (auto& x : h) x = float_to_bf16_bits(static_cast<float>(rng.normal()));
+    copy_to_device(dst, h.data(), h.size() * 2);
+  } else {
+    std::vector<float> h(static_cast<size_t>(first));
+    for (auto& x : h) x = static_cast<float>(rng.normal());
+    copy_to_device(dst, h.data(), h.size() * 4);
+  }
+  auto* base = static_cast<char*>(dst);
+  for (int64_t done = first; done < n;) {
+    const int64_t step = std::min(done, n - done);
+    copy_on_device(base + done * width, base, static_cast<size_t>(step) * width);
+    done += step;
+  }
+}
+
+// Median seconds of one call of f, over `repeats` samples of enough calls to last ~5 ms.
+template <typename F>
+double time_per_call(F&& f, int repeats) {
+  f();
+  synchronize();
+  Timer warm;
+  f();
+  synchronize();
+  const double once = std::max(warm.seconds(), 1e-6);
+  const int inner = static_cast<int>(std::clamp(5e-3 / once, 1.0, 200.0));
+  std::vector<double> samples;
+  for (int r = 0; r < repeats; ++r) {
+    Timer t;
+    for (int i = 0; i < inner; ++i) f();
+    synchronize();
+    samples.push_back(t.seconds() / inner);
+  }
+  return median(samples);
+}
+
+}  // namespace
+
+LatentDecodeBenchResult bench_latent_decode(const LatentDecodeBenchCase& c) {
+  PagedLatentDims d = c.dims;
+  FLASHGPT_CHECK(c.repeats > 0, "bench latent-decode: repeats must be positive");
+  FLASHGPT_CHECK(c.context >= d.Tq && d.Tq > 0, "bench latent-decode: the context ({}) must hold the {} new tokens",
+                 c.context, d.Tq);
+  FLASHGPT_CHECK(d.page_size > 0, "bench latent-decode: the page size must be positive");
+  d.max_pages = (c.context + d.page_size - 1) / d.page_size;
+  const int64_t row = d.row(), rows = d.B * d.Tq * d.H, pages = d.B * d.max_pages;
+  const std::string what = fmt::format("{} B{} H{} Tq{} latent {}+{} context {}", c.bf16 ? "bf16" : "fp32", d.B, d.H,
+                                       d.Tq, d.n_latent, d.rope_dim, c.context);
+  const size_t width = c.bf16 ? 2 : 4;
+  Rng rng(c.seed);
+
+  // Inputs: the pool in a random page order, the table, the lengths, the queries.
+  std::vector<int32_t> order(static_cast<size_t>(pages));
+  std::iota(order.begin(), order.end(), 0);
+  for (size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[rng.next_u64() % (i + 1)]);
+  const std::vector<int32_t> lens(static_cast<size_t>(d.B), static_cast<int32_t>(c.context));
+  DeviceBuffer pool(static_cast<size_t>(pages * d.page_size * row) * width), q(static_cast<size_t>(rows * row) * width);
+  DeviceBuffer table(order.size() * 4), seq_lens(lens.size() * 4);
+  DeviceBuffer out(static_cast<size_t>(rows * d.n_latent) * width), lse(static_cast<size_t>(rows) * 4);
+  table.upload(order.data(), order.size() * 4);
+  seq_lens.upload(lens.data(), lens.size() * 4);
+  fill_repeating(pool.get(), pages * d.page_size * row, c.bf16, rng);
+  fill_repeating(q.get(), rows * row, c.bf16, rng);
+
+  LatentDecodeOptions opt = c.options;
+  LatentDecodeBenchResult r;
+  r.plan = c.bf16 ? plan_latent_decode<bf16>(d, opt) : plan_latent_decode<float>(d, opt);
+  DeviceBuffer workspace(std::max<size_t>(r.plan.workspace_bytes, 1));
+  opt.workspace = workspace.get();
+  opt.splits = r.plan.splits;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(row));
+  auto decode = [&] {
+    if (c.bf16) {
+      latent_decode_paged<bf16>(d, scale, q.as<const bf16>(), pool.as<const bf16>(), table.as<const int32_t>(),
+                                seq_lens.as<const int32_t>(), out.as<bf16>(), lse.as<float>(), opt);
+    } else {
+      latent_decode_paged<float>(d, scale, q.as<const float>(), pool.as<const float>(), table.as<const int32_t>(),
+                                 seq_lens.as<const int32_t>(), out.as<float>(), lse.as<float>(), opt);
+    }
+  };
+
+  // Checked first: the first and the last sequence against the CPU's attention over their rows.
+  out.fill_bytes(0xFF);
+  decode();
+  synchronize();
+  {
+    auto to_floats = [&](const DeviceBuffer& buf, size_t offset, int64_t n) {
+      std::vector<float> f(static_cast<size_t>(n));
+      if (c.bf16) {
+        std::vector<uint16_t> h(f.size());
+        copy_to_host(h.data(), static_cast<const char*>(buf.get()) + offset * 2, h.size() * 2);
+        for (size_t i = 0; i < h.size(); ++i) f[i] = bf16_bits_to_float(h[i]);
+      } else {
+        copy_to_host(f.data(), static_cast<const char*>(buf.get()) + offset * 4, f.size() * 4);
+      }
+      return f;
+    };
+    double worst = 0, top = 0;
+    for (int64_t b : {int64_t{0}, d.B - 1}) {
+      std::vector<float> keys(static_cast<size_t>(c.context * row));
+      for (int64_t p = 0; p < d.max_pages; ++p) {
+        const int64_t n = std::min(d.page_size, c.context - p * d.page_size);
+        const auto page = to_floats(pool, static_cast<size_t>(order[static_cast<size_t>(b * d.max_pages + p)] *
+                                                              d.page_size * row), n * row);
+        std::copy(page.begin(), page.end(), keys.begin() + p * d.page_size * row);
+      }
+      const auto qb = to_floats(q, static_cast<size_t>(b * d.Tq * d.H * row), d.Tq * d.H * row);
+      const auto got = to_floats(out, static_cast<size_t>(b * d.Tq * d.H * d.n_latent), d.Tq * d.H * d.n_latent);
+      AttentionDims ad{1, d.H, 1, d.Tq, c.context, row, d.n_latent};
+      ad.k_row_stride = row;
+      ad.v_row_stride = row;
+      std::vector<float> want(got.size()), want_lse(static_cast<size_t>(d.H * d.Tq));
+      attention_forward(AttentionKernel::Standard, ad, AttentionMask{true, c.context - d.Tq}, scale, qb.data(),
+                        keys.data(), keys.data(), want.data(), want_lse.data());
+      for (size_t i = 0; i < want.size(); ++i) {
+        top = std::max(top, static_cast<double>(std::abs(want[i])));
+        const double e = std::abs(static_cast<double>(got[i]) - want[i]);
+        worst = std::isfinite(e) ? std::max(worst, e) : INFINITY;
+      }
+    }
+    const double rel = worst / std::max(top, 1e-30), bound = c.bf16 ? 2e-2 : 1e-4;
+    FLASHGPT_CHECK(rel <= bound, "bench latent-decode {}: the output disagrees with the CPU (relative error {:.2e} > {:.0e})",
+                   what, rel, bound);
+    r.max_rel_err = rel;
+  }
+
+  r.ms = time_per_call(decode, c.repeats) * 1e3;
+  const double cache_bytes = static_cast<double>(d.B) * static_cast<double>(c.context) * static_cast<double>(row * width);
+  r.bytes = cache_bytes + static_cast<double>(q.bytes() + out.bytes() + lse.bytes() + table.bytes());
+  r.gbps = r.bytes / (r.ms * 1e-3) / 1e9;
+  r.tflops = 2.0 * static_cast<double>(rows) * static_cast<double>(c.context) *
+             static_cast<double>(row + d.n_latent) / (r.ms * 1e-3) / 1e12;
+
+  // The copy: as many bytes as the cache, but at least 64 MiB (more than any L2 holds) and at most
+  // 1 GiB (the rate no longer changes), read and written.
+  const size_t copy_bytes = std::clamp<size_t>(static_cast<size_t>(cache_bytes), size_t{64} << 20, size_t{1} << 30);
+  DeviceBuffer from(copy_bytes), to(copy_bytes);
+  from.fill_bytes(0);
+  const double copy_s = time_per_call([&] { copy_on_device(to.get(), from.get(), copy_bytes); }, c.repeats);
+  r.copy_gbps = 2.0 * static_cast<double>(copy_bytes) / copy_s / 1e9;
+  return r;
+}
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
