@@ -125,6 +125,36 @@ for r in rows:
 PYEOF
 fi
 
+# --- flash against the standard kernel: memory and time -------------------------------------
+say ""
+say "## Attention: flash against the standard kernel (bf16, causal, 16384 tokens, hidden 2048)"
+say ""
+if [ -n "$bin" ]; then
+  std_ok=1
+  for d in 64 128; do
+    timeout 600 "$bin/flashgpt" bench attention --device cuda --mechanism standard,flash --hidden 2048 --head-dim "$d" \
+      --tokens 16384 --seq 1024,2048,4096 --causal yes --repeats 10 --json \
+      >> "$out/gpu-check-$stamp-standard.jsonl" 2>> "$logs/bench_standard.err" || std_ok=0
+  done
+  [ $std_ok = 1 ] || { say "(a case failed: $(tail -1 "$logs/bench_standard.err" | cut -c1-200))"; status=1; }
+  python3 - "$out/gpu-check-$stamp-standard.jsonl" >> "$report" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {(r["mechanism"], r["batch"], r["seq"], r["head_dim"]): r for r in rows}
+# Peak = the tensors both need (q, k, v, o, dO and the three gradients, bf16) + each one's extra.
+print("| B | T | D | standard fwd+bwd ms | flash fwd+bwd ms | flash speed-up | standard peak MiB | flash peak MiB | flash peak saved |")
+print("|---|---|---|---|---|---|---|---|---|")
+for (mech, b, t, d), s in sorted(by.items(), key=lambda kv: (kv[0][3], kv[0][2])):
+    f = by.get(("flash", b, t, d))
+    if mech != "standard" or not f:
+        continue
+    tensors = 2 * b * t * s["heads"] * 4 * (s["dqk"] + s["dv"])
+    ps, pf = tensors + s["extra_bytes"], tensors + f["extra_bytes"]
+    print(f"| {b} | {t} | {d} | {s['fwd_bwd_ms']:.2f} | {f['fwd_bwd_ms']:.2f} | {s['fwd_bwd_ms'] / f['fwd_bwd_ms']:.2f}× | "
+          f"{ps / 2**20:.0f} | {pf / 2**20:.0f} | {100 * (1 - pf / ps):.1f}% |")
+PYEOF
+fi
+
 # --- the latent decode, beside the copy bandwidth ---------------------------------------------
 say ""
 say "## MLA latent decode: batch 128, 128 heads, 576/512 rows, pages of 64 (against this GPU's copy rate)"

@@ -221,7 +221,8 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("info --n-head 12 --n-kv-head 5"), "n_kv_head");
   expect_one_error_line(run_flashgpt("info --attention linear"), "--attention");
   expect_one_error_line(run_flashgpt("bench attention --mechanism linear"), "--mechanism");
-  expect_one_error_line(run_flashgpt("bench attention --device cuda --mechanism standard"), "--mechanism: 'standard'");
+  expect_one_error_line(run_flashgpt("bench attention --device cuda --mechanism standard --precision fp16"),
+                        "--precision fp16: the GPU's standard kernel ('standard') runs bf16");
   expect_one_error_line(run_flashgpt("bench attention --tokens 4096"), "--tokens");
   expect_one_error_line(run_flashgpt("bench attention --device cuda --precision fp8"), "--precision");
   expect_one_error_line(run_flashgpt("bench decode --mechanism mla --context 0"), "--context");

@@ -112,7 +112,8 @@ struct CaseMasks {
   }
 };
 
-TEST(CudaAttention, Fp32FlashEqualsTheCpuStandardKernel) {
+// The fp32 flash kernel and the GPU's standard kernel against the CPU's standard kernel.
+TEST(CudaAttention, Fp32KernelsEqualTheCpuStandardKernel) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   const std::vector<Case> cases = {
       {1, 1, 1, 1, 1, 64, 64, true, 0},        {2, 4, 4, 77, 77, 64, 64, true, 0},
@@ -163,6 +164,20 @@ TEST(CudaAttention, Fp32FlashEqualsTheCpuStandardKernel) {
     EXPECT_LT(rel_error(from_device(gdq, dq.size()), dq), 1e-5);
     EXPECT_LT(rel_error(from_device(gdk, dk.size()), dk), 1e-5);
     EXPECT_LT(rel_error(from_device(gdv, dv.size()), dv), 1e-5);
+    // The standard kernel: its backward runs from the P its forward kept.
+    for (auto* buf : {&go, &glse, &gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
+    cuda::DeviceBuffer ws(cuda::standard_workspace_bytes<float>(d));
+    ws.fill_bytes(0xFF);
+    cuda::standard_forward_cuda<float>(d, dev_mask, scale, gq.as<float>(), gk.as<float>(), gv.as<float>(),
+                                       go.as<float>(), glse.as<float>(), ws.get());
+    cuda::standard_backward_cuda<float>(d, dev_mask, scale, gq.as<float>(), gk.as<float>(), gv.as<float>(),
+                                        gdo.as<float>(), gdq.as<float>(), gdk.as<float>(), gdv.as<float>(), ws.get());
+    cuda::synchronize();
+    EXPECT_LT(rel_error(from_device(go, o.size()), o), 1e-5) << "standard";
+    EXPECT_LT(rel_error(from_device(glse, lse.size()), lse), 1e-5) << "standard";
+    EXPECT_LT(rel_error(from_device(gdq, dq.size()), dq), 1e-5) << "standard";
+    EXPECT_LT(rel_error(from_device(gdk, dk.size()), dk), 1e-5) << "standard";
+    EXPECT_LT(rel_error(from_device(gdv, dv.size()), dv), 1e-5) << "standard";
   }
 }
 
@@ -385,6 +400,94 @@ TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
   }
 }
 
+// The GPU's standard kernel in bf16 (bf16 products, P and dS rounded to bf16, fp32 sums): output
+// and gradients against fp64 on the same rounded inputs, within twice the error of a plain
+// computation (fp32 arithmetic on those inputs, the results rounded).
+TEST(CudaAttention, Bf16StandardKernelIsAsAccurateAsAPlainComputation) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  Rng rng(95);
+  auto as_double = [](const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); };
+  auto rounded = [&](size_t n) {
+    std::vector<float> v(n);
+    for (auto& x : v) x = from_bf16(to_bf16(static_cast<float>(rng.normal())));
+    return v;
+  };
+  auto bits_of = [](const std::vector<float>& v) {
+    std::vector<uint16_t> b(v.size());
+    for (size_t i = 0; i < v.size(); ++i) b[i] = to_bf16(v[i]);
+    return b;
+  };
+  auto rounded_double = [](const std::vector<float>& x) {
+    std::vector<double> r(x.size());
+    for (size_t i = 0; i < x.size(); ++i) r[i] = from_bf16(to_bf16(x[i]));
+    return r;
+  };
+  auto download = [](const cuda::DeviceBuffer& buf, size_t n) {
+    std::vector<uint16_t> bits(n);
+    buf.download(bits.data(), n * 2);
+    std::vector<double> out(n);
+    for (size_t i = 0; i < n; ++i) out[i] = from_bf16(bits[i]);
+    return out;
+  };
+  std::vector<Case> cases = tc_cases();
+  cases.push_back({2, 3, 3, 20, 45, 40, 24, false, 3});  // head dims the flash kernels are not built for
+  for (const Case& c : cases) {
+    SCOPED_TRACE(name(c));
+    AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
+    const auto q = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk));
+    const auto k = rounded(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dqk));
+    const auto v = rounded(static_cast<size_t>(c.B * c.Tk * c.Hkv * c.Dv));
+    const auto dout = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dv));
+    const CaseMasks masks(c, 5, 29);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(c.Dqk));
+    const auto qd = as_double(q), kd = as_double(k), vd = as_double(v), dod = as_double(dout);
+    const size_t n_lse = static_cast<size_t>(c.B * c.Hq * c.Tq);
+    std::vector<double> o_e(dout.size()), lse_e(n_lse), dq_e(q.size()), dk_e(k.size()), dv_e(v.size());
+    attention_forward(AttentionKernel::Standard, d, masks.host, scale, qd.data(), kd.data(), vd.data(), o_e.data(),
+                      lse_e.data());
+    attention_backward(AttentionKernel::Standard, d, masks.host, scale, qd.data(), kd.data(), vd.data(), o_e.data(),
+                       lse_e.data(), dod.data(), dq_e.data(), dk_e.data(), dv_e.data());
+    std::vector<float> o_p(dout.size()), lse_p(n_lse), dq_p(q.size()), dk_p(k.size()), dv_p(v.size());
+    attention_forward(AttentionKernel::Standard, d, masks.host, static_cast<float>(scale), q.data(), k.data(),
+                      v.data(), o_p.data(), lse_p.data());
+    attention_backward(AttentionKernel::Standard, d, masks.host, static_cast<float>(scale), q.data(), k.data(),
+                       v.data(), o_p.data(), lse_p.data(), dout.data(), dq_p.data(), dk_p.data(), dv_p.data());
+
+    auto gq = to_device(bits_of(q)), gk = to_device(bits_of(k)), gv = to_device(bits_of(v)),
+         gdo = to_device(bits_of(dout));
+    cuda::DeviceBuffer go(dout.size() * 2), glse(n_lse * 4), gdq(q.size() * 2), gdk(k.size() * 2), gdv(v.size() * 2);
+    for (auto* buf : {&go, &glse, &gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
+    cuda::DeviceBuffer ws(cuda::standard_workspace_bytes<cuda::bf16>(d));
+    ws.fill_bytes(0xFF);
+    cuda::standard_forward_cuda<cuda::bf16>(d, masks.device, static_cast<float>(scale), gq.as<cuda::bf16>(),
+                                            gk.as<cuda::bf16>(), gv.as<cuda::bf16>(), go.as<cuda::bf16>(),
+                                            glse.as<float>(), ws.get());
+    cuda::standard_backward_cuda<cuda::bf16>(d, masks.device, static_cast<float>(scale), gq.as<cuda::bf16>(),
+                                             gk.as<cuda::bf16>(), gv.as<cuda::bf16>(), gdo.as<cuda::bf16>(),
+                                             gdq.as<cuda::bf16>(), gdk.as<cuda::bf16>(), gdv.as<cuda::bf16>(), ws.get());
+    cuda::synchronize();
+    const std::vector<std::tuple<const char*, std::vector<double>, std::vector<double>, std::vector<double>>> outs = {
+        {"o", download(go, o_e.size()), rounded_double(o_p), o_e},
+        {"dq", download(gdq, q.size()), rounded_double(dq_p), dq_e},
+        {"dk", download(gdk, k.size()), rounded_double(dk_p), dk_e},
+        {"dv", download(gdv, v.size()), rounded_double(dv_p), dv_e}};
+    for (const auto& [what, ours, plain, exact] : outs) {
+      const double e_ours = abs_error(ours, exact), e_plain = abs_error(plain, exact);
+      const double floor = 1e-5 * std::sqrt(static_cast<double>(exact.size()));
+      EXPECT_LE(e_ours, 2 * e_plain + floor) << what << ": standard " << e_ours << " against plain " << e_plain;
+    }
+    std::vector<float> lse_got(n_lse);
+    glse.download(lse_got.data(), n_lse * 4);
+    for (size_t i = 0; i < n_lse; ++i) {
+      if (std::isinf(lse_e[i])) {
+        EXPECT_EQ(lse_got[i], -std::numeric_limits<float>::infinity()) << "lse " << i;
+      } else {
+        EXPECT_NEAR(lse_got[i], lse_e[i], 1e-4 * std::abs(lse_e[i]) + 1e-4) << "lse " << i;
+      }
+    }
+  }
+}
+
 // Head dims without an instantiation and misaligned rows are refused with what was asked for.
 TEST(CudaAttention, TensorCoreKernelsRefuseWhatTheyCannotRun) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
@@ -424,6 +527,17 @@ TEST(CudaAttention, BenchmarkChecksThenTimes) {
     EXPECT_GT(r.max_rel_err, 0.0);  // rounded outputs cannot match fp32 exactly
     EXPECT_GE(static_cast<size_t>(r.extra_bytes), cuda::flash_backward_workspace_bytes(c.dims) + 2 * 48 * 4);
   }
+  // The standard kernel: checked and timed the same way; its extra memory is P for every head.
+  cuda::FlashBenchCase st;
+  st.kernel = AttentionKernel::Standard;
+  st.dims = AttentionDims{2, 2, 1, 40, 40, 64, 64, 0};
+  st.repeats = 1;
+  const cuda::FlashBenchResult rs = cuda::bench_flash_attention(st);
+  EXPECT_GT(rs.fwd_ms, 0.0);
+  EXPECT_LT(rs.max_rel_err, 2e-2);
+  EXPECT_GE(rs.extra_bytes, 2 * 2 * 40 * 40 * 2);
+  st.type = cuda::TensorCoreType::fp16;
+  EXPECT_NE(testing::error_of([&] { cuda::bench_flash_attention(st); }).find("runs bf16"), std::string::npos);
   cuda::FlashBenchCase bad;
   bad.dims = AttentionDims{1, 1, 1, 8, 8, 32, 32, 0};
   EXPECT_NE(testing::error_of([&] { cuda::bench_flash_attention(bad); }).find("no instantiation for head dims 32/32"),

@@ -1,5 +1,6 @@
 // flashgpt bench attention: the attention mechanisms side by side over batch, sequence and width,
-// each checked against the standard kernel at the same shapes before it is timed. standard and
+// each checked against a reference at the same shapes before it is timed (on the CPU the standard
+// kernel, on the GPU the fp32 flash kernel). standard and
 // flash run multi-head attention's shapes (Dqk = Dv = head_dim); mla and flash_mla the training
 // shapes of latent attention (per head Dqk = head_dim + rope_dim, Dv = head_dim) with the standard
 // and the flash kernel.
@@ -197,14 +198,17 @@ void write_plot(const std::string& path, const std::vector<Case>& cases) {
 void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   std::vector<std::string> mechs = c.mechanisms_given ? c.mechanisms : std::vector<std::string>{"flash"};
   for (const std::string& mech : mechs) {
-    FLASHGPT_CHECK(uses_flash_kernel(parse_attention_kind(mech, "--mechanism")),
-                   "--mechanism: '{}' has no GPU kernel yet (the GPU runs flash and flash_mla)", mech);
+    FLASHGPT_CHECK(uses_flash_kernel(parse_attention_kind(mech, "--mechanism")) || c.precision == "bf16",
+                   "--precision {}: the GPU's standard kernel ('{}') runs bf16", c.precision, mech);
   }
   FLASHGPT_CHECK(c.tiles.block_q == 0 && c.tiles.block_kv == 0,
                  "--flash-block-q/--flash-block-kv: CPU tiles; the GPU takes --tiles");
   const DeviceReport dev = probe_devices();
   FLASHGPT_CHECK(cuda::gpu_available(), "--device cuda: {}", dev.why_none);
-  if (!c.json) std::printf("%s, tensor-core flash kernels\n\n", dev.gpus.empty() ? "GPU" : dev.gpus.front().name.c_str());
+  if (!c.json) {
+    std::printf("%s: tensor-core flash kernels (flash, flash_mla), standard kernel on cuBLASLt (standard, mla)\n\n",
+                dev.gpus.empty() ? "GPU" : dev.gpus.front().name.c_str());
+  }
   cuda::FlashBenchCase bc;
   bc.type = c.precision == "fp16" ? cuda::TensorCoreType::fp16 : cuda::TensorCoreType::bf16;
   bc.tiles = c.gpu_tiles == "wide" ? cuda::FlashTiles::Wide
@@ -229,6 +233,7 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
           for (const std::string& mech : mechs) {
             const Mechanism mk = parse_mechanism(mech);
             bc.dims = mechanism_dims(mk, B, T, H, c.head_dim, rope_dim);
+            bc.kernel = mk.kernel;
             bc.causal = causal;
             const cuda::FlashBenchResult r = cuda::bench_flash_attention(bc);
             if (c.json) {
@@ -380,7 +385,7 @@ void register_bench_attention(CLI::App& bench) {
       ->delimiter(',')
       ->capture_default_str()
       ->each([c](const std::string&) { c->mechanisms_given = true; });
-  sub->add_option("--device", c->device, "cpu, or cuda: the tensor-core kernels (flash, flash_mla) on the GPU")
+  sub->add_option("--device", c->device, "cpu, or cuda: on the GPU (flash, flash_mla: tensor-core kernels; standard, mla: the standard kernel)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   sub->add_option("--precision", c->precision, "GPU element type: bf16 or fp16")

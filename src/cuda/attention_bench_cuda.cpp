@@ -53,19 +53,44 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
   FLASHGPT_CHECK(c.repeats > 0, "bench attention: repeats must be positive");
   FLASHGPT_CHECK(d.Tq == d.Tk, "bench attention: self-attention cases only (Tq = Tk)");
   const char* type = c.type == TensorCoreType::bf16 ? "bf16" : "fp16";
-  const std::string what = fmt::format("{} B{} H{} T{} D{}/{}{}", type, d.B, d.Hq, d.Tq, d.Dqk, d.Dv,
-                                       c.causal ? " causal" : "");
-  FLASHGPT_CHECK(flash_tc_supports(d.Dqk, d.Dv),
-                 "bench attention: the tensor-core kernels have no instantiation for head dims {}/{}", d.Dqk, d.Dv);
+  const bool standard = c.kernel == AttentionKernel::Standard;
+  const std::string what = fmt::format("{} {} B{} H{} T{} D{}/{}{}", standard ? "standard" : "flash", type, d.B, d.Hq,
+                                       d.Tq, d.Dqk, d.Dv, c.causal ? " causal" : "");
+  if (standard) {
+    FLASHGPT_CHECK(c.type == TensorCoreType::bf16, "bench attention: the GPU's standard kernel runs bf16 (or fp32), not fp16");
+  } else {
+    FLASHGPT_CHECK(flash_tc_supports(d.Dqk, d.Dv),
+                   "bench attention: the tensor-core kernels have no instantiation for head dims {}/{}", d.Dqk, d.Dv);
+  }
   Rng rng(c.seed);
   const int64_t nq = d.B * d.Tq * d.Hq * d.Dqk, nk = d.B * d.Tk * d.Hkv * d.Dqk, nv = d.B * d.Tk * d.Hkv * d.Dv;
   const int64_t no = d.B * d.Tq * d.Hq * d.Dv, nl = d.B * d.Hq * d.Tq;
   Input q(c.type, nq, rng), k(c.type, nk, rng), v(c.type, nv, rng), dout(c.type, no, rng);
   DeviceBuffer o(static_cast<size_t>(no) * 2), lse(static_cast<size_t>(nl) * 4), dq(static_cast<size_t>(nq) * 2),
       dk(static_cast<size_t>(nk) * 2), dv(static_cast<size_t>(nv) * 2);
-  DeviceBuffer workspace(flash_backward_workspace_bytes(d));
+  DeviceBuffer workspace(standard ? standard_workspace_bytes<bf16>(d) : flash_backward_workspace_bytes(d));
   const AttentionMask m{c.causal, 0};
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.Dqk));
+
+  auto forward = [&] {
+    if (standard) {
+      standard_forward_cuda<bf16>(d, m, scale, q.bits.as<bf16>(), k.bits.as<bf16>(), v.bits.as<bf16>(), o.as<bf16>(),
+                                  lse.as<float>(), workspace.get());
+    } else {
+      flash_forward_tc(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(), v.bits.as<uint16_t>(),
+                       o.as<uint16_t>(), lse.as<float>(), c.tiles);
+    }
+  };
+  auto backward = [&] {
+    if (standard) {
+      standard_backward_cuda<bf16>(d, m, scale, q.bits.as<bf16>(), k.bits.as<bf16>(), v.bits.as<bf16>(),
+                                   dout.bits.as<bf16>(), dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), workspace.get());
+    } else {
+      flash_backward_tc(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(), v.bits.as<uint16_t>(),
+                        o.as<uint16_t>(), lse.as<float>(), dout.bits.as<uint16_t>(), dq.as<uint16_t>(),
+                        dk.as<uint16_t>(), dv.as<uint16_t>(), workspace.get(), c.tiles);
+    }
+  };
 
   // Checked first: the fp32 kernel on the same rounded values is the reference.
   FlashBenchResult r;
@@ -73,8 +98,8 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
     DeviceBuffer o_ref(static_cast<size_t>(no) * 4), lse_ref(static_cast<size_t>(nl) * 4);
     flash_forward_fp32(d, m, scale, q.f32.as<float>(), k.f32.as<float>(), v.f32.as<float>(), o_ref.as<float>(),
                        lse_ref.as<float>());
-    flash_forward_tc(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(), v.bits.as<uint16_t>(),
-                     o.as<uint16_t>(), lse.as<float>(), c.tiles);
+    o.fill_bytes(0xFF);
+    forward();
     std::vector<float> ref(static_cast<size_t>(no));
     std::vector<uint16_t> got(ref.size());
     o_ref.download(ref.data(), ref.size() * 4);
@@ -86,21 +111,12 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
       worst = std::isfinite(e) ? std::max(worst, e) : INFINITY;
     }
     const double rel = worst / std::max(top, 1e-30), bound = c.type == TensorCoreType::bf16 ? 2e-2 : 4e-3;
-    FLASHGPT_CHECK(rel <= bound, "bench attention {}: the tensor-core forward disagrees with the fp32 kernel "
+    FLASHGPT_CHECK(rel <= bound, "bench attention {}: the forward disagrees with the fp32 flash kernel "
                    "(relative error {:.2e} > {:.0e})", what, rel, bound);
     r.max_rel_err = rel;
   }
   r.extra_bytes = static_cast<int64_t>(lse.bytes() + workspace.bytes());
 
-  auto forward = [&] {
-    flash_forward_tc(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(), v.bits.as<uint16_t>(),
-                     o.as<uint16_t>(), lse.as<float>(), c.tiles);
-  };
-  auto backward = [&] {
-    flash_backward_tc(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(), v.bits.as<uint16_t>(),
-                      o.as<uint16_t>(), lse.as<float>(), dout.bits.as<uint16_t>(), dq.as<uint16_t>(),
-                      dk.as<uint16_t>(), dv.as<uint16_t>(), workspace.get(), c.tiles);
-  };
   for (int w = 0; w < 2; ++w) {
     forward();
     backward();

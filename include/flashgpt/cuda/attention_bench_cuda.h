@@ -1,6 +1,6 @@
-// The tensor-core flash kernels timed on the GPU (flashgpt bench attention --device cuda): one
-// case's forward and forward+backward, checked against the fp32 flash kernel on the same rounded
-// inputs before anything is timed.
+// The attention kernels timed on the GPU (flashgpt bench attention --device cuda): one case's
+// forward and forward+backward with the tensor-core flash kernels or the standard kernel, checked
+// against the fp32 flash kernel on the same rounded inputs before anything is timed.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +12,7 @@
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 struct FlashBenchCase {
+  AttentionKernel kernel = AttentionKernel::Flash;  // or Standard (bf16 only)
   TensorCoreType type = TensorCoreType::bf16;
   AttentionDims dims;  // Tq = Tk, self-attention
   bool causal = true;
@@ -27,7 +28,8 @@ struct FlashBenchResult {
   // max |o − o_fp32| / max |o_fp32| against the fp32 kernel on the same rounded inputs.
   double max_rel_err = 0;
   // Device memory the kernels need beyond q, k, v, o, dO and the gradients: lse and the
-  // backward's workspace.
+  // workspace (flash: the backward's dQ accumulator; standard: P for every head and one head's
+  // scratch). Every buffer is allocated explicitly, so this is the peak beyond the tensors.
   int64_t extra_bytes = 0;
 };
 

@@ -15,6 +15,10 @@
 //   cp.async. Head dims (Dqk, Dv): 64/64, 128/128, and latent attention's 96/64 and 192/128.
 //   Tiles come in two shapes, chosen per GPU by its shared memory (FlashTiles).
 //   flash_forward_bf16 / flash_backward_bf16 — the same in bf16.
+//   standard_forward_cuda / standard_backward_cuda — the textbook computation that keeps the
+//   probability matrix P of every head (B·Hq·Tq·Tk elements in the workspace), with the products
+//   on cuBLASLt: the point the flash kernels' memory and speed are measured against, in fp32 or
+//   bf16 (bf16 products with fp32 accumulation, P rounded to bf16 as the flash kernels round it).
 #pragma once
 
 #include <cstddef>
@@ -23,6 +27,7 @@
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/cuda/abi.h"
 #include "flashgpt/cuda/device_memory.h"
+#include "flashgpt/cuda/ops_cuda.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -61,6 +66,20 @@ void flash_backward_tc(TensorCoreType type, const AttentionDims& d, const Attent
                        const uint16_t* q, const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
                        const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv, void* workspace = nullptr,
                        FlashTiles tiles = FlashTiles::Auto);
+
+// The standard kernel's workspace: P for every head, plus one head's scores, dS and fp32 dK/dV sums.
+// T is float or bf16.
+template <typename T>
+size_t standard_workspace_bytes(const AttentionDims& d);
+// Writes o, lse and P (into the workspace, for the backward).
+template <typename T>
+void standard_forward_cuda(const AttentionDims& d, const AttentionMask& m, float scale, const T* q, const T* k,
+                           const T* v, T* o, float* lse, void* workspace);
+// From the P the forward left in `workspace`; dq, dk, dv written (dk and dv summed over each GQA
+// group; their rows at or beyond Tk left alone).
+template <typename T>
+void standard_backward_cuda(const AttentionDims& d, const AttentionMask& m, float scale, const T* q, const T* k,
+                            const T* v, const T* dout, T* dq, T* dk, T* dv, void* workspace);
 
 inline void flash_forward_bf16(const AttentionDims& d, const AttentionMask& m, float scale, const uint16_t* q,
                                const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse) {
