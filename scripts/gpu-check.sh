@@ -243,6 +243,43 @@ else
   say "PyTorch with CUDA is not available here."
 fi
 
+# --- the seed plan's grid, with occupancy ------------------------------------------------------
+say ""
+say "## Attention grid: flash, bf16, causal, head 64 (batch 1/4/8/16 × sequence 512–4096 × hidden 768–4096)"
+say ""
+if [ -n "$bin" ]; then
+  grid_ok=1
+  for hidden in 768 2048 4096; do
+    timeout 600 "$bin/flashgpt" bench attention --device cuda --mechanism flash --batch 1,4,8,16 \
+      --seq 512,1024,2048,4096 --hidden "$hidden" --head-dim 64 --causal yes --repeats 5 --json \
+      >> "$out/gpu-check-$stamp-grid.jsonl" 2>> "$logs/bench_grid.err" || grid_ok=0
+  done
+  [ $grid_ok = 1 ] || { say "(a case failed: $(tail -1 "$logs/bench_grid.err" | cut -c1-200))"; status=1; }
+  python3 - "$out/gpu-check-$stamp-grid.jsonl" >> "$report" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| batch | seq | hidden | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | extra MiB | max rel err | occupancy fwd/bwd (theoretical) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['batch']} | {r['seq']} | {r['heads'] * r['head_dim']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
+          f"{r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f} | {r['extra_bytes'] / 2**20:.1f} | {r['max_rel_err']:.1e} | "
+          f"{100 * r['fwd_occupancy']:.0f}% / {100 * r['bwd_occupancy']:.0f}% |")
+PYEOF
+  # Achieved occupancy needs the profiler's counters; where they are open to this user, one case.
+  if command -v ncu > /dev/null; then
+    say ""
+    say "Achieved occupancy (ncu, batch 4, seq 2048, hidden 2048, head 64):"
+    say ""
+    timeout 300 ncu --metrics sm__warps_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed \
+      -k regex:flash_.*_tc_kernel --launch-count 4 "$bin/flashgpt" bench attention --device cuda --mechanism flash \
+      --batch 4 --seq 2048 --hidden 2048 --head-dim 64 --causal yes --repeats 1 > "$logs/ncu.log" 2>&1
+    grep -E "flash_(forward|backward)_tc_kernel|warps_active|sm__throughput|ERR_|permission" "$logs/ncu.log" \
+      | sed 's/^ */    /' | head -24 >> "$report" || true
+  else
+    say "(ncu is not installed: achieved occupancy not measured)"
+  fi
+fi
+
 say ""
 say "Logs: $logs"
 echo

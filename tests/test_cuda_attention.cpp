@@ -526,6 +526,12 @@ TEST(CudaAttention, BenchmarkChecksThenTimes) {
     EXPECT_LT(r.max_rel_err, type == cuda::TensorCoreType::bf16 ? 2e-2 : 4e-3);
     EXPECT_GT(r.max_rel_err, 0.0);  // rounded outputs cannot match fp32 exactly
     EXPECT_GE(static_cast<size_t>(r.extra_bytes), cuda::flash_backward_workspace_bytes(c.dims) + 2 * 48 * 4);
+    // One 8-warp block per SM at the wide tiles' shared memory: 256 of 2048 thread slots.
+    EXPECT_GE(r.occupancy.forward_blocks_per_sm, 1);
+    EXPECT_GE(r.occupancy.backward_blocks_per_sm, 1);
+    EXPECT_GT(r.occupancy.forward, 0.0);
+    EXPECT_LE(r.occupancy.forward, 1.0);
+    EXPECT_NEAR(r.occupancy.backward, r.occupancy.backward_blocks_per_sm * 256 / 2048.0, 1e-12);
   }
   // The standard kernel: checked and timed the same way; its extra memory is P for every head.
   cuda::FlashBenchCase st;

@@ -220,7 +220,8 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   if (c.causal == "yes" || c.causal == "both") causal_modes.push_back(true);
   if (!c.json) {
     std::printf("| mechanism | precision | batch | seq | heads | Dqk/Dv | causal | fwd ms | fwd+bwd ms | fwd TFLOP/s | "
-                "fwd+bwd TFLOP/s | extra MiB | max rel err |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                "fwd+bwd TFLOP/s | extra MiB | max rel err | occupancy fwd/bwd |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   }
   for (int64_t hidden : c.hiddens) {
     FLASHGPT_CHECK(hidden % c.head_dim == 0, "--hidden: {} is not a multiple of --head-dim {}", hidden, c.head_dim);
@@ -243,16 +244,19 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
                                                  {"causal", causal}, {"fwd_ms", r.fwd_ms},
                                                  {"fwd_bwd_ms", r.fwd_bwd_ms}, {"fwd_tflops", r.fwd_tflops},
                                                  {"fwd_bwd_tflops", r.fwd_bwd_tflops},
-                                                 {"extra_bytes", r.extra_bytes}, {"max_rel_err", r.max_rel_err}}
+                                                 {"extra_bytes", r.extra_bytes}, {"max_rel_err", r.max_rel_err},
+                                                 {"fwd_occupancy", r.occupancy.forward},
+                                                 {"bwd_occupancy", r.occupancy.backward}}
                                       .dump()
                                       .c_str());
             } else {
-              std::printf("| %s | %s | %lld | %lld | %lld | %lld/%lld | %s | %.3f | %.3f | %.1f | %.1f | %.1f | %.1e |\n",
+              std::printf("| %s | %s | %lld | %lld | %lld | %lld/%lld | %s | %.3f | %.3f | %.1f | %.1f | %.1f | %.1e | "
+                          "%.0f%%/%.0f%% |\n",
                           mech.c_str(), c.precision.c_str(), static_cast<long long>(B), static_cast<long long>(T),
                           static_cast<long long>(H), static_cast<long long>(bc.dims.Dqk),
                           static_cast<long long>(bc.dims.Dv), causal ? "yes" : "no", r.fwd_ms, r.fwd_bwd_ms,
                           r.fwd_tflops, r.fwd_bwd_tflops, static_cast<double>(r.extra_bytes) / (1 << 20),
-                          r.max_rel_err);
+                          r.max_rel_err, 100 * r.occupancy.forward, 100 * r.occupancy.backward);
             }
             std::fflush(stdout);
           }

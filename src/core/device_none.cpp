@@ -31,6 +31,7 @@ void flash_backward_fp32(const AttentionDims&, const AttentionMask&, float, cons
   fail("GPU attention: {}", kNoCuda);
 }
 bool flash_tc_supports(int64_t, int64_t) { return false; }
+FlashOccupancy flash_tc_occupancy(TensorCoreType, const AttentionDims&, FlashTiles) { fail("GPU attention: {}", kNoCuda); }
 void flash_forward_tc(TensorCoreType, const AttentionDims&, const AttentionMask&, float, const uint16_t*,
                       const uint16_t*, const uint16_t*, uint16_t*, float*, FlashTiles) {
   fail("GPU attention: {}", kNoCuda);

@@ -116,6 +116,7 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
     r.max_rel_err = rel;
   }
   r.extra_bytes = static_cast<int64_t>(lse.bytes() + workspace.bytes());
+  if (!standard) r.occupancy = flash_tc_occupancy(c.type, d, c.tiles);
 
   for (int w = 0; w < 2; ++w) {
     forward();

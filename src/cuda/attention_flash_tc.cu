@@ -127,6 +127,30 @@ bool flash_tc_supports(int64_t Dqk, int64_t Dv) {
          (Dqk == 192 && Dv == 128);
 }
 
+FlashOccupancy flash_tc_occupancy(TensorCoreType type, const AttentionDims& d, FlashTiles tiles) {
+  FlashOccupancy occ;
+  int device = 0, per_sm = 0;
+  FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
+  FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxThreadsPerMultiProcessor, device));
+  auto fill = [&]<typename E>() {
+    with_head_dims(d, "tensor-core flash occupancy", [&]<int Dqk, int Dv>() {
+      using L = Launchers<E, Dqk, Dv>;
+      const Residency f = L::forward_residency(use_wide(tiles, L::forward_bytes(true)));
+      const Residency b = L::backward_residency(use_wide(tiles, L::backward_bytes(true)));
+      occ.forward_blocks_per_sm = f.blocks_per_sm;
+      occ.backward_blocks_per_sm = b.blocks_per_sm;
+      occ.forward = static_cast<double>(f.blocks_per_sm * f.threads) / per_sm;
+      occ.backward = static_cast<double>(b.blocks_per_sm * b.threads) / per_sm;
+    });
+  };
+  if (type == TensorCoreType::bf16) {
+    fill.template operator()<__nv_bfloat16>();
+  } else {
+    fill.template operator()<__half>();
+  }
+  return occ;
+}
+
 size_t flash_backward_workspace_bytes(const AttentionDims& d) {
   return dq_accum_bytes(d) + round_up(sizeof(float) * static_cast<size_t>(d.B * d.Hq * d.Tq));
 }

@@ -106,10 +106,17 @@ __device__ __forceinline__ void store2(E* p, float a, float b) {
 // The launchers, one explicit instantiation per (element, Dqk, Dv) in attention_flash_tc_d*.cu.
 // `wide`: the tiles for GPUs with ≥ 160 KiB of shared memory per block (A100, H100, H200);
 // otherwise those that fit 99 KiB (sm_86, sm_89). *_bytes give the shared memory each needs.
+// A kernel's threads per block and how many of its blocks one SM holds at once.
+struct Residency {
+  int threads = 0, blocks_per_sm = 0;
+};
+
 template <typename E, int Dqk, int Dv>
 struct Launchers {
   static size_t forward_bytes(bool wide);
   static size_t backward_bytes(bool wide);
+  static Residency forward_residency(bool wide);
+  static Residency backward_residency(bool wide);
   static void forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o,
                       float* lse, bool wide);
   // dq_accum (fp32, dq's layout) must hold zeros; dsum = rowsum(dO ∘ O) per (b, h, i).

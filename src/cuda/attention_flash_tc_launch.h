@@ -18,6 +18,28 @@ size_t Launchers<E, Dqk, Dv>::backward_bytes(bool wide) {
   return wide ? BackwardTilesFor<Dqk, Dv, true>::bytes : BackwardTilesFor<Dqk, Dv, false>::bytes;
 }
 
+template <typename Kernel>
+Residency residency_of(Kernel kernel, int threads, size_t bytes, const char* name) {
+  allow_shared(kernel, bytes, name);
+  return {threads, max_blocks_per_sm(kernel, threads, bytes)};
+}
+
+template <typename E, int Dqk, int Dv>
+Residency Launchers<E, Dqk, Dv>::forward_residency(bool wide) {
+  using W = ForwardTilesFor<Dqk, Dv, true>;
+  using N = ForwardTilesFor<Dqk, Dv, false>;
+  return wide ? residency_of(flash_forward_tc_kernel<E, W>, W::Threads, W::bytes, "tensor-core flash forward")
+              : residency_of(flash_forward_tc_kernel<E, N>, N::Threads, N::bytes, "tensor-core flash forward");
+}
+
+template <typename E, int Dqk, int Dv>
+Residency Launchers<E, Dqk, Dv>::backward_residency(bool wide) {
+  using W = BackwardTilesFor<Dqk, Dv, true>;
+  using N = BackwardTilesFor<Dqk, Dv, false>;
+  return wide ? residency_of(flash_backward_tc_kernel<E, W>, W::Threads, W::bytes, "tensor-core flash backward")
+              : residency_of(flash_backward_tc_kernel<E, N>, N::Threads, N::bytes, "tensor-core flash backward");
+}
+
 template <typename E, int Dqk, int Dv>
 void Launchers<E, Dqk, Dv>::forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
                                     E* o, float* lse, bool wide) {

@@ -31,6 +31,8 @@ struct FlashBenchResult {
   // workspace (flash: the backward's dQ accumulator; standard: P for every head and one head's
   // scratch). Every buffer is allocated explicitly, so this is the peak beyond the tensors.
   int64_t extra_bytes = 0;
+  // The flash kernels' theoretical occupancy (flash_tc_occupancy); 0 for the standard kernel.
+  FlashOccupancy occupancy;
 };
 
 // Throws (naming the case) when the output disagrees with the fp32 kernel beyond the element

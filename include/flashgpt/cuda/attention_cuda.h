@@ -52,6 +52,14 @@ enum class FlashTiles { Auto, Wide, Narrow };
 // Whether the tensor-core kernels have an instantiation for these head dims.
 bool flash_tc_supports(int64_t Dqk, int64_t Dv);
 
+// Theoretical occupancy of the tensor-core kernels at these head dims on this GPU: the share of an
+// SM's thread slots their resident blocks fill (registers and shared memory permitting), 0…1.
+struct FlashOccupancy {
+  double forward = 0, backward = 0;
+  int forward_blocks_per_sm = 0, backward_blocks_per_sm = 0;
+};
+FlashOccupancy flash_tc_occupancy(TensorCoreType type, const AttentionDims& d, FlashTiles tiles = FlashTiles::Auto);
+
 void flash_forward_tc(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, float scale,
                       const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse,
                       FlashTiles tiles = FlashTiles::Auto);

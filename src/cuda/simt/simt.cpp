@@ -550,6 +550,7 @@ cudaError_t device_attribute(int* value, cudaDeviceAttr attr, int) {
     case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock: *value = kMaxThreads; return cudaSuccess;
+    case cudaDevAttrMaxThreadsPerMultiProcessor: *value = 2048; return cudaSuccess;
     case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
     default: return cudaErrorInvalidValue;
   }
