@@ -63,10 +63,11 @@ void narrow(float x, bf16& out) {  // round to nearest even; NaN stays NaN
   out.bits = static_cast<uint16_t>(u >> 16);
 }
 
-// C = alpha·op(A)·op(B) + beta·C, with C read only when beta ≠ 0.
+// C = alpha·op(A)·op(B) + beta·C (+ bias[j] on every row, before the one rounding, as the
+// epilogue does), with C read only when beta ≠ 0.
 template <typename T, typename TC>
 void gemm_host(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
-               int64_t ldb, float beta, TC* C, int64_t ldc) {
+               int64_t ldb, float beta, TC* C, int64_t ldc, const TC* bias) {
   std::vector<float> a(static_cast<size_t>(M * K)), b(static_cast<size_t>(K * N)), c(static_cast<size_t>(M * N), 0.0f);
   for (int64_t i = 0; i < M; ++i) {
     for (int64_t k = 0; k < K; ++k) a[static_cast<size_t>(i * K + k)] = widen(ta ? A[k * lda + i] : A[i * lda + k]);
@@ -86,7 +87,7 @@ void gemm_host(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   }
   for (int64_t i = 0; i < M; ++i) {
     for (int64_t j = 0; j < N; ++j) {
-      narrow(c[static_cast<size_t>(i * N + j)], C[i * ldc + j]);
+      narrow(c[static_cast<size_t>(i * N + j)] + (bias ? widen(bias[j]) : 0.0f), C[i * ldc + j]);
     }
   }
 }
@@ -124,6 +125,7 @@ struct Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  bool usable = true;  // false: no algorithm with the requested epilogue
 };
 
 // One handle, one workspace and the plans of every shape seen, for the process's lifetime (they are
@@ -152,23 +154,38 @@ Lt& lt() {
 
 }  // namespace
 
+namespace {
+
+// C = alpha·op(A)·op(B) + beta·C, plus bias[N] added to every row when bias is given (cuBLASLt's
+// bias epilogue). Returns false, having done nothing, when cuBLASLt has no algorithm for the
+// product with that epilogue; the caller then adds the bias itself.
 template <typename T, typename TC>
-void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
-          int64_t ldb, float beta, TC* C, int64_t ldc) {
+bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
+               int64_t ldb, float beta, TC* C, int64_t ldc, const TC* bias) {
   check_sizes("GPU gemm", M, N, K, lda, ldb, ldc, ta, tb);
-  if (M == 0 || N == 0) return;
+  if (M == 0 || N == 0) return true;
 #if defined(FLASHGPT_SIMT)
-  gemm_host<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  gemm_host<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+  return true;
 #else
   Lt& l = lt();
   const uint32_t al_a = alignment(A), al_b = alignment(B), al_c = alignment(C);
-  const auto key = std::make_tuple(static_cast<int>(ta), static_cast<int>(tb), M, N, K, lda, ldb, ldc,
-                                   static_cast<int>(data_type<T>()), static_cast<int>(data_type<TC>()), al_a, al_b,
-                                   al_c);
+  const bool with_bias = bias != nullptr;
+  const auto key = std::make_tuple(static_cast<int>(ta) | static_cast<int>(with_bias) << 1, static_cast<int>(tb), M, N,
+                                   K, lda, ldb, ldc, static_cast<int>(data_type<T>()),
+                                   static_cast<int>(data_type<TC>()), al_a, al_b, al_c);
   auto it = l.plans.find(key);
   if (it == l.plans.end()) {
     Plan p;
     FLASHGPT_LT_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    if (with_bias) {
+      const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+      FLASHGPT_LT_CHECK(
+          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+      const cudaDataType_t bias_type = data_type<TC>();
+      FLASHGPT_LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
+                                                       sizeof bias_type));
+    }
     // The column-major product Cᵀ[N,M] = op(B)ᵀ · op(A)ᵀ (see the top of this file).
     const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     FLASHGPT_LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof op_first));
@@ -197,22 +214,43 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const 
     FLASHGPT_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(l.handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
     cublasLtMatmulPreferenceDestroy(pref);
     if (found == 0) {
-      raise("cuBLASLt: no algorithm for the product M=" + std::to_string(M) + " N=" + std::to_string(N) +
-            " K=" + std::to_string(K));
+      if (with_bias) {
+        p.usable = false;  // remembered: this shape adds its bias separately
+      } else {
+        raise("cuBLASLt: no algorithm for the product M=" + std::to_string(M) + " N=" + std::to_string(N) +
+              " K=" + std::to_string(K));
+      }
     }
     p.algo = result.algo;
     it = l.plans.emplace(key, p).first;
   }
   const Plan& p = it->second;
+  if (!p.usable) return false;
+  if (with_bias) {
+    FLASHGPT_LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+  }
   FLASHGPT_LT_CHECK(cublasLtMatmul(l.handle, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
                                    l.workspace, l.workspace_bytes, nullptr));
+  return true;
 #endif
+}
+
+}  // namespace
+
+template <typename T, typename TC>
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
+          int64_t ldb, float beta, TC* C, int64_t ldc) {
+  gemm_impl<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
 }
 
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int64_t N, int64_t C, int64_t OC) {
-  gemm<T, T>(false, true, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC);
-  if (bias != nullptr) add_bias(out, bias, N, OC);
+  // The bias rides in the product's epilogue where cuBLASLt offers one for the shape (one pass
+  // over the output fewer); otherwise it is a pass of its own.
+  if (!gemm_impl<T, T>(false, true, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC, bias)) {
+    gemm_impl<T, T>(false, true, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC, nullptr);
+    add_bias(out, bias, N, OC);
+  }
 }
 
 template <typename T>
