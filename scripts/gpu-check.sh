@@ -187,19 +187,25 @@ python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null && have
 say "| program | batch | params | step (median) | tokens/s | model TFLOP/s | GEMM TFLOP/s | MFU |"
 say "|---|---|---|---|---|---|---|---|"
 if [ -n "$bin" ]; then
-  for precision in bf16 fp32; do
-    if timeout 600 "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset d12 -b 16 -t 1024 \
-         --steps 10 --warmup 3 --json > "$logs/bench_train_$precision.json" 2> "$logs/bench_train_$precision.err"; then
-      cat "$logs/bench_train_$precision.json" >> "$out/gpu-check-$stamp-train.jsonl"
-      python3 - "$logs/bench_train_$precision.json" >> "$report" <<'PYEOF'
+  # GPT-2 124M with flash attention (as the peer's SDPA) in bf16 and fp32, and d12_flash_mla (the
+  # seed's FlashMLA model) beside it. (d12's own mechanism, standard, would keep every layer's P.)
+  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16; do
+    preset="${run%%:*}" precision="${run##*:}" tag="${run/:/_}"
+    flash=""
+    [ "$preset" = d12 ] && flash="--attention flash"
+    # shellcheck disable=SC2086
+    if timeout 600 "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
+         --steps 10 --warmup 3 --json > "$logs/bench_train_$tag.json" 2> "$logs/bench_train_$tag.err"; then
+      cat "$logs/bench_train_$tag.json" >> "$out/gpu-check-$stamp-train.jsonl"
+      python3 - "$logs/bench_train_$tag.json" "$preset" >> "$report" <<'PYEOF'
 import json, sys
 j = json.load(open(sys.argv[1]))
-print(f"| flashgpt ({j['precision']}, {j['attention']}) | {j['batch']}×{j['seq']} | {j['params'] / 1e6:.1f}M | "
+print(f"| flashgpt {sys.argv[2]} ({j['precision']}, {j['attention']}) | {j['batch']}×{j['seq']} | {j['params'] / 1e6:.1f}M | "
       f"{j['step_s_median'] * 1e3:.1f} ms | {j['tokens_per_s']:,.0f} | {j['model_gflops'] / 1e3:.1f} | "
       f"{j['gemm_gflops'] / 1e3:.1f} | {100 * j['mfu']:.1f}% |")
 PYEOF
     else
-      say "| flashgpt ($precision) | FAILED: $(tail -1 "$logs/bench_train_$precision.err" | cut -c1-150) | | | | | | |"
+      say "| flashgpt $preset ($precision) | FAILED: $(tail -1 "$logs/bench_train_$tag.err" | cut -c1-150) | | | | | | |"
       status=1
     fi
   done

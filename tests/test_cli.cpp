@@ -315,10 +315,14 @@ TEST_F(Pipeline, DeviceChoice) {
     }
     EXPECT_EQ(n, 2) << b.output;
   }
-  // head_dim 16: bf16 attention on the GPU needs 64 or 128.
-  expect_one_error_line(run_flashgpt(common + "--steps 2 --device cuda --out " + (dir / "c16")), "head_dim 64 or 128");
-  RunResult fallback = run_flashgpt(common + "--steps 2 --out " + (dir / "a16"));
-  EXPECT_NE(fallback.output.find("device: cpu (--device auto: bf16 attention"), std::string::npos) << fallback.output;
+  // head_dim 16: bf16 flash attention on the GPU needs 64 or 128; the standard kernel takes it.
+  expect_one_error_line(run_flashgpt(common + "--attention flash --steps 2 --device cuda --out " + (dir / "c16")),
+                        "head_dim 64 or 128");
+  RunResult fallback = run_flashgpt(common + "--attention flash --steps 2 --out " + (dir / "a16"));
+  EXPECT_NE(fallback.output.find("device: cpu (--device auto: bf16 flash attention"), std::string::npos)
+      << fallback.output;
+  RunResult standard16 = run_flashgpt(common + "--steps 2 --device cuda --out " + (dir / "s16"));
+  EXPECT_EQ(standard16.exit_code, 0) << standard16.output;
   for (const char* precision : {"bf16", "fp32"}) {
     const std::string out = dir / (std::string("gpu_") + precision);
     const std::string gpu = common + "--n-embd 128 --n-head 2 --device cuda --precision " + precision + " --out " + out;

@@ -199,6 +199,12 @@ TEST(CudaGpt, Fp32TracksTheCpuModelLlamaBlockWithDocumentMasks) {
   expect_fp32_parity(llama_like(), true);
 }
 
+// The standard kernel's mechanism: every layer keeps its P from the forward for the backward.
+TEST(CudaGpt, Fp32TracksTheCpuModelStandardAttentionWithGqaAndDocumentMasks) {
+  SKIP_WITHOUT_GPU();
+  expect_fp32_parity(llama_like().with_attention(AttentionKind::Standard), true);
+}
+
 TEST(CudaGpt, Fp32TracksTheCpuModelWithRopeWithoutQkNorm) {
   SKIP_WITHOUT_GPU();
   GPTConfig c = gpt2_like();
@@ -257,7 +263,10 @@ TEST(CudaGpt, Fp32TracksTheCpuModelMlaWithSvdFactors) {
 
 TEST(CudaGpt, Bf16TrainingFollowsTheCpu) {
   SKIP_WITHOUT_GPU();
-  for (const GPTConfig& c : {gpt2_like(), llama_like(), flash_mla_like(), mla_rope()}) {
+  // The last: standard attention at head_dim 32, which only the standard kernel runs in bf16.
+  GPTConfig narrow_standard = gpt2_like().with_attention(AttentionKind::Standard);
+  narrow_standard.n_head = 4;
+  for (const GPTConfig& c : {gpt2_like(), llama_like(), flash_mla_like(), mla_rope(), narrow_standard}) {
     Pair p(c, Precision::BF16);
     const Batch b = make_batch(c, 9);
     std::vector<double> cpu_losses, gpu_losses;
@@ -326,10 +335,13 @@ TEST(CudaGpt, WhatTheGpuCannotTrainIsNamed) {
   EXPECT_EQ(GPTCuda::unsupported(mla_rope(), Precision::BF16), "");  // Dqk 96, Dv 64
   EXPECT_NE(GPTCuda::unsupported(narrow_mla_rope(), Precision::BF16).find("this model's are 48/32"), std::string::npos)
       << GPTCuda::unsupported(narrow_mla_rope(), Precision::BF16);
-  GPTConfig odd = gpt2_like();
+  GPTConfig odd = gpt2_like().with_attention(AttentionKind::Flash);
   odd.n_head = 4;  // head_dim 32
   EXPECT_NE(GPTCuda::unsupported(odd, Precision::BF16).find("head_dim 64 or 128"), std::string::npos)
       << GPTCuda::unsupported(odd, Precision::BF16);
+  // The standard kernel's mechanisms run any head dims.
+  EXPECT_EQ(GPTCuda::unsupported(odd.with_attention(AttentionKind::Standard), Precision::BF16), "");
+  EXPECT_EQ(GPTCuda::unsupported(narrow_mla_rope().with_attention(AttentionKind::MLA), Precision::BF16), "");
   EXPECT_EQ(cuda::parse_precision("bf16", "--precision"), Precision::BF16);
   EXPECT_NE(error_of([] { cuda::parse_precision("fp8", "--precision"); }).find("--precision: unknown precision 'fp8'"),
             std::string::npos);

@@ -30,14 +30,17 @@
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 std::string GPTCuda::unsupported(const GPTConfig& c, Precision p) {
+  // The standard kernel (standard, mla) runs any head dims in either precision.
+  if (!uses_flash_kernel(c.attention)) return "";
   if (p == Precision::BF16 && !is_latent(c.attention) && !flash_tc_supports(c.head_dim(), c.head_dim())) {
-    return fmt::format("bf16 attention on the GPU needs head_dim 64 or 128; this model has {} (n_embd {} / n_head {}); "
-                       "train it with --precision fp32",
+    return fmt::format("bf16 flash attention on the GPU needs head_dim 64 or 128; this model has {} (n_embd {} / "
+                       "n_head {}); train it with --precision fp32, or with --attention standard",
                        c.head_dim(), c.n_embd, c.n_head);
   }
   if (p == Precision::BF16 && is_latent(c.attention) && !flash_tc_supports(c.mla_qk_dim(), c.head_dim())) {
     return fmt::format("bf16 latent attention on the GPU needs query-key/value head dims 64/64, 96/64, 128/128 or "
-                       "192/128; this model's are {}/{} (head_dim {} + rope_dim {}); train it with --precision fp32",
+                       "192/128; this model's are {}/{} (head_dim {} + rope_dim {}); train it with --precision fp32, or with "
+                       "--attention mla",
                        c.mla_qk_dim(), c.head_dim(), c.head_dim(), c.mla_rope_dim());
   }
   if (c.head_dim() > 256 || (is_latent(c.attention) && c.mla_qk_dim() > 256)) {
@@ -99,6 +102,11 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
             {&a.ln2_rstd, N}, {&a.post_mlp_mean, N}, {&a.post_mlp_rstd, N}, {&a.cq_rstd, r > 0 ? N : 0},
             {&a.ckv_rstd, latent ? N : 0}});
   }
+  // The standard kernel keeps every layer's P (B·H·Tn² elements) from its forward to its backward.
+  const AttentionDims att_dims{B, H, latent ? H : c.kv_heads(), Tn, Tn, dqk, hd, 0};
+  const bool standard = !uses_flash_kernel(c.attention);
+  const int64_t standard_ws = standard ? static_cast<int64_t>((standard_workspace_bytes<T>(att_dims) + 3) / 4) : 0;
+  for (LayerActs& a : acts_) plan_f({{&a.standard_ws, standard_ws}});
   resid_.assign(static_cast<size_t>(c.n_layer + 1), nullptr);
   for (T*& x : resid_) arena_t_.plan(&x, N * C);
   plan_t({{&lnf_, N * C}, {&branch_, N * C}, {&logits_, N * Vp}, {&dres_, N * C}, {&dln_, N * C},
@@ -106,8 +114,9 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
           {&dka_, N * wka}, {&dv_, N * wv}, {&dq_, qkn ? N * wq : 0}, {&dk_, qkn ? N * wk : 0},
           {&dkr_, N * dr}, {&dckv_, N * nl}, {&dckv_pre_, N * nl}, {&dcq_, N * r}, {&dcq_pre_, N * r}});
   // The tensor-core attention backward's workspace (its fp32 dQ accumulator and row sums).
-  const AttentionDims att_dims{B, H, latent ? H : c.kv_heads(), Tn, Tn, dqk, hd, 0};
-  const int64_t flash_ws = std::is_same_v<T, bf16> ? static_cast<int64_t>(flash_backward_workspace_bytes(att_dims) / 4) : 0;
+  const int64_t flash_ws = std::is_same_v<T, bf16> && !standard
+                               ? static_cast<int64_t>(flash_backward_workspace_bytes(att_dims) / 4)
+                               : 0;
   plan_f({{&lnf_mean_, N}, {&lnf_rstd_, N}, {&losses_, N}, {&dv_up_, v_up}, {&flash_ws_, flash_ws}});
   for (int** slot : {&tokens_, &targets_, &segments_}) arena_i_.plan(slot, N);
   B_ = Tn_ = 0;  // until the arenas exist
@@ -158,7 +167,9 @@ AttentionMask Model<T>::mask() const {
 
 template <typename T>
 void Model<T>::attention_forward(const AttentionDims& d, float scale, LayerActs& a) const {
-  if constexpr (std::is_same_v<T, bf16>) {
+  if (!uses_flash_kernel(config.attention)) {
+    standard_forward_cuda<T>(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse, a.standard_ws);
+  } else if constexpr (std::is_same_v<T, bf16>) {
     auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
     flash_forward_bf16(d, mask(), scale, u(a.qa), u(a.ka), u(a.v), reinterpret_cast<uint16_t*>(a.att), a.lse);
   } else {
@@ -168,7 +179,9 @@ void Model<T>::attention_forward(const AttentionDims& d, float scale, LayerActs&
 
 template <typename T>
 void Model<T>::attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const {
-  if constexpr (std::is_same_v<T, bf16>) {
+  if (!uses_flash_kernel(config.attention)) {
+    standard_backward_cuda<T>(d, mask(), scale, a.qa, a.ka, a.v, datt_, dqa_, dka_, dv_, a.standard_ws);
+  } else if constexpr (std::is_same_v<T, bf16>) {
     auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
     auto w = [](bf16* p) { return reinterpret_cast<uint16_t*>(p); };
     flash_backward_bf16(d, mask(), scale, u(a.qa), u(a.ka), u(a.v), u(a.att), a.lse, u(datt_), w(dqa_), w(dka_),

@@ -137,6 +137,8 @@ class Model final : public GPTCuda::Impl {
     // latent attention only
     T *cq_pre, *cq, *ckv_pre, *ckv, *kr, *v_up;
     float *cq_rstd, *ckv_rstd;
+    // the standard kernel only: its workspace, with this layer's P kept from forward to backward
+    float* standard_ws;
   };
 
   // The weights the forward reads (T) and the fp32 gradients, by offset.
