@@ -132,6 +132,28 @@ TEST(Model, FlashAttentionModelEqualsStandard) {
   testing::expect_models_agree(standard, flash, tokens, targets, 2, 50);
 }
 
+// A model that only holds weights can drop its gradients; backward brings them back, the same.
+TEST(Model, ReleasedGradientsComeBackFromZero) {
+  const GPTConfig c = small_config(PosKind::Learned, 0, false);
+  GPT<float> a(c), b(c);
+  a.init_weights(4);
+  b.init_weights(4);
+  std::vector<int> x = {1, 2, 3, 4, 5, 6}, y = {2, 3, 4, 5, 6, 7};
+  b.release_gradients();
+  EXPECT_TRUE(b.grads().empty());
+  a.zero_grad();
+  for (GPT<float>* m : {&a, &b}) {
+    m->forward(x.data(), y.data(), 1, 6);
+    m->backward();
+  }
+  ASSERT_EQ(b.grads().size(), a.grads().size());
+  EXPECT_TRUE(std::equal(a.grads().begin(), a.grads().end(), b.grads().begin()));
+  EXPECT_TRUE(std::any_of(b.grads().begin(), b.grads().end(), [](float g) { return g != 0.0f; }));
+  b.release_gradients();
+  b.zero_grad();
+  EXPECT_EQ(b.grads().size(), a.grads().size());
+}
+
 TEST(Model, DocumentMaskingKeepsDocumentsApart) {
   for (AttentionKind kind : {AttentionKind::Standard, AttentionKind::Flash}) {
     GPTConfig c = small_config(PosKind::Rope, 0, false);

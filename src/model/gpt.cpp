@@ -154,7 +154,7 @@ void GPT<T>::init_weights(uint64_t seed) {
 
 template <typename T>
 void GPT<T>::zero_grad() {
-  std::fill(grads_.begin(), grads_.end(), T(0));
+  grads_.assign(params_.size(), T(0));
 }
 
 template <typename T>
@@ -418,6 +418,7 @@ void GPT<T>::block_backward(int l, LayerActs& a, const T* x, int64_t B, int64_t 
 template <typename T>
 void GPT<T>::backward(T loss_scale) {
   FLASHGPT_CHECK(have_forward_, "backward: call forward with targets first");
+  if (grads_.empty()) grads_.assign(params_.size(), T(0));  // released: accumulate from zero
   const GPTConfig& c = config_;
   Activations& a = train_;
   const int64_t B = a.B, Tn = a.Tn, N = B * Tn, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();

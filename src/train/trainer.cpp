@@ -168,7 +168,10 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   GPT<float> model(config);
   model.set_attention_tiling(opt.attention_tiling);
   std::unique_ptr<cuda::GPTCuda> gpu;
-  if (where.gpu) gpu = std::make_unique<cuda::GPTCuda>(config, precision);
+  if (where.gpu) {
+    gpu = std::make_unique<cuda::GPTCuda>(config, precision);
+    model.release_gradients();  // the GPU keeps its own
+  }
   std::unique_ptr<dist::Communicator> cp_group;
   std::unique_ptr<dist::ContextParallel> cp;
   if (lay.cp > 1) {

@@ -75,8 +75,13 @@ class GPT {
   int64_t num_params() const { return static_cast<int64_t>(params_.size()); }
   std::span<T> params() { return params_; }
   std::span<const T> params() const { return params_; }
+  // Empty after release_gradients() until the next zero_grad() or backward().
   std::span<T> grads() { return grads_; }
   std::span<const T> grads() const { return grads_; }
+  // Frees the gradients (as many values as parameters) of a model that only holds weights — for
+  // checkpoints and samples while another (the GPU's) trains. zero_grad() or backward() brings
+  // them back, zeroed.
+  void release_gradients() { std::vector<T>().swap(grads_); }
   const ParamSpec& spec(const std::string& name) const;  // throws naming the tensor if absent
   T* param(const std::string& name) { return params_.data() + spec(name).offset; }
   T* grad(const std::string& name) { return grads_.data() + spec(name).offset; }
