@@ -97,6 +97,17 @@ __device__ __forceinline__ void accumulators_as_a(uint32_t (&a)[4], const float 
   a[3] = tc::pack2<E>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
 }
 
+// The max and the sum over the four lanes of a quad (lanes 4g … 4g + 3), which hold one row of
+// an mma accumulator between them; every lane of the warp must call them together.
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
 // Stores two elements as one 32-bit word.
 template <typename E>
 __device__ __forceinline__ void store2(E* p, float a, float b) {

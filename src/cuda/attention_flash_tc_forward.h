@@ -104,8 +104,7 @@ __global__ void __launch_bounds__(F::Threads)
       float mx = row_max[r];
 #pragma unroll
       for (int n = 0; n < BlockN / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mx = quad_max(mx);
       const float base = mx == -INFINITY ? 0.0f : mx * scale_log2;  // a row with nothing visible yet stays at 0
       const float alpha = exp2f(row_max[r] * scale_log2 - base);
       row_max[r] = mx;
@@ -140,9 +139,7 @@ __global__ void __launch_bounds__(F::Threads)
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float sum = quad_sum(row_sum[r]);
     const int64_t i = row0 + r * 8;
     if (i >= d.Tq) continue;
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key writes zeros

@@ -33,6 +33,8 @@ using flash_tc::load_b_from_cols;
 using flash_tc::load_b_from_rows;
 using flash_tc::load_rows;
 using flash_tc::mma_pair;
+using flash_tc::quad_max;
+using flash_tc::quad_sum;
 using flash_tc::store2;
 
 template <int NL_, int DR_, int RowWarps_, int KeyTile_>
@@ -148,8 +150,7 @@ __global__ void __launch_bounds__(F::Threads)
       float mx = -INFINITY;
 #pragma unroll
       for (int n = 0; n < HalfKeys / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mx = quad_max(mx);
       if (t == 0) red[half * Rows + lr[r]] = mx;
     }
     __syncthreads();
@@ -193,9 +194,7 @@ __global__ void __launch_bounds__(F::Threads)
   // maxima, came before the last tile's second barrier).
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float sum = quad_sum(row_sum[r]);
     if (t == 0) red[half * Rows + lr[r]] = sum;
   }
   __syncthreads();
