@@ -163,15 +163,23 @@ void expect_fp32_parity(const GPTConfig& c, bool doc_mask) {
   std::vector<float> logits(static_cast<size_t>(n_logits), std::numeric_limits<float>::quiet_NaN());
   p.gpu.get_logits(logits);
   EXPECT_LT(rel_error(logits, {p.cpu.logits(), static_cast<size_t>(n_logits)}), 1e-4);
-  // Three steps: the loss, every gradient, and the weights after AdamW.
+  // Three steps: the loss, every gradient, and the weights after AdamW. The classifier runs in
+  // one chunk (step 1), in chunks of 10 rows with the fused forward_backward (step 2: 32 rows as
+  // 10 + 10 + 10 + 2), and in chunks of 7 with forward, then backward computing them again.
   for (int64_t step = 1; step <= 3; ++step) {
     p.cpu.zero_grad();
     p.gpu.zero_grad();
+    p.gpu.set_classifier_rows(step == 1 ? 0 : step == 2 ? 10 : 7);
     const double cpu_loss = p.cpu.forward(b.x.data(), b.y.data(), b.B, b.T, seg);
-    const double gpu_loss = p.gpu.forward(b.x.data(), b.y.data(), b.B, b.T, seg);
-    EXPECT_NEAR(gpu_loss, cpu_loss, 1e-5 * cpu_loss) << "step " << step;
     p.cpu.backward(0.5f);
-    p.gpu.backward(0.5f);
+    double gpu_loss = 0;
+    if (step == 2) {
+      gpu_loss = p.gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, seg, 0.5f);
+    } else {
+      gpu_loss = p.gpu.forward(b.x.data(), b.y.data(), b.B, b.T, seg);
+      p.gpu.backward(0.5f);
+    }
+    EXPECT_NEAR(gpu_loss, cpu_loss, 1e-5 * cpu_loss) << "step " << step;
     const std::vector<float> g = p.gpu_grads();
     EXPECT_LT(rel_error(g, p.cpu.grads()), 1e-4) << "step " << step;
     // Per tensor, so that a wrong small tensor (a norm gain, a bias) is not hidden by a large one.
@@ -274,11 +282,12 @@ TEST(CudaGpt, Bf16TrainingFollowsTheCpu) {
       p.cpu.zero_grad();
       p.gpu.zero_grad();
       cpu_losses.push_back(p.cpu.forward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data()));
-      gpu_losses.push_back(p.gpu.forward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data()));
+      // The training loop's fused step, its logits in chunks of 12 rows.
+      p.gpu.set_classifier_rows(12);
+      gpu_losses.push_back(p.gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data(), 1.0f));
       EXPECT_NEAR(gpu_losses.back(), cpu_losses.back(), 0.02 * cpu_losses.back())
           << to_string(c.attention) << " step " << step;
       p.cpu.backward(1.0f);
-      p.gpu.backward(1.0f);
       const std::vector<float> g = p.gpu_grads();
       EXPECT_GT(cosine(g, p.cpu.grads()), 0.99) << to_string(c.attention) << " step " << step;
       p.cpu_adamw(adamw(step));
@@ -361,6 +370,13 @@ TEST(CudaGpt, BadInputIsAnErrorNamingIt) {
   EXPECT_NE(error_of([&] { gpu.forward(b.x.data(), b.y.data(), 1, c.block_size + 1); }).find("block_size"),
             std::string::npos);
   EXPECT_NE(error_of([&] { gpu.backward(); }).find("call forward with targets first"), std::string::npos);
+  // With targets the classifier keeps no logits to hand out.
+  gpu.forward(b.x.data(), b.y.data(), b.B, b.T);
+  std::vector<float> logits(static_cast<size_t>(b.B * b.T * c.padded_vocab_size()));
+  EXPECT_NE(error_of([&] { gpu.get_logits(logits); }).find("only a forward without targets"), std::string::npos);
+  EXPECT_NE(error_of([&] { gpu.forward_backward(b.x.data(), nullptr, b.B, b.T, nullptr); }).find("needs targets"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { gpu.set_classifier_rows(-1); }).find("must not be negative"), std::string::npos);
   std::vector<float> wrong(10);
   EXPECT_NE(error_of([&] { gpu.set_params(wrong); }).find("the model has"), std::string::npos);
 }

@@ -127,8 +127,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   for (int s = 0; s < c.warmup + c.steps; ++s) {
     Timer t;
     gpu.zero_grad();
-    loss = gpu.forward(x.data(), y.data(), B, T);
-    gpu.backward();
+    loss = gpu.forward_backward(x.data(), y.data(), B, T, nullptr);
     const double norm = std::sqrt(gpu.grad_sum_squares());
     ops::AdamWParams hp;
     hp.lr = 1e-4f;

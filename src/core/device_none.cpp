@@ -72,6 +72,10 @@ void GPTCuda::get_grads(std::span<float>) const { fail("GPU model: {}", kNoCuda)
 void GPTCuda::zero_grad() { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::forward(const int*, const int*, int64_t, int64_t, const int32_t*) { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::backward(float) { fail("GPU model: {}", kNoCuda); }
+double GPTCuda::forward_backward(const int*, const int*, int64_t, int64_t, const int32_t*, float) {
+  fail("GPU model: {}", kNoCuda);
+}
+void GPTCuda::set_classifier_rows(int64_t) { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::get_logits(std::span<float>) const { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}", kNoCuda); }

@@ -67,7 +67,8 @@ LayerOffsets layer_offsets(const GPTCuda::Impl& m, int l) {
 
 template <typename T>
 void Model<T>::allocate(int64_t B, int64_t Tn) {
-  if (B == B_ && Tn == Tn_) return;
+  if (B == B_ && Tn == Tn_ && chunk_planned_ == chunk_rows()) return;
+  chunk_planned_ = chunk_rows();
   const GPTConfig& c = config;
   const int64_t N = B * Tn, C = c.n_embd, H = c.n_head, hd = c.head_dim(), F = c.hidden(),
                 Vp = c.padded_vocab_size();
@@ -109,7 +110,7 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   for (LayerActs& a : acts_) plan_f({{&a.standard_ws, standard_ws}});
   resid_.assign(static_cast<size_t>(c.n_layer + 1), nullptr);
   for (T*& x : resid_) arena_t_.plan(&x, N * C);
-  plan_t({{&lnf_, N * C}, {&branch_, N * C}, {&logits_, N * Vp}, {&dres_, N * C}, {&dln_, N * C},
+  plan_t({{&lnf_, N * C}, {&branch_, N * C}, {&logits_, std::min(N, chunk_rows()) * Vp}, {&dres_, N * C}, {&dln_, N * C},
           {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * H * hd}, {&dqa_, N * wq},
           {&dka_, N * wka}, {&dv_, N * wv}, {&dq_, qkn ? N * wq : 0}, {&dk_, qkn ? N * wk : 0},
           {&dkr_, N * dr}, {&dckv_, N * nl}, {&dckv_pre_, N * nl}, {&dcq_, N * r}, {&dcq_pre_, N * r}});
@@ -313,11 +314,11 @@ void Model<T>::block_backward(int l, const LayerActs& a, const T* x) {
 }
 
 template <typename T>
-double Model<T>::forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) {
+void Model<T>::encode(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) {
   const GPTConfig& c = config;
   FLASHGPT_CHECK(B > 0 && Tn > 0, "forward: batch {} and sequence length {} must be positive", B, Tn);
   FLASHGPT_CHECK(Tn <= c.block_size, "sequence length {} exceeds the model's block_size {}", Tn, c.block_size);
-  const int64_t N = B * Tn, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();
+  const int64_t N = B * Tn, C = c.n_embd, V = c.vocab_size;
   for (int64_t i = 0; i < N; ++i) {
     FLASHGPT_CHECK(tokens[i] >= 0 && tokens[i] < V, "token id {} at index {} is out of range for vocab_size {}",
                    tokens[i], i, V);
@@ -325,6 +326,7 @@ double Model<T>::forward(const int* tokens, const int* targets, int64_t B, int64
                    "target id {} at index {} is out of range for vocab_size {}", targets ? targets[i] : 0, i, V);
   }
   allocate(B, Tn);
+  have_forward_ = have_logits_ = false;
   copy_to_device(tokens_, tokens, static_cast<size_t>(N) * sizeof(int));
   if (targets) copy_to_device(targets_, targets, static_cast<size_t>(N) * sizeof(int));
   have_segments_ = segments != nullptr;
@@ -335,16 +337,45 @@ double Model<T>::forward(const int* tokens, const int* targets, int64_t B, int64
     block_forward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l) + 1]);
   }
   norm_forward(lnf_, lnf_mean_, lnf_rstd_, resid_.back(), lnf_w_, lnf_b_, N, C);
-  matmul_forward(logits_, lnf_, W(lm_), static_cast<const T*>(nullptr), N, C, Vp);
-  have_forward_ = targets != nullptr;
-  if (!targets) {
-    synchronize();
-    return 0.0;
+  n_targets_ = targets ? std::count_if(targets, targets + N, [](int t) { return t >= 0; }) : 0;
+}
+
+// About 64 Mi logits a chunk (d12: 1024 rows of 50304), whole multiples of 64 rows.
+template <typename T>
+int64_t Model<T>::chunk_rows() const {
+  if (classifier_rows > 0) return classifier_rows;
+  const int64_t rows = (int64_t{1} << 26) / config.padded_vocab_size();
+  return std::max<int64_t>(64, rows / 64 * 64);
+}
+
+template <typename T>
+void Model<T>::classifier_loss() {
+  const GPTConfig& c = config;
+  const int64_t N = B_ * Tn_, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size(), R = chunk_rows();
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rows = std::min(R, N - r0);
+    matmul_forward(logits_, lnf_ + r0 * C, W(lm_), static_cast<const T*>(nullptr), rows, C, Vp);
+    cross_entropy_forward(losses_ + r0, logits_, targets_ + r0, rows, V, Vp);
   }
-  n_targets_ = std::count_if(targets, targets + N, [](int t) { return t >= 0; });
-  cross_entropy_forward(losses_, logits_, targets_, N, V, Vp);
+}
+
+template <typename T>
+void Model<T>::classifier_backward(float per_token) {
+  const GPTConfig& c = config;
+  const int64_t N = B_ * Tn_, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size(), R = chunk_rows();
+  for (int64_t r0 = 0; r0 < N; r0 += R) {
+    const int64_t rows = std::min(R, N - r0);
+    matmul_forward(logits_, lnf_ + r0 * C, W(lm_), static_cast<const T*>(nullptr), rows, C, Vp);
+    cross_entropy_fused(logits_, losses_ + r0, targets_ + r0, rows, V, Vp, per_token);  // logits_ → their gradient
+    matmul_backward(dln_ + r0 * C, G(lm_), nullptr, logits_, lnf_ + r0 * C, W(lm_), rows, C, Vp, false);
+  }
+}
+
+template <typename T>
+double Model<T>::mean_loss(const int* targets) {
+  const int64_t N = B_ * Tn_;
   std::vector<float> losses(static_cast<size_t>(N));
-  copy_to_host(losses.data(), losses_, losses.size() * sizeof(float));  // waits for the forward
+  copy_to_host(losses.data(), losses_, losses.size() * sizeof(float));  // waits for the GPU
   double total = 0;
   for (int64_t i = 0; i < N; ++i) {
     if (targets[i] >= 0) total += losses[static_cast<size_t>(i)];
@@ -353,33 +384,69 @@ double Model<T>::forward(const int* tokens, const int* targets, int64_t B, int64
 }
 
 template <typename T>
-void Model<T>::backward(float loss_scale) {
-  FLASHGPT_CHECK(have_forward_, "backward: call forward with targets first");
+void Model<T>::trunk_backward() {
   const GPTConfig& c = config;
-  const int64_t N = B_ * Tn_, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();
-  const float per_token = n_targets_ > 0 ? loss_scale / static_cast<float>(n_targets_) : 0.0f;
-  cross_entropy_fused(logits_, losses_, targets_, N, V, Vp, per_token);  // logits_ now holds their gradient
-  matmul_backward(dln_, G(lm_), nullptr, logits_, lnf_, W(lm_), N, C, Vp, false);
+  const int64_t N = B_ * Tn_, C = c.n_embd;
   norm_backward(dres_, dln_, resid_.back(), lnf_w_, lnf_b_, lnf_mean_, lnf_rstd_, N, C, false);
   for (int l = c.n_layer - 1; l >= 0; --l) {
     block_backward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)]);
   }
   embedding_backward(G(wte_), G(wpe_), dres_, tokens_, B_, Tn_, C, 0);
+}
+
+template <typename T>
+double Model<T>::forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) {
+  encode(tokens, targets, B, Tn, segments);
+  const GPTConfig& c = config;
+  const int64_t N = B * Tn, Vp = c.padded_vocab_size();
+  if (!targets) {  // the whole logits, for get_logits
+    const size_t bytes = static_cast<size_t>(N * Vp) * sizeof(T);
+    if (full_logits_.bytes() != bytes) full_logits_ = DeviceBuffer(bytes);
+    matmul_forward(full_logits_.as<T>(), lnf_, W(lm_), static_cast<const T*>(nullptr), N, c.n_embd, Vp);
+    synchronize();
+    have_logits_ = true;
+    return 0.0;
+  }
+  full_logits_ = DeviceBuffer();  // a training run never holds them
+  classifier_loss();
+  have_forward_ = true;
+  return mean_loss(targets);
+}
+
+template <typename T>
+void Model<T>::backward(float loss_scale) {
+  FLASHGPT_CHECK(have_forward_, "backward: call forward with targets first");
+  // The classifier's logits were never kept: computed again, a chunk at a time.
+  classifier_backward(n_targets_ > 0 ? loss_scale / static_cast<float>(n_targets_) : 0.0f);
+  trunk_backward();
   have_forward_ = false;
   synchronize();
 }
 
 template <typename T>
+double Model<T>::forward_backward(const int* tokens, const int* targets, int64_t B, int64_t Tn,
+                                  const int32_t* segments, float loss_scale) {
+  FLASHGPT_CHECK(targets != nullptr, "forward_backward: a training step needs targets");
+  encode(tokens, targets, B, Tn, segments);
+  full_logits_ = DeviceBuffer();
+  classifier_backward(n_targets_ > 0 ? loss_scale / static_cast<float>(n_targets_) : 0.0f);
+  trunk_backward();
+  return mean_loss(targets);  // waits for the whole step
+}
+
+template <typename T>
 void Model<T>::get_logits(std::span<float> out) const {
+  FLASHGPT_CHECK(have_logits_, "logits: only a forward without targets keeps them (with targets the classifier "
+                 "computes them a chunk at a time for the loss)");
   const int64_t n = B_ * Tn_ * config.padded_vocab_size();
-  FLASHGPT_CHECK(B_ > 0 && static_cast<int64_t>(out.size()) == n, "logits: {} values wanted, the last forward has {}",
+  FLASHGPT_CHECK(static_cast<int64_t>(out.size()) == n, "logits: {} values wanted, the last forward has {}",
                  out.size(), n);
   if constexpr (std::is_same_v<T, bf16>) {
     DeviceBuffer wide(static_cast<size_t>(n) * sizeof(float));
-    convert(wide.as<float>(), logits_, n);
+    convert(wide.as<float>(), full_logits_.as<const bf16>(), n);
     wide.download(out.data(), out.size_bytes());
   } else {
-    copy_to_host(out.data(), logits_, out.size_bytes());
+    copy_to_host(out.data(), full_logits_.as<const float>(), out.size_bytes());
   }
 }
 
@@ -452,6 +519,16 @@ double GPTCuda::forward(const int* tokens, const int* targets, int64_t B, int64_
 }
 
 void GPTCuda::backward(float loss_scale) { impl_->backward(loss_scale); }
+
+double GPTCuda::forward_backward(const int* tokens, const int* targets, int64_t B, int64_t Tn,
+                                 const int32_t* segments, float loss_scale) {
+  return impl_->forward_backward(tokens, targets, B, Tn, segments, loss_scale);
+}
+
+void GPTCuda::set_classifier_rows(int64_t rows) {
+  FLASHGPT_CHECK(rows >= 0, "classifier rows: {} must not be negative", rows);
+  impl_->classifier_rows = rows;
+}
 
 void GPTCuda::get_logits(std::span<float> logits) const { impl_->get_logits(logits); }
 

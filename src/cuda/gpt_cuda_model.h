@@ -49,7 +49,10 @@ struct GPTCuda::Impl {
   virtual bf16* weight_copy() = 0;     // the bf16 copy AdamW refreshes (null in FP32)
   virtual double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) = 0;
   virtual void backward(float loss_scale) = 0;
+  virtual double forward_backward(const int* tokens, const int* targets, int64_t B, int64_t Tn,
+                                  const int32_t* segments, float loss_scale) = 0;
   virtual void get_logits(std::span<float> out) const = 0;
+  int64_t classifier_rows = 0;  // rows per classifier chunk; 0 chooses
 };
 
 namespace gpt_detail {
@@ -126,6 +129,8 @@ class Model final : public GPTCuda::Impl {
 
   double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments) override;
   void backward(float loss_scale) override;
+  double forward_backward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments,
+                          float loss_scale) override;
   void get_logits(std::span<float> out) const override;
 
  private:
@@ -154,6 +159,16 @@ class Model final : public GPTCuda::Impl {
   const float* M(int64_t off) const { return off < 0 ? nullptr : master.as<float>() + off; }  // fp32 master
 
   void allocate(int64_t B, int64_t Tn);
+  // The forward up to the final norm (checks, copies, embeddings, blocks); the number of targets.
+  void encode(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments);
+  // The classifier, chunk by chunk (classifier_rows rows of logits at a time, never all of them):
+  // the losses only, or the losses and the gradient — the logits' gradient scaled by per_token
+  // feeds dW of the classifier and dln_ at once.
+  int64_t chunk_rows() const;
+  void classifier_loss();
+  void classifier_backward(float per_token);
+  double mean_loss(const int* targets);  // waits for the losses
+  void trunk_backward();                 // from dln_ down to the embeddings
   void norm_forward(T* out, float* mean, float* rstd, const T* inp, int64_t w, int64_t b, int64_t N, int64_t C) const;
   void norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean, const float* rstd,
                      int64_t N, int64_t C, bool accumulate) const;
@@ -181,7 +196,10 @@ class Model final : public GPTCuda::Impl {
   Arena<int> arena_i_;
   std::vector<LayerActs> acts_;
   std::vector<T*> resid_;
-  T *lnf_ = nullptr, *logits_ = nullptr, *branch_ = nullptr;
+  T *lnf_ = nullptr, *logits_ = nullptr, *branch_ = nullptr;  // logits_: one chunk
+  DeviceBuffer full_logits_;  // [N, Vp], only for a forward without targets (get_logits)
+  bool have_logits_ = false;
+  int64_t chunk_planned_ = 0;  // the classifier chunk the arena holds
   float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *losses_ = nullptr;
   int *tokens_ = nullptr, *targets_ = nullptr, *segments_ = nullptr;
   bool have_segments_ = false, have_forward_ = false;

@@ -366,11 +366,13 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     double loss = 0;
     for (int64_t a = 0; a < accum; ++a) {
       if (!opt.overfit_single_batch) next_micro_batch(train_loader);
-      loss += forward() / static_cast<double>(accum);
-      if (gpu) {
-        gpu->backward(1.0f / static_cast<float>(accum));
+      if (gpu) {  // one pass: each chunk of logits becomes its loss and its gradient at once
+        loss += gpu->forward_backward(x.data(), y.data(), B, Tl, opt.document_masking ? seg.data() : nullptr,
+                                      1.0f / static_cast<float>(accum)) /
+                static_cast<double>(accum);
         continue;
       }
+      loss += forward() / static_cast<double>(accum);
       if (a + 1 == accum) sync->overlap_next_backward();
       model.backward(1.0f / static_cast<float>(accum));
     }

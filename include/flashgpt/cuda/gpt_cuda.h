@@ -68,11 +68,21 @@ class GPTCuda {
   void zero_grad();
   // As GPT<T>::forward, with host arrays (tokens and targets are checked on the host first): the
   // mean loss over the targets ≥ 0, or 0 without targets, when the logits stay for get_logits.
+  // With targets the classifier never holds all the logits: it computes them a chunk of rows at
+  // a time for the loss (set_classifier_rows), so they cost chunk × padded_vocab values, not N ×.
   double forward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments = nullptr);
-  // Adds the gradient of loss_scale · (the last forward's loss) into the gradients.
+  // Adds the gradient of loss_scale · (the last forward's loss) into the gradients. The
+  // classifier's logits are computed again, chunk by chunk; forward_backward avoids that.
   void backward(float loss_scale = 1.0f);
-  // The last forward's logits [B·Tn, padded_vocab] (valid until the next backward).
+  // The training step's forward and backward in one: each chunk of logits becomes its loss and
+  // its gradient at once, which feed the classifier's weight gradient and the rest of the
+  // backward. Returns the mean loss, as forward does, after the whole step.
+  double forward_backward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments,
+                          float loss_scale = 1.0f);
+  // The logits [B·Tn, padded_vocab] of the last forward without targets.
   void get_logits(std::span<float> logits) const;
+  // Rows of logits per classifier chunk (0: about 64 Mi logits a chunk), from the next forward.
+  void set_classifier_rows(int64_t rows);
 
   // Σ g² over every gradient (for global-norm clipping).
   double grad_sum_squares();
