@@ -3,8 +3,11 @@
 // one block per query row, each split weighted by e^{lse_s − lse}. The split kernels are in
 // latent_decode_cuda_cores.cu and latent_decode_tc.cu.
 #include <algorithm>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 #include "cuda/device_math.h"
@@ -102,11 +105,22 @@ LatentDecodePlan plan_latent_decode(const PagedLatentDims& pd, const LatentDecod
   }
   plan.kernel = opt.kernel == LatentDecodeKernel::CudaCores || !tc_ok ? LatentDecodeKernel::CudaCores
                                                                          : LatentDecodeKernel::TensorCores;
+  // What a launch needs and how many blocks an SM holds: asked of the runtime once per kernel and
+  // size on each device, since every decode step plans.
+  static std::mutex mutex;
+  static std::map<std::tuple<int, bool, bool, int64_t, int64_t>, LaunchInfo> known;
+  const bool tensor_cores = plan.kernel == LatentDecodeKernel::TensorCores;
+  int device = 0;
+  FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
+  const auto key = std::make_tuple(device, tensor_cores, is_bf16, d.nl, d.row);
   LaunchInfo info;
-  if (plan.kernel == LatentDecodeKernel::TensorCores) {
-    info = tc_info(d, tc_wide(d));
-  } else {
-    info = cuda_cores_info<device_t<T>>(d);
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    auto it = known.find(key);
+    if (it == known.end()) {
+      it = known.emplace(key, tensor_cores ? tc_info(d, tc_wide(d)) : cuda_cores_info<device_t<T>>(d)).first;
+    }
+    info = it->second;
   }
   plan.rows_per_block = info.rows;
   plan.blocks_per_sm = info.blocks_per_sm;
@@ -115,8 +129,7 @@ LatentDecodePlan plan_latent_decode(const PagedLatentDims& pd, const LatentDecod
     FLASHGPT_CUDA_REQUIRE(opt.splits <= 65535, "latent decode: at most 65535 splits");
     plan.splits = opt.splits;
   } else {
-    int device = 0, sms = 0;
-    FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
+    int sms = 0;
     FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     const int64_t blocks = pd.B * ((d.rows() + info.rows - 1) / info.rows);
     plan.splits = choose_latent_splits(blocks, pd.max_pages, static_cast<int64_t>(sms) * std::max(1, info.blocks_per_sm));
