@@ -30,11 +30,9 @@ inline Dims dims_of(const AttentionDims& a) {
 constexpr int kPad = 8;  // elements of padding per shared-memory row
 constexpr float kLog2e = 1.4426950408889634f;
 
+// The mask's rule, with queries and keys past the ends of a tile invisible too.
 __device__ __forceinline__ bool visible(const Dims& d, const Mask& m, int64_t b, int64_t i, int64_t j) {
-  if (i >= d.Tq || j >= d.Tk) return false;
-  if (m.causal && j > m.q_offset + i) return false;
-  if (m.kv_lengths && j >= m.kv_lengths[b]) return false;
-  return !m.q_seg || m.q_seg[b * d.Tq + i] == m.kv_seg[b * d.kv_rows + j];
+  return i < d.Tq && j < d.Tk && attention_kernels::visible(m, d.Tq, d.kv_rows, b, i, j);
 }
 
 // Queues the copy of rows [first, first + Rows) of a [·, stride] tensor (D elements each, from

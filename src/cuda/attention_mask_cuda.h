@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "cuda/platform.h"
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/cuda/abi.h"
 
@@ -17,6 +18,14 @@ struct Mask {
   const int32_t* q_seg;
   const int32_t* kv_seg;
 };
+
+// Whether key j is visible to query i of sequence b (attention.h's rule), for Tq queries and
+// kv_rows key rows per sequence; i and j are within bounds.
+__device__ __forceinline__ bool visible(const Mask& m, int64_t Tq, int64_t kv_rows, int64_t b, int64_t i, int64_t j) {
+  if (m.causal && j > m.q_offset + i) return false;
+  if (m.kv_lengths && j >= m.kv_lengths[b]) return false;
+  return !m.q_seg || m.q_seg[b * Tq + i] == m.kv_seg[b * kv_rows + j];
+}
 
 inline Mask mask_of(const AttentionMask& m) {
   return {m.causal, m.q_offset, m.kv_lengths.empty() ? nullptr : m.kv_lengths.data(),

@@ -22,15 +22,9 @@ namespace {
 
 using attention_kernels::Mask;
 using attention_kernels::mask_of;
+using attention_kernels::visible;
 
 constexpr int kThreads = 256, kRowsPerBlock = kThreads / 32;  // softmax: a warp per row
-
-__device__ __forceinline__ bool visible(const Mask& m, int64_t Tq, int64_t kv_rows, int64_t b, int64_t i,
-                                        int64_t j) {
-  if (m.causal && j > m.q_offset + i) return false;
-  if (m.kv_lengths && j >= m.kv_lengths[b]) return false;
-  return !m.q_seg || m.q_seg[b * Tq + i] == m.kv_seg[b * kv_rows + j];
-}
 
 // One warp per query row i of head (b, h): P[i, ·] = softmax of the visible scores, lse[b, h, i].
 template <typename T>

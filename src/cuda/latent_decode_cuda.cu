@@ -62,6 +62,15 @@ void check_dims(const PagedLatentDims& d) {
   FLASHGPT_CUDA_REQUIRE(d.B <= 65535, "latent decode: at most 65535 sequences per call");
 }
 
+// The splits' partial results: one fp32 row of n_latent per (split, sequence, query row), and
+// one log-sum-exp each after them (from a 256-byte boundary).
+size_t partial_rows(const PagedLatentDims& d, int splits) {
+  return static_cast<size_t>(splits) * static_cast<size_t>(d.B * d.Tq * d.H);
+}
+size_t partial_o_bytes(const PagedLatentDims& d, int splits) {
+  return (sizeof(float) * partial_rows(d, splits) * static_cast<size_t>(d.n_latent) + 255) / 256 * 256;
+}
+
 // Wide tensor-core tiles where the GPU gives a block their shared memory.
 bool tc_wide(const Dims& d) {
   int device = 0, limit = 0;
@@ -134,10 +143,7 @@ LatentDecodePlan plan_latent_decode(const PagedLatentDims& pd, const LatentDecod
     const int64_t blocks = pd.B * ((d.rows() + info.rows - 1) / info.rows);
     plan.splits = choose_latent_splits(blocks, pd.max_pages, static_cast<int64_t>(sms) * std::max(1, info.blocks_per_sm));
   }
-  if (plan.splits > 1) {
-    const size_t rows = static_cast<size_t>(plan.splits) * static_cast<size_t>(pd.B * d.rows());
-    plan.workspace_bytes = (sizeof(float) * rows * static_cast<size_t>(pd.n_latent) + 255) / 256 * 256 + sizeof(float) * rows;
-  }
+  if (plan.splits > 1) plan.workspace_bytes = partial_o_bytes(pd, plan.splits) + sizeof(float) * partial_rows(pd, plan.splits);
   return plan;
 }
 
@@ -154,13 +160,10 @@ void latent_decode_paged(const PagedLatentDims& pd, float scale, const T* q_abs,
     own = std::make_unique<DeviceBuffer>(plan.workspace_bytes);
     ws = own->get();
   }
+  // The scratch: the splits' outputs, then their log-sum-exps.
   float* part_o = plan.splits > 1 ? static_cast<float*>(ws) : nullptr;
-  float* part_lse = nullptr;
-  if (plan.splits > 1) {
-    const size_t rows = static_cast<size_t>(plan.splits) * static_cast<size_t>(pd.B * d.rows());
-    part_lse = reinterpret_cast<float*>(static_cast<char*>(ws) +
-                                        (sizeof(float) * rows * static_cast<size_t>(pd.n_latent) + 255) / 256 * 256);
-  }
+  float* part_lse =
+      plan.splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(ws) + partial_o_bytes(pd, plan.splits)) : nullptr;
   const Args<D> a{dev(q_abs), dev(cache), block_table, seq_lens, dev(out), lse, part_o, part_lse};
   if constexpr (std::is_same_v<T, bf16>) {
     if (plan.kernel == LatentDecodeKernel::TensorCores) {

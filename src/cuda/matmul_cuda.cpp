@@ -9,13 +9,13 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <map>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "cuda/cuda_check.h"
+#include "flashgpt/core/half_precision.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/device_memory.h"
 
@@ -45,23 +45,9 @@ void check_sizes(const char* what, int64_t M, int64_t N, int64_t K, int64_t lda,
 // --- the emulated build: the product on the host, in fp32 ---------------------------------------
 
 float widen(float x) { return x; }
-float widen(bf16 x) {
-  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+float widen(bf16 x) { return bf16_bits_to_float(x.bits); }
 void narrow(float x, float& out) { out = x; }
-void narrow(float x, bf16& out) {  // round to nearest even; NaN stays NaN
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) {
-    out.bits = static_cast<uint16_t>((u >> 16) | 0x40u);
-    return;
-  }
-  u += 0x7fffu + ((u >> 16) & 1u);
-  out.bits = static_cast<uint16_t>(u >> 16);
-}
+void narrow(float x, bf16& out) { out.bits = float_to_bf16_bits(x); }  // nearest even; NaN stays NaN
 
 // C = alpha·op(A)·op(B) + beta·C (+ bias[j] on every row, before the one rounding, as the
 // epilogue does), with C read only when beta ≠ 0.
