@@ -282,6 +282,15 @@ TEST_F(Pipeline, DeviceChoice) {
     expect_one_error_line(run_flashgpt(common + "--steps 2 --device cuda --out " + (dir / "cuda")), "--device cuda: ");
     expect_one_error_line(run_flashgpt("bench attention --device cuda"), "--device cuda: ");
     expect_one_error_line(run_flashgpt("bench latent-decode"), "bench latent-decode: needs a GPU");
+    // Sampling and evaluation choose their device the same way.
+    const std::string ckpt = dir / "auto/ckpt.safetensors";
+    RunResult s = run_flashgpt("sample -c " + ckpt + " --prompt-ids 1,2 -n 4");
+    ASSERT_EQ(s.exit_code, 0) << s.output;
+    EXPECT_NE(s.output.find("device: cpu (--device auto: "), std::string::npos) << s.output;
+    expect_one_error_line(run_flashgpt("sample -c " + ckpt + " --prompt-ids 1,2 -n 4 --device cuda"),
+                          "--device cuda: ");
+    expect_one_error_line(run_flashgpt("eval -c " + ckpt + " -d '" + data + "/val_*.bin' -t 32 -b 1 --device cuda"),
+                          "--device cuda: ");
     return;
   }
   // The latent decode's benchmark, both kernels side by side beside the copy rate.
@@ -341,6 +350,23 @@ TEST_F(Pipeline, DeviceChoice) {
     ASSERT_EQ(losses.size(), 40u) << precision;
     EXPECT_LT(losses.back(), losses.front() - 0.5) << precision;
   }
+  // Sampling and evaluation on the GPU: in fp32 the same text and loss as on the CPU.
+  const std::string ckpt = dir / "gpu_fp32/ckpt.safetensors";
+  const std::string sample = "sample -c " + ckpt + " --prompt-ids 1,2,3 -n 16 --seed 3 --top-k 5 ";
+  RunResult on_gpu = run_flashgpt(sample + "--device cuda --precision fp32 2>/dev/null");
+  ASSERT_EQ(on_gpu.exit_code, 0) << on_gpu.output;
+  EXPECT_EQ(on_gpu.output, run_flashgpt(sample + "--device cpu 2>/dev/null").output);
+  RunResult bf16_sample = run_flashgpt(sample + "--device cuda");
+  ASSERT_EQ(bf16_sample.exit_code, 0) << bf16_sample.output;
+  EXPECT_NE(bf16_sample.output.find("device: cuda:0"), std::string::npos) << bf16_sample.output;
+  const std::string eval = "eval -c " + ckpt + " -d '" + data + "/val_*.bin' -t 32 -b 2 --batches 2 --json ";
+  RunResult eval_gpu = run_flashgpt(eval + "--device cuda --precision fp32 2>/dev/null");
+  RunResult eval_cpu = run_flashgpt(eval + "--device cpu 2>/dev/null");
+  ASSERT_EQ(eval_gpu.exit_code, 0) << eval_gpu.output;
+  ASSERT_EQ(eval_cpu.exit_code, 0) << eval_cpu.output;
+  const double gpu_loss = nlohmann::json::parse(eval_gpu.output)["loss"].get<double>();
+  const double cpu_loss = nlohmann::json::parse(eval_cpu.output)["loss"].get<double>();
+  EXPECT_NEAR(gpu_loss, cpu_loss, 1e-4 * cpu_loss);
 }
 
 TEST_F(Pipeline, KillingARunWhileItSavesLeavesALoadableCheckpoint) {

@@ -19,6 +19,7 @@
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/infer/sampler.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
 #include "testing/errors.h"
@@ -297,6 +298,101 @@ TEST(CudaGpt, Bf16TrainingFollowsTheCpu) {
     EXPECT_LT(gpu_losses.back(), gpu_losses.front() - 0.1);
     EXPECT_LT(cpu_losses.back(), cpu_losses.front() - 0.1);
   }
+}
+
+// Decoding with the cache on the GPU against the CPU's cached decoding (GPT::forward_cached) from
+// the same weights: two sequences, a prompt of 5 tokens, then 1, 1, 2 and 3 at a time until the
+// cache (12 rows, not a whole page of the latent cache) is full; each step's logits within `tol`
+// of the largest. Multi-head caches keys and values; latent attention caches [c_kv, k_rope] rows
+// and decodes with weight absorption, on the CPU and on the GPU.
+void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol) {
+  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision));
+  Pair p(c, precision);
+  const int64_t B = 2, capacity = 12, Vp = c.padded_vocab_size();
+  KVCache<float> cache = p.cpu.make_cache(B, capacity);
+  p.gpu.start_decoding(B, capacity);
+  EXPECT_GT(p.gpu.decode_cache_bytes(), 0);
+  Rng rng(5);
+  for (int64_t Tn : {5, 1, 1, 2, 3}) {
+    std::vector<int> tokens(static_cast<size_t>(B * Tn));
+    for (int& t : tokens) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(c.vocab_size));
+    std::vector<float> want(static_cast<size_t>(B * Vp)), got(want.size(), std::numeric_limits<float>::quiet_NaN());
+    p.cpu.forward_cached(cache, tokens.data(), B, Tn, want.data());
+    p.gpu.decode(tokens.data(), B, Tn, got);
+    EXPECT_LT(rel_error(got, want), tol) << "after " << cache.length << " tokens";
+    EXPECT_EQ(p.gpu.decode_length(), cache.length);
+  }
+}
+
+TEST(CudaGpt, Fp32DecodingTracksTheCpuCache) {
+  SKIP_WITHOUT_GPU();
+  GPTConfig narrow_standard = gpt2_like().with_attention(AttentionKind::Standard);
+  narrow_standard.n_head = 4;  // head_dim 32
+  for (const GPTConfig& c : {gpt2_like(), llama_like(), narrow_standard, mla_rope(), mla_svd(), flash_mla_like()}) {
+    expect_decoding_tracks_the_cpu(c, Precision::FP32, 1e-5);
+  }
+}
+
+// bf16 weights and activations: within a few percent of the fp32 CPU. mla_rope's latent rows
+// (32 + 32) take the tensor-core decode kernel; head_dim 32 the standard kernel.
+TEST(CudaGpt, Bf16DecodingTracksTheCpuCache) {
+  SKIP_WITHOUT_GPU();
+  GPTConfig narrow_standard = gpt2_like().with_attention(AttentionKind::Standard);
+  narrow_standard.n_head = 4;
+  for (const GPTConfig& c : {gpt2_like(), llama_like(), narrow_standard, mla_rope(), flash_mla_like()}) {
+    expect_decoding_tracks_the_cpu(c, Precision::BF16, 0.03);
+  }
+}
+
+// The sampler on the GPU picks what it picks on the CPU (greedy, fp32), and decoding leaves the
+// training step as it was.
+TEST(CudaGpt, GreedySamplesEqualTheCpusAndTrainingIsUntouched) {
+  SKIP_WITHOUT_GPU();
+  for (const GPTConfig& c : {llama_like(), mla_rope()}) {
+    Pair p(c, Precision::FP32);
+    const Batch b = make_batch(c, 3);
+    const double before = p.gpu.forward(b.x.data(), b.y.data(), b.B, b.T);
+    SampleOptions opt;
+    opt.max_new_tokens = 12;
+    opt.temperature = 0.0f;
+    const std::vector<int> prompt = {3, 14, 15, 92};
+    Rng r1(1), r2(1);
+    cuda::GPTCudaDecoder gpu(p.gpu);
+    const SampleResult on_gpu = generate(gpu, prompt, opt, r1);
+    const SampleResult on_cpu = generate(p.cpu, prompt, opt, r2);
+    EXPECT_EQ(on_gpu.tokens, on_cpu.tokens) << to_string(c.attention);
+    EXPECT_EQ(on_gpu.tokens.size(), 12u);
+    EXPECT_EQ(p.gpu.forward(b.x.data(), b.y.data(), b.B, b.T), before) << to_string(c.attention);
+  }
+}
+
+TEST(CudaGpt, BadDecodingIsAnErrorNamingIt) {
+  SKIP_WITHOUT_GPU();
+  const GPTConfig c = gpt2_like();
+  GPTCuda gpu(c, Precision::FP32);
+  std::vector<int> tokens = {1, 2, 3, 4};
+  std::vector<float> logits(static_cast<size_t>(2 * c.padded_vocab_size()));
+  EXPECT_NE(error_of([&] { gpu.decode(tokens.data(), 2, 2, logits); }).find("call start_decoding first"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { gpu.start_decoding(1, c.block_size + 1); }).find("capacity 33 must be 1…32"),
+            std::string::npos);
+  gpu.start_decoding(2, 3);
+  EXPECT_NE(error_of([&] { gpu.decode(tokens.data(), 1, 2, logits); }).find("1 sequences given, the cache holds 2"),
+            std::string::npos);
+  tokens[3] = c.vocab_size;
+  EXPECT_NE(error_of([&] { gpu.decode(tokens.data(), 2, 2, logits); }).find("token id 97 at index 3"),
+            std::string::npos);
+  tokens[3] = 4;
+  gpu.decode(tokens.data(), 2, 2, logits);
+  EXPECT_NE(error_of([&] { gpu.decode(tokens.data(), 2, 2, logits); })
+                .find("2 new tokens after the 2 cached exceed the cache's capacity of 3"),
+            std::string::npos);
+  std::vector<float> small(3);
+  EXPECT_NE(error_of([&] { gpu.decode(tokens.data(), 2, 1, small); }).find("room for 3 logits"), std::string::npos);
+  GPTConfig wide = mla_rope();
+  wide.n_latent = 640;
+  EXPECT_NE(GPTCuda::decode_unsupported(wide, Precision::FP32).find("n_latent ≤ 512"), std::string::npos);
+  EXPECT_EQ(GPTCuda::decode_unsupported(mla_rope(), Precision::BF16), "");
 }
 
 TEST(CudaGpt, ClippingScalesTheGradientsOfTheStep) {

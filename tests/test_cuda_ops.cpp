@@ -164,6 +164,37 @@ TEST(CudaOps, HeadSlicesBroadcastAndSum) {
   check_head_slices<bf16>();
 }
 
+// The decode cache's appends: a block of rows into a wider, longer destination, batch by batch;
+// everything outside the copied block is left as it was.
+template <typename T>
+void check_copy_rows() {
+  Data data;
+  using Case = std::tuple<int64_t, int64_t, int64_t>;  // batches, rows, width
+  for (auto [batches, rows, width] : {Case{1, 1, 1}, Case{3, 5, 7}, Case{2, 33, 64}}) {
+    SCOPED_TRACE("batches " + std::to_string(batches) + " rows " + std::to_string(rows) + " width " +
+                 std::to_string(width));
+    const int64_t src_ld = width + 3, src_batch = rows * src_ld + 1;  // padded source rows and batches
+    const int64_t dst_ld = width + 11, dst_batch = (rows + 4) * dst_ld, at = 2 * dst_ld + 5;
+    const auto src = round_bf16(data.normal(static_cast<size_t>(batches * src_batch)));
+    const auto dst = round_bf16(data.normal(static_cast<size_t>(batches * dst_batch)));
+    std::vector<double> want(dst.begin(), dst.end());
+    for (int64_t b = 0; b < batches; ++b)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < width; ++i)
+          want[static_cast<size_t>(b * dst_batch + at + r * dst_ld + i)] = src[static_cast<size_t>(b * src_batch + r * src_ld + i)];
+    auto d_dst = up_as<T>(dst), d_src = up_as<T>(src);
+    cuda::copy_rows(d_dst.template as<T>() + at, dst_batch, dst_ld, d_src.template as<const T>(), src_batch, src_ld,
+                    batches, rows, width);
+    EXPECT_EQ(rel_error(down_as<T>(d_dst, dst.size()), want), 0.0);
+  }
+}
+
+TEST(CudaOps, CopyRowsCopiesAStridedBlock) {
+  SKIP_WITHOUT_GPU();
+  check_copy_rows<float>();
+  check_copy_rows<bf16>();
+}
+
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void check_embedding(bool positions) {

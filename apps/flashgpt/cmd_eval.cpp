@@ -1,9 +1,10 @@
-// flashgpt eval: loss and perplexity of a checkpoint on token shards.
+// flashgpt eval: loss and perplexity of a checkpoint on token shards, on the CPU or the GPU.
 #include <cmath>
 #include <memory>
 
 #include "checkpoint_loading.h"
 #include "commands.h"
+#include "device_choice.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/timer.h"
 #include "flashgpt/data/dataloader.h"
@@ -16,6 +17,7 @@ struct EvalCli {
   std::string checkpoint, data;
   int64_t batch_size = 4, seq_len = 0, batches = 0;
   bool json = false;
+  DeviceFlags device;
 };
 
 void run_eval(const EvalCli& c) {
@@ -28,18 +30,27 @@ void run_eval(const EvalCli& c) {
   const int64_t per_batch = c.batch_size * T;
   const int64_t available = loader.total_tokens() / per_batch;  // one pass over the data
   const int64_t n = c.batches > 0 ? c.batches : std::max<int64_t>(1, available);
+  const DeviceChoice where =
+      choose_device(c.device, [&](cuda::Precision p) { return cuda::GPTCuda::unsupported(cfg, p); });
+  std::fprintf(stderr, "%s\n", where.line.c_str());
+  std::unique_ptr<cuda::GPTCuda> gpu;
+  if (where.gpu) {
+    gpu = std::make_unique<cuda::GPTCuda>(cfg, where.precision);
+    gpu->set_params(m.model->params());
+  }
   std::vector<int> x(static_cast<size_t>(per_batch)), y(static_cast<size_t>(per_batch));
   Timer t;
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) {
     loader.next_batch(x.data(), y.data());
-    sum += m.model->forward(x.data(), y.data(), c.batch_size, T);
+    sum += gpu ? gpu->forward(x.data(), y.data(), c.batch_size, T) : m.model->forward(x.data(), y.data(), c.batch_size, T);
   }
   const double loss = sum / static_cast<double>(n);
   if (c.json) {
     std::printf("%s\n", nlohmann::json{{"loss", loss},
                                        {"perplexity", std::exp(loss)},
                                        {"tokens", n * per_batch},
+                                       {"device", where.gpu ? "cuda" : "cpu"},
                                        {"seconds", t.seconds()}}
                             .dump()
                             .c_str());
@@ -64,6 +75,7 @@ void register_eval(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--batches", c->batches, "Batches to evaluate (0: one pass over the data)")->capture_default_str();
   sub->add_flag("--json", c->json, "Print one JSON object");
+  add_device_flags(*sub, c->device, "evaluation");
   sub->callback([c] { run_eval(*c); });
 }
 

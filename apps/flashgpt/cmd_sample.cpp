@@ -1,9 +1,10 @@
-// flashgpt sample: generate text from a checkpoint with a KV cache.
+// flashgpt sample: generate text from a checkpoint with a KV cache, on the CPU or the GPU.
 #include <cstdio>
 #include <memory>
 
 #include "checkpoint_loading.h"
 #include "commands.h"
+#include "device_choice.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/io.h"
 #include "flashgpt/core/timer.h"
@@ -19,6 +20,7 @@ struct SampleCli {
   uint64_t seed = 1337;
   int num_samples = 1;
   bool no_stop = false;
+  DeviceFlags device;
 };
 
 std::vector<int> parse_ids(const std::string& s) {
@@ -67,12 +69,25 @@ void run_sample(SampleCli& c) {
                  m.model->config().block_size);
   c.opt.stop_at_eot = !c.no_stop;
   c.opt.eot_token = eot;
+  const GPTConfig& cfg = m.model->config();
+  const DeviceChoice where =
+      choose_device(c.device, [&](cuda::Precision p) { return cuda::GPTCuda::decode_unsupported(cfg, p); });
+  std::fprintf(stderr, "%s\n", where.line.c_str());
+  std::unique_ptr<cuda::GPTCuda> gpu;
+  std::unique_ptr<Decoder> decoder;
+  if (where.gpu) {
+    gpu = std::make_unique<cuda::GPTCuda>(cfg, where.precision);
+    gpu->set_params(m.model->params());
+    decoder = std::make_unique<cuda::GPTCudaDecoder>(*gpu);
+  } else {
+    decoder = std::make_unique<CpuDecoder>(*m.model);
+  }
   Rng rng(c.seed);
   for (int s = 0; s < c.num_samples; ++s) {
     if (c.num_samples > 1) std::printf("%s--- sample %d ---\n", s > 0 ? "\n" : "", s + 1);
     if (m.tokenizer && prompt_text.size() > 0) std::fputs(prompt_text.c_str(), stdout);
     Timer t;
-    SampleResult r = generate(*m.model, prompt, c.opt, rng, [&](int id) {
+    SampleResult r = generate(*decoder, prompt, c.opt, rng, [&](int id) {
       if (m.tokenizer) {
         std::fputs(m.tokenizer->token_bytes(id).c_str(), stdout);
       } else {
@@ -111,6 +126,7 @@ void register_sample(CLI::App& app) {
   sub->add_option("--seed", c->seed, "Random seed")->capture_default_str();
   sub->add_option("--num-samples", c->num_samples, "Number of samples")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_flag("--no-stop-at-eot", c->no_stop, "Keep going past the end-of-text token");
+  add_device_flags(*sub, c->device, "sampling");
   sub->callback([c] { run_sample(*c); });
 }
 

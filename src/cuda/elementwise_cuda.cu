@@ -63,6 +63,17 @@ __global__ void sum_over_heads_kernel(T* __restrict__ dst, const T* __restrict__
   }
 }
 
+// dst[(b·dst_batch) + r·dst_ld + i] = src[(b·src_batch) + r·src_ld + i].
+template <typename T>
+__global__ void copy_rows_kernel(T* __restrict__ dst, int64_t dst_batch, int64_t dst_ld, const T* __restrict__ src,
+                                 int64_t src_batch, int64_t src_ld, int64_t batches, int64_t rows, int64_t width) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < batches * rows * width;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e % width, r = (e / width) % rows, b = e / (width * rows);
+    dst[b * dst_batch + r * dst_ld + i] = src[b * src_batch + r * src_ld + i];
+  }
+}
+
 // Block (32, 8): 32 columns, 8 row lanes; each thread sums a strided set of rows of its column,
 // the 8 partial sums meet in shared memory and one atomic per column and block adds them in.
 constexpr int kBiasRows = 8;
@@ -140,6 +151,14 @@ void sum_over_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_str
 }
 
 template <typename T>
+void copy_rows(T* dst, int64_t dst_batch, int64_t dst_ld, const T* src, int64_t src_batch, int64_t src_ld,
+               int64_t batches, int64_t rows, int64_t width) {
+  if (batches <= 0 || rows <= 0 || width <= 0) return;
+  launch_kernel("copy rows", copy_rows_kernel<device_t<T>>, grid_for(batches * rows * width, kThreads), kThreads, 0,
+                nullptr, dev(dst), dst_batch, dst_ld, dev(src), src_batch, src_ld, batches, rows, width);
+}
+
+template <typename T>
 void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
   if (N <= 0 || OC <= 0) return;
   const unsigned row_blocks = grid_for(N, kBiasRows * 16, 256);  // ≥ 16 rows per thread before the atomics
@@ -153,7 +172,8 @@ void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
   template void add_bias<T>(T*, const T*, int64_t, int64_t);      \
   template void broadcast_to_heads<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
   template void sum_over_heads<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t);     \
-  template void bias_backward<T>(float*, const T*, int64_t, int64_t);
+  template void bias_backward<T>(float*, const T*, int64_t, int64_t);                              \
+  template void copy_rows<T>(T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, int64_t, int64_t);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(bf16)
 #undef FLASHGPT_INSTANTIATE

@@ -208,8 +208,12 @@ void Model<T>::mha_forward(const LayerOffsets& o, LayerActs& a) {
     rmsnorm_forward(a.ka, a.k_rstd, a.k, W(o.k_norm_w), N * Hkv, hd, eps);
   }
   if (c.pos == PosKind::Rope) {
-    rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0);
-    rope_forward(a.ka, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0);
+    rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, pos0());
+    rope_forward(a.ka, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, pos0());
+  }
+  if (decoding_) {
+    mha_decode_attention(a);
+    return;
   }
   const AttentionDims d{B_, Hq, Hkv, Tn_, Tn_, hd, hd, 0};
   attention_forward(d, 1.0f / std::sqrt(static_cast<float>(hd)), a);

@@ -2,7 +2,7 @@
 // step the CPU's (model/gpt_attention_mla.cpp), from the block's normed input a.ln1 to the head
 // outputs a.att and back. Training expands the normed latent c_kv into per-head keys
 // [k_nope, k_rope] (Dqk = head_dim + rope_dim) and values (Dv = head_dim) and runs the flash
-// kernels over them.
+// kernels over them; decoding attends straight over the latent cache (gpt_cuda_decode.cpp).
 #include <cmath>
 
 #include "cuda/gpt_cuda_model.h"
@@ -37,20 +37,24 @@ void Model<T>::mla_forward(const LayerOffsets& o, LayerActs& a) {
     if (dr > 0) rmsnorm_forward(a.kr, a.k_rstd, a.k, W(o.k_norm_w), N, dr, eps);
   }
   if (dr > 0) {
-    rope_forward(a.qa + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, 0);
-    rope_forward(a.kr, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, 0);
+    rope_forward(a.qa + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, pos0());
+    rope_forward(a.kr, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, pos0());
   }
-  // Expanded keys [k_nope,h, k_rope] per head, and values, from the latent.
-  for (int64_t h = 0; h < H; ++h) {
-    gemm<T, T>(false, true, N, hd, nl, 1.0f, a.ckv, nl, W(o.k_up_w) + h * hd * nl, nl, 0.0f, a.ka + h * dqk, H * dqk);
-  }
-  if (dr > 0) broadcast_to_heads(a.ka, a.kr, N, H, dqk, hd, dr);
   const T* v_up = W(o.v_up_w);
   if (c.use_svd) {  // factored: v_up = u · v, [H·hd, rank] · [rank, n_latent]
     const int64_t rank = c.svd_rank;
     gemm<T, T>(false, false, H * hd, nl, rank, 1.0f, W(o.v_up_u_w), rank, W(o.v_up_v_w), nl, 0.0f, a.v_up, nl);
     v_up = a.v_up;
   }
+  if (decoding_) {  // straight over the latent cache, the up-projections absorbed
+    mla_decode_attention(o, a, v_up);
+    return;
+  }
+  // Expanded keys [k_nope,h, k_rope] per head, and values, from the latent.
+  for (int64_t h = 0; h < H; ++h) {
+    gemm<T, T>(false, true, N, hd, nl, 1.0f, a.ckv, nl, W(o.k_up_w) + h * hd * nl, nl, 0.0f, a.ka + h * dqk, H * dqk);
+  }
+  if (dr > 0) broadcast_to_heads(a.ka, a.kr, N, H, dqk, hd, dr);
   matmul_forward(a.v, a.ckv, v_up, static_cast<const T*>(nullptr), N, nl, H * hd);
 
   const AttentionDims d{B_, H, H, Tn_, Tn_, dqk, hd, 0};

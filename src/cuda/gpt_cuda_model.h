@@ -52,6 +52,10 @@ struct GPTCuda::Impl {
   virtual double forward_backward(const int* tokens, const int* targets, int64_t B, int64_t Tn,
                                   const int32_t* segments, float loss_scale) = 0;
   virtual void get_logits(std::span<float> out) const = 0;
+  virtual void start_decoding(int64_t B, int64_t capacity) = 0;
+  virtual void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits) = 0;
+  virtual int64_t decode_length() const = 0;
+  virtual int64_t decode_cache_bytes() const = 0;
   int64_t classifier_rows = 0;  // rows per classifier chunk; 0 chooses
 };
 
@@ -132,6 +136,12 @@ class Model final : public GPTCuda::Impl {
   double forward_backward(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments,
                           float loss_scale) override;
   void get_logits(std::span<float> out) const override;
+  void start_decoding(int64_t B, int64_t capacity) override;
+  void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits) override;
+  int64_t decode_length() const override { return dec_.length; }
+  int64_t decode_cache_bytes() const override {
+    return static_cast<int64_t>(dec_.k.bytes() + dec_.v.bytes() + dec_.latent.bytes());
+  }
 
  private:
   // Saved activations of one block, N = B·Tn rows (widths as in the CPU model's LayerActs).
@@ -183,6 +193,17 @@ class Model final : public GPTCuda::Impl {
   void mha_backward(const LayerOffsets& o, const LayerActs& a);
   void mla_forward(const LayerOffsets& o, LayerActs& a);
   void mla_backward(const LayerOffsets& o, const LayerActs& a);
+  // decode's attention: this step's keys and values (or latent rows) appended to the cache, then
+  // the new queries over everything cached.
+  void mha_decode_attention(LayerActs& a);
+  void mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T* v_up);
+  // Causal attention of Tq new queries over a cache (the flash kernels where they run the head
+  // dims, the standard kernel otherwise).
+  void cached_attention(const AttentionDims& d, const AttentionMask& m, float scale, const T* q, const T* k,
+                        const T* v, T* o, float* lse);
+  int64_t layer_of(const LayerActs& a) const { return &a - acts_.data(); }
+  // Where this forward's tokens sit in their sequences: after the cached ones while decoding.
+  int64_t pos0() const { return decoding_ ? dec_.length : 0; }
 
   DeviceBuffer copy_;  // bf16 weights (BF16 only)
   std::vector<LayerOffsets> layers_;
@@ -210,6 +231,18 @@ class Model final : public GPTCuda::Impl {
   T *dkr_ = nullptr, *dckv_ = nullptr, *dckv_pre_ = nullptr, *dcq_ = nullptr, *dcq_pre_ = nullptr;  // latent
   float* dv_up_ = nullptr;  // the factored value up-projection's gradient [H·hd, n_latent]
   float* flash_ws_ = nullptr;  // the bf16 attention backward's workspace
+
+  // The decoding cache (start_decoding), and decode's scratch (grown as calls need).
+  struct DecodeCache {
+    int64_t B = 0, capacity = 0, length = 0;
+    int64_t rows = 0;  // cache rows per sequence: capacity, in whole pages for latent attention
+    DeviceBuffer k, v;                   // multi-head: [L, B, rows, kv_dim]
+    DeviceBuffer latent;                 // latent: [L, B, rows, n_latent + rope_dim]
+    DeviceBuffer block_table, seq_lens;  // latent: int32 [B, rows / page], [B]
+    DeviceBuffer q_abs, o_lat, scratch, logits, wide_logits;
+  };
+  DecodeCache dec_;
+  bool decoding_ = false;  // the blocks' attention reads and extends dec_
 };
 
 }  // namespace gpt_detail

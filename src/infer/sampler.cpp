@@ -49,7 +49,7 @@ int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& 
   return ids[probs.size() - 1];
 }
 
-SampleResult generate(GPT<float>& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,
+SampleResult generate(Decoder& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,
                       const std::function<void(int)>& on_token) {
   const GPTConfig& c = model.config();
   FLASHGPT_CHECK(!prompt.empty(), "prompt: empty (give at least one token)");
@@ -59,9 +59,9 @@ SampleResult generate(GPT<float>& model, std::span<const int> prompt, const Samp
   FLASHGPT_CHECK(opt.top_k >= 0, "--top-k: must be ≥ 0, got {}", opt.top_k);
   FLASHGPT_CHECK(opt.top_p > 0.0f && opt.top_p <= 1.0f, "--top-p: must be in (0, 1], got {}", opt.top_p);
   const int64_t capacity = std::min<int64_t>(c.block_size, static_cast<int64_t>(prompt.size()) + opt.max_new_tokens);
-  KVCache<float> cache = model.make_cache(1, capacity);
+  model.start(1, capacity);
   std::vector<float> logits(static_cast<size_t>(c.padded_vocab_size()));
-  model.forward_cached(cache, prompt.data(), 1, static_cast<int64_t>(prompt.size()), logits.data());
+  model.step(prompt.data(), 1, static_cast<int64_t>(prompt.size()), logits.data());
   SampleResult result;
   result.stop_reason = "max_new_tokens";
   for (int i = 0; i < opt.max_new_tokens; ++i) {
@@ -73,13 +73,19 @@ SampleResult generate(GPT<float>& model, std::span<const int> prompt, const Samp
     result.tokens.push_back(next);
     if (on_token) on_token(next);
     if (i + 1 == opt.max_new_tokens) break;
-    if (cache.length >= c.block_size) {
+    if (model.length() >= c.block_size) {
       result.stop_reason = "context_limit";
       break;
     }
-    model.forward_cached(cache, &next, 1, 1, logits.data());
+    model.step(&next, 1, 1, logits.data());
   }
   return result;
+}
+
+SampleResult generate(GPT<float>& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,
+                      const std::function<void(int)>& on_token) {
+  CpuDecoder decoder(model);
+  return generate(decoder, prompt, opt, rng, on_token);
 }
 
 }  // namespace flashgpt

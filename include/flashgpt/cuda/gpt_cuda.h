@@ -28,6 +28,7 @@
 
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/abi.h"
+#include "flashgpt/infer/decoder.h"
 #include "flashgpt/model/config.h"
 #include "flashgpt/ops/adamw.h"
 
@@ -90,10 +91,42 @@ class GPTCuda {
   // gradients multiplied by grad_scale first (clipping); refreshes the bf16 weight copy.
   void adamw_step(const ops::AdamWParams& hp, float grad_scale);
 
+  // Incremental decoding (the sampler's path), as GPT<T>::forward_cached: start_decoding empties
+  // the cache in device memory and lays it out for B sequences of up to `capacity` tokens;
+  // decode reads Tn new tokens per sequence (tokens [B, Tn]) at positions decode_length() … ,
+  // appends their keys and values, and writes the fp32 logits [B, padded_vocab] of each
+  // sequence's last new token. Multi-head attention caches keys and values [L, B, capacity, kv_dim]
+  // and attends with the flash kernels (the standard kernel for bf16 head dims they lack); latent
+  // attention caches only the rows [c_kv, k_rope] [L, B, capacity, n_latent + rope_dim] in pages
+  // of 64 and attends with weight absorption straight over them (latent_decode_paged). Decoding
+  // overwrites the activations a training step keeps: a backward must follow a new forward.
+  void start_decoding(int64_t B, int64_t capacity);
+  int64_t decode_length() const;
+  void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits);
+  // The cache's size in bytes (0 before start_decoding).
+  int64_t decode_cache_bytes() const;
+  // Why this config cannot decode on the GPU at this precision, or "" when it can.
+  static std::string decode_unsupported(const GPTConfig& config, Precision precision);
+
   struct Impl;  // the implementation, one per precision (gpt_cuda.cpp)
 
  private:
   std::unique_ptr<Impl> impl_;
+};
+
+// The sampler's view of a GPU model (infer/decoder.h).
+class GPTCudaDecoder final : public Decoder {
+ public:
+  explicit GPTCudaDecoder(GPTCuda& model) : model_(model) {}
+  const GPTConfig& config() const override { return model_.config(); }
+  void start(int64_t B, int64_t capacity) override { model_.start_decoding(B, capacity); }
+  int64_t length() const override { return model_.decode_length(); }
+  void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override {
+    model_.decode(tokens, B, Tn, {logits, static_cast<size_t>(B * model_.config().padded_vocab_size())});
+  }
+
+ private:
+  GPTCuda& model_;
 };
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -95,6 +95,11 @@ void broadcast_to_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head
                         int64_t width);
 template <typename T>
 void sum_over_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_stride, int64_t offset, int64_t width);
+// Strided row copies (the decode cache's appends, slices of heads): for b < batches, r < rows,
+// i < width, dst[b·dst_batch + r·dst_ld + i] = src[b·src_batch + r·src_ld + i].
+template <typename T>
+void copy_rows(T* dst, int64_t dst_batch, int64_t dst_ld, const T* src, int64_t src_batch, int64_t src_ld,
+               int64_t batches, int64_t rows, int64_t width);
 // --- bias (elementwise_cuda.cu) --- out[n, oc] += bias[oc];  db[oc] += Σ_n dout[n, oc].
 template <typename T>
 void add_bias(T* out, const T* bias, int64_t N, int64_t OC);

@@ -1,0 +1,25 @@
+// A model that generates with a cache of the tokens it has read, on either device: the CPU's
+// GPT<float> with its KVCache (CpuDecoder, infer/sampler.h), or the GPU's GPTCuda with its cache
+// in device memory (GPTCudaDecoder, cuda/gpt_cuda.h). The sampler drives one through this seam.
+#pragma once
+
+#include <cstdint>
+
+#include "flashgpt/model/config.h"
+
+namespace flashgpt {
+
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+  virtual const GPTConfig& config() const = 0;
+  // Empties the cache and lays it out for B sequences of up to `capacity` tokens (≤ block_size).
+  virtual void start(int64_t B, int64_t capacity) = 0;
+  // Tokens cached per sequence (the same for every sequence of the batch).
+  virtual int64_t length() const = 0;
+  // Reads Tn new tokens per sequence (tokens [B, Tn]) after those cached, caches them, and writes
+  // the fp32 logits [B, padded_vocab] of each sequence's last new token.
+  virtual void step(const int* tokens, int64_t B, int64_t Tn, float* logits) = 0;
+};
+
+}  // namespace flashgpt

@@ -1,0 +1,225 @@
+// GPTCuda's incremental decoding (flashgpt/cuda/gpt_cuda.h), the GPU twin of GPT<T>::forward_cached
+// (model/gpt.cpp): the cache in device memory, and each step's forward over the new tokens only,
+// their attention reading everything cached.
+//
+// The cache: multi-head attention keeps keys and values [L, B, capacity, kv_dim] and attends with
+// the flash kernels (Tk = the tokens cached, the cache's capacity as the row stride, the new
+// queries causal from position length on). Latent attention keeps only the rows [c_kv, k_rope]
+// [L, B, rows, n_latent + rope_dim], laid out as pages of kLatentPage rows with a block table
+// (each sequence's pages are consecutive here), and attends with the absorbed paged decode kernel
+// (latent_decode_cuda.h): W_k_up folded into the queries, W_v_up applied to its latent outputs.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "cuda/gpt_cuda_model.h"
+#include "flashgpt/core/device.h"
+#include "flashgpt/core/error.h"
+#include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/latent_decode_cuda.h"
+#include "flashgpt/cuda/matmul_cuda.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+namespace {
+
+constexpr int64_t kLatentPage = 64;  // rows per page of the latent cache
+constexpr int64_t kMaxLatent = 512;  // the widest latent the decode kernels take
+constexpr int64_t kMaxFp32HeadDim = 256;  // the fp32 flash kernel's widest head
+
+// A scratch buffer of at least `bytes`, grown (never shrunk) as calls need.
+void* at_least(DeviceBuffer& buf, size_t bytes) {
+  if (buf.bytes() < bytes) buf = DeviceBuffer(bytes);
+  return buf.get();
+}
+
+}  // namespace
+
+std::string GPTCuda::decode_unsupported(const GPTConfig& c, Precision p) {
+  std::string why = unsupported(c, p);
+  if (why.empty() && is_latent(c.attention) && c.latent_dim() > kMaxLatent) {
+    why = fmt::format("decoding latent attention on the GPU needs n_latent ≤ {}; this model's is {}", kMaxLatent,
+                      c.latent_dim());
+  }
+  return why;
+}
+
+namespace gpt_detail {
+
+template <typename T>
+void Model<T>::start_decoding(int64_t B, int64_t capacity) {
+  const GPTConfig& c = config;
+  FLASHGPT_CHECK(B > 0 && B <= 65535, "decode cache: batch {} must be 1…65535", B);
+  FLASHGPT_CHECK(capacity > 0 && capacity <= c.block_size, "decode cache: capacity {} must be 1…{} (block_size)",
+                 capacity, c.block_size);
+  const std::string why = GPTCuda::decode_unsupported(c, precision);
+  FLASHGPT_CHECK(why.empty(), "decode: {}", why);
+  dec_ = DecodeCache{};
+  const int64_t L = c.n_layer;
+  if (is_latent(c.attention)) {
+    const int64_t pages = (capacity + kLatentPage - 1) / kLatentPage, row = c.latent_dim() + c.mla_rope_dim();
+    dec_.rows = pages * kLatentPage;
+    dec_.latent = DeviceBuffer(static_cast<size_t>(L * B * dec_.rows * row) * sizeof(T));
+    dec_.latent.fill_bytes(0);
+    std::vector<int32_t> table(static_cast<size_t>(B * pages));
+    std::iota(table.begin(), table.end(), 0);  // sequence b's pages are b·pages …
+    dec_.block_table = DeviceBuffer(table.size() * sizeof(int32_t));
+    dec_.block_table.upload(table.data(), table.size() * sizeof(int32_t));
+    dec_.seq_lens = DeviceBuffer(static_cast<size_t>(B) * sizeof(int32_t));
+  } else {
+    dec_.rows = capacity;
+    const size_t bytes = static_cast<size_t>(L * B * capacity * c.kv_dim()) * sizeof(T);
+    dec_.k = DeviceBuffer(bytes);
+    dec_.v = DeviceBuffer(bytes);
+  }
+  dec_.B = B;
+  dec_.capacity = capacity;
+}
+
+template <typename T>
+void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits) {
+  const GPTConfig& c = config;
+  FLASHGPT_CHECK(dec_.B > 0, "decode: no cache (call start_decoding first)");
+  FLASHGPT_CHECK(B == dec_.B, "decode: {} sequences given, the cache holds {}", B, dec_.B);
+  FLASHGPT_CHECK(Tn > 0, "decode: the number of new tokens must be positive, got {}", Tn);
+  FLASHGPT_CHECK(dec_.length + Tn <= dec_.capacity,
+                 "decode: {} new tokens after the {} cached exceed the cache's capacity of {}", Tn, dec_.length,
+                 dec_.capacity);
+  const int64_t N = B * Tn, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();
+  FLASHGPT_CHECK(static_cast<int64_t>(logits.size()) == B * Vp, "decode: room for {} logits given, {} wanted",
+                 logits.size(), B * Vp);
+  for (int64_t i = 0; i < N; ++i) {
+    FLASHGPT_CHECK(tokens[i] >= 0 && tokens[i] < V, "token id {} at index {} is out of range for vocab_size {}",
+                   tokens[i], i, V);
+  }
+  allocate(B, Tn);
+  have_forward_ = have_logits_ = have_segments_ = false;
+  copy_to_device(tokens_, tokens, static_cast<size_t>(N) * sizeof(int));
+  if (is_latent(c.attention)) {
+    const std::vector<int32_t> lens(static_cast<size_t>(B), static_cast<int32_t>(dec_.length + Tn));
+    dec_.seq_lens.upload(lens.data(), lens.size() * sizeof(int32_t));
+  }
+  struct Decoding {  // the blocks read and extend the cache for this call only
+    bool& flag;
+    explicit Decoding(bool& f) : flag(f) { flag = true; }
+    ~Decoding() { flag = false; }
+  } decoding(decoding_);
+
+  embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), B, Tn, C, dec_.length);
+  for (int l = 0; l < c.n_layer; ++l) {
+    block_forward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l) + 1]);
+  }
+  norm_forward(lnf_, lnf_mean_, lnf_rstd_, resid_.back(), lnf_w_, lnf_b_, N, C);
+  // The classifier over each sequence's last new token only: rows Tn − 1, 2·Tn − 1, …
+  T* out = static_cast<T*>(at_least(dec_.logits, static_cast<size_t>(B * Vp) * sizeof(T)));
+  gemm<T, T>(false, true, B, Vp, C, 1.0f, lnf_ + (Tn - 1) * C, Tn * C, W(lm_), C, 0.0f, out, Vp);
+  if constexpr (std::is_same_v<T, bf16>) {
+    float* wide = static_cast<float*>(at_least(dec_.wide_logits, logits.size_bytes()));
+    convert(wide, out, B * Vp);
+    copy_to_host(logits.data(), wide, logits.size_bytes());
+  } else {
+    copy_to_host(logits.data(), out, logits.size_bytes());
+  }
+  dec_.length += Tn;
+}
+
+template <typename T>
+void Model<T>::cached_attention(const AttentionDims& d, const AttentionMask& m, float scale, const T* q, const T* k,
+                                const T* v, T* o, float* lse) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (flash_tc_supports(d.Dqk, d.Dv)) {
+      auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
+      flash_forward_bf16(d, m, scale, u(q), u(k), u(v), reinterpret_cast<uint16_t*>(o), lse);
+      return;
+    }
+  } else {
+    if (d.Dqk <= kMaxFp32HeadDim && d.Dv <= kMaxFp32HeadDim) {
+      flash_forward_fp32(d, m, scale, q, k, v, o, lse);
+      return;
+    }
+  }
+  void* ws = at_least(dec_.scratch, standard_workspace_bytes<T>(d));
+  standard_forward_cuda<T>(d, m, scale, q, k, v, o, lse, ws);
+}
+
+template <typename T>
+void Model<T>::mha_decode_attention(LayerActs& a) {
+  const GPTConfig& c = config;
+  const int64_t kvd = c.kv_dim(), hd = c.head_dim(), rows = dec_.rows, pos0 = dec_.length;
+  const int64_t layer = layer_of(a) * B_ * rows * kvd;
+  T* k = dec_.k.template as<T>() + layer;
+  T* v = dec_.v.template as<T>() + layer;
+  // Each sequence's new keys (and values) are Tn·kv_dim consecutive values on both sides.
+  copy_rows(k + pos0 * kvd, rows * kvd, 0, a.ka, Tn_ * kvd, 0, B_, 1, Tn_ * kvd);
+  copy_rows(v + pos0 * kvd, rows * kvd, 0, a.v, Tn_ * kvd, 0, B_, 1, Tn_ * kvd);
+  const AttentionDims d{B_, c.n_head, c.kv_heads(), Tn_, pos0 + Tn_, hd, hd, rows};
+  const AttentionMask m{true, pos0};
+  cached_attention(d, m, 1.0f / std::sqrt(static_cast<float>(hd)), a.qa, k, v, a.att, a.lse);
+}
+
+template <typename T>
+void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T* v_up) {
+  const GPTConfig& c = config;
+  const int64_t N = B_ * Tn_, H = c.n_head, hd = c.head_dim();
+  const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), row = nl + dr;
+  const int64_t rows = dec_.rows, pos0 = dec_.length;
+  T* cache = dec_.latent.template as<T>() + layer_of(a) * B_ * rows * row;
+  // This step's rows [c_kv, k_rope] at positions pos0 … of each sequence.
+  copy_rows(cache + pos0 * row, rows * row, row, a.ckv, Tn_ * nl, nl, B_, Tn_, nl);
+  if (dr > 0) copy_rows(cache + pos0 * row + nl, rows * row, row, a.kr, Tn_ * dr, dr, B_, Tn_, dr);
+  // Absorbed queries q_abs,h = [q_nope,h · W_k_up,h, q_rope,h], [N, H, row].
+  T* q_abs = static_cast<T*>(at_least(dec_.q_abs, static_cast<size_t>(N * H * row) * sizeof(T)));
+  for (int64_t h = 0; h < H; ++h) {
+    gemm<T, T>(false, false, N, nl, hd, 1.0f, a.qa + h * dqk, H * dqk, W(o.k_up_w) + h * hd * nl, nl, 0.0f,
+               q_abs + h * row, H * row);
+  }
+  if (dr > 0) copy_rows(q_abs + nl, 0, row, a.qa + hd, 0, dqk, 1, N * H, dr);
+  // MQA over the cache: out [N, H, n_latent] in latent space.
+  PagedLatentDims pd;
+  pd.B = B_;
+  pd.H = H;
+  pd.Tq = Tn_;
+  pd.n_latent = nl;
+  pd.rope_dim = dr;
+  pd.page_size = kLatentPage;
+  pd.max_pages = rows / kLatentPage;
+  LatentDecodeOptions opt;
+  const LatentDecodePlan plan = plan_latent_decode<T>(pd, opt);
+  opt.splits = plan.splits;
+  opt.workspace = plan.workspace_bytes > 0 ? at_least(dec_.scratch, plan.workspace_bytes) : nullptr;
+  T* o_lat = static_cast<T*>(at_least(dec_.o_lat, static_cast<size_t>(N * H * nl) * sizeof(T)));
+  latent_decode_paged<T>(pd, 1.0f / std::sqrt(static_cast<float>(dqk)), q_abs, cache, dec_.block_table.template as<int32_t>(),
+                         dec_.seq_lens.template as<int32_t>(), o_lat, a.lse, opt);
+  // Back to each head's values: att_h = o_lat,h · W_v_up,hᵀ.
+  for (int64_t h = 0; h < H; ++h) {
+    gemm<T, T>(false, true, N, hd, nl, 1.0f, o_lat + h * nl, H * nl, v_up + h * hd * nl, nl, 0.0f, a.att + h * hd,
+               H * hd);
+  }
+}
+
+// The class is instantiated in gpt_cuda.cpp; this file instantiates its own members.
+#define FLASHGPT_INSTANTIATE(T)                                                                                  \
+  template void Model<T>::start_decoding(int64_t, int64_t);                                                     \
+  template void Model<T>::decode(const int*, int64_t, int64_t, std::span<float>);                               \
+  template void Model<T>::cached_attention(const AttentionDims&, const AttentionMask&, float, const T*, const T*, \
+                                           const T*, T*, float*);                                              \
+  template void Model<T>::mha_decode_attention(LayerActs&);                                                     \
+  template void Model<T>::mla_decode_attention(const LayerOffsets&, LayerActs&, const T*);
+FLASHGPT_INSTANTIATE(float)
+FLASHGPT_INSTANTIATE(bf16)
+#undef FLASHGPT_INSTANTIATE
+
+}  // namespace gpt_detail
+
+void GPTCuda::start_decoding(int64_t B, int64_t capacity) { impl_->start_decoding(B, capacity); }
+int64_t GPTCuda::decode_length() const { return impl_->decode_length(); }
+int64_t GPTCuda::decode_cache_bytes() const { return impl_->decode_cache_bytes(); }
+void GPTCuda::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits) {
+  impl_->decode(tokens, B, Tn, logits);
+}
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
