@@ -1,6 +1,7 @@
-// flashgpt bench decode: the attention of every layer for one new token against a long cache,
-// per mechanism — multi-head attention over its key/value cache against absorbed latent attention
-// over its [c_kv, k_rope] cache — each checked before it is timed.
+// flashgpt bench decode: decoding one new token against a long cache, per mechanism — multi-head
+// attention over its key/value cache against absorbed latent attention over its [c_kv, k_rope]
+// cache — each checked before it is timed. On the CPU it times the attention of every layer; on
+// the GPU (--device cuda) the whole model's decode step, as the sampler runs it.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -9,10 +10,12 @@
 
 #include "commands.h"
 #include "flashgpt/attention/latent_decode.h"
+#include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/matmul.h"
 
@@ -27,6 +30,7 @@ struct BenchDecodeCli {
   int64_t batch = 1;
   int repeats = 20;
   bool json = false;
+  std::string device = "cpu", precision = "bf16";
 };
 
 struct Result {
@@ -147,6 +151,70 @@ Result bench_one(const GPTConfig& base, AttentionKind kind, int64_t context, con
   return r;
 }
 
+// The GPU: the whole model's decode step (GPTCuda::decode, logits back on the host included) after
+// a prefill of `context` tokens, timed one token at a time. Checked first: one step's logits
+// against the GPU's own forward without a cache over the same tokens.
+Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context, const BenchDecodeCli& c,
+                      cuda::Precision precision) {
+  GPTConfig cfg = base.with_attention(kind);
+  const int64_t B = c.batch, capacity = context + 1 + c.repeats + 1, Vp = cfg.padded_vocab_size();
+  cfg.block_size = std::max<int>(cfg.block_size, static_cast<int>(capacity));
+  cfg.validate();
+  const std::string why = cuda::GPTCuda::decode_unsupported(cfg, precision);
+  FLASHGPT_CHECK(why.empty(), "bench decode --device cuda: {}: {}", to_string(kind), why);
+  cuda::GPTCuda gpu(cfg, precision);
+  {
+    GPT<float> init(cfg);
+    init.init_weights(1234);
+    gpu.set_params(init.params());
+  }
+  Rng rng(1234);
+  std::vector<int> seqs(static_cast<size_t>(B * (context + 1)));  // the prompt and one more token each
+  for (int& t : seqs) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(cfg.vocab_size));
+  std::vector<int> prompt, next;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto row = seqs.begin() + b * (context + 1);
+    prompt.insert(prompt.end(), row, row + context);
+    next.push_back(*(row + context));
+  }
+  Result r;
+  r.mechanism = to_string(kind);
+  r.context = context;
+  std::vector<float> logits(static_cast<size_t>(B * Vp));
+  gpu.start_decoding(B, capacity);
+  r.cache_bytes = gpu.decode_cache_bytes();
+  // info's fp32 bytes per token, in the cache's precision, over its rows (whole pages of 64 for
+  // the latent cache).
+  const int64_t rows = is_latent(kind) ? (capacity + 63) / 64 * 64 : capacity;
+  r.predicted_bytes = attention_stats(cfg).kv_cache_bytes_per_token * B * rows *
+                      (precision == cuda::Precision::BF16 ? 2 : 4) / 4;
+  gpu.decode(prompt.data(), B, context, logits);
+  gpu.decode(next.data(), B, 1, logits);
+  {
+    std::vector<float> full(static_cast<size_t>(B * (context + 1) * Vp));
+    gpu.forward(seqs.data(), nullptr, B, context + 1);
+    gpu.get_logits(full);
+    std::vector<float> last;
+    for (int64_t b = 0; b < B; ++b) {
+      const auto row = full.begin() + ((b + 1) * (context + 1) - 1) * Vp;
+      last.insert(last.end(), row, row + Vp);
+    }
+    r.max_rel_err = max_rel(logits, last);
+  }
+  const double tol = precision == cuda::Precision::BF16 ? 5e-2 : 1e-4;
+  FLASHGPT_CHECK(r.max_rel_err < tol,
+                 "bench decode: {} on the GPU disagrees with its forward without a cache (relative error {:.2e})",
+                 r.mechanism, r.max_rel_err);
+  std::vector<double> times;
+  for (int rep = 0; rep < c.repeats + 1; ++rep) {
+    Timer t;
+    gpu.decode(next.data(), B, 1, logits);  // waits for the logits
+    if (rep > 0) times.push_back(t.seconds());  // the first step warms the GEMMs' plans
+  }
+  r.ms = median(times) * 1e3;
+  return r;
+}
+
 void run_bench_decode(const BenchDecodeCli& c) {
   FLASHGPT_CHECK(c.repeats > 0, "--repeats: must be positive");
   FLASHGPT_CHECK(c.batch > 0, "--batch: must be positive");
@@ -154,7 +222,22 @@ void run_bench_decode(const BenchDecodeCli& c) {
   std::vector<AttentionKind> kinds;
   for (const std::string& m : c.mechanisms) kinds.push_back(parse_attention_kind(m, "--mechanism"));
   for (int64_t context : c.contexts) FLASHGPT_CHECK(context > 0, "--context: {} must be positive", context);
-  if (!c.json) {
+  FLASHGPT_CHECK(c.device == "cpu" || c.device == "cuda", "--device: unknown device '{}' (expected cpu or cuda)",
+                 c.device);
+  const bool gpu = c.device == "cuda";
+  const cuda::Precision precision = cuda::parse_precision(c.precision, "--precision");
+  if (gpu) {
+    const DeviceReport report = probe_devices();
+    FLASHGPT_CHECK(!report.gpus.empty(), "--device cuda: {}", report.why_none);
+    if (!c.json) {
+      std::printf("decode step on %s (%s), the whole model, one new token per sequence: batch %lld, %d layers, "
+                  "%d heads × %d\n\n",
+                  report.gpus.front().name.c_str(), cuda::to_string(precision).c_str(), static_cast<long long>(c.batch),
+                  base.n_layer, base.n_head, base.head_dim());
+      std::printf("| mechanism | context | ms / token | tokens/s | cache MiB | = info's prediction | vs MHA | max rel err |\n"
+                  "|---|---|---|---|---|---|---|---|\n");
+    }
+  } else if (!c.json) {
     std::printf("decode attention, all %d layers, one new token per sequence: batch %lld, %d heads × %d, %d threads\n\n",
                 base.n_layer, static_cast<long long>(c.batch), base.n_head, base.head_dim(), num_threads());
     std::printf("| mechanism | context | ms / token | cache MiB | = info's prediction | GB/s of cache read | vs MHA | max rel err |\n"
@@ -162,7 +245,9 @@ void run_bench_decode(const BenchDecodeCli& c) {
   }
   for (int64_t context : c.contexts) {
     std::vector<Result> results;
-    for (AttentionKind k : kinds) results.push_back(bench_one(base, k, context, c));
+    for (AttentionKind k : kinds) {
+      results.push_back(gpu ? bench_one_cuda(base, k, context, c, precision) : bench_one(base, k, context, c));
+    }
     double mha_ms = 0;  // the faster multi-head kernel: the yardstick for the speedup
     for (const Result& r : results) {
       if (r.mechanism == "standard" || r.mechanism == "flash") mha_ms = mha_ms > 0 ? std::min(mha_ms, r.ms) : r.ms;
@@ -170,8 +255,11 @@ void run_bench_decode(const BenchDecodeCli& c) {
     for (const Result& r : results) {
       const double speedup = mha_ms > 0 ? mha_ms / r.ms : 0.0;
       const double gbps = static_cast<double>(r.cache_bytes) / (r.ms * 1e-3) / 1e9;
+      const double tokens_per_s = static_cast<double>(c.batch) / (r.ms * 1e-3);
       if (c.json) {
         std::printf("%s\n", nlohmann::json{{"mechanism", r.mechanism}, {"context", r.context}, {"batch", c.batch},
+                                           {"device", c.device}, {"precision", gpu ? c.precision : "fp32"},
+                                           {"tokens_per_s", tokens_per_s},
                                            {"layers", base.n_layer}, {"heads", base.n_head},
                                            {"head_dim", base.head_dim()}, {"ms_per_token", r.ms},
                                            {"cache_bytes", r.cache_bytes}, {"predicted_cache_bytes", r.predicted_bytes},
@@ -179,6 +267,10 @@ void run_bench_decode(const BenchDecodeCli& c) {
                                            {"max_rel_err", r.max_rel_err}, {"threads", num_threads()}}
                                 .dump()
                                 .c_str());
+      } else if (gpu) {
+        std::printf("| %s | %lld | %.3f | %.0f | %.2f | %s | %.2fx | %.1e |\n", r.mechanism.c_str(),
+                    static_cast<long long>(r.context), r.ms, tokens_per_s, static_cast<double>(r.cache_bytes) / (1 << 20),
+                    r.cache_bytes == r.predicted_bytes ? "yes" : "NO", speedup, r.max_rel_err);
       } else {
         std::printf("| %s | %lld | %.3f | %.2f | %s | %.1f | %.2fx | %.1e |\n", r.mechanism.c_str(),
                     static_cast<long long>(r.context), r.ms, static_cast<double>(r.cache_bytes) / (1 << 20),
@@ -202,6 +294,13 @@ void register_bench_decode(CLI::App& bench) {
   sub->add_option("--context", c->contexts, "Cached tokens per sequence")->delimiter(',')->capture_default_str();
   sub->add_option("--batch", c->batch, "Sequences decoded together")->capture_default_str();
   sub->add_option("--repeats", c->repeats, "Timed repeats (median reported)")->capture_default_str();
+  sub->add_option("--device", c->device,
+                  "cpu: the attention of every layer; cuda: the whole model's decode step on the GPU")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  sub->add_option("--precision", c->precision, "GPU arithmetic: bf16 or fp32")
+      ->check(CLI::IsMember({"bf16", "fp32"}))
+      ->capture_default_str();
   sub->add_flag("--json", c->json, "One JSON object per case");
   sub->callback([c] { run_bench_decode(*c); });
 }
