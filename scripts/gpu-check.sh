@@ -178,6 +178,32 @@ PYEOF
   fi
 fi
 
+# --- generation: the whole model's decode step, MHA's cache against the latent cache -----------
+say ""
+say "## Decode step of the whole model (GPT-2 124M shapes, bf16, batch 1 and 16): the sampler's path"
+say ""
+if [ -n "$bin" ]; then
+  for batch in 1 16; do
+    if timeout 600 "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash,flash_mla \
+         --context 1024,4096 --batch "$batch" --repeats 20 --json \
+         >> "$out/gpu-check-$stamp-decode.jsonl" 2> "$logs/bench_decode_$batch.err"; then :; else
+      say "(batch $batch failed: $(tail -1 "$logs/bench_decode_$batch.err" | cut -c1-200))"
+      status=1
+    fi
+  done
+  if [ -s "$out/gpu-check-$stamp-decode.jsonl" ]; then
+    python3 - "$out/gpu-check-$stamp-decode.jsonl" >> "$report" <<'PYEOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("| mechanism | batch | context | ms / step | tokens/s | cache MiB | vs flash | max rel err |")
+print("|---|---|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r['mechanism']} | {r['batch']} | {r['context']} | {r['ms_per_token']:.3f} | {r['tokens_per_s']:.0f} | "
+          f"{r['cache_bytes'] / 2**20:.1f} | {r['speedup_vs_mha']:.2f}× | {r['max_rel_err']:.1e} |")
+PYEOF
+  fi
+fi
+
 # --- the training step, beside PyTorch's ----------------------------------------------------
 say ""
 say "## Training step: GPT-2 124M (d12), B=16, T=1024"
