@@ -148,6 +148,65 @@ TEST(CudaMatmul, Bf16GemmIsWithinTwiceAPlainBf16Computation) {
   }
 }
 
+// Strided batches as latent attention uses them: per-head slices of interleaved rows (A and C
+// strided by a head's width inside wide rows), per-head weight matrices (B strided by a whole
+// matrix); each product against the reference on its own slices, the gaps between slices left
+// alone (poisoned, beta = 0).
+TEST(CudaMatmul, StridedBatchesEqualOneGemmPerBatch) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(8);
+  struct Case {
+    int64_t heads, M, N, K;
+    bool tb;
+  };
+  for (const Case& cs : {Case{1, 3, 5, 7, false}, Case{4, 9, 16, 8, false}, Case{3, 5, 8, 16, true}}) {
+    const int64_t H = cs.heads, M = cs.M, N = cs.N, K = cs.K;
+    const int64_t lda = H * (K + 2), ldc = H * (N + 3), stride_a = K + 2, stride_c = N + 3;  // gaps between heads
+    const int64_t ldb = cs.tb ? K : N, stride_b = K * N;
+    const std::vector<float> A = round_bf16(normal(rng, static_cast<size_t>(M * lda)));
+    const std::vector<float> B = round_bf16(normal(rng, static_cast<size_t>(H * stride_b)));
+    for (bool bf16_io : {false, true}) {
+      DeviceBuffer dA = bf16_io ? up_bf16(A) : up_f32(A), dB = bf16_io ? up_bf16(B) : up_f32(B);
+      DeviceBuffer dC(static_cast<size_t>(M * ldc) * (bf16_io ? 2 : 4));
+      dC.fill_bytes(0xFF);
+      if (bf16_io) {
+        cuda::gemm_batched<bf16, bf16>(false, cs.tb, M, N, K, 1.0f, dA.as<bf16>(), lda, stride_a, dB.as<bf16>(), ldb,
+                                       stride_b, 0.0f, dC.as<bf16>(), ldc, stride_c, H);
+      } else {
+        cuda::gemm_batched<float, float>(false, cs.tb, M, N, K, 1.0f, dA.as<float>(), lda, stride_a, dB.as<float>(),
+                                         ldb, stride_b, 0.0f, dC.as<float>(), ldc, stride_c, H);
+      }
+      const std::vector<float> got = bf16_io ? down_bf16(dC, static_cast<size_t>(M * ldc))
+                                             : down_f32(dC, static_cast<size_t>(M * ldc));
+      for (int64_t h = 0; h < H; ++h) {
+        const std::vector<float> Ah(A.begin() + h * stride_a, A.end());
+        const std::vector<float> Bh(B.begin() + h * stride_b, B.begin() + (h + 1) * stride_b);
+        const std::vector<float> zero(static_cast<size_t>(M * N), 0.0f);
+        const std::vector<double> want = gemm_ref(false, cs.tb, M, N, K, 1.0, Ah, lda, Bh, ldb, 0.0, zero, N);
+        std::vector<float> g, plain;
+        for (int64_t i = 0; i < M; ++i) {
+          for (int64_t j = 0; j < N; ++j) g.push_back(got[static_cast<size_t>(i * ldc + h * stride_c + j)]);
+        }
+        for (double w : want) plain.push_back(round_bf16(static_cast<float>(w)));
+        const double tol = bf16_io ? 2 * std::max(rel_error(plain, want), 1e-7) : 1e-5;
+        EXPECT_LE(rel_error(g, want), tol) << "head " << h << " of " << H << (bf16_io ? " bf16" : " fp32");
+      }
+      // The gap after each head's columns was never written.
+      for (int64_t i = 0; i < M; ++i) {
+        for (int64_t h = 0; h < H; ++h) {
+          EXPECT_TRUE(std::isnan(got[static_cast<size_t>(i * ldc + h * stride_c + N)])) << "row " << i << " head " << h;
+        }
+      }
+    }
+  }
+  DeviceBuffer d(64);
+  EXPECT_NE(error_of([&] {
+              cuda::gemm_batched<float, float>(false, false, 1, 1, 1, 1.0f, d.as<float>(), 1, 0, d.as<float>(), 1, 1,
+                                               0.0f, d.as<float>(), 1, 1, 2);
+            }).find("bad batch"),
+            std::string::npos);
+}
+
 // The layer-level calls against the CPU's matmul_forward / matmul_backward.
 TEST(CudaMatmul, MatmulForwardAndBackwardMatchTheCpuOps) {
   SKIP_WITHOUT_GPU();

@@ -171,12 +171,10 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
   // This step's rows [c_kv, k_rope] at positions pos0 … of each sequence.
   copy_rows(cache + pos0 * row, rows * row, row, a.ckv, Tn_ * nl, nl, B_, Tn_, nl);
   if (dr > 0) copy_rows(cache + pos0 * row + nl, rows * row, row, a.kr, Tn_ * dr, dr, B_, Tn_, dr);
-  // Absorbed queries q_abs,h = [q_nope,h · W_k_up,h, q_rope,h], [N, H, row].
+  // Absorbed queries q_abs,h = [q_nope,h · W_k_up,h, q_rope,h], [N, H, row]: one batch of H products.
   T* q_abs = static_cast<T*>(at_least(dec_.q_abs, static_cast<size_t>(N * H * row) * sizeof(T)));
-  for (int64_t h = 0; h < H; ++h) {
-    gemm<T, T>(false, false, N, nl, hd, 1.0f, a.qa + h * dqk, H * dqk, W(o.k_up_w) + h * hd * nl, nl, 0.0f,
-               q_abs + h * row, H * row);
-  }
+  gemm_batched<T, T>(false, false, N, nl, hd, 1.0f, a.qa, H * dqk, dqk, W(o.k_up_w), nl, hd * nl, 0.0f, q_abs, H * row,
+                     row, H);
   if (dr > 0) copy_rows(q_abs + nl, 0, row, a.qa + hd, 0, dqk, 1, N * H, dr);
   // MQA over the cache: out [N, H, n_latent] in latent space.
   PagedLatentDims pd;
@@ -194,11 +192,8 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
   T* o_lat = static_cast<T*>(at_least(dec_.o_lat, static_cast<size_t>(N * H * nl) * sizeof(T)));
   latent_decode_paged<T>(pd, 1.0f / std::sqrt(static_cast<float>(dqk)), q_abs, cache, dec_.block_table.template as<int32_t>(),
                          dec_.seq_lens.template as<int32_t>(), o_lat, a.lse, opt);
-  // Back to each head's values: att_h = o_lat,h · W_v_up,hᵀ.
-  for (int64_t h = 0; h < H; ++h) {
-    gemm<T, T>(false, true, N, hd, nl, 1.0f, o_lat + h * nl, H * nl, v_up + h * hd * nl, nl, 0.0f, a.att + h * hd,
-               H * hd);
-  }
+  // Back to each head's values: att_h = o_lat,h · W_v_up,hᵀ, again one batch of H products.
+  gemm_batched<T, T>(false, true, N, hd, nl, 1.0f, o_lat, H * nl, nl, v_up, nl, hd * nl, 0.0f, a.att, H * hd, hd, H);
 }
 
 // The class is instantiated in gpt_cuda.cpp; this file instantiates its own members.

@@ -50,11 +50,17 @@ void Model<T>::mla_forward(const LayerOffsets& o, LayerActs& a) {
     mla_decode_attention(o, a, v_up);
     return;
   }
-  // Expanded keys [k_nope,h, k_rope] per head, and values, from the latent.
-  for (int64_t h = 0; h < H; ++h) {
-    gemm<T, T>(false, true, N, hd, nl, 1.0f, a.ckv, nl, W(o.k_up_w) + h * hd * nl, nl, 0.0f, a.ka + h * dqk, H * dqk);
+  // Expanded keys [k_nope,h, k_rope] per head, and values, from the latent. Without a rope part
+  // the heads' keys are contiguous and k_nope = c_kv · W_k_upᵀ is one product.
+  if (dr == 0) {
+    gemm<T, T>(false, true, N, H * hd, nl, 1.0f, a.ckv, nl, W(o.k_up_w), nl, 0.0f, a.ka, H * hd);
+  } else {
+    for (int64_t h = 0; h < H; ++h) {
+      gemm<T, T>(false, true, N, hd, nl, 1.0f, a.ckv, nl, W(o.k_up_w) + h * hd * nl, nl, 0.0f, a.ka + h * dqk,
+                 H * dqk);
+    }
+    broadcast_to_heads(a.ka, a.kr, N, H, dqk, hd, dr);
   }
-  if (dr > 0) broadcast_to_heads(a.ka, a.kr, N, H, dqk, hd, dr);
   matmul_forward(a.v, a.ckv, v_up, static_cast<const T*>(nullptr), N, nl, H * hd);
 
   const AttentionDims d{B_, H, H, Tn_, Tn_, dqk, hd, 0};
@@ -86,12 +92,17 @@ void Model<T>::mla_backward(const LayerOffsets& o, const LayerActs& a) {
     }
   }
 
-  // Into the latent: dc_kv = Σ_h dk_nope,h · W_k_up,h + dv · W_v_up.
-  for (int64_t h = 0; h < H; ++h) {
-    const T* dk_nope = dka_ + h * dqk;
-    gemm<T, T>(false, false, N, nl, hd, 1.0f, dk_nope, H * dqk, W(o.k_up_w) + h * hd * nl, nl, h == 0 ? 0.0f : 1.0f,
-               dckv_, nl);
-    gemm<T, float>(true, false, hd, nl, N, 1.0f, dk_nope, H * dqk, a.ckv, nl, 1.0f, G(o.k_up_w) + h * hd * nl, nl);
+  // Into the latent: dc_kv = Σ_h dk_nope,h · W_k_up,h + dv · W_v_up (without a rope part, the
+  // sum over heads is one product over all of them, as is dW_k_up).
+  if (dr == 0) {
+    matmul_backward(dckv_, G(o.k_up_w), static_cast<float*>(nullptr), dka_, a.ckv, W(o.k_up_w), N, nl, H * hd, false);
+  } else {
+    for (int64_t h = 0; h < H; ++h) {
+      const T* dk_nope = dka_ + h * dqk;
+      gemm<T, T>(false, false, N, nl, hd, 1.0f, dk_nope, H * dqk, W(o.k_up_w) + h * hd * nl, nl,
+                 h == 0 ? 0.0f : 1.0f, dckv_, nl);
+      gemm<T, float>(true, false, hd, nl, N, 1.0f, dk_nope, H * dqk, a.ckv, nl, 1.0f, G(o.k_up_w) + h * hd * nl, nl);
+    }
   }
   if (c.use_svd) {
     // dv_up = dvᵀ·c_kv, then through v_up = u·v: du += dv_up·vᵀ, dv += uᵀ·dv_up (with the fp32

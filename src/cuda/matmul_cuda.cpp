@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "cuda/cuda_check.h"
@@ -39,6 +41,11 @@ void check_sizes(const char* what, int64_t M, int64_t N, int64_t K, int64_t lda,
           " ldc=" + std::to_string(ldc));
   }
 }
+
+// Strided batches: product i reads A + i·a, B + i·b and writes C + i·c (elements).
+struct Strides {
+  int64_t count = 1, a = 0, b = 0, c = 0;
+};
 
 #if defined(FLASHGPT_SIMT)
 
@@ -99,9 +106,10 @@ constexpr cudaDataType_t data_type() {
   }
 }
 
-// The largest power of two (up to 256) dividing the address: what cuBLASLt may assume of it.
-uint32_t alignment(const void* p) {
-  const auto a = reinterpret_cast<uintptr_t>(p);
+// The largest power of two (up to 256) dividing the address and, for strided batches, the
+// batch stride in bytes: what cuBLASLt may assume of every matrix of the batch.
+uint32_t alignment(const void* p, size_t stride_bytes = 0) {
+  const auto a = reinterpret_cast<uintptr_t>(p) | static_cast<uintptr_t>(stride_bytes);
   uint32_t al = 256;
   while (al > 1 && a % al != 0) al /= 2;
   return al;
@@ -121,7 +129,7 @@ struct Lt {
   void* workspace = nullptr;
   size_t workspace_bytes = size_t{32} << 20;  // what cuBLASLt recommends on Hopper
   std::map<std::tuple<int, int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, uint32_t, uint32_t,
-                      uint32_t>,
+                      uint32_t, int64_t, int64_t, int64_t, int64_t>,
            Plan>
       plans;
 };
@@ -147,19 +155,24 @@ namespace {
 // product with that epilogue; the caller then adds the bias itself.
 template <typename T, typename TC>
 bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
-               int64_t ldb, float beta, TC* C, int64_t ldc, const TC* bias) {
+               int64_t ldb, float beta, TC* C, int64_t ldc, const TC* bias, const Strides& batch = {}) {
   check_sizes("GPU gemm", M, N, K, lda, ldb, ldc, ta, tb);
-  if (M == 0 || N == 0) return true;
+  if (M == 0 || N == 0 || batch.count == 0) return true;
 #if defined(FLASHGPT_SIMT)
-  gemm_host<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, bias);
+  for (int64_t i = 0; i < batch.count; ++i) {
+    gemm_host<T, TC>(ta, tb, M, N, K, alpha, A + i * batch.a, lda, B + i * batch.b, ldb, beta, C + i * batch.c, ldc,
+                     bias);
+  }
   return true;
 #else
   Lt& l = lt();
-  const uint32_t al_a = alignment(A), al_b = alignment(B), al_c = alignment(C);
+  const uint32_t al_a = alignment(A, batch.a * sizeof(T)), al_b = alignment(B, batch.b * sizeof(T)),
+                 al_c = alignment(C, batch.c * sizeof(TC));
   const bool with_bias = bias != nullptr;
   const auto key = std::make_tuple(static_cast<int>(ta) | static_cast<int>(with_bias) << 1, static_cast<int>(tb), M, N,
                                    K, lda, ldb, ldc, static_cast<int>(data_type<T>()),
-                                   static_cast<int>(data_type<TC>()), al_a, al_b, al_c);
+                                   static_cast<int>(data_type<TC>()), al_a, al_b, al_c, batch.count, batch.a, batch.b,
+                                   batch.c);
   auto it = l.plans.find(key);
   if (it == l.plans.end()) {
     Plan p;
@@ -182,6 +195,15 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
                                                  static_cast<uint64_t>(ta ? K : M), lda));
     FLASHGPT_LT_CHECK(
         cublasLtMatrixLayoutCreate(&p.c, data_type<TC>(), static_cast<uint64_t>(N), static_cast<uint64_t>(M), ldc));
+    if (batch.count > 1) {  // column-major A is our B and vice versa
+      const int32_t count = static_cast<int32_t>(batch.count);
+      for (auto [layout, stride] : {std::pair{p.a, batch.b}, std::pair{p.b, batch.a}, std::pair{p.c, batch.c}}) {
+        FLASHGPT_LT_CHECK(
+            cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+        FLASHGPT_LT_CHECK(cublasLtMatrixLayoutSetAttribute(layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                                           sizeof stride));
+      }
+    }
     cublasLtMatmulPreference_t pref = nullptr;
     FLASHGPT_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     FLASHGPT_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -227,6 +249,18 @@ template <typename T, typename TC>
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
           int64_t ldb, float beta, TC* C, int64_t ldc) {
   gemm_impl<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
+}
+
+template <typename T, typename TC>
+void gemm_batched(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda,
+                  int64_t stride_a, const T* B, int64_t ldb, int64_t stride_b, float beta, TC* C, int64_t ldc,
+                  int64_t stride_c, int64_t batch) {
+  if (batch < 0 || batch > INT32_MAX || stride_a <= 0 || stride_b <= 0 || stride_c <= 0) {
+    raise("GPU batched gemm: bad batch " + std::to_string(batch) + " or strides " + std::to_string(stride_a) + ", " +
+          std::to_string(stride_b) + ", " + std::to_string(stride_c));
+  }
+  gemm_impl<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr,
+                   Strides{batch, stride_a, stride_b, stride_c});
 }
 
 template <typename T>
@@ -288,6 +322,13 @@ template void gemm<bf16, bf16>(bool, bool, int64_t, int64_t, int64_t, float, con
                                int64_t, float, bf16*, int64_t);
 template void gemm<bf16, float>(bool, bool, int64_t, int64_t, int64_t, float, const bf16*, int64_t, const bf16*,
                                 int64_t, float, float*, int64_t);
+#define FLASHGPT_INSTANTIATE_BATCHED(T, TC)                                                                       \
+  template void gemm_batched<T, TC>(bool, bool, int64_t, int64_t, int64_t, float, const T*, int64_t, int64_t, const T*, \
+                                    int64_t, int64_t, float, TC*, int64_t, int64_t, int64_t);
+FLASHGPT_INSTANTIATE_BATCHED(float, float)
+FLASHGPT_INSTANTIATE_BATCHED(bf16, bf16)
+FLASHGPT_INSTANTIATE_BATCHED(bf16, float)
+#undef FLASHGPT_INSTANTIATE_BATCHED
 #define FLASHGPT_INSTANTIATE(T)                                                                                \
   template void matmul_forward<T>(T*, const T*, const T*, const T*, int64_t, int64_t, int64_t);               \
   template void matmul_backward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t, int64_t, \

@@ -24,6 +24,13 @@ template <typename T, typename TC>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda,
           const T* B, int64_t ldb, float beta, TC* C, int64_t ldc);
 
+// `batch` products in one launch (latent attention's per-head products): product i is the gemm
+// above on A + i·stride_a, B + i·stride_b and C + i·stride_c (in elements, each positive).
+template <typename T, typename TC>
+void gemm_batched(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda,
+                  int64_t stride_a, const T* B, int64_t ldb, int64_t stride_b, float beta, TC* C, int64_t ldc,
+                  int64_t stride_c, int64_t batch);
+
 // bias may be null.
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int64_t N, int64_t C, int64_t OC);
