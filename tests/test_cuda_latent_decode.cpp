@@ -107,7 +107,8 @@ const std::vector<Case> kCases = {
     {20, 2, 40, 0, 16, {64, 2, 33, 90}},
 };
 
-// The tensor-core kernel's sizes (576/512 and 64/32): more query rows than one block holds, rows
+// The tensor-core kernel's sizes (rows 576/512, 64/32 and 32/32: n_latent 32 with and without a
+// rope part, as d12_flash_mla decodes with learned positions): more query rows than one block holds, rows
 // that end mid-block, pages smaller and larger than its key tile, sequences shorter than a tile.
 const std::vector<Case> kTensorCoreCases = {
     {128, 1, 512, 64, 64, {1, 64, 300}},
@@ -115,6 +116,7 @@ const std::vector<Case> kTensorCoreCases = {
     {40, 2, 32, 32, 16, {2, 33, 90, 200}},
     {7, 1, 32, 32, 5, {1, 31, 77}},
     {33, 4, 32, 32, 64, {130, 4}},
+    {12, 2, 32, 0, 64, {5, 70, 129}},
 };
 
 TEST(CudaLatentDecode, Fp32EqualsTheCpuOverEverySplitCount) {
@@ -272,6 +274,7 @@ TEST(CudaLatentDecode, AutoPicksTheTensorCoresForBf16AtTheirSizes) {
   cuda::PagedLatentDims d{128, 128, 1, 512, 64, 64, 64};
   EXPECT_TRUE(cuda::latent_decode_tc_supports(512, 64));
   EXPECT_FALSE(cuda::latent_decode_tc_supports(40, 0));
+  EXPECT_TRUE(cuda::latent_decode_tc_supports(32, 0));  // d12_flash_mla's rows
   const auto tc = cuda::plan_latent_decode<bf16>(d);
   EXPECT_EQ(tc.kernel, LatentDecodeKernel::TensorCores);
   EXPECT_EQ(tc.rows_per_block, 64);  // the emulated GPU has an H100's shared memory: wide tiles
@@ -297,7 +300,7 @@ TEST(CudaLatentDecode, AutoPicksTheTensorCoresForBf16AtTheirSizes) {
     (void)cuda::plan_latent_decode<bf16>(d, forced);
     ADD_FAILURE() << "the tensor-core kernel accepted n_latent 40";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("512/64 or 32/32"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("512/64, 32/32 or 32/0"), std::string::npos) << e.what();
   }
   d.n_latent = 512;
   EXPECT_THROW((void)cuda::plan_latent_decode<float>(d, forced), Error);

@@ -32,7 +32,7 @@ void run_eval(const EvalCli& c) {
   const int64_t n = c.batches > 0 ? c.batches : std::max<int64_t>(1, available);
   const DeviceChoice where =
       choose_device(c.device, [&](cuda::Precision p) { return cuda::GPTCuda::unsupported(cfg, p); });
-  std::fprintf(stderr, "%s\n", where.line.c_str());
+  if (!c.json) std::fprintf(stderr, "%s\n", where.line.c_str());  // --json says it in its object
   std::unique_ptr<cuda::GPTCuda> gpu;
   if (where.gpu) {
     gpu = std::make_unique<cuda::GPTCuda>(cfg, where.precision);
@@ -51,6 +51,7 @@ void run_eval(const EvalCli& c) {
                                        {"perplexity", std::exp(loss)},
                                        {"tokens", n * per_batch},
                                        {"device", where.gpu ? "cuda" : "cpu"},
+                                       {"precision", where.gpu ? cuda::to_string(where.precision) : "fp32"},
                                        {"seconds", t.seconds()}}
                             .dump()
                             .c_str());

@@ -108,7 +108,7 @@ LatentDecodePlan plan_latent_decode(const PagedLatentDims& pd, const LatentDecod
   LatentDecodePlan plan;
   if (opt.kernel == LatentDecodeKernel::TensorCores) {
     FLASHGPT_CUDA_REQUIRE(tc_ok, std::string("latent decode: the tensor-core kernel runs bf16 at n_latent/rope_dim "
-                                             "512/64 or 32/32 (got ") +
+                                             "512/64, 32/32 or 32/0 (got ") +
                                      (is_bf16 ? "bf16" : "fp32") + " at " + std::to_string(pd.n_latent) + "/" +
                                      std::to_string(pd.rope_dim) + ")");
   }

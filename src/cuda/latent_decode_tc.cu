@@ -252,13 +252,16 @@ template <typename F>
 void with_tiles(int64_t nl, int64_t rope, F&& f) {
   if (nl == 512 && rope == 64) return f.template operator()<TilesFor<512, 64, true>, TilesFor<512, 64, false>>();
   if (nl == 32 && rope == 32) return f.template operator()<TilesFor<32, 32, true>, TilesFor<32, 32, false>>();
-  FLASHGPT_CUDA_REQUIRE(false, "tensor-core latent decode: (n_latent, rope_dim) must be 512/64 or 32/32 (got " +
+  if (nl == 32 && rope == 0) return f.template operator()<TilesFor<32, 0, true>, TilesFor<32, 0, false>>();
+  FLASHGPT_CUDA_REQUIRE(false, "tensor-core latent decode: (n_latent, rope_dim) must be 512/64, 32/32 or 32/0 (got " +
                                    std::to_string(nl) + "/" + std::to_string(rope) + ")");
 }
 
 }  // namespace
 
-bool tc_supports(int64_t nl, int64_t rope) { return (nl == 512 && rope == 64) || (nl == 32 && rope == 32); }
+bool tc_supports(int64_t nl, int64_t rope) {
+  return (nl == 512 && rope == 64) || (nl == 32 && (rope == 32 || rope == 0));
+}
 
 size_t tc_shared_bytes(const Dims& d, bool wide) {
   size_t bytes = 0;
