@@ -62,6 +62,21 @@ else
   status=1
 fi
 
+# jsonl_table FILE "Header=format" …: a markdown table, one row per JSON line of FILE; each format
+# is a Python f-string over the line's object r, e.g. "ms={r['ms']:.3f}".
+jsonl_table() {
+  python3 - "$@" <<'PYEOF'
+import json, sys
+cols = [c.split("=", 1) for c in sys.argv[2:]]
+print("| " + " | ".join(h for h, _ in cols) + " |")
+print("|" + "---|" * len(cols))
+for line in open(sys.argv[1]):
+    if line.strip():
+        r = json.loads(line)
+        print("| " + " | ".join(eval("f" + repr(f), {"r": r}) for _, f in cols) + " |")
+PYEOF
+}
+
 run() {  # name, command…: runs it, keeps its log, records pass/fail and seconds
   local name="$1"; shift
   local t0=$SECONDS
@@ -113,16 +128,11 @@ if [ -n "$bin" ]; then
     --rope-dim 32 --tokens 16384 --seq 1024 --causal yes --repeats 20 --json \
     >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
   [ $attn_ok = 1 ] || { say "(a case failed: $(tail -1 "$logs/bench_attention.err" | cut -c1-200))"; status=1; }
-  python3 - "$out/gpu-check-$stamp-attention.jsonl" >> "$report" <<'PYEOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| mechanism | precision | B | H | T | Dqk/Dv | causal | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | extra MiB | max rel err |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-for r in rows:
-    print(f"| {r['mechanism']} | {r['precision']} | {r['batch']} | {r['heads']} | {r['seq']} | {r['dqk']}/{r['dv']} | "
-          f"{r['causal']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {r['fwd_tflops']:.1f} | "
-          f"{r['fwd_bwd_tflops']:.1f} | {r['extra_bytes'] / 2**20:.1f} | {r['max_rel_err']:.1e} |")
-PYEOF
+  jsonl_table "$out/gpu-check-$stamp-attention.jsonl" "mechanism={r['mechanism']}" "precision={r['precision']}" \
+    "B={r['batch']}" "H={r['heads']}" "T={r['seq']}" "Dqk/Dv={r['dqk']}/{r['dv']}" "causal={r['causal']}" \
+    "fwd ms={r['fwd_ms']:.3f}" "fwd+bwd ms={r['fwd_bwd_ms']:.3f}" "fwd TFLOP/s={r['fwd_tflops']:.1f}" \
+    "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" "extra MiB={r['extra_bytes'] / 2**20:.1f}" \
+    "max rel err={r['max_rel_err']:.1e}" >> "$report"
 fi
 
 # --- flash against the standard kernel: memory and time -------------------------------------
@@ -163,15 +173,9 @@ if [ -n "$bin" ]; then
   if timeout 600 "$bin/flashgpt" bench latent-decode --batch 128 --heads 128 --latent 512 --rope 64 \
        --context 1024,2048,4096,8192,16384,32768 --kernel tensor-cores,cuda-cores --repeats 10 --json \
        > "$out/gpu-check-$stamp-latent-decode.jsonl" 2> "$logs/bench_latent_decode.err"; then
-    python3 - "$out/gpu-check-$stamp-latent-decode.jsonl" >> "$report" <<'PYEOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| kernel | context | splits | ms | GB/s | copy GB/s | of copy | TFLOP/s | max rel err |")
-print("|---|---|---|---|---|---|---|---|---|")
-for r in rows:
-    print(f"| {r['kernel']} | {r['context']} | {r['splits']} | {r['ms']:.3f} | {r['gbps']:.0f} | {r['copy_gbps']:.0f} | "
-          f"{100 * r['of_copy']:.0f}% | {r['tflops']:.1f} | {r['max_rel_err']:.1e} |")
-PYEOF
+    jsonl_table "$out/gpu-check-$stamp-latent-decode.jsonl" "kernel={r['kernel']}" "context={r['context']}" \
+      "splits={r['splits']}" "ms={r['ms']:.3f}" "GB/s={r['gbps']:.0f}" "copy GB/s={r['copy_gbps']:.0f}" \
+      "of copy={100 * r['of_copy']:.0f}%" "TFLOP/s={r['tflops']:.1f}" "max rel err={r['max_rel_err']:.1e}" >> "$report"
   else
     say "(failed: $(tail -1 "$logs/bench_latent_decode.err" | cut -c1-200))"
     status=1
@@ -192,15 +196,10 @@ if [ -n "$bin" ]; then
     fi
   done
   if [ -s "$out/gpu-check-$stamp-decode.jsonl" ]; then
-    python3 - "$out/gpu-check-$stamp-decode.jsonl" >> "$report" <<'PYEOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| mechanism | batch | context | ms / step | tokens/s | cache MiB | vs flash | max rel err |")
-print("|---|---|---|---|---|---|---|---|")
-for r in rows:
-    print(f"| {r['mechanism']} | {r['batch']} | {r['context']} | {r['ms_per_token']:.3f} | {r['tokens_per_s']:.0f} | "
-          f"{r['cache_bytes'] / 2**20:.1f} | {r['speedup_vs_mha']:.2f}× | {r['max_rel_err']:.1e} |")
-PYEOF
+    jsonl_table "$out/gpu-check-$stamp-decode.jsonl" "mechanism={r['mechanism']}" "batch={r['batch']}" \
+      "context={r['context']}" "ms / step={r['ms_per_token']:.3f}" "tokens/s={r['tokens_per_s']:.0f}" \
+      "cache MiB={r['cache_bytes'] / 2**20:.1f}" "vs flash={r['speedup_vs_mha']:.2f}×" \
+      "max rel err={r['max_rel_err']:.1e}" >> "$report"
   fi
 fi
 
@@ -287,16 +286,11 @@ if [ -n "$bin" ]; then
       >> "$out/gpu-check-$stamp-grid.jsonl" 2>> "$logs/bench_grid.err" || grid_ok=0
   done
   [ $grid_ok = 1 ] || { say "(a case failed: $(tail -1 "$logs/bench_grid.err" | cut -c1-200))"; status=1; }
-  python3 - "$out/gpu-check-$stamp-grid.jsonl" >> "$report" <<'PYEOF'
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print("| batch | seq | hidden | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | extra MiB | max rel err | occupancy fwd/bwd (theoretical) |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for r in rows:
-    print(f"| {r['batch']} | {r['seq']} | {r['heads'] * r['head_dim']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | "
-          f"{r['fwd_tflops']:.1f} | {r['fwd_bwd_tflops']:.1f} | {r['extra_bytes'] / 2**20:.1f} | {r['max_rel_err']:.1e} | "
-          f"{100 * r['fwd_occupancy']:.0f}% / {100 * r['bwd_occupancy']:.0f}% |")
-PYEOF
+  jsonl_table "$out/gpu-check-$stamp-grid.jsonl" "batch={r['batch']}" "seq={r['seq']}" \
+    "hidden={r['heads'] * r['head_dim']}" "fwd ms={r['fwd_ms']:.3f}" "fwd+bwd ms={r['fwd_bwd_ms']:.3f}" \
+    "fwd TFLOP/s={r['fwd_tflops']:.1f}" "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" \
+    "extra MiB={r['extra_bytes'] / 2**20:.1f}" "max rel err={r['max_rel_err']:.1e}" \
+    "occupancy fwd/bwd (theoretical)={100 * r['fwd_occupancy']:.0f}% / {100 * r['bwd_occupancy']:.0f}%" >> "$report"
   # Achieved occupancy needs the profiler's counters; where they are open to this user, one case.
   if command -v ncu > /dev/null; then
     say ""
