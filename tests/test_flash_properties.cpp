@@ -107,9 +107,13 @@ RC_GTEST_PROP(FlashAttention, EqualsStandardForwardAndBackward, ()) {
   std::string why;
   RC_ASSERT(close(fl.o, ref.o, 1e-5, &why) || (RC_LOG() << "o: " << why << "\n", false));
   RC_ASSERT(close(fl.lse, ref.lse, 1e-5, &why) || (RC_LOG() << "lse: " << why << "\n", false));
-  RC_ASSERT(close(fl.dq, ref.dq, 1e-5, &why) || (RC_LOG() << "dq: " << why << "\n", false));
-  RC_ASSERT(close(fl.dk, ref.dk, 1e-5, &why) || (RC_LOG() << "dk: " << why << "\n", false));
-  RC_ASSERT(close(fl.dv, ref.dv, 1e-5, &why) || (RC_LOG() << "dv: " << why << "\n", false));
+  // The gradients go through dP = dO·Vᵀ and D = rowsum(dO ∘ O), dot products of Dv (and Dqk)
+  // terms whose fp32 rounding the two kernels accumulate in different orders, then through a
+  // difference (dP − D) that cancels: their tolerance grows as √(D/64), 1e-5 up to D = 64.
+  const double grad_tol = 1e-5 * std::sqrt(std::max<double>(64, static_cast<double>(std::max(Dqk, Dv))) / 64.0);
+  RC_ASSERT(close(fl.dq, ref.dq, grad_tol, &why) || (RC_LOG() << "dq: " << why << "\n", false));
+  RC_ASSERT(close(fl.dk, ref.dk, grad_tol, &why) || (RC_LOG() << "dk: " << why << "\n", false));
+  RC_ASSERT(close(fl.dv, ref.dv, grad_tol, &why) || (RC_LOG() << "dv: " << why << "\n", false));
 }
 
 }  // namespace
