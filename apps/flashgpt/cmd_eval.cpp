@@ -4,7 +4,9 @@
 
 #include "checkpoint_loading.h"
 #include "commands.h"
-#include "device_choice.h"
+#include "device_flags.h"
+#include "flashgpt/core/device.h"
+#include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/timer.h"
 #include "flashgpt/data/dataloader.h"
@@ -30,12 +32,13 @@ void run_eval(const EvalCli& c) {
   const int64_t per_batch = c.batch_size * T;
   const int64_t available = loader.total_tokens() / per_batch;  // one pass over the data
   const int64_t n = c.batches > 0 ? c.batches : std::max<int64_t>(1, available);
+  const cuda::Precision precision = cuda::parse_precision(c.device.precision, "--precision");
   const DeviceChoice where =
-      choose_device(c.device, [&](cuda::Precision p) { return cuda::GPTCuda::unsupported(cfg, p); });
-  if (!c.json) std::fprintf(stderr, "%s\n", where.line.c_str());  // --json says it in its object
+      choose_device(c.device.device, [&] { return cuda::GPTCuda::unsupported(cfg, precision); }, c.device.precision);
+  if (!c.json && !where.line.empty()) std::fprintf(stderr, "%s\n", where.line.c_str());  // --json: in its object
   std::unique_ptr<cuda::GPTCuda> gpu;
   if (where.gpu) {
-    gpu = std::make_unique<cuda::GPTCuda>(cfg, where.precision);
+    gpu = std::make_unique<cuda::GPTCuda>(cfg, precision);
     gpu->set_params(m.model->params());
   }
   std::vector<int> x(static_cast<size_t>(per_batch)), y(static_cast<size_t>(per_batch));
@@ -51,7 +54,7 @@ void run_eval(const EvalCli& c) {
                                        {"perplexity", std::exp(loss)},
                                        {"tokens", n * per_batch},
                                        {"device", where.gpu ? "cuda" : "cpu"},
-                                       {"precision", where.gpu ? cuda::to_string(where.precision) : "fp32"},
+                                       {"precision", where.gpu ? c.device.precision : "fp32"},
                                        {"seconds", t.seconds()}}
                             .dump()
                             .c_str());

@@ -4,7 +4,9 @@
 
 #include "checkpoint_loading.h"
 #include "commands.h"
-#include "device_choice.h"
+#include "device_flags.h"
+#include "flashgpt/core/device.h"
+#include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/io.h"
 #include "flashgpt/core/timer.h"
@@ -70,13 +72,14 @@ void run_sample(SampleCli& c) {
   c.opt.stop_at_eot = !c.no_stop;
   c.opt.eot_token = eot;
   const GPTConfig& cfg = m.model->config();
-  const DeviceChoice where =
-      choose_device(c.device, [&](cuda::Precision p) { return cuda::GPTCuda::decode_unsupported(cfg, p); });
-  std::fprintf(stderr, "%s\n", where.line.c_str());
+  const cuda::Precision precision = cuda::parse_precision(c.device.precision, "--precision");
+  const DeviceChoice where = choose_device(
+      c.device.device, [&] { return cuda::GPTCuda::decode_unsupported(cfg, precision); }, c.device.precision);
+  if (!where.line.empty()) std::fprintf(stderr, "%s\n", where.line.c_str());
   std::unique_ptr<cuda::GPTCuda> gpu;
   std::unique_ptr<Decoder> decoder;
   if (where.gpu) {
-    gpu = std::make_unique<cuda::GPTCuda>(cfg, where.precision);
+    gpu = std::make_unique<cuda::GPTCuda>(cfg, precision);
     gpu->set_params(m.model->params());
     decoder = std::make_unique<cuda::GPTCudaDecoder>(*gpu);
   } else {

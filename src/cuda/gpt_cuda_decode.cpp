@@ -102,6 +102,18 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   if (is_latent(c.attention)) {
     const std::vector<int32_t> lens(static_cast<size_t>(B), static_cast<int32_t>(dec_.length + Tn));
     dec_.seq_lens.upload(lens.data(), lens.size() * sizeof(int32_t));
+    // Every layer's decode has these sizes: planned once a call.
+    PagedLatentDims& pd = dec_.latent_dims;
+    pd.B = B;
+    pd.H = c.n_head;
+    pd.Tq = Tn;
+    pd.n_latent = c.latent_dim();
+    pd.rope_dim = c.mla_rope_dim();
+    pd.page_size = kLatentPage;
+    pd.max_pages = dec_.rows / kLatentPage;
+    const LatentDecodePlan plan = plan_latent_decode<T>(pd);
+    dec_.latent_opt.splits = plan.splits;
+    dec_.latent_opt.workspace = plan.workspace_bytes > 0 ? at_least(dec_.scratch, plan.workspace_bytes) : nullptr;
   }
   struct Decoding {  // the blocks read and extend the cache for this call only
     bool& flag;
@@ -176,22 +188,11 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
   gemm_batched<T, T>(false, false, N, nl, hd, 1.0f, a.qa, H * dqk, dqk, W(o.k_up_w), nl, hd * nl, 0.0f, q_abs, H * row,
                      row, H);
   if (dr > 0) copy_rows(q_abs + nl, 0, row, a.qa + hd, 0, dqk, 1, N * H, dr);
-  // MQA over the cache: out [N, H, n_latent] in latent space.
-  PagedLatentDims pd;
-  pd.B = B_;
-  pd.H = H;
-  pd.Tq = Tn_;
-  pd.n_latent = nl;
-  pd.rope_dim = dr;
-  pd.page_size = kLatentPage;
-  pd.max_pages = rows / kLatentPage;
-  LatentDecodeOptions opt;
-  const LatentDecodePlan plan = plan_latent_decode<T>(pd, opt);
-  opt.splits = plan.splits;
-  opt.workspace = plan.workspace_bytes > 0 ? at_least(dec_.scratch, plan.workspace_bytes) : nullptr;
+  // MQA over the cache (as decode planned it): out [N, H, n_latent] in latent space.
   T* o_lat = static_cast<T*>(at_least(dec_.o_lat, static_cast<size_t>(N * H * nl) * sizeof(T)));
-  latent_decode_paged<T>(pd, 1.0f / std::sqrt(static_cast<float>(dqk)), q_abs, cache, dec_.block_table.template as<int32_t>(),
-                         dec_.seq_lens.template as<int32_t>(), o_lat, a.lse, opt);
+  latent_decode_paged<T>(dec_.latent_dims, 1.0f / std::sqrt(static_cast<float>(dqk)), q_abs, cache,
+                         dec_.block_table.template as<int32_t>(), dec_.seq_lens.template as<int32_t>(), o_lat, a.lse,
+                         dec_.latent_opt);
   // Back to each head's values: att_h = o_lat,h · W_v_up,hᵀ, again one batch of H products.
   gemm_batched<T, T>(false, true, N, hd, nl, 1.0f, o_lat, H * nl, nl, v_up, nl, hd * nl, 0.0f, a.att, H * hd, hd, H);
 }

@@ -13,6 +13,7 @@
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/cuda/latent_decode_cuda.h"
 #include "flashgpt/cuda/ops_cuda.h"
 #include "flashgpt/model/params.h"
 #include "flashgpt/ops/rope.h"
@@ -240,6 +241,8 @@ class Model final : public GPTCuda::Impl {
     DeviceBuffer latent;                 // latent: [L, B, rows, n_latent + rope_dim]
     DeviceBuffer block_table, seq_lens;  // latent: int32 [B, rows / page], [B]
     DeviceBuffer q_abs, o_lat, scratch, logits, wide_logits;
+    PagedLatentDims latent_dims;        // latent: this call's decode, the same for every layer
+    LatentDecodeOptions latent_opt;     // its planned splits and workspace
   };
   DecodeCache dec_;
   bool decoding_ = false;  // the blocks' attention reads and extends dec_

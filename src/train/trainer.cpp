@@ -69,33 +69,17 @@ void check_options(const TrainOptions& o, const GPTConfig& c) {
 }
 
 // Where this run trains, and the line that says so.
-struct DeviceChoice {
-  bool gpu = false;
-  std::string line;
-};
-
-DeviceChoice choose_device(const TrainOptions& o, const GPTConfig& c, cuda::Precision precision, int ranks) {
-  FLASHGPT_CHECK(o.device == "cpu" || o.device == "cuda" || o.device == "auto",
-                 "--device: unknown device '{}' (expected cpu, cuda or auto)", o.device);
-  if (o.device == "cpu") return {false, ""};
-  std::string why;
-  const DeviceReport r = probe_devices();
-  if (r.gpus.empty()) {
-    why = r.why_none;
-  } else if (ranks > 1) {
-    why = "training across processes runs on the CPU only for now (the GPU path has no NCCL communicator yet)";
-  } else if (o.context_parallel > 1) {
-    why = "context parallelism runs on the CPU only";
-  } else {
-    why = cuda::GPTCuda::unsupported(c, precision);
-  }
-  if (why.empty()) {
-    const GpuInfo& g = r.gpus.front();
-    return {true, fmt::format("device: cuda:{} ({}, compute capability {}.{}), {}", g.index, g.name, g.cc_major,
-                              g.cc_minor, cuda::to_string(precision))};
-  }
-  FLASHGPT_CHECK(o.device != "cuda", "--device cuda: {}", why);
-  return {false, fmt::format("device: cpu (--device auto: {})", why)};
+DeviceChoice choose_train_device(const TrainOptions& o, const GPTConfig& c, cuda::Precision precision, int ranks) {
+  return choose_device(
+      o.device,
+      [&]() -> std::string {
+        if (ranks > 1) {
+          return "training across processes runs on the CPU only for now (the GPU path has no NCCL communicator yet)";
+        }
+        if (o.context_parallel > 1) return "context parallelism runs on the CPU only";
+        return cuda::GPTCuda::unsupported(c, precision);
+      },
+      cuda::to_string(precision));
 }
 
 }  // namespace
@@ -162,7 +146,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   }
 
   const cuda::Precision precision = cuda::parse_precision(opt.precision, "--precision");
-  const DeviceChoice where = choose_device(opt, config, precision, comm.size());
+  const DeviceChoice where = choose_train_device(opt, config, precision, comm.size());
   // The host model holds the weights for checkpoints and samples in both cases; on the GPU the
   // training step runs on the device copy.
   GPT<float> model(config);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,5 +28,16 @@ struct DeviceReport {
 };
 
 DeviceReport probe_devices();
+
+// Where a command runs for `--device` (cpu, cuda or auto), given why its model cannot run on the
+// GPU (why_not: "" when it can; asked only when a GPU is there): the GPU, with the line naming it
+// and `precision`; or the CPU, with (for auto) the line saying why. --device cuda with a reason
+// is an error naming it; an explicit cpu has no line.
+struct DeviceChoice {
+  bool gpu = false;
+  std::string line;
+};
+DeviceChoice choose_device(const std::string& device, const std::function<std::string()>& why_not,
+                           const std::string& precision);
 
 }  // namespace flashgpt
