@@ -5,9 +5,11 @@
 // (mma.m16n8k16, ldmatrix, cp.async) against the PTX ISA's fragment layouts. Built only with the emulator.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/platform.h"
@@ -106,6 +108,49 @@ __global__ void dynamic_shared_kernel(float* out) {
   out[blockIdx.x * 64 + t] = sm[t];  // read before anyone wrote: poison
   __syncthreads();
   sm[t] = static_cast<float>(t);
+}
+
+// Each block records when it ran and adds its value into one float: the order of the blocks is
+// drawn afresh per launch, repeatable from a seed, and shows in an fp32 atomic sum.
+__global__ void block_order_kernel(int* ticket, int* ran_at, const float* values, float* sum) {
+  if (threadIdx.x != 0) return;
+  ran_at[blockIdx.x] = atomicAdd(ticket, 1);
+  atomicAdd(sum, values[blockIdx.x]);
+}
+
+TEST(Simt, BlocksRunInARandomOrderThatASeedRepeats) {
+  const int blocks = 64;
+  std::vector<float> values(blocks);
+  for (int i = 0; i < blocks; ++i) values[i] = (i % 2 ? 1.0f : -1.0f) * std::ldexp(1.0f + 0.37f * i, i % 24);
+  cuda::DeviceBuffer ticket(sizeof(int)), ran_at(blocks * sizeof(int)), dvalues(blocks * sizeof(float)),
+      sum(sizeof(float));
+  dvalues.upload(values.data(), values.size() * sizeof(float));
+  auto run = [&](uint64_t seed) {
+    simt::reseed(seed);
+    const int zero = 0;
+    const float fzero = 0.0f;
+    ticket.upload(&zero, sizeof(int));
+    sum.upload(&fzero, sizeof(float));
+    launch_kernel("block order", block_order_kernel, blocks, 32, 0, nullptr, ticket.as<int>(), ran_at.as<int>(),
+                  dvalues.as<float>(), sum.as<float>());
+    std::pair<std::vector<int>, float> r{std::vector<int>(blocks), 0.0f};
+    ran_at.download(r.first.data(), blocks * sizeof(int));
+    sum.download(&r.second, sizeof(float));
+    return r;
+  };
+  const auto a = run(1), again = run(1), b = run(2);
+  EXPECT_EQ(a.first, again.first);
+  EXPECT_EQ(a.second, again.second);
+  std::vector<int> in_order(blocks);
+  for (int i = 0; i < blocks; ++i) in_order[i] = i;
+  EXPECT_NE(a.first, in_order) << "blocks ran in grid order";
+  EXPECT_NE(a.first, b.first);
+  auto sorted = a.first;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, in_order) << "every block ran exactly once";
+  bool sums_differ = a.second != b.second;
+  for (uint64_t seed = 3; seed < 10 && !sums_differ; ++seed) sums_differ = run(seed).second != a.second;
+  EXPECT_TRUE(sums_differ) << "an fp32 atomic sum came out the same in every block order";
 }
 
 TEST(Simt, DynamicSharedMemoryStartsPoisonedInEveryBlock) {

@@ -1,5 +1,5 @@
 // The fiber scheduler behind simt.h: every CUDA thread of a block is a ucontext fiber on its own
-// stack; blocks run in sequence; barriers hand control back to the scheduler, which releases a
+// stack; blocks run one at a time in a shuffled order; barriers hand control back to the scheduler, which releases a
 // barrier once every thread it concerns has arrived and reports a deadlock when nothing can move.
 #include "cuda/simt/simt.h"
 
@@ -125,6 +125,8 @@ std::mt19937_64& order_rng() {
   }());
   return rng;
 }
+
+constexpr uint64_t kMaxShuffledBlocks = uint64_t{1} << 26;
 
 Launch& launch() {
   if (!g_launch || !g_launch->current) fail("simt: a device built-in was called outside a kernel");
@@ -467,6 +469,8 @@ void cp_async_wait(int pending) {
   }
 }
 
+void reseed(uint64_t seed) { order_rng().seed(seed); }
+
 void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std::function<void()>& body) {
   if (g_launch) fail("simt: kernel {} launched from inside kernel {} (not supported)", name, g_launch->name);
   const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
@@ -498,15 +502,22 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std:
   l.shared_bytes = shared;
   std::vector<int> order(threads);
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  // Blocks run one at a time in a shuffled order: the hardware promises no order between the blocks
+  // of a grid, so a kernel that leans on one (or whose atomics' order shows in its result) must
+  // show it here too.
+  const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
+  if (blocks > kMaxShuffledBlocks) fail("simt: kernel {} launches {} blocks, more than the emulator runs", name, blocks);
+  std::vector<uint32_t> block_order(blocks);
+  for (uint64_t i = 0; i < blocks; ++i) block_order[i] = static_cast<uint32_t>(i);
+  std::shuffle(block_order.begin(), block_order.end(), order_rng());
   g_launch = &l;
   try {
-    for (uint32_t z = 0; z < grid.z; ++z)
-      for (uint32_t y = 0; y < grid.y; ++y)
-        for (uint32_t x = 0; x < grid.x; ++x) {
-          l.block_idx = uint3{x, y, z};
-          std::memset(smem, 0xFF, shared);  // unwritten shared memory reads as NaN
-          run_block(l, order);
-        }
+    for (const uint32_t i : block_order) {
+      l.block_idx = uint3{static_cast<uint32_t>(i % grid.x), static_cast<uint32_t>(i / grid.x % grid.y),
+                          static_cast<uint32_t>(i / grid.x / grid.y)};
+      std::memset(smem, 0xFF, shared);  // unwritten shared memory reads as NaN
+      run_block(l, order);
+    }
   } catch (...) {
     g_launch = nullptr;
     throw;

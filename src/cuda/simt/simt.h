@@ -2,7 +2,8 @@
 //
 // A build with FLASHGPT_SIMT compiles the very same .cu sources with the host C++ compiler
 // against this header (cuda/platform.h picks it). Each CUDA thread of a block becomes a fiber
-// with its own stack; blocks run one after another. A fiber runs until it reaches a barrier
+// with its own stack; blocks run one at a time, in a shuffled order (the hardware promises none,
+// and atomics from different blocks land in it). A fiber runs until it reaches a barrier
 // (__syncthreads, __syncwarp, a shuffle, a vote). The scheduler picks a warp at random and runs
 // its lanes, in shuffled order, to their next barrier, so warps drift apart by whole phases as
 // they may on the hardware: a kernel that touches shared memory without the barrier that should
@@ -43,7 +44,7 @@
 #include <type_traits>
 #include <utility>
 
-// Storage classes and qualifiers: shared variables are per block, and blocks run in sequence on
+// Storage classes and qualifiers: shared variables are per block, and blocks run one at a time on
 // one host thread, so a function-local static is exactly one copy per block.
 #undef __shared__
 #define __shared__ static
@@ -84,7 +85,12 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int pending);
 
-// Runs body once per thread of every block of grid (the kernel's parameters are bound in body).
+// Restarts the scheduler's random choices (block order, warp and lane order, when asynchronous
+// copies land) from seed; FLASHGPT_SIMT_SEED sets the first seed. Tests use it to show that a
+// result does or does not depend on the order in which blocks and threads run.
+void reseed(uint64_t seed);
+
+// Runs body once per thread of every block of grid, the blocks in a random order (the kernel's parameters are bound in body).
 void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std::function<void()>& body);
 
 // The runtime API the .cu sources use, on host memory.
