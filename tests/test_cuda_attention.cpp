@@ -20,6 +20,7 @@
 #include "flashgpt/cuda/attention_cuda.h"
 #include "testing/bf16.h"
 #include "testing/errors.h"
+#include "testing/schedule.h"
 
 namespace flashgpt {
 namespace {
@@ -315,8 +316,9 @@ TEST(CudaAttention, TensorCoreFlashForwardIsAsAccurateAsAPlainComputation) {
 
 // The tensor-core backward: dQ, dK and dV against fp64 on the same rounded inputs (q, k, v, dO
 // and the forward's output rounded, its lse in fp32), each within twice the error of a plain
-// computation (fp32 arithmetic on those inputs, the gradients rounded). Every other case passes
-// its own workspace, poisoned, to check the kernel clears what it accumulates into.
+// computation (fp32 arithmetic on those inputs, the gradients rounded), with dQ by atomics and by
+// the deterministic query-major kernel. Every other case passes its own workspace, poisoned, to
+// check the kernel clears what it accumulates into.
 TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   Rng rng(93);
@@ -367,34 +369,97 @@ TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
 
       auto gq = to_device(bits_of(q)), gk = to_device(bits_of(k)), gv = to_device(bits_of(v)),
            gdo = to_device(bits_of(dout)), go = to_device(bits_of(o)), glse = to_device(lse);
-      cuda::DeviceBuffer gdq(q.size() * 2), gdk(k.size() * 2), gdv(v.size() * 2);
-      for (auto* buf : {&gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
-      cuda::DeviceBuffer workspace;
-      if (case_index++ % 2 == 1) {
-        workspace = cuda::DeviceBuffer(cuda::flash_backward_workspace_bytes(d));
-        workspace.fill_bytes(0xFF);
+      const bool own_workspace = case_index++ % 2 == 1;
+      for (const bool deterministic : {false, true}) {
+        SCOPED_TRACE(deterministic ? "deterministic dQ" : "dQ by atomics");
+        cuda::DeviceBuffer gdq(q.size() * 2), gdk(k.size() * 2), gdv(v.size() * 2);
+        for (auto* buf : {&gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
+        cuda::DeviceBuffer workspace;
+        if (own_workspace) {
+          workspace = cuda::DeviceBuffer(cuda::flash_backward_workspace_bytes(d));
+          workspace.fill_bytes(0xFF);
+        }
+        cuda::flash_backward_tc(var.type, d, dm, static_cast<float>(scale), gq.as<uint16_t>(), gk.as<uint16_t>(),
+                                gv.as<uint16_t>(), go.as<uint16_t>(), glse.as<float>(), gdo.as<uint16_t>(),
+                                gdq.as<uint16_t>(), gdk.as<uint16_t>(), gdv.as<uint16_t>(), workspace.get(), var.tiles,
+                                deterministic);
+        cuda::synchronize();
+        auto download = [&](const cuda::DeviceBuffer& buf, size_t n) {
+          std::vector<uint16_t> bits(n);
+          buf.download(bits.data(), n * 2);
+          std::vector<double> out(n);
+          for (size_t i = 0; i < n; ++i) out[i] = from_bits(var.type, bits[i]);
+          return out;
+        };
+        const std::vector<std::tuple<const char*, std::vector<double>, std::vector<double>, std::vector<double>>>
+            grads = {{"dq", download(gdq, q.size()), rounded_double(dq_p), dq_e},
+                     {"dk", download(gdk, k.size()), rounded_double(dk_p), dk_e},
+                     {"dv", download(gdv, v.size()), rounded_double(dv_p), dv_e}};
+        // Absolute norms, with a floor of fp32 round-off (1e-5 per element): a gradient that is
+        // exactly zero (one key per query) leaves only the order of fp32 sums to tell them apart.
+        for (const auto& [what, ours, plain, exact] : grads) {
+          const double e_ours = abs_error(ours, exact), e_plain = abs_error(plain, exact);
+          const double floor = 1e-5 * std::sqrt(static_cast<double>(exact.size()));
+          EXPECT_LE(e_ours, 2 * e_plain + floor) << what << ": flash " << e_ours << " against plain " << e_plain;
+        }
       }
-      cuda::flash_backward_tc(var.type, d, dm, static_cast<float>(scale), gq.as<uint16_t>(), gk.as<uint16_t>(),
-                              gv.as<uint16_t>(), go.as<uint16_t>(), glse.as<float>(), gdo.as<uint16_t>(),
-                              gdq.as<uint16_t>(), gdk.as<uint16_t>(), gdv.as<uint16_t>(), workspace.get(), var.tiles);
-      cuda::synchronize();
-      auto download = [&](const cuda::DeviceBuffer& buf, size_t n) {
-        std::vector<uint16_t> bits(n);
-        buf.download(bits.data(), n * 2);
-        std::vector<double> out(n);
-        for (size_t i = 0; i < n; ++i) out[i] = from_bits(var.type, bits[i]);
-        return out;
-      };
-      const std::vector<std::tuple<const char*, std::vector<double>, std::vector<double>, std::vector<double>>>
-          grads = {{"dq", download(gdq, q.size()), rounded_double(dq_p), dq_e},
-                   {"dk", download(gdk, k.size()), rounded_double(dk_p), dk_e},
-                   {"dv", download(gdv, v.size()), rounded_double(dv_p), dv_e}};
-      // Absolute norms, with a floor of fp32 round-off (1e-5 per element): a gradient that is
-      // exactly zero (one key per query) leaves only the order of fp32 sums to tell them apart.
-      for (const auto& [what, ours, plain, exact] : grads) {
-        const double e_ours = abs_error(ours, exact), e_plain = abs_error(plain, exact);
-        const double floor = 1e-5 * std::sqrt(static_cast<double>(exact.size()));
-        EXPECT_LE(e_ours, 2 * e_plain + floor) << what << ": flash " << e_ours << " against plain " << e_plain;
+    }
+  }
+}
+
+// The deterministic backward gives the same bits on every run, however the GPU orders its blocks;
+// the atomic one does not (checked where the order is surely redrawn: on the emulator), which shows
+// the comparison can fail. Keys span several key blocks of every tile shape, with GQA. Every key
+// is one shared row plus small noise: since each row of dS sums to zero, dQ = Σ dS·K cancels the
+// shared row's large per-block parts, so the order of the atomics shows even after rounding to bf16.
+TEST(CudaAttention, DeterministicFlashBackwardRepeatsItsBits) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  Rng rng(97);
+  const Case c{1, 4, 2, 32, 448, 64, 64, true, 0};
+  AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
+  const CaseMasks masks(c, 5, 29);
+  auto random_bits = [&](int64_t n, float noise, const std::vector<float>& shared_row) {
+    std::vector<uint16_t> b(static_cast<size_t>(n));
+    for (size_t i = 0; i < b.size(); ++i) {
+      const float base = shared_row.empty() ? 0.0f : shared_row[i % shared_row.size()];
+      b[i] = to_bf16(base + noise * static_cast<float>(rng.normal()));
+    }
+    return b;
+  };
+  std::vector<float> k_row(static_cast<size_t>(c.Hkv * c.Dqk));
+  for (auto& x : k_row) x = static_cast<float>(rng.normal());
+  const auto q = random_bits(c.B * c.Tq * c.Hq * c.Dqk, 1.0f, {}),
+             k = random_bits(c.B * c.Tk * c.Hkv * c.Dqk, 0.05f, k_row),
+             v = random_bits(c.B * c.Tk * c.Hkv * c.Dv, 1.0f, {}),
+             dout = random_bits(c.B * c.Tq * c.Hq * c.Dv, 1.0f, {});
+  auto gq = to_device(q), gk = to_device(k), gv = to_device(v), gdo = to_device(dout);
+  cuda::DeviceBuffer go(dout.size() * 2), glse(static_cast<size_t>(c.B * c.Hq * c.Tq) * 4);
+  const float scale = 0.125f;
+  cuda::flash_forward_tc(cuda::TensorCoreType::bf16, d, masks.device, scale, gq.as<uint16_t>(), gk.as<uint16_t>(),
+                         gv.as<uint16_t>(), go.as<uint16_t>(), glse.as<float>());
+  for (const auto tiles : {cuda::FlashTiles::Wide, cuda::FlashTiles::Narrow}) {
+    for (const bool deterministic : {true, false}) {
+      SCOPED_TRACE(std::string(tiles == cuda::FlashTiles::Wide ? "wide" : "narrow") +
+                   (deterministic ? " deterministic" : " atomic"));
+      std::vector<std::vector<uint16_t>> runs;
+      for (uint64_t seed = 1; seed <= 3; ++seed) {
+        testing::redraw_schedule(seed);
+        cuda::DeviceBuffer gdq(q.size() * 2), gdk(k.size() * 2), gdv(v.size() * 2);
+        cuda::flash_backward_tc(cuda::TensorCoreType::bf16, d, masks.device, scale, gq.as<uint16_t>(),
+                                gk.as<uint16_t>(), gv.as<uint16_t>(), go.as<uint16_t>(), glse.as<float>(),
+                                gdo.as<uint16_t>(), gdq.as<uint16_t>(), gdk.as<uint16_t>(), gdv.as<uint16_t>(),
+                                nullptr, tiles, deterministic);
+        std::vector<uint16_t> all(q.size() + k.size() + v.size());
+        gdq.download(all.data(), q.size() * 2);
+        gdk.download(all.data() + q.size(), k.size() * 2);
+        gdv.download(all.data() + q.size() + k.size(), v.size() * 2);
+        runs.push_back(std::move(all));
+      }
+      const bool same = runs[0] == runs[1] && runs[0] == runs[2];
+      if (deterministic) {
+        EXPECT_TRUE(same) << "the deterministic backward changed its bits between runs";
+      } else if (testing::kScheduleRedrawn) {
+        EXPECT_FALSE(same) << "the atomic backward gave the same dQ in three block orders";
       }
     }
   }

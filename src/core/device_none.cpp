@@ -39,7 +39,7 @@ void flash_forward_tc(TensorCoreType, const AttentionDims&, const AttentionMask&
 size_t flash_backward_workspace_bytes(const AttentionDims&) { return 0; }
 void flash_backward_tc(TensorCoreType, const AttentionDims&, const AttentionMask&, float, const uint16_t*,
                        const uint16_t*, const uint16_t*, const uint16_t*, const float*, const uint16_t*, uint16_t*,
-                       uint16_t*, uint16_t*, void*, FlashTiles) {
+                       uint16_t*, uint16_t*, void*, FlashTiles, bool) {
   fail("GPU attention: {}", kNoCuda);
 }
 FlashBenchResult bench_flash_attention(const FlashBenchCase&) { fail("bench attention --device cuda: {}", kNoCuda); }

@@ -2,7 +2,9 @@
 // shape, the dispatch to the per-head-dim instantiations (attention_flash_tc_d*.cu), and the
 // backward's two small passes around its main kernel —
 //   before: D = rowsum(dO ∘ O) per (b, h, i) and the fp32 dQ accumulator zeroed, one warp per row;
-//   after:  dQ = the accumulator rounded to bf16 or fp16.
+//   after:  dQ = the accumulator rounded to bf16 or fp16;
+// or, for the deterministic backward, the main kernel for dK and dV only and then the query-major
+// dQ kernel (attention_flash_tc_backward_dq.h), with no accumulator.
 #include <initializer_list>
 #include <string>
 #include <type_traits>
@@ -30,7 +32,8 @@ __global__ void backward_prologue_kernel(int64_t rows, int64_t Hq, int64_t Tq, i
     for (int64_t c = lane; c < Dv; c += 32) s += tc::to_float(o[r * Dv + c]) * tc::to_float(dout[r * Dv + c]);
     s = warp_sum(s);
     if (lane == 0) dsum[(b * Hq + h) * Tq + i] = s;
-    for (int64_t c = lane; c < Dqk; c += 32) dq_accum[r * Dqk + c] = 0.0f;
+    if (dq_accum)
+      for (int64_t c = lane; c < Dqk; c += 32) dq_accum[r * Dqk + c] = 0.0f;
   }
 }
 
@@ -98,24 +101,29 @@ void forward_typed(const AttentionDims& ad, const AttentionMask& am, float scale
 template <typename E>
 void backward_typed(const AttentionDims& ad, const AttentionMask& am, float scale, const E* q, const E* k,
                     const E* v, const E* o, const float* lse, const E* dout, E* dq, E* dk, E* dv, void* workspace,
-                    FlashTiles tiles) {
+                    FlashTiles tiles, bool deterministic) {
   with_head_dims(ad, "tensor-core flash backward", [&]<int Dqk, int Dv>() {
     using L = Launchers<E, Dqk, Dv>;
     const bool wide = use_wide(tiles, L::backward_bytes(true));
+    const bool dq_wide = use_wide(tiles, L::backward_dq_bytes(true));
     DeviceBuffer own;
     if (!workspace) {
       own = DeviceBuffer(flash_backward_workspace_bytes(ad));
       workspace = own.get();
     }
-    auto* dq_accum = static_cast<float*>(workspace);
+    auto* dq_accum = deterministic ? nullptr : static_cast<float*>(workspace);
     auto* dsum = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + dq_accum_bytes(ad));
     const int64_t rows = ad.B * ad.Tq * ad.Hq;
     launch_kernel("tensor-core flash backward D = rowsum(dO∘O)", backward_prologue_kernel<E>, grid_for(rows, 8), 256,
                   0, nullptr, rows, ad.Hq, ad.Tq, ad.Dqk, ad.Dv, o, dout, dsum, dq_accum);
     L::backward(dims_of(ad), mask_of(am), scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv, wide);
-    const int64_t n = rows * ad.Dqk;
-    launch_kernel("tensor-core flash backward dQ conversion", dq_convert_kernel<E>, grid_for(n, 256), 256, 0, nullptr,
-                  n, dq_accum, dq);
+    if (deterministic) {
+      L::backward_dq(dims_of(ad), mask_of(am), scale, q, k, v, lse, dsum, dout, dq, dq_wide);
+    } else {
+      const int64_t n = rows * ad.Dqk;
+      launch_kernel("tensor-core flash backward dQ conversion", dq_convert_kernel<E>, grid_for(n, 256), 256, 0,
+                    nullptr, n, dq_accum, dq);
+    }
     if (own.get()) synchronize();  // the workspace is freed on return
   });
 }
@@ -170,15 +178,15 @@ void flash_forward_tc(TensorCoreType type, const AttentionDims& d, const Attenti
 void flash_backward_tc(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, float scale,
                        const uint16_t* q, const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
                        const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv, void* workspace,
-                       FlashTiles tiles) {
+                       FlashTiles tiles, bool deterministic) {
   check_attention_dims(d, m);
   check_alignment(d, "tensor-core flash backward", {q, k, v, o, dout, dq, dk, dv, workspace});
   if (type == TensorCoreType::bf16) {
     backward_typed(d, m, scale, dev_bf16(q), dev_bf16(k), dev_bf16(v), dev_bf16(o), lse, dev_bf16(dout),
-                   dev_bf16(dq), dev_bf16(dk), dev_bf16(dv), workspace, tiles);
+                   dev_bf16(dq), dev_bf16(dk), dev_bf16(dv), workspace, tiles, deterministic);
   } else {
     backward_typed(d, m, scale, dev_f16(q), dev_f16(k), dev_f16(v), dev_f16(o), lse, dev_f16(dout), dev_f16(dq),
-                   dev_f16(dk), dev_f16(dv), workspace, tiles);
+                   dev_f16(dk), dev_f16(dv), workspace, tiles, deterministic);
   }
 }
 

@@ -11,6 +11,8 @@
 // and writes dSᵀ to shared memory; then the block computes the tile's dQ = dS K, each warp a
 // 16-query × Dqk/splits piece, and adds it into an fp32 accumulator in global memory with
 // atomics (a separate pass converts it). dK and dV are written once per key, summed over the group.
+// With WithDq false the kernel leaves dQ alone: the deterministic backward computes it query-major
+// instead (attention_flash_tc_backward_dq.h), with no atomics and so no run-to-run variation.
 #pragma once
 
 #include <cmath>
@@ -35,7 +37,7 @@ struct BackwardTiles {
   static_assert(Dqk % 16 == 0 && Dv % 16 == 0 && BlockM % 16 == 0, "tiles are whole 16 × 16 fragments");
 };
 
-template <typename E, typename F>
+template <typename E, typename F, bool WithDq>
 __global__ void __launch_bounds__(F::Threads)
     flash_backward_tc_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
                              const E* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ dsum,
@@ -155,6 +157,9 @@ __global__ void __launch_bounds__(F::Threads)
         mma_pair<E>(acc_dk[2 * n], acc_dk[2 * n + 1], ads, bq);
       }
     }
+    if constexpr (!WithDq) {
+      __syncthreads();  // the next pair's copies go into the stage just read
+    } else {
     // dSᵀ to shared memory for the block's dQ product.
 #pragma unroll
     for (int n = 0; n < BlockM / 8; ++n) {
@@ -188,6 +193,7 @@ __global__ void __launch_bounds__(F::Threads)
     }
     // No barrier here: the next pair's copies go into the stage this one read before the barrier
     // above, and dS is rewritten only after the next pair's first barrier.
+    }
   }
   tc::cp_async_wait<0>();
 
@@ -208,14 +214,21 @@ __global__ void __launch_bounds__(F::Threads)
 template <int Dqk, int Dv, bool Wide>
 using BackwardTilesFor = BackwardTiles<Dqk, Dv, Wide ? 8 : 4, Dv >= 128 ? 32 : 64>;
 
+// dq_accum null: dK and dV only (the deterministic backward's first kernel).
 template <typename E, typename F>
 void launch_backward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, const float* lse,
                      const float* dsum, const E* dout, float* dq_accum, E* dk, E* dv) {
-  allow_shared(flash_backward_tc_kernel<E, F>, F::bytes, "tensor-core flash backward");
   const dim3 grid(static_cast<unsigned>((d.Tk + F::BlockN - 1) / F::BlockN), static_cast<unsigned>(d.Hkv),
                   static_cast<unsigned>(d.B));
-  launch_kernel("tensor-core flash backward", flash_backward_tc_kernel<E, F>, grid, F::Threads, F::bytes, nullptr, d,
-                m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+  if (dq_accum) {
+    allow_shared(flash_backward_tc_kernel<E, F, true>, F::bytes, "tensor-core flash backward");
+    launch_kernel("tensor-core flash backward", flash_backward_tc_kernel<E, F, true>, grid, F::Threads, F::bytes,
+                  nullptr, d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+  } else {
+    allow_shared(flash_backward_tc_kernel<E, F, false>, F::bytes, "tensor-core flash backward (dK, dV)");
+    launch_kernel("tensor-core flash backward (dK, dV)", flash_backward_tc_kernel<E, F, false>, grid, F::Threads,
+                  F::bytes, nullptr, d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+  }
 }
 
 }  // namespace flash_tc

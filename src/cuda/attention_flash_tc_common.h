@@ -128,9 +128,14 @@ struct Launchers {
   static Residency backward_residency(bool wide);
   static void forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o,
                       float* lse, bool wide);
-  // dq_accum (fp32, dq's layout) must hold zeros; dsum = rowsum(dO ∘ O) per (b, h, i).
+  // dq_accum (fp32, dq's layout) must hold zeros; dsum = rowsum(dO ∘ O) per (b, h, i). A null
+  // dq_accum computes dK and dV only.
   static void backward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
                        const float* lse, const float* dsum, const E* dout, float* dq_accum, E* dk, E* dv, bool wide);
+  // The deterministic backward's dQ, query-major and without atomics.
+  static size_t backward_dq_bytes(bool wide);
+  static void backward_dq(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
+                          const float* lse, const float* dsum, const E* dout, E* dq, bool wide);
 };
 
 }  // namespace flash_tc

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "cuda/attention_flash_tc_backward.h"
+#include "cuda/attention_flash_tc_backward_dq.h"
 #include "cuda/attention_flash_tc_forward.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -16,6 +17,11 @@ size_t Launchers<E, Dqk, Dv>::forward_bytes(bool wide) {
 template <typename E, int Dqk, int Dv>
 size_t Launchers<E, Dqk, Dv>::backward_bytes(bool wide) {
   return wide ? BackwardTilesFor<Dqk, Dv, true>::bytes : BackwardTilesFor<Dqk, Dv, false>::bytes;
+}
+
+template <typename E, int Dqk, int Dv>
+size_t Launchers<E, Dqk, Dv>::backward_dq_bytes(bool wide) {
+  return wide ? DqTilesFor<Dqk, Dv, true>::bytes : DqTilesFor<Dqk, Dv, false>::bytes;
 }
 
 template <typename Kernel>
@@ -36,8 +42,8 @@ template <typename E, int Dqk, int Dv>
 Residency Launchers<E, Dqk, Dv>::backward_residency(bool wide) {
   using W = BackwardTilesFor<Dqk, Dv, true>;
   using N = BackwardTilesFor<Dqk, Dv, false>;
-  return wide ? residency_of(flash_backward_tc_kernel<E, W>, W::Threads, W::bytes, "tensor-core flash backward")
-              : residency_of(flash_backward_tc_kernel<E, N>, N::Threads, N::bytes, "tensor-core flash backward");
+  return wide ? residency_of(flash_backward_tc_kernel<E, W, true>, W::Threads, W::bytes, "tensor-core flash backward")
+              : residency_of(flash_backward_tc_kernel<E, N, true>, N::Threads, N::bytes, "tensor-core flash backward");
 }
 
 template <typename E, int Dqk, int Dv>
@@ -58,6 +64,17 @@ void Launchers<E, Dqk, Dv>::backward(const Dims& d, const Mask& m, float scale, 
     launch_backward<E, BackwardTilesFor<Dqk, Dv, true>>(d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
   } else {
     launch_backward<E, BackwardTilesFor<Dqk, Dv, false>>(d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+  }
+}
+
+template <typename E, int Dqk, int Dv>
+void Launchers<E, Dqk, Dv>::backward_dq(const Dims& d, const Mask& m, float scale, const E* q, const E* k,
+                                        const E* v, const float* lse, const float* dsum, const E* dout, E* dq,
+                                        bool wide) {
+  if (wide) {
+    launch_backward_dq<E, DqTilesFor<Dqk, Dv, true>>(d, m, scale, q, k, v, lse, dsum, dout, dq);
+  } else {
+    launch_backward_dq<E, DqTilesFor<Dqk, Dv, false>>(d, m, scale, q, k, v, lse, dsum, dout, dq);
   }
 }
 

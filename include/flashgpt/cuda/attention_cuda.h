@@ -69,11 +69,13 @@ size_t flash_backward_workspace_bytes(const AttentionDims& d);
 
 // P recomputed from lse; dq, dk, dv written (dk and dv summed over each GQA group; their rows at or
 // beyond Tk left alone). `workspace`: flash_backward_workspace_bytes(d) of device memory, or null
-// to have the call allocate it (and wait for the GPU before freeing it).
+// to have the call allocate it (and wait for the GPU before freeing it). `deterministic`: dQ by a
+// second, query-major kernel instead of fp32 atomics, so the same inputs give the same bits on
+// every run (at the cost of recomputing S and P once more).
 void flash_backward_tc(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, float scale,
                        const uint16_t* q, const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
                        const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv, void* workspace = nullptr,
-                       FlashTiles tiles = FlashTiles::Auto);
+                       FlashTiles tiles = FlashTiles::Auto, bool deterministic = false);
 
 // The standard kernel's workspace: P for every head, plus one head's scores, dS and fp32 dK/dV sums.
 // T is float or bf16.
@@ -96,8 +98,9 @@ inline void flash_forward_bf16(const AttentionDims& d, const AttentionMask& m, f
 inline void flash_backward_bf16(const AttentionDims& d, const AttentionMask& m, float scale, const uint16_t* q,
                                 const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
                                 const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv,
-                                void* workspace = nullptr) {
-  flash_backward_tc(TensorCoreType::bf16, d, m, scale, q, k, v, o, lse, dout, dq, dk, dv, workspace);
+                                void* workspace = nullptr, bool deterministic = false) {
+  flash_backward_tc(TensorCoreType::bf16, d, m, scale, q, k, v, o, lse, dout, dq, dk, dv, workspace,
+                    FlashTiles::Auto, deterministic);
 }
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

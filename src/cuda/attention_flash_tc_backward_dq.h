@@ -1,0 +1,170 @@
+// The deterministic backward's dQ kernel on the tensor cores: dQ computed query-major, so every
+// element of dQ is one block's fp32 sum in a fixed order and nothing is added with atomics.
+//
+// The main backward kernel (attention_flash_tc_backward.h) is key-major: its blocks own keys, and
+// the dQ pieces of different key blocks meet in an fp32 accumulator through atomics whose order
+// varies from run to run. Here a block owns BlockM = 16·Warps queries of one head, each warp 16 of
+// them, with their Q and dO rows in shared memory, and walks the key/value tiles they can see as
+// the forward does (two stages, cp.async filling tile j + 1 while tile j is computed). Per tile,
+// each warp
+//   S = Q Kᵀ, dP = dO Vᵀ                          (16 × BlockN, fp32 in registers)
+//   P = exp2(S·scale·log2 e − lse·log2 e), dS = P ∘ (dP − D)·scale   (masked where needed)
+//   dQ += dS K                                    (dS reused from the accumulators as the A operand)
+// and writes dQ once at the end, rounded to bf16 or fp16. The price is recomputing S and P once
+// more than the atomic backward does, roughly 2 of its 5 tile products again.
+#pragma once
+
+#include <cmath>
+
+#include "cuda/attention_flash_tc_common.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+namespace flash_tc {
+
+template <int Dqk_, int Dv_, int Warps_, int BlockN_>
+struct DqTiles {
+  static constexpr int Dqk = Dqk_, Dv = Dv_, Warps = Warps_, BlockN = BlockN_;
+  static constexpr int BlockM = 16 * Warps, Threads = 32 * Warps;
+  static constexpr int QS = Dqk + kPad, OS = Dv + kPad, KS = Dqk + kPad, VS = Dv + kPad;
+  static constexpr int q_elems = BlockM * QS, o_elems = BlockM * OS, k_elems = BlockN * KS, v_elems = BlockN * VS;
+  static constexpr size_t bytes = 2 * static_cast<size_t>(q_elems + o_elems + 2 * k_elems + 2 * v_elems);
+  static_assert(Dqk % 16 == 0 && Dv % 16 == 0 && BlockN % 16 == 0, "tiles are whole 16 × 16 fragments");
+};
+
+template <typename E, typename F>
+__global__ void __launch_bounds__(F::Threads)
+    flash_backward_dq_tc_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
+                                const E* __restrict__ v, const float* __restrict__ lse,
+                                const float* __restrict__ dsum, const E* __restrict__ dout, E* __restrict__ dq) {
+  constexpr int Dqk = F::Dqk, Dv = F::Dv, BlockM = F::BlockM, BlockN = F::BlockN;
+  FLASHGPT_DYNAMIC_SHARED(E, smem);
+  E* Qs = smem;
+  E* dOs = Qs + F::q_elems;
+  E* Ks = dOs + F::o_elems;     // two stages
+  E* Vs = Ks + 2 * F::k_elems;  // two stages
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.z, h = blockIdx.y, hk = h / d.group;
+  const int64_t i0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BlockM;  // heaviest first
+  const int64_t q_row = d.Hq * Dqk, o_row = d.Hq * Dv;
+  const E* kb = k + b * d.kv_rows * d.k_row + hk * Dqk;
+  const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;
+  const float scale_log2 = scale * kLog2e;
+
+  int64_t key_limit = d.Tk;
+  if (m.kv_lengths) key_limit = min(key_limit, static_cast<int64_t>(m.kv_lengths[b]));
+  int64_t key_end = key_limit;
+  if (m.causal) key_end = min(key_end, m.q_offset + min(i0 + BlockM, d.Tq));
+  const int n_tiles = key_end > 0 ? static_cast<int>((key_end + BlockN - 1) / BlockN) : 0;
+
+  load_rows<Dqk, BlockM, F::Threads>(Qs, q + b * d.Tq * q_row + h * Dqk, q_row, i0, d.Tq);
+  load_rows<Dv, BlockM, F::Threads>(dOs, dout + b * d.Tq * o_row + h * Dv, o_row, i0, d.Tq);
+  tc::cp_async_commit();
+  if (n_tiles > 0) {
+    load_rows<Dqk, BlockN, F::Threads>(Ks, kb, d.k_row, 0, d.Tk);
+    load_rows<Dv, BlockN, F::Threads>(Vs, vb, d.v_row, 0, d.Tk);
+  }
+  tc::cp_async_commit();
+
+  const int64_t warp_row = i0 + warp * 16, row0 = warp_row + g;  // this lane's rows: row0, row0 + 8
+  // Each row's lse·log2 e (+∞ where the row sees nothing or lies past Tq, so its P is 0) and D.
+  float lse2[2], drow[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = row0 + r * 8;
+    const float l = i < d.Tq ? lse[(b * d.Hq + h) * d.Tq + i] : -INFINITY;
+    lse2[r] = l == -INFINITY ? INFINITY : l * kLog2e;
+    drow[r] = i < d.Tq ? dsum[(b * d.Hq + h) * d.Tq + i] : 0.0f;
+  }
+  float acc[Dqk / 8][4] = {};
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int stage = tile & 1;
+    const int64_t j0 = static_cast<int64_t>(tile) * BlockN;
+    if (tile + 1 < n_tiles) {
+      load_rows<Dqk, BlockN, F::Threads>(Ks + (stage ^ 1) * F::k_elems, kb, d.k_row, j0 + BlockN, d.Tk);
+      load_rows<Dv, BlockN, F::Threads>(Vs + (stage ^ 1) * F::v_elems, vb, d.v_row, j0 + BlockN, d.Tk);
+    }
+    tc::cp_async_commit();
+    tc::cp_async_wait<1>();
+    __syncthreads();
+    const E* Kt = Ks + stage * F::k_elems;
+    const E* Vt = Vs + stage * F::v_elems;
+
+    float s[BlockN / 8][4] = {}, dp[BlockN / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < Dqk / 16; ++kk) {
+      uint32_t a[4];
+      load_a(a, Qs, F::QS, warp * 16, kk * 16);
+#pragma unroll
+      for (int n = 0; n < BlockN / 16; ++n) {
+        uint32_t bk[4];
+        load_b_from_rows(bk, Kt, F::KS, n * 16, kk * 16);
+        mma_pair<E>(s[2 * n], s[2 * n + 1], a, bk);
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < Dv / 16; ++kk) {
+      uint32_t a[4];
+      load_a(a, dOs, F::OS, warp * 16, kk * 16);
+#pragma unroll
+      for (int n = 0; n < BlockN / 16; ++n) {
+        uint32_t bv[4];
+        load_b_from_rows(bv, Vt, F::VS, n * 16, kk * 16);
+        mma_pair<E>(dp[2 * n], dp[2 * n + 1], a, bv);
+      }
+    }
+    // dS into s. Element e of n-tile n: row row0 + (e >> 1)·8, key j0 + n·8 + 2t + (e & 1).
+    const bool needs_mask =
+        m.q_seg || j0 + BlockN > key_limit || (m.causal && j0 + BlockN - 1 > m.q_offset + warp_row);
+#pragma unroll
+    for (int n = 0; n < BlockN / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = e >> 1;
+        float pv = exp2f(s[n][e] * scale_log2 - lse2[r]);
+        if (needs_mask && !visible(d, m, b, row0 + r * 8, j0 + n * 8 + 2 * t + (e & 1))) pv = 0.0f;
+        s[n][e] = pv * (dp[n][e] - drow[r]) * scale;
+      }
+#pragma unroll
+    for (int kk = 0; kk < BlockN / 16; ++kk) {
+      uint32_t a[4];
+      accumulators_as_a<E>(a, s, kk);
+#pragma unroll
+      for (int n = 0; n < Dqk / 16; ++n) {
+        uint32_t bk[4];
+        load_b_from_cols(bk, Kt, F::KS, n * 16, kk * 16);
+        mma_pair<E>(acc[2 * n], acc[2 * n + 1], a, bk);
+      }
+    }
+    __syncthreads();  // the next tile's copies go into the stage just read
+  }
+  tc::cp_async_wait<0>();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = row0 + r * 8;
+    if (i >= d.Tq) continue;
+    E* out = dq + (b * d.Tq + i) * q_row + h * Dqk;
+#pragma unroll
+    for (int n = 0; n < Dqk / 8; ++n) store2(out + n * 8 + 2 * t, acc[n][2 * r], acc[n][2 * r + 1]);
+  }
+}
+
+// Wide: 128 queries per block; narrow: 64. Key tiles of 32 past head dim 96 (registers and the
+// 99 KiB of shared memory of sm_86 and sm_89).
+template <int Dqk, int Dv, bool Wide>
+using DqTilesFor = DqTiles<Dqk, Dv, Wide ? 8 : 4, (Dqk > 96) ? 32 : 64>;
+
+template <typename E, typename F>
+void launch_backward_dq(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
+                        const float* lse, const float* dsum, const E* dout, E* dq) {
+  allow_shared(flash_backward_dq_tc_kernel<E, F>, F::bytes, "tensor-core flash backward (deterministic dQ)");
+  const dim3 grid(static_cast<unsigned>((d.Tq + F::BlockM - 1) / F::BlockM), static_cast<unsigned>(d.Hq),
+                  static_cast<unsigned>(d.B));
+  launch_kernel("tensor-core flash backward (deterministic dQ)", flash_backward_dq_tc_kernel<E, F>, grid, F::Threads,
+                F::bytes, nullptr, d, m, scale, q, k, v, lse, dsum, dout, dq);
+}
+
+}  // namespace flash_tc
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
