@@ -23,6 +23,7 @@
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
 #include "testing/errors.h"
+#include "testing/schedule.h"
 
 namespace flashgpt {
 namespace {
@@ -297,6 +298,46 @@ TEST(CudaGpt, Bf16TrainingFollowsTheCpu) {
     // Both learn the batch.
     EXPECT_LT(gpu_losses.back(), gpu_losses.front() - 0.1);
     EXPECT_LT(cpu_losses.back(), cpu_losses.front() - 0.1);
+  }
+}
+
+// Deterministic training gives the same bits on every run: a step (the fused forward and backward
+// with document masks, the clipping norm, AdamW) from the same weights, under different block orders,
+// leave identical gradients and weights. Without it the atomics show (checked where the order is
+// surely redrawn: on the emulator), which shows the comparison can fail; and both modes compute
+// the same step up to rounding.
+TEST(CudaGpt, DeterministicTrainingRepeatsItsBits) {
+  SKIP_WITHOUT_GPU();
+  for (const GPTConfig& c : {gpt2_like(), llama_like(), flash_mla_like()}) {
+    SCOPED_TRACE(to_string(c.attention) + (c.norm == NormKind::RMSNorm ? " rmsnorm" : " layernorm"));
+    const Batch b = make_batch(c, 11);
+    GPT<float> init(c);
+    init.init_weights(42);
+    auto train = [&](bool deterministic, uint64_t seed) {
+      testing::redraw_schedule(seed);
+      GPTCuda gpu(c, Precision::BF16);
+      gpu.set_params(init.params());
+      gpu.set_deterministic(deterministic);
+      EXPECT_EQ(gpu.deterministic(), deterministic);
+      gpu.set_classifier_rows(12);
+      std::vector<float> grads(static_cast<size_t>(gpu.num_params())), params(grads.size());
+      gpu.zero_grad();
+      gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data(), 1.0f);
+      const double norm = std::sqrt(gpu.grad_sum_squares());
+      gpu.get_grads(grads);
+      gpu.adamw_step(adamw(1), static_cast<float>(std::min(1.0, 0.5 / norm)));  // clipped
+      gpu.get_params(params);
+      return std::pair{grads, params};
+    };
+    const auto a = train(true, 1), again = train(true, 2);
+    EXPECT_TRUE(a.first == again.first) << "gradients changed between runs";
+    EXPECT_TRUE(a.second == again.second) << "weights changed between runs";
+    const auto loose = train(false, 1);
+    if (testing::kScheduleRedrawn && c.norm == NormKind::LayerNorm) {  // once: each run costs the emulator seconds
+      EXPECT_FALSE(loose.first == train(false, 2).first) << "the atomic backward gave the same gradients twice";
+    }
+    EXPECT_GT(cosine(a.first, loose.first), 0.9999);
+    EXPECT_LT(rel_error(a.second, loose.second), 1e-2);
   }
 }
 

@@ -5,11 +5,13 @@
 // Skipped without a GPU; the simt build runs them on the CPU emulator.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "flashgpt/core/device.h"
@@ -26,6 +28,7 @@
 #include "flashgpt/ops/rope.h"
 #include "testing/bf16.h"
 #include "testing/device_buffers.h"
+#include "testing/schedule.h"
 
 namespace flashgpt {
 namespace {
@@ -197,7 +200,7 @@ TEST(CudaOps, CopyRowsCopiesAStridedBlock) {
 
 // ---------------------------------------------------------------------------------------------
 template <typename T>
-void check_embedding(bool positions) {
+void check_embedding(bool positions, bool deterministic) {
   Data data;
   const int64_t B = 3, Tn = 17, C = 40, V = 11, P = 32, pos0 = 5;
   std::vector<int> tokens(static_cast<size_t>(B * Tn));
@@ -222,8 +225,15 @@ void check_embedding(bool positions) {
   // bf16: the sum of two bf16 values rounded once, as the plain computation does.
   EXPECT_LT(rel_error(got, std::is_same_v<T, bf16> ? round_bf16(want) : want), 1e-6);
   auto gdwte = up(dwte), gdwpe = up(dwpe);
+  std::vector<int> rows, starts, ids;
+  cuda::group_rows_by_token(tokens.data(), B * Tn, rows, starts, ids);
+  DeviceBuffer grows(rows.size() * 4), gstarts(starts.size() * 4), gids(ids.size() * 4);
+  grows.upload(rows.data(), rows.size() * 4);
+  gstarts.upload(starts.data(), starts.size() * 4);
+  gids.upload(ids.data(), ids.size() * 4);
+  const cuda::TokenRuns runs{grows.as<int>(), gstarts.as<int>(), gids.as<int>(), static_cast<int64_t>(ids.size())};
   cuda::embedding_backward(gdwte.as<float>(), positions ? gdwpe.as<float>() : nullptr, gdout.as<const T>(),
-                           dtok.as<const int>(), B, Tn, C, pos0);
+                           dtok.as<const int>(), B, Tn, C, pos0, deterministic ? &runs : nullptr);
   EXPECT_LT(rel_error(down_as<float>(gdwte, dwte.size()), dwte_want), 1e-5);
   EXPECT_LT(rel_error(down_as<float>(gdwpe, dwpe.size()), dwpe_want), 1e-5);
 }
@@ -231,17 +241,30 @@ void check_embedding(bool positions) {
 TEST(CudaOps, EmbeddingForwardAndBackward) {
   SKIP_WITHOUT_GPU();
   for (bool positions : {true, false}) {
-    SCOPED_TRACE(positions ? "learned positions" : "no position table");
-    check_embedding<float>(positions);
-    check_embedding<bf16>(positions);
+    for (bool deterministic : {false, true}) {
+      SCOPED_TRACE(std::string(positions ? "learned positions" : "no position table") +
+                   (deterministic ? ", rows grouped by token" : ", atomics"));
+      check_embedding<float>(positions, deterministic);
+      check_embedding<bf16>(positions, deterministic);
+    }
   }
+}
+
+TEST(CudaOps, RowsGroupedByTokenAscend) {
+  const std::vector<int> tokens = {5, 2, 5, 9, 2, 5};
+  std::vector<int> rows, starts, ids;
+  cuda::group_rows_by_token(tokens.data(), static_cast<int64_t>(tokens.size()), rows, starts, ids);
+  EXPECT_EQ(ids, (std::vector<int>{2, 5, 9}));
+  EXPECT_EQ(starts, (std::vector<int>{0, 2, 5, 6}));
+  EXPECT_EQ(rows, (std::vector<int>{1, 4, 0, 2, 5, 3}));
 }
 
 // ---------------------------------------------------------------------------------------------
 struct NormCase {
   int64_t N, C;
 };
-const std::vector<NormCase> kNormCases = {{1, 1}, {5, 31}, {33, 64}, {70, 200}, {9, 768}};
+// 300 rows: several chunks of the deterministic weight-gradient pass.
+const std::vector<NormCase> kNormCases = {{1, 1}, {5, 31}, {33, 64}, {70, 200}, {9, 768}, {300, 40}};
 
 TEST(CudaOps, NormsEqualTheCpuInFp32) {
   SKIP_WITHOUT_GPU();
@@ -262,7 +285,7 @@ TEST(CudaOps, NormsEqualTheCpuInFp32) {
         ops::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), c.N, c.C, 1e-5f);
         ops::rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), c.N, c.C, true);
       }
-      auto gx = up(x), gw = up(w), gb = up(b), gdy = up(dy), gdx = up(dx0), gdw = up(dw0), gdb = up(db0);
+      auto gx = up(x), gw = up(w), gb = up(b), gdy = up(dy);
       auto gy = poisoned(nc * 4), gmean = poisoned(n * 4), grstd = poisoned(n * 4);
       if (layer) {
         cuda::layernorm_forward(gy.as<float>(), gmean.as<float>(), grstd.as<float>(), gx.as<const float>(),
@@ -274,19 +297,24 @@ TEST(CudaOps, NormsEqualTheCpuInFp32) {
       }
       EXPECT_LT(rel_error(down_as<float>(gy, nc), y), 1e-5);
       EXPECT_LT(rel_error(down_as<float>(grstd, n), rstd), 1e-5);
-      // The backward takes the CPU's statistics, so it is checked on its own.
+      // The backward takes the CPU's statistics, so it is checked on its own, with the weight
+      // gradients by atomics and by the deterministic pass.
       auto cmean = up(mean), crstd = up(rstd);
-      if (layer) {
-        cuda::layernorm_backward(gdx.as<float>(), gdw.as<float>(), gdb.as<float>(), gdy.as<const float>(),
-                                 gx.as<const float>(), gw.as<const float>(), cmean.as<const float>(),
-                                 crstd.as<const float>(), c.N, c.C, true);
-        EXPECT_LT(rel_error(down_as<float>(gdb, cc), db), 1e-5);
-      } else {
-        cuda::rmsnorm_backward(gdx.as<float>(), gdw.as<float>(), gdy.as<const float>(), gx.as<const float>(),
-                               gw.as<const float>(), crstd.as<const float>(), c.N, c.C, true);
+      for (const bool deterministic : {false, true}) {
+        SCOPED_TRACE(deterministic ? "deterministic" : "atomics");
+        auto gdx = up(dx0), gdw = up(dw0), gdb = up(db0);
+        if (layer) {
+          cuda::layernorm_backward(gdx.as<float>(), gdw.as<float>(), gdb.as<float>(), gdy.as<const float>(),
+                                   gx.as<const float>(), gw.as<const float>(), cmean.as<const float>(),
+                                   crstd.as<const float>(), c.N, c.C, true, deterministic);
+          EXPECT_LT(rel_error(down_as<float>(gdb, cc), db), 1e-5);
+        } else {
+          cuda::rmsnorm_backward(gdx.as<float>(), gdw.as<float>(), gdy.as<const float>(), gx.as<const float>(),
+                                 gw.as<const float>(), crstd.as<const float>(), c.N, c.C, true, deterministic);
+        }
+        EXPECT_LT(rel_error(down_as<float>(gdx, nc), dx), 1e-5);
+        EXPECT_LT(rel_error(down_as<float>(gdw, cc), dw), 1e-5);
       }
-      EXPECT_LT(rel_error(down_as<float>(gdx, nc), dx), 1e-5);
-      EXPECT_LT(rel_error(down_as<float>(gdw, cc), dw), 1e-5);
     }
   }
 }
@@ -454,14 +482,76 @@ TEST(CudaOps, AdamWAndSumOfSquaresEqualTheCpu) {
     EXPECT_LT(rel_error(down_as<float>(gv, n), v), 1e-6);
     EXPECT_EQ(rel_error(down_as<bf16>(copy, n), round_bf16(down_as<float>(gp, n))), 0.0);
   }
-  std::vector<double> zero{0.0};
   DeviceBuffer acc(8);
-  acc.upload(zero.data(), 8);
+  acc.fill_bytes(0xFF);  // written, not added to
   auto gg = up(g);
   cuda::sum_squares(acc.as<double>(), gg.as<const float>(), n);
   double got = 0;
   acc.download(&got, 8);
   EXPECT_NEAR(got, ops::sum_squares(g.data(), n), 1e-6 * got);
+}
+
+// The deterministic reductions give the same bits in any block order: the bias gradient and the
+// sum of squares always, the norm weight gradients and the embedding table's gradient when asked.
+// The norms' and the embedding's atomic paths do vary (where the order is surely redrawn: on the
+// emulator), which shows the comparison can fail.
+TEST(CudaOps, RowReductionsRepeatTheirBitsInAnyBlockOrder) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  const int64_t N = 600, C = 48, V = 7;
+  const auto x = data.normal(static_cast<size_t>(N * C), 2.0), dy = data.normal(static_cast<size_t>(N * C));
+  const auto w = data.normal(static_cast<size_t>(C)), prior = data.normal(static_cast<size_t>(C));
+  std::vector<float> y(x.size()), mean(static_cast<size_t>(N)), rstd(static_cast<size_t>(N));
+  ops::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), w.data(), N, C, 1e-5f);
+  std::vector<int> tokens(static_cast<size_t>(N));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 5 + 1) % V);  // ~86 rows a token
+  std::vector<int> rows, starts, ids;
+  cuda::group_rows_by_token(tokens.data(), N, rows, starts, ids);
+  auto gx = up(x), gdy = up(dy), gw = up(w), gmean = up(mean), grstd = up(rstd);
+  DeviceBuffer gtok(tokens.size() * 4), grows(rows.size() * 4), gstarts(starts.size() * 4), gids(ids.size() * 4);
+  gtok.upload(tokens.data(), tokens.size() * 4);
+  grows.upload(rows.data(), rows.size() * 4);
+  gstarts.upload(starts.data(), starts.size() * 4);
+  gids.upload(ids.data(), ids.size() * 4);
+  const cuda::TokenRuns runs{grows.as<int>(), gstarts.as<int>(), gids.as<int>(), static_cast<int64_t>(ids.size())};
+  const std::vector<float> table(static_cast<size_t>(V * C), 0.5f);
+
+  // Every reduction's output, concatenated, after one run in the block order drawn from seed.
+  auto run = [&](bool deterministic, uint64_t seed) {
+    testing::redraw_schedule(seed);
+    auto gdx = poisoned(x.size() * 4), gdw = up(prior), gdb = up(prior), gbias = up(prior), gtable = up(table);
+    cuda::layernorm_backward(gdx.as<float>(), gdw.as<float>(), gdb.as<float>(), gdy.as<const float>(),
+                             gx.as<const float>(), gw.as<const float>(), gmean.as<const float>(),
+                             grstd.as<const float>(), N, C, false, deterministic);
+    cuda::bias_backward(gbias.as<float>(), gdy.as<const float>(), N, C);
+    cuda::embedding_backward(gtable.as<float>(), static_cast<float*>(nullptr), gdy.as<const float>(),
+                             gtok.as<const int>(), 1, N, C, 0, deterministic ? &runs : nullptr);
+    DeviceBuffer sq(8);
+    cuda::sum_squares(sq.as<double>(), gx.as<const float>(), N * C);
+    std::vector<float> out;
+    for (auto* b : {&gdw, &gdb, &gbias}) {
+      const auto v = down_as<float>(*b, static_cast<size_t>(C));
+      out.insert(out.end(), v.begin(), v.end());
+    }
+    const auto t = down_as<float>(gtable, table.size());
+    out.insert(out.end(), t.begin(), t.end());
+    double total = 0;
+    sq.download(&total, 8);
+    return std::pair{out, total};
+  };
+  const auto a = run(true, 1), b = run(true, 2);
+  EXPECT_TRUE(a.first == b.first) << "a deterministic gradient changed with the block order";
+  EXPECT_EQ(a.second, b.second) << "the sum of squares changed with the block order";
+  if (testing::kScheduleRedrawn) {
+    const auto c = run(false, 1), d = run(false, 2);
+    const size_t norm_end = 2 * static_cast<size_t>(C), bias_end = 3 * static_cast<size_t>(C);
+    EXPECT_FALSE(std::equal(c.first.begin(), c.first.begin() + norm_end, d.first.begin()))
+        << "the norm's atomics gave the same weight gradients twice";
+    EXPECT_TRUE(std::equal(c.first.begin() + norm_end, c.first.begin() + bias_end, d.first.begin() + norm_end))
+        << "the bias gradient is deterministic in either mode";
+    EXPECT_FALSE(std::equal(c.first.begin() + bias_end, c.first.end(), d.first.begin() + bias_end))
+        << "the embedding's atomics gave the same table gradient twice";
+  }
 }
 
 }  // namespace

@@ -77,6 +77,8 @@ double GPTCuda::forward_backward(const int*, const int*, int64_t, int64_t, const
 }
 void GPTCuda::set_classifier_rows(int64_t) { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::get_logits(std::span<float>) const { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::set_deterministic(bool) { fail("GPU model: {}", kNoCuda); }
+bool GPTCuda::deterministic() const { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}", kNoCuda); }
 

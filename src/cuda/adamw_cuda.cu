@@ -3,6 +3,7 @@
 // next forward reads, so no separate conversion pass runs.
 #include <cmath>
 
+#include "cuda/column_sums.h"
 #include "cuda/device_math.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -27,7 +28,12 @@ __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict
   }
 }
 
-__global__ void sum_squares_kernel(double* __restrict__ out, const float* __restrict__ x, int64_t n) {
+// Σ x² in two passes with no atomics, so the clipping norm has the same bits on every run: each
+// block writes its sum (fixed grid, fixed per-thread strides, a fixed tree) to partials, then one
+// block adds the partials up a fixed tree in double.
+constexpr int kSumBlocks = 1024;
+
+__global__ void sum_squares_kernel(double* __restrict__ partials, const float* __restrict__ x, int64_t n) {
   __shared__ float scratch[32];
   float s = 0.0f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -35,7 +41,19 @@ __global__ void sum_squares_kernel(double* __restrict__ out, const float* __rest
     s += x[i] * x[i];
   }
   const float total = block_sum(s, scratch);
-  if (threadIdx.x == 0) atomicAdd(out, static_cast<double>(total));
+  if (threadIdx.x == 0) partials[blockIdx.x] = static_cast<double>(total);
+}
+
+// One block of kSumBlocks threads.
+__global__ void sum_partials_kernel(double* __restrict__ out, const double* __restrict__ partials, int count) {
+  __shared__ double tree[kSumBlocks];
+  const int t = static_cast<int>(threadIdx.x);
+  tree[t] = t < count ? partials[t] : 0.0;
+  for (int half = kSumBlocks / 2; half > 0; half /= 2) {
+    __syncthreads();
+    if (t < half) tree[t] += tree[t + half];
+  }
+  if (t == 0) *out = tree[0];
 }
 
 }  // namespace
@@ -51,8 +69,11 @@ void adamw_update(float* params, const float* grads, float* m, float* v, int64_t
 }
 
 void sum_squares(double* out, const float* x, int64_t n) {
-  if (n <= 0) return;
-  launch_kernel("sum of squares", sum_squares_kernel, grid_for(n, kThreads, 1024), kThreads, 0, nullptr, out, x, n);
+  const unsigned blocks = grid_for(n, kThreads, kSumBlocks);
+  auto* partials = static_cast<double*>(reduction_scratch(sizeof(double) * blocks));
+  if (n > 0) launch_kernel("sum of squares", sum_squares_kernel, blocks, kThreads, 0, nullptr, partials, x, n);
+  launch_kernel("sum of squares (total)", sum_partials_kernel, 1, kSumBlocks, 0, nullptr, out,
+                static_cast<const double*>(partials), n > 0 ? static_cast<int>(blocks) : 0);
 }
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,7 +1,9 @@
 // Device memory and copies (flashgpt/cuda/device_memory.h), compiled for the GPU and for the
 // emulator alike.
+#include <algorithm>
 #include <string>
 
+#include "cuda/column_sums.h"
 #include "cuda/platform.h"
 #include "flashgpt/cuda/device_memory.h"
 
@@ -54,6 +56,15 @@ void copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
 
 void fill_device_bytes(void* device_dst, int value, size_t bytes) {
   if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemset(device_dst, value, bytes));
+}
+
+void* reduction_scratch(size_t bytes) {
+  static DeviceBuffer scratch;
+  if (scratch.bytes() < bytes) {
+    synchronize();  // kernels queued earlier may still use the old buffer
+    scratch = DeviceBuffer(std::max(bytes, 2 * scratch.bytes()));
+  }
+  return scratch.get();
 }
 
 void synchronize() {

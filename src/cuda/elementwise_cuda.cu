@@ -1,5 +1,6 @@
 // Elementwise ops, precision conversion and the bias gradient on the GPU (CPU twin:
 // cpu/elementwise_cpu.cpp; the bias gradient is matmul_cpu.cpp's column sum).
+#include "cuda/column_sums.h"
 #include "cuda/device_math.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -74,29 +75,13 @@ __global__ void copy_rows_kernel(T* __restrict__ dst, int64_t dst_batch, int64_t
   }
 }
 
-// Block (32, 8): 32 columns, 8 row lanes; each thread sums a strided set of rows of its column,
-// the 8 partial sums meet in shared memory and one atomic per column and block adds them in.
-constexpr int kBiasRows = 8;
-
+// One row's contribution to a bias gradient: dout[r, c].
 template <typename T>
-__global__ void bias_backward_kernel(float* __restrict__ db, const T* __restrict__ dout, int64_t N, int64_t OC) {
-  __shared__ float part[kBiasRows][33];
-  const int64_t col = blockIdx.x * 32LL + threadIdx.x;
-  float s = 0.0f;
-  if (col < OC) {
-    for (int64_t r = blockIdx.y * static_cast<int64_t>(kBiasRows) + threadIdx.y; r < N;
-         r += static_cast<int64_t>(gridDim.y) * kBiasRows) {
-      s += to_f32(dout[r * OC + col]);
-    }
-  }
-  part[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && col < OC) {
-    float total = 0.0f;
-    for (int r = 0; r < kBiasRows; ++r) total += part[r][threadIdx.x];
-    atomicAdd(db + col, total);
-  }
-}
+struct BiasTerm {
+  const T* dout;
+  int64_t OC;
+  __device__ void operator()(int64_t r, int64_t c, float* s) const { s[0] += to_f32(dout[r * OC + c]); }
+};
 
 constexpr int kThreads = 256;
 
@@ -160,10 +145,7 @@ void copy_rows(T* dst, int64_t dst_batch, int64_t dst_ld, const T* src, int64_t 
 
 template <typename T>
 void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
-  if (N <= 0 || OC <= 0) return;
-  const unsigned row_blocks = grid_for(N, kBiasRows * 16, 256);  // ≥ 16 rows per thread before the atomics
-  launch_kernel("bias backward", bias_backward_kernel<device_t<T>>, dim3(grid_for(OC, 32), row_blocks),
-                dim3(32, kBiasRows), 0, nullptr, db, dev(dout), N, OC);
+  ordered_column_sums<1>("bias backward", db, nullptr, N, OC, BiasTerm<device_t<T>>{dev(dout), OC});
 }
 
 #define FLASHGPT_INSTANTIATE(T)                                  \

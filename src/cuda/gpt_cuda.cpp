@@ -153,10 +153,23 @@ template <typename T>
 void Model<T>::norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean,
                              const float* rstd, int64_t N, int64_t C, bool accumulate) const {
   if (config.norm == NormKind::LayerNorm) {
-    layernorm_backward(dinp, G(w), G(b), dout, inp, W(w), mean, rstd, N, C, accumulate);
+    layernorm_backward(dinp, G(w), G(b), dout, inp, W(w), mean, rstd, N, C, accumulate, deterministic);
   } else {
-    rmsnorm_backward(dinp, G(w), dout, inp, W(w), rstd, N, C, accumulate);
+    rmsnorm_backward(dinp, G(w), dout, inp, W(w), rstd, N, C, accumulate, deterministic);
   }
+}
+
+template <typename T>
+void Model<T>::group_tokens(const int* tokens, int64_t N) {
+  std::vector<int> rows, starts, ids;
+  group_rows_by_token(tokens, N, rows, starts, ids);
+  const size_t need = sizeof(int) * (rows.size() + starts.size() + ids.size());
+  if (token_runs_buf_.bytes() < need) token_runs_buf_ = DeviceBuffer(need);
+  int* base = token_runs_buf_.as<int>();
+  copy_to_device(base, rows.data(), rows.size() * sizeof(int));
+  copy_to_device(base + rows.size(), starts.data(), starts.size() * sizeof(int));
+  copy_to_device(base + rows.size() + starts.size(), ids.data(), ids.size() * sizeof(int));
+  token_runs_ = TokenRuns{base, base + rows.size(), base + rows.size() + starts.size(), static_cast<int64_t>(ids.size())};
 }
 
 template <typename T>
@@ -186,7 +199,7 @@ void Model<T>::attention_backward(const AttentionDims& d, float scale, const Lay
     auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
     auto w = [](bf16* p) { return reinterpret_cast<uint16_t*>(p); };
     flash_backward_bf16(d, mask(), scale, u(a.qa), u(a.ka), u(a.v), u(a.att), a.lse, u(datt_), w(dqa_), w(dka_),
-                        w(dv_), flash_ws_);
+                        w(dv_), flash_ws_, deterministic);
   } else {
     flash_backward_fp32(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse, datt_, dqa_, dka_, dv_);
   }
@@ -233,8 +246,8 @@ void Model<T>::mha_backward(const LayerOffsets& o, const LayerActs& a) {
   const T* dq = dqa_;
   const T* dk = dka_;
   if (c.qk_norm) {
-    rmsnorm_backward(dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, N * Hq, hd, false);
-    rmsnorm_backward(dk_, G(o.k_norm_w), dka_, a.k, W(o.k_norm_w), a.k_rstd, N * Hkv, hd, false);
+    rmsnorm_backward(dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, N * Hq, hd, false, deterministic);
+    rmsnorm_backward(dk_, G(o.k_norm_w), dka_, a.k, W(o.k_norm_w), a.k_rstd, N * Hkv, hd, false, deterministic);
     dq = dq_;
     dk = dk_;
   }
@@ -335,6 +348,7 @@ void Model<T>::encode(const int* tokens, const int* targets, int64_t B, int64_t 
   if (targets) copy_to_device(targets_, targets, static_cast<size_t>(N) * sizeof(int));
   have_segments_ = segments != nullptr;
   if (segments) copy_to_device(segments_, segments, static_cast<size_t>(N) * sizeof(int32_t));
+  if (deterministic && targets) group_tokens(tokens, N);
 
   embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), B, Tn, C, 0);
   for (int l = 0; l < c.n_layer; ++l) {
@@ -395,7 +409,7 @@ void Model<T>::trunk_backward() {
   for (int l = c.n_layer - 1; l >= 0; --l) {
     block_backward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)]);
   }
-  embedding_backward(G(wte_), G(wpe_), dres_, tokens_, B_, Tn_, C, 0);
+  embedding_backward(G(wte_), G(wpe_), dres_, tokens_, B_, Tn_, C, 0, deterministic ? &token_runs_ : nullptr);
 }
 
 template <typename T>
@@ -529,6 +543,10 @@ double GPTCuda::forward_backward(const int* tokens, const int* targets, int64_t 
   return impl_->forward_backward(tokens, targets, B, Tn, segments, loss_scale);
 }
 
+void GPTCuda::set_deterministic(bool on) { impl_->deterministic = on; }
+
+bool GPTCuda::deterministic() const { return impl_->deterministic; }
+
 void GPTCuda::set_classifier_rows(int64_t rows) {
   FLASHGPT_CHECK(rows >= 0, "classifier rows: {} must not be negative", rows);
   impl_->classifier_rows = rows;
@@ -538,7 +556,6 @@ void GPTCuda::get_logits(std::span<float> logits) const { impl_->get_logits(logi
 
 double GPTCuda::grad_sum_squares() {
   DeviceBuffer& sum = impl_->sum_squares;  // allocated once: this runs every step
-  sum.fill_bytes(0);
   cuda::sum_squares(sum.as<double>(), impl_->grads.as<float>(), impl_->P);
   double out = 0;
   sum.download(&out, sizeof out);

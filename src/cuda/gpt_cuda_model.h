@@ -58,6 +58,7 @@ struct GPTCuda::Impl {
   virtual int64_t decode_length() const = 0;
   virtual int64_t decode_cache_bytes() const = 0;
   int64_t classifier_rows = 0;  // rows per classifier chunk; 0 chooses
+  bool deterministic = false;   // no atomics in the backward (set_deterministic)
 };
 
 namespace gpt_detail {
@@ -170,6 +171,7 @@ class Model final : public GPTCuda::Impl {
   const float* M(int64_t off) const { return off < 0 ? nullptr : master.as<float>() + off; }  // fp32 master
 
   void allocate(int64_t B, int64_t Tn);
+  void group_tokens(const int* tokens, int64_t N);  // token_runs_ for this batch
   // The forward up to the final norm (checks, copies, embeddings, blocks); the number of targets.
   void encode(const int* tokens, const int* targets, int64_t B, int64_t Tn, const int32_t* segments);
   // The classifier, chunk by chunk (classifier_rows rows of logits at a time, never all of them):
@@ -232,6 +234,9 @@ class Model final : public GPTCuda::Impl {
   T *dkr_ = nullptr, *dckv_ = nullptr, *dckv_pre_ = nullptr, *dcq_ = nullptr, *dcq_pre_ = nullptr;  // latent
   float* dv_up_ = nullptr;  // the factored value up-projection's gradient [H·hd, n_latent]
   float* flash_ws_ = nullptr;  // the bf16 attention backward's workspace
+  // The deterministic backward's rows of the batch grouped by token (group_rows_by_token).
+  DeviceBuffer token_runs_buf_;
+  TokenRuns token_runs_;
 
   // The decoding cache (start_decoding), and decode's scratch (grown as calls need).
   struct DecodeCache {

@@ -1,7 +1,9 @@
 // LayerNorm and RMSNorm on the GPU (CPU twin: cpu/norm_cpu.cpp). One warp per row: the row's
 // statistics come from warp shuffles, with two passes over the row as on the CPU. The backward
 // gathers each block's weight (and bias) gradient in shared memory and adds it to the global
-// fp32 gradient with one atomic per column and block.
+// fp32 gradient with one atomic per column and block; the deterministic backward leaves those
+// to a second, fixed-order reduction over the rows (column_sums.h) instead.
+#include "cuda/column_sums.h"
 #include "cuda/device_math.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -79,7 +81,7 @@ __global__ void norm_backward_kernel(T* __restrict__ dinp, float* __restrict__ d
       float v = r * (g - mg - xh * mgx);
       if (accumulate) v += to_f32(dx[c]);
       dx[c] = from_f32<T>(v);
-      atomicAdd(sdw + c, d * xh);
+      if (dw) atomicAdd(sdw + c, d * xh);
       if (with_db) atomicAdd(sdb + c, d);
     }
   }
@@ -90,6 +92,23 @@ __global__ void norm_backward_kernel(T* __restrict__ dinp, float* __restrict__ d
   }
 }
 
+// One row's contributions to a norm's weight gradients, for the deterministic path: dw gets
+// dout·x̂ and db (LayerNorm) dout, x̂ = (x − mean)·rstd (mean 0 for RMSNorm).
+template <typename T, bool kWithDb>
+struct NormWeightTerm {
+  const T* dout;
+  const T* inp;
+  const float* mean;  // null for RMSNorm
+  const float* rstd;
+  int64_t C;
+  __device__ void operator()(int64_t r, int64_t c, float* s) const {
+    const float d = to_f32(dout[r * C + c]);
+    const float xh = (to_f32(inp[r * C + c]) - (mean ? mean[r] : 0.0f)) * rstd[r];
+    s[0] += d * xh;
+    if constexpr (kWithDb) s[1] += d;
+  }
+};
+
 unsigned backward_blocks(int64_t N) {
   int device = 0, sms = 0;
   FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
@@ -99,13 +118,21 @@ unsigned backward_blocks(int64_t N) {
 
 template <typename T, bool kLayer>
 void backward(const char* name, T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w,
-              const float* mean, const float* rstd, int64_t N, int64_t C, bool accumulate) {
+              const float* mean, const float* rstd, int64_t N, int64_t C, bool accumulate, bool deterministic) {
   if (N <= 0 || C <= 0) return;
   auto kernel = norm_backward_kernel<device_t<T>, kLayer>;
   const size_t shared = sizeof(float) * static_cast<size_t>(C) * 2;
   allow_shared(kernel, shared, name);
-  launch_kernel(name, kernel, backward_blocks(N), kThreads, shared, nullptr, dev(dinp), dw, db, dev(dout), dev(inp),
-                dev(w), mean, rstd, N, C, accumulate);
+  launch_kernel(name, kernel, backward_blocks(N), kThreads, shared, nullptr, dev(dinp), deterministic ? nullptr : dw,
+                deterministic ? nullptr : db, dev(dout), dev(inp), dev(w), mean, rstd, N, C, accumulate);
+  if (!deterministic || (!dw && !db)) return;
+  using D = device_t<T>;
+  if (kLayer && db) {
+    ordered_column_sums<2>(name, dw, db, N, C, NormWeightTerm<D, true>{dev(dout), dev(inp), mean, rstd, C});
+  } else {
+    ordered_column_sums<1>(name, dw, nullptr, N, C,
+                           NormWeightTerm<D, false>{dev(dout), dev(inp), kLayer ? mean : nullptr, rstd, C});
+  }
 }
 
 }  // namespace
@@ -120,8 +147,8 @@ void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* 
 
 template <typename T>
 void layernorm_backward(T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w, const float* mean,
-                        const float* rstd, int64_t N, int64_t C, bool accumulate) {
-  backward<T, true>("layernorm backward", dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate);
+                        const float* rstd, int64_t N, int64_t C, bool accumulate, bool deterministic) {
+  backward<T, true>("layernorm backward", dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate, deterministic);
 }
 
 template <typename T>
@@ -134,16 +161,18 @@ void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, i
 
 template <typename T>
 void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int64_t N,
-                      int64_t C, bool accumulate) {
-  backward<T, false>("rmsnorm backward", dinp, dw, nullptr, dout, inp, w, nullptr, rstd, N, C, accumulate);
+                      int64_t C, bool accumulate, bool deterministic) {
+  backward<T, false>("rmsnorm backward", dinp, dw, nullptr, dout, inp, w, nullptr, rstd, N, C, accumulate,
+                     deterministic);
 }
 
 #define FLASHGPT_INSTANTIATE(T)                                                                                      \
   template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t, float);    \
   template void layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*, const float*, const float*, \
-                                      int64_t, int64_t, bool);                                                      \
+                                      int64_t, int64_t, bool, bool);                                                \
   template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float);                        \
-  template void rmsnorm_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int64_t, int64_t, bool);
+  template void rmsnorm_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int64_t, int64_t, bool, \
+                                    bool);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(bf16)
 #undef FLASHGPT_INSTANTIATE

@@ -4,11 +4,13 @@
 // (mean, rstd), losses, parameter gradients and optimizer state are fp32. Each call queues its
 // kernels on the default stream; errors are flashgpt::Error.
 //
-// Reductions across rows (norm weight gradients, bias gradients, the embedding table's gradient)
-// add into their fp32 outputs with atomics, so their last bits depend on the order blocks finish.
+// Reductions across rows are deterministic (the same bits on every run) except where noted: the
+// norm weight gradients and the embedding table's gradient add into their fp32 outputs with
+// atomics unless asked to be deterministic, at the price of a second pass.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "flashgpt/cuda/abi.h"
 #include "flashgpt/ops/adamw.h"
@@ -36,24 +38,37 @@ void convert(float* out, const bf16* in, int64_t n);
 template <typename T>
 void embedding_forward(T* out, const int* tokens, const T* wte, const T* wpe, int64_t B, int64_t Tn, int64_t C,
                        int64_t pos_offset);
+// The rows of a batch grouped by token, for the deterministic embedding backward: rows
+// [starts[k], starts[k + 1]) of `rows` (ascending) hold token ids[k]; count runs. Device pointers.
+struct TokenRuns {
+  const int* rows = nullptr;
+  const int* starts = nullptr;  // count + 1 entries
+  const int* ids = nullptr;
+  int64_t count = 0;
+};
+// Builds them on the host from a batch's tokens: rows, starts and ids to upload as TokenRuns.
+void group_rows_by_token(const int* tokens, int64_t n, std::vector<int>& rows, std::vector<int>& starts,
+                         std::vector<int>& ids);
 // dwte[tok] += dout rows; dwpe[pos_offset + t] += Σ_b dout[b, t] (deterministic); dwpe may be null.
+// dwte by atomics, or with `runs` one fixed-order sum per token (the same bits on every run).
 template <typename T>
 void embedding_backward(float* dwte, float* dwpe, const T* dout, const int* tokens, int64_t B, int64_t Tn, int64_t C,
-                        int64_t pos_offset);
+                        int64_t pos_offset, const TokenRuns* runs = nullptr);
 
 // --- norms (norm_cuda.cu) --- rows [N, C]; b may be null.
 template <typename T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int64_t N, int64_t C,
                        float eps);
-// dinp written (accumulate = false) or added to; dw and db (may be null) added to.
+// dinp written (accumulate = false) or added to; dw and db (may be null) added to, by atomics or,
+// with `deterministic`, by a second fixed-order pass over the rows (the same bits on every run).
 template <typename T>
 void layernorm_backward(T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w, const float* mean,
-                        const float* rstd, int64_t N, int64_t C, bool accumulate);
+                        const float* rstd, int64_t N, int64_t C, bool accumulate, bool deterministic = false);
 template <typename T>
 void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, int64_t C, float eps);
 template <typename T>
 void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int64_t N,
-                      int64_t C, bool accumulate);
+                      int64_t C, bool accumulate, bool deterministic = false);
 
 // --- activations (activation_cuda.cu) --- input gradients are written.
 template <typename T>
@@ -100,7 +115,8 @@ void sum_over_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_str
 template <typename T>
 void copy_rows(T* dst, int64_t dst_batch, int64_t dst_ld, const T* src, int64_t src_batch, int64_t src_ld,
                int64_t batches, int64_t rows, int64_t width);
-// --- bias (elementwise_cuda.cu) --- out[n, oc] += bias[oc];  db[oc] += Σ_n dout[n, oc].
+// --- bias (elementwise_cuda.cu) --- out[n, oc] += bias[oc];  db[oc] += Σ_n dout[n, oc]
+// (deterministic: fixed-order partial sums, no atomics).
 template <typename T>
 void add_bias(T* out, const T* bias, int64_t N, int64_t OC);
 template <typename T>
@@ -110,7 +126,7 @@ void bias_backward(float* db, const T* dout, int64_t N, int64_t OC);
 // receives the updated weights in bf16 for the next forward.
 void adamw_update(float* params, const float* grads, float* m, float* v, int64_t n, const ops::AdamWParams& p,
                   bool decay, float grad_scale, bf16* copy = nullptr);
-// Σ x² over n values, accumulated in double into *out (device memory), for global-norm clipping.
+// *out = Σ x² over n values (device memory, double), for global-norm clipping; deterministic.
 void sum_squares(double* out, const float* x, int64_t n);
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
