@@ -278,9 +278,10 @@ TEST_F(Pipeline, DeviceChoice) {
   const std::string data = prepare();
   const std::string common = "train --data " + data + " --preset tiny -b 2 -t 32 --val-batches 1 --no-progress ";
   if (probe_devices().gpus.empty()) {
-    RunResult r = run_flashgpt(common + "--steps 2 --out " + (dir / "auto"));
+    RunResult r = run_flashgpt(common + "--steps 2 --deterministic --out " + (dir / "auto"));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("device: cpu (--device auto: "), std::string::npos) << r.output;
+    EXPECT_EQ(r.output.find("deterministic:"), std::string::npos) << "the CPU repeats its bits anyway: " << r.output;
     expect_one_error_line(run_flashgpt(common + "--steps 2 --device cuda --out " + (dir / "cuda")), "--device cuda: ");
     expect_one_error_line(run_flashgpt("bench attention --device cuda"), "--device cuda: ");
     expect_one_error_line(run_flashgpt("bench latent-decode"), "bench latent-decode: needs a GPU");
@@ -351,6 +352,24 @@ TEST_F(Pipeline, DeviceChoice) {
     }
     ASSERT_EQ(losses.size(), 40u) << precision;
     EXPECT_LT(losses.back(), losses.front() - 0.5) << precision;
+  }
+  // --deterministic: two bf16 runs on the GPU log the same losses to the last bit.
+  {
+    std::vector<std::vector<double>> runs;
+    for (const char* name : {"det_a", "det_b"}) {
+      RunResult r = run_flashgpt(common + "--n-embd 128 --n-head 2 --device cuda --deterministic --steps 6 --out " +
+                                 (dir / name));
+      ASSERT_EQ(r.exit_code, 0) << r.output;
+      EXPECT_NE(r.output.find("deterministic: "), std::string::npos) << r.output;
+      std::istringstream lines(read_text_file(dir / name + "/metrics.jsonl"));
+      runs.emplace_back();
+      for (std::string line; std::getline(lines, line);) {
+        const nlohmann::json j = nlohmann::json::parse(line);
+        if (j.contains("loss")) runs.back().push_back(j["loss"].get<double>());
+      }
+    }
+    EXPECT_EQ(runs[0].size(), 6u);
+    EXPECT_EQ(runs[0], runs[1]);
   }
   // Sampling and evaluation on the GPU: in fp32 the same text and loss as on the CPU.
   const std::string ckpt = dir / "gpu_fp32/ckpt.safetensors";

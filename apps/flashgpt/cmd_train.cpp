@@ -102,6 +102,11 @@ void register_train(CLI::App& app) {
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str()
       ->group(device);
+  sub->add_flag("--deterministic", o.deterministic,
+                "GPU: a backward without atomics (flash dQ by a second kernel, ordered norm and embedding "
+                "gradient sums), so the same run repeats its bits on the same GPU and software; slower. The CPU "
+                "repeats its bits either way")
+      ->group(device);
   const char* optim = "Optimizer";
   sub->add_option("--lr", o.lr.lr, "Peak learning rate")->capture_default_str()->group(optim);
   sub->add_option("--lr-schedule", c->schedule, "cosine, linear, constant or wsd (warmup-stable-decay)")

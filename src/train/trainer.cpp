@@ -154,6 +154,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   std::unique_ptr<cuda::GPTCuda> gpu;
   if (where.gpu) {
     gpu = std::make_unique<cuda::GPTCuda>(config, precision);
+    gpu->set_deterministic(opt.deterministic);
     model.release_gradients();  // the GPU keeps its own
   }
   std::unique_ptr<dist::Communicator> cp_group;
@@ -234,6 +235,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
                   config.vocab_size, B, T, accum, lay.dp > 1 ? fmt::format(" × {} data-parallel ranks", lay.dp) : "",
                   total, opt.max_steps, resuming ? fmt::format(" (resuming at step {})", start_step) : ""));
   if (!where.line.empty()) say(where.line);
+  if (gpu && opt.deterministic) say("deterministic: the GPU's backward adds nothing with atomics (slower)");
   if (comm.size() > 1) {
     say(fmt::format("ranks: {} ({} data-parallel{}{}), over {}", comm.size(), lay.dp,
                     lay.cp > 1 ? fmt::format(" × {} context-parallel, {} tokens per rank per sequence", lay.cp,

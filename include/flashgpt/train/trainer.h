@@ -46,6 +46,9 @@ struct TrainOptions {
   // trains in fp32.
   std::string device = "cpu";
   std::string precision = "bf16";
+  // The GPU's backward without atomics, so a run repeats its bits on the same GPU and software
+  // (GPTCuda::set_deterministic; slower). The CPU's training repeats its bits either way.
+  bool deterministic = false;
   int64_t stop_at_step = 0;  // >0: save and stop after this step (the schedule still spans max_steps)
   // Optimiser.
   LrScheduleParams lr;
