@@ -8,7 +8,7 @@
 # Programs: built here when this machine has flashgpt's build dependencies; otherwise those of
 # gpu-bundle/, which scripts/gpu-bundle.sh makes on a machine that has them (carry it along).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 out="${OUT:-bench/results}"
 mkdir -p "$out"
@@ -127,8 +127,15 @@ if [ -n "$bin" ]; then
   timeout 600 "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 768 --head-dim 64 \
     --rope-dim 32 --tokens 16384 --seq 1024 --causal yes --repeats 20 --json \
     >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
+  # The deterministic backward (dQ by a second kernel, no atomics): its cost against the rows above.
+  for d in 64 128; do
+    timeout 600 "$bin/flashgpt" bench attention --device cuda --deterministic --hidden 2048 --head-dim "$d" \
+      --tokens 16384 --seq 1024,4096 --causal yes --repeats 20 --json \
+      >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
+  done
   [ $attn_ok = 1 ] || { say "(a case failed: $(tail -1 "$logs/bench_attention.err" | cut -c1-200))"; status=1; }
   jsonl_table "$out/gpu-check-$stamp-attention.jsonl" "mechanism={r['mechanism']}" "precision={r['precision']}" \
+    "dQ={'ordered' if r.get('deterministic') else 'atomics'}" \
     "B={r['batch']}" "H={r['heads']}" "T={r['seq']}" "Dqk/Dv={r['dqk']}/{r['dv']}" "causal={r['causal']}" \
     "fwd ms={r['fwd_ms']:.3f}" "fwd+bwd ms={r['fwd_bwd_ms']:.3f}" "fwd TFLOP/s={r['fwd_tflops']:.1f}" \
     "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" "extra MiB={r['extra_bytes'] / 2**20:.1f}" \
@@ -214,10 +221,12 @@ say "|---|---|---|---|---|---|---|---|"
 if [ -n "$bin" ]; then
   # GPT-2 124M with flash attention (as the peer's SDPA) in bf16 and fp32, and d12_flash_mla (the
   # seed's FlashMLA model) beside it. (d12's own mechanism, standard, would keep every layer's P.)
-  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16; do
-    preset="${run%%:*}" precision="${run##*:}" tag="${run/:/_}"
+  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det; do
+    IFS=: read -r preset precision det <<< "$run"
+    tag="${run//:/_}"
     flash=""
     [ "$preset" = d12 ] && flash="--attention flash"
+    [ -n "$det" ] && flash="$flash --deterministic"
     # shellcheck disable=SC2086
     if timeout 600 "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
          --steps 10 --warmup 3 --json > "$logs/bench_train_$tag.json" 2> "$logs/bench_train_$tag.err"; then
@@ -225,7 +234,8 @@ if [ -n "$bin" ]; then
       python3 - "$logs/bench_train_$tag.json" "$preset" >> "$report" <<'PYEOF'
 import json, sys
 j = json.load(open(sys.argv[1]))
-print(f"| flashgpt {sys.argv[2]} ({j['precision']}, {j['attention']}) | {j['batch']}×{j['seq']} | {j['params'] / 1e6:.1f}M | "
+det = ", deterministic" if j.get("deterministic") else ""
+print(f"| flashgpt {sys.argv[2]} ({j['precision']}, {j['attention']}{det}) | {j['batch']}×{j['seq']} | {j['params'] / 1e6:.1f}M | "
       f"{j['step_s_median'] * 1e3:.1f} ms | {j['tokens_per_s']:,.0f} | {j['model_gflops'] / 1e3:.1f} | "
       f"{j['gemm_gflops'] / 1e3:.1f} | {100 * j['mfu']:.1f}% |")
 PYEOF

@@ -226,6 +226,8 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench attention --device cuda --mechanism standard --precision fp16"),
                         "--precision fp16: the GPU's standard kernel ('standard') runs bf16");
   expect_one_error_line(run_flashgpt("bench attention --tokens 4096"), "--tokens");
+  expect_one_error_line(run_flashgpt("bench attention --deterministic"), "--deterministic: a GPU option");
+  expect_one_error_line(run_flashgpt("bench train --deterministic"), "--deterministic: a GPU option");
   expect_one_error_line(run_flashgpt("bench attention --device cuda --precision fp8"), "--precision");
   expect_one_error_line(run_flashgpt("bench decode --mechanism mla --context 0"), "--context");
   expect_one_error_line(run_flashgpt("bench latent-decode --context 1 --new-tokens 2"), "--context: 1");
@@ -313,8 +315,8 @@ TEST_F(Pipeline, DeviceChoice) {
     EXPECT_EQ(kernels, (std::vector<std::string>{"tensor-cores", "cuda-cores"})) << b.output;
   }
   // The tensor-core kernels' benchmark: checked, then timed, one JSON line per case.
-  for (const char* precision : {"bf16", "fp16"}) {
-    RunResult b = run_flashgpt(std::string("bench attention --device cuda --precision ") + precision +
+  for (const std::string precision : {"bf16", "fp16", "bf16 --deterministic"}) {
+    RunResult b = run_flashgpt("bench attention --device cuda --precision " + precision +
                                " --mechanism flash,flash_mla --batch 1 --seq 256 --hidden 256 --repeats 2 --json");
     ASSERT_EQ(b.exit_code, 0) << b.output;
     std::istringstream rows(b.output);
@@ -324,6 +326,7 @@ TEST_F(Pipeline, DeviceChoice) {
       EXPECT_GT(j["fwd_tflops"].get<double>(), 0.0) << line;
       EXPECT_GE(j["fwd_bwd_ms"].get<double>(), j["fwd_ms"].get<double>()) << line;
       EXPECT_LT(j["max_rel_err"].get<double>(), 2e-2) << line;
+      EXPECT_EQ(j["deterministic"].get<bool>(), precision.find("deterministic") != std::string::npos) << line;
     }
     EXPECT_EQ(n, 2) << b.output;
   }

@@ -37,6 +37,7 @@ struct BenchTrainCli {
   bool json = false;
   int zero = 0, context_parallel = 1;
   std::string device = "cpu", precision = "bf16";
+  bool deterministic = false;  // GPU: the backward without atomics
 };
 
 double median(std::vector<double> v) {
@@ -111,6 +112,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   const bool bf16 = precision == cuda::Precision::BF16;
   const int gemm_size = c.gemm_size > 0 ? c.gemm_size : 8192;
   cuda::GPTCuda gpu(cfg, precision);
+  gpu.set_deterministic(c.deterministic);
   {
     GPT<float> host(cfg);
     host.init_weights(1);
@@ -150,6 +152,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
                       {"gpu", gpu_name},
                       {"precision", c.precision},
                       {"attention", to_string(cfg.attention)},
+                      {"deterministic", c.deterministic},
                       {"params", gpu.num_params()},
                       {"batch", B},
                       {"seq", T},
@@ -169,7 +172,8 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
-  std::printf("train step on %s (%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(), c.precision.c_str(),
+  std::printf("train step on %s (%s%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(), c.precision.c_str(),
+              c.deterministic ? ", deterministic" : "",
               static_cast<double>(gpu.num_params()) / 1e6, static_cast<long long>(B), static_cast<long long>(T));
   std::printf("  step time  median %.4f s (min %.4f, max %.4f over %d steps)\n", step,
               j["step_s_min"].get<double>(), j["step_s_max"].get<double>(), c.steps);
@@ -187,6 +191,7 @@ void run_bench_train(const BenchTrainCli& c) {
     run_bench_train_gpu(c, cfg);
     return;
   }
+  FLASHGPT_CHECK(!c.deterministic, "--deterministic: a GPU option (--device cuda); the CPU repeats its bits anyway");
   dist::Communicator& world = dist::world();
   const ParallelLayout lay = make_parallel_layout(world, c.context_parallel);
   const bool root = world.rank() == 0;
@@ -295,6 +300,7 @@ void register_bench(CLI::App& app) {
   tr->add_option("--precision", c->precision, "GPU arithmetic: bf16 or fp32")
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
+  tr->add_flag("--deterministic", c->deterministic, "GPU: time the backward without atomics (train --deterministic)");
   tr->add_flag("--json", c->json, "Print one JSON object");
   tr->add_option("--zero", c->zero, "Under mpirun: 1 shards the AdamW state (ZeRO-1)")->check(CLI::IsMember({0, 1}));
   tr->add_option("--context-parallel", c->context_parallel, "Under mpirun: ranks sharing each sequence")

@@ -44,6 +44,7 @@ struct BenchAttentionCli {
   // On the GPU (--device cuda): the tensor-core kernels' element type and tiles, and the batch as
   // tokens / seq when --tokens is given (flash-attention's benchmark shapes).
   std::string device = "cpu", precision = "bf16", gpu_tiles = "auto";
+  bool deterministic = false;  // GPU: the flash backward's dQ without atomics
   int64_t tokens = 0;
   bool mechanisms_given = false;
 };
@@ -215,6 +216,7 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
              : c.gpu_tiles == "narrow" ? cuda::FlashTiles::Narrow
                                        : cuda::FlashTiles::Auto;
   bc.repeats = c.repeats;
+  bc.deterministic = c.deterministic;
   std::vector<bool> causal_modes;
   if (c.causal == "no" || c.causal == "both") causal_modes.push_back(false);
   if (c.causal == "yes" || c.causal == "both") causal_modes.push_back(true);
@@ -241,7 +243,8 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
               std::printf("%s\n", nlohmann::json{{"program", "flashgpt"}, {"mechanism", mech},
                                                  {"precision", c.precision}, {"batch", B}, {"seq", T}, {"heads", H},
                                                  {"head_dim", c.head_dim}, {"dqk", bc.dims.Dqk}, {"dv", bc.dims.Dv},
-                                                 {"causal", causal}, {"fwd_ms", r.fwd_ms},
+                                                 {"causal", causal}, {"deterministic", c.deterministic},
+                                                 {"fwd_ms", r.fwd_ms},
                                                  {"fwd_bwd_ms", r.fwd_bwd_ms}, {"fwd_tflops", r.fwd_tflops},
                                                  {"fwd_bwd_tflops", r.fwd_bwd_tflops},
                                                  {"extra_bytes", r.extra_bytes}, {"max_rel_err", r.max_rel_err},
@@ -252,7 +255,8 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
             } else {
               std::printf("| %s | %s | %lld | %lld | %lld | %lld/%lld | %s | %.3f | %.3f | %.1f | %.1f | %.1f | %.1e | "
                           "%.0f%%/%.0f%% |\n",
-                          mech.c_str(), c.precision.c_str(), static_cast<long long>(B), static_cast<long long>(T),
+                          (c.deterministic ? mech + " (deterministic)" : mech).c_str(), c.precision.c_str(),
+                          static_cast<long long>(B), static_cast<long long>(T),
                           static_cast<long long>(H), static_cast<long long>(bc.dims.Dqk),
                           static_cast<long long>(bc.dims.Dv), causal ? "yes" : "no", r.fwd_ms, r.fwd_bwd_ms,
                           r.fwd_tflops, r.fwd_bwd_tflops, static_cast<double>(r.extra_bytes) / (1 << 20),
@@ -272,6 +276,7 @@ void run_bench_attention(const BenchAttentionCli& c) {
   const int64_t rope_dim = c.rope_dim >= 0 ? c.rope_dim : c.head_dim / 2;
   for (const std::string& m : c.mechanisms) parse_mechanism(m);  // names a bad one before any work
   if (c.device == "cuda") return run_bench_attention_cuda(c, rope_dim);
+  FLASHGPT_CHECK(!c.deterministic, "--deterministic: a GPU option (--device cuda); the CPU's backward has no atomics");
   FLASHGPT_CHECK(c.tokens == 0, "--tokens: only with --device cuda (the CPU takes --batch)");
   if (c.probe_memory) {  // internal: one case, print the extra peak bytes
     const Mechanism mech = parse_mechanism(c.mechanisms.at(0));
@@ -345,7 +350,8 @@ void run_bench_attention(const BenchAttentionCli& c) {
               std::printf("%s\n", nlohmann::json{{"mechanism", r.mechanism}, {"batch", B}, {"seq", T},
                                                  {"hidden", hidden}, {"heads", H}, {"head_dim", c.head_dim},
                                                  {"dqk", d.Dqk}, {"dv", d.Dv},
-                                                 {"causal", causal}, {"fwd_ms", r.fwd_ms},
+                                                 {"causal", causal}, {"deterministic", c.deterministic},
+                                                 {"fwd_ms", r.fwd_ms},
                                                  {"fwd_bwd_ms", r.fwd_bwd_ms}, {"gflops_fwd", r.gflops_fwd},
                                                  {"gflops", r.gflops}, {"peak_bytes", r.peak_bytes},
                                                  {"max_rel_err", r.max_rel_err}, {"threads", num_threads()},
@@ -398,6 +404,8 @@ void register_bench_attention(CLI::App& bench) {
   sub->add_option("--tiles", c->gpu_tiles, "GPU tile shapes: auto, wide (sm_80/sm_90) or narrow (sm_86/sm_89)")
       ->check(CLI::IsMember({"auto", "wide", "narrow"}))
       ->capture_default_str();
+  sub->add_flag("--deterministic", c->deterministic,
+                "GPU: time the deterministic flash backward (dQ by a second, query-major kernel, no atomics)");
   sub->add_option("--tokens", c->tokens, "GPU: batch = tokens / seq for each length (overrides --batch)");
   sub->add_option("--rope-dim", c->rope_dim, "Rope width of the latent mechanisms' heads (default: head dim / 2)");
   sub->add_option("--batch", c->batches, "Batch sizes")->delimiter(',')->capture_default_str();

@@ -88,7 +88,7 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
     } else {
       flash_backward_tc(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(), v.bits.as<uint16_t>(),
                         o.as<uint16_t>(), lse.as<float>(), dout.bits.as<uint16_t>(), dq.as<uint16_t>(),
-                        dk.as<uint16_t>(), dv.as<uint16_t>(), workspace.get(), c.tiles);
+                        dk.as<uint16_t>(), dv.as<uint16_t>(), workspace.get(), c.tiles, c.deterministic);
     }
   };
 

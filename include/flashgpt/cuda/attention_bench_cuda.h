@@ -17,6 +17,7 @@ struct FlashBenchCase {
   AttentionDims dims;  // Tq = Tk, self-attention
   bool causal = true;
   FlashTiles tiles = FlashTiles::Auto;
+  bool deterministic = false;  // the flash backward's dQ without atomics
   int repeats = 10;  // timed runs after two warm-ups; medians reported
   uint64_t seed = 1;
 };
