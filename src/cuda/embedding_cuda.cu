@@ -80,7 +80,8 @@ void group_rows_by_token(const int* tokens, int64_t n, std::vector<int>& rows, s
                          std::vector<int>& ids) {
   std::vector<uint64_t> keys(static_cast<size_t>(n));
   for (int64_t r = 0; r < n; ++r) {
-    keys[static_cast<size_t>(r)] = static_cast<uint64_t>(static_cast<uint32_t>(tokens[r])) << 32 | static_cast<uint32_t>(r);
+    const auto token = static_cast<uint64_t>(static_cast<uint32_t>(tokens[r]));
+    keys[static_cast<size_t>(r)] = token << 32 | static_cast<uint32_t>(r);
   }
   std::sort(keys.begin(), keys.end());
   rows.resize(static_cast<size_t>(n));

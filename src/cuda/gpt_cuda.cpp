@@ -169,7 +169,8 @@ void Model<T>::group_tokens(const int* tokens, int64_t N) {
   copy_to_device(base, rows.data(), rows.size() * sizeof(int));
   copy_to_device(base + rows.size(), starts.data(), starts.size() * sizeof(int));
   copy_to_device(base + rows.size() + starts.size(), ids.data(), ids.size() * sizeof(int));
-  token_runs_ = TokenRuns{base, base + rows.size(), base + rows.size() + starts.size(), static_cast<int64_t>(ids.size())};
+  token_runs_ = TokenRuns{base, base + rows.size(), base + rows.size() + starts.size(),
+                          static_cast<int64_t>(ids.size())};
 }
 
 template <typename T>

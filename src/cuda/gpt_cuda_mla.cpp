@@ -115,14 +115,16 @@ void Model<T>::mla_backward(const LayerOffsets& o, const LayerActs& a) {
   } else {
     matmul_backward(dckv_, G(o.v_up_w), static_cast<float*>(nullptr), dv_, a.ckv, W(o.v_up_w), N, nl, H * hd, true);
   }
-  rmsnorm_backward(dckv_pre_, G(o.kv_norm_w), dckv_, a.ckv_pre, W(o.kv_norm_w), a.ckv_rstd, N, nl, false, deterministic);
+  rmsnorm_backward(dckv_pre_, G(o.kv_norm_w), dckv_, a.ckv_pre, W(o.kv_norm_w), a.ckv_rstd, N, nl, false,
+                   deterministic);
 
   // Back into the block's normed input.
   matmul_backward(dln_, G(o.kv_down_w), G(o.kv_down_b), dckv_pre_, a.ln1, W(o.kv_down_w), N, C, nl, false);
   if (dr > 0) matmul_backward(dln_, G(o.k_rope_w), G(o.k_rope_b), dk_rope, a.ln1, W(o.k_rope_w), N, C, dr, true);
   if (r > 0) {
     matmul_backward(dcq_, G(o.q_up_w), static_cast<float*>(nullptr), dq, a.cq, W(o.q_up_w), N, r, H * dqk, false);
-    rmsnorm_backward(dcq_pre_, G(o.q_down_norm_w), dcq_, a.cq_pre, W(o.q_down_norm_w), a.cq_rstd, N, r, false, deterministic);
+    rmsnorm_backward(dcq_pre_, G(o.q_down_norm_w), dcq_, a.cq_pre, W(o.q_down_norm_w), a.cq_rstd, N, r, false,
+                     deterministic);
     matmul_backward(dln_, G(o.q_down_w), G(o.q_down_b), dcq_pre_, a.ln1, W(o.q_down_w), N, C, r, true);
   } else {
     matmul_backward(dln_, G(o.q_w), G(o.q_b), dq, a.ln1, W(o.q_w), N, C, H * dqk, true);

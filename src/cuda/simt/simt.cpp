@@ -506,7 +506,9 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std:
   // of a grid, so a kernel that leans on one (or whose atomics' order shows in its result) must
   // show it here too.
   const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
-  if (blocks > kMaxShuffledBlocks) fail("simt: kernel {} launches {} blocks, more than the emulator runs", name, blocks);
+  if (blocks > kMaxShuffledBlocks) {
+    fail("simt: kernel {} launches {} blocks, more than the emulator runs", name, blocks);
+  }
   std::vector<uint32_t> block_order(blocks);
   for (uint64_t i = 0; i < blocks; ++i) block_order[i] = static_cast<uint32_t>(i);
   std::shuffle(block_order.begin(), block_order.end(), order_rng());
