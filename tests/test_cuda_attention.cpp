@@ -376,7 +376,7 @@ TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
         for (auto* buf : {&gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
         cuda::DeviceBuffer workspace;
         if (own_workspace) {
-          workspace = cuda::DeviceBuffer(cuda::flash_backward_workspace_bytes(d));
+          workspace = cuda::DeviceBuffer(cuda::flash_backward_workspace_bytes(d, deterministic));
           workspace.fill_bytes(0xFF);
         }
         cuda::flash_backward_tc(var.type, d, dm, static_cast<float>(scale), gq.as<uint16_t>(), gk.as<uint16_t>(),

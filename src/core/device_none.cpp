@@ -36,7 +36,7 @@ void flash_forward_tc(TensorCoreType, const AttentionDims&, const AttentionMask&
                       const uint16_t*, const uint16_t*, uint16_t*, float*, FlashTiles) {
   fail("GPU attention: {}", kNoCuda);
 }
-size_t flash_backward_workspace_bytes(const AttentionDims&) { return 0; }
+size_t flash_backward_workspace_bytes(const AttentionDims&, bool) { return 0; }
 void flash_backward_tc(TensorCoreType, const AttentionDims&, const AttentionMask&, float, const uint16_t*,
                        const uint16_t*, const uint16_t*, const uint16_t*, const float*, const uint16_t*, uint16_t*,
                        uint16_t*, uint16_t*, void*, FlashTiles, bool) {

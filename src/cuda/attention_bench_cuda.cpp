@@ -68,7 +68,8 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
   Input q(c.type, nq, rng), k(c.type, nk, rng), v(c.type, nv, rng), dout(c.type, no, rng);
   DeviceBuffer o(static_cast<size_t>(no) * 2), lse(static_cast<size_t>(nl) * 4), dq(static_cast<size_t>(nq) * 2),
       dk(static_cast<size_t>(nk) * 2), dv(static_cast<size_t>(nv) * 2);
-  DeviceBuffer workspace(standard ? standard_workspace_bytes<bf16>(d) : flash_backward_workspace_bytes(d));
+  DeviceBuffer workspace(standard ? standard_workspace_bytes<bf16>(d)
+                                  : flash_backward_workspace_bytes(d, c.deterministic));
   const AttentionMask m{c.causal, 0};
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.Dqk));
 

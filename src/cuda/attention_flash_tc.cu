@@ -56,6 +56,10 @@ auto* dev_f16(T* p) {
 
 size_t round_up(size_t n) { return (n + 255) / 256 * 256; }
 
+size_t dsum_bytes(const AttentionDims& d) {
+  return round_up(sizeof(float) * static_cast<size_t>(d.B * d.Hq * d.Tq));
+}
+
 size_t dq_accum_bytes(const AttentionDims& d) {
   return round_up(sizeof(float) * static_cast<size_t>(d.B * d.Tq * d.Hq * d.Dqk));
 }
@@ -108,11 +112,13 @@ void backward_typed(const AttentionDims& ad, const AttentionMask& am, float scal
     const bool dq_wide = use_wide(tiles, L::backward_dq_bytes(true));
     DeviceBuffer own;
     if (!workspace) {
-      own = DeviceBuffer(flash_backward_workspace_bytes(ad));
+      own = DeviceBuffer(flash_backward_workspace_bytes(ad, deterministic));
       workspace = own.get();
     }
-    auto* dq_accum = deterministic ? nullptr : static_cast<float*>(workspace);
-    auto* dsum = reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + dq_accum_bytes(ad));
+    // D first, then (atomic mode only) the dQ accumulator.
+    auto* dsum = static_cast<float*>(workspace);
+    auto* dq_accum =
+        deterministic ? nullptr : reinterpret_cast<float*>(static_cast<unsigned char*>(workspace) + dsum_bytes(ad));
     const int64_t rows = ad.B * ad.Tq * ad.Hq;
     launch_kernel("tensor-core flash backward D = rowsum(dO∘O)", backward_prologue_kernel<E>, grid_for(rows, 8), 256,
                   0, nullptr, rows, ad.Hq, ad.Tq, ad.Dqk, ad.Dv, o, dout, dsum, dq_accum);
@@ -159,8 +165,8 @@ FlashOccupancy flash_tc_occupancy(TensorCoreType type, const AttentionDims& d, F
   return occ;
 }
 
-size_t flash_backward_workspace_bytes(const AttentionDims& d) {
-  return dq_accum_bytes(d) + round_up(sizeof(float) * static_cast<size_t>(d.B * d.Hq * d.Tq));
+size_t flash_backward_workspace_bytes(const AttentionDims& d, bool deterministic) {
+  return dsum_bytes(d) + (deterministic ? 0 : dq_accum_bytes(d));
 }
 
 void flash_forward_tc(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, float scale,

@@ -103,28 +103,8 @@ __global__ void __launch_bounds__(F::Threads)
     const float* Dt = Ds + st * BlockM;
 
     float s[BlockM / 8][4] = {}, dp[BlockM / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < Dqk / 16; ++kk) {
-      uint32_t a[4];
-      load_a(a, Ks, F::KS, warp * 16, kk * 16);
-#pragma unroll
-      for (int n = 0; n < BlockM / 16; ++n) {
-        uint32_t bq[4];
-        load_b_from_rows(bq, Qt, F::QS, n * 16, kk * 16);
-        mma_pair<E>(s[2 * n], s[2 * n + 1], a, bq);
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < Dv / 16; ++kk) {
-      uint32_t a[4];
-      load_a(a, Vs, F::VS, warp * 16, kk * 16);
-#pragma unroll
-      for (int n = 0; n < BlockM / 16; ++n) {
-        uint32_t bo[4];
-        load_b_from_rows(bo, dOt, F::OS, n * 16, kk * 16);
-        mma_pair<E>(dp[2 * n], dp[2 * n + 1], a, bo);
-      }
-    }
+    rows_times_rows<E, Dqk, BlockM>(s, Ks, F::KS, warp * 16, Qt, F::QS);
+    rows_times_rows<E, Dv, BlockM>(dp, Vs, F::VS, warp * 16, dOt, F::OS);
     // Pᵀ into s and dSᵀ into dp. Element e of n-tile n: key key0 + (e >> 1)·8, query column
     // c = n·8 + 2t + (e & 1) of the tile.
     const bool needs_mask = m.q_seg || j0 + BlockN > key_limit || i0 + BlockM > d.Tq ||
@@ -139,24 +119,8 @@ __global__ void __launch_bounds__(F::Threads)
         s[n][e] = pv;
         dp[n][e] = pv * (dp[n][e] - Dt[c]) * scale;
       }
-#pragma unroll
-    for (int kk = 0; kk < BlockM / 16; ++kk) {
-      uint32_t ap[4], ads[4];
-      accumulators_as_a<E>(ap, s, kk);
-      accumulators_as_a<E>(ads, dp, kk);
-#pragma unroll
-      for (int n = 0; n < Dv / 16; ++n) {
-        uint32_t bo[4];
-        load_b_from_cols(bo, dOt, F::OS, n * 16, kk * 16);
-        mma_pair<E>(acc_dv[2 * n], acc_dv[2 * n + 1], ap, bo);
-      }
-#pragma unroll
-      for (int n = 0; n < Dqk / 16; ++n) {
-        uint32_t bq[4];
-        load_b_from_cols(bq, Qt, F::QS, n * 16, kk * 16);
-        mma_pair<E>(acc_dk[2 * n], acc_dk[2 * n + 1], ads, bq);
-      }
-    }
+    accumulators_times_rows<E, BlockM, Dv>(acc_dv, s, dOt, F::OS);
+    accumulators_times_rows<E, BlockM, Dqk>(acc_dk, dp, Qt, F::QS);
     if constexpr (!WithDq) {
       __syncthreads();  // the next pair's copies go into the stage just read
     } else {

@@ -92,28 +92,8 @@ __global__ void __launch_bounds__(F::Threads)
     const E* Vt = Vs + stage * F::v_elems;
 
     float s[BlockN / 8][4] = {}, dp[BlockN / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < Dqk / 16; ++kk) {
-      uint32_t a[4];
-      load_a(a, Qs, F::QS, warp * 16, kk * 16);
-#pragma unroll
-      for (int n = 0; n < BlockN / 16; ++n) {
-        uint32_t bk[4];
-        load_b_from_rows(bk, Kt, F::KS, n * 16, kk * 16);
-        mma_pair<E>(s[2 * n], s[2 * n + 1], a, bk);
-      }
-    }
-#pragma unroll
-    for (int kk = 0; kk < Dv / 16; ++kk) {
-      uint32_t a[4];
-      load_a(a, dOs, F::OS, warp * 16, kk * 16);
-#pragma unroll
-      for (int n = 0; n < BlockN / 16; ++n) {
-        uint32_t bv[4];
-        load_b_from_rows(bv, Vt, F::VS, n * 16, kk * 16);
-        mma_pair<E>(dp[2 * n], dp[2 * n + 1], a, bv);
-      }
-    }
+    rows_times_rows<E, Dqk, BlockN>(s, Qs, F::QS, warp * 16, Kt, F::KS);
+    rows_times_rows<E, Dv, BlockN>(dp, dOs, F::OS, warp * 16, Vt, F::VS);
     // dS into s. Element e of n-tile n: row row0 + (e >> 1)·8, key j0 + n·8 + 2t + (e & 1).
     const bool needs_mask =
         m.q_seg || j0 + BlockN > key_limit || (m.causal && j0 + BlockN - 1 > m.q_offset + warp_row);
@@ -126,17 +106,7 @@ __global__ void __launch_bounds__(F::Threads)
         if (needs_mask && !visible(d, m, b, row0 + r * 8, j0 + n * 8 + 2 * t + (e & 1))) pv = 0.0f;
         s[n][e] = pv * (dp[n][e] - drow[r]) * scale;
       }
-#pragma unroll
-    for (int kk = 0; kk < BlockN / 16; ++kk) {
-      uint32_t a[4];
-      accumulators_as_a<E>(a, s, kk);
-#pragma unroll
-      for (int n = 0; n < Dqk / 16; ++n) {
-        uint32_t bk[4];
-        load_b_from_cols(bk, Kt, F::KS, n * 16, kk * 16);
-        mma_pair<E>(acc[2 * n], acc[2 * n + 1], a, bk);
-      }
-    }
+    accumulators_times_rows<E, BlockN, Dqk>(acc, s, Kt, F::KS);
     __syncthreads();  // the next tile's copies go into the stage just read
   }
   tc::cp_async_wait<0>();

@@ -95,6 +95,43 @@ __device__ __forceinline__ void accumulators_as_a(uint32_t (&a)[4], const float 
   a[3] = tc::pack2<E>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
 }
 
+// The warp's two kinds of tile product, 16 rows each, fp32 accumulators c[N / 8][4]:
+//   rows_times_rows: c += X[x_row0 … + 15][0 … K) · Yᵀ, Y's rows [0, N) — S = Q Kᵀ, dP = dO Vᵀ
+//   (and Sᵀ = K Qᵀ, dPᵀ = V dOᵀ in the key-major backward);
+//   accumulators_times_rows: c += A · Y, A = the accumulators acc (16 × K, the previous product's
+//   result reused as the left operand) and Y's rows [0, K) — O += P V, dQ += dS K, dV += Pᵀ dO.
+template <typename E, int K, int N>
+__device__ __forceinline__ void rows_times_rows(float (&c)[N / 8][4], const E* X, int xs, int x_row0, const E* Y,
+                                                int ys) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t a[4];
+    load_a(a, X, xs, x_row0, kk * 16);
+#pragma unroll
+    for (int n = 0; n < N / 16; ++n) {
+      uint32_t b[4];
+      load_b_from_rows(b, Y, ys, n * 16, kk * 16);
+      mma_pair<E>(c[2 * n], c[2 * n + 1], a, b);
+    }
+  }
+}
+
+template <typename E, int K, int N>
+__device__ __forceinline__ void accumulators_times_rows(float (&c)[N / 8][4], const float (&acc)[K / 8][4],
+                                                        const E* Y, int ys) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t a[4];
+    accumulators_as_a<E>(a, acc, kk);
+#pragma unroll
+    for (int n = 0; n < N / 16; ++n) {
+      uint32_t b[4];
+      load_b_from_cols(b, Y, ys, n * 16, kk * 16);
+      mma_pair<E>(c[2 * n], c[2 * n + 1], a, b);
+    }
+  }
+}
+
 // The max and the sum over the four lanes of a quad (lanes 4g … 4g + 3), which hold one row of
 // an mma accumulator between them; every lane of the warp must call them together.
 __device__ __forceinline__ float quad_max(float v) {

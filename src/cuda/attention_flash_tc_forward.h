@@ -80,17 +80,7 @@ __global__ void __launch_bounds__(F::Threads)
     const E* Vt = Vs + stage * F::v_elems;
 
     float s[BlockN / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < Dqk / 16; ++kk) {
-      uint32_t a[4];
-      load_a(a, Qs, F::QS, warp * 16, kk * 16);
-#pragma unroll
-      for (int n = 0; n < BlockN / 16; ++n) {
-        uint32_t bk[4];
-        load_b_from_rows(bk, Kt, F::KS, n * 16, kk * 16);
-        mma_pair<E>(s[2 * n], s[2 * n + 1], a, bk);
-      }
-    }
+    rows_times_rows<E, Dqk, BlockN>(s, Qs, F::QS, warp * 16, Kt, F::KS);
     const bool needs_mask = m.q_seg || j0 + BlockN > key_limit || (m.causal && j0 + BlockN - 1 > m.q_offset + warp_row);
     if (needs_mask) {
 #pragma unroll
@@ -122,17 +112,7 @@ __global__ void __launch_bounds__(F::Threads)
         acc[n][2 * r + 1] *= alpha;
       }
     }
-#pragma unroll
-    for (int kk = 0; kk < BlockN / 16; ++kk) {
-      uint32_t a[4];
-      accumulators_as_a<E>(a, s, kk);
-#pragma unroll
-      for (int n = 0; n < Dv / 16; ++n) {
-        uint32_t bv[4];
-        load_b_from_cols(bv, Vt, F::VS, n * 16, kk * 16);
-        mma_pair<E>(acc[2 * n], acc[2 * n + 1], a, bv);
-      }
-    }
+    accumulators_times_rows<E, BlockN, Dv>(acc, s, Vt, F::VS);
     __syncthreads();  // the next tile's copies go into the stage just read
   }
   tc::cp_async_wait<0>();

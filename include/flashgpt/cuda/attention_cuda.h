@@ -64,12 +64,13 @@ void flash_forward_tc(TensorCoreType type, const AttentionDims& d, const Attenti
                       const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse,
                       FlashTiles tiles = FlashTiles::Auto);
 
-// Device memory the backward needs besides its outputs: an fp32 dQ accumulator and D = rowsum(dO ∘ O).
-size_t flash_backward_workspace_bytes(const AttentionDims& d);
+// Device memory the backward needs besides its outputs: D = rowsum(dO ∘ O) and, unless
+// deterministic, an fp32 dQ accumulator.
+size_t flash_backward_workspace_bytes(const AttentionDims& d, bool deterministic = false);
 
 // P recomputed from lse; dq, dk, dv written (dk and dv summed over each GQA group; their rows at or
-// beyond Tk left alone). `workspace`: flash_backward_workspace_bytes(d) of device memory, or null
-// to have the call allocate it (and wait for the GPU before freeing it). `deterministic`: dQ by a
+// beyond Tk left alone). `workspace`: flash_backward_workspace_bytes(d, deterministic) of device
+// memory, or null to have the call allocate it (and wait for the GPU before freeing it). `deterministic`: dQ by a
 // second, query-major kernel instead of fp32 atomics, so the same inputs give the same bits on
 // every run (at the cost of recomputing S and P once more).
 void flash_backward_tc(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, float scale,
