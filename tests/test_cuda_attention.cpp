@@ -192,6 +192,18 @@ double abs_error(const std::vector<double>& a, const std::vector<double>& ref) {
   return std::sqrt(num);
 }
 
+// (name, ours, plain, exact) per output: our absolute error within twice that of a plain
+// same-precision computation, with a floor of fp32 round-off (1e-5 per element): an output that is
+// exactly zero (one key per query) leaves only the order of fp32 sums to tell them apart.
+using Graded = std::vector<std::tuple<const char*, std::vector<double>, std::vector<double>, std::vector<double>>>;
+void expect_within_twice_plain(const Graded& outs, const char* kernel) {
+  for (const auto& [what, ours, plain, exact] : outs) {
+    const double e_ours = abs_error(ours, exact), e_plain = abs_error(plain, exact);
+    const double floor = 1e-5 * std::sqrt(static_cast<double>(exact.size()));
+    EXPECT_LE(e_ours, 2 * e_plain + floor) << what << ": " << kernel << " " << e_ours << " against plain " << e_plain;
+  }
+}
+
 // ‖a − ref‖ / ‖ref‖ over finite entries; NaN (unwritten) makes it infinite.
 double norm_error(const std::vector<double>& a, const std::vector<double>& ref) {
   double num = 0, den = 0;
@@ -391,17 +403,10 @@ TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
           for (size_t i = 0; i < n; ++i) out[i] = from_bits(var.type, bits[i]);
           return out;
         };
-        const std::vector<std::tuple<const char*, std::vector<double>, std::vector<double>, std::vector<double>>>
-            grads = {{"dq", download(gdq, q.size()), rounded_double(dq_p), dq_e},
-                     {"dk", download(gdk, k.size()), rounded_double(dk_p), dk_e},
-                     {"dv", download(gdv, v.size()), rounded_double(dv_p), dv_e}};
-        // Absolute norms, with a floor of fp32 round-off (1e-5 per element): a gradient that is
-        // exactly zero (one key per query) leaves only the order of fp32 sums to tell them apart.
-        for (const auto& [what, ours, plain, exact] : grads) {
-          const double e_ours = abs_error(ours, exact), e_plain = abs_error(plain, exact);
-          const double floor = 1e-5 * std::sqrt(static_cast<double>(exact.size()));
-          EXPECT_LE(e_ours, 2 * e_plain + floor) << what << ": flash " << e_ours << " against plain " << e_plain;
-        }
+        expect_within_twice_plain({{"dq", download(gdq, q.size()), rounded_double(dq_p), dq_e},
+                                   {"dk", download(gdk, k.size()), rounded_double(dk_p), dk_e},
+                                   {"dv", download(gdv, v.size()), rounded_double(dv_p), dv_e}},
+                                  "flash");
       }
     }
   }
@@ -531,16 +536,11 @@ TEST(CudaAttention, Bf16StandardKernelIsAsAccurateAsAPlainComputation) {
                                              gk.as<cuda::bf16>(), gv.as<cuda::bf16>(), gdo.as<cuda::bf16>(),
                                              gdq.as<cuda::bf16>(), gdk.as<cuda::bf16>(), gdv.as<cuda::bf16>(), ws.get());
     cuda::synchronize();
-    const std::vector<std::tuple<const char*, std::vector<double>, std::vector<double>, std::vector<double>>> outs = {
-        {"o", download(go, o_e.size()), rounded_double(o_p), o_e},
-        {"dq", download(gdq, q.size()), rounded_double(dq_p), dq_e},
-        {"dk", download(gdk, k.size()), rounded_double(dk_p), dk_e},
-        {"dv", download(gdv, v.size()), rounded_double(dv_p), dv_e}};
-    for (const auto& [what, ours, plain, exact] : outs) {
-      const double e_ours = abs_error(ours, exact), e_plain = abs_error(plain, exact);
-      const double floor = 1e-5 * std::sqrt(static_cast<double>(exact.size()));
-      EXPECT_LE(e_ours, 2 * e_plain + floor) << what << ": standard " << e_ours << " against plain " << e_plain;
-    }
+    expect_within_twice_plain({{"o", download(go, o_e.size()), rounded_double(o_p), o_e},
+                               {"dq", download(gdq, q.size()), rounded_double(dq_p), dq_e},
+                               {"dk", download(gdk, k.size()), rounded_double(dk_p), dk_e},
+                               {"dv", download(gdv, v.size()), rounded_double(dv_p), dv_e}},
+                              "standard");
     std::vector<float> lse_got(n_lse);
     glse.download(lse_got.data(), n_lse * 4);
     for (size_t i = 0; i < n_lse; ++i) {
