@@ -124,39 +124,39 @@ __global__ void __launch_bounds__(F::Threads)
     if constexpr (!WithDq) {
       __syncthreads();  // the next pair's copies go into the stage just read
     } else {
-    // dSᵀ to shared memory for the block's dQ product.
+      // dSᵀ to shared memory for the block's dQ product.
 #pragma unroll
-    for (int n = 0; n < BlockM / 8; ++n) {
-      store2(dSs + (warp * 16 + g) * F::SS + n * 8 + 2 * t, dp[n][0], dp[n][1]);
-      store2(dSs + (warp * 16 + g + 8) * F::SS + n * 8 + 2 * t, dp[n][2], dp[n][3]);
-    }
-    __syncthreads();
-    // dQ rows rg·16 … + 15, columns split·DqCols … + DqCols: dS (queries × keys) · K.
-    float dq[F::DqCols / 8][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < BlockN / 16; ++kk) {
-      uint32_t a[4];
-      load_a_transposed(a, dSs, F::SS, rg * 16, kk * 16);
-#pragma unroll
-      for (int n = 0; n < F::DqCols / 16; ++n) {
-        uint32_t bk[4];
-        load_b_from_cols(bk, Ks, F::KS, split * F::DqCols + n * 16, kk * 16);
-        mma_pair<E>(dq[2 * n], dq[2 * n + 1], a, bk);
+      for (int n = 0; n < BlockM / 8; ++n) {
+        store2(dSs + (warp * 16 + g) * F::SS + n * 8 + 2 * t, dp[n][0], dp[n][1]);
+        store2(dSs + (warp * 16 + g + 8) * F::SS + n * 8 + 2 * t, dp[n][2], dp[n][3]);
       }
-    }
+      __syncthreads();
+      // dQ rows rg·16 … + 15, columns split·DqCols … + DqCols: dS (queries × keys) · K.
+      float dq[F::DqCols / 8][4] = {};
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int64_t i = i0 + rg * 16 + g + r * 8;
-      if (i >= d.Tq) continue;
-      float* row = dq_accum + (b * d.Tq + i) * q_row + h * Dqk + split * F::DqCols + 2 * t;
+      for (int kk = 0; kk < BlockN / 16; ++kk) {
+        uint32_t a[4];
+        load_a_transposed(a, dSs, F::SS, rg * 16, kk * 16);
 #pragma unroll
-      for (int n = 0; n < F::DqCols / 8; ++n) {
-        atomicAdd(row + n * 8, dq[n][2 * r]);
-        atomicAdd(row + n * 8 + 1, dq[n][2 * r + 1]);
+        for (int n = 0; n < F::DqCols / 16; ++n) {
+          uint32_t bk[4];
+          load_b_from_cols(bk, Ks, F::KS, split * F::DqCols + n * 16, kk * 16);
+          mma_pair<E>(dq[2 * n], dq[2 * n + 1], a, bk);
+        }
       }
-    }
-    // No barrier here: the next pair's copies go into the stage this one read before the barrier
-    // above, and dS is rewritten only after the next pair's first barrier.
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t i = i0 + rg * 16 + g + r * 8;
+        if (i >= d.Tq) continue;
+        float* row = dq_accum + (b * d.Tq + i) * q_row + h * Dqk + split * F::DqCols + 2 * t;
+#pragma unroll
+        for (int n = 0; n < F::DqCols / 8; ++n) {
+          atomicAdd(row + n * 8, dq[n][2 * r]);
+          atomicAdd(row + n * 8 + 1, dq[n][2 * r + 1]);
+        }
+      }
+      // No barrier here: the next pair's copies go into the stage this one read before the barrier
+      // above, and dS is rewritten only after the next pair's first barrier.
     }
   }
   tc::cp_async_wait<0>();
