@@ -6,6 +6,8 @@
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/latent_decode_bench_cuda.h"
+#include "flashgpt/cuda/matmul_cuda.h"
+#include "flashgpt/cuda/ops_cuda.h"
 
 namespace flashgpt {
 
@@ -31,6 +33,29 @@ void flash_backward_fp32(const AttentionDims&, const AttentionMask&, float, cons
   fail("GPU attention: {}", kNoCuda);
 }
 bool flash_tc_supports(int64_t, int64_t) { return false; }
+template <typename T>
+size_t standard_workspace_bytes(const AttentionDims&) {
+  return 0;
+}
+template <typename T>
+void standard_forward_cuda(const AttentionDims&, const AttentionMask&, float, const T*, const T*, const T*, T*, float*,
+                           void*) {
+  fail("GPU attention: {}", kNoCuda);
+}
+template <typename T>
+void standard_backward_cuda(const AttentionDims&, const AttentionMask&, float, const T*, const T*, const T*, const T*,
+                            T*, T*, T*, void*) {
+  fail("GPU attention: {}", kNoCuda);
+}
+#define FLASHGPT_INSTANTIATE(T)                                                                                    \
+  template size_t standard_workspace_bytes<T>(const AttentionDims&);                                             \
+  template void standard_forward_cuda<T>(const AttentionDims&, const AttentionMask&, float, const T*, const T*,  \
+                                         const T*, T*, float*, void*);                                           \
+  template void standard_backward_cuda<T>(const AttentionDims&, const AttentionMask&, float, const T*, const T*, \
+                                          const T*, const T*, T*, T*, T*, void*);
+FLASHGPT_INSTANTIATE(float)
+FLASHGPT_INSTANTIATE(bf16)
+#undef FLASHGPT_INSTANTIATE
 FlashOccupancy flash_tc_occupancy(TensorCoreType, const AttentionDims&, FlashTiles) { fail("GPU attention: {}", kNoCuda); }
 void flash_forward_tc(TensorCoreType, const AttentionDims&, const AttentionMask&, float, const uint16_t*,
                       const uint16_t*, const uint16_t*, uint16_t*, float*, FlashTiles) {
@@ -81,6 +106,12 @@ void GPTCuda::set_deterministic(bool) { fail("GPU model: {}", kNoCuda); }
 bool GPTCuda::deterministic() const { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}", kNoCuda); }
+std::string GPTCuda::decode_unsupported(const GPTConfig&, Precision) { return kNoCuda; }
+void GPTCuda::start_decoding(int64_t, int64_t) { fail("GPU decoding: {}", kNoCuda); }
+int64_t GPTCuda::decode_length() const { fail("GPU decoding: {}", kNoCuda); }
+void GPTCuda::decode(const int*, int64_t, int64_t, std::span<float>) { fail("GPU decoding: {}", kNoCuda); }
+int64_t GPTCuda::decode_cache_bytes() const { fail("GPU decoding: {}", kNoCuda); }
+double measure_gemm_flops(bool, int, int) { fail("GPU GEMM rate: {}", kNoCuda); }
 
 }  // namespace cuda::inline FLASHGPT_CUDA_ABI
 }  // namespace flashgpt
