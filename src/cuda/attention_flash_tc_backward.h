@@ -63,8 +63,7 @@ __global__ void __launch_bounds__(F::Threads)
   load_rows<Dv, BlockN, F::Threads>(Vs, vb, d.v_row, j0, d.Tk);
   tc::cp_async_commit();
 
-  int64_t key_limit = d.Tk;
-  if (m.kv_lengths) key_limit = min(key_limit, static_cast<int64_t>(m.kv_lengths[b]));
+  const int64_t key_limit = key_limit_of(d, m, b);
   // The first query tile that can see key j0, and the (head, tile) pairs to walk.
   const int64_t first_tile = m.causal ? max(int64_t{0}, j0 - m.q_offset) / BlockM : 0;
   const int64_t tiles_per_head = max(int64_t{0}, (d.Tq + BlockM - 1) / BlockM - first_tile);

@@ -35,6 +35,22 @@ __device__ __forceinline__ bool visible(const Dims& d, const Mask& m, int64_t b,
   return i < d.Tq && j < d.Tk && attention_kernels::visible(m, d.Tq, d.kv_rows, b, i, j);
 }
 
+// The keys batch row b can see at all: those before its padding length (Tk without padding).
+__device__ __forceinline__ int64_t key_limit_of(const Dims& d, const Mask& m, int64_t b) {
+  int64_t limit = d.Tk;
+  if (m.kv_lengths) limit = min(limit, static_cast<int64_t>(m.kv_lengths[b]));
+  return limit;
+}
+
+// The key tiles of BlockN a block of BlockM queries from i0 walks: up to its last visible key
+// (padding, and the causal diagonal of its last query). Tiles past it are never loaded.
+template <int BlockM, int BlockN>
+__device__ __forceinline__ int key_tiles_of(const Dims& d, const Mask& m, int64_t i0, int64_t key_limit) {
+  int64_t key_end = key_limit;
+  if (m.causal) key_end = min(key_end, m.q_offset + min(i0 + BlockM, d.Tq));
+  return key_end > 0 ? static_cast<int>((key_end + BlockN - 1) / BlockN) : 0;
+}
+
 // Queues the copy of rows [first, first + Rows) of a [·, stride] tensor (D elements each, from
 // src) into shared [Rows][D + kPad]; rows at or past `valid` are zero-filled. The caller commits.
 template <int D, int Rows, int Threads, typename E>

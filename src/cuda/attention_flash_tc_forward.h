@@ -48,11 +48,8 @@ __global__ void __launch_bounds__(F::Threads)
   const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;
   const float scale_log2 = scale * kLog2e;
 
-  int64_t key_limit = d.Tk;  // keys at or past this are never visible
-  if (m.kv_lengths) key_limit = min(key_limit, static_cast<int64_t>(m.kv_lengths[b]));
-  int64_t key_end = key_limit;
-  if (m.causal) key_end = min(key_end, m.q_offset + min(i0 + BlockM, d.Tq));
-  const int n_tiles = key_end > 0 ? static_cast<int>((key_end + BlockN - 1) / BlockN) : 0;
+  const int64_t key_limit = key_limit_of(d, m, b);  // keys at or past this are never visible
+  const int n_tiles = key_tiles_of<BlockM, BlockN>(d, m, i0, key_limit);
 
   load_rows<Dqk, BlockM, F::Threads>(Qs, qb, q_row, i0, d.Tq);
   tc::cp_async_commit();
