@@ -50,15 +50,14 @@ void Model<T>::mla_forward(const LayerOffsets& o, LayerActs& a) {
     mla_decode_attention(o, a, v_up);
     return;
   }
-  // Expanded keys [k_nope,h, k_rope] per head, and values, from the latent. Without a rope part
-  // the heads' keys are contiguous and k_nope = c_kv · W_k_upᵀ is one product.
+  // Expanded keys [k_nope,h, k_rope] per head, and values, from the latent: k_nope = c_kv · W_k_upᵀ
+  // is one product over all heads. With a rope part each head's key row is [k_nope,h, k_rope], so
+  // the product lands in a.v (free until the values are formed) and is spread out to the heads.
   if (dr == 0) {
     gemm<T, T>(false, true, N, H * hd, nl, 1.0f, a.ckv, nl, W(o.k_up_w), nl, 0.0f, a.ka, H * hd);
   } else {
-    for (int64_t h = 0; h < H; ++h) {
-      gemm<T, T>(false, true, N, hd, nl, 1.0f, a.ckv, nl, W(o.k_up_w) + h * hd * nl, nl, 0.0f, a.ka + h * dqk,
-                 H * dqk);
-    }
+    gemm<T, T>(false, true, N, H * hd, nl, 1.0f, a.ckv, nl, W(o.k_up_w), nl, 0.0f, a.v, H * hd);
+    copy_rows(a.ka, dqk, H * dqk, a.v, hd, H * hd, H, N, hd);
     broadcast_to_heads(a.ka, a.kr, N, H, dqk, hd, dr);
   }
   matmul_forward(a.v, a.ckv, v_up, static_cast<const T*>(nullptr), N, nl, H * hd);
@@ -92,29 +91,26 @@ void Model<T>::mla_backward(const LayerOffsets& o, const LayerActs& a) {
     }
   }
 
-  // Into the latent: dc_kv = Σ_h dk_nope,h · W_k_up,h + dv · W_v_up (without a rope part, the
-  // sum over heads is one product over all of them, as is dW_k_up).
-  if (dr == 0) {
-    matmul_backward(dckv_, G(o.k_up_w), static_cast<float*>(nullptr), dka_, a.ckv, W(o.k_up_w), N, nl, H * hd, false);
-  } else {
-    for (int64_t h = 0; h < H; ++h) {
-      const T* dk_nope = dka_ + h * dqk;
-      gemm<T, T>(false, false, N, nl, hd, 1.0f, dk_nope, H * dqk, W(o.k_up_w) + h * hd * nl, nl,
-                 h == 0 ? 0.0f : 1.0f, dckv_, nl);
-      gemm<T, float>(true, false, hd, nl, N, 1.0f, dk_nope, H * dqk, a.ckv, nl, 1.0f, G(o.k_up_w) + h * hd * nl, nl);
-    }
-  }
+  // Into the latent: dc_kv = dv · W_v_up + Σ_h dk_nope,h · W_k_up,h. The values first, which frees
+  // dv_: with a rope part the heads' dk_nope are gathered there, contiguous, so that the sum over
+  // heads, like dW_k_up, is one product over all of them.
   if (c.use_svd) {
     // dv_up = dvᵀ·c_kv, then through v_up = u·v: du += dv_up·vᵀ, dv += uᵀ·dv_up (with the fp32
     // master factors).
     const int64_t rows = H * hd, rank = c.svd_rank;
     fill_device_bytes(dv_up_, 0, static_cast<size_t>(rows * nl) * sizeof(float));
-    matmul_backward(dckv_, dv_up_, static_cast<float*>(nullptr), dv_, a.ckv, a.v_up, N, nl, rows, true);
+    matmul_backward(dckv_, dv_up_, static_cast<float*>(nullptr), dv_, a.ckv, a.v_up, N, nl, rows, false);
     gemm<float, float>(false, true, rows, rank, nl, 1.0f, dv_up_, nl, M(o.v_up_v_w), nl, 1.0f, G(o.v_up_u_w), rank);
     gemm<float, float>(true, false, rank, nl, rows, 1.0f, M(o.v_up_u_w), rank, dv_up_, nl, 1.0f, G(o.v_up_v_w), nl);
   } else {
-    matmul_backward(dckv_, G(o.v_up_w), static_cast<float*>(nullptr), dv_, a.ckv, W(o.v_up_w), N, nl, H * hd, true);
+    matmul_backward(dckv_, G(o.v_up_w), static_cast<float*>(nullptr), dv_, a.ckv, W(o.v_up_w), N, nl, H * hd, false);
   }
+  const T* dk_nope = dka_;
+  if (dr > 0) {
+    copy_rows(dv_, hd, H * hd, dka_, dqk, H * dqk, H, N, hd);
+    dk_nope = dv_;
+  }
+  matmul_backward(dckv_, G(o.k_up_w), static_cast<float*>(nullptr), dk_nope, a.ckv, W(o.k_up_w), N, nl, H * hd, true);
   rmsnorm_backward(dckv_pre_, G(o.kv_norm_w), dckv_, a.ckv_pre, W(o.kv_norm_w), a.ckv_rstd, N, nl, false,
                    deterministic);
 
