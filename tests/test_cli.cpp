@@ -70,6 +70,16 @@ TEST_F(Pipeline, PrepareTrainSampleEvalInfoConvertPlot) {
   // Same seed, same text.
   EXPECT_EQ(run_flashgpt("sample -c " + ckpt + " -p 'Once upon' -n 12 --seed 3 --top-k 5 2>/dev/null").output,
             run_flashgpt("sample -c " + ckpt + " -p 'Once upon' -n 12 --seed 3 --top-k 5 2>/dev/null").output);
+  // Several samples decoded together print what they print one at a time, sample 1 what a single
+  // sample prints, and the batch's line counts them together.
+  const std::string three = "sample -c " + ckpt + " -p 'Once upon' -n 12 --seed 3 --top-k 5 --num-samples 3 ";
+  const std::string together = run_flashgpt(three + "2>/dev/null").output;
+  EXPECT_EQ(together, run_flashgpt(three + "--batch 1 2>/dev/null").output);
+  EXPECT_EQ(together.rfind("--- sample 1 ---\n" + text, 0), 0u) << together;
+  EXPECT_NE(together.find("--- sample 3 ---"), std::string::npos) << together;
+  RunResult batch_line = run_flashgpt(three + "--batch 2 2>&1 >/dev/null");
+  EXPECT_NE(batch_line.output.find("samples 1–2 together"), std::string::npos) << batch_line.output;
+  expect_one_error_line(run_flashgpt(three + "--batch 0"), "--batch");
   RunResult e = run_flashgpt("eval -c " + ckpt + " -d '" + (dir / "data/val_*.bin") + "' -t 32 -b 1 --json");
   ASSERT_EQ(e.exit_code, 0) << e.output;
   EXPECT_GT(nlohmann::json::parse(e.output)["loss"].get<double>(), 0.0);

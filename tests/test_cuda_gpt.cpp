@@ -439,6 +439,36 @@ TEST(CudaGpt, GreedySamplesEqualTheCpusAndTrainingIsUntouched) {
   }
 }
 
+// A batch of samples decoded together on the GPU draws what each draws alone on the CPU (fp32,
+// top-k sampling, each sample its own stream; one stops at end-of-text and rides along).
+TEST(CudaGpt, BatchedSamplesEqualTheCpusOneAtATime) {
+  SKIP_WITHOUT_GPU();
+  for (const GPTConfig& c : {llama_like(), mla_rope()}) {
+    Pair p(c, Precision::FP32);
+    SampleOptions opt;
+    opt.max_new_tokens = 8;
+    opt.top_k = 4;
+    opt.stop_at_eot = false;
+    const std::vector<int> prompt = {3, 14, 15};
+    const int B = 3;
+    std::vector<Rng> rngs;
+    for (int k = 0; k < B; ++k) rngs.push_back(sample_rng(5, k));
+    cuda::GPTCudaDecoder gpu(p.gpu);
+    const std::vector<SampleResult> free_run = generate_batch(gpu, prompt, opt, rngs);
+    opt.stop_at_eot = true;
+    opt.eot_token = free_run[0].tokens[0];  // sample 0 stops at once
+    for (int k = 0; k < B; ++k) rngs[static_cast<size_t>(k)] = sample_rng(5, k);
+    const std::vector<SampleResult> on_gpu = generate_batch(gpu, prompt, opt, rngs);
+    EXPECT_EQ(on_gpu[0].stop_reason, "end_of_text") << to_string(c.attention);
+    for (int k = 0; k < B; ++k) {
+      Rng alone = sample_rng(5, k);
+      const SampleResult on_cpu = generate(p.cpu, prompt, opt, alone);
+      EXPECT_EQ(on_gpu[static_cast<size_t>(k)].tokens, on_cpu.tokens) << to_string(c.attention) << " sample " << k;
+      EXPECT_EQ(on_gpu[static_cast<size_t>(k)].stop_reason, on_cpu.stop_reason) << to_string(c.attention);
+    }
+  }
+}
+
 TEST(CudaGpt, BadDecodingIsAnErrorNamingIt) {
   SKIP_WITHOUT_GPU();
   const GPTConfig c = gpt2_like();

@@ -102,5 +102,88 @@ TEST(Generate, StopsAtEndOfTextAndRejectsBadOptions) {
   EXPECT_THROW(generate(model, std::vector<int>{}, SampleOptions{}, rng), Error);
 }
 
+
+TEST(Generate, EachSampleHasItsOwnStream) {
+  Rng zero = sample_rng(42, 0), plain(42);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(zero.next_u64(), plain.next_u64());
+  // Stream 1 is not stream 0 shifted by a few draws, nor stream 2.
+  std::vector<uint64_t> s0, s1, s2;
+  Rng a = sample_rng(42, 0), b = sample_rng(42, 1), c = sample_rng(42, 2);
+  for (int i = 0; i < 16; ++i) {
+    s0.push_back(a.next_u64());
+    s1.push_back(b.next_u64());
+    s2.push_back(c.next_u64());
+  }
+  for (uint64_t x : s1) {
+    EXPECT_EQ(std::count(s0.begin(), s0.end(), x), 0);
+    EXPECT_EQ(std::count(s2.begin(), s2.end(), x), 0);
+  }
+  Rng again = sample_rng(42, 1);
+  EXPECT_EQ(again.next_u64(), s1[0]);
+}
+
+// A batch decodes what each sample decodes alone with the same stream, including the samples that
+// stopped early and rode along with the others.
+TEST(Generate, ABatchDrawsWhatEachSampleDrawsAlone) {
+  GPT<float> model(tiny_model_config());
+  model.init_weights(11);
+  SampleOptions o;
+  o.max_new_tokens = 10;
+  o.stop_at_eot = false;
+  const std::vector<int> prompt = {4, 9, 2};
+  const int B = 5;
+  CpuDecoder decoder(model);
+  auto streams = [&] {
+    std::vector<Rng> r;
+    for (int k = 0; k < B; ++k) r.push_back(sample_rng(7, k));
+    return r;
+  };
+  std::vector<Rng> rngs = streams();
+  const std::vector<SampleResult> free_run = generate_batch(decoder, prompt, o, rngs);
+  ASSERT_EQ(free_run.size(), static_cast<size_t>(B));
+  EXPECT_NE(free_run[0].tokens, free_run[1].tokens);  // independent streams
+  // End-of-text: sample 0's second token, which some other sample never draws.
+  o.stop_at_eot = true;
+  o.eot_token = free_run[0].tokens[1];
+  int runs_on = -1;
+  for (int b = 1; b < B; ++b) {
+    const auto& t = free_run[static_cast<size_t>(b)].tokens;
+    if (std::find(t.begin(), t.end(), o.eot_token) == t.end()) runs_on = b;
+  }
+  ASSERT_GE(runs_on, 0) << "every sample drew token " << o.eot_token << "; pick another seed";
+  rngs = streams();
+  std::vector<std::vector<int>> streamed(B);
+  const std::vector<SampleResult> batch =
+      generate_batch(decoder, prompt, o, rngs, [&](int64_t b, int id) { streamed[static_cast<size_t>(b)].push_back(id); });
+  EXPECT_EQ(batch[0].stop_reason, "end_of_text");
+  EXPECT_LE(batch[0].tokens.size(), 1u);
+  EXPECT_EQ(batch[static_cast<size_t>(runs_on)].stop_reason, "max_new_tokens");
+  EXPECT_EQ(batch[static_cast<size_t>(runs_on)].tokens.size(), 10u);
+  for (int b = 0; b < B; ++b) {
+    Rng alone = sample_rng(7, b);
+    const SampleResult one = generate(decoder, prompt, o, alone);
+    EXPECT_EQ(batch[static_cast<size_t>(b)].tokens, one.tokens) << "sample " << b;
+    EXPECT_EQ(batch[static_cast<size_t>(b)].stop_reason, one.stop_reason) << "sample " << b;
+    EXPECT_EQ(streamed[static_cast<size_t>(b)], one.tokens) << "sample " << b;
+  }
+}
+
+TEST(Generate, ABatchStopsTogetherAtTheContextLimit) {
+  GPT<float> model(tiny_model_config());
+  model.init_weights(3);
+  SampleOptions o;
+  o.max_new_tokens = 100;
+  o.stop_at_eot = false;
+  std::vector<Rng> rngs = {sample_rng(1, 0), sample_rng(1, 1), sample_rng(1, 2)};
+  CpuDecoder decoder(model);
+  const std::vector<int> prompt = {1, 2, 3, 4, 5};
+  for (const SampleResult& r : generate_batch(decoder, prompt, o, rngs)) {
+    EXPECT_EQ(r.stop_reason, "context_limit");
+    EXPECT_EQ(r.tokens.size(), 12u);  // 16 positions of context: 5 given, 11 cached and one more predicted
+  }
+  std::vector<Rng> none;
+  EXPECT_THROW(generate_batch(decoder, prompt, o, none), Error);
+}
+
 }  // namespace
 }  // namespace flashgpt

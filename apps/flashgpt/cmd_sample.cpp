@@ -1,5 +1,9 @@
 // flashgpt sample: generate text from a checkpoint with a KV cache, on the CPU or the GPU.
+#include <fmt/format.h>
+
+#include <algorithm>
 #include <cstdio>
+#include <map>
 #include <memory>
 
 #include "checkpoint_loading.h"
@@ -16,11 +20,14 @@ namespace flashgpt::cli {
 
 namespace {
 
+constexpr int64_t kDefaultBatch = 64;
+
 struct SampleCli {
   std::string checkpoint, tokenizer, prompt, prompt_file, prompt_ids;
   SampleOptions opt;
   uint64_t seed = 1337;
-  int num_samples = 1;
+  int64_t num_samples = 1;
+  int64_t batch = 0;  // 0: all samples together, up to kDefaultBatch
   bool no_stop = false;
   DeviceFlags device;
 };
@@ -85,24 +92,56 @@ void run_sample(SampleCli& c) {
   } else {
     decoder = std::make_unique<CpuDecoder>(*m.model);
   }
-  Rng rng(c.seed);
-  for (int s = 0; s < c.num_samples; ++s) {
-    if (c.num_samples > 1) std::printf("%s--- sample %d ---\n", s > 0 ? "\n" : "", s + 1);
+  const auto print_token = [&](int id) {
+    if (m.tokenizer) {
+      std::fputs(m.tokenizer->token_bytes(id).c_str(), stdout);
+    } else {
+      std::printf("%d ", id);
+    }
+  };
+  const auto header = [&](int64_t k) {
+    if (c.num_samples > 1) std::printf("%s--- sample %lld ---\n", k > 0 ? "\n" : "", static_cast<long long>(k + 1));
     if (m.tokenizer && prompt_text.size() > 0) std::fputs(prompt_text.c_str(), stdout);
+  };
+  const int64_t batch = c.batch > 0 ? c.batch : std::min<int64_t>(c.num_samples, kDefaultBatch);
+  for (int64_t first = 0; first < c.num_samples; first += batch) {
+    const int64_t n = std::min<int64_t>(batch, c.num_samples - first);
+    std::vector<Rng> rngs;
+    for (int64_t k = first; k < first + n; ++k) rngs.push_back(sample_rng(c.seed, k));
     Timer t;
-    SampleResult r = generate(*decoder, prompt, c.opt, rng, [&](int id) {
-      if (m.tokenizer) {
-        std::fputs(m.tokenizer->token_bytes(id).c_str(), stdout);
-      } else {
-        std::printf("%d ", id);
-      }
-      std::fflush(stdout);
-    });
+    std::vector<SampleResult> results;
+    if (n == 1) {  // one at a time: each token is printed as it comes
+      header(first);
+      results = generate_batch(*decoder, prompt, c.opt, rngs, [&](int64_t, int id) {
+        print_token(id);
+        std::fflush(stdout);
+      });
+    } else {  // a batch: each sample is printed whole once the batch has finished
+      results = generate_batch(*decoder, prompt, c.opt, rngs);
+    }
     const double secs = t.seconds();
-    std::printf("\n");
+    int64_t tokens = 0;
+    std::map<std::string, int> reasons;
+    for (int64_t b = 0; b < n; ++b) {
+      const SampleResult& r = results[static_cast<size_t>(b)];
+      if (n > 1) {
+        header(first + b);
+        for (int id : r.tokens) print_token(id);
+      }
+      std::printf("\n");
+      tokens += static_cast<int64_t>(r.tokens.size());
+      ++reasons[r.stop_reason];
+    }
     std::fflush(stdout);
-    std::fprintf(stderr, "[%zu tokens in %.2f s, %.1f tokens/s; stopped: %s]\n", r.tokens.size(), secs,
-                 static_cast<double>(r.tokens.size()) / std::max(secs, 1e-9), r.stop_reason.c_str());
+    std::string stopped;
+    for (const auto& [reason, count] : reasons) {
+      stopped += (stopped.empty() ? "" : ", ") + (n > 1 ? fmt::format("{} ×{}", reason, count) : reason);
+    }
+    const std::string which =
+        n > 1 ? fmt::format("samples {}–{} together: ", first + 1, first + n) : std::string();
+    std::fprintf(stderr, "[%s%lld tokens in %.2f s, %.1f tokens/s; stopped: %s]\n", which.c_str(),
+                 static_cast<long long>(tokens), secs, static_cast<double>(tokens) / std::max(secs, 1e-9),
+                 stopped.c_str());
   }
 }
 
@@ -128,6 +167,9 @@ void register_sample(CLI::App& app) {
       ->capture_default_str();
   sub->add_option("--seed", c->seed, "Random seed")->capture_default_str();
   sub->add_option("--num-samples", c->num_samples, "Number of samples")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--batch", c->batch,
+                  fmt::format("Samples decoded together, as one batch (default: all of them, up to {})", kDefaultBatch))
+      ->check(CLI::PositiveNumber);
   sub->add_flag("--no-stop-at-eot", c->no_stop, "Keep going past the end-of-text token");
   add_device_flags(*sub, c->device, "sampling");
   sub->callback([c] { run_sample(*c); });

@@ -49,37 +49,72 @@ int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& 
   return ids[probs.size() - 1];
 }
 
-SampleResult generate(Decoder& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,
-                      const std::function<void(int)>& on_token) {
+Rng sample_rng(uint64_t seed, int64_t k) {
+  if (k == 0) return Rng(seed);
+  // A seed for stream k drawn through SplitMix64 itself: seeds seed + k·γ would make stream k
+  // stream 0 shifted by k draws.
+  Rng mix(seed ^ (static_cast<uint64_t>(k) * 0xD1B54A32D192ED03ull));
+  mix.next_u64();
+  return Rng(mix.next_u64());
+}
+
+std::vector<SampleResult> generate_batch(Decoder& model, std::span<const int> prompt, const SampleOptions& opt,
+                                         std::span<Rng> rngs, const std::function<void(int64_t, int)>& on_token) {
   const GPTConfig& c = model.config();
-  FLASHGPT_CHECK(!prompt.empty(), "prompt: empty (give at least one token)");
-  FLASHGPT_CHECK(static_cast<int64_t>(prompt.size()) <= c.block_size,
-                 "prompt: {} tokens exceed the model's context of {} (block_size)", prompt.size(), c.block_size);
+  const int64_t B = static_cast<int64_t>(rngs.size()), P = static_cast<int64_t>(prompt.size());
+  FLASHGPT_CHECK(B > 0, "generate: no samples asked for");
+  FLASHGPT_CHECK(P > 0, "prompt: empty (give at least one token)");
+  FLASHGPT_CHECK(P <= c.block_size, "prompt: {} tokens exceed the model's context of {} (block_size)", P,
+                 c.block_size);
+  FLASHGPT_CHECK(opt.max_new_tokens >= 0, "--max-tokens: must be ≥ 0, got {}", opt.max_new_tokens);
   FLASHGPT_CHECK(opt.temperature >= 0.0f, "--temperature: must be ≥ 0, got {}", opt.temperature);
   FLASHGPT_CHECK(opt.top_k >= 0, "--top-k: must be ≥ 0, got {}", opt.top_k);
   FLASHGPT_CHECK(opt.top_p > 0.0f && opt.top_p <= 1.0f, "--top-p: must be in (0, 1], got {}", opt.top_p);
-  const int64_t capacity = std::min<int64_t>(c.block_size, static_cast<int64_t>(prompt.size()) + opt.max_new_tokens);
-  model.start(1, capacity);
-  std::vector<float> logits(static_cast<size_t>(c.padded_vocab_size()));
-  model.step(prompt.data(), 1, static_cast<int64_t>(prompt.size()), logits.data());
-  SampleResult result;
-  result.stop_reason = "max_new_tokens";
-  for (int i = 0; i < opt.max_new_tokens; ++i) {
-    const int next = sample_token(logits.data(), c.vocab_size, opt, rng);
-    if (opt.stop_at_eot && next == opt.eot_token) {
-      result.stop_reason = "end_of_text";
+  std::vector<SampleResult> results(static_cast<size_t>(B));
+  for (SampleResult& r : results) r.stop_reason = "max_new_tokens";
+  if (opt.max_new_tokens == 0) return results;
+  const int64_t capacity = std::min<int64_t>(c.block_size, P + opt.max_new_tokens);
+  const int64_t Vp = c.padded_vocab_size();
+  model.start(B, capacity);
+  std::vector<float> logits(static_cast<size_t>(B * Vp));
+  std::vector<int> tokens(static_cast<size_t>(B * P));
+  for (int64_t b = 0; b < B; ++b) std::copy(prompt.begin(), prompt.end(), tokens.begin() + b * P);
+  model.step(tokens.data(), B, P, logits.data());
+  std::vector<bool> done(static_cast<size_t>(B), false);
+  int64_t running = B;
+  tokens.resize(static_cast<size_t>(B));
+  for (int i = 0; i < opt.max_new_tokens && running > 0; ++i) {
+    for (int64_t b = 0; b < B; ++b) {
+      if (done[b]) continue;
+      SampleResult& r = results[static_cast<size_t>(b)];
+      const int next = sample_token(logits.data() + b * Vp, c.vocab_size, opt, rngs[static_cast<size_t>(b)]);
+      tokens[static_cast<size_t>(b)] = next;  // a stopped sequence is fed its last token
+      if (opt.stop_at_eot && next == opt.eot_token) {
+        r.stop_reason = "end_of_text";
+        done[b] = true;
+        --running;
+        continue;
+      }
+      r.tokens.push_back(next);
+      if (on_token) on_token(b, next);
+    }
+    if (running == 0 || i + 1 == opt.max_new_tokens) break;
+    if (model.length() >= c.block_size) {  // every sequence is as long as the others
+      for (int64_t b = 0; b < B; ++b) {
+        if (!done[b]) results[static_cast<size_t>(b)].stop_reason = "context_limit";
+      }
       break;
     }
-    result.tokens.push_back(next);
-    if (on_token) on_token(next);
-    if (i + 1 == opt.max_new_tokens) break;
-    if (model.length() >= c.block_size) {
-      result.stop_reason = "context_limit";
-      break;
-    }
-    model.step(&next, 1, 1, logits.data());
+    model.step(tokens.data(), B, 1, logits.data());
   }
-  return result;
+  return results;
+}
+
+SampleResult generate(Decoder& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,
+                      const std::function<void(int)>& on_token) {
+  std::function<void(int64_t, int)> each;
+  if (on_token) each = [&](int64_t, int id) { on_token(id); };
+  return std::move(generate_batch(model, prompt, opt, std::span<Rng>(&rng, 1), each)[0]);
 }
 
 SampleResult generate(GPT<float>& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,

@@ -46,9 +46,23 @@ class CpuDecoder final : public Decoder {
   KVCache<float> cache_;
 };
 
+// The random stream of sample k (from 0) of a run seeded with `seed`: sample 0 draws from
+// Rng(seed) itself, the others from independent streams, so a sample's tokens do not depend on
+// how many samples are drawn beside it.
+Rng sample_rng(uint64_t seed, int64_t k);
+
 // on_token (optional) is called with each new token as it is produced.
 SampleResult generate(Decoder& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,
                       const std::function<void(int)>& on_token = {});
+// rngs.size() samples from one prompt, decoded together as one batch: the prompt is read once
+// per sequence in one prefill, then every step reads one token per sequence. Sample b draws from
+// rngs[b] alone, so each result is what generate() gives for that prompt and stream, up to the
+// rounding of a batched product. A sample that has stopped stays in the batch (fed its end-of-text
+// or last token, whose logits are ignored) until all have. on_token (optional) is called with
+// (b, id) for each new token, in step order.
+std::vector<SampleResult> generate_batch(Decoder& model, std::span<const int> prompt, const SampleOptions& opt,
+                                         std::span<Rng> rngs,
+                                         const std::function<void(int64_t, int)>& on_token = {});
 // The same on the CPU.
 SampleResult generate(GPT<float>& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,
                       const std::function<void(int)>& on_token = {});
