@@ -332,6 +332,21 @@ TEST(CudaGpt, DeterministicTrainingRepeatsItsBits) {
     const auto a = train(true, 1), again = train(true, 2);
     EXPECT_TRUE(a.first == again.first) << "gradients changed between runs";
     EXPECT_TRUE(a.second == again.second) << "weights changed between runs";
+    if (c.attention == AttentionKind::FlashMLA) {
+      // Switched on after an atomic step, the mode (and the workspace it is sized for) holds from
+      // the next forward: the same bits as a model deterministic from the start.
+      testing::redraw_schedule(3);
+      GPTCuda gpu(c, Precision::BF16);
+      gpu.set_params(init.params());
+      gpu.set_classifier_rows(12);
+      gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data(), 1.0f);
+      gpu.set_deterministic(true);
+      gpu.zero_grad();
+      gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data(), 1.0f);
+      std::vector<float> grads(static_cast<size_t>(gpu.num_params()));
+      gpu.get_grads(grads);
+      EXPECT_TRUE(grads == a.first) << "switching to the deterministic mode changed its gradients";
+    }
     const auto loose = train(false, 1);
     if (testing::kScheduleRedrawn && c.norm == NormKind::LayerNorm) {  // once: each run costs the emulator seconds
       EXPECT_FALSE(loose.first == train(false, 2).first) << "the atomic backward gave the same gradients twice";

@@ -3,7 +3,6 @@
 // next forward reads, so no separate conversion pass runs.
 #include <cmath>
 
-#include "cuda/column_sums.h"
 #include "cuda/device_math.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {

@@ -13,10 +13,6 @@
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
-// Device scratch for reductions like these, kept for the process's lifetime and grown on demand
-// (growing waits for the GPU first). Valid until the next call.
-void* reduction_scratch(size_t bytes);
-
 namespace column_sums_detail {
 
 constexpr int kRowLanes = 8;

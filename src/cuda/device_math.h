@@ -1,5 +1,5 @@
 // Small device helpers shared by the CUDA op files: the public bf16 type mapped to CUDA's, loads
-// and stores through fp32, warp and block reductions, and launch-size arithmetic.
+// and stores through fp32, warp and block reductions, launch-size arithmetic, and reduction scratch.
 #pragma once
 
 #include <cmath>
@@ -80,6 +80,11 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   for (int w = 1; w < warps; ++w) m = fmaxf(m, scratch[w]);
   return m;
 }
+
+// Device scratch for multi-pass reductions (column sums, the clipping norm's partials), kept for
+// the process's lifetime and grown on demand (growing waits for the GPU first; device_memory.cu).
+// Valid until the next call.
+void* reduction_scratch(size_t bytes);
 
 // Blocks of `per` threads covering n items, capped for grid-stride loops.
 inline unsigned grid_for(int64_t n, int per, int64_t cap = 65535LL * 16) {

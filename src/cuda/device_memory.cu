@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <string>
 
-#include "cuda/column_sums.h"
+#include "cuda/device_math.h"
 #include "cuda/platform.h"
 #include "flashgpt/cuda/device_memory.h"
 

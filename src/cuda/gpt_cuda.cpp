@@ -67,8 +67,9 @@ LayerOffsets layer_offsets(const GPTCuda::Impl& m, int l) {
 
 template <typename T>
 void Model<T>::allocate(int64_t B, int64_t Tn) {
-  if (B == B_ && Tn == Tn_ && chunk_planned_ == chunk_rows()) return;
+  if (B == B_ && Tn == Tn_ && chunk_planned_ == chunk_rows() && deterministic_planned_ == deterministic) return;
   chunk_planned_ = chunk_rows();
+  deterministic_planned_ = deterministic;
   const GPTConfig& c = config;
   const int64_t N = B * Tn, C = c.n_embd, H = c.n_head, hd = c.head_dim(), F = c.hidden(),
                 Vp = c.padded_vocab_size();
@@ -114,9 +115,10 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
           {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * H * hd}, {&dqa_, N * wq},
           {&dka_, N * wka}, {&dv_, N * wv}, {&dq_, qkn ? N * wq : 0}, {&dk_, qkn ? N * wk : 0},
           {&dkr_, N * dr}, {&dckv_, N * nl}, {&dckv_pre_, N * nl}, {&dcq_, N * r}, {&dcq_pre_, N * r}});
-  // The tensor-core attention backward's workspace (its fp32 dQ accumulator and row sums).
+  // The tensor-core attention backward's workspace: its row sums, and in the atomic mode its fp32
+  // dQ accumulator.
   const int64_t flash_ws = std::is_same_v<T, bf16> && !standard
-                               ? static_cast<int64_t>(flash_backward_workspace_bytes(att_dims) / 4)
+                               ? static_cast<int64_t>(flash_backward_workspace_bytes(att_dims, deterministic) / 4)
                                : 0;
   plan_f({{&lnf_mean_, N}, {&lnf_rstd_, N}, {&losses_, N}, {&dv_up_, v_up}, {&flash_ws_, flash_ws}});
   for (int** slot : {&tokens_, &targets_, &segments_}) arena_i_.plan(slot, N);
@@ -343,6 +345,8 @@ void Model<T>::encode(const int* tokens, const int* targets, int64_t B, int64_t 
     FLASHGPT_CHECK(!targets || (targets[i] >= -1 && targets[i] < V),
                    "target id {} at index {} is out of range for vocab_size {}", targets ? targets[i] : 0, i, V);
   }
+  // The backward's mode is fixed by the forward it follows (the token grouping, the workspace).
+  if (targets) deterministic = deterministic_next;
   allocate(B, Tn);
   have_forward_ = have_logits_ = false;
   copy_to_device(tokens_, tokens, static_cast<size_t>(N) * sizeof(int));
@@ -544,9 +548,9 @@ double GPTCuda::forward_backward(const int* tokens, const int* targets, int64_t 
   return impl_->forward_backward(tokens, targets, B, Tn, segments, loss_scale);
 }
 
-void GPTCuda::set_deterministic(bool on) { impl_->deterministic = on; }
+void GPTCuda::set_deterministic(bool on) { impl_->deterministic_next = on; }
 
-bool GPTCuda::deterministic() const { return impl_->deterministic; }
+bool GPTCuda::deterministic() const { return impl_->deterministic_next; }
 
 void GPTCuda::set_classifier_rows(int64_t rows) {
   FLASHGPT_CHECK(rows >= 0, "classifier rows: {} must not be negative", rows);

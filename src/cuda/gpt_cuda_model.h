@@ -58,7 +58,8 @@ struct GPTCuda::Impl {
   virtual int64_t decode_length() const = 0;
   virtual int64_t decode_cache_bytes() const = 0;
   int64_t classifier_rows = 0;  // rows per classifier chunk; 0 chooses
-  bool deterministic = false;   // no atomics in the backward (set_deterministic)
+  bool deterministic_next = false;  // set_deterministic: what the next forward with targets latches
+  bool deterministic = false;       // the step in flight: no atomics in its backward
 };
 
 namespace gpt_detail {
@@ -224,6 +225,7 @@ class Model final : public GPTCuda::Impl {
   DeviceBuffer full_logits_;  // [N, Vp], only for a forward without targets (get_logits)
   bool have_logits_ = false;
   int64_t chunk_planned_ = 0;  // the classifier chunk the arena holds
+  bool deterministic_planned_ = false;  // the flash backward mode the workspace is sized for
   float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *losses_ = nullptr;
   int *tokens_ = nullptr, *targets_ = nullptr, *segments_ = nullptr;
   bool have_segments_ = false, have_forward_ = false;

@@ -84,11 +84,13 @@ class GPTCuda {
   void get_logits(std::span<float> logits) const;
   // Rows of logits per classifier chunk (0: about 64 Mi logits a chunk), from the next forward.
   void set_classifier_rows(int64_t rows);
-  // Deterministic training: from the next forward, the backward adds nothing with atomics — the
-  // flash attention's dQ by its query-major kernel, the norm weights' gradients by a fixed-order
-  // pass, the token embedding's by one sum per token (grouped on the host) — so the same
-  // weights, data and seed give the same bits on every run on the same GPU and software. It
-  // costs time (the flash backward recomputes S and P once more). Off by default.
+  // Deterministic training: from the next forward with targets (a backward keeps the mode of the
+  // forward it follows), the backward adds nothing with atomics — the flash attention's dQ by its
+  // query-major kernel, the norm weights' gradients by a fixed-order pass, the token embedding's
+  // by one sum per token (grouped on the host) — so the same weights, data and seed give the
+  // same bits on every run on the same GPU and software. It costs time (the flash backward
+  // recomputes S and P once more) but not memory (its workspace drops the fp32 dQ accumulator).
+  // Off by default.
   void set_deterministic(bool on);
   bool deterministic() const;
 
