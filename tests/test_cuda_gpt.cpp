@@ -375,8 +375,8 @@ void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, dou
     std::vector<float> want(static_cast<size_t>(B * Vp)), got(want.size(), std::numeric_limits<float>::quiet_NaN());
     p.cpu.forward_cached(cache, tokens.data(), B, Tn, want.data());
     p.gpu.decode(tokens.data(), B, Tn, got);
-    EXPECT_LT(rel_error(got, want), tol) << "after " << cache.length << " tokens";
-    EXPECT_EQ(p.gpu.decode_length(), cache.length);
+    EXPECT_LT(rel_error(got, want), tol) << "after " << cache.length() << " tokens";
+    EXPECT_EQ(p.gpu.decode_length(), cache.length());
   }
 }
 

@@ -16,6 +16,7 @@
 #include "testing/errors.h"
 #include "testing/finite_diff.h"
 #include "testing/model_agreement.h"
+#include "testing/ragged_decoding.h"
 
 namespace flashgpt {
 namespace {
@@ -151,6 +152,23 @@ TEST_P(MlaDecoding, AbsorbedAndExpandedEqualTheFullForward) {
         for (int64_t j = 0; j < Vp; ++j)
           ASSERT_NEAR(out[b * Vp + j], full[(b * Tn + t) * Vp + j], 1e-11 * max_abs) << "t=" << t;
     }
+  }
+}
+
+// Sequences of different lengths in one latent cache, absorbed and expanded: each sequence's
+// logits are its own full forward's.
+TEST_P(MlaDecoding, RaggedBatchesEqualEachSequencesFullForward) {
+  GPTConfig c = mla_config(GetParam());
+  c.block_size = 16;
+  c.vocab_size = 37;
+  GPT<double> model = random_model(c, 21);
+  for (MlaDecode mode : {MlaDecode::Absorbed, MlaDecode::Expanded}) {
+    SCOPED_TRACE(mode == MlaDecode::Absorbed ? "absorbed" : "expanded");
+    model.set_mla_decode(mode);
+    KVCache<double> cache = model.make_cache(3, 16);
+    testing::expect_ragged_decoding_equals_full_forward(model, testing::ragged_schedule(),
+                                                        testing::cached_step(model, cache), 1e-6);
+    EXPECT_EQ(cache.lengths, (std::vector<int64_t>{10, 4, 8}));
   }
 }
 

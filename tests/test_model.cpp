@@ -7,6 +7,7 @@
 #include "flashgpt/core/error.h"
 #include "testing/errors.h"
 #include "testing/model_agreement.h"
+#include "testing/ragged_decoding.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/data/dataloader.h"
 #include "flashgpt/model/gpt.h"
@@ -108,7 +109,7 @@ TEST_P(CachedDecode, EqualsFullForward) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = 0; j < Vp; ++j) ASSERT_NEAR(last[b * Vp + j], full[(b * Tn + t) * Vp + j], 1e-5) << "t=" << t;
   }
-  EXPECT_EQ(cache.length, Tn);
+  EXPECT_EQ(cache.length(), Tn);
   // KV-cache bytes: 2 · layers · kv_heads · head_dim · 4 per token.
   EXPECT_EQ(cache.bytes(), model_stats(model.config()).kv_cache_bytes_per_token * 16 * B);
 }
@@ -116,6 +117,32 @@ TEST_P(CachedDecode, EqualsFullForward) {
 INSTANTIATE_TEST_SUITE_P(Mechanisms, CachedDecode,
                          ::testing::Combine(::testing::Values(PosKind::Learned, PosKind::Rope),
                                             ::testing::Values(0, 2, 1), ::testing::Bool(), ::testing::Bool()));
+
+// Sequences of different lengths share the cache: each reads its own tokens at its own positions
+// (right-padded prefill, a sequence sitting out a step, steps of several tokens while the lengths
+// differ), and its logits are its own full forward's.
+TEST_P(CachedDecode, RaggedBatchesEqualEachSequencesFullForward) {
+  auto [pos, kv, qkn, flash] = GetParam();
+  GPTConfig config = small_config(pos, kv, qkn);
+  config.attention = flash ? AttentionKind::Flash : AttentionKind::Standard;
+  GPT<float> model(config);
+  model.init_weights(7);
+  KVCache<float> cache = model.make_cache(3, 16);
+  testing::expect_ragged_decoding_equals_full_forward(model, testing::ragged_schedule(),
+                                                      testing::cached_step(model, cache), 1e-5);
+  EXPECT_EQ(cache.lengths, (std::vector<int64_t>{10, 4, 8}));
+  EXPECT_THROW(cache.length(), Error);
+  // A sequence that reads must have room for its whole row, padding included.
+  std::vector<int> tokens(3 * 9, 1);
+  std::vector<float> logits(3 * model.config().padded_vocab_size());
+  const std::vector<int32_t> counts = {0, 1, 1};  // the third: 8 cached + 9 > 16
+  EXPECT_THROW(model.forward_cached(cache, tokens.data(), 3, 9, logits.data(), false, counts), Error);
+  const std::vector<int32_t> too_many = {0, 10, 0};
+  EXPECT_THROW(model.forward_cached(cache, tokens.data(), 3, 9, logits.data(), false, too_many), Error);
+  const std::vector<int32_t> two = {1, 1};
+  EXPECT_THROW(model.forward_cached(cache, tokens.data(), 3, 1, logits.data(), false, two), Error);
+  EXPECT_EQ(cache.lengths, (std::vector<int64_t>{10, 4, 8}));
+}
 
 TEST(Model, FlashAttentionModelEqualsStandard) {
   GPTConfig c = small_config(PosKind::Rope, 2, true);

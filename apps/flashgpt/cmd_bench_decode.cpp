@@ -73,7 +73,7 @@ Result bench_one(const GPTConfig& base, AttentionKind kind, int64_t context, con
   for (auto* buf : {&cache.k, &cache.v, &cache.latent}) {
     for (float& x : *buf) x = static_cast<float>(rng.normal());
   }
-  cache.length = context;
+  std::fill(cache.lengths.begin(), cache.lengths.end(), context);
   Result r;
   r.mechanism = to_string(kind);
   r.context = context;

@@ -460,6 +460,7 @@ KVCache<T> make_kv_cache(const GPTConfig& config, int64_t B, int64_t capacity) {
   KVCache<T> cache;
   cache.B = B;
   cache.capacity = capacity;
+  cache.lengths.assign(static_cast<size_t>(B), 0);
   if (is_latent(config.attention)) {
     cache.latent_row = config.latent_dim() + config.mla_rope_dim();
     cache.latent.assign(static_cast<size_t>(config.n_layer) * B * capacity * cache.latent_row, T(0));
@@ -479,14 +480,51 @@ KVCache<T> GPT<T>::make_cache(int64_t B, int64_t capacity) const {
 }
 
 template <typename T>
+int64_t KVCache<T>::length() const {
+  for (int64_t n : lengths) {
+    FLASHGPT_CHECK(n == lengths.front(), "KV cache: its sequences hold different lengths ({} and {})", lengths.front(),
+                   n);
+  }
+  return lengths.empty() ? 0 : lengths.front();
+}
+template struct KVCache<float>;
+template struct KVCache<double>;
+
+template <typename T>
+std::vector<typename GPT<T>::CachedRun> GPT<T>::cached_runs(const KVCache<T>& cache, int64_t B) const {
+  const auto reads = [&](int64_t b) { return step_counts_[static_cast<size_t>(b)] > 0; };
+  bool together = true;
+  for (int64_t b = 0; b < B; ++b) {
+    together = together && reads(b) && cache.lengths[static_cast<size_t>(b)] == cache.lengths[0];
+  }
+  if (together) return {{0, B, cache.lengths[0]}};
+  std::vector<CachedRun> runs;
+  for (int64_t b = 0; b < B; ++b) {
+    if (reads(b)) runs.push_back({b, 1, cache.lengths[static_cast<size_t>(b)]});
+  }
+  return runs;
+}
+
+template <typename T>
 void GPT<T>::forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int64_t Tn, T* logits_out,
-                            bool all_positions) {
+                            bool all_positions, std::span<const int32_t> counts) {
   const GPTConfig& c = config_;
   FLASHGPT_CHECK(B == cache.B, "decode: batch {} does not match the KV cache's batch {}", B, cache.B);
   FLASHGPT_CHECK(Tn > 0, "decode: no tokens given");
-  FLASHGPT_CHECK(cache.length + Tn <= cache.capacity,
-                 "sequence length {} exceeds the KV cache capacity {} (the model's block_size is {})",
-                 cache.length + Tn, cache.capacity, c.block_size);
+  FLASHGPT_CHECK(counts.empty() || static_cast<int64_t>(counts.size()) == B,
+                 "decode: {} token counts given for {} sequences", counts.size(), B);
+  step_counts_.assign(static_cast<size_t>(B), static_cast<int32_t>(Tn));
+  for (int64_t b = 0; b < B && !counts.empty(); ++b) {
+    const int32_t n = counts[static_cast<size_t>(b)];
+    FLASHGPT_CHECK(n >= 0 && n <= Tn, "decode: sequence {} reads {} tokens, outside 0…{}", b, n, Tn);
+    step_counts_[static_cast<size_t>(b)] = n;
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t len = cache.lengths[static_cast<size_t>(b)];
+    FLASHGPT_CHECK(step_counts_[static_cast<size_t>(b)] == 0 || len + Tn <= cache.capacity,
+                   "sequence length {} exceeds the KV cache capacity {} (the model's block_size is {})", len + Tn,
+                   cache.capacity, c.block_size);
+  }
   const int64_t N = B * Tn, C = c.n_embd, Vp = c.padded_vocab_size();
   check_tokens(tokens, N, "token");
   const int64_t logit_rows = all_positions ? N : B;
@@ -500,7 +538,13 @@ void GPT<T>::forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int
   allocate(infer_, B, Tn, /*per_layer=*/false, logit_rows);
   Activations& a = infer_;
   const T* wpe = c.pos == PosKind::Learned ? param("wpe") : nullptr;
-  ops::embedding_forward(a.resid[0], tokens, param("wte"), wpe, B, Tn, C, cache.length);
+  // Each run of sequences at its own positions; the rows of sequences that read nothing are zero.
+  for (int64_t b = 0; b < B; ++b) {
+    if (step_counts_[static_cast<size_t>(b)] == 0) std::fill_n(a.resid[0] + b * Tn * C, Tn * C, T(0));
+  }
+  for (const CachedRun& r : cached_runs(cache, B)) {
+    ops::embedding_forward(a.resid[0] + r.b0 * Tn * C, tokens + r.b0 * Tn, param("wte"), wpe, r.nb, Tn, C, r.pos);
+  }
   for (int l = 0; l < c.n_layer; ++l) {
     // Layers share one activation set in inference; streams alternate between two buffers.
     block_forward(l, a.layers[0], a.resid[static_cast<size_t>(l % 2)], a.resid[static_cast<size_t>((l + 1) % 2)],
@@ -509,8 +553,11 @@ void GPT<T>::forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int
   T* x = a.resid[static_cast<size_t>(c.n_layer % 2)];
   const T* rows = x;
   int64_t n_rows = N;
-  if (!all_positions) {  // only the last position of each sequence needs logits
-    for (int64_t b = 0; b < B; ++b) std::copy(x + ((b + 1) * Tn - 1) * C, x + (b + 1) * Tn * C, a.branch + b * C);
+  if (!all_positions) {  // only each sequence's last new token needs logits
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t last = std::max<int64_t>(step_counts_[static_cast<size_t>(b)], 1) - 1;
+      std::copy(x + (b * Tn + last) * C, x + (b * Tn + last + 1) * C, a.branch + b * C);
+    }
     rows = a.branch;
     n_rows = B;
   }
@@ -519,7 +566,7 @@ void GPT<T>::forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int
                     lnf_bias ? param("lnf.bias") : nullptr, n_rows, C, static_cast<T>(c.norm_eps));
   ops::matmul_forward(logits_out, a.lnf, param(c.tie_embeddings ? "wte" : "lm_head.weight"),
                       static_cast<const T*>(nullptr), n_rows, C, Vp);
-  cache.length += Tn;
+  for (int64_t b = 0; b < B; ++b) cache.lengths[static_cast<size_t>(b)] += step_counts_[static_cast<size_t>(b)];
 }
 
 template class GPT<float>;

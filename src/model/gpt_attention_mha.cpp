@@ -19,7 +19,6 @@ void GPT<T>::mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
   const int64_t N = B * Tn, C = c.n_embd, hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads();
   const int64_t qd = c.q_dim(), kvd = c.kv_dim();
   const T eps = static_cast<T>(c.norm_eps);
-  const int64_t pos0 = cache ? cache->length : 0;
 
   ops::matmul_forward(a.q, a.ln1, P.qkv_w, P.qkv_b, N, C, qd);
   ops::matmul_forward(a.k, a.ln1, P.qkv_w + qd * C, P.qkv_b ? P.qkv_b + qd : nullptr, N, C, kvd);
@@ -31,37 +30,53 @@ void GPT<T>::mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
     std::copy(a.q, a.q + N * qd, a.qa);
     std::copy(a.k, a.k + N * kvd, a.ka);
   }
-  if (c.pos == PosKind::Rope) {
-    rope_rows(a.qa, B, Tn, Hq, hd, hd, pos0, false);
-    rope_rows(a.ka, B, Tn, Hkv, hd, hd, pos0, false);
+  if (cache) {
+    std::fill(a.att, a.att + N * qd, T(0));  // the rows of sequences that read nothing stay zero
+    for (const CachedRun& run : cached_runs(*cache, B)) mha_cached(l, a, Tn, *cache, run);
+    return;
   }
-  if (cp_ && !cache) {
+  if (c.pos == PosKind::Rope) {
+    rope_rows(a.qa, B, Tn, Hq, hd, hd, 0, false);
+    rope_rows(a.ka, B, Tn, Hkv, hd, hd, 0, false);
+  }
+  if (cp_) {
     cp_attention_forward(l, a.qa, a.ka, a.v, a.att, a.lse, B, Tn, Hq, Hkv, hd, hd, segments);
     return;
   }
 
-  AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
+  const AttentionDims dims{B, Hq, Hkv, Tn, Tn, hd, hd, 0};
   AttentionMask mask{true, 0};
   if (segments) mask.q_segments = mask.kv_segments = {segments, static_cast<size_t>(B * Tn)};
-  const T* k_src = a.ka;
-  const T* v_src = a.v;
-  if (cache) {
-    // Append this step's keys and values, then attend over everything cached so far.
-    const int64_t layer_off = static_cast<int64_t>(l) * cache->B * cache->capacity * kvd;
-    for (int64_t b = 0; b < B; ++b) {
-      T* kc = cache->k.data() + layer_off + (b * cache->capacity + pos0) * kvd;
-      T* vc = cache->v.data() + layer_off + (b * cache->capacity + pos0) * kvd;
-      std::copy(a.ka + b * Tn * kvd, a.ka + (b + 1) * Tn * kvd, kc);
-      std::copy(a.v + b * Tn * kvd, a.v + (b + 1) * Tn * kvd, vc);
-    }
-    k_src = cache->k.data() + layer_off;
-    v_src = cache->v.data() + layer_off;
-    dims.Tk = pos0 + Tn;
-    dims.Tk_stride = cache->capacity;
-    mask.q_offset = pos0;
-  }
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
-  attention_forward(attention_kernel(), dims, mask, scale, a.qa, k_src, v_src, a.att, a.lse, tiling_);
+  attention_forward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, tiling_);
+}
+
+// Decoding, for the sequences [b0, b0 + nb) at position pos: RoPE at their positions, this step's
+// keys and values appended to the cache, then attention over everything cached so far.
+template <typename T>
+void GPT<T>::mha_cached(int l, LayerActs& a, int64_t Tn, KVCache<T>& cache, const CachedRun& run) {
+  const GPTConfig& c = config_;
+  const int64_t hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads(), qd = c.q_dim(), kvd = c.kv_dim();
+  const int64_t cap = cache.capacity, first = run.b0 * Tn;
+  T* q = a.qa + first * qd;
+  T* k = a.ka + first * kvd;
+  const T* v = a.v + first * kvd;
+  if (c.pos == PosKind::Rope) {
+    rope_rows(q, run.nb, Tn, Hq, hd, hd, run.pos, false);
+    rope_rows(k, run.nb, Tn, Hkv, hd, hd, run.pos, false);
+  }
+  const int64_t layer_off = (static_cast<int64_t>(l) * cache.B + run.b0) * cap * kvd;
+  T* kc = cache.k.data() + layer_off;
+  T* vc = cache.v.data() + layer_off;
+  for (int64_t b = 0; b < run.nb; ++b) {
+    std::copy(k + b * Tn * kvd, k + (b + 1) * Tn * kvd, kc + (b * cap + run.pos) * kvd);
+    std::copy(v + b * Tn * kvd, v + (b + 1) * Tn * kvd, vc + (b * cap + run.pos) * kvd);
+  }
+  const AttentionDims dims{run.nb, Hq, Hkv, Tn, run.pos + Tn, hd, hd, cap};
+  const AttentionMask mask{true, run.pos};
+  const T scale = T(1) / std::sqrt(static_cast<T>(hd));
+  attention_forward(attention_kernel(), dims, mask, scale, q, kc, vc, a.att + first * qd, a.lse + run.b0 * Hq * Tn,
+                    tiling_);
 }
 
 template <typename T>
@@ -193,6 +208,7 @@ void GPT<T>::cp_attention_backward(int l, const T* q, const T* out, const T* lse
                                     const int32_t*);                                                             \
   template void GPT<T>::mha_backward(int, const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,  \
                                      const int32_t*);                                                            \
+  template void GPT<T>::mha_cached(int, LayerActs&, int64_t, KVCache<T>&, const CachedRun&);                    \
   template void GPT<T>::rope_rows(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool) const;         \
   template void GPT<T>::cp_attention_forward(int, const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t, \
                                              int64_t, int64_t, int64_t, const int32_t*);                         \

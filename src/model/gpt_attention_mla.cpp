@@ -40,7 +40,6 @@ void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
   const int64_t N = B * Tn, C = c.n_embd, H = c.n_head, hd = c.head_dim();
   const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), r = c.q_lora_rank;
   const T eps = static_cast<T>(c.norm_eps);
-  const int64_t pos0 = cache ? cache->length : 0;
 
   // Queries, straight or through the low-rank query latent.
   if (r > 0) {
@@ -62,29 +61,14 @@ void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
     std::copy(a.q, a.q + N * H * dqk, a.qa);
     if (dr > 0) std::copy(a.k, a.k + N * dr, a.kr);
   }
-  if (dr > 0) {
-    rope_rows(a.qa + hd, B, Tn, H, dr, dqk, pos0, false);
-    rope_rows(a.kr, B, Tn, 1, dr, dr, pos0, false);
-  }
-
   if (cache) {
-    // Append [c_kv, k_rope] of the new tokens to this layer's latent cache.
-    const int64_t row = cache->latent_row;
-    T* layer = cache->latent.data() + static_cast<int64_t>(l) * cache->B * cache->capacity * row;
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t t = 0; t < Tn; ++t) {
-        T* dst = layer + (b * cache->capacity + pos0 + t) * row;
-        const int64_t n = b * Tn + t;
-        std::copy(a.ckv + n * nl, a.ckv + (n + 1) * nl, dst);
-        if (dr > 0) std::copy(a.kr + n * dr, a.kr + (n + 1) * dr, dst + nl);
-      }
-    }
-    if (mla_decode_ == MlaDecode::Absorbed) {
-      mla_decode_absorbed(l, P, a, B, Tn, *cache);
-    } else {
-      mla_decode_expanded(l, P, a, B, Tn, *cache);
-    }
+    std::fill(a.att, a.att + N * H * hd, T(0));  // the rows of sequences that read nothing stay zero
+    for (const CachedRun& run : cached_runs(*cache, B)) mla_cached(l, P, a, Tn, *cache, run);
     return;
+  }
+  if (dr > 0) {
+    rope_rows(a.qa + hd, B, Tn, H, dr, dqk, 0, false);
+    rope_rows(a.kr, B, Tn, 1, dr, dr, 0, false);
   }
 
   if (cp_) {
@@ -111,34 +95,64 @@ void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
   attention_forward(attention_kernel(), dims, mask, scale, a.qa, a.ka, a.v, a.att, a.lse, tiling_);
 }
 
+// Decoding, for the sequences [b0, b0 + nb) at position pos: RoPE at their positions, this step's
+// [c_kv, k_rope] rows appended to the layer's latent cache, then attention over it.
 template <typename T>
-void GPT<T>::mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn,
-                                 KVCache<T>& cache) {
+void GPT<T>::mla_cached(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache,
+                        const CachedRun& run) {
+  const GPTConfig& c = config_;
+  const int64_t H = c.n_head, hd = c.head_dim(), nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim();
+  const int64_t first = run.b0 * Tn, row = cache.latent_row;
+  if (dr > 0) {
+    rope_rows(a.qa + first * H * dqk + hd, run.nb, Tn, H, dr, dqk, run.pos, false);
+    rope_rows(a.kr + first * dr, run.nb, Tn, 1, dr, dr, run.pos, false);
+  }
+  T* layer = cache.latent.data() + (static_cast<int64_t>(l) * cache.B + run.b0) * cache.capacity * row;
+  for (int64_t b = 0; b < run.nb; ++b) {
+    for (int64_t t = 0; t < Tn; ++t) {
+      T* dst = layer + (b * cache.capacity + run.pos + t) * row;
+      const int64_t n = first + b * Tn + t;
+      std::copy(a.ckv + n * nl, a.ckv + (n + 1) * nl, dst);
+      if (dr > 0) std::copy(a.kr + n * dr, a.kr + (n + 1) * dr, dst + nl);
+    }
+  }
+  if (mla_decode_ == MlaDecode::Absorbed) {
+    mla_decode_absorbed(l, P, a, Tn, cache, run);
+  } else {
+    mla_decode_expanded(l, P, a, Tn, cache, run);
+  }
+}
+
+template <typename T>
+void GPT<T>::mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache,
+                                 const CachedRun& run) {
   const GPTConfig& c = config_;
   LatentDecodeDims d;
-  d.B = B;
+  d.B = run.nb;
   d.H = c.n_head;
   d.Tq = Tn;
-  d.Tk = cache.length + Tn;
+  d.Tk = run.pos + Tn;
   d.capacity = cache.capacity;
   d.head_dim = c.head_dim();
   d.n_latent = c.latent_dim();
   d.rope_dim = c.mla_rope_dim();
-  const T* layer = cache.latent.data() + static_cast<int64_t>(l) * cache.B * cache.capacity * cache.latent_row;
-  latent_attention_decode(attention_kernel(), d, a.qa, P.k_up_w, mla_value_up(P, a), layer, a.q_abs, a.o_lat, a.lse,
-                          a.att, tiling_);
+  const int64_t first = run.b0 * Tn, H = d.H, row = cache.latent_row;
+  const T* layer = cache.latent.data() + (static_cast<int64_t>(l) * cache.B + run.b0) * cache.capacity * row;
+  latent_attention_decode(attention_kernel(), d, a.qa + first * H * c.mla_qk_dim(), P.k_up_w, mla_value_up(P, a),
+                          layer, a.q_abs + first * H * row, a.o_lat + first * H * d.n_latent,
+                          a.lse + run.b0 * H * Tn, a.att + first * H * d.head_dim, tiling_);
 }
 
 template <typename T>
-void GPT<T>::mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn,
-                                 KVCache<T>& cache) {
+void GPT<T>::mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache,
+                                 const CachedRun& run) {
   const GPTConfig& c = config_;
   const int64_t H = c.n_head, hd = c.head_dim();
   const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), row = cache.latent_row;
-  const int64_t pos0 = cache.length, Tk = pos0 + Tn;
+  const int64_t B = run.nb, pos0 = run.pos, Tk = pos0 + Tn, first = run.b0 * Tn;
   // Re-expand every cached latent into per-head keys and values (the reference path).
   std::vector<T> keys(static_cast<size_t>(B * Tk * H * dqk)), values(static_cast<size_t>(B * Tk * H * hd));
-  const T* layer = cache.latent.data() + static_cast<int64_t>(l) * cache.B * cache.capacity * row;
+  const T* layer = cache.latent.data() + (static_cast<int64_t>(l) * cache.B + run.b0) * cache.capacity * row;
   const T* v_up = mla_value_up(P, a);
   for (int64_t b = 0; b < B; ++b) {
     const T* rows = layer + b * cache.capacity * row;
@@ -155,7 +169,8 @@ void GPT<T>::mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int6
   const AttentionDims dims{B, H, H, Tn, Tk, dqk, hd, 0};
   const AttentionMask mask{true, pos0};
   const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
-  attention_forward(attention_kernel(), dims, mask, scale, a.qa, keys.data(), values.data(), a.att, a.lse, tiling_);
+  attention_forward(attention_kernel(), dims, mask, scale, a.qa + first * H * dqk, keys.data(), values.data(),
+                    a.att + first * H * hd, a.lse + run.b0 * H * Tn, tiling_);
 }
 
 template <typename T>
@@ -326,8 +341,11 @@ void GPT<T>::mla_cp_backward(int l, const LayerParams& P, const LayerParams& G, 
                                         const int32_t*);                                                         \
   template void GPT<T>::mla_backward(int, const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,       \
                                      const int32_t*);                                                            \
-  template void GPT<T>::mla_decode_absorbed(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>&); \
-  template void GPT<T>::mla_decode_expanded(int, const LayerParams&, LayerActs&, int64_t, int64_t, KVCache<T>&);
+  template void GPT<T>::mla_cached(int, const LayerParams&, LayerActs&, int64_t, KVCache<T>&, const CachedRun&);    \
+  template void GPT<T>::mla_decode_absorbed(int, const LayerParams&, LayerActs&, int64_t, KVCache<T>&,              \
+                                            const CachedRun&);                                                     \
+  template void GPT<T>::mla_decode_expanded(int, const LayerParams&, LayerActs&, int64_t, KVCache<T>&,              \
+                                            const CachedRun&);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(double)
 #undef FLASHGPT_INSTANTIATE

@@ -36,7 +36,7 @@ class CpuDecoder final : public Decoder {
   explicit CpuDecoder(GPT<float>& model) : model_(model) {}
   const GPTConfig& config() const override { return model_.config(); }
   void start(int64_t B, int64_t capacity) override { cache_ = model_.make_cache(B, capacity); }
-  int64_t length() const override { return cache_.length; }
+  int64_t length() const override { return cache_.length(); }
   void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override {
     model_.forward_cached(cache_, tokens, B, Tn, logits);
   }

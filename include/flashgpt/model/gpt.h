@@ -45,7 +45,9 @@ template <typename T>
 struct KVCache {
   int64_t B = 0;
   int64_t capacity = 0;
-  int64_t length = 0;  // tokens already cached (the same for every sequence of the batch)
+  std::vector<int64_t> lengths;  // tokens already cached, per sequence [B]
+  // The tokens cached when every sequence has as many (an error otherwise).
+  int64_t length() const;
   std::vector<T> k, v;
   std::vector<T> latent;
   int64_t latent_row = 0;  // n_latent + rope_dim
@@ -114,12 +116,17 @@ class GPT {
   void set_grads_ready_hook(GradsReadyHook hook) { grads_ready_ = std::move(hook); }
   std::pair<int64_t, int64_t> block_param_range(int l) const { return block_ranges_[static_cast<size_t>(l)]; }
 
-  // Incremental decoding: runs Tn new tokens per sequence at positions cache.length … and appends
-  // their keys and values to the cache. Writes logits [B, Vp] of the last new position, or
-  // [B, Tn, Vp] of every new position when all_positions is true.
+  // Incremental decoding: runs Tn new tokens per sequence (tokens [B, Tn]) at positions
+  // cache.lengths[b] … and appends their keys and values to the cache. Writes logits [B, Vp] of
+  // each sequence's last new token, or [B, Tn, Vp] of every new position when all_positions is
+  // true. Sequences may hold different lengths. `counts` (optional, [B]) makes the batch ragged:
+  // sequence b reads only the first counts[b] ≤ Tn tokens of its row — the rest is padding, cached
+  // past its length and overwritten later — and its logits are those of token counts[b] − 1; a
+  // sequence with count 0 is left alone (its logits row is unspecified). Every sequence that reads
+  // must have room for its whole row: lengths[b] + Tn ≤ capacity.
   KVCache<T> make_cache(int64_t B, int64_t capacity) const;
   void forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int64_t Tn, T* logits_out,
-                      bool all_positions = false);
+                      bool all_positions = false, std::span<const int32_t> counts = {});
 
  private:
   struct LayerParams {
@@ -204,8 +211,18 @@ class GPT {
                    const int32_t* segments);
   void mla_backward(int l, const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
                     const int32_t* segments);
-  void mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>& cache);
-  void mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t B, int64_t Tn, KVCache<T>& cache);
+  // Decoding: the sequences a layer's attention runs together — all of them when they hold equal
+  // lengths and all read, else each reading sequence alone — as runs [b0, b0 + nb) at position pos.
+  struct CachedRun {
+    int64_t b0, nb, pos;
+  };
+  std::vector<CachedRun> cached_runs(const KVCache<T>& cache, int64_t B) const;
+  void mha_cached(int l, LayerActs& a, int64_t Tn, KVCache<T>& cache, const CachedRun& run);
+  void mla_cached(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache, const CachedRun& run);
+  void mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache,
+                           const CachedRun& run);
+  void mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache,
+                           const CachedRun& run);
   const T* mla_value_up(const LayerParams& P, LayerActs& a);
   void mla_value_up_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, const T* dv, const T* ckv,
                              T* dckv, int64_t N);
@@ -235,6 +252,7 @@ class GPT {
   bool have_forward_ = false;
   AttentionTiling tiling_;
   MlaDecode mla_decode_ = MlaDecode::Absorbed;
+  std::vector<int32_t> step_counts_;  // forward_cached: the tokens each sequence reads this step
   std::vector<int32_t> segments_;  // of the last training forward (empty: no document masking)
   std::vector<std::pair<int64_t, int64_t>> block_ranges_;  // per block: parameter offset, count
   GradsReadyHook grads_ready_;
