@@ -198,6 +198,31 @@ TEST(CudaOps, CopyRowsCopiesAStridedBlock) {
   check_copy_rows<bf16>();
 }
 
+// Each batch's block at its own first row (the cache appends of sequences at different lengths);
+// a batch whose row is negative is left alone.
+TEST(CudaOps, CopyRowsPlacesEachBatchAtItsOwnRow) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  const int64_t batches = 4, rows = 2, width = 9, dst_ld = 12, dst_batch = 10 * dst_ld;
+  const std::vector<int32_t> row0 = {0, 7, -1, 3};
+  const auto src = data.normal(static_cast<size_t>(batches * rows * width));
+  const auto dst = data.normal(static_cast<size_t>(batches * dst_batch));
+  std::vector<double> want(dst.begin(), dst.end());
+  for (int64_t b = 0; b < batches; ++b) {
+    if (row0[static_cast<size_t>(b)] < 0) continue;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < width; ++i)
+        want[static_cast<size_t>(b * dst_batch + (row0[static_cast<size_t>(b)] + r) * dst_ld + i)] =
+            src[static_cast<size_t>((b * rows + r) * width + i)];
+  }
+  auto d_dst = up(dst), d_src = up(src);
+  DeviceBuffer d_row0(row0.size() * 4);
+  d_row0.upload(row0.data(), row0.size() * 4);
+  cuda::copy_rows(d_dst.as<float>(), dst_batch, dst_ld, d_src.as<const float>(), rows * width, width, batches, rows,
+                  width, d_row0.as<const int32_t>());
+  EXPECT_EQ(rel_error(down_as<float>(d_dst, dst.size()), want), 0.0);
+}
+
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void check_embedding(bool positions, bool deterministic) {
@@ -248,6 +273,36 @@ TEST(CudaOps, EmbeddingForwardAndBackward) {
       check_embedding<bf16>(positions, deterministic);
     }
   }
+}
+
+// Each sequence's rows at its own positions (decoding sequences of different lengths).
+TEST(CudaOps, EmbeddingAndRopeTakePositionsPerSequence) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  const int64_t B = 3, Tn = 2, C = 24, V = 7, P = 16, H = 2, D = 8;
+  const std::vector<int32_t> pos = {0, 9, 4};
+  std::vector<int> tokens(static_cast<size_t>(B * Tn));
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int>((i * 5 + 1) % V);
+  const auto wte = data.normal(static_cast<size_t>(V * C)), wpe = data.normal(static_cast<size_t>(P * C));
+  const auto x = data.normal(static_cast<size_t>(B * Tn * H * D));
+  const ops::RopeTable<float> table(P, static_cast<int>(D), 10000.0);
+  std::vector<float> emb_want(static_cast<size_t>(B * Tn * C)), rope_want = x;
+  for (int64_t b = 0; b < B; ++b) {
+    ops::embedding_forward(emb_want.data() + b * Tn * C, tokens.data() + b * Tn, wte.data(), wpe.data(), 1, Tn, C,
+                           pos[static_cast<size_t>(b)]);
+    ops::rope_forward_strided(rope_want.data() + b * Tn * H * D, table, 1, Tn, H, D, D, pos[static_cast<size_t>(b)]);
+  }
+  DeviceBuffer dtok(tokens.size() * 4), dpos(pos.size() * 4);
+  dtok.upload(tokens.data(), tokens.size() * 4);
+  dpos.upload(pos.data(), pos.size() * 4);
+  auto gwte = up(wte), gwpe = up(wpe), gx = up(x), gcos = up(table.cos), gsin = up(table.sin);
+  DeviceBuffer out = poisoned(emb_want.size() * sizeof(float));
+  cuda::embedding_forward(out.as<float>(), dtok.as<const int>(), gwte.as<const float>(), gwpe.as<const float>(), B, Tn,
+                          C, 0, dpos.as<const int32_t>());
+  EXPECT_LT(rel_error(down_as<float>(out, emb_want.size()), emb_want), 1e-6);
+  cuda::rope_forward(gx.as<float>(), gcos.as<const float>(), gsin.as<const float>(), B, Tn, H, D, D, 0,
+                     dpos.as<const int32_t>());
+  EXPECT_LT(rel_error(down_as<float>(gx, x.size()), rope_want), 1e-6);
 }
 
 TEST(CudaOps, RowsGroupedByTokenAscend) {

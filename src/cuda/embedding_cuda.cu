@@ -11,13 +11,13 @@ namespace {
 template <typename T>
 __global__ void embedding_forward_kernel(T* __restrict__ out, const int* __restrict__ tokens,
                                          const T* __restrict__ wte, const T* __restrict__ wpe, int64_t Tn, int64_t C,
-                                         int64_t n_rows, int64_t pos_offset) {
+                                         int64_t n_rows, int64_t pos_offset, const int32_t* __restrict__ seq_pos) {
   const int64_t n = n_rows * C;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = i / C, c = i % C;
     float x = to_f32(wte[static_cast<int64_t>(tokens[row]) * C + c]);
-    if (wpe) x += to_f32(wpe[(pos_offset + row % Tn) * C + c]);
+    if (wpe) x += to_f32(wpe[((seq_pos ? seq_pos[row / Tn] : pos_offset) + row % Tn) * C + c]);
     out[i] = from_f32<T>(x);
   }
 }
@@ -69,11 +69,11 @@ constexpr int kThreads = 256;
 
 template <typename T>
 void embedding_forward(T* out, const int* tokens, const T* wte, const T* wpe, int64_t B, int64_t Tn, int64_t C,
-                       int64_t pos_offset) {
+                       int64_t pos_offset, const int32_t* seq_pos) {
   const int64_t rows = B * Tn;
   if (rows <= 0 || C <= 0) return;
   launch_kernel("embedding forward", embedding_forward_kernel<device_t<T>>, grid_for(rows * C, kThreads), kThreads, 0,
-                nullptr, dev(out), tokens, dev(wte), dev(wpe), Tn, C, rows, pos_offset);
+                nullptr, dev(out), tokens, dev(wte), dev(wpe), Tn, C, rows, pos_offset, seq_pos);
 }
 
 void group_rows_by_token(const int* tokens, int64_t n, std::vector<int>& rows, std::vector<int>& starts,
@@ -120,7 +120,8 @@ void embedding_backward(float* dwte, float* dwpe, const T* dout, const int* toke
 }
 
 #define FLASHGPT_INSTANTIATE(T)                                                                                  \
-  template void embedding_forward<T>(T*, const int*, const T*, const T*, int64_t, int64_t, int64_t, int64_t); \
+  template void embedding_forward<T>(T*, const int*, const T*, const T*, int64_t, int64_t, int64_t, int64_t,     \
+                                     const int32_t*);                                                          \
   template void embedding_backward<T>(float*, float*, const T*, const int*, int64_t, int64_t, int64_t, int64_t, \
                                       const TokenRuns*);
 FLASHGPT_INSTANTIATE(float)

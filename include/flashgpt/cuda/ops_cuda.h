@@ -33,11 +33,12 @@ void convert(bf16* out, const float* in, int64_t n);
 void convert(float* out, const bf16* in, int64_t n);
 
 // --- embedding (embedding_cuda.cu) ---
-// out[b,t,:] = wte[tok[b,t]] + wpe[pos_offset + t] (wpe may be null). Tokens must be < V (the
+// out[b,t,:] = wte[tok[b,t]] + wpe[p + t] (wpe may be null), p = seq_pos[b] when given (device
+// int32 [B]: decoding sequences at their own lengths), else pos_offset. Tokens must be < V (the
 // caller checks them on the host before they are uploaded).
 template <typename T>
 void embedding_forward(T* out, const int* tokens, const T* wte, const T* wpe, int64_t B, int64_t Tn, int64_t C,
-                       int64_t pos_offset);
+                       int64_t pos_offset, const int32_t* seq_pos = nullptr);
 // The rows of a batch grouped by token, for the deterministic embedding backward: rows
 // [starts[k], starts[k + 1]) of `rows` (ascending) hold token ids[k]; count runs. Device pointers.
 struct TokenRuns {
@@ -92,10 +93,11 @@ void cross_entropy_fused(T* logits_inout, float* losses, const int* targets, int
                          float scale);
 
 // --- rotary embedding (rope_cuda.cu) --- x [B, Tn, H, ·] in place, heads head_stride apart, rotating
-// the first D values of each head at positions pos_offset + t; cos and sin tables [max_pos, D/2].
+// the first D values of each head at positions p + t (p = seq_pos[b] when given, device int32 [B],
+// else pos_offset); cos and sin tables [max_pos, D/2].
 template <typename T>
 void rope_forward(T* x, const float* cos, const float* sin, int64_t B, int64_t Tn, int64_t H, int64_t D,
-                  int64_t head_stride, int64_t pos_offset);
+                  int64_t head_stride, int64_t pos_offset, const int32_t* seq_pos = nullptr);
 template <typename T>
 void rope_backward(T* dx, const float* cos, const float* sin, int64_t B, int64_t Tn, int64_t H, int64_t D,
                    int64_t head_stride, int64_t pos_offset);
@@ -111,10 +113,12 @@ void broadcast_to_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head
 template <typename T>
 void sum_over_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_stride, int64_t offset, int64_t width);
 // Strided row copies (the decode cache's appends, slices of heads): for b < batches, r < rows,
-// i < width, dst[b·dst_batch + r·dst_ld + i] = src[b·src_batch + r·src_ld + i].
+// i < width, dst[b·dst_batch + (row0 + r)·dst_ld + i] = src[b·src_batch + r·src_ld + i], where
+// row0 = dst_row0[b] when given (device int32 [batches]; a batch with row0 < 0 is skipped: each
+// sequence's append at its own length), else 0.
 template <typename T>
 void copy_rows(T* dst, int64_t dst_batch, int64_t dst_ld, const T* src, int64_t src_batch, int64_t src_ld,
-               int64_t batches, int64_t rows, int64_t width);
+               int64_t batches, int64_t rows, int64_t width, const int32_t* dst_row0 = nullptr);
 // --- bias (elementwise_cuda.cu) --- out[n, oc] += bias[oc];  db[oc] += Σ_n dout[n, oc]
 // (deterministic: fixed-order partial sums, no atomics).
 template <typename T>
