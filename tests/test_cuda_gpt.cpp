@@ -23,6 +23,7 @@
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
 #include "testing/errors.h"
+#include "testing/ragged_decoding.h"
 #include "testing/schedule.h"
 
 namespace flashgpt {
@@ -378,6 +379,38 @@ void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, dou
     EXPECT_LT(rel_error(got, want), tol) << "after " << cache.length() << " tokens";
     EXPECT_EQ(p.gpu.decode_length(), cache.length());
   }
+}
+
+// Sequences of different lengths in one GPU cache — a right-padded prefill of 5, 2 and 4 tokens,
+// then one token each at its own position, with sequences sitting out steps — each with the logits
+// of its own full forward on the CPU; several tokens while the lengths differ is an error naming it.
+void expect_ragged_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol) {
+  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision));
+  Pair p(c, precision);
+  const int64_t B = 3, Vp = c.padded_vocab_size();
+  p.gpu.start_decoding(B, 12);
+  testing::expect_ragged_decoding_equals_full_forward(
+      p.cpu, testing::ragged_schedule_single_steps(),
+      [&](const std::vector<int>& tokens, const testing::RaggedStep& st, std::vector<float>& logits) {
+        p.gpu.decode(tokens.data(), B, st.Tn, logits, st.counts);
+      },
+      tol);
+  EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{8, 5, 8}));
+  EXPECT_THROW(p.gpu.decode_length(), Error);
+  std::vector<int> tokens(static_cast<size_t>(B * 2), 1);
+  std::vector<float> logits(static_cast<size_t>(B * Vp));
+  EXPECT_NE(testing::error_of([&] { p.gpu.decode(tokens.data(), B, 2, logits); }).find("one token"),
+            std::string::npos);
+  EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{8, 5, 8}));
+}
+
+TEST(CudaGpt, RaggedDecodingTracksEachSequencesFullForward) {
+  SKIP_WITHOUT_GPU();
+  for (const GPTConfig& c : {gpt2_like(), llama_like(), mla_rope(), flash_mla_like()}) {
+    expect_ragged_decoding_tracks_the_cpu(c, Precision::FP32, 1e-5);
+  }
+  expect_ragged_decoding_tracks_the_cpu(flash_mla_like(), Precision::BF16, 3e-2);
+  expect_ragged_decoding_tracks_the_cpu(llama_like(), Precision::BF16, 3e-2);
 }
 
 TEST(CudaGpt, Fp32DecodingTracksTheCpuCache) {

@@ -109,7 +109,10 @@ void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}",
 std::string GPTCuda::decode_unsupported(const GPTConfig&, Precision) { return kNoCuda; }
 void GPTCuda::start_decoding(int64_t, int64_t) { fail("GPU decoding: {}", kNoCuda); }
 int64_t GPTCuda::decode_length() const { fail("GPU decoding: {}", kNoCuda); }
-void GPTCuda::decode(const int*, int64_t, int64_t, std::span<float>) { fail("GPU decoding: {}", kNoCuda); }
+std::vector<int64_t> GPTCuda::decode_lengths() const { fail("GPU decoding: {}", kNoCuda); }
+void GPTCuda::decode(const int*, int64_t, int64_t, std::span<float>, std::span<const int32_t>) {
+  fail("GPU decoding: {}", kNoCuda);
+}
 int64_t GPTCuda::decode_cache_bytes() const { fail("GPU decoding: {}", kNoCuda); }
 double measure_gemm_flops(bool, int, int) { fail("GPU GEMM rate: {}", kNoCuda); }
 

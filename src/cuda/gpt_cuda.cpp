@@ -224,8 +224,8 @@ void Model<T>::mha_forward(const LayerOffsets& o, LayerActs& a) {
     rmsnorm_forward(a.ka, a.k_rstd, a.k, W(o.k_norm_w), N * Hkv, hd, eps);
   }
   if (c.pos == PosKind::Rope) {
-    rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, pos0());
-    rope_forward(a.ka, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, pos0());
+    rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, pos0(), seq_pos());
+    rope_forward(a.ka, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, pos0(), seq_pos());
   }
   if (decoding_) {
     mha_decode_attention(a);

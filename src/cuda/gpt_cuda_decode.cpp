@@ -75,33 +75,77 @@ void Model<T>::start_decoding(int64_t B, int64_t capacity) {
     const size_t bytes = static_cast<size_t>(L * B * capacity * c.kv_dim()) * sizeof(T);
     dec_.k = DeviceBuffer(bytes);
     dec_.v = DeviceBuffer(bytes);
+    dec_.k.fill_bytes(0);  // rows past a sequence's length stay finite
+    dec_.v.fill_bytes(0);
   }
   dec_.B = B;
   dec_.capacity = capacity;
+  dec_.lengths.assign(static_cast<size_t>(B), 0);
+  dec_.step_ints = DeviceBuffer(static_cast<size_t>(3 * B) * sizeof(int32_t));
 }
 
 template <typename T>
-void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits) {
+void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
+                      std::span<const int32_t> counts) {
   const GPTConfig& c = config;
   FLASHGPT_CHECK(dec_.B > 0, "decode: no cache (call start_decoding first)");
   FLASHGPT_CHECK(B == dec_.B, "decode: {} sequences given, the cache holds {}", B, dec_.B);
   FLASHGPT_CHECK(Tn > 0, "decode: the number of new tokens must be positive, got {}", Tn);
-  FLASHGPT_CHECK(dec_.length + Tn <= dec_.capacity,
-                 "decode: {} new tokens after the {} cached exceed the cache's capacity of {}", Tn, dec_.length,
-                 dec_.capacity);
+  FLASHGPT_CHECK(counts.empty() || static_cast<int64_t>(counts.size()) == B,
+                 "decode: {} token counts given for {} sequences", counts.size(), B);
   const int64_t N = B * Tn, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();
   FLASHGPT_CHECK(static_cast<int64_t>(logits.size()) == B * Vp, "decode: room for {} logits given, {} wanted",
                  logits.size(), B * Vp);
+  std::vector<int32_t> count(static_cast<size_t>(B), static_cast<int32_t>(Tn));
+  bool all_read = true;
+  for (int64_t b = 0; b < B && !counts.empty(); ++b) {
+    const int32_t n = counts[static_cast<size_t>(b)];
+    FLASHGPT_CHECK(n >= 0 && n <= Tn, "decode: sequence {} reads {} tokens, outside 0…{}", b, n, Tn);
+    count[static_cast<size_t>(b)] = n;
+    all_read = all_read && n == Tn;
+  }
+  bool equal = true;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t len = dec_.lengths[static_cast<size_t>(b)];
+    equal = equal && len == dec_.lengths[0];
+    FLASHGPT_CHECK(count[static_cast<size_t>(b)] == 0 || len + Tn <= dec_.capacity,
+                   "decode: {} new tokens after the {} cached exceed the cache's capacity of {}", Tn, len,
+                   dec_.capacity);
+  }
   for (int64_t i = 0; i < N; ++i) {
     FLASHGPT_CHECK(tokens[i] >= 0 && tokens[i] < V, "token id {} at index {} is out of range for vocab_size {}",
                    tokens[i], i, V);
+  }
+  // Sequences at one length run as one batch (those that read nothing along with them, their rows
+  // written past their length); at different lengths each reads one token at its own position.
+  dec_.apart = !(equal && dec_.lengths[0] + Tn <= dec_.capacity);
+  FLASHGPT_CHECK(!dec_.apart || Tn == 1,
+                 "decode: on the GPU, sequences of different lengths read one token each per call, not {}", Tn);
+  std::vector<int32_t> keys(static_cast<size_t>(B));
+  if (dec_.apart) {
+    std::vector<int32_t> ints(static_cast<size_t>(3 * B));
+    dec_.max_keys = 1;
+    for (int64_t b = 0; b < B; ++b) {
+      const auto len = static_cast<int32_t>(dec_.lengths[static_cast<size_t>(b)]);
+      const bool reads = count[static_cast<size_t>(b)] > 0;
+      const auto last = static_cast<int32_t>(dec_.capacity - 1);
+      ints[static_cast<size_t>(b)] = reads ? len : std::min(len, last);  // a position the tables hold
+      ints[static_cast<size_t>(B + b)] = reads ? len : -1;
+      keys[static_cast<size_t>(b)] = reads ? len + 1 : std::max(len, 1);
+      ints[static_cast<size_t>(2 * B + b)] = keys[static_cast<size_t>(b)];
+      dec_.max_keys = std::max<int64_t>(dec_.max_keys, keys[static_cast<size_t>(b)]);
+    }
+    dec_.step_ints.upload(ints.data(), ints.size() * sizeof(int32_t));
+    dec_.pos = 0;
+  } else {
+    dec_.pos = dec_.lengths[0];
+    std::fill(keys.begin(), keys.end(), static_cast<int32_t>(dec_.pos + Tn));
   }
   allocate(B, Tn);
   have_forward_ = have_logits_ = have_segments_ = false;
   copy_to_device(tokens_, tokens, static_cast<size_t>(N) * sizeof(int));
   if (is_latent(c.attention)) {
-    const std::vector<int32_t> lens(static_cast<size_t>(B), static_cast<int32_t>(dec_.length + Tn));
-    dec_.seq_lens.upload(lens.data(), lens.size() * sizeof(int32_t));
+    dec_.seq_lens.upload(keys.data(), keys.size() * sizeof(int32_t));
     // Every layer's decode has these sizes: planned once a call.
     PagedLatentDims& pd = dec_.latent_dims;
     pd.B = B;
@@ -121,14 +165,25 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     ~Decoding() { flag = false; }
   } decoding(decoding_);
 
-  embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), B, Tn, C, dec_.length);
+  embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), B, Tn, C, pos0(), seq_pos());
   for (int l = 0; l < c.n_layer; ++l) {
     block_forward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l) + 1]);
   }
   norm_forward(lnf_, lnf_mean_, lnf_rstd_, resid_.back(), lnf_w_, lnf_b_, N, C);
-  // The classifier over each sequence's last new token only: rows Tn − 1, 2·Tn − 1, …
+  // The classifier over each sequence's last new token only: rows Tn − 1, 2·Tn − 1, …, or with
+  // counts each sequence's own last row, gathered first.
+  const T* last = lnf_ + (Tn - 1) * C;
+  int64_t ld = Tn * C;
+  if (!all_read) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = b * Tn + std::max<int32_t>(count[static_cast<size_t>(b)], 1) - 1;
+      copy_rows(branch_ + b * C, 0, 0, lnf_ + row * C, 0, 0, 1, 1, C);
+    }
+    last = branch_;
+    ld = C;
+  }
   T* out = static_cast<T*>(at_least(dec_.logits, static_cast<size_t>(B * Vp) * sizeof(T)));
-  gemm<T, T>(false, true, B, Vp, C, 1.0f, lnf_ + (Tn - 1) * C, Tn * C, W(lm_), C, 0.0f, out, Vp);
+  gemm<T, T>(false, true, B, Vp, C, 1.0f, last, ld, W(lm_), C, 0.0f, out, Vp);
   if constexpr (std::is_same_v<T, bf16>) {
     float* wide = static_cast<float*>(at_least(dec_.wide_logits, logits.size_bytes()));
     convert(wide, out, B * Vp);
@@ -136,7 +191,7 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   } else {
     copy_to_host(logits.data(), out, logits.size_bytes());
   }
-  dec_.length += Tn;
+  for (int64_t b = 0; b < B; ++b) dec_.lengths[static_cast<size_t>(b)] += count[static_cast<size_t>(b)];
 }
 
 template <typename T>
@@ -161,16 +216,27 @@ void Model<T>::cached_attention(const AttentionDims& d, const AttentionMask& m, 
 template <typename T>
 void Model<T>::mha_decode_attention(LayerActs& a) {
   const GPTConfig& c = config;
-  const int64_t kvd = c.kv_dim(), hd = c.head_dim(), rows = dec_.rows, pos0 = dec_.length;
+  const int64_t kvd = c.kv_dim(), hd = c.head_dim(), rows = dec_.rows, pos0 = dec_.pos;
   const int64_t layer = layer_of(a) * B_ * rows * kvd;
   T* k = dec_.k.template as<T>() + layer;
   T* v = dec_.v.template as<T>() + layer;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  if (dec_.apart) {  // one new token each, appended at its sequence's own row, seeing its own keys
+    const int32_t* ints = dec_.step_ints.template as<int32_t>();
+    copy_rows(k, rows * kvd, kvd, a.ka, kvd, 0, B_, 1, kvd, ints + B_);
+    copy_rows(v, rows * kvd, kvd, a.v, kvd, 0, B_, 1, kvd, ints + B_);
+    const AttentionDims d{B_, c.n_head, c.kv_heads(), 1, dec_.max_keys, hd, hd, rows};
+    AttentionMask m{false, 0};
+    m.kv_lengths = {ints + 2 * B_, static_cast<size_t>(B_)};
+    cached_attention(d, m, scale, a.qa, k, v, a.att, a.lse);
+    return;
+  }
   // Each sequence's new keys (and values) are Tn·kv_dim consecutive values on both sides.
   copy_rows(k + pos0 * kvd, rows * kvd, 0, a.ka, Tn_ * kvd, 0, B_, 1, Tn_ * kvd);
   copy_rows(v + pos0 * kvd, rows * kvd, 0, a.v, Tn_ * kvd, 0, B_, 1, Tn_ * kvd);
   const AttentionDims d{B_, c.n_head, c.kv_heads(), Tn_, pos0 + Tn_, hd, hd, rows};
   const AttentionMask m{true, pos0};
-  cached_attention(d, m, 1.0f / std::sqrt(static_cast<float>(hd)), a.qa, k, v, a.att, a.lse);
+  cached_attention(d, m, scale, a.qa, k, v, a.att, a.lse);
 }
 
 template <typename T>
@@ -178,11 +244,17 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
   const GPTConfig& c = config;
   const int64_t N = B_ * Tn_, H = c.n_head, hd = c.head_dim();
   const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), row = nl + dr;
-  const int64_t rows = dec_.rows, pos0 = dec_.length;
+  const int64_t rows = dec_.rows, pos0 = dec_.pos;
   T* cache = dec_.latent.template as<T>() + layer_of(a) * B_ * rows * row;
-  // This step's rows [c_kv, k_rope] at positions pos0 … of each sequence.
-  copy_rows(cache + pos0 * row, rows * row, row, a.ckv, Tn_ * nl, nl, B_, Tn_, nl);
-  if (dr > 0) copy_rows(cache + pos0 * row + nl, rows * row, row, a.kr, Tn_ * dr, dr, B_, Tn_, dr);
+  // This step's rows [c_kv, k_rope] at positions pos0 … of each sequence, or apart each at its own.
+  if (dec_.apart) {
+    const int32_t* at = dec_.step_ints.template as<int32_t>() + B_;
+    copy_rows(cache, rows * row, row, a.ckv, nl, 0, B_, 1, nl, at);
+    if (dr > 0) copy_rows(cache + nl, rows * row, row, a.kr, dr, 0, B_, 1, dr, at);
+  } else {
+    copy_rows(cache + pos0 * row, rows * row, row, a.ckv, Tn_ * nl, nl, B_, Tn_, nl);
+    if (dr > 0) copy_rows(cache + pos0 * row + nl, rows * row, row, a.kr, Tn_ * dr, dr, B_, Tn_, dr);
+  }
   // Absorbed queries q_abs,h = [q_nope,h · W_k_up,h, q_rope,h], [N, H, row]: one batch of H products.
   T* q_abs = static_cast<T*>(at_least(dec_.q_abs, static_cast<size_t>(N * H * row) * sizeof(T)));
   gemm_batched<T, T>(false, false, N, nl, hd, 1.0f, a.qa, H * dqk, dqk, W(o.k_up_w), nl, hd * nl, 0.0f, q_abs, H * row,
@@ -200,7 +272,7 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
 // The class is instantiated in gpt_cuda.cpp; this file instantiates its own members.
 #define FLASHGPT_INSTANTIATE(T)                                                                                  \
   template void Model<T>::start_decoding(int64_t, int64_t);                                                     \
-  template void Model<T>::decode(const int*, int64_t, int64_t, std::span<float>);                               \
+  template void Model<T>::decode(const int*, int64_t, int64_t, std::span<float>, std::span<const int32_t>);     \
   template void Model<T>::cached_attention(const AttentionDims&, const AttentionMask&, float, const T*, const T*, \
                                            const T*, T*, float*);                                              \
   template void Model<T>::mha_decode_attention(LayerActs&);                                                     \
@@ -212,10 +284,19 @@ FLASHGPT_INSTANTIATE(bf16)
 }  // namespace gpt_detail
 
 void GPTCuda::start_decoding(int64_t B, int64_t capacity) { impl_->start_decoding(B, capacity); }
-int64_t GPTCuda::decode_length() const { return impl_->decode_length(); }
+std::vector<int64_t> GPTCuda::decode_lengths() const { return impl_->decode_lengths(); }
+int64_t GPTCuda::decode_length() const {
+  const std::vector<int64_t> lengths = impl_->decode_lengths();
+  for (int64_t n : lengths) {
+    FLASHGPT_CHECK(n == lengths.front(), "decode: the cache's sequences hold different lengths ({} and {})",
+                   lengths.front(), n);
+  }
+  return lengths.empty() ? 0 : lengths.front();
+}
 int64_t GPTCuda::decode_cache_bytes() const { return impl_->decode_cache_bytes(); }
-void GPTCuda::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits) {
-  impl_->decode(tokens, B, Tn, logits);
+void GPTCuda::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
+                     std::span<const int32_t> counts) {
+  impl_->decode(tokens, B, Tn, logits, counts);
 }
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

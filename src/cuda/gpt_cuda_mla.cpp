@@ -37,8 +37,8 @@ void Model<T>::mla_forward(const LayerOffsets& o, LayerActs& a) {
     if (dr > 0) rmsnorm_forward(a.kr, a.k_rstd, a.k, W(o.k_norm_w), N, dr, eps);
   }
   if (dr > 0) {
-    rope_forward(a.qa + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, pos0());
-    rope_forward(a.kr, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, pos0());
+    rope_forward(a.qa + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, pos0(), seq_pos());
+    rope_forward(a.kr, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, pos0(), seq_pos());
   }
   const T* v_up = W(o.v_up_w);
   if (c.use_svd) {  // factored: v_up = u · v, [H·hd, rank] · [rank, n_latent]

@@ -54,8 +54,9 @@ struct GPTCuda::Impl {
                                   const int32_t* segments, float loss_scale) = 0;
   virtual void get_logits(std::span<float> out) const = 0;
   virtual void start_decoding(int64_t B, int64_t capacity) = 0;
-  virtual void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits) = 0;
-  virtual int64_t decode_length() const = 0;
+  virtual void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
+                      std::span<const int32_t> counts) = 0;
+  virtual std::vector<int64_t> decode_lengths() const = 0;
   virtual int64_t decode_cache_bytes() const = 0;
   int64_t classifier_rows = 0;  // rows per classifier chunk; 0 chooses
   bool deterministic_next = false;  // set_deterministic: what the next forward with targets latches
@@ -140,8 +141,9 @@ class Model final : public GPTCuda::Impl {
                           float loss_scale) override;
   void get_logits(std::span<float> out) const override;
   void start_decoding(int64_t B, int64_t capacity) override;
-  void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits) override;
-  int64_t decode_length() const override { return dec_.length; }
+  void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
+              std::span<const int32_t> counts) override;
+  std::vector<int64_t> decode_lengths() const override { return dec_.lengths; }
   int64_t decode_cache_bytes() const override {
     return static_cast<int64_t>(dec_.k.bytes() + dec_.v.bytes() + dec_.latent.bytes());
   }
@@ -207,7 +209,10 @@ class Model final : public GPTCuda::Impl {
                         const T* v, T* o, float* lse);
   int64_t layer_of(const LayerActs& a) const { return &a - acts_.data(); }
   // Where this forward's tokens sit in their sequences: after the cached ones while decoding.
-  int64_t pos0() const { return decoding_ ? dec_.length : 0; }
+  // Decoding: the position of this call's first new token, shared by the batch (pos0), or each
+  // sequence's own (seq_pos, device int32 [B]; null when shared).
+  int64_t pos0() const { return decoding_ ? dec_.pos : 0; }
+  const int32_t* seq_pos() const { return decoding_ && dec_.apart ? dec_.step_ints.template as<int32_t>() : nullptr; }
 
   DeviceBuffer copy_;  // bf16 weights (BF16 only)
   std::vector<LayerOffsets> layers_;
@@ -242,8 +247,15 @@ class Model final : public GPTCuda::Impl {
 
   // The decoding cache (start_decoding), and decode's scratch (grown as calls need).
   struct DecodeCache {
-    int64_t B = 0, capacity = 0, length = 0;
+    int64_t B = 0, capacity = 0;
+    std::vector<int64_t> lengths;  // tokens cached per sequence
     int64_t rows = 0;  // cache rows per sequence: capacity, in whole pages for latent attention
+    // This call: the sequences at one position `pos`, or apart (different lengths, one new token
+    // each), when step_ints holds int32 [3, B]: each sequence's position, the cache row it
+    // appends at (−1: it reads nothing), and the keys it sees; max_keys is the largest of those.
+    bool apart = false;
+    int64_t pos = 0, max_keys = 0;
+    DeviceBuffer step_ints;
     DeviceBuffer k, v;                   // multi-head: [L, B, rows, kv_dim]
     DeviceBuffer latent;                 // latent: [L, B, rows, n_latent + rope_dim]
     DeviceBuffer block_table, seq_lens;  // latent: int32 [B, rows / page], [B]

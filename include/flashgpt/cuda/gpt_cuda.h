@@ -102,16 +102,21 @@ class GPTCuda {
 
   // Incremental decoding (the sampler's path), as GPT<T>::forward_cached: start_decoding empties
   // the cache in device memory and lays it out for B sequences of up to `capacity` tokens;
-  // decode reads Tn new tokens per sequence (tokens [B, Tn]) at positions decode_length() … ,
+  // decode reads Tn new tokens per sequence (tokens [B, Tn]) at positions decode_lengths()[b] … ,
   // appends their keys and values, and writes the fp32 logits [B, padded_vocab] of each
-  // sequence's last new token. Multi-head attention caches keys and values [L, B, capacity, kv_dim]
+  // sequence's last new token. `counts` makes the batch ragged, as GPT<T>::forward_cached's: sequence
+  // b reads the first counts[b] tokens of its row (the rest is padding; 0 leaves it alone). While
+  // the sequences hold different lengths, each call reads one token (Tn = 1); a right-padded
+  // prefill from an empty cache reads them all at once. Multi-head attention caches keys and values [L, B, capacity, kv_dim]
   // and attends with the flash kernels (the standard kernel for bf16 head dims they lack); latent
   // attention caches only the rows [c_kv, k_rope] [L, B, capacity, n_latent + rope_dim] in pages
   // of 64 and attends with weight absorption straight over them (latent_decode_paged). Decoding
   // overwrites the activations a training step keeps: a backward must follow a new forward.
   void start_decoding(int64_t B, int64_t capacity);
-  int64_t decode_length() const;
-  void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits);
+  std::vector<int64_t> decode_lengths() const;
+  int64_t decode_length() const;  // the length every sequence holds (an error if they differ)
+  void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
+              std::span<const int32_t> counts = {});
   // The cache's size in bytes (0 before start_decoding).
   int64_t decode_cache_bytes() const;
   // Why this config cannot decode on the GPU at this precision, or "" when it can.
@@ -130,8 +135,12 @@ class GPTCudaDecoder final : public Decoder {
   const GPTConfig& config() const override { return model_.config(); }
   void start(int64_t B, int64_t capacity) override { model_.start_decoding(B, capacity); }
   int64_t length() const override { return model_.decode_length(); }
+  std::vector<int64_t> lengths() const override { return model_.decode_lengths(); }
   void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override {
     model_.decode(tokens, B, Tn, {logits, static_cast<size_t>(B * model_.config().padded_vocab_size())});
+  }
+  void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) override {
+    model_.decode(tokens, B, Tn, {logits, static_cast<size_t>(B * model_.config().padded_vocab_size())}, counts);
   }
 
  private:

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
+#include <vector>
 
 #include "flashgpt/model/config.h"
 
@@ -15,11 +17,17 @@ class Decoder {
   virtual const GPTConfig& config() const = 0;
   // Empties the cache and lays it out for B sequences of up to `capacity` tokens (≤ block_size).
   virtual void start(int64_t B, int64_t capacity) = 0;
-  // Tokens cached per sequence (the same for every sequence of the batch).
+  // Tokens cached by every sequence (an error when they hold different lengths), and by each.
   virtual int64_t length() const = 0;
+  virtual std::vector<int64_t> lengths() const = 0;
   // Reads Tn new tokens per sequence (tokens [B, Tn]) after those cached, caches them, and writes
   // the fp32 logits [B, padded_vocab] of each sequence's last new token.
   virtual void step(const int* tokens, int64_t B, int64_t Tn, float* logits) = 0;
+  // The same, ragged: sequence b reads only the first counts[b] ≤ Tn tokens of its row (the rest
+  // is padding) and its logits are those of its last one; a sequence with count 0 is left alone.
+  // Sequences that hold different lengths read one token each per step (Tn = 1) on the GPU; a
+  // right-padded prefill from an empty cache reads every prompt in one step.
+  virtual void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) = 0;
 };
 
 }  // namespace flashgpt

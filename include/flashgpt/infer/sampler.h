@@ -37,8 +37,12 @@ class CpuDecoder final : public Decoder {
   const GPTConfig& config() const override { return model_.config(); }
   void start(int64_t B, int64_t capacity) override { cache_ = model_.make_cache(B, capacity); }
   int64_t length() const override { return cache_.length(); }
+  std::vector<int64_t> lengths() const override { return cache_.lengths; }
   void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override {
     model_.forward_cached(cache_, tokens, B, Tn, logits);
+  }
+  void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) override {
+    model_.forward_cached(cache_, tokens, B, Tn, logits, false, counts);
   }
 
  private:
