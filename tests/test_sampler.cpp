@@ -185,5 +185,37 @@ TEST(Generate, ABatchStopsTogetherAtTheContextLimit) {
   EXPECT_THROW(generate_batch(decoder, prompt, o, none), Error);
 }
 
+// Prompts of different lengths decoded together: each sample is what its prompt gives alone, the
+// longest stopping at the context limit while the others go on.
+TEST(Generate, PromptsOfDifferentLengthsDrawWhatEachDrawsAlone) {
+  GPT<float> model(tiny_model_config());
+  model.init_weights(5);
+  CpuDecoder decoder(model);
+  const std::vector<std::vector<int>> prompts = {{1, 2, 3, 4, 5}, {7}, {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8}};
+  for (float temperature : {0.0f, 1.0f}) {
+    SampleOptions o;
+    o.max_new_tokens = 9;
+    o.stop_at_eot = temperature > 0;
+    o.eot_token = 4;
+    o.temperature = temperature;
+    std::vector<Rng> rngs = {sample_rng(3, 0), sample_rng(3, 1), sample_rng(3, 2)};
+    const std::vector<SampleResult> batch = generate_batch(decoder, prompts, o, rngs);
+    ASSERT_EQ(batch.size(), 3u);
+    if (temperature == 0) {
+      EXPECT_EQ(batch[2].stop_reason, "context_limit");
+      EXPECT_EQ(batch[2].tokens.size(), 5u);  // 12 given, 4 read back, one more predicted
+      EXPECT_EQ(batch[1].tokens.size(), 9u);
+    }
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      Rng alone = sample_rng(3, static_cast<int64_t>(b));
+      const SampleResult one = generate(decoder, prompts[b], o, alone);
+      EXPECT_EQ(batch[b].tokens, one.tokens) << "temperature " << temperature << ", prompt " << b;
+      EXPECT_EQ(batch[b].stop_reason, one.stop_reason) << "temperature " << temperature << ", prompt " << b;
+    }
+  }
+  std::vector<Rng> two = {sample_rng(3, 0), sample_rng(3, 1)};
+  EXPECT_THROW(generate_batch(decoder, prompts, SampleOptions{}, two), Error);
+}
+
 }  // namespace
 }  // namespace flashgpt

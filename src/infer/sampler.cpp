@@ -58,14 +58,20 @@ Rng sample_rng(uint64_t seed, int64_t k) {
   return Rng(mix.next_u64());
 }
 
-std::vector<SampleResult> generate_batch(Decoder& model, std::span<const int> prompt, const SampleOptions& opt,
-                                         std::span<Rng> rngs, const std::function<void(int64_t, int)>& on_token) {
+std::vector<SampleResult> generate_batch(Decoder& model, std::span<const std::vector<int>> prompts,
+                                         const SampleOptions& opt, std::span<Rng> rngs,
+                                         const std::function<void(int64_t, int)>& on_token) {
   const GPTConfig& c = model.config();
-  const int64_t B = static_cast<int64_t>(rngs.size()), P = static_cast<int64_t>(prompt.size());
+  const int64_t B = static_cast<int64_t>(rngs.size());
   FLASHGPT_CHECK(B > 0, "generate: no samples asked for");
-  FLASHGPT_CHECK(P > 0, "prompt: empty (give at least one token)");
-  FLASHGPT_CHECK(P <= c.block_size, "prompt: {} tokens exceed the model's context of {} (block_size)", P,
-                 c.block_size);
+  FLASHGPT_CHECK(static_cast<int64_t>(prompts.size()) == B, "generate: {} prompts for {} samples", prompts.size(), B);
+  int64_t P = 0;
+  for (const std::vector<int>& prompt : prompts) {
+    FLASHGPT_CHECK(!prompt.empty(), "prompt: empty (give at least one token)");
+    FLASHGPT_CHECK(static_cast<int64_t>(prompt.size()) <= c.block_size,
+                   "prompt: {} tokens exceed the model's context of {} (block_size)", prompt.size(), c.block_size);
+    P = std::max<int64_t>(P, static_cast<int64_t>(prompt.size()));
+  }
   FLASHGPT_CHECK(opt.max_new_tokens >= 0, "--max-tokens: must be ≥ 0, got {}", opt.max_new_tokens);
   FLASHGPT_CHECK(opt.temperature >= 0.0f, "--temperature: must be ≥ 0, got {}", opt.temperature);
   FLASHGPT_CHECK(opt.top_k >= 0, "--top-k: must be ≥ 0, got {}", opt.top_k);
@@ -76,38 +82,55 @@ std::vector<SampleResult> generate_batch(Decoder& model, std::span<const int> pr
   const int64_t capacity = std::min<int64_t>(c.block_size, P + opt.max_new_tokens);
   const int64_t Vp = c.padded_vocab_size();
   model.start(B, capacity);
+  // The prefill: every prompt in one step, each row padded to the longest with its last token.
   std::vector<float> logits(static_cast<size_t>(B * Vp));
   std::vector<int> tokens(static_cast<size_t>(B * P));
-  for (int64_t b = 0; b < B; ++b) std::copy(prompt.begin(), prompt.end(), tokens.begin() + b * P);
-  model.step(tokens.data(), B, P, logits.data());
-  std::vector<bool> done(static_cast<size_t>(B), false);
+  std::vector<int32_t> counts(static_cast<size_t>(B));
+  std::vector<int64_t> lengths(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    const std::vector<int>& prompt = prompts[static_cast<size_t>(b)];
+    auto row = tokens.begin() + b * P;
+    std::fill(std::copy(prompt.begin(), prompt.end(), row), row + P, prompt.back());
+    counts[static_cast<size_t>(b)] = static_cast<int32_t>(prompt.size());
+    lengths[static_cast<size_t>(b)] = static_cast<int64_t>(prompt.size());
+  }
+  model.step(tokens.data(), B, P, counts, logits.data());
   int64_t running = B;
   tokens.resize(static_cast<size_t>(B));
   for (int i = 0; i < opt.max_new_tokens && running > 0; ++i) {
     for (int64_t b = 0; b < B; ++b) {
-      if (done[b]) continue;
+      int32_t& reads = counts[static_cast<size_t>(b)];
+      if (reads == 0 && i > 0) continue;  // stopped
+      reads = 0;
       SampleResult& r = results[static_cast<size_t>(b)];
       const int next = sample_token(logits.data() + b * Vp, c.vocab_size, opt, rngs[static_cast<size_t>(b)]);
-      tokens[static_cast<size_t>(b)] = next;  // a stopped sequence is fed its last token
+      tokens[static_cast<size_t>(b)] = next;
       if (opt.stop_at_eot && next == opt.eot_token) {
         r.stop_reason = "end_of_text";
-        done[b] = true;
         --running;
         continue;
       }
       r.tokens.push_back(next);
       if (on_token) on_token(b, next);
+      if (i + 1 == opt.max_new_tokens) continue;
+      if (lengths[static_cast<size_t>(b)] >= c.block_size) {  // no room to read it
+        r.stop_reason = "context_limit";
+        --running;
+        continue;
+      }
+      reads = 1;
+      ++lengths[static_cast<size_t>(b)];
     }
     if (running == 0 || i + 1 == opt.max_new_tokens) break;
-    if (model.length() >= c.block_size) {  // every sequence is as long as the others
-      for (int64_t b = 0; b < B; ++b) {
-        if (!done[b]) results[static_cast<size_t>(b)].stop_reason = "context_limit";
-      }
-      break;
-    }
-    model.step(tokens.data(), B, 1, logits.data());
+    model.step(tokens.data(), B, 1, counts, logits.data());
   }
   return results;
+}
+
+std::vector<SampleResult> generate_batch(Decoder& model, std::span<const int> prompt, const SampleOptions& opt,
+                                         std::span<Rng> rngs, const std::function<void(int64_t, int)>& on_token) {
+  const std::vector<std::vector<int>> prompts(rngs.size(), std::vector<int>(prompt.begin(), prompt.end()));
+  return generate_batch(model, std::span<const std::vector<int>>(prompts), opt, rngs, on_token);
 }
 
 SampleResult generate(Decoder& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,

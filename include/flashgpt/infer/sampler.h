@@ -67,6 +67,12 @@ SampleResult generate(Decoder& model, std::span<const int> prompt, const SampleO
 std::vector<SampleResult> generate_batch(Decoder& model, std::span<const int> prompt, const SampleOptions& opt,
                                          std::span<Rng> rngs,
                                          const std::function<void(int64_t, int)>& on_token = {});
+// The same with a prompt per sample (prompts.size() == rngs.size()), of any lengths: one
+// right-padded prefill reads them all, then each sample goes on from its own length, and stops at
+// the model's context limit on its own.
+std::vector<SampleResult> generate_batch(Decoder& model, std::span<const std::vector<int>> prompts,
+                                         const SampleOptions& opt, std::span<Rng> rngs,
+                                         const std::function<void(int64_t, int)>& on_token = {});
 // The same on the CPU.
 SampleResult generate(GPT<float>& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,
                       const std::function<void(int)>& on_token = {});
