@@ -80,6 +80,14 @@ TEST_F(Pipeline, PrepareTrainSampleEvalInfoConvertPlot) {
   RunResult batch_line = run_flashgpt(three + "--batch 2 2>&1 >/dev/null");
   EXPECT_NE(batch_line.output.find("samples 1–2 together"), std::string::npos) << batch_line.output;
   expect_one_error_line(run_flashgpt(three + "--batch 0"), "--batch");
+  // Prompts of different lengths decoded together print what they print one at a time.
+  const std::string two = "sample -c " + ckpt + " -p 'Once upon' -p 'A' --prompt-ids 5,6,7 -n 10 --seed 4 ";
+  const std::string prompts_together = run_flashgpt(two + "2>/dev/null").output;
+  EXPECT_EQ(prompts_together, run_flashgpt(two + "--batch 1 2>/dev/null").output);
+  EXPECT_EQ(prompts_together.rfind("--- prompt 1 ---\nOnce upon", 0), 0u) << prompts_together;
+  EXPECT_NE(prompts_together.find("\n--- prompt 2 ---\nA"), std::string::npos) << prompts_together;
+  EXPECT_NE(prompts_together.find("\n--- prompt 3 ---\n"), std::string::npos) << prompts_together;
+  expect_one_error_line(run_flashgpt("sample -c " + ckpt + " --prompt-ids ''"), "--prompt-ids");
   RunResult e = run_flashgpt("eval -c " + ckpt + " -d '" + (dir / "data/val_*.bin") + "' -t 32 -b 1 --json");
   ASSERT_EQ(e.exit_code, 0) << e.output;
   EXPECT_GT(nlohmann::json::parse(e.output)["loss"].get<double>(), 0.0);

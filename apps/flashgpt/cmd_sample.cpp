@@ -23,7 +23,8 @@ namespace {
 constexpr int64_t kDefaultBatch = 64;
 
 struct SampleCli {
-  std::string checkpoint, tokenizer, prompt, prompt_file, prompt_ids;
+  std::string checkpoint, tokenizer, prompt_file;
+  std::vector<std::string> prompts, prompt_ids;  // each repeatable: one prompt per use
   SampleOptions opt;
   uint64_t seed = 1337;
   int64_t num_samples = 1;
@@ -51,33 +52,50 @@ std::vector<int> parse_ids(const std::string& s) {
   return ids;
 }
 
+// One prompt: its tokens, and its text when it was given as text (printed before its samples).
+struct Prompt {
+  std::vector<int> ids;
+  std::string text;
+};
+
+std::vector<Prompt> read_prompts(const SampleCli& c, const LoadedModel& m) {
+  std::vector<Prompt> prompts;
+  std::vector<std::pair<std::string, std::string>> texts;  // (flag, text)
+  for (const std::string& t : c.prompts) texts.emplace_back("--prompt", t);
+  if (!c.prompt_file.empty()) texts.emplace_back("--prompt-file", read_text_file(c.prompt_file));
+  for (const auto& [flag, text] : texts) {
+    FLASHGPT_CHECK(m.tokenizer != nullptr,
+                   "{}: {} has no tokenizer; give --tokenizer tokenizer.json, or token ids with --prompt-ids", flag,
+                   c.checkpoint);
+    Prompt p{m.tokenizer->encode(text), text};
+    FLASHGPT_CHECK(!p.ids.empty(), "{}: the text '{}' encodes to no tokens", flag, text);
+    prompts.push_back(std::move(p));
+  }
+  for (const std::string& ids : c.prompt_ids) prompts.push_back({parse_ids(ids), ""});
+  const GPTConfig& cfg = m.model->config();
+  const int eot = m.tokenizer ? m.tokenizer->eot_token() : -1;
+  if (prompts.empty()) {
+    FLASHGPT_CHECK(eot >= 0, "no prompt and no tokenizer to start from end-of-text: give --prompt-ids");
+    prompts.push_back({{eot}, ""});  // unconditional sample: start a new document
+  }
+  for (const Prompt& p : prompts) {
+    FLASHGPT_CHECK(!p.ids.empty(), "--prompt-ids: no token ids given");
+    for (int id : p.ids) {
+      FLASHGPT_CHECK(id >= 0 && id < cfg.vocab_size, "prompt: token id {} is out of range for vocab_size {}", id,
+                     cfg.vocab_size);
+    }
+    FLASHGPT_CHECK(static_cast<int64_t>(p.ids.size()) < cfg.block_size,
+                   "prompt: {} tokens leave no room in the model's context of {} tokens", p.ids.size(),
+                   cfg.block_size);
+  }
+  return prompts;
+}
+
 void run_sample(SampleCli& c) {
   LoadedModel m = load_model(c.checkpoint, c.tokenizer);
-  std::vector<int> prompt;
-  std::string prompt_text = c.prompt;
-  if (!c.prompt_file.empty()) prompt_text = read_text_file(c.prompt_file);
-  if (!c.prompt_ids.empty()) {
-    prompt = parse_ids(c.prompt_ids);
-  } else if (!prompt_text.empty()) {
-    FLASHGPT_CHECK(m.tokenizer != nullptr,
-                   "--prompt: {} has no tokenizer; give --tokenizer tokenizer.json, or token ids with --prompt-ids",
-                   c.checkpoint);
-    prompt = m.tokenizer->encode(prompt_text);
-  }
-  const int eot = m.tokenizer ? m.tokenizer->eot_token() : -1;
-  if (prompt.empty()) {
-    FLASHGPT_CHECK(eot >= 0, "no prompt and no tokenizer to start from end-of-text: give --prompt-ids");
-    prompt.push_back(eot);  // unconditional sample: start a new document
-  }
-  for (size_t i = 0; i < prompt.size(); ++i) {
-    FLASHGPT_CHECK(prompt[i] >= 0 && prompt[i] < m.model->config().vocab_size,
-                   "prompt: token id {} is out of range for vocab_size {}", prompt[i], m.model->config().vocab_size);
-  }
-  FLASHGPT_CHECK(static_cast<int64_t>(prompt.size()) < m.model->config().block_size,
-                 "prompt: {} tokens leave no room in the model's context of {} tokens", prompt.size(),
-                 m.model->config().block_size);
+  const std::vector<Prompt> prompts = read_prompts(c, m);
   c.opt.stop_at_eot = !c.no_stop;
-  c.opt.eot_token = eot;
+  c.opt.eot_token = m.tokenizer ? m.tokenizer->eot_token() : -1;
   const GPTConfig& cfg = m.model->config();
   const cuda::Precision precision = cuda::parse_precision(c.device.precision, "--precision");
   const DeviceChoice where = choose_device(
@@ -99,25 +117,39 @@ void run_sample(SampleCli& c) {
       std::printf("%d ", id);
     }
   };
+  // Every sample of every prompt, prompt by prompt; sample k of the run draws from stream k.
+  const int64_t per_prompt = c.num_samples, total = static_cast<int64_t>(prompts.size()) * per_prompt;
   const auto header = [&](int64_t k) {
-    if (c.num_samples > 1) std::printf("%s--- sample %lld ---\n", k > 0 ? "\n" : "", static_cast<long long>(k + 1));
-    if (m.tokenizer && prompt_text.size() > 0) std::fputs(prompt_text.c_str(), stdout);
+    const int64_t prompt = k / per_prompt, sample = k % per_prompt;
+    if (prompts.size() > 1 && per_prompt > 1) {
+      std::printf("%s--- prompt %lld, sample %lld ---\n", k > 0 ? "\n" : "", static_cast<long long>(prompt + 1),
+                  static_cast<long long>(sample + 1));
+    } else if (prompts.size() > 1) {
+      std::printf("%s--- prompt %lld ---\n", k > 0 ? "\n" : "", static_cast<long long>(prompt + 1));
+    } else if (per_prompt > 1) {
+      std::printf("%s--- sample %lld ---\n", k > 0 ? "\n" : "", static_cast<long long>(sample + 1));
+    }
+    std::fputs(prompts[static_cast<size_t>(prompt)].text.c_str(), stdout);
   };
-  const int64_t batch = c.batch > 0 ? c.batch : std::min<int64_t>(c.num_samples, kDefaultBatch);
-  for (int64_t first = 0; first < c.num_samples; first += batch) {
-    const int64_t n = std::min<int64_t>(batch, c.num_samples - first);
+  const int64_t batch = c.batch > 0 ? c.batch : std::min<int64_t>(total, kDefaultBatch);
+  for (int64_t first = 0; first < total; first += batch) {
+    const int64_t n = std::min<int64_t>(batch, total - first);
     std::vector<Rng> rngs;
-    for (int64_t k = first; k < first + n; ++k) rngs.push_back(sample_rng(c.seed, k));
+    std::vector<std::vector<int>> ids;
+    for (int64_t k = first; k < first + n; ++k) {
+      rngs.push_back(sample_rng(c.seed, k));
+      ids.push_back(prompts[static_cast<size_t>(k / per_prompt)].ids);
+    }
     Timer t;
     std::vector<SampleResult> results;
     if (n == 1) {  // one at a time: each token is printed as it comes
       header(first);
-      results = generate_batch(*decoder, prompt, c.opt, rngs, [&](int64_t, int id) {
+      results = generate_batch(*decoder, ids, c.opt, rngs, [&](int64_t, int id) {
         print_token(id);
         std::fflush(stdout);
       });
     } else {  // a batch: each sample is printed whole once the batch has finished
-      results = generate_batch(*decoder, prompt, c.opt, rngs);
+      results = generate_batch(*decoder, ids, c.opt, rngs);
     }
     const double secs = t.seconds();
     int64_t tokens = 0;
@@ -155,9 +187,14 @@ void register_sample(CLI::App& app) {
       ->check(CLI::ExistingFile);
   sub->add_option("--tokenizer", c->tokenizer, "tokenizer.json (default: the one in the checkpoint)")
       ->check(CLI::ExistingFile);
-  sub->add_option("-p,--prompt", c->prompt, "Prompt text (default: start a new document)");
-  sub->add_option("--prompt-file", c->prompt_file, "Read the prompt from a file")->check(CLI::ExistingFile);
-  sub->add_option("--prompt-ids", c->prompt_ids, "Prompt as comma-separated token ids");
+  sub->add_option("-p,--prompt", c->prompts,
+                  "Prompt text (repeat for several prompts, decoded together; default: start a new document)")
+      ->take_all()
+      ->allow_extra_args(false);
+  sub->add_option("--prompt-file", c->prompt_file, "Read a prompt from a file")->check(CLI::ExistingFile);
+  sub->add_option("--prompt-ids", c->prompt_ids, "Prompt as comma-separated token ids (repeatable)")
+      ->take_all()
+      ->allow_extra_args(false);
   sub->add_option("-n,--max-tokens", c->opt.max_new_tokens, "Most new tokens per sample")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -166,7 +203,7 @@ void register_sample(CLI::App& app) {
   sub->add_option("--top-p", c->opt.top_p, "Nucleus sampling: keep the smallest set holding this mass (1: off)")
       ->capture_default_str();
   sub->add_option("--seed", c->seed, "Random seed")->capture_default_str();
-  sub->add_option("--num-samples", c->num_samples, "Number of samples")->capture_default_str()->check(CLI::PositiveNumber);
+  sub->add_option("--num-samples", c->num_samples, "Samples per prompt")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--batch", c->batch,
                   fmt::format("Samples decoded together, as one batch (default: all of them, up to {})", kDefaultBatch))
       ->check(CLI::PositiveNumber);
