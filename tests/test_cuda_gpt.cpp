@@ -488,7 +488,7 @@ TEST(CudaGpt, GreedySamplesEqualTheCpusAndTrainingIsUntouched) {
 }
 
 // A batch of samples decoded together on the GPU draws what each draws alone on the CPU (fp32,
-// top-k sampling, each sample its own stream; one stops at end-of-text and rides along).
+// top-k sampling, each sample its own stream; one stops at end-of-text and sits out the rest).
 TEST(CudaGpt, BatchedSamplesEqualTheCpusOneAtATime) {
   SKIP_WITHOUT_GPU();
   for (const GPTConfig& c : {llama_like(), mla_rope()}) {

@@ -75,14 +75,21 @@ GPTConfig small_config(PosKind pos, int kv_heads, bool qk_norm) {
   return c;
 }
 
-class CachedDecode : public ::testing::TestWithParam<std::tuple<PosKind, int, bool, bool>> {};
+class CachedDecode : public ::testing::TestWithParam<std::tuple<PosKind, int, bool, bool>> {
+ protected:
+  // The parameters' small model (positions, key/value heads, QK-norm, flash or standard kernel).
+  static GPT<float> make_model() {
+    auto [pos, kv, qkn, flash] = GetParam();
+    GPTConfig config = small_config(pos, kv, qkn);
+    config.attention = flash ? AttentionKind::Flash : AttentionKind::Standard;
+    GPT<float> model(config);
+    model.init_weights(7);
+    return model;
+  }
+};
 
 TEST_P(CachedDecode, EqualsFullForward) {
-  auto [pos, kv, qkn, flash] = GetParam();
-  GPTConfig config = small_config(pos, kv, qkn);
-  config.attention = flash ? AttentionKind::Flash : AttentionKind::Standard;
-  GPT<float> model(config);
-  model.init_weights(7);
+  GPT<float> model = make_model();
   const int64_t B = 2, Tn = 12, Vp = model.config().padded_vocab_size();
   std::vector<int> tokens(B * Tn);
   Rng rng(3);
@@ -122,11 +129,7 @@ INSTANTIATE_TEST_SUITE_P(Mechanisms, CachedDecode,
 // (right-padded prefill, a sequence sitting out a step, steps of several tokens while the lengths
 // differ), and its logits are its own full forward's.
 TEST_P(CachedDecode, RaggedBatchesEqualEachSequencesFullForward) {
-  auto [pos, kv, qkn, flash] = GetParam();
-  GPTConfig config = small_config(pos, kv, qkn);
-  config.attention = flash ? AttentionKind::Flash : AttentionKind::Standard;
-  GPT<float> model(config);
-  model.init_weights(7);
+  GPT<float> model = make_model();
   KVCache<float> cache = model.make_cache(3, 16);
   testing::expect_ragged_decoding_equals_full_forward(model, testing::ragged_schedule(),
                                                       testing::cached_step(model, cache), 1e-5);

@@ -123,7 +123,7 @@ TEST(Generate, EachSampleHasItsOwnStream) {
 }
 
 // A batch decodes what each sample decodes alone with the same stream, including the samples that
-// stopped early and rode along with the others.
+// stopped early and sat out the later steps.
 TEST(Generate, ABatchDrawsWhatEachSampleDrawsAlone) {
   GPT<float> model(tiny_model_config());
   model.init_weights(11);

@@ -61,9 +61,9 @@ SampleResult generate(Decoder& model, std::span<const int> prompt, const SampleO
 // rngs.size() samples from one prompt, decoded together as one batch: the prompt is read once
 // per sequence in one prefill, then every step reads one token per sequence. Sample b draws from
 // rngs[b] alone, so each result is what generate() gives for that prompt and stream, up to the
-// rounding of a batched product. A sample that has stopped stays in the batch (fed its end-of-text
-// or last token, whose logits are ignored) until all have. on_token (optional) is called with
-// (b, id) for each new token, in step order.
+// rounding of a batched product. A sample that has stopped sits out the later steps (its count is
+// 0: the decoder leaves its cache alone). on_token (optional) is called with (b, id) for each new
+// token, in step order.
 std::vector<SampleResult> generate_batch(Decoder& model, std::span<const int> prompt, const SampleOptions& opt,
                                          std::span<Rng> rngs,
                                          const std::function<void(int64_t, int)>& on_token = {});
