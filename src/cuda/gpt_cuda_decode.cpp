@@ -97,12 +97,12 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   FLASHGPT_CHECK(static_cast<int64_t>(logits.size()) == B * Vp, "decode: room for {} logits given, {} wanted",
                  logits.size(), B * Vp);
   std::vector<int32_t> count(static_cast<size_t>(B), static_cast<int32_t>(Tn));
-  bool all_read = true;
+  bool last_rows_apart = false;  // a reading sequence's last token is not at row Tn − 1
   for (int64_t b = 0; b < B && !counts.empty(); ++b) {
     const int32_t n = counts[static_cast<size_t>(b)];
     FLASHGPT_CHECK(n >= 0 && n <= Tn, "decode: sequence {} reads {} tokens, outside 0…{}", b, n, Tn);
     count[static_cast<size_t>(b)] = n;
-    all_read = all_read && n == Tn;
+    last_rows_apart = last_rows_apart || (n > 0 && n != Tn);
   }
   bool equal = true;
   for (int64_t b = 0; b < B; ++b) {
@@ -170,11 +170,12 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     block_forward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l) + 1]);
   }
   norm_forward(lnf_, lnf_mean_, lnf_rstd_, resid_.back(), lnf_w_, lnf_b_, N, C);
-  // The classifier over each sequence's last new token only: rows Tn − 1, 2·Tn − 1, …, or with
-  // counts each sequence's own last row, gathered first.
+  // The classifier over each sequence's last new token only: rows Tn − 1, 2·Tn − 1, …, or after a
+  // right-padded prefill each sequence's own last row, gathered first (a sequence that read
+  // nothing has no meaningful row; one step of one token never gathers).
   const T* last = lnf_ + (Tn - 1) * C;
   int64_t ld = Tn * C;
-  if (!all_read) {
+  if (last_rows_apart) {
     for (int64_t b = 0; b < B; ++b) {
       const int64_t row = b * Tn + std::max<int32_t>(count[static_cast<size_t>(b)], 1) - 1;
       copy_rows(branch_ + b * C, 0, 0, lnf_ + row * C, 0, 0, 1, 1, C);
