@@ -168,6 +168,20 @@ TEST(Simt, DeviceMemoryStartsPoisoned) {
   for (float x : h) EXPECT_TRUE(std::isnan(x));
 }
 
+// On the hardware a host read of a cudaMalloc'd pointer faults; here too, naming the buffer.
+TEST(Simt, HostCodeTouchingDeviceMemoryFaults) {
+  cuda::DeviceBuffer buf(64);
+  const std::vector<int> ones(16, 1);
+  buf.upload(ones.data(), 64);  // inside the runtime call, device memory is open to it
+  std::vector<int> back(16);
+  buf.download(back.data(), 64);
+  EXPECT_EQ(back, ones);
+  const volatile int* p = buf.as<int>();
+  EXPECT_DEATH((void)p[3], "host code touched device memory: byte 12 of a 64-byte cudaMalloc'd buffer");
+  volatile int* w = buf.as<int>();
+  EXPECT_DEATH(w[15] = 0, "byte 60 of a 64-byte");
+}
+
 // ---------------------------------------------------------------------------------------------
 __global__ void deadlock_kernel(int* out) {
   const int t = static_cast<int>(threadIdx.x);

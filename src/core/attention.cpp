@@ -7,7 +7,7 @@ namespace flashgpt {
 
 const char* to_string(AttentionKernel k) { return k == AttentionKernel::Flash ? "flash" : "standard"; }
 
-void check_attention_dims(const AttentionDims& d, const AttentionMask& m) {
+void check_attention_dims(const AttentionDims& d, const AttentionMask& m, MaskMemory where) {
   FLASHGPT_CHECK(d.B > 0 && d.Tq > 0 && d.Tk > 0, "attention: batch {} / Tq {} / Tk {} must be positive", d.B, d.Tq,
                  d.Tk);
   FLASHGPT_CHECK(d.Hq > 0 && d.Hkv > 0, "attention: head counts must be positive (Hq {}, Hkv {})", d.Hq, d.Hkv);
@@ -24,7 +24,7 @@ void check_attention_dims(const AttentionDims& d, const AttentionMask& m) {
                  "attention: document masking needs segment ids for both queries and keys");
   FLASHGPT_CHECK(m.kv_lengths.empty() || static_cast<int64_t>(m.kv_lengths.size()) == d.B,
                  "attention: kv_lengths holds {} lengths for a batch of {}", m.kv_lengths.size(), d.B);
-  for (size_t b = 0; b < m.kv_lengths.size(); ++b) {
+  for (size_t b = 0; where == MaskMemory::Host && b < m.kv_lengths.size(); ++b) {
     FLASHGPT_CHECK(m.kv_lengths[b] >= 0 && m.kv_lengths[b] <= d.Tk, "attention: kv_lengths[{}] = {} is outside [0, Tk = {}]",
                    b, m.kv_lengths[b], d.Tk);
   }
@@ -37,7 +37,7 @@ void check_attention_dims(const AttentionDims& d, const AttentionMask& m) {
 template <typename T>
 void attention_forward(AttentionKernel kernel, const AttentionDims& d, const AttentionMask& m, T scale, const T* q,
                        const T* k, const T* v, T* o, T* lse, const AttentionTiling& tiling) {
-  check_attention_dims(d, m);
+  check_attention_dims(d, m, MaskMemory::Host);
   switch (kernel) {
     case AttentionKernel::Standard:
       cpu::attention_standard_forward(d, m, scale, q, k, v, o, lse);
@@ -53,7 +53,7 @@ template <typename T>
 void attention_backward(AttentionKernel kernel, const AttentionDims& d, const AttentionMask& m, T scale,
                         const T* q, const T* k, const T* v, const T* o, const T* lse, const T* dout, T* dq, T* dk,
                         T* dv, const AttentionTiling& tiling) {
-  check_attention_dims(d, m);
+  check_attention_dims(d, m, MaskMemory::Host);
   switch (kernel) {
     case AttentionKernel::Standard:
       cpu::attention_standard_backward(d, m, scale, q, k, v, o, lse, dout, dq, dk, dv);

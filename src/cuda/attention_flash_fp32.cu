@@ -252,7 +252,7 @@ __global__ void dkv_kernel(Dims d, Mask m, float scale, const float* __restrict_
 }
 
 void check_dims(const AttentionDims& d, const AttentionMask& m) {
-  check_attention_dims(d, m);
+  check_attention_dims(d, m, MaskMemory::Device);
   FLASHGPT_CUDA_REQUIRE(d.Dqk <= kMaxHeadDim && d.Dv <= kMaxHeadDim,
                         "GPU fp32 attention: head dims up to " + std::to_string(kMaxHeadDim) + " (got " +
                             std::to_string(d.Dqk) + " and " + std::to_string(d.Dv) + ")");

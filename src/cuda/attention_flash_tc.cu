@@ -172,7 +172,7 @@ size_t flash_backward_workspace_bytes(const AttentionDims& d, bool deterministic
 void flash_forward_tc(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, float scale,
                       const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse,
                       FlashTiles tiles) {
-  check_attention_dims(d, m);
+  check_attention_dims(d, m, MaskMemory::Device);
   check_alignment(d, "tensor-core flash forward", {q, k, v, o});
   if (type == TensorCoreType::bf16) {
     forward_typed(d, m, scale, dev_bf16(q), dev_bf16(k), dev_bf16(v), dev_bf16(o), lse, tiles);
@@ -185,7 +185,7 @@ void flash_backward_tc(TensorCoreType type, const AttentionDims& d, const Attent
                        const uint16_t* q, const uint16_t* k, const uint16_t* v, const uint16_t* o, const float* lse,
                        const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv, void* workspace,
                        FlashTiles tiles, bool deterministic) {
-  check_attention_dims(d, m);
+  check_attention_dims(d, m, MaskMemory::Device);
   check_alignment(d, "tensor-core flash backward", {q, k, v, o, dout, dq, dk, dv, workspace});
   if (type == TensorCoreType::bf16) {
     backward_typed(d, m, scale, dev_bf16(q), dev_bf16(k), dev_bf16(v), dev_bf16(o), lse, dev_bf16(dout),

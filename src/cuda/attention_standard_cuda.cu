@@ -190,7 +190,7 @@ size_t standard_workspace_bytes(const AttentionDims& d) {
 template <typename T>
 void standard_forward_cuda(const AttentionDims& d, const AttentionMask& m, float scale, const T* q, const T* k,
                            const T* v, T* o, float* lse, void* workspace) {
-  check_attention_dims(d, m);
+  check_attention_dims(d, m, MaskMemory::Device);
   FLASHGPT_CUDA_REQUIRE(workspace != nullptr, "standard attention: a workspace of standard_workspace_bytes is needed");
   forward_typed(d, m, scale, dev(q), dev(k), dev(v), dev(o), lse, workspace);
 }
@@ -198,7 +198,7 @@ void standard_forward_cuda(const AttentionDims& d, const AttentionMask& m, float
 template <typename T>
 void standard_backward_cuda(const AttentionDims& d, const AttentionMask& m, float scale, const T* q, const T* k,
                             const T* v, const T* dout, T* dq, T* dk, T* dv, void* workspace) {
-  check_attention_dims(d, m);
+  check_attention_dims(d, m, MaskMemory::Device);
   FLASHGPT_CUDA_REQUIRE(workspace != nullptr, "standard attention: the forward's workspace is needed");
   backward_typed(d, scale, dev(q), dev(k), dev(v), dev(dout), dev(dq), dev(dk), dev(dv), workspace);
 }

@@ -159,6 +159,7 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   check_sizes("GPU gemm", M, N, K, lda, ldb, ldc, ta, tb);
   if (M == 0 || N == 0 || batch.count == 0) return true;
 #if defined(FLASHGPT_SIMT)
+  const simt::DeviceAccess device_access;  // the emulated library call reads device memory
   for (int64_t i = 0; i < batch.count; ++i) {
     gemm_host<T, TC>(ta, tb, M, N, K, alpha, A + i * batch.a, lda, B + i * batch.b, ldb, beta, C + i * batch.c, ldc,
                      bias);

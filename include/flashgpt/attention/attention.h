@@ -62,8 +62,14 @@ struct AttentionTiling {
   int64_t block_kv = 0;
 };
 
-// Throws flashgpt::Error naming the bad size when the dims are inconsistent.
-void check_attention_dims(const AttentionDims& d, const AttentionMask& m);
+// Where the mask's arrays (kv_lengths, segment ids) live. Host code may read them only on the host:
+// the GPU entry points check their sizes alone (on a GPU a host read of device memory faults), and
+// their kernels treat a length beyond Tk as Tk.
+enum class MaskMemory { Host, Device };
+
+// Throws flashgpt::Error naming the bad size (or, for a mask on the host, the bad length) when the
+// dims and mask are inconsistent.
+void check_attention_dims(const AttentionDims& d, const AttentionMask& m, MaskMemory where);
 
 template <typename T>
 void attention_forward(AttentionKernel kernel, const AttentionDims& d, const AttentionMask& m, T scale, const T* q,

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <deque>
 #include <exception>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -19,7 +20,11 @@
 
 #include "flashgpt/core/error.h"
 
+#include <csignal>
+#include <cstdio>
+
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -49,6 +54,79 @@ inline void switch_to(void**, const void*, size_t) {}
 inline void switched_from_scheduler(void*) {}
 inline void switched_back(void*) {}
 #endif
+
+// Device memory is off limits to host code, as on the hardware, where a host read of a cudaMalloc'd
+// pointer faults. Every allocation is its own mapping, [guard page][data pages][guard page], and
+// its data pages are readable only inside a DeviceAccess scope (kernels, copies, memsets, the
+// emulated GEMMs). Host code touching device memory anywhere else — in any library, instrumented
+// or not — faults, and the fault handler names the buffer. The guard pages, and under
+// AddressSanitizer the poisoned slack past the last byte, catch kernels running off either end.
+struct Mapping {
+  unsigned char* base;  // the leading guard page
+  size_t total;         // bytes mapped, guards included
+  size_t data_pages;    // bytes of the data pages
+  size_t bytes;         // bytes asked for
+};
+struct Allocations {
+  std::map<const void*, Mapping> live;  // data start → its mapping
+  int open_scopes = 0;
+  struct sigaction previous_segv {};
+};
+Allocations& allocations() {
+  static Allocations a;
+  return a;
+}
+size_t page_bytes() {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+void set_open(const void* data, const Mapping& m, bool open) {
+  if (mprotect(const_cast<void*>(data), m.data_pages, open ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) {
+    fail("simt: cannot change the protection of a {}-byte device buffer", m.bytes);
+  }
+}
+
+// A fault on a device buffer outside a DeviceAccess scope: say so, then let the previous handler
+// (the sanitizer's, with its stack trace, or the default) take the signal.
+void on_segv(int sig, siginfo_t* info, void* context) {
+  const Allocations& a = allocations();
+  const auto* addr = static_cast<const unsigned char*>(info->si_addr);
+  auto it = a.live.upper_bound(addr);
+  if (it != a.live.begin()) {
+    --it;
+    const auto* data = static_cast<const unsigned char*>(it->first);
+    if (addr < data + it->second.data_pages && a.open_scopes == 0) {
+      char line[200];
+      const int n = std::snprintf(line, sizeof line,
+                                  "simt: host code touched device memory: byte %zu of a %zu-byte cudaMalloc'd buffer "
+                                  "(a fault on the GPU too)\n",
+                                  static_cast<size_t>(addr - data), it->second.bytes);
+      if (n > 0) (void)!write(STDERR_FILENO, line, static_cast<size_t>(n));
+    }
+  }
+  const struct sigaction& prev = a.previous_segv;
+  if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction) {
+    prev.sa_sigaction(sig, info, context);
+    return;
+  }
+  if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN && prev.sa_handler) {
+    prev.sa_handler(sig);
+    return;
+  }
+  signal(sig, SIG_DFL);  // returning re-runs the access, which now kills the process
+}
+
+void install_segv_handler() {
+  static const bool installed = [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &allocations().previous_segv);
+    return true;
+  }();
+  (void)installed;
+}
 
 const char* state_name(State s) {
   switch (s) {
@@ -512,6 +590,7 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std:
   std::vector<uint32_t> block_order(blocks);
   for (uint64_t i = 0; i < blocks; ++i) block_order[i] = static_cast<uint32_t>(i);
   std::shuffle(block_order.begin(), block_order.end(), order_rng());
+  const DeviceAccess device_access;
   g_launch = &l;
   try {
     for (const uint32_t i : block_order) {
@@ -527,25 +606,63 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std:
   g_launch = nullptr;
 }
 
+DeviceAccess::DeviceAccess() {
+  Allocations& a = allocations();
+  if (a.open_scopes++ == 0) {
+    for (const auto& [data, m] : a.live) set_open(data, m, true);
+  }
+}
+
+DeviceAccess::~DeviceAccess() {
+  Allocations& a = allocations();
+  if (--a.open_scopes == 0) {
+    for (const auto& [data, m] : a.live) set_open(data, m, false);
+  }
+}
+
 cudaError_t malloc_device(void** ptr, size_t bytes) {
-  void* p = nullptr;
-  if (posix_memalign(&p, 256, bytes > 0 ? bytes : 1) != 0) return cudaErrorMemoryAllocation;
-  std::memset(p, 0xFF, bytes);  // unwritten device memory reads as NaN
-  *ptr = p;
+  install_segv_handler();
+  const size_t page = page_bytes();
+  const size_t data_pages = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
+  const size_t total = data_pages + 2 * page;
+  void* base = mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) return cudaErrorMemoryAllocation;
+  const Mapping m{static_cast<unsigned char*>(base), total, data_pages, bytes};
+  unsigned char* data = m.base + page;
+  set_open(data, m, true);
+  std::memset(data, 0xFF, data_pages);  // unwritten device memory reads as NaN
+#if defined(__SANITIZE_ADDRESS__)
+  ASAN_POISON_MEMORY_REGION(data + bytes, data_pages - bytes);  // a kernel reading past the end is reported
+#endif
+  Allocations& a = allocations();
+  if (a.open_scopes == 0) set_open(data, m, false);
+  a.live.emplace(data, m);
+  *ptr = data;
   return cudaSuccess;
 }
 
 cudaError_t free_device(void* ptr) {
-  std::free(ptr);
+  if (ptr == nullptr) return cudaSuccess;
+  Allocations& a = allocations();
+  const auto it = a.live.find(ptr);
+  if (it == a.live.end()) return cudaErrorInvalidValue;  // not from malloc_device, or freed twice
+  const Mapping m = it->second;
+  a.live.erase(it);
+#if defined(__SANITIZE_ADDRESS__)
+  ASAN_UNPOISON_MEMORY_REGION(m.base, m.total);
+#endif
+  munmap(m.base, m.total);
   return cudaSuccess;
 }
 
 cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  const DeviceAccess device_access;
   if (bytes > 0) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
 
 cudaError_t set_bytes(void* ptr, int value, size_t bytes) {
+  const DeviceAccess device_access;
   std::memset(ptr, value, bytes);
   return cudaSuccess;
 }

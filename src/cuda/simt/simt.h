@@ -20,7 +20,10 @@
 //     not a multiple of 16 bytes;
 //   - reads of shared or global memory nobody wrote: dynamic shared memory and every
 //     cudaMalloc'd buffer start as 0xFF bytes (NaN in float, bf16 and half).
-// Out-of-bounds accesses are caught when the tests run under AddressSanitizer.
+//   - host code that touches device memory (a fault on the hardware): outside kernels, copies and
+//     the emulated library calls every cudaMalloc'd buffer is unreadable, and the fault names it.
+// Out-of-bounds accesses are caught when the tests run under AddressSanitizer (and past a page
+// boundary by guard pages in any build).
 //
 // What it does not model: timing, occupancy, memory ordering between blocks (they run in
 // sequence), and the accumulation order inside a tensor-core instruction.
@@ -92,6 +95,16 @@ void reseed(uint64_t seed);
 
 // Runs body once per thread of every block of grid, the blocks in a random order (the kernel's parameters are bound in body).
 void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std::function<void()>& body);
+
+// While one lives, host code may touch device memory (kernels, copies and memsets open one; so
+// does an emulated library call such as a GEMM). Outside these scopes device memory is unreadable,
+// so a host read of a device pointer faults where it happens, as on the hardware.
+struct DeviceAccess {
+  DeviceAccess();
+  ~DeviceAccess();
+  DeviceAccess(const DeviceAccess&) = delete;
+  DeviceAccess& operator=(const DeviceAccess&) = delete;
+};
 
 // The runtime API the .cu sources use, on host memory.
 cudaError_t malloc_device(void** ptr, size_t bytes);
