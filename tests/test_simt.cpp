@@ -182,6 +182,34 @@ TEST(Simt, HostCodeTouchingDeviceMemoryFaults) {
   EXPECT_DEATH(w[15] = 0, "byte 60 of a 64-byte");
 }
 
+__global__ void copy_one_kernel(const int* in, int* out) { out[threadIdx.x] = in[threadIdx.x]; }
+
+// A kernel handed a host pointer would fault on the GPU; the launch is refused here, naming it.
+TEST(Simt, KernelsTakeDevicePointersOnly) {
+  cuda::DeviceBuffer in(4 * 4), out(4 * 4);
+  const std::vector<int> host{1, 2, 3, 4};
+  in.upload(host.data(), 16);
+  launch_kernel("copy one", copy_one_kernel, 1, 4, 0, nullptr, in.as<int>() + 0, out.as<int>());
+  std::vector<int> back(4);
+  out.download(back.data(), 16);
+  EXPECT_EQ(back, host);
+  const std::string e =
+      error_of([&] { launch_kernel("copy one", copy_one_kernel, 1, 4, 0, nullptr, host.data(), out.as<int>()); });
+  EXPECT_NE(e.find("kernel copy one: pointer argument 0 is not device memory"), std::string::npos) << e;
+
+  // The same for pointers inside a struct argument: an attention mask whose lengths are on the host.
+  const AttentionDims d{1, 1, 1, 1, 1, 4, 4};
+  cuda::DeviceBuffer qkv(3 * 4 * 4), o(4 * 4), lse(4);
+  const std::vector<float> values(12, 0.5f);
+  qkv.upload(values.data(), values.size() * 4);
+  const std::vector<int32_t> lengths{1};
+  AttentionMask m{false, 0};
+  m.kv_lengths = lengths;
+  const float* q = qkv.as<float>();
+  const std::string e2 = error_of([&] { cuda::flash_forward_fp32(d, m, 0.5f, q, q + 4, q + 8, o.as<float>(), lse.as<float>()); });
+  EXPECT_NE(e2.find("kernel flash forward: pointer argument 1 is not device memory"), std::string::npos) << e2;
+}
+
 // ---------------------------------------------------------------------------------------------
 __global__ void deadlock_kernel(int* out) {
   const int t = static_cast<int>(threadIdx.x);

@@ -2,6 +2,7 @@
 // (null where that mask is off), passed to kernels by value.
 #pragma once
 
+#include <array>
 #include <cstdint>
 
 #include "cuda/platform.h"
@@ -26,6 +27,11 @@ __device__ __forceinline__ bool visible(const Mask& m, int64_t Tq, int64_t kv_ro
   if (m.kv_lengths && j >= m.kv_lengths[b]) return false;
   return !m.q_seg || m.q_seg[b * Tq + i] == m.kv_seg[b * kv_rows + j];
 }
+
+#if defined(FLASHGPT_SIMT)
+// The emulator checks that a kernel's mask points at device memory (simt::check_kernel_pointers).
+inline std::array<const void*, 3> kernel_pointers(const Mask& m) { return {m.kv_lengths, m.q_seg, m.kv_seg}; }
+#endif
 
 inline Mask mask_of(const AttentionMask& m) {
   return {m.causal, m.q_offset, m.kv_lengths.empty() ? nullptr : m.kv_lengths.data(),

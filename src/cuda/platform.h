@@ -69,6 +69,7 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
 #if defined(FLASHGPT_SIMT)
   (void)stream;
   const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
+  ::flashgpt::simt::check_kernel_pointers(name, params);
   ::flashgpt::simt::run_grid(name, grid, block, shared, [&] {
     std::apply(kernel, params);  // by value: each thread gets its own copies
   });

@@ -620,6 +620,19 @@ DeviceAccess::~DeviceAccess() {
   }
 }
 
+bool is_device_pointer(const void* p) {
+  const Allocations& a = allocations();
+  auto it = a.live.upper_bound(p);
+  if (it == a.live.begin()) return false;
+  --it;
+  return static_cast<const unsigned char*>(p) <= static_cast<const unsigned char*>(it->first) + it->second.bytes;
+}
+
+void bad_kernel_pointer(const char* kernel, size_t argument) {
+  fail("simt: kernel {}: pointer argument {} is not device memory (a kernel reading it faults on a GPU)", kernel,
+       argument);
+}
+
 cudaError_t malloc_device(void** ptr, size_t bytes) {
   install_segv_handler();
   const size_t page = page_bytes();

@@ -106,6 +106,32 @@ struct DeviceAccess {
   DeviceAccess& operator=(const DeviceAccess&) = delete;
 };
 
+// Whether p lies within (or one past the end of) a live cudaMalloc'd buffer.
+bool is_device_pointer(const void* p);
+
+// A kernel's pointer arguments must be null or device memory: on the GPU a kernel that reads a
+// host pointer faults. An argument that is a struct holding pointers lists them through a
+// kernel_pointers(const S&) found by argument-dependent lookup. Throws flashgpt::Error naming the
+// kernel and the argument.
+[[noreturn]] void bad_kernel_pointer(const char* kernel, size_t argument);
+template <typename... Params>
+void check_kernel_pointers(const char* kernel, const std::tuple<Params...>& params) {
+  [&]<size_t... I>(std::index_sequence<I...>) {
+    (
+        [&] {
+          const auto& arg = std::get<I>(params);
+          if constexpr (std::is_pointer_v<std::decay_t<decltype(arg)>>) {
+            if (arg != nullptr && !is_device_pointer(arg)) bad_kernel_pointer(kernel, I);
+          } else if constexpr (requires { kernel_pointers(arg); }) {  // a struct of pointers (found by ADL)
+            for (const void* p : kernel_pointers(arg)) {
+              if (p != nullptr && !is_device_pointer(p)) bad_kernel_pointer(kernel, I);
+            }
+          }
+        }(),
+        ...);
+  }(std::index_sequence_for<Params...>{});
+}
+
 // The runtime API the .cu sources use, on host memory.
 cudaError_t malloc_device(void** ptr, size_t bytes);
 cudaError_t free_device(void* ptr);
