@@ -83,7 +83,8 @@ void reference_attention(const AttentionDims& d, const AttentionMask& m, double 
         std::vector<double> s(d.Tk, -std::numeric_limits<double>::infinity());
         double mx = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < d.Tk; ++j) {
-          if (m.causal && j > m.q_offset + i) continue;
+          const int64_t offset = m.q_offsets.empty() ? m.q_offset : m.q_offsets[b];
+          if (m.causal && j > offset + i) continue;
           if (!m.kv_lengths.empty() && j >= m.kv_lengths[b]) continue;
           if (!m.q_segments.empty() && m.q_segments[b * d.Tq + i] != m.kv_segments[b * d.Tk + j]) continue;
           double acc = 0;
@@ -109,7 +110,9 @@ void reference_attention(const AttentionDims& d, const AttentionMask& m, double 
       }
 }
 
-enum class MaskExtra { None, Padding, Segments };
+// Offsets: sequences at different lengths decoding Tq tokens each — sequence b's queries sit at
+// q_offsets[b] = Tk − Tq − 3b (at least 0) and its keys end at q_offsets[b] + Tq.
+enum class MaskExtra { None, Padding, Segments, Offsets };
 
 struct Case {
   const char* name;
@@ -124,7 +127,15 @@ TEST_P(AttentionKernels, ForwardMatchesReferenceAndBackwardMatchesFiniteDifferen
   const AttentionKernel kernel = std::get<0>(GetParam());
   Case tc = std::get<1>(GetParam());
   const AttentionDims& d = tc.dims;
-  std::vector<int32_t> lengths(d.B), q_seg(d.B * d.Tq), kv_seg(d.B * d.Tk);
+  std::vector<int32_t> lengths(d.B), offsets(d.B), q_seg(d.B * d.Tq), kv_seg(d.B * d.Tk);
+  if (tc.extra == MaskExtra::Offsets) {
+    for (int64_t b = 0; b < d.B; ++b) {
+      offsets[b] = static_cast<int32_t>(std::max<int64_t>(0, d.Tk - d.Tq - 3 * b));
+      lengths[b] = offsets[b] + static_cast<int32_t>(d.Tq);
+    }
+    tc.mask.q_offsets = offsets;
+    tc.mask.kv_lengths = lengths;
+  }
   if (tc.extra == MaskExtra::Padding) {
     for (int64_t b = 0; b < d.B; ++b) lengths[b] = static_cast<int32_t>(std::max<int64_t>(1, d.Tk - 2 * b - 1));
     tc.mask.kv_lengths = lengths;
@@ -185,7 +196,9 @@ INSTANTIATE_TEST_SUITE_P(
                           Case{"key_padding", {3, 2, 1, 5, 7, 4, 4, 0}, {false, 0}, MaskExtra::Padding},
                           Case{"padding_causal", {3, 2, 2, 6, 6, 4, 4, 0}, {true, 0}, MaskExtra::Padding},
                           Case{"documents", {2, 2, 2, 8, 8, 4, 4, 0}, {true, 0}, MaskExtra::Segments},
-                          Case{"documents_decode", {2, 2, 1, 3, 9, 4, 4, 0}, {true, 6}, MaskExtra::Segments})),
+                          Case{"documents_decode", {2, 2, 1, 3, 9, 4, 4, 0}, {true, 6}, MaskExtra::Segments},
+                          Case{"ragged_decode", {3, 4, 2, 3, 9, 4, 4, 0}, {true, 0}, MaskExtra::Offsets},
+                          Case{"ragged_decode_mha", {4, 2, 2, 2, 10, 4, 4, 0}, {true, 0}, MaskExtra::Offsets})),
     [](const auto& p) {
       return std::string(to_string(std::get<0>(p.param))) + "_" + std::get<1>(p.param).name;
     });
@@ -221,6 +234,12 @@ TEST(AttentionSeam, RejectsInconsistentShapes) {
   EXPECT_NE(error_of([&] { run_mask(m); }).find("kv_segments holds 5"), std::string::npos);
   m.q_segments = seg5;
   EXPECT_NE(error_of([&] { run_mask(m); }).find("q_segments holds 5"), std::string::npos);
+  m = AttentionMask{};
+  const std::vector<int32_t> negative_offset = {1, -1};
+  m.q_offsets = one_length;
+  EXPECT_NE(error_of([&] { run_mask(m); }).find("q_offsets holds 1 offsets for a batch of 2"), std::string::npos);
+  m.q_offsets = negative_offset;
+  EXPECT_NE(error_of([&] { run_mask(m); }).find("q_offsets[1] = -1 is negative"), std::string::npos);
 }
 
 // Decoding-sized grouped queries take the flash kernel's packed path, which splits the key range

@@ -31,7 +31,7 @@ using testing::to_bf16;
 struct Case {
   int64_t B, Hq, Hkv, Tq, Tk, Dqk, Dv;
   bool causal;
-  int masks;  // 0 none, 1 padding, 2 documents, 3 both
+  int masks;  // bits: 1 padding, 2 documents, 4 per-sequence causal offsets (CaseMasks)
 };
 
 std::string name(const Case& c) {
@@ -68,18 +68,23 @@ std::vector<float> from_device(const cuda::DeviceBuffer& d, size_t n) {
   return h;
 }
 
-// A case's masks, on the host and in device memory: sequence b is padded to Tk − pad_step·b keys
-// (at least 1) and documents are doc_len tokens long; c.masks picks which apply (1 padding,
-// 2 documents).
+// A case's masks, on the host and in device memory; c.masks picks which apply:
+//   1 padding   — sequence b is padded to Tk − step·b keys (at least 1);
+//   2 documents — documents of doc_len tokens;
+//   4 offsets   — sequences at different lengths decoding Tq tokens each: sequence b's queries sit
+//                 at q_offsets[b] = Tk − Tq − step·b (at least 0), its padding (with 1) right
+//                 after its last query.
 struct CaseMasks {
-  std::vector<int32_t> lengths, qseg, kseg;
-  cuda::DeviceBuffer glen, gqs, gks;
+  std::vector<int32_t> offsets, lengths, qseg, kseg;
+  cuda::DeviceBuffer goff, glen, gqs, gks;
   AttentionMask host, device;
 
-  CaseMasks(const Case& c, int64_t pad_step, int64_t doc_len)
-      : lengths(build_lengths(c, pad_step)),
+  CaseMasks(const Case& c, int64_t step, int64_t doc_len)
+      : offsets(build_offsets(c, step)),
+        lengths(build_lengths(c, step, offsets)),
         qseg(static_cast<size_t>(c.B * c.Tq)),
         kseg(static_cast<size_t>(c.B * c.Tk)),
+        goff(offsets.size() * 4),
         glen(lengths.size() * 4),
         gqs(qseg.size() * 4),
         gks(kseg.size() * 4),
@@ -88,12 +93,17 @@ struct CaseMasks {
     for (int64_t b = 0; b < c.B; ++b) {
       for (int64_t j = 0; j < c.Tk; ++j) kseg[static_cast<size_t>(b * c.Tk + j)] = static_cast<int32_t>(j / doc_len);
       for (int64_t i = 0; i < c.Tq; ++i) {
-        qseg[static_cast<size_t>(b * c.Tq + i)] = static_cast<int32_t>((c.Tk - c.Tq + i) / doc_len);
+        qseg[static_cast<size_t>(b * c.Tq + i)] = static_cast<int32_t>((offsets[static_cast<size_t>(b)] + i) / doc_len);
       }
     }
+    goff.upload(offsets.data(), offsets.size() * 4);
     glen.upload(lengths.data(), lengths.size() * 4);
     gqs.upload(qseg.data(), qseg.size() * 4);
     gks.upload(kseg.data(), kseg.size() * 4);
+    if (c.masks & 4) {
+      host.q_offsets = offsets;
+      device.q_offsets = {goff.as<int32_t>(), offsets.size()};
+    }
     if (c.masks & 1) {
       host.kv_lengths = lengths;
       device.kv_lengths = {glen.as<int32_t>(), lengths.size()};
@@ -106,9 +116,19 @@ struct CaseMasks {
     }
   }
 
-  static std::vector<int32_t> build_lengths(const Case& c, int64_t pad_step) {
+  static std::vector<int32_t> build_offsets(const Case& c, int64_t step) {
+    std::vector<int32_t> o(static_cast<size_t>(c.B), static_cast<int32_t>(c.Tk - c.Tq));
+    if (c.masks & 4) {
+      for (int64_t b = 0; b < c.B; ++b) o[static_cast<size_t>(b)] = static_cast<int32_t>(std::max<int64_t>(0, c.Tk - c.Tq - step * b));
+    }
+    return o;
+  }
+  static std::vector<int32_t> build_lengths(const Case& c, int64_t step, const std::vector<int32_t>& offsets) {
     std::vector<int32_t> l(static_cast<size_t>(c.B));
-    for (int64_t b = 0; b < c.B; ++b) l[static_cast<size_t>(b)] = static_cast<int32_t>(std::max<int64_t>(1, c.Tk - pad_step * b));
+    for (int64_t b = 0; b < c.B; ++b) {
+      l[static_cast<size_t>(b)] = (c.masks & 4) ? offsets[static_cast<size_t>(b)] + static_cast<int32_t>(c.Tq)
+                                                : static_cast<int32_t>(std::max<int64_t>(1, c.Tk - step * b));
+    }
     return l;
   }
 };
@@ -122,6 +142,7 @@ TEST(CudaAttention, Fp32KernelsEqualTheCpuStandardKernel) {
       {1, 4, 4, 64, 64, 192, 128, true, 2},    {1, 2, 2, 100, 100, 256, 256, false, 0},
       {3, 4, 2, 45, 45, 32, 96, false, 3},     {1, 16, 16, 1, 300, 64, 64, true, 1},
       {2, 12, 12, 257, 257, 64, 64, true, 2},  {1, 2, 1, 513, 513, 128, 128, true, 0},
+      {3, 4, 2, 5, 40, 64, 64, true, 5},       {2, 2, 2, 70, 90, 128, 128, true, 7},
   };
   Rng rng(77);
   auto randn = [&](size_t n) {
@@ -250,7 +271,8 @@ std::vector<Case> tc_cases() {
       {1, 4, 4, 77, 77, 64, 64, true, 0},     {2, 4, 2, 130, 130, 128, 128, true, 3},
       {1, 6, 1, 33, 95, 128, 128, true, 1},   {2, 2, 2, 100, 100, 64, 64, false, 2},
       {1, 2, 2, 70, 70, 96, 64, true, 2},     {1, 2, 1, 50, 81, 192, 128, true, 1},
-      {1, 1, 1, 1, 1, 64, 64, true, 0},
+      {1, 1, 1, 1, 1, 64, 64, true, 0},       {3, 4, 2, 20, 90, 64, 64, true, 5},
+      {2, 2, 2, 150, 160, 64, 64, true, 4},
   };
 #if !defined(FLASHGPT_SIMT)
   c.push_back({1, 12, 12, 1024, 1024, 64, 64, true, 0});

@@ -382,26 +382,30 @@ void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, dou
 }
 
 // Sequences of different lengths in one GPU cache — a right-padded prefill of 5, 2 and 4 tokens,
-// then one token each at its own position, with sequences sitting out steps — each with the logits
-// of its own full forward on the CPU; several tokens while the lengths differ is an error naming it.
+// then steps of one or several tokens each at its own position, with sequences sitting out steps —
+// each with the logits of its own full forward on the CPU; a step past the capacity is an error
+// that leaves the cache as it was.
 void expect_ragged_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol) {
   SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision));
   Pair p(c, precision);
   const int64_t B = 3, Vp = c.padded_vocab_size();
   p.gpu.start_decoding(B, 12);
   testing::expect_ragged_decoding_equals_full_forward(
-      p.cpu, testing::ragged_schedule_single_steps(),
+      p.cpu, testing::ragged_schedule(),
       [&](const std::vector<int>& tokens, const testing::RaggedStep& st, std::vector<float>& logits) {
         p.gpu.decode(tokens.data(), B, st.Tn, logits, st.counts);
       },
       tol);
-  EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{8, 5, 8}));
+  EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{11, 9, 10}));
   EXPECT_THROW(p.gpu.decode_length(), Error);
   std::vector<int> tokens(static_cast<size_t>(B * 2), 1);
   std::vector<float> logits(static_cast<size_t>(B * Vp));
-  EXPECT_NE(testing::error_of([&] { p.gpu.decode(tokens.data(), B, 2, logits); }).find("one token"),
+  EXPECT_NE(testing::error_of([&] { p.gpu.decode(tokens.data(), B, 2, logits); })
+                .find("2 new tokens after the 11 cached exceed the cache's capacity of 12"),
             std::string::npos);
-  EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{8, 5, 8}));
+  const std::vector<int32_t> others{0, 2, 2};  // the full sequence sits out: the rest have room
+  p.gpu.decode(tokens.data(), B, 2, logits, others);
+  EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{11, 11, 12}));
 }
 
 TEST(CudaGpt, RaggedDecodingTracksEachSequencesFullForward) {

@@ -22,6 +22,11 @@ void check_attention_dims(const AttentionDims& d, const AttentionMask& m, MaskMe
   FLASHGPT_CHECK(!m.causal || m.q_offset >= 0, "attention: causal q_offset {} is negative", m.q_offset);
   FLASHGPT_CHECK(m.q_segments.empty() == m.kv_segments.empty(),
                  "attention: document masking needs segment ids for both queries and keys");
+  FLASHGPT_CHECK(m.q_offsets.empty() || static_cast<int64_t>(m.q_offsets.size()) == d.B,
+                 "attention: q_offsets holds {} offsets for a batch of {}", m.q_offsets.size(), d.B);
+  for (size_t b = 0; where == MaskMemory::Host && m.causal && b < m.q_offsets.size(); ++b) {
+    FLASHGPT_CHECK(m.q_offsets[b] >= 0, "attention: causal q_offsets[{}] = {} is negative", b, m.q_offsets[b]);
+  }
   FLASHGPT_CHECK(m.kv_lengths.empty() || static_cast<int64_t>(m.kv_lengths.size()) == d.B,
                  "attention: kv_lengths holds {} lengths for a batch of {}", m.kv_lengths.size(), d.B);
   for (size_t b = 0; where == MaskMemory::Host && b < m.kv_lengths.size(); ++b) {

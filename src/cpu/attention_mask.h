@@ -7,10 +7,15 @@
 
 namespace flashgpt::cpu {
 
+// Where sequence b's queries sit: query i at absolute position causal_offset + i.
+inline int64_t causal_offset(const AttentionMask& m, int64_t b) {
+  return m.q_offsets.empty() ? m.q_offset : m.q_offsets[static_cast<size_t>(b)];
+}
+
 // Keys [0, key_limit) may be visible to query i of sequence b (causal and padding limits only).
 inline int64_t key_limit(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i) {
   int64_t limit = d.Tk;
-  if (m.causal) limit = std::min(limit, m.q_offset + i + 1);
+  if (m.causal) limit = std::min(limit, causal_offset(m, b) + i + 1);
   if (!m.kv_lengths.empty()) limit = std::min<int64_t>(limit, m.kv_lengths[b]);
   return std::max<int64_t>(limit, 0);
 }

@@ -28,6 +28,7 @@ struct Dims {
 };
 
 using attention_kernels::Mask;
+using attention_kernels::causal_offset;
 using attention_kernels::mask_of;
 
 Dims dims_of(const AttentionDims& d) {
@@ -37,7 +38,7 @@ Dims dims_of(const AttentionDims& d) {
 // Keys [0, limit) pass the causal and padding masks for query i of sequence b.
 __device__ __forceinline__ int64_t key_limit(const Dims& d, const Mask& m, int64_t b, int64_t i) {
   int64_t lim = d.Tk;
-  if (m.causal) lim = min(lim, m.q_offset + i + 1);
+  if (m.causal) lim = min(lim, causal_offset(m, b) + i + 1);
   if (m.kv_lengths) lim = min(lim, static_cast<int64_t>(m.kv_lengths[b]));
   return max(lim, int64_t{0});
 }
@@ -218,7 +219,7 @@ __global__ void dkv_kernel(Dims d, Mask m, float scale, const float* __restrict_
   for (int64_t c = 0; c < d.Dv; ++c) dVs[t * vs + c] = 0.0f;
   const bool active = j < d.Tk;
   // The first query that can see key j0 under the causal mask; padding and documents per pair.
-  const int64_t i_start = m.causal ? max(int64_t{0}, j0 - m.q_offset) : 0;
+  const int64_t i_start = m.causal ? max(int64_t{0}, j0 - causal_offset(m, b)) : 0;
   for (int64_t h = hk * d.group; h < (hk + 1) * d.group; ++h) {
     for (int64_t i0 = i_start / kKvQueries * kKvQueries; i0 < d.Tq; i0 += kKvQueries) {
       __syncthreads();

@@ -64,8 +64,9 @@ __global__ void __launch_bounds__(F::Threads)
   tc::cp_async_commit();
 
   const int64_t key_limit = key_limit_of(d, m, b);
+  const int64_t q_off = causal_offset(m, b);  // query i sits at position q_off + i
   // The first query tile that can see key j0, and the (head, tile) pairs to walk.
-  const int64_t first_tile = m.causal ? max(int64_t{0}, j0 - m.q_offset) / BlockM : 0;
+  const int64_t first_tile = m.causal ? max(int64_t{0}, j0 - q_off) / BlockM : 0;
   const int64_t tiles_per_head = max(int64_t{0}, (d.Tq + BlockM - 1) / BlockM - first_tile);
   const int64_t total = j0 < key_limit ? d.group * tiles_per_head : 0;
   // Queues pair p's Q and dO rows and stores its lse (·log2 e; +∞ where a query sees nothing, so
@@ -107,7 +108,7 @@ __global__ void __launch_bounds__(F::Threads)
     // Pᵀ into s and dSᵀ into dp. Element e of n-tile n: key key0 + (e >> 1)·8, query column
     // c = n·8 + 2t + (e & 1) of the tile.
     const bool needs_mask = m.q_seg || j0 + BlockN > key_limit || i0 + BlockM > d.Tq ||
-                            (m.causal && j0 + warp * 16 + 15 > m.q_offset + i0);
+                            (m.causal && j0 + warp * 16 + 15 > q_off + i0);
 #pragma unroll
     for (int n = 0; n < BlockM / 8; ++n)
 #pragma unroll

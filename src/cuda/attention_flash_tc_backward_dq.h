@@ -52,7 +52,8 @@ __global__ void __launch_bounds__(F::Threads)
   const float scale_log2 = scale * kLog2e;
 
   const int64_t key_limit = key_limit_of(d, m, b);
-  const int n_tiles = key_tiles_of<BlockM, BlockN>(d, m, i0, key_limit);
+  const int64_t q_off = causal_offset(m, b);  // query i sits at position q_off + i
+  const int n_tiles = key_tiles_of<BlockM, BlockN>(d, m, b, i0, key_limit);
 
   load_rows<Dqk, BlockM, F::Threads>(Qs, q + b * d.Tq * q_row + h * Dqk, q_row, i0, d.Tq);
   load_rows<Dv, BlockM, F::Threads>(dOs, dout + b * d.Tq * o_row + h * Dv, o_row, i0, d.Tq);
@@ -93,7 +94,7 @@ __global__ void __launch_bounds__(F::Threads)
     rows_times_rows<E, Dv, BlockN>(dp, dOs, F::OS, warp * 16, Vt, F::VS);
     // dS into s. Element e of n-tile n: row row0 + (e >> 1)·8, key j0 + n·8 + 2t + (e & 1).
     const bool needs_mask =
-        m.q_seg || j0 + BlockN > key_limit || (m.causal && j0 + BlockN - 1 > m.q_offset + warp_row);
+        m.q_seg || j0 + BlockN > key_limit || (m.causal && j0 + BlockN - 1 > q_off + warp_row);
 #pragma unroll
     for (int n = 0; n < BlockN / 8; ++n)
 #pragma unroll

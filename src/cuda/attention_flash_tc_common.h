@@ -21,6 +21,7 @@ struct Dims {
 };
 
 using attention_kernels::Mask;
+using attention_kernels::causal_offset;
 using attention_kernels::mask_of;
 
 inline Dims dims_of(const AttentionDims& a) {
@@ -45,9 +46,9 @@ __device__ __forceinline__ int64_t key_limit_of(const Dims& d, const Mask& m, in
 // The key tiles of BlockN a block of BlockM queries from i0 walks: up to its last visible key
 // (padding, and the causal diagonal of its last query). Tiles past it are never loaded.
 template <int BlockM, int BlockN>
-__device__ __forceinline__ int key_tiles_of(const Dims& d, const Mask& m, int64_t i0, int64_t key_limit) {
+__device__ __forceinline__ int key_tiles_of(const Dims& d, const Mask& m, int64_t b, int64_t i0, int64_t key_limit) {
   int64_t key_end = key_limit;
-  if (m.causal) key_end = min(key_end, m.q_offset + min(i0 + BlockM, d.Tq));
+  if (m.causal) key_end = min(key_end, causal_offset(m, b) + min(i0 + BlockM, d.Tq));
   return key_end > 0 ? static_cast<int>((key_end + BlockN - 1) / BlockN) : 0;
 }
 

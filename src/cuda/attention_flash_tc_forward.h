@@ -49,7 +49,8 @@ __global__ void __launch_bounds__(F::Threads)
   const float scale_log2 = scale * kLog2e;
 
   const int64_t key_limit = key_limit_of(d, m, b);  // keys at or past this are never visible
-  const int n_tiles = key_tiles_of<BlockM, BlockN>(d, m, i0, key_limit);
+  const int64_t q_off = causal_offset(m, b);  // query i sits at position q_off + i
+  const int n_tiles = key_tiles_of<BlockM, BlockN>(d, m, b, i0, key_limit);
 
   load_rows<Dqk, BlockM, F::Threads>(Qs, qb, q_row, i0, d.Tq);
   tc::cp_async_commit();
@@ -78,7 +79,7 @@ __global__ void __launch_bounds__(F::Threads)
 
     float s[BlockN / 8][4] = {};
     rows_times_rows<E, Dqk, BlockN>(s, Qs, F::QS, warp * 16, Kt, F::KS);
-    const bool needs_mask = m.q_seg || j0 + BlockN > key_limit || (m.causal && j0 + BlockN - 1 > m.q_offset + warp_row);
+    const bool needs_mask = m.q_seg || j0 + BlockN > key_limit || (m.causal && j0 + BlockN - 1 > q_off + warp_row);
     if (needs_mask) {
 #pragma unroll
       for (int n = 0; n < BlockN / 8; ++n)

@@ -104,6 +104,7 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     count[static_cast<size_t>(b)] = n;
     last_rows_apart = last_rows_apart || (n > 0 && n != Tn);
   }
+  FLASHGPT_CHECK(Tn <= dec_.capacity, "decode: {} new tokens exceed the cache's capacity of {}", Tn, dec_.capacity);
   bool equal = true;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t len = dec_.lengths[static_cast<size_t>(b)];
@@ -117,10 +118,12 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
                    tokens[i], i, V);
   }
   // Sequences at one length run as one batch (those that read nothing along with them, their rows
-  // written past their length); at different lengths each reads one token at its own position.
+  // written past their length). At different lengths each reads its Tn tokens at its own position:
+  // per-sequence positions (embeddings, RoPE), cache rows (appends), causal offsets and key counts
+  // (attention). A sequence that reads nothing appends nothing; its queries sit on its last Tn
+  // cache rows (rows past its length are zeros or old padding, finite), so their unused outputs
+  // stay finite.
   dec_.apart = !(equal && dec_.lengths[0] + Tn <= dec_.capacity);
-  FLASHGPT_CHECK(!dec_.apart || Tn == 1,
-                 "decode: on the GPU, sequences of different lengths read one token each per call, not {}", Tn);
   std::vector<int32_t> keys(static_cast<size_t>(B));
   if (dec_.apart) {
     std::vector<int32_t> ints(static_cast<size_t>(3 * B));
@@ -128,12 +131,12 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     for (int64_t b = 0; b < B; ++b) {
       const auto len = static_cast<int32_t>(dec_.lengths[static_cast<size_t>(b)]);
       const bool reads = count[static_cast<size_t>(b)] > 0;
-      const auto last = static_cast<int32_t>(dec_.capacity - 1);
-      ints[static_cast<size_t>(b)] = reads ? len : std::min(len, last);  // a position the tables hold
+      const int32_t n_keys = reads ? len + static_cast<int32_t>(Tn) : std::max(len, static_cast<int32_t>(Tn));
+      keys[static_cast<size_t>(b)] = n_keys;
+      ints[static_cast<size_t>(b)] = n_keys - static_cast<int32_t>(Tn);  // position of token 0 = causal offset
       ints[static_cast<size_t>(B + b)] = reads ? len : -1;
-      keys[static_cast<size_t>(b)] = reads ? len + 1 : std::max(len, 1);
-      ints[static_cast<size_t>(2 * B + b)] = keys[static_cast<size_t>(b)];
-      dec_.max_keys = std::max<int64_t>(dec_.max_keys, keys[static_cast<size_t>(b)]);
+      ints[static_cast<size_t>(2 * B + b)] = n_keys;
+      dec_.max_keys = std::max<int64_t>(dec_.max_keys, n_keys);
     }
     dec_.step_ints.upload(ints.data(), ints.size() * sizeof(int32_t));
     dec_.pos = 0;
@@ -222,12 +225,13 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
   T* k = dec_.k.template as<T>() + layer;
   T* v = dec_.v.template as<T>() + layer;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  if (dec_.apart) {  // one new token each, appended at its sequence's own row, seeing its own keys
+  if (dec_.apart) {  // Tn new tokens each, appended at its sequence's own row, seeing its own keys
     const int32_t* ints = dec_.step_ints.template as<int32_t>();
-    copy_rows(k, rows * kvd, kvd, a.ka, kvd, 0, B_, 1, kvd, ints + B_);
-    copy_rows(v, rows * kvd, kvd, a.v, kvd, 0, B_, 1, kvd, ints + B_);
-    const AttentionDims d{B_, c.n_head, c.kv_heads(), 1, dec_.max_keys, hd, hd, rows};
-    AttentionMask m{false, 0};
+    copy_rows(k, rows * kvd, kvd, a.ka, Tn_ * kvd, kvd, B_, Tn_, kvd, ints + B_);
+    copy_rows(v, rows * kvd, kvd, a.v, Tn_ * kvd, kvd, B_, Tn_, kvd, ints + B_);
+    const AttentionDims d{B_, c.n_head, c.kv_heads(), Tn_, dec_.max_keys, hd, hd, rows};
+    AttentionMask m{true, 0};
+    m.q_offsets = {ints, static_cast<size_t>(B_)};
     m.kv_lengths = {ints + 2 * B_, static_cast<size_t>(B_)};
     cached_attention(d, m, scale, a.qa, k, v, a.att, a.lse);
     return;
@@ -250,8 +254,8 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
   // This step's rows [c_kv, k_rope] at positions pos0 … of each sequence, or apart each at its own.
   if (dec_.apart) {
     const int32_t* at = dec_.step_ints.template as<int32_t>() + B_;
-    copy_rows(cache, rows * row, row, a.ckv, nl, 0, B_, 1, nl, at);
-    if (dr > 0) copy_rows(cache + nl, rows * row, row, a.kr, dr, 0, B_, 1, dr, at);
+    copy_rows(cache, rows * row, row, a.ckv, Tn_ * nl, nl, B_, Tn_, nl, at);
+    if (dr > 0) copy_rows(cache + nl, rows * row, row, a.kr, Tn_ * dr, dr, B_, Tn_, dr, at);
   } else {
     copy_rows(cache + pos0 * row, rows * row, row, a.ckv, Tn_ * nl, nl, B_, Tn_, nl);
     if (dr > 0) copy_rows(cache + pos0 * row + nl, rows * row, row, a.kr, Tn_ * dr, dr, B_, Tn_, dr);

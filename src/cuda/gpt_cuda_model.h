@@ -250,9 +250,10 @@ class Model final : public GPTCuda::Impl {
     int64_t B = 0, capacity = 0;
     std::vector<int64_t> lengths;  // tokens cached per sequence
     int64_t rows = 0;  // cache rows per sequence: capacity, in whole pages for latent attention
-    // This call: the sequences at one position `pos`, or apart (different lengths, one new token
-    // each), when step_ints holds int32 [3, B]: each sequence's position, the cache row it
-    // appends at (−1: it reads nothing), and the keys it sees; max_keys is the largest of those.
+    // This call: the sequences at one position `pos`, or apart (different lengths, Tn new tokens
+    // each), when step_ints holds int32 [3, B]: each sequence's position (that of its first new
+    // token, also its causal offset), the cache row it appends at (−1: it reads nothing), and the
+    // keys it sees; max_keys is the largest of those.
     bool apart = false;
     int64_t pos = 0, max_keys = 0;
     DeviceBuffer step_ints;

@@ -42,7 +42,8 @@ struct AttentionDims {
 
 // Key j is visible to query i of sequence b when every mask present allows it:
 //   causal     — j ≤ q_offset + i: query i sits at absolute position q_offset + i (decoding with a
-//                cache uses q_offset = Tk − Tq);
+//                cache uses q_offset = Tk − Tq); with q_offsets, sequence b's offset is
+//                q_offsets[b] (sequences of different lengths decoding several tokens at once);
 //   kv_lengths — j < kv_lengths[b]: keys beyond a sequence's length are padding;
 //   segments   — q_segments[b·Tq + i] == kv_segments[b·kv_rows + j]: packed documents attend only
 //                within themselves (document masking).
@@ -51,6 +52,7 @@ struct AttentionMask {
   bool causal = true;
   int64_t q_offset = 0;
   // Empty: that mask is off. Sizes are checked: B, B·Tq and B·kv_rows.
+  std::span<const int32_t> q_offsets{};    // [B], replacing q_offset
   std::span<const int32_t> kv_lengths{};   // [B]
   std::span<const int32_t> q_segments{};   // [B, Tq]
   std::span<const int32_t> kv_segments{};  // [B, kv_rows]
@@ -62,9 +64,9 @@ struct AttentionTiling {
   int64_t block_kv = 0;
 };
 
-// Where the mask's arrays (kv_lengths, segment ids) live. Host code may read them only on the host:
+// Where the mask's arrays (q_offsets, kv_lengths, segment ids) live. Host code may read them only on the host:
 // the GPU entry points check their sizes alone (on a GPU a host read of device memory faults), and
-// their kernels treat a length beyond Tk as Tk.
+// their kernels treat a length beyond Tk as Tk and a negative offset as hiding every key.
 enum class MaskMemory { Host, Device };
 
 // Throws flashgpt::Error naming the bad size (or, for a mask on the host, the bad length) when the

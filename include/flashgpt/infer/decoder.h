@@ -25,8 +25,7 @@ class Decoder {
   virtual void step(const int* tokens, int64_t B, int64_t Tn, float* logits) = 0;
   // The same, ragged: sequence b reads only the first counts[b] ≤ Tn tokens of its row (the rest
   // is padding) and its logits are those of its last one; a sequence with count 0 is left alone.
-  // Sequences that hold different lengths read one token each per step (Tn = 1) on the GPU; a
-  // right-padded prefill from an empty cache reads every prompt in one step.
+  // Sequences may hold different lengths: each reads at its own position.
   virtual void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) = 0;
 };
 
