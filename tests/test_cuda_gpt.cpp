@@ -521,6 +521,35 @@ TEST(CudaGpt, BatchedSamplesEqualTheCpusOneAtATime) {
   }
 }
 
+// Continuous batching on the GPU: five prompts of different lengths through two slots, each new
+// prompt read whole beside a running sample in its own slot (a several-token step while the
+// lengths differ), every sample what the CPU draws for it alone.
+TEST(CudaGpt, ContinuousBatchingEqualsTheCpuOneAtATime) {
+  SKIP_WITHOUT_GPU();
+  for (const GPTConfig& c : {llama_like(), mla_rope()}) {
+    Pair p(c, Precision::FP32);
+    SampleOptions opt;
+    opt.max_new_tokens = 5;
+    opt.top_k = 4;
+    opt.stop_at_eot = false;
+    const std::vector<std::vector<int>> prompts = {{3, 14, 15}, {9}, {2, 6, 5, 3, 5, 8, 9}, {7, 9}, {3, 2, 3, 8}};
+    std::vector<Rng> rngs;
+    for (int k = 0; k < 5; ++k) rngs.push_back(sample_rng(6, k));
+    cuda::GPTCudaDecoder gpu(p.gpu);
+    const std::vector<SampleResult> free_run = generate_continuous(gpu, prompts, opt, rngs, 2);
+    opt.stop_at_eot = true;
+    opt.eot_token = free_run[0].tokens[0];  // sample 0 stops at once: prompt 2 joins sample 1 mid-run
+    for (int k = 0; k < 5; ++k) rngs[static_cast<size_t>(k)] = sample_rng(6, k);
+    const std::vector<SampleResult> on_gpu = generate_continuous(gpu, prompts, opt, rngs, 2);
+    EXPECT_EQ(on_gpu[0].stop_reason, "end_of_text");
+    for (int k = 0; k < 5; ++k) {
+      Rng alone = sample_rng(6, k);
+      const SampleResult on_cpu = generate(p.cpu, prompts[static_cast<size_t>(k)], opt, alone);
+      EXPECT_EQ(on_gpu[static_cast<size_t>(k)].tokens, on_cpu.tokens) << to_string(c.attention) << " sample " << k;
+    }
+  }
+}
+
 TEST(CudaGpt, BadDecodingIsAnErrorNamingIt) {
   SKIP_WITHOUT_GPU();
   const GPTConfig c = gpt2_like();

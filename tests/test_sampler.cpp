@@ -7,6 +7,7 @@
 
 #include "flashgpt/core/error.h"
 #include "flashgpt/infer/sampler.h"
+#include "testing/errors.h"
 
 namespace flashgpt {
 namespace {
@@ -215,6 +216,82 @@ TEST(Generate, PromptsOfDifferentLengthsDrawWhatEachDrawsAlone) {
   }
   std::vector<Rng> two = {sample_rng(3, 0), sample_rng(3, 1)};
   EXPECT_THROW(generate_batch(decoder, prompts, SampleOptions{}, two), Error);
+}
+
+// A decoder that records how it is driven: restarts, and steps where a sequence reads several
+// tokens (a prompt) while another reads one (a running sample) — a prompt joining mid-run.
+class RecordingDecoder final : public Decoder {
+ public:
+  explicit RecordingDecoder(Decoder& inner) : inner_(inner) {}
+  const GPTConfig& config() const override { return inner_.config(); }
+  void start(int64_t B, int64_t capacity) override { inner_.start(B, capacity); }
+  int64_t length() const override { return inner_.length(); }
+  std::vector<int64_t> lengths() const override { return inner_.lengths(); }
+  void restart(int64_t b) override {
+    if (inner_.lengths()[static_cast<size_t>(b)] > 0) ++reused_slots;
+    inner_.restart(b);
+  }
+  void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override { inner_.step(tokens, B, Tn, logits); }
+  void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) override {
+    const bool prompt = std::any_of(counts.begin(), counts.end(), [](int32_t n) { return n > 1; });
+    const bool running = std::any_of(counts.begin(), counts.end(), [](int32_t n) { return n == 1; });
+    if (prompt && running) ++joins;
+    inner_.step(tokens, B, Tn, counts, logits);
+  }
+  int reused_slots = 0, joins = 0;
+
+ private:
+  Decoder& inner_;
+};
+
+// Seven prompts of different lengths through 1, 2, 3 and 7 slots: a sample that stops hands its
+// slot to the next prompt, read whole beside the running samples, and every sample draws what it
+// draws alone (greedy, and sampled with early stops at end-of-text); each is reported done once.
+TEST(Generate, ContinuousBatchingDrawsWhatEachDrawsAlone) {
+  GPT<float> model(tiny_model_config());
+  model.init_weights(5);
+  CpuDecoder cpu(model);
+  const std::vector<std::vector<int>> prompts = {{1, 2, 3, 4, 5}, {7},       {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8},
+                                                 {2, 7, 1},       {8, 8, 8}, {5},
+                                                 {9, 9, 1, 2, 3, 4, 5, 6}};
+  const auto N = static_cast<int64_t>(prompts.size());
+  for (float temperature : {0.0f, 1.0f}) {
+    SampleOptions o;
+    o.max_new_tokens = 6;
+    o.stop_at_eot = temperature > 0;
+    o.eot_token = 4;
+    o.temperature = temperature;
+    std::vector<SampleResult> alone;
+    for (int64_t k = 0; k < N; ++k) {
+      Rng rng = sample_rng(8, k);
+      alone.push_back(generate(cpu, prompts[static_cast<size_t>(k)], o, rng));
+    }
+    for (int64_t slots : {1, 2, 3, 7}) {
+      SCOPED_TRACE(::testing::Message() << "temperature " << temperature << ", " << slots << " slots");
+      std::vector<Rng> rngs;
+      for (int64_t k = 0; k < N; ++k) rngs.push_back(sample_rng(8, k));
+      RecordingDecoder rec(cpu);
+      std::vector<int> done(static_cast<size_t>(N), 0);
+      const std::vector<SampleResult> got = generate_continuous(
+          rec, prompts, o, rngs, slots, {}, [&](int64_t k, const SampleResult& r) {
+            ++done[static_cast<size_t>(k)];
+            EXPECT_EQ(r.tokens, alone[static_cast<size_t>(k)].tokens) << "reported done, sample " << k;
+          });
+      for (int64_t k = 0; k < N; ++k) {
+        EXPECT_EQ(got[static_cast<size_t>(k)].tokens, alone[static_cast<size_t>(k)].tokens) << "sample " << k;
+        EXPECT_EQ(got[static_cast<size_t>(k)].stop_reason, alone[static_cast<size_t>(k)].stop_reason) << k;
+        EXPECT_EQ(done[static_cast<size_t>(k)], 1) << "sample " << k;
+      }
+      EXPECT_EQ(rec.reused_slots, N - slots) << "every prompt past the first slots takes a used slot";
+      if (slots > 1 && slots < N) {
+        EXPECT_GT(rec.joins, 0) << "no prompt joined running samples";
+      }
+    }
+  }
+  std::vector<Rng> rngs(static_cast<size_t>(N), Rng(1));
+  EXPECT_NE(flashgpt::testing::error_of([&] { generate_continuous(cpu, prompts, SampleOptions{}, rngs, 0); })
+                .find("at least 1"),
+            std::string::npos);
 }
 
 }  // namespace

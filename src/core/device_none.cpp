@@ -110,6 +110,7 @@ std::string GPTCuda::decode_unsupported(const GPTConfig&, Precision) { return kN
 void GPTCuda::start_decoding(int64_t, int64_t) { fail("GPU decoding: {}", kNoCuda); }
 int64_t GPTCuda::decode_length() const { fail("GPU decoding: {}", kNoCuda); }
 std::vector<int64_t> GPTCuda::decode_lengths() const { fail("GPU decoding: {}", kNoCuda); }
+void GPTCuda::restart_decoding(int64_t) { fail("GPU decoding: {}", kNoCuda); }
 void GPTCuda::decode(const int*, int64_t, int64_t, std::span<float>, std::span<const int32_t>) {
   fail("GPU decoding: {}", kNoCuda);
 }

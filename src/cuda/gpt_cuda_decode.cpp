@@ -85,6 +85,13 @@ void Model<T>::start_decoding(int64_t B, int64_t capacity) {
 }
 
 template <typename T>
+void Model<T>::restart_decoding(int64_t b) {
+  FLASHGPT_CHECK(dec_.B > 0, "decode: no cache (call start_decoding first)");
+  FLASHGPT_CHECK(b >= 0 && b < dec_.B, "decode: no sequence {} in a cache of {}", b, dec_.B);
+  dec_.lengths[static_cast<size_t>(b)] = 0;
+}
+
+template <typename T>
 void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
                       std::span<const int32_t> counts) {
   const GPTConfig& c = config;
@@ -277,6 +284,7 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
 // The class is instantiated in gpt_cuda.cpp; this file instantiates its own members.
 #define FLASHGPT_INSTANTIATE(T)                                                                                  \
   template void Model<T>::start_decoding(int64_t, int64_t);                                                     \
+  template void Model<T>::restart_decoding(int64_t);                                                            \
   template void Model<T>::decode(const int*, int64_t, int64_t, std::span<float>, std::span<const int32_t>);     \
   template void Model<T>::cached_attention(const AttentionDims&, const AttentionMask&, float, const T*, const T*, \
                                            const T*, T*, float*);                                              \
@@ -299,6 +307,7 @@ int64_t GPTCuda::decode_length() const {
   return lengths.empty() ? 0 : lengths.front();
 }
 int64_t GPTCuda::decode_cache_bytes() const { return impl_->decode_cache_bytes(); }
+void GPTCuda::restart_decoding(int64_t b) { impl_->restart_decoding(b); }
 void GPTCuda::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
                      std::span<const int32_t> counts) {
   impl_->decode(tokens, B, Tn, logits, counts);

@@ -57,6 +57,7 @@ struct GPTCuda::Impl {
   virtual void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
                       std::span<const int32_t> counts) = 0;
   virtual std::vector<int64_t> decode_lengths() const = 0;
+  virtual void restart_decoding(int64_t b) = 0;
   virtual int64_t decode_cache_bytes() const = 0;
   int64_t classifier_rows = 0;  // rows per classifier chunk; 0 chooses
   bool deterministic_next = false;  // set_deterministic: what the next forward with targets latches
@@ -144,6 +145,7 @@ class Model final : public GPTCuda::Impl {
   void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
               std::span<const int32_t> counts) override;
   std::vector<int64_t> decode_lengths() const override { return dec_.lengths; }
+  void restart_decoding(int64_t b) override;
   int64_t decode_cache_bytes() const override {
     return static_cast<int64_t>(dec_.k.bytes() + dec_.v.bytes() + dec_.latent.bytes());
   }

@@ -58,73 +58,116 @@ Rng sample_rng(uint64_t seed, int64_t k) {
   return Rng(mix.next_u64());
 }
 
-std::vector<SampleResult> generate_batch(Decoder& model, std::span<const std::vector<int>> prompts,
-                                         const SampleOptions& opt, std::span<Rng> rngs,
-                                         const std::function<void(int64_t, int)>& on_token) {
+std::vector<SampleResult> generate_continuous(Decoder& model, std::span<const std::vector<int>> prompts,
+                                              const SampleOptions& opt, std::span<Rng> rngs, int64_t slots,
+                                              const std::function<void(int64_t, int)>& on_token,
+                                              const std::function<void(int64_t, const SampleResult&)>& on_done) {
   const GPTConfig& c = model.config();
-  const int64_t B = static_cast<int64_t>(rngs.size());
-  FLASHGPT_CHECK(B > 0, "generate: no samples asked for");
-  FLASHGPT_CHECK(static_cast<int64_t>(prompts.size()) == B, "generate: {} prompts for {} samples", prompts.size(), B);
-  int64_t P = 0;
+  const int64_t N = static_cast<int64_t>(prompts.size());
+  FLASHGPT_CHECK(N > 0, "generate: no samples asked for");
+  FLASHGPT_CHECK(static_cast<int64_t>(rngs.size()) == N, "generate: {} prompts for {} random streams", N,
+                 rngs.size());
+  FLASHGPT_CHECK(slots > 0, "generate: {} sequences decoded together; at least 1 is needed", slots);
+  int64_t longest = 0;
   for (const std::vector<int>& prompt : prompts) {
     FLASHGPT_CHECK(!prompt.empty(), "prompt: empty (give at least one token)");
     FLASHGPT_CHECK(static_cast<int64_t>(prompt.size()) <= c.block_size,
                    "prompt: {} tokens exceed the model's context of {} (block_size)", prompt.size(), c.block_size);
-    P = std::max<int64_t>(P, static_cast<int64_t>(prompt.size()));
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(prompt.size()));
   }
   FLASHGPT_CHECK(opt.max_new_tokens >= 0, "--max-tokens: must be ≥ 0, got {}", opt.max_new_tokens);
   FLASHGPT_CHECK(opt.temperature >= 0.0f, "--temperature: must be ≥ 0, got {}", opt.temperature);
   FLASHGPT_CHECK(opt.top_k >= 0, "--top-k: must be ≥ 0, got {}", opt.top_k);
   FLASHGPT_CHECK(opt.top_p > 0.0f && opt.top_p <= 1.0f, "--top-p: must be in (0, 1], got {}", opt.top_p);
-  std::vector<SampleResult> results(static_cast<size_t>(B));
+  std::vector<SampleResult> results(static_cast<size_t>(N));
   for (SampleResult& r : results) r.stop_reason = "max_new_tokens";
-  if (opt.max_new_tokens == 0) return results;
-  const int64_t capacity = std::min<int64_t>(c.block_size, P + opt.max_new_tokens);
-  const int64_t Vp = c.padded_vocab_size();
-  model.start(B, capacity);
-  // The prefill: every prompt in one step, each row padded to the longest with its last token.
-  std::vector<float> logits(static_cast<size_t>(B * Vp));
-  std::vector<int> tokens(static_cast<size_t>(B * P));
-  std::vector<int32_t> counts(static_cast<size_t>(B));
-  std::vector<int64_t> lengths(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) {
-    const std::vector<int>& prompt = prompts[static_cast<size_t>(b)];
-    auto row = tokens.begin() + b * P;
-    std::fill(std::copy(prompt.begin(), prompt.end(), row), row + P, prompt.back());
-    counts[static_cast<size_t>(b)] = static_cast<int32_t>(prompt.size());
-    lengths[static_cast<size_t>(b)] = static_cast<int64_t>(prompt.size());
+  if (opt.max_new_tokens == 0) {
+    for (int64_t k = 0; k < N && on_done; ++k) on_done(k, results[static_cast<size_t>(k)]);
+    return results;
   }
-  model.step(tokens.data(), B, P, counts, logits.data());
-  int64_t running = B;
-  tokens.resize(static_cast<size_t>(B));
-  for (int i = 0; i < opt.max_new_tokens && running > 0; ++i) {
-    for (int64_t b = 0; b < B; ++b) {
-      int32_t& reads = counts[static_cast<size_t>(b)];
-      if (reads == 0 && i > 0) continue;  // stopped
-      reads = 0;
-      SampleResult& r = results[static_cast<size_t>(b)];
-      const int next = sample_token(logits.data() + b * Vp, c.vocab_size, opt, rngs[static_cast<size_t>(b)]);
-      tokens[static_cast<size_t>(b)] = next;
+  // Every sequence fits: a prompt and all but its last new token are read, up to the context.
+  const int64_t S = std::min(slots, N), Vp = c.padded_vocab_size();
+  const int64_t capacity = std::min<int64_t>(c.block_size, longest + opt.max_new_tokens);
+  model.start(S, capacity);
+  std::vector<int64_t> request(static_cast<size_t>(S), -1);  // the sample each slot decodes (−1: none)
+  std::vector<int> pending(static_cast<size_t>(S));          // its token to read at the next step
+  std::vector<int64_t> length(static_cast<size_t>(S), 0);    // tokens it has cached after that step
+  std::vector<int32_t> counts(static_cast<size_t>(S));
+  std::vector<float> logits(static_cast<size_t>(S * Vp));
+  std::vector<int> tokens;
+  int64_t next_request = 0;
+  for (;;) {
+    // Free slots take the next waiting prompts; a step reads every new prompt whole (its row padded
+    // with its last token) and one token of every running sample.
+    int64_t Tn = 1;
+    bool any = false;
+    for (int64_t s = 0; s < S; ++s) {
+      if (request[static_cast<size_t>(s)] < 0 && next_request < N) {
+        model.restart(s);
+        request[static_cast<size_t>(s)] = next_request++;
+        length[static_cast<size_t>(s)] = 0;
+      }
+      if (request[static_cast<size_t>(s)] < 0) continue;
+      any = true;
+      if (length[static_cast<size_t>(s)] == 0) {
+        Tn = std::max<int64_t>(Tn, static_cast<int64_t>(prompts[static_cast<size_t>(request[static_cast<size_t>(s)])].size()));
+      }
+    }
+    if (!any) break;
+    tokens.assign(static_cast<size_t>(S * Tn), 0);
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t k = request[static_cast<size_t>(s)];
+      auto row = tokens.begin() + s * Tn;
+      int32_t& n = counts[static_cast<size_t>(s)];
+      if (k < 0) {
+        n = 0;
+      } else if (length[static_cast<size_t>(s)] == 0) {
+        const std::vector<int>& prompt = prompts[static_cast<size_t>(k)];
+        std::fill(std::copy(prompt.begin(), prompt.end(), row), row + Tn, prompt.back());
+        n = static_cast<int32_t>(prompt.size());
+      } else {
+        std::fill(row, row + Tn, pending[static_cast<size_t>(s)]);
+        n = 1;
+      }
+      length[static_cast<size_t>(s)] += n;
+    }
+    model.step(tokens.data(), S, Tn, counts, logits.data());
+    // Each sample that read draws its next token from its own stream.
+    for (int64_t s = 0; s < S; ++s) {
+      if (counts[static_cast<size_t>(s)] == 0) continue;
+      const int64_t k = request[static_cast<size_t>(s)];
+      SampleResult& r = results[static_cast<size_t>(k)];
+      const int next = sample_token(logits.data() + s * Vp, c.vocab_size, opt, rngs[static_cast<size_t>(k)]);
+      bool done = false;
       if (opt.stop_at_eot && next == opt.eot_token) {
         r.stop_reason = "end_of_text";
-        --running;
-        continue;
+        done = true;
+      } else {
+        r.tokens.push_back(next);
+        if (on_token) on_token(k, next);
+        if (static_cast<int>(r.tokens.size()) == opt.max_new_tokens) {
+          done = true;  // stop_reason stays max_new_tokens
+        } else if (length[static_cast<size_t>(s)] >= capacity) {  // no room to read it
+          r.stop_reason = "context_limit";
+          done = true;
+        }
       }
-      r.tokens.push_back(next);
-      if (on_token) on_token(b, next);
-      if (i + 1 == opt.max_new_tokens) continue;
-      if (lengths[static_cast<size_t>(b)] >= c.block_size) {  // no room to read it
-        r.stop_reason = "context_limit";
-        --running;
-        continue;
+      if (done) {
+        request[static_cast<size_t>(s)] = -1;
+        if (on_done) on_done(k, r);
+      } else {
+        pending[static_cast<size_t>(s)] = next;
       }
-      reads = 1;
-      ++lengths[static_cast<size_t>(b)];
     }
-    if (running == 0 || i + 1 == opt.max_new_tokens) break;
-    model.step(tokens.data(), B, 1, counts, logits.data());
   }
   return results;
+}
+
+std::vector<SampleResult> generate_batch(Decoder& model, std::span<const std::vector<int>> prompts,
+                                         const SampleOptions& opt, std::span<Rng> rngs,
+                                         const std::function<void(int64_t, int)>& on_token) {
+  return generate_continuous(model, prompts, opt, rngs, std::max<int64_t>(1, static_cast<int64_t>(prompts.size())),
+                             on_token);
 }
 
 std::vector<SampleResult> generate_batch(Decoder& model, std::span<const int> prompt, const SampleOptions& opt,

@@ -487,6 +487,11 @@ int64_t KVCache<T>::length() const {
   }
   return lengths.empty() ? 0 : lengths.front();
 }
+template <typename T>
+void KVCache<T>::restart(int64_t b) {
+  FLASHGPT_CHECK(b >= 0 && b < B, "KV cache: no sequence {} in a cache of {}", b, B);
+  lengths[static_cast<size_t>(b)] = 0;
+}
 template struct KVCache<float>;
 template struct KVCache<double>;
 

@@ -114,6 +114,8 @@ class GPTCuda {
   // overwrites the activations a training step keeps: a backward must follow a new forward.
   void start_decoding(int64_t B, int64_t capacity);
   std::vector<int64_t> decode_lengths() const;
+  // Sequence b of the cache starts over at length 0 (its old rows are never read again).
+  void restart_decoding(int64_t b);
   int64_t decode_length() const;  // the length every sequence holds (an error if they differ)
   void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
               std::span<const int32_t> counts = {});
@@ -136,6 +138,7 @@ class GPTCudaDecoder final : public Decoder {
   void start(int64_t B, int64_t capacity) override { model_.start_decoding(B, capacity); }
   int64_t length() const override { return model_.decode_length(); }
   std::vector<int64_t> lengths() const override { return model_.decode_lengths(); }
+  void restart(int64_t b) override { model_.restart_decoding(b); }
   void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override {
     model_.decode(tokens, B, Tn, {logits, static_cast<size_t>(B * model_.config().padded_vocab_size())});
   }

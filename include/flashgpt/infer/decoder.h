@@ -20,6 +20,9 @@ class Decoder {
   // Tokens cached by every sequence (an error when they hold different lengths), and by each.
   virtual int64_t length() const = 0;
   virtual std::vector<int64_t> lengths() const = 0;
+  // Sequence b starts over at length 0, the others untouched: a new prompt takes a finished
+  // sequence's place in the batch.
+  virtual void restart(int64_t b) = 0;
   // Reads Tn new tokens per sequence (tokens [B, Tn]) after those cached, caches them, and writes
   // the fp32 logits [B, padded_vocab] of each sequence's last new token.
   virtual void step(const int* tokens, int64_t B, int64_t Tn, float* logits) = 0;

@@ -38,6 +38,7 @@ class CpuDecoder final : public Decoder {
   void start(int64_t B, int64_t capacity) override { cache_ = model_.make_cache(B, capacity); }
   int64_t length() const override { return cache_.length(); }
   std::vector<int64_t> lengths() const override { return cache_.lengths; }
+  void restart(int64_t b) override { cache_.restart(b); }
   void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override {
     model_.forward_cached(cache_, tokens, B, Tn, logits);
   }
@@ -73,6 +74,17 @@ std::vector<SampleResult> generate_batch(Decoder& model, std::span<const int> pr
 std::vector<SampleResult> generate_batch(Decoder& model, std::span<const std::vector<int>> prompts,
                                          const SampleOptions& opt, std::span<Rng> rngs,
                                          const std::function<void(int64_t, int)>& on_token = {});
+// Continuous batching: prompts.size() samples (prompt k drawing from rngs[k]) decoded `slots` at a
+// time. The first `slots` prompts are read in one right-padded prefill; whenever a sample stops,
+// its place in the batch goes to the next waiting prompt, which is read whole in the next step
+// beside the running samples' one token each (the decoder's restart and ragged steps). Each result
+// is what generate() gives for that prompt and stream, whatever `slots` is. on_token (optional)
+// gets (k, id) for each new token in step order; on_done (optional) gets (k, result) as sample k
+// stops, in the order they stop.
+std::vector<SampleResult> generate_continuous(
+    Decoder& model, std::span<const std::vector<int>> prompts, const SampleOptions& opt, std::span<Rng> rngs,
+    int64_t slots, const std::function<void(int64_t, int)>& on_token = {},
+    const std::function<void(int64_t, const SampleResult&)>& on_done = {});
 // The same on the CPU.
 SampleResult generate(GPT<float>& model, std::span<const int> prompt, const SampleOptions& opt, Rng& rng,
                       const std::function<void(int)>& on_token = {});

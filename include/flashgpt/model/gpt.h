@@ -48,6 +48,9 @@ struct KVCache {
   std::vector<int64_t> lengths;  // tokens already cached, per sequence [B]
   // The tokens cached when every sequence has as many (an error otherwise).
   int64_t length() const;
+  // Sequence b starts over at length 0 (a new prompt taking its slot); its old rows are never read
+  // again, only overwritten.
+  void restart(int64_t b);
   std::vector<T> k, v;
   std::vector<T> latent;
   int64_t latent_row = 0;  // n_latent + rope_dim
