@@ -70,20 +70,23 @@ TEST_F(Pipeline, PrepareTrainSampleEvalInfoConvertPlot) {
   // Same seed, same text.
   EXPECT_EQ(run_flashgpt("sample -c " + ckpt + " -p 'Once upon' -n 12 --seed 3 --top-k 5 2>/dev/null").output,
             run_flashgpt("sample -c " + ckpt + " -p 'Once upon' -n 12 --seed 3 --top-k 5 2>/dev/null").output);
-  // Several samples decoded together print what they print one at a time, sample 1 what a single
-  // sample prints, and the batch's line counts them together.
+  // Several samples decoded together — all at once, or two at a time with the third taking the
+  // first freed place — print what they print one at a time, sample 1 what a single sample
+  // prints, and the closing line counts them.
   const std::string three = "sample -c " + ckpt + " -p 'Once upon' -n 12 --seed 3 --top-k 5 --num-samples 3 ";
   const std::string together = run_flashgpt(three + "2>/dev/null").output;
   EXPECT_EQ(together, run_flashgpt(three + "--batch 1 2>/dev/null").output);
   EXPECT_EQ(together.rfind("--- sample 1 ---\n" + text, 0), 0u) << together;
   EXPECT_NE(together.find("--- sample 3 ---"), std::string::npos) << together;
+  EXPECT_EQ(together, run_flashgpt(three + "--batch 2 2>/dev/null").output);
   RunResult batch_line = run_flashgpt(three + "--batch 2 2>&1 >/dev/null");
-  EXPECT_NE(batch_line.output.find("samples 1–2 together"), std::string::npos) << batch_line.output;
+  EXPECT_NE(batch_line.output.find("3 samples, 2 at a time"), std::string::npos) << batch_line.output;
   expect_one_error_line(run_flashgpt(three + "--batch 0"), "--batch");
   // Prompts of different lengths decoded together print what they print one at a time.
   const std::string two = "sample -c " + ckpt + " -p 'Once upon' -p 'A' --prompt-ids 5,6,7 -n 10 --seed 4 ";
   const std::string prompts_together = run_flashgpt(two + "2>/dev/null").output;
   EXPECT_EQ(prompts_together, run_flashgpt(two + "--batch 1 2>/dev/null").output);
+  EXPECT_EQ(prompts_together, run_flashgpt(two + "--batch 2 2>/dev/null").output);
   EXPECT_EQ(prompts_together.rfind("--- prompt 1 ---\nOnce upon", 0), 0u) << prompts_together;
   EXPECT_NE(prompts_together.find("\n--- prompt 2 ---\nA"), std::string::npos) << prompts_together;
   EXPECT_NE(prompts_together.find("\n--- prompt 3 ---\n"), std::string::npos) << prompts_together;

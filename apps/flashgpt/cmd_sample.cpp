@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "checkpoint_loading.h"
 #include "commands.h"
@@ -131,50 +132,55 @@ void run_sample(SampleCli& c) {
     }
     std::fputs(prompts[static_cast<size_t>(prompt)].text.c_str(), stdout);
   };
-  const int64_t batch = c.batch > 0 ? c.batch : std::min<int64_t>(total, kDefaultBatch);
-  for (int64_t first = 0; first < total; first += batch) {
-    const int64_t n = std::min<int64_t>(batch, total - first);
-    std::vector<Rng> rngs;
-    std::vector<std::vector<int>> ids;
-    for (int64_t k = first; k < first + n; ++k) {
-      rngs.push_back(sample_rng(c.seed, k));
-      ids.push_back(prompts[static_cast<size_t>(k / per_prompt)].ids);
-    }
-    Timer t;
-    std::vector<SampleResult> results;
-    if (n == 1) {  // one at a time: each token is printed as it comes
-      header(first);
-      results = generate_batch(*decoder, ids, c.opt, rngs, [&](int64_t, int id) {
-        print_token(id);
-        std::fflush(stdout);
-      });
-    } else {  // a batch: each sample is printed whole once the batch has finished
-      results = generate_batch(*decoder, ids, c.opt, rngs);
-    }
-    const double secs = t.seconds();
-    int64_t tokens = 0;
-    std::map<std::string, int> reasons;
-    for (int64_t b = 0; b < n; ++b) {
-      const SampleResult& r = results[static_cast<size_t>(b)];
-      if (n > 1) {
-        header(first + b);
-        for (int id : r.tokens) print_token(id);
-      }
-      std::printf("\n");
-      tokens += static_cast<int64_t>(r.tokens.size());
-      ++reasons[r.stop_reason];
-    }
-    std::fflush(stdout);
-    std::string stopped;
-    for (const auto& [reason, count] : reasons) {
-      stopped += (stopped.empty() ? "" : ", ") + (n > 1 ? fmt::format("{} ×{}", reason, count) : reason);
-    }
-    const std::string which =
-        n > 1 ? fmt::format("samples {}–{} together: ", first + 1, first + n) : std::string();
-    std::fprintf(stderr, "[%s%lld tokens in %.2f s, %.1f tokens/s; stopped: %s]\n", which.c_str(),
-                 static_cast<long long>(tokens), secs, static_cast<double>(tokens) / std::max(secs, 1e-9),
-                 stopped.c_str());
+  // Continuous batching: `slots` samples decode together, and a finished sample's place goes to
+  // the next one waiting. Samples are printed whole, in order, as soon as they and every sample
+  // before them have finished; a single sample streams token by token.
+  const int64_t slots = std::min(total, c.batch > 0 ? c.batch : kDefaultBatch);
+  std::vector<Rng> rngs;
+  std::vector<std::vector<int>> ids;
+  for (int64_t k = 0; k < total; ++k) {
+    rngs.push_back(sample_rng(c.seed, k));
+    ids.push_back(prompts[static_cast<size_t>(k / per_prompt)].ids);
   }
+  Timer t;
+  std::vector<SampleResult> results;
+  if (total == 1) {
+    header(0);
+    results = generate_continuous(*decoder, ids, c.opt, rngs, 1, [&](int64_t, int id) {
+      print_token(id);
+      std::fflush(stdout);
+    });
+    std::printf("\n");
+  } else {
+    std::vector<std::optional<SampleResult>> finished(static_cast<size_t>(total));
+    int64_t printed = 0;
+    results = generate_continuous(*decoder, ids, c.opt, rngs, slots, {}, [&](int64_t k, const SampleResult& r) {
+      finished[static_cast<size_t>(k)] = r;
+      for (; printed < total && finished[static_cast<size_t>(printed)]; ++printed) {
+        header(printed);
+        for (int id : finished[static_cast<size_t>(printed)]->tokens) print_token(id);
+        std::printf("\n");
+        finished[static_cast<size_t>(printed)].reset();
+      }
+      std::fflush(stdout);
+    });
+  }
+  const double secs = t.seconds();
+  int64_t tokens = 0;
+  std::map<std::string, int> reasons;
+  for (const SampleResult& r : results) {
+    tokens += static_cast<int64_t>(r.tokens.size());
+    ++reasons[r.stop_reason];
+  }
+  std::fflush(stdout);
+  std::string stopped;
+  for (const auto& [reason, count] : reasons) {
+    stopped += (stopped.empty() ? "" : ", ") + (total > 1 ? fmt::format("{} ×{}", reason, count) : reason);
+  }
+  const std::string which = total > 1 ? fmt::format("{} samples, {} at a time: ", total, slots) : std::string();
+  std::fprintf(stderr, "[%s%lld tokens in %.2f s, %.1f tokens/s; stopped: %s]\n", which.c_str(),
+               static_cast<long long>(tokens), secs, static_cast<double>(tokens) / std::max(secs, 1e-9),
+               stopped.c_str());
 }
 
 }  // namespace
@@ -205,7 +211,9 @@ void register_sample(CLI::App& app) {
   sub->add_option("--seed", c->seed, "Random seed")->capture_default_str();
   sub->add_option("--num-samples", c->num_samples, "Samples per prompt")->capture_default_str()->check(CLI::PositiveNumber);
   sub->add_option("--batch", c->batch,
-                  fmt::format("Samples decoded together, as one batch (default: all of them, up to {})", kDefaultBatch))
+                  fmt::format("Samples decoded together; a finished sample's place goes to the next (default: all "
+                              "of them, up to {})",
+                              kDefaultBatch))
       ->check(CLI::PositiveNumber);
   sub->add_flag("--no-stop-at-eot", c->no_stop, "Keep going past the end-of-text token");
   add_device_flags(*sub, c->device, "sampling");
