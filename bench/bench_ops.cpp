@@ -8,6 +8,7 @@
 #include "cpu/tile_gemm.h"
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/core/rng.h"
+#include "flashgpt/infer/sampler.h"
 #include "flashgpt/ops/activation.h"
 #include "flashgpt/ops/adamw.h"
 #include "flashgpt/ops/cross_entropy.h"
@@ -147,5 +148,26 @@ void BM_TileProduct(benchmark::State& state, bool blas) {
 }
 BENCHMARK_CAPTURE(BM_TileProduct, tile, false)->Args({64, 128, 128, 0})->Args({64, 128, 128, 1})->Args({128, 128, 64, 2});
 BENCHMARK_CAPTURE(BM_TileProduct, openblas, true)->Args({64, 128, 128, 0})->Args({64, 128, 128, 1})->Args({128, 128, 64, 2});
+
+// One draw from GPT-2's 50257 logits (padded to 50304): greedy, top-k 40, nucleus 0.9 and plain
+// temperature sampling — the host-side work of every sample at every decoding step.
+void BM_SampleToken(benchmark::State& state) {
+  const std::vector<float> logits = [] {
+    std::vector<float> v = random_floats(50304, 7);
+    for (float& x : v) x *= 150.0f;  // logits with a spread like a trained model's (σ = 3)
+    return v;
+  }();
+  SampleOptions opt;
+  switch (state.range(0)) {
+    case 0: opt.temperature = 0.0f; break;
+    case 1: opt.top_k = 40; break;
+    case 2: opt.top_p = 0.9f; break;
+    default: break;
+  }
+  Rng rng(3);
+  for (auto _ : state) benchmark::DoNotOptimize(sample_token(logits.data(), 50257, opt, rng));
+  state.SetLabel(state.range(0) == 0 ? "greedy" : state.range(0) == 1 ? "top-k 40" : state.range(0) == 2 ? "top-p 0.9" : "temperature 1");
+}
+BENCHMARK(BM_SampleToken)->DenseRange(0, 3)->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();

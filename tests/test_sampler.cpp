@@ -33,6 +33,68 @@ TEST(SampleToken, GreedyTopKTopPAndNeverThePadding) {
   EXPECT_EQ(seen, (std::set<int>{0, 1, 2, 3}));
 }
 
+// The rules written as plainly as possible: every token ranked by a full sort, softmax over the
+// candidates, the nucleus as the shortest ranked prefix holding top_p of the mass.
+int reference_sample(const std::vector<float>& logits, int vocab, const SampleOptions& opt, Rng& rng) {
+  std::vector<int> ids(static_cast<size_t>(vocab));
+  for (int i = 0; i < vocab; ++i) ids[static_cast<size_t>(i)] = i;
+  const auto before = [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  if (opt.top_k > 0 && opt.top_k < vocab) {
+    std::sort(ids.begin(), ids.end(), before);
+    ids.resize(static_cast<size_t>(opt.top_k));
+  } else if (opt.top_p < 1.0f) {
+    std::sort(ids.begin(), ids.end(), before);
+  }
+  double mx = -INFINITY;
+  for (int id : ids) mx = std::max(mx, static_cast<double>(logits[id]));
+  std::vector<double> w;
+  double sum = 0;
+  for (int id : ids) {
+    w.push_back(std::exp((logits[id] - mx) / opt.temperature));
+    sum += w.back();
+  }
+  size_t n = w.size();
+  if (opt.top_p < 1.0f) {
+    double cum = 0;
+    n = 0;
+    while (n < w.size() && cum < opt.top_p * sum) cum += w[n++];
+    sum = cum;
+  }
+  const double u = rng.uniform() * sum;
+  double cum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    cum += w[i];
+    if (u < cum) return ids[i];
+  }
+  return ids[n - 1];
+}
+
+// At GPT-2's vocabulary, with logits spread like a trained model's and many ties, every rule draws
+// what the plain computation draws from the same stream (the nucleus found without ranking every
+// token: it ranks the best 64, then more only when they fall short).
+TEST(SampleToken, EqualsAPlainSortAtFullVocabulary) {
+  const int V = 50257;
+  Rng data(4);
+  std::vector<float> logits(50304, 1e4f);  // padding columns: never chosen
+  for (int i = 0; i < V; ++i) logits[static_cast<size_t>(i)] = std::round(static_cast<float>(data.normal()) * 12.0f) / 4.0f;
+  struct Rule {
+    float temperature, top_p;
+    int top_k;
+  };
+  for (const Rule& r : {Rule{1.0f, 1.0f, 0}, Rule{0.8f, 0.9f, 0}, Rule{1.0f, 0.5f, 0}, Rule{1.0f, 0.999f, 0},
+                        Rule{2.0f, 0.95f, 0}, Rule{1.0f, 1.0f, 40}, Rule{0.7f, 0.8f, 40}}) {
+    SampleOptions o;
+    o.temperature = r.temperature;
+    o.top_p = r.top_p;
+    o.top_k = r.top_k;
+    Rng a(11), b(11);
+    for (int i = 0; i < 60; ++i) {
+      ASSERT_EQ(sample_token(logits.data(), V, o, a), reference_sample(logits, V, o, b))
+          << "temperature " << r.temperature << ", top-p " << r.top_p << ", top-k " << r.top_k << ", draw " << i;
+    }
+  }
+}
+
 TEST(SampleToken, FrequenciesFollowTheSoftmax) {
   std::vector<float> logits = {0.0f, std::log(3.0f)};  // p = 1/4, 3/4
   Rng rng(9);

@@ -4,49 +4,81 @@
 #include <cmath>
 #include <numeric>
 
+#include "cpu/vec_math.h"
 #include "flashgpt/core/error.h"
 
 namespace flashgpt {
 
 int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& rng) {
-  if (opt.temperature <= 0.0f) return static_cast<int>(std::max_element(logits, logits + vocab) - logits);
+  if (opt.temperature <= 0.0f) {  // the first of the largest
+    const float best = cpu::row_max(logits, vocab);
+    return static_cast<int>(std::find(logits, logits + vocab, best) - logits);
+  }
+  const double inv_t = 1.0 / static_cast<double>(opt.temperature);
+  const auto weight = [&](int id, double best) { return std::exp((static_cast<double>(logits[id]) - best) * inv_t); };
+  const bool top_k = opt.top_k > 0 && opt.top_k < vocab, nucleus = opt.top_p < 1.0f;
+  // Draws from the first n of ids (in that order) with weights w, which sum to `sum`.
+  const auto draw = [&](const int* ids, const double* w, size_t n, double sum) {
+    const double u = rng.uniform() * sum;
+    double cum = 0;
+    for (size_t i = 0; i < n; ++i) {
+      cum += w[i];
+      if (u < cum) return ids ? ids[i] : static_cast<int>(i);
+    }
+    return ids ? ids[n - 1] : static_cast<int>(n - 1);
+  };
+  if (!top_k && !nucleus) {  // every token, in id order: one vectorised pass for the weights
+    std::vector<float> z(static_cast<size_t>(vocab));
+    for (int i = 0; i < vocab; ++i) z[static_cast<size_t>(i)] = static_cast<float>(logits[i] * inv_t);
+    cpu::exp_shifted_sum(z.data(), vocab, cpu::row_max(z.data(), vocab));
+    std::vector<double> w(z.begin(), z.end());
+    return draw(nullptr, w.data(), w.size(), std::accumulate(w.begin(), w.end(), 0.0));
+  }
+  // Ranked candidates: higher logit first, the lower id first among equals (a strict order, so the
+  // best n are the same tokens in the same order however they are found). Only a prefix is ever
+  // ranked: the top_k, or for the nucleus the best 64, then 8× more while they hold too little.
   std::vector<int> ids(static_cast<size_t>(vocab));
   std::iota(ids.begin(), ids.end(), 0);
-  size_t keep = ids.size();
-  if (opt.top_k > 0 && static_cast<size_t>(opt.top_k) < keep) {
-    keep = static_cast<size_t>(opt.top_k);
-    std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(keep), ids.end(),
-                      [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
-  } else if (opt.top_p < 1.0f) {
-    std::sort(ids.begin(), ids.end(),
-              [&](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  const auto before = [logits](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  const size_t candidates = top_k ? static_cast<size_t>(opt.top_k) : ids.size();
+  size_t ranked = top_k ? candidates : std::min<size_t>(64, candidates);
+  // Puts the best of [first, end) in rank order at [first, mid): a heap for a short prefix, a
+  // selection and a sort for a long one.
+  const auto rank = [&](std::vector<int>::iterator first, std::vector<int>::iterator mid) {
+    if ((mid - first) * 16 < ids.end() - first) {
+      std::partial_sort(first, mid, ids.end(), before);
+    } else {
+      std::nth_element(first, mid, ids.end(), before);
+      std::sort(first, mid, before);
+    }
+  };
+  rank(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(ranked));
+  const double best = logits[ids[0]];
+  std::vector<double> w(ranked);
+  for (size_t i = 0; i < ranked; ++i) w[i] = weight(ids[i], best);
+  double total = 0;  // the mass of every candidate
+  if (top_k) {
+    total = std::accumulate(w.begin(), w.end(), 0.0);
+  } else {
+    std::vector<float> z(static_cast<size_t>(vocab));
+    for (int i = 0; i < vocab; ++i) z[static_cast<size_t>(i)] = static_cast<float>((logits[i] - best) * inv_t);
+    cpu::exp_shifted_sum(z.data(), vocab, 0.0f);
+    for (float x : z) total += x;
   }
-  ids.resize(keep);
-  const double inv_t = 1.0 / static_cast<double>(opt.temperature);
-  double mx = -INFINITY;
-  for (int id : ids) mx = std::max(mx, static_cast<double>(logits[id]) * inv_t);
-  std::vector<double> probs(ids.size());
-  double sum = 0;
-  for (size_t i = 0; i < ids.size(); ++i) {
-    probs[i] = std::exp(static_cast<double>(logits[ids[i]]) * inv_t - mx);
-    sum += probs[i];
-  }
-  for (double& p : probs) p /= sum;
-  if (opt.top_p < 1.0f) {  // nucleus: the smallest prefix (ids are sorted) holding top_p of the mass
-    double cum = 0;
+  if (!nucleus) return draw(ids.data(), w.data(), ranked, total);
+  // The nucleus: the shortest ranked prefix holding top_p of the mass.
+  const double target = static_cast<double>(opt.top_p) * total;
+  for (;;) {
     size_t n = 0;
-    while (n < probs.size() && cum < opt.top_p) cum += probs[n++];
-    probs.resize(std::max<size_t>(n, 1));
-    double s = std::accumulate(probs.begin(), probs.end(), 0.0);
-    for (double& p : probs) p /= s;
+    double cum = 0;
+    while (n < ranked && cum < target) cum += w[n++];
+    if (cum >= target || ranked == candidates) return draw(ids.data(), w.data(), std::max<size_t>(n, 1), cum);
+    const size_t more = std::min(candidates, ranked * 8);
+    rank(ids.begin() + static_cast<std::ptrdiff_t>(ranked), ids.begin() + static_cast<std::ptrdiff_t>(more));
+    w.resize(more);
+    for (size_t i = ranked; i < more; ++i) w[i] = weight(ids[i], best);
+    ranked = more;
   }
-  double u = rng.uniform();
-  double cum = 0;
-  for (size_t i = 0; i < probs.size(); ++i) {
-    cum += probs[i];
-    if (u < cum) return ids[i];
-  }
-  return ids[probs.size() - 1];
 }
 
 Rng sample_rng(uint64_t seed, int64_t k) {
@@ -93,6 +125,7 @@ std::vector<SampleResult> generate_continuous(Decoder& model, std::span<const st
   std::vector<int> pending(static_cast<size_t>(S));          // its token to read at the next step
   std::vector<int64_t> length(static_cast<size_t>(S), 0);    // tokens it has cached after that step
   std::vector<int32_t> counts(static_cast<size_t>(S));
+  std::vector<int> drawn(static_cast<size_t>(S));  // each slot's new token
   std::vector<float> logits(static_cast<size_t>(S * Vp));
   std::vector<int> tokens;
   int64_t next_request = 0;
@@ -132,12 +165,19 @@ std::vector<SampleResult> generate_continuous(Decoder& model, std::span<const st
       length[static_cast<size_t>(s)] += n;
     }
     model.step(tokens.data(), S, Tn, counts, logits.data());
-    // Each sample that read draws its next token from its own stream.
+    // Each sample that read draws its next token from its own stream: the draws are independent,
+    // so they run in parallel and give the same tokens on any number of threads.
+#pragma omp parallel for schedule(dynamic, 1) if (S > 1)
+    for (int64_t s = 0; s < S; ++s) {
+      if (counts[static_cast<size_t>(s)] == 0) continue;
+      drawn[static_cast<size_t>(s)] = sample_token(logits.data() + s * Vp, c.vocab_size, opt,
+                                                   rngs[static_cast<size_t>(request[static_cast<size_t>(s)])]);
+    }
     for (int64_t s = 0; s < S; ++s) {
       if (counts[static_cast<size_t>(s)] == 0) continue;
       const int64_t k = request[static_cast<size_t>(s)];
       SampleResult& r = results[static_cast<size_t>(k)];
-      const int next = sample_token(logits.data() + s * Vp, c.vocab_size, opt, rngs[static_cast<size_t>(k)]);
+      const int next = drawn[static_cast<size_t>(s)];
       bool done = false;
       if (opt.stop_at_eot && next == opt.eot_token) {
         r.stop_reason = "end_of_text";
