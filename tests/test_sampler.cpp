@@ -82,7 +82,7 @@ TEST(SampleToken, EqualsAPlainSortAtFullVocabulary) {
     int top_k;
   };
   for (const Rule& r : {Rule{1.0f, 1.0f, 0}, Rule{0.8f, 0.9f, 0}, Rule{1.0f, 0.5f, 0}, Rule{1.0f, 0.999f, 0},
-                        Rule{2.0f, 0.95f, 0}, Rule{1.0f, 1.0f, 40}, Rule{0.7f, 0.8f, 40}}) {
+                        Rule{2.0f, 0.95f, 0}, Rule{1.0f, 1.0f, 40}, Rule{0.7f, 0.8f, 40}, Rule{50.0f, 1.0f, 40}}) {
     SampleOptions o;
     o.temperature = r.temperature;
     o.top_p = r.top_p;
@@ -91,6 +91,32 @@ TEST(SampleToken, EqualsAPlainSortAtFullVocabulary) {
     for (int i = 0; i < 60; ++i) {
       ASSERT_EQ(sample_token(logits.data(), V, o, a), reference_sample(logits, V, o, b))
           << "temperature " << r.temperature << ", top-p " << r.top_p << ", top-k " << r.top_k << ", draw " << i;
+    }
+  }
+}
+
+// Among equal logits the lower id ranks first, so top-k 5 over a flat row with one larger logit
+// keeps that token and the first four others, wherever the larger one stands (found by a heap that
+// passes over whole blocks whose best cannot enter it, and looks into the block holding the larger).
+TEST(SampleToken, TopKBreaksTiesByTheLowerId) {
+  for (int V : {7, 300, 5000}) {
+    for (int high : {0, 2, V / 2, V - 1}) {
+      std::vector<float> logits(static_cast<size_t>(V), 0.5f);
+      logits[static_cast<size_t>(high)] = 0.75f;
+      std::vector<int> kept = {high};
+      for (int t = 0; kept.size() < 5; ++t)
+        if (t != high) kept.push_back(t);
+      SampleOptions o;
+      o.top_k = 5;
+      Rng rng(2);
+      std::vector<int> seen(static_cast<size_t>(V), 0);
+      for (int i = 0; i < 400; ++i) ++seen[static_cast<size_t>(sample_token(logits.data(), V, o, rng))];
+      int drawn_from_kept = 0;
+      for (int t : kept) {
+        EXPECT_GT(seen[static_cast<size_t>(t)], 30) << "V " << V << ", larger logit at " << high << ": id " << t;
+        drawn_from_kept += seen[static_cast<size_t>(t)];
+      }
+      EXPECT_EQ(drawn_from_kept, 400) << "V " << V << ", larger logit at " << high << ": drew outside the best 5";
     }
   }
 }

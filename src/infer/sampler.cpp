@@ -37,10 +37,37 @@ int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& 
   // Ranked candidates: higher logit first, the lower id first among equals (a strict order, so the
   // best n are the same tokens in the same order however they are found). Only a prefix is ever
   // ranked: the top_k, or for the nucleus the best 64, then 8× more while they hold too little.
-  std::vector<int> ids(static_cast<size_t>(vocab));
-  std::iota(ids.begin(), ids.end(), 0);
   const auto before = [logits](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  const size_t candidates = top_k ? static_cast<size_t>(opt.top_k) : ids.size();
+  std::vector<int> ids;
+  if (top_k) {
+    // One pass with a heap of the best top_k seen so far, its worst on top. Tokens come in id order,
+    // so a token that only ties the worst ranks after it: a block of 256 whose largest logit does
+    // not beat the worst is passed over whole, and after the first blocks nearly all are.
+    const size_t k = static_cast<size_t>(opt.top_k);
+    ids.reserve(k);
+    int i = 0;
+    for (; ids.size() < k; ++i) {
+      ids.push_back(i);
+      std::push_heap(ids.begin(), ids.end(), before);
+    }
+    while (i < vocab) {
+      const int end = std::min(vocab, i + 256);
+      if (cpu::row_max(logits + i, end - i) > logits[ids.front()]) {
+        for (int j = i; j < end; ++j) {
+          if (logits[j] <= logits[ids.front()]) continue;
+          std::pop_heap(ids.begin(), ids.end(), before);
+          ids.back() = j;
+          std::push_heap(ids.begin(), ids.end(), before);
+        }
+      }
+      i = end;
+    }
+    std::sort_heap(ids.begin(), ids.end(), before);
+  } else {
+    ids.resize(static_cast<size_t>(vocab));
+    std::iota(ids.begin(), ids.end(), 0);
+  }
+  const size_t candidates = ids.size();
   size_t ranked = top_k ? candidates : std::min<size_t>(64, candidates);
   // Puts the best of [first, end) in rank order at [first, mid): a heap for a short prefix, a
   // selection and a sort for a long one.
@@ -52,7 +79,7 @@ int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& 
       std::sort(first, mid, before);
     }
   };
-  rank(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(ranked));
+  if (!top_k) rank(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(ranked));
   const double best = logits[ids[0]];
   std::vector<double> w(ranked);
   for (size_t i = 0; i < ranked; ++i) w[i] = weight(ids[i], best);
