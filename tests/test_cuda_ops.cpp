@@ -223,6 +223,37 @@ TEST(CudaOps, CopyRowsPlacesEachBatchAtItsOwnRow) {
   EXPECT_EQ(rel_error(down_as<float>(d_dst, dst.size()), want), 0.0);
 }
 
+// Each batch's rows read from its own first row (the classifier's gather of each sequence's last
+// new token after a prefill of different lengths), and both indices together; a batch whose
+// source row is negative is left alone.
+TEST(CudaOps, CopyRowsReadsEachBatchFromItsOwnRow) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  const int64_t batches = 5, rows = 2, width = 7, src_ld = 9, src_batch = 6 * src_ld, dst_ld = 8, dst_batch = 5 * dst_ld;
+  const std::vector<int32_t> from = {0, 4, 2, -1, 1}, to = {3, 0, 1, 2, 0};
+  const auto src = data.normal(static_cast<size_t>(batches * src_batch));
+  const auto dst = data.normal(static_cast<size_t>(batches * dst_batch));
+  DeviceBuffer d_from(from.size() * 4), d_to(to.size() * 4);
+  d_from.upload(from.data(), from.size() * 4);
+  d_to.upload(to.data(), to.size() * 4);
+  for (bool both : {false, true}) {
+    SCOPED_TRACE(both ? "source and destination rows" : "source rows");
+    std::vector<double> want(dst.begin(), dst.end());
+    for (int64_t b = 0; b < batches; ++b) {
+      const int64_t f = from[static_cast<size_t>(b)], t = both ? to[static_cast<size_t>(b)] : 0;
+      if (f < 0) continue;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < width; ++i)
+          want[static_cast<size_t>(b * dst_batch + (t + r) * dst_ld + i)] =
+              src[static_cast<size_t>(b * src_batch + (f + r) * src_ld + i)];
+    }
+    auto d_dst = up(dst), d_src = up(src);
+    cuda::copy_rows(d_dst.as<float>(), dst_batch, dst_ld, d_src.as<const float>(), src_batch, src_ld, batches, rows,
+                    width, both ? d_to.as<const int32_t>() : nullptr, d_from.as<const int32_t>());
+    EXPECT_EQ(rel_error(down_as<float>(d_dst, dst.size()), want), 0.0);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 void check_embedding(bool positions, bool deterministic) {

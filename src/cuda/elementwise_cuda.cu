@@ -69,13 +69,13 @@ __global__ void sum_over_heads_kernel(T* __restrict__ dst, const T* __restrict__
 template <typename T>
 __global__ void copy_rows_kernel(T* __restrict__ dst, int64_t dst_batch, int64_t dst_ld, const T* __restrict__ src,
                                  int64_t src_batch, int64_t src_ld, int64_t batches, int64_t rows, int64_t width,
-                                 const int32_t* __restrict__ dst_row0) {
+                                 const int32_t* __restrict__ dst_row0, const int32_t* __restrict__ src_row0) {
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < batches * rows * width;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = e % width, r = (e / width) % rows, b = e / (width * rows);
-    const int64_t row0 = dst_row0 ? dst_row0[b] : 0;
-    if (row0 < 0) continue;
-    dst[b * dst_batch + (row0 + r) * dst_ld + i] = src[b * src_batch + r * src_ld + i];
+    const int64_t to = dst_row0 ? dst_row0[b] : 0, from = src_row0 ? src_row0[b] : 0;
+    if (to < 0 || from < 0) continue;
+    dst[b * dst_batch + (to + r) * dst_ld + i] = src[b * src_batch + (from + r) * src_ld + i];
   }
 }
 
@@ -141,10 +141,11 @@ void sum_over_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_str
 
 template <typename T>
 void copy_rows(T* dst, int64_t dst_batch, int64_t dst_ld, const T* src, int64_t src_batch, int64_t src_ld,
-               int64_t batches, int64_t rows, int64_t width, const int32_t* dst_row0) {
+               int64_t batches, int64_t rows, int64_t width, const int32_t* dst_row0, const int32_t* src_row0) {
   if (batches <= 0 || rows <= 0 || width <= 0) return;
   launch_kernel("copy rows", copy_rows_kernel<device_t<T>>, grid_for(batches * rows * width, kThreads), kThreads, 0,
-                nullptr, dev(dst), dst_batch, dst_ld, dev(src), src_batch, src_ld, batches, rows, width, dst_row0);
+                nullptr, dev(dst), dst_batch, dst_ld, dev(src), src_batch, src_ld, batches, rows, width, dst_row0,
+                src_row0);
 }
 
 template <typename T>
@@ -160,7 +161,7 @@ void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
   template void sum_over_heads<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t);     \
   template void bias_backward<T>(float*, const T*, int64_t, int64_t);                              \
   template void copy_rows<T>(T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, int64_t, int64_t,     \
-                             const int32_t*);
+                             const int32_t*, const int32_t*);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(bf16)
 #undef FLASHGPT_INSTANTIATE

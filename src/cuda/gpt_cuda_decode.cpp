@@ -81,7 +81,7 @@ void Model<T>::start_decoding(int64_t B, int64_t capacity) {
   dec_.B = B;
   dec_.capacity = capacity;
   dec_.lengths.assign(static_cast<size_t>(B), 0);
-  dec_.step_ints = DeviceBuffer(static_cast<size_t>(3 * B) * sizeof(int32_t));
+  dec_.step_ints = DeviceBuffer(static_cast<size_t>(4 * B) * sizeof(int32_t));
 }
 
 template <typename T>
@@ -186,10 +186,11 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   const T* last = lnf_ + (Tn - 1) * C;
   int64_t ld = Tn * C;
   if (last_rows_apart) {
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = b * Tn + std::max<int32_t>(count[static_cast<size_t>(b)], 1) - 1;
-      copy_rows(branch_ + b * C, 0, 0, lnf_ + row * C, 0, 0, 1, 1, C);
-    }
+    std::vector<int32_t> row(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) row[static_cast<size_t>(b)] = std::max<int32_t>(count[static_cast<size_t>(b)], 1) - 1;
+    int32_t* d_row = dec_.step_ints.template as<int32_t>() + 3 * B;
+    copy_to_device(d_row, row.data(), row.size() * sizeof(int32_t));
+    copy_rows(branch_, C, 0, lnf_, Tn * C, C, B, 1, C, nullptr, d_row);
     last = branch_;
     ld = C;
   }

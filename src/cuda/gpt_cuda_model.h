@@ -253,9 +253,10 @@ class Model final : public GPTCuda::Impl {
     std::vector<int64_t> lengths;  // tokens cached per sequence
     int64_t rows = 0;  // cache rows per sequence: capacity, in whole pages for latent attention
     // This call: the sequences at one position `pos`, or apart (different lengths, Tn new tokens
-    // each), when step_ints holds int32 [3, B]: each sequence's position (that of its first new
+    // each), when step_ints holds int32 [4, B] whose first three rows are each sequence's position (that of its first new
     // token, also its causal offset), the cache row it appends at (−1: it reads nothing), and the
-    // keys it sees; max_keys is the largest of those.
+    // keys it sees; max_keys is the largest of those. Its fourth row, after a prefill of different
+    // lengths, holds the row of each sequence's last new token, gathered for the classifier.
     bool apart = false;
     int64_t pos = 0, max_keys = 0;
     DeviceBuffer step_ints;

@@ -112,13 +112,15 @@ void broadcast_to_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head
                         int64_t width);
 template <typename T>
 void sum_over_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_stride, int64_t offset, int64_t width);
-// Strided row copies (the decode cache's appends, slices of heads): for b < batches, r < rows,
-// i < width, dst[b·dst_batch + (row0 + r)·dst_ld + i] = src[b·src_batch + r·src_ld + i], where
-// row0 = dst_row0[b] when given (device int32 [batches]; a batch with row0 < 0 is skipped: each
-// sequence's append at its own length), else 0.
+// Strided row copies (the decode cache's appends, slices of heads, the gather of each sequence's
+// last row): for b < batches, r < rows, i < width,
+//   dst[b·dst_batch + (to + r)·dst_ld + i] = src[b·src_batch + (from + r)·src_ld + i],
+// where to = dst_row0[b] and from = src_row0[b] when given (device int32 [batches]; a batch with
+// either negative is skipped: each sequence's append at its own length), else 0.
 template <typename T>
 void copy_rows(T* dst, int64_t dst_batch, int64_t dst_ld, const T* src, int64_t src_batch, int64_t src_ld,
-               int64_t batches, int64_t rows, int64_t width, const int32_t* dst_row0 = nullptr);
+               int64_t batches, int64_t rows, int64_t width, const int32_t* dst_row0 = nullptr,
+               const int32_t* src_row0 = nullptr);
 // --- bias (elementwise_cuda.cu) --- out[n, oc] += bias[oc];  db[oc] += Σ_n dout[n, oc]
 // (deterministic: fixed-order partial sums, no atomics).
 template <typename T>
