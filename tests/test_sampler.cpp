@@ -382,5 +382,40 @@ TEST(Generate, ContinuousBatchingDrawsWhatEachDrawsAlone) {
             std::string::npos);
 }
 
+// Samples running up to the context while long prompts join: a step reading a prompt of Tn tokens
+// pads every reading row to Tn, so a sample without room for Tn more sits that step out (reading
+// its token at the next), and every sample still draws what it draws alone, stopping where it
+// would alone (all but the one-token prompt at the context limit).
+TEST(Generate, ContinuousBatchingNearTheContextLimit) {
+  GPT<float> model(tiny_model_config());  // block_size 16
+  model.init_weights(6);
+  CpuDecoder cpu(model);
+  const std::vector<std::vector<int>> prompts = {{1},          {2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}, {3, 3},
+                                                 {4, 5, 6, 7, 8, 9, 10, 11, 12, 13}, {5, 1, 2},
+                                                 {6, 5, 4, 3, 2, 1, 1, 2, 3, 4, 5, 6, 7, 8}};
+  const auto N = static_cast<int64_t>(prompts.size());
+  SampleOptions o;
+  o.max_new_tokens = 16;
+  o.stop_at_eot = false;
+  std::vector<SampleResult> alone;
+  for (int64_t k = 0; k < N; ++k) {
+    Rng rng = sample_rng(3, k);
+    alone.push_back(generate(cpu, prompts[static_cast<size_t>(k)], o, rng));
+    EXPECT_EQ(alone.back().stop_reason, k == 0 ? "max_new_tokens" : "context_limit") << "sample " << k;
+  }
+  for (int64_t slots : {2, 3, 4}) {
+    SCOPED_TRACE("slots " + std::to_string(slots));
+    std::vector<Rng> rngs;
+    for (int64_t k = 0; k < N; ++k) rngs.push_back(sample_rng(3, k));
+    RecordingDecoder rec(cpu);
+    const std::vector<SampleResult> got = generate_continuous(rec, prompts, o, rngs, slots);
+    for (int64_t k = 0; k < N; ++k) {
+      EXPECT_EQ(got[static_cast<size_t>(k)].tokens, alone[static_cast<size_t>(k)].tokens) << "sample " << k;
+      EXPECT_EQ(got[static_cast<size_t>(k)].stop_reason, alone[static_cast<size_t>(k)].stop_reason) << k;
+    }
+    EXPECT_GT(rec.joins, 0) << "no prompt joined running samples";
+  }
+}
+
 }  // namespace
 }  // namespace flashgpt
