@@ -147,6 +147,40 @@ TEST_P(CachedDecode, RaggedBatchesEqualEachSequencesFullForward) {
   EXPECT_EQ(cache.lengths, (std::vector<int64_t>{11, 9, 10}));
 }
 
+// A ragged step asking for every position's logits: each read position's are its own full
+// forward's, at [b, t] as if unpadded; a padded position's, and a sequence's that reads nothing,
+// are zero.
+TEST_P(CachedDecode, RaggedStepGivesEveryReadPositionsLogits) {
+  GPT<float> model = make_model();
+  const int64_t B = 3, Tn = 4, Vp = model.config().padded_vocab_size();
+  std::vector<int> tokens(B * 8);
+  Rng rng(5);
+  for (auto& t : tokens) t = static_cast<int>(rng.next_u64() % 37);
+  model.forward(tokens.data(), nullptr, B, 8);
+  const std::vector<float> full(model.logits(), model.logits() + B * 8 * Vp);
+  KVCache<float> cache = model.make_cache(B, 16);
+  // Step 1: sequence 0 reads 4, 1 reads 2, 2 none. Step 2: 0 reads 1, 1 reads 3, 2 reads 4.
+  const std::vector<std::vector<int32_t>> steps = {{4, 2, 0}, {1, 3, 4}};
+  std::vector<int64_t> done(B, 0);
+  for (const std::vector<int32_t>& counts : steps) {
+    std::vector<int> chunk(B * Tn, 0);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < counts[b]; ++t) chunk[b * Tn + t] = tokens[b * 8 + done[b] + t];
+    std::vector<float> logits(B * Tn * Vp, 7.0f);
+    model.forward_cached(cache, chunk.data(), B, Tn, logits.data(), true, counts);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t t = 0; t < Tn; ++t) {
+        for (int64_t j = 0; j < Vp; ++j) {
+          const float want = t < counts[b] ? full[(b * 8 + done[b] + t) * Vp + j] : 0.0f;
+          ASSERT_NEAR(logits[(b * Tn + t) * Vp + j], want, 1e-5) << "sequence " << b << ", position " << t;
+        }
+      }
+      done[b] += counts[b];
+    }
+  }
+  EXPECT_EQ(cache.lengths, (std::vector<int64_t>{5, 5, 4}));
+}
+
 TEST(Model, FlashAttentionModelEqualsStandard) {
   GPTConfig c = small_config(PosKind::Rope, 2, true);
   c.block_size = 64;

@@ -496,16 +496,16 @@ template struct KVCache<float>;
 template struct KVCache<double>;
 
 template <typename T>
-std::vector<typename GPT<T>::CachedRun> GPT<T>::cached_runs(const KVCache<T>& cache, int64_t B) const {
-  const auto reads = [&](int64_t b) { return step_counts_[static_cast<size_t>(b)] > 0; };
-  bool together = true;
-  for (int64_t b = 0; b < B; ++b) {
-    together = together && reads(b) && cache.lengths[static_cast<size_t>(b)] == cache.lengths[0];
-  }
-  if (together) return {{0, B, cache.lengths[0]}};
+std::vector<typename GPT<T>::CachedRun> GPT<T>::cached_runs(const KVCache<T>& cache) const {
+  const int64_t B = cache.B;
+  if (!step_packed_) return {{0, B, cache.lengths[0], 0, step_tn_}};
   std::vector<CachedRun> runs;
+  int64_t first = 0;
   for (int64_t b = 0; b < B; ++b) {
-    if (reads(b)) runs.push_back({b, 1, cache.lengths[static_cast<size_t>(b)]});
+    const int64_t n = step_counts_[static_cast<size_t>(b)];
+    if (n == 0) continue;
+    runs.push_back({b, 1, cache.lengths[static_cast<size_t>(b)], first, n});
+    first += n;
   }
   return runs;
 }
@@ -530,9 +530,23 @@ void GPT<T>::forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int
                    "sequence length {} exceeds the KV cache capacity {} (the model's block_size is {})", len + Tn,
                    cache.capacity, c.block_size);
   }
-  const int64_t N = B * Tn, C = c.n_embd, Vp = c.padded_vocab_size();
-  check_tokens(tokens, N, "token");
-  const int64_t logit_rows = all_positions ? N : B;
+  const int64_t C = c.n_embd, Vp = c.padded_vocab_size();
+  check_tokens(tokens, B * Tn, "token");
+  // Every sequence reading its whole row at one length: one batch [B, Tn]. Otherwise only the
+  // tokens read go through the layers, the sequences' rows packed one after another ([1, N]).
+  bool together = true;
+  int64_t N = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    together = together && step_counts_[static_cast<size_t>(b)] == Tn &&
+               cache.lengths[static_cast<size_t>(b)] == cache.lengths[0];
+    N += step_counts_[static_cast<size_t>(b)];
+  }
+  step_tn_ = Tn;
+  step_packed_ = !together;
+  if (N == 0) {  // nothing to read
+    std::fill_n(logits_out, (all_positions ? B * Tn : B) * Vp, T(0));
+    return;
+  }
   // Decoding runs whole sequences on this process alone, context parallelism or not.
   struct ContextParallelOff {
     const dist::ContextParallel*& slot;
@@ -540,37 +554,60 @@ void GPT<T>::forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int
     ~ContextParallelOff() { slot = saved; }
   } cp_off{cp_, cp_};
   cp_ = nullptr;
-  allocate(infer_, B, Tn, /*per_layer=*/false, logit_rows);
+  // Packed, the activations hold N rows, and at least B for the gather of each sequence's last.
+  const int64_t logit_rows = all_positions ? N : B;
+  if (together) {
+    allocate(infer_, B, Tn, /*per_layer=*/false, logit_rows);
+  } else {
+    allocate(infer_, 1, std::max(N, B), /*per_layer=*/false, logit_rows);
+  }
   Activations& a = infer_;
   const T* wpe = c.pos == PosKind::Learned ? param("wpe") : nullptr;
-  // Each run of sequences at its own positions; the rows of sequences that read nothing are zero.
-  for (int64_t b = 0; b < B; ++b) {
-    if (step_counts_[static_cast<size_t>(b)] == 0) std::fill_n(a.resid[0] + b * Tn * C, Tn * C, T(0));
+  const std::vector<CachedRun> runs = cached_runs(cache);
+  for (const CachedRun& r : runs) {
+    const int* from = tokens + r.b0 * Tn;
+    if (r.nb == 1) {
+      ops::embedding_forward(a.resid[0] + r.first * C, from, param("wte"), wpe, 1, r.rows, C, r.pos);
+    } else {
+      ops::embedding_forward(a.resid[0] + r.first * C, from, param("wte"), wpe, r.nb, Tn, C, r.pos);
+    }
   }
-  for (const CachedRun& r : cached_runs(cache, B)) {
-    ops::embedding_forward(a.resid[0] + r.b0 * Tn * C, tokens + r.b0 * Tn, param("wte"), wpe, r.nb, Tn, C, r.pos);
-  }
+  const int64_t lb = together ? B : 1, lt = together ? Tn : N;  // the layers' view of the rows
   for (int l = 0; l < c.n_layer; ++l) {
     // Layers share one activation set in inference; streams alternate between two buffers.
     block_forward(l, a.layers[0], a.resid[static_cast<size_t>(l % 2)], a.resid[static_cast<size_t>((l + 1) % 2)],
-                  a.branch, B, Tn, &cache, nullptr);
+                  a.branch, lb, lt, &cache, nullptr);
   }
-  T* x = a.resid[static_cast<size_t>(c.n_layer % 2)];
-  const T* rows = x;
-  int64_t n_rows = N;
-  if (!all_positions) {  // only each sequence's last new token needs logits
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t last = std::max<int64_t>(step_counts_[static_cast<size_t>(b)], 1) - 1;
-      std::copy(x + (b * Tn + last) * C, x + (b * Tn + last + 1) * C, a.branch + b * C);
-    }
-    rows = a.branch;
-    n_rows = B;
-  }
+  const T* x = a.resid[static_cast<size_t>(c.n_layer % 2)];
   const bool lnf_bias = c.norm == NormKind::LayerNorm && c.bias;
-  ops::norm_forward(c.norm, a.lnf, a.lnf_mean, a.lnf_rstd, rows, param("lnf.weight"),
-                    lnf_bias ? param("lnf.bias") : nullptr, n_rows, C, static_cast<T>(c.norm_eps));
-  ops::matmul_forward(logits_out, a.lnf, param(c.tie_embeddings ? "wte" : "lm_head.weight"),
-                      static_cast<const T*>(nullptr), n_rows, C, Vp);
+  const T* lm = param(c.tie_embeddings ? "wte" : "lm_head.weight");
+  const auto classify = [&](T* out, const T* rows, int64_t n_rows) {
+    ops::norm_forward(c.norm, a.lnf, a.lnf_mean, a.lnf_rstd, rows, param("lnf.weight"),
+                      lnf_bias ? param("lnf.bias") : nullptr, n_rows, C, static_cast<T>(c.norm_eps));
+    ops::matmul_forward(out, a.lnf, lm, static_cast<const T*>(nullptr), n_rows, C, Vp);
+  };
+  if (all_positions && together) {
+    classify(logits_out, x, B * Tn);
+  } else if (all_positions) {  // every position read, back at [b, t]; padded positions zero
+    std::vector<T> packed(static_cast<size_t>(N * Vp));
+    classify(packed.data(), x, N);
+    std::fill_n(logits_out, B * Tn * Vp, T(0));
+    for (const CachedRun& r : runs) {
+      std::copy_n(packed.data() + r.first * Vp, r.rows * Vp, logits_out + r.b0 * Tn * Vp);
+    }
+  } else {  // only each sequence's last new token needs logits
+    std::fill_n(a.branch, B * C, T(0));
+    for (const CachedRun& r : runs) {
+      for (int64_t b = 0; b < r.nb; ++b) {
+        const T* last = x + (r.first + (b + 1) * r.rows - 1) * C;
+        std::copy_n(last, C, a.branch + (r.b0 + b) * C);
+      }
+    }
+    classify(logits_out, a.branch, B);
+    for (int64_t b = 0; b < B; ++b) {
+      if (step_counts_[static_cast<size_t>(b)] == 0) std::fill_n(logits_out + b * Vp, Vp, T(0));
+    }
+  }
   for (int64_t b = 0; b < B; ++b) cache.lengths[static_cast<size_t>(b)] += step_counts_[static_cast<size_t>(b)];
 }
 

@@ -32,7 +32,7 @@ void GPT<T>::mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
   }
   if (cache) {
     std::fill(a.att, a.att + N * qd, T(0));  // the rows of sequences that read nothing stay zero
-    for (const CachedRun& run : cached_runs(*cache, B)) mha_cached(l, a, Tn, *cache, run);
+    for (const CachedRun& run : cached_runs(*cache)) mha_cached(l, a, *cache, run);
     return;
   }
   if (c.pos == PosKind::Rope) {
@@ -54,10 +54,10 @@ void GPT<T>::mha_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
 // Decoding, for the sequences [b0, b0 + nb) at position pos: RoPE at their positions, this step's
 // keys and values appended to the cache, then attention over everything cached so far.
 template <typename T>
-void GPT<T>::mha_cached(int l, LayerActs& a, int64_t Tn, KVCache<T>& cache, const CachedRun& run) {
+void GPT<T>::mha_cached(int l, LayerActs& a, KVCache<T>& cache, const CachedRun& run) {
   const GPTConfig& c = config_;
   const int64_t hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads(), qd = c.q_dim(), kvd = c.kv_dim();
-  const int64_t cap = cache.capacity, first = run.b0 * Tn;
+  const int64_t cap = cache.capacity, first = run.first, Tn = run.rows;
   T* q = a.qa + first * qd;
   T* k = a.ka + first * kvd;
   const T* v = a.v + first * kvd;
@@ -75,7 +75,7 @@ void GPT<T>::mha_cached(int l, LayerActs& a, int64_t Tn, KVCache<T>& cache, cons
   const AttentionDims dims{run.nb, Hq, Hkv, Tn, run.pos + Tn, hd, hd, cap};
   const AttentionMask mask{true, run.pos};
   const T scale = T(1) / std::sqrt(static_cast<T>(hd));
-  attention_forward(attention_kernel(), dims, mask, scale, q, kc, vc, a.att + first * qd, a.lse + run.b0 * Hq * Tn,
+  attention_forward(attention_kernel(), dims, mask, scale, q, kc, vc, a.att + first * qd, a.lse + first * Hq,
                     tiling_);
 }
 
@@ -208,7 +208,7 @@ void GPT<T>::cp_attention_backward(int l, const T* q, const T* out, const T* lse
                                     const int32_t*);                                                             \
   template void GPT<T>::mha_backward(int, const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,  \
                                      const int32_t*);                                                            \
-  template void GPT<T>::mha_cached(int, LayerActs&, int64_t, KVCache<T>&, const CachedRun&);                    \
+  template void GPT<T>::mha_cached(int, LayerActs&, KVCache<T>&, const CachedRun&);                             \
   template void GPT<T>::rope_rows(T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool) const;         \
   template void GPT<T>::cp_attention_forward(int, const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t, \
                                              int64_t, int64_t, int64_t, const int32_t*);                         \

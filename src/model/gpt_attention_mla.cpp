@@ -63,7 +63,7 @@ void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
   }
   if (cache) {
     std::fill(a.att, a.att + N * H * hd, T(0));  // the rows of sequences that read nothing stay zero
-    for (const CachedRun& run : cached_runs(*cache, B)) mla_cached(l, P, a, Tn, *cache, run);
+    for (const CachedRun& run : cached_runs(*cache)) mla_cached(l, P, a, *cache, run);
     return;
   }
   if (dr > 0) {
@@ -98,11 +98,10 @@ void GPT<T>::mla_forward(int l, const LayerParams& P, LayerActs& a, int64_t B, i
 // Decoding, for the sequences [b0, b0 + nb) at position pos: RoPE at their positions, this step's
 // [c_kv, k_rope] rows appended to the layer's latent cache, then attention over it.
 template <typename T>
-void GPT<T>::mla_cached(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache,
-                        const CachedRun& run) {
+void GPT<T>::mla_cached(int l, const LayerParams& P, LayerActs& a, KVCache<T>& cache, const CachedRun& run) {
   const GPTConfig& c = config_;
   const int64_t H = c.n_head, hd = c.head_dim(), nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim();
-  const int64_t first = run.b0 * Tn, row = cache.latent_row;
+  const int64_t first = run.first, Tn = run.rows, row = cache.latent_row;
   if (dr > 0) {
     rope_rows(a.qa + first * H * dqk + hd, run.nb, Tn, H, dr, dqk, run.pos, false);
     rope_rows(a.kr + first * dr, run.nb, Tn, 1, dr, dr, run.pos, false);
@@ -117,39 +116,37 @@ void GPT<T>::mla_cached(int l, const LayerParams& P, LayerActs& a, int64_t Tn, K
     }
   }
   if (mla_decode_ == MlaDecode::Absorbed) {
-    mla_decode_absorbed(l, P, a, Tn, cache, run);
+    mla_decode_absorbed(l, P, a, cache, run);
   } else {
-    mla_decode_expanded(l, P, a, Tn, cache, run);
+    mla_decode_expanded(l, P, a, cache, run);
   }
 }
 
 template <typename T>
-void GPT<T>::mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache,
-                                 const CachedRun& run) {
+void GPT<T>::mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, KVCache<T>& cache, const CachedRun& run) {
   const GPTConfig& c = config_;
   LatentDecodeDims d;
   d.B = run.nb;
   d.H = c.n_head;
-  d.Tq = Tn;
-  d.Tk = run.pos + Tn;
+  d.Tq = run.rows;
+  d.Tk = run.pos + run.rows;
   d.capacity = cache.capacity;
   d.head_dim = c.head_dim();
   d.n_latent = c.latent_dim();
   d.rope_dim = c.mla_rope_dim();
-  const int64_t first = run.b0 * Tn, H = d.H, row = cache.latent_row;
+  const int64_t first = run.first, H = d.H, row = cache.latent_row;
   const T* layer = cache.latent.data() + (static_cast<int64_t>(l) * cache.B + run.b0) * cache.capacity * row;
   latent_attention_decode(attention_kernel(), d, a.qa + first * H * c.mla_qk_dim(), P.k_up_w, mla_value_up(P, a),
                           layer, a.q_abs + first * H * row, a.o_lat + first * H * d.n_latent,
-                          a.lse + run.b0 * H * Tn, a.att + first * H * d.head_dim, tiling_);
+                          a.lse + first * H, a.att + first * H * d.head_dim, tiling_);
 }
 
 template <typename T>
-void GPT<T>::mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache,
-                                 const CachedRun& run) {
+void GPT<T>::mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, KVCache<T>& cache, const CachedRun& run) {
   const GPTConfig& c = config_;
   const int64_t H = c.n_head, hd = c.head_dim();
   const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), row = cache.latent_row;
-  const int64_t B = run.nb, pos0 = run.pos, Tk = pos0 + Tn, first = run.b0 * Tn;
+  const int64_t B = run.nb, pos0 = run.pos, Tn = run.rows, Tk = pos0 + Tn, first = run.first;
   // Re-expand every cached latent into per-head keys and values (the reference path).
   std::vector<T> keys(static_cast<size_t>(B * Tk * H * dqk)), values(static_cast<size_t>(B * Tk * H * hd));
   const T* layer = cache.latent.data() + (static_cast<int64_t>(l) * cache.B + run.b0) * cache.capacity * row;
@@ -170,7 +167,7 @@ void GPT<T>::mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int6
   const AttentionMask mask{true, pos0};
   const T scale = T(1) / std::sqrt(static_cast<T>(dqk));
   attention_forward(attention_kernel(), dims, mask, scale, a.qa + first * H * dqk, keys.data(), values.data(),
-                    a.att + first * H * hd, a.lse + run.b0 * H * Tn, tiling_);
+                    a.att + first * H * hd, a.lse + first * H, tiling_);
 }
 
 template <typename T>
@@ -341,11 +338,9 @@ void GPT<T>::mla_cp_backward(int l, const LayerParams& P, const LayerParams& G, 
                                         const int32_t*);                                                         \
   template void GPT<T>::mla_backward(int, const LayerParams&, const LayerParams&, LayerActs&, int64_t, int64_t,       \
                                      const int32_t*);                                                            \
-  template void GPT<T>::mla_cached(int, const LayerParams&, LayerActs&, int64_t, KVCache<T>&, const CachedRun&);    \
-  template void GPT<T>::mla_decode_absorbed(int, const LayerParams&, LayerActs&, int64_t, KVCache<T>&,              \
-                                            const CachedRun&);                                                     \
-  template void GPT<T>::mla_decode_expanded(int, const LayerParams&, LayerActs&, int64_t, KVCache<T>&,              \
-                                            const CachedRun&);
+  template void GPT<T>::mla_cached(int, const LayerParams&, LayerActs&, KVCache<T>&, const CachedRun&);             \
+  template void GPT<T>::mla_decode_absorbed(int, const LayerParams&, LayerActs&, KVCache<T>&, const CachedRun&);    \
+  template void GPT<T>::mla_decode_expanded(int, const LayerParams&, LayerActs&, KVCache<T>&, const CachedRun&);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(double)
 #undef FLASHGPT_INSTANTIATE

@@ -123,10 +123,11 @@ class GPT {
   // cache.lengths[b] … and appends their keys and values to the cache. Writes logits [B, Vp] of
   // each sequence's last new token, or [B, Tn, Vp] of every new position when all_positions is
   // true. Sequences may hold different lengths. `counts` (optional, [B]) makes the batch ragged:
-  // sequence b reads only the first counts[b] ≤ Tn tokens of its row — the rest is padding, cached
-  // past its length and overwritten later — and its logits are those of token counts[b] − 1; a
-  // sequence with count 0 is left alone (its logits row is unspecified). Every sequence that reads
-  // must have room for its whole row: lengths[b] + Tn ≤ capacity.
+  // sequence b reads only the first counts[b] ≤ Tn tokens of its row — the rest is padding, which
+  // the step leaves out (only the tokens read go through the layers) — and its logits are those of
+  // token counts[b] − 1; a sequence with count 0 is left alone (its logits row is zero, or with
+  // all_positions every padded position's). Every sequence that reads must have room for its whole
+  // row: lengths[b] + Tn ≤ capacity, as on the GPU.
   KVCache<T> make_cache(int64_t B, int64_t capacity) const;
   void forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int64_t Tn, T* logits_out,
                       bool all_positions = false, std::span<const int32_t> counts = {});
@@ -215,17 +216,18 @@ class GPT {
   void mla_backward(int l, const LayerParams& P, const LayerParams& G, LayerActs& a, int64_t B, int64_t Tn,
                     const int32_t* segments);
   // Decoding: the sequences a layer's attention runs together — all of them when they hold equal
-  // lengths and all read, else each reading sequence alone — as runs [b0, b0 + nb) at position pos.
+  // lengths and all read the whole step, else each reading sequence alone — as runs of sequences
+  // [b0, b0 + nb) at position pos, each with `rows` new tokens, the run's first at activation row
+  // `first`. Alone, the rows of the sequences that read are packed one after another (a step's
+  // padding never reaches the layers).
   struct CachedRun {
-    int64_t b0, nb, pos;
+    int64_t b0, nb, pos, first, rows;
   };
-  std::vector<CachedRun> cached_runs(const KVCache<T>& cache, int64_t B) const;
-  void mha_cached(int l, LayerActs& a, int64_t Tn, KVCache<T>& cache, const CachedRun& run);
-  void mla_cached(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache, const CachedRun& run);
-  void mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache,
-                           const CachedRun& run);
-  void mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, int64_t Tn, KVCache<T>& cache,
-                           const CachedRun& run);
+  std::vector<CachedRun> cached_runs(const KVCache<T>& cache) const;
+  void mha_cached(int l, LayerActs& a, KVCache<T>& cache, const CachedRun& run);
+  void mla_cached(int l, const LayerParams& P, LayerActs& a, KVCache<T>& cache, const CachedRun& run);
+  void mla_decode_absorbed(int l, const LayerParams& P, LayerActs& a, KVCache<T>& cache, const CachedRun& run);
+  void mla_decode_expanded(int l, const LayerParams& P, LayerActs& a, KVCache<T>& cache, const CachedRun& run);
   const T* mla_value_up(const LayerParams& P, LayerActs& a);
   void mla_value_up_backward(const LayerParams& P, const LayerParams& G, LayerActs& a, const T* dv, const T* ckv,
                              T* dckv, int64_t N);
@@ -255,7 +257,11 @@ class GPT {
   bool have_forward_ = false;
   AttentionTiling tiling_;
   MlaDecode mla_decode_ = MlaDecode::Absorbed;
-  std::vector<int32_t> step_counts_;  // forward_cached: the tokens each sequence reads this step
+  // forward_cached: the tokens each sequence reads this step, the step's row length, and whether
+  // the reading sequences' rows are packed (see CachedRun).
+  std::vector<int32_t> step_counts_;
+  int64_t step_tn_ = 0;
+  bool step_packed_ = false;
   std::vector<int32_t> segments_;  // of the last training forward (empty: no document masking)
   std::vector<std::pair<int64_t, int64_t>> block_ranges_;  // per block: parameter offset, count
   GradsReadyHook grads_ready_;
