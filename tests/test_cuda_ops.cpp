@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -28,6 +29,7 @@
 #include "flashgpt/ops/rope.h"
 #include "testing/bf16.h"
 #include "testing/device_buffers.h"
+#include "testing/errors.h"
 #include "testing/schedule.h"
 
 namespace flashgpt {
@@ -497,6 +499,56 @@ TEST(CudaOps, ActivationsEqualTheCpu) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The sampler's candidates: each row's best k columns in rank order (the higher logit first, the
+// lower id first among equals), against a plain full sort on the host. Values on a grid of 1/4 so
+// that ties are everywhere; padding columns past V larger than any and never chosen; column counts
+// that are no multiple of the block; k from 1 (greedy) to the largest; outputs poisoned first.
+template <typename T>
+void check_top_k_rows() {
+  Data data;
+  using Case = std::tuple<int64_t, int64_t, int64_t, int>;  // rows, V, ld, k
+  for (auto [rows, V, ld, k] : {Case{1, 1, 1, 1}, Case{3, 7, 8, 7}, Case{2, 300, 384, 1}, Case{4, 1000, 1024, 40},
+                                Case{5, 700, 700, 128}, Case{2, 50257, 50304, 40}, Case{1, 50257, 50304, 128}}) {
+    SCOPED_TRACE("rows " + std::to_string(rows) + " V " + std::to_string(V) + " k " + std::to_string(k));
+    std::vector<float> x = data.normal(static_cast<size_t>(rows * ld), 3.0);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < ld; ++c) {
+        float& v = x[static_cast<size_t>(r * ld + c)];
+        v = c < V ? std::round(v * 4.0f) / 4.0f : 1e4f;
+      }
+    }
+    std::vector<int32_t> want_ids;
+    std::vector<float> want_vals;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row = x.data() + r * ld;
+      std::vector<int32_t> order(static_cast<size_t>(V));
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [row](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
+      for (int i = 0; i < k; ++i) {
+        want_ids.push_back(order[static_cast<size_t>(i)]);
+        want_vals.push_back(row[order[static_cast<size_t>(i)]]);
+      }
+    }
+    DeviceBuffer d_x = up_as<T>(x), d_ids = poisoned(want_ids.size() * 4), d_vals = poisoned(want_vals.size() * 4);
+    cuda::top_k_rows(d_x.template as<const T>(), rows, V, ld, k, d_ids.as<int32_t>(), d_vals.as<float>());
+    std::vector<int32_t> ids(want_ids.size());
+    d_ids.download(ids.data(), ids.size() * 4);
+    EXPECT_EQ(ids, want_ids);
+    EXPECT_EQ(down_as<float>(d_vals, want_vals.size()), want_vals);
+  }
+}
+
+TEST(CudaOps, TopKRowsRankLikeAFullSort) {
+  SKIP_WITHOUT_GPU();
+  check_top_k_rows<float>();
+  check_top_k_rows<bf16>();
+  DeviceBuffer x = up(std::vector<float>(8, 0.0f)), ids(8 * 4), vals(8 * 4);
+  const std::string too_many = testing::error_of([&] { cuda::top_k_rows(x.as<const float>(), 1, 8, 8, 9, ids.as<int32_t>(), vals.as<float>()); });
+  EXPECT_NE(too_many.find("at most the row's 8 columns"), std::string::npos) << too_many;
+  const std::string too_few = testing::error_of([&] { cuda::top_k_rows(x.as<const float>(), 1, 8, 8, 0, ids.as<int32_t>(), vals.as<float>()); });
+  EXPECT_NE(too_few.find("must be 1…128"), std::string::npos) << too_few;
+}
+
 TEST(CudaOps, CrossEntropyForwardAndFusedGradient) {
   SKIP_WITHOUT_GPU();
   Data data;

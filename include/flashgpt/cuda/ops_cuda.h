@@ -92,6 +92,14 @@ template <typename T>
 void cross_entropy_fused(T* logits_inout, float* losses, const int* targets, int64_t N, int64_t V, int64_t Vp,
                          float scale);
 
+// --- the sampler's candidates (sampling_cuda.cu) --- logits [rows, ld], real columns V ≤ ld.
+// ids [rows, k] and vals [rows, k] (fp32) receive each row's best k columns in rank order: the
+// higher logit first, the lower id first among equals (sample_token's order), 1 ≤ k ≤
+// kMaxDeviceTopK. k = 1 is the greedy choice.
+inline constexpr int kMaxDeviceTopK = 128;
+template <typename T>
+void top_k_rows(const T* logits, int64_t rows, int64_t V, int64_t ld, int k, int32_t* ids, float* vals);
+
 // --- rotary embedding (rope_cuda.cu) --- x [B, Tn, H, ·] in place, heads head_stride apart, rotating
 // the first D values of each head at positions p + t (p = seq_pos[b] when given, device int32 [B],
 // else pos_offset); cos and sin tables [max_pos, D/2].
