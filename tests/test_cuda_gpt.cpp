@@ -10,6 +10,7 @@
 // without a GPU; the simt build runs it on the CPU emulator.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -547,6 +548,66 @@ TEST(CudaGpt, ContinuousBatchingEqualsTheCpuOneAtATime) {
       const SampleResult on_cpu = generate(p.cpu, prompts[static_cast<size_t>(k)], opt, alone);
       EXPECT_EQ(on_gpu[static_cast<size_t>(k)].tokens, on_cpu.tokens) << to_string(c.attention) << " sample " << k;
     }
+  }
+}
+
+// decode_top gives each sequence's best k tokens of the very logits decode gives, ranked (the
+// higher first, the lower id first among equals), in fp32 and bf16, for a right-padded prefill
+// and a ragged step with a sequence sitting out; bad requests are errors naming the limit.
+TEST(CudaGpt, DecodeTopRanksTheLogitsDecodeGives) {
+  SKIP_WITHOUT_GPU();
+  const GPTConfig c = llama_like();
+  const int64_t B = 3, Vp = c.padded_vocab_size(), V = c.vocab_size;
+  for (Precision prec : {Precision::FP32, Precision::BF16}) {
+    Pair p(c, prec);
+    for (int k : {1, 5, 97}) {
+      SCOPED_TRACE(std::string(prec == Precision::FP32 ? "fp32" : "bf16") + ", k " + std::to_string(k));
+      const std::vector<int> prefill = {3, 14, 15, 9, 2, 6, 0, 0, 8, 9, 7, 0};  // rows of 4: read 4, 2, 3
+      const std::vector<int32_t> first = {4, 2, 3}, second = {1, 0, 2};
+      const std::vector<int> next = {5, 0, 11, 0, 1, 12};  // rows of 2
+      // The whole logits of both steps, then the same steps again asking for candidates.
+      p.gpu.start_decoding(B, 8);
+      std::vector<float> l1(static_cast<size_t>(B * Vp)), l2(l1.size());
+      p.gpu.decode(prefill.data(), B, 4, l1, first);
+      p.gpu.decode(next.data(), B, 2, l2, second);
+      p.gpu.start_decoding(B, 8);
+      std::vector<int32_t> ids(static_cast<size_t>(B * k), -7);
+      std::vector<float> top(static_cast<size_t>(B * k), std::nanf(""));
+      for (int step = 0; step < 2; ++step) {
+        const std::vector<float>& want = step == 0 ? l1 : l2;
+        const std::vector<int32_t>& counts = step == 0 ? first : second;
+        if (step == 0) {
+          p.gpu.decode_top(prefill.data(), B, 4, k, ids, top, first);
+        } else {
+          p.gpu.decode_top(next.data(), B, 2, k, ids, top, second);
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          if (counts[static_cast<size_t>(b)] == 0) continue;  // its row means nothing
+          const float* row = want.data() + b * Vp;
+          std::vector<int32_t> order(static_cast<size_t>(V));
+          for (int32_t i = 0; i < V; ++i) order[static_cast<size_t>(i)] = i;
+          std::stable_sort(order.begin(), order.end(), [row](int32_t x, int32_t y) { return row[x] > row[y]; });
+          for (int i = 0; i < k; ++i) {
+            ASSERT_EQ(ids[static_cast<size_t>(b * k + i)], order[static_cast<size_t>(i)]) << "step " << step << ", sequence " << b << ", rank " << i;
+            ASSERT_EQ(top[static_cast<size_t>(b * k + i)], row[order[static_cast<size_t>(i)]]) << "step " << step << ", rank " << i;
+          }
+        }
+      }
+      EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{5, 2, 5}));
+    }
+    p.gpu.start_decoding(B, 8);
+    const std::vector<int> one = {1, 2, 3};
+    std::vector<int32_t> ids(B * 200);
+    std::vector<float> top(B * 200);
+    EXPECT_NE(error_of([&] { p.gpu.decode_top(one.data(), B, 1, 98, {ids.data(), B * 98u}, {top.data(), B * 98u}); })
+                  .find("1…97 can be"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { p.gpu.decode_top(one.data(), B, 1, 0, {ids.data(), 0}, {top.data(), 0}); })
+                  .find("at least 1"),
+              std::string::npos);
+    EXPECT_NE(error_of([&] { p.gpu.decode_top(one.data(), B, 1, 4, {ids.data(), B * 4u}, {top.data(), 5}); })
+                  .find("room for 5 candidate logits"),
+              std::string::npos);
   }
 }
 

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <set>
 
 #include "flashgpt/core/error.h"
@@ -90,6 +91,40 @@ TEST(SampleToken, EqualsAPlainSortAtFullVocabulary) {
     Rng a(11), b(11);
     for (int i = 0; i < 60; ++i) {
       ASSERT_EQ(sample_token(logits.data(), V, o, a), reference_sample(logits, V, o, b))
+          << "temperature " << r.temperature << ", top-p " << r.top_p << ", top-k " << r.top_k << ", draw " << i;
+    }
+  }
+}
+
+// A decoder's candidates (each row's best k, ranked) draw what the whole row draws: greedy and
+// top-k, with and without top-p and temperature, at GPT-2's vocabulary with ties.
+TEST(SampleRanked, DrawsWhatSampleTokenDrawsFromTheWholeRow) {
+  const int V = 50257;
+  Rng data(8);
+  std::vector<float> logits(static_cast<size_t>(V));
+  for (float& x : logits) x = std::round(static_cast<float>(data.normal()) * 12.0f) / 4.0f;
+  std::vector<int32_t> order(static_cast<size_t>(V));
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)] ||
+           (logits[static_cast<size_t>(a)] == logits[static_cast<size_t>(b)] && a < b);
+  });
+  struct Rule {
+    float temperature, top_p;
+    int top_k;
+  };
+  for (const Rule& r : {Rule{0.0f, 1.0f, 0}, Rule{1.0f, 1.0f, 40}, Rule{0.7f, 0.8f, 40}, Rule{50.0f, 1.0f, 40},
+                        Rule{1.0f, 0.5f, 1}, Rule{2.0f, 0.95f, 128}}) {
+    SampleOptions o;
+    o.temperature = r.temperature;
+    o.top_p = r.top_p;
+    o.top_k = r.top_k;
+    const int n = r.temperature <= 0.0f ? 1 : r.top_k;
+    std::vector<float> best(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) best[static_cast<size_t>(i)] = logits[static_cast<size_t>(order[static_cast<size_t>(i)])];
+    Rng a(21), b(21);
+    for (int i = 0; i < 60; ++i) {
+      ASSERT_EQ(sample_ranked(order.data(), best.data(), n, o, a), sample_token(logits.data(), V, o, b))
           << "temperature " << r.temperature << ", top-p " << r.top_p << ", top-k " << r.top_k << ", draw " << i;
     }
   }
@@ -331,6 +366,84 @@ class RecordingDecoder final : public Decoder {
  private:
   Decoder& inner_;
 };
+
+// A decoder that gives candidates, as the GPU's does: the CPU's logits ranked by a plain sort.
+class RankingDecoder final : public Decoder {
+ public:
+  explicit RankingDecoder(Decoder& inner) : inner_(inner) {}
+  const GPTConfig& config() const override { return inner_.config(); }
+  void start(int64_t B, int64_t capacity) override { inner_.start(B, capacity); }
+  int64_t length() const override { return inner_.length(); }
+  std::vector<int64_t> lengths() const override { return inner_.lengths(); }
+  void restart(int64_t b) override { inner_.restart(b); }
+  void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override { inner_.step(tokens, B, Tn, logits); }
+  void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) override {
+    ++whole_steps;
+    inner_.step(tokens, B, Tn, counts, logits);
+  }
+  int max_top_k() const override { return 8; }
+  void step_top(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, int k, int32_t* ids,
+                float* logits) override {
+    EXPECT_TRUE(k >= 1 && k <= max_top_k()) << k;
+    ++ranked_steps;
+    const int64_t Vp = config().padded_vocab_size(), V = config().vocab_size;
+    std::vector<float> all(static_cast<size_t>(B * Vp));
+    inner_.step(tokens, B, Tn, counts, all.data());
+    for (int64_t b = 0; b < B; ++b) {
+      const float* row = all.data() + b * Vp;
+      std::vector<int32_t> order(static_cast<size_t>(V));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [row](int32_t x, int32_t y) { return row[x] > row[y]; });
+      for (int i = 0; i < k; ++i) {
+        ids[b * k + i] = order[static_cast<size_t>(i)];
+        logits[b * k + i] = row[order[static_cast<size_t>(i)]];
+      }
+    }
+  }
+  int whole_steps = 0, ranked_steps = 0;
+
+ private:
+  Decoder& inner_;
+};
+
+// With a decoder that gives candidates, greedy and top-k (up to its limit) sample from them and
+// draw what whole logits draw; other rules still read whole logits.
+TEST(Generate, CandidatesFromTheDecoderDrawWhatWholeLogitsDraw) {
+  GPT<float> model(tiny_model_config());
+  model.init_weights(8);
+  CpuDecoder cpu(model);
+  const std::vector<std::vector<int>> prompts = {{1, 2, 3}, {7}, {3, 1, 4, 1, 5}, {2, 7}};
+  struct Rule {
+    float temperature, top_p;
+    int top_k;
+    bool ranked;
+  };
+  for (const Rule& r : {Rule{0.0f, 1.0f, 0, true}, Rule{1.0f, 1.0f, 5, true}, Rule{0.8f, 0.7f, 8, true},
+                        Rule{1.0f, 1.0f, 9, false}, Rule{1.0f, 0.9f, 0, false}, Rule{1.0f, 1.0f, 0, false}}) {
+    SCOPED_TRACE("temperature " + std::to_string(r.temperature) + ", top-p " + std::to_string(r.top_p) + ", top-k " +
+                 std::to_string(r.top_k));
+    SampleOptions o;
+    o.max_new_tokens = 6;
+    o.eot_token = 4;
+    o.temperature = r.temperature;
+    o.top_p = r.top_p;
+    o.top_k = r.top_k;
+    const auto run = [&](Decoder& d) {
+      std::vector<Rng> rngs;
+      for (size_t k = 0; k < prompts.size(); ++k) rngs.push_back(sample_rng(9, static_cast<int64_t>(k)));
+      return generate_continuous(d, prompts, o, rngs, 2);
+    };
+    const std::vector<SampleResult> want = run(cpu);
+    RankingDecoder ranking(cpu);
+    const std::vector<SampleResult> got = run(ranking);
+    for (size_t k = 0; k < prompts.size(); ++k) {
+      EXPECT_EQ(got[k].tokens, want[k].tokens) << "sample " << k;
+      EXPECT_EQ(got[k].stop_reason, want[k].stop_reason) << "sample " << k;
+    }
+    EXPECT_EQ(ranking.ranked_steps > 0, r.ranked);
+    EXPECT_EQ(ranking.whole_steps > 0, !r.ranked);
+  }
+}
 
 // Seven prompts of different lengths through 1, 2, 3 and 7 slots: a sample that stops hands its
 // slot to the next prompt, read whole beside the running samples, and every sample draws what it

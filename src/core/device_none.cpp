@@ -114,6 +114,10 @@ void GPTCuda::restart_decoding(int64_t) { fail("GPU decoding: {}", kNoCuda); }
 void GPTCuda::decode(const int*, int64_t, int64_t, std::span<float>, std::span<const int32_t>) {
   fail("GPU decoding: {}", kNoCuda);
 }
+void GPTCuda::decode_top(const int*, int64_t, int64_t, int, std::span<int32_t>, std::span<float>,
+                         std::span<const int32_t>) {
+  fail("GPU decoding: {}", kNoCuda);
+}
 int64_t GPTCuda::decode_cache_bytes() const { fail("GPU decoding: {}", kNoCuda); }
 double measure_gemm_flops(bool, int, int) { fail("GPU GEMM rate: {}", kNoCuda); }
 

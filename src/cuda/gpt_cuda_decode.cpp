@@ -93,7 +93,7 @@ void Model<T>::restart_decoding(int64_t b) {
 
 template <typename T>
 void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
-                      std::span<const int32_t> counts) {
+                      std::span<const int32_t> counts, int top_k, std::span<int32_t> ids) {
   const GPTConfig& c = config;
   FLASHGPT_CHECK(dec_.B > 0, "decode: no cache (call start_decoding first)");
   FLASHGPT_CHECK(B == dec_.B, "decode: {} sequences given, the cache holds {}", B, dec_.B);
@@ -101,8 +101,16 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   FLASHGPT_CHECK(counts.empty() || static_cast<int64_t>(counts.size()) == B,
                  "decode: {} token counts given for {} sequences", counts.size(), B);
   const int64_t N = B * Tn, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();
-  FLASHGPT_CHECK(static_cast<int64_t>(logits.size()) == B * Vp, "decode: room for {} logits given, {} wanted",
-                 logits.size(), B * Vp);
+  if (top_k > 0) {
+    FLASHGPT_CHECK(top_k <= kMaxDeviceTopK && top_k <= V, "decode: {} candidates per sequence asked for; 1…{} can be",
+                   top_k, std::min<int64_t>(kMaxDeviceTopK, V));
+    FLASHGPT_CHECK(static_cast<int64_t>(logits.size()) == B * top_k && static_cast<int64_t>(ids.size()) == B * top_k,
+                   "decode: room for {} candidate logits and {} ids given, {} wanted", logits.size(), ids.size(),
+                   B * top_k);
+  } else {
+    FLASHGPT_CHECK(static_cast<int64_t>(logits.size()) == B * Vp, "decode: room for {} logits given, {} wanted",
+                   logits.size(), B * Vp);
+  }
   std::vector<int32_t> count(static_cast<size_t>(B), static_cast<int32_t>(Tn));
   bool last_rows_apart = false;  // a reading sequence's last token is not at row Tn − 1
   for (int64_t b = 0; b < B && !counts.empty(); ++b) {
@@ -196,7 +204,13 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   }
   T* out = static_cast<T*>(at_least(dec_.logits, static_cast<size_t>(B * Vp) * sizeof(T)));
   gemm<T, T>(false, true, B, Vp, C, 1.0f, last, ld, W(lm_), C, 0.0f, out, Vp);
-  if constexpr (std::is_same_v<T, bf16>) {
+  if (top_k > 0) {  // only the sampler's candidates cross to the host
+    auto* d_ids = static_cast<int32_t*>(at_least(dec_.top_ids, ids.size_bytes()));
+    auto* d_top = static_cast<float*>(at_least(dec_.top_logits, logits.size_bytes()));
+    top_k_rows<T>(out, B, V, Vp, top_k, d_ids, d_top);
+    copy_to_host(ids.data(), d_ids, ids.size_bytes());
+    copy_to_host(logits.data(), d_top, logits.size_bytes());
+  } else if constexpr (std::is_same_v<T, bf16>) {
     float* wide = static_cast<float*>(at_least(dec_.wide_logits, logits.size_bytes()));
     convert(wide, out, B * Vp);
     copy_to_host(logits.data(), wide, logits.size_bytes());
@@ -286,7 +300,8 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
 #define FLASHGPT_INSTANTIATE(T)                                                                                  \
   template void Model<T>::start_decoding(int64_t, int64_t);                                                     \
   template void Model<T>::restart_decoding(int64_t);                                                            \
-  template void Model<T>::decode(const int*, int64_t, int64_t, std::span<float>, std::span<const int32_t>);     \
+  template void Model<T>::decode(const int*, int64_t, int64_t, std::span<float>, std::span<const int32_t>, int, \
+                                 std::span<int32_t>);                                                          \
   template void Model<T>::cached_attention(const AttentionDims&, const AttentionMask&, float, const T*, const T*, \
                                            const T*, T*, float*);                                              \
   template void Model<T>::mha_decode_attention(LayerActs&);                                                     \
@@ -311,7 +326,12 @@ int64_t GPTCuda::decode_cache_bytes() const { return impl_->decode_cache_bytes()
 void GPTCuda::restart_decoding(int64_t b) { impl_->restart_decoding(b); }
 void GPTCuda::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
                      std::span<const int32_t> counts) {
-  impl_->decode(tokens, B, Tn, logits, counts);
+  impl_->decode(tokens, B, Tn, logits, counts, 0, {});
+}
+void GPTCuda::decode_top(const int* tokens, int64_t B, int64_t Tn, int k, std::span<int32_t> ids,
+                         std::span<float> logits, std::span<const int32_t> counts) {
+  FLASHGPT_CHECK(k >= 1, "decode: {} candidates per sequence asked for; at least 1 is needed", k);
+  impl_->decode(tokens, B, Tn, logits, counts, k, ids);
 }
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

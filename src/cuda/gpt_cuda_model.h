@@ -54,8 +54,9 @@ struct GPTCuda::Impl {
                                   const int32_t* segments, float loss_scale) = 0;
   virtual void get_logits(std::span<float> out) const = 0;
   virtual void start_decoding(int64_t B, int64_t capacity) = 0;
+  // top_k = 0: logits [B, Vp]; top_k > 0: each sequence's best top_k, ids and logits [B, top_k].
   virtual void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
-                      std::span<const int32_t> counts) = 0;
+                      std::span<const int32_t> counts, int top_k, std::span<int32_t> ids) = 0;
   virtual std::vector<int64_t> decode_lengths() const = 0;
   virtual void restart_decoding(int64_t b) = 0;
   virtual int64_t decode_cache_bytes() const = 0;
@@ -142,8 +143,8 @@ class Model final : public GPTCuda::Impl {
                           float loss_scale) override;
   void get_logits(std::span<float> out) const override;
   void start_decoding(int64_t B, int64_t capacity) override;
-  void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
-              std::span<const int32_t> counts) override;
+  void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits, std::span<const int32_t> counts,
+              int top_k, std::span<int32_t> ids) override;
   std::vector<int64_t> decode_lengths() const override { return dec_.lengths; }
   void restart_decoding(int64_t b) override;
   int64_t decode_cache_bytes() const override {
@@ -263,7 +264,7 @@ class Model final : public GPTCuda::Impl {
     DeviceBuffer k, v;                   // multi-head: [L, B, rows, kv_dim]
     DeviceBuffer latent;                 // latent: [L, B, rows, n_latent + rope_dim]
     DeviceBuffer block_table, seq_lens;  // latent: int32 [B, rows / page], [B]
-    DeviceBuffer q_abs, o_lat, scratch, logits, wide_logits;
+    DeviceBuffer q_abs, o_lat, scratch, logits, wide_logits, top_ids, top_logits;
     PagedLatentDims latent_dims;        // latent: this call's decode, the same for every layer
     LatentDecodeOptions latent_opt;     // its planned splits and workspace
   };

@@ -9,6 +9,41 @@
 
 namespace flashgpt {
 
+void Decoder::step_top(const int*, int64_t, int64_t, std::span<const int32_t>, int, int32_t*, float*) {
+  FLASHGPT_CHECK(false, "decode: this decoder gives whole logits only (max_top_k() is 0)");
+}
+
+namespace {
+
+// Draws from the first n of ids (in that order) with weights w, which sum to `sum`.
+int draw(const int32_t* ids, const double* w, size_t n, double sum, Rng& rng) {
+  const double u = rng.uniform() * sum;
+  double cum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    cum += w[i];
+    if (u < cum) return ids ? ids[i] : static_cast<int>(i);
+  }
+  return ids ? ids[n - 1] : static_cast<int>(n - 1);
+}
+
+}  // namespace
+
+int sample_ranked(const int32_t* ids, const float* logits, int n, const SampleOptions& opt, Rng& rng) {
+  FLASHGPT_CHECK(n >= 1, "sample: {} candidates; at least 1 is needed", n);
+  if (opt.temperature <= 0.0f) return ids[0];
+  const double inv_t = 1.0 / static_cast<double>(opt.temperature), best = logits[0];
+  std::vector<double> w(static_cast<size_t>(n));
+  for (size_t i = 0; i < w.size(); ++i) w[i] = std::exp((static_cast<double>(logits[i]) - best) * inv_t);
+  const double total = std::accumulate(w.begin(), w.end(), 0.0);
+  if (opt.top_p >= 1.0f) return draw(ids, w.data(), w.size(), total, rng);
+  // The nucleus: the shortest prefix holding top_p of the candidates' mass.
+  const double target = static_cast<double>(opt.top_p) * total;
+  size_t m = 0;
+  double cum = 0;
+  while (m < w.size() && cum < target) cum += w[m++];
+  return draw(ids, w.data(), std::max<size_t>(m, 1), cum, rng);
+}
+
 int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& rng) {
   if (opt.temperature <= 0.0f) {  // the first of the largest
     const float best = cpu::row_max(logits, vocab);
@@ -17,28 +52,19 @@ int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& 
   const double inv_t = 1.0 / static_cast<double>(opt.temperature);
   const auto weight = [&](int id, double best) { return std::exp((static_cast<double>(logits[id]) - best) * inv_t); };
   const bool top_k = opt.top_k > 0 && opt.top_k < vocab, nucleus = opt.top_p < 1.0f;
-  // Draws from the first n of ids (in that order) with weights w, which sum to `sum`.
-  const auto draw = [&](const int* ids, const double* w, size_t n, double sum) {
-    const double u = rng.uniform() * sum;
-    double cum = 0;
-    for (size_t i = 0; i < n; ++i) {
-      cum += w[i];
-      if (u < cum) return ids ? ids[i] : static_cast<int>(i);
-    }
-    return ids ? ids[n - 1] : static_cast<int>(n - 1);
-  };
   if (!top_k && !nucleus) {  // every token, in id order: one vectorised pass for the weights
     std::vector<float> z(static_cast<size_t>(vocab));
     for (int i = 0; i < vocab; ++i) z[static_cast<size_t>(i)] = static_cast<float>(logits[i] * inv_t);
     cpu::exp_shifted_sum(z.data(), vocab, cpu::row_max(z.data(), vocab));
     std::vector<double> w(z.begin(), z.end());
-    return draw(nullptr, w.data(), w.size(), std::accumulate(w.begin(), w.end(), 0.0));
+    return draw(nullptr, w.data(), w.size(), std::accumulate(w.begin(), w.end(), 0.0), rng);
   }
   // Ranked candidates: higher logit first, the lower id first among equals (a strict order, so the
   // best n are the same tokens in the same order however they are found). Only a prefix is ever
-  // ranked: the top_k, or for the nucleus the best 64, then 8× more while they hold too little.
+  // ranked: the top_k (then drawn from as sample_ranked draws from a decoder's candidates), or for
+  // the nucleus the best 64, then 8× more while they hold too little.
   const auto before = [logits](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  std::vector<int> ids;
+  std::vector<int32_t> ids;
   if (top_k) {
     // One pass with a heap of the best top_k seen so far, its worst on top. Tokens come in id order,
     // so a token that only ties the worst ranks after it: a block of 256 whose largest logit does
@@ -63,15 +89,17 @@ int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& 
       i = end;
     }
     std::sort_heap(ids.begin(), ids.end(), before);
-  } else {
-    ids.resize(static_cast<size_t>(vocab));
-    std::iota(ids.begin(), ids.end(), 0);
+    std::vector<float> ranked(ids.size());
+    for (size_t j = 0; j < ids.size(); ++j) ranked[j] = logits[ids[j]];
+    return sample_ranked(ids.data(), ranked.data(), opt.top_k, opt, rng);
   }
+  ids.resize(static_cast<size_t>(vocab));
+  std::iota(ids.begin(), ids.end(), 0);
   const size_t candidates = ids.size();
-  size_t ranked = top_k ? candidates : std::min<size_t>(64, candidates);
+  size_t ranked = std::min<size_t>(64, candidates);
   // Puts the best of [first, end) in rank order at [first, mid): a heap for a short prefix, a
   // selection and a sort for a long one.
-  const auto rank = [&](std::vector<int>::iterator first, std::vector<int>::iterator mid) {
+  const auto rank = [&](std::vector<int32_t>::iterator first, std::vector<int32_t>::iterator mid) {
     if ((mid - first) * 16 < ids.end() - first) {
       std::partial_sort(first, mid, ids.end(), before);
     } else {
@@ -79,27 +107,22 @@ int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& 
       std::sort(first, mid, before);
     }
   };
-  if (!top_k) rank(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(ranked));
+  rank(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(ranked));
   const double best = logits[ids[0]];
   std::vector<double> w(ranked);
   for (size_t i = 0; i < ranked; ++i) w[i] = weight(ids[i], best);
-  double total = 0;  // the mass of every candidate
-  if (top_k) {
-    total = std::accumulate(w.begin(), w.end(), 0.0);
-  } else {
-    std::vector<float> z(static_cast<size_t>(vocab));
-    for (int i = 0; i < vocab; ++i) z[static_cast<size_t>(i)] = static_cast<float>((logits[i] - best) * inv_t);
-    cpu::exp_shifted_sum(z.data(), vocab, 0.0f);
-    for (float x : z) total += x;
-  }
-  if (!nucleus) return draw(ids.data(), w.data(), ranked, total);
+  double total = 0;  // the mass of every token
+  std::vector<float> z(static_cast<size_t>(vocab));
+  for (int i = 0; i < vocab; ++i) z[static_cast<size_t>(i)] = static_cast<float>((logits[i] - best) * inv_t);
+  cpu::exp_shifted_sum(z.data(), vocab, 0.0f);
+  for (float x : z) total += x;
   // The nucleus: the shortest ranked prefix holding top_p of the mass.
   const double target = static_cast<double>(opt.top_p) * total;
   for (;;) {
     size_t n = 0;
     double cum = 0;
     while (n < ranked && cum < target) cum += w[n++];
-    if (cum >= target || ranked == candidates) return draw(ids.data(), w.data(), std::max<size_t>(n, 1), cum);
+    if (cum >= target || ranked == candidates) return draw(ids.data(), w.data(), std::max<size_t>(n, 1), cum, rng);
     const size_t more = std::min(candidates, ranked * 8);
     rank(ids.begin() + static_cast<std::ptrdiff_t>(ranked), ids.begin() + static_cast<std::ptrdiff_t>(more));
     w.resize(more);
@@ -153,7 +176,13 @@ std::vector<SampleResult> generate_continuous(Decoder& model, std::span<const st
   std::vector<int64_t> length(static_cast<size_t>(S), 0);    // tokens it has cached after that step
   std::vector<int32_t> counts(static_cast<size_t>(S));
   std::vector<int> drawn(static_cast<size_t>(S));  // each slot's new token
-  std::vector<float> logits(static_cast<size_t>(S * Vp));
+  // Greedy and top-k (up to what the decoder can give) need only each row's best few tokens: a
+  // decoder that can find them (the GPU's) sends those instead of whole rows of logits.
+  const bool ranks = opt.temperature <= 0.0f || (opt.top_k > 0 && opt.top_k < c.vocab_size);
+  const int top = !ranks ? 0 : opt.temperature <= 0.0f ? 1 : opt.top_k;
+  const int cand = top > 0 && top <= model.max_top_k() ? top : 0;
+  std::vector<float> logits(static_cast<size_t>(S * (cand > 0 ? cand : Vp)));
+  std::vector<int32_t> cand_ids(static_cast<size_t>(S * cand));
   std::vector<int> tokens;
   int64_t next_request = 0;
   for (;;) {
@@ -193,14 +222,19 @@ std::vector<SampleResult> generate_continuous(Decoder& model, std::span<const st
       }
       length[static_cast<size_t>(s)] += n;
     }
-    model.step(tokens.data(), S, Tn, counts, logits.data());
+    if (cand > 0) {
+      model.step_top(tokens.data(), S, Tn, counts, cand, cand_ids.data(), logits.data());
+    } else {
+      model.step(tokens.data(), S, Tn, counts, logits.data());
+    }
     // Each sample that read draws its next token from its own stream: the draws are independent,
     // so they run in parallel and give the same tokens on any number of threads.
 #pragma omp parallel for schedule(dynamic, 1) if (S > 1)
     for (int64_t s = 0; s < S; ++s) {
       if (counts[static_cast<size_t>(s)] == 0) continue;
-      drawn[static_cast<size_t>(s)] = sample_token(logits.data() + s * Vp, c.vocab_size, opt,
-                                                   rngs[static_cast<size_t>(request[static_cast<size_t>(s)])]);
+      Rng& rng = rngs[static_cast<size_t>(request[static_cast<size_t>(s)])];
+      drawn[static_cast<size_t>(s)] = cand > 0 ? sample_ranked(cand_ids.data() + s * cand, logits.data() + s * cand, cand, opt, rng)
+                                               : sample_token(logits.data() + s * Vp, c.vocab_size, opt, rng);
     }
     for (int64_t s = 0; s < S; ++s) {
       if (counts[static_cast<size_t>(s)] == 0) continue;

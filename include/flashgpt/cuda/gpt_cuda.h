@@ -28,6 +28,7 @@
 
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/abi.h"
+#include "flashgpt/cuda/ops_cuda.h"
 #include "flashgpt/infer/decoder.h"
 #include "flashgpt/model/config.h"
 #include "flashgpt/ops/adamw.h"
@@ -119,6 +120,12 @@ class GPTCuda {
   int64_t decode_length() const;  // the length every sequence holds (an error if they differ)
   void decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
               std::span<const int32_t> counts = {});
+  // The same step, returning only what the sampler needs from each sequence's logits: its best k
+  // tokens (1 ≤ k ≤ kMaxDeviceTopK and vocab_size), ids [B, k] in rank order — the higher logit
+  // first, the lower id first among equals — and their fp32 logits [B, k], found on the GPU
+  // (top_k_rows), so 8·k bytes per sequence cross to the host instead of 4·padded_vocab.
+  void decode_top(const int* tokens, int64_t B, int64_t Tn, int k, std::span<int32_t> ids, std::span<float> logits,
+                  std::span<const int32_t> counts = {});
   // The cache's size in bytes (0 before start_decoding).
   int64_t decode_cache_bytes() const;
   // Why this config cannot decode on the GPU at this precision, or "" when it can.
@@ -144,6 +151,12 @@ class GPTCudaDecoder final : public Decoder {
   }
   void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) override {
     model_.decode(tokens, B, Tn, {logits, static_cast<size_t>(B * model_.config().padded_vocab_size())}, counts);
+  }
+  int max_top_k() const override { return kMaxDeviceTopK; }
+  void step_top(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, int k, int32_t* ids,
+                float* logits) override {
+    const auto n = static_cast<size_t>(B * k);
+    model_.decode_top(tokens, B, Tn, k, {ids, n}, {logits, n}, counts);
   }
 
  private:

@@ -30,6 +30,14 @@ class Decoder {
   // is padding) and its logits are those of its last one; a sequence with count 0 is left alone.
   // Sequences may hold different lengths: each reads at its own position.
   virtual void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) = 0;
+  // The most candidates step_top gives per sequence; 0 (the default): it gives none, and the
+  // sampler reads whole logits.
+  virtual int max_top_k() const { return 0; }
+  // The ragged step, giving each sequence's best k tokens instead of its logits (1 ≤ k ≤
+  // max_top_k()): ids [B, k] in rank order — the higher logit first, the lower id first among
+  // equals — and their fp32 logits [B, k]. Enough for greedy and top-k sampling.
+  virtual void step_top(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, int k,
+                        int32_t* ids, float* logits);
 };
 
 }  // namespace flashgpt

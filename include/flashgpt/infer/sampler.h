@@ -29,6 +29,11 @@ struct SampleResult {
 
 // Picks a token id in [0, vocab) from logits (the padding columns beyond vocab are never chosen).
 int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& rng);
+// The same choice from candidates already ranked — ids[0 … n) in rank order (the higher logit
+// first, the lower id first among equals) with their logits — when n is all the rule looks at:
+// the best 1 for greedy, the best top_k for top-k (with or without top-p). Draws exactly what
+// sample_token draws from the whole row with the same stream (Decoder::step_top's candidates).
+int sample_ranked(const int32_t* ids, const float* logits, int n, const SampleOptions& opt, Rng& rng);
 
 // The CPU model as a Decoder: GPT<float> with its KVCache.
 class CpuDecoder final : public Decoder {
