@@ -341,20 +341,34 @@ TEST(Generate, PromptsOfDifferentLengthsDrawWhatEachDrawsAlone) {
   EXPECT_THROW(generate_batch(decoder, prompts, SampleOptions{}, two), Error);
 }
 
-// A decoder that records how it is driven: restarts, and steps where a sequence reads several
-// tokens (a prompt) while another reads one (a running sample) — a prompt joining mid-run.
-class RecordingDecoder final : public Decoder {
+// Passes every call on to another decoder; the test decoders below override what they watch.
+class ForwardingDecoder : public Decoder {
  public:
-  explicit RecordingDecoder(Decoder& inner) : inner_(inner) {}
+  explicit ForwardingDecoder(Decoder& inner) : inner_(inner) {}
   const GPTConfig& config() const override { return inner_.config(); }
   void start(int64_t B, int64_t capacity) override { inner_.start(B, capacity); }
   int64_t length() const override { return inner_.length(); }
   std::vector<int64_t> lengths() const override { return inner_.lengths(); }
+  void restart(int64_t b) override { inner_.restart(b); }
+  void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override { inner_.step(tokens, B, Tn, logits); }
+  void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) override {
+    inner_.step(tokens, B, Tn, counts, logits);
+  }
+
+ protected:
+  Decoder& inner_;
+};
+
+// A decoder that records how it is driven: restarts, and steps where a sequence reads several
+// tokens (a prompt) while another reads one (a running sample) — a prompt joining mid-run.
+class RecordingDecoder final : public ForwardingDecoder {
+ public:
+  using ForwardingDecoder::ForwardingDecoder;
+  using ForwardingDecoder::step;
   void restart(int64_t b) override {
     if (inner_.lengths()[static_cast<size_t>(b)] > 0) ++reused_slots;
     inner_.restart(b);
   }
-  void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override { inner_.step(tokens, B, Tn, logits); }
   void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) override {
     const bool prompt = std::any_of(counts.begin(), counts.end(), [](int32_t n) { return n > 1; });
     const bool running = std::any_of(counts.begin(), counts.end(), [](int32_t n) { return n == 1; });
@@ -362,21 +376,13 @@ class RecordingDecoder final : public Decoder {
     inner_.step(tokens, B, Tn, counts, logits);
   }
   int reused_slots = 0, joins = 0;
-
- private:
-  Decoder& inner_;
 };
 
 // A decoder that gives candidates, as the GPU's does: the CPU's logits ranked by a plain sort.
-class RankingDecoder final : public Decoder {
+class RankingDecoder final : public ForwardingDecoder {
  public:
-  explicit RankingDecoder(Decoder& inner) : inner_(inner) {}
-  const GPTConfig& config() const override { return inner_.config(); }
-  void start(int64_t B, int64_t capacity) override { inner_.start(B, capacity); }
-  int64_t length() const override { return inner_.length(); }
-  std::vector<int64_t> lengths() const override { return inner_.lengths(); }
-  void restart(int64_t b) override { inner_.restart(b); }
-  void step(const int* tokens, int64_t B, int64_t Tn, float* logits) override { inner_.step(tokens, B, Tn, logits); }
+  using ForwardingDecoder::ForwardingDecoder;
+  using ForwardingDecoder::step;
   void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) override {
     ++whole_steps;
     inner_.step(tokens, B, Tn, counts, logits);
@@ -401,9 +407,6 @@ class RankingDecoder final : public Decoder {
     }
   }
   int whole_steps = 0, ranked_steps = 0;
-
- private:
-  Decoder& inner_;
 };
 
 // With a decoder that gives candidates, greedy and top-k (up to its limit) sample from them and
