@@ -341,6 +341,17 @@ TEST(Generate, PromptsOfDifferentLengthsDrawWhatEachDrawsAlone) {
   EXPECT_THROW(generate_batch(decoder, prompts, SampleOptions{}, two), Error);
 }
 
+// What each prompt draws alone, prompt k from the stream sample_rng(seed, k).
+std::vector<SampleResult> each_alone(Decoder& d, const std::vector<std::vector<int>>& prompts, const SampleOptions& o,
+                                     uint64_t seed) {
+  std::vector<SampleResult> alone;
+  for (size_t k = 0; k < prompts.size(); ++k) {
+    Rng rng = sample_rng(seed, static_cast<int64_t>(k));
+    alone.push_back(generate(d, prompts[k], o, rng));
+  }
+  return alone;
+}
+
 // Passes every call on to another decoder; the test decoders below override what they watch.
 class ForwardingDecoder : public Decoder {
  public:
@@ -465,11 +476,7 @@ TEST(Generate, ContinuousBatchingDrawsWhatEachDrawsAlone) {
     o.stop_at_eot = temperature > 0;
     o.eot_token = 4;
     o.temperature = temperature;
-    std::vector<SampleResult> alone;
-    for (int64_t k = 0; k < N; ++k) {
-      Rng rng = sample_rng(8, k);
-      alone.push_back(generate(cpu, prompts[static_cast<size_t>(k)], o, rng));
-    }
+    const std::vector<SampleResult> alone = each_alone(cpu, prompts, o, 8);
     for (int64_t slots : {1, 2, 3, 7}) {
       SCOPED_TRACE(::testing::Message() << "temperature " << temperature << ", " << slots << " slots");
       std::vector<Rng> rngs;
@@ -513,11 +520,9 @@ TEST(Generate, ContinuousBatchingNearTheContextLimit) {
   SampleOptions o;
   o.max_new_tokens = 16;
   o.stop_at_eot = false;
-  std::vector<SampleResult> alone;
+  const std::vector<SampleResult> alone = each_alone(cpu, prompts, o, 3);
   for (int64_t k = 0; k < N; ++k) {
-    Rng rng = sample_rng(3, k);
-    alone.push_back(generate(cpu, prompts[static_cast<size_t>(k)], o, rng));
-    EXPECT_EQ(alone.back().stop_reason, k == 0 ? "max_new_tokens" : "context_limit") << "sample " << k;
+    EXPECT_EQ(alone[static_cast<size_t>(k)].stop_reason, k == 0 ? "max_new_tokens" : "context_limit") << "sample " << k;
   }
   for (int64_t slots : {2, 3, 4}) {
     SCOPED_TRACE("slots " + std::to_string(slots));
