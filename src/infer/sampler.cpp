@@ -178,9 +178,8 @@ std::vector<SampleResult> generate_continuous(Decoder& model, std::span<const st
   std::vector<int> drawn(static_cast<size_t>(S));  // each slot's new token
   // Greedy and top-k (up to what the decoder can give) need only each row's best few tokens: a
   // decoder that can find them (the GPU's) sends those instead of whole rows of logits.
-  const bool ranks = opt.temperature <= 0.0f || (opt.top_k > 0 && opt.top_k < c.vocab_size);
-  const int top = !ranks ? 0 : opt.temperature <= 0.0f ? 1 : opt.top_k;
-  const int cand = top > 0 && top <= model.max_top_k() ? top : 0;
+  const int ranked = opt.temperature <= 0.0f ? 1 : opt.top_k > 0 && opt.top_k < c.vocab_size ? opt.top_k : 0;
+  const int cand = ranked > 0 && ranked <= model.max_top_k() ? ranked : 0;
   std::vector<float> logits(static_cast<size_t>(S * (cand > 0 ? cand : Vp)));
   std::vector<int32_t> cand_ids(static_cast<size_t>(S * cand));
   std::vector<int> tokens;
