@@ -1,10 +1,18 @@
 // Every layer's backward against finite differences of its forward, in double precision.
 // Each check uses the scalar loss L = Σ out ∘ R for a fixed random R, so dL/dout = R.
 #include <gtest/gtest.h>
+#include <omp.h>
 
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cpu/parallel.h"
 #include "flashgpt/ops/activation.h"
 #include "flashgpt/ops/adamw.h"
 #include "flashgpt/ops/cross_entropy.h"
+#include "flashgpt/ops/elementwise.h"
 #include "flashgpt/ops/embedding.h"
 #include "flashgpt/ops/matmul.h"
 #include "flashgpt/ops/norm.h"
@@ -246,6 +254,132 @@ TEST(AdamW, SumSquaresIsDeterministicAndExact) {
   for (float f : x) expected += static_cast<double>(f) * f;
   EXPECT_EQ(a, expected);
   EXPECT_EQ(a, ops::sum_squares(x.data(), static_cast<int64_t>(x.size())));
+}
+
+
+// The OpenMP thread count for one scope.
+class ThreadCount {
+ public:
+  explicit ThreadCount(int n) : saved_(omp_get_max_threads()) { omp_set_num_threads(n); }
+  ~ThreadCount() { omp_set_num_threads(saved_); }
+  ThreadCount(const ThreadCount&) = delete;
+  ThreadCount& operator=(const ThreadCount&) = delete;
+
+ private:
+  int saved_;
+};
+
+TEST(Threads, SmallLoopsStayOnTheCallingThread) {
+  {
+    ThreadCount four(4);
+    EXPECT_EQ(cpu::team_size(0), 1);
+    EXPECT_EQ(cpu::team_size(256), 1);  // one decoding step's norm of a small model
+    EXPECT_EQ(cpu::team_size(cpu::kParallelGrain - 1), 1);
+    EXPECT_EQ(cpu::team_size(cpu::kParallelGrain), 2);
+    EXPECT_EQ(cpu::team_size(3 * cpu::kParallelGrain / 2), 3);
+    EXPECT_EQ(cpu::team_size(int64_t{1} << 40), 4);
+  }
+  ThreadCount one(1);
+  EXPECT_EQ(cpu::team_size(int64_t{1} << 40), 1);
+}
+
+// Every op whose loop a team splits, run at a size that four threads share and again on one
+// thread: row- and element-wise results are the same bits, and sums kept per thread agree to
+// rounding. (The finite-difference checks above run below the grain, on one thread.)
+TEST(Threads, SplitLoopsGiveWhatOneThreadGives) {
+  const int64_t N = 64, C = 1024, H = 8, D = C / H, V = 1000, Vp = 1024;
+  ASSERT_GE(cpu::team_size(N * C), 2);
+  Rng rng(17);
+  const auto x = random_vector(N * C, rng), w = random_vector(C, rng), b = random_vector(C, rng);
+  const auto dy = random_vector(N * C, rng), wide = random_vector(N * 2 * C, rng);
+  const auto logits = random_vector(N * Vp, rng), wpe = random_vector(N * C, rng), wte = random_vector(V * C, rng);
+  std::vector<int> tokens(N), targets(N);
+  for (int64_t i = 0; i < N; ++i) {
+    tokens[i] = static_cast<int>((i * 37) % V);
+    targets[i] = i % 5 == 0 ? -1 : static_cast<int>((i * 11) % V);
+  }
+  const ops::RopeTable<double> table(static_cast<int>(N), static_cast<int>(D), 10000.0);
+  struct Results {
+    std::map<std::string, std::vector<double>> exact, summed;
+  };
+  const auto run = [&] {
+    Results r;
+    auto& e = r.exact;
+    auto& s = r.summed;
+    std::vector<double> mean(N), rstd(N);
+    e["layernorm"].resize(N * C);
+    ops::layernorm_forward(e["layernorm"].data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C, 1e-5);
+    e["layernorm dx"].resize(N * C);
+    s["layernorm dw"].assign(C, 0.0);
+    s["layernorm db"].assign(C, 0.0);
+    ops::layernorm_backward(e["layernorm dx"].data(), s["layernorm dw"].data(), s["layernorm db"].data(), dy.data(),
+                            x.data(), w.data(), mean.data(), rstd.data(), N, C, false);
+    e["rmsnorm"].resize(N * C);
+    ops::rmsnorm_forward(e["rmsnorm"].data(), rstd.data(), x.data(), w.data(), N, C, 1e-5);
+    e["rmsnorm dx"].resize(N * C);
+    s["rmsnorm dw"].assign(C, 0.0);
+    ops::rmsnorm_backward(e["rmsnorm dx"].data(), s["rmsnorm dw"].data(), dy.data(), x.data(), w.data(), rstd.data(),
+                          N, C, false);
+    e["gelu"].resize(N * C);
+    ops::gelu_forward(e["gelu"].data(), x.data(), N * C);
+    e["gelu dx"].resize(N * C);
+    ops::gelu_backward(e["gelu dx"].data(), x.data(), dy.data(), N * C);
+    e["swiglu"].resize(N * C);
+    ops::swiglu_forward(e["swiglu"].data(), wide.data(), N, C);
+    e["swiglu dx"].resize(N * 2 * C);
+    ops::swiglu_backward(e["swiglu dx"].data(), wide.data(), dy.data(), N, C);
+    e["add"].resize(N * C);
+    ops::add(e["add"].data(), x.data(), dy.data(), N * C);
+    e["add_inplace"] = x;
+    ops::add_inplace(e["add_inplace"].data(), dy.data(), N * C);
+    e["embedding"].resize(N * C);
+    ops::embedding_forward(e["embedding"].data(), tokens.data(), wte.data(), wpe.data(), 1, N, C, 0);
+    e["embedding dwte"].assign(V * C, 0.0);
+    e["embedding dwpe"].assign(N * C, 0.0);
+    ops::embedding_backward(e["embedding dwte"].data(), e["embedding dwpe"].data(), dy.data(), tokens.data(), 1, N, C,
+                            0);
+    e["rope"] = x;
+    ops::rope_forward(e["rope"].data(), table, 1, N, H, D, 0);
+    e["rope dx"] = dy;
+    ops::rope_backward(e["rope dx"].data(), table, 1, N, H, D, 0);
+    e["matmul"].resize(N * 64);
+    ops::matmul_forward(e["matmul"].data(), x.data(), wte.data(), b.data(), N, C, 64);
+    s["matmul dbias"].assign(C, 0.0);  // the column sums of dy (its product: [N, N]ᵀ·[N, C])
+    ops::matmul_backward(static_cast<double*>(nullptr), std::vector<double>(C * N).data(), s["matmul dbias"].data(),
+                         dy.data(), wpe.data(), x.data(), N, N, C, false);
+    e["softmax"] = logits;
+    e["losses"].resize(N);
+    s["loss"] = {ops::softmax_cross_entropy_forward(e["softmax"].data(), e["losses"].data(), targets.data(), N, V, Vp)};
+    e["softmax dlogits"] = e["softmax"];
+    ops::softmax_cross_entropy_backward(e["softmax dlogits"].data(), targets.data(), N, V, Vp, 1.0 / N);
+    e["adamw"] = x;
+    std::vector<double> m(N * C, 0.0), v(N * C, 0.0);
+    ops::AdamWParams hp;
+    hp.step = 1;
+    ops::adamw_update(e["adamw"].data(), dy.data(), m.data(), v.data(), N * C, hp, true, 1.0);
+    s["sum_squares"] = {ops::sum_squares(x.data(), N * C)};
+    return r;
+  };
+  Results team, alone;
+  {
+    ThreadCount four(4);
+    team = run();
+  }
+  {
+    ThreadCount one(1);
+    alone = run();
+  }
+  const auto compare = [](const auto& split, const auto& serial, double tolerance) {
+    for (const auto& [name, values] : serial) {
+      const std::vector<double>& got = split.at(name);
+      ASSERT_EQ(got.size(), values.size()) << name;
+      size_t i = 0;
+      while (i < values.size() && std::abs(got[i] - values[i]) <= tolerance * (1.0 + std::abs(values[i]))) ++i;
+      EXPECT_EQ(i, values.size()) << name << ": split " << got[i] << ", one thread " << values[i] << " at " << i;
+    }
+  };
+  compare(team.exact, alone.exact, 0.0);
+  compare(team.summed, alone.summed, 1e-12);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "cpu/parallel.h"
 #include "flashgpt/ops/activation.h"
 
 namespace flashgpt::ops {
@@ -16,7 +17,7 @@ constexpr T kGeluCubic = static_cast<T>(0.044715);
 
 template <typename T>
 void gelu_forward(T* out, const T* inp, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) num_threads(cpu::team_size(n))
   for (int64_t i = 0; i < n; ++i) {
     T x = inp[i];
     T u = kGeluScale<T> * (x + kGeluCubic<T> * x * x * x);
@@ -26,7 +27,7 @@ void gelu_forward(T* out, const T* inp, int64_t n) {
 
 template <typename T>
 void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) num_threads(cpu::team_size(n))
   for (int64_t i = 0; i < n; ++i) {
     T x = inp[i];
     T u = kGeluScale<T> * (x + kGeluCubic<T> * x * x * x);
@@ -39,7 +40,7 @@ void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n) {
 
 template <typename T>
 void swiglu_forward(T* out, const T* inp, int64_t N, int64_t F) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cpu::team_size(N * F))
   for (int64_t i = 0; i < N; ++i) {
     const T* gate = inp + i * 2 * F;
     const T* up = gate + F;
@@ -53,7 +54,7 @@ void swiglu_forward(T* out, const T* inp, int64_t N, int64_t F) {
 
 template <typename T>
 void swiglu_backward(T* dinp, const T* inp, const T* dout, int64_t N, int64_t F) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cpu::team_size(N * F))
   for (int64_t i = 0; i < N; ++i) {
     const T* gate = inp + i * 2 * F;
     const T* up = gate + F;

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/parallel.h"
 #include "flashgpt/ops/adamw.h"
 
 namespace flashgpt::ops {
@@ -14,7 +15,7 @@ void adamw_update(T* params, const T* grads, T* m, T* v, int64_t n, const AdamWP
   const T bc2 = T(1) - static_cast<T>(std::pow(static_cast<double>(p.beta2), static_cast<double>(p.step)));
   const T lr = p.lr, eps = p.eps;
   const T wd = decay ? static_cast<T>(p.weight_decay) : T(0);
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) num_threads(cpu::team_size(n))
   for (int64_t i = 0; i < n; ++i) {
     T g = grads[i] * grad_scale;
     T mi = b1 * m[i] + (T(1) - b1) * g;
@@ -32,7 +33,7 @@ double sum_squares(const T* x, int64_t n) {
   // Per-thread partial sums combined in thread order: the same result on every run with the same
   // thread count (an OpenMP reduction clause does not promise an order).
   std::vector<double> partial(static_cast<size_t>(omp_get_max_threads()), 0.0);
-#pragma omp parallel
+#pragma omp parallel num_threads(cpu::team_size(n))
   {
     double local = 0;
 #pragma omp for schedule(static)

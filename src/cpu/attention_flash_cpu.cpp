@@ -115,14 +115,14 @@ void flash_forward_packed(const AttentionDims& d, const AttentionMask& m, const 
   int64_t key_end_max = 0;  // splits share out the longest sequence's keys
   for (int64_t b = 0; b < d.B; ++b) key_end_max = std::max(key_end_max, tile_key_end(d, m, b, 0, d.Tq));
   const int64_t key_tiles = (key_end_max + Bc - 1) / Bc;
-  const int64_t threads = omp_get_max_threads();
+  const int team = team_size(attention_work(d));
   int64_t splits = 1;
-  if (items < 2 * threads) splits = std::clamp<int64_t>((2 * threads + items - 1) / items, 1, std::max<int64_t>(key_tiles, 1));
+  if (items < 2 * team) splits = std::clamp<int64_t>((2 * team + items - 1) / items, 1, std::max<int64_t>(key_tiles, 1));
   const int64_t tiles_per_split = (std::max<int64_t>(key_tiles, 1) + splits - 1) / splits;
   // Partial states per (item, split): m and l per row, then the unnormalised output.
   const int64_t part = rows * (2 + d.Dv);
   std::vector<T> partial(static_cast<size_t>(items * splits * part));
-#pragma omp parallel
+#pragma omp parallel num_threads(team)
   {
     std::vector<T> Qp(static_cast<size_t>(rows * d.Dqk)), S(static_cast<size_t>(rows * Bc));
 #pragma omp for collapse(2) schedule(dynamic, 1)
@@ -237,7 +237,7 @@ void flash_forward_kv_outer(const AttentionDims& d, const AttentionMask& m, cons
   const int64_t kv_rows = d.kv_rows();
   const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
   const int64_t sweep = query_sweep_rows(Br, d.Dqk + d.Dv);
-#pragma omp parallel
+#pragma omp parallel num_threads(team_size(attention_work(d)))
   {
     std::vector<float> Kt(static_cast<size_t>(d.Dqk * Bc)), S(static_cast<size_t>(Br * Bc));
     std::vector<float> Vc(static_cast<size_t>(Bc * d.Dv)), Qc(static_cast<size_t>(Br * d.Dqk));
@@ -335,7 +335,7 @@ void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, con
   const int64_t kv_rows = d.kv_rows();
   const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
   const int64_t n_qt = (d.Tq + Br - 1) / Br;
-#pragma omp parallel
+#pragma omp parallel num_threads(team_size(attention_work(d)))
   {
     std::vector<T> S(static_cast<size_t>(Br * Bc)), acc(static_cast<size_t>(Br * d.Dv));
     std::vector<T> row_m(static_cast<size_t>(Br)), row_l(static_cast<size_t>(Br));
@@ -446,7 +446,7 @@ void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, co
   // One sweep over all query rows per key tile: sweeping cache-sized blocks (as the forward does)
   // re-transposes Kᵀ_j and Vᵀ_j per block and measured no faster here (BENCHMARKS.md).
   const int64_t sweep = d.Tq;
-#pragma omp parallel
+#pragma omp parallel num_threads(team_size(attention_work(d)))
   {
     std::vector<T> P(static_cast<size_t>(Br * Bc)), dP(static_cast<size_t>(Br * Bc)), D(static_cast<size_t>(d.Tq));
     const size_t kv_tile = tile_kernel ? static_cast<size_t>(std::max(d.Dqk, d.Dv) * Bc) : 0;

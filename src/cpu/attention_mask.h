@@ -1,8 +1,9 @@
-// The visibility rule of AttentionMask, shared by the CPU attention kernels.
+// The visibility rule of AttentionMask and the work measure shared by the CPU attention kernels.
 #pragma once
 
 #include <algorithm>
 
+#include "cpu/parallel.h"
 #include "flashgpt/attention/attention.h"
 
 namespace flashgpt::cpu {
@@ -23,6 +24,9 @@ inline int64_t key_limit(const AttentionDims& d, const AttentionMask& m, int64_t
 inline bool same_segment(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i, int64_t j) {
   return m.q_segments.empty() || m.q_segments[b * d.Tq + i] == m.kv_segments[b * d.kv_rows() + j];
 }
+
+// Multiply-adds of every score and output product, unmasked: what cpu::team_size sizes a team by.
+inline int64_t attention_work(const AttentionDims& d) { return d.B * d.Hq * d.Tq * d.Tk * (d.Dqk + d.Dv); }
 
 inline bool key_visible(const AttentionDims& d, const AttentionMask& m, int64_t b, int64_t i, int64_t j) {
   return j < key_limit(d, m, b, i) && same_segment(d, m, b, i, j);

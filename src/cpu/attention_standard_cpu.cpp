@@ -41,7 +41,7 @@ void attention_standard_forward(const AttentionDims& d, const AttentionMask& m, 
   const int64_t group = d.Hq / d.Hkv;
   const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
-#pragma omp parallel
+#pragma omp parallel num_threads(team_size(attention_work(d)))
   {
     std::vector<T> scores(static_cast<size_t>(d.Tq * d.Tk));
 #pragma omp for collapse(2) schedule(dynamic, 1)
@@ -82,7 +82,7 @@ void attention_standard_backward(const AttentionDims& d, const AttentionMask& m,
   const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
   // Work is split over (batch, kv head): the query heads of a group all add into the same dk, dv.
-#pragma omp parallel
+#pragma omp parallel num_threads(team_size(attention_work(d)))
   {
     std::vector<T> P(static_cast<size_t>(d.Tq * d.Tk));
     std::vector<T> dP(static_cast<size_t>(d.Tq * d.Tk));

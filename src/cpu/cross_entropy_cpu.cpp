@@ -2,13 +2,14 @@
 #include <cmath>
 #include <limits>
 
+#include "cpu/parallel.h"
 #include "flashgpt/ops/cross_entropy.h"
 
 namespace flashgpt::ops {
 
 template <typename T>
 double softmax_cross_entropy_forward(T* probs, T* losses, const int* targets, int64_t N, int64_t V, int64_t Vp) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cpu::team_size(N * V))
   for (int64_t i = 0; i < N; ++i) {
     T* row = probs + i * Vp;
     T mx = row[0];
@@ -40,7 +41,7 @@ double softmax_cross_entropy_forward(T* probs, T* losses, const int* targets, in
 
 template <typename T>
 void softmax_cross_entropy_backward(T* probs, const int* targets, int64_t N, int64_t V, int64_t Vp, T scale) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cpu::team_size(N * V))
   for (int64_t i = 0; i < N; ++i) {
     T* row = probs + i * Vp;
     int tgt = targets[i];

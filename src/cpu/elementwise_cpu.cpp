@@ -1,16 +1,17 @@
+#include "cpu/parallel.h"
 #include "flashgpt/ops/elementwise.h"
 
 namespace flashgpt::ops {
 
 template <typename T>
 void add(T* out, const T* a, const T* b, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) num_threads(cpu::team_size(n))
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }
 
 template <typename T>
 void add_inplace(T* y, const T* x, int64_t n) {
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) num_threads(cpu::team_size(n))
   for (int64_t i = 0; i < n; ++i) y[i] += x[i];
 }
 

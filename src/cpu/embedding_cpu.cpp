@@ -1,3 +1,4 @@
+#include "cpu/parallel.h"
 #include "flashgpt/ops/embedding.h"
 
 namespace flashgpt::ops {
@@ -5,7 +6,7 @@ namespace flashgpt::ops {
 template <typename T>
 void embedding_forward(T* out, const int* tokens, const T* wte, const T* wpe, int64_t B, int64_t Tn, int64_t C,
                        int64_t pos_offset) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(cpu::team_size(B * Tn * C))
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < Tn; ++t) {
       T* y = out + (b * Tn + t) * C;
@@ -25,7 +26,7 @@ void embedding_backward(T* dwte, T* dwpe, const T* dout, const int* tokens, int6
                         int64_t pos_offset) {
   // Channels are split across threads; within a channel block rows are visited in order, so the
   // sums are deterministic and no two threads touch the same element.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cpu::team_size(B * Tn * C))
   for (int64_t c0 = 0; c0 < C; c0 += 16) {
     int64_t c1 = c0 + 16 < C ? c0 + 16 : C;
     for (int64_t b = 0; b < B; ++b) {

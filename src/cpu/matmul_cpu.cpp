@@ -1,5 +1,6 @@
 #include <cblas.h>
 
+#include "cpu/parallel.h"
 #include "flashgpt/ops/matmul.h"
 
 namespace flashgpt::ops {
@@ -29,7 +30,7 @@ void gemm<double>(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, d
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int64_t N, int64_t C, int64_t OC) {
   if (bias) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cpu::team_size(N * OC))
     for (int64_t i = 0; i < N; ++i) {
       T* row = out + i * OC;
       for (int64_t o = 0; o < OC; ++o) row[o] = bias[o];
@@ -45,7 +46,7 @@ void matmul_backward(T* dinp, T* dw, T* dbias, const T* dout, const T* inp, cons
   gemm<T>(true, false, OC, C, N, T(1), dout, OC, inp, C, T(1), dw, C);
   if (dbias) {
     // Columns split across threads; each thread sums its columns over all rows in a fixed order.
-#pragma omp parallel
+#pragma omp parallel num_threads(cpu::team_size(N * OC))
     {
 #pragma omp for schedule(static)
       for (int64_t o = 0; o < OC; o += 64) {

@@ -3,13 +3,14 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu/parallel.h"
 #include "flashgpt/ops/norm.h"
 
 namespace flashgpt::ops {
 
 template <typename T>
 void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const T* b, int64_t N, int64_t C, T eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cpu::team_size(N * C))
   for (int64_t i = 0; i < N; ++i) {
     const T* x = inp + i * C;
     T* y = out + i * C;
@@ -33,7 +34,7 @@ void layernorm_forward(T* out, T* mean, T* rstd, const T* inp, const T* w, const
 // thread order, so results are identical run to run for a fixed thread count.
 template <typename T, typename RowFn>
 static void norm_backward_rows(T* dw, T* db, int64_t N, int64_t C, RowFn row_fn) {
-#pragma omp parallel
+#pragma omp parallel num_threads(cpu::team_size(N * C))
   {
     std::vector<T> dw_local(static_cast<size_t>(C), T(0));
     std::vector<T> db_local(db ? static_cast<size_t>(C) : 0, T(0));
@@ -81,7 +82,7 @@ void layernorm_backward(T* dinp, T* dw, T* db, const T* dout, const T* inp, cons
 
 template <typename T>
 void rmsnorm_forward(T* out, T* rstd, const T* inp, const T* w, int64_t N, int64_t C, T eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(cpu::team_size(N * C))
   for (int64_t i = 0; i < N; ++i) {
     const T* x = inp + i * C;
     T* y = out + i * C;

@@ -1,5 +1,6 @@
 #include <cmath>
 
+#include "cpu/parallel.h"
 #include "flashgpt/ops/rope.h"
 
 namespace flashgpt::ops {
@@ -26,7 +27,7 @@ template <typename T>
 void rotate(T* x, const RopeTable<T>& table, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t head_stride,
             int64_t pos_offset, T sign) {
   const int64_t half = D / 2;
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(cpu::team_size(B * Tn * H * D))
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < Tn; ++t) {
       const T* c = table.cos.data() + (pos_offset + t) * half;
