@@ -397,16 +397,16 @@ void expect_ragged_decoding_tracks_the_cpu(const GPTConfig& c, Precision precisi
         p.gpu.decode(tokens.data(), B, st.Tn, logits, st.counts);
       },
       tol);
-  EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{11, 9, 10}));
-  EXPECT_THROW(p.gpu.decode_length(), Error);
+  EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{12, 12, 12}));
   std::vector<int> tokens(static_cast<size_t>(B * 2), 1);
-  std::vector<float> logits(static_cast<size_t>(B * Vp));
-  EXPECT_NE(testing::error_of([&] { p.gpu.decode(tokens.data(), B, 2, logits); })
-                .find("2 new tokens after the 11 cached exceed the cache's capacity of 12"),
+  std::vector<float> logits(static_cast<size_t>(B * Vp), NAN);
+  EXPECT_NE(testing::error_of([&] { p.gpu.decode(tokens.data(), B, 2, logits, std::vector<int32_t>{0, 1, 0}); })
+                .find("sequence 1 would hold 13 tokens (12 cached, 1 new), past the cache's capacity of 12"),
             std::string::npos);
-  const std::vector<int32_t> others{0, 2, 2};  // the full sequence sits out: the rest have room
-  p.gpu.decode(tokens.data(), B, 2, logits, others);
-  EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{11, 11, 12}));
+  // A step where no sequence reads leaves the cache alone and gives zero logits, as on the CPU.
+  p.gpu.decode(tokens.data(), B, 2, logits, std::vector<int32_t>{0, 0, 0});
+  EXPECT_EQ(p.gpu.decode_lengths(), (std::vector<int64_t>{12, 12, 12}));
+  EXPECT_EQ(std::count(logits.begin(), logits.end(), 0.0f), B * Vp);
 }
 
 TEST(CudaGpt, RaggedDecodingTracksEachSequencesFullForward) {
@@ -630,7 +630,7 @@ TEST(CudaGpt, BadDecodingIsAnErrorNamingIt) {
   tokens[3] = 4;
   gpu.decode(tokens.data(), 2, 2, logits);
   EXPECT_NE(error_of([&] { gpu.decode(tokens.data(), 2, 2, logits); })
-                .find("2 new tokens after the 2 cached exceed the cache's capacity of 3"),
+                .find("sequence 0 would hold 4 tokens (2 cached, 2 new), past the cache's capacity of 3"),
             std::string::npos);
   std::vector<float> small(3);
   EXPECT_NE(error_of([&] { gpu.decode(tokens.data(), 2, 1, small); }).find("room for 3 logits"), std::string::npos);

@@ -133,18 +133,21 @@ TEST_P(CachedDecode, RaggedBatchesEqualEachSequencesFullForward) {
   KVCache<float> cache = model.make_cache(3, 16);
   testing::expect_ragged_decoding_equals_full_forward(model, testing::ragged_schedule(),
                                                       testing::cached_step(model, cache), 1e-5);
-  EXPECT_EQ(cache.lengths, (std::vector<int64_t>{11, 9, 10}));
-  EXPECT_THROW(cache.length(), Error);
-  // A sequence that reads must have room for its whole row, padding included.
+  EXPECT_EQ(cache.lengths, (std::vector<int64_t>{12, 12, 12}));
+  // A sequence must have room for the tokens it reads; the padding of its row needs none.
   std::vector<int> tokens(3 * 9, 1);
   std::vector<float> logits(3 * model.config().padded_vocab_size());
-  const std::vector<int32_t> counts = {0, 1, 1};  // the second: 9 cached + 9 > 16
-  EXPECT_THROW(model.forward_cached(cache, tokens.data(), 3, 9, logits.data(), false, counts), Error);
+  const std::vector<int32_t> too_long = {5, 0, 0};  // the first: 12 cached + 5 > 16
+  EXPECT_THROW(model.forward_cached(cache, tokens.data(), 3, 9, logits.data(), false, too_long), Error);
   const std::vector<int32_t> too_many = {0, 10, 0};
   EXPECT_THROW(model.forward_cached(cache, tokens.data(), 3, 9, logits.data(), false, too_many), Error);
   const std::vector<int32_t> two = {1, 1};
   EXPECT_THROW(model.forward_cached(cache, tokens.data(), 3, 1, logits.data(), false, two), Error);
-  EXPECT_EQ(cache.lengths, (std::vector<int64_t>{11, 9, 10}));
+  EXPECT_EQ(cache.lengths, (std::vector<int64_t>{12, 12, 12}));
+  const std::vector<int32_t> counts = {0, 1, 4};  // 12 cached + 9 > 16, but they read 1 and 4
+  model.forward_cached(cache, tokens.data(), 3, 9, logits.data(), false, counts);
+  EXPECT_EQ(cache.lengths, (std::vector<int64_t>{12, 13, 16}));
+  EXPECT_THROW(cache.length(), Error);
 }
 
 // A ragged step asking for every position's logits: each read position's are its own full

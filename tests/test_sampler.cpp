@@ -380,13 +380,25 @@ class RecordingDecoder final : public ForwardingDecoder {
     if (inner_.lengths()[static_cast<size_t>(b)] > 0) ++reused_slots;
     inner_.restart(b);
   }
+  void start(int64_t B, int64_t capacity) override {
+    capacity_ = capacity;
+    inner_.start(B, capacity);
+  }
   void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) override {
     const bool prompt = std::any_of(counts.begin(), counts.end(), [](int32_t n) { return n > 1; });
     const bool running = std::any_of(counts.begin(), counts.end(), [](int32_t n) { return n == 1; });
     if (prompt && running) ++joins;
+    const std::vector<int64_t> lengths = inner_.lengths();
+    for (size_t b = 0; b < counts.size(); ++b) {
+      if (counts[b] == 1 && lengths[b] + Tn > capacity_) ++short_of_a_row;
+    }
     inner_.step(tokens, B, Tn, counts, logits);
   }
   int reused_slots = 0, joins = 0;
+  int short_of_a_row = 0;  // running samples that read with less room than the step's padded row
+
+ private:
+  int64_t capacity_ = 0;
 };
 
 // A decoder that gives candidates, as the GPU's does: the CPU's logits ranked by a plain sort.
@@ -524,6 +536,7 @@ TEST(Generate, ContinuousBatchingNearTheContextLimit) {
   for (int64_t k = 0; k < N; ++k) {
     EXPECT_EQ(alone[static_cast<size_t>(k)].stop_reason, k == 0 ? "max_new_tokens" : "context_limit") << "sample " << k;
   }
+  int short_of_a_row = 0;
   for (int64_t slots : {2, 3, 4}) {
     SCOPED_TRACE("slots " + std::to_string(slots));
     std::vector<Rng> rngs;
@@ -535,7 +548,11 @@ TEST(Generate, ContinuousBatchingNearTheContextLimit) {
       EXPECT_EQ(got[static_cast<size_t>(k)].stop_reason, alone[static_cast<size_t>(k)].stop_reason) << k;
     }
     EXPECT_GT(rec.joins, 0) << "no prompt joined running samples";
+    short_of_a_row += rec.short_of_a_row;
   }
+  // A running sample near the limit reads its token in the step a long prompt joins: only the
+  // tokens read need room in the cache.
+  EXPECT_GT(short_of_a_row, 0) << "no step had a running sample without room for the padded row";
 }
 
 }  // namespace

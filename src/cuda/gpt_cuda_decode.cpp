@@ -30,6 +30,7 @@ namespace {
 constexpr int64_t kLatentPage = 64;  // rows per page of the latent cache
 constexpr int64_t kMaxLatent = 512;  // the widest latent the decode kernels take
 constexpr int64_t kMaxFp32HeadDim = 256;  // the fp32 flash kernel's widest head
+constexpr int64_t kMaxLatentRows = 65535;  // the most sequences one latent decode call takes
 
 // A scratch buffer of at least `bytes`, grown (never shrunk) as calls need.
 void* at_least(DeviceBuffer& buf, size_t bytes) {
@@ -100,7 +101,7 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   FLASHGPT_CHECK(Tn > 0, "decode: the number of new tokens must be positive, got {}", Tn);
   FLASHGPT_CHECK(counts.empty() || static_cast<int64_t>(counts.size()) == B,
                  "decode: {} token counts given for {} sequences", counts.size(), B);
-  const int64_t N = B * Tn, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();
+  const int64_t C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();
   if (top_k > 0) {
     FLASHGPT_CHECK(top_k <= kMaxDeviceTopK && top_k <= V, "decode: {} candidates per sequence asked for; 1…{} can be",
                    top_k, std::min<int64_t>(kMaxDeviceTopK, V));
@@ -112,63 +113,103 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
                    logits.size(), B * Vp);
   }
   std::vector<int32_t> count(static_cast<size_t>(B), static_cast<int32_t>(Tn));
-  bool last_rows_apart = false;  // a reading sequence's last token is not at row Tn − 1
-  for (int64_t b = 0; b < B && !counts.empty(); ++b) {
-    const int32_t n = counts[static_cast<size_t>(b)];
-    FLASHGPT_CHECK(n >= 0 && n <= Tn, "decode: sequence {} reads {} tokens, outside 0…{}", b, n, Tn);
-    count[static_cast<size_t>(b)] = n;
-    last_rows_apart = last_rows_apart || (n > 0 && n != Tn);
+  bool ragged = false;  // some sequence reads fewer than Tn tokens
+  int64_t N = 0;        // the tokens read
+  for (int64_t b = 0; b < B; ++b) {
+    if (!counts.empty()) {
+      const int32_t n = counts[static_cast<size_t>(b)];
+      FLASHGPT_CHECK(n >= 0 && n <= Tn, "decode: sequence {} reads {} tokens, outside 0…{}", b, n, Tn);
+      count[static_cast<size_t>(b)] = n;
+      ragged = ragged || n != Tn;
+    }
+    N += count[static_cast<size_t>(b)];
   }
   FLASHGPT_CHECK(Tn <= dec_.capacity, "decode: {} new tokens exceed the cache's capacity of {}", Tn, dec_.capacity);
   bool equal = true;
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t len = dec_.lengths[static_cast<size_t>(b)];
+    const int64_t len = dec_.lengths[static_cast<size_t>(b)], n = count[static_cast<size_t>(b)];
     equal = equal && len == dec_.lengths[0];
-    FLASHGPT_CHECK(count[static_cast<size_t>(b)] == 0 || len + Tn <= dec_.capacity,
-                   "decode: {} new tokens after the {} cached exceed the cache's capacity of {}", Tn, len,
-                   dec_.capacity);
+    FLASHGPT_CHECK(len + n <= dec_.capacity,
+                   "decode: sequence {} would hold {} tokens ({} cached, {} new), past the cache's capacity of {}", b,
+                   len + n, len, n, dec_.capacity);
   }
-  for (int64_t i = 0; i < N; ++i) {
+  for (int64_t i = 0; i < B * Tn; ++i) {
     FLASHGPT_CHECK(tokens[i] >= 0 && tokens[i] < V, "token id {} at index {} is out of range for vocab_size {}",
                    tokens[i], i, V);
   }
-  // Sequences at one length run as one batch (those that read nothing along with them, their rows
-  // written past their length). At different lengths each reads its Tn tokens at its own position:
-  // per-sequence positions (embeddings, RoPE), cache rows (appends), causal offsets and key counts
-  // (attention). A sequence that reads nothing appends nothing; its queries sit on its last Tn
-  // cache rows (rows past its length are zeros or old padding, finite), so their unused outputs
-  // stay finite.
-  dec_.apart = !(equal && dec_.lengths[0] + Tn <= dec_.capacity);
-  std::vector<int32_t> keys(static_cast<size_t>(B));
-  if (dec_.apart) {
+  if (N == 0) {  // nothing read: every sequence's logits are zero, as on the CPU
+    std::fill(logits.begin(), logits.end(), 0.0f);
+    for (int64_t b = 0; b < B && top_k > 0; ++b) std::iota(ids.begin() + b * top_k, ids.begin() + (b + 1) * top_k, 0);
+    return;
+  }
+  // Sequences each reading their whole row at one length run as one batch [B, Tn]; at different
+  // lengths each reads at its own position: per-sequence positions (embeddings, RoPE), cache rows
+  // (appends), causal offsets and key counts (attention). A ragged step packs the tokens read into
+  // rows [N, 1], each at its own position (PackedStep): the layers see no padding, and only the
+  // tokens read are appended, so a sequence needs room for its own tokens alone.
+  dec_.packed = ragged;
+  dec_.apart = !ragged && !equal;
+  dec_.step_tn = Tn;
+  dec_.pos = 0;
+  std::vector<int32_t> keys(static_cast<size_t>(B));  // latent: the keys each sequence sees
+  std::vector<int> packed_tokens;
+  if (dec_.packed) {
+    const bool latent = is_latent(c.attention);
+    const int64_t pages = latent ? dec_.rows / kLatentPage : 0;
+    packed_ = PackedStep(N, B, pages);
+    std::vector<int32_t> ints(static_cast<size_t>(packed_.total));
+    const auto at = [&](int64_t offset, int64_t i) -> int32_t& { return ints[static_cast<size_t>(offset + i)]; };
+    packed_tokens.reserve(static_cast<size_t>(N));
+    dec_.max_keys = 1;
+    int64_t r = 0;
+    for (int64_t b = 0; b < B; ++b) {
+      const auto len = static_cast<int32_t>(dec_.lengths[static_cast<size_t>(b)]);
+      const int32_t n = count[static_cast<size_t>(b)];
+      for (int32_t i = 0; i < n; ++i, ++r) {
+        packed_tokens.push_back(tokens[b * Tn + i]);
+        at(packed_.row_pos, r) = len + i;
+        at(packed_.row_cache, r) = static_cast<int32_t>(b * dec_.rows) + len + i;
+        at(packed_.row_padded, r) = static_cast<int32_t>(b * Tn + Tn - n + i);
+        at(packed_.row_keys, r) = len + i + 1;
+        for (int64_t p = 0; p < pages; ++p) at(packed_.row_table + r * pages, p) = static_cast<int32_t>(b * pages + p);
+      }
+      at(packed_.q_offsets, b) = len + n - static_cast<int32_t>(Tn);
+      at(packed_.kv_lengths, b) = len + n;
+      at(packed_.last_row, b) = n > 0 ? static_cast<int32_t>(r - 1) : -1;
+      dec_.max_keys = std::max<int64_t>(dec_.max_keys, len + n);
+    }
+    at_least(dec_.step_ints, ints.size() * sizeof(int32_t));
+    dec_.step_ints.upload(ints.data(), ints.size() * sizeof(int32_t));
+  } else if (dec_.apart) {
     std::vector<int32_t> ints(static_cast<size_t>(3 * B));
     dec_.max_keys = 1;
     for (int64_t b = 0; b < B; ++b) {
       const auto len = static_cast<int32_t>(dec_.lengths[static_cast<size_t>(b)]);
-      const bool reads = count[static_cast<size_t>(b)] > 0;
-      const int32_t n_keys = reads ? len + static_cast<int32_t>(Tn) : std::max(len, static_cast<int32_t>(Tn));
-      keys[static_cast<size_t>(b)] = n_keys;
-      ints[static_cast<size_t>(b)] = n_keys - static_cast<int32_t>(Tn);  // position of token 0 = causal offset
-      ints[static_cast<size_t>(B + b)] = reads ? len : -1;
-      ints[static_cast<size_t>(2 * B + b)] = n_keys;
-      dec_.max_keys = std::max<int64_t>(dec_.max_keys, n_keys);
+      keys[static_cast<size_t>(b)] = len + static_cast<int32_t>(Tn);
+      ints[static_cast<size_t>(b)] = len;  // position of token 0 = causal offset
+      ints[static_cast<size_t>(B + b)] = len;
+      ints[static_cast<size_t>(2 * B + b)] = keys[static_cast<size_t>(b)];
+      dec_.max_keys = std::max<int64_t>(dec_.max_keys, keys[static_cast<size_t>(b)]);
     }
+    at_least(dec_.step_ints, ints.size() * sizeof(int32_t));
     dec_.step_ints.upload(ints.data(), ints.size() * sizeof(int32_t));
-    dec_.pos = 0;
   } else {
     dec_.pos = dec_.lengths[0];
     std::fill(keys.begin(), keys.end(), static_cast<int32_t>(dec_.pos + Tn));
   }
-  allocate(B, Tn);
+  // The layers' rows: [B, Tn], or packed [N, 1].
+  const int64_t lb = dec_.packed ? N : B, lt = dec_.packed ? 1 : Tn;
+  allocate(lb, lt);
   have_forward_ = have_logits_ = have_segments_ = false;
-  copy_to_device(tokens_, tokens, static_cast<size_t>(N) * sizeof(int));
+  copy_to_device(tokens_, dec_.packed ? packed_tokens.data() : tokens, static_cast<size_t>(N) * sizeof(int));
   if (is_latent(c.attention)) {
-    dec_.seq_lens.upload(keys.data(), keys.size() * sizeof(int32_t));
-    // Every layer's decode has these sizes: planned once a call.
+    if (!dec_.packed) dec_.seq_lens.upload(keys.data(), keys.size() * sizeof(int32_t));
+    // Every layer's decode has these sizes: planned once a call. Packed, every row is a sequence
+    // of one query with its own block table.
     PagedLatentDims& pd = dec_.latent_dims;
-    pd.B = B;
+    pd.B = std::min(lb, kMaxLatentRows);
     pd.H = c.n_head;
-    pd.Tq = Tn;
+    pd.Tq = lt;
     pd.n_latent = c.latent_dim();
     pd.rope_dim = c.mla_rope_dim();
     pd.page_size = kLatentPage;
@@ -183,23 +224,22 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     ~Decoding() { flag = false; }
   } decoding(decoding_);
 
-  embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), B, Tn, C, pos0(), seq_pos());
+  const int64_t rows = lb * lt;
+  embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), lb, lt, C, pos0(), seq_pos());
   for (int l = 0; l < c.n_layer; ++l) {
     block_forward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l) + 1]);
   }
-  norm_forward(lnf_, lnf_mean_, lnf_rstd_, resid_.back(), lnf_w_, lnf_b_, N, C);
-  // The classifier over each sequence's last new token only: rows Tn − 1, 2·Tn − 1, …, or after a
-  // right-padded prefill each sequence's own last row, gathered first (a sequence that read
-  // nothing has no meaningful row; one step of one token never gathers).
+  norm_forward(lnf_, lnf_mean_, lnf_rstd_, resid_.back(), lnf_w_, lnf_b_, rows, C);
+  // The classifier over each sequence's last new token only: rows Tn − 1, 2·Tn − 1, …, or packed
+  // each sequence's own last row, gathered first (a sequence that read nothing gets a zero row,
+  // so zero logits).
   const T* last = lnf_ + (Tn - 1) * C;
   int64_t ld = Tn * C;
-  if (last_rows_apart) {
-    std::vector<int32_t> row(static_cast<size_t>(B));
-    for (int64_t b = 0; b < B; ++b) row[static_cast<size_t>(b)] = std::max<int32_t>(count[static_cast<size_t>(b)], 1) - 1;
-    int32_t* d_row = dec_.step_ints.template as<int32_t>() + 3 * B;
-    copy_to_device(d_row, row.data(), row.size() * sizeof(int32_t));
-    copy_rows(branch_, C, 0, lnf_, Tn * C, C, B, 1, C, nullptr, d_row);
-    last = branch_;
+  if (dec_.packed) {
+    T* gathered = static_cast<T*>(at_least(dec_.last, static_cast<size_t>(B * C) * sizeof(T)));
+    dec_.last.fill_bytes(0);
+    copy_rows(gathered, C, 0, lnf_, 0, C, B, 1, C, nullptr, step_int(packed_.last_row));
+    last = gathered;
     ld = C;
   }
   T* out = static_cast<T*>(at_least(dec_.logits, static_cast<size_t>(B * Vp) * sizeof(T)));
@@ -242,26 +282,47 @@ void Model<T>::cached_attention(const AttentionDims& d, const AttentionMask& m, 
 template <typename T>
 void Model<T>::mha_decode_attention(LayerActs& a) {
   const GPTConfig& c = config;
-  const int64_t kvd = c.kv_dim(), hd = c.head_dim(), rows = dec_.rows, pos0 = dec_.pos;
-  const int64_t layer = layer_of(a) * B_ * rows * kvd;
+  const int64_t kvd = c.kv_dim(), hd = c.head_dim(), rows = dec_.rows, pos0 = dec_.pos, B = dec_.B;
+  const int64_t layer = layer_of(a) * B * rows * kvd;
   T* k = dec_.k.template as<T>() + layer;
   T* v = dec_.v.template as<T>() + layer;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  if (dec_.apart) {  // Tn new tokens each, appended at its sequence's own row, seeing its own keys
-    const int32_t* ints = dec_.step_ints.template as<int32_t>();
-    copy_rows(k, rows * kvd, kvd, a.ka, Tn_ * kvd, kvd, B_, Tn_, kvd, ints + B_);
-    copy_rows(v, rows * kvd, kvd, a.v, Tn_ * kvd, kvd, B_, Tn_, kvd, ints + B_);
-    const AttentionDims d{B_, c.n_head, c.kv_heads(), Tn_, dec_.max_keys, hd, hd, rows};
+  if (dec_.packed) {
+    // Each row's key and value to its own cache row; then the queries, spread out to [B, Tn] with
+    // each sequence's rows last (the rest zeros), attend over their sequence's keys, and come back.
+    const int64_t N = packed_.n, Tn = dec_.step_tn, qw = c.n_head * hd;
+    const int32_t* to_cache = step_int(packed_.row_cache);
+    const int32_t* padded = step_int(packed_.row_padded);
+    copy_rows(k, 0, kvd, a.ka, kvd, 0, N, 1, kvd, to_cache);
+    copy_rows(v, 0, kvd, a.v, kvd, 0, N, 1, kvd, to_cache);
+    T* q = static_cast<T*>(at_least(dec_.q_pad, static_cast<size_t>(B * Tn * qw) * sizeof(T)));
+    T* o = static_cast<T*>(at_least(dec_.o_pad, static_cast<size_t>(B * Tn * qw) * sizeof(T)));
+    auto* lse = static_cast<float*>(at_least(dec_.lse_pad, static_cast<size_t>(B * c.n_head * Tn) * sizeof(float)));
+    dec_.q_pad.fill_bytes(0);
+    copy_rows(q, 0, qw, a.qa, qw, 0, N, 1, qw, padded);
+    const AttentionDims d{B, c.n_head, c.kv_heads(), Tn, dec_.max_keys, hd, hd, rows};
     AttentionMask m{true, 0};
-    m.q_offsets = {ints, static_cast<size_t>(B_)};
-    m.kv_lengths = {ints + 2 * B_, static_cast<size_t>(B_)};
+    m.q_offsets = {step_int(packed_.q_offsets), static_cast<size_t>(B)};
+    m.kv_lengths = {step_int(packed_.kv_lengths), static_cast<size_t>(B)};
+    cached_attention(d, m, scale, q, k, v, o, lse);
+    copy_rows(a.att, qw, 0, o, 0, qw, N, 1, qw, nullptr, padded);
+    return;
+  }
+  if (dec_.apart) {  // Tn new tokens each, appended at its sequence's own row, seeing its own keys
+    const int32_t* ints = step_int(0);
+    copy_rows(k, rows * kvd, kvd, a.ka, Tn_ * kvd, kvd, B, Tn_, kvd, ints + B);
+    copy_rows(v, rows * kvd, kvd, a.v, Tn_ * kvd, kvd, B, Tn_, kvd, ints + B);
+    const AttentionDims d{B, c.n_head, c.kv_heads(), Tn_, dec_.max_keys, hd, hd, rows};
+    AttentionMask m{true, 0};
+    m.q_offsets = {ints, static_cast<size_t>(B)};
+    m.kv_lengths = {ints + 2 * B, static_cast<size_t>(B)};
     cached_attention(d, m, scale, a.qa, k, v, a.att, a.lse);
     return;
   }
   // Each sequence's new keys (and values) are Tn·kv_dim consecutive values on both sides.
-  copy_rows(k + pos0 * kvd, rows * kvd, 0, a.ka, Tn_ * kvd, 0, B_, 1, Tn_ * kvd);
-  copy_rows(v + pos0 * kvd, rows * kvd, 0, a.v, Tn_ * kvd, 0, B_, 1, Tn_ * kvd);
-  const AttentionDims d{B_, c.n_head, c.kv_heads(), Tn_, pos0 + Tn_, hd, hd, rows};
+  copy_rows(k + pos0 * kvd, rows * kvd, 0, a.ka, Tn_ * kvd, 0, B, 1, Tn_ * kvd);
+  copy_rows(v + pos0 * kvd, rows * kvd, 0, a.v, Tn_ * kvd, 0, B, 1, Tn_ * kvd);
+  const AttentionDims d{B, c.n_head, c.kv_heads(), Tn_, pos0 + Tn_, hd, hd, rows};
   const AttentionMask m{true, pos0};
   cached_attention(d, m, scale, a.qa, k, v, a.att, a.lse);
 }
@@ -272,10 +333,15 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
   const int64_t N = B_ * Tn_, H = c.n_head, hd = c.head_dim();
   const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), row = nl + dr;
   const int64_t rows = dec_.rows, pos0 = dec_.pos;
-  T* cache = dec_.latent.template as<T>() + layer_of(a) * B_ * rows * row;
-  // This step's rows [c_kv, k_rope] at positions pos0 … of each sequence, or apart each at its own.
-  if (dec_.apart) {
-    const int32_t* at = dec_.step_ints.template as<int32_t>() + B_;
+  T* cache = dec_.latent.template as<T>() + layer_of(a) * dec_.B * rows * row;
+  // This step's rows [c_kv, k_rope] at positions pos0 … of each sequence, or apart each at its
+  // own, or packed each row at its own.
+  if (dec_.packed) {
+    const int32_t* to_cache = step_int(packed_.row_cache);
+    copy_rows(cache, 0, row, a.ckv, nl, 0, N, 1, nl, to_cache);
+    if (dr > 0) copy_rows(cache + nl, 0, row, a.kr, dr, 0, N, 1, dr, to_cache);
+  } else if (dec_.apart) {
+    const int32_t* at = step_int(B_);
     copy_rows(cache, rows * row, row, a.ckv, Tn_ * nl, nl, B_, Tn_, nl, at);
     if (dr > 0) copy_rows(cache + nl, rows * row, row, a.kr, Tn_ * dr, dr, B_, Tn_, dr, at);
   } else {
@@ -287,11 +353,22 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
   gemm_batched<T, T>(false, false, N, nl, hd, 1.0f, a.qa, H * dqk, dqk, W(o.k_up_w), nl, hd * nl, 0.0f, q_abs, H * row,
                      row, H);
   if (dr > 0) copy_rows(q_abs + nl, 0, row, a.qa + hd, 0, dqk, 1, N * H, dr);
-  // MQA over the cache (as decode planned it): out [N, H, n_latent] in latent space.
+  // MQA over the cache (as decode planned it): out [N, H, n_latent] in latent space. Packed, each
+  // row is a sequence of one query, with its own key count and its sequence's block table.
   T* o_lat = static_cast<T*>(at_least(dec_.o_lat, static_cast<size_t>(N * H * nl) * sizeof(T)));
-  latent_decode_paged<T>(dec_.latent_dims, 1.0f / std::sqrt(static_cast<float>(dqk)), q_abs, cache,
-                         dec_.block_table.template as<int32_t>(), dec_.seq_lens.template as<int32_t>(), o_lat, a.lse,
-                         dec_.latent_opt);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dqk));
+  if (dec_.packed) {  // at most kMaxLatentRows rows a call (a launch's grid limit), as planned
+    const int64_t pages = dec_.rows / kLatentPage;
+    for (int64_t r0 = 0; r0 < N; r0 += kMaxLatentRows) {
+      PagedLatentDims pd = dec_.latent_dims;
+      pd.B = std::min(kMaxLatentRows, N - r0);
+      latent_decode_paged<T>(pd, scale, q_abs + r0 * H * row, cache, step_int(packed_.row_table + r0 * pages),
+                             step_int(packed_.row_keys + r0), o_lat + r0 * H * nl, a.lse + r0 * H, dec_.latent_opt);
+    }
+  } else {
+    latent_decode_paged<T>(dec_.latent_dims, scale, q_abs, cache, dec_.block_table.template as<int32_t>(),
+                           dec_.seq_lens.template as<int32_t>(), o_lat, a.lse, dec_.latent_opt);
+  }
   // Back to each head's values: att_h = o_lat,h · W_v_up,hᵀ, again one batch of H products.
   gemm_batched<T, T>(false, true, N, hd, nl, 1.0f, o_lat, H * nl, nl, v_up, nl, hd * nl, 0.0f, a.att, H * hd, hd, H);
 }

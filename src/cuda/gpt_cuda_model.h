@@ -213,9 +213,11 @@ class Model final : public GPTCuda::Impl {
   int64_t layer_of(const LayerActs& a) const { return &a - acts_.data(); }
   // Where this forward's tokens sit in their sequences: after the cached ones while decoding.
   // Decoding: the position of this call's first new token, shared by the batch (pos0), or each
-  // sequence's own (seq_pos, device int32 [B]; null when shared).
+  // sequence's own (seq_pos, device int32 [B]; null when shared), or in a packed step each row's.
   int64_t pos0() const { return decoding_ ? dec_.pos : 0; }
-  const int32_t* seq_pos() const { return decoding_ && dec_.apart ? dec_.step_ints.template as<int32_t>() : nullptr; }
+  const int32_t* seq_pos() const {
+    return decoding_ && (dec_.apart || dec_.packed) ? dec_.step_ints.template as<int32_t>() : nullptr;
+  }
 
   DeviceBuffer copy_;  // bf16 weights (BF16 only)
   std::vector<LayerOffsets> layers_;
@@ -253,22 +255,45 @@ class Model final : public GPTCuda::Impl {
     int64_t B = 0, capacity = 0;
     std::vector<int64_t> lengths;  // tokens cached per sequence
     int64_t rows = 0;  // cache rows per sequence: capacity, in whole pages for latent attention
-    // This call: the sequences at one position `pos`, or apart (different lengths, Tn new tokens
-    // each), when step_ints holds int32 [4, B] whose first three rows are each sequence's position (that of its first new
-    // token, also its causal offset), the cache row it appends at (−1: it reads nothing), and the
-    // keys it sees; max_keys is the largest of those. Its fourth row, after a prefill of different
-    // lengths, holds the row of each sequence's last new token, gathered for the classifier.
-    bool apart = false;
-    int64_t pos = 0, max_keys = 0;
+    // This call: the sequences at one position `pos`, each reading its whole row of Tn tokens;
+    // or apart (different lengths, Tn new tokens each), when step_ints holds int32 [3, B]: each
+    // sequence's position (that of its first new token, also its causal offset), the cache row it
+    // appends at, and the keys it sees; max_keys is the largest of those. Or packed (a ragged
+    // step: some sequence reads fewer than Tn tokens): only the N tokens read run through the
+    // layers, as rows [N, 1], and step_ints holds the int32 arrays PackedStep names.
+    bool apart = false, packed = false;
+    int64_t pos = 0, max_keys = 0, step_tn = 0;
     DeviceBuffer step_ints;
     DeviceBuffer k, v;                   // multi-head: [L, B, rows, kv_dim]
     DeviceBuffer latent;                 // latent: [L, B, rows, n_latent + rope_dim]
     DeviceBuffer block_table, seq_lens;  // latent: int32 [B, rows / page], [B]
     DeviceBuffer q_abs, o_lat, scratch, logits, wide_logits, top_ids, top_logits;
+    DeviceBuffer q_pad, o_pad, lse_pad, last;  // a packed step's padded attention, its last rows
     PagedLatentDims latent_dims;        // latent: this call's decode, the same for every layer
     LatentDecodeOptions latent_opt;     // its planned splits and workspace
   };
   DecodeCache dec_;
+  // Where a packed step's arrays sit in dec_.step_ints (N rows read, B sequences, P pages each):
+  //   row_pos    [N]  each row's position (the embeddings' and RoPE's seq_pos, rows as sequences)
+  //   row_cache  [N]  the cache row it appends at: b·rows + position
+  //   row_padded [N]  multi-head: its row in the attention's [B, Tn] layout, each sequence's rows
+  //                   right-aligned — b·Tn + Tn − count_b + i — so its last row is its last token
+  //   q_offsets  [B]  multi-head: the causal offset of that layout, lengths_b + count_b − Tn
+  //                   (negative when the padding before a short sequence's rows sees no key)
+  //   kv_lengths [B]  multi-head: the keys each sequence has after this step, lengths_b + count_b
+  //   last_row   [B]  the row of each sequence's last token (−1 when it reads none: zero logits)
+  //   row_keys   [N]  latent: the keys each row sees, position + 1 (rows decode as sequences of 1)
+  //   row_table  [N, P] latent: each row's block table, its sequence's
+  struct PackedStep {
+    int64_t n = 0, row_pos = 0, row_cache = 0, row_padded = 0, q_offsets = 0, kv_lengths = 0, last_row = 0,
+            row_keys = 0, row_table = 0, total = 0;
+    PackedStep() = default;
+    PackedStep(int64_t N, int64_t B, int64_t pages)
+        : n(N), row_pos(0), row_cache(N), row_padded(2 * N), q_offsets(3 * N), kv_lengths(3 * N + B),
+          last_row(3 * N + 2 * B), row_keys(3 * N + 3 * B), row_table(4 * N + 3 * B), total(4 * N + 3 * B + N * pages) {}
+  };
+  PackedStep packed_;
+  const int32_t* step_int(int64_t offset) const { return dec_.step_ints.template as<int32_t>() + offset; }
   bool decoding_ = false;  // the blocks' attention reads and extends dec_
 };
 

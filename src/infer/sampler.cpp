@@ -185,8 +185,8 @@ std::vector<SampleResult> generate_continuous(Decoder& model, std::span<const st
   std::vector<int> tokens;
   int64_t next_request = 0;
   for (;;) {
-    // Free slots take the next waiting prompts; a step reads every new prompt whole (its row padded
-    // with its last token) and one token of every running sample that has room for the padded row.
+    // Free slots take the next waiting prompts; a step reads every new prompt whole and one token of
+    // every running sample (rows padded with their last token to the longest: a ragged step).
     int64_t Tn = 1;
     bool any = false;
     for (int64_t s = 0; s < S; ++s) {
@@ -213,11 +213,9 @@ std::vector<SampleResult> generate_continuous(Decoder& model, std::span<const st
         const std::vector<int>& prompt = prompts[static_cast<size_t>(k)];
         std::fill(std::copy(prompt.begin(), prompt.end(), row), row + Tn, prompt.back());
         n = static_cast<int32_t>(prompt.size());
-      } else if (length[static_cast<size_t>(s)] + Tn <= capacity) {
+      } else {
         std::fill(row, row + Tn, pending[static_cast<size_t>(s)]);
         n = 1;
-      } else {  // a reading row needs room for all Tn: sit out the prompts' step, read it at the next
-        n = 0;
       }
       length[static_cast<size_t>(s)] += n;
     }

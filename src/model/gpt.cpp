@@ -525,9 +525,9 @@ void GPT<T>::forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int
     step_counts_[static_cast<size_t>(b)] = n;
   }
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t len = cache.lengths[static_cast<size_t>(b)];
-    FLASHGPT_CHECK(step_counts_[static_cast<size_t>(b)] == 0 || len + Tn <= cache.capacity,
-                   "sequence length {} exceeds the KV cache capacity {} (the model's block_size is {})", len + Tn,
+    const int64_t len = cache.lengths[static_cast<size_t>(b)] + step_counts_[static_cast<size_t>(b)];
+    FLASHGPT_CHECK(len <= cache.capacity,
+                   "sequence length {} exceeds the KV cache capacity {} (the model's block_size is {})", len,
                    cache.capacity, c.block_size);
   }
   const int64_t C = c.n_embd, Vp = c.padded_vocab_size();

@@ -26,9 +26,12 @@ struct RaggedStep {
 // Three sequences: a right-padded prefill of 5, 2 and 4 tokens, steps of one token (in the second
 // the middle sequence sits out), a step of up to three tokens while the lengths differ, one where
 // the middle sequence reads four (as a new prompt joining the others would) while the first sits
-// out, and one more token each. The lengths end at 11, 9 and 10; 12 rows of cache suffice.
+// out, one more token each, and a last step of up to three where the first, 11 tokens long,
+// reads one. The lengths end at 12 each: 12 rows of cache suffice, though the first's padded row
+// of the last step would not fit.
 inline std::vector<RaggedStep> ragged_schedule() {
-  return {{5, {5, 2, 4}}, {1, {1, 1, 1}}, {1, {1, 0, 1}}, {3, {3, 1, 2}}, {4, {0, 4, 1}}, {1, {1, 1, 1}}};
+  return {{5, {5, 2, 4}}, {1, {1, 1, 1}}, {1, {1, 0, 1}}, {3, {3, 1, 2}},
+          {4, {0, 4, 1}}, {1, {1, 1, 1}}, {3, {1, 3, 2}}};
 }
 
 // The reference's own cache, as a step.

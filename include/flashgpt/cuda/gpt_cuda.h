@@ -108,7 +108,8 @@ class GPTCuda {
   // sequence's last new token. `counts` makes the batch ragged, as GPT<T>::forward_cached's: sequence
   // b reads the first counts[b] tokens of its row (the rest is padding; 0 leaves it alone), at its
   // own position whatever the others hold: a right-padded prefill, or new prompts joining
-  // sequences already decoding. Multi-head attention caches keys and values [L, B, capacity, kv_dim]
+  // sequences already decoding. Such a ragged step runs only the tokens read through the layers,
+  // and a sequence needs room in the cache for those alone (lengths + counts ≤ capacity). Multi-head attention caches keys and values [L, B, capacity, kv_dim]
   // and attends with the flash kernels (the standard kernel for bf16 head dims they lack); latent
   // attention caches only the rows [c_kv, k_rope] [L, B, capacity, n_latent + rope_dim] in pages
   // of 64 and attends with weight absorption straight over them (latent_decode_paged). Decoding

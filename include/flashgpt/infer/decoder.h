@@ -28,7 +28,8 @@ class Decoder {
   virtual void step(const int* tokens, int64_t B, int64_t Tn, float* logits) = 0;
   // The same, ragged: sequence b reads only the first counts[b] ≤ Tn tokens of its row (the rest
   // is padding) and its logits are those of its last one; a sequence with count 0 is left alone.
-  // Sequences may hold different lengths: each reads at its own position.
+  // Sequences may hold different lengths: each reads at its own position, and needs room in the
+  // cache for the tokens it reads (not for the padding).
   virtual void step(const int* tokens, int64_t B, int64_t Tn, std::span<const int32_t> counts, float* logits) = 0;
   // The most candidates step_top gives per sequence; 0 (the default): it gives none, and the
   // sampler reads whole logits.

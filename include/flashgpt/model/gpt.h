@@ -126,8 +126,8 @@ class GPT {
   // sequence b reads only the first counts[b] ≤ Tn tokens of its row — the rest is padding, which
   // the step leaves out (only the tokens read go through the layers) — and its logits are those of
   // token counts[b] − 1; a sequence with count 0 is left alone (its logits row is zero, or with
-  // all_positions every padded position's). Every sequence that reads must have room for its whole
-  // row: lengths[b] + Tn ≤ capacity, as on the GPU.
+  // all_positions every padded position's). Every sequence must have room for the tokens it reads:
+  // lengths[b] + counts[b] ≤ capacity, as on the GPU.
   KVCache<T> make_cache(int64_t B, int64_t capacity) const;
   void forward_cached(KVCache<T>& cache, const int* tokens, int64_t B, int64_t Tn, T* logits_out,
                       bool all_positions = false, std::span<const int32_t> counts = {});
