@@ -72,7 +72,9 @@ int reference_sample(const std::vector<float>& logits, int vocab, const SampleOp
 
 // At GPT-2's vocabulary, with logits spread like a trained model's and many ties, every rule draws
 // what the plain computation draws from the same stream (the nucleus found without ranking every
-// token: it ranks the best 64, then more only when they fall short).
+// token: only those in the highest bins of weight that hold enough mass are ranked). Temperatures
+// from 0.05 (the logits' spread far past the bins: most tokens share the last) to 50 (a few bins
+// hold every token).
 TEST(SampleToken, EqualsAPlainSortAtFullVocabulary) {
   const int V = 50257;
   Rng data(4);
@@ -83,7 +85,8 @@ TEST(SampleToken, EqualsAPlainSortAtFullVocabulary) {
     int top_k;
   };
   for (const Rule& r : {Rule{1.0f, 1.0f, 0}, Rule{0.8f, 0.9f, 0}, Rule{1.0f, 0.5f, 0}, Rule{1.0f, 0.999f, 0},
-                        Rule{2.0f, 0.95f, 0}, Rule{1.0f, 1.0f, 40}, Rule{0.7f, 0.8f, 40}, Rule{50.0f, 1.0f, 40}}) {
+                        Rule{2.0f, 0.95f, 0}, Rule{0.05f, 0.9f, 0}, Rule{50.0f, 0.999f, 0}, Rule{1.0f, 1.0f, 40},
+                        Rule{0.7f, 0.8f, 40}, Rule{50.0f, 1.0f, 40}}) {
     SampleOptions o;
     o.temperature = r.temperature;
     o.top_p = r.top_p;

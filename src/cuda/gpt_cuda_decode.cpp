@@ -160,7 +160,6 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     std::vector<int32_t> ints(static_cast<size_t>(packed_.total));
     const auto at = [&](int64_t offset, int64_t i) -> int32_t& { return ints[static_cast<size_t>(offset + i)]; };
     packed_tokens.reserve(static_cast<size_t>(N));
-    dec_.max_keys = 1;
     int64_t r = 0;
     for (int64_t b = 0; b < B; ++b) {
       const auto len = static_cast<int32_t>(dec_.lengths[static_cast<size_t>(b)]);
@@ -169,14 +168,17 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
         packed_tokens.push_back(tokens[b * Tn + i]);
         at(packed_.row_pos, r) = len + i;
         at(packed_.row_cache, r) = static_cast<int32_t>(b * dec_.rows) + len + i;
-        at(packed_.row_padded, r) = static_cast<int32_t>(b * Tn + Tn - n + i);
+        at(packed_.row_padded, r) = static_cast<int32_t>(n == 1 ? B * Tn + b : b * Tn + Tn - n + i);
         at(packed_.row_keys, r) = len + i + 1;
         for (int64_t p = 0; p < pages; ++p) at(packed_.row_table + r * pages, p) = static_cast<int32_t>(b * pages + p);
       }
       at(packed_.q_offsets, b) = len + n - static_cast<int32_t>(Tn);
-      at(packed_.kv_lengths, b) = len + n;
+      at(packed_.kv_lengths, b) = n > 1 ? len + n : 0;
+      at(packed_.q_offsets1, b) = len;
+      at(packed_.kv_lengths1, b) = n == 1 ? len + 1 : 0;
       at(packed_.last_row, b) = n > 0 ? static_cast<int32_t>(r - 1) : -1;
-      dec_.max_keys = std::max<int64_t>(dec_.max_keys, len + n);
+      packed_.max_keys = std::max<int64_t>(packed_.max_keys, at(packed_.kv_lengths, b));
+      packed_.max_keys1 = std::max<int64_t>(packed_.max_keys1, at(packed_.kv_lengths1, b));
     }
     at_least(dec_.step_ints, ints.size() * sizeof(int32_t));
     dec_.step_ints.upload(ints.data(), ints.size() * sizeof(int32_t));
@@ -288,23 +290,31 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
   T* v = dec_.v.template as<T>() + layer;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   if (dec_.packed) {
-    // Each row's key and value to its own cache row; then the queries, spread out to [B, Tn] with
-    // each sequence's rows last (the rest zeros), attend over their sequence's keys, and come back.
-    const int64_t N = packed_.n, Tn = dec_.step_tn, qw = c.n_head * hd;
+    // Each row's key and value to its own cache row. Then the queries are spread out to two
+    // layouts (the rest zeros): the sequences reading several tokens as [B, Tn], each one's rows
+    // last, and those reading one as [B, 1]; a sequence outside a layout sees no key there, so the
+    // flash kernels skip its rows. Each attends over its sequence's keys; the rows read come back.
+    const int64_t N = packed_.n, Tn = dec_.step_tn, Hq = c.n_head, qw = Hq * hd;
     const int32_t* to_cache = step_int(packed_.row_cache);
     const int32_t* padded = step_int(packed_.row_padded);
     copy_rows(k, 0, kvd, a.ka, kvd, 0, N, 1, kvd, to_cache);
     copy_rows(v, 0, kvd, a.v, kvd, 0, N, 1, kvd, to_cache);
-    T* q = static_cast<T*>(at_least(dec_.q_pad, static_cast<size_t>(B * Tn * qw) * sizeof(T)));
-    T* o = static_cast<T*>(at_least(dec_.o_pad, static_cast<size_t>(B * Tn * qw) * sizeof(T)));
-    auto* lse = static_cast<float*>(at_least(dec_.lse_pad, static_cast<size_t>(B * c.n_head * Tn) * sizeof(float)));
+    const int64_t pad_rows = B * (Tn + 1);
+    T* q = static_cast<T*>(at_least(dec_.q_pad, static_cast<size_t>(pad_rows * qw) * sizeof(T)));
+    T* o = static_cast<T*>(at_least(dec_.o_pad, static_cast<size_t>(pad_rows * qw) * sizeof(T)));
+    auto* lse = static_cast<float*>(at_least(dec_.lse_pad, static_cast<size_t>(pad_rows * Hq) * sizeof(float)));
     dec_.q_pad.fill_bytes(0);
     copy_rows(q, 0, qw, a.qa, qw, 0, N, 1, qw, padded);
-    const AttentionDims d{B, c.n_head, c.kv_heads(), Tn, dec_.max_keys, hd, hd, rows};
-    AttentionMask m{true, 0};
-    m.q_offsets = {step_int(packed_.q_offsets), static_cast<size_t>(B)};
-    m.kv_lengths = {step_int(packed_.kv_lengths), static_cast<size_t>(B)};
-    cached_attention(d, m, scale, q, k, v, o, lse);
+    const auto attend = [&](int64_t Tq, int64_t max_keys, int64_t offsets, int64_t lengths, int64_t first) {
+      if (max_keys == 0) return;  // no sequence in this layout
+      const AttentionDims d{B, Hq, c.kv_heads(), Tq, max_keys, hd, hd, rows};
+      AttentionMask m{true, 0};
+      m.q_offsets = {step_int(offsets), static_cast<size_t>(B)};
+      m.kv_lengths = {step_int(lengths), static_cast<size_t>(B)};
+      cached_attention(d, m, scale, q + first * qw, k, v, o + first * qw, lse + first * Hq);
+    };
+    attend(Tn, packed_.max_keys, packed_.q_offsets, packed_.kv_lengths, 0);
+    attend(1, packed_.max_keys1, packed_.q_offsets1, packed_.kv_lengths1, B * Tn);
     copy_rows(a.att, qw, 0, o, 0, qw, N, 1, qw, nullptr, padded);
     return;
   }

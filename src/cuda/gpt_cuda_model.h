@@ -79,7 +79,9 @@ struct LayerOffsets {
 // Block l's tensors, by their names in the parameter table (model/params.cpp).
 LayerOffsets layer_offsets(const GPTCuda::Impl& m, int l);
 
-// An arena of device memory for values of one type, handed out in order.
+// An arena of device memory for values of one type, handed out in order. It only grows: decoding
+// changes shape at every ragged step (packed rows, then one row per sequence again), and a
+// reallocation each time would free (synchronising the device) and allocate twice per step.
 template <typename E>
 class Arena {
  public:
@@ -87,7 +89,7 @@ class Arena {
   void commit() {
     int64_t total = 0;
     for (const auto& [slot, n] : plan_) total += round_up(n);
-    if (static_cast<int64_t>(buf_.bytes() / sizeof(E)) != total) buf_ = DeviceBuffer(static_cast<size_t>(total) * sizeof(E));
+    if (static_cast<int64_t>(buf_.bytes() / sizeof(E)) < total) buf_ = DeviceBuffer(static_cast<size_t>(total) * sizeof(E));
     E* cursor = buf_.as<E>();
     for (const auto& [slot, n] : plan_) {
       *slot = n > 0 ? cursor : nullptr;
@@ -276,21 +278,27 @@ class Model final : public GPTCuda::Impl {
   // Where a packed step's arrays sit in dec_.step_ints (N rows read, B sequences, P pages each):
   //   row_pos    [N]  each row's position (the embeddings' and RoPE's seq_pos, rows as sequences)
   //   row_cache  [N]  the cache row it appends at: b·rows + position
-  //   row_padded [N]  multi-head: its row in the attention's [B, Tn] layout, each sequence's rows
-  //                   right-aligned — b·Tn + Tn − count_b + i — so its last row is its last token
-  //   q_offsets  [B]  multi-head: the causal offset of that layout, lengths_b + count_b − Tn
-  //                   (negative when the padding before a short sequence's rows sees no key)
-  //   kv_lengths [B]  multi-head: the keys each sequence has after this step, lengths_b + count_b
+  //   row_padded [N]  multi-head: its row in the attention's two query layouts, one after the
+  //                   other: [B, Tn] for the sequences reading several tokens, each sequence's
+  //                   rows right-aligned (b·Tn + Tn − count_b + i), then [B, 1] for those reading
+  //                   one (B·Tn + b)
+  //   q_offsets  [B]  multi-head, the [B, Tn] layout: causal offsets lengths_b + count_b − Tn
+  //   kv_lengths [B]  multi-head, the [B, Tn] layout: lengths_b + count_b for a sequence reading
+  //                   several tokens, else 0 (its rows see no key, and the flash kernels skip them)
+  //   q_offsets1, kv_lengths1 [B]  the same for the [B, 1] layout: lengths_b, and lengths_b + 1
+  //                   for a sequence reading one token, else 0
   //   last_row   [B]  the row of each sequence's last token (−1 when it reads none: zero logits)
   //   row_keys   [N]  latent: the keys each row sees, position + 1 (rows decode as sequences of 1)
   //   row_table  [N, P] latent: each row's block table, its sequence's
   struct PackedStep {
-    int64_t n = 0, row_pos = 0, row_cache = 0, row_padded = 0, q_offsets = 0, kv_lengths = 0, last_row = 0,
-            row_keys = 0, row_table = 0, total = 0;
+    int64_t n = 0, row_pos = 0, row_cache = 0, row_padded = 0, q_offsets = 0, kv_lengths = 0, q_offsets1 = 0,
+            kv_lengths1 = 0, last_row = 0, row_keys = 0, row_table = 0, total = 0;
+    int64_t max_keys = 0, max_keys1 = 0;  // the largest kv_lengths, kv_lengths1 (0: no such sequence)
     PackedStep() = default;
     PackedStep(int64_t N, int64_t B, int64_t pages)
         : n(N), row_pos(0), row_cache(N), row_padded(2 * N), q_offsets(3 * N), kv_lengths(3 * N + B),
-          last_row(3 * N + 2 * B), row_keys(3 * N + 3 * B), row_table(4 * N + 3 * B), total(4 * N + 3 * B + N * pages) {}
+          q_offsets1(3 * N + 2 * B), kv_lengths1(3 * N + 3 * B), last_row(3 * N + 4 * B), row_keys(3 * N + 5 * B),
+          row_table(4 * N + 5 * B), total(4 * N + 5 * B + N * pages) {}
   };
   PackedStep packed_;
   const int32_t* step_int(int64_t offset) const { return dec_.step_ints.template as<int32_t>() + offset; }

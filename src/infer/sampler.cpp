@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <numeric>
 
 #include "cpu/vec_math.h"
@@ -62,7 +63,7 @@ int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& 
   // Ranked candidates: higher logit first, the lower id first among equals (a strict order, so the
   // best n are the same tokens in the same order however they are found). Only a prefix is ever
   // ranked: the top_k (then drawn from as sample_ranked draws from a decoder's candidates), or for
-  // the nucleus the best 64, then 8× more while they hold too little.
+  // the nucleus the tokens of the highest bins of weight that hold enough mass.
   const auto before = [logits](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   std::vector<int32_t> ids;
   if (top_k) {
@@ -93,41 +94,47 @@ int sample_token(const float* logits, int vocab, const SampleOptions& opt, Rng& 
     for (size_t j = 0; j < ids.size(); ++j) ranked[j] = logits[ids[j]];
     return sample_ranked(ids.data(), ranked.data(), opt.top_k, opt, rng);
   }
-  ids.resize(static_cast<size_t>(vocab));
-  std::iota(ids.begin(), ids.end(), 0);
-  const size_t candidates = ids.size();
-  size_t ranked = std::min<size_t>(64, candidates);
-  // Puts the best of [first, end) in rank order at [first, mid): a heap for a short prefix, a
-  // selection and a sort for a long one.
-  const auto rank = [&](std::vector<int32_t>::iterator first, std::vector<int32_t>::iterator mid) {
-    if ((mid - first) * 16 < ids.end() - first) {
-      std::partial_sort(first, mid, ids.end(), before);
-    } else {
-      std::nth_element(first, mid, ids.end(), before);
-      std::sort(first, mid, before);
-    }
-  };
-  rank(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(ranked));
-  const double best = logits[ids[0]];
-  std::vector<double> w(ranked);
-  for (size_t i = 0; i < ranked; ++i) w[i] = weight(ids[i], best);
-  double total = 0;  // the mass of every token
+  // The nucleus. Every token's weight relative to the best, e^((l − best)/T), comes from one
+  // vectorised pass, and with it the total mass. Tokens fall into bins by (best − l)/T, the
+  // highest first, so all tokens above a bin's floor rank before those in later bins (ties share a
+  // bin); the bins whose mass first reaches top_p of the total hold the nucleus, and only their
+  // tokens are ranked, then summed in rank order (in double, as the draw weighs them) up to the
+  // target. Should the rounding of the float bin masses leave that sum short, a bin more is taken.
+  const double best = cpu::row_max(logits, vocab);
   std::vector<float> z(static_cast<size_t>(vocab));
   for (int i = 0; i < vocab; ++i) z[static_cast<size_t>(i)] = static_cast<float>((logits[i] - best) * inv_t);
+  std::vector<uint16_t> bin(static_cast<size_t>(vocab));
+  constexpr int kBins = 1024;
+  constexpr float kBinsPerUnit = 16.0f;  // bins per unit of (best − l)/T: 64 units, e^−64 and beyond in the last
+  for (int i = 0; i < vocab; ++i) {
+    const float at = -z[static_cast<size_t>(i)] * kBinsPerUnit;
+    bin[static_cast<size_t>(i)] = static_cast<uint16_t>(at < static_cast<float>(kBins - 1) ? at : kBins - 1);
+  }
   cpu::exp_shifted_sum(z.data(), vocab, 0.0f);
-  for (float x : z) total += x;
-  // The nucleus: the shortest ranked prefix holding top_p of the mass.
+  double total = 0;  // the mass of every token
+  std::vector<double> bin_mass(kBins, 0.0);
+  for (int i = 0; i < vocab; ++i) {
+    total += z[static_cast<size_t>(i)];
+    bin_mass[bin[static_cast<size_t>(i)]] += z[static_cast<size_t>(i)];
+  }
   const double target = static_cast<double>(opt.top_p) * total;
+  int last = 0;  // the last bin taken
+  for (double mass = bin_mass[0]; mass < target && last < kBins - 1;) mass += bin_mass[++last];
   for (;;) {
+    ids.clear();
+    for (int i = 0; i < vocab; ++i) {
+      if (bin[static_cast<size_t>(i)] <= last) ids.push_back(i);
+    }
+    std::sort(ids.begin(), ids.end(), before);
+    std::vector<double> w(ids.size());
     size_t n = 0;
     double cum = 0;
-    while (n < ranked && cum < target) cum += w[n++];
-    if (cum >= target || ranked == candidates) return draw(ids.data(), w.data(), std::max<size_t>(n, 1), cum, rng);
-    const size_t more = std::min(candidates, ranked * 8);
-    rank(ids.begin() + static_cast<std::ptrdiff_t>(ranked), ids.begin() + static_cast<std::ptrdiff_t>(more));
-    w.resize(more);
-    for (size_t i = ranked; i < more; ++i) w[i] = weight(ids[i], best);
-    ranked = more;
+    while (n < ids.size() && cum < target) {
+      w[n] = weight(ids[n], best);
+      cum += w[n++];
+    }
+    if (cum >= target || last == kBins - 1) return draw(ids.data(), w.data(), std::max<size_t>(n, 1), cum, rng);
+    ++last;
   }
 }
 
