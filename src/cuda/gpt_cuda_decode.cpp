@@ -182,6 +182,10 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     }
     at_least(dec_.step_ints, ints.size() * sizeof(int32_t));
     dec_.step_ints.upload(ints.data(), ints.size() * sizeof(int32_t));
+    if (!latent) {  // the attention's padded queries: every layer writes the same rows, the rest stay zero
+      at_least(dec_.q_pad, static_cast<size_t>(B * (Tn + 1) * c.n_head * c.head_dim()) * sizeof(T));
+      dec_.q_pad.fill_bytes(0);
+    }
   } else if (dec_.apart) {
     std::vector<int32_t> ints(static_cast<size_t>(3 * B));
     dec_.max_keys = 1;
@@ -300,10 +304,9 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
     copy_rows(k, 0, kvd, a.ka, kvd, 0, N, 1, kvd, to_cache);
     copy_rows(v, 0, kvd, a.v, kvd, 0, N, 1, kvd, to_cache);
     const int64_t pad_rows = B * (Tn + 1);
-    T* q = static_cast<T*>(at_least(dec_.q_pad, static_cast<size_t>(pad_rows * qw) * sizeof(T)));
+    T* q = dec_.q_pad.template as<T>();  // zeroed by decode for this step
     T* o = static_cast<T*>(at_least(dec_.o_pad, static_cast<size_t>(pad_rows * qw) * sizeof(T)));
     auto* lse = static_cast<float*>(at_least(dec_.lse_pad, static_cast<size_t>(pad_rows * Hq) * sizeof(float)));
-    dec_.q_pad.fill_bytes(0);
     copy_rows(q, 0, qw, a.qa, qw, 0, N, 1, qw, padded);
     const auto attend = [&](int64_t Tq, int64_t max_keys, int64_t offsets, int64_t lengths, int64_t first) {
       if (max_keys == 0) return;  // no sequence in this layout
