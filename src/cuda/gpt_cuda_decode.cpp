@@ -82,7 +82,7 @@ void Model<T>::start_decoding(int64_t B, int64_t capacity) {
   dec_.B = B;
   dec_.capacity = capacity;
   dec_.lengths.assign(static_cast<size_t>(B), 0);
-  dec_.step_ints = DeviceBuffer(static_cast<size_t>(4 * B) * sizeof(int32_t));
+  dec_.step_ints = DeviceBuffer(static_cast<size_t>(2 * B) * sizeof(int32_t));
 }
 
 template <typename T>
@@ -187,14 +187,13 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
       dec_.q_pad.fill_bytes(0);
     }
   } else if (dec_.apart) {
-    std::vector<int32_t> ints(static_cast<size_t>(3 * B));
+    std::vector<int32_t> ints(static_cast<size_t>(2 * B));
     dec_.max_keys = 1;
     for (int64_t b = 0; b < B; ++b) {
       const auto len = static_cast<int32_t>(dec_.lengths[static_cast<size_t>(b)]);
       keys[static_cast<size_t>(b)] = len + static_cast<int32_t>(Tn);
-      ints[static_cast<size_t>(b)] = len;  // position of token 0 = causal offset
-      ints[static_cast<size_t>(B + b)] = len;
-      ints[static_cast<size_t>(2 * B + b)] = keys[static_cast<size_t>(b)];
+      ints[static_cast<size_t>(b)] = len;  // position of token 0: its causal offset and cache row
+      ints[static_cast<size_t>(B + b)] = keys[static_cast<size_t>(b)];
       dec_.max_keys = std::max<int64_t>(dec_.max_keys, keys[static_cast<size_t>(b)]);
     }
     at_least(dec_.step_ints, ints.size() * sizeof(int32_t));
@@ -323,12 +322,12 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
   }
   if (dec_.apart) {  // Tn new tokens each, appended at its sequence's own row, seeing its own keys
     const int32_t* ints = step_int(0);
-    copy_rows(k, rows * kvd, kvd, a.ka, Tn_ * kvd, kvd, B, Tn_, kvd, ints + B);
-    copy_rows(v, rows * kvd, kvd, a.v, Tn_ * kvd, kvd, B, Tn_, kvd, ints + B);
+    copy_rows(k, rows * kvd, kvd, a.ka, Tn_ * kvd, kvd, B, Tn_, kvd, ints);
+    copy_rows(v, rows * kvd, kvd, a.v, Tn_ * kvd, kvd, B, Tn_, kvd, ints);
     const AttentionDims d{B, c.n_head, c.kv_heads(), Tn_, dec_.max_keys, hd, hd, rows};
     AttentionMask m{true, 0};
     m.q_offsets = {ints, static_cast<size_t>(B)};
-    m.kv_lengths = {ints + 2 * B, static_cast<size_t>(B)};
+    m.kv_lengths = {ints + B, static_cast<size_t>(B)};
     cached_attention(d, m, scale, a.qa, k, v, a.att, a.lse);
     return;
   }
@@ -354,7 +353,7 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
     copy_rows(cache, 0, row, a.ckv, nl, 0, N, 1, nl, to_cache);
     if (dr > 0) copy_rows(cache + nl, 0, row, a.kr, dr, 0, N, 1, dr, to_cache);
   } else if (dec_.apart) {
-    const int32_t* at = step_int(B_);
+    const int32_t* at = step_int(0);
     copy_rows(cache, rows * row, row, a.ckv, Tn_ * nl, nl, B_, Tn_, nl, at);
     if (dr > 0) copy_rows(cache + nl, rows * row, row, a.kr, Tn_ * dr, dr, B_, Tn_, dr, at);
   } else {

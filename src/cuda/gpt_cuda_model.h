@@ -258,9 +258,9 @@ class Model final : public GPTCuda::Impl {
     std::vector<int64_t> lengths;  // tokens cached per sequence
     int64_t rows = 0;  // cache rows per sequence: capacity, in whole pages for latent attention
     // This call: the sequences at one position `pos`, each reading its whole row of Tn tokens;
-    // or apart (different lengths, Tn new tokens each), when step_ints holds int32 [3, B]: each
-    // sequence's position (that of its first new token, also its causal offset), the cache row it
-    // appends at, and the keys it sees; max_keys is the largest of those. Or packed (a ragged
+    // or apart (different lengths, Tn new tokens each), when step_ints holds int32 [2, B]: each
+    // sequence's position (that of its first new token, also its causal offset and the cache row
+    // it appends at) and the keys it sees; max_keys is the largest of those. Or packed (a ragged
     // step: some sequence reads fewer than Tn tokens): only the N tokens read run through the
     // layers, as rows [N, 1], and step_ints holds the int32 arrays PackedStep names.
     bool apart = false, packed = false;
