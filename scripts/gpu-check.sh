@@ -191,12 +191,12 @@ fi
 
 # --- generation: the whole model's decode step, MHA's cache against the latent cache -----------
 say ""
-say "## Decode step of the whole model (GPT-2 124M shapes, bf16, batch 1 and 16): the sampler's path"
+say "## Decode step of the whole model (GPT-2 124M shapes, bf16, batch 1 and 16): the sampler's path, launched kernel by kernel and replayed as a CUDA graph"
 say ""
 if [ -n "$bin" ]; then
   for batch in 1 16; do
     if timeout 600 "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash,flash_mla \
-         --context 1024,4096 --batch "$batch" --repeats 20 --json \
+         --context 1024,4096 --batch "$batch" --repeats 20 --cuda-graphs off,on --json \
          >> "$out/gpu-check-$stamp-decode.jsonl" 2> "$logs/bench_decode_$batch.err"; then :; else
       say "(batch $batch failed: $(tail -1 "$logs/bench_decode_$batch.err" | cut -c1-200))"
       status=1
@@ -204,7 +204,9 @@ if [ -n "$bin" ]; then
   done
   if [ -s "$out/gpu-check-$stamp-decode.jsonl" ]; then
     jsonl_table "$out/gpu-check-$stamp-decode.jsonl" "mechanism={r['mechanism']}" "batch={r['batch']}" \
-      "context={r['context']}" "ms / step={r['ms_per_token']:.3f}" "tokens/s={r['tokens_per_s']:.0f}" \
+      "context={r['context']}" "CUDA graphs={r['cuda_graphs']} ({r['graph_replays']} replayed)" \
+      "ms / step={r['ms_per_token']:.3f}" "tokens/s={r['tokens_per_s']:.0f}" \
+      "vs launches={r['speedup_vs_launches']:.2f}×" \
       "cache MiB={r['cache_bytes'] / 2**20:.1f}" "vs flash={r['speedup_vs_mha']:.2f}×" \
       "max rel err={r['max_rel_err']:.1e}" >> "$report"
   fi

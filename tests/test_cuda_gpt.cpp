@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -609,6 +610,84 @@ TEST(CudaGpt, DecodeTopRanksTheLogitsDecodeGives) {
                   .find("room for 5 candidate logits"),
               std::string::npos);
   }
+}
+
+// CUDA graphs: two GPU models from the same weights run one schedule, graphs on and off, and give
+// the same bits at every step. A prefill of 4 tokens each; steady steps (the first is captured,
+// the rest replay, each at the next position); a ragged step
+// reading more rows than any before (buffers grow: the next steady step captures anew); steady
+// steps, now at different positions; a restarted sequence's new prompt beside two running ones
+// (nothing grows: the graph replays across it); steady steps; and steady steps asking for
+// candidates (another capture).
+void expect_graph_steps_equal_launched_ones(const GPTConfig& c, Precision precision) {
+  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision));
+  GPT<float> init(c);
+  init.init_weights(42);
+  GPTCuda graphs(c, precision), launches(c, precision);
+  graphs.set_params(init.params());
+  launches.set_params(init.params());
+  launches.set_decode_graphs(false);
+  EXPECT_TRUE(graphs.decode_graphs());
+  EXPECT_FALSE(launches.decode_graphs());
+  const int64_t B = 3, Vp = c.padded_vocab_size();
+  for (GPTCuda* m : {&graphs, &launches}) m->start_decoding(B, 24);
+  struct Step {
+    int64_t Tn;
+    std::vector<int32_t> counts;
+    int top_k;
+    int64_t restart;
+  };
+  const Step steady{1, {}, 0, -1}, steady_top{1, {}, 5, -1};
+  const std::vector<Step> schedule = {{4, {}, 0, -1}, steady, steady, steady, {6, {6, 1, 6}, 0, -1}, steady,
+                                      steady, steady, {5, {1, 5, 1}, 0, 1}, steady, steady, steady_top, steady_top,
+                                      steady_top};
+  // The model without graphs runs the schedule first: any device allocation (this process's, any
+  // model's) makes a graph be captured anew, so the two models do not take turns.
+  std::vector<std::vector<float>> want_logits;
+  std::vector<std::vector<int32_t>> want_ids;
+  for (GPTCuda* m : {&launches, &graphs}) {
+    Rng rng(9);
+    for (size_t k = 0; k < schedule.size(); ++k) {
+      SCOPED_TRACE("step " + std::to_string(k) + (m == &graphs ? ", graphs" : ", launches"));
+      const Step& st = schedule[k];
+      std::vector<int> tokens(static_cast<size_t>(B * st.Tn));
+      for (int& t : tokens) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(c.vocab_size));
+      const size_t n = st.top_k > 0 ? static_cast<size_t>(B * st.top_k) : static_cast<size_t>(B * Vp);
+      std::vector<float> logits(n, std::nanf(""));
+      std::vector<int32_t> ids(st.top_k > 0 ? n : 0, -1);
+      if (st.restart >= 0) m->restart_decoding(st.restart);
+      if (st.top_k > 0) {
+        m->decode_top(tokens.data(), B, st.Tn, st.top_k, ids, logits, st.counts);
+      } else {
+        m->decode(tokens.data(), B, st.Tn, logits, st.counts);
+      }
+      if (m == &launches) {
+        want_logits.push_back(logits);
+        want_ids.push_back(ids);
+      } else {
+        ASSERT_EQ(std::memcmp(logits.data(), want_logits[k].data(), n * sizeof(float)), 0)
+            << "replays so far " << graphs.decode_graph_replays();
+        ASSERT_EQ(ids, want_ids[k]);
+      }
+    }
+  }
+  EXPECT_EQ(launches.decode_lengths(), (std::vector<int64_t>{22, 10, 22}));
+  EXPECT_EQ(graphs.decode_lengths(), (std::vector<int64_t>{22, 10, 21}));
+  // Replays: 2 after the first capture, 2 after the one the growing step forced, both steady
+  // steps after the restarted prompt, 2 after the candidates' capture.
+  EXPECT_EQ(graphs.decode_graph_replays(), 8);
+  EXPECT_EQ(launches.decode_graph_replays(), 0);
+  graphs.start_decoding(B, 24);  // a new cache drops the graph and the count
+  EXPECT_EQ(graphs.decode_graph_replays(), 0);
+}
+
+TEST(CudaGpt, GraphReplayedStepsGiveTheBitsOfLaunchedOnes) {
+  SKIP_WITHOUT_GPU();
+  for (const GPTConfig& c : {gpt2_like(), llama_like(), mla_rope(), flash_mla_like()}) {
+    expect_graph_steps_equal_launched_ones(c, Precision::FP32);
+  }
+  expect_graph_steps_equal_launched_ones(llama_like(), Precision::BF16);
+  expect_graph_steps_equal_launched_ones(flash_mla_like(), Precision::BF16);
 }
 
 TEST(CudaGpt, BadDecodingIsAnErrorNamingIt) {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -15,9 +16,11 @@
 #include <utility>
 #include <vector>
 
+#include "cuda/stream.h"
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/matmul_cuda.h"
 #include "flashgpt/cuda/ops_cuda.h"
 #include "flashgpt/ops/activation.h"
 #include "flashgpt/ops/adamw.h"
@@ -690,6 +693,86 @@ TEST(CudaOps, RowReductionsRepeatTheirBitsInAnyBlockOrder) {
     EXPECT_FALSE(std::equal(c.first.begin() + bias_end, c.first.end(), d.first.begin() + bias_end))
         << "the embedding's atomics gave the same table gradient twice";
   }
+}
+
+// CUDA graphs (src/cuda/stream.h), on the GPU as in the emulator: a capture runs nothing; a
+// launch replays the captured work — kernels with the scalar arguments they were given at capture
+// (a position passed by value stays), reading device memory as it is at the launch (a position
+// read from device memory follows it), GEMMs included. A call that would wait for the device
+// inside a capture, work queued on the legacy default stream meanwhile, and an error thrown by the
+// captured code all fail the capture and leave the stream usable.
+TEST(CudaGraph, ReplaysKernelsWithTheirCapturedArgumentsOverCurrentMemory) {
+  SKIP_WITHOUT_GPU();
+  const int64_t V = 8, P = 16, C = 4;
+  std::vector<float> wte(static_cast<size_t>(V * C)), wpe(static_cast<size_t>(P * C));
+  for (size_t i = 0; i < wte.size(); ++i) wte[i] = static_cast<float>(1000 * (i / C) + i % C);
+  for (size_t i = 0; i < wpe.size(); ++i) wpe[i] = static_cast<float>(10 * (i / C));
+  const DeviceBuffer d_wte = testing::up(wte), d_wpe = testing::up(wpe);
+  DeviceBuffer ints(2 * sizeof(int32_t));  // the token, then its position
+  DeviceBuffer baked = testing::poisoned(C * sizeof(float)), followed = testing::poisoned(C * sizeof(float));
+  // C = A·B, 2×2: A is read at each launch.
+  DeviceBuffer a = testing::up({1, 2, 3, 4}), b = testing::up({1, 0, 0, 2}), prod = testing::poisoned(4 * sizeof(float));
+  const auto* tok = ints.as<int>();
+  const auto* pos = ints.as<int32_t>() + 1;
+  int64_t position = 3;  // passed by value: captured as 3
+  const cuda::Stream stream;
+  cuda::Graph graph;
+  EXPECT_TRUE(graph.empty());
+  graph.capture(stream.get(), [&] {
+    EXPECT_EQ(cuda::current_stream(), stream.get());
+    cuda::embedding_forward(baked.as<float>(), tok, d_wte.as<float>(), d_wpe.as<float>(), 1, 1, C, position);
+    cuda::embedding_forward(followed.as<float>(), tok, d_wte.as<float>(), d_wpe.as<float>(), 1, 1, C, 0, pos);
+    cuda::gemm<float, float>(false, false, 2, 2, 2, 1.0f, a.as<float>(), 2, b.as<float>(), 2, 0.0f, prod.as<float>(), 2);
+  });
+  EXPECT_FALSE(graph.empty());
+  EXPECT_EQ(cuda::current_stream(), nullptr);
+  EXPECT_TRUE(std::isnan(down_as<float>(baked, C)[0])) << "the capture ran the kernel";
+  EXPECT_TRUE(std::isnan(down_as<float>(prod, 4)[0])) << "the capture ran the GEMM";
+  const auto expect_row = [&](const DeviceBuffer& out, int token, int at) {
+    const std::vector<float> got = down_as<float>(out, C);
+    for (int64_t c = 0; c < C; ++c) EXPECT_EQ(got[static_cast<size_t>(c)], wte[token * C + c] + wpe[at * C + c]) << c;
+  };
+  for (const auto& [token, at, first_a] : {std::tuple{5, 7, 1.0f}, std::tuple{2, 11, -3.0f}}) {
+    SCOPED_TRACE("token " + std::to_string(token) + " at " + std::to_string(at));
+    const std::vector<int32_t> h = {token, at};
+    ints.upload(h.data(), sizeof(int32_t) * 2);
+    const std::vector<float> h_a = {first_a, 2, 3, 4};
+    a.upload(h_a.data(), 4 * sizeof(float));
+    position = at;  // no effect on the graph
+    graph.launch(stream.get());
+    expect_row(baked, token, 3);
+    expect_row(followed, token, at);
+    EXPECT_EQ(down_as<float>(prod, 4), (std::vector<float>{first_a, 4, 3, 8}));
+  }
+
+  const auto refused = [&](const std::function<void()>& body) {
+    std::string message;
+    try {
+      graph.capture(stream.get(), body);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    EXPECT_TRUE(graph.empty());
+    return message;
+  };
+  std::vector<float> host(C);
+  EXPECT_NE(refused([&] { baked.download(host.data(), C * sizeof(float)); }).find("captur"), std::string::npos);
+  EXPECT_NE(refused([&] {
+              const cuda::StreamScope legacy(nullptr);
+              baked.fill_bytes(0);
+            }).find("captur"),
+            std::string::npos);
+  EXPECT_EQ(refused([] { fail("stopped mid-capture"); }), "stopped mid-capture");
+  EXPECT_NE(testing::error_of([&] { graph.launch(stream.get()); }).find("before anything was captured"), std::string::npos);
+  EXPECT_NE(testing::error_of([&] { graph.capture(nullptr, [] {}); }).find("legacy default stream"), std::string::npos);
+  // The stream and the graph work as before.
+  graph.capture(stream.get(), [&] {
+    cuda::embedding_forward(followed.as<float>(), tok, d_wte.as<float>(), d_wpe.as<float>(), 1, 1, C, 0, pos);
+  });
+  const std::vector<int32_t> h = {4, 1};
+  ints.upload(h.data(), sizeof(int32_t) * 2);
+  graph.launch(stream.get());
+  expect_row(followed, 4, 1);
 }
 
 }  // namespace

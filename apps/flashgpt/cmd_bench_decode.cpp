@@ -31,10 +31,13 @@ struct BenchDecodeCli {
   int repeats = 20;
   bool json = false;
   std::string device = "cpu", precision = "bf16";
+  std::vector<std::string> cuda_graphs = {"on"};  // the GPU: each setting timed in turn
 };
 
 struct Result {
   std::string mechanism;
+  std::string graphs = "-";  // the GPU: "on" or "off"
+  int64_t replays = 0;      // timed steps that replayed the graph
   int64_t context = 0;
   double ms = 0;  // median, all layers, one token per sequence
   int64_t cache_bytes = 0, predicted_bytes = 0;
@@ -155,7 +158,7 @@ Result bench_one(const GPTConfig& base, AttentionKind kind, int64_t context, con
 // a prefill of `context` tokens, timed one token at a time. Checked first: one step's logits (of
 // the first sequence) against the GPU's own forward without a cache over the same tokens.
 Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context, const BenchDecodeCli& c,
-                      cuda::Precision precision) {
+                      cuda::Precision precision, bool graphs) {
   GPTConfig cfg = base.with_attention(kind);
   const int64_t B = c.batch, capacity = context + 1 + c.repeats + 1, Vp = cfg.padded_vocab_size();
   cfg.block_size = std::max<int>(cfg.block_size, static_cast<int>(capacity));
@@ -163,6 +166,7 @@ Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context
   const std::string why = cuda::GPTCuda::decode_unsupported(cfg, precision);
   FLASHGPT_CHECK(why.empty(), "bench decode --device cuda: {}: {}", to_string(kind), why);
   cuda::GPTCuda gpu(cfg, precision);
+  gpu.set_decode_graphs(graphs);
   {
     GPT<float> init(cfg);
     init.init_weights(1234);
@@ -202,12 +206,16 @@ Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context
                  "bench decode: {} on the GPU disagrees with its forward without a cache (relative error {:.2e})",
                  r.mechanism, r.max_rel_err);
   std::vector<double> times;
+  int64_t replays = 0;
   for (int rep = 0; rep < c.repeats + 1; ++rep) {
+    if (rep == 1) replays = gpu.decode_graph_replays();
     Timer t;
     gpu.decode(next.data(), B, 1, logits);  // waits for the logits
-    if (rep > 0) times.push_back(t.seconds());  // the first step warms the GEMMs' plans
+    if (rep > 0) times.push_back(t.seconds());  // the first step warms the GEMMs' plans (and captures)
   }
   r.ms = median(times) * 1e3;
+  r.graphs = graphs ? "on" : "off";
+  r.replays = gpu.decode_graph_replays() - replays;
   return r;
 }
 
@@ -220,6 +228,9 @@ void run_bench_decode(const BenchDecodeCli& c) {
   for (int64_t context : c.contexts) FLASHGPT_CHECK(context > 0, "--context: {} must be positive", context);
   FLASHGPT_CHECK(c.device == "cpu" || c.device == "cuda", "--device: unknown device '{}' (expected cpu or cuda)",
                  c.device);
+  for (const std::string& g : c.cuda_graphs) {
+    FLASHGPT_CHECK(g == "on" || g == "off", "--cuda-graphs: unknown setting '{}' (expected on, off or on,off)", g);
+  }
   const bool gpu = c.device == "cuda";
   const cuda::Precision precision = cuda::parse_precision(c.precision, "--precision");
   if (gpu) {
@@ -230,8 +241,9 @@ void run_bench_decode(const BenchDecodeCli& c) {
                   "%d heads × %d\n\n",
                   report.gpus.front().name.c_str(), cuda::to_string(precision).c_str(), static_cast<long long>(c.batch),
                   base.n_layer, base.n_head, base.head_dim());
-      std::printf("| mechanism | context | ms / token | tokens/s | cache MiB | = info's prediction | vs MHA | max rel err |\n"
-                  "|---|---|---|---|---|---|---|---|\n");
+      std::printf("| mechanism | CUDA graphs | context | ms / token | tokens/s | vs launches | cache MiB | "
+                  "= info's prediction | vs MHA | max rel err |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|\n");
     }
   } else if (!c.json) {
     std::printf("decode attention, all %d layers, one new token per sequence: batch %lld, %d heads × %d, %d threads\n\n",
@@ -242,14 +254,32 @@ void run_bench_decode(const BenchDecodeCli& c) {
   for (int64_t context : c.contexts) {
     std::vector<Result> results;
     for (AttentionKind k : kinds) {
-      results.push_back(gpu ? bench_one_cuda(base, k, context, c, precision) : bench_one(base, k, context, c));
+      if (!gpu) {
+        results.push_back(bench_one(base, k, context, c));
+        continue;
+      }
+      for (const std::string& g : c.cuda_graphs) results.push_back(bench_one_cuda(base, k, context, c, precision, g == "on"));
     }
-    double mha_ms = 0;  // the faster multi-head kernel: the yardstick for the speedup
+    // The yardsticks: the faster multi-head kernel at the same graphs setting, and the same
+    // mechanism launched kernel by kernel.
+    const auto mha_ms = [&](const Result& of) {
+      double ms = 0;
+      for (const Result& r : results) {
+        if ((r.mechanism == "standard" || r.mechanism == "flash") && r.graphs == of.graphs) {
+          ms = ms > 0 ? std::min(ms, r.ms) : r.ms;
+        }
+      }
+      return ms;
+    };
+    const auto launched_ms = [&](const Result& of) {
+      for (const Result& r : results) {
+        if (r.mechanism == of.mechanism && r.graphs == "off") return r.ms;
+      }
+      return 0.0;
+    };
     for (const Result& r : results) {
-      if (r.mechanism == "standard" || r.mechanism == "flash") mha_ms = mha_ms > 0 ? std::min(mha_ms, r.ms) : r.ms;
-    }
-    for (const Result& r : results) {
-      const double speedup = mha_ms > 0 ? mha_ms / r.ms : 0.0;
+      const double speedup = mha_ms(r) > 0 ? mha_ms(r) / r.ms : 0.0;
+      const double vs_launches = launched_ms(r) > 0 ? launched_ms(r) / r.ms : 0.0;
       const double gbps = static_cast<double>(r.cache_bytes) / (r.ms * 1e-3) / 1e9;
       const double tokens_per_s = static_cast<double>(c.batch) / (r.ms * 1e-3);
       if (c.json) {
@@ -260,13 +290,18 @@ void run_bench_decode(const BenchDecodeCli& c) {
                                            {"head_dim", base.head_dim()}, {"ms_per_token", r.ms},
                                            {"cache_bytes", r.cache_bytes}, {"predicted_cache_bytes", r.predicted_bytes},
                                            {"cache_gbps", gbps}, {"speedup_vs_mha", speedup},
-                                           {"max_rel_err", r.max_rel_err}, {"threads", num_threads()}}
+                                           {"max_rel_err", r.max_rel_err}, {"threads", num_threads()},
+                                           {"cuda_graphs", r.graphs}, {"graph_replays", r.replays},
+                                           {"speedup_vs_launches", vs_launches}}
                                 .dump()
                                 .c_str());
       } else if (gpu) {
-        std::printf("| %s | %lld | %.3f | %.0f | %.2f | %s | %.2fx | %.1e |\n", r.mechanism.c_str(),
-                    static_cast<long long>(r.context), r.ms, tokens_per_s, static_cast<double>(r.cache_bytes) / (1 << 20),
-                    r.cache_bytes == r.predicted_bytes ? "yes" : "NO", speedup, r.max_rel_err);
+        const std::string graphs = r.graphs == "on" ? fmt::format("on ({} of {} replayed)", r.replays, c.repeats) : "off";
+        std::printf("| %s | %s | %lld | %.3f | %.0f | %s | %.2f | %s | %.2fx | %.1e |\n", r.mechanism.c_str(),
+                    graphs.c_str(), static_cast<long long>(r.context), r.ms, tokens_per_s,
+                    vs_launches > 0 ? fmt::format("{:.2f}x", vs_launches).c_str() : "-",
+                    static_cast<double>(r.cache_bytes) / (1 << 20), r.cache_bytes == r.predicted_bytes ? "yes" : "NO",
+                    speedup, r.max_rel_err);
       } else {
         std::printf("| %s | %lld | %.3f | %.2f | %s | %.1f | %.2fx | %.1e |\n", r.mechanism.c_str(),
                     static_cast<long long>(r.context), r.ms, static_cast<double>(r.cache_bytes) / (1 << 20),
@@ -296,6 +331,11 @@ void register_bench_decode(CLI::App& bench) {
       ->capture_default_str();
   sub->add_option("--precision", c->precision, "GPU arithmetic: bf16 or fp32")
       ->check(CLI::IsMember({"bf16", "fp32"}))
+      ->capture_default_str();
+  sub->add_option("--cuda-graphs", c->cuda_graphs,
+                  "The GPU: time steps replayed as one CUDA graph (on), launched kernel by kernel (off), or both "
+                  "(on,off), side by side")
+      ->delimiter(',')
       ->capture_default_str();
   sub->add_flag("--json", c->json, "One JSON object per case");
   sub->callback([c] { run_bench_decode(*c); });

@@ -32,6 +32,7 @@ struct SampleCli {
   int64_t batch = 0;  // 0: all samples together, up to kDefaultBatch
   bool no_stop = false;
   DeviceFlags device;
+  std::string cuda_graphs = "on";
 };
 
 std::vector<int> parse_ids(const std::string& s) {
@@ -107,6 +108,7 @@ void run_sample(SampleCli& c) {
   if (where.gpu) {
     gpu = std::make_unique<cuda::GPTCuda>(cfg, precision);
     gpu->set_params(m.model->params());
+    gpu->set_decode_graphs(c.cuda_graphs == "on");
     decoder = std::make_unique<cuda::GPTCudaDecoder>(*gpu);
   } else {
     decoder = std::make_unique<CpuDecoder>(*m.model);
@@ -217,6 +219,11 @@ void register_sample(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   sub->add_flag("--no-stop-at-eot", c->no_stop, "Keep going past the end-of-text token");
   add_device_flags(*sub, c->device, "sampling");
+  sub->add_option("--cuda-graphs", c->cuda_graphs,
+                  "On the GPU, replay each step that reads one token per sample as one captured CUDA graph "
+                  "(on) or launch its kernels one by one (off); the samples are the same")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
   sub->callback([c] { run_sample(*c); });
 }
 

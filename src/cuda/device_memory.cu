@@ -1,6 +1,7 @@
 // Device memory and copies (flashgpt/cuda/device_memory.h), compiled for the GPU and for the
 // emulator alike.
 #include <algorithm>
+#include <atomic>
 #include <string>
 
 #include "cuda/device_math.h"
@@ -9,8 +10,15 @@
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
+namespace {
+std::atomic<uint64_t> g_allocations{0};
+}  // namespace
+
+uint64_t allocation_epoch() { return g_allocations.load(std::memory_order_relaxed); }
+
 DeviceBuffer::DeviceBuffer(size_t bytes) : bytes_(bytes) {
   FLASHGPT_CUDA_CHECK(cudaMalloc(&ptr_, bytes > 0 ? bytes : 1));
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
 }
 
 DeviceBuffer::~DeviceBuffer() {
@@ -42,20 +50,27 @@ void DeviceBuffer::download(void* host, size_t bytes) const {
 
 void DeviceBuffer::fill_bytes(int value) { fill_device_bytes(ptr_, value, bytes_); }
 
+// The host copies wait for their stream, so the host may reuse or read its buffer on return.
 void copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
-  if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemcpy(device_dst, host_src, bytes, cudaMemcpyHostToDevice));
+  if (bytes == 0) return;
+  FLASHGPT_CUDA_CHECK(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, current_stream()));
+  FLASHGPT_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
 }
 
 void copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
-  if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemcpy(host_dst, device_src, bytes, cudaMemcpyDeviceToHost));
+  if (bytes == 0) return;
+  FLASHGPT_CUDA_CHECK(cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, current_stream()));
+  FLASHGPT_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
 }
 
 void copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
-  if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemcpy(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice));
+  if (bytes > 0) {
+    FLASHGPT_CUDA_CHECK(cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, current_stream()));
+  }
 }
 
 void fill_device_bytes(void* device_dst, int value, size_t bytes) {
-  if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemset(device_dst, value, bytes));
+  if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemsetAsync(device_dst, value, bytes, current_stream()));
 }
 
 void* reduction_scratch(size_t bytes) {

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -60,6 +61,7 @@ void Model<T>::start_decoding(int64_t B, int64_t capacity) {
   const std::string why = GPTCuda::decode_unsupported(c, precision);
   FLASHGPT_CHECK(why.empty(), "decode: {}", why);
   dec_ = DecodeCache{};
+  graph_replays = 0;
   const int64_t L = c.n_layer;
   if (is_latent(c.attention)) {
     const int64_t pages = (capacity + kLatentPage - 1) / kLatentPage, row = c.latent_dim() + c.mla_rope_dim();
@@ -101,7 +103,7 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   FLASHGPT_CHECK(Tn > 0, "decode: the number of new tokens must be positive, got {}", Tn);
   FLASHGPT_CHECK(counts.empty() || static_cast<int64_t>(counts.size()) == B,
                  "decode: {} token counts given for {} sequences", counts.size(), B);
-  const int64_t C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size();
+  const int64_t V = c.vocab_size, Vp = c.padded_vocab_size();
   if (top_k > 0) {
     FLASHGPT_CHECK(top_k <= kMaxDeviceTopK && top_k <= V, "decode: {} candidates per sequence asked for; 1…{} can be",
                    top_k, std::min<int64_t>(kMaxDeviceTopK, V));
@@ -147,8 +149,13 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   // (appends), causal offsets and key counts (attention). A ragged step packs the tokens read into
   // rows [N, 1], each at its own position (PackedStep): the layers see no padding, and only the
   // tokens read are appended, so a sequence needs room for its own tokens alone.
+  // A steady step (one new token for every sequence: the sampler's steady state) replays a CUDA
+  // graph when graphs are on. It runs apart whatever the lengths, with the cache's rows as its key
+  // bound, so that every such step queues the same launches with the same arguments and differs
+  // only in device memory: its tokens, positions and key counts.
+  const bool steady = decode_graphs && !ragged && Tn == 1;
   dec_.packed = ragged;
-  dec_.apart = !ragged && !equal;
+  dec_.apart = !ragged && (!equal || steady);
   dec_.step_tn = Tn;
   dec_.pos = 0;
   std::vector<int32_t> keys(static_cast<size_t>(B));  // latent: the keys each sequence sees
@@ -196,12 +203,14 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
       ints[static_cast<size_t>(B + b)] = keys[static_cast<size_t>(b)];
       dec_.max_keys = std::max<int64_t>(dec_.max_keys, keys[static_cast<size_t>(b)]);
     }
+    if (steady) dec_.max_keys = dec_.rows;  // the flash kernels stop at each sequence's own count
     at_least(dec_.step_ints, ints.size() * sizeof(int32_t));
     dec_.step_ints.upload(ints.data(), ints.size() * sizeof(int32_t));
   } else {
     dec_.pos = dec_.lengths[0];
     std::fill(keys.begin(), keys.end(), static_cast<int32_t>(dec_.pos + Tn));
   }
+  const StreamScope on_stream(decode_stream_.get());  // every copy and launch below, and the graph
   // The layers' rows: [B, Tn], or packed [N, 1].
   const int64_t lb = dec_.packed ? N : B, lt = dec_.packed ? 1 : Tn;
   allocate(lb, lt);
@@ -223,6 +232,42 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     dec_.latent_opt.splits = plan.splits;
     dec_.latent_opt.workspace = plan.workspace_bytes > 0 ? at_least(dec_.scratch, plan.workspace_bytes) : nullptr;
   }
+  const size_t out_bytes = top_k > 0 ? logits.size_bytes() : static_cast<size_t>(B * Vp) * sizeof(float);
+  const float* wide = nullptr;  // the logits, without top_k
+  if (!steady) {
+    wide = decode_device_work(B, Tn, top_k, out_bytes);
+  } else if (!dec_.graph.empty() && dec_.graph_top_k == top_k && dec_.graph_epoch == allocation_epoch()) {
+    dec_.graph.launch(decode_stream_.get());
+    wide = dec_.graph_out;
+    ++graph_replays;
+  } else {
+    // This step runs launch by launch, sizing every buffer; then the same work is captured for
+    // the steps after it (the capture runs nothing).
+    wide = decode_device_work(B, Tn, top_k, out_bytes);
+    try {
+      dec_.graph.capture(decode_stream_.get(), [&] { decode_device_work(B, Tn, top_k, out_bytes); });
+      dec_.graph_top_k = top_k;
+      dec_.graph_epoch = allocation_epoch();
+      dec_.graph_out = wide;
+    } catch (const Error& e) {  // the step is done; the next ones run launch by launch
+      std::fprintf(stderr, "flashgpt: note: decode: CUDA graph capture failed, decoding without graphs: %s\n",
+                   e.what());
+      decode_graphs = false;
+    }
+  }
+  if (top_k > 0) {  // only the sampler's candidates cross to the host
+    copy_to_host(ids.data(), dec_.top_ids.get(), ids.size_bytes());
+    copy_to_host(logits.data(), dec_.top_logits.get(), logits.size_bytes());
+  } else {
+    copy_to_host(logits.data(), wide, logits.size_bytes());
+  }
+  for (int64_t b = 0; b < B; ++b) dec_.lengths[static_cast<size_t>(b)] += count[static_cast<size_t>(b)];
+}
+
+template <typename T>
+const float* Model<T>::decode_device_work(int64_t B, int64_t Tn, int top_k, size_t out_bytes) {
+  const GPTConfig& c = config;
+  const int64_t C = c.n_embd, Vp = c.padded_vocab_size(), lb = B_, lt = Tn_;
   struct Decoding {  // the blocks read and extend the cache for this call only
     bool& flag;
     explicit Decoding(bool& f) : flag(f) { flag = true; }
@@ -249,20 +294,19 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   }
   T* out = static_cast<T*>(at_least(dec_.logits, static_cast<size_t>(B * Vp) * sizeof(T)));
   gemm<T, T>(false, true, B, Vp, C, 1.0f, last, ld, W(lm_), C, 0.0f, out, Vp);
-  if (top_k > 0) {  // only the sampler's candidates cross to the host
-    auto* d_ids = static_cast<int32_t*>(at_least(dec_.top_ids, ids.size_bytes()));
-    auto* d_top = static_cast<float*>(at_least(dec_.top_logits, logits.size_bytes()));
-    top_k_rows<T>(out, B, V, Vp, top_k, d_ids, d_top);
-    copy_to_host(ids.data(), d_ids, ids.size_bytes());
-    copy_to_host(logits.data(), d_top, logits.size_bytes());
-  } else if constexpr (std::is_same_v<T, bf16>) {
-    float* wide = static_cast<float*>(at_least(dec_.wide_logits, logits.size_bytes()));
-    convert(wide, out, B * Vp);
-    copy_to_host(logits.data(), wide, logits.size_bytes());
-  } else {
-    copy_to_host(logits.data(), out, logits.size_bytes());
+  if (top_k > 0) {
+    auto* d_ids = static_cast<int32_t*>(at_least(dec_.top_ids, out_bytes));
+    auto* d_top = static_cast<float*>(at_least(dec_.top_logits, out_bytes));
+    top_k_rows<T>(out, B, c.vocab_size, Vp, top_k, d_ids, d_top);
+    return nullptr;
   }
-  for (int64_t b = 0; b < B; ++b) dec_.lengths[static_cast<size_t>(b)] += count[static_cast<size_t>(b)];
+  if constexpr (std::is_same_v<T, bf16>) {
+    float* wide = static_cast<float*>(at_least(dec_.wide_logits, out_bytes));
+    convert(wide, out, B * Vp);
+    return wide;
+  } else {
+    return out;
+  }
 }
 
 template <typename T>
@@ -389,6 +433,7 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
 #define FLASHGPT_INSTANTIATE(T)                                                                                  \
   template void Model<T>::start_decoding(int64_t, int64_t);                                                     \
   template void Model<T>::restart_decoding(int64_t);                                                            \
+  template const float* Model<T>::decode_device_work(int64_t, int64_t, int, size_t);                            \
   template void Model<T>::decode(const int*, int64_t, int64_t, std::span<float>, std::span<const int32_t>, int, \
                                  std::span<int32_t>);                                                          \
   template void Model<T>::cached_attention(const AttentionDims&, const AttentionMask&, float, const T*, const T*, \
@@ -412,6 +457,9 @@ int64_t GPTCuda::decode_length() const {
   return lengths.empty() ? 0 : lengths.front();
 }
 int64_t GPTCuda::decode_cache_bytes() const { return impl_->decode_cache_bytes(); }
+void GPTCuda::set_decode_graphs(bool on) { impl_->decode_graphs = on; }
+bool GPTCuda::decode_graphs() const { return impl_->decode_graphs; }
+int64_t GPTCuda::decode_graph_replays() const { return impl_->graph_replays; }
 void GPTCuda::restart_decoding(int64_t b) { impl_->restart_decoding(b); }
 void GPTCuda::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float> logits,
                      std::span<const int32_t> counts) {

@@ -17,6 +17,7 @@
 #include "flashgpt/cuda/ops_cuda.h"
 #include "flashgpt/model/params.h"
 #include "flashgpt/ops/rope.h"
+#include "cuda/stream.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -61,6 +62,8 @@ struct GPTCuda::Impl {
   virtual void restart_decoding(int64_t b) = 0;
   virtual int64_t decode_cache_bytes() const = 0;
   int64_t classifier_rows = 0;  // rows per classifier chunk; 0 chooses
+  bool decode_graphs = true;     // steady decoding steps replay a captured CUDA graph
+  int64_t graph_replays = 0;     // steps that did, since start_decoding
   bool deterministic_next = false;  // set_deterministic: what the next forward with targets latches
   bool deterministic = false;       // the step in flight: no atomics in its backward
 };
@@ -273,8 +276,19 @@ class Model final : public GPTCuda::Impl {
     DeviceBuffer q_pad, o_pad, lse_pad, last;  // a packed step's padded attention, its last rows
     PagedLatentDims latent_dims;        // latent: this call's decode, the same for every layer
     LatentDecodeOptions latent_opt;     // its planned splits and workspace
+    // A steady step's device work (one new token per sequence, run apart with the cache's rows as
+    // the key bound), captured once and replayed while nothing it names has been reallocated: it
+    // was captured for top_k `graph_top_k` at allocation epoch `graph_epoch`.
+    Graph graph;
+    int graph_top_k = -1;
+    uint64_t graph_epoch = 0;
+    const float* graph_out = nullptr;  // where it leaves the logits (top_k = 0)
   };
   DecodeCache dec_;
+  Stream decode_stream_;  // decoding queues its work here (a graph captures from it)
+  // decode's device work from the embeddings to the classifier's output: top_k candidates per
+  // sequence into dec_.top_ids and dec_.top_logits, or fp32 logits [B, Vp] (returned).
+  const float* decode_device_work(int64_t B, int64_t Tn, int top_k, size_t out_bytes);
   // Where a packed step's arrays sit in dec_.step_ints (N rows read, B sequences, P pages each):
   //   row_pos    [N]  each row's position (the embeddings' and RoPE's seq_pos, rows as sequences)
   //   row_cache  [N]  the cache row it appends at: b·rows + position

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cuda/cuda_check.h"
+#include "cuda/stream.h"
 #include "flashgpt/core/half_precision.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/device_memory.h"
@@ -159,11 +160,13 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   check_sizes("GPU gemm", M, N, K, lda, ldb, ldc, ta, tb);
   if (M == 0 || N == 0 || batch.count == 0) return true;
 #if defined(FLASHGPT_SIMT)
-  const simt::DeviceAccess device_access;  // the emulated library call reads device memory
-  for (int64_t i = 0; i < batch.count; ++i) {
-    gemm_host<T, TC>(ta, tb, M, N, K, alpha, A + i * batch.a, lda, B + i * batch.b, ldb, beta, C + i * batch.c, ldc,
-                     bias);
-  }
+  // Queued on the current stream as the library call would be (recorded while it captures).
+  FLASHGPT_CUDA_CHECK(simt::submit(current_stream(), "gemm", [=] {
+    for (int64_t i = 0; i < batch.count; ++i) {
+      gemm_host<T, TC>(ta, tb, M, N, K, alpha, A + i * batch.a, lda, B + i * batch.b, ldb, beta, C + i * batch.c, ldc,
+                       bias);
+    }
+  }));
   return true;
 #else
   Lt& l = lt();
@@ -239,7 +242,7 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
     FLASHGPT_LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
   }
   FLASHGPT_LT_CHECK(cublasLtMatmul(l.handle, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
-                                   l.workspace, l.workspace_bytes, nullptr));
+                                   l.workspace, l.workspace_bytes, current_stream()));
   return true;
 #endif
 }

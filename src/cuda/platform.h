@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "cuda/cuda_check.h"
+#include "cuda/stream.h"
 
 // `name` points at this block's dynamic shared memory, as `type*`, 128-byte aligned.
 #if defined(FLASHGPT_SIMT)
@@ -61,16 +62,18 @@ int max_blocks_per_sm(Kernel kernel, int threads, size_t shared) {
 }
 
 // Queues kernel<<<grid, block, shared, stream>>>(args...) and checks the launch; `name` says which
-// kernel in the error. Arguments convert to the kernel's parameter types as in a launch.
+// kernel in the error. A null stream means this thread's current stream (stream.h). Arguments
+// convert to the kernel's parameter types as in a launch.
 template <typename... Params, typename... Args>
 void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
                    cudaStream_t stream, Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "launch_kernel: wrong number of kernel arguments");
+  if (stream == nullptr) stream = current_stream();
 #if defined(FLASHGPT_SIMT)
-  (void)stream;
   const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
   ::flashgpt::simt::check_kernel_pointers(name, params);
-  ::flashgpt::simt::run_grid(name, grid, block, shared, [&] {
+  // The arguments are the launch's own copies, as on the GPU: a graph replaying it reads these.
+  ::flashgpt::simt::launch_grid(name, grid, block, shared, stream, [kernel, params] {
     std::apply(kernel, params);  // by value: each thread gets its own copies
   });
 #else

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 #include "flashgpt/cuda/abi.h"
 
@@ -37,8 +38,14 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-// Copies of `bytes` between host and device memory, or within the device (queued on the default
-// stream; the host copies return when the data has arrived).
+// How many DeviceBuffers this process has allocated so far. Work recorded with pointers into
+// device buffers (a CUDA graph) stays valid while this count stands still: no buffer can have been
+// replaced without an allocation.
+uint64_t allocation_epoch();
+
+// Copies of `bytes` between host and device memory, or within the device, and fills, queued on the
+// calling thread's current stream (src/cuda/stream.h; the default stream unless set); the host
+// copies return when the data has arrived.
 void copy_to_device(void* device_dst, const void* host_src, size_t bytes);
 void copy_to_host(void* host_dst, const void* device_src, size_t bytes);
 void copy_on_device(void* device_dst, const void* device_src, size_t bytes);

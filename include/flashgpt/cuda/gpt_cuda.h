@@ -129,6 +129,18 @@ class GPTCuda {
                   std::span<const int32_t> counts = {});
   // The cache's size in bytes (0 before start_decoding).
   int64_t decode_cache_bytes() const;
+  // CUDA graphs for steady steps. A step in which every sequence reads one new token (the
+  // sampler's steady state; not a prefill, nor a ragged step) queues a few hundred small kernels,
+  // and at small batches launching them costs more than running them. With graphs on (the
+  // default) the first such step runs launch by launch and its work is captured as a CUDA graph;
+  // later ones upload their tokens, positions and key counts and replay the graph with one launch.
+  // A step whose buffers had to grow since (a bigger ragged step came between) or that asks for a
+  // different top_k is captured anew. Should the runtime refuse a capture, decoding goes on
+  // without graphs after one note on stderr. Replayed and launched steps give the same bits.
+  void set_decode_graphs(bool on);
+  bool decode_graphs() const;
+  // Steps since start_decoding that replayed the graph.
+  int64_t decode_graph_replays() const;
   // Why this config cannot decode on the GPU at this precision, or "" when it can.
   static std::string decode_unsupported(const GPTConfig& config, Precision precision);
 

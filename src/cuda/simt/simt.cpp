@@ -549,18 +549,27 @@ void cp_async_wait(int pending) {
 
 void reseed(uint64_t seed) { order_rng().seed(seed); }
 
-void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std::function<void()>& body) {
-  if (g_launch) fail("simt: kernel {} launched from inside kernel {} (not supported)", name, g_launch->name);
+namespace {
+
+// What the GPU says of a launch's configuration before running anything.
+cudaError_t launch_config_error(dim3 grid, dim3 block, size_t shared) {
   const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
   if (threads == 0 || threads > kMaxThreads || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
       grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
-    g_last_error = cudaErrorInvalidConfiguration;
+    return cudaErrorInvalidConfiguration;
+  }
+  return shared > kSharedOptIn ? cudaErrorInvalidValue : cudaSuccess;
+}
+
+}  // namespace
+
+void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std::function<void()>& body) {
+  if (g_launch) fail("simt: kernel {} launched from inside kernel {} (not supported)", name, g_launch->name);
+  if (const cudaError_t e = launch_config_error(grid, block, shared); e != cudaSuccess) {
+    g_last_error = e;
     return;
   }
-  if (shared > kSharedOptIn) {
-    g_last_error = cudaErrorInvalidValue;
-    return;
-  }
+  const uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
   Launch l;
   l.name = name;
   l.grid = grid;
@@ -606,6 +615,167 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std:
   g_launch = nullptr;
 }
 
+// --- streams and graphs ---------------------------------------------------------------------------
+
+namespace {
+
+struct Queued {
+  std::string what;
+  std::function<void()> work;
+};
+using Recording = std::vector<Queued>;
+
+struct StreamState {
+  bool capturing = false, invalidated = false;
+  Recording recorded;
+};
+
+struct Streams {
+  std::map<const void*, std::unique_ptr<StreamState>> streams;
+  std::map<const void*, std::unique_ptr<Recording>> graphs;                 // captured, not instantiated
+  std::map<const void*, std::shared_ptr<const Recording>> execs;          // instantiated
+  int capturing = 0;  // streams capturing now
+};
+Streams& streams() {
+  static Streams s;
+  return s;
+}
+
+// A call the hardware refuses while a capture is open: every open capture is invalidated.
+cudaError_t refuse(cudaError_t e) {
+  for (auto& [handle, st] : streams().streams) {
+    if (st->capturing) st->invalidated = true;
+  }
+  return e;
+}
+bool capture_open() { return streams().capturing > 0; }
+
+StreamState* stream_state(cudaStream_t stream) {
+  const auto it = streams().streams.find(stream);
+  return it == streams().streams.end() ? nullptr : it->second.get();
+}
+
+void run_now(const Queued& q) {
+  const DeviceAccess device_access;
+  q.work();
+}
+
+}  // namespace
+
+cudaError_t submit(cudaStream_t stream, const char* what, std::function<void()> work) {
+  Queued q{what, std::move(work)};
+  if (stream == nullptr) {  // the legacy stream waits for every blocking stream, a capturing one too
+    if (capture_open()) return refuse(cudaErrorStreamCaptureImplicit);
+    run_now(q);
+    return cudaSuccess;
+  }
+  StreamState* st = stream_state(stream);
+  if (st == nullptr) return cudaErrorInvalidResourceHandle;
+  if (st->capturing) {
+    if (st->invalidated) return cudaErrorStreamCaptureInvalidated;
+    st->recorded.push_back(std::move(q));
+    return cudaSuccess;
+  }
+  run_now(q);
+  return cudaSuccess;
+}
+
+void launch_grid(const char* name, dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
+                 std::function<void()> body) {
+  if (const cudaError_t e = launch_config_error(grid, block, shared); e != cudaSuccess) {
+    g_last_error = e;
+    return;
+  }
+  const cudaError_t e = submit(stream, name, [kernel = std::string(name), grid, block, shared, body = std::move(body)] {
+    run_grid(kernel.c_str(), grid, block, shared, body);
+  });
+  if (e != cudaSuccess) g_last_error = e;
+}
+
+cudaError_t stream_create(cudaStream_t* stream) {
+  auto st = std::make_unique<StreamState>();
+  *stream = reinterpret_cast<cudaStream_t>(st.get());
+  streams().streams.emplace(*stream, std::move(st));
+  return cudaSuccess;
+}
+
+cudaError_t stream_destroy(cudaStream_t stream) {
+  const auto it = streams().streams.find(stream);
+  if (it == streams().streams.end()) return cudaErrorInvalidResourceHandle;
+  if (it->second->capturing) --streams().capturing;
+  streams().streams.erase(it);
+  return cudaSuccess;
+}
+
+cudaError_t stream_synchronize(cudaStream_t stream) {
+  if (stream != nullptr && stream_state(stream) == nullptr) return cudaErrorInvalidResourceHandle;
+  if (capture_open()) return refuse(cudaErrorStreamCaptureUnsupported);
+  return cudaSuccess;  // everything queued has run
+}
+
+cudaError_t begin_capture(cudaStream_t stream, cudaStreamCaptureMode) {
+  if (stream == nullptr) return cudaErrorStreamCaptureUnsupported;
+  StreamState* st = stream_state(stream);
+  if (st == nullptr) return cudaErrorInvalidResourceHandle;
+  if (st->capturing) return cudaErrorIllegalState;
+  st->capturing = true;
+  st->invalidated = false;
+  st->recorded.clear();
+  ++streams().capturing;
+  return cudaSuccess;
+}
+
+cudaError_t end_capture(cudaStream_t stream, cudaGraph_t* graph) {
+  *graph = nullptr;
+  StreamState* st = stream_state(stream);
+  if (st == nullptr) return cudaErrorInvalidResourceHandle;
+  if (!st->capturing) return cudaErrorIllegalState;
+  st->capturing = false;
+  --streams().capturing;
+  Recording recorded = std::move(st->recorded);
+  st->recorded.clear();
+  if (st->invalidated) return cudaErrorStreamCaptureInvalidated;
+  auto g = std::make_unique<Recording>(std::move(recorded));
+  *graph = reinterpret_cast<cudaGraph_t>(g.get());
+  streams().graphs.emplace(*graph, std::move(g));
+  return cudaSuccess;
+}
+
+cudaError_t graph_instantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  const auto it = streams().graphs.find(graph);
+  if (it == streams().graphs.end()) return cudaErrorInvalidValue;
+  auto e = std::make_shared<const Recording>(*it->second);
+  *exec = reinterpret_cast<cudaGraphExec_t>(const_cast<Recording*>(e.get()));
+  streams().execs.emplace(*exec, std::move(e));
+  return cudaSuccess;
+}
+
+cudaError_t graph_launch(cudaGraphExec_t exec, cudaStream_t stream) {
+  const auto it = streams().execs.find(exec);
+  if (it == streams().execs.end()) return cudaErrorInvalidValue;
+  return submit(stream, "graph launch", [recording = it->second] {
+    for (const Queued& q : *recording) q.work();
+  });
+}
+
+cudaError_t graph_destroy(cudaGraph_t graph) {
+  return streams().graphs.erase(graph) == 1 ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+cudaError_t graph_exec_destroy(cudaGraphExec_t exec) {
+  return streams().execs.erase(exec) == 1 ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+cudaError_t copy_async(void* dst, const void* src, size_t bytes, cudaMemcpyKind, cudaStream_t stream) {
+  return submit(stream, "memcpy", [dst, src, bytes] {
+    if (bytes > 0) std::memmove(dst, src, bytes);
+  });
+}
+
+cudaError_t set_bytes_async(void* ptr, int value, size_t bytes, cudaStream_t stream) {
+  return submit(stream, "memset", [ptr, value, bytes] { std::memset(ptr, value, bytes); });
+}
+
 DeviceAccess::DeviceAccess() {
   Allocations& a = allocations();
   if (a.open_scopes++ == 0) {
@@ -634,6 +804,7 @@ void bad_kernel_pointer(const char* kernel, size_t argument) {
 }
 
 cudaError_t malloc_device(void** ptr, size_t bytes) {
+  if (capture_open()) return refuse(cudaErrorStreamCaptureUnsupported);
   install_segv_handler();
   const size_t page = page_bytes();
   const size_t data_pages = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
@@ -656,6 +827,7 @@ cudaError_t malloc_device(void** ptr, size_t bytes) {
 
 cudaError_t free_device(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
+  if (capture_open()) return refuse(cudaErrorStreamCaptureUnsupported);
   Allocations& a = allocations();
   const auto it = a.live.find(ptr);
   if (it == a.live.end()) return cudaErrorInvalidValue;  // not from malloc_device, or freed twice
@@ -669,12 +841,14 @@ cudaError_t free_device(void* ptr) {
 }
 
 cudaError_t copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  if (capture_open()) return refuse(cudaErrorStreamCaptureImplicit);  // the legacy stream's copy
   const DeviceAccess device_access;
   if (bytes > 0) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
 
 cudaError_t set_bytes(void* ptr, int value, size_t bytes) {
+  if (capture_open()) return refuse(cudaErrorStreamCaptureImplicit);
   const DeviceAccess device_access;
   std::memset(ptr, value, bytes);
   return cudaSuccess;
@@ -714,7 +888,7 @@ cudaError_t last_error() {
   return e;
 }
 
-cudaError_t device_synchronize() { return cudaSuccess; }
+cudaError_t device_synchronize() { return capture_open() ? refuse(cudaErrorStreamCaptureUnsupported) : cudaSuccess; }
 
 const char* error_string(cudaError_t e) {
   switch (e) {
@@ -722,6 +896,12 @@ const char* error_string(cudaError_t e) {
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit:
+      return "operation would make the legacy stream depend on a capturing blocking stream";
     default: return "unknown error";
   }
 }
@@ -732,6 +912,11 @@ const char* error_name(cudaError_t e) {
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
     default: return "cudaErrorUnknown";
   }
 }

@@ -88,6 +88,34 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int pending);
 
+// Streams and graphs. Work queued on a stream runs at once (one host thread, in order), except
+// while that stream captures: then it is recorded exactly as queued (a kernel with the argument
+// values of its launch, a copy with its pointers) instead of run, and runs each time the graph
+// instantiated from it is launched. While a capture is open, what the hardware refuses during one
+// is refused with the hardware's error, and the capture is invalidated (cudaStreamEndCapture then
+// fails): calls that wait for the device or may (cudaMemcpy, cudaMemset, cudaMalloc, cudaFree,
+// cudaDeviceSynchronize, cudaStreamSynchronize) and work queued on the legacy default stream,
+// which would have to wait for the capturing stream.
+cudaError_t stream_create(cudaStream_t* stream);
+cudaError_t stream_destroy(cudaStream_t stream);
+cudaError_t stream_synchronize(cudaStream_t stream);
+cudaError_t begin_capture(cudaStream_t stream, cudaStreamCaptureMode mode);
+cudaError_t end_capture(cudaStream_t stream, cudaGraph_t* graph);
+cudaError_t graph_instantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags);
+cudaError_t graph_launch(cudaGraphExec_t exec, cudaStream_t stream);
+cudaError_t graph_destroy(cudaGraph_t graph);
+cudaError_t graph_exec_destroy(cudaGraphExec_t exec);
+cudaError_t copy_async(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream);
+cudaError_t set_bytes_async(void* ptr, int value, size_t bytes, cudaStream_t stream);
+// Queues host code standing for device work (an emulated library call such as a GEMM) on stream:
+// runs it now, with device memory open to it, or records it while the stream captures. `what`
+// names it in errors.
+cudaError_t submit(cudaStream_t stream, const char* what, std::function<void()> work);
+// A kernel launch on stream: the configuration is checked now (a bad one sets the last error, as
+// on the GPU), then run_grid is submitted. body holds the launch's own copies of the arguments.
+void launch_grid(const char* name, dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
+                 std::function<void()> body);
+
 // Restarts the scheduler's random choices (block order, warp and lane order, when asynchronous
 // copies land) from seed; FLASHGPT_SIMT_SEED sets the first seed. Tests use it to show that a
 // result does or does not depend on the order in which blocks and threads run.
@@ -188,6 +216,17 @@ constexpr int warpSize = 32;
 #define cudaGetErrorString ::flashgpt::simt::error_string
 #define cudaGetErrorName ::flashgpt::simt::error_name
 #define cudaFuncSetAttribute ::flashgpt::simt::func_set_attribute
+#define cudaStreamCreate ::flashgpt::simt::stream_create
+#define cudaStreamDestroy ::flashgpt::simt::stream_destroy
+#define cudaStreamSynchronize ::flashgpt::simt::stream_synchronize
+#define cudaStreamBeginCapture ::flashgpt::simt::begin_capture
+#define cudaStreamEndCapture ::flashgpt::simt::end_capture
+#define cudaGraphInstantiate ::flashgpt::simt::graph_instantiate
+#define cudaGraphLaunch ::flashgpt::simt::graph_launch
+#define cudaGraphDestroy ::flashgpt::simt::graph_destroy
+#define cudaGraphExecDestroy ::flashgpt::simt::graph_exec_destroy
+#define cudaMemcpyAsync ::flashgpt::simt::copy_async
+#define cudaMemsetAsync ::flashgpt::simt::set_bytes_async
 
 // Device built-ins.
 inline void __syncthreads() { ::flashgpt::simt::sync_block(); }
