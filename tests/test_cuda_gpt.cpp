@@ -672,7 +672,7 @@ void expect_graph_steps_equal_launched_ones(const GPTConfig& c, Precision precis
     }
   }
   EXPECT_EQ(launches.decode_lengths(), (std::vector<int64_t>{22, 10, 22}));
-  EXPECT_EQ(graphs.decode_lengths(), (std::vector<int64_t>{22, 10, 21}));
+  EXPECT_EQ(graphs.decode_lengths(), (std::vector<int64_t>{22, 10, 22}));
   // Replays: 2 after the first capture, 2 after the one the growing step forced, both steady
   // steps after the restarted prompt, 2 after the candidates' capture.
   EXPECT_EQ(graphs.decode_graph_replays(), 8);

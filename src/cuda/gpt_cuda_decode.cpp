@@ -84,7 +84,7 @@ void Model<T>::start_decoding(int64_t B, int64_t capacity) {
   dec_.B = B;
   dec_.capacity = capacity;
   dec_.lengths.assign(static_cast<size_t>(B), 0);
-  dec_.step_ints = DeviceBuffer(static_cast<size_t>(2 * B) * sizeof(int32_t));
+  dec_.step_ints = DeviceBuffer(static_cast<size_t>(3 * B) * sizeof(int32_t));
 }
 
 template <typename T>
@@ -158,6 +158,7 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   dec_.apart = !ragged && (!equal || steady);
   dec_.step_tn = Tn;
   dec_.pos = 0;
+  const StreamScope on_stream(decode_stream_.get());  // every copy and launch below, and the graph
   std::vector<int32_t> keys(static_cast<size_t>(B));  // latent: the keys each sequence sees
   std::vector<int> packed_tokens;
   if (dec_.packed) {
@@ -194,7 +195,8 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
       dec_.q_pad.fill_bytes(0);
     }
   } else if (dec_.apart) {
-    std::vector<int32_t> ints(static_cast<size_t>(2 * B));
+    std::vector<int32_t> ints(static_cast<size_t>(2 * B + B * Tn));
+    std::copy(tokens, tokens + B * Tn, ints.begin() + 2 * B);
     dec_.max_keys = 1;
     for (int64_t b = 0; b < B; ++b) {
       const auto len = static_cast<int32_t>(dec_.lengths[static_cast<size_t>(b)]);
@@ -210,14 +212,15 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     dec_.pos = dec_.lengths[0];
     std::fill(keys.begin(), keys.end(), static_cast<int32_t>(dec_.pos + Tn));
   }
-  const StreamScope on_stream(decode_stream_.get());  // every copy and launch below, and the graph
   // The layers' rows: [B, Tn], or packed [N, 1].
   const int64_t lb = dec_.packed ? N : B, lt = dec_.packed ? 1 : Tn;
   allocate(lb, lt);
   have_forward_ = have_logits_ = have_segments_ = false;
-  copy_to_device(tokens_, dec_.packed ? packed_tokens.data() : tokens, static_cast<size_t>(N) * sizeof(int));
+  if (!dec_.apart) {  // apart, they came with the positions
+    copy_to_device(tokens_, dec_.packed ? packed_tokens.data() : tokens, static_cast<size_t>(N) * sizeof(int));
+  }
   if (is_latent(c.attention)) {
-    if (!dec_.packed) dec_.seq_lens.upload(keys.data(), keys.size() * sizeof(int32_t));
+    if (!dec_.packed && !dec_.apart) dec_.seq_lens.upload(keys.data(), keys.size() * sizeof(int32_t));
     // Every layer's decode has these sizes: planned once a call. Packed, every row is a sequence
     // of one query with its own block table.
     PagedLatentDims& pd = dec_.latent_dims;
@@ -275,7 +278,9 @@ const float* Model<T>::decode_device_work(int64_t B, int64_t Tn, int top_k, size
   } decoding(decoding_);
 
   const int64_t rows = lb * lt;
-  embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), lb, lt, C, pos0(), seq_pos());
+  // Apart, the tokens follow the positions and key counts in step_ints.
+  const int* tokens = dec_.apart ? step_int(2 * B) : tokens_;
+  embedding_forward(resid_[0], tokens, W(wte_), W(wpe_), lb, lt, C, pos0(), seq_pos());
   for (int l = 0; l < c.n_layer; ++l) {
     block_forward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l) + 1]);
   }
@@ -422,8 +427,10 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
                              step_int(packed_.row_keys + r0), o_lat + r0 * H * nl, a.lse + r0 * H, dec_.latent_opt);
     }
   } else {
-    latent_decode_paged<T>(dec_.latent_dims, scale, q_abs, cache, dec_.block_table.template as<int32_t>(),
-                           dec_.seq_lens.template as<int32_t>(), o_lat, a.lse, dec_.latent_opt);
+    // Apart, the key counts are step_ints' second row.
+    const int32_t* keys = dec_.apart ? step_int(dec_.B) : dec_.seq_lens.template as<int32_t>();
+    latent_decode_paged<T>(dec_.latent_dims, scale, q_abs, cache, dec_.block_table.template as<int32_t>(), keys, o_lat,
+                           a.lse, dec_.latent_opt);
   }
   // Back to each head's values: att_h = o_lat,h · W_v_up,hᵀ, again one batch of H products.
   gemm_batched<T, T>(false, true, N, hd, nl, 1.0f, o_lat, H * nl, nl, v_up, nl, hd * nl, 0.0f, a.att, H * hd, hd, H);

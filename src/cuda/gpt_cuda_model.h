@@ -261,9 +261,10 @@ class Model final : public GPTCuda::Impl {
     std::vector<int64_t> lengths;  // tokens cached per sequence
     int64_t rows = 0;  // cache rows per sequence: capacity, in whole pages for latent attention
     // This call: the sequences at one position `pos`, each reading its whole row of Tn tokens;
-    // or apart (different lengths, Tn new tokens each), when step_ints holds int32 [2, B]: each
-    // sequence's position (that of its first new token, also its causal offset and the cache row
-    // it appends at) and the keys it sees; max_keys is the largest of those. Or packed (a ragged
+    // or apart (different lengths, or a steady step; Tn new tokens each), when step_ints holds
+    // int32 [2 + Tn, B]: each sequence's position (that of its first new token, also its causal
+    // offset and the cache row it appends at), the keys it sees (max_keys is the largest, or the
+    // cache's rows in a steady step), then the tokens [B, Tn]. Or packed (a ragged
     // step: some sequence reads fewer than Tn tokens): only the N tokens read run through the
     // layers, as rows [N, 1], and step_ints holds the int32 arrays PackedStep names.
     bool apart = false, packed = false;
@@ -278,7 +279,10 @@ class Model final : public GPTCuda::Impl {
     LatentDecodeOptions latent_opt;     // its planned splits and workspace
     // A steady step's device work (one new token per sequence, run apart with the cache's rows as
     // the key bound), captured once and replayed while nothing it names has been reallocated: it
-    // was captured for top_k `graph_top_k` at allocation epoch `graph_epoch`.
+    // was captured for top_k `graph_top_k` at allocation epoch `graph_epoch`. Its activations are
+    // its own business (it writes each before reading it, so another step's layout of the arenas
+    // in between does no harm); it meets host code only in buffers of their own: the cache,
+    // step_ints (its tokens, positions and key counts, one upload) and its outputs.
     Graph graph;
     int graph_top_k = -1;
     uint64_t graph_epoch = 0;
