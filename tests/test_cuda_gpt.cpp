@@ -617,8 +617,10 @@ TEST(CudaGpt, DecodeTopRanksTheLogitsDecodeGives) {
 // the rest replay, each at the next position); a ragged step
 // reading more rows than any before (buffers grow: the next steady step captures anew); steady
 // steps, now at different positions; a restarted sequence's new prompt beside two running ones
-// (nothing grows: the graph replays across it); steady steps; and steady steps asking for
-// candidates (another capture).
+// (nothing grows: the graph replays across it); one-token steps, one with a sequence sitting out
+// (it replays too, and that sequence's logits are zero); steps asking for candidates (another
+// capture), one with a sequence sitting out; and a step where the sequence sitting out has a full
+// cache (packed, launch by launch).
 void expect_graph_steps_equal_launched_ones(const GPTConfig& c, Precision precision) {
   SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision));
   GPT<float> init(c);
@@ -638,9 +640,15 @@ void expect_graph_steps_equal_launched_ones(const GPTConfig& c, Precision precis
     int64_t restart;
   };
   const Step steady{1, {}, 0, -1}, steady_top{1, {}, 5, -1};
-  const std::vector<Step> schedule = {{4, {}, 0, -1}, steady, steady, steady, {6, {6, 1, 6}, 0, -1}, steady,
-                                      steady, steady, {5, {1, 5, 1}, 0, 1}, steady, steady, steady_top, steady_top,
-                                      steady_top};
+  const std::vector<Step> schedule = {
+      {4, {}, 0, -1},                                                    // prefill: lengths 4, 4, 4
+      steady, steady, steady,                                            // capture, 2 replays
+      {6, {6, 1, 6}, 0, -1},                                             // the activations grow
+      steady, steady, steady,                                            // capture, 2 replays
+      {5, {1, 5, 1}, 0, 1},                                              // sequence 1 starts over
+      steady, {1, {1, 0, 1}, 0, -1}, steady,                             // 3 replays
+      steady_top, {1, {0, 1, 1}, 5, -1}, steady_top, steady_top,         // capture, 3 replays
+      {1, {1, 1, 0}, 5, -1}};                                            // sequence 2 is full: packed
   // The model without graphs runs the schedule first: any device allocation (this process's, any
   // model's) makes a graph be captured anew, so the two models do not take turns.
   std::vector<std::vector<float>> want_logits;
@@ -669,13 +677,21 @@ void expect_graph_steps_equal_launched_ones(const GPTConfig& c, Precision precis
             << "replays so far " << graphs.decode_graph_replays();
         ASSERT_EQ(ids, want_ids[k]);
       }
+      for (int64_t b = 0; b < static_cast<int64_t>(st.counts.size()); ++b) {  // sitting out: zero logits
+        if (st.counts[static_cast<size_t>(b)] > 0) continue;
+        const size_t width = n / B;
+        EXPECT_EQ(std::count(logits.begin() + b * width, logits.begin() + (b + 1) * width, 0.0f), width) << b;
+        for (int i = 0; i < st.top_k; ++i) EXPECT_EQ(ids[static_cast<size_t>(b * st.top_k + i)], i) << b;
+      }
     }
   }
-  EXPECT_EQ(launches.decode_lengths(), (std::vector<int64_t>{22, 10, 22}));
-  EXPECT_EQ(graphs.decode_lengths(), (std::vector<int64_t>{22, 10, 22}));
-  // Replays: 2 after the first capture, 2 after the one the growing step forced, both steady
-  // steps after the restarted prompt, 2 after the candidates' capture.
-  EXPECT_EQ(graphs.decode_graph_replays(), 8);
+  EXPECT_EQ(launches.decode_lengths(), (std::vector<int64_t>{24, 12, 24}));
+  EXPECT_EQ(graphs.decode_lengths(), (std::vector<int64_t>{24, 12, 24}));
+  // Replays: 2 after the first capture, 2 after the one the growing step forced, the 3 one-token
+  // steps after the restarted prompt (one with a sequence sitting out), 3 after the candidates'
+  // capture (one with a sequence sitting out). The last step is packed: the sequence sitting it
+  // out has a full cache, no row to spare.
+  EXPECT_EQ(graphs.decode_graph_replays(), 10);
   EXPECT_EQ(launches.decode_graph_replays(), 0);
   graphs.start_decoding(B, 24);  // a new cache drops the graph and the count
   EXPECT_EQ(graphs.decode_graph_replays(), 0);

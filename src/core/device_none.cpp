@@ -119,6 +119,9 @@ void GPTCuda::decode_top(const int*, int64_t, int64_t, int, std::span<int32_t>, 
   fail("GPU decoding: {}", kNoCuda);
 }
 int64_t GPTCuda::decode_cache_bytes() const { fail("GPU decoding: {}", kNoCuda); }
+void GPTCuda::set_decode_graphs(bool) { fail("GPU decoding: {}", kNoCuda); }
+bool GPTCuda::decode_graphs() const { fail("GPU decoding: {}", kNoCuda); }
+int64_t GPTCuda::decode_graph_replays() const { fail("GPU decoding: {}", kNoCuda); }
 double measure_gemm_flops(bool, int, int) { fail("GPU GEMM rate: {}", kNoCuda); }
 
 }  // namespace cuda::inline FLASHGPT_CUDA_ABI

@@ -149,13 +149,24 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   // (appends), causal offsets and key counts (attention). A ragged step packs the tokens read into
   // rows [N, 1], each at its own position (PackedStep): the layers see no padding, and only the
   // tokens read are appended, so a sequence needs room for its own tokens alone.
-  // A steady step (one new token for every sequence: the sampler's steady state) replays a CUDA
-  // graph when graphs are on. It runs apart whatever the lengths, with the cache's rows as its key
-  // bound, so that every such step queues the same launches with the same arguments and differs
-  // only in device memory: its tokens, positions and key counts.
-  const bool steady = decode_graphs && !ragged && Tn == 1;
-  dec_.packed = ragged;
-  dec_.apart = !ragged && (!equal || steady);
+  // A one-token step in which some sequences sit out (a batch whose finished samples wait for
+  // nothing) is not packed: each sequence sitting out still runs its row — the token it was given,
+  // at its own length — whose key and value land in the cache row past its length, where nothing
+  // reads them before the sequence's next token overwrites them; its logits are zeroed after. Its
+  // launches are then those of any one-token step, so it can replay the same graph. A sequence
+  // whose cache is full has no such row: then the step is packed.
+  bool sit_out = Tn == 1 && ragged;
+  for (int64_t b = 0; b < B && sit_out; ++b) {
+    sit_out = count[static_cast<size_t>(b)] == 1 || dec_.lengths[static_cast<size_t>(b)] < dec_.capacity;
+  }
+  // A steady step (one new token for every sequence, or none for some as above: the sampler's
+  // steady state) replays a CUDA graph when graphs are on. It runs apart whatever the lengths, with
+  // the cache's rows as its key bound, so that every such step queues the same launches with the
+  // same arguments and differs only in device memory: its tokens, positions and key counts.
+  const bool one_token = Tn == 1 && (!ragged || sit_out);
+  const bool steady = decode_graphs && one_token;
+  dec_.packed = !one_token && ragged;
+  dec_.apart = !dec_.packed && (!equal || steady || sit_out);
   dec_.step_tn = Tn;
   dec_.pos = 0;
   const StreamScope on_stream(decode_stream_.get());  // every copy and launch below, and the graph
@@ -263,6 +274,13 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     copy_to_host(logits.data(), dec_.top_logits.get(), logits.size_bytes());
   } else {
     copy_to_host(logits.data(), wide, logits.size_bytes());
+  }
+  // Those that sat out get what a packed step gives them: zero logits (whose best are ids 0, 1, …).
+  for (int64_t b = 0; b < B && sit_out; ++b) {
+    if (count[static_cast<size_t>(b)] > 0) continue;
+    const int64_t width = top_k > 0 ? top_k : Vp;
+    std::fill(logits.begin() + b * width, logits.begin() + (b + 1) * width, 0.0f);
+    if (top_k > 0) std::iota(ids.begin() + b * top_k, ids.begin() + (b + 1) * top_k, 0);
   }
   for (int64_t b = 0; b < B; ++b) dec_.lengths[static_cast<size_t>(b)] += count[static_cast<size_t>(b)];
 }

@@ -129,8 +129,8 @@ class GPTCuda {
                   std::span<const int32_t> counts = {});
   // The cache's size in bytes (0 before start_decoding).
   int64_t decode_cache_bytes() const;
-  // CUDA graphs for steady steps. A step in which every sequence reads one new token (the
-  // sampler's steady state; not a prefill, nor a ragged step) queues a few hundred small kernels,
+  // CUDA graphs for steady steps. A step in which every sequence reads one new token or sits out
+  // (the sampler's steady state; not a prefill) queues a few hundred small kernels,
   // and at small batches launching them costs more than running them. With graphs on (the
   // default) the first such step runs launch by launch and its work is captured as a CUDA graph;
   // later ones upload their tokens, positions and key counts and replay the graph with one launch.
