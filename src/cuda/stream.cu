@@ -1,9 +1,6 @@
 // Streams and graphs (stream.h), compiled for the GPU and for the emulator alike.
 #include "cuda/stream.h"
 
-#include <exception>
-#include <string>
-
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 namespace {
@@ -19,15 +16,6 @@ Stream::Stream() { FLASHGPT_CUDA_CHECK(cudaStreamCreate(&stream_)); }
 
 Stream::~Stream() {
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
-}
-
-Stream& Stream::operator=(Stream&& o) noexcept {
-  if (this != &o) {
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
-    stream_ = o.stream_;
-    o.stream_ = nullptr;
-  }
-  return *this;
 }
 
 Graph& Graph::operator=(Graph&& o) noexcept {

@@ -35,8 +35,6 @@ class Stream {
  public:
   Stream();
   ~Stream();
-  Stream(Stream&& o) noexcept : stream_(o.stream_) { o.stream_ = nullptr; }
-  Stream& operator=(Stream&& o) noexcept;
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;
   cudaStream_t get() const { return stream_; }
