@@ -189,14 +189,34 @@ if [ -n "$bin" ]; then
   fi
 fi
 
+# --- flash decode (split-KV) against the flash kernel, beside the copy bandwidth ---------------
+say ""
+say "## Flash decode: one new token per sequence over a long cache, against the flash kernel on the same case (bf16)"
+say ""
+if [ -n "$bin" ]; then
+  fd_ok=1
+  for shape in "--heads 12 --head-dim 64" "--heads 32 --kv-heads 8 --head-dim 128"; do
+    # shellcheck disable=SC2086
+    timeout 600 "$bin/flashgpt" bench flash-decode $shape --batch 1,16,64 --context 1024,4096,16384 \
+      --repeats 9 --json >> "$out/gpu-check-$stamp-flash-decode.jsonl" 2>> "$logs/bench_flash_decode.err" || fd_ok=0
+  done
+  [ $fd_ok = 1 ] || { say "(a case failed: $(tail -1 "$logs/bench_flash_decode.err" | cut -c1-200))"; status=1; }
+  if [ -s "$out/gpu-check-$stamp-flash-decode.jsonl" ]; then
+    jsonl_table "$out/gpu-check-$stamp-flash-decode.jsonl" "heads={r['heads']}/{r['kv_heads']}" \
+      "D={r['head_dim']}" "batch={r['batch']}" "context={r['context']}" "splits={r['splits']}" \
+      "ms={r['ms']:.4f}" "flash kernel ms={r['flash_ms']:.4f}" "vs flash kernel={r['speedup_vs_flash']:.2f}×" \
+      "GB/s={r['gbps']:.0f}" "of copy={100 * r['of_copy']:.0f}%" "max rel err={r['max_rel_err']:.1e}" >> "$report"
+  fi
+fi
+
 # --- generation: the whole model's decode step, MHA's cache against the latent cache -----------
 say ""
-say "## Decode step of the whole model (GPT-2 124M shapes, bf16, batch 1 and 16): the sampler's path, launched kernel by kernel and replayed as a CUDA graph"
+say "## Decode step of the whole model (GPT-2 124M shapes, bf16, batch 1 and 16): the sampler's path, launched kernel by kernel and replayed as a CUDA graph, multi-head attention by the flash kernels and by flash decode (split-KV)"
 say ""
 if [ -n "$bin" ]; then
   for batch in 1 16; do
     if timeout 600 "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash,flash_mla \
-         --context 1024,4096 --batch "$batch" --repeats 20 --cuda-graphs off,on --json \
+         --context 1024,4096 --batch "$batch" --repeats 20 --cuda-graphs off,on --split-kv off,on --json \
          >> "$out/gpu-check-$stamp-decode.jsonl" 2> "$logs/bench_decode_$batch.err"; then :; else
       say "(batch $batch failed: $(tail -1 "$logs/bench_decode_$batch.err" | cut -c1-200))"
       status=1
@@ -204,9 +224,10 @@ if [ -n "$bin" ]; then
   done
   if [ -s "$out/gpu-check-$stamp-decode.jsonl" ]; then
     jsonl_table "$out/gpu-check-$stamp-decode.jsonl" "mechanism={r['mechanism']}" "batch={r['batch']}" \
-      "context={r['context']}" "CUDA graphs={r['cuda_graphs']} ({r['graph_replays']} replayed)" \
+      "context={r['context']}" "split-KV={r['split_kv']}" \
+      "CUDA graphs={r['cuda_graphs']} ({r['graph_replays']} replayed)" \
       "ms / step={r['ms_per_token']:.3f}" "tokens/s={r['tokens_per_s']:.0f}" \
-      "vs launches={r['speedup_vs_launches']:.2f}×" \
+      "vs launches={r['speedup_vs_launches']:.2f}×" "vs split-KV off={r['speedup_vs_split_kv_off']:.2f}×" \
       "cache MiB={r['cache_bytes'] / 2**20:.1f}" "vs flash={r['speedup_vs_mha']:.2f}×" \
       "max rel err={r['max_rel_err']:.1e}" >> "$report"
   fi

@@ -206,7 +206,7 @@ TEST_F(Pipeline, FlashMlaTrainsSamplesAndCompresses) {
 
 TEST(Cli, HelpForEveryCommand) {
   for (const char* cmd : {"", "prepare", "train", "sample", "eval", "info", "bench", "bench train", "bench attention",
-                          "bench decode", "bench latent-decode", "convert", "plot",
+                          "bench decode", "bench latent-decode", "bench flash-decode", "convert", "plot",
                           "compress"}) {
     RunResult r = run_flashgpt(std::string(cmd) + " --help");
     EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.output;
@@ -256,6 +256,11 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench latent-decode --context 1 --new-tokens 2"), "--context: 1");
   expect_one_error_line(run_flashgpt("bench latent-decode --kernel magic"), "--kernel");
   expect_one_error_line(run_flashgpt("bench latent-decode --heads 0"), "--heads");
+  expect_one_error_line(run_flashgpt("bench decode --split-kv always"), "--split-kv: unknown setting 'always'");
+  expect_one_error_line(run_flashgpt("bench flash-decode --heads 12 --kv-heads 5"), "--kv-heads: 5 must divide --heads 12");
+  expect_one_error_line(run_flashgpt("bench flash-decode --context 1 --new-tokens 2"), "--context: 1");
+  expect_one_error_line(run_flashgpt("bench flash-decode --batch 0"), "--batch");
+  expect_one_error_line(run_flashgpt("bench flash-decode --precision fp8"), "--precision");
   expect_one_error_line(run_flashgpt("info --latent-dim 16"), "n_latent");  // standard attention has no latent
   expect_one_error_line(run_flashgpt("info --attention mla --n-kv-head 4"), "n_kv_head");
   expect_one_error_line(run_flashgpt("info --attention mla --use-svd"), "svd_rank");
@@ -310,6 +315,7 @@ TEST_F(Pipeline, DeviceChoice) {
     expect_one_error_line(run_flashgpt(common + "--steps 2 --device cuda --out " + (dir / "cuda")), "--device cuda: ");
     expect_one_error_line(run_flashgpt("bench attention --device cuda"), "--device cuda: ");
     expect_one_error_line(run_flashgpt("bench latent-decode"), "bench latent-decode: needs a GPU");
+    expect_one_error_line(run_flashgpt("bench flash-decode"), "bench flash-decode: needs a GPU");
     // Sampling and evaluation choose their device the same way.
     const std::string ckpt = dir / "auto/ckpt.safetensors";
     RunResult s = run_flashgpt("sample -c " + ckpt + " --prompt-ids 1,2 -n 4");
@@ -336,6 +342,21 @@ TEST_F(Pipeline, DeviceChoice) {
       EXPECT_LT(j["max_rel_err"].get<double>(), 2e-2) << line;
     }
     EXPECT_EQ(kernels, (std::vector<std::string>{"tensor-cores", "cuda-cores"})) << b.output;
+  }
+  // Flash decode's benchmark beside the flash kernel, one JSON line per case.
+  {
+    RunResult b = run_flashgpt("bench flash-decode --batch 1,4 --heads 8 --kv-heads 2 --context 300 --repeats 3 --json");
+    ASSERT_EQ(b.exit_code, 0) << b.output;
+    std::istringstream rows(b.output);
+    std::vector<int64_t> batches;
+    for (std::string line; std::getline(rows, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      batches.push_back(j["batch"].get<int64_t>());
+      EXPECT_GT(j["speedup_vs_flash"].get<double>(), 0.0) << line;
+      EXPECT_GT(j["of_copy"].get<double>(), 0.0) << line;
+      EXPECT_LT(j["max_rel_err"].get<double>(), 2e-2) << line;
+    }
+    EXPECT_EQ(batches, (std::vector<int64_t>{1, 4})) << b.output;
   }
   // The tensor-core kernels' benchmark: checked, then timed, one JSON line per case.
   for (const std::string precision : {"bf16", "fp16", "bf16 --deterministic"}) {

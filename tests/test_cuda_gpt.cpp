@@ -364,9 +364,12 @@ TEST(CudaGpt, DeterministicTrainingRepeatsItsBits) {
 // cache (12 rows, not a whole page of the latent cache) is full; each step's logits within `tol`
 // of the largest. Multi-head caches keys and values; latent attention caches [c_kv, k_rope] rows
 // and decodes with weight absorption, on the CPU and on the GPU.
-void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol) {
-  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision));
+// split_kv: multi-head attention by flash decode (the default) or by the flash kernels.
+void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol, bool split_kv = true) {
+  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision) + (split_kv ? "" : " flash kernels"));
   Pair p(c, precision);
+  p.gpu.set_split_kv_decode(split_kv);
+  EXPECT_EQ(p.gpu.split_kv_decode(), split_kv);
   const int64_t B = 2, capacity = 12, Vp = c.padded_vocab_size();
   KVCache<float> cache = p.cpu.make_cache(B, capacity);
   p.gpu.start_decoding(B, capacity);
@@ -387,9 +390,11 @@ void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, dou
 // then steps of one or several tokens each at its own position, with sequences sitting out steps —
 // each with the logits of its own full forward on the CPU; a step past the capacity is an error
 // that leaves the cache as it was.
-void expect_ragged_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol) {
-  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision));
+void expect_ragged_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol,
+                                           bool split_kv = true) {
+  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision) + (split_kv ? "" : " flash kernels"));
   Pair p(c, precision);
+  p.gpu.set_split_kv_decode(split_kv);
   const int64_t B = 3, Vp = c.padded_vocab_size();
   p.gpu.start_decoding(B, 12);
   testing::expect_ragged_decoding_equals_full_forward(
@@ -426,6 +431,14 @@ TEST(CudaGpt, Fp32DecodingTracksTheCpuCache) {
   for (const GPTConfig& c : {gpt2_like(), llama_like(), narrow_standard, mla_rope(), mla_svd(), flash_mla_like()}) {
     expect_decoding_tracks_the_cpu(c, Precision::FP32, 1e-5);
   }
+}
+
+// The flash kernels, which multi-head decoding used before flash decode, stay a working choice.
+TEST(CudaGpt, DecodingWithTheFlashKernelsTracksTheCpu) {
+  SKIP_WITHOUT_GPU();
+  for (const GPTConfig& c : {gpt2_like(), llama_like()}) expect_decoding_tracks_the_cpu(c, Precision::FP32, 1e-5, false);
+  expect_ragged_decoding_tracks_the_cpu(llama_like(), Precision::FP32, 1e-5, false);
+  expect_ragged_decoding_tracks_the_cpu(llama_like(), Precision::BF16, 3e-2, false);
 }
 
 // bf16 weights and activations: within a few percent of the fp32 CPU. mla_rope's latent rows

@@ -309,6 +309,7 @@ void register_bench(CLI::App& app) {
   register_bench_attention(*bench);
   register_bench_decode(*bench);
   register_bench_latent_decode(*bench);
+  register_bench_flash_decode(*bench);
 }
 
 }  // namespace flashgpt::cli

@@ -32,11 +32,13 @@ struct BenchDecodeCli {
   bool json = false;
   std::string device = "cpu", precision = "bf16";
   std::vector<std::string> cuda_graphs = {"on"};  // the GPU: each setting timed in turn
+  std::vector<std::string> split_kv = {"on"};     // the GPU, multi-head: flash decode (on) or the flash kernels
 };
 
 struct Result {
   std::string mechanism;
   std::string graphs = "-";  // the GPU: "on" or "off"
+  std::string split_kv = "-";  // the GPU, multi-head attention: "on" (flash decode) or "off" (the flash kernels)
   int64_t replays = 0;      // timed steps that replayed the graph
   int64_t context = 0;
   double ms = 0;  // median, all layers, one token per sequence
@@ -158,7 +160,7 @@ Result bench_one(const GPTConfig& base, AttentionKind kind, int64_t context, con
 // a prefill of `context` tokens, timed one token at a time. Checked first: one step's logits (of
 // the first sequence) against the GPU's own forward without a cache over the same tokens.
 Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context, const BenchDecodeCli& c,
-                      cuda::Precision precision, bool graphs) {
+                      cuda::Precision precision, bool graphs, const std::string& split_kv) {
   GPTConfig cfg = base.with_attention(kind);
   const int64_t B = c.batch, capacity = context + 1 + c.repeats + 1, Vp = cfg.padded_vocab_size();
   cfg.block_size = std::max<int>(cfg.block_size, static_cast<int>(capacity));
@@ -167,6 +169,7 @@ Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context
   FLASHGPT_CHECK(why.empty(), "bench decode --device cuda: {}: {}", to_string(kind), why);
   cuda::GPTCuda gpu(cfg, precision);
   gpu.set_decode_graphs(graphs);
+  if (split_kv != "-") gpu.set_split_kv_decode(split_kv == "on");
   {
     GPT<float> init(cfg);
     init.init_weights(1234);
@@ -215,6 +218,7 @@ Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context
   }
   r.ms = median(times) * 1e3;
   r.graphs = graphs ? "on" : "off";
+  r.split_kv = split_kv;
   r.replays = gpu.decode_graph_replays() - replays;
   return r;
 }
@@ -231,6 +235,9 @@ void run_bench_decode(const BenchDecodeCli& c) {
   for (const std::string& g : c.cuda_graphs) {
     FLASHGPT_CHECK(g == "on" || g == "off", "--cuda-graphs: unknown setting '{}' (expected on, off or on,off)", g);
   }
+  for (const std::string& g : c.split_kv) {
+    FLASHGPT_CHECK(g == "on" || g == "off", "--split-kv: unknown setting '{}' (expected on, off or on,off)", g);
+  }
   const bool gpu = c.device == "cuda";
   const cuda::Precision precision = cuda::parse_precision(c.precision, "--precision");
   if (gpu) {
@@ -241,9 +248,9 @@ void run_bench_decode(const BenchDecodeCli& c) {
                   "%d heads × %d\n\n",
                   report.gpus.front().name.c_str(), cuda::to_string(precision).c_str(), static_cast<long long>(c.batch),
                   base.n_layer, base.n_head, base.head_dim());
-      std::printf("| mechanism | CUDA graphs | context | ms / token | tokens/s | vs launches | cache MiB | "
-                  "= info's prediction | vs MHA | max rel err |\n"
-                  "|---|---|---|---|---|---|---|---|---|---|\n");
+      std::printf("| mechanism | split-KV | CUDA graphs | context | ms / token | tokens/s | vs launches | "
+                  "vs split-KV off | cache MiB | = info's prediction | vs MHA | max rel err |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     }
   } else if (!c.json) {
     std::printf("decode attention, all %d layers, one new token per sequence: batch %lld, %d heads × %d, %d threads\n\n",
@@ -258,10 +265,16 @@ void run_bench_decode(const BenchDecodeCli& c) {
         results.push_back(bench_one(base, k, context, c));
         continue;
       }
-      for (const std::string& g : c.cuda_graphs) results.push_back(bench_one_cuda(base, k, context, c, precision, g == "on"));
+      // Multi-head attention at each split-KV setting; latent attention has its own split decode.
+      const std::vector<std::string> splits = is_latent(k) ? std::vector<std::string>{"-"} : c.split_kv;
+      for (const std::string& sk : splits) {
+        for (const std::string& g : c.cuda_graphs) {
+          results.push_back(bench_one_cuda(base, k, context, c, precision, g == "on", sk));
+        }
+      }
     }
-    // The yardsticks: the faster multi-head kernel at the same graphs setting, and the same
-    // mechanism launched kernel by kernel.
+    // The yardsticks: the faster multi-head run at the same graphs setting, the same mechanism
+    // launched kernel by kernel, and (multi-head) the same with split-KV off.
     const auto mha_ms = [&](const Result& of) {
       double ms = 0;
       for (const Result& r : results) {
@@ -273,13 +286,20 @@ void run_bench_decode(const BenchDecodeCli& c) {
     };
     const auto launched_ms = [&](const Result& of) {
       for (const Result& r : results) {
-        if (r.mechanism == of.mechanism && r.graphs == "off") return r.ms;
+        if (r.mechanism == of.mechanism && r.split_kv == of.split_kv && r.graphs == "off") return r.ms;
+      }
+      return 0.0;
+    };
+    const auto split_off_ms = [&](const Result& of) {
+      for (const Result& r : results) {
+        if (r.mechanism == of.mechanism && r.graphs == of.graphs && r.split_kv == "off") return r.ms;
       }
       return 0.0;
     };
     for (const Result& r : results) {
       const double speedup = mha_ms(r) > 0 ? mha_ms(r) / r.ms : 0.0;
       const double vs_launches = launched_ms(r) > 0 ? launched_ms(r) / r.ms : 0.0;
+      const double vs_split_off = split_off_ms(r) > 0 ? split_off_ms(r) / r.ms : 0.0;
       const double gbps = static_cast<double>(r.cache_bytes) / (r.ms * 1e-3) / 1e9;
       const double tokens_per_s = static_cast<double>(c.batch) / (r.ms * 1e-3);
       if (c.json) {
@@ -292,14 +312,16 @@ void run_bench_decode(const BenchDecodeCli& c) {
                                            {"cache_gbps", gbps}, {"speedup_vs_mha", speedup},
                                            {"max_rel_err", r.max_rel_err}, {"threads", num_threads()},
                                            {"cuda_graphs", r.graphs}, {"graph_replays", r.replays},
-                                           {"speedup_vs_launches", vs_launches}}
+                                           {"speedup_vs_launches", vs_launches}, {"split_kv", r.split_kv},
+                                           {"speedup_vs_split_kv_off", vs_split_off}}
                                 .dump()
                                 .c_str());
       } else if (gpu) {
         const std::string graphs = r.graphs == "on" ? fmt::format("on ({} of {} replayed)", r.replays, c.repeats) : "off";
-        std::printf("| %s | %s | %lld | %.3f | %.0f | %s | %.2f | %s | %.2fx | %.1e |\n", r.mechanism.c_str(),
-                    graphs.c_str(), static_cast<long long>(r.context), r.ms, tokens_per_s,
+        std::printf("| %s | %s | %s | %lld | %.3f | %.0f | %s | %s | %.2f | %s | %.2fx | %.1e |\n", r.mechanism.c_str(),
+                    r.split_kv.c_str(), graphs.c_str(), static_cast<long long>(r.context), r.ms, tokens_per_s,
                     vs_launches > 0 ? fmt::format("{:.2f}x", vs_launches).c_str() : "-",
+                    vs_split_off > 0 ? fmt::format("{:.2f}x", vs_split_off).c_str() : "-",
                     static_cast<double>(r.cache_bytes) / (1 << 20), r.cache_bytes == r.predicted_bytes ? "yes" : "NO",
                     speedup, r.max_rel_err);
       } else {
@@ -335,6 +357,11 @@ void register_bench_decode(CLI::App& bench) {
   sub->add_option("--cuda-graphs", c->cuda_graphs,
                   "The GPU: time steps replayed as one CUDA graph (on), launched kernel by kernel (off), or both "
                   "(on,off), side by side")
+      ->delimiter(',')
+      ->capture_default_str();
+  sub->add_option("--split-kv", c->split_kv,
+                  "The GPU, multi-head attention: flash decode, split along the cache (on), the flash kernels (off), "
+                  "or both (on,off), side by side")
       ->delimiter(',')
       ->capture_default_str();
   sub->add_flag("--json", c->json, "One JSON object per case");

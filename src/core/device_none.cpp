@@ -4,6 +4,7 @@
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/attention_bench_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/flash_decode_bench_cuda.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/latent_decode_bench_cuda.h"
 #include "flashgpt/cuda/matmul_cuda.h"
@@ -69,6 +70,7 @@ void flash_backward_tc(TensorCoreType, const AttentionDims&, const AttentionMask
 }
 FlashBenchResult bench_flash_attention(const FlashBenchCase&) { fail("bench attention --device cuda: {}", kNoCuda); }
 LatentDecodeBenchResult bench_latent_decode(const LatentDecodeBenchCase&) { fail("bench latent-decode: {}", kNoCuda); }
+FlashDecodeBenchResult bench_flash_decode(const FlashDecodeBenchCase&) { fail("bench flash-decode: {}", kNoCuda); }
 DeviceBuffer::DeviceBuffer(size_t) { fail("device memory: {}", kNoCuda); }
 DeviceBuffer::~DeviceBuffer() = default;
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&&) noexcept { return *this; }
@@ -122,6 +124,8 @@ int64_t GPTCuda::decode_cache_bytes() const { fail("GPU decoding: {}", kNoCuda);
 void GPTCuda::set_decode_graphs(bool) { fail("GPU decoding: {}", kNoCuda); }
 bool GPTCuda::decode_graphs() const { fail("GPU decoding: {}", kNoCuda); }
 int64_t GPTCuda::decode_graph_replays() const { fail("GPU decoding: {}", kNoCuda); }
+void GPTCuda::set_split_kv_decode(bool) { fail("GPU decoding: {}", kNoCuda); }
+bool GPTCuda::split_kv_decode() const { fail("GPU decoding: {}", kNoCuda); }
 double measure_gemm_flops(bool, int, int) { fail("GPU GEMM rate: {}", kNoCuda); }
 
 }  // namespace cuda::inline FLASHGPT_CUDA_ABI

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cuda/bench_timing.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/half_precision.h"
 #include "flashgpt/core/rng.h"
@@ -16,6 +17,8 @@
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
+using bench::median;
+
 namespace {
 
 uint16_t to_bits(TensorCoreType t, float x) {
@@ -23,11 +26,6 @@ uint16_t to_bits(TensorCoreType t, float x) {
 }
 float from_bits(TensorCoreType t, uint16_t h) {
   return t == TensorCoreType::bf16 ? bf16_bits_to_float(h) : fp16_bits_to_float(h);
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 // One rounded random tensor: its bits on the device for the tensor-core kernels, its values in

@@ -63,6 +63,7 @@ struct GPTCuda::Impl {
   virtual int64_t decode_cache_bytes() const = 0;
   int64_t classifier_rows = 0;  // rows per classifier chunk; 0 chooses
   bool decode_graphs = true;     // steady decoding steps replay a captured CUDA graph
+  bool split_kv_decode = true;   // multi-head decoding attends with flash decode (split-KV)
   int64_t graph_replays = 0;     // steps that did, since start_decoding
   bool deterministic_next = false;  // set_deterministic: what the next forward with targets latches
   bool deterministic = false;       // the step in flight: no atomics in its backward
@@ -211,8 +212,9 @@ class Model final : public GPTCuda::Impl {
   // the new queries over everything cached.
   void mha_decode_attention(LayerActs& a);
   void mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T* v_up);
-  // Causal attention of Tq new queries over a cache (the flash kernels where they run the head
-  // dims, the standard kernel otherwise).
+  // Causal attention of Tq new queries over a cache: flash decode (split along the cache) while
+  // the rows per key/value head are few, else the flash kernels where they run the head dims,
+  // else the standard kernel.
   void cached_attention(const AttentionDims& d, const AttentionMask& m, float scale, const T* q, const T* k,
                         const T* v, T* o, float* lse);
   int64_t layer_of(const LayerActs& a) const { return &a - acts_.data(); }
@@ -273,7 +275,7 @@ class Model final : public GPTCuda::Impl {
     DeviceBuffer k, v;                   // multi-head: [L, B, rows, kv_dim]
     DeviceBuffer latent;                 // latent: [L, B, rows, n_latent + rope_dim]
     DeviceBuffer block_table, seq_lens;  // latent: int32 [B, rows / page], [B]
-    DeviceBuffer q_abs, o_lat, scratch, logits, wide_logits, top_ids, top_logits;
+    DeviceBuffer q_abs, o_lat, scratch, split_ws, logits, wide_logits, top_ids, top_logits;
     DeviceBuffer q_pad, o_pad, lse_pad, last;  // a packed step's padded attention, its last rows
     PagedLatentDims latent_dims;        // latent: this call's decode, the same for every layer
     LatentDecodeOptions latent_opt;     // its planned splits and workspace

@@ -1,11 +1,8 @@
 // The paged latent decode's benchmark (latent_decode_bench_cuda.h). Host code over the kernels,
 // built for the GPU and for the emulator (where its test runs a tiny case).
 //
-// The pool holds exactly the sequences' pages, in a random order. Its values are one random block
-// repeated (writing gigabytes of fresh random numbers from the host would take longer than the
-// benchmark); the block's length is prime, so no two pages hold the same values. Each sample
-// times enough back-to-back calls to last a few milliseconds, so the launch and the wait are
-// spread thin; the copy is timed the same way.
+// The pool holds exactly the sequences' pages, in a random order, filled and timed as
+// bench_timing.h does.
 #include "flashgpt/cuda/latent_decode_bench_cuda.h"
 
 #include <fmt/format.h>
@@ -15,6 +12,7 @@
 #include <numeric>
 #include <vector>
 
+#include "cuda/bench_timing.h"
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/half_precision.h"
@@ -24,56 +22,8 @@
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
-namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-// Fills n elements (bf16 or fp32) at dst with one random block of kBlock elements, repeated.
-void fill_repeating(void* dst, int64_t n, bool bf16, Rng& rng) {
-  constexpr int64_t kBlock = 1048573;  // prime
-  const int64_t first = std::min(n, kBlock);
-  const size_t width = bf16 ? 2 : 4;
-  if (bf16) {
-    std::vector<uint16_t> h(static_cast<size_t>(first));
-    for (auto& x : h) x = float_to_bf16_bits(static_cast<float>(rng.normal()));
-    copy_to_device(dst, h.data(), h.size() * 2);
-  } else {
-    std::vector<float> h(static_cast<size_t>(first));
-    for (auto& x : h) x = static_cast<float>(rng.normal());
-    copy_to_device(dst, h.data(), h.size() * 4);
-  }
-  auto* base = static_cast<char*>(dst);
-  for (int64_t done = first; done < n;) {
-    const int64_t step = std::min(done, n - done);
-    copy_on_device(base + done * width, base, static_cast<size_t>(step) * width);
-    done += step;
-  }
-}
-
-// Median seconds of one call of f, over `repeats` samples of enough calls to last ~5 ms.
-template <typename F>
-double time_per_call(F&& f, int repeats) {
-  f();
-  synchronize();
-  Timer warm;
-  f();
-  synchronize();
-  const double once = std::max(warm.seconds(), 1e-6);
-  const int inner = static_cast<int>(std::clamp(5e-3 / once, 1.0, 200.0));
-  std::vector<double> samples;
-  for (int r = 0; r < repeats; ++r) {
-    Timer t;
-    for (int i = 0; i < inner; ++i) f();
-    synchronize();
-    samples.push_back(t.seconds() / inner);
-  }
-  return median(samples);
-}
-
-}  // namespace
+using bench::fill_repeating;
+using bench::time_per_call;
 
 LatentDecodeBenchResult bench_latent_decode(const LatentDecodeBenchCase& c) {
   PagedLatentDims d = c.dims;
@@ -170,13 +120,7 @@ LatentDecodeBenchResult bench_latent_decode(const LatentDecodeBenchCase& c) {
   r.tflops = 2.0 * static_cast<double>(rows) * static_cast<double>(c.context) *
              static_cast<double>(row + d.n_latent) / (r.ms * 1e-3) / 1e12;
 
-  // The copy: as many bytes as the cache, but at least 64 MiB (more than any L2 holds) and at most
-  // 1 GiB (the rate no longer changes), read and written.
-  const size_t copy_bytes = std::clamp<size_t>(static_cast<size_t>(cache_bytes), size_t{64} << 20, size_t{1} << 30);
-  DeviceBuffer from(copy_bytes), to(copy_bytes);
-  from.fill_bytes(0);
-  const double copy_s = time_per_call([&] { copy_on_device(to.get(), from.get(), copy_bytes); }, c.repeats);
-  r.copy_gbps = 2.0 * static_cast<double>(copy_bytes) / copy_s / 1e9;
+  r.copy_gbps = bench::copy_gbps(cache_bytes, c.repeats);
   return r;
 }
 

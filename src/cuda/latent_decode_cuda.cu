@@ -1,7 +1,6 @@
 // The paged latent decode's entry point (latent_decode_cuda.h): the checks, the plan (which split
-// kernel, how many splits), the scratch for the splits, and the combine step that merges them —
-// one block per query row, each split weighted by e^{lse_s − lse}. The split kernels are in
-// latent_decode_cuda_cores.cu and latent_decode_tc.cu.
+// kernel, how many splits), the scratch for the splits, and the combine step that merges them
+// (split_combine.h). The split kernels are in latent_decode_cuda_cores.cu and latent_decode_tc.cu.
 #include <algorithm>
 #include <map>
 #include <memory>
@@ -12,6 +11,7 @@
 
 #include "cuda/device_math.h"
 #include "cuda/latent_decode_kernels.h"
+#include "cuda/split_combine.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/latent_decode_cuda.h"
 
@@ -24,33 +24,6 @@ using namespace latent_decode;
 constexpr int64_t kMaxLatent = 512;
 constexpr int kMaxSplits = 64;
 
-template <typename T>
-__global__ void combine_kernel(Dims d, int splits, const float* __restrict__ part_o,
-                               const float* __restrict__ part_lse, T* __restrict__ out, float* __restrict__ lse) {
-  const int64_t rows = d.B * d.rows();
-  const int64_t orow = blockIdx.x;  // [B, Tq, H]
-  float mx = -INFINITY;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, part_lse[s * rows + orow]);
-  float total = 0.0f;
-  if (mx != -INFINITY)
-    for (int s = 0; s < splits; ++s) total += expf(part_lse[s * rows + orow] - mx);
-  const float row_lse = mx == -INFINITY ? -INFINITY : mx + logf(total);
-  for (int64_t c = threadIdx.x; c < d.nl; c += blockDim.x) {
-    float o = 0.0f;
-    if (mx != -INFINITY) {
-      for (int s = 0; s < splits; ++s) {
-        const float w = expf(part_lse[s * rows + orow] - row_lse);  // 0 for an empty split
-        if (w > 0.0f) o += w * part_o[(s * rows + orow) * d.nl + c];
-      }
-    }
-    out[orow * d.nl + c] = from_f32<T>(o);
-  }
-  if (threadIdx.x == 0) {
-    const int64_t h = orow % d.H, tq = (orow / d.H) % d.Tq, b = orow / (d.H * d.Tq);
-    lse[(b * d.H + h) * d.Tq + tq] = row_lse;
-  }
-}
-
 Dims dims_of(const PagedLatentDims& p) { return {p.B, p.H, p.Tq, p.n_latent, p.row(), p.page_size, p.max_pages}; }
 
 void check_dims(const PagedLatentDims& d) {
@@ -62,14 +35,9 @@ void check_dims(const PagedLatentDims& d) {
   FLASHGPT_CUDA_REQUIRE(d.B <= 65535, "latent decode: at most 65535 sequences per call");
 }
 
-// The splits' partial results: one fp32 row of n_latent per (split, sequence, query row), and
-// one log-sum-exp each after them (from a 256-byte boundary).
-size_t partial_rows(const PagedLatentDims& d, int splits) {
-  return static_cast<size_t>(splits) * static_cast<size_t>(d.B * d.Tq * d.H);
-}
-size_t partial_o_bytes(const PagedLatentDims& d, int splits) {
-  return (sizeof(float) * partial_rows(d, splits) * static_cast<size_t>(d.n_latent) + 255) / 256 * 256;
-}
+// The splits' partial results (split_combine.h): one fp32 row of n_latent per (split, sequence,
+// query row), then their log-sum-exps.
+int64_t query_rows(const PagedLatentDims& d) { return d.B * d.Tq * d.H; }
 
 // Wide tensor-core tiles where the GPU gives a block their shared memory.
 bool tc_wide(const Dims& d) {
@@ -85,18 +53,7 @@ bool latent_decode_tc_supports(int64_t n_latent, int64_t rope_dim) { return tc_s
 
 int choose_latent_splits(int64_t blocks, int64_t pages, int64_t slots) {
   FLASHGPT_CUDA_REQUIRE(blocks > 0 && pages > 0 && slots > 0, "latent decode: blocks, pages and slots must be positive");
-  const int64_t most = std::min<int64_t>(pages, kMaxSplits);
-  int best = 1;
-  int64_t best_cost = 0;
-  for (int64_t s = 1; s <= most; ++s) {
-    const int64_t waves = (blocks * s + slots - 1) / slots;
-    const int64_t cost = waves * ((pages + s - 1) / s + 1) + (s > 1 ? 2 : 0);
-    if (s == 1 || cost < best_cost) {
-      best = static_cast<int>(s);
-      best_cost = cost;
-    }
-  }
-  return best;
+  return split_kv::choose(blocks, pages, slots, kMaxSplits, 1, 2);
 }
 
 template <typename T>
@@ -143,7 +100,7 @@ LatentDecodePlan plan_latent_decode(const PagedLatentDims& pd, const LatentDecod
     const int64_t blocks = pd.B * ((d.rows() + info.rows - 1) / info.rows);
     plan.splits = choose_latent_splits(blocks, pd.max_pages, static_cast<int64_t>(sms) * std::max(1, info.blocks_per_sm));
   }
-  if (plan.splits > 1) plan.workspace_bytes = partial_o_bytes(pd, plan.splits) + sizeof(float) * partial_rows(pd, plan.splits);
+  plan.workspace_bytes = split_kv::workspace_bytes(query_rows(pd), pd.n_latent, plan.splits);
   return plan;
 }
 
@@ -160,11 +117,8 @@ void latent_decode_paged(const PagedLatentDims& pd, float scale, const T* q_abs,
     own = std::make_unique<DeviceBuffer>(plan.workspace_bytes);
     ws = own->get();
   }
-  // The scratch: the splits' outputs, then their log-sum-exps.
-  float* part_o = plan.splits > 1 ? static_cast<float*>(ws) : nullptr;
-  float* part_lse =
-      plan.splits > 1 ? reinterpret_cast<float*>(static_cast<char*>(ws) + partial_o_bytes(pd, plan.splits)) : nullptr;
-  const Args<D> a{dev(q_abs), dev(cache), block_table, seq_lens, dev(out), lse, part_o, part_lse};
+  const split_kv::Partials part = split_kv::partials(ws, query_rows(pd), pd.n_latent, plan.splits);
+  const Args<D> a{dev(q_abs), dev(cache), block_table, seq_lens, dev(out), lse, part.o, part.lse};
   if constexpr (std::is_same_v<T, bf16>) {
     if (plan.kernel == LatentDecodeKernel::TensorCores) {
       FLASHGPT_CUDA_REQUIRE(reinterpret_cast<uintptr_t>(q_abs) % 16 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0,
@@ -177,9 +131,8 @@ void latent_decode_paged(const PagedLatentDims& pd, float scale, const T* q_abs,
     launch_cuda_cores<D>(d, scale, plan.splits, a);
   }
   if (plan.splits > 1) {
-    launch_kernel("latent decode combine", combine_kernel<D>, static_cast<unsigned>(pd.B * d.rows()), 128, 0, nullptr,
-                  d, plan.splits, static_cast<const float*>(part_o), static_cast<const float*>(part_lse), dev(out),
-                  lse);
+    split_kv::launch_combine<D>("latent decode combine", pd.B, pd.Tq, pd.H, pd.n_latent, plan.splits, part.o,
+                                part.lse, dev(out), lse);
   }
   if (own) synchronize();  // the scratch is freed on return
 }

@@ -141,6 +141,12 @@ class GPTCuda {
   bool decode_graphs() const;
   // Steps since start_decoding that replayed the graph.
   int64_t decode_graph_replays() const;
+  // Multi-head attention while decoding: on (the default), steps whose new tokens × query heads
+  // per key/value head are at most 16 attend with flash decode (flash_decode_cuda.h: the cache
+  // split across the GPU, a combine step after); off, with the flash kernels, whose blocks each
+  // take a tile of queries and walk the whole cache. Latent attention has its own split decode.
+  void set_split_kv_decode(bool on);
+  bool split_kv_decode() const;
   // Why this config cannot decode on the GPU at this precision, or "" when it can.
   static std::string decode_unsupported(const GPTConfig& config, Precision precision);
 

@@ -1,0 +1,77 @@
+// Flash decode: attention for a few new queries per sequence over a long key/value cache on the
+// GPU, split along the cache (Flash-Decoding; CPU twin: the standard and flash kernels of
+// attention/attention.h, which it equals).
+//
+// The flash kernels (attention_cuda.h) parallelise over query tiles: one new token per sequence
+// gives them B·Hq blocks, a dozen at batch 1, each walking the whole cache. Here a block takes the
+// query rows that share one key/value head (the GQA group × the new tokens, up to 16 of them) and
+// one split of the sequence's keys: the cache is read once per key/value head, spread over
+// B·Hkv·splits blocks, and a combine step merges the splits by their log-sum-exp
+// (split_combine.h). Key and value tiles are double-buffered in shared memory by asynchronous
+// copies; the products run on the CUDA cores in fp32 (the work per byte is a few flops, so the
+// cache's bandwidth sets the pace). Each split covers an equal share of its own sequence's
+// visible keys, counted on the GPU from the mask (kv_lengths, the causal offsets): Tk may be the
+// cache's capacity, the grid does not change with the lengths (a CUDA graph replays it) and no
+// block reads past a sequence's last key.
+//
+// Same layouts, masks and results as the other kernels (attention.h): q [B, Tq, Hq, Dqk],
+// k/v [B, Tk_stride, Hkv, D] with optional row strides, o [B, Tq, Hq, Dv], lse [B, Hq, Tq]; every
+// mask (causal offsets, per-sequence offsets, key padding, documents); head dims up to 256 each,
+// Dqk ≠ Dv allowed. Any Tq·Hq/Hkv runs (blocks take 16 rows each), but it pays off only while
+// that is small: decoding, not prefill.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "flashgpt/attention/attention.h"
+#include "flashgpt/cuda/abi.h"
+#include "flashgpt/cuda/ops_cuda.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+// Query rows one block holds; at most this many rows per key/value head use the cache once.
+inline constexpr int64_t kFlashDecodeRows = 16;
+// Widest head (Dqk and Dv) the kernel takes.
+inline constexpr int64_t kFlashDecodeMaxHeadDim = 256;
+
+struct FlashDecodeOptions {
+  int splits = 0;  // splits of each sequence's keys; 0 chooses from the sizes and the GPU
+  // Scratch for the splits' partial results: at least plan_flash_decode(…).workspace_bytes, or
+  // null to have each call allocate (and wait for) its own.
+  void* workspace = nullptr;
+};
+
+// What a call with these sizes and options does on this GPU.
+struct FlashDecodePlan {
+  int splits = 1;
+  int rows_per_block = static_cast<int>(kFlashDecodeRows);
+  int key_tile = 32;         // keys per shared-memory tile
+  int stages = 2;            // tiles in flight per block (2: double-buffered)
+  bool async_copies = true;  // 16-byte cp.async (false: plain loads, for rows not 16-byte aligned)
+  int blocks_per_sm = 1;     // blocks one SM holds at once
+  size_t shared_bytes = 0;   // per block
+  size_t workspace_bytes = 0;  // the partial outputs and log-sum-exps when splits > 1
+};
+
+// Whether the kernel runs these head dims (both 1…kFlashDecodeMaxHeadDim).
+bool flash_decode_supports(int64_t Dqk, int64_t Dv);
+
+// The split count the automatic choice makes for `blocks` blocks of a split-free launch over at
+// most `tiles` key tiles per sequence when `slots` blocks run at once on the whole GPU.
+int choose_flash_decode_splits(int64_t blocks, int64_t tiles, int64_t slots);
+
+// T is float or bf16. Throws (naming the size) when the dims are inconsistent or a head dim is
+// beyond the kernel. Pointers matter only to pick 16-byte copies: pass null ones to plan for
+// aligned tensors.
+template <typename T>
+FlashDecodePlan plan_flash_decode(const AttentionDims& d, const FlashDecodeOptions& opt = {}, const T* q = nullptr,
+                                  const T* k = nullptr, const T* v = nullptr);
+
+// Every pointer, the mask's arrays included, in device memory. Queued on the current stream;
+// without a workspace (and with more than one split) the call waits for the GPU before it returns.
+template <typename T>
+void flash_decode(const AttentionDims& d, const AttentionMask& m, float scale, const T* q, const T* k, const T* v,
+                  T* o, float* lse, const FlashDecodeOptions& opt = {});
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
