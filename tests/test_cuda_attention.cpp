@@ -19,6 +19,7 @@
 #include "flashgpt/cuda/attention_bench_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "testing/bf16.h"
+#include "testing/relative_error.h"
 #include "testing/errors.h"
 #include "testing/schedule.h"
 
@@ -39,21 +40,7 @@ std::string name(const Case& c) {
                      c.causal ? "causal" : "full", c.masks);
 }
 
-// max |a − b| / max(1, max |b|), with −∞ matching exactly and NaN (unwritten) failing.
-double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double scale = 1.0, worst = 0.0;
-  for (float x : b)
-    if (std::isfinite(x)) scale = std::max(scale, static_cast<double>(std::abs(x)));
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (std::isinf(b[i]) || std::isinf(a[i])) {
-      if (a[i] != b[i]) return std::numeric_limits<double>::infinity();
-      continue;
-    }
-    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
-    worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
-  }
-  return worst / scale;
-}
+using testing::attention_rel_error;
 
 template <typename T>
 cuda::DeviceBuffer to_device(const std::vector<T>& host) {
@@ -176,16 +163,16 @@ TEST(CudaAttention, Fp32KernelsEqualTheCpuStandardKernel) {
     cuda::flash_forward_fp32(d, dev_mask, scale, gq.as<float>(), gk.as<float>(), gv.as<float>(), go.as<float>(),
                              glse.as<float>());
     cuda::synchronize();
-    EXPECT_LT(rel_error(from_device(go, o.size()), o), 1e-5);
-    EXPECT_LT(rel_error(from_device(glse, lse.size()), lse), 1e-5);
+    EXPECT_LT(attention_rel_error(from_device(go, o.size()), o), 1e-5);
+    EXPECT_LT(attention_rel_error(from_device(glse, lse.size()), lse), 1e-5);
     // The backward takes the CPU's forward outputs, so it is checked on its own.
     auto gor = to_device(o), glr = to_device(lse);
     cuda::flash_backward_fp32(d, dev_mask, scale, gq.as<float>(), gk.as<float>(), gv.as<float>(), gor.as<float>(),
                               glr.as<float>(), gdo.as<float>(), gdq.as<float>(), gdk.as<float>(), gdv.as<float>());
     cuda::synchronize();
-    EXPECT_LT(rel_error(from_device(gdq, dq.size()), dq), 1e-5);
-    EXPECT_LT(rel_error(from_device(gdk, dk.size()), dk), 1e-5);
-    EXPECT_LT(rel_error(from_device(gdv, dv.size()), dv), 1e-5);
+    EXPECT_LT(attention_rel_error(from_device(gdq, dq.size()), dq), 1e-5);
+    EXPECT_LT(attention_rel_error(from_device(gdk, dk.size()), dk), 1e-5);
+    EXPECT_LT(attention_rel_error(from_device(gdv, dv.size()), dv), 1e-5);
     // The standard kernel: its backward runs from the P its forward kept.
     for (auto* buf : {&go, &glse, &gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
     cuda::DeviceBuffer ws(cuda::standard_workspace_bytes<float>(d));
@@ -195,11 +182,11 @@ TEST(CudaAttention, Fp32KernelsEqualTheCpuStandardKernel) {
     cuda::standard_backward_cuda<float>(d, dev_mask, scale, gq.as<float>(), gk.as<float>(), gv.as<float>(),
                                         gdo.as<float>(), gdq.as<float>(), gdk.as<float>(), gdv.as<float>(), ws.get());
     cuda::synchronize();
-    EXPECT_LT(rel_error(from_device(go, o.size()), o), 1e-5) << "standard";
-    EXPECT_LT(rel_error(from_device(glse, lse.size()), lse), 1e-5) << "standard";
-    EXPECT_LT(rel_error(from_device(gdq, dq.size()), dq), 1e-5) << "standard";
-    EXPECT_LT(rel_error(from_device(gdk, dk.size()), dk), 1e-5) << "standard";
-    EXPECT_LT(rel_error(from_device(gdv, dv.size()), dv), 1e-5) << "standard";
+    EXPECT_LT(attention_rel_error(from_device(go, o.size()), o), 1e-5) << "standard";
+    EXPECT_LT(attention_rel_error(from_device(glse, lse.size()), lse), 1e-5) << "standard";
+    EXPECT_LT(attention_rel_error(from_device(gdq, dq.size()), dq), 1e-5) << "standard";
+    EXPECT_LT(attention_rel_error(from_device(gdk, dk.size()), dk), 1e-5) << "standard";
+    EXPECT_LT(attention_rel_error(from_device(gdv, dv.size()), dv), 1e-5) << "standard";
   }
 }
 

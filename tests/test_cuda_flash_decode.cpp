@@ -26,6 +26,7 @@
 #include "flashgpt/cuda/flash_decode_bench_cuda.h"
 #include "flashgpt/cuda/flash_decode_cuda.h"
 #include "testing/bf16.h"
+#include "testing/relative_error.h"
 
 namespace flashgpt {
 namespace {
@@ -171,21 +172,7 @@ const std::vector<Case> kCases = {
     {2, 1, 1, 40, 64, 64, {0, 40}},                          // an empty sequence: zeros, lse −∞
 };
 
-// max |a − b| / max(1, max |b|) with −∞ matching exactly and NaN failing.
-double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double scale = 1.0, worst = 0.0;
-  for (float x : b)
-    if (std::isfinite(x)) scale = std::max(scale, static_cast<double>(std::abs(x)));
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (std::isinf(b[i]) || std::isinf(a[i])) {
-      if (a[i] != b[i]) return std::numeric_limits<double>::infinity();
-      continue;
-    }
-    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
-    worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
-  }
-  return worst / scale;
-}
+using testing::attention_rel_error;
 
 TEST(CudaFlashDecode, Fp32EqualsTheCpuOverEverySplitCount) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
@@ -218,8 +205,8 @@ TEST(CudaFlashDecode, Fp32EqualsTheCpuOverEverySplitCount) {
       std::vector<float> got(want.size()), got_lse(want_lse.size());
       g.o.download(got.data(), got.size() * 4);
       g.lse.download(got_lse.data(), got_lse.size() * 4);
-      EXPECT_LT(rel_error(got, want), 1e-5);
-      EXPECT_LT(rel_error(got_lse, want_lse), 1e-5);
+      EXPECT_LT(attention_rel_error(got, want), 1e-5);
+      EXPECT_LT(attention_rel_error(got_lse, want_lse), 1e-5);
     }
   }
 }

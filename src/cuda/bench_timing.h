@@ -1,5 +1,5 @@
 // What the GPU benchmarks (the *_bench_cuda.cpp files) share: medians, a large input filled
-// quickly, per-call times of work too short to time once, and the GPU's own device-to-device
+// quickly, outputs read back in fp32, per-call times of work too short to time once, and the GPU's own device-to-device
 // copy rate, the bandwidth figure the bandwidth-bound kernels are held to.
 #pragma once
 
@@ -43,6 +43,19 @@ inline void fill_repeating(void* dst, int64_t n, bool bf16, Rng& rng) {
     copy_on_device(base + done * width, base, static_cast<size_t>(step) * width);
     done += step;
   }
+}
+
+// n elements (bf16 or fp32) of a device buffer from element `offset` on, in fp32 on the host.
+inline std::vector<float> download_floats(const DeviceBuffer& buf, int64_t offset, int64_t n, bool bf16) {
+  std::vector<float> f(static_cast<size_t>(n));
+  if (bf16) {
+    std::vector<uint16_t> h(f.size());
+    copy_to_host(h.data(), static_cast<const char*>(buf.get()) + offset * 2, h.size() * 2);
+    for (size_t i = 0; i < h.size(); ++i) f[i] = bf16_bits_to_float(h[i]);
+  } else {
+    copy_to_host(f.data(), static_cast<const char*>(buf.get()) + offset * 4, f.size() * 4);
+  }
+  return f;
 }
 
 // Median seconds of one call of f, over `repeats` samples of enough back-to-back calls to last

@@ -12,7 +12,6 @@
 
 #include "cuda/bench_timing.h"
 #include "flashgpt/core/error.h"
-#include "flashgpt/core/half_precision.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/device_memory.h"
@@ -83,15 +82,7 @@ FlashDecodeBenchResult bench_flash_decode(const FlashDecodeBenchCase& c) {
 
   // Checked first: sequences 0 and B − 1 against the CPU's attention over their keys.
   auto to_floats = [&](const DeviceBuffer& buf, int64_t offset, int64_t n) {
-    std::vector<float> f(static_cast<size_t>(n));
-    if (c.bf16) {
-      std::vector<uint16_t> h(f.size());
-      copy_to_host(h.data(), static_cast<const char*>(buf.get()) + offset * 2, h.size() * 2);
-      for (size_t i = 0; i < h.size(); ++i) f[i] = bf16_bits_to_float(h[i]);
-    } else {
-      copy_to_host(f.data(), static_cast<const char*>(buf.get()) + offset * 4, f.size() * 4);
-    }
-    return f;
+    return bench::download_floats(buf, offset, n, c.bf16);
   };
   auto check = [&](auto&& run, const char* kernel) {
     o.fill_bytes(0xFF);

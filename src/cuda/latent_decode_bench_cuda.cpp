@@ -15,9 +15,7 @@
 #include "cuda/bench_timing.h"
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/core/error.h"
-#include "flashgpt/core/half_precision.h"
 #include "flashgpt/core/rng.h"
-#include "flashgpt/core/timer.h"
 #include "flashgpt/cuda/device_memory.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -74,15 +72,7 @@ LatentDecodeBenchResult bench_latent_decode(const LatentDecodeBenchCase& c) {
   synchronize();
   {
     auto to_floats = [&](const DeviceBuffer& buf, size_t offset, int64_t n) {
-      std::vector<float> f(static_cast<size_t>(n));
-      if (c.bf16) {
-        std::vector<uint16_t> h(f.size());
-        copy_to_host(h.data(), static_cast<const char*>(buf.get()) + offset * 2, h.size() * 2);
-        for (size_t i = 0; i < h.size(); ++i) f[i] = bf16_bits_to_float(h[i]);
-      } else {
-        copy_to_host(f.data(), static_cast<const char*>(buf.get()) + offset * 4, f.size() * 4);
-      }
-      return f;
+      return bench::download_floats(buf, static_cast<int64_t>(offset), n, c.bf16);
     };
     double worst = 0, top = 0;
     for (int64_t b : {int64_t{0}, d.B - 1}) {

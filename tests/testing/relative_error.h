@@ -1,0 +1,28 @@
+// How far a GPU kernel's output is from its reference, as the attention tests grade it.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace flashgpt::testing {
+
+// max |a − b| / max(1, max |b|), with −∞ matching exactly (a query that sees no key) and NaN — an
+// output never written, outputs being poisoned first — failing.
+inline double attention_rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double scale = 1.0, worst = 0.0;
+  for (float x : b)
+    if (std::isfinite(x)) scale = std::max(scale, static_cast<double>(std::abs(x)));
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::isinf(b[i]) || std::isinf(a[i])) {
+      if (a[i] != b[i]) return std::numeric_limits<double>::infinity();
+      continue;
+    }
+    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
+    worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return worst / scale;
+}
+
+}  // namespace flashgpt::testing
