@@ -253,6 +253,7 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench decode --mechanism mla --context 0"), "--context");
   expect_one_error_line(run_flashgpt("bench decode --cuda-graphs sometimes"), "--cuda-graphs: unknown setting 'sometimes'");
   expect_one_error_line(run_flashgpt("sample -c /dev/null --cuda-graphs sometimes"), "--cuda-graphs");
+  expect_one_error_line(run_flashgpt("sample -c /dev/null --split-kv sometimes"), "--split-kv");
   expect_one_error_line(run_flashgpt("bench latent-decode --context 1 --new-tokens 2"), "--context: 1");
   expect_one_error_line(run_flashgpt("bench latent-decode --kernel magic"), "--kernel");
   expect_one_error_line(run_flashgpt("bench latent-decode --heads 0"), "--heads");
@@ -425,6 +426,7 @@ TEST_F(Pipeline, DeviceChoice) {
   ASSERT_EQ(on_gpu.exit_code, 0) << on_gpu.output;
   EXPECT_EQ(on_gpu.output, run_flashgpt(sample + "--device cpu 2>/dev/null").output);
   EXPECT_EQ(on_gpu.output, run_flashgpt(sample + "--device cuda --precision fp32 --cuda-graphs off 2>/dev/null").output);
+  EXPECT_EQ(on_gpu.output, run_flashgpt(sample + "--device cuda --precision fp32 --split-kv off 2>/dev/null").output);
   RunResult bf16_sample = run_flashgpt(sample + "--device cuda");
   ASSERT_EQ(bf16_sample.exit_code, 0) << bf16_sample.output;
   EXPECT_NE(bf16_sample.output.find("device: cuda:0"), std::string::npos) << bf16_sample.output;

@@ -33,6 +33,7 @@ struct SampleCli {
   bool no_stop = false;
   DeviceFlags device;
   std::string cuda_graphs = "on";
+  std::string split_kv = "on";
 };
 
 std::vector<int> parse_ids(const std::string& s) {
@@ -109,6 +110,7 @@ void run_sample(SampleCli& c) {
     gpu = std::make_unique<cuda::GPTCuda>(cfg, precision);
     gpu->set_params(m.model->params());
     gpu->set_decode_graphs(c.cuda_graphs == "on");
+    gpu->set_split_kv_decode(c.split_kv == "on");
     decoder = std::make_unique<cuda::GPTCudaDecoder>(*gpu);
   } else {
     decoder = std::make_unique<CpuDecoder>(*m.model);
@@ -222,6 +224,11 @@ void register_sample(CLI::App& app) {
   sub->add_option("--cuda-graphs", c->cuda_graphs,
                   "On the GPU, replay each step that reads one token per sample as one captured CUDA graph "
                   "(on) or launch its kernels one by one (off); the samples are the same")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  sub->add_option("--split-kv", c->split_kv,
+                  "On the GPU, multi-head attention by flash decode, split along the cache (on), or by the flash "
+                  "kernels (off)")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   sub->callback([c] { run_sample(*c); });
