@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -271,8 +272,10 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     }
   }
   if (top_k > 0) {  // only the sampler's candidates cross to the host
-    copy_to_host(ids.data(), dec_.top_ids.get(), ids.size_bytes());
-    copy_to_host(logits.data(), dec_.top_logits.get(), logits.size_bytes());
+    std::vector<char> both(2 * out_bytes);  // one copy (and one wait) for the ids and the logits
+    copy_to_host(both.data(), dec_.top.get(), both.size());
+    std::memcpy(ids.data(), both.data(), ids.size_bytes());
+    std::memcpy(logits.data(), both.data() + out_bytes, logits.size_bytes());
   } else {
     copy_to_host(logits.data(), wide, logits.size_bytes());
   }
@@ -319,8 +322,9 @@ const float* Model<T>::decode_device_work(int64_t B, int64_t Tn, int top_k, size
   T* out = static_cast<T*>(at_least(dec_.logits, static_cast<size_t>(B * Vp) * sizeof(T)));
   gemm<T, T>(false, true, B, Vp, C, 1.0f, last, ld, W(lm_), C, 0.0f, out, Vp);
   if (top_k > 0) {
-    auto* d_ids = static_cast<int32_t*>(at_least(dec_.top_ids, out_bytes));
-    auto* d_top = static_cast<float*>(at_least(dec_.top_logits, out_bytes));
+    char* both = static_cast<char*>(at_least(dec_.top, 2 * out_bytes));
+    auto* d_ids = reinterpret_cast<int32_t*>(both);
+    auto* d_top = reinterpret_cast<float*>(both + out_bytes);
     top_k_rows<T>(out, B, c.vocab_size, Vp, top_k, d_ids, d_top);
     return nullptr;
   }

@@ -275,7 +275,8 @@ class Model final : public GPTCuda::Impl {
     DeviceBuffer k, v;                   // multi-head: [L, B, rows, kv_dim]
     DeviceBuffer latent;                 // latent: [L, B, rows, n_latent + rope_dim]
     DeviceBuffer block_table, seq_lens;  // latent: int32 [B, rows / page], [B]
-    DeviceBuffer q_abs, o_lat, scratch, split_ws, logits, wide_logits, top_ids, top_logits;
+    DeviceBuffer q_abs, o_lat, scratch, split_ws, logits, wide_logits;
+    DeviceBuffer top;  // top_k: the candidates' ids [B, k], then their logits [B, k] (one copy back)
     DeviceBuffer q_pad, o_pad, lse_pad, last;  // a packed step's padded attention, its last rows
     PagedLatentDims latent_dims;        // latent: this call's decode, the same for every layer
     LatentDecodeOptions latent_opt;     // its planned splits and workspace
@@ -293,7 +294,7 @@ class Model final : public GPTCuda::Impl {
   DecodeCache dec_;
   Stream decode_stream_;  // decoding queues its work here (a graph captures from it)
   // decode's device work from the embeddings to the classifier's output: top_k candidates per
-  // sequence into dec_.top_ids and dec_.top_logits, or fp32 logits [B, Vp] (returned).
+  // sequence into dec_.top (ids, then logits), or fp32 logits [B, Vp] (returned).
   const float* decode_device_work(int64_t B, int64_t Tn, int top_k, size_t out_bytes);
   // Where a packed step's arrays sit in dec_.step_ints (N rows read, B sequences, P pages each):
   //   row_pos    [N]  each row's position (the embeddings' and RoPE's seq_pos, rows as sequences)
