@@ -303,6 +303,37 @@ for r in ours:
           f"{ratio(f, 'fwd_tflops')} | {ratio(f, 'fwd_bwd_tflops')} | {ratio(c, 'fwd_bwd_tflops')} |")
 PYEOF
   fi
+  # Decoding: flash decode against SDPA's backends on the shapes bench flash-decode ran.
+  say ""
+  say "### Decoding: flash decode against PyTorch SDPA, one new token (bf16; ratio > 1: flashgpt faster)"
+  say ""
+  for shape in "--heads 12 --head-dim 64" "--heads 32 --kv-heads 8 --head-dim 128"; do
+    # shellcheck disable=SC2086
+    timeout 600 python3 bench/peers/sdpa_decode.py $shape --batch 1,16,64 --contexts 1024,4096,16384 --repeats 9 \
+      --json >> "$out/gpu-check-$stamp-peers-decode.jsonl" 2>> "$logs/peers_decode.err" \
+      || say "(the decode peer failed: $(tail -1 "$logs/peers_decode.err" | cut -c1-200))"
+  done
+  if [ -s "$out/gpu-check-$stamp-flash-decode.jsonl" ] && [ -s "$out/gpu-check-$stamp-peers-decode.jsonl" ]; then
+    python3 - "$out/gpu-check-$stamp-flash-decode.jsonl" "$out/gpu-check-$stamp-peers-decode.jsonl" >> "$report" <<'PYEOF'
+import json, sys
+ours = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+peers = [json.loads(l) for l in open(sys.argv[2]) if l.strip() and l.startswith("{")]
+key = lambda r: (r["batch"], r["heads"], r["kv_heads"], r["head_dim"], r["context"])
+peer = {(p["peer"],) + key(p): p for p in peers}
+names = ["torch_flash", "torch_cudnn", "torch_efficient"]
+print("| B | heads | D | context | ours ms | " + " | ".join(f"vs {n}" for n in names) + " |")
+print("|---|---|---|---|---|" + "---|" * len(names))
+for r in ours:
+    if r["precision"] != "bf16" or r["new_tokens"] != 1:
+        continue
+    cells = []
+    for n in names:
+        p = peer.get((n,) + key(r))
+        cells.append(f"{p['ms'] / r['ms']:.2f}×" if p else "—")
+    print(f"| {r['batch']} | {r['heads']}/{r['kv_heads']} | {r['head_dim']} | {r['context']} | {r['ms']:.4f} | "
+          + " | ".join(cells) + " |")
+PYEOF
+  fi
 else
   say "PyTorch with CUDA is not available here."
 fi
