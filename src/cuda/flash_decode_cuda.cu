@@ -4,8 +4,9 @@
 // A block of 128 threads holds up to 16 query rows that read one key/value head — rows r of the
 // head's group flattened as token·group + head-in-group — and one split of that sequence's
 // visible keys, 32 keys a tile:
-//   tiles  — the keys' and values' rows, 16-byte chunks by cp.async into shared memory, two tiles
-//            in flight (one when shared memory is short); rows padded by 16 bytes so the eight
+//   tiles  — the keys' and values' rows, 16-byte chunks by cp.async into shared memory in two
+//            stages, the next tile loading while this one is used (one stage when shared memory
+//            is short); rows padded by 16 bytes so the eight
 //            lanes of a quarter-warp, each on its own key, hit different banks;
 //   scores — four lanes per key, each a quarter of the key's chunks against every row's query
 //            (fp32 in shared memory), summed by two shuffles;
