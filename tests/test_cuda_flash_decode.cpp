@@ -211,6 +211,54 @@ TEST(CudaFlashDecode, Fp32EqualsTheCpuOverEverySplitCount) {
   }
 }
 
+// Random shapes: batches, groups of 1–20 query heads per key/value head (one row block or
+// several), 1–4 new tokens, head dims 1–160 (most not whole 16-byte chunks), lengths from 0 to the
+// capacity, every mask combination and split counts 0–9; fp32 against the CPU within 1e-5.
+TEST(CudaFlashDecode, RandomShapesEqualTheCpu) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  Rng rng(13);
+  const auto pick = [&](int64_t lo, int64_t hi) { return lo + static_cast<int64_t>(rng.next_u64() % (hi - lo + 1)); };
+  for (int trial = 0; trial < 24; ++trial) {
+    Case c{};
+    c.Hkv = pick(1, 3);
+    c.Hq = c.Hkv * pick(1, 20);
+    c.Tq = pick(1, 4);
+    c.capacity = pick(c.Tq, 150);
+    c.Dqk = pick(1, 160);
+    c.Dv = rng.uniform() < 0.5 ? c.Dqk : pick(1, 160);
+    c.causal = rng.uniform() < 0.8;
+    c.documents = rng.uniform() < 0.3;
+    c.row_pad = rng.uniform() < 0.3 ? pick(1, 9) : 0;
+    if (rng.uniform() < 0.8) {  // per-sequence lengths; else every sequence at the capacity
+      const int64_t B = pick(1, 4);
+      for (int64_t b = 0; b < B; ++b) {
+        c.lens.push_back(static_cast<int32_t>(rng.uniform() < 0.1 ? 0 : pick(c.causal ? c.Tq : 1, c.capacity)));
+      }
+    }
+    const int splits = static_cast<int>(pick(0, 9));
+    SCOPED_TRACE(fmt::format("trial {}: {} splits {}", trial, name(c), splits));
+    const Problem p(c, rng, false);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk));
+    std::vector<float> want(static_cast<size_t>(p.d.B * c.Tq * c.Hq * c.Dv)),
+        want_lse(static_cast<size_t>(p.d.B * c.Hq * c.Tq));
+    attention_forward(AttentionKernel::Standard, p.d, p.host, scale, p.q.data(), p.k.data(), p.v.data(), want.data(),
+                      want_lse.data());
+    OnDevice g(p, [](float x) { return x; });
+    g.o.fill_bytes(0xFF);
+    g.lse.fill_bytes(0xFF);
+    cuda::FlashDecodeOptions opt;
+    opt.splits = splits;
+    cuda::flash_decode<float>(p.d, g.mask, scale, g.q.as<float>(), g.k.as<float>(), g.v.as<float>(), g.o.as<float>(),
+                              g.lse.as<float>(), opt);
+    cuda::synchronize();
+    std::vector<float> got(want.size()), got_lse(want_lse.size());
+    g.o.download(got.data(), got.size() * 4);
+    g.lse.download(got_lse.data(), got_lse.size() * 4);
+    EXPECT_LT(attention_rel_error(got, want), 1e-5);
+    EXPECT_LT(attention_rel_error(got_lse, want_lse), 1e-5);
+  }
+}
+
 TEST(CudaFlashDecode, Bf16IsAsAccurateAsAPlainBf16Computation) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   Rng rng(12);
