@@ -174,46 +174,62 @@ const std::vector<Case> kCases = {
 
 using testing::attention_rel_error;
 
+// The CPU's fp32 result for a problem, and the GPU's, outputs poisoned first; within 1e-5.
+struct Fp32Check {
+  const Problem& p;
+  float scale;
+  std::vector<float> want, want_lse;
+  OnDevice g;
+
+  explicit Fp32Check(const Problem& problem)
+      : p(problem),
+        scale(1.0f / std::sqrt(static_cast<float>(p.d.Dqk))),
+        want(static_cast<size_t>(p.d.B * p.d.Tq * p.d.Hq * p.d.Dv)),
+        want_lse(static_cast<size_t>(p.d.B * p.d.Hq * p.d.Tq)),
+        g(p, [](float x) { return x; }) {
+    attention_forward(AttentionKernel::Standard, p.d, p.host, scale, p.q.data(), p.k.data(), p.v.data(), want.data(),
+                      want_lse.data());
+  }
+
+  void expect_equal(const cuda::FlashDecodeOptions& opt) {
+    g.o.fill_bytes(0xFF);
+    g.lse.fill_bytes(0xFF);
+    cuda::flash_decode<float>(p.d, g.mask, scale, g.q.as<float>(), g.k.as<float>(), g.v.as<float>(), g.o.as<float>(),
+                              g.lse.as<float>(), opt);
+    cuda::synchronize();
+    std::vector<float> got(want.size()), got_lse(want_lse.size());
+    g.o.download(got.data(), got.size() * 4);
+    g.lse.download(got_lse.data(), got_lse.size() * 4);
+    EXPECT_LT(attention_rel_error(got, want), 1e-5);
+    EXPECT_LT(attention_rel_error(got_lse, want_lse), 1e-5);
+  }
+};
+
 TEST(CudaFlashDecode, Fp32EqualsTheCpuOverEverySplitCount) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   Rng rng(11);
   for (const Case& c : kCases) {
     const Problem p(c, rng, false);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk));
-    std::vector<float> want(static_cast<size_t>(p.d.B * c.Tq * c.Hq * c.Dv)), want_lse(static_cast<size_t>(p.d.B * c.Hq * c.Tq));
-    attention_forward(AttentionKernel::Standard, p.d, p.host, scale, p.q.data(), p.k.data(), p.v.data(), want.data(),
-                      want_lse.data());
-    OnDevice g(p, [](float x) { return x; });
+    Fp32Check check(p);
     // Every other run brings its own workspace, poisoned.
     int run = 0;
     for (int splits : {0, 1, 3, 7}) {
       SCOPED_TRACE(fmt::format("{} splits {}", name(c), splits));
       cuda::FlashDecodeOptions opt;
       opt.splits = splits;
-      const auto plan = cuda::plan_flash_decode<float>(p.d, opt, g.q.as<float>(), g.k.as<float>(), g.v.as<float>());
+      const auto plan = cuda::plan_flash_decode<float>(p.d, opt, check.g.q.as<float>(), check.g.k.as<float>(),
+                                                       check.g.v.as<float>());
       if (splits > 0) {
         EXPECT_EQ(plan.splits, splits);
       }
       DeviceBuffer ws(std::max<size_t>(plan.workspace_bytes, 1));
       ws.fill_bytes(0xFF);
       if (run++ % 2 == 1) opt.workspace = ws.get();
-      g.o.fill_bytes(0xFF);
-      g.lse.fill_bytes(0xFF);
-      cuda::flash_decode<float>(p.d, g.mask, scale, g.q.as<float>(), g.k.as<float>(), g.v.as<float>(), g.o.as<float>(),
-                                g.lse.as<float>(), opt);
-      cuda::synchronize();
-      std::vector<float> got(want.size()), got_lse(want_lse.size());
-      g.o.download(got.data(), got.size() * 4);
-      g.lse.download(got_lse.data(), got_lse.size() * 4);
-      EXPECT_LT(attention_rel_error(got, want), 1e-5);
-      EXPECT_LT(attention_rel_error(got_lse, want_lse), 1e-5);
+      check.expect_equal(opt);
     }
   }
 }
 
-// Random shapes: batches, groups of 1–20 query heads per key/value head (one row block or
-// several), 1–4 new tokens, head dims 1–160 (most not whole 16-byte chunks), lengths from 0 to the
-// capacity, every mask combination and split counts 0–9; fp32 against the CPU within 1e-5.
 TEST(CudaFlashDecode, RandomShapesEqualTheCpu) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   Rng rng(13);
@@ -238,24 +254,9 @@ TEST(CudaFlashDecode, RandomShapesEqualTheCpu) {
     const int splits = static_cast<int>(pick(0, 9));
     SCOPED_TRACE(fmt::format("trial {}: {} splits {}", trial, name(c), splits));
     const Problem p(c, rng, false);
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c.Dqk));
-    std::vector<float> want(static_cast<size_t>(p.d.B * c.Tq * c.Hq * c.Dv)),
-        want_lse(static_cast<size_t>(p.d.B * c.Hq * c.Tq));
-    attention_forward(AttentionKernel::Standard, p.d, p.host, scale, p.q.data(), p.k.data(), p.v.data(), want.data(),
-                      want_lse.data());
-    OnDevice g(p, [](float x) { return x; });
-    g.o.fill_bytes(0xFF);
-    g.lse.fill_bytes(0xFF);
     cuda::FlashDecodeOptions opt;
     opt.splits = splits;
-    cuda::flash_decode<float>(p.d, g.mask, scale, g.q.as<float>(), g.k.as<float>(), g.v.as<float>(), g.o.as<float>(),
-                              g.lse.as<float>(), opt);
-    cuda::synchronize();
-    std::vector<float> got(want.size()), got_lse(want_lse.size());
-    g.o.download(got.data(), got.size() * 4);
-    g.lse.download(got_lse.data(), got_lse.size() * 4);
-    EXPECT_LT(attention_rel_error(got, want), 1e-5);
-    EXPECT_LT(attention_rel_error(got_lse, want_lse), 1e-5);
+    Fp32Check(p).expect_equal(opt);
   }
 }
 

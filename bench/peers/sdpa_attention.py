@@ -12,33 +12,18 @@ every case does comparable work. It also writes golden values for tests with --g
 small case's inputs and outputs in fp32 (safetensors).
 """
 import argparse
-import json
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from peer_common import emit, time_ms
+
 
 def flops(b, h, t, d, causal, mode):
     f = 4.0 * b * h * t * t * d / (2 if causal else 1)
     return f if mode == "fwd" else 3.5 * f  # forward + backward (2.5×)
-
-
-def time_ms(fn, repeats):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def run_case(backend, b, h, t, d, causal, repeats):
@@ -99,11 +84,7 @@ def main():
                            "fwd_tflops": flops(b, h, t, d, causal, "fwd") / fwd / 1e9,
                            "fwd_bwd_tflops": flops(b, h, t, d, causal, "both") / both / 1e9}
                     rows.append(row)
-                    if a.json:
-                        print(json.dumps(row), flush=True)
-                    if a.jsonl:
-                        with open(a.jsonl, "a") as f:
-                            f.write(json.dumps(row) + "\n")
+                    emit(row, a.json, a.jsonl)
     if not a.json:
         print("| peer | B | H | T | D | causal | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s |")
         print("|---|---|---|---|---|---|---|---|---|---|")

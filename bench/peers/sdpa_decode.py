@@ -11,34 +11,17 @@ reading its own copy of the cache out of at least 256 MiB so that L2 never holds
                                      [--json] [--jsonl FILE]
 """
 import argparse
-import json
 import math
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from peer_common import emit, time_ms
+
 BACKENDS = {"torch_flash": SDPBackend.FLASH_ATTENTION, "torch_cudnn": SDPBackend.CUDNN_ATTENTION,
             "torch_efficient": SDPBackend.EFFICIENT_ATTENTION}
-
-
-def time_ms(fn, repeats, inner):
-    """Median ms of one call over `repeats` samples of `inner` back-to-back calls."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / inner)
-    return statistics.median(times)
 
 
 def run_case(backend, b, hq, hkv, tq, d, context, repeats):
@@ -100,11 +83,7 @@ def main():
                 row = {"peer": name, "batch": b, "heads": a.heads, "kv_heads": hkv, "head_dim": a.head_dim,
                        "new_tokens": a.new_tokens, "context": context, "ms": ms, "gbps": moved / ms / 1e6}
                 rows.append(row)
-                if a.json:
-                    print(json.dumps(row), flush=True)
-                if a.jsonl:
-                    with open(a.jsonl, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                emit(row, a.json, a.jsonl)
     if not a.json:
         print("| peer | B | heads | D | context | ms | GB/s |")
         print("|---|---|---|---|---|---|---|")
