@@ -14,9 +14,9 @@ build=build-gpu
 # No -march=native: the GPU machine's CPU may lack this one's instruction sets. No MPI: one GPU.
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_NATIVE=OFF -DFLASHGPT_MPI=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$archs" -DFLASHGPT_BUILD_BENCH=OFF > /dev/null
-programs=(flashgpt tests/test_cuda_attention tests/test_cuda_ops tests/test_cuda_latent_decode tests/test_cuda_matmul
+programs=(flashgpt tests/test_cuda_attention tests/test_cuda_ops tests/test_cuda_latent_decode tests/test_cuda_flash_decode tests/test_cuda_matmul
           tests/test_cuda_gpt tests/test_device tests/test_attention)
-cmake --build "$build" --parallel --target flashgpt_cli test_cuda_attention test_cuda_ops test_cuda_latent_decode \
+cmake --build "$build" --parallel --target flashgpt_cli test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode \
   test_cuda_matmul test_cuda_gpt test_device test_attention
 
 rm -rf gpu-bundle

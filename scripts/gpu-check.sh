@@ -4,6 +4,10 @@
 # GPU, driver, commit and date. Fits well within 25 minutes.
 #   scripts/gpu-check.sh                  report in bench/results/ (or in $OUT when set)
 #   GPU_CHECK_USE_BUNDLE=1 scripts/gpu-check.sh   skip building here, use gpu-bundle/ (or gpu-bundle.tar.xz)
+#   GPU_CHECK_ONLY="tests flash-decode" scripts/gpu-check.sh   only these parts, of: tests sanitizer
+#       attention standard latent-decode flash-decode decode train peers grid (default: all)
+#   GPU_CHECK_TIMEOUT=300                 seconds each test program or benchmark may run (default 600)
+#   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test)
 #
 # Programs: built here when this machine has flashgpt's build dependencies; otherwise those of
 # gpu-bundle/, which scripts/gpu-bundle.sh makes on a machine that has them (carry it along).
@@ -18,6 +22,9 @@ logs="$out/gpu-check-$stamp-logs"
 mkdir -p "$logs"
 say() { echo "$@" | tee -a "$report"; }
 status=0
+only=" ${GPU_CHECK_ONLY:-tests sanitizer attention standard latent-decode flash-decode decode train peers grid} "
+want() { [[ "$only" == *" $1 "* ]]; }
+limit="${GPU_CHECK_TIMEOUT:-600}"
 
 commit="${FLASHGPT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || cat gpu-bundle/COMMIT 2>/dev/null || echo unknown)}"
 say "# flashgpt GPU check, $stamp"
@@ -80,27 +87,34 @@ PYEOF
 run() {  # name, command…: runs it, keeps its log, records pass/fail and seconds
   local name="$1"; shift
   local t0=$SECONDS
-  "$@" > "$logs/$name.log" 2>&1
+  timeout "$limit" "$@" > "$logs/$name.log" 2>&1
   local rc=$?
+  [ $rc -eq 124 ] && echo "(stopped after $limit s)" >> "$logs/$name.log"
   say "| $name | $([ $rc -eq 0 ] && echo pass || echo "FAIL ($rc)") | $((SECONDS - t0)) s | $(grep -E 'PASSED|FAILED|SKIPPED|ERROR SUMMARY' "$logs/$name.log" | tail -2 | tr '\n' ' ' | cut -c1-120) |"
   [ $rc -eq 0 ] || status=1
 }
 
-if [ -n "$bin" ]; then
+if [ -n "$bin" ] && { want tests || want sanitizer; }; then
   say ""
   say "## Tests"
   say ""
   say "| check | result | time | summary |"
   say "|---|---|---|---|"
-  run info "$bin/flashgpt" info --preset d12
-  run test_device "$bin/test_device"
-  cuda_tests=(test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_matmul test_cuda_gpt)
-  for t in "${cuda_tests[@]}"; do run "$t" "$bin/$t"; done
-  run test_attention_cpu "$bin/test_attention"
-  if command -v compute-sanitizer > /dev/null; then
+  cuda_tests=(test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul test_cuda_gpt)
+  if want tests; then
+    run info "$bin/flashgpt" info --preset d12
+    run test_device "$bin/test_device"
+    for t in "${cuda_tests[@]}"; do run "$t" "$bin/$t"; done
+    run test_attention_cpu "$bin/test_attention"
+  fi
+  filter="${GPU_CHECK_SANITIZE_FILTER:+--gtest_filter=$GPU_CHECK_SANITIZE_FILTER}"
+  if ! want sanitizer; then :
+  elif command -v compute-sanitizer > /dev/null; then
     for t in "${cuda_tests[@]}"; do
-      run "memcheck_$t" compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/$t"
-      run "racecheck_$t" compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/$t"
+      # shellcheck disable=SC2086
+      run "memcheck_$t" compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/$t" $filter
+      # shellcheck disable=SC2086
+      run "racecheck_$t" compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/$t" $filter
     done
   else
     say "| sanitizer | not installed | | |"
@@ -108,6 +122,7 @@ if [ -n "$bin" ]; then
 fi
 
 # --- the tensor-core attention kernels, on the peer's shapes ----------------------------------
+if want attention; then
 say ""
 say "## Attention: flashgpt's tensor-core kernels (checked against the fp32 kernel, then timed)"
 say ""
@@ -115,21 +130,21 @@ if [ -n "$bin" ]; then
   attn_ok=1
   for d in 64 128; do
     for precision in bf16 fp16; do
-      timeout 600 "$bin/flashgpt" bench attention --device cuda --precision "$precision" --hidden 2048 --head-dim "$d" \
+      timeout "$limit" "$bin/flashgpt" bench attention --device cuda --precision "$precision" --hidden 2048 --head-dim "$d" \
         --tokens 16384 --seq 1024,2048,4096,8192 --causal both --repeats 20 --json \
         >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
     done
   done
   # Latent attention's training shapes (DeepSeek's 192/128, and head 64 + rope 32).
-  timeout 600 "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 2048 --head-dim 128 \
+  timeout "$limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 2048 --head-dim 128 \
     --rope-dim 64 --tokens 16384 --seq 1024,4096 --causal yes --repeats 20 --json \
     >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
-  timeout 600 "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 768 --head-dim 64 \
+  timeout "$limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 768 --head-dim 64 \
     --rope-dim 32 --tokens 16384 --seq 1024 --causal yes --repeats 20 --json \
     >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
   # The deterministic backward (dQ by a second kernel, no atomics): its cost against the rows above.
   for d in 64 128; do
-    timeout 600 "$bin/flashgpt" bench attention --device cuda --deterministic --hidden 2048 --head-dim "$d" \
+    timeout "$limit" "$bin/flashgpt" bench attention --device cuda --deterministic --hidden 2048 --head-dim "$d" \
       --tokens 16384 --seq 1024,4096 --causal yes --repeats 20 --json \
       >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
   done
@@ -141,15 +156,17 @@ if [ -n "$bin" ]; then
     "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" "extra MiB={r['extra_bytes'] / 2**20:.1f}" \
     "max rel err={r['max_rel_err']:.1e}" >> "$report"
 fi
+fi
 
 # --- flash against the standard kernel: memory and time -------------------------------------
+if want standard; then
 say ""
 say "## Attention: flash against the standard kernel (bf16, causal, 16384 tokens, hidden 2048)"
 say ""
 if [ -n "$bin" ]; then
   std_ok=1
   for d in 64 128; do
-    timeout 600 "$bin/flashgpt" bench attention --device cuda --mechanism standard,flash --hidden 2048 --head-dim "$d" \
+    timeout "$limit" "$bin/flashgpt" bench attention --device cuda --mechanism standard,flash --hidden 2048 --head-dim "$d" \
       --tokens 16384 --seq 1024,2048,4096 --causal yes --repeats 10 --json \
       >> "$out/gpu-check-$stamp-standard.jsonl" 2>> "$logs/bench_standard.err" || std_ok=0
   done
@@ -171,13 +188,15 @@ for (mech, b, t, d), s in sorted(by.items(), key=lambda kv: (kv[0][3], kv[0][2])
           f"{ps / 2**20:.0f} | {pf / 2**20:.0f} | {100 * (1 - pf / ps):.1f}% |")
 PYEOF
 fi
+fi
 
 # --- the latent decode, beside the copy bandwidth ---------------------------------------------
+if want latent-decode; then
 say ""
 say "## MLA latent decode: batch 128, 128 heads, 576/512 rows, pages of 64 (against this GPU's copy rate)"
 say ""
 if [ -n "$bin" ]; then
-  if timeout 600 "$bin/flashgpt" bench latent-decode --batch 128 --heads 128 --latent 512 --rope 64 \
+  if timeout "$limit" "$bin/flashgpt" bench latent-decode --batch 128 --heads 128 --latent 512 --rope 64 \
        --context 1024,2048,4096,8192,16384,32768 --kernel tensor-cores,cuda-cores --repeats 10 --json \
        > "$out/gpu-check-$stamp-latent-decode.jsonl" 2> "$logs/bench_latent_decode.err"; then
     jsonl_table "$out/gpu-check-$stamp-latent-decode.jsonl" "kernel={r['kernel']}" "context={r['context']}" \
@@ -188,8 +207,10 @@ if [ -n "$bin" ]; then
     status=1
   fi
 fi
+fi
 
 # --- flash decode (split-KV) against the flash kernel, beside the copy bandwidth ---------------
+if want flash-decode; then
 say ""
 say "## Flash decode: one new token per sequence over a long cache, against the flash kernel on the same case (bf16)"
 say ""
@@ -197,7 +218,7 @@ if [ -n "$bin" ]; then
   fd_ok=1
   for shape in "--heads 12 --head-dim 64" "--heads 32 --kv-heads 8 --head-dim 128"; do
     # shellcheck disable=SC2086
-    timeout 600 "$bin/flashgpt" bench flash-decode $shape --batch 1,16,64 --context 1024,4096,16384 \
+    timeout "$limit" "$bin/flashgpt" bench flash-decode $shape --batch 1,16,64 --context 1024,4096,16384 \
       --repeats 9 --json >> "$out/gpu-check-$stamp-flash-decode.jsonl" 2>> "$logs/bench_flash_decode.err" || fd_ok=0
   done
   [ $fd_ok = 1 ] || { say "(a case failed: $(tail -1 "$logs/bench_flash_decode.err" | cut -c1-200))"; status=1; }
@@ -208,14 +229,16 @@ if [ -n "$bin" ]; then
       "GB/s={r['gbps']:.0f}" "of copy={100 * r['of_copy']:.0f}%" "max rel err={r['max_rel_err']:.1e}" >> "$report"
   fi
 fi
+fi
 
 # --- generation: the whole model's decode step, MHA's cache against the latent cache -----------
+if want decode; then
 say ""
 say "## Decode step of the whole model (GPT-2 124M shapes, bf16, batch 1 and 16): the sampler's path, launched kernel by kernel and replayed as a CUDA graph, multi-head attention by the flash kernels and by flash decode (split-KV)"
 say ""
 if [ -n "$bin" ]; then
   for batch in 1 16; do
-    if timeout 600 "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash,flash_mla \
+    if timeout "$limit" "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash,flash_mla \
          --context 1024,4096 --batch "$batch" --repeats 20 --cuda-graphs off,on --split-kv off,on --json \
          >> "$out/gpu-check-$stamp-decode.jsonl" 2> "$logs/bench_decode_$batch.err"; then :; else
       say "(batch $batch failed: $(tail -1 "$logs/bench_decode_$batch.err" | cut -c1-200))"
@@ -232,8 +255,10 @@ if [ -n "$bin" ]; then
       "max rel err={r['max_rel_err']:.1e}" >> "$report"
   fi
 fi
+fi
 
 # --- the training step, beside PyTorch's ----------------------------------------------------
+if want train; then
 say ""
 say "## Training step: GPT-2 124M (d12), B=16, T=1024"
 say ""
@@ -251,7 +276,7 @@ if [ -n "$bin" ]; then
     [ "$preset" = d12 ] && flash="--attention flash"
     [ -n "$det" ] && flash="$flash --deterministic"
     # shellcheck disable=SC2086
-    if timeout 600 "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
+    if timeout "$limit" "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
          --steps 10 --warmup 3 --json > "$logs/bench_train_$tag.json" 2> "$logs/bench_train_$tag.err"; then
       cat "$logs/bench_train_$tag.json" >> "$out/gpu-check-$stamp-train.jsonl"
       python3 - "$logs/bench_train_$tag.json" "$preset" >> "$report" <<'PYEOF'
@@ -269,16 +294,18 @@ PYEOF
   done
 fi
 if [ $have_torch = 1 ]; then
-  timeout 900 python3 bench/peers/gpt_train.py --batch 16 --seq 1024 --jsonl "$out/gpu-check-$stamp-train.jsonl" \
+  timeout "$limit" python3 bench/peers/gpt_train.py --batch 16 --seq 1024 --jsonl "$out/gpu-check-$stamp-train.jsonl" \
     >> "$report" 2> "$logs/peer_gpt.err" || say "| PyTorch peer | FAILED: $(tail -1 "$logs/peer_gpt.err" | cut -c1-150) | | | | | | |"
+fi
 fi
 
 # --- peers ----------------------------------------------------------------------------------
+if want peers; then
 say ""
 say "## Peer: PyTorch scaled_dot_product_attention (bf16)"
 say ""
 if python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
-  timeout 900 python3 bench/peers/sdpa_attention.py --repeats 20 --jsonl "$out/gpu-check-$stamp-peers.jsonl" \
+  timeout "$limit" python3 bench/peers/sdpa_attention.py --repeats 20 --jsonl "$out/gpu-check-$stamp-peers.jsonl" \
     > "$logs/peers.md" 2> "$logs/peers.err" || say "(the peer run failed: $(tail -1 "$logs/peers.err"))"
   cat "$logs/peers.md" >> "$report"
   if [ -s "$out/gpu-check-$stamp-attention.jsonl" ]; then
@@ -309,7 +336,7 @@ PYEOF
   say ""
   for shape in "--heads 12 --head-dim 64" "--heads 32 --kv-heads 8 --head-dim 128"; do
     # shellcheck disable=SC2086
-    timeout 600 python3 bench/peers/sdpa_decode.py $shape --batch 1,16,64 --contexts 1024,4096,16384 --repeats 9 \
+    timeout "$limit" python3 bench/peers/sdpa_decode.py $shape --batch 1,16,64 --contexts 1024,4096,16384 --repeats 9 \
       --json >> "$out/gpu-check-$stamp-peers-decode.jsonl" 2>> "$logs/peers_decode.err" \
       || say "(the decode peer failed: $(tail -1 "$logs/peers_decode.err" | cut -c1-200))"
   done
@@ -337,15 +364,17 @@ PYEOF
 else
   say "PyTorch with CUDA is not available here."
 fi
+fi
 
 # --- the seed plan's grid, with occupancy ------------------------------------------------------
+if want grid; then
 say ""
 say "## Attention grid: flash, bf16, causal, head 64 (batch 1/4/8/16 × sequence 512–4096 × hidden 768–4096)"
 say ""
 if [ -n "$bin" ]; then
   grid_ok=1
   for hidden in 768 2048 4096; do
-    timeout 600 "$bin/flashgpt" bench attention --device cuda --mechanism flash --batch 1,4,8,16 \
+    timeout "$limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash --batch 1,4,8,16 \
       --seq 512,1024,2048,4096 --hidden "$hidden" --head-dim 64 --causal yes --repeats 5 --json \
       >> "$out/gpu-check-$stamp-grid.jsonl" 2>> "$logs/bench_grid.err" || grid_ok=0
   done
@@ -360,7 +389,7 @@ if [ -n "$bin" ]; then
     say ""
     say "Achieved occupancy (ncu, batch 4, seq 2048, hidden 2048, head 64):"
     say ""
-    timeout 300 ncu --metrics sm__warps_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed \
+    timeout "$limit" ncu --metrics sm__warps_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed \
       -k regex:flash_.*_tc_kernel --launch-count 4 "$bin/flashgpt" bench attention --device cuda --mechanism flash \
       --batch 4 --seq 2048 --hidden 2048 --head-dim 64 --causal yes --repeats 1 > "$logs/ncu.log" 2>&1
     grep -E "flash_(forward|backward)_tc_kernel|warps_active|sm__throughput|ERR_|permission" "$logs/ncu.log" \
@@ -368,6 +397,7 @@ if [ -n "$bin" ]; then
   else
     say "(ncu is not installed: achieved occupancy not measured)"
   fi
+fi
 fi
 
 say ""
