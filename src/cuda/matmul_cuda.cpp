@@ -135,11 +135,18 @@ struct Lt {
       plans;
 };
 
+// Made at the first product, which may come while a stream captures a graph (thread-local mode
+// refuses cudaMalloc then): this thread relaxes its capture mode for the allocation alone.
 Lt& lt() {
   static Lt* s = [] {
     auto* l = new Lt;
-    FLASHGPT_LT_CHECK(cublasLtCreate(&l->handle));
-    FLASHGPT_CUDA_CHECK(cudaMalloc(&l->workspace, l->workspace_bytes));
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    FLASHGPT_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+    const cublasStatus_t created = cublasLtCreate(&l->handle);
+    const cudaError_t allocated = cudaMalloc(&l->workspace, l->workspace_bytes);
+    FLASHGPT_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+    FLASHGPT_LT_CHECK(created);
+    FLASHGPT_CUDA_CHECK(allocated);
     return l;
   }();
   return *s;
