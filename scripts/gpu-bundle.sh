@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
 archs="${CUDA_ARCHS:-90a}"
-build=build-gpu
+build="build-gpu"
 # No -march=native: the GPU machine's CPU may lack this one's instruction sets. No MPI: one GPU.
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_NATIVE=OFF -DFLASHGPT_MPI=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$archs" -DFLASHGPT_BUILD_BENCH=OFF > /dev/null

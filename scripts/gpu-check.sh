@@ -6,8 +6,12 @@
 #   GPU_CHECK_USE_BUNDLE=1 scripts/gpu-check.sh   skip building here, use gpu-bundle/ (or gpu-bundle.tar.xz)
 #   GPU_CHECK_ONLY="tests flash-decode" scripts/gpu-check.sh   only these parts, of: tests sanitizer
 #       attention standard latent-decode flash-decode decode train peers grid (default: all)
-#   GPU_CHECK_TIMEOUT=300                 seconds each test program or benchmark may run (default 600)
-#   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test)
+#   GPU_CHECK_TIMEOUT=300                 seconds each test program (or its sanitizer run) may take (default 600)
+#   GPU_CHECK_BENCH_TIMEOUT=300           seconds each benchmark command may take (default 600)
+#   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
+#                                         memcheck; racecheck: see GPU_CHECK_RACECHECK_FILTER)
+#   GPU_CHECK_RACECHECK_FILTER='*Graph*'  gtest filter for racecheck (default: small-shape tests for the
+#                                         attention and model programs, every test for the others)
 #
 # Programs: built here when this machine has flashgpt's build dependencies; otherwise those of
 # gpu-bundle/, which scripts/gpu-bundle.sh makes on a machine that has them (carry it along).
@@ -25,8 +29,15 @@ status=0
 only=" ${GPU_CHECK_ONLY:-tests sanitizer attention standard latent-decode flash-decode decode train peers grid} "
 want() { [[ "$only" == *" $1 "* ]]; }
 limit="${GPU_CHECK_TIMEOUT:-600}"
+bench_limit="${GPU_CHECK_BENCH_TIMEOUT:-600}"
 
-commit="${FLASHGPT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || cat gpu-bundle/COMMIT 2>/dev/null || echo unknown)}"
+if [ ! -d gpu-bundle/bin ] && [ -f gpu-bundle.tar.xz ]; then tar -xJf gpu-bundle.tar.xz; fi
+# The programs' commit: the bundle's when it is used (the checkout here may be another).
+if [ -n "${GPU_CHECK_USE_BUNDLE:-}" ] && [ -f gpu-bundle/COMMIT ]; then
+  commit="$(cat gpu-bundle/COMMIT) (gpu-bundle)"
+else
+  commit="${FLASHGPT_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || cat gpu-bundle/COMMIT 2>/dev/null || echo unknown)}"
+fi
 say "# flashgpt GPU check, $stamp"
 say ""
 say "- commit: $commit"
@@ -36,7 +47,6 @@ say "- host: $(uname -srm), $(nproc) cores"
 
 # --- programs -------------------------------------------------------------------------------
 bin=""
-if [ ! -d gpu-bundle/bin ] && [ -f gpu-bundle.tar.xz ]; then tar -xJf gpu-bundle.tar.xz; fi
 if [ -z "${GPU_CHECK_USE_BUNDLE:-}" ] &&
    cmake -S . -B build-gpu-here -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_MPI=OFF -DFLASHGPT_NATIVE=OFF \
      -DCMAKE_CUDA_ARCHITECTURES=native -DFLASHGPT_BUILD_BENCH=OFF > "$logs/configure.log" 2>&1 &&
@@ -111,12 +121,24 @@ if [ -n "$bin" ] && { want tests || want sanitizer; }; then
   if ! want sanitizer; then :
   elif command -v compute-sanitizer > /dev/null; then
     for t in "${cuda_tests[@]}"; do
-      # shellcheck disable=SC2086
       # API errors are not the sanitizer's to count: the programs check every call's result, and the
       # graph tests make calls a capture refuses on purpose (and expect the refusal).
-      run "memcheck_$t" compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 3 "$bin/$t" $filter
       # shellcheck disable=SC2086
-      run "racecheck_$t" compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/$t" $filter
+      run "memcheck_$t" compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 3 "$bin/$t" $filter
+      # racecheck runs shared-memory-heavy kernels a hundred times slower or more (the fp32 attention
+      # test alone outlasted 170 s on an H100): by default, for these two programs, the tests with
+      # small shapes that still reach every kernel (the tensor-core forward and backward, the model's
+      # training, decoding and graph steps).
+      race="${GPU_CHECK_RACECHECK_FILTER:-}"
+      if [ -z "$race" ] && [ -z "$filter" ]; then
+        case "$t" in
+          test_cuda_attention) race='CudaAttention.DeterministicFlashBackwardRepeatsItsBits:CudaAttention.TensorCoreKernelsRefuse*' ;;
+          test_cuda_gpt) race='CudaGpt.Fp32TracksTheCpuModelMlaWithSvdFactors:CudaGpt.DeterministicTrainingRepeatsItsBits:CudaGpt.DecodingWithTheFlashKernelsTracksTheCpu:CudaGpt.GraphReplayed*' ;;
+        esac
+      fi
+      [ -n "$race" ] && race="--gtest_filter=$race" || race="$filter"
+      # shellcheck disable=SC2086
+      run "racecheck_$t" compute-sanitizer --tool racecheck --error-exitcode 3 "$bin/$t" $race
     done
   else
     say "| sanitizer | not installed | | |"
@@ -132,21 +154,21 @@ if [ -n "$bin" ]; then
   attn_ok=1
   for d in 64 128; do
     for precision in bf16 fp16; do
-      timeout "$limit" "$bin/flashgpt" bench attention --device cuda --precision "$precision" --hidden 2048 --head-dim "$d" \
+      timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --precision "$precision" --hidden 2048 --head-dim "$d" \
         --tokens 16384 --seq 1024,2048,4096,8192 --causal both --repeats 20 --json \
         >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
     done
   done
   # Latent attention's training shapes (DeepSeek's 192/128, and head 64 + rope 32).
-  timeout "$limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 2048 --head-dim 128 \
+  timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 2048 --head-dim 128 \
     --rope-dim 64 --tokens 16384 --seq 1024,4096 --causal yes --repeats 20 --json \
     >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
-  timeout "$limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 768 --head-dim 64 \
+  timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 768 --head-dim 64 \
     --rope-dim 32 --tokens 16384 --seq 1024 --causal yes --repeats 20 --json \
     >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
   # The deterministic backward (dQ by a second kernel, no atomics): its cost against the rows above.
   for d in 64 128; do
-    timeout "$limit" "$bin/flashgpt" bench attention --device cuda --deterministic --hidden 2048 --head-dim "$d" \
+    timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --deterministic --hidden 2048 --head-dim "$d" \
       --tokens 16384 --seq 1024,4096 --causal yes --repeats 20 --json \
       >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
   done
@@ -168,7 +190,7 @@ say ""
 if [ -n "$bin" ]; then
   std_ok=1
   for d in 64 128; do
-    timeout "$limit" "$bin/flashgpt" bench attention --device cuda --mechanism standard,flash --hidden 2048 --head-dim "$d" \
+    timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --mechanism standard,flash --hidden 2048 --head-dim "$d" \
       --tokens 16384 --seq 1024,2048,4096 --causal yes --repeats 10 --json \
       >> "$out/gpu-check-$stamp-standard.jsonl" 2>> "$logs/bench_standard.err" || std_ok=0
   done
@@ -198,7 +220,7 @@ say ""
 say "## MLA latent decode: batch 128, 128 heads, 576/512 rows, pages of 64 (against this GPU's copy rate)"
 say ""
 if [ -n "$bin" ]; then
-  if timeout "$limit" "$bin/flashgpt" bench latent-decode --batch 128 --heads 128 --latent 512 --rope 64 \
+  if timeout "$bench_limit" "$bin/flashgpt" bench latent-decode --batch 128 --heads 128 --latent 512 --rope 64 \
        --context 1024,2048,4096,8192,16384,32768 --kernel tensor-cores,cuda-cores --repeats 10 --json \
        > "$out/gpu-check-$stamp-latent-decode.jsonl" 2> "$logs/bench_latent_decode.err"; then
     jsonl_table "$out/gpu-check-$stamp-latent-decode.jsonl" "kernel={r['kernel']}" "context={r['context']}" \
@@ -220,7 +242,7 @@ if [ -n "$bin" ]; then
   fd_ok=1
   for shape in "--heads 12 --head-dim 64" "--heads 32 --kv-heads 8 --head-dim 128"; do
     # shellcheck disable=SC2086
-    timeout "$limit" "$bin/flashgpt" bench flash-decode $shape --batch 1,16,64 --context 1024,4096,16384 \
+    timeout "$bench_limit" "$bin/flashgpt" bench flash-decode $shape --batch 1,16,64 --context 1024,4096,16384 \
       --repeats 9 --json >> "$out/gpu-check-$stamp-flash-decode.jsonl" 2>> "$logs/bench_flash_decode.err" || fd_ok=0
   done
   [ $fd_ok = 1 ] || { say "(a case failed: $(tail -1 "$logs/bench_flash_decode.err" | cut -c1-200))"; status=1; }
@@ -240,7 +262,7 @@ say "## Decode step of the whole model (GPT-2 124M shapes, bf16, batch 1 and 16)
 say ""
 if [ -n "$bin" ]; then
   for batch in 1 16; do
-    if timeout "$limit" "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash,flash_mla \
+    if timeout "$bench_limit" "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash,flash_mla \
          --context 1024,4096 --batch "$batch" --repeats 20 --cuda-graphs off,on --split-kv off,on --json \
          >> "$out/gpu-check-$stamp-decode.jsonl" 2> "$logs/bench_decode_$batch.err"; then :; else
       say "(batch $batch failed: $(tail -1 "$logs/bench_decode_$batch.err" | cut -c1-200))"
@@ -278,7 +300,7 @@ if [ -n "$bin" ]; then
     [ "$preset" = d12 ] && flash="--attention flash"
     [ -n "$det" ] && flash="$flash --deterministic"
     # shellcheck disable=SC2086
-    if timeout "$limit" "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
+    if timeout "$bench_limit" "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
          --steps 10 --warmup 3 --json > "$logs/bench_train_$tag.json" 2> "$logs/bench_train_$tag.err"; then
       cat "$logs/bench_train_$tag.json" >> "$out/gpu-check-$stamp-train.jsonl"
       python3 - "$logs/bench_train_$tag.json" "$preset" >> "$report" <<'PYEOF'
@@ -296,7 +318,7 @@ PYEOF
   done
 fi
 if [ $have_torch = 1 ]; then
-  timeout "$limit" python3 bench/peers/gpt_train.py --batch 16 --seq 1024 --jsonl "$out/gpu-check-$stamp-train.jsonl" \
+  timeout "$bench_limit" python3 bench/peers/gpt_train.py --batch 16 --seq 1024 --jsonl "$out/gpu-check-$stamp-train.jsonl" \
     >> "$report" 2> "$logs/peer_gpt.err" || say "| PyTorch peer | FAILED: $(tail -1 "$logs/peer_gpt.err" | cut -c1-150) | | | | | | |"
 fi
 fi
@@ -307,7 +329,7 @@ say ""
 say "## Peer: PyTorch scaled_dot_product_attention (bf16)"
 say ""
 if python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
-  timeout "$limit" python3 bench/peers/sdpa_attention.py --repeats 20 --jsonl "$out/gpu-check-$stamp-peers.jsonl" \
+  timeout "$bench_limit" python3 bench/peers/sdpa_attention.py --repeats 20 --jsonl "$out/gpu-check-$stamp-peers.jsonl" \
     > "$logs/peers.md" 2> "$logs/peers.err" || say "(the peer run failed: $(tail -1 "$logs/peers.err"))"
   cat "$logs/peers.md" >> "$report"
   if [ -s "$out/gpu-check-$stamp-attention.jsonl" ]; then
@@ -338,7 +360,7 @@ PYEOF
   say ""
   for shape in "--heads 12 --head-dim 64" "--heads 32 --kv-heads 8 --head-dim 128"; do
     # shellcheck disable=SC2086
-    timeout "$limit" python3 bench/peers/sdpa_decode.py $shape --batch 1,16,64 --contexts 1024,4096,16384 --repeats 9 \
+    timeout "$bench_limit" python3 bench/peers/sdpa_decode.py $shape --batch 1,16,64 --contexts 1024,4096,16384 --repeats 9 \
       --json >> "$out/gpu-check-$stamp-peers-decode.jsonl" 2>> "$logs/peers_decode.err" \
       || say "(the decode peer failed: $(tail -1 "$logs/peers_decode.err" | cut -c1-200))"
   done
@@ -376,7 +398,7 @@ say ""
 if [ -n "$bin" ]; then
   grid_ok=1
   for hidden in 768 2048 4096; do
-    timeout "$limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash --batch 1,4,8,16 \
+    timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash --batch 1,4,8,16 \
       --seq 512,1024,2048,4096 --hidden "$hidden" --head-dim 64 --causal yes --repeats 5 --json \
       >> "$out/gpu-check-$stamp-grid.jsonl" 2>> "$logs/bench_grid.err" || grid_ok=0
   done
@@ -391,7 +413,7 @@ if [ -n "$bin" ]; then
     say ""
     say "Achieved occupancy (ncu, batch 4, seq 2048, hidden 2048, head 64):"
     say ""
-    timeout "$limit" ncu --metrics sm__warps_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed \
+    timeout "$bench_limit" ncu --metrics sm__warps_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed \
       -k regex:flash_.*_tc_kernel --launch-count 4 "$bin/flashgpt" bench attention --device cuda --mechanism flash \
       --batch 4 --seq 2048 --hidden 2048 --head-dim 64 --causal yes --repeats 1 > "$logs/ncu.log" 2>&1
     grep -E "flash_(forward|backward)_tc_kernel|warps_active|sm__throughput|ERR_|permission" "$logs/ncu.log" \
