@@ -5,7 +5,7 @@
 #   scripts/gpu-check.sh                  report in bench/results/ (or in $OUT when set)
 #   GPU_CHECK_USE_BUNDLE=1 scripts/gpu-check.sh   skip building here, use gpu-bundle/ (or gpu-bundle.tar.xz)
 #   GPU_CHECK_ONLY="tests flash-decode" scripts/gpu-check.sh   only these parts, of: tests sanitizer
-#       attention standard latent-decode flash-decode decode train peers grid (default: all)
+#       attention standard latent-decode flash-decode decode train profile peers grid (default: all)
 #   GPU_CHECK_TIMEOUT=300                 seconds each test program (or its sanitizer run) may take (default 600)
 #   GPU_CHECK_BENCH_TIMEOUT=300           seconds each benchmark command may take (default 600)
 #   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
@@ -26,7 +26,7 @@ logs="$out/gpu-check-$stamp-logs"
 mkdir -p "$logs"
 say() { echo "$@" | tee -a "$report"; }
 status=0
-only=" ${GPU_CHECK_ONLY:-tests sanitizer attention standard latent-decode flash-decode decode train peers grid} "
+only=" ${GPU_CHECK_ONLY:-tests sanitizer attention standard latent-decode flash-decode decode train profile peers grid} "
 want() { [[ "$only" == *" $1 "* ]]; }
 limit="${GPU_CHECK_TIMEOUT:-600}"
 bench_limit="${GPU_CHECK_BENCH_TIMEOUT:-600}"
@@ -258,12 +258,12 @@ fi
 # --- generation: the whole model's decode step, MHA's cache against the latent cache -----------
 if want decode; then
 say ""
-say "## Decode step of the whole model (GPT-2 124M shapes, bf16, batch 1 and 16): the sampler's path, launched kernel by kernel and replayed as a CUDA graph, multi-head attention by the flash kernels and by flash decode (split-KV)"
+say "## Decode step of the whole model (GPT-2 124M shapes, bf16, batch 1 and 16): the sampler's path, launched kernel by kernel and replayed as a CUDA graph, multi-head attention by the flash kernels (split-KV off) and by the automatic choice of flash decode where it wins (auto)"
 say ""
 if [ -n "$bin" ]; then
   for batch in 1 16; do
     if timeout "$bench_limit" "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash,flash_mla \
-         --context 1024,4096 --batch "$batch" --repeats 20 --cuda-graphs off,on --split-kv off,on --json \
+         --context 1024,4096 --batch "$batch" --repeats 20 --cuda-graphs off,on --split-kv off,auto --json \
          >> "$out/gpu-check-$stamp-decode.jsonl" 2> "$logs/bench_decode_$batch.err"; then :; else
       say "(batch $batch failed: $(tail -1 "$logs/bench_decode_$batch.err" | cut -c1-200))"
       status=1
@@ -320,6 +320,28 @@ fi
 if [ $have_torch = 1 ]; then
   timeout "$bench_limit" python3 bench/peers/gpt_train.py --batch 16 --seq 1024 --jsonl "$out/gpu-check-$stamp-train.jsonl" \
     >> "$report" 2> "$logs/peer_gpt.err" || say "| PyTorch peer | FAILED: $(tail -1 "$logs/peer_gpt.err" | cut -c1-150) | | | | | | |"
+fi
+fi
+
+# --- where the training step's time goes --------------------------------------------------------
+if want profile; then
+say ""
+say "## Where a d12 training step's GPU time goes (bf16, flash, B=16, T=1024): one step's kernels, each timed by ncu"
+say ""
+if [ -n "$bin" ] && command -v ncu > /dev/null; then
+  # ncu runs each kernel alone (no overlap), at the card's own clocks; the sum against the step's
+  # median time in the training table above is the time the GPU waits for the host.
+  if timeout "$bench_limit" ncu --profile-from-start off --clock-control none --csv --metrics gpu__time_duration.sum \
+       "$bin/flashgpt" bench train --device cuda --precision bf16 --preset d12 --attention flash -b 16 -t 1024 \
+       --steps 1 --warmup 2 --profile-step > "$logs/profile_train.csv" 2> "$logs/profile_train.err"; then
+    python3 scripts/ncu_breakdown.py "$logs/profile_train.csv" --top 30 >> "$report" 2>> "$logs/profile_train.err" \
+      || { say "(could not summarise: $(tail -1 "$logs/profile_train.err" | cut -c1-200))"; status=1; }
+  else
+    say "(failed: $(tail -1 "$logs/profile_train.err" | cut -c1-200))"
+    status=1
+  fi
+else
+  say "(needs ncu and the programs)"
 fi
 fi
 

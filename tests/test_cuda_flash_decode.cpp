@@ -333,6 +333,17 @@ TEST(CudaFlashDecode, PlansCopiesAndSplitsFromTheSizes) {
   const auto many = cuda::plan_flash_decode<bf16>(d);
   EXPECT_EQ(many.splits, 1);
   EXPECT_EQ(many.workspace_bytes, 0u);
+  // Expected to beat the flash kernels: one row per block only when split many ways (the 12 heads
+  // of one sequence); two or more rows always (a GQA group, two new tokens), however many blocks.
+  EXPECT_TRUE(one.beats_flash_kernel);
+  EXPECT_FALSE(many.beats_flash_kernel);
+  EXPECT_FALSE(cuda::plan_flash_decode<bf16>(d, {.splits = 64}).beats_flash_kernel);  // the case decides, not the options
+  AttentionDims grouped = d;
+  grouped.Hkv = 3;
+  EXPECT_TRUE(cuda::plan_flash_decode<bf16>(grouped).beats_flash_kernel);
+  AttentionDims two_tokens = d;
+  two_tokens.Tq = 2;
+  EXPECT_TRUE(cuda::plan_flash_decode<bf16>(two_tokens).beats_flash_kernel);
   // Rows of 36 bf16 values are not whole 16-byte chunks: plain loads.
   d.Dqk = 36;
   EXPECT_FALSE(cuda::plan_flash_decode<bf16>(d).async_copies);

@@ -364,9 +364,11 @@ TEST(CudaGpt, DeterministicTrainingRepeatsItsBits) {
 // cache (12 rows, not a whole page of the latent cache) is full; each step's logits within `tol`
 // of the largest. Multi-head caches keys and values; latent attention caches [c_kv, k_rope] rows
 // and decodes with weight absorption, on the CPU and on the GPU.
-// split_kv: multi-head attention by flash decode (the default) or by the flash kernels.
-void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol, bool split_kv = true) {
-  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision) + (split_kv ? "" : " flash kernels"));
+// split_kv: multi-head attention by flash decode wherever it runs (on, the helpers' default, so that
+// these tests reach it at their small sizes), by the flash kernels (off), or by the model's choice.
+void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol,
+                                    cuda::SplitKv split_kv = cuda::SplitKv::On) {
+  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision) + " split-KV " + cuda::to_string(split_kv));
   Pair p(c, precision);
   p.gpu.set_split_kv_decode(split_kv);
   EXPECT_EQ(p.gpu.split_kv_decode(), split_kv);
@@ -391,8 +393,8 @@ void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, dou
 // each with the logits of its own full forward on the CPU; a step past the capacity is an error
 // that leaves the cache as it was.
 void expect_ragged_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol,
-                                           bool split_kv = true) {
-  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision) + (split_kv ? "" : " flash kernels"));
+                                           cuda::SplitKv split_kv = cuda::SplitKv::On) {
+  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision) + " split-KV " + cuda::to_string(split_kv));
   Pair p(c, precision);
   p.gpu.set_split_kv_decode(split_kv);
   const int64_t B = 3, Vp = c.padded_vocab_size();
@@ -434,11 +436,15 @@ TEST(CudaGpt, Fp32DecodingTracksTheCpuCache) {
 }
 
 // The flash kernels, which multi-head decoding used before flash decode, stay a working choice.
-TEST(CudaGpt, DecodingWithTheFlashKernelsTracksTheCpu) {
+// The other two settings: the flash kernels alone (off), and the model's own choice step by step
+// (auto: here gpt2_like's one row per head takes the flash kernels, llama_like's GQA flash decode).
+TEST(CudaGpt, DecodingWithTheFlashKernelsOrTheAutomaticChoiceTracksTheCpu) {
   SKIP_WITHOUT_GPU();
-  for (const GPTConfig& c : {gpt2_like(), llama_like()}) expect_decoding_tracks_the_cpu(c, Precision::FP32, 1e-5, false);
-  expect_ragged_decoding_tracks_the_cpu(llama_like(), Precision::FP32, 1e-5, false);
-  expect_ragged_decoding_tracks_the_cpu(llama_like(), Precision::BF16, 3e-2, false);
+  for (cuda::SplitKv mode : {cuda::SplitKv::Off, cuda::SplitKv::Auto}) {
+    for (const GPTConfig& c : {gpt2_like(), llama_like()}) expect_decoding_tracks_the_cpu(c, Precision::FP32, 1e-5, mode);
+    expect_ragged_decoding_tracks_the_cpu(llama_like(), Precision::FP32, 1e-5, mode);
+    expect_ragged_decoding_tracks_the_cpu(llama_like(), Precision::BF16, 3e-2, mode);
+  }
 }
 
 // bf16 weights and activations: within a few percent of the fp32 CPU. mla_rope's latent rows

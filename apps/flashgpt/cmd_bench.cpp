@@ -16,6 +16,7 @@ extern "C" char* openblas_get_corename(void);
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/matmul_cuda.h"
 #include "flashgpt/dist/comm.h"
@@ -38,6 +39,7 @@ struct BenchTrainCli {
   int zero = 0, context_parallel = 1;
   std::string device = "cpu", precision = "bf16";
   bool deterministic = false;  // GPU: the backward without atomics
+  bool profile_step = false;   // GPU: the last timed step inside a profiler capture range
 };
 
 double median(std::vector<double> v) {
@@ -126,7 +128,12 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   const double gemm_before = cuda::measure_gemm_flops(bf16, gemm_size, 7) / 1e9;
   std::vector<double> times;
   double loss = 0;
-  for (int s = 0; s < c.warmup + c.steps; ++s) {
+  const int last = c.warmup + c.steps - 1;
+  for (int s = 0; s <= last; ++s) {
+    if (c.profile_step && s == last) {
+      cuda::synchronize();
+      cuda::profiler_capture(true);
+    }
     Timer t;
     gpu.zero_grad();
     loss = gpu.forward_backward(x.data(), y.data(), B, T, nullptr);
@@ -137,6 +144,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
     hp.step = s + 1;
     gpu.adamw_step(hp, norm > 1.0 ? static_cast<float>(1.0 / norm) : 1.0f);  // ends in a synchronisation
     if (s >= c.warmup) times.push_back(t.seconds());
+    if (c.profile_step && s == last) cuda::profiler_capture(false);
   }
   FLASHGPT_CHECK(std::isfinite(loss), "bench: the model produced a non-finite loss");
   const double gemm_after = cuda::measure_gemm_flops(bf16, gemm_size, 7) / 1e9;
@@ -192,6 +200,7 @@ void run_bench_train(const BenchTrainCli& c) {
     return;
   }
   FLASHGPT_CHECK(!c.deterministic, "--deterministic: a GPU option (--device cuda); the CPU repeats its bits anyway");
+  FLASHGPT_CHECK(!c.profile_step, "--profile-step: a GPU option (--device cuda)");
   dist::Communicator& world = dist::world();
   const ParallelLayout lay = make_parallel_layout(world, c.context_parallel);
   const bool root = world.rank() == 0;
@@ -301,6 +310,9 @@ void register_bench(CLI::App& app) {
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
   tr->add_flag("--deterministic", c->deterministic, "GPU: time the backward without atomics (train --deterministic)");
+  tr->add_flag("--profile-step", c->profile_step,
+               "GPU: capture only the last timed step for a profiler started with capture off "
+               "(ncu --profile-from-start off; scripts/gpu-check.sh's profile part)");
   tr->add_flag("--json", c->json, "Print one JSON object");
   tr->add_option("--zero", c->zero, "Under mpirun: 1 shards the AdamW state (ZeRO-1)")->check(CLI::IsMember({0, 1}));
   tr->add_option("--context-parallel", c->context_parallel, "Under mpirun: ranks sharing each sequence")

@@ -32,13 +32,13 @@ struct BenchDecodeCli {
   bool json = false;
   std::string device = "cpu", precision = "bf16";
   std::vector<std::string> cuda_graphs = {"on"};  // the GPU: each setting timed in turn
-  std::vector<std::string> split_kv = {"on"};     // the GPU, multi-head: flash decode (on) or the flash kernels
+  std::vector<std::string> split_kv = {"auto"};   // the GPU, multi-head: flash decode (on, auto) or the flash kernels
 };
 
 struct Result {
   std::string mechanism;
   std::string graphs = "-";  // the GPU: "on" or "off"
-  std::string split_kv = "-";  // the GPU, multi-head attention: "on" (flash decode) or "off" (the flash kernels)
+  std::string split_kv = "-";  // the GPU, multi-head attention: "on", "auto" or "off" (cuda::SplitKv)
   int64_t replays = 0;      // timed steps that replayed the graph
   int64_t context = 0;
   double ms = 0;  // median, all layers, one token per sequence
@@ -169,7 +169,7 @@ Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context
   FLASHGPT_CHECK(why.empty(), "bench decode --device cuda: {}: {}", to_string(kind), why);
   cuda::GPTCuda gpu(cfg, precision);
   gpu.set_decode_graphs(graphs);
-  if (split_kv != "-") gpu.set_split_kv_decode(split_kv == "on");
+  if (split_kv != "-") gpu.set_split_kv_decode(cuda::parse_split_kv(split_kv, "--split-kv"));
   {
     GPT<float> init(cfg);
     init.init_weights(1234);
@@ -236,7 +236,7 @@ void run_bench_decode(const BenchDecodeCli& c) {
     FLASHGPT_CHECK(g == "on" || g == "off", "--cuda-graphs: unknown setting '{}' (expected on, off or on,off)", g);
   }
   for (const std::string& g : c.split_kv) {
-    FLASHGPT_CHECK(g == "on" || g == "off", "--split-kv: unknown setting '{}' (expected on, off or on,off)", g);
+    (void)cuda::parse_split_kv(g, "--split-kv");
   }
   const bool gpu = c.device == "cuda";
   const cuda::Precision precision = cuda::parse_precision(c.precision, "--precision");
@@ -360,8 +360,8 @@ void register_bench_decode(CLI::App& bench) {
       ->delimiter(',')
       ->capture_default_str();
   sub->add_option("--split-kv", c->split_kv,
-                  "The GPU, multi-head attention: flash decode, split along the cache (on), the flash kernels (off), "
-                  "or both (on,off), side by side")
+                  "The GPU, multi-head attention: flash decode, split along the cache, where it is expected to win "
+                  "(auto) or at every step (on), the flash kernels (off), or several side by side (off,auto,on)")
       ->delimiter(',')
       ->capture_default_str();
   sub->add_flag("--json", c->json, "One JSON object per case");

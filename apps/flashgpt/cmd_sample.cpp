@@ -33,7 +33,7 @@ struct SampleCli {
   bool no_stop = false;
   DeviceFlags device;
   std::string cuda_graphs = "on";
-  std::string split_kv = "on";
+  std::string split_kv = "auto";
 };
 
 std::vector<int> parse_ids(const std::string& s) {
@@ -110,7 +110,7 @@ void run_sample(SampleCli& c) {
     gpu = std::make_unique<cuda::GPTCuda>(cfg, precision);
     gpu->set_params(m.model->params());
     gpu->set_decode_graphs(c.cuda_graphs == "on");
-    gpu->set_split_kv_decode(c.split_kv == "on");
+    gpu->set_split_kv_decode(cuda::parse_split_kv(c.split_kv, "--split-kv"));
     decoder = std::make_unique<cuda::GPTCudaDecoder>(*gpu);
   } else {
     decoder = std::make_unique<CpuDecoder>(*m.model);
@@ -227,9 +227,9 @@ void register_sample(CLI::App& app) {
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   sub->add_option("--split-kv", c->split_kv,
-                  "On the GPU, multi-head attention by flash decode, split along the cache (on), or by the flash "
-                  "kernels (off)")
-      ->check(CLI::IsMember({"on", "off"}))
+                  "On the GPU, multi-head attention by flash decode, split along the cache, where it is expected "
+                  "to beat the flash kernels (auto), at every step it can run (on), or never (off)")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
       ->capture_default_str();
   sub->callback([c] { run_sample(*c); });
 }

@@ -82,6 +82,7 @@ void copy_to_host(void*, const void*, size_t) { fail("device memory: {}", kNoCud
 void copy_on_device(void*, const void*, size_t) { fail("device memory: {}", kNoCuda); }
 void fill_device_bytes(void*, int, size_t) { fail("device memory: {}", kNoCuda); }
 void synchronize() {}
+void profiler_capture(bool) {}
 
 // The GPU model cannot be made here; its other members are unreachable without one.
 struct GPTCuda::Impl {};
@@ -124,8 +125,8 @@ int64_t GPTCuda::decode_cache_bytes() const { fail("GPU decoding: {}", kNoCuda);
 void GPTCuda::set_decode_graphs(bool) { fail("GPU decoding: {}", kNoCuda); }
 bool GPTCuda::decode_graphs() const { fail("GPU decoding: {}", kNoCuda); }
 int64_t GPTCuda::decode_graph_replays() const { fail("GPU decoding: {}", kNoCuda); }
-void GPTCuda::set_split_kv_decode(bool) { fail("GPU decoding: {}", kNoCuda); }
-bool GPTCuda::split_kv_decode() const { fail("GPU decoding: {}", kNoCuda); }
+void GPTCuda::set_split_kv_decode(SplitKv) { fail("GPU decoding: {}", kNoCuda); }
+SplitKv GPTCuda::split_kv_decode() const { fail("GPU decoding: {}", kNoCuda); }
 double measure_gemm_flops(bool, int, int) { fail("GPU GEMM rate: {}", kNoCuda); }
 
 }  // namespace cuda::inline FLASHGPT_CUDA_ABI

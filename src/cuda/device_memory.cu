@@ -8,6 +8,10 @@
 #include "cuda/platform.h"
 #include "flashgpt/cuda/device_memory.h"
 
+#if !defined(FLASHGPT_SIMT)
+#include <cuda_profiler_api.h>
+#endif
+
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 namespace {
@@ -85,6 +89,14 @@ void* reduction_scratch(size_t bytes) {
 void synchronize() {
   FLASHGPT_CUDA_CHECK(cudaDeviceSynchronize());
   FLASHGPT_CUDA_CHECK(cudaGetLastError());
+}
+
+void profiler_capture(bool on) {
+#if defined(FLASHGPT_SIMT)
+  (void)on;
+#else
+  FLASHGPT_CUDA_CHECK(on ? cudaProfilerStart() : cudaProfilerStop());
+#endif
 }
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

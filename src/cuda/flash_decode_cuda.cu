@@ -477,14 +477,16 @@ FlashDecodePlan plan_flash_decode(const AttentionDims& ad, const FlashDecodeOpti
     occ = it->second;
   }
   plan.blocks_per_sm = occ.first;
+  const int64_t blocks = ad.B * ad.Hkv * ((d.rows + kRows - 1) / kRows);
+  const int64_t tiles = std::max<int64_t>(1, (ad.Tk + kKeys - 1) / kKeys);
+  const int automatic =
+      choose_flash_decode_splits(blocks, tiles, static_cast<int64_t>(occ.second) * std::max(1, occ.first));
+  plan.beats_flash_kernel = d.rows >= 2 || automatic >= kFlashDecodeWinningSplits;
   if (opt.splits > 0) {
     FLASHGPT_CUDA_REQUIRE(opt.splits <= 65535, "flash decode: at most 65535 splits");
     plan.splits = opt.splits;
   } else {
-    const int64_t blocks = ad.B * ad.Hkv * ((d.rows + kRows - 1) / kRows);
-    const int64_t tiles = std::max<int64_t>(1, (ad.Tk + kKeys - 1) / kKeys);
-    plan.splits = choose_flash_decode_splits(blocks, tiles,
-                                             static_cast<int64_t>(occ.second) * std::max(1, occ.first));
+    plan.splits = automatic;
   }
   plan.workspace_bytes = split_kv::workspace_bytes(ad.B * ad.Tq * ad.Hq, ad.Dv, plan.splits);
   return plan;

@@ -340,13 +340,16 @@ const float* Model<T>::decode_device_work(int64_t B, int64_t Tn, int top_k, size
 template <typename T>
 void Model<T>::cached_attention(const AttentionDims& d, const AttentionMask& m, float scale, const T* q, const T* k,
                                 const T* v, T* o, float* lse) {
-  if (split_kv_decode && d.Tq * (d.Hq / d.Hkv) <= kFlashDecodeRows && flash_decode_supports(d.Dqk, d.Dv)) {
+  if (split_kv_decode != SplitKv::Off && d.Tq * (d.Hq / d.Hkv) <= kFlashDecodeRows &&
+      flash_decode_supports(d.Dqk, d.Dv)) {
     FlashDecodeOptions opt;
     const FlashDecodePlan plan = plan_flash_decode<T>(d, opt, q, k, v);
-    opt.splits = plan.splits;
-    opt.workspace = at_least(dec_.split_ws, plan.workspace_bytes);
-    flash_decode<T>(d, m, scale, q, k, v, o, lse, opt);
-    return;
+    if (split_kv_decode == SplitKv::On || plan.beats_flash_kernel) {
+      opt.splits = plan.splits;
+      opt.workspace = at_least(dec_.split_ws, plan.workspace_bytes);
+      flash_decode<T>(d, m, scale, q, k, v, o, lse, opt);
+      return;
+    }
   }
   if constexpr (std::is_same_v<T, bf16>) {
     if (flash_tc_supports(d.Dqk, d.Dv)) {
@@ -496,8 +499,8 @@ int64_t GPTCuda::decode_length() const {
 }
 int64_t GPTCuda::decode_cache_bytes() const { return impl_->decode_cache_bytes(); }
 void GPTCuda::set_decode_graphs(bool on) { impl_->decode_graphs = on; }
-void GPTCuda::set_split_kv_decode(bool on) { impl_->split_kv_decode = on; }
-bool GPTCuda::split_kv_decode() const { return impl_->split_kv_decode; }
+void GPTCuda::set_split_kv_decode(SplitKv mode) { impl_->split_kv_decode = mode; }
+SplitKv GPTCuda::split_kv_decode() const { return impl_->split_kv_decode; }
 bool GPTCuda::decode_graphs() const { return impl_->decode_graphs; }
 int64_t GPTCuda::decode_graph_replays() const { return impl_->graph_replays; }
 void GPTCuda::restart_decoding(int64_t b) { impl_->restart_decoding(b); }

@@ -63,7 +63,7 @@ struct GPTCuda::Impl {
   virtual int64_t decode_cache_bytes() const = 0;
   int64_t classifier_rows = 0;  // rows per classifier chunk; 0 chooses
   bool decode_graphs = true;     // steady decoding steps replay a captured CUDA graph
-  bool split_kv_decode = true;   // multi-head decoding attends with flash decode (split-KV)
+  SplitKv split_kv_decode = SplitKv::Auto;  // multi-head decoding: flash decode (split-KV) or flash kernels
   int64_t graph_replays = 0;     // steps that did, since start_decoding
   bool deterministic_next = false;  // set_deterministic: what the next forward with targets latches
   bool deterministic = false;       // the step in flight: no atomics in its backward

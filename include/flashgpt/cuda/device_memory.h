@@ -54,4 +54,9 @@ void fill_device_bytes(void* device_dst, int value, size_t bytes);
 // Waits for the device and throws on any error a kernel raised.
 void synchronize();
 
+// Starts (true) or stops (false) the profilers' capture, for a program run under one that starts
+// with capture off (`ncu --profile-from-start off`, `nsys profile --capture-range=cudaProfilerApi`),
+// so that it records just the work between. Does nothing on the emulator.
+void profiler_capture(bool on);
+
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -52,7 +52,18 @@ struct FlashDecodePlan {
   int blocks_per_sm = 1;     // blocks one SM holds at once
   size_t shared_bytes = 0;   // per block
   size_t workspace_bytes = 0;  // the partial outputs and log-sum-exps when splits > 1
+  // Whether flash decode is expected to beat the flash kernels on this case (whatever the options'
+  // split count). Measured on an H100 (bench/results/2026-11-23-h100): it won wherever a block
+  // held two or more query rows (GQA groups, several new tokens: the flash kernels read the cache
+  // once per query head, flash decode once per key/value head; 2.1–7.2× for 32/8 heads at batch
+  // 1–64), and with one row per block only where the automatic choice split the keys at least
+  // kFlashDecodeWinningSplits ways (12 heads: 1.4–7.1× at batch 1, 1.09× at batch 16 over 16k keys
+  // with 11 splits; 0.74–0.96× with 2–8 splits, where the flash kernels' grid already fills the GPU).
+  bool beats_flash_kernel = true;
 };
+
+// With one query row per block, flash decode is expected to win from this automatic split count on.
+inline constexpr int kFlashDecodeWinningSplits = 10;
 
 // Whether the kernel runs these head dims (both 1…kFlashDecodeMaxHeadDim).
 bool flash_decode_supports(int64_t Dqk, int64_t Dv);

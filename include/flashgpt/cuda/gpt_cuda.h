@@ -44,6 +44,20 @@ inline Precision parse_precision(const std::string& s, const std::string& field)
   fail("{}: unknown precision '{}' (expected fp32 or bf16)", field, s);
 }
 
+// Which decoding steps attend with flash decode (split-KV) rather than the flash kernels: none;
+// those where it is expected to win (FlashDecodePlan::beats_flash_kernel: GQA groups and several
+// new tokens always, one row per key/value head only over long caches at small batches); or every
+// step it can run.
+enum class SplitKv { Off, Auto, On };
+inline std::string to_string(SplitKv s) { return s == SplitKv::Off ? "off" : s == SplitKv::Auto ? "auto" : "on"; }
+// "off", "auto" or "on"; anything else is an error naming `field`.
+inline SplitKv parse_split_kv(const std::string& s, const std::string& field) {
+  if (s == "off") return SplitKv::Off;
+  if (s == "auto") return SplitKv::Auto;
+  if (s == "on") return SplitKv::On;
+  fail("{}: unknown setting '{}' (expected off, auto or on)", field, s);
+}
+
 class GPTCuda {
  public:
   // Allocates the parameters, gradients and optimizer state on the current GPU (zero weights:
@@ -141,12 +155,13 @@ class GPTCuda {
   bool decode_graphs() const;
   // Steps since start_decoding that replayed the graph.
   int64_t decode_graph_replays() const;
-  // Multi-head attention while decoding: on (the default), steps whose new tokens × query heads
-  // per key/value head are at most 16 attend with flash decode (flash_decode_cuda.h: the cache
-  // split across the GPU, a combine step after); off, with the flash kernels, whose blocks each
-  // take a tile of queries and walk the whole cache. Latent attention has its own split decode.
-  void set_split_kv_decode(bool on);
-  bool split_kv_decode() const;
+  // Multi-head attention while decoding. Steps whose new tokens × query heads per key/value head
+  // are at most 16 can attend with flash decode (flash_decode_cuda.h: the cache split across the
+  // GPU, a combine step after) or with the flash kernels, whose blocks each take a tile of queries
+  // and walk the whole cache. Auto (the default) picks flash decode where it is expected to win;
+  // on, wherever it runs; off, never. Latent attention has its own split decode.
+  void set_split_kv_decode(SplitKv mode);
+  SplitKv split_kv_decode() const;
   // Why this config cannot decode on the GPU at this precision, or "" when it can.
   static std::string decode_unsupported(const GPTConfig& config, Precision precision);
 
