@@ -8,6 +8,10 @@
 #       attention standard latent-decode flash-decode decode train profile peers grid (default: all)
 #   GPU_CHECK_TIMEOUT=300                 seconds each test program (or its sanitizer run) may take (default 600)
 #   GPU_CHECK_BENCH_TIMEOUT=300           seconds each benchmark command may take (default 600)
+#   Parts' times on an H100 (2026-11-23): tests 35 s; train with its peer ≈ 2 min; peers ≈ 1 min;
+#   decode ≈ 2.5 min; attention + standard + latent-decode + flash-decode ≈ 8 min; sanitizer with
+#   the default filters not yet timed (memcheck of the six programs ≈ 35 s without the two slow
+#   tensor-core attention accuracy tests).
 #   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
 #                                         memcheck; racecheck: see GPU_CHECK_RACECHECK_FILTER)
 #   GPU_CHECK_RACECHECK_FILTER='*Graph*'  gtest filter for racecheck (default: small-shape tests for the
@@ -338,6 +342,18 @@ if [ -n "$bin" ] && command -v ncu > /dev/null; then
       || { say "(could not summarise: $(tail -1 "$logs/profile_train.err" | cut -c1-200))"; status=1; }
   else
     say "(failed: $(tail -1 "$logs/profile_train.err" | cut -c1-200))"
+    status=1
+  fi
+  say ""
+  say "One d12 decode step (bf16, flash, split-KV auto, batch 1, context 4096, replayed as a CUDA graph), its kernels timed by ncu:"
+  say ""
+  if timeout "$bench_limit" ncu --profile-from-start off --clock-control none --csv --metrics gpu__time_duration.sum \
+       "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash --context 4096 --batch 1 \
+       --cuda-graphs on --split-kv auto --repeats 5 --profile-step > "$logs/profile_decode.csv" 2> "$logs/profile_decode.err"; then
+    python3 scripts/ncu_breakdown.py "$logs/profile_decode.csv" --top 20 >> "$report" 2>> "$logs/profile_decode.err" \
+      || { say "(could not summarise: $(tail -1 "$logs/profile_decode.err" | cut -c1-200))"; status=1; }
+  else
+    say "(failed: $(tail -1 "$logs/profile_decode.err" | cut -c1-200))"
     status=1
   fi
 else

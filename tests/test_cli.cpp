@@ -250,6 +250,7 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench attention --deterministic"), "--deterministic: a GPU option");
   expect_one_error_line(run_flashgpt("bench train --deterministic"), "--deterministic: a GPU option");
   expect_one_error_line(run_flashgpt("bench train --profile-step"), "--profile-step: a GPU option");
+  expect_one_error_line(run_flashgpt("bench decode --profile-step"), "--profile-step: a GPU option");
   expect_one_error_line(run_flashgpt("bench attention --device cuda --precision fp8"), "--precision");
   expect_one_error_line(run_flashgpt("bench decode --mechanism mla --context 0"), "--context");
   expect_one_error_line(run_flashgpt("bench decode --cuda-graphs sometimes"), "--cuda-graphs: unknown setting 'sometimes'");

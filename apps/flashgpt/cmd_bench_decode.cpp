@@ -15,6 +15,7 @@
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/matmul.h"
@@ -33,6 +34,7 @@ struct BenchDecodeCli {
   std::string device = "cpu", precision = "bf16";
   std::vector<std::string> cuda_graphs = {"on"};  // the GPU: each setting timed in turn
   std::vector<std::string> split_kv = {"auto"};   // the GPU, multi-head: flash decode (on, auto) or the flash kernels
+  bool profile_step = false;  // the GPU: each case's last timed step inside a profiler capture range
 };
 
 struct Result {
@@ -212,9 +214,12 @@ Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context
   int64_t replays = 0;
   for (int rep = 0; rep < c.repeats + 1; ++rep) {
     if (rep == 1) replays = gpu.decode_graph_replays();
+    const bool profiled = c.profile_step && rep == c.repeats;
+    if (profiled) cuda::profiler_capture(true);  // the previous step has waited for its logits
     Timer t;
     gpu.decode(next.data(), B, 1, logits);  // waits for the logits
     if (rep > 0) times.push_back(t.seconds());  // the first step warms the GEMMs' plans (and captures)
+    if (profiled) cuda::profiler_capture(false);
   }
   r.ms = median(times) * 1e3;
   r.graphs = graphs ? "on" : "off";
@@ -239,6 +244,7 @@ void run_bench_decode(const BenchDecodeCli& c) {
     (void)cuda::parse_split_kv(g, "--split-kv");
   }
   const bool gpu = c.device == "cuda";
+  FLASHGPT_CHECK(gpu || !c.profile_step, "--profile-step: a GPU option (--device cuda)");
   const cuda::Precision precision = cuda::parse_precision(c.precision, "--precision");
   if (gpu) {
     const DeviceReport report = probe_devices();
@@ -364,6 +370,9 @@ void register_bench_decode(CLI::App& bench) {
                   "(auto) or at every step (on), the flash kernels (off), or several side by side (off,auto,on)")
       ->delimiter(',')
       ->capture_default_str();
+  sub->add_flag("--profile-step", c->profile_step,
+                "The GPU: capture each case's last timed step for a profiler started with capture off "
+                "(ncu --profile-from-start off; scripts/gpu-check.sh's profile part); best with one case");
   sub->add_flag("--json", c->json, "One JSON object per case");
   sub->callback([c] { run_bench_decode(*c); });
 }
