@@ -333,29 +333,27 @@ say ""
 say "## Where a d12 training step's GPU time goes (bf16, flash, B=16, T=1024): one step's kernels, each timed by ncu"
 say ""
 if [ -n "$bin" ] && command -v ncu > /dev/null; then
-  # ncu runs each kernel alone (no overlap), at the card's own clocks; the sum against the step's
-  # median time in the training table above is the time the GPU waits for the host.
-  if timeout "$bench_limit" ncu --profile-from-start off --clock-control none --csv --metrics gpu__time_duration.sum \
-       "$bin/flashgpt" bench train --device cuda --precision bf16 --preset d12 --attention flash -b 16 -t 1024 \
-       --steps 1 --warmup 2 --profile-step > "$logs/profile_train.csv" 2> "$logs/profile_train.err"; then
-    python3 scripts/ncu_breakdown.py "$logs/profile_train.csv" --top 30 >> "$report" 2>> "$logs/profile_train.err" \
-      || { say "(could not summarise: $(tail -1 "$logs/profile_train.err" | cut -c1-200))"; status=1; }
-  else
-    say "(failed: $(tail -1 "$logs/profile_train.err" | cut -c1-200))"
-    status=1
-  fi
+  # profile NAME ROWS flashgpt-arguments…: the kernels of the step the program marks with
+  # --profile-step, each timed by ncu alone (no overlap) at the card's own clocks, as a table of
+  # ROWS kernels; their sum against the step's median time is the time the GPU waits for the host.
+  profile() {
+    local name="$1" rows="$2"; shift 2
+    if timeout "$bench_limit" ncu --profile-from-start off --clock-control none --csv --metrics gpu__time_duration.sum \
+         "$bin/flashgpt" "$@" --profile-step > "$logs/$name.csv" 2> "$logs/$name.err"; then
+      python3 scripts/ncu_breakdown.py "$logs/$name.csv" --top "$rows" >> "$report" 2>> "$logs/$name.err" \
+        || { say "(could not summarise: $(tail -1 "$logs/$name.err" | cut -c1-200))"; status=1; }
+    else
+      say "(failed: $(tail -1 "$logs/$name.err" | cut -c1-200))"
+      status=1
+    fi
+  }
+  profile profile_train 30 bench train --device cuda --precision bf16 --preset d12 --attention flash -b 16 -t 1024 \
+    --steps 1 --warmup 2
   say ""
   say "One d12 decode step (bf16, flash, split-KV auto, batch 1, context 4096, replayed as a CUDA graph), its kernels timed by ncu:"
   say ""
-  if timeout "$bench_limit" ncu --profile-from-start off --clock-control none --csv --metrics gpu__time_duration.sum \
-       "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash --context 4096 --batch 1 \
-       --cuda-graphs on --split-kv auto --repeats 5 --profile-step > "$logs/profile_decode.csv" 2> "$logs/profile_decode.err"; then
-    python3 scripts/ncu_breakdown.py "$logs/profile_decode.csv" --top 20 >> "$report" 2>> "$logs/profile_decode.err" \
-      || { say "(could not summarise: $(tail -1 "$logs/profile_decode.err" | cut -c1-200))"; status=1; }
-  else
-    say "(failed: $(tail -1 "$logs/profile_decode.err" | cut -c1-200))"
-    status=1
-  fi
+  profile profile_decode 20 bench decode --device cuda --preset d12 --mechanism flash --context 4096 --batch 1 \
+    --cuda-graphs on --split-kv auto --repeats 5
 else
   say "(needs ncu and the programs)"
 fi
