@@ -18,9 +18,11 @@
 
 #include "cuda/stream.h"
 #include "flashgpt/core/device.h"
+#include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/matmul_cuda.h"
+#include "flashgpt/cuda/ops_bench_cuda.h"
 #include "flashgpt/cuda/ops_cuda.h"
 #include "flashgpt/ops/activation.h"
 #include "flashgpt/ops/adamw.h"
@@ -630,6 +632,236 @@ TEST(CudaOps, AdamWAndSumOfSquaresEqualTheCpu) {
   double got = 0;
   acc.download(&got, 8);
   EXPECT_NEAR(got, ops::sum_squares(g.data(), n), 1e-6 * got);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The memory-bound kernels move 16-byte packs where every pointer is 16-byte aligned and the
+// length (or row width) a whole number of packs, else one element at a time (cuda/packed.h).
+// Skewed places values `skew` elements past an aligned start: skew 0 takes the packed path, skew 1
+// (2 or 4 bytes off) the other, on the same values.
+template <typename T>
+struct Skewed {
+  DeviceBuffer buf;
+  size_t skew, n;
+  Skewed(const std::vector<float>& h, size_t s) : skew(s), n(h.size()) {
+    std::vector<float> padded(s, std::numeric_limits<float>::quiet_NaN());
+    padded.insert(padded.end(), h.begin(), h.end());
+    buf = up_as<T>(padded);
+  }
+  static Skewed poison(size_t n, size_t s) { return Skewed(std::vector<float>(n, std::nanf("")), s); }
+  T* p() { return buf.as<T>() + skew; }
+  std::vector<float> down() const {
+    const auto all = down_as<T>(buf, skew + n);
+    return {all.begin() + static_cast<std::ptrdiff_t>(skew), all.end()};
+  }
+};
+
+template <typename T>
+std::vector<float> as_stored(std::vector<float> v) {
+  if constexpr (std::is_same_v<T, bf16>) v = round_bf16(std::move(v));
+  return v;
+}
+
+// Elementwise ops and AdamW do the same fp32 arithmetic on each element on either path: the two
+// agree bit for bit, and with the CPU.
+template <typename T>
+void check_packed_elementwise() {
+  Data data;
+  for (int64_t n : {int64_t{1000}, int64_t{1003}}) {  // 1000: whole packs of 4 and of 8
+    std::vector<std::vector<float>> got[2];
+    for (size_t skew : {0, 1}) {
+      SCOPED_TRACE("n " + std::to_string(n) + " skew " + std::to_string(skew));
+      Data same;  // the same values at both skews
+      const auto a = as_stored<T>(same.normal(static_cast<size_t>(n))), b = as_stored<T>(same.normal(static_cast<size_t>(n)));
+      Skewed<T> da(a, skew), db(b, skew), out = Skewed<T>::poison(a.size(), skew), g = Skewed<T>::poison(a.size(), skew);
+      cuda::add(out.p(), da.p(), db.p(), n);
+      std::vector<float> sum(a.size());
+      for (size_t i = 0; i < a.size(); ++i) sum[i] = a[i] + b[i];
+      EXPECT_EQ(rel_error(out.down(), as_stored<T>(sum)), 0.0);
+      cuda::add_inplace(da.p(), db.p(), n);
+      EXPECT_EQ(da.down(), out.down());
+      cuda::gelu_forward(out.p(), db.p(), n);
+      cuda::gelu_backward(g.p(), db.p(), da.p(), n);
+      std::vector<float> y(a.size()), dx(a.size());
+      ops::gelu_forward(y.data(), b.data(), n);
+      ops::gelu_backward(dx.data(), b.data(), sum.data(), n);
+      const double tol = std::is_same_v<T, bf16> ? 1e-2 : 1e-5;  // bf16: tanh may differ by an ulp before rounding
+      EXPECT_LT(rel_error(out.down(), as_stored<T>(y)), tol);
+      EXPECT_LT(rel_error(g.down(), as_stored<T>(dx)), tol);
+      got[skew] = {out.down(), g.down()};
+      // the bias over rows of 40 (whole packs) or, for n = 1003, 17 rows of 59
+      const int64_t OC = n % 8 == 0 ? 40 : 59, N = n / OC;
+      const auto bias = as_stored<T>(same.normal(static_cast<size_t>(OC)));
+      Skewed<T> dbias(bias, skew), rows(a, skew);
+      cuda::add_bias(rows.p(), dbias.p(), N, OC);
+      std::vector<float> want = a;
+      for (int64_t i = 0; i < N * OC; ++i) want[static_cast<size_t>(i)] += bias[static_cast<size_t>(i % OC)];
+      EXPECT_EQ(rel_error(rows.down(), as_stored<T>(want)), 0.0);
+      got[skew].push_back(rows.down());
+    }
+    EXPECT_TRUE(got[0] == got[1]) << "n " << n << ": the packed and the one-at-a-time paths differ";
+  }
+}
+
+TEST(CudaOps, PackedAndElementwisePathsAgree) {
+  SKIP_WITHOUT_GPU();
+  check_packed_elementwise<float>();
+  check_packed_elementwise<bf16>();
+  // AdamW: four parameters at a time or one.
+  Data data;
+  const int64_t n = 1000;
+  const auto p0 = data.normal(n), g = data.normal(n), m0 = data.normal(n, 0.1);
+  auto v0 = data.normal(n, 0.1);
+  for (float& x : v0) x = x * x;
+  ops::AdamWParams hp;
+  hp.lr = 1e-3f;
+  hp.weight_decay = 0.1f;
+  hp.step = 3;
+  std::vector<float> p = p0, m = m0, v = v0;
+  ops::adamw_update(p.data(), g.data(), m.data(), v.data(), n, hp, true, 0.5f);
+  std::vector<std::vector<float>> got[2];
+  for (size_t skew : {0, 1}) {
+    SCOPED_TRACE("skew " + std::to_string(skew));
+    Skewed<float> gp(p0, skew), gg(g, skew), gm(m0, skew), gv(v0, skew);
+    Skewed<bf16> copy = Skewed<bf16>::poison(static_cast<size_t>(n), skew);
+    cuda::adamw_update(gp.p(), gg.p(), gm.p(), gv.p(), n, hp, true, 0.5f, copy.p());
+    EXPECT_LT(rel_error(gp.down(), p), 1e-6);
+    EXPECT_LT(rel_error(gm.down(), m), 1e-6);
+    EXPECT_LT(rel_error(gv.down(), v), 1e-6);
+    EXPECT_EQ(copy.down(), round_bf16(gp.down()));
+    got[skew] = {gp.down(), gm.down(), gv.down()};
+  }
+  EXPECT_TRUE(got[0] == got[1]) << "AdamW's packed and one-at-a-time paths differ";
+}
+
+// Norms on either path (their sums run in different orders, so each is held to the CPU), and the
+// fused residual add + norm: the same bits as the add followed by the norm.
+template <typename T>
+void check_packed_norms() {
+  Data data;
+  // 768: d12's width (bf16: 3 packs a lane, the registers' weight gradients; fp32: 6, the column
+  // sums); 512 and 2048: 2 and 8 packs a lane (bf16).
+  for (auto [N, C] : {std::pair<int64_t, int64_t>{9, 768}, {40, 512}, {3, 2048}, {5, 24}}) {
+    for (bool layer : {true, false}) {
+      for (size_t skew : {0, 1}) {
+        SCOPED_TRACE(std::string(layer ? "layernorm" : "rmsnorm") + " N " + std::to_string(N) + " C " +
+                     std::to_string(C) + " skew " + std::to_string(skew));
+        const size_t nc = static_cast<size_t>(N * C), cc = static_cast<size_t>(C), n = static_cast<size_t>(N);
+        const auto ra = as_stored<T>(data.normal(nc, 2.0)), rb = as_stored<T>(data.normal(nc));
+        const auto w = as_stored<T>(data.normal(cc)), b = as_stored<T>(data.normal(cc));
+        const auto dy = as_stored<T>(data.normal(nc));
+        std::vector<float> x(nc);
+        for (size_t i = 0; i < nc; ++i) x[i] = ra[i] + rb[i];
+        x = as_stored<T>(x);
+        // The CPU in fp32 on the stored values.
+        std::vector<float> y(nc), mean(n), rstd(n), dx(nc), dw(cc, 0.0f), db(cc, 0.0f);
+        if (layer) {
+          ops::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), N, C, 1e-5f);
+          ops::layernorm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), mean.data(),
+                                  rstd.data(), N, C, false);
+        } else {
+          ops::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, 1e-5f);
+          ops::rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), N, C, false);
+        }
+        Skewed<T> gra(ra, skew), grb(rb, skew), gx(x, skew), gw(w, skew), gb(b, skew), gdy(dy, skew);
+        auto gy = Skewed<T>::poison(nc, skew), gsum = Skewed<T>::poison(nc, skew), gy2 = Skewed<T>::poison(nc, skew);
+        auto gdx = Skewed<T>::poison(nc, skew);
+        auto gmean = poisoned(n * 4), grstd = poisoned(n * 4), gmean2 = poisoned(n * 4), grstd2 = poisoned(n * 4);
+        auto gdw = up(std::vector<float>(cc, 0.0f)), gdb = up(std::vector<float>(cc, 0.0f));
+        if (layer) {
+          cuda::layernorm_forward(gy.p(), gmean.as<float>(), grstd.as<float>(), gx.p(), gw.p(), gb.p(), N, C, 1e-5f);
+          cuda::add_layernorm_forward(gsum.p(), gy2.p(), gmean2.as<float>(), grstd2.as<float>(), gra.p(), grb.p(),
+                                      gw.p(), gb.p(), N, C, 1e-5f);
+          cuda::layernorm_backward(gdx.p(), gdw.as<float>(), gdb.as<float>(), gdy.p(), gx.p(), gw.p(),
+                                   gmean.as<const float>(), grstd.as<const float>(), N, C, false);
+          EXPECT_LT(rel_error(down_as<float>(gdb, cc), db), 1e-5);
+          EXPECT_EQ(down_as<float>(gmean2, n), down_as<float>(gmean, n));
+        } else {
+          cuda::rmsnorm_forward(gy.p(), grstd.as<float>(), gx.p(), gw.p(), N, C, 1e-5f);
+          cuda::add_rmsnorm_forward(gsum.p(), gy2.p(), grstd2.as<float>(), gra.p(), grb.p(), gw.p(), N, C, 1e-5f);
+          cuda::rmsnorm_backward(gdx.p(), gdw.as<float>(), gdy.p(), gx.p(), gw.p(), grstd.as<const float>(), N, C,
+                                 false);
+        }
+        const double tol = std::is_same_v<T, bf16> ? 1e-2 : 1e-5;  // bf16: one rounding of the output
+        EXPECT_LT(rel_error(gy.down(), y), tol);
+        EXPECT_LT(rel_error(gdx.down(), dx), tol);
+        EXPECT_LT(rel_error(down_as<float>(grstd, n), rstd), 1e-5);
+        EXPECT_LT(rel_error(down_as<float>(gdw, cc), dw), 1e-5);
+        // fused = add, then norm
+        EXPECT_EQ(gsum.down(), x);
+        EXPECT_EQ(gy2.down(), gy.down());
+        EXPECT_EQ(down_as<float>(grstd2, n), down_as<float>(grstd, n));
+      }
+    }
+  }
+}
+
+TEST(CudaOps, PackedNormsAndTheFusedResidualNormEqualTheCpu) {
+  SKIP_WITHOUT_GPU();
+  check_packed_norms<float>();
+  check_packed_norms<bf16>();
+}
+
+// The loss over bf16 logits, on either path: the losses as the fp32 CPU computes them on the same
+// logits, the gradient within twice the error of a plain bf16 computation.
+TEST(CudaOps, CrossEntropyOverBf16LogitsOnEitherPath) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  for (auto [N, V, Vp] : {std::tuple<int64_t, int64_t, int64_t>{6, 1000, 1024}, {3, 50257, 50304}, {5, 300, 300}}) {
+    for (size_t skew : {0, 1}) {
+      SCOPED_TRACE("V " + std::to_string(V) + " Vp " + std::to_string(Vp) + " skew " + std::to_string(skew));
+      const size_t nv = static_cast<size_t>(N * Vp);
+      const auto logits = round_bf16(data.normal(nv, 3.0));
+      std::vector<int> targets(static_cast<size_t>(N));
+      for (int64_t i = 0; i < N; ++i) targets[static_cast<size_t>(i)] = i == 1 ? -1 : static_cast<int>((i * 7919) % V);
+      const float scale = 1.0f / static_cast<float>(N);
+      std::vector<float> probs = logits, losses(static_cast<size_t>(N));
+      ops::softmax_cross_entropy_forward(probs.data(), losses.data(), targets.data(), N, V, Vp);
+      ops::softmax_cross_entropy_backward(probs.data(), targets.data(), N, V, Vp, scale);
+      std::vector<double> exact(logits.begin(), logits.end()), exact_losses(static_cast<size_t>(N));
+      ops::softmax_cross_entropy_forward(exact.data(), exact_losses.data(), targets.data(), N, V, Vp);
+      ops::softmax_cross_entropy_backward(exact.data(), targets.data(), N, V, Vp, static_cast<double>(scale));
+      Skewed<bf16> gl(logits, skew);
+      DeviceBuffer gt(targets.size() * 4), gloss = poisoned(static_cast<size_t>(N) * 4);
+      gt.upload(targets.data(), targets.size() * 4);
+      cuda::cross_entropy_forward(gloss.as<float>(), gl.p(), gt.as<const int>(), N, V, Vp);
+      EXPECT_LT(rel_error(down_as<float>(gloss, static_cast<size_t>(N)), losses), 1e-5);
+      EXPECT_EQ(gl.down(), logits) << "the forward must leave the logits alone";
+      cuda::cross_entropy_fused(gl.p(), gloss.as<float>(), gt.as<const int>(), N, V, Vp, scale);
+      EXPECT_LT(rel_error(down_as<float>(gloss, static_cast<size_t>(N)), losses), 1e-5);
+      EXPECT_WITHIN_PLAIN_BF16(gl.down(), round_bf16(probs), exact);
+    }
+  }
+}
+
+// The ops' benchmark checks each op's two paths against each other before it times them.
+TEST(CudaOps, BenchmarkComparesThePathsThenTimes) {
+  SKIP_WITHOUT_GPU();
+  cuda::OpsBenchCase c;
+  c.rows = 64;
+  c.width = 64;
+  c.vocab = 300;
+  c.loss_rows = 16;
+  c.params = 4096;
+  c.repeats = 2;
+  const cuda::OpsBenchResult r = cuda::bench_ops(c);
+  EXPECT_GT(r.copy_gbps, 0.0);
+  ASSERT_EQ(r.rows.size(), 19u);  // nine ops on two paths, the bias gradient on one
+  for (const cuda::OpsBenchRow& row : r.rows) {
+    SCOPED_TRACE(row.op + ", " + row.path);
+    EXPECT_GT(row.ms, 0.0);
+    EXPECT_GT(row.gbps, 0.0);
+    EXPECT_LE(row.max_diff, 2e-2);
+    if (row.op == "add" || row.op == "gelu forward" || row.op == "adamw (+ bf16 copy)") {
+      EXPECT_EQ(row.max_diff, 0.0);
+    }
+  }
+  EXPECT_EQ(r.rows.front().op, "add");
+  EXPECT_DOUBLE_EQ(r.rows.front().bytes, 3.0 * 64 * 64 * 2);
+  EXPECT_EQ(r.rows.back().path, "column sums");
+  cuda::OpsBenchCase bad = c;
+  bad.width = 0;
+  EXPECT_THROW((void)cuda::bench_ops(bad), Error);
 }
 
 // The deterministic reductions give the same bits in any block order: the bias gradient and the

@@ -322,6 +322,7 @@ void register_bench(CLI::App& app) {
   register_bench_decode(*bench);
   register_bench_latent_decode(*bench);
   register_bench_flash_decode(*bench);
+  register_bench_ops(*bench);
 }
 
 }  // namespace flashgpt::cli

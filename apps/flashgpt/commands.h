@@ -33,6 +33,7 @@ void register_bench_attention(CLI::App& bench);
 void register_bench_decode(CLI::App& bench);
 void register_bench_latent_decode(CLI::App& bench);
 void register_bench_flash_decode(CLI::App& bench);
+void register_bench_ops(CLI::App& bench);
 void register_convert(CLI::App& app);
 void register_plot(CLI::App& app);
 void register_compress(CLI::App& app);

@@ -8,6 +8,7 @@
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/latent_decode_bench_cuda.h"
 #include "flashgpt/cuda/matmul_cuda.h"
+#include "flashgpt/cuda/ops_bench_cuda.h"
 #include "flashgpt/cuda/ops_cuda.h"
 
 namespace flashgpt {
@@ -71,6 +72,7 @@ void flash_backward_tc(TensorCoreType, const AttentionDims&, const AttentionMask
 FlashBenchResult bench_flash_attention(const FlashBenchCase&) { fail("bench attention --device cuda: {}", kNoCuda); }
 LatentDecodeBenchResult bench_latent_decode(const LatentDecodeBenchCase&) { fail("bench latent-decode: {}", kNoCuda); }
 FlashDecodeBenchResult bench_flash_decode(const FlashDecodeBenchCase&) { fail("bench flash-decode: {}", kNoCuda); }
+OpsBenchResult bench_ops(const OpsBenchCase&) { fail("bench ops: {}", kNoCuda); }
 DeviceBuffer::DeviceBuffer(size_t) { fail("device memory: {}", kNoCuda); }
 DeviceBuffer::~DeviceBuffer() = default;
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&&) noexcept { return *this; }

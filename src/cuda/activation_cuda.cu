@@ -1,6 +1,7 @@
 // GELU (tanh approximation) and SwiGLU on the GPU (CPU twin: cpu/activation_cpu.cpp), in fp32
-// arithmetic whatever the storage type.
+// arithmetic whatever the storage type; GELU in 16-byte packs where the pointers and length allow.
 #include "cuda/device_math.h"
+#include "cuda/packed.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -10,27 +11,31 @@ constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2/π)
 constexpr float kGeluCubic = 0.044715f;
 constexpr int kThreads = 256;
 
-template <typename T>
-__global__ void gelu_forward_kernel(T* __restrict__ out, const T* __restrict__ inp, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float x = to_f32(inp[i]);
+struct GeluForward {
+  __device__ float operator()(float x) const {
     const float u = kGeluScale * (x + kGeluCubic * x * x * x);
-    out[i] = from_f32<T>(0.5f * x * (1.0f + tanhf(u)));
+    return 0.5f * x * (1.0f + tanhf(u));
   }
+};
+
+struct GeluBackward {  // (x, dy) → dx
+  __device__ float operator()(float x, float dy) const {
+    const float u = kGeluScale * (x + kGeluCubic * x * x * x);
+    const float th = tanhf(u);
+    const float du = kGeluScale * (1.0f + 3.0f * kGeluCubic * x * x);
+    return dy * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du);
+  }
+};
+
+template <typename T>
+__global__ void gelu_forward_kernel(T* __restrict__ out, const T* __restrict__ inp, int64_t n, bool packed) {
+  map_elements<T, 1>(out, inp, static_cast<const T*>(nullptr), n, packed, GeluForward{});
 }
 
 template <typename T>
 __global__ void gelu_backward_kernel(T* __restrict__ dinp, const T* __restrict__ inp, const T* __restrict__ dout,
-                                     int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float x = to_f32(inp[i]);
-    const float u = kGeluScale * (x + kGeluCubic * x * x * x);
-    const float th = tanhf(u);
-    const float du = kGeluScale * (1.0f + 3.0f * kGeluCubic * x * x);
-    dinp[i] = from_f32<T>(to_f32(dout[i]) * (0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du));
-  }
+                                     int64_t n, bool packed) {
+  map_elements<T, 2>(dinp, inp, dout, n, packed, GeluBackward{});
 }
 
 // inp rows [gate | up] of width 2F; out rows of width F.
@@ -66,15 +71,18 @@ __global__ void swiglu_backward_kernel(T* __restrict__ dinp, const T* __restrict
 template <typename T>
 void gelu_forward(T* out, const T* inp, int64_t n) {
   if (n <= 0) return;
-  launch_kernel("gelu forward", gelu_forward_kernel<device_t<T>>, grid_for(n, kThreads), kThreads, 0, nullptr,
-                dev(out), dev(inp), n);
+  const bool packed = packable<T>(n, {out, inp});
+  launch_kernel("gelu forward", gelu_forward_kernel<device_t<T>>, grid_for(packed ? n / pack_size<T>() : n, kThreads),
+                kThreads, 0, nullptr, dev(out), dev(inp), n, packed);
 }
 
 template <typename T>
 void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n) {
   if (n <= 0) return;
-  launch_kernel("gelu backward", gelu_backward_kernel<device_t<T>>, grid_for(n, kThreads), kThreads, 0, nullptr,
-                dev(dinp), dev(inp), dev(dout), n);
+  const bool packed = packable<T>(n, {dinp, inp, dout});
+  launch_kernel("gelu backward", gelu_backward_kernel<device_t<T>>,
+                grid_for(packed ? n / pack_size<T>() : n, kThreads), kThreads, 0, nullptr, dev(dinp), dev(inp),
+                dev(dout), n, packed);
 }
 
 template <typename T>

@@ -1,9 +1,10 @@
 // AdamW over fp32 master weights and the squared norm for clipping, on the GPU (CPU twin:
-// cpu/adamw_cpu.cpp). One thread per parameter; the update optionally writes the bf16 copy the
-// next forward reads, so no separate conversion pass runs.
+// cpu/adamw_cpu.cpp). Four parameters a thread where the offsets allow (cuda/packed.h), else one; the
+// update optionally writes the bf16 copy the next forward reads, so no separate conversion pass runs.
 #include <cmath>
 
 #include "cuda/device_math.h"
+#include "cuda/packed.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -11,17 +12,47 @@ namespace {
 
 constexpr int kThreads = 256;
 
+struct AdamW {
+  float lr, b1, b2, bc1, bc2, eps, wd, grad_scale;
+  // One parameter's update: its new value, with m and v updated in place.
+  __device__ float operator()(float p, float g, float& m, float& v) const {
+    g *= grad_scale;
+    m = b1 * m + (1.0f - b1) * g;
+    v = b2 * v + (1.0f - b2) * g * g;
+    return p - lr * ((m / bc1) / (sqrtf(v / bc2) + eps) + wd * p);
+  }
+};
+
+// packed: four parameters a step (16-byte loads of params, grads, m, v; 8 bytes of the bf16 copy),
+// which the launch allows when n is a multiple of 4 and every pointer aligned for it.
 __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
-                             float* __restrict__ v, __nv_bfloat16* __restrict__ copy, int64_t n, float lr, float b1,
-                             float b2, float bc1, float bc2, float eps, float wd, float grad_scale) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = grads[i] * grad_scale;
-    const float mi = b1 * m[i] + (1.0f - b1) * g;
-    const float vi = b2 * v[i] + (1.0f - b2) * g * g;
+                             float* __restrict__ v, __nv_bfloat16* __restrict__ copy, int64_t n, bool packed,
+                             AdamW op) {
+  using P = Packed<float>;
+  using Copy = Packed<__nv_bfloat16, P::kSize>;
+  constexpr int64_t K = P::kSize;
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t packs = packed ? n / K : 0;
+  for (int64_t q = first; q < packs; q += stride) {
+    const int64_t i = q * K;
+    P p = P::load(params + i), mi = P::load(m + i), vi = P::load(v + i);
+    const P g = P::load(grads + i);
+    Copy c;
+    for (int j = 0; j < K; ++j) {
+      p.v[j] = op(p.v[j], g.v[j], mi.v[j], vi.v[j]);
+      c.set(j, p.v[j]);
+    }
+    p.store(params + i);
+    mi.store(m + i);
+    vi.store(v + i);
+    if (copy) c.store(copy + i);
+  }
+  for (int64_t i = packs * K + first; i < n; i += stride) {
+    float mi = m[i], vi = v[i];
+    const float p = op(params[i], grads[i], mi, vi);
     m[i] = mi;
     v[i] = vi;
-    const float p = params[i] - lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * params[i]);
     params[i] = p;
     if (copy) copy[i] = __float2bfloat16(p);
   }
@@ -63,8 +94,10 @@ void adamw_update(float* params, const float* grads, float* m, float* v, int64_t
   // Bias corrections in double on the host, as the CPU computes them.
   const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(p.beta1), static_cast<double>(p.step)));
   const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(p.beta2), static_cast<double>(p.step)));
-  launch_kernel("adamw", adamw_kernel, grid_for(n, kThreads), kThreads, 0, nullptr, params, grads, m, v, dev(copy), n,
-                p.lr, p.beta1, p.beta2, bc1, bc2, p.eps, decay ? p.weight_decay : 0.0f, grad_scale);
+  const AdamW op{p.lr, p.beta1, p.beta2, bc1, bc2, p.eps, decay ? p.weight_decay : 0.0f, grad_scale};
+  const bool packed = packable<float>(n, {params, grads, m, v}) && reinterpret_cast<uintptr_t>(copy) % 8 == 0;
+  launch_kernel("adamw", adamw_kernel, grid_for(packed ? n / pack_size<float>() : n, kThreads), kThreads, 0, nullptr,
+                params, grads, m, v, dev(copy), n, packed, op);
 }
 
 void sum_squares(double* out, const float* x, int64_t n) {

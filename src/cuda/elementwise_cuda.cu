@@ -1,26 +1,21 @@
 // Elementwise ops, precision conversion and the bias gradient on the GPU (CPU twin:
-// cpu/elementwise_cpu.cpp; the bias gradient is matmul_cpu.cpp's column sum).
+// cpu/elementwise_cpu.cpp; the bias gradient is matmul_cpu.cpp's column sum). The sums run in
+// 16-byte packs where the pointers and lengths allow (cuda/packed.h).
 #include "cuda/column_sums.h"
 #include "cuda/device_math.h"
+#include "cuda/packed.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
 namespace {
 
-template <typename T>
-__global__ void add_kernel(T* __restrict__ out, const T* __restrict__ a, const T* __restrict__ b, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
-  }
-}
+struct Sum {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
 
 template <typename T>
-__global__ void add_inplace_kernel(T* __restrict__ y, const T* __restrict__ x, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    y[i] = from_f32<T>(to_f32(y[i]) + to_f32(x[i]));
-  }
+__global__ void add_kernel(T* out, const T* a, const T* b, int64_t n, bool packed) {  // out may be a
+  map_elements<T, 2>(out, a, b, n, packed, Sum{});
 }
 
 template <typename To, typename From>
@@ -31,13 +26,22 @@ __global__ void convert_kernel(To* __restrict__ out, const From* __restrict__ in
   }
 }
 
-// out[n, oc] += bias[oc] over rows [N, OC] (the matmul's bias, added after the GEMM).
+// out[n, oc] += bias[oc] over rows [N, OC] (the matmul's bias, added after the GEMM); packed
+// when OC is a whole number of packs, so that a pack never straddles two rows.
 template <typename T>
-__global__ void add_bias_kernel(T* __restrict__ out, const T* __restrict__ bias, int64_t N, int64_t OC) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < N * OC;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    out[i] = from_f32<T>(to_f32(out[i]) + to_f32(bias[i % OC]));
+__global__ void add_bias_kernel(T* __restrict__ out, const T* __restrict__ bias, int64_t N, int64_t OC, bool packed) {
+  using P = Packed<T>;
+  constexpr int64_t K = P::kSize;
+  const int64_t n = N * OC, first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t packs = packed ? n / K : 0;
+  for (int64_t p = first; p < packs; p += stride) {
+    P y = P::load(out + p * K);
+    const P c = P::load(bias + (p * K) % OC);
+    for (int j = 0; j < K; ++j) y.set(j, y.get(j) + c.get(j));
+    y.store(out + p * K);
   }
+  for (int64_t i = packs * K + first; i < n; i += stride) out[i] = from_f32<T>(to_f32(out[i]) + to_f32(bias[i % OC]));
 }
 
 // dst[n, h·stride + offset + i] = src[n, i] for every head h.
@@ -94,15 +98,14 @@ constexpr int kThreads = 256;
 template <typename T>
 void add(T* out, const T* a, const T* b, int64_t n) {
   if (n <= 0) return;
-  launch_kernel("add", add_kernel<device_t<T>>, grid_for(n, kThreads), kThreads, 0, nullptr, dev(out), dev(a), dev(b),
-                n);
+  const bool packed = packable<T>(n, {out, a, b});
+  launch_kernel("add", add_kernel<device_t<T>>, grid_for(packed ? n / pack_size<T>() : n, kThreads), kThreads, 0,
+                nullptr, dev(out), dev(a), dev(b), n, packed);
 }
 
 template <typename T>
 void add_inplace(T* y, const T* x, int64_t n) {
-  if (n <= 0) return;
-  launch_kernel("add_inplace", add_inplace_kernel<device_t<T>>, grid_for(n, kThreads), kThreads, 0, nullptr, dev(y),
-                dev(x), n);
+  add(y, y, x, n);
 }
 
 void convert(bf16* out, const float* in, int64_t n) {
@@ -120,8 +123,10 @@ void convert(float* out, const bf16* in, int64_t n) {
 template <typename T>
 void add_bias(T* out, const T* bias, int64_t N, int64_t OC) {
   if (N <= 0 || OC <= 0) return;
-  launch_kernel("add bias", add_bias_kernel<device_t<T>>, grid_for(N * OC, kThreads), kThreads, 0, nullptr, dev(out),
-                dev(bias), N, OC);
+  const bool packed = packable<T>(OC, {out, bias});
+  launch_kernel("add bias", add_bias_kernel<device_t<T>>,
+                grid_for(packed ? N * OC / pack_size<T>() : N * OC, kThreads), kThreads, 0, nullptr, dev(out),
+                dev(bias), N, OC, packed);
 }
 
 template <typename T>

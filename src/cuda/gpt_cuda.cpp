@@ -152,6 +152,32 @@ void Model<T>::norm_forward(T* out, float* mean, float* rstd, const T* inp, int6
 }
 
 template <typename T>
+void Model<T>::add_norm_forward(T* sum, T* out, float* mean, float* rstd, const T* a, const T* b, int64_t w,
+                                int64_t bias, int64_t N, int64_t C) const {
+  const float eps = static_cast<float>(config.norm_eps);
+  if (config.norm == NormKind::LayerNorm) {
+    add_layernorm_forward(sum, out, mean, rstd, a, b, W(w), W(bias), N, C, eps);
+  } else {
+    add_rmsnorm_forward(sum, out, rstd, a, b, W(w), N, C, eps);
+  }
+}
+
+template <typename T>
+void Model<T>::trunk_forward() {
+  const GPTConfig& c = config;
+  const int64_t N = B_ * Tn_, C = c.n_embd;
+  if (c.n_layer == 0) {
+    norm_forward(lnf_, lnf_mean_, lnf_rstd_, resid_[0], lnf_w_, lnf_b_, N, C);
+    return;
+  }
+  LayerActs& first = acts_[0];
+  norm_forward(first.ln1, first.ln1_mean, first.ln1_rstd, resid_[0], layers_[0].ln1_w, layers_[0].ln1_b, N, C);
+  for (int l = 0; l < c.n_layer; ++l) {
+    block_forward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l) + 1]);
+  }
+}
+
+template <typename T>
 void Model<T>::norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean,
                              const float* rstd, int64_t N, int64_t C, bool accumulate) const {
   if (config.norm == NormKind::LayerNorm) {
@@ -268,7 +294,6 @@ void Model<T>::block_forward(int l, LayerActs& a, const T* x, T* out) {
   const GPTConfig& c = config;
   const LayerOffsets& o = layers_[static_cast<size_t>(l)];
   const int64_t N = B_ * Tn_, C = c.n_embd, F = c.hidden();
-  norm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, x, o.ln1_w, o.ln1_b, N, C);
   if (is_latent(c.attention)) {
     mla_forward(o, a);
   } else {
@@ -280,8 +305,7 @@ void Model<T>::block_forward(int l, LayerActs& a, const T* x, T* out) {
     norm_forward(branch_, a.post_attn_mean, a.post_attn_rstd, a.proj, o.post_attn_w, o.post_attn_b, N, C);
     attn_out = branch_;
   }
-  add(a.res_mid, x, attn_out, N * C);
-  norm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res_mid, o.ln2_w, o.ln2_b, N, C);
+  add_norm_forward(a.res_mid, a.ln2, a.ln2_mean, a.ln2_rstd, x, attn_out, o.ln2_w, o.ln2_b, N, C);
   matmul_forward(a.fc, a.ln2, W(o.fc_w), W(o.fc_b), N, C, c.fc_out());
   if (c.mlp == MlpKind::Gelu) {
     gelu_forward(a.act, a.fc, N * F);
@@ -294,7 +318,14 @@ void Model<T>::block_forward(int l, LayerActs& a, const T* x, T* out) {
     norm_forward(branch_, a.post_mlp_mean, a.post_mlp_rstd, a.mlp_proj, o.post_mlp_w, o.post_mlp_b, N, C);
     mlp_out = branch_;
   }
-  add(out, a.res_mid, mlp_out, N * C);
+  // The block's output, and its norm for what reads it next: the next block, or the classifier.
+  if (l + 1 < c.n_layer) {
+    LayerActs& next = acts_[static_cast<size_t>(l) + 1];
+    const LayerOffsets& on = layers_[static_cast<size_t>(l) + 1];
+    add_norm_forward(out, next.ln1, next.ln1_mean, next.ln1_rstd, a.res_mid, mlp_out, on.ln1_w, on.ln1_b, N, C);
+  } else {
+    add_norm_forward(out, lnf_, lnf_mean_, lnf_rstd_, a.res_mid, mlp_out, lnf_w_, lnf_b_, N, C);
+  }
 }
 
 template <typename T>
@@ -356,10 +387,7 @@ void Model<T>::encode(const int* tokens, const int* targets, int64_t B, int64_t 
   if (deterministic && targets) group_tokens(tokens, N);
 
   embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), B, Tn, C, 0);
-  for (int l = 0; l < c.n_layer; ++l) {
-    block_forward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l) + 1]);
-  }
-  norm_forward(lnf_, lnf_mean_, lnf_rstd_, resid_.back(), lnf_w_, lnf_b_, N, C);
+  trunk_forward();
   n_targets_ = targets ? std::count_if(targets, targets + N, [](int t) { return t >= 0; }) : 0;
 }
 

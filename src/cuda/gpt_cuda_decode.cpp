@@ -299,14 +299,10 @@ const float* Model<T>::decode_device_work(int64_t B, int64_t Tn, int top_k, size
     ~Decoding() { flag = false; }
   } decoding(decoding_);
 
-  const int64_t rows = lb * lt;
   // Apart, the tokens follow the positions and key counts in step_ints.
   const int* tokens = dec_.apart ? step_int(2 * B) : tokens_;
   embedding_forward(resid_[0], tokens, W(wte_), W(wpe_), lb, lt, C, pos0(), seq_pos());
-  for (int l = 0; l < c.n_layer; ++l) {
-    block_forward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l) + 1]);
-  }
-  norm_forward(lnf_, lnf_mean_, lnf_rstd_, resid_.back(), lnf_w_, lnf_b_, rows, C);
+  trunk_forward();
   // The classifier over each sequence's last new token only: rows Tn − 1, 2·Tn − 1, …, or packed
   // each sequence's own last row, gathered first (a sequence that read nothing gets a zero row,
   // so zero logits).

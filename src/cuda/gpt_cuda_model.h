@@ -195,11 +195,18 @@ class Model final : public GPTCuda::Impl {
   double mean_loss(const int* targets);  // waits for the losses
   void trunk_backward();                 // from dln_ down to the embeddings
   void norm_forward(T* out, float* mean, float* rstd, const T* inp, int64_t w, int64_t b, int64_t N, int64_t C) const;
+  // sum = a + b, then out = the norm with weights w, bias of sum (the residual add and the next norm).
+  void add_norm_forward(T* sum, T* out, float* mean, float* rstd, const T* a, const T* b, int64_t w, int64_t bias,
+                        int64_t N, int64_t C) const;
+  // The blocks from the embeddings in resid_[0] to the final norm in lnf_.
+  void trunk_forward();
   void norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean, const float* rstd,
                      int64_t N, int64_t C, bool accumulate) const;
   AttentionMask mask() const;
   void attention_forward(const AttentionDims& d, float scale, LayerActs& a) const;
   void attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const;
+  // Block l from its input x (a.ln1 already holds its norm) to its output out, ending with the
+  // norm the next block (or the classifier) reads.
   void block_forward(int l, LayerActs& a, const T* x, T* out);
   void block_backward(int l, const LayerActs& a, const T* x);
   // The attention sublayer from a.ln1 to a.att, and from datt_ back into dln_ (written):

@@ -1,10 +1,19 @@
 // LayerNorm and RMSNorm on the GPU (CPU twin: cpu/norm_cpu.cpp). One warp per row: the row's
-// statistics come from warp shuffles, with two passes over the row as on the CPU. The backward
-// gathers each block's weight (and bias) gradient in shared memory and adds it to the global
-// fp32 gradient with one atomic per column and block; the deterministic backward leaves those
-// to a second, fixed-order reduction over the rows (column_sums.h) instead.
+// statistics come from warp shuffles, with two passes over the row as on the CPU (the later passes
+// find the row in L1). Rows move in 16-byte packs where the width and pointers allow
+// (cuda/packed.h), else an element at a time.
+//
+// The backward's weight (and bias) gradients: each lane of a warp owns the same columns in every
+// row it visits, so it sums their contributions in registers across its rows; the block's warps
+// then add theirs in shared memory and the block adds the total to the global fp32 gradient with
+// one atomic per column. That needs the lane's columns to fit its registers (a packed row of at
+// most kMaxPacksPerLane packs per lane); wider or unpacked rows, and the deterministic backward,
+// leave the weight gradients to a second, fixed-order reduction over the rows (column_sums.h).
 #include "cuda/column_sums.h"
 #include "cuda/device_math.h"
+#include "cuda/packed.h"
+
+#include <algorithm>
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -12,55 +21,82 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
+constexpr int kMaxPacksPerLane = 4;  // d12's 768 bf16 columns are 3 packs a lane
 
-template <typename T, bool kLayer>
+// K: elements per access (1, or a pack), so the row is C / K accesses, lane l taking l, l + 32, …
+// kAdd: the row is first made as sum = ra + rb (rounded to T, stored) and normalised from there,
+// read back through `sum` (no restrict: written and read in this kernel); else it is inp.
+template <typename T, bool kLayer, int K, bool kAdd>
 __global__ void norm_forward_kernel(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
                                     const T* __restrict__ inp, const T* __restrict__ w, const T* __restrict__ b,
-                                    int64_t N, int64_t C, float eps) {
+                                    int64_t N, int64_t C, float eps, T* sum, const T* ra, const T* rb) {
+  using P = Packed<T, K>;
   const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+  const int64_t packs = C / K;
   for (int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + warp; row < N;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {  // the same rows for every lane of the warp
-    const T* x = inp + row * C;
+    const T* x = kAdd ? sum + row * C : inp + row * C;
     float mu = 0.0f;
-    if (kLayer) {
+    if constexpr (kAdd) {
       float s = 0.0f;
-      for (int64_t c = lane; c < C; c += 32) s += to_f32(x[c]);
+      for (int64_t p = lane; p < packs; p += 32) {
+        const P av = P::load(ra + row * C + p * K), bv = P::load(rb + row * C + p * K);
+        P v;
+        for (int j = 0; j < K; ++j) {
+          v.set(j, av.get(j) + bv.get(j));
+          s += v.get(j);
+        }
+        v.store(sum + row * C + p * K);
+      }
+      if (kLayer) mu = warp_sum(s) / static_cast<float>(C);
+    } else if (kLayer) {
+      float s = 0.0f;
+      for (int64_t p = lane; p < packs; p += 32) {
+        const P v = P::load(x + p * K);
+        for (int j = 0; j < K; ++j) s += v.get(j);
+      }
       mu = warp_sum(s) / static_cast<float>(C);
     }
-    float v = 0.0f;
-    for (int64_t c = lane; c < C; c += 32) {
-      const float d = to_f32(x[c]) - mu;
-      v += d * d;
+    float var = 0.0f;
+    for (int64_t p = lane; p < packs; p += 32) {
+      const P v = P::load(x + p * K);
+      for (int j = 0; j < K; ++j) {
+        const float d = v.get(j) - mu;
+        var += d * d;
+      }
     }
-    const float r = rsqrtf(warp_sum(v) / static_cast<float>(C) + eps);
+    const float r = rsqrtf(warp_sum(var) / static_cast<float>(C) + eps);
     if (lane == 0) {
       if (kLayer) mean[row] = mu;
       rstd[row] = r;
     }
     T* y = out + row * C;
-    for (int64_t c = lane; c < C; c += 32) {
-      float o = (to_f32(x[c]) - mu) * r * to_f32(w[c]);
-      if (b) o += to_f32(b[c]);
-      y[c] = from_f32<T>(o);
+    for (int64_t p = lane; p < packs; p += 32) {
+      const P v = P::load(x + p * K), wv = P::load(w + p * K);
+      P o;
+      if (b) {
+        const P bv = P::load(b + p * K);
+        for (int j = 0; j < K; ++j) o.set(j, (v.get(j) - mu) * r * wv.get(j) + bv.get(j));
+      } else {
+        for (int j = 0; j < K; ++j) o.set(j, (v.get(j) - mu) * r * wv.get(j));
+      }
+      o.store(y + p * K);
     }
   }
 }
 
-// Shared memory: dw [C], then db [C] for LayerNorm with a bias.
-template <typename T, bool kLayer>
+// M: packs of weight gradient each lane keeps in registers (0: none, the weight gradients are left
+// to the column sums). Shared memory (M > 0): dw [C], then db [C] for LayerNorm with a bias.
+template <typename T, bool kLayer, int K, int M>
 __global__ void norm_backward_kernel(T* __restrict__ dinp, float* __restrict__ dw, float* __restrict__ db,
                                      const T* __restrict__ dout, const T* __restrict__ inp, const T* __restrict__ w,
                                      const float* __restrict__ mean, const float* __restrict__ rstd, int64_t N,
                                      int64_t C, bool accumulate) {
-  FLASHGPT_DYNAMIC_SHARED(float, sdw);
-  float* sdb = sdw + C;
-  const bool with_db = kLayer && db;
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    sdw[c] = 0.0f;
-    if (with_db) sdb[c] = 0.0f;
-  }
-  __syncthreads();
+  using P = Packed<T, K>;
   const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+  const int64_t packs = C / K;
+  const bool with_db = kLayer && db;
+  float acc_w[M > 0 ? M : 1][K] = {}, acc_b[M > 0 ? M : 1][K] = {};
   for (int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + warp; row < N;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {
     const T* x = inp + row * C;
@@ -68,27 +104,64 @@ __global__ void norm_backward_kernel(T* __restrict__ dinp, float* __restrict__ d
     T* dx = dinp + row * C;
     const float mu = kLayer ? mean[row] : 0.0f, r = rstd[row];
     float sg = 0.0f, sgx = 0.0f;
-    for (int64_t c = lane; c < C; c += 32) {
-      const float g = to_f32(dy[c]) * to_f32(w[c]);
-      sg += g;
-      sgx += g * (to_f32(x[c]) - mu) * r;
+    for (int64_t p = lane; p < packs; p += 32) {
+      const P xv = P::load(x + p * K), dv = P::load(dy + p * K), wv = P::load(w + p * K);
+      for (int j = 0; j < K; ++j) {
+        const float g = dv.get(j) * wv.get(j);
+        sg += g;
+        sgx += g * (xv.get(j) - mu) * r;
+      }
     }
     const float mg = kLayer ? warp_sum(sg) / static_cast<float>(C) : 0.0f;
     const float mgx = warp_sum(sgx) / static_cast<float>(C);
-    for (int64_t c = lane; c < C; c += 32) {
-      const float d = to_f32(dy[c]), xh = (to_f32(x[c]) - mu) * r;
-      const float g = d * to_f32(w[c]);
-      float v = r * (g - mg - xh * mgx);
-      if (accumulate) v += to_f32(dx[c]);
-      dx[c] = from_f32<T>(v);
-      if (dw) atomicAdd(sdw + c, d * xh);
-      if (with_db) atomicAdd(sdb + c, d);
+    // dx for the pack at p, with its weight-gradient terms added to aw, ab (M > 0).
+    auto pass2 = [&](int64_t p, float* aw, float* ab) {
+      const P xv = P::load(x + p * K), dv = P::load(dy + p * K), wv = P::load(w + p * K);
+      P o;
+      if (accumulate) o = P::load(dx + p * K);
+      for (int j = 0; j < K; ++j) {
+        const float d = dv.get(j), xh = (xv.get(j) - mu) * r;
+        float v = r * (d * wv.get(j) - mg - xh * mgx);
+        if (accumulate) v += o.get(j);
+        o.set(j, v);
+        if constexpr (M > 0) {
+          aw[j] += d * xh;
+          ab[j] += d;
+        }
+      }
+      o.store(dx + p * K);
+    };
+    if constexpr (M > 0) {  // the launch checked packs ≤ 32·M; the register arrays' indices are constants
+#pragma unroll
+      for (int i = 0; i < M; ++i) {
+        if (lane + 32LL * i < packs) pass2(lane + 32LL * i, acc_w[i], acc_b[i]);
+      }
+    } else {
+      for (int64_t p = lane; p < packs; p += 32) pass2(p, nullptr, nullptr);
     }
   }
-  __syncthreads();
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    if (dw) atomicAdd(dw + c, sdw[c]);
-    if (with_db) atomicAdd(db + c, sdb[c]);
+  if constexpr (M > 0) {
+    FLASHGPT_DYNAMIC_SHARED(float, sdw);
+    float* sdb = sdw + C;
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      sdw[c] = 0.0f;
+      if (with_db) sdb[c] = 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+      const int64_t p = lane + 32LL * i;
+      if (p >= packs) continue;
+      for (int j = 0; j < K; ++j) {
+        if (dw) atomicAdd(sdw + p * K + j, acc_w[i][j]);
+        if (with_db) atomicAdd(sdb + p * K + j, acc_b[i][j]);
+      }
+    }
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+      if (dw) atomicAdd(dw + c, sdw[c]);
+      if (with_db) atomicAdd(db + c, sdb[c]);
+    }
   }
 }
 
@@ -109,23 +182,70 @@ struct NormWeightTerm {
   }
 };
 
-unsigned backward_blocks(int64_t N) {
+// Blocks for a grid-stride loop over N rows, kWarps a block: as many as the SMs hold at once.
+template <typename Kernel>
+unsigned resident_blocks(Kernel kernel, size_t shared, int64_t N) {
   int device = 0, sms = 0;
   FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
   FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return grid_for(N, kWarps, 2LL * sms);  // few blocks: each ends with C atomics
+  const int per_sm = std::max(1, max_blocks_per_sm(kernel, kThreads, shared));
+  return grid_for(N, kWarps, static_cast<int64_t>(sms) * per_sm);
+}
+
+template <typename T, bool kLayer, int K, int M>
+void launch_backward(const char* name, T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w,
+                     const float* mean, const float* rstd, int64_t N, int64_t C, bool accumulate) {
+  using D = device_t<T>;
+  auto kernel = norm_backward_kernel<D, kLayer, K, M>;
+  const size_t shared = M > 0 ? sizeof(float) * static_cast<size_t>(C) * 2 : 0;
+  if (shared > 0) allow_shared(kernel, shared, name);
+  launch_kernel(name, kernel, resident_blocks(kernel, shared, N), kThreads, shared, nullptr, dev(dinp), dw, db,
+                dev(dout), dev(inp), dev(w), mean, rstd, N, C, accumulate);
+}
+
+// out = norm(inp), or with sum: sum = ra + rb, out = norm(sum) (inp unused).
+template <typename T, bool kLayer>
+void forward(const char* name, T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int64_t N,
+             int64_t C, float eps, T* sum = nullptr, const T* ra = nullptr, const T* rb = nullptr) {
+  if (N <= 0 || C <= 0) return;
+  using D = device_t<T>;
+  constexpr int K = static_cast<int>(pack_size<T>());
+  auto run = [&](auto kernel) {
+    launch_kernel(name, kernel, grid_for(N, kWarps), kThreads, 0, nullptr, dev(out), mean, rstd, dev(inp), dev(w),
+                  dev(b), N, C, eps, dev(sum), dev(ra), dev(rb));
+  };
+  const bool packed = packable<T>(C, {out, inp, w, b, sum, ra, rb});
+  if (sum) {
+    packed ? run(norm_forward_kernel<D, kLayer, K, true>) : run(norm_forward_kernel<D, kLayer, 1, true>);
+  } else {
+    packed ? run(norm_forward_kernel<D, kLayer, K, false>) : run(norm_forward_kernel<D, kLayer, 1, false>);
+  }
 }
 
 template <typename T, bool kLayer>
 void backward(const char* name, T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w,
               const float* mean, const float* rstd, int64_t N, int64_t C, bool accumulate, bool deterministic) {
   if (N <= 0 || C <= 0) return;
-  auto kernel = norm_backward_kernel<device_t<T>, kLayer>;
-  const size_t shared = sizeof(float) * static_cast<size_t>(C) * 2;
-  allow_shared(kernel, shared, name);
-  launch_kernel(name, kernel, backward_blocks(N), kThreads, shared, nullptr, dev(dinp), deterministic ? nullptr : dw,
-                deterministic ? nullptr : db, dev(dout), dev(inp), dev(w), mean, rstd, N, C, accumulate);
-  if (!deterministic || (!dw && !db)) return;
+  constexpr int K = static_cast<int>(pack_size<T>());
+  const bool packed = packable<T>(C, {dinp, dout, inp, w});
+  const int64_t per_lane = (C / K + 31) / 32;  // packs per lane
+  const bool grads = (dw || (kLayer && db)) && !deterministic;
+  if (packed && grads && per_lane <= kMaxPacksPerLane) {
+    if (per_lane == 1) {
+      launch_backward<T, kLayer, K, 1>(name, dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate);
+    } else if (per_lane == 2) {
+      launch_backward<T, kLayer, K, 2>(name, dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate);
+    } else {
+      launch_backward<T, kLayer, K, kMaxPacksPerLane>(name, dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate);
+    }
+    return;
+  }
+  if (packed) {
+    launch_backward<T, kLayer, K, 0>(name, dinp, nullptr, nullptr, dout, inp, w, mean, rstd, N, C, accumulate);
+  } else {
+    launch_backward<T, kLayer, 1, 0>(name, dinp, nullptr, nullptr, dout, inp, w, mean, rstd, N, C, accumulate);
+  }
+  if (!dw && !db) return;
   using D = device_t<T>;
   if (kLayer && db) {
     ordered_column_sums<2>(name, dw, db, N, C, NormWeightTerm<D, true>{dev(dout), dev(inp), mean, rstd, C});
@@ -140,9 +260,7 @@ void backward(const char* name, T* dinp, float* dw, float* db, const T* dout, co
 template <typename T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int64_t N, int64_t C,
                        float eps) {
-  if (N <= 0 || C <= 0) return;
-  launch_kernel("layernorm forward", norm_forward_kernel<device_t<T>, true>, grid_for(N, kWarps), kThreads, 0,
-                nullptr, dev(out), mean, rstd, dev(inp), dev(w), dev(b), N, C, eps);
+  forward<T, true>("layernorm forward", out, mean, rstd, inp, w, b, N, C, eps);
 }
 
 template <typename T>
@@ -153,10 +271,22 @@ void layernorm_backward(T* dinp, float* dw, float* db, const T* dout, const T* i
 
 template <typename T>
 void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, int64_t C, float eps) {
-  if (N <= 0 || C <= 0) return;
-  launch_kernel("rmsnorm forward", norm_forward_kernel<device_t<T>, false>, grid_for(N, kWarps), kThreads, 0, nullptr,
-                dev(out), static_cast<float*>(nullptr), rstd, dev(inp), dev(w), static_cast<const device_t<T>*>(nullptr),
-                N, C, eps);
+  forward<T, false>("rmsnorm forward", out, static_cast<float*>(nullptr), rstd, inp, w, static_cast<const T*>(nullptr),
+                    N, C, eps);
+}
+
+template <typename T>
+void add_layernorm_forward(T* sum, T* out, float* mean, float* rstd, const T* a, const T* b, const T* w,
+                           const T* bias, int64_t N, int64_t C, float eps) {
+  forward<T, true>("add + layernorm forward", out, mean, rstd, static_cast<const T*>(nullptr), w, bias, N, C, eps, sum,
+                   a, b);
+}
+
+template <typename T>
+void add_rmsnorm_forward(T* sum, T* out, float* rstd, const T* a, const T* b, const T* w, int64_t N, int64_t C,
+                         float eps) {
+  forward<T, false>("add + rmsnorm forward", out, static_cast<float*>(nullptr), rstd, static_cast<const T*>(nullptr), w,
+                    static_cast<const T*>(nullptr), N, C, eps, sum, a, b);
 }
 
 template <typename T>
@@ -171,6 +301,9 @@ void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* 
   template void layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*, const float*, const float*, \
                                       int64_t, int64_t, bool, bool);                                                \
   template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float);                        \
+  template void add_layernorm_forward<T>(T*, T*, float*, float*, const T*, const T*, const T*, const T*, int64_t,     \
+                                         int64_t, float);                                                           \
+  template void add_rmsnorm_forward<T>(T*, T*, float*, const T*, const T*, const T*, int64_t, int64_t, float);       \
   template void rmsnorm_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int64_t, int64_t, bool, \
                                     bool);
 FLASHGPT_INSTANTIATE(float)

@@ -60,13 +60,22 @@ void embedding_backward(float* dwte, float* dwpe, const T* dout, const int* toke
 template <typename T>
 void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int64_t N, int64_t C,
                        float eps);
-// dinp written (accumulate = false) or added to; dw and db (may be null) added to, by atomics or,
-// with `deterministic`, by a second fixed-order pass over the rows (the same bits on every run).
+// dinp written (accumulate = false) or added to; dw and db (may be null) added to: by atomics where
+// the row fits the kernel's registers, else (and always with `deterministic`) by a second
+// fixed-order pass over the rows (the same bits on every run).
 template <typename T>
 void layernorm_backward(T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w, const float* mean,
                         const float* rstd, int64_t N, int64_t C, bool accumulate, bool deterministic = false);
 template <typename T>
 void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, int64_t C, float eps);
+// The residual stream's add and the next norm in one pass: sum = a + b (rounded to T, written), then
+// out = norm(sum), with the statistics of layernorm_forward / rmsnorm_forward.
+template <typename T>
+void add_layernorm_forward(T* sum, T* out, float* mean, float* rstd, const T* a, const T* b, const T* w,
+                           const T* bias, int64_t N, int64_t C, float eps);
+template <typename T>
+void add_rmsnorm_forward(T* sum, T* out, float* rstd, const T* a, const T* b, const T* w, int64_t N, int64_t C,
+                         float eps);
 template <typename T>
 void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int64_t N,
                       int64_t C, bool accumulate, bool deterministic = false);
