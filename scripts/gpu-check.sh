@@ -5,7 +5,7 @@
 #   scripts/gpu-check.sh                  report in bench/results/ (or in $OUT when set)
 #   GPU_CHECK_USE_BUNDLE=1 scripts/gpu-check.sh   skip building here, use gpu-bundle/ (or gpu-bundle.tar.xz)
 #   GPU_CHECK_ONLY="tests flash-decode" scripts/gpu-check.sh   only these parts, of: tests sanitizer
-#       attention standard latent-decode flash-decode decode train profile peers grid (default: all)
+#       attention standard latent-decode flash-decode decode ops train profile peers grid (default: all)
 #   GPU_CHECK_TIMEOUT=300                 seconds each test program (or its sanitizer run) may take (default 600)
 #   GPU_CHECK_BENCH_TIMEOUT=300           seconds each benchmark command may take (default 600)
 #   Parts' times on an H100 (2026-11-23): tests 35 s; train with its peer ≈ 2 min; peers ≈ 1 min;
@@ -30,7 +30,7 @@ logs="$out/gpu-check-$stamp-logs"
 mkdir -p "$logs"
 say() { echo "$@" | tee -a "$report"; }
 status=0
-only=" ${GPU_CHECK_ONLY:-tests sanitizer attention standard latent-decode flash-decode decode train profile peers grid} "
+only=" ${GPU_CHECK_ONLY:-tests sanitizer attention standard latent-decode flash-decode decode ops train profile peers grid} "
 want() { [[ "$only" == *" $1 "* ]]; }
 limit="${GPU_CHECK_TIMEOUT:-600}"
 bench_limit="${GPU_CHECK_BENCH_TIMEOUT:-600}"
@@ -281,6 +281,23 @@ if [ -n "$bin" ]; then
       "vs launches={r['speedup_vs_launches']:.2f}×" "vs split-KV off={r['speedup_vs_split_kv_off']:.2f}×" \
       "cache MiB={r['cache_bytes'] / 2**20:.1f}" "vs flash={r['speedup_vs_mha']:.2f}×" \
       "max rel err={r['max_rel_err']:.1e}" >> "$report"
+  fi
+fi
+fi
+
+# --- the training step's memory-bound ops, packed and one element at a time -------------------
+if want ops; then
+say ""
+say "## Memory-bound ops at d12's training sizes (16·1024 rows × 768, bf16), against this GPU's copy rate"
+say ""
+if [ -n "$bin" ]; then
+  if timeout "$bench_limit" "$bin/flashgpt" bench ops --repeats 9 --json > "$out/gpu-check-$stamp-ops.jsonl" \
+       2> "$logs/bench_ops.err"; then
+    jsonl_table "$out/gpu-check-$stamp-ops.jsonl" "op={r['op']}" "path={r['path']}" "ms={r['ms']:.3f}" \
+      "GB/s={r['gbps']:.0f}" "of copy={100 * r['of_copy']:.0f}%" "max rel diff={r['max_diff']:.1e}" >> "$report"
+  else
+    say "(failed: $(tail -1 "$logs/bench_ops.err" | cut -c1-200))"
+    status=1
   fi
 fi
 fi

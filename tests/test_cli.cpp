@@ -206,7 +206,7 @@ TEST_F(Pipeline, FlashMlaTrainsSamplesAndCompresses) {
 
 TEST(Cli, HelpForEveryCommand) {
   for (const char* cmd : {"", "prepare", "train", "sample", "eval", "info", "bench", "bench train", "bench attention",
-                          "bench decode", "bench latent-decode", "bench flash-decode", "convert", "plot",
+                          "bench decode", "bench latent-decode", "bench flash-decode", "bench ops", "convert", "plot",
                           "compress"}) {
     RunResult r = run_flashgpt(std::string(cmd) + " --help");
     EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.output;
@@ -264,6 +264,8 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench flash-decode --context 1 --new-tokens 2"), "--context: 1");
   expect_one_error_line(run_flashgpt("bench flash-decode --batch 0"), "--batch");
   expect_one_error_line(run_flashgpt("bench flash-decode --precision fp8"), "--precision");
+  expect_one_error_line(run_flashgpt("bench ops --rows 0"), "--rows: must be positive");
+  expect_one_error_line(run_flashgpt("bench ops --repeats 0"), "--repeats");
   expect_one_error_line(run_flashgpt("info --latent-dim 16"), "n_latent");  // standard attention has no latent
   expect_one_error_line(run_flashgpt("info --attention mla --n-kv-head 4"), "n_kv_head");
   expect_one_error_line(run_flashgpt("info --attention mla --use-svd"), "svd_rank");
@@ -319,6 +321,7 @@ TEST_F(Pipeline, DeviceChoice) {
     expect_one_error_line(run_flashgpt("bench attention --device cuda"), "--device cuda: ");
     expect_one_error_line(run_flashgpt("bench latent-decode"), "bench latent-decode: needs a GPU");
     expect_one_error_line(run_flashgpt("bench flash-decode"), "bench flash-decode: needs a GPU");
+    expect_one_error_line(run_flashgpt("bench ops"), "bench ops: needs a GPU");
     // Sampling and evaluation choose their device the same way.
     const std::string ckpt = dir / "auto/ckpt.safetensors";
     RunResult s = run_flashgpt("sample -c " + ckpt + " --prompt-ids 1,2 -n 4");
