@@ -288,12 +288,13 @@ fi
 # --- the training step's memory-bound ops, packed and one element at a time -------------------
 if want ops; then
 say ""
-say "## Memory-bound ops at d12's training sizes (16·1024 rows × 768, bf16), against this GPU's copy rate"
+say "## Memory-bound ops at d12's training sizes (16·1024 rows × 768, loss chunks of 4096 rows, bf16), against this GPU's copy rate"
 say ""
 if [ -n "$bin" ]; then
   if timeout "$bench_limit" "$bin/flashgpt" bench ops --repeats 9 --json > "$out/gpu-check-$stamp-ops.jsonl" \
        2> "$logs/bench_ops.err"; then
     jsonl_table "$out/gpu-check-$stamp-ops.jsonl" "op={r['op']}" "path={r['path']}" "ms={r['ms']:.3f}" \
+      "time / first path's={r['time_vs_first']:.2f}" \
       "GB/s={r['gbps']:.0f}" "of copy={100 * r['of_copy']:.0f}%" "max rel diff={r['max_diff']:.1e}" >> "$report"
   else
     say "(failed: $(tail -1 "$logs/bench_ops.err" | cut -c1-200))"

@@ -78,6 +78,33 @@ struct Data {
 };
 
 
+// The memory-bound kernels move 16-byte packs where every pointer is 16-byte aligned and the
+// length (or row width) a whole number of packs, else one element at a time (cuda/packed.h).
+// Skewed places values `skew` elements past an aligned start: skew 0 takes the packed path, skew 1
+// (2 or 4 bytes off) the other, on the same values.
+template <typename T>
+struct Skewed {
+  DeviceBuffer buf;
+  size_t skew, n;
+  Skewed(const std::vector<float>& h, size_t s) : skew(s), n(h.size()) {
+    std::vector<float> padded(s, std::numeric_limits<float>::quiet_NaN());
+    padded.insert(padded.end(), h.begin(), h.end());
+    buf = up_as<T>(padded);
+  }
+  static Skewed poison(size_t n, size_t s) { return Skewed(std::vector<float>(n, std::nanf("")), s); }
+  T* p() { return buf.as<T>() + skew; }
+  std::vector<float> down() const {
+    const auto all = down_as<T>(buf, skew + n);
+    return {all.begin() + static_cast<std::ptrdiff_t>(skew), all.end()};
+  }
+};
+
+template <typename T>
+std::vector<float> as_stored(std::vector<float> v) {
+  if constexpr (std::is_same_v<T, bf16>) v = round_bf16(std::move(v));
+  return v;
+}
+
 // ---------------------------------------------------------------------------------------------
 TEST(CudaOps, ElementwiseAddAndConvert) {
   SKIP_WITHOUT_GPU();
@@ -100,20 +127,30 @@ TEST(CudaOps, ElementwiseAddAndConvert) {
   }
 }
 
+// Column sums of fp32 and bf16 rows, packed (OC a whole number of packs) or not, skewed or not.
+template <typename T>
+void check_bias_gradient() {
+  Data data;
+  for (auto [N, OC] : {std::pair<int64_t, int64_t>{1, 1}, {37, 45}, {300, 70}, {300, 64}, {129, 256}}) {
+    for (size_t skew : {0, 1}) {
+      SCOPED_TRACE("N " + std::to_string(N) + " OC " + std::to_string(OC) + " skew " + std::to_string(skew));
+      const auto dout = as_stored<T>(data.normal(static_cast<size_t>(N * OC)));
+      const auto prior = data.normal(static_cast<size_t>(OC));
+      std::vector<double> want(prior.begin(), prior.end());
+      for (int64_t r = 0; r < N; ++r)
+        for (int64_t c = 0; c < OC; ++c) want[static_cast<size_t>(c)] += dout[static_cast<size_t>(r * OC + c)];
+      Skewed<T> ddo(dout, skew);
+      auto db = up(prior);
+      cuda::bias_backward(db.as<float>(), ddo.p(), N, OC);
+      EXPECT_LT(rel_error(down_as<float>(db, prior.size()), want), 1e-5);
+    }
+  }
+}
+
 TEST(CudaOps, BiasGradientSumsColumns) {
   SKIP_WITHOUT_GPU();
-  Data data;
-  for (auto [N, OC] : {std::pair<int64_t, int64_t>{1, 1}, {37, 45}, {300, 70}}) {
-    SCOPED_TRACE("N " + std::to_string(N) + " OC " + std::to_string(OC));
-    const auto dout = data.normal(static_cast<size_t>(N * OC));
-    const auto prior = data.normal(static_cast<size_t>(OC));
-    std::vector<double> want(prior.begin(), prior.end());
-    for (int64_t r = 0; r < N; ++r)
-      for (int64_t c = 0; c < OC; ++c) want[static_cast<size_t>(c)] += dout[static_cast<size_t>(r * OC + c)];
-    auto ddo = up(dout), db = up(prior);
-    cuda::bias_backward(db.as<float>(), ddo.as<const float>(), N, OC);
-    EXPECT_LT(rel_error(down_as<float>(db, prior.size()), want), 1e-5);
-  }
+  check_bias_gradient<float>();
+  check_bias_gradient<bf16>();
 }
 
 TEST(CudaOps, BiasIsAddedToEveryRow) {
@@ -617,13 +654,19 @@ TEST(CudaOps, AdamWAndSumOfSquaresEqualTheCpu) {
     hp.step = 7;
     std::vector<float> p = p0, m = m0, v = v0;
     ops::adamw_update(p.data(), g.data(), m.data(), v.data(), n, hp, decay, 0.5f);
-    auto gp = up(p0), gg = up(g), gm = up(m0), gv = up(v0), copy = poisoned(static_cast<size_t>(n) * 2);
-    cuda::adamw_update(gp.as<float>(), gg.as<const float>(), gm.as<float>(), gv.as<float>(), n, hp, decay, 0.5f,
-                       copy.as<bf16>());
-    EXPECT_LT(rel_error(down_as<float>(gp, n), p), 1e-6);
-    EXPECT_LT(rel_error(down_as<float>(gm, n), m), 1e-6);
-    EXPECT_LT(rel_error(down_as<float>(gv, n), v), 1e-6);
-    EXPECT_EQ(rel_error(down_as<bf16>(copy, n), round_bf16(down_as<float>(gp, n))), 0.0);
+    std::vector<std::vector<float>> got[2];
+    for (size_t skew : {0, 1}) {  // four parameters at a time, or one
+      SCOPED_TRACE("skew " + std::to_string(skew));
+      Skewed<float> gp(p0, skew), gg(g, skew), gm(m0, skew), gv(v0, skew);
+      auto copy = Skewed<bf16>::poison(static_cast<size_t>(n), skew);
+      cuda::adamw_update(gp.p(), gg.p(), gm.p(), gv.p(), n, hp, decay, 0.5f, copy.p());
+      EXPECT_LT(rel_error(gp.down(), p), 1e-6);
+      EXPECT_LT(rel_error(gm.down(), m), 1e-6);
+      EXPECT_LT(rel_error(gv.down(), v), 1e-6);
+      EXPECT_EQ(copy.down(), round_bf16(gp.down()));
+      got[skew] = {gp.down(), gm.down(), gv.down()};
+    }
+    EXPECT_TRUE(got[0] == got[1]) << "AdamW's packed and one-at-a-time paths differ";
   }
   DeviceBuffer acc(8);
   acc.fill_bytes(0xFF);  // written, not added to
@@ -634,36 +677,8 @@ TEST(CudaOps, AdamWAndSumOfSquaresEqualTheCpu) {
   EXPECT_NEAR(got, ops::sum_squares(g.data(), n), 1e-6 * got);
 }
 
-// ---------------------------------------------------------------------------------------------
-// The memory-bound kernels move 16-byte packs where every pointer is 16-byte aligned and the
-// length (or row width) a whole number of packs, else one element at a time (cuda/packed.h).
-// Skewed places values `skew` elements past an aligned start: skew 0 takes the packed path, skew 1
-// (2 or 4 bytes off) the other, on the same values.
-template <typename T>
-struct Skewed {
-  DeviceBuffer buf;
-  size_t skew, n;
-  Skewed(const std::vector<float>& h, size_t s) : skew(s), n(h.size()) {
-    std::vector<float> padded(s, std::numeric_limits<float>::quiet_NaN());
-    padded.insert(padded.end(), h.begin(), h.end());
-    buf = up_as<T>(padded);
-  }
-  static Skewed poison(size_t n, size_t s) { return Skewed(std::vector<float>(n, std::nanf("")), s); }
-  T* p() { return buf.as<T>() + skew; }
-  std::vector<float> down() const {
-    const auto all = down_as<T>(buf, skew + n);
-    return {all.begin() + static_cast<std::ptrdiff_t>(skew), all.end()};
-  }
-};
-
-template <typename T>
-std::vector<float> as_stored(std::vector<float> v) {
-  if constexpr (std::is_same_v<T, bf16>) v = round_bf16(std::move(v));
-  return v;
-}
-
-// Elementwise ops and AdamW do the same fp32 arithmetic on each element on either path: the two
-// agree bit for bit, and with the CPU.
+// Elementwise ops do the same fp32 arithmetic on each element on either path: the two agree bit
+// for bit, and with the CPU (AdamW likewise, in its own test).
 template <typename T>
 void check_packed_elementwise() {
   Data data;
@@ -707,31 +722,6 @@ TEST(CudaOps, PackedAndElementwisePathsAgree) {
   SKIP_WITHOUT_GPU();
   check_packed_elementwise<float>();
   check_packed_elementwise<bf16>();
-  // AdamW: four parameters at a time or one.
-  Data data;
-  const int64_t n = 1000;
-  const auto p0 = data.normal(n), g = data.normal(n), m0 = data.normal(n, 0.1);
-  auto v0 = data.normal(n, 0.1);
-  for (float& x : v0) x = x * x;
-  ops::AdamWParams hp;
-  hp.lr = 1e-3f;
-  hp.weight_decay = 0.1f;
-  hp.step = 3;
-  std::vector<float> p = p0, m = m0, v = v0;
-  ops::adamw_update(p.data(), g.data(), m.data(), v.data(), n, hp, true, 0.5f);
-  std::vector<std::vector<float>> got[2];
-  for (size_t skew : {0, 1}) {
-    SCOPED_TRACE("skew " + std::to_string(skew));
-    Skewed<float> gp(p0, skew), gg(g, skew), gm(m0, skew), gv(v0, skew);
-    Skewed<bf16> copy = Skewed<bf16>::poison(static_cast<size_t>(n), skew);
-    cuda::adamw_update(gp.p(), gg.p(), gm.p(), gv.p(), n, hp, true, 0.5f, copy.p());
-    EXPECT_LT(rel_error(gp.down(), p), 1e-6);
-    EXPECT_LT(rel_error(gm.down(), m), 1e-6);
-    EXPECT_LT(rel_error(gv.down(), v), 1e-6);
-    EXPECT_EQ(copy.down(), round_bf16(gp.down()));
-    got[skew] = {gp.down(), gm.down(), gv.down()};
-  }
-  EXPECT_TRUE(got[0] == got[1]) << "AdamW's packed and one-at-a-time paths differ";
 }
 
 // Norms on either path (their sums run in different orders, so each is held to the CPU), and the
@@ -846,19 +836,20 @@ TEST(CudaOps, BenchmarkComparesThePathsThenTimes) {
   c.repeats = 2;
   const cuda::OpsBenchResult r = cuda::bench_ops(c);
   EXPECT_GT(r.copy_gbps, 0.0);
-  ASSERT_EQ(r.rows.size(), 19u);  // nine ops on two paths, the bias gradient on one
+  ASSERT_EQ(r.rows.size(), 20u);  // ten ops on two paths each
   for (const cuda::OpsBenchRow& row : r.rows) {
     SCOPED_TRACE(row.op + ", " + row.path);
     EXPECT_GT(row.ms, 0.0);
     EXPECT_GT(row.gbps, 0.0);
     EXPECT_LE(row.max_diff, 2e-2);
-    if (row.op == "add" || row.op == "gelu forward" || row.op == "adamw (+ bf16 copy)") {
+    if (row.op == "add" || row.op == "gelu forward" || row.op == "adamw (+ bf16 copy)" ||
+        row.op == "bias backward (column sums)") {
       EXPECT_EQ(row.max_diff, 0.0);
     }
   }
   EXPECT_EQ(r.rows.front().op, "add");
   EXPECT_DOUBLE_EQ(r.rows.front().bytes, 3.0 * 64 * 64 * 2);
-  EXPECT_EQ(r.rows.back().path, "column sums");
+  EXPECT_EQ(r.rows.back().op, "bias backward (column sums)");
   cuda::OpsBenchCase bad = c;
   bad.width = 0;
   EXPECT_THROW((void)cuda::bench_ops(bad), Error);

@@ -83,12 +83,16 @@ __global__ void copy_rows_kernel(T* __restrict__ dst, int64_t dst_batch, int64_t
   }
 }
 
-// One row's contribution to a bias gradient: dout[r, c].
+// One row's contribution to a bias gradient: dout[r, c0 … c0 + K).
 template <typename T>
 struct BiasTerm {
   const T* dout;
   int64_t OC;
-  __device__ void operator()(int64_t r, int64_t c, float* s) const { s[0] += to_f32(dout[r * OC + c]); }
+  template <int K>
+  __device__ void add(int64_t r, int64_t c0, float (&s)[1][K]) const {
+    const Packed<T, K> d = Packed<T, K>::load(dout + r * OC + c0);
+    for (int j = 0; j < K; ++j) s[0][j] += d.get(j);
+  }
 };
 
 constexpr int kThreads = 256;
@@ -155,7 +159,9 @@ void copy_rows(T* dst, int64_t dst_batch, int64_t dst_ld, const T* src, int64_t 
 
 template <typename T>
 void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
-  ordered_column_sums<1>("bias backward", db, nullptr, N, OC, BiasTerm<device_t<T>>{dev(dout), OC});
+  constexpr int K = static_cast<int>(pack_size<T>());
+  ordered_column_sums<1, K>("bias backward", db, nullptr, N, OC, BiasTerm<device_t<T>>{dev(dout), OC},
+                            packable<T>(OC, {dout}));
 }
 
 #define FLASHGPT_INSTANTIATE(T)                                  \

@@ -67,8 +67,8 @@ LayerOffsets layer_offsets(const GPTCuda::Impl& m, int l) {
 
 template <typename T>
 void Model<T>::allocate(int64_t B, int64_t Tn) {
-  if (B == B_ && Tn == Tn_ && chunk_planned_ == chunk_rows() && deterministic_planned_ == deterministic) return;
-  chunk_planned_ = chunk_rows();
+  if (B == B_ && Tn == Tn_ && chunk_planned_ == chunk_rows(B * Tn) && deterministic_planned_ == deterministic) return;
+  chunk_planned_ = chunk_rows(B * Tn);
   deterministic_planned_ = deterministic;
   const GPTConfig& c = config;
   const int64_t N = B * Tn, C = c.n_embd, H = c.n_head, hd = c.head_dim(), F = c.hidden(),
@@ -111,7 +111,7 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   for (LayerActs& a : acts_) plan_f({{&a.standard_ws, standard_ws}});
   resid_.assign(static_cast<size_t>(c.n_layer + 1), nullptr);
   for (T*& x : resid_) arena_t_.plan(&x, N * C);
-  plan_t({{&lnf_, N * C}, {&branch_, N * C}, {&logits_, std::min(N, chunk_rows()) * Vp}, {&dres_, N * C}, {&dln_, N * C},
+  plan_t({{&lnf_, N * C}, {&branch_, N * C}, {&logits_, std::min(N, chunk_rows(N)) * Vp}, {&dres_, N * C}, {&dln_, N * C},
           {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * H * hd}, {&dqa_, N * wq},
           {&dka_, N * wka}, {&dv_, N * wv}, {&dq_, qkn ? N * wq : 0}, {&dk_, qkn ? N * wk : 0},
           {&dkr_, N * dr}, {&dckv_, N * nl}, {&dckv_pre_, N * nl}, {&dcq_, N * r}, {&dcq_pre_, N * r}});
@@ -391,18 +391,22 @@ void Model<T>::encode(const int* tokens, const int* targets, int64_t B, int64_t 
   n_targets_ = targets ? std::count_if(targets, targets + N, [](int t) { return t >= 0; }) : 0;
 }
 
-// About 64 Mi logits a chunk (d12: 1024 rows of 50304), whole multiples of 64 rows.
+// classifier_rows when set; else the fewest chunks of at most 256 Mi logits (512 MiB in bf16) that
+// cover the N rows, evenly sized in whole multiples of 64 rows (d12 at B·T = 16 Ki: four of 4096).
+// Each chunk adds its share of the classifier's weight gradient into the fp32 gradient, a read
+// and a write of the whole [Vp, C] matrix, so fewer chunks move less.
 template <typename T>
-int64_t Model<T>::chunk_rows() const {
+int64_t Model<T>::chunk_rows(int64_t N) const {
   if (classifier_rows > 0) return classifier_rows;
-  const int64_t rows = (int64_t{1} << 26) / config.padded_vocab_size();
-  return std::max<int64_t>(64, rows / 64 * 64);
+  const int64_t most = std::max<int64_t>(64, (int64_t{1} << 28) / config.padded_vocab_size() / 64 * 64);
+  const int64_t chunks = std::max<int64_t>(1, (N + most - 1) / most);
+  return ((N + chunks - 1) / chunks + 63) / 64 * 64;
 }
 
 template <typename T>
 void Model<T>::classifier_loss() {
   const GPTConfig& c = config;
-  const int64_t N = B_ * Tn_, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size(), R = chunk_rows();
+  const int64_t N = B_ * Tn_, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size(), R = chunk_rows(N);
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t rows = std::min(R, N - r0);
     matmul_forward(logits_, lnf_ + r0 * C, W(lm_), static_cast<const T*>(nullptr), rows, C, Vp);
@@ -413,7 +417,7 @@ void Model<T>::classifier_loss() {
 template <typename T>
 void Model<T>::classifier_backward(float per_token) {
   const GPTConfig& c = config;
-  const int64_t N = B_ * Tn_, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size(), R = chunk_rows();
+  const int64_t N = B_ * Tn_, C = c.n_embd, V = c.vocab_size, Vp = c.padded_vocab_size(), R = chunk_rows(N);
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t rows = std::min(R, N - r0);
     matmul_forward(logits_, lnf_ + r0 * C, W(lm_), static_cast<const T*>(nullptr), rows, C, Vp);

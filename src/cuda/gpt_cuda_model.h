@@ -189,7 +189,7 @@ class Model final : public GPTCuda::Impl {
   // The classifier, chunk by chunk (classifier_rows rows of logits at a time, never all of them):
   // the losses only, or the losses and the gradient — the logits' gradient scaled by per_token
   // feeds dW of the classifier and dln_ at once.
-  int64_t chunk_rows() const;
+  int64_t chunk_rows(int64_t N) const;  // rows per chunk of a batch of N rows
   void classifier_loss();
   void classifier_backward(float per_token);
   double mean_loss(const int* targets);  // waits for the losses

@@ -165,8 +165,8 @@ __global__ void norm_backward_kernel(T* __restrict__ dinp, float* __restrict__ d
   }
 }
 
-// One row's contributions to a norm's weight gradients, for the deterministic path: dw gets
-// dout·x̂ and db (LayerNorm) dout, x̂ = (x − mean)·rstd (mean 0 for RMSNorm).
+// One row's contributions to a norm's weight gradients, for the column sums: dw gets dout·x̂ and
+// db (LayerNorm) dout, x̂ = (x − mean)·rstd (mean 0 for RMSNorm), for columns c0 … c0 + K.
 template <typename T, bool kWithDb>
 struct NormWeightTerm {
   const T* dout;
@@ -174,11 +174,14 @@ struct NormWeightTerm {
   const float* mean;  // null for RMSNorm
   const float* rstd;
   int64_t C;
-  __device__ void operator()(int64_t r, int64_t c, float* s) const {
-    const float d = to_f32(dout[r * C + c]);
-    const float xh = (to_f32(inp[r * C + c]) - (mean ? mean[r] : 0.0f)) * rstd[r];
-    s[0] += d * xh;
-    if constexpr (kWithDb) s[1] += d;
+  template <int K>
+  __device__ void add(int64_t r, int64_t c0, float (&s)[kWithDb ? 2 : 1][K]) const {
+    const Packed<T, K> d = Packed<T, K>::load(dout + r * C + c0), x = Packed<T, K>::load(inp + r * C + c0);
+    const float mu = mean ? mean[r] : 0.0f, rs = rstd[r];
+    for (int j = 0; j < K; ++j) {
+      s[0][j] += d.get(j) * ((x.get(j) - mu) * rs);
+      if constexpr (kWithDb) s[1][j] += d.get(j);
+    }
   }
 };
 
@@ -247,11 +250,14 @@ void backward(const char* name, T* dinp, float* dw, float* db, const T* dout, co
   }
   if (!dw && !db) return;
   using D = device_t<T>;
+  const bool rows_packed = packable<T>(C, {dout, inp});
   if (kLayer && db) {
-    ordered_column_sums<2>(name, dw, db, N, C, NormWeightTerm<D, true>{dev(dout), dev(inp), mean, rstd, C});
+    ordered_column_sums<2, K>(name, dw, db, N, C, NormWeightTerm<D, true>{dev(dout), dev(inp), mean, rstd, C},
+                              rows_packed);
   } else {
-    ordered_column_sums<1>(name, dw, nullptr, N, C,
-                           NormWeightTerm<D, false>{dev(dout), dev(inp), kLayer ? mean : nullptr, rstd, C});
+    ordered_column_sums<1, K>(name, dw, nullptr, N, C,
+                              NormWeightTerm<D, false>{dev(dout), dev(inp), kLayer ? mean : nullptr, rstd, C},
+                              rows_packed);
   }
 }
 

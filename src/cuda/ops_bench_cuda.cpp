@@ -101,8 +101,8 @@ OpsBenchResult bench_ops(const OpsBenchCase& c) {
   OpsBenchResult result;
   result.copy_gbps = bench::copy_gbps(30.0 * static_cast<double>(P), c.repeats);  // as many bytes as AdamW moves
   // One op on two paths: `first` (packed, or fused) and `other` (one element at a time, or the
-  // ops it fuses; none for an op with one path). After one call of each from the same inputs
-  // (`restore` resets those the op overwrites), `output` of the two must agree; then each is timed.
+  // ops it fuses). After one call of each from the same inputs (`restore` resets those the op
+  // overwrites), `output` of the two must agree; then each is timed.
   struct Case {
     const char* op;
     double bytes;
@@ -113,23 +113,18 @@ OpsBenchResult bench_ops(const OpsBenchCase& c) {
     bool exact;  // else within one bf16 rounding (sums taken in another order)
   };
   auto measure = [&](const Case& k) {
-    double diff = 0;
-    if (k.other) {
-      k.restore();
-      k.first();
-      synchronize();
-      const std::vector<float> want = k.output(false);
-      k.restore();
-      k.other();
-      synchronize();
-      diff = rel_diff(k.output(true), want);
-      const double bound = k.exact ? 0.0 : 2e-2;
-      FLASHGPT_CHECK(diff <= bound,
-                     "bench ops: {}: the {} and the {} paths disagree (relative difference {:.2e} > {:.0e})", k.op,
-                     k.first_name, k.other_name, diff, bound);
-    }
+    k.restore();
+    k.first();
+    synchronize();
+    const std::vector<float> want = k.output(false);
+    k.restore();
+    k.other();
+    synchronize();
+    const double diff = rel_diff(k.output(true), want);
+    const double bound = k.exact ? 0.0 : 2e-2;
+    FLASHGPT_CHECK(diff <= bound, "bench ops: {}: the {} and the {} paths disagree (relative difference {:.2e} > {:.0e})",
+                   k.op, k.first_name, k.other_name, diff, bound);
     for (const bool second : {false, true}) {
-      if (second && !k.other) continue;
       OpsBenchRow row;
       row.op = k.op;
       row.path = second ? k.other_name : k.first_name;
@@ -168,7 +163,7 @@ OpsBenchResult bench_ops(const OpsBenchCase& c) {
                           b.at(s), N, C, eps);
   };
   const double add_norm_bytes = 4 * nc * e + 8 * n;
-  both("add + layernorm forward", add_norm_bytes, fused, [&](bool s) { return y.down(s); }, none, false);
+  both("add + layernorm forward (fused)", add_norm_bytes, fused, [&](bool s) { return y.down(s); }, none, false);
   measure({"add + layernorm forward", add_norm_bytes, "fused", "add, then norm", [&] { fused(false); },
            [&] {
              add(sum2.at(false), x.at(false), dy.at(false), N * C);
@@ -204,8 +199,8 @@ OpsBenchResult bench_ops(const OpsBenchCase& c) {
          v.restore();
        },
        true);
-  measure({"bias backward", nf * e, "column sums", "", [&] { bias_backward(dbias.as<float>(), hg.at(false), N, F); },
-           nullptr, nullptr, none, true});
+  both("bias backward (column sums)", nf * e, [&](bool s) { bias_backward(dbias.as<float>(), hg.at(s), N, F); },
+       [&](bool) { return bench::download_floats(dbias, 0, F, false); }, [&] { dbias.fill_bytes(0); }, true);
   return result;
 }
 

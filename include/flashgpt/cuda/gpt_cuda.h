@@ -97,7 +97,8 @@ class GPTCuda {
                           float loss_scale = 1.0f);
   // The logits [B·Tn, padded_vocab] of the last forward without targets.
   void get_logits(std::span<float> logits) const;
-  // Rows of logits per classifier chunk (0: about 64 Mi logits a chunk), from the next forward.
+  // Rows of logits per classifier chunk (0: the fewest even chunks of at most 256 Mi logits), from
+  // the next forward.
   void set_classifier_rows(int64_t rows);
   // Deterministic training: from the next forward with targets (a backward keeps the mode of the
   // forward it follows), the backward adds nothing with atomics — the flash attention's dQ by its

@@ -19,7 +19,7 @@ struct OpsBenchCase {
   int64_t rows = 16 * 1024;  // tokens in the batch
   int64_t width = 768;       // n_embd; the MLP is 4× as wide
   int64_t vocab = 50257;     // the loss's rows are this wide, padded to a multiple of 64
-  int64_t loss_rows = 1024;  // rows of logits per classifier chunk (the model's default at d12)
+  int64_t loss_rows = 4096;  // rows of logits per classifier chunk (the model's default at d12)
   int64_t params = 124475904;  // AdamW's parameters (d12)
   int repeats = 10;            // timed samples after a warm-up; medians reported
   uint64_t seed = 1;
@@ -27,7 +27,7 @@ struct OpsBenchCase {
 
 struct OpsBenchRow {
   std::string op;      // "add", "gelu forward", …
-  std::string path;    // "packed", "one at a time", "fused", "add, then norm", "column sums"
+  std::string path;    // "packed", "one at a time", "fused", "fused, one at a time", "add, then norm"
   double ms = 0;       // one call, median over the samples
   double bytes = 0;    // what the op must read and write at the least (for "add, then norm": the fused op's)
   double gbps = 0;     // bytes / ms
@@ -35,7 +35,7 @@ struct OpsBenchRow {
 };
 
 struct OpsBenchResult {
-  std::vector<OpsBenchRow> rows;
+  std::vector<OpsBenchRow> rows;  // in pairs: an op's first path (packed, or fused), then its other
   double copy_gbps = 0;  // a device-to-device copy of as many bytes as AdamW moves (64 MiB to 1 GiB), read + written / time
 };
 
