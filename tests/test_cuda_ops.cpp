@@ -713,6 +713,21 @@ void check_packed_elementwise() {
       for (int64_t i = 0; i < N * OC; ++i) want[static_cast<size_t>(i)] += bias[static_cast<size_t>(i % OC)];
       EXPECT_EQ(rel_error(rows.down(), as_stored<T>(want)), 0.0);
       got[skew].push_back(rows.down());
+      // SwiGLU over rows [gate | up]: 3 rows of 2·40 (whole packs) or 2·59
+      const int64_t F = n % 8 == 0 ? 40 : 59, R = 3;
+      const auto xs = as_stored<T>(same.normal(static_cast<size_t>(2 * R * F), 2.0));
+      const auto dys = as_stored<T>(same.normal(static_cast<size_t>(R * F)));
+      Skewed<T> gxs(xs, skew), gdys(dys, skew), gys = Skewed<T>::poison(dys.size(), skew),
+                                               gdxs = Skewed<T>::poison(xs.size(), skew);
+      cuda::swiglu_forward(gys.p(), gxs.p(), R, F);
+      cuda::swiglu_backward(gdxs.p(), gxs.p(), gdys.p(), R, F);
+      std::vector<float> ys(dys.size()), dxs(xs.size());
+      ops::swiglu_forward(ys.data(), xs.data(), R, F);
+      ops::swiglu_backward(dxs.data(), xs.data(), dys.data(), R, F);
+      EXPECT_LT(rel_error(gys.down(), as_stored<T>(ys)), tol);
+      EXPECT_LT(rel_error(gdxs.down(), as_stored<T>(dxs)), tol);
+      got[skew].push_back(gys.down());
+      got[skew].push_back(gdxs.down());
     }
     EXPECT_TRUE(got[0] == got[1]) << "n " << n << ": the packed and the one-at-a-time paths differ";
   }

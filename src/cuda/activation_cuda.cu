@@ -1,5 +1,5 @@
 // GELU (tanh approximation) and SwiGLU on the GPU (CPU twin: cpu/activation_cpu.cpp), in fp32
-// arithmetic whatever the storage type; GELU in 16-byte packs where the pointers and length allow.
+// arithmetic whatever the storage type, in 16-byte packs where the pointers and widths allow.
 #include "cuda/device_math.h"
 #include "cuda/packed.h"
 
@@ -38,31 +38,43 @@ __global__ void gelu_backward_kernel(T* __restrict__ dinp, const T* __restrict__
   map_elements<T, 2>(dinp, inp, dout, n, packed, GeluBackward{});
 }
 
-// inp rows [gate | up] of width 2F; out rows of width F.
-template <typename T>
+// inp rows [gate | up] of width 2F; out rows of width F. K elements per access (1, or a pack when F
+// is a whole number of packs and the pointers aligned): the pack at column j of a row reads the
+// gate's pack at j and the up's at F + j.
+template <typename T, int K>
 __global__ void swiglu_forward_kernel(T* __restrict__ out, const T* __restrict__ inp, int64_t N, int64_t F) {
-  const int64_t n = N * F;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / F, j = i % F;
-    const float a = to_f32(inp[row * 2 * F + j]), up = to_f32(inp[row * 2 * F + F + j]);
-    const float s = 1.0f / (1.0f + expf(-a));
-    out[i] = from_f32<T>(a * s * up);
+  using P = Packed<T, K>;
+  const int64_t packs = N * F / K;
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < packs;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = q * K / F, j = q * K % F;
+    const P gate = P::load(inp + row * 2 * F + j), up = P::load(inp + row * 2 * F + F + j);
+    P y;
+    for (int e = 0; e < K; ++e) {
+      const float a = gate.get(e), s = 1.0f / (1.0f + expf(-a));
+      y.set(e, a * s * up.get(e));
+    }
+    y.store(out + q * K);
   }
 }
 
-template <typename T>
+template <typename T, int K>
 __global__ void swiglu_backward_kernel(T* __restrict__ dinp, const T* __restrict__ inp, const T* __restrict__ dout,
                                        int64_t N, int64_t F) {
-  const int64_t n = N * F;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / F, j = i % F;
-    const float a = to_f32(inp[row * 2 * F + j]), up = to_f32(inp[row * 2 * F + F + j]);
-    const float dy = to_f32(dout[i]);
-    const float s = 1.0f / (1.0f + expf(-a));
-    dinp[row * 2 * F + F + j] = from_f32<T>(dy * a * s);
-    dinp[row * 2 * F + j] = from_f32<T>(dy * up * s * (1.0f + a * (1.0f - s)));
+  using P = Packed<T, K>;
+  const int64_t packs = N * F / K;
+  for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < packs;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = q * K / F, j = q * K % F;
+    const P gate = P::load(inp + row * 2 * F + j), up = P::load(inp + row * 2 * F + F + j), dy = P::load(dout + q * K);
+    P dgate, dup;
+    for (int e = 0; e < K; ++e) {
+      const float a = gate.get(e), s = 1.0f / (1.0f + expf(-a));
+      dup.set(e, dy.get(e) * a * s);
+      dgate.set(e, dy.get(e) * up.get(e) * s * (1.0f + a * (1.0f - s)));
+    }
+    dup.store(dinp + row * 2 * F + F + j);
+    dgate.store(dinp + row * 2 * F + j);
   }
 }
 
@@ -88,15 +100,27 @@ void gelu_backward(T* dinp, const T* inp, const T* dout, int64_t n) {
 template <typename T>
 void swiglu_forward(T* out, const T* inp, int64_t N, int64_t F) {
   if (N <= 0 || F <= 0) return;
-  launch_kernel("swiglu forward", swiglu_forward_kernel<device_t<T>>, grid_for(N * F, kThreads), kThreads, 0, nullptr,
-                dev(out), dev(inp), N, F);
+  constexpr int K = static_cast<int>(pack_size<T>());
+  if (packable<T>(F, {out, inp})) {
+    launch_kernel("swiglu forward", swiglu_forward_kernel<device_t<T>, K>, grid_for(N * F / K, kThreads), kThreads, 0,
+                  nullptr, dev(out), dev(inp), N, F);
+  } else {
+    launch_kernel("swiglu forward", swiglu_forward_kernel<device_t<T>, 1>, grid_for(N * F, kThreads), kThreads, 0,
+                  nullptr, dev(out), dev(inp), N, F);
+  }
 }
 
 template <typename T>
 void swiglu_backward(T* dinp, const T* inp, const T* dout, int64_t N, int64_t F) {
   if (N <= 0 || F <= 0) return;
-  launch_kernel("swiglu backward", swiglu_backward_kernel<device_t<T>>, grid_for(N * F, kThreads), kThreads, 0,
-                nullptr, dev(dinp), dev(inp), dev(dout), N, F);
+  constexpr int K = static_cast<int>(pack_size<T>());
+  if (packable<T>(F, {dinp, inp, dout})) {
+    launch_kernel("swiglu backward", swiglu_backward_kernel<device_t<T>, K>, grid_for(N * F / K, kThreads), kThreads,
+                  0, nullptr, dev(dinp), dev(inp), dev(dout), N, F);
+  } else {
+    launch_kernel("swiglu backward", swiglu_backward_kernel<device_t<T>, 1>, grid_for(N * F, kThreads), kThreads, 0,
+                  nullptr, dev(dinp), dev(inp), dev(dout), N, F);
+  }
 }
 
 #define FLASHGPT_INSTANTIATE(T)                                              \
