@@ -170,6 +170,11 @@ if [ -n "$bin" ]; then
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 768 --head-dim 64 \
     --rope-dim 32 --tokens 16384 --seq 1024 --causal yes --repeats 20 --json \
     >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
+  # The forward's tall tiles (32 query rows a warp) against the automatic ones, case by case in one
+  # process: the evidence for making them the default at head dim 64.
+  timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768,2048 --head-dim 64 \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall --repeats 20 --json \
+    >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
   # The deterministic backward (dQ by a second kernel, no atomics): its cost against the rows above.
   for d in 64 128; do
     timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --deterministic --hidden 2048 --head-dim "$d" \
@@ -178,7 +183,7 @@ if [ -n "$bin" ]; then
   done
   [ $attn_ok = 1 ] || { say "(a case failed: $(tail -1 "$logs/bench_attention.err" | cut -c1-200))"; status=1; }
   jsonl_table "$out/gpu-check-$stamp-attention.jsonl" "mechanism={r['mechanism']}" "precision={r['precision']}" \
-    "dQ={'ordered' if r.get('deterministic') else 'atomics'}" \
+    "dQ={'ordered' if r.get('deterministic') else 'atomics'}" "tiles={r.get('tiles', 'auto')}" \
     "B={r['batch']}" "H={r['heads']}" "T={r['seq']}" "Dqk/Dv={r['dqk']}/{r['dv']}" "causal={r['causal']}" \
     "fwd ms={r['fwd_ms']:.3f}" "fwd+bwd ms={r['fwd_bwd_ms']:.3f}" "fwd TFLOP/s={r['fwd_tflops']:.1f}" \
     "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" "extra MiB={r['extra_bytes'] / 2**20:.1f}" \

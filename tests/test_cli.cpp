@@ -264,6 +264,7 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench flash-decode --context 1 --new-tokens 2"), "--context: 1");
   expect_one_error_line(run_flashgpt("bench flash-decode --batch 0"), "--batch");
   expect_one_error_line(run_flashgpt("bench flash-decode --precision fp8"), "--precision");
+  expect_one_error_line(run_flashgpt("bench attention --device cuda --tiles auto,square"), "--tiles");
   expect_one_error_line(run_flashgpt("bench ops --rows 0"), "--rows: must be positive");
   expect_one_error_line(run_flashgpt("bench ops --repeats 0"), "--repeats");
   expect_one_error_line(run_flashgpt("info --latent-dim 16"), "n_latent");  // standard attention has no latent

@@ -223,7 +223,8 @@ double norm_error(const std::vector<double>& a, const std::vector<double>& ref) 
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
-// The tensor-core kernels' variants: element type × tile shape. Each case runs in all four.
+// The tensor-core kernels' variants: element type × tile shape (tall: the forward's own; the backward
+// then runs its automatic tiles). Each case runs in every variant.
 struct TcVariant {
   cuda::TensorCoreType type;
   cuda::FlashTiles tiles;
@@ -231,14 +232,17 @@ struct TcVariant {
 
 std::string name(const TcVariant& v) {
   return fmt::format("{} {}", v.type == cuda::TensorCoreType::bf16 ? "bf16" : "fp16",
-                     v.tiles == cuda::FlashTiles::Wide ? "wide tiles" : "narrow tiles");
+                     v.tiles == cuda::FlashTiles::Wide   ? "wide tiles"
+                     : v.tiles == cuda::FlashTiles::Tall ? "tall tiles"
+                                                         : "narrow tiles");
 }
 
 const std::vector<TcVariant>& tc_variants() {
   static const std::vector<TcVariant> v = {{cuda::TensorCoreType::bf16, cuda::FlashTiles::Wide},
                                            {cuda::TensorCoreType::bf16, cuda::FlashTiles::Narrow},
                                            {cuda::TensorCoreType::fp16, cuda::FlashTiles::Wide},
-                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::Narrow}};
+                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::Narrow},
+                                           {cuda::TensorCoreType::bf16, cuda::FlashTiles::Tall}};
   return v;
 }
 

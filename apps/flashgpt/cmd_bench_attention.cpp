@@ -43,7 +43,8 @@ struct BenchAttentionCli {
   AttentionTiling tiles;
   // On the GPU (--device cuda): the tensor-core kernels' element type and tiles, and the batch as
   // tokens / seq when --tokens is given (flash-attention's benchmark shapes).
-  std::string device = "cpu", precision = "bf16", gpu_tiles = "auto";
+  std::string device = "cpu", precision = "bf16";
+  std::vector<std::string> gpu_tiles = {"auto"};
   bool deterministic = false;  // GPU: the flash backward's dQ without atomics
   int64_t tokens = 0;
   bool mechanisms_given = false;
@@ -196,6 +197,13 @@ void write_plot(const std::string& path, const std::vector<Case>& cases) {
 
 // The tensor-core kernels on the GPU: flash (Dqk = Dv = head dim) and flash_mla (Dqk = head dim +
 // rope dim), each case checked against the fp32 kernel before it is timed.
+cuda::FlashTiles parse_tiles(const std::string& s) {
+  if (s == "wide") return cuda::FlashTiles::Wide;
+  if (s == "narrow") return cuda::FlashTiles::Narrow;
+  if (s == "tall") return cuda::FlashTiles::Tall;
+  return cuda::FlashTiles::Auto;
+}
+
 void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   std::vector<std::string> mechs = c.mechanisms_given ? c.mechanisms : std::vector<std::string>{"flash"};
   for (const std::string& mech : mechs) {
@@ -212,9 +220,6 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   }
   cuda::FlashBenchCase bc;
   bc.type = c.precision == "fp16" ? cuda::TensorCoreType::fp16 : cuda::TensorCoreType::bf16;
-  bc.tiles = c.gpu_tiles == "wide" ? cuda::FlashTiles::Wide
-             : c.gpu_tiles == "narrow" ? cuda::FlashTiles::Narrow
-                                       : cuda::FlashTiles::Auto;
   bc.repeats = c.repeats;
   bc.deterministic = c.deterministic;
   std::vector<bool> causal_modes;
@@ -234,35 +239,41 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
       for (int64_t B : batches) {
         for (bool causal : causal_modes) {
           for (const std::string& mech : mechs) {
-            const Mechanism mk = parse_mechanism(mech);
-            bc.dims = mechanism_dims(mk, B, T, H, c.head_dim, rope_dim);
-            bc.kernel = mk.kernel;
-            bc.causal = causal;
-            const cuda::FlashBenchResult r = cuda::bench_flash_attention(bc);
-            if (c.json) {
-              std::printf("%s\n", nlohmann::json{{"program", "flashgpt"}, {"mechanism", mech},
-                                                 {"precision", c.precision}, {"batch", B}, {"seq", T}, {"heads", H},
-                                                 {"head_dim", c.head_dim}, {"dqk", bc.dims.Dqk}, {"dv", bc.dims.Dv},
-                                                 {"causal", causal}, {"deterministic", c.deterministic},
-                                                 {"fwd_ms", r.fwd_ms},
-                                                 {"fwd_bwd_ms", r.fwd_bwd_ms}, {"fwd_tflops", r.fwd_tflops},
-                                                 {"fwd_bwd_tflops", r.fwd_bwd_tflops},
-                                                 {"extra_bytes", r.extra_bytes}, {"max_rel_err", r.max_rel_err},
-                                                 {"fwd_occupancy", r.occupancy.forward},
-                                                 {"bwd_occupancy", r.occupancy.backward}}
-                                      .dump()
-                                      .c_str());
-            } else {
-              std::printf("| %s | %s | %lld | %lld | %lld | %lld/%lld | %s | %.3f | %.3f | %.1f | %.1f | %.1f | %.1e | "
-                          "%.0f%%/%.0f%% |\n",
-                          (c.deterministic ? mech + " (deterministic)" : mech).c_str(), c.precision.c_str(),
-                          static_cast<long long>(B), static_cast<long long>(T),
-                          static_cast<long long>(H), static_cast<long long>(bc.dims.Dqk),
-                          static_cast<long long>(bc.dims.Dv), causal ? "yes" : "no", r.fwd_ms, r.fwd_bwd_ms,
-                          r.fwd_tflops, r.fwd_bwd_tflops, static_cast<double>(r.extra_bytes) / (1 << 20),
-                          r.max_rel_err, 100 * r.occupancy.forward, 100 * r.occupancy.backward);
+            for (const std::string& tiles : c.gpu_tiles) {  // several: the same case back to back
+              const Mechanism mk = parse_mechanism(mech);
+              bc.dims = mechanism_dims(mk, B, T, H, c.head_dim, rope_dim);
+              bc.kernel = mk.kernel;
+              bc.causal = causal;
+              bc.tiles = parse_tiles(tiles);
+              const cuda::FlashBenchResult r = cuda::bench_flash_attention(bc);
+              std::string label = c.deterministic ? mech + " (deterministic)" : mech;
+              if (tiles != "auto") label += " [" + tiles + " tiles]";
+              if (c.json) {
+                std::printf("%s\n", nlohmann::json{{"program", "flashgpt"}, {"mechanism", mech},
+                                                   {"precision", c.precision}, {"batch", B}, {"seq", T}, {"heads", H},
+                                                   {"head_dim", c.head_dim}, {"dqk", bc.dims.Dqk}, {"dv", bc.dims.Dv},
+                                                   {"causal", causal}, {"deterministic", c.deterministic},
+                                                   {"tiles", tiles},
+                                                   {"fwd_ms", r.fwd_ms},
+                                                   {"fwd_bwd_ms", r.fwd_bwd_ms}, {"fwd_tflops", r.fwd_tflops},
+                                                   {"fwd_bwd_tflops", r.fwd_bwd_tflops},
+                                                   {"extra_bytes", r.extra_bytes}, {"max_rel_err", r.max_rel_err},
+                                                   {"fwd_occupancy", r.occupancy.forward},
+                                                   {"bwd_occupancy", r.occupancy.backward}}
+                                        .dump()
+                                        .c_str());
+              } else {
+                std::printf("| %s | %s | %lld | %lld | %lld | %lld/%lld | %s | %.3f | %.3f | %.1f | %.1f | %.1f | %.1e | "
+                            "%.0f%%/%.0f%% |\n",
+                            label.c_str(), c.precision.c_str(),
+                            static_cast<long long>(B), static_cast<long long>(T),
+                            static_cast<long long>(H), static_cast<long long>(bc.dims.Dqk),
+                            static_cast<long long>(bc.dims.Dv), causal ? "yes" : "no", r.fwd_ms, r.fwd_bwd_ms,
+                            r.fwd_tflops, r.fwd_bwd_tflops, static_cast<double>(r.extra_bytes) / (1 << 20),
+                            r.max_rel_err, 100 * r.occupancy.forward, 100 * r.occupancy.backward);
+              }
+              std::fflush(stdout);
             }
-            std::fflush(stdout);
           }
         }
       }
@@ -401,8 +412,11 @@ void register_bench_attention(CLI::App& bench) {
   sub->add_option("--precision", c->precision, "GPU element type: bf16 or fp16")
       ->check(CLI::IsMember({"bf16", "fp16"}))
       ->capture_default_str();
-  sub->add_option("--tiles", c->gpu_tiles, "GPU tile shapes: auto, wide (sm_80/sm_90) or narrow (sm_86/sm_89)")
-      ->check(CLI::IsMember({"auto", "wide", "narrow"}))
+  sub->add_option("--tiles", c->gpu_tiles,
+                  "GPU tile shapes: auto, wide (sm_80/sm_90), narrow (sm_86/sm_89), or tall (the forward's 32 query "
+                  "rows a warp, value head dims up to 64); several: each case with each, back to back")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall"}))
       ->capture_default_str();
   sub->add_flag("--deterministic", c->deterministic,
                 "GPU: time the deterministic flash backward (dQ by a second, query-major kernel, no atomics)");

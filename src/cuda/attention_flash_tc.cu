@@ -75,9 +75,10 @@ void with_head_dims(const AttentionDims& d, const char* what, F&& f) {
                                    std::to_string(d.Dqk) + "/" + std::to_string(d.Dv) + ")");
 }
 
-// Wide tiles where asked for, or (Auto) where the GPU gives a block `wide_bytes` of shared memory.
+// Wide tiles where asked for, or (Auto; Tall, for what has no tall tiles) where the GPU gives a
+// block `wide_bytes` of shared memory.
 bool use_wide(FlashTiles tiles, size_t wide_bytes) {
-  if (tiles != FlashTiles::Auto) return tiles == FlashTiles::Wide;
+  if (tiles == FlashTiles::Wide || tiles == FlashTiles::Narrow) return tiles == FlashTiles::Wide;
   int device = 0, limit = 0;
   FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
   FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
@@ -93,12 +94,19 @@ void check_alignment(const AttentionDims& d, const char* what, std::initializer_
                                 std::to_string(d.v_row()) + ")");
 }
 
+// The forward's tiles for these head dims on this GPU.
+template <typename L>
+ForwardShape forward_shape(FlashTiles tiles) {
+  if (tiles == FlashTiles::Tall && L::has_tall_forward()) return ForwardShape::Tall;
+  return use_wide(tiles, L::forward_bytes(ForwardShape::Wide)) ? ForwardShape::Wide : ForwardShape::Narrow;
+}
+
 template <typename E>
 void forward_typed(const AttentionDims& ad, const AttentionMask& am, float scale, const E* q, const E* k, const E* v,
                    E* o, float* lse, FlashTiles tiles) {
   with_head_dims(ad, "tensor-core flash forward", [&]<int Dqk, int Dv>() {
     using L = Launchers<E, Dqk, Dv>;
-    L::forward(dims_of(ad), mask_of(am), scale, q, k, v, o, lse, use_wide(tiles, L::forward_bytes(true)));
+    L::forward(dims_of(ad), mask_of(am), scale, q, k, v, o, lse, forward_shape<L>(tiles));
   });
 }
 
@@ -149,7 +157,7 @@ FlashOccupancy flash_tc_occupancy(TensorCoreType type, const AttentionDims& d, F
   auto fill = [&]<typename E>() {
     with_head_dims(d, "tensor-core flash occupancy", [&]<int Dqk, int Dv>() {
       using L = Launchers<E, Dqk, Dv>;
-      const Residency f = L::forward_residency(use_wide(tiles, L::forward_bytes(true)));
+      const Residency f = L::forward_residency(forward_shape<L>(tiles));
       const Residency b = L::backward_residency(use_wide(tiles, L::backward_bytes(true)));
       occ.forward_blocks_per_sm = f.blocks_per_sm;
       occ.backward_blocks_per_sm = b.blocks_per_sm;

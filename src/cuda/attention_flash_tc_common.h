@@ -112,41 +112,61 @@ __device__ __forceinline__ void accumulators_as_a(uint32_t (&a)[4], const float 
   a[3] = tc::pack2<E>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
 }
 
-// The warp's two kinds of tile product, 16 rows each, fp32 accumulators c[N / 8][4]:
-//   rows_times_rows: c += X[x_row0 … + 15][0 … K) · Yᵀ, Y's rows [0, N) — S = Q Kᵀ, dP = dO Vᵀ
-//   (and Sᵀ = K Qᵀ, dPᵀ = V dOᵀ in the key-major backward);
-//   accumulators_times_rows: c += A · Y, A = the accumulators acc (16 × K, the previous product's
-//   result reused as the left operand) and Y's rows [0, K) — O += P V, dQ += dS K, dV += Pᵀ dO.
-template <typename E, int K, int N>
-__device__ __forceinline__ void rows_times_rows(float (&c)[N / 8][4], const E* X, int xs, int x_row0, const E* Y,
+// The warp's two kinds of tile product over M row tiles of 16 rows each, fp32 accumulators
+// c[M][N / 8][4] (M > 1: every fragment of Y is read from shared memory once for all M tiles):
+//   rows_times_rows: c[mt] += X[x_row0 + 16·mt … + 15][0 … K) · Yᵀ, Y's rows [0, N) — S = Q Kᵀ,
+//   dP = dO Vᵀ (and Sᵀ = K Qᵀ, dPᵀ = V dOᵀ in the key-major backward);
+//   accumulators_times_rows: c[mt] += A[mt] · Y, A[mt] = the accumulators acc[mt] (16 × K, the
+//   previous product's result reused as the left operand) and Y's rows [0, K) — O += P V,
+//   dQ += dS K, dV += Pᵀ dO.
+template <typename E, int K, int N, int M>
+__device__ __forceinline__ void rows_times_rows(float (&c)[M][N / 8][4], const E* X, int xs, int x_row0, const E* Y,
                                                 int ys) {
 #pragma unroll
   for (int kk = 0; kk < K / 16; ++kk) {
-    uint32_t a[4];
-    load_a(a, X, xs, x_row0, kk * 16);
+    uint32_t a[M][4];
+#pragma unroll
+    for (int mt = 0; mt < M; ++mt) load_a(a[mt], X, xs, x_row0 + 16 * mt, kk * 16);
 #pragma unroll
     for (int n = 0; n < N / 16; ++n) {
       uint32_t b[4];
       load_b_from_rows(b, Y, ys, n * 16, kk * 16);
-      mma_pair<E>(c[2 * n], c[2 * n + 1], a, b);
+#pragma unroll
+      for (int mt = 0; mt < M; ++mt) mma_pair<E>(c[mt][2 * n], c[mt][2 * n + 1], a[mt], b);
     }
   }
+}
+
+template <typename E, int K, int N, int M>
+__device__ __forceinline__ void accumulators_times_rows(float (&c)[M][N / 8][4], const float (&acc)[M][K / 8][4],
+                                                        const E* Y, int ys) {
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    uint32_t a[M][4];
+#pragma unroll
+    for (int mt = 0; mt < M; ++mt) accumulators_as_a<E>(a[mt], acc[mt], kk);
+#pragma unroll
+    for (int n = 0; n < N / 16; ++n) {
+      uint32_t b[4];
+      load_b_from_cols(b, Y, ys, n * 16, kk * 16);
+#pragma unroll
+      for (int mt = 0; mt < M; ++mt) mma_pair<E>(c[mt][2 * n], c[mt][2 * n + 1], a[mt], b);
+    }
+  }
+}
+
+// The same for one row tile (c[N / 8][4]), as the backward kernels use them.
+template <typename E, int K, int N>
+__device__ __forceinline__ void rows_times_rows(float (&c)[N / 8][4], const E* X, int xs, int x_row0, const E* Y,
+                                                int ys) {
+  rows_times_rows<E, K, N, 1>(reinterpret_cast<float (&)[1][N / 8][4]>(c), X, xs, x_row0, Y, ys);
 }
 
 template <typename E, int K, int N>
 __device__ __forceinline__ void accumulators_times_rows(float (&c)[N / 8][4], const float (&acc)[K / 8][4],
                                                         const E* Y, int ys) {
-#pragma unroll
-  for (int kk = 0; kk < K / 16; ++kk) {
-    uint32_t a[4];
-    accumulators_as_a<E>(a, acc, kk);
-#pragma unroll
-    for (int n = 0; n < N / 16; ++n) {
-      uint32_t b[4];
-      load_b_from_cols(b, Y, ys, n * 16, kk * 16);
-      mma_pair<E>(c[2 * n], c[2 * n + 1], a, b);
-    }
-  }
+  accumulators_times_rows<E, K, N, 1>(reinterpret_cast<float (&)[1][N / 8][4]>(c),
+                                      reinterpret_cast<const float (&)[1][K / 8][4]>(acc), Y, ys);
 }
 
 // The max and the sum over the four lanes of a quad (lanes 4g … 4g + 3), which hold one row of
@@ -168,20 +188,25 @@ __device__ __forceinline__ void store2(E* p, float a, float b) {
 
 // The launchers, one explicit instantiation per (element, Dqk, Dv) in attention_flash_tc_d*.cu.
 // `wide`: the tiles for GPUs with ≥ 160 KiB of shared memory per block (A100, H100, H200);
-// otherwise those that fit 99 KiB (sm_86, sm_89). *_bytes give the shared memory each needs.
+// otherwise those that fit 99 KiB (sm_86, sm_89); the forward also has tall tiles for value head
+// dims up to 64 (ForwardShape). *_bytes give the shared memory each needs.
 // A kernel's threads per block and how many of its blocks one SM holds at once.
 struct Residency {
   int threads = 0, blocks_per_sm = 0;
 };
 
+// The forward's tiles: narrow, wide, or tall (FlashTiles::Tall, where the head dims have them).
+enum class ForwardShape { Narrow, Wide, Tall };
+
 template <typename E, int Dqk, int Dv>
 struct Launchers {
-  static size_t forward_bytes(bool wide);
+  static bool has_tall_forward();
+  static size_t forward_bytes(ForwardShape shape);
   static size_t backward_bytes(bool wide);
-  static Residency forward_residency(bool wide);
+  static Residency forward_residency(ForwardShape shape);
   static Residency backward_residency(bool wide);
   static void forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o,
-                      float* lse, bool wide);
+                      float* lse, ForwardShape shape);
   // dq_accum (fp32, dq's layout) must hold zeros; dsum = rowsum(dO ∘ O) per (b, h, i). A null
   // dq_accum computes dK and dV only.
   static void backward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,

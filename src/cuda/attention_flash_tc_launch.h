@@ -2,6 +2,8 @@
 // per-head-dim instantiation file attention_flash_tc_d*.cu so those compile in parallel.
 #pragma once
 
+#include <type_traits>
+
 #include "cuda/attention_flash_tc_backward.h"
 #include "cuda/attention_flash_tc_backward_dq.h"
 #include "cuda/attention_flash_tc_forward.h"
@@ -9,9 +11,25 @@
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 namespace flash_tc {
 
+// Calls f(std::type_identity<Tiles>{}) with the forward's tiles for `shape` (tall falls back to
+// wide where the head dims have none).
+template <int Dqk, int Dv, typename F>
+decltype(auto) with_forward_tiles(ForwardShape shape, F&& f) {
+  if constexpr (kHasTallForward<Dv>) {
+    if (shape == ForwardShape::Tall) return f(std::type_identity<ForwardTilesTall<Dqk, Dv>>{});
+  }
+  if (shape == ForwardShape::Narrow) return f(std::type_identity<ForwardTilesFor<Dqk, Dv, false>>{});
+  return f(std::type_identity<ForwardTilesFor<Dqk, Dv, true>>{});
+}
+
 template <typename E, int Dqk, int Dv>
-size_t Launchers<E, Dqk, Dv>::forward_bytes(bool wide) {
-  return wide ? ForwardTilesFor<Dqk, Dv, true>::bytes : ForwardTilesFor<Dqk, Dv, false>::bytes;
+bool Launchers<E, Dqk, Dv>::has_tall_forward() {
+  return kHasTallForward<Dv>;
+}
+
+template <typename E, int Dqk, int Dv>
+size_t Launchers<E, Dqk, Dv>::forward_bytes(ForwardShape shape) {
+  return with_forward_tiles<Dqk, Dv>(shape, [](auto tiles) { return decltype(tiles)::type::bytes; });
 }
 
 template <typename E, int Dqk, int Dv>
@@ -31,11 +49,11 @@ Residency residency_of(Kernel kernel, int threads, size_t bytes, const char* nam
 }
 
 template <typename E, int Dqk, int Dv>
-Residency Launchers<E, Dqk, Dv>::forward_residency(bool wide) {
-  using W = ForwardTilesFor<Dqk, Dv, true>;
-  using N = ForwardTilesFor<Dqk, Dv, false>;
-  return wide ? residency_of(flash_forward_tc_kernel<E, W>, W::Threads, W::bytes, "tensor-core flash forward")
-              : residency_of(flash_forward_tc_kernel<E, N>, N::Threads, N::bytes, "tensor-core flash forward");
+Residency Launchers<E, Dqk, Dv>::forward_residency(ForwardShape shape) {
+  return with_forward_tiles<Dqk, Dv>(shape, [](auto tiles) {
+    using F = typename decltype(tiles)::type;
+    return residency_of(flash_forward_tc_kernel<E, F>, F::Threads, F::bytes, "tensor-core flash forward");
+  });
 }
 
 template <typename E, int Dqk, int Dv>
@@ -48,12 +66,10 @@ Residency Launchers<E, Dqk, Dv>::backward_residency(bool wide) {
 
 template <typename E, int Dqk, int Dv>
 void Launchers<E, Dqk, Dv>::forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
-                                    E* o, float* lse, bool wide) {
-  if (wide) {
-    launch_forward<E, ForwardTilesFor<Dqk, Dv, true>>(d, m, scale, q, k, v, o, lse);
-  } else {
-    launch_forward<E, ForwardTilesFor<Dqk, Dv, false>>(d, m, scale, q, k, v, o, lse);
-  }
+                                    E* o, float* lse, ForwardShape shape) {
+  with_forward_tiles<Dqk, Dv>(shape, [&](auto tiles) {
+    launch_forward<E, typename decltype(tiles)::type>(d, m, scale, q, k, v, o, lse);
+  });
 }
 
 template <typename E, int Dqk, int Dv>
