@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -23,18 +24,23 @@ inline double median(std::vector<double> v) {
 
 // Fills n elements (bf16 or fp32) at dst with one random block of kBlock elements, repeated:
 // writing gigabytes of fresh random numbers from the host would take longer than the benchmark.
-// The block's length is prime, so no two cache pages or rows hold the same values.
-inline void fill_repeating(void* dst, int64_t n, bool bf16, Rng& rng) {
+// The block's length is prime, so no two cache pages or rows hold the same values. The values are
+// normal, or with `magnitude` > 0 their absolute values times it (never negative).
+inline void fill_repeating(void* dst, int64_t n, bool bf16, Rng& rng, double magnitude = 0.0) {
+  auto draw = [&] {
+    const double x = rng.normal();
+    return static_cast<float>(magnitude > 0 ? magnitude * std::abs(x) : x);
+  };
   constexpr int64_t kBlock = 1048573;  // prime
   const int64_t first = std::min(n, kBlock);
   const size_t width = bf16 ? 2 : 4;
   if (bf16) {
     std::vector<uint16_t> h(static_cast<size_t>(first));
-    for (auto& x : h) x = float_to_bf16_bits(static_cast<float>(rng.normal()));
+    for (auto& x : h) x = float_to_bf16_bits(draw());
     copy_to_device(dst, h.data(), h.size() * 2);
   } else {
     std::vector<float> h(static_cast<size_t>(first));
-    for (auto& x : h) x = static_cast<float>(rng.normal());
+    for (auto& x : h) x = draw();
     copy_to_device(dst, h.data(), h.size() * 4);
   }
   auto* base = static_cast<char*>(dst);

@@ -34,18 +34,7 @@ struct Operand {
   // moment must not be negative).
   Operand(int64_t count, Rng& rng, double magnitude = 0.0)
       : n(count), start(bytes()), aligned(bytes()), skewed(bytes() + sizeof(T)) {
-    if (magnitude > 0) {
-      std::vector<float> block(static_cast<size_t>(std::min<int64_t>(n, 4099)));
-      for (float& v : block) v = static_cast<float>(magnitude * std::abs(rng.normal()));
-      copy_to_device(start.get(), block.data(), block.size() * sizeof(float));
-      for (int64_t done = static_cast<int64_t>(block.size()); done < n;) {  // doubling copies
-        const int64_t step = std::min(done, n - done);
-        copy_on_device(start.as<float>() + done, start.get(), static_cast<size_t>(step) * sizeof(float));
-        done += step;
-      }
-    } else {
-      bench::fill_repeating(start.get(), n, std::is_same_v<T, bf16>, rng);
-    }
+    bench::fill_repeating(start.get(), n, std::is_same_v<T, bf16>, rng, magnitude);
     restore();
   }
   size_t bytes() const { return static_cast<size_t>(n) * sizeof(T); }
