@@ -5,14 +5,16 @@
 #   scripts/gpu-check.sh                  report in bench/results/ (or in $OUT when set)
 #   GPU_CHECK_USE_BUNDLE=1 scripts/gpu-check.sh   skip building here, use gpu-bundle/ (or gpu-bundle.tar.xz)
 #   GPU_CHECK_ONLY="tests flash-decode" scripts/gpu-check.sh   only these parts, of: tests sanitizer
-#       attention standard latent-decode flash-decode decode ops train profile peers grid (default: all)
+#       attention tiles standard latent-decode flash-decode decode ops train profile kernels peers grid
+#       (default: all)
 #   GPU_CHECK_TIMEOUT=300                 seconds each test program (or its sanitizer run) may take (default 600)
 #   GPU_CHECK_BENCH_TIMEOUT=300           seconds each benchmark command may take (default 600)
 #   Parts' times on an H100 (2026-11-23): tests 35 s; train with its peer ≈ 2 min; peers ≈ 1 min;
 #   decode ≈ 2.5 min; attention + standard + latent-decode + flash-decode ≈ 8 min; sanitizer with
 #   the default filters not yet timed (memcheck of the six programs ≈ 35 s without the two slow
 #   tensor-core attention accuracy tests); ops not yet timed (expected under a minute; ≈ 6 GB of
-#   GPU memory); attention now also runs the tall forward tiles beside the automatic ones.
+#   GPU memory); tiles (tall forward and short backward beside the automatic tiles, 48 cases, split
+#   out of attention) and kernels (six ncu runs) not yet timed: expected ≈ 3 and ≈ 1.5 min.
 #   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
 #                                         memcheck; racecheck: see GPU_CHECK_RACECHECK_FILTER)
 #   GPU_CHECK_RACECHECK_FILTER='*Graph*'  gtest filter for racecheck (default: small-shape tests for the
@@ -31,7 +33,7 @@ logs="$out/gpu-check-$stamp-logs"
 mkdir -p "$logs"
 say() { echo "$@" | tee -a "$report"; }
 status=0
-only=" ${GPU_CHECK_ONLY:-tests sanitizer attention standard latent-decode flash-decode decode ops train profile peers grid} "
+only=" ${GPU_CHECK_ONLY:-tests sanitizer attention tiles standard latent-decode flash-decode decode ops train profile kernels peers grid} "
 want() { [[ "$only" == *" $1 "* ]]; }
 limit="${GPU_CHECK_TIMEOUT:-600}"
 bench_limit="${GPU_CHECK_BENCH_TIMEOUT:-600}"
@@ -171,11 +173,6 @@ if [ -n "$bin" ]; then
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --mechanism flash_mla --hidden 768 --head-dim 64 \
     --rope-dim 32 --tokens 16384 --seq 1024 --causal yes --repeats 20 --json \
     >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
-  # The forward's tall tiles (32 query rows a warp) against the automatic ones, case by case in one
-  # process: the evidence for making them the default at head dim 64.
-  timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768,2048 --head-dim 64 \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall --repeats 20 --json \
-    >> "$out/gpu-check-$stamp-attention.jsonl" 2>> "$logs/bench_attention.err" || attn_ok=0
   # The deterministic backward (dQ by a second kernel, no atomics): its cost against the rows above.
   for d in 64 128; do
     timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --deterministic --hidden 2048 --head-dim "$d" \
@@ -189,6 +186,67 @@ if [ -n "$bin" ]; then
     "fwd ms={r['fwd_ms']:.3f}" "fwd+bwd ms={r['fwd_bwd_ms']:.3f}" "fwd TFLOP/s={r['fwd_tflops']:.1f}" \
     "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" "extra MiB={r['extra_bytes'] / 2**20:.1f}" \
     "max rel err={r['max_rel_err']:.1e}" >> "$report"
+fi
+fi
+
+# --- the tile shapes side by side: tall forward, short backward --------------------------------
+if want tiles; then
+say ""
+say "## Attention tile shapes at head dim 64: automatic, tall forward, short backward (each case back to back)"
+say ""
+if [ -n "$bin" ]; then
+  # tall: the forward's 32 query rows a warp (the backward as auto); short: the backward's 32-query
+  # tiles, three blocks an SM (the forward as auto). The evidence for making either the default.
+  timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768,2048 --head-dim 64 \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short --repeats 10 --json \
+    >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
+    || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
+  jsonl_table "$out/gpu-check-$stamp-tiles.jsonl" "tiles={r['tiles']}" "B={r['batch']}" "H={r['heads']}" \
+    "T={r['seq']}" "causal={r['causal']}" "fwd ms={r['fwd_ms']:.3f}" "bwd ms={r['fwd_bwd_ms'] - r['fwd_ms']:.3f}" \
+    "fwd+bwd ms={r['fwd_bwd_ms']:.3f}" "fwd TFLOP/s={r['fwd_tflops']:.1f}" "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" \
+    "occupancy fwd/bwd (theoretical)={100 * r['fwd_occupancy']:.0f}% / {100 * r['bwd_occupancy']:.0f}%" \
+    "max rel err={r['max_rel_err']:.1e}" >> "$report"
+fi
+fi
+
+# --- why the flash kernels run as fast as they do: the profiler's view of one launch each ------
+if want kernels; then
+say ""
+say "## The flash kernels under ncu (bf16, B=4, H=32, T=4096, D=64, not causal; one launch each)"
+say ""
+if [ -n "$bin" ] && command -v ncu > /dev/null; then
+  # Per tile shape, the first tensor-core forward and backward launch: throughput against the
+  # card's peaks, achieved occupancy, and why warps stall (the stall reasons per issued
+  # instruction), shared-memory bank conflicts and the dQ atomics' traffic. Full pages in the logs.
+  stalls=barrier,long_scoreboard,short_scoreboard,mio_throttle,lg_throttle,math_pipe_throttle,wait,not_selected,dispatch_stall,no_instruction,branch_resolving
+  metrics=gpu__time_duration.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active
+  metrics=$metrics,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__issue_active.avg.pct_of_peak_sustained_active
+  metrics=$metrics,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum
+  metrics=$metrics,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,lts__t_sectors_op_red.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
+  for reason in ${stalls//,/ }; do metrics=$metrics,smsp__average_warps_issue_stalled_${reason}_per_issue_active.ratio; done
+  for tiles in auto short tall; do
+    run_ncu() {  # run_ncu NAME ncu-arguments…: stdout to logs/NAME, stderr to logs/NAME.err
+      local name="$1"; shift
+      timeout "$bench_limit" ncu "$@" -k regex:'flash_(forward|backward)_tc_kernel' --launch-count 2 \
+        "$bin/flashgpt" bench attention --device cuda --batch 4 --seq 4096 --hidden 2048 --head-dim 64 --causal no \
+        --tiles "$tiles" --repeats 1 > "$logs/$name" 2> "$logs/$name.err"
+    }
+    say "### tiles: $tiles"
+    say ""
+    if run_ncu "ncu_kernels_$tiles.csv" --csv --metrics "$metrics"; then
+      python3 scripts/ncu_metrics_table.py "$logs/ncu_kernels_$tiles.csv" >> "$report" 2>> "$logs/ncu_kernels_$tiles.csv.err" \
+        || { say "(could not summarise: $(tail -1 "$logs/ncu_kernels_$tiles.csv.err" | cut -c1-200))"; status=1; }
+    else
+      say "(ncu failed: $(cat "$logs/ncu_kernels_$tiles.csv" "$logs/ncu_kernels_$tiles.csv.err" | grep -m1 -E 'ERR|rror' | cut -c1-200))"
+      status=1
+    fi
+    # The profiler's own sections and advice, kept in the logs.
+    run_ncu "ncu_sections_$tiles.txt" --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section MemoryWorkloadAnalysis_Tables --section ComputeWorkloadAnalysis || true
+    say ""
+  done
+else
+  say "(needs ncu and the programs)"
 fi
 fi
 

@@ -223,8 +223,9 @@ double norm_error(const std::vector<double>& a, const std::vector<double>& ref) 
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
-// The tensor-core kernels' variants: element type × tile shape (tall: the forward's own; the backward
-// then runs its automatic tiles). Each case runs in every variant.
+// The tensor-core kernels' variants: element type × tile shape (tall: the forward's own, the
+// backward then running its automatic tiles; short: the backward's own, the forward automatic).
+// Each case runs in every variant.
 struct TcVariant {
   cuda::TensorCoreType type;
   cuda::FlashTiles tiles;
@@ -233,8 +234,9 @@ struct TcVariant {
 std::string name(const TcVariant& v) {
   return fmt::format("{} {}", v.type == cuda::TensorCoreType::bf16 ? "bf16" : "fp16",
                      v.tiles == cuda::FlashTiles::Wide   ? "wide tiles"
-                     : v.tiles == cuda::FlashTiles::Tall ? "tall tiles"
-                                                         : "narrow tiles");
+                     : v.tiles == cuda::FlashTiles::Tall  ? "tall tiles"
+                     : v.tiles == cuda::FlashTiles::Short ? "short tiles"
+                                                          : "narrow tiles");
 }
 
 const std::vector<TcVariant>& tc_variants() {
@@ -242,7 +244,8 @@ const std::vector<TcVariant>& tc_variants() {
                                            {cuda::TensorCoreType::bf16, cuda::FlashTiles::Narrow},
                                            {cuda::TensorCoreType::fp16, cuda::FlashTiles::Wide},
                                            {cuda::TensorCoreType::fp16, cuda::FlashTiles::Narrow},
-                                           {cuda::TensorCoreType::bf16, cuda::FlashTiles::Tall}};
+                                           {cuda::TensorCoreType::bf16, cuda::FlashTiles::Tall},
+                                           {cuda::TensorCoreType::bf16, cuda::FlashTiles::Short}};
   return v;
 }
 
@@ -455,9 +458,11 @@ TEST(CudaAttention, DeterministicFlashBackwardRepeatsItsBits) {
   const float scale = 0.125f;
   cuda::flash_forward_tc(cuda::TensorCoreType::bf16, d, masks.device, scale, gq.as<uint16_t>(), gk.as<uint16_t>(),
                          gv.as<uint16_t>(), go.as<uint16_t>(), glse.as<float>());
-  for (const auto tiles : {cuda::FlashTiles::Wide, cuda::FlashTiles::Narrow}) {
+  for (const auto tiles : {cuda::FlashTiles::Wide, cuda::FlashTiles::Narrow, cuda::FlashTiles::Short}) {
     for (const bool deterministic : {true, false}) {
-      SCOPED_TRACE(std::string(tiles == cuda::FlashTiles::Wide ? "wide" : "narrow") +
+      SCOPED_TRACE(std::string(tiles == cuda::FlashTiles::Wide     ? "wide"
+                               : tiles == cuda::FlashTiles::Short ? "short"
+                                                                  : "narrow") +
                    (deterministic ? " deterministic" : " atomic"));
       std::vector<std::vector<uint16_t>> runs;
       for (uint64_t seed = 1; seed <= 3; ++seed) {

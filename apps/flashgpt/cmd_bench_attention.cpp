@@ -201,6 +201,7 @@ cuda::FlashTiles parse_tiles(const std::string& s) {
   if (s == "wide") return cuda::FlashTiles::Wide;
   if (s == "narrow") return cuda::FlashTiles::Narrow;
   if (s == "tall") return cuda::FlashTiles::Tall;
+  if (s == "short") return cuda::FlashTiles::Short;
   return cuda::FlashTiles::Auto;
 }
 
@@ -413,10 +414,11 @@ void register_bench_attention(CLI::App& bench) {
       ->check(CLI::IsMember({"bf16", "fp16"}))
       ->capture_default_str();
   sub->add_option("--tiles", c->gpu_tiles,
-                  "GPU tile shapes: auto, wide (sm_80/sm_90), narrow (sm_86/sm_89), or tall (the forward's 32 query "
-                  "rows a warp, value head dims up to 64); several: each case with each, back to back")
+                  "GPU tile shapes: auto, wide (sm_80/sm_90), narrow (sm_86/sm_89), tall (the forward's 32 query "
+                  "rows a warp) or short (the backward's 32-query tiles, three blocks an SM), the last two for value "
+                  "head dims up to 64; several: each case with each, back to back")
       ->delimiter(',')
-      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall"}))
+      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short"}))
       ->capture_default_str();
   sub->add_flag("--deterministic", c->deterministic,
                 "GPU: time the deterministic flash backward (dQ by a second, query-major kernel, no atomics)");

@@ -75,8 +75,8 @@ void with_head_dims(const AttentionDims& d, const char* what, F&& f) {
                                    std::to_string(d.Dqk) + "/" + std::to_string(d.Dv) + ")");
 }
 
-// Wide tiles where asked for, or (Auto; Tall, for what has no tall tiles) where the GPU gives a
-// block `wide_bytes` of shared memory.
+// Wide tiles where asked for, or (Auto; Tall and Short, for the kernels they do not shape) where
+// the GPU gives a block `wide_bytes` of shared memory.
 bool use_wide(FlashTiles tiles, size_t wide_bytes) {
   if (tiles == FlashTiles::Wide || tiles == FlashTiles::Narrow) return tiles == FlashTiles::Wide;
   int device = 0, limit = 0;
@@ -101,6 +101,13 @@ ForwardShape forward_shape(FlashTiles tiles) {
   return use_wide(tiles, L::forward_bytes(ForwardShape::Wide)) ? ForwardShape::Wide : ForwardShape::Narrow;
 }
 
+// The backward's (its first kernel's, in deterministic mode).
+template <typename L>
+BackwardShape backward_shape(FlashTiles tiles) {
+  if (tiles == FlashTiles::Short && L::has_short_backward()) return BackwardShape::Short;
+  return use_wide(tiles, L::backward_bytes(BackwardShape::Wide)) ? BackwardShape::Wide : BackwardShape::Narrow;
+}
+
 template <typename E>
 void forward_typed(const AttentionDims& ad, const AttentionMask& am, float scale, const E* q, const E* k, const E* v,
                    E* o, float* lse, FlashTiles tiles) {
@@ -116,7 +123,7 @@ void backward_typed(const AttentionDims& ad, const AttentionMask& am, float scal
                     FlashTiles tiles, bool deterministic) {
   with_head_dims(ad, "tensor-core flash backward", [&]<int Dqk, int Dv>() {
     using L = Launchers<E, Dqk, Dv>;
-    const bool wide = use_wide(tiles, L::backward_bytes(true));
+    const BackwardShape shape = backward_shape<L>(tiles);
     const bool dq_wide = use_wide(tiles, L::backward_dq_bytes(true));
     DeviceBuffer own;
     if (!workspace) {
@@ -130,7 +137,7 @@ void backward_typed(const AttentionDims& ad, const AttentionMask& am, float scal
     const int64_t rows = ad.B * ad.Tq * ad.Hq;
     launch_kernel("tensor-core flash backward D = rowsum(dO∘O)", backward_prologue_kernel<E>, grid_for(rows, 8), 256,
                   0, nullptr, rows, ad.Hq, ad.Tq, ad.Dqk, ad.Dv, o, dout, dsum, dq_accum);
-    L::backward(dims_of(ad), mask_of(am), scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv, wide);
+    L::backward(dims_of(ad), mask_of(am), scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv, shape);
     if (deterministic) {
       L::backward_dq(dims_of(ad), mask_of(am), scale, q, k, v, lse, dsum, dout, dq, dq_wide);
     } else {
@@ -158,7 +165,7 @@ FlashOccupancy flash_tc_occupancy(TensorCoreType type, const AttentionDims& d, F
     with_head_dims(d, "tensor-core flash occupancy", [&]<int Dqk, int Dv>() {
       using L = Launchers<E, Dqk, Dv>;
       const Residency f = L::forward_residency(forward_shape<L>(tiles));
-      const Residency b = L::backward_residency(use_wide(tiles, L::backward_bytes(true)));
+      const Residency b = L::backward_residency(backward_shape<L>(tiles));
       occ.forward_blocks_per_sm = f.blocks_per_sm;
       occ.backward_blocks_per_sm = b.blocks_per_sm;
       occ.forward = static_cast<double>(f.blocks_per_sm * f.threads) / per_sm;

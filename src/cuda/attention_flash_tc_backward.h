@@ -22,9 +22,10 @@
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 namespace flash_tc {
 
-template <int Dqk_, int Dv_, int Warps_, int BlockM_>
+// MinBlocks: the blocks one SM must hold at once (__launch_bounds__), which caps the registers.
+template <int Dqk_, int Dv_, int Warps_, int BlockM_, int MinBlocks_ = 1>
 struct BackwardTiles {
-  static constexpr int Dqk = Dqk_, Dv = Dv_, Warps = Warps_, BlockM = BlockM_;
+  static constexpr int Dqk = Dqk_, Dv = Dv_, Warps = Warps_, BlockM = BlockM_, MinBlocks = MinBlocks_;
   static constexpr int BlockN = 16 * Warps, Threads = 32 * Warps;
   static constexpr int KS = Dqk + kPad, VS = Dv + kPad, QS = Dqk + kPad, OS = Dv + kPad, SS = BlockM + kPad;
   static constexpr int k_elems = BlockN * KS, v_elems = BlockN * VS, q_elems = BlockM * QS, o_elems = BlockM * OS,
@@ -38,7 +39,7 @@ struct BackwardTiles {
 };
 
 template <typename E, typename F, bool WithDq>
-__global__ void __launch_bounds__(F::Threads)
+__global__ void __launch_bounds__(F::Threads, F::MinBlocks)
     flash_backward_tc_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
                              const E* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ dsum,
                              const E* __restrict__ dout, float* __restrict__ dq_accum, E* __restrict__ dk,
@@ -177,6 +178,15 @@ __global__ void __launch_bounds__(F::Threads)
 // Wide: 128 keys per block; narrow: 64. Query tiles of 32 rows once Dv reaches 128 (register room).
 template <int Dqk, int Dv, bool Wide>
 using BackwardTilesFor = BackwardTiles<Dqk, Dv, Wide ? 8 : 4, Dv >= 128 ? 32 : 64>;
+
+// Short (FlashTiles::Short, value head dims up to 64): the narrow blocks' 64 keys, walking query
+// tiles of 32 rows. Half the score and dP accumulators a lane holds lets three blocks share an SM
+// (≤ 168 registers): 12 warps to hide each other's latency instead of 8, for the same shared-memory
+// reads per mma, twice the barriers per query, and (64 keys a block) twice the dQ atomics of wide.
+template <int Dqk, int Dv>
+using BackwardTilesShort = BackwardTiles<Dqk, Dv, 4, 32, 3>;
+template <int Dv>
+constexpr bool kHasShortBackward = Dv <= 64;
 
 // dq_accum null: dK and dV only (the deterministic backward's first kernel).
 template <typename E, typename F>

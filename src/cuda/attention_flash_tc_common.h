@@ -187,9 +187,10 @@ __device__ __forceinline__ void store2(E* p, float a, float b) {
 }
 
 // The launchers, one explicit instantiation per (element, Dqk, Dv) in attention_flash_tc_d*.cu.
-// `wide`: the tiles for GPUs with ≥ 160 KiB of shared memory per block (A100, H100, H200);
-// otherwise those that fit 99 KiB (sm_86, sm_89); the forward also has tall tiles for value head
-// dims up to 64 (ForwardShape). *_bytes give the shared memory each needs.
+// Wide: the tiles for GPUs with ≥ 160 KiB of shared memory per block (A100, H100, H200); narrow:
+// those that fit 99 KiB (sm_86, sm_89); for value head dims up to 64 the forward also has tall
+// tiles (ForwardShape) and the backward short ones (BackwardShape). *_bytes give the shared memory
+// each needs.
 // A kernel's threads per block and how many of its blocks one SM holds at once.
 struct Residency {
   int threads = 0, blocks_per_sm = 0;
@@ -197,20 +198,24 @@ struct Residency {
 
 // The forward's tiles: narrow, wide, or tall (FlashTiles::Tall, where the head dims have them).
 enum class ForwardShape { Narrow, Wide, Tall };
+// The backward's: narrow, wide, or short (FlashTiles::Short, where the head dims have them).
+enum class BackwardShape { Narrow, Wide, Short };
 
 template <typename E, int Dqk, int Dv>
 struct Launchers {
   static bool has_tall_forward();
+  static bool has_short_backward();
   static size_t forward_bytes(ForwardShape shape);
-  static size_t backward_bytes(bool wide);
+  static size_t backward_bytes(BackwardShape shape);
   static Residency forward_residency(ForwardShape shape);
-  static Residency backward_residency(bool wide);
+  static Residency backward_residency(BackwardShape shape);
   static void forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o,
                       float* lse, ForwardShape shape);
   // dq_accum (fp32, dq's layout) must hold zeros; dsum = rowsum(dO ∘ O) per (b, h, i). A null
   // dq_accum computes dK and dV only.
   static void backward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
-                       const float* lse, const float* dsum, const E* dout, float* dq_accum, E* dk, E* dv, bool wide);
+                       const float* lse, const float* dsum, const E* dout, float* dq_accum, E* dk, E* dv,
+                       BackwardShape shape);
   // The deterministic backward's dQ, query-major and without atomics.
   static size_t backward_dq_bytes(bool wide);
   static void backward_dq(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,

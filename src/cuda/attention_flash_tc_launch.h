@@ -22,9 +22,24 @@ decltype(auto) with_forward_tiles(ForwardShape shape, F&& f) {
   return f(std::type_identity<ForwardTilesFor<Dqk, Dv, true>>{});
 }
 
+// The same for the backward's tiles (short falls back to wide where the head dims have none).
+template <int Dqk, int Dv, typename F>
+decltype(auto) with_backward_tiles(BackwardShape shape, F&& f) {
+  if constexpr (kHasShortBackward<Dv>) {
+    if (shape == BackwardShape::Short) return f(std::type_identity<BackwardTilesShort<Dqk, Dv>>{});
+  }
+  if (shape == BackwardShape::Narrow) return f(std::type_identity<BackwardTilesFor<Dqk, Dv, false>>{});
+  return f(std::type_identity<BackwardTilesFor<Dqk, Dv, true>>{});
+}
+
 template <typename E, int Dqk, int Dv>
 bool Launchers<E, Dqk, Dv>::has_tall_forward() {
   return kHasTallForward<Dv>;
+}
+
+template <typename E, int Dqk, int Dv>
+bool Launchers<E, Dqk, Dv>::has_short_backward() {
+  return kHasShortBackward<Dv>;
 }
 
 template <typename E, int Dqk, int Dv>
@@ -33,8 +48,8 @@ size_t Launchers<E, Dqk, Dv>::forward_bytes(ForwardShape shape) {
 }
 
 template <typename E, int Dqk, int Dv>
-size_t Launchers<E, Dqk, Dv>::backward_bytes(bool wide) {
-  return wide ? BackwardTilesFor<Dqk, Dv, true>::bytes : BackwardTilesFor<Dqk, Dv, false>::bytes;
+size_t Launchers<E, Dqk, Dv>::backward_bytes(BackwardShape shape) {
+  return with_backward_tiles<Dqk, Dv>(shape, [](auto tiles) { return decltype(tiles)::type::bytes; });
 }
 
 template <typename E, int Dqk, int Dv>
@@ -57,11 +72,11 @@ Residency Launchers<E, Dqk, Dv>::forward_residency(ForwardShape shape) {
 }
 
 template <typename E, int Dqk, int Dv>
-Residency Launchers<E, Dqk, Dv>::backward_residency(bool wide) {
-  using W = BackwardTilesFor<Dqk, Dv, true>;
-  using N = BackwardTilesFor<Dqk, Dv, false>;
-  return wide ? residency_of(flash_backward_tc_kernel<E, W, true>, W::Threads, W::bytes, "tensor-core flash backward")
-              : residency_of(flash_backward_tc_kernel<E, N, true>, N::Threads, N::bytes, "tensor-core flash backward");
+Residency Launchers<E, Dqk, Dv>::backward_residency(BackwardShape shape) {
+  return with_backward_tiles<Dqk, Dv>(shape, [](auto tiles) {
+    using F = typename decltype(tiles)::type;
+    return residency_of(flash_backward_tc_kernel<E, F, true>, F::Threads, F::bytes, "tensor-core flash backward");
+  });
 }
 
 template <typename E, int Dqk, int Dv>
@@ -75,12 +90,10 @@ void Launchers<E, Dqk, Dv>::forward(const Dims& d, const Mask& m, float scale, c
 template <typename E, int Dqk, int Dv>
 void Launchers<E, Dqk, Dv>::backward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
                                      const float* lse, const float* dsum, const E* dout, float* dq_accum, E* dk,
-                                     E* dv, bool wide) {
-  if (wide) {
-    launch_backward<E, BackwardTilesFor<Dqk, Dv, true>>(d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
-  } else {
-    launch_backward<E, BackwardTilesFor<Dqk, Dv, false>>(d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
-  }
+                                     E* dv, BackwardShape shape) {
+  with_backward_tiles<Dqk, Dv>(shape, [&](auto tiles) {
+    launch_backward<E, typename decltype(tiles)::type>(d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+  });
 }
 
 template <typename E, int Dqk, int Dv>

@@ -13,8 +13,8 @@
 //   needs no CUDA headers), fp32 accumulation, softmax statistics and lse; mma.m16n8k16 with
 //   operands through ldmatrix and key/value (forward) or query (backward) tiles double-buffered by
 //   cp.async. Head dims (Dqk, Dv): 64/64, 128/128, and latent attention's 96/64 and 192/128.
-//   Tiles come in two shapes, chosen per GPU by its shared memory, and the forward has a third
-//   (FlashTiles).
+//   Tiles come in two shapes, chosen per GPU by its shared memory, and the forward and the
+//   backward each have a third (FlashTiles).
 //   flash_forward_bf16 / flash_backward_bf16 — the same in bf16.
 //   standard_forward_cuda / standard_backward_cuda — the textbook computation that keeps the
 //   probability matrix P of every head (B·Hq·Tq·Tk elements in the workspace), with the products
@@ -50,8 +50,11 @@ enum class TensorCoreType { bf16, fp16 };
 // (4 warps) fits the 99 KiB of sm_86 and sm_89. Auto takes Wide where the GPU allows it. Tall
 // changes the forward only, for value head dims up to 64 (elsewhere it is Auto): 4 warps of 32
 // query rows each, 128 queries per block, so each warp reads every key and value fragment once
-// per 32 rows instead of 16 (the shape FlashAttention-2's forward uses), at more registers.
-enum class FlashTiles { Auto, Wide, Narrow, Tall };
+// per 32 rows instead of 16 (the shape FlashAttention-2's forward uses), at more registers. Short
+// changes the backward only, for value head dims up to 64 (elsewhere it is Auto): 4-warp blocks of
+// 64 keys walking query tiles of 32 rows, held to 168 registers so that three blocks share an SM
+// (12 warps instead of 8), for twice the dQ atomics of Wide.
+enum class FlashTiles { Auto, Wide, Narrow, Tall, Short };
 
 // Whether the tensor-core kernels have an instantiation for these head dims.
 bool flash_tc_supports(int64_t Dqk, int64_t Dv);
