@@ -11,6 +11,8 @@
 // and writes dSᵀ to shared memory; then the block computes the tile's dQ = dS K, each warp a
 // 16-query × Dqk/splits piece, and adds it into an fp32 accumulator in global memory with
 // atomics (a separate pass converts it). dK and dV are written once per key, summed over the group.
+// One barrier a tile: dSᵀ alternates between two buffers, and the next-but-one tile's copies are
+// queued only once that barrier shows every warp has finished reading the stage they overwrite.
 // With WithDq false the kernel leaves dQ alone: the deterministic backward computes it query-major
 // instead (attention_flash_tc_backward_dq.h), with no atomics and so no run-to-run variation.
 #pragma once
@@ -30,12 +32,15 @@ struct BackwardTiles {
   static constexpr int KS = Dqk + kPad, VS = Dv + kPad, QS = Dqk + kPad, OS = Dv + kPad, SS = BlockM + kPad;
   static constexpr int k_elems = BlockN * KS, v_elems = BlockN * VS, q_elems = BlockM * QS, o_elems = BlockM * OS,
                        s_elems = BlockN * SS;
-  static constexpr size_t elem_bytes = 2 * static_cast<size_t>(k_elems + v_elems + 2 * q_elems + 2 * o_elems + s_elems);
+  // dSᵀ is double-buffered only where dQ is computed here; the size covers both kernels.
+  static constexpr size_t elem_bytes =
+      2 * static_cast<size_t>(k_elems + v_elems + 2 * q_elems + 2 * o_elems + 2 * s_elems);
   static constexpr size_t bytes = elem_bytes + sizeof(float) * 4 * BlockM;  // lse·log2 e and D, two stages each
   // dQ's pieces: BlockM / 16 row groups, each split over Splits warps along Dqk.
   static constexpr int RowGroups = BlockM / 16, Splits = Warps / RowGroups, DqCols = Dqk / Splits;
   static_assert(Warps % RowGroups == 0 && Dqk % (16 * Splits) == 0, "dQ pieces must tile the warps");
   static_assert(Dqk % 16 == 0 && Dv % 16 == 0 && BlockM % 16 == 0, "tiles are whole 16 × 16 fragments");
+  static_assert(Warps > 4 || bytes <= 99 * 1024, "4-warp tiles must fit the 99 KiB a block of sm_86 and sm_89");
 };
 
 template <typename E, typename F, bool WithDq>
@@ -50,7 +55,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   E* Vs = Ks + F::k_elems;
   E* Qs = Vs + F::v_elems;      // two stages
   E* dOs = Qs + 2 * F::q_elems;  // two stages
-  E* dSs = dOs + 2 * F::o_elems;  // [BlockN keys][BlockM queries]
+  E* dSs = dOs + 2 * F::o_elems;  // two buffers of [BlockN keys][BlockM queries]
   float* Ls = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(smem) + F::elem_bytes);  // [2][BlockM]
   float* Ds = Ls + 2 * BlockM;                                                                   // [2][BlockM]
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -71,7 +76,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   const int64_t tiles_per_head = max(int64_t{0}, (d.Tq + BlockM - 1) / BlockM - first_tile);
   const int64_t total = j0 < key_limit ? d.group * tiles_per_head : 0;
   // Queues pair p's Q and dO rows and stores its lse (·log2 e; +∞ where a query sees nothing, so
-  // its P is 0) and D into stage p & 1.
+  // its P is 0) and D into stage p & 1 (stream_begin / stream_advance call it).
   auto load_pair = [&](int64_t p) {
     const int st = static_cast<int>(p & 1);
     const int64_t h = hk * d.group + p / tiles_per_head, i0 = (first_tile + p % tiles_per_head) * BlockM;
@@ -84,8 +89,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
       Ds[st * BlockM + r] = i < d.Tq ? dsum[(b * d.Hq + h) * d.Tq + i] : 0.0f;
     }
   };
-  if (total > 0) load_pair(0);
-  tc::cp_async_commit();
+  stream_begin(total, load_pair);  // K, V and pair 0 landed; pair 1 in flight
 
   float acc_dk[Dqk / 8][4] = {}, acc_dv[Dv / 8][4] = {};
   const int64_t key0 = j0 + warp * 16 + g;  // this lane's keys: key0, key0 + 8
@@ -94,14 +98,11 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   for (int64_t p = 0; p < total; ++p) {
     const int st = static_cast<int>(p & 1);
     const int64_t h = hk * d.group + p / tiles_per_head, i0 = (first_tile + p % tiles_per_head) * BlockM;
-    if (p + 1 < total) load_pair(p + 1);
-    tc::cp_async_commit();
-    tc::cp_async_wait<1>();
-    __syncthreads();
     const E* Qt = Qs + st * F::q_elems;
     const E* dOt = dOs + st * F::o_elems;
     const float* Lt = Ls + st * BlockM;
     const float* Dt = Ds + st * BlockM;
+    E* dSt = dSs + st * F::s_elems;
 
     float s[BlockM / 8][4] = {}, dp[BlockM / 8][4] = {};
     rows_times_rows<E, Dqk, BlockM>(s, Ks, F::KS, warp * 16, Qt, F::QS);
@@ -122,22 +123,24 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
       }
     accumulators_times_rows<E, BlockM, Dv>(acc_dv, s, dOt, F::OS);
     accumulators_times_rows<E, BlockM, Dqk>(acc_dk, dp, Qt, F::QS);
-    if constexpr (!WithDq) {
-      __syncthreads();  // the next pair's copies go into the stage just read
-    } else {
-      // dSᵀ to shared memory for the block's dQ product.
+    if constexpr (WithDq) {
+      // dSᵀ to this pair's buffer for the block's dQ product. The buffer was last read in pair
+      // p − 2's dQ product, which every warp finished before pair p − 1's barrier.
 #pragma unroll
       for (int n = 0; n < BlockM / 8; ++n) {
-        store2(dSs + (warp * 16 + g) * F::SS + n * 8 + 2 * t, dp[n][0], dp[n][1]);
-        store2(dSs + (warp * 16 + g + 8) * F::SS + n * 8 + 2 * t, dp[n][2], dp[n][3]);
+        store2(dSt + (warp * 16 + g) * F::SS + n * 8 + 2 * t, dp[n][0], dp[n][1]);
+        store2(dSt + (warp * 16 + g + 8) * F::SS + n * 8 + 2 * t, dp[n][2], dp[n][3]);
       }
-      __syncthreads();
+    }
+    // The tile's one barrier: pair p + 1 visible, dSᵀ complete, pair p + 2 queued into stage st.
+    stream_advance(p, total, load_pair);
+    if constexpr (WithDq) {
       // dQ rows rg·16 … + 15, columns split·DqCols … + DqCols: dS (queries × keys) · K.
       float dq[F::DqCols / 8][4] = {};
 #pragma unroll
       for (int kk = 0; kk < BlockN / 16; ++kk) {
         uint32_t a[4];
-        load_a_transposed(a, dSs, F::SS, rg * 16, kk * 16);
+        load_a_transposed(a, dSt, F::SS, rg * 16, kk * 16);
 #pragma unroll
         for (int n = 0; n < F::DqCols / 16; ++n) {
           uint32_t bk[4];
@@ -156,8 +159,6 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
           atomicAdd(row + n * 8 + 1, dq[n][2 * r + 1]);
         }
       }
-      // No barrier here: the next pair's copies go into the stage this one read before the barrier
-      // above, and dS is rewritten only after the next pair's first barrier.
     }
   }
   tc::cp_async_wait<0>();

@@ -5,7 +5,8 @@
 // the dQ pieces of different key blocks meet in an fp32 accumulator through atomics whose order
 // varies from run to run. Here a block owns BlockM = 16·Warps queries of one head, each warp 16 of
 // them, with their Q and dO rows in shared memory, and walks the key/value tiles they can see as
-// the forward does (two stages, cp.async filling tile j + 1 while tile j is computed). Per tile,
+// the forward does (two stages, cp.async filling tile j + 1 while tile j is computed, one
+// barrier a tile). Per tile,
 // each warp
 //   S = Q Kᵀ, dP = dO Vᵀ                          (16 × BlockN, fp32 in registers)
 //   P = exp2(S·scale·log2 e − lse·log2 e), dS = P ∘ (dP − D)·scale   (masked where needed)
@@ -58,11 +59,12 @@ __global__ void __launch_bounds__(F::Threads)
   load_rows<Dqk, BlockM, F::Threads>(Qs, q + b * d.Tq * q_row + h * Dqk, q_row, i0, d.Tq);
   load_rows<Dv, BlockM, F::Threads>(dOs, dout + b * d.Tq * o_row + h * Dv, o_row, i0, d.Tq);
   tc::cp_async_commit();
-  if (n_tiles > 0) {
-    load_rows<Dqk, BlockN, F::Threads>(Ks, kb, d.k_row, 0, d.Tk);
-    load_rows<Dv, BlockN, F::Threads>(Vs, vb, d.v_row, 0, d.Tk);
-  }
-  tc::cp_async_commit();
+  // Key/value tile j into stage j & 1.
+  auto load_tile = [&](int64_t j) {
+    load_rows<Dqk, BlockN, F::Threads>(Ks + (j & 1) * F::k_elems, kb, d.k_row, j * BlockN, d.Tk);
+    load_rows<Dv, BlockN, F::Threads>(Vs + (j & 1) * F::v_elems, vb, d.v_row, j * BlockN, d.Tk);
+  };
+  stream_begin(n_tiles, load_tile);  // Q, dO and tile 0 landed; tile 1 in flight
 
   const int64_t warp_row = i0 + warp * 16, row0 = warp_row + g;  // this lane's rows: row0, row0 + 8
   // Each row's lse·log2 e (+∞ where the row sees nothing or lies past Tq, so its P is 0) and D.
@@ -79,13 +81,6 @@ __global__ void __launch_bounds__(F::Threads)
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int stage = tile & 1;
     const int64_t j0 = static_cast<int64_t>(tile) * BlockN;
-    if (tile + 1 < n_tiles) {
-      load_rows<Dqk, BlockN, F::Threads>(Ks + (stage ^ 1) * F::k_elems, kb, d.k_row, j0 + BlockN, d.Tk);
-      load_rows<Dv, BlockN, F::Threads>(Vs + (stage ^ 1) * F::v_elems, vb, d.v_row, j0 + BlockN, d.Tk);
-    }
-    tc::cp_async_commit();
-    tc::cp_async_wait<1>();
-    __syncthreads();
     const E* Kt = Ks + stage * F::k_elems;
     const E* Vt = Vs + stage * F::v_elems;
 
@@ -105,7 +100,7 @@ __global__ void __launch_bounds__(F::Threads)
         s[n][e] = pv * (dp[n][e] - drow[r]) * scale;
       }
     accumulators_times_rows<E, BlockN, Dqk>(acc, s, Kt, F::KS);
-    __syncthreads();  // the next tile's copies go into the stage just read
+    stream_advance(tile, n_tiles, load_tile);  // tile + 1 visible, tile + 2 queued into this stage
   }
   tc::cp_async_wait<0>();
 

@@ -64,6 +64,34 @@ __device__ __forceinline__ void load_rows(E* dst, const E* src, int64_t stride, 
   }
 }
 
+// The tile loops' double buffering, one block barrier a tile. queue(j) issues tile j's cp.async
+// copies (and any plain shared stores of its own) into stage j & 1; every copy issued before
+// stream_begin (Q, K, V) is waited for with tile 0.
+//   stream_begin(n, queue): tiles 0 and 1 in flight; returns with tile 0 landed and visible.
+//   stream_advance(j, n, queue): after the block's last read of tile j's stage (and after any
+//     shared stores the whole block must see): waits for tile j + 1 (the only copies in flight),
+//     passes the barrier, which makes them visible and shows that no warp reads stage j & 1
+//     any more, then queues tile j + 2 into it. Tile j + 2 thus has all of tile j + 1's work
+//     to land in, and a warp never waits at a second barrier a tile for the others to finish
+//     reading. Block-uniform: every thread calls both with the same n and j.
+template <typename Queue>
+__device__ __forceinline__ void stream_begin(int64_t n, Queue&& queue) {
+  if (n > 0) queue(int64_t{0});
+  tc::cp_async_commit();
+  if (n > 1) queue(int64_t{1});
+  tc::cp_async_commit();
+  tc::cp_async_wait<1>();
+  __syncthreads();
+}
+
+template <typename Queue>
+__device__ __forceinline__ void stream_advance(int64_t j, int64_t n, Queue&& queue) {
+  tc::cp_async_wait<0>();
+  __syncthreads();
+  if (j + 2 < n) queue(j + 2);
+  tc::cp_async_commit();
+}
+
 // A 16 × 16 A-operand fragment from row-major shared rows [row0, row0 + 16), columns
 // [col0, col0 + 16) (ld elements per row).
 template <typename E>

@@ -3,8 +3,9 @@
 // A block owns BlockM = 16·MTiles·Warps queries of one head; each warp owns 16·MTiles of them, as
 // MTiles row tiles of 16 that share every key and value fragment it reads from shared memory (one
 // tile: one ldmatrix per mma pair; two: one per two pairs). Key and value tiles of BlockN rows
-// stream through shared memory in two stages: while the block computes on tile j, cp.async is
-// already filling the other stage with tile j + 1. Per tile, each warp
+// stream through shared memory in two stages with one block barrier a tile (stream_begin /
+// stream_advance): while the block computes on tile j, cp.async is already filling the other
+// stage with tile j + 1. Per tile, each warp
 //   S = Q Kᵀ        (16·MTiles × BlockN, fp32 in registers; Q and K fragments through ldmatrix)
 //   masks S only where the tile needs it (the causal diagonal, the sequence end, padding, documents)
 //   m' = max(m, rowmax S), P = exp2((S − m')·scale·log2 e), l = l·e^{m−m'} + rowsum P
@@ -56,11 +57,12 @@ __global__ void __launch_bounds__(F::Threads)
 
   load_rows<Dqk, BlockM, F::Threads>(Qs, qb, q_row, i0, d.Tq);
   tc::cp_async_commit();
-  if (n_tiles > 0) {
-    load_rows<Dqk, BlockN, F::Threads>(Ks, kb, d.k_row, 0, d.Tk);
-    load_rows<Dv, BlockN, F::Threads>(Vs, vb, d.v_row, 0, d.Tk);
-  }
-  tc::cp_async_commit();
+  // Key/value tile j into stage j & 1.
+  auto load_tile = [&](int64_t j) {
+    load_rows<Dqk, BlockN, F::Threads>(Ks + (j & 1) * F::k_elems, kb, d.k_row, j * BlockN, d.Tk);
+    load_rows<Dv, BlockN, F::Threads>(Vs + (j & 1) * F::v_elems, vb, d.v_row, j * BlockN, d.Tk);
+  };
+  stream_begin(n_tiles, load_tile);  // Q and tile 0 landed; tile 1 in flight
 
   float acc[MT][Dv / 8][4] = {};
   float row_max[MT][2], row_sum[MT][2];
@@ -75,13 +77,6 @@ __global__ void __launch_bounds__(F::Threads)
   for (int tile = 0; tile < n_tiles; ++tile) {
     const int stage = tile & 1;
     const int64_t j0 = static_cast<int64_t>(tile) * BlockN;
-    if (tile + 1 < n_tiles) {
-      load_rows<Dqk, BlockN, F::Threads>(Ks + (stage ^ 1) * F::k_elems, kb, d.k_row, j0 + BlockN, d.Tk);
-      load_rows<Dv, BlockN, F::Threads>(Vs + (stage ^ 1) * F::v_elems, vb, d.v_row, j0 + BlockN, d.Tk);
-    }
-    tc::cp_async_commit();
-    tc::cp_async_wait<1>();  // everything but the tile just queued has landed
-    __syncthreads();
     const E* Kt = Ks + stage * F::k_elems;
     const E* Vt = Vs + stage * F::v_elems;
 
@@ -124,7 +119,7 @@ __global__ void __launch_bounds__(F::Threads)
       }
     }
     accumulators_times_rows<E, BlockN, Dv, MT>(acc, s, Vt, F::VS);
-    __syncthreads();  // the next tile's copies go into the stage just read
+    stream_advance(tile, n_tiles, load_tile);  // tile + 1 visible, tile + 2 queued into this stage
   }
   tc::cp_async_wait<0>();
 
