@@ -224,13 +224,13 @@ if [ -n "$bin" ] && command -v ncu > /dev/null; then
   metrics=$metrics,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum
   metrics=$metrics,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,lts__t_sectors_op_red.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
   for reason in ${stalls//,/ }; do metrics=$metrics,smsp__average_warps_issue_stalled_${reason}_per_issue_active.ratio; done
+  run_ncu() {  # run_ncu NAME ncu-arguments…, for $tiles: stdout to logs/NAME, stderr to logs/NAME.err
+    local name="$1"; shift
+    timeout "$bench_limit" ncu "$@" -k regex:'flash_(forward|backward)_tc_kernel' --launch-count 2 \
+      "$bin/flashgpt" bench attention --device cuda --batch 4 --seq 4096 --hidden 2048 --head-dim 64 --causal no \
+      --tiles "$tiles" --repeats 1 > "$logs/$name" 2> "$logs/$name.err"
+  }
   for tiles in auto short tall; do
-    run_ncu() {  # run_ncu NAME ncu-arguments…: stdout to logs/NAME, stderr to logs/NAME.err
-      local name="$1"; shift
-      timeout "$bench_limit" ncu "$@" -k regex:'flash_(forward|backward)_tc_kernel' --launch-count 2 \
-        "$bin/flashgpt" bench attention --device cuda --batch 4 --seq 4096 --hidden 2048 --head-dim 64 --causal no \
-        --tiles "$tiles" --repeats 1 > "$logs/$name" 2> "$logs/$name.err"
-    }
     say "### tiles: $tiles"
     say ""
     if run_ncu "ncu_kernels_$tiles.csv" --csv --metrics "$metrics"; then
