@@ -13,8 +13,9 @@
 #   decode ≈ 2.5 min; attention + standard + latent-decode + flash-decode ≈ 8 min; sanitizer with
 #   the default filters not yet timed (memcheck of the six programs ≈ 35 s without the two slow
 #   tensor-core attention accuracy tests); ops not yet timed (expected under a minute; ≈ 6 GB of
-#   GPU memory); tiles (tall forward and short backward beside the automatic tiles, 48 cases, split
-#   out of attention) and kernels (six ncu runs) not yet timed: expected ≈ 3 and ≈ 1.5 min.
+#   GPU memory); tiles (tall forward, short backward and the wgmma forward beside the automatic
+#   tiles, 80 cases, split out of attention) and kernels (eight ncu runs) not yet timed: expected
+#   ≈ 4 and ≈ 2 min.
 #   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
 #                                         memcheck; racecheck: see GPU_CHECK_RACECHECK_FILTER)
 #   GPU_CHECK_RACECHECK_FILTER='*Graph*'  gtest filter for racecheck (default: small-shape tests for the
@@ -54,16 +55,18 @@ say "- host: $(uname -srm), $(nproc) cores"
 
 # --- programs -------------------------------------------------------------------------------
 bin=""
-if [ -z "${GPU_CHECK_USE_BUNDLE:-}" ] &&
+# The GPU's own architecture; Hopper's wgmma exists only in the architecture-specific sm_90a.
+gpu_arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
+[ "$gpu_arch" = 90 ] && gpu_arch=90a
+test_programs=(test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul
+               test_cuda_gpt test_cuda_warpgroup test_device test_attention)
+if [ -z "${GPU_CHECK_USE_BUNDLE:-}" ] && [ -n "$gpu_arch" ] &&
    cmake -S . -B build-gpu-here -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_MPI=OFF -DFLASHGPT_NATIVE=OFF \
-     -DCMAKE_CUDA_ARCHITECTURES=native -DFLASHGPT_BUILD_BENCH=OFF > "$logs/configure.log" 2>&1 &&
-   cmake --build build-gpu-here --parallel --target flashgpt_cli test_cuda_attention test_cuda_ops \
-     test_cuda_latent_decode test_cuda_matmul test_cuda_gpt test_device test_attention > "$logs/build.log" 2>&1; then
+     -DCMAKE_CUDA_ARCHITECTURES="$gpu_arch" -DFLASHGPT_BUILD_BENCH=OFF > "$logs/configure.log" 2>&1 &&
+   cmake --build build-gpu-here --parallel --target flashgpt_cli "${test_programs[@]}" > "$logs/build.log" 2>&1; then
   mkdir -p build-gpu-here/bin
-  cp build-gpu-here/flashgpt build-gpu-here/tests/test_cuda_attention build-gpu-here/tests/test_cuda_ops \
-     build-gpu-here/tests/test_cuda_latent_decode build-gpu-here/tests/test_cuda_matmul \
-     build-gpu-here/tests/test_cuda_gpt build-gpu-here/tests/test_device \
-     build-gpu-here/tests/test_attention build-gpu-here/bin/
+  cp build-gpu-here/flashgpt build-gpu-here/bin/
+  for p in "${test_programs[@]}"; do cp "build-gpu-here/tests/$p" build-gpu-here/bin/; done
   bin=build-gpu-here/bin
   say "- programs: built here (native architecture)"
 elif [ -d gpu-bundle/bin ]; then
@@ -117,7 +120,7 @@ if [ -n "$bin" ] && { want tests || want sanitizer; }; then
   say ""
   say "| check | result | time | summary |"
   say "|---|---|---|---|"
-  cuda_tests=(test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul test_cuda_gpt)
+  cuda_tests=(test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul test_cuda_gpt test_cuda_warpgroup)
   if want tests; then
     run info "$bin/flashgpt" info --preset d12
     run test_device "$bin/test_device"
@@ -192,17 +195,22 @@ fi
 # --- the tile shapes side by side: tall forward, short backward --------------------------------
 if want tiles; then
 say ""
-say "## Attention tile shapes at head dim 64: automatic, tall forward, short backward (each case back to back)"
+say "## Attention tile shapes: automatic, tall forward, short backward, Hopper's wgmma forward (each case back to back)"
 say ""
 if [ -n "$bin" ]; then
   # tall: the forward's 32 query rows a warp (the backward as auto); short: the backward's 32-query
-  # tiles, three blocks an SM (the forward as auto). The evidence for making either the default.
+  # tiles, three blocks an SM (the forward as auto); wgmma: the forward on Hopper's warpgroup MMA
+  # (elsewhere auto), also at head dim 128. The evidence for making any of them the default.
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768,2048 --head-dim 64 \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short --repeats 10 --json \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short,wgmma --repeats 10 --json \
+    >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
+    || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
+  timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 2048 --head-dim 128 \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
   jsonl_table "$out/gpu-check-$stamp-tiles.jsonl" "tiles={r['tiles']}" "B={r['batch']}" "H={r['heads']}" \
-    "T={r['seq']}" "causal={r['causal']}" "fwd ms={r['fwd_ms']:.3f}" "bwd ms={r['fwd_bwd_ms'] - r['fwd_ms']:.3f}" \
+    "D={r['head_dim']}" "T={r['seq']}" "causal={r['causal']}" "fwd ms={r['fwd_ms']:.3f}" "bwd ms={r['fwd_bwd_ms'] - r['fwd_ms']:.3f}" \
     "fwd+bwd ms={r['fwd_bwd_ms']:.3f}" "fwd TFLOP/s={r['fwd_tflops']:.1f}" "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" \
     "occupancy fwd/bwd (theoretical)={100 * r['fwd_occupancy']:.0f}% / {100 * r['bwd_occupancy']:.0f}%" \
     "max rel err={r['max_rel_err']:.1e}" >> "$report"
@@ -226,11 +234,11 @@ if [ -n "$bin" ] && command -v ncu > /dev/null; then
   for reason in ${stalls//,/ }; do metrics=$metrics,smsp__average_warps_issue_stalled_${reason}_per_issue_active.ratio; done
   run_ncu() {  # run_ncu NAME ncu-arguments…, for $tiles: stdout to logs/NAME, stderr to logs/NAME.err
     local name="$1"; shift
-    timeout "$bench_limit" ncu "$@" -k regex:'flash_(forward|backward)_tc_kernel' --launch-count 2 \
+    timeout "$bench_limit" ncu "$@" -k regex:'flash_(forward|backward)_(tc|wgmma)_kernel' --launch-count 2 \
       "$bin/flashgpt" bench attention --device cuda --batch 4 --seq 4096 --hidden 2048 --head-dim 64 --causal no \
       --tiles "$tiles" --repeats 1 > "$logs/$name" 2> "$logs/$name.err"
   }
-  for tiles in auto short tall; do
+  for tiles in auto short tall wgmma; do
     say "### tiles: $tiles"
     say ""
     if run_ncu "ncu_kernels_$tiles.csv" --csv --metrics "$metrics"; then

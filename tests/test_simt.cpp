@@ -2,7 +2,9 @@
 // on where no GPU exists: its shuffles, votes, barriers and WMMA tiles against their documented
 // semantics, and the faults it must report — a missing barrier, a deadlock, a warp mask naming an
 // exited lane, a bad launch, a misaligned tensor-core load — and the Ampere instructions
-// (mma.m16n8k16, ldmatrix, cp.async) against the PTX ISA's fragment layouts. Built only with the emulator.
+// (mma.m16n8k16, ldmatrix, cp.async) against the PTX ISA's fragment layouts, and the misuse of
+// Hopper's warpgroup MMA it must expose (its products are tested by test_cuda_warpgroup). Built only
+// with the emulator.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 
 #include "cuda/platform.h"
 #include "cuda/tensor_core.h"
+#include "cuda/warpgroup.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "testing/errors.h"
@@ -422,6 +425,82 @@ TEST(Simt, AmpereInstructionsReportMisuse) {
   const std::string unwaited = error_of(
       [&] { launch_kernel("unwaited", unwaited_copy_kernel, 1, 32, 512, nullptr, g.as<const __nv_bfloat16>()); });
   EXPECT_NE(unwaited.find("never waited for"), std::string::npos) << unwaited;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hopper's warpgroup MMA: a product lands only at its wait, its shared operands may be read as
+// late as the wait, and it needs all four warps of a warpgroup.
+constexpr int kWgN = 64;
+using WgTile = cuda::wg::SwizzledTile<64, 64>;
+
+// D = A·B with A = B = the 64 × 64 tile of ones (bf16 1.0 = 0x3F80): every element 64.
+// out[0] is what thread 0 read of D[0][0] before the wait, out[1] after it. With overwrite, the
+// block writes zeros over the operands between the issue and the wait.
+__global__ void wgmma_misuse_kernel(float* out, bool overwrite) {
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
+  auto* tile = reinterpret_cast<__nv_bfloat16*>(raw + (1024 - cuda::wg::smem_address(raw) % 1024) % 1024);
+  for (int i = static_cast<int>(threadIdx.x); i < WgTile::kElems; i += 128) tile[i] = __float2bfloat16(1.0f);
+  __syncthreads();
+  float d[kWgN / 8][4] = {};
+  for (int kk = 0; kk < 4; ++kk) {
+    cuda::wg::mma_ss<__nv_bfloat16, kWgN, false>(d, WgTile::k_major(tile, 0, 16 * kk), WgTile::k_major(tile, 0, 16 * kk),
+                                                 kk > 0);
+  }
+  cuda::wg::commit();
+  const float before = d[0][0];
+  if (overwrite) {
+    __syncthreads();
+    for (int i = static_cast<int>(threadIdx.x); i < WgTile::kElems; i += 128) tile[i] = __float2bfloat16(0.0f);
+  }
+  cuda::wg::wait<0>();
+  if (threadIdx.x == 0) {
+    out[0] = before;
+    out[1] = d[0][0];
+  }
+}
+
+__global__ void wgmma_partial_kernel() {
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
+  float d[kWgN / 8][4] = {};
+  const uint64_t desc = WgTile::k_major(raw, 0, 0);
+  if (threadIdx.x < 96) cuda::wg::mma_ss<__nv_bfloat16, kWgN, false>(d, desc, desc, false);  // warp 3 never comes
+  cuda::wg::commit();
+  cuda::wg::wait<0>();
+}
+
+__global__ void wgmma_unwaited_kernel() {
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
+  auto* tile = reinterpret_cast<__nv_bfloat16*>(raw + (1024 - cuda::wg::smem_address(raw) % 1024) % 1024);
+  for (int i = static_cast<int>(threadIdx.x); i < WgTile::kElems; i += 128) tile[i] = __float2bfloat16(1.0f);
+  __syncthreads();
+  float d[kWgN / 8][4] = {};
+  cuda::wg::mma_ss<__nv_bfloat16, kWgN, false>(d, WgTile::k_major(tile, 0, 0), WgTile::k_major(tile, 0, 0), false);
+  cuda::wg::commit();
+}
+
+TEST(Simt, WarpgroupMmaLandsAtItsWaitAndReportsMisuse) {
+  const size_t shared = 2 * WgTile::kElems + 1024;
+  cuda::DeviceBuffer out(2 * sizeof(float));
+  launch_kernel("wgmma", wgmma_misuse_kernel, 1, 128, shared, nullptr, out.as<float>(), false);
+  float got[2];
+  out.download(got, sizeof got);
+  EXPECT_EQ(got[0], 0.0f) << "the accumulators changed before the wait";
+  EXPECT_EQ(got[1], 64.0f);
+  // Zeros written over the operands before the wait: the operands are read at issue or at the
+  // wait, drawn per instruction, so over a few launches some product must come out short of 64.
+  bool short_of = false;
+  for (int run = 0; run < 8 && !short_of; ++run) {
+    launch_kernel("wgmma, operands overwritten", wgmma_misuse_kernel, 1, 128, shared, nullptr, out.as<float>(), true);
+    out.download(got, sizeof got);
+    short_of = got[1] != 64.0f;
+  }
+  EXPECT_TRUE(short_of) << "operands overwritten before the wait never showed";
+  const std::string partial = error_of([&] { launch_kernel("partial", wgmma_partial_kernel, 1, 128, shared, nullptr); });
+  EXPECT_NE(partial.find("which has exited"), std::string::npos) << partial;
+  const std::string small = error_of([&] { launch_kernel("small", wgmma_partial_kernel, 1, 96, shared, nullptr); });
+  EXPECT_NE(small.find("whole warpgroup"), std::string::npos) << small;
+  const std::string unwaited = error_of([&] { launch_kernel("unwaited", wgmma_unwaited_kernel, 1, 128, shared, nullptr); });
+  EXPECT_NE(unwaited.find("warpgroup MMAs never waited for"), std::string::npos) << unwaited;
 }
 
 }  // namespace

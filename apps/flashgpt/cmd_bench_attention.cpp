@@ -22,6 +22,7 @@
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
 #include "flashgpt/cuda/attention_bench_cuda.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
 #include "flashgpt/train/trainer.h"
 #include "svg_chart.h"
 
@@ -202,6 +203,7 @@ cuda::FlashTiles parse_tiles(const std::string& s) {
   if (s == "narrow") return cuda::FlashTiles::Narrow;
   if (s == "tall") return cuda::FlashTiles::Tall;
   if (s == "short") return cuda::FlashTiles::Short;
+  if (s == "wgmma") return cuda::FlashTiles::Wgmma;
   return cuda::FlashTiles::Auto;
 }
 
@@ -218,6 +220,17 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   if (!c.json) {
     std::printf("%s: tensor-core flash kernels (flash, flash_mla), standard kernel on cuBLASLt (standard, mla)\n\n",
                 dev.gpus.empty() ? "GPU" : dev.gpus.front().name.c_str());
+  }
+  // Hopper's wgmma forward where this GPU and build have it; elsewhere its cases are left out, not
+  // run under its name with the automatic tiles.
+  std::vector<std::string> gpu_tiles;
+  for (const std::string& t : c.gpu_tiles) {
+    if (t == "wgmma" && !cuda::warpgroup_mma_supported()) {
+      std::fprintf(stderr, "--tiles wgmma: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code): "
+                           "its cases are left out\n");
+      continue;
+    }
+    gpu_tiles.push_back(t);
   }
   cuda::FlashBenchCase bc;
   bc.type = c.precision == "fp16" ? cuda::TensorCoreType::fp16 : cuda::TensorCoreType::bf16;
@@ -240,7 +253,7 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
       for (int64_t B : batches) {
         for (bool causal : causal_modes) {
           for (const std::string& mech : mechs) {
-            for (const std::string& tiles : c.gpu_tiles) {  // several: the same case back to back
+            for (const std::string& tiles : gpu_tiles) {  // several: the same case back to back
               const Mechanism mk = parse_mechanism(mech);
               bc.dims = mechanism_dims(mk, B, T, H, c.head_dim, rope_dim);
               bc.kernel = mk.kernel;
@@ -415,10 +428,11 @@ void register_bench_attention(CLI::App& bench) {
       ->capture_default_str();
   sub->add_option("--tiles", c->gpu_tiles,
                   "GPU tile shapes: auto, wide (sm_80/sm_90), narrow (sm_86/sm_89), tall (the forward's 32 query "
-                  "rows a warp) or short (the backward's 32-query tiles, three blocks an SM), the last two for value "
-                  "head dims up to 64; several: each case with each, back to back")
+                  "rows a warp) or short (the backward's 32-query tiles, three blocks an SM), those two for value "
+                  "head dims up to 64, or wgmma (the forward on Hopper's warpgroup MMA, sm_90a, head dims that are "
+                  "multiples of 64); several: each case with each, back to back")
       ->delimiter(',')
-      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short"}))
+      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma"}))
       ->capture_default_str();
   sub->add_flag("--deterministic", c->deterministic,
                 "GPU: time the deterministic flash backward (dQ by a second, query-major kernel, no atomics)");

@@ -10,6 +10,7 @@
 #include "flashgpt/dist/comm.h"
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/threads.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
 
 extern "C" char* openblas_get_config(void);
 extern "C" char* openblas_get_corename(void);
@@ -71,9 +72,13 @@ void run_info(const InfoCli& c) {
     gpus.push_back({{"index", g.index}, {"name", g.name}, {"compute_capability", fmt::format("{}.{}", g.cc_major, g.cc_minor)},
                     {"memory_bytes", g.memory_bytes}, {"multiprocessors", g.multiprocessors}});
   }
+  // Hopper's warpgroup MMA (the wgmma forward, --tiles wgmma): a compute capability 9.0 GPU and
+  // sm_90a code in this build.
+  const bool wgmma = !dev.gpus.empty() && cuda::gpu_available() && cuda::warpgroup_mma_supported();
   nlohmann::json cuda = {{"built", dev.cuda_built},       {"architectures", dev.cuda_architectures},
                          {"driver_version", dev.driver_version}, {"runtime_version", dev.runtime_version},
-                         {"gpus", gpus},                  {"why_no_gpu", dev.why_none}};
+                         {"gpus", gpus},                  {"why_no_gpu", dev.why_none},
+                         {"wgmma", wgmma}};
   const dist::LaunchInfo launch = dist::launch_info();
   nlohmann::json mpi = {{"built", launch.mpi_built},
                         {"under_launcher", launch.under_launcher},
@@ -162,6 +167,10 @@ void run_info(const InfoCli& c) {
                   g.cc_minor, human_bytes(static_cast<double>(g.memory_bytes)).c_str(), g.multiprocessors);
     }
     if (dev.gpus.empty()) std::printf("  devices: cpu only; no GPU: %s\n", dev.why_none.c_str());
+    if (!dev.gpus.empty()) {
+      std::printf("  Hopper warpgroup MMA (wgmma, --tiles wgmma): %s\n",
+                  wgmma ? "available" : "no (needs compute capability 9.0 and sm_90a in the build's architectures)");
+    }
   }
   std::printf("  multi-process training: %s\n",
               !launch.mpi_built ? "not built (no MPI found at build time; install libopenmpi-dev and rebuild)"

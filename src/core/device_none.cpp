@@ -10,6 +10,7 @@
 #include "flashgpt/cuda/matmul_cuda.h"
 #include "flashgpt/cuda/ops_bench_cuda.h"
 #include "flashgpt/cuda/ops_cuda.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
 
 namespace flashgpt {
 
@@ -35,6 +36,10 @@ void flash_backward_fp32(const AttentionDims&, const AttentionMask&, float, cons
   fail("GPU attention: {}", kNoCuda);
 }
 bool flash_tc_supports(int64_t, int64_t) { return false; }
+bool warpgroup_mma_supported() { return false; }
+void warpgroup_mma_product(TensorCoreType, int, int, bool, bool, const uint16_t*, const uint16_t*, float*) {
+  fail("warpgroup MMA: {}", kNoCuda);
+}
 template <typename T>
 size_t standard_workspace_bytes(const AttentionDims&) {
   return 0;

@@ -12,6 +12,7 @@
 #include "cuda/attention_flash_tc_common.h"
 #include "cuda/device_math.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -98,6 +99,7 @@ void check_alignment(const AttentionDims& d, const char* what, std::initializer_
 template <typename L>
 ForwardShape forward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::Tall && L::has_tall_forward()) return ForwardShape::Tall;
+  if (tiles == FlashTiles::Wgmma && L::has_wgmma_forward() && warpgroup_mma_supported()) return ForwardShape::Wgmma;
   return use_wide(tiles, L::forward_bytes(ForwardShape::Wide)) ? ForwardShape::Wide : ForwardShape::Narrow;
 }
 

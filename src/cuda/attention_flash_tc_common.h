@@ -11,6 +11,7 @@
 #include "cuda/attention_mask_cuda.h"
 #include "cuda/platform.h"
 #include "cuda/tensor_core.h"
+#include "cuda/warpgroup.h"
 #include "flashgpt/attention/attention.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -74,19 +75,23 @@ __device__ __forceinline__ void load_rows(E* dst, const E* src, int64_t stride, 
 //     any more, then queues tile j + 2 into it. Tile j + 2 thus has all of tile j + 1's work
 //     to land in, and a warp never waits at a second barrier a tile for the others to finish
 //     reading. Block-uniform: every thread calls both with the same n and j.
-template <typename Queue>
+// ForWgmma: the tiles are read by wgmma (the async proxy), so each thread fences its landed copies
+// over to it before the barrier.
+template <bool ForWgmma = false, typename Queue>
 __device__ __forceinline__ void stream_begin(int64_t n, Queue&& queue) {
   if (n > 0) queue(int64_t{0});
   tc::cp_async_commit();
   if (n > 1) queue(int64_t{1});
   tc::cp_async_commit();
   tc::cp_async_wait<1>();
+  if constexpr (ForWgmma) wg::fence_proxy_async();
   __syncthreads();
 }
 
-template <typename Queue>
+template <bool ForWgmma = false, typename Queue>
 __device__ __forceinline__ void stream_advance(int64_t j, int64_t n, Queue&& queue) {
   tc::cp_async_wait<0>();
+  if constexpr (ForWgmma) wg::fence_proxy_async();
   __syncthreads();
   if (j + 2 < n) queue(j + 2);
   tc::cp_async_commit();
@@ -224,14 +229,16 @@ struct Residency {
   int threads = 0, blocks_per_sm = 0;
 };
 
-// The forward's tiles: narrow, wide, or tall (FlashTiles::Tall, where the head dims have them).
-enum class ForwardShape { Narrow, Wide, Tall };
+// The forward's tiles: narrow, wide, tall (FlashTiles::Tall), or Hopper's warpgroup MMA
+// (FlashTiles::Wgmma), where the head dims have them.
+enum class ForwardShape { Narrow, Wide, Tall, Wgmma };
 // The backward's: narrow, wide, or short (FlashTiles::Short, where the head dims have them).
 enum class BackwardShape { Narrow, Wide, Short };
 
 template <typename E, int Dqk, int Dv>
 struct Launchers {
   static bool has_tall_forward();
+  static bool has_wgmma_forward();
   static bool has_short_backward();
   static size_t forward_bytes(ForwardShape shape);
   static size_t backward_bytes(BackwardShape shape);

@@ -7,16 +7,20 @@
 #include "cuda/attention_flash_tc_backward.h"
 #include "cuda/attention_flash_tc_backward_dq.h"
 #include "cuda/attention_flash_tc_forward.h"
+#include "cuda/attention_flash_tc_forward_wgmma.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 namespace flash_tc {
 
-// Calls f(std::type_identity<Tiles>{}) with the forward's tiles for `shape` (tall falls back to
-// wide where the head dims have none).
+// Calls f(std::type_identity<Tiles>{}) with the forward's tiles for `shape` (tall and wgmma fall
+// back to wide where the head dims have none).
 template <int Dqk, int Dv, typename F>
 decltype(auto) with_forward_tiles(ForwardShape shape, F&& f) {
   if constexpr (kHasTallForward<Dv>) {
     if (shape == ForwardShape::Tall) return f(std::type_identity<ForwardTilesTall<Dqk, Dv>>{});
+  }
+  if constexpr (kHasWgmmaForward<Dqk, Dv>) {
+    if (shape == ForwardShape::Wgmma) return f(std::type_identity<ForwardTilesWgmmaFor<Dqk, Dv>>{});
   }
   if (shape == ForwardShape::Narrow) return f(std::type_identity<ForwardTilesFor<Dqk, Dv, false>>{});
   return f(std::type_identity<ForwardTilesFor<Dqk, Dv, true>>{});
@@ -35,6 +39,21 @@ decltype(auto) with_backward_tiles(BackwardShape shape, F&& f) {
 template <typename E, int Dqk, int Dv>
 bool Launchers<E, Dqk, Dv>::has_tall_forward() {
   return kHasTallForward<Dv>;
+}
+
+template <typename E, int Dqk, int Dv>
+bool Launchers<E, Dqk, Dv>::has_wgmma_forward() {
+  return kHasWgmmaForward<Dqk, Dv>;
+}
+
+// The forward kernel of tiles F: the warpgroup one for Hopper's tiles, else the mma.sync one.
+template <typename E, typename F>
+constexpr auto forward_kernel() {
+  if constexpr (requires { F::kWarpgroup; }) {
+    return flash_forward_wgmma_kernel<E, F>;
+  } else {
+    return flash_forward_tc_kernel<E, F>;
+  }
 }
 
 template <typename E, int Dqk, int Dv>
@@ -67,7 +86,7 @@ template <typename E, int Dqk, int Dv>
 Residency Launchers<E, Dqk, Dv>::forward_residency(ForwardShape shape) {
   return with_forward_tiles<Dqk, Dv>(shape, [](auto tiles) {
     using F = typename decltype(tiles)::type;
-    return residency_of(flash_forward_tc_kernel<E, F>, F::Threads, F::bytes, "tensor-core flash forward");
+    return residency_of(forward_kernel<E, F>(), F::Threads, F::bytes, "tensor-core flash forward");
   });
 }
 
@@ -83,7 +102,12 @@ template <typename E, int Dqk, int Dv>
 void Launchers<E, Dqk, Dv>::forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
                                     E* o, float* lse, ForwardShape shape) {
   with_forward_tiles<Dqk, Dv>(shape, [&](auto tiles) {
-    launch_forward<E, typename decltype(tiles)::type>(d, m, scale, q, k, v, o, lse);
+    using F = typename decltype(tiles)::type;
+    if constexpr (requires { F::kWarpgroup; }) {
+      launch_forward_wgmma<E, F>(d, m, scale, q, k, v, o, lse);
+    } else {
+      launch_forward<E, F>(d, m, scale, q, k, v, o, lse);
+    }
   });
 }
 

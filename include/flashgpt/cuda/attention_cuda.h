@@ -53,8 +53,11 @@ enum class TensorCoreType { bf16, fp16 };
 // per 32 rows instead of 16 (the shape FlashAttention-2's forward uses), at more registers. Short
 // changes the backward only, for value head dims up to 64 (elsewhere it is Auto): 4-warp blocks of
 // 64 keys walking query tiles of 32 rows, held to 168 registers so that three blocks share an SM
-// (12 warps instead of 8), for twice the dQ atomics of Wide.
-enum class FlashTiles { Auto, Wide, Narrow, Tall, Short };
+// (12 warps instead of 8), for twice the dQ atomics of Wide. Wgmma changes the forward only, on
+// Hopper (compute capability 9.0, a build with sm_90a code; elsewhere, and for head dims that are
+// not multiples of 64, it is Auto): two warpgroups of 64 query rows multiply whole 128-key tiles
+// with the warpgroup MMA (wgmma) from 128-byte-swizzled shared tiles.
+enum class FlashTiles { Auto, Wide, Narrow, Tall, Short, Wgmma };
 
 // Whether the tensor-core kernels have an instantiation for these head dims.
 bool flash_tc_supports(int64_t Dqk, int64_t Dv);

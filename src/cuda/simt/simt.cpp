@@ -37,7 +37,7 @@ constexpr int kMaxThreads = 1024;
 constexpr size_t kSharedOptIn = 232448;  // 227 KiB, an H100's opt-in limit per block
 constexpr int kSmCount = 132;
 
-enum class State { Runnable, AtBlock, AtWarp, Done };
+enum class State { Runnable, AtBlock, AtWarp, AtGroup, Done };
 
 // AddressSanitizer must be told about every stack switch, or it takes the fibers' stacks for
 // corrupt ones. No-ops in other builds.
@@ -133,6 +133,7 @@ const char* state_name(State s) {
     case State::Runnable: return "running";
     case State::AtBlock: return "at __syncthreads";
     case State::AtWarp: return "at a warp barrier";
+    case State::AtGroup: return "at a warpgroup instruction";
     case State::Done: return "exited";
   }
   return "?";
@@ -158,6 +159,21 @@ struct Fiber {
   };
   std::vector<Copy> open_copies;
   std::deque<std::vector<Copy>> copy_groups;
+  // Warpgroup MMAs (wgmma) issued and not yet waited for, in the same shape: the open group, then
+  // the committed ones. Each holds the operands this thread's outputs need — its two rows of A and
+  // its n / 4 columns of B — read at issue or, where !read, at the wait.
+  struct Mma {
+    MmaType type;
+    int n;
+    float* d;
+    bool accumulate, trans_a, trans_b, a_ready, read;
+    uint64_t a_desc, b_desc;
+    int rows[2];
+    float a[2][16];
+    std::vector<float> b;  // [n / 4][16]
+  };
+  std::vector<Mma> open_mmas;
+  std::deque<std::vector<Mma>> mma_groups;
 };
 
 // Fiber stacks, mapped once with a guard page below each and reused by every launch.
@@ -186,6 +202,7 @@ struct Launch {
   std::vector<Fiber> fibers;
   void* shared = nullptr;
   size_t shared_bytes = 0;
+  uint32_t shared_base = 0;  // where the dynamic shared memory starts in the block's shared window
   const std::function<void()>* body = nullptr;
   Fiber* current = nullptr;
   ucontext_t scheduler{};
@@ -286,6 +303,31 @@ bool release_warp(Launch& l, int base) {
   return released;
 }
 
+// Releases the warpgroup (threads 128·group …) when all its 128 threads wait at a warpgroup
+// instruction; one that has exited while the others wait is a fault.
+bool release_group(Launch& l, int group) {
+  const int base = group * 128, n = static_cast<int>(l.fibers.size());
+  if (base + 128 > n) return false;
+  bool any = false, all = true;
+  for (int i = base; i < base + 128; ++i) {
+    const Fiber& f = l.fibers[static_cast<size_t>(i)];
+    any = any || f.state == State::AtGroup;
+    all = all && f.state == State::AtGroup;
+  }
+  if (!any || all) {
+    if (all)
+      for (int i = base; i < base + 128; ++i) l.fibers[static_cast<size_t>(i)].state = State::Runnable;
+    return all;
+  }
+  for (int i = base; i < base + 128; ++i) {
+    if (l.fibers[static_cast<size_t>(i)].state == State::Done) {
+      fail("simt: kernel {}: warpgroup {} waits at a warpgroup instruction for thread {}, which has exited", l.name,
+           group, i);
+    }
+  }
+  return false;
+}
+
 // Runs f until it reaches a barrier or exits (its own function: swapcontext returns twice).
 [[gnu::noinline]] void resume(Launch& l, Fiber& f) {
   l.current = &f;
@@ -301,6 +343,8 @@ bool release_warp(Launch& l, int base) {
   f.state = State::Runnable;
   f.open_copies.clear();
   f.copy_groups.clear();
+  f.open_mmas.clear();
+  f.mma_groups.clear();
   f.stack = stack;
   f.fake_stack = nullptr;
   getcontext(&f.ctx);
@@ -348,6 +392,7 @@ void run_block(Launch& l, std::vector<int>& order) {
         if (l.error) std::rethrow_exception(l.error);
       }
       release_warp(l, w * 32);
+      release_group(l, w / 4);
       continue;
     }
     bool all_done = true, all_at_block = true;
@@ -361,6 +406,10 @@ void run_block(Launch& l, std::vector<int>& order) {
           fail("simt: kernel {} block ({}, {}, {}): thread {} exited with asynchronous copies never waited for",
                l.name, l.block_idx.x, l.block_idx.y, l.block_idx.z, f.linear);
         }
+        if (!f.open_mmas.empty() || !f.mma_groups.empty()) {
+          fail("simt: kernel {} block ({}, {}, {}): thread {} exited with warpgroup MMAs never waited for", l.name,
+               l.block_idx.x, l.block_idx.y, l.block_idx.z, f.linear);
+        }
       }
       return;
     }
@@ -371,6 +420,7 @@ void run_block(Launch& l, std::vector<int>& order) {
     }
     // Nothing can run: a warp barrier waits on a lane held elsewhere, or names an exited lane.
     for (int w = 0; w < warps; ++w) release_warp(l, w * 32);
+    for (int w = 0; w < warps; w += 4) release_group(l, w / 4);
     fail("simt: kernel {} block ({}, {}, {}) deadlocks: no barrier can complete{}", l.name, l.block_idx.x,
          l.block_idx.y, l.block_idx.z, describe_states(l));
   }
@@ -547,6 +597,132 @@ void cp_async_wait(int pending) {
   }
 }
 
+namespace {
+
+// The shared-memory byte address of element (mn, k) of a wgmma operand of 16-bit elements: the
+// canonical layouts of the PTX ISA's matrix descriptor, in 16-byte units T (8 elements),
+//   K-major,  no swizzle:   rows mn at 16 B within a core matrix, 8-row groups at SBO; k's two
+//                           8-element halves at LBO;
+//   K-major,  W-byte swizzle (W = 32, 64, 128): rows at W bytes, 8-row groups at SBO, k contiguous;
+//   MN-major, no swizzle:   8 mn contiguous, groups of 8 at SBO; k rows at 16 B, 8-k groups at LBO;
+//   MN-major, W-byte swizzle: W / 2 mn contiguous, the next W / 2 at LBO; k rows at W bytes, 8-k
+//                           groups at SBO;
+// then the swizzle: bits [4, 4 + log2(W / 16)) of the address XOR-ed with the bits 3 places up.
+uint32_t operand_address(uint64_t desc, bool mn_major, int mn, int k) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+  const uint32_t lbo = static_cast<uint32_t>(desc >> 16 & 0x3FFF) << 4;
+  const uint32_t sbo = static_cast<uint32_t>(desc >> 32 & 0x3FFF) << 4;
+  const int mode = static_cast<int>(desc >> 62 & 3);  // 0 none, 1 128 B, 2 64 B, 3 32 B
+  const uint32_t width = mode == 1 ? 128 : mode == 2 ? 64 : mode == 3 ? 32 : 16;
+  const auto m = static_cast<uint32_t>(mn), kk = static_cast<uint32_t>(k);
+  uint32_t off = 0;
+  if (!mn_major) {
+    off = mode == 0 ? (m % 8) * 16 + (m / 8) * sbo + (kk % 8) * 2 + (kk / 8) * lbo : (m % 8) * width + (m / 8) * sbo + kk * 2;
+  } else {
+    const uint32_t run = width / 2;  // mn elements contiguous
+    off = mode == 0 ? (m % 8) * 2 + (m / 8) * sbo + (kk % 8) * 16 + (kk / 8) * lbo
+                    : (m % run) * 2 + (m / run) * lbo + (kk % 8) * width + (kk / 8) * sbo;
+  }
+  uint32_t addr = start + off;
+  if (mode != 0) {
+    const uint32_t bits = mode == 1 ? 7 : mode == 2 ? 3 : 1;
+    addr ^= ((addr >> 7) & bits) << 4;
+  }
+  return addr;
+}
+
+float shared_element(MmaType type, uint32_t addr) {
+  const Launch& l = launch();
+  if (addr < l.shared_base || addr + 2 > l.shared_base + l.shared_bytes || addr % 2 != 0) {
+    kernel_fault("wgmma: an operand element at shared address " + std::to_string(addr) +
+                 " lies outside the block's dynamic shared memory");
+  }
+  uint16_t bits;
+  std::memcpy(&bits, static_cast<const unsigned char*>(l.shared) + (addr - l.shared_base), 2);
+  return element_of(type, bits, 0);
+}
+
+void read_operands(Fiber::Mma& op) {
+  if (!op.a_ready) {
+    for (int r = 0; r < 2; ++r)
+      for (int k = 0; k < 16; ++k) op.a[r][k] = shared_element(op.type, operand_address(op.a_desc, op.trans_a, op.rows[r], k));
+  }
+  const int t = lane() % 4;
+  op.b.resize(static_cast<size_t>(op.n / 4 * 16));
+  for (int c = 0; c < op.n / 4; ++c) {
+    const int col = 8 * (c / 2) + 2 * t + c % 2;
+    for (int k = 0; k < 16; ++k) {
+      op.b[static_cast<size_t>(c * 16 + k)] = shared_element(op.type, operand_address(op.b_desc, op.trans_b, col, k));
+    }
+  }
+}
+
+void apply(Fiber::Mma& op) {
+  if (!op.read) read_operands(op);
+  for (int i = 0; i < op.n / 2; ++i) {
+    const int j = i / 4, e = i % 4, r = e >> 1, c = 2 * j + (e & 1);
+    float acc = op.accumulate ? op.d[i] : 0.0f;
+    for (int k = 0; k < 16; ++k) acc += op.a[r][k] * op.b[static_cast<size_t>(c * 16 + k)];
+    op.d[i] = acc;
+  }
+}
+
+}  // namespace
+
+uint32_t shared_address(const void* p) {
+  const Launch& l = launch();
+  const auto* c = static_cast<const unsigned char*>(p);
+  const auto* base = static_cast<const unsigned char*>(l.shared);
+  if (c < base || c > base + l.shared_bytes) kernel_fault("shared_address: not a pointer into dynamic shared memory");
+  return l.shared_base + static_cast<uint32_t>(c - base);
+}
+
+void warpgroup_mma(MmaType type, int n, float* d, const uint32_t* a, uint64_t a_desc, uint64_t b_desc, bool trans_a,
+                   bool trans_b, bool accumulate) {
+  Launch& l = launch();
+  Fiber& f = *l.current;
+  if (n < 8 || n > 256 || n % 8 != 0) kernel_fault("wgmma: n must be a multiple of 8 from 8 to 256");
+  if ((a_desc >> 49 & 7) != 0 || (b_desc >> 49 & 7) != 0) kernel_fault("wgmma: a descriptor's base offset is not modelled");
+  const int base = f.linear / 128 * 128;
+  if (base + 128 > static_cast<int>(l.fibers.size())) kernel_fault("wgmma needs a whole warpgroup of 128 threads");
+  yield(State::AtGroup);  // .sync.aligned: the warpgroup's four warps issue it together
+  Fiber::Mma op{type, n, d, accumulate, trans_a, trans_b, a != nullptr, false, a_desc, b_desc, {}, {}, {}};
+  const int own = lane(), g = own / 4, w = f.linear % 128 / 32;
+  op.rows[0] = 16 * w + g;
+  op.rows[1] = 16 * w + g + 8;
+  if (a) {
+    struct Regs {
+      uint32_t a[4];
+    } mine{};
+    std::memcpy(mine.a, a, sizeof(mine.a));
+    const auto lanes = begin_collective(&mine, "wgmma");
+    // a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1], a2 = A[g][2t+8, 2t+9], a3 = A[g+8][2t+8, 2t+9].
+    for (int r = 0; r < 2; ++r)
+      for (int k = 0; k < 16; ++k) {
+        const auto& from = *static_cast<const Regs*>(lanes[static_cast<size_t>(4 * g + (k % 8) / 2)]);
+        op.a[r][k] = element_of(type, from.a[r + 2 * (k / 8)], k % 2);
+      }
+    end_collective();
+  }
+  op.read = order_rng()() % 2 == 0;
+  if (op.read) read_operands(op);
+  f.open_mmas.push_back(std::move(op));
+}
+
+void warpgroup_commit() {
+  Fiber& f = *launch().current;
+  f.mma_groups.push_back(std::move(f.open_mmas));
+  f.open_mmas.clear();
+}
+
+void warpgroup_wait(int pending) {
+  Fiber& f = *launch().current;
+  while (static_cast<int>(f.mma_groups.size()) > pending) {
+    for (auto& op : f.mma_groups.front()) apply(op);
+    f.mma_groups.pop_front();
+  }
+}
+
 void reseed(uint64_t seed) { order_rng().seed(seed); }
 
 namespace {
@@ -587,6 +763,7 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t shared, const std:
   std::unique_ptr<void, decltype(&std::free)> smem_owner(smem, &std::free);
   l.shared = smem;
   l.shared_bytes = shared;
+  l.shared_base = static_cast<uint32_t>(128 * (order_rng()() % 8));
   std::vector<int> order(threads);
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
   // Blocks run one at a time in a shuffled order: the hardware promises no order between the blocks

@@ -88,6 +88,33 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int pending);
 
+// Hopper's warpgroup MMA (wgmma.mma_async, sm_90a), a collective of the four warps of a
+// warpgroup (threads 128w … 128w + 127, every one calling it together):
+//   D (64 × n, fp32) = A (64 × 16) · B (16 × n) (+ D where accumulate), n a multiple of 8 up to 256.
+// A comes from registers (a: four per thread, mma.m16n8k16's A layout for the warp's 16 rows) or,
+// where a is null, from shared memory through a_desc; B always from shared memory through b_desc.
+// A descriptor is the PTX ISA's 64-bit matrix descriptor (start address, leading and stride byte
+// offsets, swizzle mode), read exactly as the hardware reads it: the canonical K-major or, where
+// trans_*, MN-major layout, with the swizzle a function of the shared-memory address bits. d is
+// this thread's n / 2 accumulators in the wgmma D layout (chunk j of 8 columns: d[4j + e] =
+// D[16·warp + lane / 4 + 8(e / 2)][8j + 2(lane % 4) + e % 2]).
+// As on the hardware, the product lands only when its thread waits for its group
+// (warpgroup_commit closes a group, warpgroup_wait(N) waits until at most N are pending): a read
+// of d before the wait sees the old values. The shared operands are read at random either at
+// issue or at the wait, so a kernel that overwrites them before waiting gets a wrong answer.
+// Not modelled: the wgmma.fence rules (what the hardware requires before the first wgmma and
+// after registers change), the generic-to-async proxy fence (fence.proxy.async), a descriptor's
+// matrix base offset (refused), and different descriptors from the threads of one warpgroup.
+void warpgroup_mma(MmaType type, int n, float* d, const uint32_t* a, uint64_t a_desc, uint64_t b_desc, bool trans_a,
+                   bool trans_b, bool accumulate);
+void warpgroup_commit();
+void warpgroup_wait(int pending);
+// The calling thread's address of p in the block's shared-memory window (what cvta.to.shared
+// gives on the hardware). The emulated dynamic shared memory starts at a random multiple of 128
+// bytes in the window, as the hardware promises no more, so a kernel that needs a tile 1024-byte
+// aligned must align it itself.
+uint32_t shared_address(const void* p);
+
 // Streams and graphs. Work queued on a stream runs at once (one host thread, in order), except
 // while that stream captures: then it is recorded exactly as queued (a kernel with the argument
 // values of its launch, a copy with its pointers) instead of run, and runs each time the graph

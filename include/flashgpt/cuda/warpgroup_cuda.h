@@ -1,0 +1,26 @@
+// Hopper's warpgroup tensor-core instructions (wgmma, cuda/warpgroup.h) on their own: whether this
+// GPU and build can run them, and one product through them for the tests that hold the
+// instruction layer — descriptors, swizzled tiles, fragment layouts — to a plain product, on the
+// hardware and on the emulator alike. The kernels built on them (the Hopper flash forward) are
+// tested through their own entry points.
+#pragma once
+
+#include <cstdint>
+
+#include "flashgpt/cuda/abi.h"
+#include "flashgpt/cuda/attention_cuda.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+// True when the current GPU is compute capability 9.0 and this build carries sm_90a code for it
+// (the architecture-specific instructions exist nowhere else); the emulator counts as one.
+bool warpgroup_mma_supported();
+
+// d (64 × n fp32, row-major) = a (64 × k, row-major) · B, where B (k × n) is given as b = Bᵀ
+// ([n][k], row-major: B K-major) or, where b_mn_major, b = B ([k][n]). A reaches the tensor cores
+// from registers (a_in_registers) or from shared memory. n ∈ {64, 128, 256}, k ∈ {64, 128}; 16-bit
+// elements of `type`; device pointers, 16-byte aligned. Throws where !warpgroup_mma_supported().
+void warpgroup_mma_product(TensorCoreType type, int n, int k, bool a_in_registers, bool b_mn_major, const uint16_t* a,
+                           const uint16_t* b, float* d);
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

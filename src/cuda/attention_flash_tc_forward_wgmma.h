@@ -1,0 +1,180 @@
+// The FlashAttention forward on Hopper's warpgroup MMA (wgmma, sm_90a; FlashTiles::Wgmma): the
+// tensor-core forward's algorithm (attention_flash_tc_forward.h) with each warpgroup of four warps
+// owning 64 query rows and multiplying whole tiles in one asynchronous instruction stream instead
+// of per-warp mma.sync fragments.
+//
+// A block of Groups warpgroups owns BlockM = 64·Groups queries of one head. Q, and key and value
+// tiles of BlockN rows, sit in 128-byte-swizzled shared tiles (warpgroup.h), Q loaded once and K/V
+// streamed through two stages by cp.async with one block barrier a tile (stream_begin /
+// stream_advance, with the generic-to-async proxy fence the tensor cores' shared-memory reads
+// need). Per tile, each warpgroup
+//   S = Q Kᵀ   Dqk / 16 wgmmas m64n{BlockN}k16, A (its 64 rows of Q) and B (K, K-major) from shared
+//              memory, into registers laid out as mma.sync's C, chunk by chunk;
+//   masks and the online softmax exactly as the mma.sync forward, each thread holding two rows;
+//   O += P V   BlockN / 16 wgmmas m64n{Dv}k16 with P from registers (the accumulators of S packed
+//              into A fragments, as FlashAttention-2 reuses them) and V MN-major from shared memory.
+// Each group of wgmmas is waited for before its result is read (no overlap of the softmax with the
+// tensor cores yet: FlashAttention-3's ping-pong and intra-warpgroup pipelining are the next step).
+#pragma once
+
+#include <cmath>
+
+#include "cuda/attention_flash_tc_common.h"
+#include "cuda/warpgroup.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+namespace flash_tc {
+
+template <int Dqk_, int Dv_, int BlockN_, int Groups_ = 2>
+struct ForwardTilesWgmma {
+  static constexpr bool kWarpgroup = true;
+  static constexpr int Dqk = Dqk_, Dv = Dv_, BlockN = BlockN_, Groups = Groups_;
+  static constexpr int BlockM = 64 * Groups, Threads = 128 * Groups;
+  using QTile = wg::SwizzledTile<BlockM, Dqk>;
+  using KTile = wg::SwizzledTile<BlockN, Dqk>;
+  using VTile = wg::SwizzledTile<BlockN, Dv>;
+  // Two stages of K and V, and 1024 bytes to align the tiles (the swizzle is a function of
+  // shared-memory address bits; the window promises 128).
+  static constexpr size_t bytes = 2 * static_cast<size_t>(QTile::kElems + 2 * KTile::kElems + 2 * VTile::kElems) + 1024;
+  static_assert(BlockN == 64 || BlockN == 128 || BlockN == 256, "S is one wgmma wide");
+  static_assert(Dv == 64 || Dv == 128 || Dv == 256, "O is one wgmma wide");
+};
+
+// Head dims with a Hopper forward: whole 64-element swizzle panels.
+template <int Dqk, int Dv>
+constexpr bool kHasWgmmaForward = Dqk % 64 == 0 && Dv % 64 == 0;
+// 128 keys a tile up to Dqk = 128 (161 KiB of shared memory at 128/128), 64 beyond.
+template <int Dqk, int Dv>
+using ForwardTilesWgmmaFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64>;
+
+template <typename E, typename F>
+__global__ void __launch_bounds__(F::Threads)
+    flash_forward_wgmma_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
+                               const E* __restrict__ v, E* __restrict__ o, float* __restrict__ lse) {
+#if FLASHGPT_HAS_WGMMA
+  constexpr int Dqk = F::Dqk, Dv = F::Dv, BlockM = F::BlockM, BlockN = F::BlockN;
+  using QTile = typename F::QTile;
+  using KTile = typename F::KTile;
+  using VTile = typename F::VTile;
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
+  E* Qs = reinterpret_cast<E*>(raw + (1024 - wg::smem_address(raw) % 1024) % 1024);
+  E* Ks = Qs + QTile::kElems;      // two stages
+  E* Vs = Ks + 2 * KTile::kElems;  // two stages
+  const int tid = static_cast<int>(threadIdx.x), group = tid / 128, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.z, h = blockIdx.y, hk = h / d.group;
+  const int64_t i0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BlockM;
+  const int64_t q_row = d.Hq * Dqk, o_row = d.Hq * Dv;
+  const E* qb = q + b * d.Tq * q_row + h * Dqk;
+  const E* kb = k + b * d.kv_rows * d.k_row + hk * Dqk;
+  const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;
+  const float scale_log2 = scale * kLog2e;
+
+  const int64_t key_limit = key_limit_of(d, m, b);
+  const int64_t q_off = causal_offset(m, b);
+  const int n_tiles = key_tiles_of<BlockM, BlockN>(d, m, b, i0, key_limit);
+
+  wg::load_rows_swizzled<Dqk, BlockM, F::Threads>(Qs, qb, q_row, i0, d.Tq);
+  tc::cp_async_commit();
+  auto load_tile = [&](int64_t j) {
+    wg::load_rows_swizzled<Dqk, BlockN, F::Threads>(Ks + (j & 1) * KTile::kElems, kb, d.k_row, j * BlockN, d.Tk);
+    wg::load_rows_swizzled<Dv, BlockN, F::Threads>(Vs + (j & 1) * VTile::kElems, vb, d.v_row, j * BlockN, d.Tk);
+  };
+  stream_begin<true>(n_tiles, load_tile);
+
+  float acc[Dv / 8][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+  // This warp's 16 rows of its group's 64; the lane's rows are row0 and row0 + 8.
+  const int64_t warp_row = i0 + 64 * group + 16 * (tid % 128 / 32), row0 = warp_row + g;
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int stage = tile & 1;
+    const int64_t j0 = static_cast<int64_t>(tile) * BlockN;
+    const E* Kt = Ks + stage * KTile::kElems;
+    const E* Vt = Vs + stage * VTile::kElems;
+
+    float s[BlockN / 8][4];
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < Dqk / 16; ++kk) {
+      wg::mma_ss<E, BlockN, false>(s, QTile::k_major(Qs, 64 * group, 16 * kk), KTile::k_major(Kt, 0, 16 * kk), kk > 0);
+    }
+    wg::commit();
+    wg::wait<0>();
+    wg::hold(s);
+
+    const bool needs_mask = m.q_seg || j0 + BlockN > key_limit || (m.causal && j0 + BlockN - 1 > q_off + warp_row);
+    if (needs_mask) {
+#pragma unroll
+      for (int n = 0; n < BlockN / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (!visible(d, m, b, row0 + (e >> 1) * 8, j0 + n * 8 + 2 * t + (e & 1))) s[n][e] = -INFINITY;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = row_max[r];
+#pragma unroll
+      for (int n = 0; n < BlockN / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+      mx = quad_max(mx);
+      const float base = mx == -INFINITY ? 0.0f : mx * scale_log2;  // a row with nothing visible yet stays at 0
+      const float alpha = exp2f(row_max[r] * scale_log2 - base);
+      row_max[r] = mx;
+      float sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < BlockN / 8; ++n) {
+        s[n][2 * r] = exp2f(s[n][2 * r] * scale_log2 - base);
+        s[n][2 * r + 1] = exp2f(s[n][2 * r + 1] * scale_log2 - base);
+        sum += s[n][2 * r] + s[n][2 * r + 1];
+      }
+      row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+      for (int n = 0; n < Dv / 8; ++n) {
+        acc[n][2 * r] *= alpha;
+        acc[n][2 * r + 1] *= alpha;
+      }
+    }
+
+    uint32_t p[BlockN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BlockN / 16; ++kk) accumulators_as_a<E>(p[kk], s, kk);
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < BlockN / 16; ++kk) wg::mma_rs<E, Dv, true>(acc, p[kk], VTile::mn_major(Vt, 16 * kk), true);
+    wg::commit();
+    wg::wait<0>();
+    wg::hold(acc);
+    wg::hold(p);
+    stream_advance<true>(tile, n_tiles, load_tile);
+  }
+  tc::cp_async_wait<0>();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float sum = quad_sum(row_sum[r]);
+    const int64_t i = row0 + r * 8;
+    if (i >= d.Tq) continue;
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key writes zeros
+    E* out = o + (b * d.Tq + i) * o_row + h * Dv;
+#pragma unroll
+    for (int n = 0; n < Dv / 8; ++n) store2(out + n * 8 + 2 * t, acc[n][2 * r] * inv, acc[n][2 * r + 1] * inv);
+    if (t == 0) lse[(b * d.Hq + h) * d.Tq + i] = sum > 0.0f ? row_max[r] * scale + logf(sum) : -INFINITY;
+  }
+#else
+  (void)d, (void)m, (void)scale, (void)q, (void)k, (void)v, (void)o, (void)lse;
+  __trap();  // not built for sm_90a: the host side never launches it there
+#endif
+}
+
+template <typename E, typename F>
+void launch_forward_wgmma(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o,
+                          float* lse) {
+  allow_shared(flash_forward_wgmma_kernel<E, F>, F::bytes, "Hopper flash forward");
+  const dim3 grid(static_cast<unsigned>((d.Tq + F::BlockM - 1) / F::BlockM), static_cast<unsigned>(d.Hq),
+                  static_cast<unsigned>(d.B));
+  launch_kernel("Hopper flash forward", flash_forward_wgmma_kernel<E, F>, grid, F::Threads, F::bytes, nullptr, d, m,
+                scale, q, k, v, o, lse);
+}
+
+}  // namespace flash_tc
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,0 +1,100 @@
+// Hopper's warpgroup instructions (wgmma, src/cuda/warpgroup.h) against a plain product of the same
+// 16-bit values: matrix descriptors, 128-byte-swizzled shared tiles, A from shared memory and from
+// registers, B K-major and MN-major, every width the kernels use and two depths (one and two
+// 64-column panels of A). On an H100 or H200 this holds our reading of the PTX ISA's layouts to
+// the hardware; on the emulator, the emulator to the same reading. Skipped, visibly, without a GPU
+// that has the instructions (compute capability 9.0 and a build with sm_90a code).
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "flashgpt/core/device.h"
+#include "flashgpt/core/error.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
+#include "testing/bf16.h"
+
+namespace flashgpt {
+namespace {
+
+uint16_t to_bits(cuda::TensorCoreType t, float x) {
+  return t == cuda::TensorCoreType::bf16 ? testing::to_bf16(x) : testing::to_f16(x);
+}
+float from_bits(cuda::TensorCoreType t, uint16_t b) {
+  return t == cuda::TensorCoreType::bf16 ? testing::from_bf16(b) : testing::from_f16(b);
+}
+
+std::string skip_reason() {
+  if (!cuda::gpu_available()) return "no GPU: " + probe_devices().why_none;
+  if (!cuda::warpgroup_mma_supported()) return "this GPU or build has no wgmma (compute capability 9.0, sm_90a code)";
+  return "";
+}
+
+TEST(CudaWarpgroup, ProductsMatchAPlainProductInEveryLayout) {
+  if (const std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  Rng rng(7);
+  for (const auto type : {cuda::TensorCoreType::bf16, cuda::TensorCoreType::fp16}) {
+    for (const int n : {64, 128, 256}) {
+      for (const int k : {64, 128}) {
+        for (const bool a_in_registers : {false, true}) {
+          for (const bool b_mn_major : {false, true}) {
+            SCOPED_TRACE(fmt::format("{} n {} k {} A from {} B {}", type == cuda::TensorCoreType::bf16 ? "bf16" : "fp16",
+                                     n, k, a_in_registers ? "registers" : "shared memory",
+                                     b_mn_major ? "MN-major" : "K-major"));
+            // Small integers and halves: every product and sum is exact in fp32, so the result
+            // must match to the bit whatever order the tensor cores add in.
+            std::vector<uint16_t> a(static_cast<size_t>(64 * k)), b(static_cast<size_t>(k * n));
+            std::vector<float> af(a.size()), bf(b.size());  // bf as B[kk][nn]
+            for (size_t i = 0; i < a.size(); ++i) {
+              af[i] = static_cast<float>(static_cast<int>(rng.uniform() * 9) - 4);
+              a[i] = to_bits(type, af[i]);
+            }
+            for (int kk = 0; kk < k; ++kk)
+              for (int nn = 0; nn < n; ++nn) {
+                const float v = 0.5f * static_cast<float>(static_cast<int>(rng.uniform() * 7) - 3);
+                bf[static_cast<size_t>(kk * n + nn)] = v;
+                const size_t at = b_mn_major ? static_cast<size_t>(kk * n + nn) : static_cast<size_t>(nn * k + kk);
+                b[at] = to_bits(type, v);
+              }
+            cuda::DeviceBuffer da(a.size() * 2), db(b.size() * 2), dd(static_cast<size_t>(64 * n) * 4);
+            da.upload(a.data(), a.size() * 2);
+            db.upload(b.data(), b.size() * 2);
+            dd.fill_bytes(0xFF);
+            cuda::warpgroup_mma_product(type, n, k, a_in_registers, b_mn_major, da.as<uint16_t>(), db.as<uint16_t>(),
+                                        dd.as<float>());
+            cuda::synchronize();
+            std::vector<float> d(static_cast<size_t>(64 * n));
+            dd.download(d.data(), d.size() * 4);
+            int wrong = 0;
+            for (int r = 0; r < 64; ++r)
+              for (int c = 0; c < n; ++c) {
+                float want = 0;
+                for (int kk = 0; kk < k; ++kk) {
+                  want += from_bits(type, a[static_cast<size_t>(r * k + kk)]) * bf[static_cast<size_t>(kk * n + c)];
+                }
+                const float got = d[static_cast<size_t>(r * n + c)];
+                if (got != want && wrong++ < 5) ADD_FAILURE() << "D[" << r << "][" << c << "] = " << got << ", want " << want;
+              }
+            EXPECT_EQ(wrong, 0) << "elements wrong of " << 64 * n;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(CudaWarpgroup, RefusesSizesItHasNoInstructionFor) {
+  if (const std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  cuda::DeviceBuffer buf(64 * 256 * 4);
+  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 96, 64, false, false, buf.as<uint16_t>(),
+                                           buf.as<uint16_t>(), buf.as<float>()),
+               Error);
+  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 64, 32, false, false, buf.as<uint16_t>(),
+                                           buf.as<uint16_t>(), buf.as<float>()),
+               Error);
+}
+
+}  // namespace
+}  // namespace flashgpt
