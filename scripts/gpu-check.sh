@@ -297,7 +297,7 @@ say "## MLA latent decode: batch 128, 128 heads, 576/512 rows, pages of 64 (agai
 say ""
 if [ -n "$bin" ]; then
   if timeout "$bench_limit" "$bin/flashgpt" bench latent-decode --batch 128 --heads 128 --latent 512 --rope 64 \
-       --context 1024,2048,4096,8192,16384,32768 --kernel tensor-cores,cuda-cores --repeats 10 --json \
+       --context 1024,2048,4096,8192,16384,32768 --kernel wgmma,tensor-cores,cuda-cores --repeats 10 --json \
        > "$out/gpu-check-$stamp-latent-decode.jsonl" 2> "$logs/bench_latent_decode.err"; then
     jsonl_table "$out/gpu-check-$stamp-latent-decode.jsonl" "kernel={r['kernel']}" "context={r['context']}" \
       "splits={r['splits']}" "ms={r['ms']:.3f}" "GB/s={r['gbps']:.0f}" "copy GB/s={r['copy_gbps']:.0f}" \

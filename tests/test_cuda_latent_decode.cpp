@@ -24,6 +24,7 @@
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/latent_decode_bench_cuda.h"
 #include "flashgpt/cuda/latent_decode_cuda.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
 #include "testing/bf16.h"
 
 namespace flashgpt {
@@ -265,6 +266,42 @@ TEST(CudaLatentDecode, TensorCoreKernelIsAsAccurateAsAPlainBf16Computation) {
       const Bf16Run r = run_bf16(c, 7, opt);
       EXPECT_LE(r.ours, 2 * r.plain + 1e-6) << "ours " << r.ours << " against plain bf16 " << r.plain;
     }
+  }
+}
+
+// Hopper's kernel (wgmma) on the tensor-core cases it runs (576/512 rows), held to the same bound.
+TEST(CudaLatentDecode, WgmmaKernelIsAsAccurateAsAPlainBf16Computation) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  if (!cuda::warpgroup_mma_supported()) GTEST_SKIP() << "this GPU or build has no wgmma (compute capability 9.0, sm_90a)";
+  int run = 0;
+  for (const Case& c : kTensorCoreCases) {
+    if (c.nl != 512 || c.rope != 64) continue;
+    for (int splits : {0, 1, 2, 5}) {
+      SCOPED_TRACE(fmt::format("{} splits {}", name(c), splits));
+      cuda::LatentDecodeOptions opt;
+      opt.splits = splits;
+      opt.kernel = cuda::LatentDecodeKernel::Wgmma;
+      const auto plan = cuda::plan_latent_decode<bf16>(
+          cuda::PagedLatentDims{static_cast<int64_t>(c.lens.size()), c.H, c.Tq, c.nl, c.rope, c.page,
+                                (*std::max_element(c.lens.begin(), c.lens.end()) + c.page - 1) / c.page},
+          opt);
+      EXPECT_EQ(plan.kernel, cuda::LatentDecodeKernel::Wgmma);
+      EXPECT_EQ(plan.rows_per_block, 64);
+      DeviceBuffer ws(std::max<size_t>(plan.workspace_bytes, 1));
+      ws.fill_bytes(0xFF);
+      if (run++ % 2 == 1) opt.workspace = ws.get();
+      const Bf16Run r = run_bf16(c, 7, opt);
+      EXPECT_LE(r.ours, 2 * r.plain + 1e-6) << "ours " << r.ours << " against plain bf16 " << r.plain;
+    }
+  }
+  // Sizes it has no kernel for are refused by name.
+  cuda::LatentDecodeOptions opt;
+  opt.kernel = cuda::LatentDecodeKernel::Wgmma;
+  try {
+    (void)cuda::plan_latent_decode<bf16>(cuda::PagedLatentDims{2, 8, 1, 32, 32, 16, 4}, opt);
+    ADD_FAILURE() << "32/32 planned on the wgmma kernel";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("512/64"), std::string::npos) << e.what();
   }
 }
 

@@ -36,10 +36,11 @@ TEST(CudaWarpgroup, ProductsMatchAPlainProductInEveryLayout) {
   if (const std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
   Rng rng(7);
   for (const auto type : {cuda::TensorCoreType::bf16, cuda::TensorCoreType::fp16}) {
-    for (const int n : {64, 128, 256}) {
+    for (const int n : {32, 64, 128, 256}) {
       for (const int k : {64, 128}) {
         for (const bool a_in_registers : {false, true}) {
           for (const bool b_mn_major : {false, true}) {
+            if (n < 64 && b_mn_major) continue;  // an MN-major tile is whole 64-column panels
             SCOPED_TRACE(fmt::format("{} n {} k {} A from {} B {}", type == cuda::TensorCoreType::bf16 ? "bf16" : "fp16",
                                      n, k, a_in_registers ? "registers" : "shared memory",
                                      b_mn_major ? "MN-major" : "K-major"));
@@ -92,6 +93,9 @@ TEST(CudaWarpgroup, RefusesSizesItHasNoInstructionFor) {
                                            buf.as<uint16_t>(), buf.as<float>()),
                Error);
   EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 64, 32, false, false, buf.as<uint16_t>(),
+                                           buf.as<uint16_t>(), buf.as<float>()),
+               Error);
+  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 32, 64, false, true, buf.as<uint16_t>(),
                                            buf.as<uint16_t>(), buf.as<float>()),
                Error);
 }

@@ -14,6 +14,7 @@
 #include "cuda/split_combine.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/latent_decode_cuda.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -69,22 +70,34 @@ LatentDecodePlan plan_latent_decode(const PagedLatentDims& pd, const LatentDecod
                                      (is_bf16 ? "bf16" : "fp32") + " at " + std::to_string(pd.n_latent) + "/" +
                                      std::to_string(pd.rope_dim) + ")");
   }
-  plan.kernel = opt.kernel == LatentDecodeKernel::CudaCores || !tc_ok ? LatentDecodeKernel::CudaCores
+  if (opt.kernel == LatentDecodeKernel::Wgmma) {
+    FLASHGPT_CUDA_REQUIRE(is_bf16 && wgmma_supports(pd.n_latent, pd.rope_dim),
+                          std::string("latent decode: the Hopper (wgmma) kernel runs bf16 at n_latent/rope_dim 512/64 "
+                                      "(got ") +
+                              (is_bf16 ? "bf16" : "fp32") + " at " + std::to_string(pd.n_latent) + "/" +
+                              std::to_string(pd.rope_dim) + ")");
+    FLASHGPT_CUDA_REQUIRE(warpgroup_mma_supported(), "latent decode: the Hopper (wgmma) kernel needs a compute "
+                                                     "capability 9.0 GPU and a build with sm_90a code");
+  }
+  plan.kernel = opt.kernel == LatentDecodeKernel::Wgmma                ? LatentDecodeKernel::Wgmma
+                : opt.kernel == LatentDecodeKernel::CudaCores || !tc_ok ? LatentDecodeKernel::CudaCores
                                                                          : LatentDecodeKernel::TensorCores;
   // What a launch needs and how many blocks an SM holds: asked of the runtime once per kernel and
   // size on each device, since every decode step plans.
   static std::mutex mutex;
-  static std::map<std::tuple<int, bool, bool, int64_t, int64_t>, LaunchInfo> known;
-  const bool tensor_cores = plan.kernel == LatentDecodeKernel::TensorCores;
+  static std::map<std::tuple<int, LatentDecodeKernel, bool, int64_t, int64_t>, LaunchInfo> known;
   int device = 0;
   FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
-  const auto key = std::make_tuple(device, tensor_cores, is_bf16, d.nl, d.row);
+  const auto key = std::make_tuple(device, plan.kernel, is_bf16, d.nl, d.row);
   LaunchInfo info;
   {
     const std::lock_guard<std::mutex> lock(mutex);
     auto it = known.find(key);
     if (it == known.end()) {
-      it = known.emplace(key, tensor_cores ? tc_info(d, tc_wide(d)) : cuda_cores_info<device_t<T>>(d)).first;
+      const LaunchInfo made = plan.kernel == LatentDecodeKernel::Wgmma         ? wgmma_info(d)
+                              : plan.kernel == LatentDecodeKernel::TensorCores ? tc_info(d, tc_wide(d))
+                                                                               : cuda_cores_info<device_t<T>>(d);
+      it = known.emplace(key, made).first;
     }
     info = it->second;
   }
@@ -120,9 +133,13 @@ void latent_decode_paged(const PagedLatentDims& pd, float scale, const T* q_abs,
   const split_kv::Partials part = split_kv::partials(ws, query_rows(pd), pd.n_latent, plan.splits);
   const Args<D> a{dev(q_abs), dev(cache), block_table, seq_lens, dev(out), lse, part.o, part.lse};
   if constexpr (std::is_same_v<T, bf16>) {
-    if (plan.kernel == LatentDecodeKernel::TensorCores) {
+    if (plan.kernel != LatentDecodeKernel::CudaCores) {
       FLASHGPT_CUDA_REQUIRE(reinterpret_cast<uintptr_t>(q_abs) % 16 == 0 && reinterpret_cast<uintptr_t>(cache) % 16 == 0,
                             "tensor-core latent decode: q_abs and the cache must be 16-byte aligned");
+    }
+    if (plan.kernel == LatentDecodeKernel::Wgmma) {
+      launch_wgmma(d, scale, plan.splits, a);
+    } else if (plan.kernel == LatentDecodeKernel::TensorCores) {
       launch_tensor_cores(d, scale, plan.splits, a, tc_wide(d));
     } else {
       launch_cuda_cores<D>(d, scale, plan.splits, a);

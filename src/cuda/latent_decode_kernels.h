@@ -1,7 +1,8 @@
 // What the paged latent decode's kernels share (latent_decode_*.cu): the sizes in device form, the
 // cache split each block covers, and the launchers of the two split kernels — CUDA cores
 // (latent_decode_cuda_cores.cu) and tensor cores (latent_decode_tc.cu). The entry point, the
-// plan and the combine step are in latent_decode_cuda.cu.
+// plan and the combine step are in latent_decode_cuda.cu. On Hopper a third, on the warpgroup MMA
+// (latent_decode_wgmma.cu).
 //
 // Both split kernels write, per query row, either the final output and log-sum-exp (one split)
 // or the split's normalised output and log-sum-exp in fp32 for the combine step:
@@ -64,6 +65,12 @@ bool tc_supports(int64_t nl, int64_t rope);
 size_t tc_shared_bytes(const Dims& d, bool wide);
 LaunchInfo tc_info(const Dims& d, bool wide);
 void launch_tensor_cores(const Dims& d, float scale, int splits, const Args<__nv_bfloat16>& a, bool wide);
+
+// The Hopper kernel (bf16, latent_decode_wgmma.cu): n_latent 512 with rope 64 only, on GPUs and
+// builds where warpgroup_mma_supported(); 64 query rows a block in 226 KiB of shared memory.
+bool wgmma_supports(int64_t nl, int64_t rope);
+LaunchInfo wgmma_info(const Dims& d);
+void launch_wgmma(const Dims& d, float scale, int splits, const Args<__nv_bfloat16>& a);
 
 }  // namespace latent_decode
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

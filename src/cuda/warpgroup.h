@@ -74,10 +74,10 @@ struct SwizzledTile {
   __device__ __forceinline__ static uint64_t k_major(const void* tile, int row0, int k0) {
     return descriptor_128b(smem_address(tile) + 2 * ((k0 / 64) * kPanelElems + row0 * 64 + k0 % 64), 16, 1024);
   }
-  // The MN-major descriptor of rows (k) [k0, k0 + 16) and all columns (n): the leading offset steps
-  // 64-column panels, the stride one 8-row groups.
-  __device__ __forceinline__ static uint64_t mn_major(const void* tile, int k0) {
-    return descriptor_128b(smem_address(tile) + 2 * (k0 * 64), 2 * kPanelElems, 1024);
+  // The MN-major descriptor of rows (k) [k0, k0 + 16) and the columns (n) from n0 (a multiple of
+  // 64): the leading offset steps 64-column panels, the stride one 8-row groups.
+  __device__ __forceinline__ static uint64_t mn_major(const void* tile, int k0, int n0 = 0) {
+    return descriptor_128b(smem_address(tile) + 2 * ((n0 / 64) * kPanelElems + k0 * 64), 2 * kPanelElems, 1024);
   }
 };
 
@@ -127,9 +127,15 @@ __device__ __forceinline__ void fence_proxy_async() {}
 #define FLASHGPT_WG_F4(i) "+f"(f[i]), "+f"(f[i + 1]), "+f"(f[i + 2]), "+f"(f[i + 3])
 #define FLASHGPT_WG_F16(i) FLASHGPT_WG_F4(i), FLASHGPT_WG_F4(i + 4), FLASHGPT_WG_F4(i + 8), FLASHGPT_WG_F4(i + 12)
 #define FLASHGPT_WG_F32(i) FLASHGPT_WG_F16(i), FLASHGPT_WG_F16(i + 16)
+#define FLASHGPT_WG_OUT_32 FLASHGPT_WG_F16(0)
 #define FLASHGPT_WG_OUT_64 FLASHGPT_WG_F32(0)
 #define FLASHGPT_WG_OUT_128 FLASHGPT_WG_F32(0), FLASHGPT_WG_F32(32)
 #define FLASHGPT_WG_OUT_256 FLASHGPT_WG_F32(0), FLASHGPT_WG_F32(32), FLASHGPT_WG_F32(64), FLASHGPT_WG_F32(96)
+#define FLASHGPT_WG_REGS_32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
+#define FLASHGPT_WG_SS_TAIL_32 "%16, %17, p, 1, 1, 0, %19;"
+#define FLASHGPT_WG_SS_PRED_32 "%18"
+#define FLASHGPT_WG_RS_TAIL_32 "{%16, %17, %18, %19}, %20, p, 1, 1, %22;"
+#define FLASHGPT_WG_RS_PRED_32 "%21"
 #define FLASHGPT_WG_REGS_64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define FLASHGPT_WG_SS_TAIL_64 "%32, %33, p, 1, 1, 0, %35;"
 #define FLASHGPT_WG_SS_PRED_64 "%34"
@@ -161,11 +167,13 @@ __device__ __forceinline__ void fence_proxy_async() {}
 
 template <typename E, int N, bool TransB>
 __device__ __forceinline__ void mma_ss(float (&d)[N / 8][4], uint64_t a_desc, uint64_t b_desc, bool accumulate) {
-  static_assert(N == 64 || N == 128 || N == 256, "wgmma widths instantiated: 64, 128, 256");
+  static_assert(N == 32 || N == 64 || N == 128 || N == 256, "wgmma widths instantiated: 32, 64, 128, 256");
 #if FLASHGPT_HAS_WGMMA
   float* f = &d[0][0];
   constexpr bool kHalf = std::is_same_v<E, __half>;
-  if constexpr (N == 64) {
+  if constexpr (N == 32) {
+    if constexpr (kHalf) FLASHGPT_WG_SS(32, "f16"); else FLASHGPT_WG_SS(32, "bf16");
+  } else if constexpr (N == 64) {
     if constexpr (kHalf) FLASHGPT_WG_SS(64, "f16"); else FLASHGPT_WG_SS(64, "bf16");
   } else if constexpr (N == 128) {
     if constexpr (kHalf) FLASHGPT_WG_SS(128, "f16"); else FLASHGPT_WG_SS(128, "bf16");
@@ -180,11 +188,13 @@ __device__ __forceinline__ void mma_ss(float (&d)[N / 8][4], uint64_t a_desc, ui
 
 template <typename E, int N, bool TransB>
 __device__ __forceinline__ void mma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b_desc, bool accumulate) {
-  static_assert(N == 64 || N == 128 || N == 256, "wgmma widths instantiated: 64, 128, 256");
+  static_assert(N == 32 || N == 64 || N == 128 || N == 256, "wgmma widths instantiated: 32, 64, 128, 256");
 #if FLASHGPT_HAS_WGMMA
   float* f = &d[0][0];
   constexpr bool kHalf = std::is_same_v<E, __half>;
-  if constexpr (N == 64) {
+  if constexpr (N == 32) {
+    if constexpr (kHalf) FLASHGPT_WG_RS(32, "f16"); else FLASHGPT_WG_RS(32, "bf16");
+  } else if constexpr (N == 64) {
     if constexpr (kHalf) FLASHGPT_WG_RS(64, "f16"); else FLASHGPT_WG_RS(64, "bf16");
   } else if constexpr (N == 128) {
     if constexpr (kHalf) FLASHGPT_WG_RS(128, "f16"); else FLASHGPT_WG_RS(128, "bf16");

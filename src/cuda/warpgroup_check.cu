@@ -23,15 +23,15 @@ __global__ void __launch_bounds__(128)
     wgmma_product_kernel(const E* __restrict__ a, const E* __restrict__ b, float* __restrict__ d, bool a_in_registers,
                          bool b_mn_major) {
   using TileA = wg::SwizzledTile<64, K>;
-  using TileBk = wg::SwizzledTile<N, K>;  // rows n, columns k
-  using TileBn = wg::SwizzledTile<K, N>;  // rows k, columns n
+  using TileBk = wg::SwizzledTile<N, K>;                // rows n, columns k
+  using TileBn = wg::SwizzledTile<K, N < 64 ? 64 : N>;  // rows k, columns n (n ≥ 64 only)
   FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
   const uint32_t pad = (1024 - wg::smem_address(raw) % 1024) % 1024;
   E* As = reinterpret_cast<E*>(raw + pad);
   E* Bs = As + TileA::kElems;
   wg::load_rows_swizzled<K, 64, 128>(As, a, K, 0, 64);
   if (b_mn_major) {
-    wg::load_rows_swizzled<N, K, 128>(Bs, b, N, 0, K);
+    if constexpr (N >= 64) wg::load_rows_swizzled<N, K, 128>(Bs, b, N, 0, K);
   } else {
     wg::load_rows_swizzled<K, N, 128>(Bs, b, K, 0, N);
   }
@@ -58,14 +58,14 @@ __global__ void __launch_bounds__(128)
     const bool accumulate = kk > 0;
     if (a_in_registers) {
       if (b_mn_major) {
-        wg::mma_rs<E, N, true>(acc, af[kk], TileBn::mn_major(Bs, 16 * kk), accumulate);
+        if constexpr (N >= 64) wg::mma_rs<E, N, true>(acc, af[kk], TileBn::mn_major(Bs, 16 * kk), accumulate);
       } else {
         wg::mma_rs<E, N, false>(acc, af[kk], TileBk::k_major(Bs, 0, 16 * kk), accumulate);
       }
     } else {
       const uint64_t a_desc = TileA::k_major(As, 0, 16 * kk);
       if (b_mn_major) {
-        wg::mma_ss<E, N, true>(acc, a_desc, TileBn::mn_major(Bs, 16 * kk), accumulate);
+        if constexpr (N >= 64) wg::mma_ss<E, N, true>(acc, a_desc, TileBn::mn_major(Bs, 16 * kk), accumulate);
       } else {
         wg::mma_ss<E, N, false>(acc, a_desc, TileBk::k_major(Bs, 0, 16 * kk), accumulate);
       }
@@ -96,6 +96,7 @@ void launch_product_k(int k, bool a_in_registers, bool b_mn_major, const uint16_
 template <typename E>
 void launch_product_nk(int n, int k, bool a_in_registers, bool b_mn_major, const uint16_t* a, const uint16_t* b,
                        float* d) {
+  if (n == 32) return launch_product_k<E, 32>(k, a_in_registers, b_mn_major, a, b, d);
   if (n == 64) return launch_product_k<E, 64>(k, a_in_registers, b_mn_major, a, b, d);
   if (n == 128) return launch_product_k<E, 128>(k, a_in_registers, b_mn_major, a, b, d);
   launch_product_k<E, 256>(k, a_in_registers, b_mn_major, a, b, d);
@@ -121,8 +122,9 @@ bool warpgroup_mma_supported() {
 
 void warpgroup_mma_product(TensorCoreType type, int n, int k, bool a_in_registers, bool b_mn_major, const uint16_t* a,
                            const uint16_t* b, float* d) {
-  FLASHGPT_CUDA_REQUIRE(n == 64 || n == 128 || n == 256,
-                        "warpgroup MMA product: n must be 64, 128 or 256 (got " + std::to_string(n) + ")");
+  FLASHGPT_CUDA_REQUIRE(n == 32 || n == 64 || n == 128 || n == 256,
+                        "warpgroup MMA product: n must be 32, 64, 128 or 256 (got " + std::to_string(n) + ")");
+  FLASHGPT_CUDA_REQUIRE(n >= 64 || !b_mn_major, "warpgroup MMA product: an MN-major B needs n ≥ 64 (one swizzle panel)");
   FLASHGPT_CUDA_REQUIRE(k == 64 || k == 128, "warpgroup MMA product: k must be 64 or 128 (got " + std::to_string(k) + ")");
   FLASHGPT_CUDA_REQUIRE(warpgroup_mma_supported(),
                         "warpgroup MMA product: needs a compute capability 9.0 GPU and a build with sm_90a code");

@@ -15,7 +15,11 @@
 //                  block holds 64 query rows (heads × new tokens) of one sequence and streams
 //                  its split of the cache through shared memory once for all of them, QKᵀ and PV
 //                  on mma.sync with the values read from the very rows that hold the keys;
-//   CUDA cores   — fp32 (the parity path) and every other size, 16 query rows per block.
+//   CUDA cores   — fp32 (the parity path) and every other size, 16 query rows per block;
+// and on Hopper (compute capability 9.0, a build with sm_90a code) a third, asked for by name:
+//   wgmma        — bf16 at 512/64: the tensor-core kernel's plan on the warpgroup MMA, two
+//                  warpgroups splitting the keys for QKᵀ and the output columns for PV, every
+//                  operand from 128-byte-swizzled shared tiles.
 #pragma once
 
 #include <cstddef>
@@ -37,9 +41,10 @@ struct PagedLatentDims {
   int64_t row() const { return n_latent + rope_dim; }
 };
 
-enum class LatentDecodeKernel { Auto, CudaCores, TensorCores };
+enum class LatentDecodeKernel { Auto, CudaCores, TensorCores, Wgmma };
 
-// Auto: the tensor-core kernel for bf16 at the sizes it is built for, otherwise the CUDA-core one.
+// Auto: the tensor-core kernel for bf16 at the sizes it is built for, otherwise the CUDA-core one
+// (Wgmma is not chosen automatically until a GPU shows it faster).
 struct LatentDecodeOptions {
   int splits = 0;  // splits of each sequence's cache; 0 chooses from the batch and the GPU
   LatentDecodeKernel kernel = LatentDecodeKernel::Auto;
@@ -67,8 +72,8 @@ bool latent_decode_tc_supports(int64_t n_latent, int64_t rope_dim);
 // loading its queries and writing its partial result, and the combine step about two more.
 int choose_latent_splits(int64_t blocks, int64_t pages, int64_t slots);
 
-// T is float or bf16. Throws on sizes no kernel runs (naming them), or when TensorCores is asked
-// for what the tensor-core kernel cannot run.
+// T is float or bf16. Throws on sizes no kernel runs (naming them), or when TensorCores or Wgmma
+// is asked for what that kernel cannot run (Wgmma also where the GPU or build lacks wgmma).
 template <typename T>
 LatentDecodePlan plan_latent_decode(const PagedLatentDims& d, const LatentDecodeOptions& opt = {});
 

@@ -18,7 +18,8 @@ bool warpgroup_mma_supported();
 
 // d (64 × n fp32, row-major) = a (64 × k, row-major) · B, where B (k × n) is given as b = Bᵀ
 // ([n][k], row-major: B K-major) or, where b_mn_major, b = B ([k][n]). A reaches the tensor cores
-// from registers (a_in_registers) or from shared memory. n ∈ {64, 128, 256}, k ∈ {64, 128}; 16-bit
+// from registers (a_in_registers) or from shared memory. n ∈ {32, 64, 128, 256} (MN-major B: n ≥ 64),
+// k ∈ {64, 128}; 16-bit
 // elements of `type`; device pointers, 16-byte aligned. Throws where !warpgroup_mma_supported().
 void warpgroup_mma_product(TensorCoreType type, int n, int k, bool a_in_registers, bool b_mn_major, const uint16_t* a,
                            const uint16_t* b, float* d);

@@ -1,0 +1,235 @@
+// The paged latent decode's split kernel on Hopper's warpgroup MMA (wgmma, sm_90a; see
+// latent_decode_kernels.h), bf16 in, fp32 accumulators, for DeepSeek's rows: n_latent 512 +
+// rope 64. The same algorithm as the mma.sync kernel (latent_decode_tc.cu) — MQA over the cache,
+// one shared tile serving as both K and V — with its two halves now two warpgroups:
+//
+// A block of 256 threads holds 64 query rows (heads × new tokens) of one sequence. Q (64 × 576)
+// and two stages of 64-key tiles (gathered row by row through the block table by cp.async) sit
+// in 128-byte-swizzled shared tiles (warpgroup.h): 72 KiB each, 226 KiB in all with P. Per tile,
+// warpgroup h
+//   S_h = Q K_hᵀ   over its 32 keys of the tile: 36 wgmmas m64n32k16, both operands in shared memory;
+//   masks S_h where the tile reaches past the split's end or the first new token;
+//   the halves' row maxima meet in shared memory (one barrier), then each warpgroup rescales by
+//   e^{m−m'}, exponentiates its half (base 2) and writes it, bf16, into the shared P tile;
+//   O_h += P V_h   over all 64 keys, its 256 of the 512 output columns: 4 wgmmas m64n256k16, P
+//                  K-major and V (the tile's first 512 columns) MN-major, both from shared memory.
+// The halves' row sums meet once at the end. A split writes its output normalised (bf16 when it
+// is the only split) and its log-sum-exp, as the other split kernels do.
+#include <cmath>
+
+#include "cuda/attention_flash_tc_common.h"
+#include "cuda/latent_decode_kernels.h"
+#include "cuda/warpgroup.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+namespace latent_decode {
+
+namespace {
+
+using E = __nv_bfloat16;
+using flash_tc::kLog2e;
+using flash_tc::quad_max;
+using flash_tc::quad_sum;
+using flash_tc::store2;
+
+struct WgmmaTiles {
+  static constexpr int NL = 512, DR = 64, Row = NL + DR;
+  static constexpr int Rows = 64, KeyTile = 64, HalfKeys = KeyTile / 2, HalfNL = NL / 2, Threads = 256;
+  using RowTile = wg::SwizzledTile<64, Row>;  // Q, and each stage of keys
+  using PTile = wg::SwizzledTile<Rows, KeyTile>;
+  // Q, two stages, P, the row maxima/sums of both halves, and 1024 bytes to align the tiles.
+  static constexpr size_t bytes =
+      2 * static_cast<size_t>(3 * RowTile::kElems + PTile::kElems) + sizeof(float) * 2 * Rows + 1024;
+};
+
+// Queues keys [j0, j0 + KeyTile) of sequence b's cache into the swizzled tile dst, gathered
+// through its block-table row; keys at or past k1 are zero-filled.
+__device__ __forceinline__ void load_keys_swizzled(E* dst, const E* cache, const int32_t* table_row, int64_t page,
+                                                   int64_t j0, int64_t k1) {
+  using F = WgmmaTiles;
+  constexpr int kChunks = F::Row / 8;
+  for (int idx = static_cast<int>(threadIdx.x); idx < F::KeyTile * kChunks; idx += F::Threads) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    const int64_t j = j0 + r;
+    const bool ok = j < k1;
+    const E* src = ok ? cache + (static_cast<int64_t>(table_row[j / page]) * page + j % page) * F::Row + c * 8 : cache;
+    tc::cp_async_16(dst + F::RowTile::offset(r, c * 8), src, ok);
+  }
+}
+
+__global__ void __launch_bounds__(WgmmaTiles::Threads, 1)
+    latent_decode_wgmma_kernel(Dims d, float scale, int splits, const E* __restrict__ q, const E* __restrict__ cache,
+                               const int32_t* __restrict__ block_table, const int32_t* __restrict__ seq_lens,
+                               E* __restrict__ out, float* __restrict__ lse, float* __restrict__ part_o,
+                               float* __restrict__ part_lse) {
+#if FLASHGPT_HAS_WGMMA
+  using F = WgmmaTiles;
+  using RowTile = F::RowTile;
+  using PTile = F::PTile;
+  constexpr int Row = F::Row, Rows = F::Rows, KeyTile = F::KeyTile, HalfKeys = F::HalfKeys, HalfNL = F::HalfNL;
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
+  E* Qs = reinterpret_cast<E*>(raw + (1024 - wg::smem_address(raw) % 1024) % 1024);
+  E* Ks = Qs + RowTile::kElems;      // two stages
+  E* Ps = Ks + 2 * RowTile::kElems;
+  float* red = reinterpret_cast<float*>(Ps + PTile::kElems);  // [2 halves][Rows]: row maxima, then sums
+  const int tid = static_cast<int>(threadIdx.x), half = tid / 128, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4, wq = tid % 128 / 32;  // wq: the warp within its warpgroup
+  const int split = static_cast<int>(blockIdx.x);
+  const int64_t b = blockIdx.z, rows = d.rows(), g0 = static_cast<int64_t>(blockIdx.y) * Rows;
+  const float scale_log2 = scale * kLog2e;
+
+  const int64_t len = seq_lens[b];
+  const KeyRange range = split_range(len, d.page, split, splits);
+  const int64_t k0 = range.k0, k1 = range.k1;
+  const int n_tiles = static_cast<int>((k1 - k0 + KeyTile - 1) / KeyTile);
+  const int32_t* table_row = block_table + b * d.max_pages;
+
+  wg::load_rows_swizzled<Row, Rows, F::Threads>(Qs, q + b * rows * Row, Row, g0, rows);
+  tc::cp_async_commit();
+  auto load_tile = [&](int64_t j) {
+    load_keys_swizzled(Ks + (j & 1) * RowTile::kElems, cache, table_row, d.page, k0 + j * KeyTile, k1);
+  };
+  flash_tc::stream_begin<true>(n_tiles, load_tile);
+
+  // This lane's two rows (block-local): lr[0] and lr[0] + 8; the positions they may see up to.
+  int lr[2];
+  int64_t qpos[2];
+  for (int r = 0; r < 2; ++r) {
+    lr[r] = wq * 16 + g + r * 8;
+    qpos[r] = len - d.Tq + (g0 + lr[r]) / d.H;  // rows past the last are never written
+  }
+  const int64_t first_masked = min(k1, len - d.Tq + 1);
+
+  float acc[HalfNL / 8][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
+
+  for (int tile = 0; tile < n_tiles; ++tile) {
+    const int64_t j0 = k0 + static_cast<int64_t>(tile) * KeyTile;
+    const E* Kt = Ks + (tile & 1) * RowTile::kElems;
+
+    // S = Q Kᵀ over this warpgroup's half of the keys.
+    float s[HalfKeys / 8][4];
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < Row / 16; ++kk) {
+      wg::mma_ss<E, HalfKeys, false>(s, RowTile::k_major(Qs, 0, 16 * kk), RowTile::k_major(Kt, half * HalfKeys, 16 * kk),
+                                     kk > 0);
+    }
+    wg::commit();
+    wg::wait<0>();
+    wg::hold(s);
+    if (j0 + KeyTile > first_masked) {
+#pragma unroll
+      for (int n = 0; n < HalfKeys / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t j = j0 + half * HalfKeys + n * 8 + 2 * t + (e & 1);
+          if (j >= k1 || j > qpos[e >> 1]) s[n][e] = -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < HalfKeys / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+      mx = quad_max(mx);
+      if (t == 0) red[half * Rows + lr[r]] = mx;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float mx = fmaxf(row_max[r], fmaxf(red[lr[r]], red[Rows + lr[r]]));
+      const float base = mx == -INFINITY ? 0.0f : mx * scale_log2;  // a row with nothing visible yet stays at 0
+      const float alpha = exp2f(row_max[r] * scale_log2 - base);
+      row_max[r] = mx;
+      float sum = 0.0f;
+#pragma unroll
+      for (int n = 0; n < HalfKeys / 8; ++n) {
+        const float p0 = exp2f(s[n][2 * r] * scale_log2 - base), p1 = exp2f(s[n][2 * r + 1] * scale_log2 - base);
+        sum += p0 + p1;
+        store2(Ps + PTile::offset(lr[r], half * HalfKeys + n * 8 + 2 * t), p0, p1);
+      }
+      row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+      for (int n = 0; n < HalfNL / 8; ++n) {
+        acc[n][2 * r] *= alpha;
+        acc[n][2 * r + 1] *= alpha;
+      }
+    }
+    wg::fence_proxy_async();  // P, written by plain stores, is read by the tensor cores
+    __syncthreads();          // P of both halves is in shared memory
+    // O += P V over the whole tile, this warpgroup's half of the output columns.
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < KeyTile / 16; ++kk) {
+      wg::mma_ss<E, HalfNL, true>(acc, PTile::k_major(Ps, 0, 16 * kk), RowTile::mn_major(Kt, 16 * kk, half * HalfNL),
+                                  true);
+    }
+    wg::commit();
+    wg::wait<0>();
+    wg::hold(acc);
+    flash_tc::stream_advance<true>(tile, n_tiles, load_tile);
+  }
+  tc::cp_async_wait<0>();
+
+  // The row sums: over this lane's quad, then over the two halves (red's last reads, the row
+  // maxima, came before the last tile's second barrier).
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float sum = quad_sum(row_sum[r]);
+    if (t == 0) red[half * Rows + lr[r]] = sum;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t gr = g0 + lr[r];
+    if (gr >= rows) continue;
+    const float sum = red[lr[r]] + red[Rows + lr[r]];
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key writes zeros
+    const float row_lse = sum > 0.0f ? row_max[r] * scale + logf(sum) : -INFINITY;
+    const int64_t tq = gr / d.H, h = gr % d.H, orow = b * rows + gr;  // out's [B, Tq, H] row
+    const int col0 = half * HalfNL + 2 * t;
+    if (splits == 1) {
+      E* o = out + orow * F::NL + col0;
+#pragma unroll
+      for (int n = 0; n < HalfNL / 8; ++n) store2(o + n * 8, acc[n][2 * r] * inv, acc[n][2 * r + 1] * inv);
+      if (half == 0 && t == 0) lse[(b * d.H + h) * d.Tq + tq] = row_lse;
+    } else {
+      const int64_t prow = static_cast<int64_t>(split) * d.B * rows + orow;
+      float* o = part_o + prow * F::NL + col0;
+#pragma unroll
+      for (int n = 0; n < HalfNL / 8; ++n) {
+        o[n * 8] = acc[n][2 * r] * inv;
+        o[n * 8 + 1] = acc[n][2 * r + 1] * inv;
+      }
+      if (half == 0 && t == 0) part_lse[prow] = row_lse;
+    }
+  }
+#else
+  (void)d, (void)scale, (void)splits, (void)q, (void)cache, (void)block_table, (void)seq_lens, (void)out, (void)lse,
+      (void)part_o, (void)part_lse, (void)WgmmaTiles::HalfKeys, (void)WgmmaTiles::HalfNL, (void)&load_keys_swizzled;
+  __trap();  // not built for sm_90a: the host side never launches it there
+#endif
+}
+
+}  // namespace
+
+bool wgmma_supports(int64_t nl, int64_t rope) { return nl == WgmmaTiles::NL && rope == WgmmaTiles::DR; }
+
+LaunchInfo wgmma_info(const Dims&) {
+  using F = WgmmaTiles;
+  allow_shared(latent_decode_wgmma_kernel, F::bytes, "Hopper latent decode");
+  return {F::Rows, F::Threads, F::bytes, max_blocks_per_sm(latent_decode_wgmma_kernel, F::Threads, F::bytes)};
+}
+
+void launch_wgmma(const Dims& d, float scale, int splits, const Args<E>& a) {
+  using F = WgmmaTiles;
+  allow_shared(latent_decode_wgmma_kernel, F::bytes, "Hopper latent decode");
+  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>((d.rows() + F::Rows - 1) / F::Rows),
+                  static_cast<unsigned>(d.B));
+  launch_kernel("Hopper latent decode", latent_decode_wgmma_kernel, grid, F::Threads, F::bytes, nullptr, d, scale,
+                splits, a.q, a.cache, a.block_table, a.seq_lens, a.out, a.lse, a.part_o, a.part_lse);
+}
+
+}  // namespace latent_decode
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
