@@ -150,14 +150,5 @@ using ForwardTilesTall = ForwardTiles<Dqk, Dv, 4, 64, 2>;
 template <int Dv>
 constexpr bool kHasTallForward = Dv <= 64;
 
-template <typename E, typename F>
-void launch_forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o, float* lse) {
-  allow_shared(flash_forward_tc_kernel<E, F>, F::bytes, "tensor-core flash forward");
-  const dim3 grid(static_cast<unsigned>((d.Tq + F::BlockM - 1) / F::BlockM), static_cast<unsigned>(d.Hq),
-                  static_cast<unsigned>(d.B));
-  launch_kernel("tensor-core flash forward", flash_forward_tc_kernel<E, F>, grid, F::Threads, F::bytes, nullptr, d, m,
-                scale, q, k, v, o, lse);
-}
-
 }  // namespace flash_tc
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

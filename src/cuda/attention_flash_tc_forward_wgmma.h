@@ -166,15 +166,5 @@ __global__ void __launch_bounds__(F::Threads)
 #endif
 }
 
-template <typename E, typename F>
-void launch_forward_wgmma(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o,
-                          float* lse) {
-  allow_shared(flash_forward_wgmma_kernel<E, F>, F::bytes, "Hopper flash forward");
-  const dim3 grid(static_cast<unsigned>((d.Tq + F::BlockM - 1) / F::BlockM), static_cast<unsigned>(d.Hq),
-                  static_cast<unsigned>(d.B));
-  launch_kernel("Hopper flash forward", flash_forward_wgmma_kernel<E, F>, grid, F::Threads, F::bytes, nullptr, d, m,
-                scale, q, k, v, o, lse);
-}
-
 }  // namespace flash_tc
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

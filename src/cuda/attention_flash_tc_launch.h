@@ -56,6 +56,16 @@ constexpr auto forward_kernel() {
   }
 }
 
+// One launch of the forward with tiles F: a block per BlockM queries of each (head, sequence).
+template <typename E, typename F>
+void launch_forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o, float* lse) {
+  const char* name = requires { F::kWarpgroup; } ? "Hopper flash forward" : "tensor-core flash forward";
+  allow_shared(forward_kernel<E, F>(), F::bytes, name);
+  const dim3 grid(static_cast<unsigned>((d.Tq + F::BlockM - 1) / F::BlockM), static_cast<unsigned>(d.Hq),
+                  static_cast<unsigned>(d.B));
+  launch_kernel(name, forward_kernel<E, F>(), grid, F::Threads, F::bytes, nullptr, d, m, scale, q, k, v, o, lse);
+}
+
 template <typename E, int Dqk, int Dv>
 bool Launchers<E, Dqk, Dv>::has_short_backward() {
   return kHasShortBackward<Dv>;
@@ -102,12 +112,7 @@ template <typename E, int Dqk, int Dv>
 void Launchers<E, Dqk, Dv>::forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
                                     E* o, float* lse, ForwardShape shape) {
   with_forward_tiles<Dqk, Dv>(shape, [&](auto tiles) {
-    using F = typename decltype(tiles)::type;
-    if constexpr (requires { F::kWarpgroup; }) {
-      launch_forward_wgmma<E, F>(d, m, scale, q, k, v, o, lse);
-    } else {
-      launch_forward<E, F>(d, m, scale, q, k, v, o, lse);
-    }
+    launch_forward<E, typename decltype(tiles)::type>(d, m, scale, q, k, v, o, lse);
   });
 }
 

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/attention_flash_tc_common.h"
 #include "cuda/platform.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -52,6 +53,52 @@ struct LaunchInfo {
   size_t shared_bytes = 0;
   int blocks_per_sm = 0;
 };
+
+// The end of the two tensor-core split kernels, whose two halves (of warps, or warpgroups) hold
+// every query row of the block, each over half of every tile's keys and half of the output
+// columns: the halves' row sums meet in red ([2][Rows], free once the last tile's row maxima are
+// read), and each writes its columns of the block's rows (lr: this lane's two, block-local) —
+// normalised, bf16 with the log-sum-exp when there is one split, else fp32 partials. Every thread
+// of the block calls it.
+template <int NL, int HalfNL, int Rows>
+__device__ __forceinline__ void write_halves(const Dims& d, float scale, int splits, int split, int64_t b, int64_t g0,
+                                             int half, const int (&lr)[2], const float (&acc)[HalfNL / 8][4],
+                                             const float (&row_max)[2], const float (&row_sum)[2], float* red,
+                                             __nv_bfloat16* out, float* lse, float* part_o, float* part_lse) {
+  const int t = static_cast<int>(threadIdx.x) % 4;
+  const int64_t rows = d.rows();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float sum = flash_tc::quad_sum(row_sum[r]);
+    if (t == 0) red[half * Rows + lr[r]] = sum;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t gr = g0 + lr[r];
+    if (gr >= rows) continue;
+    const float sum = red[lr[r]] + red[Rows + lr[r]];
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key writes zeros
+    const float row_lse = sum > 0.0f ? row_max[r] * scale + logf(sum) : -INFINITY;
+    const int64_t tq = gr / d.H, h = gr % d.H, orow = b * rows + gr;  // out's [B, Tq, H] row
+    const int col0 = half * HalfNL + 2 * t;
+    if (splits == 1) {
+      __nv_bfloat16* o = out + orow * NL + col0;
+#pragma unroll
+      for (int n = 0; n < HalfNL / 8; ++n) flash_tc::store2(o + n * 8, acc[n][2 * r] * inv, acc[n][2 * r + 1] * inv);
+      if (half == 0 && t == 0) lse[(b * d.H + h) * d.Tq + tq] = row_lse;
+    } else {
+      const int64_t prow = static_cast<int64_t>(split) * d.B * rows + orow;
+      float* o = part_o + prow * NL + col0;
+#pragma unroll
+      for (int n = 0; n < HalfNL / 8; ++n) {
+        o[n * 8] = acc[n][2 * r] * inv;
+        o[n * 8 + 1] = acc[n][2 * r + 1] * inv;
+      }
+      if (half == 0 && t == 0) part_lse[prow] = row_lse;
+    }
+  }
+}
 
 // The CUDA-core kernel (E float or __nv_bfloat16): any n_latent ≤ 512 and rope_dim.
 template <typename E>

@@ -190,39 +190,8 @@ __global__ void __launch_bounds__(F::Threads)
   }
   tc::cp_async_wait<0>();
 
-  // The row sums: over this lane's quad, then over the two halves (red's last reads, the row
-  // maxima, came before the last tile's second barrier).
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float sum = quad_sum(row_sum[r]);
-    if (t == 0) red[half * Rows + lr[r]] = sum;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t gr = g0 + lr[r];
-    if (gr >= rows) continue;
-    const float sum = red[lr[r]] + red[Rows + lr[r]];
-    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key writes zeros
-    const float row_lse = sum > 0.0f ? row_max[r] * scale + logf(sum) : -INFINITY;
-    const int64_t tq = gr / d.H, h = gr % d.H, orow = b * rows + gr;  // out's [B, Tq, H] row
-    const int col0 = half * HalfNL + 2 * t;
-    if (splits == 1) {
-      E* o = out + orow * F::NL + col0;
-#pragma unroll
-      for (int n = 0; n < HalfNL / 8; ++n) store2(o + n * 8, acc[n][2 * r] * inv, acc[n][2 * r + 1] * inv);
-      if (half == 0 && t == 0) lse[(b * d.H + h) * d.Tq + tq] = row_lse;
-    } else {
-      const int64_t prow = static_cast<int64_t>(split) * d.B * rows + orow;
-      float* o = part_o + prow * F::NL + col0;
-#pragma unroll
-      for (int n = 0; n < HalfNL / 8; ++n) {
-        o[n * 8] = acc[n][2 * r] * inv;
-        o[n * 8 + 1] = acc[n][2 * r + 1] * inv;
-      }
-      if (half == 0 && t == 0) part_lse[prow] = row_lse;
-    }
-  }
+  write_halves<F::NL, HalfNL, Rows>(d, scale, splits, split, b, g0, half, lr, acc, row_max, row_sum, red, out, lse,
+                                    part_o, part_lse);
 }
 
 // Wide: 8 warps, 64 query rows, 32-key tiles (152 KiB at 576/512). Narrow: 4 warps, 32 rows,
