@@ -387,12 +387,14 @@ say "|---|---|---|---|---|---|---|---|"
 if [ -n "$bin" ]; then
   # GPT-2 124M with flash attention (as the peer's SDPA) in bf16 and fp32, and d12_flash_mla (the
   # seed's FlashMLA model) beside it. (d12's own mechanism, standard, would keep every layer's P.)
-  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det; do
-    IFS=: read -r preset precision det <<< "$run"
+  # The last: d12 with Hopper's wgmma flash forward (skipped where the GPU or build has none).
+  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det d12:bf16::wgmma; do
+    IFS=: read -r preset precision det tiles <<< "$run"
     tag="${run//:/_}"
     flash=""
     [ "$preset" = d12 ] && flash="--attention flash"
     [ -n "$det" ] && flash="$flash --deterministic"
+    [ -n "$tiles" ] && flash="$flash --tiles $tiles"
     # shellcheck disable=SC2086
     if timeout "$bench_limit" "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
          --steps 10 --warmup 3 --json > "$logs/bench_train_$tag.json" 2> "$logs/bench_train_$tag.err"; then
@@ -401,10 +403,13 @@ if [ -n "$bin" ]; then
 import json, sys
 j = json.load(open(sys.argv[1]))
 det = ", deterministic" if j.get("deterministic") else ""
+det += f", {j['tiles']} tiles" if j.get("tiles", "auto") != "auto" else ""
 print(f"| flashgpt {sys.argv[2]} ({j['precision']}, {j['attention']}{det}) | {j['batch']}×{j['seq']} | {j['params'] / 1e6:.1f}M | "
       f"{j['step_s_median'] * 1e3:.1f} ms | {j['tokens_per_s']:,.0f} | {j['model_gflops'] / 1e3:.1f} | "
       f"{j['gemm_gflops'] / 1e3:.1f} | {100 * j['mfu']:.1f}% |")
 PYEOF
+    elif grep -q "has no wgmma" "$logs/bench_train_$tag.err"; then
+      say "| flashgpt $preset ($precision, $tiles tiles) | skipped: this GPU or build has no wgmma | | | | | | |"
     else
       say "| flashgpt $preset ($precision) | FAILED: $(tail -1 "$logs/bench_train_$tag.err" | cut -c1-150) | | | | | | |"
       status=1

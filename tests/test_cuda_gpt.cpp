@@ -24,6 +24,7 @@
 #include "flashgpt/infer/sampler.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
 #include "testing/errors.h"
 #include "testing/ragged_decoding.h"
 #include "testing/schedule.h"
@@ -301,6 +302,29 @@ TEST(CudaGpt, Bf16TrainingFollowsTheCpu) {
     // Both learn the batch.
     EXPECT_LT(gpu_losses.back(), gpu_losses.front() - 0.1);
     EXPECT_LT(cpu_losses.back(), cpu_losses.front() - 0.1);
+  }
+}
+
+// The training step with Hopper's flash forward (set_flash_tiles(Wgmma), what bench train --tiles
+// wgmma times) follows the CPU as the automatic tiles do.
+TEST(CudaGpt, Bf16TrainingWithTheWgmmaForwardFollowsTheCpu) {
+  SKIP_WITHOUT_GPU();
+  if (!cuda::warpgroup_mma_supported()) GTEST_SKIP() << "this GPU or build has no wgmma (compute capability 9.0, sm_90a)";
+  const GPTConfig c = gpt2_like();
+  Pair p(c, Precision::BF16);
+  p.gpu.set_flash_tiles(cuda::FlashTiles::Wgmma);
+  EXPECT_EQ(p.gpu.flash_tiles(), cuda::FlashTiles::Wgmma);
+  const Batch b = make_batch(c, 9);
+  for (int64_t step = 1; step <= 2; ++step) {
+    p.cpu.zero_grad();
+    p.gpu.zero_grad();
+    const double cpu_loss = p.cpu.forward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data());
+    const double gpu_loss = p.gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data(), 1.0f);
+    EXPECT_NEAR(gpu_loss, cpu_loss, 0.02 * cpu_loss) << "step " << step;
+    p.cpu.backward(1.0f);
+    EXPECT_GT(cosine(p.gpu_grads(), p.cpu.grads()), 0.99) << "step " << step;
+    p.cpu_adamw(adamw(step));
+    p.gpu.adamw_step(adamw(step), 1.0f);
   }
 }
 

@@ -6,6 +6,7 @@
 // docs/distributed.md predicts.
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <memory>
 
 #include "commands.h"
@@ -19,6 +20,7 @@ extern "C" char* openblas_get_corename(void);
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/matmul_cuda.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
 #include "flashgpt/dist/comm.h"
 #include "flashgpt/dist/context_parallel.h"
 #include "flashgpt/train/distributed.h"
@@ -39,6 +41,7 @@ struct BenchTrainCli {
   int zero = 0, context_parallel = 1;
   std::string device = "cpu", precision = "bf16";
   bool deterministic = false;  // GPU: the backward without atomics
+  std::string tiles = "auto";  // GPU: the flash kernels' tiles
   bool profile_step = false;   // GPU: the last timed step inside a profiler capture range
 };
 
@@ -115,6 +118,12 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   const int gemm_size = c.gemm_size > 0 ? c.gemm_size : 8192;
   cuda::GPTCuda gpu(cfg, precision);
   gpu.set_deterministic(c.deterministic);
+  const std::map<std::string, cuda::FlashTiles> tile_names = {
+      {"auto", cuda::FlashTiles::Auto},   {"wide", cuda::FlashTiles::Wide},   {"narrow", cuda::FlashTiles::Narrow},
+      {"tall", cuda::FlashTiles::Tall},   {"short", cuda::FlashTiles::Short}, {"wgmma", cuda::FlashTiles::Wgmma}};
+  FLASHGPT_CHECK(c.tiles != "wgmma" || cuda::warpgroup_mma_supported(),
+                 "--tiles wgmma: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code)");
+  gpu.set_flash_tiles(tile_names.at(c.tiles));
   {
     GPT<float> host(cfg);
     host.init_weights(1);
@@ -161,6 +170,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
                       {"precision", c.precision},
                       {"attention", to_string(cfg.attention)},
                       {"deterministic", c.deterministic},
+                      {"tiles", c.tiles},
                       {"params", gpu.num_params()},
                       {"batch", B},
                       {"seq", T},
@@ -180,8 +190,8 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
-  std::printf("train step on %s (%s%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(), c.precision.c_str(),
-              c.deterministic ? ", deterministic" : "",
+  std::printf("train step on %s (%s%s%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(), c.precision.c_str(),
+              c.deterministic ? ", deterministic" : "", c.tiles == "auto" ? "" : (", " + c.tiles + " tiles").c_str(),
               static_cast<double>(gpu.num_params()) / 1e6, static_cast<long long>(B), static_cast<long long>(T));
   std::printf("  step time  median %.4f s (min %.4f, max %.4f over %d steps)\n", step,
               j["step_s_min"].get<double>(), j["step_s_max"].get<double>(), c.steps);
@@ -200,6 +210,7 @@ void run_bench_train(const BenchTrainCli& c) {
     return;
   }
   FLASHGPT_CHECK(!c.deterministic, "--deterministic: a GPU option (--device cuda); the CPU repeats its bits anyway");
+  FLASHGPT_CHECK(c.tiles == "auto", "--tiles: a GPU option (--device cuda)");
   FLASHGPT_CHECK(!c.profile_step, "--profile-step: a GPU option (--device cuda)");
   dist::Communicator& world = dist::world();
   const ParallelLayout lay = make_parallel_layout(world, c.context_parallel);
@@ -310,6 +321,11 @@ void register_bench(CLI::App& app) {
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
   tr->add_flag("--deterministic", c->deterministic, "GPU: time the backward without atomics (train --deterministic)");
+  tr->add_option("--tiles", c->tiles,
+                 "GPU: the bf16 flash kernels' tiles (as bench attention --tiles): auto, wide, narrow, tall, short or "
+                 "wgmma (Hopper's forward)")
+      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma"}))
+      ->capture_default_str();
   tr->add_flag("--profile-step", c->profile_step,
                "GPU: capture only the last timed step for a profiler started with capture off "
                "(ncu --profile-from-start off; scripts/gpu-check.sh's profile part)");

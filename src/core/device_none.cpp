@@ -114,6 +114,8 @@ void GPTCuda::set_classifier_rows(int64_t) { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::get_logits(std::span<float>) const { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::set_deterministic(bool) { fail("GPU model: {}", kNoCuda); }
 bool GPTCuda::deterministic() const { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::set_flash_tiles(FlashTiles) { fail("GPU model: {}", kNoCuda); }
+FlashTiles GPTCuda::flash_tiles() const { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}", kNoCuda); }
 std::string GPTCuda::decode_unsupported(const GPTConfig&, Precision) { return kNoCuda; }

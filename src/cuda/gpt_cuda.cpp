@@ -214,7 +214,8 @@ void Model<T>::attention_forward(const AttentionDims& d, float scale, LayerActs&
     standard_forward_cuda<T>(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse, a.standard_ws);
   } else if constexpr (std::is_same_v<T, bf16>) {
     auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
-    flash_forward_bf16(d, mask(), scale, u(a.qa), u(a.ka), u(a.v), reinterpret_cast<uint16_t*>(a.att), a.lse);
+    flash_forward_tc(TensorCoreType::bf16, d, mask(), scale, u(a.qa), u(a.ka), u(a.v),
+                     reinterpret_cast<uint16_t*>(a.att), a.lse, flash_tiles);
   } else {
     flash_forward_fp32(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse);
   }
@@ -227,8 +228,8 @@ void Model<T>::attention_backward(const AttentionDims& d, float scale, const Lay
   } else if constexpr (std::is_same_v<T, bf16>) {
     auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
     auto w = [](bf16* p) { return reinterpret_cast<uint16_t*>(p); };
-    flash_backward_bf16(d, mask(), scale, u(a.qa), u(a.ka), u(a.v), u(a.att), a.lse, u(datt_), w(dqa_), w(dka_),
-                        w(dv_), flash_ws_, deterministic);
+    flash_backward_tc(TensorCoreType::bf16, d, mask(), scale, u(a.qa), u(a.ka), u(a.v), u(a.att), a.lse, u(datt_),
+                      w(dqa_), w(dka_), w(dv_), flash_ws_, flash_tiles, deterministic);
   } else {
     flash_backward_fp32(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse, datt_, dqa_, dka_, dv_);
   }
@@ -583,6 +584,10 @@ double GPTCuda::forward_backward(const int* tokens, const int* targets, int64_t 
 void GPTCuda::set_deterministic(bool on) { impl_->deterministic_next = on; }
 
 bool GPTCuda::deterministic() const { return impl_->deterministic_next; }
+
+void GPTCuda::set_flash_tiles(FlashTiles tiles) { impl_->flash_tiles = tiles; }
+
+FlashTiles GPTCuda::flash_tiles() const { return impl_->flash_tiles; }
 
 void GPTCuda::set_classifier_rows(int64_t rows) {
   FLASHGPT_CHECK(rows >= 0, "classifier rows: {} must not be negative", rows);

@@ -67,6 +67,7 @@ struct GPTCuda::Impl {
   int64_t graph_replays = 0;     // steps that did, since start_decoding
   bool deterministic_next = false;  // set_deterministic: what the next forward with targets latches
   bool deterministic = false;       // the step in flight: no atomics in its backward
+  FlashTiles flash_tiles = FlashTiles::Auto;  // set_flash_tiles: the bf16 flash kernels' tiles in training
 };
 
 namespace gpt_detail {

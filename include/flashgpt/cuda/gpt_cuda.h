@@ -28,6 +28,7 @@
 
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/abi.h"
+#include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/ops_cuda.h"
 #include "flashgpt/infer/decoder.h"
 #include "flashgpt/model/config.h"
@@ -109,6 +110,11 @@ class GPTCuda {
   // Off by default.
   void set_deterministic(bool on);
   bool deterministic() const;
+  // The tiles of the bf16 flash kernels in the training step (attention_cuda.h's FlashTiles, each
+  // falling back to Auto where it does not apply): what `bench train --tiles` compares. Auto by
+  // default; decoding always runs Auto.
+  void set_flash_tiles(FlashTiles tiles);
+  FlashTiles flash_tiles() const;
 
   // Σ g² over every gradient (for global-norm clipping).
   double grad_sum_squares();
