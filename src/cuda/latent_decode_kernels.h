@@ -54,6 +54,60 @@ struct LaunchInfo {
   int blocks_per_sm = 0;
 };
 
+// The middle of a tile in the two tensor-core split kernels, whose two halves (of warps, or
+// warpgroups) hold every query row of the block, each over its HalfKeys keys of the tile: this
+// half's scores s masked (where needs_mask) past the split's end k1 and past each row's position
+// qpos, the halves' row maxima met in red ([2][Rows]; one block barrier), then each of this lane's
+// rows (lr) rescaled — its running max and sum, and the output accumulators — and its
+// probabilities handed, two adjacent keys at a time, to store_p(row, tile-local key, p0, p1).
+// Every thread of the block calls it.
+template <int HalfKeys, int HalfNL, int Rows, typename StoreP>
+__device__ __forceinline__ void halves_softmax(float (&s)[HalfKeys / 8][4], float (&acc)[HalfNL / 8][4],
+                                               float (&row_max)[2], float (&row_sum)[2], float* red, const int (&lr)[2],
+                                               const int64_t (&qpos)[2], int half, int64_t j0, int64_t k1,
+                                               bool needs_mask, float scale_log2, StoreP&& store_p) {
+  const int t = static_cast<int>(threadIdx.x) % 4;
+  if (needs_mask) {
+#pragma unroll
+    for (int n = 0; n < HalfKeys / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t j = j0 + half * HalfKeys + n * 8 + 2 * t + (e & 1);
+        if (j >= k1 || j > qpos[e >> 1]) s[n][e] = -INFINITY;
+      }
+  }
+  // The tile's row maxima, this half's first.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < HalfKeys / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+    mx = flash_tc::quad_max(mx);
+    if (t == 0) red[half * Rows + lr[r]] = mx;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float mx = fmaxf(row_max[r], fmaxf(red[lr[r]], red[Rows + lr[r]]));
+    const float base = mx == -INFINITY ? 0.0f : mx * scale_log2;  // a row with nothing visible yet stays at 0
+    const float alpha = exp2f(row_max[r] * scale_log2 - base);
+    row_max[r] = mx;
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < HalfKeys / 8; ++n) {
+      const float p0 = exp2f(s[n][2 * r] * scale_log2 - base), p1 = exp2f(s[n][2 * r + 1] * scale_log2 - base);
+      sum += p0 + p1;
+      store_p(lr[r], half * HalfKeys + n * 8 + 2 * t, p0, p1);
+    }
+    row_sum[r] = row_sum[r] * alpha + sum;
+#pragma unroll
+    for (int n = 0; n < HalfNL / 8; ++n) {
+      acc[n][2 * r] *= alpha;
+      acc[n][2 * r + 1] *= alpha;
+    }
+  }
+}
+
 // The end of the two tensor-core split kernels, whose two halves (of warps, or warpgroups) hold
 // every query row of the block, each over half of every tile's keys and half of the output
 // columns: the halves' row sums meet in red ([2][Rows], free once the last tile's row maxima are

@@ -33,8 +33,6 @@ using flash_tc::load_b_from_cols;
 using flash_tc::load_b_from_rows;
 using flash_tc::load_rows;
 using flash_tc::mma_pair;
-using flash_tc::quad_max;
-using flash_tc::quad_sum;
 using flash_tc::store2;
 
 template <int NL_, int DR_, int RowWarps_, int KeyTile_>
@@ -78,7 +76,7 @@ __global__ void __launch_bounds__(F::Threads)
   E* Ps = Ks + 2 * F::k_elems;           // [Rows][PS]
   float* red = reinterpret_cast<float*>(Ps + F::p_elems);  // [2 halves][Rows]: row maxima, then sums
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  const int g = lane / 4, t = lane % 4;
+  const int g = lane / 4;
   const int rw = warp % F::RowWarps, half = warp / F::RowWarps;
   const int split = static_cast<int>(blockIdx.x);
   const int64_t b = blockIdx.z, rows = d.rows(), g0 = static_cast<int64_t>(blockIdx.y) * Rows;
@@ -135,45 +133,11 @@ __global__ void __launch_bounds__(F::Threads)
         tc::mma_16816<E>(s[0], a, bk);
       }
     }
-    if (j0 + KeyTile > first_masked) {
-#pragma unroll
-      for (int n = 0; n < HalfKeys / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t j = j0 + half * HalfKeys + n * 8 + 2 * t + (e & 1);
-          if (j >= k1 || j > qpos[e >> 1]) s[n][e] = -INFINITY;
-        }
-    }
-    // The tile's row maxima, this half's first.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < HalfKeys / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-      mx = quad_max(mx);
-      if (t == 0) red[half * Rows + lr[r]] = mx;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float mx = fmaxf(row_max[r], fmaxf(red[lr[r]], red[Rows + lr[r]]));
-      const float base = mx == -INFINITY ? 0.0f : mx * scale_log2;  // a row with nothing visible yet stays at 0
-      const float alpha = exp2f(row_max[r] * scale_log2 - base);
-      row_max[r] = mx;
-      float sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < HalfKeys / 8; ++n) {
-        const float p0 = exp2f(s[n][2 * r] * scale_log2 - base), p1 = exp2f(s[n][2 * r + 1] * scale_log2 - base);
-        sum += p0 + p1;
-        store2(Ps + lr[r] * F::PS + half * HalfKeys + n * 8 + 2 * t, p0, p1);
-      }
-      row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-      for (int n = 0; n < HalfNL / 8; ++n) {
-        acc[n][2 * r] *= alpha;
-        acc[n][2 * r + 1] *= alpha;
-      }
-    }
+    halves_softmax<HalfKeys, HalfNL, Rows>(s, acc, row_max, row_sum, red, lr, qpos, half, j0, k1,
+                                           j0 + KeyTile > first_masked, scale_log2,
+                                           [&](int row, int key, float p0, float p1) {
+                                             store2(Ps + row * F::PS + key, p0, p1);
+                                           });
     __syncthreads();  // P of both halves is in shared memory
     // O += P V over the whole tile, this warp's half of the output columns.
 #pragma unroll

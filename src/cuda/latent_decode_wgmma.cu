@@ -28,8 +28,6 @@ namespace {
 
 using E = __nv_bfloat16;
 using flash_tc::kLog2e;
-using flash_tc::quad_max;
-using flash_tc::quad_sum;
 using flash_tc::store2;
 
 struct WgmmaTiles {
@@ -73,7 +71,7 @@ __global__ void __launch_bounds__(WgmmaTiles::Threads, 1)
   E* Ps = Ks + 2 * RowTile::kElems;
   float* red = reinterpret_cast<float*>(Ps + PTile::kElems);  // [2 halves][Rows]: row maxima, then sums
   const int tid = static_cast<int>(threadIdx.x), half = tid / 128, lane = tid % 32;
-  const int g = lane / 4, t = lane % 4, wq = tid % 128 / 32;  // wq: the warp within its warpgroup
+  const int g = lane / 4, wq = tid % 128 / 32;  // wq: the warp within its warpgroup
   const int split = static_cast<int>(blockIdx.x);
   const int64_t b = blockIdx.z, rows = d.rows(), g0 = static_cast<int64_t>(blockIdx.y) * Rows;
   const float scale_log2 = scale * kLog2e;
@@ -118,44 +116,11 @@ __global__ void __launch_bounds__(WgmmaTiles::Threads, 1)
     wg::commit();
     wg::wait<0>();
     wg::hold(s);
-    if (j0 + KeyTile > first_masked) {
-#pragma unroll
-      for (int n = 0; n < HalfKeys / 8; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t j = j0 + half * HalfKeys + n * 8 + 2 * t + (e & 1);
-          if (j >= k1 || j > qpos[e >> 1]) s[n][e] = -INFINITY;
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < HalfKeys / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-      mx = quad_max(mx);
-      if (t == 0) red[half * Rows + lr[r]] = mx;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float mx = fmaxf(row_max[r], fmaxf(red[lr[r]], red[Rows + lr[r]]));
-      const float base = mx == -INFINITY ? 0.0f : mx * scale_log2;  // a row with nothing visible yet stays at 0
-      const float alpha = exp2f(row_max[r] * scale_log2 - base);
-      row_max[r] = mx;
-      float sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < HalfKeys / 8; ++n) {
-        const float p0 = exp2f(s[n][2 * r] * scale_log2 - base), p1 = exp2f(s[n][2 * r + 1] * scale_log2 - base);
-        sum += p0 + p1;
-        store2(Ps + PTile::offset(lr[r], half * HalfKeys + n * 8 + 2 * t), p0, p1);
-      }
-      row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-      for (int n = 0; n < HalfNL / 8; ++n) {
-        acc[n][2 * r] *= alpha;
-        acc[n][2 * r + 1] *= alpha;
-      }
-    }
+    halves_softmax<HalfKeys, HalfNL, Rows>(s, acc, row_max, row_sum, red, lr, qpos, half, j0, k1,
+                                           j0 + KeyTile > first_masked, scale_log2,
+                                           [&](int row, int key, float p0, float p1) {
+                                             store2(Ps + PTile::offset(row, key), p0, p1);
+                                           });
     wg::fence_proxy_async();  // P, written by plain stores, is read by the tensor cores
     __syncthreads();          // P of both halves is in shared memory
     // O += P V over the whole tile, this warpgroup's half of the output columns.
