@@ -13,7 +13,7 @@
 #   decode ≈ 2.5 min; attention + standard + latent-decode + flash-decode ≈ 8 min; sanitizer with
 #   the default filters not yet timed (memcheck of the six programs ≈ 35 s without the two slow
 #   tensor-core attention accuracy tests); ops not yet timed (expected under a minute; ≈ 6 GB of
-#   GPU memory); tiles (tall forward, short backward and the wgmma forward beside the automatic
+#   GPU memory); tiles (tall forward, short backward and the wgmma kernels beside the automatic
 #   tiles, 80 cases, split out of attention) and kernels (eight ncu runs) not yet timed: expected
 #   ≈ 4 and ≈ 2 min.
 #   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
@@ -195,11 +195,11 @@ fi
 # --- the tile shapes side by side: tall forward, short backward --------------------------------
 if want tiles; then
 say ""
-say "## Attention tile shapes: automatic, tall forward, short backward, Hopper's wgmma forward (each case back to back)"
+say "## Attention tile shapes: automatic, tall forward, short backward, Hopper's wgmma forward and backward (each case back to back)"
 say ""
 if [ -n "$bin" ]; then
   # tall: the forward's 32 query rows a warp (the backward as auto); short: the backward's 32-query
-  # tiles, three blocks an SM (the forward as auto); wgmma: the forward on Hopper's warpgroup MMA
+  # tiles, three blocks an SM (the forward as auto); wgmma: both on Hopper's warpgroup MMA
   # (elsewhere auto), also at head dim 128. The evidence for making any of them the default.
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768,2048 --head-dim 64 \
     --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short,wgmma --repeats 10 --json \
@@ -387,7 +387,7 @@ say "|---|---|---|---|---|---|---|---|"
 if [ -n "$bin" ]; then
   # GPT-2 124M with flash attention (as the peer's SDPA) in bf16 and fp32, and d12_flash_mla (the
   # seed's FlashMLA model) beside it. (d12's own mechanism, standard, would keep every layer's P.)
-  # The last: d12 with Hopper's wgmma flash forward (skipped where the GPU or build has none).
+  # The last: d12 with Hopper's wgmma flash kernels (skipped where the GPU or build has none).
   for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det d12:bf16::wgmma; do
     IFS=: read -r preset precision det tiles <<< "$run"
     tag="${run//:/_}"

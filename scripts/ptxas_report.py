@@ -7,9 +7,12 @@ Needs nvcc, not a GPU:
     scripts/ptxas_report.py --spills-only    only kernels with spills or a stack frame
 
 A kernel that spills, or that ptxas holds to fewer registers than it needs, shows here before any
-GPU runs it; the table's figures are the compiler's, not measurements.
+GPU runs it; the table's figures are the compiler's, not measurements. Any line in which ptxas
+remarks on the warpgroup MMA (its C75xx messages: wgmma instructions serialized, a
+warpgroup.arrive it had to inject, lost performance) is listed under the table.
 """
 import argparse
+import collections
 import glob
 import os
 import re
@@ -32,6 +35,9 @@ def short(name):
     return name.split("(")[0]
 
 
+NOTES = collections.Counter()  # (file, mangled kernel, remark) -> times ptxas made it
+
+
 def report(path, arch, nvcc):
     cmd = [nvcc, "-O3", "-DNDEBUG", "-DFLASHGPT_HAVE_CUDA=1", f"--generate-code=arch=compute_{arch},code=sm_{arch}",
            "-std=c++20", f"-I{ROOT}/include", f"-I{ROOT}/src", "-c", path, "-o", os.devnull, "-Xptxas", "-v"]
@@ -40,6 +46,10 @@ def report(path, arch, nvcc):
         sys.exit(f"ptxas_report: {path}: nvcc failed:\n{run.stderr[-2000:]}")
     rows, current = [], None
     for line in run.stderr.splitlines():
+        m = re.search(r"\((C75\d\d)\) (.*?)(?: in around line \d+)?(?: by compiler)?(?: to (.*?))? in function '([^']+)'", line)
+        if m:
+            code, what, why, fn = m.groups()
+            NOTES[(os.path.basename(path), fn, f"{code} {what}" + (f" to {why}" if why else ""))] += 1
         m = re.search(r"Compiling entry function '([^']+)'", line)
         if m:
             current = {"name": m.group(1)}
@@ -75,6 +85,11 @@ def main():
                 continue
             print(f"| {os.path.basename(path)} | `{r['name']}` | {r.get('regs', '?')} | {r.get('stack', 0)} | "
                   f"{r.get('spill_st', 0)} | {r.get('spill_ld', 0)} |")
+    if NOTES:
+        print("\nptxas on the warpgroup MMA:\n")
+        keys = list(NOTES)
+        for (path, _, remark), name in zip(keys, demangle([k[1] for k in keys])):
+            print(f"- {path}, `{short(name)}`: {remark} ({NOTES[(path, _, remark)]}×)")
 
 
 if __name__ == "__main__":

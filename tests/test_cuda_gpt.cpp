@@ -305,9 +305,9 @@ TEST(CudaGpt, Bf16TrainingFollowsTheCpu) {
   }
 }
 
-// The training step with Hopper's flash forward (set_flash_tiles(Wgmma), what bench train --tiles
-// wgmma times) follows the CPU as the automatic tiles do.
-TEST(CudaGpt, Bf16TrainingWithTheWgmmaForwardFollowsTheCpu) {
+// The training step with Hopper's flash kernels, forward and backward (set_flash_tiles(Wgmma), what
+// bench train --tiles wgmma times; head dim 64 has both), follows the CPU as the automatic tiles do.
+TEST(CudaGpt, Bf16TrainingWithTheWgmmaKernelsFollowsTheCpu) {
   SKIP_WITHOUT_GPU();
   if (!cuda::warpgroup_mma_supported()) GTEST_SKIP() << "this GPU or build has no wgmma (compute capability 9.0, sm_90a)";
   const GPTConfig c = gpt2_like();

@@ -1,6 +1,6 @@
 // Hopper's warpgroup instructions (wgmma, src/cuda/warpgroup.h) against a plain product of the same
-// 16-bit values: matrix descriptors, 128-byte-swizzled shared tiles, A from shared memory and from
-// registers, B K-major and MN-major, every width the kernels use and two depths (one and two
+// 16-bit values: matrix descriptors, 128-byte-swizzled shared tiles, A from registers and from
+// shared memory K-major and MN-major, B K-major and MN-major, every width the kernels use and two depths (one and two
 // 64-column panels of A). On an H100 or H200 this holds our reading of the PTX ISA's layouts to
 // the hardware; on the emulator, the emulator to the same reading. Skipped, visibly, without a GPU
 // that has the instructions (compute capability 9.0 and a build with sm_90a code).
@@ -22,9 +22,6 @@ namespace {
 uint16_t to_bits(cuda::TensorCoreType t, float x) {
   return t == cuda::TensorCoreType::bf16 ? testing::to_bf16(x) : testing::to_f16(x);
 }
-float from_bits(cuda::TensorCoreType t, uint16_t b) {
-  return t == cuda::TensorCoreType::bf16 ? testing::from_bf16(b) : testing::from_f16(b);
-}
 
 std::string skip_reason() {
   if (!cuda::gpu_available()) return "no GPU: " + probe_devices().why_none;
@@ -38,20 +35,28 @@ TEST(CudaWarpgroup, ProductsMatchAPlainProductInEveryLayout) {
   for (const auto type : {cuda::TensorCoreType::bf16, cuda::TensorCoreType::fp16}) {
     for (const int n : {32, 64, 128, 256}) {
       for (const int k : {64, 128}) {
-        for (const bool a_in_registers : {false, true}) {
+        for (const auto a_from : {cuda::WarpgroupA::Registers, cuda::WarpgroupA::KMajor, cuda::WarpgroupA::MNMajor}) {
           for (const bool b_mn_major : {false, true}) {
             if (n < 64 && b_mn_major) continue;  // an MN-major tile is whole 64-column panels
             SCOPED_TRACE(fmt::format("{} n {} k {} A from {} B {}", type == cuda::TensorCoreType::bf16 ? "bf16" : "fp16",
-                                     n, k, a_in_registers ? "registers" : "shared memory",
+                                     n, k,
+                                     a_from == cuda::WarpgroupA::Registers ? "registers"
+                                     : a_from == cuda::WarpgroupA::KMajor  ? "shared memory, K-major"
+                                                                           : "shared memory, MN-major",
                                      b_mn_major ? "MN-major" : "K-major"));
             // Small integers and halves: every product and sum is exact in fp32, so the result
             // must match to the bit whatever order the tensor cores add in.
             std::vector<uint16_t> a(static_cast<size_t>(64 * k)), b(static_cast<size_t>(k * n));
             std::vector<float> af(a.size()), bf(b.size());  // bf as B[kk][nn]
-            for (size_t i = 0; i < a.size(); ++i) {
-              af[i] = static_cast<float>(static_cast<int>(rng.uniform() * 9) - 4);
-              a[i] = to_bits(type, af[i]);
-            }
+            // af as A[r][kk]; a as A, or Aᵀ where A is read MN-major.
+            for (int r = 0; r < 64; ++r)
+              for (int kk = 0; kk < k; ++kk) {
+                const float v = static_cast<float>(static_cast<int>(rng.uniform() * 9) - 4);
+                af[static_cast<size_t>(r * k + kk)] = v;
+                const size_t at = a_from == cuda::WarpgroupA::MNMajor ? static_cast<size_t>(kk * 64 + r)
+                                                                      : static_cast<size_t>(r * k + kk);
+                a[at] = to_bits(type, v);
+              }
             for (int kk = 0; kk < k; ++kk)
               for (int nn = 0; nn < n; ++nn) {
                 const float v = 0.5f * static_cast<float>(static_cast<int>(rng.uniform() * 7) - 3);
@@ -63,7 +68,7 @@ TEST(CudaWarpgroup, ProductsMatchAPlainProductInEveryLayout) {
             da.upload(a.data(), a.size() * 2);
             db.upload(b.data(), b.size() * 2);
             dd.fill_bytes(0xFF);
-            cuda::warpgroup_mma_product(type, n, k, a_in_registers, b_mn_major, da.as<uint16_t>(), db.as<uint16_t>(),
+            cuda::warpgroup_mma_product(type, n, k, a_from, b_mn_major, da.as<uint16_t>(), db.as<uint16_t>(),
                                         dd.as<float>());
             cuda::synchronize();
             std::vector<float> d(static_cast<size_t>(64 * n));
@@ -73,7 +78,7 @@ TEST(CudaWarpgroup, ProductsMatchAPlainProductInEveryLayout) {
               for (int c = 0; c < n; ++c) {
                 float want = 0;
                 for (int kk = 0; kk < k; ++kk) {
-                  want += from_bits(type, a[static_cast<size_t>(r * k + kk)]) * bf[static_cast<size_t>(kk * n + c)];
+                  want += af[static_cast<size_t>(r * k + kk)] * bf[static_cast<size_t>(kk * n + c)];
                 }
                 const float got = d[static_cast<size_t>(r * n + c)];
                 if (got != want && wrong++ < 5) ADD_FAILURE() << "D[" << r << "][" << c << "] = " << got << ", want " << want;
@@ -89,13 +94,13 @@ TEST(CudaWarpgroup, ProductsMatchAPlainProductInEveryLayout) {
 TEST(CudaWarpgroup, RefusesSizesItHasNoInstructionFor) {
   if (const std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
   cuda::DeviceBuffer buf(64 * 256 * 4);
-  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 96, 64, false, false, buf.as<uint16_t>(),
+  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 96, 64, cuda::WarpgroupA::KMajor, false, buf.as<uint16_t>(),
                                            buf.as<uint16_t>(), buf.as<float>()),
                Error);
-  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 64, 32, false, false, buf.as<uint16_t>(),
+  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 64, 32, cuda::WarpgroupA::KMajor, false, buf.as<uint16_t>(),
                                            buf.as<uint16_t>(), buf.as<float>()),
                Error);
-  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 32, 64, false, true, buf.as<uint16_t>(),
+  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 32, 64, cuda::WarpgroupA::KMajor, true, buf.as<uint16_t>(),
                                            buf.as<uint16_t>(), buf.as<float>()),
                Error);
 }

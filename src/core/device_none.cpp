@@ -37,7 +37,7 @@ void flash_backward_fp32(const AttentionDims&, const AttentionMask&, float, cons
 }
 bool flash_tc_supports(int64_t, int64_t) { return false; }
 bool warpgroup_mma_supported() { return false; }
-void warpgroup_mma_product(TensorCoreType, int, int, bool, bool, const uint16_t*, const uint16_t*, float*) {
+void warpgroup_mma_product(TensorCoreType, int, int, WarpgroupA, bool, const uint16_t*, const uint16_t*, float*) {
   fail("warpgroup MMA: {}", kNoCuda);
 }
 template <typename T>

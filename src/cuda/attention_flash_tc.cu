@@ -107,6 +107,7 @@ ForwardShape forward_shape(FlashTiles tiles) {
 template <typename L>
 BackwardShape backward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::Short && L::has_short_backward()) return BackwardShape::Short;
+  if (tiles == FlashTiles::Wgmma && L::has_wgmma_backward() && warpgroup_mma_supported()) return BackwardShape::Wgmma;
   return use_wide(tiles, L::backward_bytes(BackwardShape::Wide)) ? BackwardShape::Wide : BackwardShape::Narrow;
 }
 

@@ -19,6 +19,7 @@
 
 #include <cmath>
 
+#include "cuda/attention_flash_tc_backward_wgmma.h"
 #include "cuda/attention_flash_tc_common.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -189,20 +190,33 @@ using BackwardTilesShort = BackwardTiles<Dqk, Dv, 4, 32, 3>;
 template <int Dv>
 constexpr bool kHasShortBackward = Dv <= 64;
 
+// The backward kernel of tiles F: the warpgroup one for Hopper's tiles, else the mma.sync one.
+template <typename E, typename F, bool WithDq>
+constexpr auto backward_kernel() {
+  if constexpr (requires { F::kWarpgroup; }) {
+    return flash_backward_wgmma_kernel<E, F, WithDq>;
+  } else {
+    return flash_backward_tc_kernel<E, F, WithDq>;
+  }
+}
+
 // dq_accum null: dK and dV only (the deterministic backward's first kernel).
 template <typename E, typename F>
 void launch_backward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, const float* lse,
                      const float* dsum, const E* dout, float* dq_accum, E* dk, E* dv) {
   const dim3 grid(static_cast<unsigned>((d.Tk + F::BlockN - 1) / F::BlockN), static_cast<unsigned>(d.Hkv),
                   static_cast<unsigned>(d.B));
+  constexpr bool kHopper = requires { F::kWarpgroup; };
   if (dq_accum) {
-    allow_shared(flash_backward_tc_kernel<E, F, true>, F::bytes, "tensor-core flash backward");
-    launch_kernel("tensor-core flash backward", flash_backward_tc_kernel<E, F, true>, grid, F::Threads, F::bytes,
-                  nullptr, d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+    const char* name = kHopper ? "Hopper flash backward" : "tensor-core flash backward";
+    allow_shared(backward_kernel<E, F, true>(), F::bytes, name);
+    launch_kernel(name, backward_kernel<E, F, true>(), grid, F::Threads, F::bytes, nullptr, d, m, scale, q, k, v, lse,
+                  dsum, dout, dq_accum, dk, dv);
   } else {
-    allow_shared(flash_backward_tc_kernel<E, F, false>, F::bytes, "tensor-core flash backward (dK, dV)");
-    launch_kernel("tensor-core flash backward (dK, dV)", flash_backward_tc_kernel<E, F, false>, grid, F::Threads,
-                  F::bytes, nullptr, d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+    const char* name = kHopper ? "Hopper flash backward (dK, dV)" : "tensor-core flash backward (dK, dV)";
+    allow_shared(backward_kernel<E, F, false>(), F::bytes, name);
+    launch_kernel(name, backward_kernel<E, F, false>(), grid, F::Threads, F::bytes, nullptr, d, m, scale, q, k, v,
+                  lse, dsum, dout, dq_accum, dk, dv);
   }
 }
 

@@ -232,14 +232,16 @@ struct Residency {
 // The forward's tiles: narrow, wide, tall (FlashTiles::Tall), or Hopper's warpgroup MMA
 // (FlashTiles::Wgmma), where the head dims have them.
 enum class ForwardShape { Narrow, Wide, Tall, Wgmma };
-// The backward's: narrow, wide, or short (FlashTiles::Short, where the head dims have them).
-enum class BackwardShape { Narrow, Wide, Short };
+// The backward's: narrow, wide, short (FlashTiles::Short) or Hopper's warpgroup MMA
+// (FlashTiles::Wgmma), where the head dims have them.
+enum class BackwardShape { Narrow, Wide, Short, Wgmma };
 
 template <typename E, int Dqk, int Dv>
 struct Launchers {
   static bool has_tall_forward();
   static bool has_wgmma_forward();
   static bool has_short_backward();
+  static bool has_wgmma_backward();
   static size_t forward_bytes(ForwardShape shape);
   static size_t backward_bytes(BackwardShape shape);
   static Residency forward_residency(ForwardShape shape);

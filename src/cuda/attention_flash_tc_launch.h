@@ -26,11 +26,14 @@ decltype(auto) with_forward_tiles(ForwardShape shape, F&& f) {
   return f(std::type_identity<ForwardTilesFor<Dqk, Dv, true>>{});
 }
 
-// The same for the backward's tiles (short falls back to wide where the head dims have none).
+// The same for the backward's tiles (short and wgmma fall back to wide where the head dims have none).
 template <int Dqk, int Dv, typename F>
 decltype(auto) with_backward_tiles(BackwardShape shape, F&& f) {
   if constexpr (kHasShortBackward<Dv>) {
     if (shape == BackwardShape::Short) return f(std::type_identity<BackwardTilesShort<Dqk, Dv>>{});
+  }
+  if constexpr (kHasWgmmaBackward<Dqk, Dv>) {
+    if (shape == BackwardShape::Wgmma) return f(std::type_identity<BackwardTilesWgmma<Dqk, Dv>>{});
   }
   if (shape == BackwardShape::Narrow) return f(std::type_identity<BackwardTilesFor<Dqk, Dv, false>>{});
   return f(std::type_identity<BackwardTilesFor<Dqk, Dv, true>>{});
@@ -72,6 +75,11 @@ bool Launchers<E, Dqk, Dv>::has_short_backward() {
 }
 
 template <typename E, int Dqk, int Dv>
+bool Launchers<E, Dqk, Dv>::has_wgmma_backward() {
+  return kHasWgmmaBackward<Dqk, Dv>;
+}
+
+template <typename E, int Dqk, int Dv>
 size_t Launchers<E, Dqk, Dv>::forward_bytes(ForwardShape shape) {
   return with_forward_tiles<Dqk, Dv>(shape, [](auto tiles) { return decltype(tiles)::type::bytes; });
 }
@@ -104,7 +112,7 @@ template <typename E, int Dqk, int Dv>
 Residency Launchers<E, Dqk, Dv>::backward_residency(BackwardShape shape) {
   return with_backward_tiles<Dqk, Dv>(shape, [](auto tiles) {
     using F = typename decltype(tiles)::type;
-    return residency_of(flash_backward_tc_kernel<E, F, true>, F::Threads, F::bytes, "tensor-core flash backward");
+    return residency_of(backward_kernel<E, F, true>(), F::Threads, F::bytes, "tensor-core flash backward");
   });
 }
 

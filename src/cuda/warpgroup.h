@@ -1,11 +1,13 @@
 // Hopper's warpgroup-level tensor-core instructions (sm_90a), one spelling for nvcc (inline PTX)
 // and one for the emulated build (simt::, which reads descriptors and fragments as the PTX ISA
 // lays them out):
-//   mma_ss<E, N, TransB>(d, a_desc, b_desc, accumulate)
+//   mma_ss<E, N, TransB, TransA = false>(d, a_desc, b_desc, accumulate)
 //       wgmma.mma_async m64nNk16: D (64 × N, fp32) = A (64 × 16) · B (16 × N) (+ D), A and B in
-//       shared memory, described by matrix descriptors; A K-major, B K-major (TransB false: B's
-//       columns are rows of the tile, as K's rows are Kᵀ's columns) or MN-major (TransB: B's rows
-//       are rows of the tile, as V's are for P·V).
+//       shared memory, described by matrix descriptors; B K-major (TransB false: B's columns are
+//       rows of the tile, as K's rows are Kᵀ's columns) or MN-major (TransB: B's rows are rows of
+//       the tile, as V's are for P·V); A K-major (its rows are rows of the tile, as Q's are for
+//       Q Kᵀ) or MN-major (TransA: its columns are rows of the tile, as dSᵀ's rows are dS's
+//       columns for dQ = dS K).
 //   mma_rs<E, N, TransB>(d, a, b_desc, accumulate)
 //       the same with A from registers, in mma.m16n8k16's A layout for the warp's 16 rows (the
 //       FlashAttention-2 register reuse of P as an operand carries over unchanged).
@@ -104,9 +106,9 @@ template <typename E>
 constexpr simt::MmaType mma_type() {
   return std::is_same_v<E, __half> ? simt::MmaType::f16 : simt::MmaType::bf16;
 }
-template <typename E, int N, bool TransB>
+template <typename E, int N, bool TransB, bool TransA = false>
 __device__ __forceinline__ void mma_ss(float (&d)[N / 8][4], uint64_t a_desc, uint64_t b_desc, bool accumulate) {
-  simt::warpgroup_mma(mma_type<E>(), N, &d[0][0], nullptr, a_desc, b_desc, false, TransB, accumulate);
+  simt::warpgroup_mma(mma_type<E>(), N, &d[0][0], nullptr, a_desc, b_desc, TransA, TransB, accumulate);
 }
 template <typename E, int N, bool TransB>
 __device__ __forceinline__ void mma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b_desc, bool accumulate) {
@@ -132,22 +134,22 @@ __device__ __forceinline__ void fence_proxy_async() {}
 #define FLASHGPT_WG_OUT_128 FLASHGPT_WG_F32(0), FLASHGPT_WG_F32(32)
 #define FLASHGPT_WG_OUT_256 FLASHGPT_WG_F32(0), FLASHGPT_WG_F32(32), FLASHGPT_WG_F32(64), FLASHGPT_WG_F32(96)
 #define FLASHGPT_WG_REGS_32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
-#define FLASHGPT_WG_SS_TAIL_32 "%16, %17, p, 1, 1, 0, %19;"
+#define FLASHGPT_WG_SS_TAIL_32 "%16, %17, p, 1, 1, %20, %19;"
 #define FLASHGPT_WG_SS_PRED_32 "%18"
 #define FLASHGPT_WG_RS_TAIL_32 "{%16, %17, %18, %19}, %20, p, 1, 1, %22;"
 #define FLASHGPT_WG_RS_PRED_32 "%21"
 #define FLASHGPT_WG_REGS_64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
-#define FLASHGPT_WG_SS_TAIL_64 "%32, %33, p, 1, 1, 0, %35;"
+#define FLASHGPT_WG_SS_TAIL_64 "%32, %33, p, 1, 1, %36, %35;"
 #define FLASHGPT_WG_SS_PRED_64 "%34"
 #define FLASHGPT_WG_RS_TAIL_64 "{%32, %33, %34, %35}, %36, p, 1, 1, %38;"
 #define FLASHGPT_WG_RS_PRED_64 "%37"
 #define FLASHGPT_WG_REGS_128 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-#define FLASHGPT_WG_SS_TAIL_128 "%64, %65, p, 1, 1, 0, %67;"
+#define FLASHGPT_WG_SS_TAIL_128 "%64, %65, p, 1, 1, %68, %67;"
 #define FLASHGPT_WG_SS_PRED_128 "%66"
 #define FLASHGPT_WG_RS_TAIL_128 "{%64, %65, %66, %67}, %68, p, 1, 1, %70;"
 #define FLASHGPT_WG_RS_PRED_128 "%69"
 #define FLASHGPT_WG_REGS_256 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
-#define FLASHGPT_WG_SS_TAIL_256 "%128, %129, p, 1, 1, 0, %131;"
+#define FLASHGPT_WG_SS_TAIL_256 "%128, %129, p, 1, 1, %132, %131;"
 #define FLASHGPT_WG_SS_PRED_256 "%130"
 #define FLASHGPT_WG_RS_TAIL_256 "{%128, %129, %130, %131}, %132, p, 1, 1, %134;"
 #define FLASHGPT_WG_RS_PRED_256 "%133"
@@ -156,7 +158,8 @@ __device__ __forceinline__ void fence_proxy_async() {}
                "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPE "." TYPE " " FLASHGPT_WG_REGS_##N ", " \
                FLASHGPT_WG_SS_TAIL_##N "\n}\n"                                                           \
                : FLASHGPT_WG_OUT_##N                                                                     \
-               : "l"(a_desc), "l"(b_desc), "r"(static_cast<int>(accumulate)), "n"(static_cast<int>(TransB)))
+               : "l"(a_desc), "l"(b_desc), "r"(static_cast<int>(accumulate)), "n"(static_cast<int>(TransB)), \
+                 "n"(static_cast<int>(TransA)))
 #define FLASHGPT_WG_RS(N, TYPE)                                                                            \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " FLASHGPT_WG_RS_PRED_##N ", 0;\n"                          \
                "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TYPE "." TYPE " " FLASHGPT_WG_REGS_##N ", " \
@@ -165,7 +168,7 @@ __device__ __forceinline__ void fence_proxy_async() {}
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(static_cast<int>(accumulate)), \
                  "n"(static_cast<int>(TransB)))
 
-template <typename E, int N, bool TransB>
+template <typename E, int N, bool TransB, bool TransA = false>
 __device__ __forceinline__ void mma_ss(float (&d)[N / 8][4], uint64_t a_desc, uint64_t b_desc, bool accumulate) {
   static_assert(N == 32 || N == 64 || N == 128 || N == 256, "wgmma widths instantiated: 32, 64, 128, 256");
 #if FLASHGPT_HAS_WGMMA

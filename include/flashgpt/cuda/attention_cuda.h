@@ -53,10 +53,11 @@ enum class TensorCoreType { bf16, fp16 };
 // per 32 rows instead of 16 (the shape FlashAttention-2's forward uses), at more registers. Short
 // changes the backward only, for value head dims up to 64 (elsewhere it is Auto): 4-warp blocks of
 // 64 keys walking query tiles of 32 rows, held to 168 registers so that three blocks share an SM
-// (12 warps instead of 8), for twice the dQ atomics of Wide. Wgmma changes the forward only, on
-// Hopper (compute capability 9.0, a build with sm_90a code; elsewhere, and for head dims that are
-// not multiples of 64, it is Auto): two warpgroups of 64 query rows multiply whole 128-key tiles
-// with the warpgroup MMA (wgmma) from 128-byte-swizzled shared tiles.
+// (12 warps instead of 8), for twice the dQ atomics of Wide. Wgmma is Hopper's (compute capability
+// 9.0, a build with sm_90a code; elsewhere it is Auto): the warpgroup MMA (wgmma) from
+// 128-byte-swizzled shared tiles. Its forward (head dims multiples of 64; else Auto's) has two
+// warpgroups of 64 query rows multiply whole 128-key tiles; its backward (64/64 and 128/128; else
+// Auto's) two warpgroups of 64 keys walk query tiles of 64 rows.
 enum class FlashTiles { Auto, Wide, Narrow, Tall, Short, Wgmma };
 
 // Whether the tensor-core kernels have an instantiation for these head dims.

@@ -16,12 +16,15 @@ namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 // (the architecture-specific instructions exist nowhere else); the emulator counts as one.
 bool warpgroup_mma_supported();
 
-// d (64 × n fp32, row-major) = a (64 × k, row-major) · B, where B (k × n) is given as b = Bᵀ
-// ([n][k], row-major: B K-major) or, where b_mn_major, b = B ([k][n]). A reaches the tensor cores
-// from registers (a_in_registers) or from shared memory. n ∈ {32, 64, 128, 256} (MN-major B: n ≥ 64),
-// k ∈ {64, 128}; 16-bit
+// Where a product's A reaches the tensor cores from: registers (mma.m16n8k16's A layout), or a
+// shared tile read K-major (the tile's rows are A's rows) or MN-major (its rows are A's columns).
+enum class WarpgroupA { Registers, KMajor, MNMajor };
+
+// d (64 × n fp32, row-major) = A (64 × k) · B (k × n). A is given as a = A ([64][k], row-major) or,
+// where a_from is MNMajor, a = Aᵀ ([k][64]); B as b = Bᵀ ([n][k], row-major: B K-major) or, where
+// b_mn_major, b = B ([k][n]). n ∈ {32, 64, 128, 256} (MN-major B: n ≥ 64), k ∈ {64, 128}; 16-bit
 // elements of `type`; device pointers, 16-byte aligned. Throws where !warpgroup_mma_supported().
-void warpgroup_mma_product(TensorCoreType type, int n, int k, bool a_in_registers, bool b_mn_major, const uint16_t* a,
+void warpgroup_mma_product(TensorCoreType type, int n, int k, WarpgroupA a_from, bool b_mn_major, const uint16_t* a,
                            const uint16_t* b, float* d);
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,0 +1,247 @@
+// The FlashAttention-2 backward on Hopper's warpgroup MMA (wgmma, sm_90a; FlashTiles::Wgmma): the
+// tensor-core backward's algorithm (attention_flash_tc_backward.h) with each warpgroup of four warps
+// owning 64 keys and multiplying whole tiles in asynchronous instruction streams.
+//
+// A block of two warpgroups owns BlockN = 128 keys of one key/value head, their K and V rows in
+// 128-byte-swizzled shared tiles (warpgroup.h). It walks every query tile of BlockM = 64 queries of
+// every query head of its GQA group that can see those keys, Q, dO, lse and D streaming through
+// three stages by cp.async with one block barrier a tile. Per tile, warpgroup w (keys 64w … 64w + 63)
+//   Sᵀ = K_w Qᵀ, dPᵀ = V_w dOᵀ   wgmma m64n64k16, A (K_w, V_w) and B (Q, dO, K-major) from shared
+//                               memory, two groups: the softmax of Sᵀ starts while dPᵀ is computed;
+//   Pᵀ, dSᵀ                     exactly as the mma.sync backward, in registers;
+//   dV += Pᵀ dO, dK += dSᵀ Q    wgmma with Pᵀ and dSᵀ from registers (the accumulators of Sᵀ and
+//                               dPᵀ packed as A fragments) and dO, Q MN-major from shared memory,
+//                               left running across the barrier;
+// and writes dSᵀ to a swizzled shared tile (two buffers, alternating). After the barrier,
+//   dQ = dS K                   wgmma with A = dSᵀ read MN-major (dS) and B = K MN-major: where Dqk
+//                               is two or more 64-column panels each warpgroup takes half of them
+//                               over all 128 keys, else all of Dqk over its own 64 keys;
+// added into the fp32 accumulator in global memory with atomics (two columns an instruction on
+// sm_90). Three stages, not two: the tile queued at a barrier goes into the stage the tile before
+// last used, so the dV and dK products of the current tile may still read theirs.
+// With WithDq false the kernel leaves dQ alone, for the deterministic backward.
+#pragma once
+
+#include <cmath>
+
+#include "cuda/attention_flash_tc_common.h"
+#include "cuda/warpgroup.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+namespace flash_tc {
+
+template <int Dqk_, int Dv_>
+struct BackwardTilesWgmma {
+  static constexpr bool kWarpgroup = true;
+  static constexpr int Dqk = Dqk_, Dv = Dv_, Groups = 2, BlockN = 64 * Groups, BlockM = 64, Threads = 128 * Groups;
+  static constexpr int MinBlocks = 1, Stages = 3;
+  using KTile = wg::SwizzledTile<BlockN, Dqk>;
+  using VTile = wg::SwizzledTile<BlockN, Dv>;
+  using QTile = wg::SwizzledTile<BlockM, Dqk>;
+  using OTile = wg::SwizzledTile<BlockM, Dv>;
+  using STile = wg::SwizzledTile<BlockN, BlockM>;  // dSᵀ: keys × queries
+  // dQ's split between the warpgroups: columns where each can have whole panels, else keys.
+  static constexpr bool kDqSplitsColumns = Dqk % 128 == 0;
+  static constexpr int DqCols = kDqSplitsColumns ? Dqk / Groups : Dqk, DqKeys = kDqSplitsColumns ? BlockN : 64;
+  static constexpr size_t elem_bytes =
+      2 * static_cast<size_t>(KTile::kElems + VTile::kElems + Stages * (QTile::kElems + OTile::kElems) +
+                              2 * STile::kElems);
+  // + lse·log2 e and D per stage, and 1024 bytes to align the tiles.
+  static constexpr size_t bytes = elem_bytes + sizeof(float) * 2 * Stages * BlockM + 1024;
+  static_assert(Dqk <= 128 && Dv <= 128, "the dK and dV accumulators of 64 keys fit the registers up to 128");
+};
+
+// Head dims with a Hopper backward: whole swizzle panels, and accumulators that fit the registers.
+template <int Dqk, int Dv>
+constexpr bool kHasWgmmaBackward = Dqk % 64 == 0 && Dv % 64 == 0 && Dqk <= 128 && Dv <= 128;
+
+// Adds two adjacent fp32 values into global memory: one vector reduction on sm_90, else two.
+__device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(a, b));
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+#endif
+}
+
+template <typename E, typename F, bool WithDq>
+__global__ void __launch_bounds__(F::Threads, F::MinBlocks)
+    flash_backward_wgmma_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
+                                const E* __restrict__ v, const float* __restrict__ lse,
+                                const float* __restrict__ dsum, const E* __restrict__ dout,
+                                float* __restrict__ dq_accum, E* __restrict__ dk, E* __restrict__ dv) {
+#if FLASHGPT_HAS_WGMMA
+  constexpr int Dqk = F::Dqk, Dv = F::Dv, BlockM = F::BlockM, BlockN = F::BlockN, Stages = F::Stages;
+  using KTile = typename F::KTile;
+  using VTile = typename F::VTile;
+  using QTile = typename F::QTile;
+  using OTile = typename F::OTile;
+  using STile = typename F::STile;
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
+  E* Ks = reinterpret_cast<E*>(raw + (1024 - wg::smem_address(raw) % 1024) % 1024);
+  E* Vs = Ks + KTile::kElems;
+  E* Qs = Vs + VTile::kElems;             // Stages
+  E* dOs = Qs + Stages * QTile::kElems;   // Stages
+  E* dSs = dOs + Stages * OTile::kElems;  // two buffers
+  float* Ls = reinterpret_cast<float*>(dSs + 2 * STile::kElems);  // [Stages][BlockM]
+  float* Ds = Ls + Stages * BlockM;                               // [Stages][BlockM]
+  const int tid = static_cast<int>(threadIdx.x), group = tid / 128, wq = tid % 128 / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;
+  const int64_t b = blockIdx.z, hk = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * BlockN;
+  const int64_t q_row = d.Hq * Dqk, o_row = d.Hq * Dv;
+  const E* kb = k + b * d.kv_rows * d.k_row + hk * Dqk;
+  const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;
+  const float scale_log2 = scale * kLog2e;
+
+  wg::load_rows_swizzled<Dqk, BlockN, F::Threads>(Ks, kb, d.k_row, j0, d.Tk);
+  wg::load_rows_swizzled<Dv, BlockN, F::Threads>(Vs, vb, d.v_row, j0, d.Tk);
+  tc::cp_async_commit();
+
+  const int64_t key_limit = key_limit_of(d, m, b);
+  const int64_t q_off = causal_offset(m, b);
+  const int64_t first_tile = m.causal ? max(int64_t{0}, j0 - q_off) / BlockM : 0;
+  const int64_t tiles_per_head = max(int64_t{0}, (d.Tq + BlockM - 1) / BlockM - first_tile);
+  const int64_t total = j0 < key_limit ? d.group * tiles_per_head : 0;
+  auto load_pair = [&](int64_t p) {
+    const int st = static_cast<int>(p % Stages);
+    const int64_t h = hk * d.group + p / tiles_per_head, i0 = (first_tile + p % tiles_per_head) * BlockM;
+    wg::load_rows_swizzled<Dqk, BlockM, F::Threads>(Qs + st * QTile::kElems, q + b * d.Tq * q_row + h * Dqk, q_row,
+                                                    i0, d.Tq);
+    wg::load_rows_swizzled<Dv, BlockM, F::Threads>(dOs + st * OTile::kElems, dout + b * d.Tq * o_row + h * Dv, o_row,
+                                                   i0, d.Tq);
+    for (int r = tid; r < BlockM; r += F::Threads) {
+      const int64_t i = i0 + r;
+      const float l = i < d.Tq ? lse[(b * d.Hq + h) * d.Tq + i] : -INFINITY;
+      Ls[st * BlockM + r] = l == -INFINITY ? INFINITY : l * kLog2e;
+      Ds[st * BlockM + r] = i < d.Tq ? dsum[(b * d.Hq + h) * d.Tq + i] : 0.0f;
+    }
+  };
+  stream_begin<true>(total, load_pair);
+
+  float acc_dk[Dqk / 8][4] = {}, acc_dv[Dv / 8][4] = {};
+  // This warpgroup's keys within the block, this warp's 16 of them, and the lane's two.
+  const int key_base = 64 * group, key_row = key_base + 16 * wq + g;
+  const int64_t warp_key = j0 + key_base + 16 * wq, key0 = j0 + key_row;
+
+  for (int64_t p = 0; p < total; ++p) {
+    const int st = static_cast<int>(p % Stages);
+    const int64_t h = hk * d.group + p / tiles_per_head, i0 = (first_tile + p % tiles_per_head) * BlockM;
+    const E* Qt = Qs + st * QTile::kElems;
+    const E* dOt = dOs + st * OTile::kElems;
+    const float* Lt = Ls + st * BlockM;
+    const float* Dt = Ds + st * BlockM;
+    E* dSt = dSs + (p & 1) * STile::kElems;
+
+    float s[BlockM / 8][4], dp[BlockM / 8][4];
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < Dqk / 16; ++kk) {
+      wg::mma_ss<E, BlockM, false>(s, KTile::k_major(Ks, key_base, 16 * kk), QTile::k_major(Qt, 0, 16 * kk), kk > 0);
+    }
+    wg::commit();
+#pragma unroll
+    for (int kk = 0; kk < Dv / 16; ++kk) {
+      wg::mma_ss<E, BlockM, false>(dp, VTile::k_major(Vs, key_base, 16 * kk), OTile::k_major(dOt, 0, 16 * kk),
+                                   kk > 0);
+    }
+    wg::commit();
+
+    // Element e of chunk n: key key0 + (e >> 1)·8, query column c = n·8 + 2t + (e & 1) of the tile.
+    const bool needs_mask = m.q_seg || j0 + BlockN > key_limit || i0 + BlockM > d.Tq ||
+                            (m.causal && warp_key + 15 > q_off + i0);
+    wg::wait<1>();
+    wg::hold(s);
+#pragma unroll
+    for (int n = 0; n < BlockM / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = n * 8 + 2 * t + (e & 1);
+        float pv = exp2f(s[n][e] * scale_log2 - Lt[c]);
+        if (needs_mask && !visible(d, m, b, i0 + c, key0 + (e >> 1) * 8)) pv = 0.0f;
+        s[n][e] = pv;
+      }
+    wg::wait<0>();
+    wg::hold(dp);
+#pragma unroll
+    for (int n = 0; n < BlockM / 8; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) dp[n][e] = s[n][e] * (dp[n][e] - Dt[n * 8 + 2 * t + (e & 1)]) * scale;
+
+    uint32_t pa[BlockM / 16][4], da[BlockM / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BlockM / 16; ++kk) {
+      accumulators_as_a<E>(pa[kk], s, kk);
+      accumulators_as_a<E>(da[kk], dp, kk);
+    }
+    wg::fence();
+#pragma unroll
+    for (int kk = 0; kk < BlockM / 16; ++kk) wg::mma_rs<E, Dv, true>(acc_dv, pa[kk], OTile::mn_major(dOt, 16 * kk), true);
+#pragma unroll
+    for (int kk = 0; kk < BlockM / 16; ++kk) wg::mma_rs<E, Dqk, true>(acc_dk, da[kk], QTile::mn_major(Qt, 16 * kk), true);
+    wg::commit();
+    if constexpr (WithDq) {
+      // dSᵀ to this pair's buffer, for the block's dQ product after the barrier. The buffer was
+      // last read by pair p − 2's dQ product, which every warp waited for before pair p − 1's barrier.
+#pragma unroll
+      for (int kk = 0; kk < BlockM / 16; ++kk)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int row = key_row + 8 * (r & 1), col = 16 * kk + 8 * (r >> 1) + 2 * t;
+          *reinterpret_cast<uint32_t*>(dSt + STile::offset(row, col)) = da[kk][r];
+        }
+    }
+    // The tile's one barrier: pair p + 1 visible, dSᵀ complete, pair p + 2 queued into the stage
+    // pair p − 1 used (its products were waited for before this barrier).
+    stream_advance<true>(p, total, load_pair);
+    if constexpr (WithDq) {
+      constexpr int DqCols = F::DqCols;
+      const int dq_key0 = F::kDqSplitsColumns ? 0 : key_base, dq_col0 = F::kDqSplitsColumns ? DqCols * group : 0;
+      float dq[DqCols / 8][4];
+      wg::fence();
+#pragma unroll
+      for (int kk = 0; kk < F::DqKeys / 16; ++kk) {
+        wg::mma_ss<E, DqCols, true, true>(dq, STile::mn_major(dSt, dq_key0 + 16 * kk),
+                                          KTile::mn_major(Ks, dq_key0 + 16 * kk, dq_col0), kk > 0);
+      }
+      wg::commit();
+      wg::wait<0>();
+      wg::hold(dq);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t i = i0 + 16 * wq + g + 8 * r;
+        if (i >= d.Tq) continue;
+        float* row = dq_accum + (b * d.Tq + i) * q_row + h * Dqk + dq_col0 + 2 * t;
+#pragma unroll
+        for (int n = 0; n < DqCols / 8; ++n) atomic_add2(row + n * 8, dq[n][2 * r], dq[n][2 * r + 1]);
+      }
+    } else {
+      wg::wait<0>();
+    }
+    wg::hold(acc_dv);
+    wg::hold(acc_dk);
+    wg::hold(pa);
+    wg::hold(da);
+  }
+  tc::cp_async_wait<0>();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t j = key0 + r * 8;
+    if (j >= d.Tk) continue;
+    E* dk_row = dk + (b * d.kv_rows + j) * d.k_row + hk * Dqk;
+    E* dv_row = dv + (b * d.kv_rows + j) * d.v_row + hk * Dv;
+#pragma unroll
+    for (int n = 0; n < Dqk / 8; ++n) store2(dk_row + n * 8 + 2 * t, acc_dk[n][2 * r], acc_dk[n][2 * r + 1]);
+#pragma unroll
+    for (int n = 0; n < Dv / 8; ++n) store2(dv_row + n * 8 + 2 * t, acc_dv[n][2 * r], acc_dv[n][2 * r + 1]);
+  }
+#else
+  (void)d, (void)m, (void)scale, (void)q, (void)k, (void)v, (void)lse, (void)dsum, (void)dout, (void)dq_accum;
+  (void)dk, (void)dv;
+  __trap();  // not built for sm_90a: the host side never launches it there
+#endif
+}
+
+}  // namespace flash_tc
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
