@@ -272,6 +272,8 @@ std::vector<Case> tc_cases() {
       {1, 2, 2, 70, 70, 96, 64, true, 2},     {1, 2, 1, 50, 81, 192, 128, true, 1},
       {1, 1, 1, 1, 1, 64, 64, true, 0},       {3, 4, 2, 20, 90, 64, 64, true, 5},
       {2, 2, 2, 150, 160, 64, 64, true, 4},
+      // Few queries over many keys: every kernel's stages are reused several times over.
+      {1, 2, 1, 40, 600, 64, 64, true, 0},    {1, 1, 1, 24, 450, 128, 128, false, 0},
   };
 #if !defined(FLASHGPT_SIMT)
   c.push_back({1, 12, 12, 1024, 1024, 64, 64, true, 0});

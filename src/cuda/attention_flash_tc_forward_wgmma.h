@@ -5,7 +5,7 @@
 //
 // A block of Groups warpgroups owns BlockM = 64·Groups queries of one head. Q, and key and value
 // tiles of BlockN rows, sit in 128-byte-swizzled shared tiles (warpgroup.h), Q loaded once and K/V
-// streamed through two stages by cp.async with one block barrier a tile (stream_begin /
+// streamed through three stages by cp.async with one block barrier a tile (stream_begin /
 // stream_advance, with the generic-to-async proxy fence the tensor cores' shared-memory reads
 // need). Per tile, each warpgroup
 //   S = Q Kᵀ   Dqk / 16 wgmmas m64n{BlockN}k16, A (its 64 rows of Q) and B (K, K-major) from shared
@@ -13,8 +13,12 @@
 //   masks and the online softmax exactly as the mma.sync forward, each thread holding two rows;
 //   O += P V   BlockN / 16 wgmmas m64n{Dv}k16 with P from registers (the accumulators of S packed
 //              into A fragments, as FlashAttention-2 reuses them) and V MN-major from shared memory.
-// Each group of wgmmas is waited for before its result is read (no overlap of the softmax with the
-// tensor cores yet: FlashAttention-3's ping-pong and intra-warpgroup pipelining are the next step).
+// The two overlap across tiles (FlashAttention-3's intra-warpgroup pipelining): tile j's S = Q Kᵀ
+// and tile j − 1's O += P V are issued together, and tile j's softmax runs as soon as its scores
+// land, while the tensor cores still multiply P V; O is rescaled once that product has landed. So
+// a tile's V is read while the next tile's K is, hence the third stage: the tile queued at a
+// barrier goes into the stage whose V the previous iteration finished reading. Not yet:
+// FlashAttention-3's ping-pong between the warpgroups, TMA and a producer warp.
 #pragma once
 
 #include <cmath>
@@ -29,13 +33,14 @@ template <int Dqk_, int Dv_, int BlockN_, int Groups_ = 2>
 struct ForwardTilesWgmma {
   static constexpr bool kWarpgroup = true;
   static constexpr int Dqk = Dqk_, Dv = Dv_, BlockN = BlockN_, Groups = Groups_;
-  static constexpr int BlockM = 64 * Groups, Threads = 128 * Groups;
+  static constexpr int BlockM = 64 * Groups, Threads = 128 * Groups, Stages = 3;
   using QTile = wg::SwizzledTile<BlockM, Dqk>;
   using KTile = wg::SwizzledTile<BlockN, Dqk>;
   using VTile = wg::SwizzledTile<BlockN, Dv>;
-  // Two stages of K and V, and 1024 bytes to align the tiles (the swizzle is a function of
-  // shared-memory address bits; the window promises 128).
-  static constexpr size_t bytes = 2 * static_cast<size_t>(QTile::kElems + 2 * KTile::kElems + 2 * VTile::kElems) + 1024;
+  // Three stages of K and V (a tile's V is read while the next tile's K is), and 1024 bytes to
+  // align the tiles (the swizzle is a function of shared-memory address bits; the window promises 128).
+  static constexpr size_t bytes =
+      2 * static_cast<size_t>(QTile::kElems + Stages * (KTile::kElems + VTile::kElems)) + 1024;
   static_assert(BlockN == 64 || BlockN == 128 || BlockN == 256, "S is one wgmma wide");
   static_assert(Dv == 64 || Dv == 128 || Dv == 256, "O is one wgmma wide");
 };
@@ -58,8 +63,8 @@ __global__ void __launch_bounds__(F::Threads)
   using VTile = typename F::VTile;
   FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
   E* Qs = reinterpret_cast<E*>(raw + (1024 - wg::smem_address(raw) % 1024) % 1024);
-  E* Ks = Qs + QTile::kElems;      // two stages
-  E* Vs = Ks + 2 * KTile::kElems;  // two stages
+  E* Ks = Qs + QTile::kElems;             // Stages
+  E* Vs = Ks + F::Stages * KTile::kElems;  // Stages
   const int tid = static_cast<int>(threadIdx.x), group = tid / 128, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, h = blockIdx.y, hk = h / d.group;
@@ -77,8 +82,9 @@ __global__ void __launch_bounds__(F::Threads)
   wg::load_rows_swizzled<Dqk, BlockM, F::Threads>(Qs, qb, q_row, i0, d.Tq);
   tc::cp_async_commit();
   auto load_tile = [&](int64_t j) {
-    wg::load_rows_swizzled<Dqk, BlockN, F::Threads>(Ks + (j & 1) * KTile::kElems, kb, d.k_row, j * BlockN, d.Tk);
-    wg::load_rows_swizzled<Dv, BlockN, F::Threads>(Vs + (j & 1) * VTile::kElems, vb, d.v_row, j * BlockN, d.Tk);
+    const int st = static_cast<int>(j % F::Stages);
+    wg::load_rows_swizzled<Dqk, BlockN, F::Threads>(Ks + st * KTile::kElems, kb, d.k_row, j * BlockN, d.Tk);
+    wg::load_rows_swizzled<Dv, BlockN, F::Threads>(Vs + st * VTile::kElems, vb, d.v_row, j * BlockN, d.Tk);
   };
   stream_begin<true>(n_tiles, load_tile);
 
@@ -87,22 +93,29 @@ __global__ void __launch_bounds__(F::Threads)
   // This warp's 16 rows of its group's 64; the lane's rows are row0 and row0 + 8.
   const int64_t warp_row = i0 + 64 * group + 16 * (tid % 128 / 32), row0 = warp_row + g;
 
-  for (int tile = 0; tile < n_tiles; ++tile) {
-    const int stage = tile & 1;
-    const int64_t j0 = static_cast<int64_t>(tile) * BlockN;
-    const E* Kt = Ks + stage * KTile::kElems;
-    const E* Vt = Vs + stage * VTile::kElems;
-
-    float s[BlockN / 8][4];
-    wg::fence();
+  float s[BlockN / 8][4];
+  uint32_t p[BlockN / 16][4];
+  float alpha[2];
+  // S = Q K_tileᵀ into s, issued and committed as one group.
+  auto issue_scores = [&](int tile) {
 #pragma unroll
     for (int kk = 0; kk < Dqk / 16; ++kk) {
-      wg::mma_ss<E, BlockN, false>(s, QTile::k_major(Qs, 64 * group, 16 * kk), KTile::k_major(Kt, 0, 16 * kk), kk > 0);
+      wg::mma_ss<E, BlockN, false>(s, QTile::k_major(Qs, 64 * group, 16 * kk),
+                                   KTile::k_major(Ks + (tile % F::Stages) * KTile::kElems, 0, 16 * kk), kk > 0);
     }
     wg::commit();
-    wg::wait<0>();
-    wg::hold(s);
-
+  };
+  // O += P V_tile, P from the registers p, as one group.
+  auto issue_values = [&](int tile) {
+    const E* Vt = Vs + (tile % F::Stages) * VTile::kElems;
+#pragma unroll
+    for (int kk = 0; kk < BlockN / 16; ++kk) wg::mma_rs<E, Dv, true>(acc, p[kk], VTile::mn_major(Vt, 16 * kk), true);
+    wg::commit();
+  };
+  // The masks and the online softmax of tile's scores in s (once they have landed): s becomes the
+  // unnormalised probabilities, row_max and row_sum move on, alpha is what O must be scaled by.
+  auto softmax = [&](int tile) {
+    const int64_t j0 = static_cast<int64_t>(tile) * BlockN;
     const bool needs_mask = m.q_seg || j0 + BlockN > key_limit || (m.causal && j0 + BlockN - 1 > q_off + warp_row);
     if (needs_mask) {
 #pragma unroll
@@ -118,7 +131,7 @@ __global__ void __launch_bounds__(F::Threads)
       for (int n = 0; n < BlockN / 8; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
       mx = quad_max(mx);
       const float base = mx == -INFINITY ? 0.0f : mx * scale_log2;  // a row with nothing visible yet stays at 0
-      const float alpha = exp2f(row_max[r] * scale_log2 - base);
+      alpha[r] = exp2f(row_max[r] * scale_log2 - base);
       row_max[r] = mx;
       float sum = 0.0f;
 #pragma unroll
@@ -127,25 +140,50 @@ __global__ void __launch_bounds__(F::Threads)
         s[n][2 * r + 1] = exp2f(s[n][2 * r + 1] * scale_log2 - base);
         sum += s[n][2 * r] + s[n][2 * r + 1];
       }
-      row_sum[r] = row_sum[r] * alpha + sum;
-#pragma unroll
-      for (int n = 0; n < Dv / 8; ++n) {
-        acc[n][2 * r] *= alpha;
-        acc[n][2 * r + 1] *= alpha;
-      }
+      row_sum[r] = row_sum[r] * alpha[r] + sum;
     }
-
-    uint32_t p[BlockN / 16][4];
+  };
+  auto rescale_and_pack = [&]() {
+#pragma unroll
+    for (int n = 0; n < Dv / 8; ++n) {
+      acc[n][0] *= alpha[0];
+      acc[n][1] *= alpha[0];
+      acc[n][2] *= alpha[1];
+      acc[n][3] *= alpha[1];
+    }
 #pragma unroll
     for (int kk = 0; kk < BlockN / 16; ++kk) accumulators_as_a<E>(p[kk], s, kk);
+  };
+
+  if (n_tiles > 0) {
+    // Tile 0's scores and softmax alone; then each tile's scores are multiplied while the tensor
+    // cores still run the previous tile's P V, and its softmax overlaps that product.
     wg::fence();
-#pragma unroll
-    for (int kk = 0; kk < BlockN / 16; ++kk) wg::mma_rs<E, Dv, true>(acc, p[kk], VTile::mn_major(Vt, 16 * kk), true);
-    wg::commit();
+    issue_scores(0);
+    wg::wait<0>();
+    wg::hold(s);
+    softmax(0);
+    rescale_and_pack();
+    stream_advance<true>(0, n_tiles, load_tile);  // tile 1 landed; tile 2 into the third stage
+    for (int tile = 1; tile < n_tiles; ++tile) {
+      wg::fence();
+      issue_scores(tile);
+      issue_values(tile - 1);
+      wg::wait<1>();  // the scores (the older group) have landed; P V may still run
+      wg::hold(s);
+      softmax(tile);
+      wg::wait<0>();
+      wg::hold(acc);
+      wg::hold(p);
+      rescale_and_pack();
+      // Every read of tile − 1's stage is done: tile + 1 landed, tile + 2 queued into that stage.
+      stream_advance<true>(tile, n_tiles, load_tile);
+    }
+    wg::fence();
+    issue_values(n_tiles - 1);
     wg::wait<0>();
     wg::hold(acc);
     wg::hold(p);
-    stream_advance<true>(tile, n_tiles, load_tile);
   }
   tc::cp_async_wait<0>();
 
