@@ -225,17 +225,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   }
   tc::cp_async_wait<0>();
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t j = key0 + r * 8;
-    if (j >= d.Tk) continue;
-    E* dk_row = dk + (b * d.kv_rows + j) * d.k_row + hk * Dqk;
-    E* dv_row = dv + (b * d.kv_rows + j) * d.v_row + hk * Dv;
-#pragma unroll
-    for (int n = 0; n < Dqk / 8; ++n) store2(dk_row + n * 8 + 2 * t, acc_dk[n][2 * r], acc_dk[n][2 * r + 1]);
-#pragma unroll
-    for (int n = 0; n < Dv / 8; ++n) store2(dv_row + n * 8 + 2 * t, acc_dv[n][2 * r], acc_dv[n][2 * r + 1]);
-  }
+  write_key_gradients<E, Dqk, Dv>(d, b, hk, key0, t, acc_dk, acc_dv, dk, dv);
 #else
   (void)d, (void)m, (void)scale, (void)q, (void)k, (void)v, (void)lse, (void)dsum, (void)dout, (void)dq_accum;
   (void)dk, (void)dv;

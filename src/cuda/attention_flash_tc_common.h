@@ -219,6 +219,25 @@ __device__ __forceinline__ void store2(E* p, float a, float b) {
   *reinterpret_cast<uint32_t*>(p) = tc::pack2<E>(a, b);
 }
 
+// The backward's last step: a lane's dK and dV rows key0 and key0 + 8 (key/value head hk of
+// sequence b) from accumulators in the mma C layout (t = lane % 4); rows at or past Tk are left alone.
+template <typename E, int Dqk, int Dv>
+__device__ __forceinline__ void write_key_gradients(const Dims& d, int64_t b, int64_t hk, int64_t key0, int t,
+                                                    const float (&acc_dk)[Dqk / 8][4], const float (&acc_dv)[Dv / 8][4],
+                                                    E* dk, E* dv) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t j = key0 + r * 8;
+    if (j >= d.Tk) continue;
+    E* dk_row = dk + (b * d.kv_rows + j) * d.k_row + hk * Dqk;
+    E* dv_row = dv + (b * d.kv_rows + j) * d.v_row + hk * Dv;
+#pragma unroll
+    for (int n = 0; n < Dqk / 8; ++n) store2(dk_row + n * 8 + 2 * t, acc_dk[n][2 * r], acc_dk[n][2 * r + 1]);
+#pragma unroll
+    for (int n = 0; n < Dv / 8; ++n) store2(dv_row + n * 8 + 2 * t, acc_dv[n][2 * r], acc_dv[n][2 * r + 1]);
+  }
+}
+
 // The launchers, one explicit instantiation per (element, Dqk, Dv) in attention_flash_tc_d*.cu.
 // Wide: the tiles for GPUs with ≥ 160 KiB of shared memory per block (A100, H100, H200); narrow:
 // those that fit 99 KiB (sm_86, sm_89); for value head dims up to 64 the forward also has tall
