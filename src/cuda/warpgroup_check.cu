@@ -1,8 +1,8 @@
 // One product through the warpgroup instructions (flashgpt/cuda/warpgroup_cuda.h): a single
 // warpgroup loads A (64 × K) and B into 128-byte-swizzled shared tiles by cp.async and multiplies
-// them with K / 16 wgmmas — A from registers or from shared memory K-major or MN-major, B K-major or
-// MN-major — the
-// first of them discarding what the accumulators held (they start at a value no product gives).
+// them with K / 16 wgmmas — A from registers or from shared memory K-major or MN-major, B K-major
+// or MN-major — the first of them discarding what the accumulators held (they start at a value no
+// product gives).
 #include <string>
 
 #include "cuda/warpgroup.h"
@@ -16,7 +16,7 @@ __global__ void wgmma_probe_kernel(int* out) { *out = FLASHGPT_HAS_WGMMA; }
 
 template <typename E, int N, int K>
 size_t product_bytes() {
-  return 2 * static_cast<size_t>(64 * K + (N < 64 ? 64 : N) * K) + 1024;  // + the alignment of the tiles
+  return 2 * static_cast<size_t>(64 * K + N * K) + 1024;  // + the alignment of the tiles
 }
 
 template <typename E, int N, int K>
