@@ -59,7 +59,7 @@ bin=""
 gpu_arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
 [ "$gpu_arch" = 90 ] && gpu_arch=90a
 test_programs=(test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul
-               test_cuda_gpt test_cuda_warpgroup test_device test_attention)
+               test_cuda_gpt test_cuda_warpgroup test_cuda_attention_cudnn test_device test_attention)
 if [ -z "${GPU_CHECK_USE_BUNDLE:-}" ] && [ -n "$gpu_arch" ] &&
    cmake -S . -B build-gpu-here -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_MPI=OFF -DFLASHGPT_NATIVE=OFF \
      -DCMAKE_CUDA_ARCHITECTURES="$gpu_arch" -DFLASHGPT_BUILD_BENCH=OFF > "$logs/configure.log" 2>&1 &&
@@ -87,6 +87,17 @@ elif [ -d gpu-bundle/bin ]; then
 else
   say "- programs: none (no build dependencies here and no gpu-bundle/; run scripts/gpu-bundle.sh elsewhere and carry it)"
   status=1
+fi
+
+# cuDNN, for the cuDNN attention backend (loaded at run time; --backend cudnn): the toolkit's if it
+# has one, else the one PyTorch's wheels carry.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcudnn.so.9'; then
+  for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2>/dev/null); do
+    if ls "$d"/libcudnn.so.9 > /dev/null 2>&1; then
+      export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      break
+    fi
+  done
 fi
 
 # jsonl_table FILE "Header=format" …: a markdown table, one row per JSON line of FILE; each format
@@ -125,6 +136,8 @@ if [ -n "$bin" ] && { want tests || want sanitizer; }; then
     run info "$bin/flashgpt" info --preset d12
     run test_device "$bin/test_device"
     for t in "${cuda_tests[@]}"; do run "$t" "$bin/$t"; done
+    # cuDNN's attention against the same bound (not under the sanitizers: the kernels are cuDNN's).
+    run test_cuda_attention_cudnn "$bin/test_cuda_attention_cudnn"
     run test_attention_cpu "$bin/test_attention"
   fi
   filter="${GPU_CHECK_SANITIZE_FILTER:+--gtest_filter=$GPU_CHECK_SANITIZE_FILTER}"
@@ -195,21 +208,22 @@ fi
 # --- the tile shapes side by side: tall forward, short backward --------------------------------
 if want tiles; then
 say ""
-say "## Attention tile shapes: automatic, tall forward, short backward, Hopper's wgmma forward and backward (each case back to back)"
+say "## Attention tile shapes: automatic, tall forward, short backward, Hopper's wgmma forward and backward, and cuDNN's fused attention (each case back to back)"
 say ""
 if [ -n "$bin" ]; then
   # tall: the forward's 32 query rows a warp (the backward as auto); short: the backward's 32-query
   # tiles, three blocks an SM (the forward as auto); wgmma: both on Hopper's warpgroup MMA
-  # (elsewhere auto), also at head dim 128. The evidence for making any of them the default.
+  # (elsewhere auto), also at head dim 128. The evidence for making any of them the default. cudnn:
+  # cuDNN's fused attention on the same tensors (where cuDNN loads), the yardstick beyond FA2.
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768,2048 --head-dim 64 \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short,wgmma --repeats 10 --json \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short,wgmma --backend ours,cudnn --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 2048 --head-dim 128 \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma --repeats 10 --json \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma --backend ours,cudnn --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
-  jsonl_table "$out/gpu-check-$stamp-tiles.jsonl" "tiles={r['tiles']}" "B={r['batch']}" "H={r['heads']}" \
+  jsonl_table "$out/gpu-check-$stamp-tiles.jsonl" "tiles={'cuDNN' if r.get('backend') == 'cudnn' else r['tiles']}" "B={r['batch']}" "H={r['heads']}" \
     "D={r['head_dim']}" "T={r['seq']}" "causal={r['causal']}" "fwd ms={r['fwd_ms']:.3f}" "bwd ms={r['fwd_bwd_ms'] - r['fwd_ms']:.3f}" \
     "fwd+bwd ms={r['fwd_bwd_ms']:.3f}" "fwd TFLOP/s={r['fwd_tflops']:.1f}" "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" \
     "occupancy fwd/bwd (theoretical)={100 * r['fwd_occupancy']:.0f}% / {100 * r['bwd_occupancy']:.0f}%" \
@@ -387,14 +401,16 @@ say "|---|---|---|---|---|---|---|---|"
 if [ -n "$bin" ]; then
   # GPT-2 124M with flash attention (as the peer's SDPA) in bf16 and fp32, and d12_flash_mla (the
   # seed's FlashMLA model) beside it. (d12's own mechanism, standard, would keep every layer's P.)
-  # The last: d12 with Hopper's wgmma flash kernels (skipped where the GPU or build has none).
-  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det d12:bf16::wgmma; do
-    IFS=: read -r preset precision det tiles <<< "$run"
+  # Then d12 with Hopper's wgmma flash kernels (skipped where the GPU or build has none), and d12
+  # with cuDNN's fused attention in place of ours: what our attention costs the step.
+  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det d12:bf16::wgmma d12:bf16:::cudnn; do
+    IFS=: read -r preset precision det tiles backend <<< "$run"
     tag="${run//:/_}"
     flash=""
     [ "$preset" = d12 ] && flash="--attention flash"
     [ -n "$det" ] && flash="$flash --deterministic"
     [ -n "$tiles" ] && flash="$flash --tiles $tiles"
+    [ -n "$backend" ] && flash="$flash --attention-backend $backend"
     # shellcheck disable=SC2086
     if timeout "$bench_limit" "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
          --steps 10 --warmup 3 --json > "$logs/bench_train_$tag.json" 2> "$logs/bench_train_$tag.err"; then
@@ -404,12 +420,15 @@ import json, sys
 j = json.load(open(sys.argv[1]))
 det = ", deterministic" if j.get("deterministic") else ""
 det += f", {j['tiles']} tiles" if j.get("tiles", "auto") != "auto" else ""
+det += ", cuDNN attention" if j.get("attention_backend") == "cudnn" else ""
 print(f"| flashgpt {sys.argv[2]} ({j['precision']}, {j['attention']}{det}) | {j['batch']}×{j['seq']} | {j['params'] / 1e6:.1f}M | "
       f"{j['step_s_median'] * 1e3:.1f} ms | {j['tokens_per_s']:,.0f} | {j['model_gflops'] / 1e3:.1f} | "
       f"{j['gemm_gflops'] / 1e3:.1f} | {100 * j['mfu']:.1f}% |")
 PYEOF
     elif grep -q "has no wgmma" "$logs/bench_train_$tag.err"; then
       say "| flashgpt $preset ($precision, $tiles tiles) | skipped: this GPU or build has no wgmma | | | | | | |"
+    elif [ -n "$backend" ] && grep -q "attention backend cudnn" "$logs/bench_train_$tag.err"; then
+      say "| flashgpt $preset ($precision, cuDNN attention) | skipped: $(tail -1 "$logs/bench_train_$tag.err" | cut -c1-150) | | | | | | |"
     else
       say "| flashgpt $preset ($precision) | FAILED: $(tail -1 "$logs/bench_train_$tag.err" | cut -c1-150) | | | | | | |"
       status=1

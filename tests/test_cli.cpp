@@ -265,6 +265,9 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench flash-decode --batch 0"), "--batch");
   expect_one_error_line(run_flashgpt("bench flash-decode --precision fp8"), "--precision");
   expect_one_error_line(run_flashgpt("bench attention --device cuda --tiles auto,square"), "--tiles");
+  expect_one_error_line(run_flashgpt("bench attention --device cuda --backend ours,magic"), "--backend");
+  expect_one_error_line(run_flashgpt("bench train --attention-backend cudnn"), "--attention-backend: a GPU option");
+  expect_one_error_line(run_flashgpt("train --attention-backend flash3"), "--attention-backend");
   expect_one_error_line(run_flashgpt("bench ops --rows 0"), "--rows: must be positive");
   expect_one_error_line(run_flashgpt("bench ops --repeats 0"), "--repeats");
   expect_one_error_line(run_flashgpt("info --latent-dim 16"), "n_latent");  // standard attention has no latent
@@ -313,6 +316,13 @@ TEST_F(Pipeline, BadFilesAndData) {
 TEST_F(Pipeline, DeviceChoice) {
   const std::string data = prepare();
   const std::string common = "train --data " + data + " --preset tiny -b 2 -t 32 --val-batches 1 --no-progress ";
+  // cuDNN's attention is the GPU's, and takes no document masks: refused before anything runs.
+  expect_one_error_line(run_flashgpt(common + "--steps 2 --device cpu --attention-backend cudnn --out " + (dir / "x")),
+                        "--attention-backend cudnn: a GPU option");
+  expect_one_error_line(run_flashgpt(common + "--steps 2 --device auto --attention flash --document-masking "
+                                     "--attention-backend cudnn --out " + (dir / "x")),
+                        "takes no document masks");
+  EXPECT_FALSE(std::filesystem::exists(dir / "x"));
   if (probe_devices().gpus.empty()) {
     RunResult r = run_flashgpt(common + "--steps 2 --deterministic --out " + (dir / "auto"));
     ASSERT_EQ(r.exit_code, 0) << r.output;

@@ -310,21 +310,73 @@ TEST(CudaGpt, Bf16TrainingFollowsTheCpu) {
 TEST(CudaGpt, Bf16TrainingWithTheWgmmaKernelsFollowsTheCpu) {
   SKIP_WITHOUT_GPU();
   if (!cuda::warpgroup_mma_supported()) GTEST_SKIP() << "this GPU or build has no wgmma (compute capability 9.0, sm_90a)";
-  const GPTConfig c = gpt2_like();
-  Pair p(c, Precision::BF16);
-  p.gpu.set_flash_tiles(cuda::FlashTiles::Wgmma);
-  EXPECT_EQ(p.gpu.flash_tiles(), cuda::FlashTiles::Wgmma);
-  const Batch b = make_batch(c, 9);
-  for (int64_t step = 1; step <= 2; ++step) {
-    p.cpu.zero_grad();
-    p.gpu.zero_grad();
-    const double cpu_loss = p.cpu.forward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data());
-    const double gpu_loss = p.gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data(), 1.0f);
-    EXPECT_NEAR(gpu_loss, cpu_loss, 0.02 * cpu_loss) << "step " << step;
-    p.cpu.backward(1.0f);
-    EXPECT_GT(cosine(p.gpu_grads(), p.cpu.grads()), 0.99) << "step " << step;
-    p.cpu_adamw(adamw(step));
-    p.gpu.adamw_step(adamw(step), 1.0f);
+  // The flash mechanism (gpt2_like's own, standard, never reaches the flash kernels), with document
+  // masks, in MHA and in GQA with RoPE and QK-norm.
+  for (const GPTConfig& c : {gpt2_like().with_attention(AttentionKind::Flash), llama_like()}) {
+    SCOPED_TRACE(c.kv_heads() < c.n_head ? "GQA" : "MHA");
+    Pair p(c, Precision::BF16);
+    p.gpu.set_flash_tiles(cuda::FlashTiles::Wgmma);
+    EXPECT_EQ(p.gpu.flash_tiles(), cuda::FlashTiles::Wgmma);
+    const Batch b = make_batch(c, 9);
+    for (int64_t step = 1; step <= 2; ++step) {
+      p.cpu.zero_grad();
+      p.gpu.zero_grad();
+      const double cpu_loss = p.cpu.forward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data());
+      const double gpu_loss = p.gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data(), 1.0f);
+      EXPECT_NEAR(gpu_loss, cpu_loss, 0.02 * cpu_loss) << "step " << step;
+      p.cpu.backward(1.0f);
+      EXPECT_GT(cosine(p.gpu_grads(), p.cpu.grads()), 0.99) << "step " << step;
+      p.cpu_adamw(adamw(step));
+      p.gpu.adamw_step(adamw(step), 1.0f);
+    }
+  }
+}
+
+// cuDNN's fused attention in the training step (set_attention_backend(Cudnn), what bench train
+// --attention-backend cudnn times): where cuDNN runs, two steps follow the CPU as our kernels do;
+// everywhere the model runs, what it cannot take is refused with the reason.
+TEST(CudaGpt, CudnnAttentionBackendTrainsOrSaysWhyNot) {
+  SKIP_WITHOUT_GPU();
+  const GPTConfig flash = gpt2_like().with_attention(AttentionKind::Flash);
+  {
+    GPTCuda fp32(flash, Precision::FP32);
+    EXPECT_NE(error_of([&] { fp32.set_attention_backend(cuda::AttentionBackend::Cudnn); }).find("a bf16 option"),
+              std::string::npos);
+    GPTCuda standard(gpt2_like(), Precision::BF16);
+    EXPECT_NE(error_of([&] { standard.set_attention_backend(cuda::AttentionBackend::Cudnn); })
+                  .find("stands in for the flash kernels"),
+              std::string::npos);
+    EXPECT_EQ(standard.attention_backend(), cuda::AttentionBackend::Ours);
+  }
+  std::string why;
+  if (!cuda::cudnn_attention_available(&why) || !cuda::gpu_available()) {
+    GPTCuda gpu(flash, Precision::BF16);
+    EXPECT_NE(error_of([&] { gpu.set_attention_backend(cuda::AttentionBackend::Cudnn); })
+                  .find("attention backend cudnn: " + why),
+              std::string::npos);
+    GTEST_SKIP() << "cuDNN: " << why;
+  }
+  for (const GPTConfig& c : {flash, llama_like(), flash_mla_like()}) {
+    SCOPED_TRACE(to_string(c.attention) + (c.kv_heads() < c.n_head ? " GQA" : ""));
+    Pair p(c, Precision::BF16);
+    p.gpu.set_attention_backend(cuda::AttentionBackend::Cudnn);
+    EXPECT_EQ(p.gpu.attention_backend(), cuda::AttentionBackend::Cudnn);
+    const Batch b = make_batch(c, 9);
+    for (int64_t step = 1; step <= 2; ++step) {
+      p.cpu.zero_grad();
+      p.gpu.zero_grad();
+      const double cpu_loss = p.cpu.forward(b.x.data(), b.y.data(), b.B, b.T, nullptr);
+      const double gpu_loss = p.gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, nullptr, 1.0f);
+      EXPECT_NEAR(gpu_loss, cpu_loss, 0.02 * cpu_loss) << "step " << step;
+      p.cpu.backward(1.0f);
+      EXPECT_GT(cosine(p.gpu_grads(), p.cpu.grads()), 0.99) << "step " << step;
+      p.cpu_adamw(adamw(step));
+      p.gpu.adamw_step(adamw(step), 1.0f);
+    }
+    // Document masks are ours alone.
+    EXPECT_NE(error_of([&] { p.gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data(), 1.0f); })
+                  .find("document masks"),
+              std::string::npos);
   }
 }
 

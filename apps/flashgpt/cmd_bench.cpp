@@ -42,6 +42,7 @@ struct BenchTrainCli {
   std::string device = "cpu", precision = "bf16";
   bool deterministic = false;  // GPU: the backward without atomics
   std::string tiles = "auto";  // GPU: the flash kernels' tiles
+  std::string attention_backend = "ours";  // GPU: ours or cudnn (cuDNN's fused attention)
   bool profile_step = false;   // GPU: the last timed step inside a profiler capture range
 };
 
@@ -124,6 +125,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   FLASHGPT_CHECK(c.tiles != "wgmma" || cuda::warpgroup_mma_supported(),
                  "--tiles wgmma: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code)");
   gpu.set_flash_tiles(tile_names.at(c.tiles));
+  if (c.attention_backend == "cudnn") gpu.set_attention_backend(cuda::AttentionBackend::Cudnn);
   {
     GPT<float> host(cfg);
     host.init_weights(1);
@@ -171,6 +173,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
                       {"attention", to_string(cfg.attention)},
                       {"deterministic", c.deterministic},
                       {"tiles", c.tiles},
+                      {"attention_backend", c.attention_backend},
                       {"params", gpu.num_params()},
                       {"batch", B},
                       {"seq", T},
@@ -190,8 +193,9 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
-  std::printf("train step on %s (%s%s%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(), c.precision.c_str(),
+  std::printf("train step on %s (%s%s%s%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(), c.precision.c_str(),
               c.deterministic ? ", deterministic" : "", c.tiles == "auto" ? "" : (", " + c.tiles + " tiles").c_str(),
+              c.attention_backend == "cudnn" ? ", cuDNN attention" : "",
               static_cast<double>(gpu.num_params()) / 1e6, static_cast<long long>(B), static_cast<long long>(T));
   std::printf("  step time  median %.4f s (min %.4f, max %.4f over %d steps)\n", step,
               j["step_s_min"].get<double>(), j["step_s_max"].get<double>(), c.steps);
@@ -211,6 +215,7 @@ void run_bench_train(const BenchTrainCli& c) {
   }
   FLASHGPT_CHECK(!c.deterministic, "--deterministic: a GPU option (--device cuda); the CPU repeats its bits anyway");
   FLASHGPT_CHECK(c.tiles == "auto", "--tiles: a GPU option (--device cuda)");
+  FLASHGPT_CHECK(c.attention_backend == "ours", "--attention-backend: a GPU option (--device cuda)");
   FLASHGPT_CHECK(!c.profile_step, "--profile-step: a GPU option (--device cuda)");
   dist::Communicator& world = dist::world();
   const ParallelLayout lay = make_parallel_layout(world, c.context_parallel);
@@ -323,8 +328,13 @@ void register_bench(CLI::App& app) {
   tr->add_flag("--deterministic", c->deterministic, "GPU: time the backward without atomics (train --deterministic)");
   tr->add_option("--tiles", c->tiles,
                  "GPU: the bf16 flash kernels' tiles (as bench attention --tiles): auto, wide, narrow, tall, short or "
-                 "wgmma (Hopper's forward)")
+                 "wgmma (Hopper's warpgroup MMA)")
       ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma"}))
+      ->capture_default_str();
+  tr->add_option("--attention-backend", c->attention_backend,
+                 "GPU, bf16, flash mechanisms: ours (flashgpt's kernels) or cudnn (cuDNN's fused attention): the "
+                 "same step with the other attention, to see what the attention costs it")
+      ->check(CLI::IsMember({"ours", "cudnn"}))
       ->capture_default_str();
   tr->add_flag("--profile-step", c->profile_step,
                "GPU: capture only the last timed step for a profiler started with capture off "

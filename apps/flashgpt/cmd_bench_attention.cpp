@@ -46,6 +46,7 @@ struct BenchAttentionCli {
   // tokens / seq when --tokens is given (flash-attention's benchmark shapes).
   std::string device = "cpu", precision = "bf16";
   std::vector<std::string> gpu_tiles = {"auto"};
+  std::vector<std::string> backends = {"ours"};  // GPU: ours (the tiles above) and/or cudnn
   bool deterministic = false;  // GPU: the flash backward's dQ without atomics
   int64_t tokens = 0;
   bool mechanisms_given = false;
@@ -232,6 +233,25 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
     }
     gpu_tiles.push_back(t);
   }
+  // The variants each case runs back to back: our kernels with each tile shape, then cuDNN's.
+  struct Variant {
+    cuda::AttentionBackend backend;
+    std::string tiles;
+  };
+  std::vector<Variant> variants;
+  for (const std::string& b : c.backends) {
+    if (b == "ours") {
+      for (const std::string& t : gpu_tiles) variants.push_back({cuda::AttentionBackend::Ours, t});
+      continue;
+    }
+    std::string why;
+    if (!cuda::cudnn_attention_available(&why)) {
+      std::fprintf(stderr, "--backend cudnn: %s: its cases are left out\n", why.c_str());
+      continue;
+    }
+    if (!c.json) std::printf("cuDNN backend: %s\n\n", why.c_str());
+    variants.push_back({cuda::AttentionBackend::Cudnn, "auto"});
+  }
   cuda::FlashBenchCase bc;
   bc.type = c.precision == "fp16" ? cuda::TensorCoreType::fp16 : cuda::TensorCoreType::bf16;
   bc.repeats = c.repeats;
@@ -253,21 +273,29 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
       for (int64_t B : batches) {
         for (bool causal : causal_modes) {
           for (const std::string& mech : mechs) {
-            for (const std::string& tiles : gpu_tiles) {  // several: the same case back to back
+            for (const Variant& variant : variants) {  // several: the same case back to back
+              const std::string& tiles = variant.tiles;
+              const bool cudnn = variant.backend == cuda::AttentionBackend::Cudnn;
               const Mechanism mk = parse_mechanism(mech);
+              if (cudnn && mk.kernel != AttentionKernel::Flash) continue;  // cuDNN stands in for the flash kernels
               bc.dims = mechanism_dims(mk, B, T, H, c.head_dim, rope_dim);
               bc.kernel = mk.kernel;
               bc.causal = causal;
               bc.tiles = parse_tiles(tiles);
+              bc.backend = variant.backend;
               const cuda::FlashBenchResult r = cuda::bench_flash_attention(bc);
               std::string label = c.deterministic ? mech + " (deterministic)" : mech;
-              if (tiles != "auto") label += " [" + tiles + " tiles]";
+              if (cudnn) {
+                label += " [cudnn]";
+              } else if (tiles != "auto") {
+                label += " [" + tiles + " tiles]";
+              }
               if (c.json) {
                 std::printf("%s\n", nlohmann::json{{"program", "flashgpt"}, {"mechanism", mech},
                                                    {"precision", c.precision}, {"batch", B}, {"seq", T}, {"heads", H},
                                                    {"head_dim", c.head_dim}, {"dqk", bc.dims.Dqk}, {"dv", bc.dims.Dv},
                                                    {"causal", causal}, {"deterministic", c.deterministic},
-                                                   {"tiles", tiles},
+                                                   {"tiles", tiles}, {"backend", cudnn ? "cudnn" : "ours"},
                                                    {"fwd_ms", r.fwd_ms},
                                                    {"fwd_bwd_ms", r.fwd_bwd_ms}, {"fwd_tflops", r.fwd_tflops},
                                                    {"fwd_bwd_tflops", r.fwd_bwd_tflops},
@@ -429,10 +457,16 @@ void register_bench_attention(CLI::App& bench) {
   sub->add_option("--tiles", c->gpu_tiles,
                   "GPU tile shapes: auto, wide (sm_80/sm_90), narrow (sm_86/sm_89), tall (the forward's 32 query "
                   "rows a warp) or short (the backward's 32-query tiles, three blocks an SM), those two for value "
-                  "head dims up to 64, or wgmma (the forward on Hopper's warpgroup MMA, sm_90a, head dims that are "
-                  "multiples of 64); several: each case with each, back to back")
+                  "head dims up to 64, or wgmma (Hopper's warpgroup MMA, sm_90a: the forward at head dims that are "
+                  "multiples of 64, the backward at 64/64 and 128/128); several: each case with each, back to back")
       ->delimiter(',')
       ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma"}))
+      ->capture_default_str();
+  sub->add_option("--backend", c->backends,
+                  "GPU attention for the flash mechanisms: ours (our kernels, with each of --tiles) or cudnn (cuDNN's "
+                  "fused attention, where this build and machine have it); several: each case with each, back to back")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"ours", "cudnn"}))
       ->capture_default_str();
   sub->add_flag("--deterministic", c->deterministic,
                 "GPU: time the deterministic flash backward (dQ by a second, query-major kernel, no atomics)");

@@ -10,6 +10,7 @@
 #include "flashgpt/dist/comm.h"
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/threads.h"
+#include "flashgpt/cuda/attention_cudnn.h"
 #include "flashgpt/cuda/warpgroup_cuda.h"
 
 extern "C" char* openblas_get_config(void);
@@ -75,10 +76,15 @@ void run_info(const InfoCli& c) {
   // Hopper's warpgroup MMA (the wgmma forward, --tiles wgmma): a compute capability 9.0 GPU and
   // sm_90a code in this build.
   const bool wgmma = !dev.gpus.empty() && cuda::gpu_available() && cuda::warpgroup_mma_supported();
+  // cuDNN's fused attention (--backend cudnn): built in, and the library loadable here.
+  std::string cudnn_detail;
+  const bool cudnn = dev.cuda_built && cuda::cudnn_attention_built() && cuda::cudnn_attention_available(&cudnn_detail);
+  if (!dev.cuda_built) cudnn_detail = "no CUDA backend";
   nlohmann::json cuda = {{"built", dev.cuda_built},       {"architectures", dev.cuda_architectures},
                          {"driver_version", dev.driver_version}, {"runtime_version", dev.runtime_version},
                          {"gpus", gpus},                  {"why_no_gpu", dev.why_none},
-                         {"wgmma", wgmma}};
+                         {"wgmma", wgmma},
+                         {"cudnn_attention", {{"available", cudnn}, {"detail", cudnn_detail}}}};
   const dist::LaunchInfo launch = dist::launch_info();
   nlohmann::json mpi = {{"built", launch.mpi_built},
                         {"under_launcher", launch.under_launcher},
@@ -171,6 +177,8 @@ void run_info(const InfoCli& c) {
       std::printf("  Hopper warpgroup MMA (wgmma, --tiles wgmma): %s\n",
                   wgmma ? "available" : "no (needs compute capability 9.0 and sm_90a in the build's architectures)");
     }
+    std::printf("  cuDNN attention backend (--backend cudnn): %s\n",
+                cudnn ? cudnn_detail.c_str() : fmt::format("no ({})", cudnn_detail).c_str());
   }
   std::printf("  multi-process training: %s\n",
               !launch.mpi_built ? "not built (no MPI found at build time; install libopenmpi-dev and rebuild)"

@@ -107,6 +107,12 @@ void register_train(CLI::App& app) {
                 "gradient sums), so the same run repeats its bits on the same GPU and software; slower. The CPU "
                 "repeats its bits either way")
       ->group(device);
+  sub->add_option("--attention-backend", o.attention_backend,
+                  "GPU, bf16, flash mechanisms: ours (flashgpt's attention kernels) or cudnn (cuDNN's fused "
+                  "attention, where cuDNN 9 loads; not with --document-masking)")
+      ->check(CLI::IsMember({"ours", "cudnn"}))
+      ->capture_default_str()
+      ->group(device);
   const char* optim = "Optimizer";
   sub->add_option("--lr", o.lr.lr, "Peak learning rate")->capture_default_str()->group(optim);
   sub->add_option("--lr-schedule", c->schedule, "cosine, linear, constant or wsd (warmup-stable-decay)")

@@ -115,6 +115,8 @@ void GPTCuda::get_logits(std::span<float>) const { fail("GPU model: {}", kNoCuda
 void GPTCuda::set_deterministic(bool) { fail("GPU model: {}", kNoCuda); }
 bool GPTCuda::deterministic() const { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::set_flash_tiles(FlashTiles) { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::set_attention_backend(AttentionBackend) { fail("GPU model: {}", kNoCuda); }
+AttentionBackend GPTCuda::attention_backend() const { fail("GPU model: {}", kNoCuda); }
 FlashTiles GPTCuda::flash_tiles() const { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}", kNoCuda); }

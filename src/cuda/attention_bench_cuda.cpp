@@ -51,10 +51,14 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
   FLASHGPT_CHECK(c.repeats > 0, "bench attention: repeats must be positive");
   FLASHGPT_CHECK(d.Tq == d.Tk, "bench attention: self-attention cases only (Tq = Tk)");
   const char* type = c.type == TensorCoreType::bf16 ? "bf16" : "fp16";
-  const bool standard = c.kernel == AttentionKernel::Standard;
-  const std::string what = fmt::format("{} {} B{} H{} T{} D{}/{}{}", standard ? "standard" : "flash", type, d.B, d.Hq,
-                                       d.Tq, d.Dqk, d.Dv, c.causal ? " causal" : "");
-  if (standard) {
+  const bool standard = c.kernel == AttentionKernel::Standard, cudnn = c.backend == AttentionBackend::Cudnn;
+  const std::string what = fmt::format("{} {} B{} H{} T{} D{}/{}{}", standard ? "standard" : cudnn ? "cuDNN" : "flash",
+                                       type, d.B, d.Hq, d.Tq, d.Dqk, d.Dv, c.causal ? " causal" : "");
+  FLASHGPT_CHECK(!(standard && cudnn), "bench attention: the cuDNN backend runs the flash mechanisms, not standard");
+  if (cudnn) {
+    std::string why;
+    FLASHGPT_CHECK(cudnn_attention_available(&why), "bench attention: {}", why);
+  } else if (standard) {
     FLASHGPT_CHECK(c.type == TensorCoreType::bf16, "bench attention: the GPU's standard kernel runs bf16 (or fp32), not fp16");
   } else {
     FLASHGPT_CHECK(flash_tc_supports(d.Dqk, d.Dv),
@@ -66,13 +70,18 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
   Input q(c.type, nq, rng), k(c.type, nk, rng), v(c.type, nv, rng), dout(c.type, no, rng);
   DeviceBuffer o(static_cast<size_t>(no) * 2), lse(static_cast<size_t>(nl) * 4), dq(static_cast<size_t>(nq) * 2),
       dk(static_cast<size_t>(nk) * 2), dv(static_cast<size_t>(nv) * 2);
-  DeviceBuffer workspace(standard ? standard_workspace_bytes<bf16>(d)
-                                  : flash_backward_workspace_bytes(d, c.deterministic));
   const AttentionMask m{c.causal, 0};
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.Dqk));
+  // cuDNN keeps its own workspace; its size is counted below as the extra memory.
+  DeviceBuffer workspace(standard ? standard_workspace_bytes<bf16>(d)
+                         : cudnn  ? 0
+                                  : flash_backward_workspace_bytes(d, c.deterministic));
 
   auto forward = [&] {
-    if (standard) {
+    if (cudnn) {
+      cudnn_attention_forward(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(),
+                              v.bits.as<uint16_t>(), o.as<uint16_t>(), lse.as<float>());
+    } else if (standard) {
       standard_forward_cuda<bf16>(d, m, scale, q.bits.as<bf16>(), k.bits.as<bf16>(), v.bits.as<bf16>(), o.as<bf16>(),
                                   lse.as<float>(), workspace.get());
     } else {
@@ -81,7 +90,11 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
     }
   };
   auto backward = [&] {
-    if (standard) {
+    if (cudnn) {
+      cudnn_attention_backward(c.type, d, m, scale, q.bits.as<uint16_t>(), k.bits.as<uint16_t>(),
+                               v.bits.as<uint16_t>(), o.as<uint16_t>(), lse.as<float>(), dout.bits.as<uint16_t>(),
+                               dq.as<uint16_t>(), dk.as<uint16_t>(), dv.as<uint16_t>(), c.deterministic);
+    } else if (standard) {
       standard_backward_cuda<bf16>(d, m, scale, q.bits.as<bf16>(), k.bits.as<bf16>(), v.bits.as<bf16>(),
                                    dout.bits.as<bf16>(), dq.as<bf16>(), dk.as<bf16>(), dv.as<bf16>(), workspace.get());
     } else {
@@ -115,7 +128,12 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
     r.max_rel_err = rel;
   }
   r.extra_bytes = static_cast<int64_t>(lse.bytes() + workspace.bytes());
-  if (!standard) r.occupancy = flash_tc_occupancy(c.type, d, c.tiles);
+  if (cudnn) {
+    r.extra_bytes += static_cast<int64_t>(std::max(cudnn_attention_workspace_bytes(c.type, d, m, scale, false),
+                                                   cudnn_attention_workspace_bytes(c.type, d, m, scale, true)));
+  } else if (!standard) {
+    r.occupancy = flash_tc_occupancy(c.type, d, c.tiles);
+  }
 
   for (int w = 0; w < 2; ++w) {
     forward();

@@ -214,6 +214,11 @@ void Model<T>::attention_forward(const AttentionDims& d, float scale, LayerActs&
     standard_forward_cuda<T>(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse, a.standard_ws);
   } else if constexpr (std::is_same_v<T, bf16>) {
     auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
+    if (attention_backend == AttentionBackend::Cudnn) {
+      cudnn_attention_forward(TensorCoreType::bf16, d, mask(), scale, u(a.qa), u(a.ka), u(a.v),
+                              reinterpret_cast<uint16_t*>(a.att), a.lse);
+      return;
+    }
     flash_forward_tc(TensorCoreType::bf16, d, mask(), scale, u(a.qa), u(a.ka), u(a.v),
                      reinterpret_cast<uint16_t*>(a.att), a.lse, flash_tiles);
   } else {
@@ -228,6 +233,11 @@ void Model<T>::attention_backward(const AttentionDims& d, float scale, const Lay
   } else if constexpr (std::is_same_v<T, bf16>) {
     auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
     auto w = [](bf16* p) { return reinterpret_cast<uint16_t*>(p); };
+    if (attention_backend == AttentionBackend::Cudnn) {
+      cudnn_attention_backward(TensorCoreType::bf16, d, mask(), scale, u(a.qa), u(a.ka), u(a.v), u(a.att), a.lse,
+                               u(datt_), w(dqa_), w(dka_), w(dv_), deterministic);
+      return;
+    }
     flash_backward_tc(TensorCoreType::bf16, d, mask(), scale, u(a.qa), u(a.ka), u(a.v), u(a.att), a.lse, u(datt_),
                       w(dqa_), w(dka_), w(dv_), flash_ws_, flash_tiles, deterministic);
   } else {
@@ -588,6 +598,26 @@ bool GPTCuda::deterministic() const { return impl_->deterministic_next; }
 void GPTCuda::set_flash_tiles(FlashTiles tiles) { impl_->flash_tiles = tiles; }
 
 FlashTiles GPTCuda::flash_tiles() const { return impl_->flash_tiles; }
+
+void GPTCuda::set_attention_backend(AttentionBackend backend) {
+  if (backend == AttentionBackend::Cudnn) {
+    const GPTConfig& c = impl_->config;
+    FLASHGPT_CHECK(impl_->precision == Precision::BF16, "attention backend cudnn: a bf16 option (--precision bf16)");
+    FLASHGPT_CHECK(uses_flash_kernel(c.attention),
+                   "attention backend cudnn: stands in for the flash kernels (attention flash or flash_mla), not {}",
+                   to_string(c.attention));
+    std::string why;
+    FLASHGPT_CHECK(cudnn_attention_available(&why), "attention backend cudnn: {}", why);
+    const bool latent = is_latent(c.attention);
+    const int64_t dqk = latent ? c.mla_qk_dim() : c.head_dim();
+    const AttentionDims d{1, c.n_head, latent ? c.n_head : c.kv_heads(), 1, 1, dqk, c.head_dim(), 0};
+    why = cudnn_attention_unsupported(d, AttentionMask{true, 0});
+    FLASHGPT_CHECK(why.empty(), "attention backend cudnn: {}", why);
+  }
+  impl_->attention_backend = backend;
+}
+
+AttentionBackend GPTCuda::attention_backend() const { return impl_->attention_backend; }
 
 void GPTCuda::set_classifier_rows(int64_t rows) {
   FLASHGPT_CHECK(rows >= 0, "classifier rows: {} must not be negative", rows);

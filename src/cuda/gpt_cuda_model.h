@@ -68,6 +68,7 @@ struct GPTCuda::Impl {
   bool deterministic_next = false;  // set_deterministic: what the next forward with targets latches
   bool deterministic = false;       // the step in flight: no atomics in its backward
   FlashTiles flash_tiles = FlashTiles::Auto;  // set_flash_tiles: the bf16 flash kernels' tiles in training
+  AttentionBackend attention_backend = AttentionBackend::Ours;  // set_attention_backend: training's bf16 flash attention
 };
 
 namespace gpt_detail {

@@ -146,6 +146,12 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   }
 
   const cuda::Precision precision = cuda::parse_precision(opt.precision, "--precision");
+  FLASHGPT_CHECK(opt.attention_backend == "ours" || opt.attention_backend == "cudnn",
+                 "--attention-backend: '{}' is not one of ours, cudnn", opt.attention_backend);
+  const bool cudnn = opt.attention_backend == "cudnn";
+  FLASHGPT_CHECK(!cudnn || opt.device != "cpu", "--attention-backend cudnn: a GPU option (--device cuda or auto)");
+  FLASHGPT_CHECK(!cudnn || !opt.document_masking,
+                 "--attention-backend cudnn: cuDNN's attention takes no document masks (--document-masking)");
   const DeviceChoice where = choose_train_device(opt, config, precision, comm.size());
   // The host model holds the weights for checkpoints and samples in both cases; on the GPU the
   // training step runs on the device copy.
@@ -155,6 +161,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   if (where.gpu) {
     gpu = std::make_unique<cuda::GPTCuda>(config, precision);
     gpu->set_deterministic(opt.deterministic);
+    if (cudnn) gpu->set_attention_backend(cuda::AttentionBackend::Cudnn);
     model.release_gradients();  // the GPU keeps its own
   }
   std::unique_ptr<dist::Communicator> cp_group;
@@ -236,6 +243,12 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
                   total, opt.max_steps, resuming ? fmt::format(" (resuming at step {})", start_step) : ""));
   if (!where.line.empty()) say(where.line);
   if (gpu && opt.deterministic) say("deterministic: the GPU's backward adds nothing with atomics (slower)");
+  if (cudnn) {
+    std::string detail;
+    cuda::cudnn_attention_available(&detail);
+    say(gpu ? fmt::format("attention: cuDNN's fused attention ({})", detail)
+            : std::string("attention: --attention-backend cudnn does not apply on the CPU"));
+  }
   if (comm.size() > 1) {
     say(fmt::format("ranks: {} ({} data-parallel{}{}), over {}", comm.size(), lay.dp,
                     lay.cp > 1 ? fmt::format(" × {} context-parallel, {} tokens per rank per sequence", lay.cp,

@@ -8,6 +8,7 @@
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/cuda/abi.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/attention_cudnn.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -17,6 +18,7 @@ struct FlashBenchCase {
   AttentionDims dims;  // Tq = Tk, self-attention
   bool causal = true;
   FlashTiles tiles = FlashTiles::Auto;
+  AttentionBackend backend = AttentionBackend::Ours;  // Cudnn: cuDNN's fused attention (flash only; tiles unused)
   bool deterministic = false;  // the flash backward's dQ without atomics
   int repeats = 10;  // timed runs after two warm-ups; medians reported
   uint64_t seed = 1;
@@ -30,9 +32,9 @@ struct FlashBenchResult {
   double max_rel_err = 0;
   // Device memory the kernels need beyond q, k, v, o, dO and the gradients: lse and the
   // workspace (flash: the backward's dQ accumulator; standard: P for every head and one head's
-  // scratch). Every buffer is allocated explicitly, so this is the peak beyond the tensors.
+  // scratch; cuDNN: the larger of its forward and backward plans' workspaces). Every buffer is allocated explicitly, so this is the peak beyond the tensors.
   int64_t extra_bytes = 0;
-  // The flash kernels' theoretical occupancy (flash_tc_occupancy); 0 for the standard kernel.
+  // The flash kernels' theoretical occupancy (flash_tc_occupancy); 0 for the standard kernel and cuDNN.
   FlashOccupancy occupancy;
 };
 

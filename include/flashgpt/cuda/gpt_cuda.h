@@ -29,6 +29,7 @@
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/abi.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/attention_cudnn.h"
 #include "flashgpt/cuda/ops_cuda.h"
 #include "flashgpt/infer/decoder.h"
 #include "flashgpt/model/config.h"
@@ -115,6 +116,14 @@ class GPTCuda {
   // default; decoding always runs Auto.
   void set_flash_tiles(FlashTiles tiles);
   FlashTiles flash_tiles() const;
+  // Whose attention the bf16 training step runs for the flash mechanisms (attention_cudnn.h): our
+  // kernels (Ours, the default) or cuDNN's fused attention (Cudnn; its flash tiles then unused),
+  // what `bench train --attention-backend` and `train --attention-backend` choose. Throws, naming
+  // the reason, where cuDNN cannot take this model (fp32, the standard mechanisms, head dims,
+  // cuDNN missing); a step with document masks then fails with the same kind of message.
+  // Decoding always runs our kernels.
+  void set_attention_backend(AttentionBackend backend);
+  AttentionBackend attention_backend() const;
 
   // Σ g² over every gradient (for global-norm clipping).
   double grad_sum_squares();

@@ -49,6 +49,9 @@ struct TrainOptions {
   // The GPU's backward without atomics, so a run repeats its bits on the same GPU and software
   // (GPTCuda::set_deterministic; slower). The CPU's training repeats its bits either way.
   bool deterministic = false;
+  // The GPU's attention for the flash mechanisms in bf16: "ours" (our kernels) or "cudnn" (cuDNN's
+  // fused attention, GPTCuda::set_attention_backend; not with document masking).
+  std::string attention_backend = "ours";
   int64_t stop_at_step = 0;  // >0: save and stop after this step (the schedule still spans max_steps)
   // Optimiser.
   LrScheduleParams lr;
