@@ -251,6 +251,65 @@ TEST(Simt, ReportsDeadlocksAndBadWarpMasks) {
   EXPECT_NE(outside.find("reads lane 20, outside its mask"), std::string::npos) << outside;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Producer and consumer warps over named barriers, as the wgmma backward exchanges dQ: warps 2–3
+// write a round's values into shared memory and arrive at barrier 1; warps 0–1 wait there and read
+// them. The next round's writes come after a block barrier that the readers reach only once done.
+template <bool Barrier>
+__global__ void producer_consumer_kernel(int* out, int rounds) {
+  __shared__ int box[64];
+  const int t = static_cast<int>(threadIdx.x);
+  for (int r = 0; r < rounds; ++r) {
+    __syncthreads();
+    if (t >= 64) {
+      box[t - 64] = 1000 * r + t;
+      if (Barrier) cuda::named_barrier_arrive(1, 128);
+    } else {
+      if (Barrier) cuda::named_barrier_sync(1, 128);
+      out[r * 64 + t] = box[t];
+    }
+  }
+}
+
+__global__ void named_misuse_kernel(int* out, int which) {
+  const int t = static_cast<int>(threadIdx.x);
+  if (which == 0) cuda::named_barrier_sync(0, 64);                // id 0 is __syncthreads'
+  if (which == 1) cuda::named_barrier_sync(1, t < 32 ? 64 : 32);  // two counts for one barrier
+  if (which == 2 && t < 32) cuda::named_barrier_sync(2, 64);      // the other warp never comes
+  out[t] = t;
+}
+
+TEST(Simt, NamedBarriersOrderProducersAndConsumers) {
+  const int rounds = 6;
+  cuda::DeviceBuffer out(rounds * 64 * sizeof(int));
+  std::vector<int> got(rounds * 64);
+  launch_kernel("producer consumer", producer_consumer_kernel<true>, 3, 128, 0, nullptr, out.as<int>(), rounds);
+  out.download(got.data(), got.size() * sizeof(int));
+  for (int r = 0; r < rounds; ++r)
+    for (int t = 0; t < 64; ++t) ASSERT_EQ(got[static_cast<size_t>(r * 64 + t)], 1000 * r + 64 + t) << r << " " << t;
+  // Without the barrier the consumers read what the producers have not yet written, in some block.
+  launch_kernel("racy producer consumer", producer_consumer_kernel<false>, 8, 128, 0, nullptr, out.as<int>(), rounds);
+  out.download(got.data(), got.size() * sizeof(int));
+  int wrong = 0;
+  for (int r = 0; r < rounds; ++r)
+    for (int t = 0; t < 64; ++t) wrong += got[static_cast<size_t>(r * 64 + t)] != 1000 * r + 64 + t;
+  EXPECT_GT(wrong, 0) << "a missing named barrier went unnoticed";
+
+  cuda::DeviceBuffer small(64 * sizeof(int));
+  auto misuse = [&](int which) {
+    return error_of([&] { launch_kernel("named misuse", named_misuse_kernel, 1, 64, 0, nullptr, small.as<int>(), which); });
+  };
+  EXPECT_NE(misuse(0).find("ids 1…15"), std::string::npos) << misuse(0);
+  // Two counts in one round: a fault when the second joins, or, where a warp's own count completes
+  // a round alone, the other warp's round that never completes.
+  const std::string mixed = misuse(1);
+  EXPECT_TRUE(mixed.find("joined with a count of") != std::string::npos || mixed.find("deadlocks") != std::string::npos)
+      << mixed;
+  const std::string stuck = misuse(2);
+  EXPECT_NE(stuck.find("deadlocks"), std::string::npos) << stuck;
+  EXPECT_NE(stuck.find("at a named barrier (barrier 2)"), std::string::npos) << stuck;
+}
+
 TEST(Simt, BadLaunchConfigurationsFailLikeTheRuntime) {
   cuda::DeviceBuffer out(64 * sizeof(int));
   const std::string too_many =

@@ -17,7 +17,9 @@
 //                               is two or more 64-column panels each warpgroup takes half of them
 //                               over all 128 keys, else all of Dqk over its own 64 keys;
 // added into the fp32 accumulator in global memory with atomics (two columns an instruction on
-// sm_90). Three stages, not two: the tile queued at a barrier goes into the stage the tile before
+// sm_90); where each warpgroup has all of Dqk over its own keys, each hands half its rows to the
+// other through shared memory (a named barrier, producer to consumer), so every element is added
+// into global memory once. Three stages, not two: the tile queued at a barrier goes into the stage the tile before
 // last used, so the dV and dK products of the current tile may still read theirs.
 // With WithDq false the kernel leaves dQ alone, for the deterministic backward.
 #pragma once
@@ -43,11 +45,15 @@ struct BackwardTilesWgmma {
   // dQ's split between the warpgroups: columns where each can have whole panels, else keys.
   static constexpr bool kDqSplitsColumns = Dqk % 128 == 0;
   static constexpr int DqCols = kDqSplitsColumns ? Dqk / Groups : Dqk, DqKeys = kDqSplitsColumns ? BlockN : 64;
+  // Where each warpgroup has all of dQ over its own keys, half of each warpgroup's rows go through
+  // shared memory to the other, which adds them to its own before the atomics: [DqCols / 8][128]
+  // float4s, one per (chunk, warp-and-lane slot).
+  static constexpr size_t exchange_bytes = kDqSplitsColumns ? 0 : sizeof(float) * 4 * (DqCols / 8) * 128;
   static constexpr size_t elem_bytes =
       2 * static_cast<size_t>(KTile::kElems + VTile::kElems + Stages * (QTile::kElems + OTile::kElems) +
                               2 * STile::kElems);
-  // + lse·log2 e and D per stage, and 1024 bytes to align the tiles.
-  static constexpr size_t bytes = elem_bytes + sizeof(float) * 2 * Stages * BlockM + 1024;
+  // + lse·log2 e and D per stage, the dQ exchange, and 1024 bytes to align the tiles.
+  static constexpr size_t bytes = elem_bytes + sizeof(float) * 2 * Stages * BlockM + exchange_bytes + 1024;
   static_assert(Dqk <= 128 && Dv <= 128, "the dK and dV accumulators of 64 keys fit the registers up to 128");
 };
 
@@ -86,6 +92,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   E* dSs = dOs + Stages * OTile::kElems;  // two buffers
   float* Ls = reinterpret_cast<float*>(dSs + 2 * STile::kElems);  // [Stages][BlockM]
   float* Ds = Ls + Stages * BlockM;                               // [Stages][BlockM]
+  float4* Xs = reinterpret_cast<float4*>(Ds + Stages * BlockM);   // the dQ exchange, if any
   const int tid = static_cast<int>(threadIdx.x), group = tid / 128, wq = tid % 128 / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, hk = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * BlockN;
@@ -197,6 +204,8 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
     if constexpr (WithDq) {
       constexpr int DqCols = F::DqCols;
       const int dq_key0 = F::kDqSplitsColumns ? 0 : key_base, dq_col0 = F::kDqSplitsColumns ? DqCols * group : 0;
+      // Whether this warp adds its rows of dQ into global memory (all do where the columns split).
+      const bool dq_taker = F::kDqSplitsColumns || (group == 0) == (wq < 2);
       float dq[DqCols / 8][4];
       wg::fence();
 #pragma unroll
@@ -207,10 +216,31 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
       wg::commit();
       wg::wait<0>();
       wg::hold(dq);
+      if constexpr (!F::kDqSplitsColumns) {
+        // Both warpgroups hold dQ for the same 64 × Dqk tile, each over its own 64 keys: warp wq's
+        // rows 16wq … 16wq + 15 in both. Warps 2–3 of warpgroup 0 and warps 0–1 of warpgroup 1
+        // hand theirs over (slot wq·32 + lane, the same rows and columns as the taker's own) and go
+        // on; the others add them to their own and alone issue the atomics, so each element of
+        // the tile is added into global memory once, not twice. The exchange is next written after
+        // the next tile's block barrier, which every taker reaches only once it has read.
+        const int slot = 32 * wq + lane;
+        if (!dq_taker) {
+#pragma unroll
+          for (int n = 0; n < DqCols / 8; ++n) Xs[n * 128 + slot] = make_float4(dq[n][0], dq[n][1], dq[n][2], dq[n][3]);
+          named_barrier_arrive(1, F::Threads);
+        } else {
+          named_barrier_sync(1, F::Threads);
+#pragma unroll
+          for (int n = 0; n < DqCols / 8; ++n) {
+            const float4 o = Xs[n * 128 + slot];
+            dq[n][0] += o.x, dq[n][1] += o.y, dq[n][2] += o.z, dq[n][3] += o.w;
+          }
+        }
+      }
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int64_t i = i0 + 16 * wq + g + 8 * r;
-        if (i >= d.Tq) continue;
+        if (!dq_taker || i >= d.Tq) continue;
         float* row = dq_accum + (b * d.Tq + i) * q_row + h * Dqk + dq_col0 + 2 * t;
 #pragma unroll
         for (int n = 0; n < DqCols / 8; ++n) atomic_add2(row + n * 8, dq[n][2 * r], dq[n][2 * r + 1]);

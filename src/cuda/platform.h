@@ -34,6 +34,25 @@
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
+// Named barriers (PTX bar.sync / bar.arrive; id 1 … 15, 0 being __syncthreads; `threads` a multiple
+// of 32 counting every thread of the round): named_barrier_sync waits until that many threads have
+// arrived, itself included; named_barrier_arrive counts itself and goes on — a producer's writes
+// before it are visible to the consumers once their sync returns.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+#if defined(FLASHGPT_SIMT)
+  ::flashgpt::simt::sync_named(id, threads);
+#else
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+#endif
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+#if defined(FLASHGPT_SIMT)
+  ::flashgpt::simt::arrive_named(id, threads);
+#else
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+#endif
+}
+
 // Lets `kernel` use `bytes` of dynamic shared memory (past the default 48 KiB), or throws naming
 // `name` when the GPU cannot give that much.
 template <typename Kernel>

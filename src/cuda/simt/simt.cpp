@@ -37,7 +37,7 @@ constexpr int kMaxThreads = 1024;
 constexpr size_t kSharedOptIn = 232448;  // 227 KiB, an H100's opt-in limit per block
 constexpr int kSmCount = 132;
 
-enum class State { Runnable, AtBlock, AtWarp, AtGroup, Done };
+enum class State { Runnable, AtBlock, AtWarp, AtGroup, AtNamed, Done };
 
 // AddressSanitizer must be told about every stack switch, or it takes the fibers' stacks for
 // corrupt ones. No-ops in other builds.
@@ -134,6 +134,7 @@ const char* state_name(State s) {
     case State::AtBlock: return "at __syncthreads";
     case State::AtWarp: return "at a warp barrier";
     case State::AtGroup: return "at a warpgroup instruction";
+    case State::AtNamed: return "at a named barrier";
     case State::Done: return "exited";
   }
   return "?";
@@ -145,6 +146,7 @@ struct Fiber {
   int linear = 0;
   State state = State::Runnable;
   unsigned mask = 0;  // the warp barrier's mask while at one
+  int barrier = 0;    // the named barrier while at one
   uint64_t slot = 0;  // the value published for a shuffle
   bool vote = false;  // the predicate published for a ballot
   const void* published = nullptr;  // what a tensor-core collective shares with the warp
@@ -205,6 +207,9 @@ struct Launch {
   uint32_t shared_base = 0;  // where the dynamic shared memory starts in the block's shared window
   const std::function<void()>* body = nullptr;
   Fiber* current = nullptr;
+  // Named barriers (bar.sync / bar.arrive with an id and a thread count): arrivals so far and the
+  // count the current round waits for, per id.
+  std::array<int, kNamedBarriers> named_arrived{}, named_expected{};
   ucontext_t scheduler{};
   std::exception_ptr error;
 };
@@ -267,6 +272,7 @@ std::string describe_states(const Launch& l) {
     const Fiber& f = l.fibers[i];
     out += "\n  thread " + std::to_string(f.linear) + ": " + state_name(f.state);
     if (f.state == State::AtWarp) out += " (mask " + std::to_string(f.mask) + ")";
+    if (f.state == State::AtNamed) out += " (barrier " + std::to_string(f.barrier) + ")";
   }
   if (shown < l.fibers.size()) out += "\n  …";
   return out;
@@ -362,6 +368,8 @@ bool release_group(Launch& l, int group) {
 // A __syncthreads releases when every live thread is at it.
 void run_block(Launch& l, std::vector<int>& order) {
   for (size_t i = 0; i < l.fibers.size(); ++i) prepare(l, l.fibers[i], g_stacks.get(i));
+  l.named_arrived.fill(0);
+  l.named_expected.fill(0);
   auto& rng = order_rng();
   const int n = static_cast<int>(l.fibers.size()), warps = (n + 31) / 32;
   std::vector<int> priority(static_cast<size_t>(warps));
@@ -436,6 +444,42 @@ int lane() { return launch().current->linear % 32; }
 void* dynamic_shared() { return launch().shared; }
 
 void sync_block() { yield(State::AtBlock); }
+
+// One arrival at named barrier id of a round of `threads`: the round's last arrival releases the
+// threads waiting at it. Returns whether this arrival completed the round.
+bool count_named_arrival(Launch& l, int id, int threads) {
+  if (id < 1 || id >= kNamedBarriers) {
+    kernel_fault("named barrier " + std::to_string(id) + ": ids 1…" + std::to_string(kNamedBarriers - 1) +
+                 " (0 is __syncthreads)");
+  }
+  const int n = static_cast<int>(l.fibers.size());
+  if (threads <= 0 || threads % 32 != 0 || threads > n) {
+    kernel_fault("named barrier " + std::to_string(id) + ": thread count " + std::to_string(threads) +
+                 " must be a positive multiple of 32 up to the block's " + std::to_string(n));
+  }
+  auto& expected = l.named_expected[static_cast<size_t>(id)];
+  auto& arrived = l.named_arrived[static_cast<size_t>(id)];
+  if (arrived > 0 && expected != threads) {
+    kernel_fault("named barrier " + std::to_string(id) + ": a round of " + std::to_string(expected) +
+                 " threads joined with a count of " + std::to_string(threads));
+  }
+  expected = threads;
+  if (++arrived < threads) return false;
+  arrived = 0;
+  for (Fiber& f : l.fibers) {
+    if (f.state == State::AtNamed && f.barrier == id) f.state = State::Runnable;
+  }
+  return true;
+}
+
+void sync_named(int id, int threads) {
+  Launch& l = launch();
+  if (count_named_arrival(l, id, threads)) return;
+  l.current->barrier = id;
+  yield(State::AtNamed);
+}
+
+void arrive_named(int id, int threads) { count_named_arrival(launch(), id, threads); }
 
 void sync_warp(unsigned mask) {
   Fiber& f = *launch().current;

@@ -67,6 +67,14 @@ int lane();
 void* dynamic_shared();
 
 void sync_block();
+// Named barriers, as PTX's bar.sync / bar.arrive with an id (1 … 15; 0 is __syncthreads) and a
+// thread count (a multiple of 32): sync_named waits until `threads` threads have arrived at the
+// barrier in this round, counting itself; arrive_named counts itself and goes on (a producer
+// telling consumers its writes are done). A round that mixes counts is a fault; one that never
+// completes shows as a deadlock.
+constexpr int kNamedBarriers = 16;
+void sync_named(int id, int threads);
+void arrive_named(int id, int threads);
 // Waits until every lane in mask has arrived at a warp barrier with the same mask.
 void sync_warp(unsigned mask);
 // Each lane of mask publishes value; returns the value lane src published. src outside mask is an
