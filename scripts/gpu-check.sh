@@ -412,8 +412,9 @@ if [ -n "$bin" ]; then
     [ -n "$tiles" ] && flash="$flash --tiles $tiles"
     [ -n "$backend" ] && flash="$flash --attention-backend $backend"
     # shellcheck disable=SC2086
+    # --breakdown: three more steps with every kernel timed by CUDA events (where the step goes).
     if timeout "$bench_limit" "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
-         --steps 10 --warmup 3 --json > "$logs/bench_train_$tag.json" 2> "$logs/bench_train_$tag.err"; then
+         --steps 10 --warmup 3 --breakdown 3 --json > "$logs/bench_train_$tag.json" 2> "$logs/bench_train_$tag.err"; then
       cat "$logs/bench_train_$tag.json" >> "$out/gpu-check-$stamp-train.jsonl"
       python3 - "$logs/bench_train_$tag.json" "$preset" >> "$report" <<'PYEOF'
 import json, sys
@@ -439,6 +440,30 @@ if [ $have_torch = 1 ]; then
   timeout "$bench_limit" python3 bench/peers/gpt_train.py --batch 16 --seq 1024 --jsonl "$out/gpu-check-$stamp-train.jsonl" \
     >> "$report" 2> "$logs/peer_gpt.err" || say "| PyTorch peer | FAILED: $(tail -1 "$logs/peer_gpt.err" | cut -c1-150) | | | | | | |"
 fi
+# Where the step goes, kernel by kernel (CUDA events, no profiler), for d12 with our attention and
+# with cuDNN's: the kernels' shares and the GPU's idle remainder.
+for tag in d12_bf16 d12_bf16___cudnn d12_flash_mla_bf16; do
+  [ -s "$logs/bench_train_$tag.json" ] || continue
+  python3 - "$logs/bench_train_$tag.json" >> "$report" <<'PYEOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+b = j.get("breakdown")
+if b:
+    step = b["step_s_median"] * 1e3
+    what = j["attention"] + (", cuDNN attention" if j.get("attention_backend") == "cudnn" else "")
+    print(f"\n### Where a {j['params'] / 1e6:.0f}M ({what}) step goes: {b['steps']} steps, each kernel timed by CUDA events (step {step:.1f} ms there)\n")
+    print("| kernel | launches/step | ms/step | share |\n|---|---|---|---|")
+    rows = b["kernels"]
+    for k in rows[:20]:
+        print(f"| {k['name']} | {k['launches_per_step']:.0f} | {k['ms_per_step']:.3f} | {100 * k['ms_per_step'] / step:.1f}% |")
+    rest = rows[20:]
+    if rest:
+        ms = sum(k["ms_per_step"] for k in rest)
+        print(f"| {len(rest)} others | {sum(k['launches_per_step'] for k in rest):.0f} | {ms:.3f} | {100 * ms / step:.1f}% |")
+    idle = step - b["kernel_ms_per_step"]
+    print(f"| the GPU idle (waiting for the host, or between kernels) | | {idle:.3f} | {100 * idle / step:.1f}% |")
+PYEOF
+done
 fi
 
 # --- where the training step's time goes --------------------------------------------------------

@@ -266,6 +266,8 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench flash-decode --precision fp8"), "--precision");
   expect_one_error_line(run_flashgpt("bench attention --device cuda --tiles auto,square"), "--tiles");
   expect_one_error_line(run_flashgpt("bench attention --device cuda --backend ours,magic"), "--backend");
+  expect_one_error_line(run_flashgpt("bench attention --backend cudnn"), "--backend: a GPU option");
+  expect_one_error_line(run_flashgpt("bench train --breakdown 3"), "--breakdown: a GPU option");
   expect_one_error_line(run_flashgpt("bench train --attention-backend cudnn"), "--attention-backend: a GPU option");
   expect_one_error_line(run_flashgpt("train --attention-backend flash3"), "--attention-backend");
   expect_one_error_line(run_flashgpt("bench ops --rows 0"), "--rows: must be positive");

@@ -21,6 +21,7 @@
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/kernel_times.h"
 #include "flashgpt/cuda/matmul_cuda.h"
 #include "flashgpt/cuda/ops_bench_cuda.h"
 #include "flashgpt/cuda/ops_cuda.h"
@@ -106,6 +107,42 @@ std::vector<float> as_stored(std::vector<float> v) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// KernelTimes names every launch, GEMM and copy queued while it records, counts them and times
+// them; nothing outside a scope or inside a graph capture; a read starts afresh.
+TEST(CudaOps, KernelTimesNameAndCountWhatTheScopeQueues) {
+  SKIP_WITHOUT_GPU();
+  const std::vector<float> h(1000, 1.0f);
+  auto a = up(h), b = up(h), out = poisoned(h.size() * 4);
+  DeviceBuffer m = testing::up({1, 2, 3, 4}), prod = testing::poisoned(4 * sizeof(float));
+  cuda::KernelTimes times;
+  cuda::add(out.as<float>(), a.as<const float>(), b.as<const float>(), 1000);  // before the scope: not timed
+  {
+    cuda::KernelTimesScope scope(times);
+    for (int i = 0; i < 3; ++i) cuda::add(out.as<float>(), a.as<const float>(), b.as<const float>(), 1000);
+    cuda::gemm<float, float>(false, true, 2, 2, 2, 1.0f, m.as<float>(), 2, m.as<float>(), 2, 0.0f, prod.as<float>(), 2);
+    out.fill_bytes(0);
+    const cuda::Stream stream;
+    cuda::Graph graph;
+    graph.capture(stream.get(), [&] { cuda::add(out.as<float>(), a.as<const float>(), b.as<const float>(), 1000); });
+  }
+  cuda::add(out.as<float>(), a.as<const float>(), b.as<const float>(), 1000);  // after: not timed
+  const std::vector<cuda::KernelTime> got = times.read();
+  auto find = [&](const std::string& name) -> const cuda::KernelTime* {
+    for (const cuda::KernelTime& k : got)
+      if (k.name == name) return &k;
+    return nullptr;
+  };
+  ASSERT_EQ(got.size(), 3u) << "add, the GEMM and the memset";
+  ASSERT_NE(find("add"), nullptr);
+  EXPECT_EQ(find("add")->launches, 3) << "the captured launch is not timed";
+  ASSERT_NE(find("cuBLASLt GEMM 2×2×2 Bᵀ"), nullptr);
+  EXPECT_EQ(find("cuBLASLt GEMM 2×2×2 Bᵀ")->launches, 1);
+  ASSERT_NE(find("memset"), nullptr);
+  for (const cuda::KernelTime& k : got) EXPECT_GE(k.ms, 0.0) << k.name;
+  for (size_t i = 1; i < got.size(); ++i) EXPECT_GE(got[i - 1].ms, got[i].ms) << "longest first";
+  EXPECT_TRUE(times.read().empty()) << "a read starts afresh";
+}
+
 TEST(CudaOps, ElementwiseAddAndConvert) {
   SKIP_WITHOUT_GPU();
   Data data;

@@ -19,6 +19,7 @@ extern "C" char* openblas_get_corename(void);
 #include "flashgpt/core/timer.h"
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/cuda/kernel_times.h"
 #include "flashgpt/cuda/matmul_cuda.h"
 #include "flashgpt/cuda/warpgroup_cuda.h"
 #include "flashgpt/dist/comm.h"
@@ -44,6 +45,7 @@ struct BenchTrainCli {
   std::string tiles = "auto";  // GPU: the flash kernels' tiles
   std::string attention_backend = "ours";  // GPU: ours or cudnn (cuDNN's fused attention)
   bool profile_step = false;   // GPU: the last timed step inside a profiler capture range
+  int breakdown = 0;           // GPU: steps after the timed ones with every kernel timed (KernelTimes)
 };
 
 double median(std::vector<double> v) {
@@ -140,12 +142,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   std::vector<double> times;
   double loss = 0;
   const int last = c.warmup + c.steps - 1;
-  for (int s = 0; s <= last; ++s) {
-    if (c.profile_step && s == last) {
-      cuda::synchronize();
-      cuda::profiler_capture(true);
-    }
-    Timer t;
+  auto train_step = [&](int s) {
     gpu.zero_grad();
     loss = gpu.forward_backward(x.data(), y.data(), B, T, nullptr);
     const double norm = std::sqrt(gpu.grad_sum_squares());
@@ -154,8 +151,34 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
     hp.weight_decay = 0.1f;
     hp.step = s + 1;
     gpu.adamw_step(hp, norm > 1.0 ? static_cast<float>(1.0 / norm) : 1.0f);  // ends in a synchronisation
+  };
+  for (int s = 0; s <= last; ++s) {
+    if (c.profile_step && s == last) {
+      cuda::synchronize();
+      cuda::profiler_capture(true);
+    }
+    Timer t;
+    train_step(s);
     if (s >= c.warmup) times.push_back(t.seconds());
     if (c.profile_step && s == last) cuda::profiler_capture(false);
+  }
+  // Where a step's time goes: more steps with every kernel, GEMM and copy timed by events, after the
+  // timed ones so that those carry none of the events' cost.
+  std::vector<cuda::KernelTime> kernels;
+  double breakdown_step_s = 0;
+  if (c.breakdown > 0) {
+    cuda::KernelTimes recorder;
+    std::vector<double> bt;
+    {
+      cuda::KernelTimesScope scope(recorder);
+      for (int s = last + 1; s <= last + c.breakdown; ++s) {
+        Timer t;
+        train_step(s);
+        bt.push_back(t.seconds());
+      }
+    }
+    kernels = recorder.read();
+    breakdown_step_s = median(bt);
   }
   FLASHGPT_CHECK(std::isfinite(loss), "bench: the model produced a non-finite loss");
   const double gemm_after = cuda::measure_gemm_flops(bf16, gemm_size, 7) / 1e9;
@@ -189,6 +212,17 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
                       {"gemm_size", gemm_size},
                       {"mfu", model_gflops / gemm},
                       {"loss", loss}};
+  double kernel_ms = 0;
+  if (c.breakdown > 0) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (const cuda::KernelTime& k : kernels) {
+      kernel_ms += k.ms / c.breakdown;
+      rows.push_back({{"name", k.name}, {"launches_per_step", static_cast<double>(k.launches) / c.breakdown},
+                      {"ms_per_step", k.ms / c.breakdown}});
+    }
+    j["breakdown"] = {{"steps", c.breakdown}, {"step_s_median", breakdown_step_s}, {"kernel_ms_per_step", kernel_ms},
+                      {"kernels", rows}};
+  }
   if (c.json) {
     std::printf("%s\n", j.dump().c_str());
     return;
@@ -203,6 +237,20 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   std::printf("  GEMM       %.1f TFLOP/s (cuBLASLt %s, %d³, best of before/after: %.1f / %.1f)\n", gemm / 1e3,
               c.precision.c_str(), gemm_size, gemm_before / 1e3, gemm_after / 1e3);
   std::printf("  MFU        %.1f%% of the measured GEMM rate\n", 100 * model_gflops / gemm);
+  if (c.breakdown > 0) {
+    const double step_ms = breakdown_step_s * 1e3;
+    std::printf("\nwhere a step goes (%d more steps, each kernel timed by CUDA events; step %.2f ms there):\n\n",
+                c.breakdown, step_ms);
+    std::printf("| kernel | launches/step | ms/step | share of step |\n|---|---|---|---|\n");
+    for (const cuda::KernelTime& k : kernels) {
+      const double ms = k.ms / c.breakdown;
+      std::printf("| %s | %.0f | %.3f | %.1f%% |\n", k.name.c_str(), static_cast<double>(k.launches) / c.breakdown, ms,
+                  100 * ms / step_ms);
+    }
+    std::printf("| all of the above | | %.3f | %.1f%% |\n", kernel_ms, 100 * kernel_ms / step_ms);
+    std::printf("| the rest (the GPU idle: waiting for the host, or between kernels) | | %.3f | %.1f%% |\n",
+                step_ms - kernel_ms, 100 * (step_ms - kernel_ms) / step_ms);
+  }
 }
 
 void run_bench_train(const BenchTrainCli& c) {
@@ -217,6 +265,7 @@ void run_bench_train(const BenchTrainCli& c) {
   FLASHGPT_CHECK(c.tiles == "auto", "--tiles: a GPU option (--device cuda)");
   FLASHGPT_CHECK(c.attention_backend == "ours", "--attention-backend: a GPU option (--device cuda)");
   FLASHGPT_CHECK(!c.profile_step, "--profile-step: a GPU option (--device cuda)");
+  FLASHGPT_CHECK(c.breakdown == 0, "--breakdown: a GPU option (--device cuda)");
   dist::Communicator& world = dist::world();
   const ParallelLayout lay = make_parallel_layout(world, c.context_parallel);
   const bool root = world.rank() == 0;
@@ -339,6 +388,10 @@ void register_bench(CLI::App& app) {
   tr->add_flag("--profile-step", c->profile_step,
                "GPU: capture only the last timed step for a profiler started with capture off "
                "(ncu --profile-from-start off; scripts/gpu-check.sh's profile part)");
+  tr->add_option("--breakdown", c->breakdown,
+                 "GPU: N more steps after the timed ones with every kernel, GEMM and copy timed by CUDA events: "
+                 "a table of where a step's time goes (no profiler needed)")
+      ->check(CLI::NonNegativeNumber);
   tr->add_flag("--json", c->json, "Print one JSON object");
   tr->add_option("--zero", c->zero, "Under mpirun: 1 shards the AdamW state (ZeRO-1)")->check(CLI::IsMember({0, 1}));
   tr->add_option("--context-parallel", c->context_parallel, "Under mpirun: ranks sharing each sequence")

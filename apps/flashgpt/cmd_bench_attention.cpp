@@ -331,6 +331,7 @@ void run_bench_attention(const BenchAttentionCli& c) {
   if (c.device == "cuda") return run_bench_attention_cuda(c, rope_dim);
   FLASHGPT_CHECK(!c.deterministic, "--deterministic: a GPU option (--device cuda); the CPU's backward has no atomics");
   FLASHGPT_CHECK(c.tokens == 0, "--tokens: only with --device cuda (the CPU takes --batch)");
+  FLASHGPT_CHECK(c.backends == std::vector<std::string>{"ours"}, "--backend: a GPU option (--device cuda)");
   if (c.probe_memory) {  // internal: one case, print the extra peak bytes
     const Mechanism mech = parse_mechanism(c.mechanisms.at(0));
     const AttentionDims d = mechanism_dims(mech, c.batches.at(0), c.seqs.at(0), c.hiddens.at(0) / c.head_dim,

@@ -6,6 +6,7 @@
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/flash_decode_bench_cuda.h"
 #include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/cuda/kernel_times.h"
 #include "flashgpt/cuda/latent_decode_bench_cuda.h"
 #include "flashgpt/cuda/matmul_cuda.h"
 #include "flashgpt/cuda/ops_bench_cuda.h"
@@ -27,6 +28,13 @@ DeviceReport probe_devices() {
 namespace cuda::inline FLASHGPT_CUDA_ABI {
 
 bool gpu_available() { return false; }
+
+struct KernelTimes::Impl {};
+KernelTimes::KernelTimes() = default;
+KernelTimes::~KernelTimes() = default;
+std::vector<KernelTime> KernelTimes::read() { return {}; }
+KernelTimesScope::KernelTimesScope(KernelTimes&) : saved_(nullptr) {}
+KernelTimesScope::~KernelTimesScope() = default;
 void flash_forward_fp32(const AttentionDims&, const AttentionMask&, float, const float*, const float*, const float*,
                         float*, float*) {
   fail("GPU attention: {}", kNoCuda);

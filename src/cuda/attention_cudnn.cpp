@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "cuda/cuda_check.h"
+#include "cuda/kernel_timing.h"
 #include "cuda/stream.h"
 #include "flashgpt/cuda/device_memory.h"
 
@@ -278,7 +279,10 @@ void execute_locked(const Key& k, const AttentionMask& m, std::unordered_map<int
   const cudnnStatus_t st = fe::detail::set_stream(s.handle, current_stream());
   FLASHGPT_CHECK(st == CUDNN_STATUS_SUCCESS, "cuDNN attention {}: cudnnSetStream failed ({})", describe(k),
                  fe::detail::get_error_string(st));
+  const int timed = kernel_timing_begin(k.backward ? "cuDNN attention backward" : "cuDNN attention forward",
+                                        current_stream());
   check_fe(p.graph->execute(s.handle, pack, p.workspace > 0 ? s.workspace.get() : nullptr), k, "running");
+  kernel_timing_end(timed, current_stream());
 }
 
 // The frontend reports some failures (a symbol missing from the loaded library) as exceptions of

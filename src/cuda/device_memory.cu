@@ -57,24 +57,33 @@ void DeviceBuffer::fill_bytes(int value) { fill_device_bytes(ptr_, value, bytes_
 // The host copies wait for their stream, so the host may reuse or read its buffer on return.
 void copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
   if (bytes == 0) return;
+  const int timed = kernel_timing_begin("copy host to device", current_stream());
   FLASHGPT_CUDA_CHECK(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, current_stream()));
+  kernel_timing_end(timed, current_stream());
   FLASHGPT_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
 }
 
 void copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
   if (bytes == 0) return;
+  const int timed = kernel_timing_begin("copy device to host", current_stream());
   FLASHGPT_CUDA_CHECK(cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, current_stream()));
+  kernel_timing_end(timed, current_stream());
   FLASHGPT_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
 }
 
 void copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
   if (bytes > 0) {
+    const int timed = kernel_timing_begin("copy on device", current_stream());
     FLASHGPT_CUDA_CHECK(cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, current_stream()));
+    kernel_timing_end(timed, current_stream());
   }
 }
 
 void fill_device_bytes(void* device_dst, int value, size_t bytes) {
-  if (bytes > 0) FLASHGPT_CUDA_CHECK(cudaMemsetAsync(device_dst, value, bytes, current_stream()));
+  if (bytes == 0) return;
+  const int timed = kernel_timing_begin("memset", current_stream());
+  FLASHGPT_CUDA_CHECK(cudaMemsetAsync(device_dst, value, bytes, current_stream()));
+  kernel_timing_end(timed, current_stream());
 }
 
 void* reduction_scratch(size_t bytes) {

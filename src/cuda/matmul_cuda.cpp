@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cuda/cuda_check.h"
+#include "cuda/kernel_timing.h"
 #include "cuda/stream.h"
 #include "flashgpt/core/half_precision.h"
 #include "flashgpt/core/rng.h"
@@ -161,6 +162,15 @@ namespace {
 // C = alpha·op(A)·op(B) + beta·C, plus bias[N] added to every row when bias is given (cuBLASLt's
 // bias epilogue). Returns false, having done nothing, when cuBLASLt has no algorithm for the
 // product with that epilogue; the caller then adds the bias itself.
+// A product's span for KernelTimes, named by its shape (batched: "× count"); -1 unless it records.
+int begin_timing(bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t count) {
+  if (!kernel_timing_active()) return -1;
+  return kernel_timing_begin("cuBLASLt GEMM " + std::to_string(M) + "×" + std::to_string(N) + "×" + std::to_string(K) +
+                                 (ta ? " Aᵀ" : "") + (tb ? " Bᵀ" : "") +
+                                 (count > 1 ? " × " + std::to_string(count) : ""),
+                             current_stream());
+}
+
 template <typename T, typename TC>
 bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
                int64_t ldb, float beta, TC* C, int64_t ldc, const TC* bias, const Strides& batch = {}) {
@@ -168,12 +178,14 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   if (M == 0 || N == 0 || batch.count == 0) return true;
 #if defined(FLASHGPT_SIMT)
   // Queued on the current stream as the library call would be (recorded while it captures).
+  const int timed = begin_timing(ta, tb, M, N, K, batch.count);
   FLASHGPT_CUDA_CHECK(simt::submit(current_stream(), "gemm", [=] {
     for (int64_t i = 0; i < batch.count; ++i) {
       gemm_host<T, TC>(ta, tb, M, N, K, alpha, A + i * batch.a, lda, B + i * batch.b, ldb, beta, C + i * batch.c, ldc,
                        bias);
     }
   }));
+  kernel_timing_end(timed, current_stream());
   return true;
 #else
   Lt& l = lt();
@@ -248,8 +260,10 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   if (with_bias) {
     FLASHGPT_LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
   }
+  const int timed = begin_timing(ta, tb, M, N, K, batch.count);
   FLASHGPT_LT_CHECK(cublasLtMatmul(l.handle, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
                                    l.workspace, l.workspace_bytes, current_stream()));
+  kernel_timing_end(timed, current_stream());
   return true;
 #endif
 }

@@ -21,6 +21,7 @@
 #include <utility>
 
 #include "cuda/cuda_check.h"
+#include "cuda/kernel_timing.h"
 #include "cuda/stream.h"
 
 // `name` points at this block's dynamic shared memory, as `type*`, 128-byte aligned.
@@ -88,6 +89,7 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
                    cudaStream_t stream, Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "launch_kernel: wrong number of kernel arguments");
   if (stream == nullptr) stream = current_stream();
+  const int timed = kernel_timing_begin(name, stream);  // -1 unless a KernelTimes records
 #if defined(FLASHGPT_SIMT)
   const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
   ::flashgpt::simt::check_kernel_pointers(name, params);
@@ -99,6 +101,7 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
   kernel<<<grid, block, shared, stream>>>(std::forward<Args>(args)...);
 #endif
   check(cudaGetLastError(), name, __FILE__, __LINE__);
+  kernel_timing_end(timed, stream);
 }
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

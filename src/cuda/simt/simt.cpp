@@ -913,6 +913,8 @@ void launch_grid(const char* name, dim3 grid, dim3 block, size_t shared, cudaStr
   if (e != cudaSuccess) g_last_error = e;
 }
 
+bool any_capture_open() { return capture_open(); }
+
 cudaError_t stream_create(cudaStream_t* stream) {
   auto st = std::make_unique<StreamState>();
   *stream = reinterpret_cast<cudaStream_t>(st.get());

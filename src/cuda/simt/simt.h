@@ -132,6 +132,8 @@ uint32_t shared_address(const void* p);
 // cudaDeviceSynchronize, cudaStreamSynchronize) and work queued on the legacy default stream,
 // which would have to wait for the capturing stream.
 cudaError_t stream_create(cudaStream_t* stream);
+// Whether any stream is capturing now.
+bool any_capture_open();
 cudaError_t stream_destroy(cudaStream_t stream);
 cudaError_t stream_synchronize(cudaStream_t stream);
 cudaError_t begin_capture(cudaStream_t stream, cudaStreamCaptureMode mode);
