@@ -41,6 +41,7 @@ std::string name(const Case& c) {
 }
 
 using testing::attention_rel_error;
+using testing::norm_error;
 
 template <typename T>
 cuda::DeviceBuffer to_device(const std::vector<T>& host) {
@@ -212,16 +213,6 @@ void expect_within_twice_plain(const Graded& outs, const char* kernel) {
   }
 }
 
-// ‖a − ref‖ / ‖ref‖ over finite entries; NaN (unwritten) makes it infinite.
-double norm_error(const std::vector<double>& a, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
-    num += (a[i] - ref[i]) * (a[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
 
 // The tensor-core kernels' variants: element type × tile shape (tall: the forward's own, the
 // backward then running its automatic tiles; short: the backward's own, the forward automatic;

@@ -20,11 +20,13 @@
 #include "flashgpt/cuda/device_memory.h"
 #include "testing/bf16.h"
 #include "testing/errors.h"
+#include "testing/relative_error.h"
 
 namespace flashgpt {
 namespace {
 
 using cuda::TensorCoreType;
+using testing::norm_error;
 
 TEST(CudnnAttention, RefusedCasesNameTheirField) {
   const AttentionDims d{2, 8, 2, 64, 64, 64, 64, 0};
@@ -133,16 +135,6 @@ float from_bits(TensorCoreType t, uint16_t b) {
 }
 float round_to(TensorCoreType t, float x) { return from_bits(t, to_bits(t, x)); }
 
-// ‖a − ref‖ / ‖ref‖; NaN (unwritten) makes it infinite.
-double norm_error(const std::vector<double>& a, const std::vector<double>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
-    num += (a[i] - ref[i]) * (a[i] - ref[i]);
-    den += ref[i] * ref[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
 
 template <typename T>
 cuda::DeviceBuffer to_device(const std::vector<T>& host) {

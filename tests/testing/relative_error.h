@@ -25,4 +25,15 @@ inline double attention_rel_error(const std::vector<float>& a, const std::vector
   return worst / scale;
 }
 
+// ‖a − ref‖ / ‖ref‖; NaN (an output never written) makes it infinite.
+inline double norm_error(const std::vector<double>& a, const std::vector<double>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
+    num += (a[i] - ref[i]) * (a[i] - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
 }  // namespace flashgpt::testing
