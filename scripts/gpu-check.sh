@@ -13,9 +13,10 @@
 #   decode ≈ 2.5 min; attention + standard + latent-decode + flash-decode ≈ 8 min; sanitizer with
 #   the default filters not yet timed (memcheck of the six programs ≈ 35 s without the two slow
 #   tensor-core attention accuracy tests); ops not yet timed (expected under a minute; ≈ 6 GB of
-#   GPU memory); tiles (tall forward, short backward and the wgmma kernels beside the automatic
-#   tiles, 80 cases, split out of attention) and kernels (eight ncu runs) not yet timed: expected
-#   ≈ 4 and ≈ 2 min.
+#   GPU memory); tiles (tall forward, short backward, the wgmma kernels and cuDNN's attention beside
+#   the automatic tiles, 104 cases, split out of attention) and kernels (eight ncu runs) not yet
+#   timed: expected ≈ 5 and ≈ 2 min; train now also runs d12 with cuDNN's attention and prints each
+#   run's per-kernel breakdown (≈ 2.5 min).
 #   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
 #                                         memcheck; racecheck: see GPU_CHECK_RACECHECK_FILTER)
 #   GPU_CHECK_RACECHECK_FILTER='*Graph*'  gtest filter for racecheck (default: small-shape tests for the
