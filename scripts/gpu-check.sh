@@ -453,7 +453,10 @@ if b:
     step = b["step_s_median"] * 1e3
     what = j["attention"] + (", cuDNN attention" if j.get("attention_backend") == "cudnn" else "")
     print(f"\n### Where a {j['params'] / 1e6:.0f}M ({what}) step goes: {b['steps']} steps, each kernel timed by CUDA events (step {step:.1f} ms there)\n")
-    print("| kernel | launches/step | ms/step | share |\n|---|---|---|---|")
+    print("| group | ms/step | share |\n|---|---|---|")
+    for g, ms in sorted(b.get("groups_ms_per_step", {}).items(), key=lambda x: -x[1]):
+        print(f"| {g} | {ms:.3f} | {100 * ms / step:.1f}% |")
+    print("\n| kernel | launches/step | ms/step | share |\n|---|---|---|---|")
     rows = b["kernels"]
     for k in rows[:20]:
         print(f"| {k['name']} | {k['launches_per_step']:.0f} | {k['ms_per_step']:.3f} | {100 * k['ms_per_step'] / step:.1f}% |")

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <string>
 #include <memory>
 
 #include "commands.h"
@@ -109,6 +110,17 @@ StepTiming time_steps(GPT<float>& model, dist::Communicator& comm, int zero, con
   r.step_max = *std::max_element(times.begin(), times.end());
   r.bytes_per_step = static_cast<double>(bytes_sent() - bytes0) / steps;
   return r;
+}
+
+// The breakdown's groups, by kernel name: the GEMMs, the attention (ours or cuDNN's), AdamW with the
+// clipping norm, copies and fills, and the rest (the norms, activations, adds, loss, embeddings).
+std::string kernel_group(const std::string& name) {
+  auto has = [&](const char* s) { return name.find(s) != std::string::npos; };
+  if (name.rfind("cuBLASLt GEMM", 0) == 0) return "GEMMs (cuBLASLt)";
+  if (has("flash") || has("attention")) return "attention";
+  if (has("adamw") || has("sum of squares")) return "AdamW and the clipping norm";
+  if (has("copy") || name == "memset") return "copies and fills";
+  return "other kernels (norms, activations, adds, loss, embeddings)";
 }
 
 // The same on the GPU (cuda/gpt_cuda.h): forward, backward, the gradient norm and AdamW, each
@@ -220,8 +232,10 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
       rows.push_back({{"name", k.name}, {"launches_per_step", static_cast<double>(k.launches) / c.breakdown},
                       {"ms_per_step", k.ms / c.breakdown}});
     }
+    std::map<std::string, double> groups;
+    for (const cuda::KernelTime& k : kernels) groups[kernel_group(k.name)] += k.ms / c.breakdown;
     j["breakdown"] = {{"steps", c.breakdown}, {"step_s_median", breakdown_step_s}, {"kernel_ms_per_step", kernel_ms},
-                      {"kernels", rows}};
+                      {"groups_ms_per_step", groups}, {"kernels", rows}};
   }
   if (c.json) {
     std::printf("%s\n", j.dump().c_str());
@@ -241,7 +255,11 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
     const double step_ms = breakdown_step_s * 1e3;
     std::printf("\nwhere a step goes (%d more steps, each kernel timed by CUDA events; step %.2f ms there):\n\n",
                 c.breakdown, step_ms);
-    std::printf("| kernel | launches/step | ms/step | share of step |\n|---|---|---|---|\n");
+    std::printf("| group | ms/step | share of step |\n|---|---|---|\n");
+    for (const auto& [group, ms] : j["breakdown"]["groups_ms_per_step"].items()) {
+      std::printf("| %s | %.3f | %.1f%% |\n", group.c_str(), ms.get<double>(), 100 * ms.get<double>() / step_ms);
+    }
+    std::printf("\n| kernel | launches/step | ms/step | share of step |\n|---|---|---|---|\n");
     for (const cuda::KernelTime& k : kernels) {
       const double ms = k.ms / c.breakdown;
       std::printf("| %s | %.0f | %.3f | %.1f%% |\n", k.name.c_str(), static_cast<double>(k.launches) / c.breakdown, ms,
