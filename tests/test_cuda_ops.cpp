@@ -714,6 +714,60 @@ TEST(CudaOps, AdamWAndSumOfSquaresEqualTheCpu) {
   EXPECT_NEAR(got, ops::sum_squares(g.data(), n), 1e-6 * got);
 }
 
+// The training step's AdamW: runs of tensors with and without weight decay in one launch give the
+// same bits as one launch per run, on the packed path (with run boundaries inside a pack) and on
+// the one-at-a-time path; parameters outside the runs are left alone.
+TEST(CudaOps, AdamWOverRunsEqualsOneUpdatePerRun) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  const std::vector<int64_t> sizes = {5, 1000, 7, 12};  // boundaries at 5, 1005, 1012: not all on a pack
+  const std::vector<uint8_t> decay = {1, 0, 1, 0};
+  std::vector<int64_t> ends;
+  int64_t n = 0;
+  for (int64_t s : sizes) ends.push_back(n += s);
+  const auto p0 = data.normal(static_cast<size_t>(n)), g = data.normal(static_cast<size_t>(n)),
+             m0 = data.normal(static_cast<size_t>(n), 0.1);
+  auto v0 = data.normal(static_cast<size_t>(n), 0.1);
+  for (float& x : v0) x = x * x;
+  ops::AdamWParams hp;
+  hp.lr = 1e-3f;
+  hp.weight_decay = 0.1f;
+  hp.step = 3;
+  DeviceBuffer d_ends(ends.size() * sizeof(int64_t)), d_decay(decay.size());
+  d_ends.upload(ends.data(), ends.size() * sizeof(int64_t));
+  d_decay.upload(decay.data(), decay.size());
+  for (size_t skew : {0, 1}) {
+    SCOPED_TRACE("skew " + std::to_string(skew));
+    Skewed<float> ap(p0, skew), ag(g, skew), am(m0, skew), av(v0, skew), bp(p0, skew), bg(g, skew), bm(m0, skew),
+        bv(v0, skew);
+    auto acopy = Skewed<bf16>::poison(static_cast<size_t>(n), skew), bcopy = Skewed<bf16>::poison(static_cast<size_t>(n), skew);
+    // All but the first run in one launch: the first stays as it was.
+    const cuda::AdamWRuns runs{ends[0], n, d_ends.as<int64_t>() + 1, d_decay.as<uint8_t>() + 1,
+                               static_cast<int>(sizes.size()) - 1};
+    cuda::adamw_update_runs(ap.p(), ag.p(), am.p(), av.p(), runs, hp, 0.5f, acopy.p());
+    for (size_t r = 1; r < sizes.size(); ++r) {
+      const int64_t off = ends[r] - sizes[r];
+      cuda::adamw_update(bp.p() + off, bg.p() + off, bm.p() + off, bv.p() + off, sizes[r], hp, decay[r] != 0, 0.5f,
+                         bcopy.p() + off);
+    }
+    const std::vector<float> got = ap.down();
+    EXPECT_TRUE(got == bp.down()) << "weights";
+    EXPECT_TRUE(am.down() == bm.down()) << "first moments";
+    EXPECT_TRUE(av.down() == bv.down()) << "second moments";
+    const std::vector<float> ac = acopy.down(), bc = bcopy.down();
+    EXPECT_TRUE(std::equal(ac.begin() + 5, ac.end(), bc.begin() + 5)) << "the bf16 copy";
+    for (int64_t i = 0; i < ends[0]; ++i) {
+      EXPECT_EQ(got[static_cast<size_t>(i)], p0[static_cast<size_t>(i)]) << "outside the runs: " << i;
+      EXPECT_TRUE(std::isnan(ac[static_cast<size_t>(i)])) << "outside the runs: " << i;
+    }
+    // The decay switch is per run: a run updated with the other setting differs.
+    std::vector<float> flipped = p0, fm = m0, fv = v0;
+    ops::adamw_update(flipped.data() + 5, g.data() + 5, fm.data() + 5, fv.data() + 5, 1000, hp, true, 0.5f);
+    EXPECT_NE(std::vector<float>(flipped.begin() + 5, flipped.begin() + 1005),
+              std::vector<float>(got.begin() + 5, got.begin() + 1005));
+  }
+}
+
 // Elementwise ops do the same fp32 arithmetic on each element on either path: the two agree bit
 // for bit, and with the CPU (AdamW likewise, in its own test).
 template <typename T>

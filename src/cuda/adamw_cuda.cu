@@ -23,24 +23,50 @@ struct AdamW {
   }
 };
 
+// The run of parameter i: the first r with ends[r] > i (ends ascending, the last past every i).
+__device__ __forceinline__ int run_of(const int64_t* __restrict__ ends, int runs, int64_t i) {
+  int lo = 0, hi = runs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi) / 2;
+    if (ends[mid] > i) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
+// Parameters [first, first + n). Weight decay: where runs > 0, parameter i's run (run_of) says
+// whether it applies (decay[r]); else it applies to all (op) or none, as `op` was built.
 // packed: four parameters a step (16-byte loads of params, grads, m, v; 8 bytes of the bf16 copy),
 // which the launch allows when n is a multiple of 4 and every pointer aligned for it.
 __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
-                             float* __restrict__ v, __nv_bfloat16* __restrict__ copy, int64_t n, bool packed,
-                             AdamW op) {
+                             float* __restrict__ v, __nv_bfloat16* __restrict__ copy, int64_t first, int64_t n,
+                             bool packed, AdamW op, const int64_t* __restrict__ ends,
+                             const uint8_t* __restrict__ decay, int runs) {
   using P = Packed<float>;
   using Copy = Packed<__nv_bfloat16, P::kSize>;
   constexpr int64_t K = P::kSize;
-  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+  AdamW plain = op;
+  plain.wd = 0.0f;
+  // The update of parameter i, with its run's weight decay; r follows i upwards.
+  auto update = [&](int64_t i, int& r, float p, float g, float& mi, float& vi) {
+    if (runs == 0) return op(p, g, mi, vi);
+    while (ends[r] <= i) ++r;
+    return decay[r] ? op(p, g, mi, vi) : plain(p, g, mi, vi);
+  };
+  const int64_t start = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
                 stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t packs = packed ? n / K : 0;
-  for (int64_t q = first; q < packs; q += stride) {
-    const int64_t i = q * K;
+  for (int64_t q = start; q < packs; q += stride) {
+    const int64_t i = first + q * K;
+    int r = runs > 0 ? run_of(ends, runs, i) : 0;
     P p = P::load(params + i), mi = P::load(m + i), vi = P::load(v + i);
     const P g = P::load(grads + i);
     Copy c;
     for (int j = 0; j < K; ++j) {
-      p.v[j] = op(p.v[j], g.v[j], mi.v[j], vi.v[j]);
+      p.v[j] = update(i + j, r, p.v[j], g.v[j], mi.v[j], vi.v[j]);
       c.set(j, p.v[j]);
     }
     p.store(params + i);
@@ -48,9 +74,10 @@ __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict
     vi.store(v + i);
     if (copy) c.store(copy + i);
   }
-  for (int64_t i = packs * K + first; i < n; i += stride) {
+  for (int64_t i = first + packs * K + start; i < first + n; i += stride) {
+    int r = runs > 0 ? run_of(ends, runs, i) : 0;
     float mi = m[i], vi = v[i];
-    const float p = op(params[i], grads[i], mi, vi);
+    const float p = update(i, r, params[i], grads[i], mi, vi);
     m[i] = mi;
     v[i] = vi;
     params[i] = p;
@@ -88,16 +115,36 @@ __global__ void sum_partials_kernel(double* __restrict__ out, const double* __re
 
 }  // namespace
 
-void adamw_update(float* params, const float* grads, float* m, float* v, int64_t n, const ops::AdamWParams& p,
-                  bool decay, float grad_scale, bf16* copy) {
-  if (n <= 0) return;
+namespace {
+
+AdamW adamw_op(const ops::AdamWParams& p, bool decay, float grad_scale) {
   // Bias corrections in double on the host, as the CPU computes them.
   const float bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(p.beta1), static_cast<double>(p.step)));
   const float bc2 = static_cast<float>(1.0 - std::pow(static_cast<double>(p.beta2), static_cast<double>(p.step)));
-  const AdamW op{p.lr, p.beta1, p.beta2, bc1, bc2, p.eps, decay ? p.weight_decay : 0.0f, grad_scale};
-  const bool packed = packable<float>(n, {params, grads, m, v}) && reinterpret_cast<uintptr_t>(copy) % 8 == 0;
+  return AdamW{p.lr, p.beta1, p.beta2, bc1, bc2, p.eps, decay ? p.weight_decay : 0.0f, grad_scale};
+}
+
+void launch_adamw(float* params, const float* grads, float* m, float* v, int64_t first, int64_t n, const AdamW& op,
+                  bf16* copy, const int64_t* ends, const uint8_t* decay, int runs) {
+  if (n <= 0) return;
+  const bool packed = packable<float>(n, {params + first, grads + first, m + first, v + first}) &&
+                      reinterpret_cast<uintptr_t>(copy ? copy + first : nullptr) % 8 == 0;
   launch_kernel("adamw", adamw_kernel, grid_for(packed ? n / pack_size<float>() : n, kThreads), kThreads, 0, nullptr,
-                params, grads, m, v, dev(copy), n, packed, op);
+                params, grads, m, v, dev(copy), first, n, packed, op, ends, decay, runs);
+}
+
+}  // namespace
+
+void adamw_update(float* params, const float* grads, float* m, float* v, int64_t n, const ops::AdamWParams& p,
+                  bool decay, float grad_scale, bf16* copy) {
+  launch_adamw(params, grads, m, v, 0, n, adamw_op(p, decay, grad_scale), copy, nullptr, nullptr, 0);
+}
+
+void adamw_update_runs(float* params, const float* grads, float* m, float* v, const AdamWRuns& runs,
+                       const ops::AdamWParams& p, float grad_scale, bf16* copy) {
+  if (runs.count == 0) return;
+  launch_adamw(params, grads, m, v, runs.first, runs.last - runs.first, adamw_op(p, true, grad_scale), copy,
+               runs.ends, runs.decay, runs.count);
 }
 
 void sum_squares(double* out, const float* x, int64_t n) {

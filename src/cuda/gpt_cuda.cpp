@@ -636,17 +636,29 @@ double GPTCuda::grad_sum_squares() {
 
 void GPTCuda::adamw_step(const ops::AdamWParams& hp, float grad_scale) {
   Impl& m = *impl_;
-  bf16* copy = m.weight_copy();
-  // One launch per run of consecutive tensors with the same weight decay.
-  const std::vector<ParamSpec>& specs = m.specs;
-  for (size_t i = 0; i < specs.size();) {
-    size_t j = i + 1;
-    while (j < specs.size() && specs[j].decay == specs[i].decay) ++j;
-    const int64_t off = specs[i].offset, n = specs[j - 1].offset + specs[j - 1].numel() - off;
-    adamw_update(m.master.as<float>() + off, m.grads.as<float>() + off, m.adam_m.as<float>() + off,
-                 m.adam_v.as<float>() + off, n, hp, specs[i].decay, grad_scale, copy ? copy + off : nullptr);
-    i = j;
+  if (m.adamw_runs.count == 0 && !m.specs.empty()) {
+    // One run per stretch of consecutive tensors with the same weight decay, all in one launch.
+    std::vector<int64_t> ends;
+    std::vector<uint8_t> decay;
+    for (const ParamSpec& s : m.specs) {
+      if (!decay.empty() && static_cast<bool>(decay.back()) == s.decay && ends.back() == s.offset) {
+        ends.back() = s.offset + s.numel();
+      } else {
+        FLASHGPT_CHECK(ends.empty() ? s.offset == 0 : s.offset == ends.back(),
+                       "adamw: parameter {} does not follow the one before it", s.name);
+        ends.push_back(s.offset + s.numel());
+        decay.push_back(s.decay ? 1 : 0);
+      }
+    }
+    m.adamw_ends = DeviceBuffer(ends.size() * sizeof(int64_t));
+    m.adamw_ends.upload(ends.data(), ends.size() * sizeof(int64_t));
+    m.adamw_decay = DeviceBuffer(decay.size());
+    m.adamw_decay.upload(decay.data(), decay.size());
+    m.adamw_runs = {0, ends.back(), m.adamw_ends.as<int64_t>(), m.adamw_decay.as<uint8_t>(),
+                    static_cast<int>(ends.size())};
   }
+  adamw_update_runs(m.master.as<float>(), m.grads.as<float>(), m.adam_m.as<float>(), m.adam_v.as<float>(),
+                    m.adamw_runs, hp, grad_scale, m.weight_copy());
   synchronize();
 }
 

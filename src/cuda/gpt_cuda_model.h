@@ -28,6 +28,9 @@ struct GPTCuda::Impl {
   int64_t P = 0;
   DeviceBuffer master, grads, adam_m, adam_v;  // fp32 [P]
   DeviceBuffer sum_squares{sizeof(double)};     // grad_sum_squares' accumulator
+  // AdamW's runs of consecutive tensors with the same weight decay (adamw_update_runs), made once.
+  DeviceBuffer adamw_ends, adamw_decay;
+  AdamWRuns adamw_runs;
   explicit Impl(const GPTConfig& c, Precision p) : config(c), precision(p), specs(param_specs(c)) {
     P = specs.empty() ? 0 : specs.back().offset + specs.back().numel();
     const size_t bytes = static_cast<size_t>(P) * sizeof(float);

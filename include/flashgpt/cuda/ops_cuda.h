@@ -149,6 +149,18 @@ void bias_backward(float* db, const T* dout, int64_t N, int64_t OC);
 // receives the updated weights in bf16 for the next forward.
 void adamw_update(float* params, const float* grads, float* m, float* v, int64_t n, const ops::AdamWParams& p,
                   bool decay, float grad_scale, bf16* copy = nullptr);
+// Several runs of one parameter array in one launch, each with its own weight-decay switch: the
+// same arithmetic, bit for bit, as one adamw_update per run. Parameters [first, last) of the
+// arrays, split into `count` runs, run r ending at ends[r] (ascending, the last at `last`) with
+// weight decay where decay[r] is not 0; ends and decay in device memory.
+struct AdamWRuns {
+  int64_t first = 0, last = 0;
+  const int64_t* ends = nullptr;
+  const uint8_t* decay = nullptr;
+  int count = 0;
+};
+void adamw_update_runs(float* params, const float* grads, float* m, float* v, const AdamWRuns& runs,
+                       const ops::AdamWParams& p, float grad_scale, bf16* copy = nullptr);
 // *out = Σ x² over n values (device memory, double), for global-norm clipping; deterministic.
 void sum_squares(double* out, const float* x, int64_t n);
 
