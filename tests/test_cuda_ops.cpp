@@ -36,6 +36,7 @@
 #include "testing/bf16.h"
 #include "testing/device_buffers.h"
 #include "testing/errors.h"
+#include "testing/relative_error.h"
 #include "testing/schedule.h"
 
 namespace flashgpt {
@@ -487,18 +488,10 @@ TEST(CudaOps, NormsEqualTheCpuInFp32) {
 }
 
 // The error bound for bf16: ‖ours − exact‖ ≤ 2·‖plain − exact‖ (+ a floor for exact cases).
-double norm_err(const std::vector<float>& a, const std::vector<double>& exact) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
-    num += (a[i] - exact[i]) * (a[i] - exact[i]);
-    den += exact[i] * exact[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
+using testing::norm_error;
 #define EXPECT_WITHIN_PLAIN_BF16(ours, plain, exact)                                                \
   do {                                                                                              \
-    const double e_ours = norm_err(ours, exact), e_plain = norm_err(plain, exact);                 \
+    const double e_ours = norm_error(ours, exact), e_plain = norm_error(plain, exact);                 \
     EXPECT_LE(e_ours, 2 * e_plain + 1e-6) << "ours " << e_ours << " against plain bf16 " << e_plain; \
   } while (0)
 

@@ -25,8 +25,9 @@ inline double attention_rel_error(const std::vector<float>& a, const std::vector
   return worst / scale;
 }
 
-// ‖a − ref‖ / ‖ref‖; NaN (an output never written) makes it infinite.
-inline double norm_error(const std::vector<double>& a, const std::vector<double>& ref) {
+// ‖a − ref‖ / ‖ref‖; NaN (an output never written) makes it infinite. a: float or double.
+template <typename A>
+double norm_error(const std::vector<A>& a, const std::vector<double>& ref) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
     if (!std::isfinite(a[i])) return std::numeric_limits<double>::infinity();
