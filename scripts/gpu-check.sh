@@ -13,10 +13,11 @@
 #   decode ≈ 2.5 min; attention + standard + latent-decode + flash-decode ≈ 8 min; sanitizer with
 #   the default filters not yet timed (memcheck of the six programs ≈ 35 s without the two slow
 #   tensor-core attention accuracy tests); ops not yet timed (expected under a minute; ≈ 6 GB of
-#   GPU memory); tiles (tall forward, short backward, the wgmma kernels and cuDNN's attention beside
-#   the automatic tiles, 104 cases, split out of attention) and kernels (eight ncu runs) not yet
-#   timed: expected ≈ 5 and ≈ 2 min; train now also runs d12 with cuDNN's attention and prints each
-#   run's per-kernel breakdown (≈ 2.5 min).
+#   GPU memory); tiles (tall forward, short backward, the wgmma kernels with cp.async and with TMA
+#   loads, and cuDNN's attention beside the automatic tiles, 128 cases, split out of attention) and
+#   kernels (eight ncu runs) not yet timed: expected ≈ 6 and ≈ 2 min; train now also runs d12
+#   with the TMA forward, with cuDNN's attention and with GELU unfused, and prints each run's
+#   per-kernel breakdown (≈ 3.5 min).
 #   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
 #                                         memcheck; racecheck: see GPU_CHECK_RACECHECK_FILTER)
 #   GPU_CHECK_RACECHECK_FILTER='*Graph*'  gtest filter for racecheck (default: small-shape tests for the
@@ -214,20 +215,22 @@ say ""
 if [ -n "$bin" ]; then
   # tall: the forward's 32 query rows a warp (the backward as auto); short: the backward's 32-query
   # tiles, three blocks an SM (the forward as auto); wgmma: both on Hopper's warpgroup MMA
-  # (elsewhere auto), also at head dim 128. The evidence for making any of them the default. cudnn:
+  # (elsewhere auto), also at head dim 128; wgmma-tma: the same with the forward's tiles copied by
+  # the TMA. The evidence for making any of them the default. cudnn:
   # cuDNN's fused attention on the same tensors (where cuDNN loads), the yardstick beyond FA2.
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768,2048 --head-dim 64 \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short,wgmma --backend ours,cudnn --repeats 10 --json \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short,wgmma,wgmma-tma --backend ours,cudnn --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 2048 --head-dim 128 \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma --backend ours,cudnn --repeats 10 --json \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma,wgmma-tma --backend ours,cudnn --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
   jsonl_table "$out/gpu-check-$stamp-tiles.jsonl" "tiles={'cuDNN' if r.get('backend') == 'cudnn' else r['tiles']}" "B={r['batch']}" "H={r['heads']}" \
     "D={r['head_dim']}" "T={r['seq']}" "causal={r['causal']}" "fwd ms={r['fwd_ms']:.3f}" "bwd ms={r['fwd_bwd_ms'] - r['fwd_ms']:.3f}" \
     "fwd+bwd ms={r['fwd_bwd_ms']:.3f}" "fwd TFLOP/s={r['fwd_tflops']:.1f}" "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" \
     "occupancy fwd/bwd (theoretical)={100 * r['fwd_occupancy']:.0f}% / {100 * r['bwd_occupancy']:.0f}%" \
+    "achieved fwd/bwd={100 * r.get('fwd_achieved_occupancy', 0):.0f}% / {100 * r.get('bwd_achieved_occupancy', 0):.0f}%" \
     "max rel err={r['max_rel_err']:.1e}" >> "$report"
 fi
 fi
@@ -403,15 +406,18 @@ if [ -n "$bin" ]; then
   # GPT-2 124M with flash attention (as the peer's SDPA) in bf16 and fp32, and d12_flash_mla (the
   # seed's FlashMLA model) beside it. (d12's own mechanism, standard, would keep every layer's P.)
   # Then d12 with Hopper's wgmma flash kernels (skipped where the GPU or build has none), and d12
-  # with cuDNN's fused attention in place of ours: what our attention costs the step.
-  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det d12:bf16::wgmma d12:bf16:::cudnn; do
-    IFS=: read -r preset precision det tiles backend <<< "$run"
+  # with cuDNN's fused attention in place of ours: what our attention costs the step; last, d12
+  # with GELU in its own kernels rather than in the MLP's GEMM epilogues (the default).
+  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det d12:bf16::wgmma d12:bf16::wgmma-tma d12:bf16:::cudnn \
+             d12:bf16::::off; do
+    IFS=: read -r preset precision det tiles backend gelu <<< "$run"
     tag="${run//:/_}"
     flash=""
     [ "$preset" = d12 ] && flash="--attention flash"
     [ -n "$det" ] && flash="$flash --deterministic"
     [ -n "$tiles" ] && flash="$flash --tiles $tiles"
     [ -n "$backend" ] && flash="$flash --attention-backend $backend"
+    [ -n "$gelu" ] && flash="$flash --gelu-fusion $gelu"
     # shellcheck disable=SC2086
     # --breakdown: three more steps with every kernel timed by CUDA events (where the step goes).
     if timeout "$bench_limit" "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
@@ -423,6 +429,7 @@ j = json.load(open(sys.argv[1]))
 det = ", deterministic" if j.get("deterministic") else ""
 det += f", {j['tiles']} tiles" if j.get("tiles", "auto") != "auto" else ""
 det += ", cuDNN attention" if j.get("attention_backend") == "cudnn" else ""
+det += ", GELU unfused" if j.get("gelu_fusion") is False else ""
 print(f"| flashgpt {sys.argv[2]} ({j['precision']}, {j['attention']}{det}) | {j['batch']}×{j['seq']} | {j['params'] / 1e6:.1f}M | "
       f"{j['step_s_median'] * 1e3:.1f} ms | {j['tokens_per_s']:,.0f} | {j['model_gflops'] / 1e3:.1f} | "
       f"{j['gemm_gflops'] / 1e3:.1f} | {100 * j['mfu']:.1f}% |")
@@ -441,9 +448,9 @@ if [ $have_torch = 1 ]; then
   timeout "$bench_limit" python3 bench/peers/gpt_train.py --batch 16 --seq 1024 --jsonl "$out/gpu-check-$stamp-train.jsonl" \
     >> "$report" 2> "$logs/peer_gpt.err" || say "| PyTorch peer | FAILED: $(tail -1 "$logs/peer_gpt.err" | cut -c1-150) | | | | | | |"
 fi
-# Where the step goes, kernel by kernel (CUDA events, no profiler), for d12 with our attention and
-# with cuDNN's: the kernels' shares and the GPU's idle remainder.
-for tag in d12_bf16 d12_bf16___cudnn d12_flash_mla_bf16; do
+# Where the step goes, kernel by kernel (CUDA events, no profiler), for d12 with our attention,
+# with cuDNN's and with GELU unfused: the kernels' shares and the GPU's idle remainder.
+for tag in d12_bf16 d12_bf16___cudnn d12_bf16____off d12_flash_mla_bf16; do
   [ -s "$logs/bench_train_$tag.json" ] || continue
   python3 - "$logs/bench_train_$tag.json" >> "$report" <<'PYEOF'
 import json, sys
@@ -452,6 +459,7 @@ b = j.get("breakdown")
 if b:
     step = b["step_s_median"] * 1e3
     what = j["attention"] + (", cuDNN attention" if j.get("attention_backend") == "cudnn" else "")
+    what += ", GELU unfused" if j.get("gelu_fusion") is False else ""
     print(f"\n### Where a {j['params'] / 1e6:.0f}M ({what}) step goes: {b['steps']} steps, each kernel timed by CUDA events (step {step:.1f} ms there)\n")
     print("| group | ms/step | share |\n|---|---|---|")
     for g, ms in sorted(b.get("groups_ms_per_step", {}).items(), key=lambda x: -x[1]):
@@ -586,11 +594,15 @@ if [ -n "$bin" ]; then
     "hidden={r['heads'] * r['head_dim']}" "fwd ms={r['fwd_ms']:.3f}" "fwd+bwd ms={r['fwd_bwd_ms']:.3f}" \
     "fwd TFLOP/s={r['fwd_tflops']:.1f}" "fwd+bwd TFLOP/s={r['fwd_bwd_tflops']:.1f}" \
     "extra MiB={r['extra_bytes'] / 2**20:.1f}" "max rel err={r['max_rel_err']:.1e}" \
-    "occupancy fwd/bwd (theoretical)={100 * r['fwd_occupancy']:.0f}% / {100 * r['bwd_occupancy']:.0f}%" >> "$report"
-  # Achieved occupancy needs the profiler's counters; where they are open to this user, one case.
+    "occupancy fwd/bwd (theoretical)={100 * r['fwd_occupancy']:.0f}% / {100 * r['bwd_occupancy']:.0f}%" \
+    "achieved fwd/bwd={100 * r.get('fwd_achieved_occupancy', 0):.0f}% / {100 * r.get('bwd_achieved_occupancy', 0):.0f}%" \
+    "blocks/SM achieved fwd/bwd={r.get('fwd_achieved_blocks_per_sm', 0):.2f} / {r.get('bwd_achieved_blocks_per_sm', 0):.2f}" >> "$report"
+  # "achieved" is measured by the kernels themselves (each block's span on its SM's clock,
+  # flashgpt/cuda/cta_trace.h). Where the profiler's counters are open to this user, its figure
+  # for one of the grid's cases, as a cross-check.
   if command -v ncu > /dev/null; then
     say ""
-    say "Achieved occupancy (ncu, batch 4, seq 2048, hidden 2048, head 64):"
+    say "Achieved occupancy by ncu (batch 4, seq 2048, hidden 2048, head 64; the grid's row above for the same case):"
     say ""
     timeout "$bench_limit" ncu --metrics sm__warps_active.avg.pct_of_peak_sustained_active,sm__throughput.avg.pct_of_peak_sustained_elapsed \
       -k regex:flash_.*_tc_kernel --launch-count 4 "$bin/flashgpt" bench attention --device cuda --mechanism flash \

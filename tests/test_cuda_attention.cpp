@@ -18,6 +18,7 @@
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_bench_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/cta_trace.h"
 #include "testing/bf16.h"
 #include "testing/relative_error.h"
 #include "testing/errors.h"
@@ -230,6 +231,7 @@ std::string name(const TcVariant& v) {
                      : v.tiles == cuda::FlashTiles::Tall  ? "tall tiles"
                      : v.tiles == cuda::FlashTiles::Short ? "short tiles"
                      : v.tiles == cuda::FlashTiles::Wgmma ? "wgmma tiles"
+                     : v.tiles == cuda::FlashTiles::WgmmaTma ? "wgmma tiles loaded by TMA"
                                                           : "narrow tiles");
 }
 
@@ -241,7 +243,9 @@ const std::vector<TcVariant>& tc_variants() {
                                            {cuda::TensorCoreType::bf16, cuda::FlashTiles::Tall},
                                            {cuda::TensorCoreType::bf16, cuda::FlashTiles::Short},
                                            {cuda::TensorCoreType::bf16, cuda::FlashTiles::Wgmma},
-                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::Wgmma}};
+                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::Wgmma},
+                                           {cuda::TensorCoreType::bf16, cuda::FlashTiles::WgmmaTma},
+                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::WgmmaTma}};
   return v;
 }
 
@@ -366,6 +370,7 @@ TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
     for (const Case& c : tc_cases()) {
       // Wgmma's backward exists for 64/64 and 128/128; elsewhere it is Auto's, as the wide variant.
       if (var.tiles == cuda::FlashTiles::Wgmma && !(c.Dqk == c.Dv && (c.Dqk == 64 || c.Dqk == 128))) continue;
+      if (var.tiles == cuda::FlashTiles::WgmmaTma) continue;  // its backward is Wgmma's, tested above
       SCOPED_TRACE(name(var) + " " + name(c));
       AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
       const auto q = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk));
@@ -596,6 +601,121 @@ TEST(CudaAttention, TensorCoreKernelsRefuseWhatTheyCannotRun) {
   EXPECT_NE(rows.find("16-byte aligned"), std::string::npos) << rows;
 }
 
+// Achieved occupancy from block spans, worked by hand: on SM 0 two 8-warp blocks over cycles
+// 0–100 and 50–150 (every warp ending with its block), on SM 1 one 4-warp block over 1000–1100
+// whose warps end at 1050, 1050, 1100 and 1100, and a span that ended before it began.
+TEST(CudaAttention, AchievedOccupancyFromBlockSpans) {
+  const std::vector<cuda::CtaSpan> spans{{0, 100, 8 * 100, 0, 8},
+                                         {50, 150, 8 * 150, 0, 8},
+                                         {1000, 1100, 2 * 1050 + 2 * 1100, 1, 4},
+                                         {500, 400, 0, 0, 8}};
+  const cuda::AchievedOccupancy a = cuda::achieved_occupancy(spans, 64);
+  EXPECT_EQ(a.ctas, 4);
+  EXPECT_EQ(a.sms, 2);
+  // Active cycles: SM 0 held a block over 0–150, SM 1 over 1000–1100, 250 in all. Warp-cycles:
+  // 800 + 800 + (50 + 50 + 100 + 100) = 1900; block-cycles 300.
+  EXPECT_DOUBLE_EQ(a.warps, 1900.0 / 250.0);
+  EXPECT_DOUBLE_EQ(a.blocks, 300.0 / 250.0);
+  EXPECT_DOUBLE_EQ(a.fraction, 1900.0 / 250.0 / 64.0);
+  // Two blocks back to back with a gap: the gap is not active time.
+  const std::vector<cuda::CtaSpan> apart{{0, 100, 4 * 100, 3, 4}, {300, 400, 4 * 400, 3, 4}};
+  const cuda::AchievedOccupancy b = cuda::achieved_occupancy(apart, 32);
+  EXPECT_EQ(b.sms, 1);
+  EXPECT_DOUBLE_EQ(b.warps, 4.0);
+  EXPECT_DOUBLE_EQ(b.fraction, 4.0 / 32.0);
+  EXPECT_EQ(cuda::achieved_occupancy({}, 64).fraction, 0.0);
+  EXPECT_NE(testing::error_of([&] { cuda::achieved_occupancy(spans, 0); }).find("at least one warp"), std::string::npos);
+}
+
+// While a CtaTrace records, every block of each flash kernel's launch writes its span (the slots
+// start zeroed, so a block that skipped it shows as 0 warps), the outputs are the same bits as
+// untraced, and the achieved occupancy stays within the theoretical.
+TEST(CudaAttention, CtaTraceRecordsEveryBlockOfTheFlashKernels) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  Rng rng(5);
+  const AttentionDims d{2, 4, 2, 80, 80, 64, 64, 0};
+  const AttentionMask m{true, 0};
+  auto random_bits = [&](int64_t n) {
+    std::vector<uint16_t> b(static_cast<size_t>(n));
+    for (auto& x : b) x = to_bf16(static_cast<float>(rng.normal()));
+    return b;
+  };
+  const auto q = random_bits(d.B * d.Tq * d.Hq * d.Dqk), k = random_bits(d.B * d.Tk * d.Hkv * d.Dqk),
+             v = random_bits(d.B * d.Tk * d.Hkv * d.Dv), dout = random_bits(d.B * d.Tq * d.Hq * d.Dv);
+  auto gq = to_device(q), gk = to_device(k), gv = to_device(v), gdo = to_device(dout);
+  const size_t no = dout.size();
+  cuda::DeviceBuffer go(no * 2), go_traced(no * 2), glse(static_cast<size_t>(d.B * d.Hq * d.Tq) * 4),
+      gdq(q.size() * 2), gdk(k.size() * 2), gdv(v.size() * 2);
+  const auto bf16 = cuda::TensorCoreType::bf16;
+  auto forward = [&](cuda::DeviceBuffer& o) {
+    cuda::flash_forward_tc(bf16, d, m, 0.125f, gq.as<uint16_t>(), gk.as<uint16_t>(), gv.as<uint16_t>(),
+                           o.as<uint16_t>(), glse.as<float>());
+  };
+  auto backward = [&](bool deterministic) {
+    cuda::flash_backward_tc(bf16, d, m, 0.125f, gq.as<uint16_t>(), gk.as<uint16_t>(), gv.as<uint16_t>(),
+                            go.as<uint16_t>(), glse.as<float>(), gdo.as<uint16_t>(), gdq.as<uint16_t>(),
+                            gdk.as<uint16_t>(), gdv.as<uint16_t>(), nullptr, cuda::FlashTiles::Auto, deterministic);
+  };
+  forward(go);
+  const cuda::FlashOccupancy theoretical = cuda::flash_tc_occupancy(bf16, d);
+  const int slots = cuda::max_warps_per_sm();
+  cuda::CtaTrace trace(4096);
+  auto check_spans = [&](const cuda::TracedLaunch& l, double most) {
+    SCOPED_TRACE(l.kernel);
+    ASSERT_FALSE(l.ctas.empty());
+    for (const cuda::CtaSpan& s : l.ctas) {
+      ASSERT_GT(s.warps, 0u) << "a block did not record its start";
+      EXPECT_GE(s.end, s.start);
+      EXPECT_GE(s.warp_end_sum, s.warps * s.start);
+      EXPECT_LE(s.warp_end_sum, s.warps * s.end);
+    }
+    const cuda::AchievedOccupancy a = cuda::achieved_occupancy(l.ctas, slots);
+    EXPECT_EQ(a.ctas, static_cast<int64_t>(l.ctas.size()));
+    EXPECT_GE(a.sms, 1);
+    EXPECT_GT(a.fraction, 0.0);
+    EXPECT_LE(a.fraction, most + 1e-9);
+  };
+
+  forward(go_traced);
+  std::vector<cuda::TracedLaunch> launches = trace.read();
+  ASSERT_EQ(launches.size(), 1u);
+  EXPECT_NE(launches[0].kernel.find("flash forward"), std::string::npos) << launches[0].kernel;
+  check_spans(launches[0], theoretical.forward);
+  std::vector<uint16_t> plain(no), traced(no);
+  go.download(plain.data(), no * 2);
+  go_traced.download(traced.data(), no * 2);
+  EXPECT_EQ(plain, traced) << "tracing changed the forward's output";
+  EXPECT_TRUE(trace.read().empty()) << "a read starts afresh";
+
+  backward(false);  // the main kernel is traced; the prologue and dQ's conversion are not
+  launches = trace.read();
+  ASSERT_EQ(launches.size(), 1u);
+  EXPECT_NE(launches[0].kernel.find("flash backward"), std::string::npos) << launches[0].kernel;
+  check_spans(launches[0], theoretical.backward);
+  backward(true);  // dK and dV, then dQ
+  launches = trace.read();
+  ASSERT_EQ(launches.size(), 2u);
+  EXPECT_NE(launches[1].kernel.find("deterministic dQ"), std::string::npos) << launches[1].kernel;
+  check_spans(launches[0], theoretical.backward);
+  check_spans(launches[1], 1.0);
+
+  {  // an inner trace records instead; one too small skips the launch and says so
+    cuda::CtaTrace inner(4096);
+    forward(go_traced);
+    EXPECT_EQ(inner.read().size(), 1u);
+  }
+  {
+    cuda::CtaTrace tiny(1);
+    forward(go_traced);
+    EXPECT_EQ(tiny.skipped(), 1);
+    EXPECT_TRUE(tiny.read().empty());
+    EXPECT_EQ(tiny.skipped(), 0) << "a read starts the count afresh";
+  }
+  EXPECT_TRUE(trace.read().empty()) << "the outer trace recorded while an inner one lived";
+  forward(go_traced);
+  EXPECT_EQ(trace.read().size(), 1u) << "the outer trace records again once the inner one is gone";
+}
+
 // The benchmark checks the kernel against the fp32 one, then times it: its figures are present and
 // consistent, and the extra memory it reports is what the kernels were given.
 TEST(CudaAttention, BenchmarkChecksThenTimes) {
@@ -619,6 +739,14 @@ TEST(CudaAttention, BenchmarkChecksThenTimes) {
     EXPECT_GT(r.occupancy.forward, 0.0);
     EXPECT_LE(r.occupancy.forward, 1.0);
     EXPECT_NEAR(r.occupancy.backward, r.occupancy.backward_blocks_per_sm * 256 / 2048.0, 1e-12);
+    // Achieved: measured, and within the theoretical.
+    EXPECT_GT(r.achieved_forward.ctas, 0);
+    EXPECT_GT(r.achieved_backward.ctas, 0);
+    EXPECT_GT(r.achieved_forward.fraction, 0.0);
+    EXPECT_LE(r.achieved_forward.fraction, r.occupancy.forward + 1e-9);
+    EXPECT_GT(r.achieved_backward.fraction, 0.0);
+    EXPECT_LE(r.achieved_backward.fraction, r.occupancy.backward + 1e-9);
+    EXPECT_LE(r.achieved_backward.blocks, r.occupancy.backward_blocks_per_sm + 1e-9);
   }
   // The standard kernel: checked and timed the same way; its extra memory is P for every head.
   cuda::FlashBenchCase st;
@@ -629,6 +757,7 @@ TEST(CudaAttention, BenchmarkChecksThenTimes) {
   EXPECT_GT(rs.fwd_ms, 0.0);
   EXPECT_LT(rs.max_rel_err, 2e-2);
   EXPECT_GE(rs.extra_bytes, 2 * 2 * 40 * 40 * 2);
+  EXPECT_EQ(rs.achieved_forward.ctas, 0) << "the standard kernel is not traced";
   st.type = cuda::TensorCoreType::fp16;
   EXPECT_NE(testing::error_of([&] { cuda::bench_flash_attention(st); }).find("runs bf16"), std::string::npos);
   cuda::FlashBenchCase bad;

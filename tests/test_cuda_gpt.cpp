@@ -323,6 +323,34 @@ void expect_two_steps_follow_the_cpu(Pair& p, const Batch& b, bool documents) {
   }
 }
 
+// GELU inside the MLP's GEMMs (the default in bf16) and in its own kernels (set_gelu_fusion(false),
+// what bench train --gelu-fusion off times): both follow the CPU, and each other closely — the
+// same products, only the pre-activation's rounding before GELU differs.
+TEST(CudaGpt, Bf16TrainingWithGeluInOrOutsideTheGemmsFollowsTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const GPTConfig c = gpt2_like().with_attention(AttentionKind::Flash);
+  Pair fused(c, Precision::BF16), apart(c, Precision::BF16);
+  EXPECT_TRUE(fused.gpu.gelu_fusion()) << "on by default";
+  apart.gpu.set_gelu_fusion(false);
+  EXPECT_FALSE(apart.gpu.gelu_fusion());
+  const Batch b = make_batch(c, 9);
+  for (int64_t step = 1; step <= 2; ++step) {
+    fused.gpu.zero_grad();
+    apart.gpu.zero_grad();
+    const double lf = fused.gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, nullptr, 1.0f);
+    const double la = apart.gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, nullptr, 1.0f);
+    // From the same weights, then after one AdamW step (which may move a weight whose gradient is
+    // near 0 the other way in the two models).
+    EXPECT_NEAR(lf, la, (step == 1 ? 2e-3 : 1e-2) * la) << "step " << step;
+    EXPECT_GT(cosine(fused.gpu_grads(), apart.gpu_grads()), step == 1 ? 0.999 : 0.99) << "step " << step;
+    fused.gpu.adamw_step(adamw(step), 1.0f);
+    apart.gpu.adamw_step(adamw(step), 1.0f);
+  }
+  Pair p(c, Precision::BF16);
+  p.gpu.set_gelu_fusion(false);
+  expect_two_steps_follow_the_cpu(p, b, true);
+}
+
 // The training step with Hopper's flash kernels, forward and backward (set_flash_tiles(Wgmma), what
 // bench train --tiles wgmma times; head dim 64 has both), follows the CPU as the automatic tiles do.
 TEST(CudaGpt, Bf16TrainingWithTheWgmmaKernelsFollowsTheCpu) {

@@ -254,6 +254,92 @@ TEST(CudaMatmul, MatmulForwardAndBackwardMatchTheCpuOps) {
   }
 }
 
+// GELU (tanh approximation) and its derivative in double.
+double gelu_d(double x) {
+  const double u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+  return 0.5 * x * (1.0 + std::tanh(u));
+}
+double gelu_grad_d(double x) {
+  const double u = 0.7978845608028654 * (x + 0.044715 * x * x * x), t = std::tanh(u);
+  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x);
+}
+
+// The MLP's GELU inside its GEMMs (cuBLASLt's GELU and DGELU epilogues on the GPU; a width that is
+// not a multiple of 8 takes the separate passes) against fp64 on the same bf16 inputs: each bf16
+// output within twice the error of the plain separate computation (the product rounded, then GELU
+// or GELU' of it rounded); the fp32 weight and bias gradients within 1e-5.
+TEST(CudaMatmul, GeluEpiloguesAreWithinTwiceThePlainSeparatePasses) {
+  SKIP_WITHOUT_GPU();
+  Rng rng(9);
+  auto within = [](const std::vector<float>& got, const std::vector<float>& plain, const std::vector<double>& want) {
+    return rel_error(got, want) <= 2 * std::max(rel_error(plain, want), 1e-7);
+  };
+  for (auto [N, C, OC] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, 8}, {37, 24, 40}, {64, 96, 64}, {5, 16, 12}}) {
+    for (bool bias : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "forward " << N << "×" << C << "→" << OC << (bias ? " with bias" : ""));
+      const std::vector<float> inp = round_bf16(normal(rng, static_cast<size_t>(N * C)));
+      const std::vector<float> w = round_bf16(normal(rng, static_cast<size_t>(OC * C), 0.3));
+      const std::vector<float> b = round_bf16(normal(rng, static_cast<size_t>(OC)));
+      std::vector<double> pre(static_cast<size_t>(N * OC)), act(pre.size());
+      std::vector<float> pre_plain(pre.size()), act_plain(pre.size());
+      for (int64_t i = 0; i < N; ++i) {
+        for (int64_t j = 0; j < OC; ++j) {
+          double v = bias ? b[static_cast<size_t>(j)] : 0.0;
+          for (int64_t k = 0; k < C; ++k) v += static_cast<double>(inp[i * C + k]) * w[j * C + k];
+          const size_t e = static_cast<size_t>(i * OC + j);
+          pre[e] = v;
+          act[e] = gelu_d(v);
+          pre_plain[e] = round_bf16(static_cast<float>(v));
+          act_plain[e] = round_bf16(static_cast<float>(gelu_d(pre_plain[e])));
+        }
+      }
+      DeviceBuffer d_inp = up_bf16(inp), d_w = up_bf16(w), d_b = up_bf16(b), d_pre(pre.size() * 2), d_act(pre.size() * 2);
+      d_pre.fill_bytes(0xFF);
+      d_act.fill_bytes(0xFF);
+      cuda::matmul_gelu_forward(d_act.as<bf16>(), d_pre.as<bf16>(), d_inp.as<bf16>(), d_w.as<bf16>(),
+                                bias ? d_b.as<bf16>() : nullptr, N, C, OC);
+      EXPECT_TRUE(within(down_bf16(d_pre, pre.size()), pre_plain, pre)) << "the pre-activation";
+      EXPECT_TRUE(within(down_bf16(d_act, pre.size()), act_plain, act)) << "GELU of it";
+    }
+  }
+  // Backward: a layer of input width C (a multiple of 8 but the last) whose input was GELU(pre).
+  for (auto [N, C, OC] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, 8}, {37, 40, 24}, {64, 64, 96}, {5, 12, 16}}) {
+    SCOPED_TRACE(::testing::Message() << "backward " << N << "×" << C << "→" << OC);
+    const std::vector<float> pre = round_bf16(normal(rng, static_cast<size_t>(N * C), 2.0));
+    std::vector<float> act(pre.size());
+    for (size_t e = 0; e < pre.size(); ++e) act[e] = round_bf16(static_cast<float>(gelu_d(pre[e])));
+    const std::vector<float> w = round_bf16(normal(rng, static_cast<size_t>(OC * C), 0.3));
+    const std::vector<float> dout = round_bf16(normal(rng, static_cast<size_t>(N * OC)));
+    const std::vector<float> dw0 = normal(rng, static_cast<size_t>(OC * C)), db0 = normal(rng, static_cast<size_t>(OC));
+    std::vector<double> dpre(pre.size()), dw(dw0.begin(), dw0.end()), db(db0.begin(), db0.end());
+    std::vector<float> dpre_plain(pre.size());
+    for (int64_t i = 0; i < N; ++i) {
+      for (int64_t k = 0; k < C; ++k) {
+        double v = 0;
+        for (int64_t j = 0; j < OC; ++j) v += static_cast<double>(dout[i * OC + j]) * w[j * C + k];
+        const size_t e = static_cast<size_t>(i * C + k);
+        dpre[e] = v * gelu_grad_d(pre[e]);
+        dpre_plain[e] = round_bf16(static_cast<float>(round_bf16(static_cast<float>(v)) * gelu_grad_d(pre[e])));
+      }
+    }
+    for (int64_t j = 0; j < OC; ++j) {
+      for (int64_t i = 0; i < N; ++i) {
+        db[static_cast<size_t>(j)] += dout[i * OC + j];
+        for (int64_t k = 0; k < C; ++k) dw[static_cast<size_t>(j * C + k)] += static_cast<double>(dout[i * OC + j]) * act[i * C + k];
+      }
+    }
+    DeviceBuffer d_pre = up_bf16(pre), d_act = up_bf16(act), d_w = up_bf16(w), d_dout = up_bf16(dout);
+    DeviceBuffer d_dw = up_f32(dw0), d_db = up_f32(db0), d_dpre(pre.size() * 2), d_scratch(pre.size() * 2);
+    d_dpre.fill_bytes(0xFF);
+    d_scratch.fill_bytes(0xFF);
+    cuda::matmul_backward_dgelu(d_dpre.as<bf16>(), d_scratch.as<bf16>(), d_dw.as<float>(), d_db.as<float>(),
+                                d_dout.as<bf16>(), d_act.as<bf16>(), d_pre.as<bf16>(), d_w.as<bf16>(), N, C, OC);
+    EXPECT_TRUE(within(down_bf16(d_dpre, pre.size()), dpre_plain, dpre)) << "the gradient through GELU";
+    EXPECT_LT(rel_error(down_f32(d_dw, dw.size()), dw), 1e-5) << "the weight gradient";
+    EXPECT_LT(rel_error(down_f32(d_db, db.size()), db), 1e-5) << "the bias gradient";
+  }
+}
+
 TEST(CudaMatmul, BadSizesAreErrors) {
   SKIP_WITHOUT_GPU();
   DeviceBuffer a(64), b(64), c(64);

@@ -13,6 +13,7 @@
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
+#include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/warpgroup_cuda.h"
 #include "testing/bf16.h"
 
@@ -89,6 +90,51 @@ TEST(CudaWarpgroup, ProductsMatchAPlainProductInEveryLayout) {
       }
     }
   }
+}
+
+// Hopper's TMA (src/cuda/tma.h) into the tile layout the wgmma kernels read: boxes of an attention
+// tensor [B][T][row_stride] (each row's heads [H][D], rows padded past H·D) — 64 elements of one
+// head over `rows` positions — land with row r's 16-byte chunk c at chunk c ^ (r % 8) of a
+// 1024-byte-aligned tile (warpgroup.h's SwizzledTile), and positions past T as zeros. On an H100 or
+// H200 this holds the copy engine to that layout; on the emulator, the emulator to the same reading.
+TEST(CudaWarpgroup, TmaBoxesLandInTheSwizzledTileLayout) {
+  if (const std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  const int64_t B = 2, T = 100, H = 3, D = 128, row = H * D + 8;
+  std::vector<uint16_t> x(static_cast<size_t>(B * T * row));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<uint16_t>(i % 65521 + 1);
+  cuda::DeviceBuffer gx(x.size() * 2), out(256 * 64 * 2);
+  gx.upload(x.data(), x.size() * 2);
+  struct Box {
+    int64_t b, t0, h, d0;
+    int rows;
+  };
+  for (const Box& c : {Box{0, 0, 0, 0, 64}, Box{1, 40, 2, 64, 64}, Box{1, 90, 1, 0, 16}, Box{0, 96, 2, 64, 8},
+                       Box{1, 0, 1, 64, 128}}) {
+    SCOPED_TRACE(fmt::format("b {} t0 {} h {} d0 {} rows {}", c.b, c.t0, c.h, c.d0, c.rows));
+    out.fill_bytes(0xFF);
+    cuda::tma_load_attention_tile(gx.as<uint16_t>(), B, T, H, D, row, c.b, c.t0, c.h, c.d0, c.rows,
+                                  out.as<uint16_t>());
+    std::vector<uint16_t> got(static_cast<size_t>(c.rows * 64));
+    out.download(got.data(), got.size() * 2);
+    int wrong = 0;
+    for (int r = 0; r < c.rows; ++r) {
+      for (int col = 0; col < 64; ++col) {
+        const int64_t t = c.t0 + r;
+        const uint16_t want = t < T ? x[static_cast<size_t>((c.b * T + t) * row + c.h * D + c.d0 + col)] : 0;
+        const uint16_t have = got[static_cast<size_t>(r * 64 + ((col / 8) ^ (r % 8)) * 8 + col % 8)];
+        if (have != want && ++wrong <= 5) ADD_FAILURE() << "row " << r << " column " << col << ": " << have << " ≠ " << want;
+      }
+    }
+    EXPECT_EQ(wrong, 0);
+  }
+  // What the copy engine cannot take is refused before any launch.
+  std::string err;
+  try {
+    cuda::tma_load_attention_tile(gx.as<uint16_t>(), B, T, H, D, row, 0, 0, 0, 0, 12, out.as<uint16_t>());
+  } catch (const Error& e) {
+    err = e.what();
+  }
+  EXPECT_NE(err.find("multiple of 8"), std::string::npos) << err;
 }
 
 TEST(CudaWarpgroup, RefusesSizesItHasNoInstructionFor) {

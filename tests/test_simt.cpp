@@ -3,8 +3,8 @@
 // semantics, and the faults it must report — a missing barrier, a deadlock, a warp mask naming an
 // exited lane, a bad launch, a misaligned tensor-core load — and the Ampere instructions
 // (mma.m16n8k16, ldmatrix, cp.async) against the PTX ISA's fragment layouts, and the misuse of
-// Hopper's warpgroup MMA it must expose (its products are tested by test_cuda_warpgroup). Built only
-// with the emulator.
+// Hopper's warpgroup MMA it must expose (its products are tested by test_cuda_warpgroup), and
+// Hopper's mbarriers and tensor copies (TMA). Built only with the emulator.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,9 +16,11 @@
 
 #include "cuda/platform.h"
 #include "cuda/tensor_core.h"
+#include "cuda/tma.h"
 #include "cuda/warpgroup.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/device_memory.h"
 #include "testing/errors.h"
 
 namespace flashgpt {
@@ -308,6 +310,113 @@ TEST(Simt, NamedBarriersOrderProducersAndConsumers) {
   const std::string stuck = misuse(2);
   EXPECT_NE(stuck.find("deadlocks"), std::string::npos) << stuck;
   EXPECT_NE(stuck.find("at a named barrier (barrier 2)"), std::string::npos) << stuck;
+}
+
+// Hopper's TMA and mbarriers (cuda/tma.h): a box of a [40][64] tensor (as a 4-d map {64, 1, 40, 1})
+// per round into one shared tile, 16 rows at a time, announced on one barrier that every thread
+// waits on (parity r & 1); the tile read back in shared-memory order. Without the waits (a block
+// barrier after the copy is issued instead) the reads see tiles that have not landed. The last round's rows 40–47 lie past the tensor: zeros.
+template <bool Wait>
+__global__ void tma_rounds_kernel(const __grid_constant__ CUtensorMap map, int rounds, uint16_t* out) {
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
+  uint16_t* tile = reinterpret_cast<uint16_t*>(raw + (1024 - cuda::wg::smem_address(raw) % 1024) % 1024);
+  uint64_t* bar = reinterpret_cast<uint64_t*>(tile + 16 * 64);
+  const int t = static_cast<int>(threadIdx.x), n = static_cast<int>(blockDim.x);
+  if (t == 0) {
+    cuda::tma::mbarrier_init(bar, 1);
+    cuda::tma::fence_mbarrier_init();
+  }
+  __syncthreads();
+  for (int r = 0; r < rounds; ++r) {
+    if (t == 0) {
+      cuda::tma::mbarrier_arrive_expect_tx(bar, 16 * 128);
+      cuda::tma::tma_load_4d(tile, &map, 0, 0, 16 * r, 0, bar);
+    }
+    if (Wait) {
+      cuda::tma::mbarrier_wait(bar, static_cast<uint32_t>(r & 1));
+    } else {
+      __syncthreads();  // the copy has been issued: only its landing is left unordered
+    }
+    for (int i = t; i < 16 * 64; i += n) out[(blockIdx.x * rounds + r) * 16 * 64 + i] = tile[i];
+    __syncthreads();  // every read of the tile before the next round's copy overwrites it
+  }
+  if (!Wait && t == 0) cuda::tma::mbarrier_wait(bar, static_cast<uint32_t>((rounds - 1) & 1));
+}
+
+__global__ void tma_misuse_kernel(const __grid_constant__ CUtensorMap map, int which) {
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
+  unsigned char* tile = raw + (1024 - cuda::wg::smem_address(raw) % 1024) % 1024;
+  uint64_t* bar = reinterpret_cast<uint64_t*>(tile + 16 * 128);
+  if (threadIdx.x != 0) return;
+  if (which == 0) cuda::tma::mbarrier_wait(bar, 0);  // never initialised
+  cuda::tma::mbarrier_init(bar, which == 3 ? 2 : 1);
+  if (which == 1) {  // two arrivals in a phase of one
+    cuda::tma::mbarrier_arrive_expect_tx(bar, 256);
+    cuda::tma::mbarrier_arrive(bar);
+  }
+  if (which == 2) {  // a destination 64 bytes off the 128-byte alignment
+    cuda::tma::mbarrier_arrive_expect_tx(bar, 16 * 128);
+    cuda::tma::tma_load_4d(tile + 64, &map, 0, 0, 0, 0, bar);
+  }
+  if (which == 3) {  // one of two arrivals: the phase never completes
+    cuda::tma::mbarrier_arrive(bar);
+    cuda::tma::mbarrier_wait(bar, 0);
+  }
+}
+
+TEST(Simt, TensorCopiesLandSwizzledAndOnlyWaitsOrderThem) {
+  const int T = 40, rounds = 3, blocks = 8;
+  std::vector<uint16_t> host(static_cast<size_t>(T * 64));
+  for (size_t i = 0; i < host.size(); ++i) host[i] = static_cast<uint16_t>(i + 1);
+  cuda::DeviceBuffer x(host.size() * 2), out(static_cast<size_t>(blocks * rounds * 16 * 64) * 2);
+  x.upload(host.data(), host.size() * 2);
+  const uint64_t dims[4] = {64, 1, static_cast<uint64_t>(T), 1}, strides[3] = {128, 128, 128 * T};
+  const uint32_t box[4] = {64, 1, 16, 1};
+  CUtensorMap map;
+  cuda::tma::encode_tensor_map_16bit(&map, x.get(), 4, dims, strides, box);
+  const size_t shared = 16 * 128 + 8 + 1024;
+  std::vector<uint16_t> got(static_cast<size_t>(blocks * rounds * 16 * 64));
+  // Row r, column c of a round's box sits at chunk (c / 8) ^ (r % 8) of row r (the 128-byte swizzle).
+  auto wrong_in = [&](const std::vector<uint16_t>& g) {
+    int wrong = 0;
+    for (int k = 0; k < blocks; ++k)
+      for (int r = 0; r < rounds; ++r)
+        for (int row = 0; row < 16; ++row)
+          for (int c = 0; c < 64; ++c) {
+            const int t = 16 * r + row;
+            const uint16_t want = t < T ? host[static_cast<size_t>(t * 64 + c)] : 0;
+            const size_t at = static_cast<size_t>(((k * rounds + r) * 16 + row) * 64 + ((c / 8) ^ (row % 8)) * 8 + c % 8);
+            wrong += g[at] != want;
+          }
+    return wrong;
+  };
+  launch_kernel("tma rounds", tma_rounds_kernel<true>, blocks, 64, shared, nullptr, map, rounds, out.as<uint16_t>());
+  out.download(got.data(), got.size() * 2);
+  EXPECT_EQ(wrong_in(got), 0);
+  out.fill_bytes(0);
+  launch_kernel("tma rounds without waits", tma_rounds_kernel<false>, blocks, 64, shared, nullptr, map, rounds,
+                out.as<uint16_t>());
+  out.download(got.data(), got.size() * 2);
+  EXPECT_GT(wrong_in(got), 0) << "reads before the barrier's wait went unnoticed";
+
+  auto misuse = [&](int which) {
+    return error_of([&] { launch_kernel("tma misuse", tma_misuse_kernel, 1, 32, shared, nullptr, map, which); });
+  };
+  EXPECT_NE(misuse(0).find("never initialised"), std::string::npos) << misuse(0);
+  EXPECT_NE(misuse(1).find("more arrivals"), std::string::npos) << misuse(1);
+  EXPECT_NE(misuse(2).find("128-byte aligned"), std::string::npos) << misuse(2);
+  const std::string stuck = misuse(3);
+  EXPECT_NE(stuck.find("deadlocks"), std::string::npos) << stuck;
+  EXPECT_NE(stuck.find("waiting on an mbarrier"), std::string::npos) << stuck;
+  // The host side refuses what the driver would.
+  const uint32_t wide[4] = {128, 1, 16, 1};
+  EXPECT_NE(error_of([&] { cuda::tma::encode_tensor_map_16bit(&map, x.get(), 4, dims, strides, wide); })
+                .find("16 to 128 bytes"),
+            std::string::npos);
+  const uint64_t odd[3] = {128, 120, 128 * T};
+  EXPECT_NE(error_of([&] { cuda::tma::encode_tensor_map_16bit(&map, x.get(), 4, dims, odd, box); })
+                .find("multiple of 16"),
+            std::string::npos);
 }
 
 TEST(Simt, BadLaunchConfigurationsFailLikeTheRuntime) {

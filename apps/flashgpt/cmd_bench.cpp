@@ -45,6 +45,7 @@ struct BenchTrainCli {
   bool deterministic = false;  // GPU: the backward without atomics
   std::string tiles = "auto";  // GPU: the flash kernels' tiles
   std::string attention_backend = "ours";  // GPU: ours or cudnn (cuDNN's fused attention)
+  std::string gelu_fusion = "on";         // GPU, bf16: GELU in the MLP's GEMM epilogues, or off
   bool profile_step = false;   // GPU: the last timed step inside a profiler capture range
   int breakdown = 0;           // GPU: steps after the timed ones with every kernel timed (KernelTimes)
 };
@@ -135,11 +136,13 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   gpu.set_deterministic(c.deterministic);
   const std::map<std::string, cuda::FlashTiles> tile_names = {
       {"auto", cuda::FlashTiles::Auto},   {"wide", cuda::FlashTiles::Wide},   {"narrow", cuda::FlashTiles::Narrow},
-      {"tall", cuda::FlashTiles::Tall},   {"short", cuda::FlashTiles::Short}, {"wgmma", cuda::FlashTiles::Wgmma}};
-  FLASHGPT_CHECK(c.tiles != "wgmma" || cuda::warpgroup_mma_supported(),
-                 "--tiles wgmma: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code)");
+      {"tall", cuda::FlashTiles::Tall},   {"short", cuda::FlashTiles::Short}, {"wgmma", cuda::FlashTiles::Wgmma},
+      {"wgmma-tma", cuda::FlashTiles::WgmmaTma}};
+  FLASHGPT_CHECK((c.tiles != "wgmma" && c.tiles != "wgmma-tma") || cuda::warpgroup_mma_supported(),
+                 "--tiles {}: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code)", c.tiles);
   gpu.set_flash_tiles(tile_names.at(c.tiles));
   if (c.attention_backend == "cudnn") gpu.set_attention_backend(cuda::AttentionBackend::Cudnn);
+  gpu.set_gelu_fusion(c.gelu_fusion == "on");
   {
     GPT<float> host(cfg);
     host.init_weights(1);
@@ -209,6 +212,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
                       {"deterministic", c.deterministic},
                       {"tiles", c.tiles},
                       {"attention_backend", c.attention_backend},
+                      {"gelu_fusion", c.gelu_fusion == "on"},
                       {"params", gpu.num_params()},
                       {"batch", B},
                       {"seq", T},
@@ -241,9 +245,10 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
-  std::printf("train step on %s (%s%s%s%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(), c.precision.c_str(),
+  std::printf("train step on %s (%s%s%s%s%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(), c.precision.c_str(),
               c.deterministic ? ", deterministic" : "", c.tiles == "auto" ? "" : (", " + c.tiles + " tiles").c_str(),
               c.attention_backend == "cudnn" ? ", cuDNN attention" : "",
+              c.gelu_fusion == "on" ? "" : ", GELU unfused",
               static_cast<double>(gpu.num_params()) / 1e6, static_cast<long long>(B), static_cast<long long>(T));
   std::printf("  step time  median %.4f s (min %.4f, max %.4f over %d steps)\n", step,
               j["step_s_min"].get<double>(), j["step_s_max"].get<double>(), c.steps);
@@ -282,6 +287,7 @@ void run_bench_train(const BenchTrainCli& c) {
   FLASHGPT_CHECK(!c.deterministic, "--deterministic: a GPU option (--device cuda); the CPU repeats its bits anyway");
   FLASHGPT_CHECK(c.tiles == "auto", "--tiles: a GPU option (--device cuda)");
   FLASHGPT_CHECK(c.attention_backend == "ours", "--attention-backend: a GPU option (--device cuda)");
+  FLASHGPT_CHECK(c.gelu_fusion == "on", "--gelu-fusion: a GPU option (--device cuda)");
   FLASHGPT_CHECK(!c.profile_step, "--profile-step: a GPU option (--device cuda)");
   FLASHGPT_CHECK(c.breakdown == 0, "--breakdown: a GPU option (--device cuda)");
   dist::Communicator& world = dist::world();
@@ -394,14 +400,19 @@ void register_bench(CLI::App& app) {
       ->capture_default_str();
   tr->add_flag("--deterministic", c->deterministic, "GPU: time the backward without atomics (train --deterministic)");
   tr->add_option("--tiles", c->tiles,
-                 "GPU: the bf16 flash kernels' tiles (as bench attention --tiles): auto, wide, narrow, tall, short or "
-                 "wgmma (Hopper's warpgroup MMA)")
-      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma"}))
+                 "GPU: the bf16 flash kernels' tiles (as bench attention --tiles): auto, wide, narrow, tall, short, "
+                 "wgmma (Hopper's warpgroup MMA) or wgmma-tma (its forward loading through the TMA)")
+      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma", "wgmma-tma"}))
       ->capture_default_str();
   tr->add_option("--attention-backend", c->attention_backend,
                  "GPU, bf16, flash mechanisms: ours (flashgpt's kernels) or cudnn (cuDNN's fused attention): the "
                  "same step with the other attention, to see what the attention costs it")
       ->check(CLI::IsMember({"ours", "cudnn"}))
+      ->capture_default_str();
+  tr->add_option("--gelu-fusion", c->gelu_fusion,
+                 "GPU, bf16, GELU models: on (GELU inside the MLP's GEMMs, cuBLASLt's epilogues) or off (its own "
+                 "kernels): the same step both ways")
+      ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   tr->add_flag("--profile-step", c->profile_step,
                "GPU: capture only the last timed step for a profiler started with capture off "

@@ -7,6 +7,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <memory>
@@ -205,6 +207,7 @@ cuda::FlashTiles parse_tiles(const std::string& s) {
   if (s == "tall") return cuda::FlashTiles::Tall;
   if (s == "short") return cuda::FlashTiles::Short;
   if (s == "wgmma") return cuda::FlashTiles::Wgmma;
+  if (s == "wgmma-tma") return cuda::FlashTiles::WgmmaTma;
   return cuda::FlashTiles::Auto;
 }
 
@@ -226,9 +229,11 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   // run under its name with the automatic tiles.
   std::vector<std::string> gpu_tiles;
   for (const std::string& t : c.gpu_tiles) {
-    if (t == "wgmma" && !cuda::warpgroup_mma_supported()) {
-      std::fprintf(stderr, "--tiles wgmma: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code): "
-                           "its cases are left out\n");
+    if ((t == "wgmma" || t == "wgmma-tma") && !cuda::warpgroup_mma_supported()) {
+      std::fprintf(stderr,
+                   "--tiles %s: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code): "
+                   "its cases are left out\n",
+                   t.c_str());
       continue;
     }
     gpu_tiles.push_back(t);
@@ -261,8 +266,8 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   if (c.causal == "yes" || c.causal == "both") causal_modes.push_back(true);
   if (!c.json) {
     std::printf("| mechanism | precision | batch | seq | heads | Dqk/Dv | causal | fwd ms | fwd+bwd ms | fwd TFLOP/s | "
-                "fwd+bwd TFLOP/s | extra MiB | max rel err | occupancy fwd/bwd |\n"
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                "fwd+bwd TFLOP/s | extra MiB | max rel err | occupancy fwd/bwd | achieved fwd/bwd |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   }
   for (int64_t hidden : c.hiddens) {
     FLASHGPT_CHECK(hidden % c.head_dim == 0, "--hidden: {} is not a multiple of --head-dim {}", hidden, c.head_dim);
@@ -301,18 +306,26 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
                                                    {"fwd_bwd_tflops", r.fwd_bwd_tflops},
                                                    {"extra_bytes", r.extra_bytes}, {"max_rel_err", r.max_rel_err},
                                                    {"fwd_occupancy", r.occupancy.forward},
-                                                   {"bwd_occupancy", r.occupancy.backward}}
+                                                   {"bwd_occupancy", r.occupancy.backward},
+                                                   {"fwd_achieved_occupancy", r.achieved_forward.fraction},
+                                                   {"bwd_achieved_occupancy", r.achieved_backward.fraction},
+                                                   {"fwd_achieved_blocks_per_sm", r.achieved_forward.blocks},
+                                                   {"bwd_achieved_blocks_per_sm", r.achieved_backward.blocks}}
                                         .dump()
                                         .c_str());
               } else {
+                const std::string achieved =
+                    r.achieved_forward.ctas > 0 ? fmt::format("{:.0f}%/{:.0f}%", 100 * r.achieved_forward.fraction,
+                                                              100 * r.achieved_backward.fraction)
+                                                : "–";
                 std::printf("| %s | %s | %lld | %lld | %lld | %lld/%lld | %s | %.3f | %.3f | %.1f | %.1f | %.1f | %.1e | "
-                            "%.0f%%/%.0f%% |\n",
+                            "%.0f%%/%.0f%% | %s |\n",
                             label.c_str(), c.precision.c_str(),
                             static_cast<long long>(B), static_cast<long long>(T),
                             static_cast<long long>(H), static_cast<long long>(bc.dims.Dqk),
                             static_cast<long long>(bc.dims.Dv), causal ? "yes" : "no", r.fwd_ms, r.fwd_bwd_ms,
                             r.fwd_tflops, r.fwd_bwd_tflops, static_cast<double>(r.extra_bytes) / (1 << 20),
-                            r.max_rel_err, 100 * r.occupancy.forward, 100 * r.occupancy.backward);
+                            r.max_rel_err, 100 * r.occupancy.forward, 100 * r.occupancy.backward, achieved.c_str());
               }
               std::fflush(stdout);
             }
@@ -459,9 +472,10 @@ void register_bench_attention(CLI::App& bench) {
                   "GPU tile shapes: auto, wide (sm_80/sm_90), narrow (sm_86/sm_89), tall (the forward's 32 query "
                   "rows a warp) or short (the backward's 32-query tiles, three blocks an SM), those two for value "
                   "head dims up to 64, or wgmma (Hopper's warpgroup MMA, sm_90a: the forward at head dims that are "
-                  "multiples of 64, the backward at 64/64 and 128/128); several: each case with each, back to back")
+                  "multiples of 64, the backward at 64/64 and 128/128) or wgmma-tma (the same with the forward's "
+                  "tiles copied by the TMA); several: each case with each, back to back")
       ->delimiter(',')
-      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma"}))
+      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma", "wgmma-tma"}))
       ->capture_default_str();
   sub->add_option("--backend", c->backends,
                   "GPU attention for the flash mechanisms: ours (our kernels, with each of --tiles) or cudnn (cuDNN's "

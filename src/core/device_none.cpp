@@ -4,6 +4,7 @@
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/attention_bench_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/cta_trace.h"
 #include "flashgpt/cuda/flash_decode_bench_cuda.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/kernel_times.h"
@@ -100,6 +101,13 @@ void synchronize() {}
 void profiler_capture(bool) {}
 
 // The GPU model cannot be made here; its other members are unreachable without one.
+struct CtaTrace::Impl {};
+CtaTrace::CtaTrace(int64_t) { fail("block trace: {}", kNoCuda); }
+CtaTrace::~CtaTrace() = default;
+std::vector<TracedLaunch> CtaTrace::read() { fail("block trace: {}", kNoCuda); }
+int64_t CtaTrace::skipped() const { fail("block trace: {}", kNoCuda); }
+int max_warps_per_sm() { fail("block trace: {}", kNoCuda); }
+
 struct GPTCuda::Impl {};
 std::string GPTCuda::unsupported(const GPTConfig&, Precision) { return kNoCuda; }
 GPTCuda::GPTCuda(const GPTConfig&, Precision) { fail("--device cuda: {}", kNoCuda); }
@@ -126,6 +134,8 @@ void GPTCuda::set_flash_tiles(FlashTiles) { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::set_attention_backend(AttentionBackend) { fail("GPU model: {}", kNoCuda); }
 AttentionBackend GPTCuda::attention_backend() const { fail("GPU model: {}", kNoCuda); }
 FlashTiles GPTCuda::flash_tiles() const { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::set_gelu_fusion(bool) { fail("GPU model: {}", kNoCuda); }
+bool GPTCuda::gelu_fusion() const { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}", kNoCuda); }
 std::string GPTCuda::decode_unsupported(const GPTConfig&, Precision) { return kNoCuda; }

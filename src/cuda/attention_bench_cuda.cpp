@@ -151,6 +151,21 @@ FlashBenchResult bench_flash_attention(const FlashBenchCase& c) {
     fwd.push_back(tf);
     both.push_back(t.seconds());
   }
+  if (!standard && !cudnn) {
+    // Every block's span, in one more untimed forward and backward. No launch has more blocks
+    // than one per 16 queries or keys of each head.
+    CtaTrace trace(2 * d.B * d.Hq * ((std::max(d.Tq, d.Tk) + 15) / 16));
+    const int slots = max_warps_per_sm();
+    auto first_launch = [&](const char* pass) {
+      const std::vector<TracedLaunch> launches = trace.read();
+      FLASHGPT_CHECK(!launches.empty(), "bench attention {}: the {} traced no launch", what, pass);
+      return achieved_occupancy(launches.front().ctas, slots);
+    };
+    forward();
+    r.achieved_forward = first_launch("forward");
+    backward();
+    r.achieved_backward = first_launch("backward");
+  }
   r.fwd_ms = median(fwd) * 1e3;
   r.fwd_bwd_ms = median(both) * 1e3;
   const double flops = 2.0 * static_cast<double>(d.B * d.Hq) * static_cast<double>(d.Tq) *

@@ -100,6 +100,9 @@ template <typename L>
 ForwardShape forward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::Tall && L::has_tall_forward()) return ForwardShape::Tall;
   if (tiles == FlashTiles::Wgmma && L::has_wgmma_forward() && warpgroup_mma_supported()) return ForwardShape::Wgmma;
+  if (tiles == FlashTiles::WgmmaTma && L::has_wgmma_forward() && warpgroup_mma_supported()) {
+    return ForwardShape::WgmmaTma;
+  }
   return use_wide(tiles, L::forward_bytes(ForwardShape::Wide)) ? ForwardShape::Wide : ForwardShape::Narrow;
 }
 
@@ -107,7 +110,10 @@ ForwardShape forward_shape(FlashTiles tiles) {
 template <typename L>
 BackwardShape backward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::Short && L::has_short_backward()) return BackwardShape::Short;
-  if (tiles == FlashTiles::Wgmma && L::has_wgmma_backward() && warpgroup_mma_supported()) return BackwardShape::Wgmma;
+  if ((tiles == FlashTiles::Wgmma || tiles == FlashTiles::WgmmaTma) && L::has_wgmma_backward() &&
+      warpgroup_mma_supported()) {
+    return BackwardShape::Wgmma;
+  }
   return use_wide(tiles, L::backward_bytes(BackwardShape::Wide)) ? BackwardShape::Wide : BackwardShape::Narrow;
 }
 

@@ -51,6 +51,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
                              const E* __restrict__ dout, float* __restrict__ dq_accum, E* __restrict__ dk,
                              E* __restrict__ dv) {
   constexpr int Dqk = F::Dqk, Dv = F::Dv, BlockM = F::BlockM, BlockN = F::BlockN;
+  cta_trace_begin(d.trace);  // nothing unless a CtaTrace records
   FLASHGPT_DYNAMIC_SHARED(E, smem);
   E* Ks = smem;
   E* Vs = Ks + F::k_elems;
@@ -165,6 +166,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   tc::cp_async_wait<0>();
 
   write_key_gradients<E, Dqk, Dv>(d, b, hk, key0, t, acc_dk, acc_dv, dk, dv);
+  cta_trace_end(d.trace);
 }
 
 // Wide: 128 keys per block; narrow: 64. Query tiles of 32 rows once Dv reaches 128 (register room).
@@ -200,13 +202,13 @@ void launch_backward(const Dims& d, const Mask& m, float scale, const E* q, cons
   if (dq_accum) {
     const char* name = kHopper ? "Hopper flash backward" : "tensor-core flash backward";
     allow_shared(backward_kernel<E, F, true>(), F::bytes, name);
-    launch_kernel(name, backward_kernel<E, F, true>(), grid, F::Threads, F::bytes, nullptr, d, m, scale, q, k, v, lse,
-                  dsum, dout, dq_accum, dk, dv);
+    launch_kernel(name, backward_kernel<E, F, true>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid), m,
+                  scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
   } else {
     const char* name = kHopper ? "Hopper flash backward (dK, dV)" : "tensor-core flash backward (dK, dV)";
     allow_shared(backward_kernel<E, F, false>(), F::bytes, name);
-    launch_kernel(name, backward_kernel<E, F, false>(), grid, F::Threads, F::bytes, nullptr, d, m, scale, q, k, v,
-                  lse, dsum, dout, dq_accum, dk, dv);
+    launch_kernel(name, backward_kernel<E, F, false>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid), m,
+                  scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
   }
 }
 

@@ -38,6 +38,7 @@ __global__ void __launch_bounds__(F::Threads)
                                 const E* __restrict__ v, const float* __restrict__ lse,
                                 const float* __restrict__ dsum, const E* __restrict__ dout, E* __restrict__ dq) {
   constexpr int Dqk = F::Dqk, Dv = F::Dv, BlockM = F::BlockM, BlockN = F::BlockN;
+  cta_trace_begin(d.trace);  // nothing unless a CtaTrace records
   FLASHGPT_DYNAMIC_SHARED(E, smem);
   E* Qs = smem;
   E* dOs = Qs + F::q_elems;
@@ -112,6 +113,7 @@ __global__ void __launch_bounds__(F::Threads)
 #pragma unroll
     for (int n = 0; n < Dqk / 8; ++n) store2(out + n * 8 + 2 * t, acc[n][2 * r], acc[n][2 * r + 1]);
   }
+  cta_trace_end(d.trace);
 }
 
 // Wide: 128 queries per block; narrow: 64. Key tiles of 32 past head dim 96 (registers and the
@@ -122,11 +124,12 @@ using DqTilesFor = DqTiles<Dqk, Dv, Wide ? 8 : 4, (Dqk > 96) ? 32 : 64>;
 template <typename E, typename F>
 void launch_backward_dq(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
                         const float* lse, const float* dsum, const E* dout, E* dq) {
-  allow_shared(flash_backward_dq_tc_kernel<E, F>, F::bytes, "tensor-core flash backward (deterministic dQ)");
+  const char* name = "tensor-core flash backward (deterministic dQ)";
+  allow_shared(flash_backward_dq_tc_kernel<E, F>, F::bytes, name);
   const dim3 grid(static_cast<unsigned>((d.Tq + F::BlockM - 1) / F::BlockM), static_cast<unsigned>(d.Hq),
                   static_cast<unsigned>(d.B));
-  launch_kernel("tensor-core flash backward (deterministic dQ)", flash_backward_dq_tc_kernel<E, F>, grid, F::Threads,
-                F::bytes, nullptr, d, m, scale, q, k, v, lse, dsum, dout, dq);
+  launch_kernel(name, flash_backward_dq_tc_kernel<E, F>, grid, F::Threads, F::bytes, nullptr, traced(d, name, grid), m,
+                scale, q, k, v, lse, dsum, dout, dq);
 }
 
 }  // namespace flash_tc

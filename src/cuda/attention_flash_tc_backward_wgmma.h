@@ -84,6 +84,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   using QTile = typename F::QTile;
   using OTile = typename F::OTile;
   using STile = typename F::STile;
+  cta_trace_begin(d.trace);  // nothing unless a CtaTrace records
   FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
   E* Ks = reinterpret_cast<E*>(raw + (1024 - wg::smem_address(raw) % 1024) % 1024);
   E* Vs = Ks + KTile::kElems;
@@ -256,6 +257,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   tc::cp_async_wait<0>();
 
   write_key_gradients<E, Dqk, Dv>(d, b, hk, key0, t, acc_dk, acc_dv, dk, dv);
+  cta_trace_end(d.trace);
 #else
   (void)d, (void)m, (void)scale, (void)q, (void)k, (void)v, (void)lse, (void)dsum, (void)dout, (void)dq_accum;
   (void)dk, (void)dv;

@@ -6,9 +6,11 @@
 // row addresses of an ldmatrix fall in different banks.
 #pragma once
 
+#include <array>
 #include <cstdint>
 
 #include "cuda/attention_mask_cuda.h"
+#include "cuda/cta_trace.h"
 #include "cuda/platform.h"
 #include "cuda/tensor_core.h"
 #include "cuda/warpgroup.h"
@@ -19,14 +21,25 @@ namespace flash_tc {
 
 struct Dims {
   int64_t B, Hq, Hkv, Tq, Tk, kv_rows, k_row, v_row, group;
+  CtaSpan* trace = nullptr;  // where each block records its span, while a CtaTrace records (cta_trace.h)
 };
+
+// d, with the trace slots of one launch of `kernel` over `grid` when a CtaTrace records.
+inline Dims traced(const Dims& d, const char* kernel, dim3 grid) {
+  Dims t = d;
+  t.trace = cta_trace_slots(kernel, static_cast<int64_t>(grid.x) * grid.y * grid.z, nullptr);
+  return t;
+}
+
+// The emulator checks that the trace points at device memory (simt::check_kernel_pointers).
+inline std::array<const void*, 1> kernel_pointers(const Dims& d) { return {d.trace}; }
 
 using attention_kernels::Mask;
 using attention_kernels::causal_offset;
 using attention_kernels::mask_of;
 
 inline Dims dims_of(const AttentionDims& a) {
-  return {a.B, a.Hq, a.Hkv, a.Tq, a.Tk, a.kv_rows(), a.k_row(), a.v_row(), a.Hq / a.Hkv};
+  return {a.B, a.Hq, a.Hkv, a.Tq, a.Tk, a.kv_rows(), a.k_row(), a.v_row(), a.Hq / a.Hkv, nullptr};
 }
 
 constexpr int kPad = 8;  // elements of padding per shared-memory row
@@ -249,8 +262,8 @@ struct Residency {
 };
 
 // The forward's tiles: narrow, wide, tall (FlashTiles::Tall), or Hopper's warpgroup MMA
-// (FlashTiles::Wgmma), where the head dims have them.
-enum class ForwardShape { Narrow, Wide, Tall, Wgmma };
+// (FlashTiles::Wgmma; WgmmaTma loading through the TMA), where the head dims have them.
+enum class ForwardShape { Narrow, Wide, Tall, Wgmma, WgmmaTma };
 // The backward's: narrow, wide, short (FlashTiles::Short) or Hopper's warpgroup MMA
 // (FlashTiles::Wgmma), where the head dims have them.
 enum class BackwardShape { Narrow, Wide, Short, Wgmma };

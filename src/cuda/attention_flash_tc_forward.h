@@ -37,6 +37,7 @@ __global__ void __launch_bounds__(F::Threads)
     flash_forward_tc_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
                             const E* __restrict__ v, E* __restrict__ o, float* __restrict__ lse) {
   constexpr int Dqk = F::Dqk, Dv = F::Dv, BlockM = F::BlockM, BlockN = F::BlockN, MT = F::MTiles;
+  cta_trace_begin(d.trace);  // nothing unless a CtaTrace records
   FLASHGPT_DYNAMIC_SHARED(E, smem);
   E* Qs = smem;
   E* Ks = Qs + F::q_elems;       // two stages
@@ -138,6 +139,7 @@ __global__ void __launch_bounds__(F::Threads)
       if (t == 0) lse[(b * d.Hq + h) * d.Tq + i] = sum > 0.0f ? row_max[mt][r] * scale + logf(sum) : -INFINITY;
     }
   }
+  cta_trace_end(d.trace);
 }
 
 // The tiles per head dim: wide for ≥ 160 KiB of shared memory per block, narrow for 99 KiB; tall

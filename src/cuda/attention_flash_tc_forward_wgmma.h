@@ -17,21 +17,29 @@
 // and tile j − 1's O += P V are issued together, and tile j's softmax runs as soon as its scores
 // land, while the tensor cores still multiply P V; O is rescaled once that product has landed. So
 // a tile's V is read while the next tile's K is, hence the third stage: the tile queued at a
-// barrier goes into the stage whose V the previous iteration finished reading. Not yet:
-// FlashAttention-3's ping-pong between the warpgroups, TMA and a producer warp.
+// barrier goes into the stage whose V the previous iteration finished reading.
+//
+// With TMA (FlashTiles::WgmmaTma): one thread copies Q and each key/value tile with Hopper's
+// tensor memory accelerator (cuda/tma.h) — one box per 64-column panel, landing in exactly the
+// swizzled layout the wgmmas read — onto one mbarrier per stage, and every thread waits on the
+// barrier of the tile it is about to read instead of on its own cp.async groups; the other 255
+// threads issue no copies at all. The stages, the order and the one block barrier a tile (which
+// frees a stage for its next copy) are the same. Not yet: FlashAttention-3's ping-pong between
+// the warpgroups and a producer warp of its own.
 #pragma once
 
 #include <cmath>
 
 #include "cuda/attention_flash_tc_common.h"
+#include "cuda/tma.h"
 #include "cuda/warpgroup.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 namespace flash_tc {
 
-template <int Dqk_, int Dv_, int BlockN_, int Groups_ = 2>
+template <int Dqk_, int Dv_, int BlockN_, int Groups_ = 2, bool Tma_ = false>
 struct ForwardTilesWgmma {
-  static constexpr bool kWarpgroup = true;
+  static constexpr bool kWarpgroup = true, kTma = Tma_;
   static constexpr int Dqk = Dqk_, Dv = Dv_, BlockN = BlockN_, Groups = Groups_;
   static constexpr int BlockM = 64 * Groups, Threads = 128 * Groups, Stages = 3;
   using QTile = wg::SwizzledTile<BlockM, Dqk>;
@@ -39,8 +47,9 @@ struct ForwardTilesWgmma {
   using VTile = wg::SwizzledTile<BlockN, Dv>;
   // Three stages of K and V (a tile's V is read while the next tile's K is), and 1024 bytes to
   // align the tiles (the swizzle is a function of shared-memory address bits; the window promises 128).
+  // With TMA, one 8-byte mbarrier per stage after the tiles.
   static constexpr size_t bytes =
-      2 * static_cast<size_t>(QTile::kElems + Stages * (KTile::kElems + VTile::kElems)) + 1024;
+      2 * static_cast<size_t>(QTile::kElems + Stages * (KTile::kElems + VTile::kElems)) + 1024 + (kTma ? 8 * Stages : 0);
   static_assert(BlockN == 64 || BlockN == 128 || BlockN == 256, "S is one wgmma wide");
   static_assert(Dv == 64 || Dv == 128 || Dv == 256, "O is one wgmma wide");
 };
@@ -51,16 +60,46 @@ constexpr bool kHasWgmmaForward = Dqk % 64 == 0 && Dv % 64 == 0;
 // 128 keys a tile up to Dqk = 128 (161 KiB of shared memory at 128/128), 64 beyond.
 template <int Dqk, int Dv>
 using ForwardTilesWgmmaFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64>;
+template <int Dqk, int Dv>
+using ForwardTilesWgmmaTmaFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64, 2, true>;
 
-template <typename E, typename F>
-__global__ void __launch_bounds__(F::Threads)
-    flash_forward_wgmma_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
-                               const E* __restrict__ v, E* __restrict__ o, float* __restrict__ lse) {
+// The tensor maps of the TMA forward's q, k and v (one kernel parameter, __grid_constant__).
+struct ForwardMaps {
+  CUtensorMap q, k, v;
+};
+
+// The maps for tiles F: each tensor [B][T][row] with each row's heads [H][D], innermost first
+// (d, head, position, sequence), boxes of 64 columns by BlockM (q) or BlockN (k, v) positions.
+template <typename F>
+ForwardMaps forward_maps(const Dims& d, const void* q, const void* k, const void* v) {
+  auto encode = [](CUtensorMap* map, const void* base, int64_t D, int64_t H, int64_t T, int64_t rows, int64_t row,
+                   int64_t B, int box_rows) {
+    const uint64_t dims[4] = {static_cast<uint64_t>(D), static_cast<uint64_t>(H), static_cast<uint64_t>(T),
+                              static_cast<uint64_t>(B)};
+    const uint64_t strides[3] = {static_cast<uint64_t>(D) * 2, static_cast<uint64_t>(row) * 2,
+                                 static_cast<uint64_t>(rows * row) * 2};
+    const uint32_t box[4] = {64, 1, static_cast<uint32_t>(box_rows), 1};
+    tma::encode_tensor_map_16bit(map, base, 4, dims, strides, box);
+  };
+  ForwardMaps maps;
+  encode(&maps.q, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.Hq * F::Dqk, d.B, F::BlockM);
+  encode(&maps.k, k, F::Dqk, d.Hkv, d.Tk, d.kv_rows, d.k_row, d.B, F::BlockN);
+  encode(&maps.v, v, F::Dv, d.Hkv, d.Tk, d.kv_rows, d.v_row, d.B, F::BlockN);
+  return maps;
+}
+
 #if FLASHGPT_HAS_WGMMA
+// The kernel's body, for both ways of loading: maps null (cp.async from q, k, v) or, for TMA tiles,
+// the tensor maps (q, k and v unused).
+template <typename E, typename F>
+__device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, float scale, const E* __restrict__ q,
+                                              const E* __restrict__ k, const E* __restrict__ v, E* __restrict__ o,
+                                              float* __restrict__ lse, const ForwardMaps* maps) {
   constexpr int Dqk = F::Dqk, Dv = F::Dv, BlockM = F::BlockM, BlockN = F::BlockN;
   using QTile = typename F::QTile;
   using KTile = typename F::KTile;
   using VTile = typename F::VTile;
+  cta_trace_begin(d.trace);  // nothing unless a CtaTrace records
   FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
   E* Qs = reinterpret_cast<E*>(raw + (1024 - wg::smem_address(raw) % 1024) % 1024);
   E* Ks = Qs + QTile::kElems;             // Stages
@@ -70,23 +109,72 @@ __global__ void __launch_bounds__(F::Threads)
   const int64_t b = blockIdx.z, h = blockIdx.y, hk = h / d.group;
   const int64_t i0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BlockM;
   const int64_t q_row = d.Hq * Dqk, o_row = d.Hq * Dv;
-  const E* qb = q + b * d.Tq * q_row + h * Dqk;
-  const E* kb = k + b * d.kv_rows * d.k_row + hk * Dqk;
-  const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;
+  const E* qb = F::kTma ? nullptr : q + b * d.Tq * q_row + h * Dqk;  // TMA reads through maps instead
+  const E* kb = F::kTma ? nullptr : k + b * d.kv_rows * d.k_row + hk * Dqk;
+  const E* vb = F::kTma ? nullptr : v + b * d.kv_rows * d.v_row + hk * Dv;
   const float scale_log2 = scale * kLog2e;
 
   const int64_t key_limit = key_limit_of(d, m, b);
   const int64_t q_off = causal_offset(m, b);
   const int n_tiles = key_tiles_of<BlockM, BlockN>(d, m, b, i0, key_limit);
 
-  wg::load_rows_swizzled<Dqk, BlockM, F::Threads>(Qs, qb, q_row, i0, d.Tq);
-  tc::cp_async_commit();
+  // TMA: full[st] counts stage st's copies in; tile j is its (j / Stages)-th use (the phase's parity).
+  uint64_t* full = reinterpret_cast<uint64_t*>(Vs + F::Stages * VTile::kElems);
   auto load_tile = [&](int64_t j) {
     const int st = static_cast<int>(j % F::Stages);
-    wg::load_rows_swizzled<Dqk, BlockN, F::Threads>(Ks + st * KTile::kElems, kb, d.k_row, j * BlockN, d.Tk);
-    wg::load_rows_swizzled<Dv, BlockN, F::Threads>(Vs + st * VTile::kElems, vb, d.v_row, j * BlockN, d.Tk);
+    if constexpr (F::kTma) {  // by thread 0 alone: tile j's panels (tile 0 brings Q's too)
+      constexpr uint32_t kv_bytes = 2 * (KTile::kElems + VTile::kElems);
+      tma::mbarrier_arrive_expect_tx(&full[st], kv_bytes + (j == 0 ? 2 * QTile::kElems : 0));
+      const int hq = static_cast<int>(h), hkv = static_cast<int>(hk), bi = static_cast<int>(b);
+      if (j == 0) {
+#pragma unroll
+        for (int p = 0; p < Dqk / 64; ++p)
+          tma::tma_load_4d(Qs + p * QTile::kPanelElems, &maps->q, 64 * p, hq, static_cast<int>(i0), bi, &full[st]);
+      }
+      const int key0 = static_cast<int>(j * BlockN);
+#pragma unroll
+      for (int p = 0; p < Dqk / 64; ++p)
+        tma::tma_load_4d(Ks + st * KTile::kElems + p * KTile::kPanelElems, &maps->k, 64 * p, hkv, key0, bi, &full[st]);
+#pragma unroll
+      for (int p = 0; p < Dv / 64; ++p)
+        tma::tma_load_4d(Vs + st * VTile::kElems + p * VTile::kPanelElems, &maps->v, 64 * p, hkv, key0, bi, &full[st]);
+    } else {
+      wg::load_rows_swizzled<Dqk, BlockN, F::Threads>(Ks + st * KTile::kElems, kb, d.k_row, j * BlockN, d.Tk);
+      wg::load_rows_swizzled<Dv, BlockN, F::Threads>(Vs + st * VTile::kElems, vb, d.v_row, j * BlockN, d.Tk);
+    }
   };
-  stream_begin<true>(n_tiles, load_tile);
+  // Waits until tile j has landed (TMA; with cp.async, stream_begin and stream_advance wait).
+  auto wait_tile = [&](int64_t j) {
+    if constexpr (F::kTma) tma::mbarrier_wait(&full[j % F::Stages], static_cast<uint32_t>((j / F::Stages) & 1));
+  };
+  if constexpr (F::kTma) {
+    if (tid == 0) {
+#pragma unroll
+      for (int st = 0; st < F::Stages; ++st) tma::mbarrier_init(&full[st], 1);
+      tma::fence_mbarrier_init();
+    }
+    __syncthreads();
+    if (tid == 0) {
+      if (n_tiles > 0) load_tile(0);
+      if (n_tiles > 1) load_tile(1);
+    }
+    if (n_tiles > 0) wait_tile(0);
+  } else {
+    wg::load_rows_swizzled<Dqk, BlockM, F::Threads>(Qs, qb, q_row, i0, d.Tq);
+    tc::cp_async_commit();
+    stream_begin<true>(n_tiles, load_tile);
+  }
+  // After the block's last read of tile j's stage: tile j + 1 landed, and tile j + 2 queued into
+  // the stage tile j − 1 used (every warp is past its reads there once the barrier is passed).
+  auto advance = [&](int64_t j) {
+    if constexpr (F::kTma) {
+      if (j + 1 < n_tiles) wait_tile(j + 1);
+      __syncthreads();
+      if (tid == 0 && j + 2 < n_tiles) load_tile(j + 2);
+    } else {
+      stream_advance<true>(j, n_tiles, load_tile);
+    }
+  };
 
   float acc[Dv / 8][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
@@ -164,7 +252,7 @@ __global__ void __launch_bounds__(F::Threads)
     wg::hold(s);
     softmax(0);
     rescale_and_pack();
-    stream_advance<true>(0, n_tiles, load_tile);  // tile 1 landed; tile 2 into the third stage
+    advance(0);  // tile 1 landed; tile 2 into the third stage
     for (int tile = 1; tile < n_tiles; ++tile) {
       wg::fence();
       issue_scores(tile);
@@ -177,7 +265,7 @@ __global__ void __launch_bounds__(F::Threads)
       wg::hold(p);
       rescale_and_pack();
       // Every read of tile − 1's stage is done: tile + 1 landed, tile + 2 queued into that stage.
-      stream_advance<true>(tile, n_tiles, load_tile);
+      advance(tile);
     }
     wg::fence();
     issue_values(n_tiles - 1);
@@ -185,7 +273,7 @@ __global__ void __launch_bounds__(F::Threads)
     wg::hold(acc);
     wg::hold(p);
   }
-  tc::cp_async_wait<0>();
+  if constexpr (!F::kTma) tc::cp_async_wait<0>();
 
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -198,8 +286,30 @@ __global__ void __launch_bounds__(F::Threads)
     for (int n = 0; n < Dv / 8; ++n) store2(out + n * 8 + 2 * t, acc[n][2 * r] * inv, acc[n][2 * r + 1] * inv);
     if (t == 0) lse[(b * d.Hq + h) * d.Tq + i] = sum > 0.0f ? row_max[r] * scale + logf(sum) : -INFINITY;
   }
+  cta_trace_end(d.trace);
+}
+#endif
+
+template <typename E, typename F>
+__global__ void __launch_bounds__(F::Threads)
+    flash_forward_wgmma_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
+                               const E* __restrict__ v, E* __restrict__ o, float* __restrict__ lse) {
+#if FLASHGPT_HAS_WGMMA
+  forward_wgmma<E, F>(d, m, scale, q, k, v, o, lse, nullptr);
 #else
   (void)d, (void)m, (void)scale, (void)q, (void)k, (void)v, (void)o, (void)lse;
+  __trap();  // not built for sm_90a: the host side never launches it there
+#endif
+}
+
+template <typename E, typename F>
+__global__ void __launch_bounds__(F::Threads)
+    flash_forward_wgmma_tma_kernel(Dims d, Mask m, float scale, const __grid_constant__ ForwardMaps maps,
+                                   E* __restrict__ o, float* __restrict__ lse) {
+#if FLASHGPT_HAS_WGMMA
+  forward_wgmma<E, F>(d, m, scale, nullptr, nullptr, nullptr, o, lse, &maps);
+#else
+  (void)d, (void)m, (void)scale, (void)maps, (void)o, (void)lse;
   __trap();  // not built for sm_90a: the host side never launches it there
 #endif
 }

@@ -21,6 +21,7 @@ decltype(auto) with_forward_tiles(ForwardShape shape, F&& f) {
   }
   if constexpr (kHasWgmmaForward<Dqk, Dv>) {
     if (shape == ForwardShape::Wgmma) return f(std::type_identity<ForwardTilesWgmmaFor<Dqk, Dv>>{});
+    if (shape == ForwardShape::WgmmaTma) return f(std::type_identity<ForwardTilesWgmmaTmaFor<Dqk, Dv>>{});
   }
   if (shape == ForwardShape::Narrow) return f(std::type_identity<ForwardTilesFor<Dqk, Dv, false>>{});
   return f(std::type_identity<ForwardTilesFor<Dqk, Dv, true>>{});
@@ -49,10 +50,23 @@ bool Launchers<E, Dqk, Dv>::has_wgmma_forward() {
   return kHasWgmmaForward<Dqk, Dv>;
 }
 
-// The forward kernel of tiles F: the warpgroup one for Hopper's tiles, else the mma.sync one.
+// Whether tiles F load through Hopper's TMA.
+template <typename F>
+constexpr bool uses_tma() {
+  if constexpr (requires { F::kTma; }) {
+    return F::kTma;
+  } else {
+    return false;
+  }
+}
+
+// The forward kernel of tiles F: the warpgroup one for Hopper's tiles (TMA or not), else the
+// mma.sync one.
 template <typename E, typename F>
 constexpr auto forward_kernel() {
-  if constexpr (requires { F::kWarpgroup; }) {
+  if constexpr (uses_tma<F>()) {
+    return flash_forward_wgmma_tma_kernel<E, F>;
+  } else if constexpr (requires { F::kWarpgroup; }) {
     return flash_forward_wgmma_kernel<E, F>;
   } else {
     return flash_forward_tc_kernel<E, F>;
@@ -62,11 +76,19 @@ constexpr auto forward_kernel() {
 // One launch of the forward with tiles F: a block per BlockM queries of each (head, sequence).
 template <typename E, typename F>
 void launch_forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o, float* lse) {
-  const char* name = requires { F::kWarpgroup; } ? "Hopper flash forward" : "tensor-core flash forward";
+  const char* name = uses_tma<F>()                  ? "Hopper flash forward (TMA)"
+                     : requires { F::kWarpgroup; } ? "Hopper flash forward"
+                                                   : "tensor-core flash forward";
   allow_shared(forward_kernel<E, F>(), F::bytes, name);
   const dim3 grid(static_cast<unsigned>((d.Tq + F::BlockM - 1) / F::BlockM), static_cast<unsigned>(d.Hq),
                   static_cast<unsigned>(d.B));
-  launch_kernel(name, forward_kernel<E, F>(), grid, F::Threads, F::bytes, nullptr, d, m, scale, q, k, v, o, lse);
+  if constexpr (uses_tma<F>()) {
+    launch_kernel(name, forward_kernel<E, F>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid), m, scale,
+                  forward_maps<F>(d, q, k, v), o, lse);
+  } else {
+    launch_kernel(name, forward_kernel<E, F>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid), m, scale,
+                  q, k, v, o, lse);
+  }
 }
 
 template <typename E, int Dqk, int Dv>

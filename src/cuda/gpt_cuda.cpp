@@ -317,11 +317,20 @@ void Model<T>::block_forward(int l, LayerActs& a, const T* x, T* out) {
     attn_out = branch_;
   }
   add_norm_forward(a.res_mid, a.ln2, a.ln2_mean, a.ln2_rstd, x, attn_out, o.ln2_w, o.ln2_b, N, C);
-  matmul_forward(a.fc, a.ln2, W(o.fc_w), W(o.fc_b), N, C, c.fc_out());
-  if (c.mlp == MlpKind::Gelu) {
-    gelu_forward(a.act, a.fc, N * F);
-  } else {
-    swiglu_forward(a.act, a.fc, N, F);
+  bool fused = false;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (fused_gelu()) {  // a.fc and a.act from one product
+      matmul_gelu_forward(a.act, a.fc, a.ln2, W(o.fc_w), W(o.fc_b), N, C, F);
+      fused = true;
+    }
+  }
+  if (!fused) {
+    matmul_forward(a.fc, a.ln2, W(o.fc_w), W(o.fc_b), N, C, c.fc_out());
+    if (c.mlp == MlpKind::Gelu) {
+      gelu_forward(a.act, a.fc, N * F);
+    } else {
+      swiglu_forward(a.act, a.fc, N, F);
+    }
   }
   matmul_forward(a.mlp_proj, a.act, W(o.mlp_proj_w), W(o.mlp_proj_b), N, F, C);
   const T* mlp_out = a.mlp_proj;
@@ -351,11 +360,21 @@ void Model<T>::block_backward(int l, const LayerActs& a, const T* x) {
                   false);
     dmlp = dbranch_;
   }
-  matmul_backward(dact_, G(o.mlp_proj_w), G(o.mlp_proj_b), dmlp, a.act, W(o.mlp_proj_w), N, F, C, false);
-  if (c.mlp == MlpKind::Gelu) {
-    gelu_backward(dfc_, a.fc, dact_, N * F);
-  } else {
-    swiglu_backward(dfc_, a.fc, dact_, N, F);
+  bool fused = false;
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (fused_gelu()) {  // dfc_ straight from the product
+      matmul_backward_dgelu(dfc_, dact_, G(o.mlp_proj_w), G(o.mlp_proj_b), dmlp, a.act, a.fc, W(o.mlp_proj_w), N, F,
+                            C);
+      fused = true;
+    }
+  }
+  if (!fused) {
+    matmul_backward(dact_, G(o.mlp_proj_w), G(o.mlp_proj_b), dmlp, a.act, W(o.mlp_proj_w), N, F, C, false);
+    if (c.mlp == MlpKind::Gelu) {
+      gelu_backward(dfc_, a.fc, dact_, N * F);
+    } else {
+      swiglu_backward(dfc_, a.fc, dact_, N, F);
+    }
   }
   matmul_backward(dln_, G(o.fc_w), G(o.fc_b), dfc_, a.ln2, W(o.fc_w), N, C, c.fc_out(), false);
   norm_backward(dres_, dln_, a.res_mid, o.ln2_w, o.ln2_b, a.ln2_mean, a.ln2_rstd, N, C, true);
@@ -618,6 +637,10 @@ void GPTCuda::set_attention_backend(AttentionBackend backend) {
 }
 
 AttentionBackend GPTCuda::attention_backend() const { return impl_->attention_backend; }
+
+void GPTCuda::set_gelu_fusion(bool on) { impl_->gelu_fusion = on; }
+
+bool GPTCuda::gelu_fusion() const { return impl_->gelu_fusion; }
 
 void GPTCuda::set_classifier_rows(int64_t rows) {
   FLASHGPT_CHECK(rows >= 0, "classifier rows: {} must not be negative", rows);

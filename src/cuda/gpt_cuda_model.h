@@ -72,6 +72,7 @@ struct GPTCuda::Impl {
   bool deterministic = false;       // the step in flight: no atomics in its backward
   FlashTiles flash_tiles = FlashTiles::Auto;  // set_flash_tiles: the bf16 flash kernels' tiles in training
   AttentionBackend attention_backend = AttentionBackend::Ours;  // set_attention_backend: training's bf16 flash attention
+  bool gelu_fusion = true;  // set_gelu_fusion: GELU in the MLP's GEMM epilogues (bf16)
 };
 
 namespace gpt_detail {
@@ -208,6 +209,8 @@ class Model final : public GPTCuda::Impl {
   void norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean, const float* rstd,
                      int64_t N, int64_t C, bool accumulate) const;
   AttentionMask mask() const;
+  // GELU rides in the MLP's GEMM epilogues (gelu_fusion, bf16 GELU models).
+  bool fused_gelu() const { return std::is_same_v<T, bf16> && gelu_fusion && config.mlp == MlpKind::Gelu; }
   void attention_forward(const AttentionDims& d, float scale, LayerActs& a) const;
   void attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const;
   // Block l from its input x (a.ln1 already holds its norm) to its output out, ending with the

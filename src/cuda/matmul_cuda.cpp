@@ -22,6 +22,7 @@
 #include "flashgpt/core/half_precision.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/device_memory.h"
+#include "flashgpt/ops/activation.h"
 
 #if defined(FLASHGPT_SIMT)
 #include <cblas.h>
@@ -49,6 +50,22 @@ struct Strides {
   int64_t count = 1, a = 0, b = 0, c = 0;
 };
 
+// What the product does to each element of A·B before its one rounding into C (cuBLASLt's
+// epilogues), with v = alpha·(A·B)[i,j] + beta·C[i,j]:
+//   Bias:  C = v + bias[j]
+//   Gelu:  aux = v + bias[j] (if bias), C = GELU(aux): the pre-activation kept for the backward
+//   DGelu: C = v · GELU'(aux[i,j]): the gradient through GELU, aux being that pre-activation
+// GELU is the tanh approximation (as GPT-2, and as cuBLASLt's epilogue). aux is row-major with
+// leading dimension aux_ld, of C's type.
+enum class EpilogueKind { None, Bias, Gelu, DGelu };
+template <typename TC>
+struct Epilogue {
+  EpilogueKind kind = EpilogueKind::None;
+  const TC* bias = nullptr;
+  TC* aux = nullptr;
+  int64_t aux_ld = 0;
+};
+
 #if defined(FLASHGPT_SIMT)
 
 // --- the emulated build: the product on the host, in fp32 ---------------------------------------
@@ -58,11 +75,11 @@ float widen(bf16 x) { return bf16_bits_to_float(x.bits); }
 void narrow(float x, float& out) { out = x; }
 void narrow(float x, bf16& out) { out.bits = float_to_bf16_bits(x); }  // nearest even; NaN stays NaN
 
-// C = alpha·op(A)·op(B) + beta·C (+ bias[j] on every row, before the one rounding, as the
-// epilogue does), with C read only when beta ≠ 0.
+// C = alpha·op(A)·op(B) + beta·C with the epilogue applied before the one rounding, as cuBLASLt
+// does, and C read only when beta ≠ 0.
 template <typename T, typename TC>
 void gemm_host(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
-               int64_t ldb, float beta, TC* C, int64_t ldc, const TC* bias) {
+               int64_t ldb, float beta, TC* C, int64_t ldc, const Epilogue<TC>& epi) {
   std::vector<float> a(static_cast<size_t>(M * K)), b(static_cast<size_t>(K * N)), c(static_cast<size_t>(M * N), 0.0f);
   for (int64_t i = 0; i < M; ++i) {
     for (int64_t k = 0; k < K; ++k) a[static_cast<size_t>(i * K + k)] = widen(ta ? A[k * lda + i] : A[i * lda + k]);
@@ -80,10 +97,28 @@ void gemm_host(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
                 static_cast<int>(K), alpha, a.data(), static_cast<int>(std::max<int64_t>(K, 1)), b.data(),
                 static_cast<int>(N), beta, c.data(), static_cast<int>(N));
   }
-  for (int64_t i = 0; i < M; ++i) {
-    for (int64_t j = 0; j < N; ++j) {
-      narrow(c[static_cast<size_t>(i * N + j)] + (bias ? widen(bias[j]) : 0.0f), C[i * ldc + j]);
+  if (epi.bias != nullptr) {
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) c[static_cast<size_t>(i * N + j)] += widen(epi.bias[j]);
     }
+  }
+  if (epi.kind == EpilogueKind::Gelu) {
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) narrow(c[static_cast<size_t>(i * N + j)], epi.aux[i * epi.aux_ld + j]);
+    }
+    std::vector<float> act(c.size());
+    ops::gelu_forward<float>(act.data(), c.data(), static_cast<int64_t>(c.size()));
+    c.swap(act);
+  } else if (epi.kind == EpilogueKind::DGelu) {
+    std::vector<float> pre(c.size()), grad(c.size());
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) pre[static_cast<size_t>(i * N + j)] = widen(epi.aux[i * epi.aux_ld + j]);
+    }
+    ops::gelu_backward<float>(grad.data(), pre.data(), c.data(), static_cast<int64_t>(c.size()));
+    c.swap(grad);
+  }
+  for (int64_t i = 0; i < M; ++i) {
+    for (int64_t j = 0; j < N; ++j) narrow(c[static_cast<size_t>(i * N + j)], C[i * ldc + j]);
   }
 }
 
@@ -159,9 +194,6 @@ Lt& lt() {
 
 namespace {
 
-// C = alpha·op(A)·op(B) + beta·C, plus bias[N] added to every row when bias is given (cuBLASLt's
-// bias epilogue). Returns false, having done nothing, when cuBLASLt has no algorithm for the
-// product with that epilogue; the caller then adds the bias itself.
 // A product's span for KernelTimes, named by its shape (batched: "× count"); -1 unless it records.
 int begin_timing(bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t count) {
   if (!kernel_timing_active()) return -1;
@@ -171,10 +203,19 @@ int begin_timing(bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t coun
                              current_stream());
 }
 
+// C = alpha·op(A)·op(B) + beta·C through the epilogue `epi`. Returns false, having done nothing,
+// when cuBLASLt has no algorithm for the product with that epilogue (remembered per shape); the
+// caller then does the epilogue's work in passes of its own.
 template <typename T, typename TC>
 bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
-               int64_t ldb, float beta, TC* C, int64_t ldc, const TC* bias, const Strides& batch = {}) {
+               int64_t ldb, float beta, TC* C, int64_t ldc, const Epilogue<TC>& epi = {}, const Strides& batch = {}) {
   check_sizes("GPU gemm", M, N, K, lda, ldb, ldc, ta, tb);
+  if (epi.kind == EpilogueKind::Gelu || epi.kind == EpilogueKind::DGelu) {
+    if (epi.aux == nullptr || epi.aux_ld < std::max<int64_t>(1, N) || epi.aux_ld % 8 != 0 || batch.count != 1) {
+      raise("GPU gemm: a GELU epilogue needs an unbatched product and its pre-activation with a leading dimension of "
+            "at least N = " + std::to_string(N) + " and a multiple of 8 (got " + std::to_string(epi.aux_ld) + ")");
+    }
+  }
   if (M == 0 || N == 0 || batch.count == 0) return true;
 #if defined(FLASHGPT_SIMT)
   // Queued on the current stream as the library call would be (recorded while it captures).
@@ -182,7 +223,7 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   FLASHGPT_CUDA_CHECK(simt::submit(current_stream(), "gemm", [=] {
     for (int64_t i = 0; i < batch.count; ++i) {
       gemm_host<T, TC>(ta, tb, M, N, K, alpha, A + i * batch.a, lda, B + i * batch.b, ldb, beta, C + i * batch.c, ldc,
-                       bias);
+                       epi);
     }
   }));
   kernel_timing_end(timed, current_stream());
@@ -191,22 +232,38 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   Lt& l = lt();
   const uint32_t al_a = alignment(A, batch.a * sizeof(T)), al_b = alignment(B, batch.b * sizeof(T)),
                  al_c = alignment(C, batch.c * sizeof(TC));
-  const bool with_bias = bias != nullptr;
-  const auto key = std::make_tuple(static_cast<int>(ta) | static_cast<int>(with_bias) << 1, static_cast<int>(tb), M, N,
-                                   K, lda, ldb, ldc, static_cast<int>(data_type<T>()),
-                                   static_cast<int>(data_type<TC>()), al_a, al_b, al_c, batch.count, batch.a, batch.b,
-                                   batch.c);
+  const bool with_bias = epi.bias != nullptr, with_aux = epi.aux != nullptr;
+  // The aux matrix's leading dimension is part of the plan; its alignment is the 16 bytes that a
+  // multiple-of-8 leading dimension and a 16-byte-aligned pointer give.
+  const auto key = std::make_tuple(static_cast<int>(ta) | static_cast<int>(with_bias) << 1 |
+                                       static_cast<int>(epi.kind) << 2,
+                                   static_cast<int>(tb), M, N, K, lda, ldb, ldc, static_cast<int>(data_type<T>()),
+                                   static_cast<int>(data_type<TC>()), al_a, al_b, al_c, batch.count,
+                                   with_aux ? epi.aux_ld : batch.a, batch.b, batch.c);
   auto it = l.plans.find(key);
   if (it == l.plans.end()) {
     Plan p;
     FLASHGPT_LT_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    if (with_bias) {
-      const cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_BIAS;
+    if (epi.kind != EpilogueKind::None) {
+      const cublasLtEpilogue_t epilogue = epi.kind == EpilogueKind::Bias ? CUBLASLT_EPILOGUE_BIAS
+                                          : epi.kind == EpilogueKind::DGelu
+                                              ? CUBLASLT_EPILOGUE_DGELU
+                                              : (with_bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX);
       FLASHGPT_LT_CHECK(
           cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue));
+    }
+    if (with_bias) {
       const cudaDataType_t bias_type = data_type<TC>();
       FLASHGPT_LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                                        sizeof bias_type));
+    }
+    if (with_aux) {  // column-major, the aux matrix is [N rows, M columns] like Cᵀ
+      const int64_t aux_ld = epi.aux_ld;
+      const cudaDataType_t aux_type = data_type<TC>();
+      FLASHGPT_LT_CHECK(
+          cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld, sizeof aux_ld));
+      FLASHGPT_LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_DATA_TYPE, &aux_type,
+                                                       sizeof aux_type));
     }
     // The column-major product Cᵀ[N,M] = op(B)ᵀ · op(A)ᵀ (see the top of this file).
     const cublasOperation_t op_first = tb ? CUBLAS_OP_T : CUBLAS_OP_N, op_second = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -245,8 +302,8 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
     FLASHGPT_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(l.handle, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
     cublasLtMatmulPreferenceDestroy(pref);
     if (found == 0) {
-      if (with_bias) {
-        p.usable = false;  // remembered: this shape adds its bias separately
+      if (epi.kind != EpilogueKind::None) {
+        p.usable = false;  // remembered: this shape does its epilogue's work separately
       } else {
         raise("cuBLASLt: no algorithm for the product M=" + std::to_string(M) + " N=" + std::to_string(N) +
               " K=" + std::to_string(K));
@@ -258,7 +315,12 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   const Plan& p = it->second;
   if (!p.usable) return false;
   if (with_bias) {
-    FLASHGPT_LT_CHECK(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    FLASHGPT_LT_CHECK(
+        cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &epi.bias, sizeof epi.bias));
+  }
+  if (with_aux) {
+    FLASHGPT_LT_CHECK(
+        cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &epi.aux, sizeof epi.aux));
   }
   const int timed = begin_timing(ta, tb, M, N, K, batch.count);
   FLASHGPT_LT_CHECK(cublasLtMatmul(l.handle, p.op, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
@@ -273,7 +335,7 @@ bool gemm_impl(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
 template <typename T, typename TC>
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda, const T* B,
           int64_t ldb, float beta, TC* C, int64_t ldc) {
-  gemm_impl<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr);
+  gemm_impl<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 template <typename T, typename TC>
@@ -284,17 +346,33 @@ void gemm_batched(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha
     raise("GPU batched gemm: bad batch " + std::to_string(batch) + " or strides " + std::to_string(stride_a) + ", " +
           std::to_string(stride_b) + ", " + std::to_string(stride_c));
   }
-  gemm_impl<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, nullptr,
-                   Strides{batch, stride_a, stride_b, stride_c});
+  gemm_impl<T, TC>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, {}, Strides{batch, stride_a, stride_b, stride_c});
 }
 
 template <typename T>
 void matmul_forward(T* out, const T* inp, const T* w, const T* bias, int64_t N, int64_t C, int64_t OC) {
   // The bias rides in the product's epilogue where cuBLASLt offers one for the shape (one pass
   // over the output fewer); otherwise it is a pass of its own.
-  if (!gemm_impl<T, T>(false, true, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC, bias)) {
-    gemm_impl<T, T>(false, true, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC, nullptr);
+  const Epilogue<T> epi{bias ? EpilogueKind::Bias : EpilogueKind::None, bias};
+  if (!gemm_impl<T, T>(false, true, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC, epi)) {
+    gemm_impl<T, T>(false, true, N, OC, C, 1.0f, inp, C, w, C, 0.0f, out, OC);
     add_bias(out, bias, N, OC);
+  }
+}
+
+// The GELU epilogues' pre-activation: a leading dimension of whole 16-byte rows from a 16-byte
+// aligned start. Otherwise the separate passes.
+static bool gelu_epilogue_fits(const bf16* pre, int64_t ld) {
+  return ld % 8 == 0 && reinterpret_cast<uintptr_t>(pre) % 16 == 0;
+}
+
+void matmul_gelu_forward(bf16* act, bf16* pre, const bf16* inp, const bf16* w, const bf16* bias, int64_t N, int64_t C,
+                         int64_t OC) {
+  const Epilogue<bf16> epi{EpilogueKind::Gelu, bias, pre, OC};
+  if (!gelu_epilogue_fits(pre, OC) ||
+      !gemm_impl<bf16, bf16>(false, true, N, OC, C, 1.0f, inp, C, w, C, 0.0f, act, OC, epi)) {
+    matmul_forward(pre, inp, w, bias, N, C, OC);
+    gelu_forward(act, pre, N * OC);
   }
 }
 
@@ -304,6 +382,17 @@ void matmul_backward(T* dinp, float* dw, float* dbias, const T* dout, const T* i
   if (dinp != nullptr) gemm<T, T>(false, false, N, C, OC, 1.0f, dout, OC, w, C, accumulate_dinp ? 1.0f : 0.0f, dinp, C);
   gemm<T, float>(true, false, OC, C, N, 1.0f, dout, OC, inp, C, 1.0f, dw, C);
   if (dbias != nullptr) bias_backward(dbias, dout, N, OC);
+}
+
+void matmul_backward_dgelu(bf16* dpre, bf16* dact, float* dw, float* dbias, const bf16* dout, const bf16* act,
+                           const bf16* pre, const bf16* w, int64_t N, int64_t C, int64_t OC) {
+  const Epilogue<bf16> epi{EpilogueKind::DGelu, nullptr, const_cast<bf16*>(pre), C};  // aux is only read
+  if (!gelu_epilogue_fits(pre, C) ||
+      !gemm_impl<bf16, bf16>(false, false, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dpre, C, epi)) {
+    gemm<bf16, bf16>(false, false, N, C, OC, 1.0f, dout, OC, w, C, 0.0f, dact, C);
+    gelu_backward(dpre, pre, dact, N * C);
+  }
+  matmul_backward<bf16>(nullptr, dw, dbias, dout, act, w, N, C, OC, false);
 }
 
 double measure_gemm_flops(bool bf16_inputs, int n, int repeats) {

@@ -89,7 +89,8 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
                    cudaStream_t stream, Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "launch_kernel: wrong number of kernel arguments");
   if (stream == nullptr) stream = current_stream();
-  const int timed = kernel_timing_begin(name, stream);  // -1 unless a KernelTimes records
+  // -1 unless a KernelTimes records (asked first, so an untimed launch never measures the name).
+  const int timed = kernel_timing_active() ? kernel_timing_begin(name, stream) : -1;
 #if defined(FLASHGPT_SIMT)
   const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
   ::flashgpt::simt::check_kernel_pointers(name, params);
@@ -101,7 +102,7 @@ void launch_kernel(const char* name, void (*kernel)(Params...), dim3 grid, dim3 
   kernel<<<grid, block, shared, stream>>>(std::forward<Args>(args)...);
 #endif
   check(cudaGetLastError(), name, __FILE__, __LINE__);
-  kernel_timing_end(timed, stream);
+  if (timed >= 0) kernel_timing_end(timed, stream);
 }
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

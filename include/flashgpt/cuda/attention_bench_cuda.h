@@ -9,6 +9,7 @@
 #include "flashgpt/cuda/abi.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/attention_cudnn.h"
+#include "flashgpt/cuda/cta_trace.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -36,6 +37,10 @@ struct FlashBenchResult {
   int64_t extra_bytes = 0;
   // The flash kernels' theoretical occupancy (flash_tc_occupancy); 0 for the standard kernel and cuDNN.
   FlashOccupancy occupancy;
+  // What they achieved (cta_trace.h), from one more forward and backward after the timed ones:
+  // the forward kernel, and the backward's main kernel (dK and dV, and dQ's atomics unless
+  // deterministic). Nothing measured (ctas 0) for the standard kernel and cuDNN.
+  AchievedOccupancy achieved_forward, achieved_backward;
 };
 
 // Throws (naming the case) when the output disagrees with the fp32 kernel beyond the element

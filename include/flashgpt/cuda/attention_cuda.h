@@ -57,8 +57,11 @@ enum class TensorCoreType { bf16, fp16 };
 // 9.0, a build with sm_90a code; elsewhere it is Auto): the warpgroup MMA (wgmma) from
 // 128-byte-swizzled shared tiles. Its forward (head dims multiples of 64; else Auto's) has two
 // warpgroups of 64 query rows multiply whole 128-key tiles; its backward (64/64 and 128/128; else
-// Auto's) two warpgroups of 64 keys walk query tiles of 64 rows.
-enum class FlashTiles { Auto, Wide, Narrow, Tall, Short, Wgmma };
+// Auto's) two warpgroups of 64 keys walk query tiles of 64 rows. WgmmaTma is Wgmma with the
+// forward's Q, K and V tiles copied by Hopper's tensor memory accelerator (one thread issues a
+// copy per 64-column panel, every thread waits on the stage's mbarrier) instead of by every
+// thread's cp.async; its backward is Wgmma's.
+enum class FlashTiles { Auto, Wide, Narrow, Tall, Short, Wgmma, WgmmaTma };
 
 // Whether the tensor-core kernels have an instantiation for these head dims.
 bool flash_tc_supports(int64_t Dqk, int64_t Dv);

@@ -124,6 +124,14 @@ class GPTCuda {
   // Decoding always runs our kernels.
   void set_attention_backend(AttentionBackend backend);
   AttentionBackend attention_backend() const;
+  // The GELU MLP's activation inside its GEMMs in bf16 (matmul_cuda.h): forward, the first layer's
+  // product writes both the pre-activation and GELU of it; backward, the second layer's input
+  // gradient comes out already multiplied by GELU' (cuBLASLt's GELU and DGELU epilogues, where it
+  // has them for the shape). Two passes over the [tokens, 4·n_embd] activations fewer a layer. On
+  // by default; off, the separate GELU kernels (what `bench train --gelu-fusion off` compares).
+  // fp32 and SwiGLU models always run the separate kernels.
+  void set_gelu_fusion(bool on);
+  bool gelu_fusion() const;
 
   // Σ g² over every gradient (for global-norm clipping).
   double grad_sum_squares();

@@ -40,6 +40,21 @@ template <typename T>
 void matmul_backward(T* dinp, float* dw, float* dbias, const T* dout, const T* inp, const T* w, int64_t N, int64_t C,
                      int64_t OC, bool accumulate_dinp);
 
+// The MLP's first layer and its activation in one product where cuBLASLt has a GELU epilogue for
+// the shape: pre[N,OC] = inp · wᵀ + bias (kept for the backward) and act = GELU(pre), both rounded
+// once from fp32; else matmul_forward into pre and gelu_forward into act, the same values up to
+// the rounding of pre before GELU. bias may be null. bf16 only (the fp32 parity mode keeps its
+// separate, exactly specified GELU).
+void matmul_gelu_forward(bf16* act, bf16* pre, const bf16* inp, const bf16* w, const bf16* bias, int64_t N, int64_t C,
+                         int64_t OC);
+
+// matmul_backward for a layer whose input act[N,C] was GELU(pre), with the gradient carried on
+// through GELU: dpre = (dout · w) ∘ GELU'(pre) in one product (cuBLASLt's DGELU epilogue, where it
+// has one for the shape; else the product into dact, then gelu_backward), then dw and dbias as
+// matmul_backward. dact is scratch of N·C elements, written only on the fallback. bf16 only.
+void matmul_backward_dgelu(bf16* dpre, bf16* dact, float* dw, float* dbias, const bf16* dout, const bf16* act,
+                           const bf16* pre, const bf16* w, int64_t N, int64_t C, int64_t OC);
+
 // This device's measured GEMM rate in FLOP/s: the median of `repeats` n×n×n products in bf16
 // (fp32 accumulation) or fp32, after a warm-up. The denominator of model-FLOP utilisation.
 double measure_gemm_flops(bool bf16, int n = 4096, int repeats = 5);

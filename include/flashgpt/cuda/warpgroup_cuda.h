@@ -27,4 +27,13 @@ enum class WarpgroupA { Registers, KMajor, MNMajor };
 void warpgroup_mma_product(TensorCoreType type, int n, int k, WarpgroupA a_from, bool b_mn_major, const uint16_t* a,
                            const uint16_t* b, float* d);
 
+// One box of an attention tensor x ([B][T][row_stride] 16-bit elements, each row's heads [H][D])
+// through Hopper's TMA (cuda/tma.h) with the 128-byte swizzle: `rows` positions from t0 of head h
+// in sequence b, elements d0 … d0 + 63, into a 1024-byte-aligned shared tile that is copied back
+// to out (rows · 64 elements) in shared-memory order. Positions past T read as zeros. For the test
+// that holds the copy engine's layout to the tiles the wgmma kernels read (SwizzledTile); needs
+// warpgroup_mma_supported(); x and out device pointers, 16-byte aligned.
+void tma_load_attention_tile(const uint16_t* x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t row_stride,
+                             int64_t b, int64_t t0, int64_t h, int64_t d0, int rows, uint16_t* out);
+
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

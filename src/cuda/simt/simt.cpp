@@ -37,7 +37,7 @@ constexpr int kMaxThreads = 1024;
 constexpr size_t kSharedOptIn = 232448;  // 227 KiB, an H100's opt-in limit per block
 constexpr int kSmCount = 132;
 
-enum class State { Runnable, AtBlock, AtWarp, AtGroup, AtNamed, Done };
+enum class State { Runnable, AtBlock, AtWarp, AtGroup, AtNamed, AtMbarrier, Done };
 
 // AddressSanitizer must be told about every stack switch, or it takes the fibers' stacks for
 // corrupt ones. No-ops in other builds.
@@ -135,6 +135,7 @@ const char* state_name(State s) {
     case State::AtWarp: return "at a warp barrier";
     case State::AtGroup: return "at a warpgroup instruction";
     case State::AtNamed: return "at a named barrier";
+    case State::AtMbarrier: return "waiting on an mbarrier";
     case State::Done: return "exited";
   }
   return "?";
@@ -147,6 +148,7 @@ struct Fiber {
   State state = State::Runnable;
   unsigned mask = 0;  // the warp barrier's mask while at one
   int barrier = 0;    // the named barrier while at one
+  uint32_t mbarrier = 0;  // the shared address of the mbarrier it waits on, while it does
   uint64_t slot = 0;  // the value published for a shuffle
   bool vote = false;  // the predicate published for a ballot
   const void* published = nullptr;  // what a tensor-core collective shares with the warp
@@ -210,6 +212,16 @@ struct Launch {
   // Named barriers (bar.sync / bar.arrive with an id and a thread count): arrivals so far and the
   // count the current round waits for, per id.
   std::array<int, kNamedBarriers> named_arrived{}, named_expected{};
+  // mbarriers by shared address: arrivals a phase, those still missing, bytes announced and not yet
+  // landed (negative while copies land before their announcement), phases completed, and the
+  // tensor copies signalling it that have not landed (16-byte chunks: destination and bytes).
+  struct Mbarrier {
+    int count = 0, missing = 0;
+    int64_t tx = 0;
+    uint64_t phase = 0;
+    std::vector<std::pair<unsigned char*, std::array<unsigned char, 16>>> unlanded;
+  };
+  std::map<uint32_t, Mbarrier> mbarriers;
   ucontext_t scheduler{};
   std::exception_ptr error;
 };
@@ -273,6 +285,7 @@ std::string describe_states(const Launch& l) {
     out += "\n  thread " + std::to_string(f.linear) + ": " + state_name(f.state);
     if (f.state == State::AtWarp) out += " (mask " + std::to_string(f.mask) + ")";
     if (f.state == State::AtNamed) out += " (barrier " + std::to_string(f.barrier) + ")";
+    if (f.state == State::AtMbarrier) out += " (shared address " + std::to_string(f.mbarrier) + ")";
   }
   if (shown < l.fibers.size()) out += "\n  …";
   return out;
@@ -370,6 +383,7 @@ void run_block(Launch& l, std::vector<int>& order) {
   for (size_t i = 0; i < l.fibers.size(); ++i) prepare(l, l.fibers[i], g_stacks.get(i));
   l.named_arrived.fill(0);
   l.named_expected.fill(0);
+  l.mbarriers.clear();
   auto& rng = order_rng();
   const int n = static_cast<int>(l.fibers.size()), warps = (n + 31) / 32;
   std::vector<int> priority(static_cast<size_t>(warps));
@@ -409,6 +423,13 @@ void run_block(Launch& l, std::vector<int>& order) {
       if (f.state != State::Done && f.state != State::AtBlock) all_at_block = false;
     }
     if (all_done) {
+      for (const auto& [address, m] : l.mbarriers) {
+        if (!m.unlanded.empty()) {
+          fail("simt: kernel {} block ({}, {}, {}): tensor copies signalling the mbarrier at shared address {} "
+               "were never waited for",
+               l.name, l.block_idx.x, l.block_idx.y, l.block_idx.z, address);
+        }
+      }
       for (const Fiber& f : l.fibers) {
         if (!f.open_copies.empty() || !f.copy_groups.empty()) {
           fail("simt: kernel {} block ({}, {}, {}): thread {} exited with asynchronous copies never waited for",
@@ -542,14 +563,16 @@ float element_of(MmaType t, uint32_t reg, int half) {
   return __half2float(__half(raw));
 }
 
-void check_shared(const void* p, size_t bytes, const char* what) {
+void check_shared(const void* p, size_t bytes, const char* what, uintptr_t align = 16) {
   const Launch& l = launch();
   const auto* c = static_cast<const unsigned char*>(p);
   const auto* base = static_cast<const unsigned char*>(l.shared);
   if (c < base || c + bytes > base + l.shared_bytes) {
     kernel_fault(std::string(what) + ": address outside the block's dynamic shared memory");
   }
-  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) kernel_fault(std::string(what) + ": address not 16-byte aligned");
+  if (reinterpret_cast<uintptr_t>(p) % align != 0) {
+    kernel_fault(std::string(what) + ": address not " + std::to_string(align) + "-byte aligned");
+  }
 }
 
 }  // namespace
@@ -712,6 +735,163 @@ void apply(Fiber::Mma& op) {
 }
 
 }  // namespace
+
+namespace {
+
+// The emulator's CUtensorMap (128 bytes), what encode_tensor_map writes.
+struct TensorMap {
+  uint64_t magic;
+  const unsigned char* base;
+  int32_t rank, elem_bytes;
+  uint64_t dims[5];
+  uint64_t strides[5];  // bytes; strides[0] is the element size
+  uint32_t box[5];
+  uint32_t pad;
+};
+static_assert(sizeof(TensorMap) == 128, "a CUtensorMap is 128 bytes");
+constexpr uint64_t kTensorMapMagic = 0x746d61705f736d74ULL;
+
+Launch::Mbarrier& mbarrier_at(void* bar, const char* what) {
+  Launch& l = launch();
+  check_shared(bar, 8, what, 8);
+  const auto it = l.mbarriers.find(shared_address(bar));
+  if (it == l.mbarriers.end()) kernel_fault(std::string(what) + ": the mbarrier was never initialised");
+  return it->second;
+}
+
+// Completes the phase when its arrivals and bytes are all in, releasing the threads waiting on it.
+void complete_if_done(Launch& l, uint32_t address, Launch::Mbarrier& m) {
+  if (m.missing > 0 || m.tx != 0) return;
+  ++m.phase;
+  m.missing = m.count;
+  for (Fiber& f : l.fibers) {
+    if (f.state == State::AtMbarrier && f.mbarrier == address) f.state = State::Runnable;
+  }
+}
+
+bool has_waiters(const Launch& l, uint32_t address) {
+  for (const Fiber& f : l.fibers) {
+    if (f.state == State::AtMbarrier && f.mbarrier == address) return true;
+  }
+  return false;
+}
+
+void land(Launch& l, uint32_t address, Launch::Mbarrier& m) {
+  for (const auto& [dst, bytes] : m.unlanded) std::memcpy(dst, bytes.data(), bytes.size());
+  m.tx -= static_cast<int64_t>(16 * m.unlanded.size());
+  m.unlanded.clear();
+  complete_if_done(l, address, m);
+}
+
+}  // namespace
+
+void mbarrier_init(void* bar, int count) {
+  Launch& l = launch();
+  check_shared(bar, 8, "mbarrier.init", 8);
+  if (count < 1 || count > (1 << 20) - 1) kernel_fault("mbarrier.init: a count of " + std::to_string(count));
+  const uint32_t address = shared_address(bar);
+  if (l.mbarriers.count(address) != 0) kernel_fault("mbarrier.init: this barrier is already initialised");
+  Launch::Mbarrier m;
+  m.count = m.missing = count;
+  l.mbarriers.emplace(address, std::move(m));
+  std::memset(bar, 0, 8);  // the hardware's state word; nothing here reads it
+}
+
+void mbarrier_arrive(void* bar, uint32_t tx_bytes) {
+  Launch& l = launch();
+  Launch::Mbarrier& m = mbarrier_at(bar, "mbarrier.arrive");
+  if (tx_bytes >= (1u << 20)) kernel_fault("mbarrier.arrive.expect_tx: more than 2²⁰ − 1 bytes");
+  // Every arrival is in but bytes are out: on the hardware they land on their own, completing the
+  // phase, and this arrival opens the next; here they land now.
+  if (m.missing == 0) land(l, shared_address(bar), m);
+  if (m.missing == 0) kernel_fault("mbarrier.arrive: more arrivals than the barrier's count in one phase");
+  m.tx += tx_bytes;
+  --m.missing;
+  const uint32_t address = shared_address(bar);
+  if (has_waiters(l, address)) land(l, address, m);
+  complete_if_done(l, address, m);
+}
+
+void mbarrier_wait(void* bar, uint32_t parity) {
+  Launch& l = launch();
+  const uint32_t address = shared_address(bar);
+  for (;;) {
+    Launch::Mbarrier& m = mbarrier_at(bar, "mbarrier.try_wait");
+    land(l, address, m);  // a copy may land no later than this
+    if ((m.phase & 1) != (parity & 1)) return;  // the phase of that parity is over
+    l.current->mbarrier = address;
+    yield(State::AtMbarrier);
+  }
+}
+
+void bulk_tensor_load(void* dst, const void* map, int rank, const int* coords, void* bar) {
+  Launch& l = launch();
+  const auto& t = *static_cast<const TensorMap*>(map);
+  if (t.magic != kTensorMapMagic) kernel_fault("cp.async.bulk.tensor: the tensor map was not encoded");
+  if (t.rank != rank) {
+    kernel_fault("cp.async.bulk.tensor: a " + std::to_string(rank) + "-d copy through a rank-" +
+                 std::to_string(t.rank) + " tensor map");
+  }
+  const uint64_t row_bytes = t.box[0] * static_cast<uint64_t>(t.elem_bytes);
+  if (row_bytes > 128 || row_bytes % 16 != 0) kernel_fault("cp.async.bulk.tensor: a 128-byte-swizzled box row of 16 to 128 bytes");
+  uint64_t rows = 1;
+  for (int i = 1; i < rank; ++i) rows *= t.box[i];
+  const uint64_t bytes = rows * row_bytes;
+  check_shared(dst, bytes, "cp.async.bulk.tensor destination");
+  const uint32_t dst_address = shared_address(dst);
+  if (dst_address % 128 != 0) kernel_fault("cp.async.bulk.tensor: the destination is not 128-byte aligned");
+  Launch::Mbarrier& m = mbarrier_at(bar, "cp.async.bulk.tensor");
+  std::vector<unsigned char> box(bytes, 0);
+  // Box row r (the outer dimensions' indices, dimension 1 fastest) from the tensor; outside it, zeros.
+  for (uint64_t r = 0; r < rows; ++r) {
+    uint64_t rest = r;
+    bool inside = true;
+    int64_t offset = 0;
+    for (int i = 1; i < rank; ++i) {
+      const int64_t c = coords[i] + static_cast<int64_t>(rest % t.box[i]);
+      rest /= t.box[i];
+      if (c < 0 || c >= static_cast<int64_t>(t.dims[i])) inside = false;
+      offset += c * static_cast<int64_t>(t.strides[i]);
+    }
+    for (uint32_t e = 0; e < t.box[0] && inside; ++e) {
+      const int64_t c = coords[0] + static_cast<int64_t>(e);
+      if (c < 0 || c >= static_cast<int64_t>(t.dims[0])) continue;
+      std::memcpy(&box[r * row_bytes + e * static_cast<uint64_t>(t.elem_bytes)],
+                  t.base + offset + c * t.elem_bytes, static_cast<size_t>(t.elem_bytes));
+    }
+  }
+  // Each 16-byte chunk goes to its address with bits 4–6 XORed by bits 7–9 (the 128-byte swizzle).
+  auto* out = static_cast<unsigned char*>(dst);
+  std::vector<std::pair<unsigned char*, std::array<unsigned char, 16>>> chunks;
+  for (uint64_t c = 0; c < bytes / 16; ++c) {
+    const uint32_t linear = dst_address + static_cast<uint32_t>(16 * c);
+    const uint32_t swizzled = linear ^ (((linear >> 7) & 7) << 4);
+    std::array<unsigned char, 16> piece;
+    std::memcpy(piece.data(), &box[16 * c], 16);
+    chunks.emplace_back(out + (swizzled - dst_address), piece);
+  }
+  m.unlanded.insert(m.unlanded.end(), chunks.begin(), chunks.end());
+  // At once, or at the next wait (at once where a thread already waits: nothing else would land it).
+  const uint32_t address = shared_address(bar);
+  if (order_rng()() % 2 == 0 || has_waiters(l, address)) land(l, address, m);
+}
+
+void encode_tensor_map(void* map, const void* base, int rank, int elem_bytes, const uint64_t* dims,
+                       const uint64_t* strides_bytes, const uint32_t* box) {
+  if (rank < 1 || rank > 5) fail("simt: tensor map of rank {}", rank);
+  TensorMap t{};
+  t.magic = kTensorMapMagic;
+  t.base = static_cast<const unsigned char*>(base);
+  t.rank = rank;
+  t.elem_bytes = elem_bytes;
+  t.strides[0] = static_cast<uint64_t>(elem_bytes);
+  for (int i = 0; i < rank; ++i) {
+    t.dims[i] = dims[i];
+    t.box[i] = box[i];
+    if (i >= 1) t.strides[i] = strides_bytes[i - 1];
+  }
+  std::memcpy(map, &t, sizeof t);
+}
 
 uint32_t shared_address(const void* p) {
   const Launch& l = launch();

@@ -22,6 +22,8 @@
 //     cudaMalloc'd buffer start as 0xFF bytes (NaN in float, bf16 and half).
 //   - host code that touches device memory (a fault on the hardware): outside kernels, copies and
 //     the emulated library calls every cudaMalloc'd buffer is unreadable, and the fault names it.
+//   - Hopper's mbarriers and tensor copies (TMA): a barrier used uninitialised, more arrivals than
+//     its count, a copy read before its barrier's wait, a wait that never completes.
 // Out-of-bounds accesses are caught when the tests run under AddressSanitizer (and past a page
 // boundary by guard pages in any build).
 //
@@ -117,6 +119,34 @@ void warpgroup_mma(MmaType type, int n, float* d, const uint32_t* a, uint64_t a_
                    bool trans_b, bool accumulate);
 void warpgroup_commit();
 void warpgroup_wait(int pending);
+// Hopper's shared-memory barriers and tensor copies (cuda/tma.h), as the PTX ISA describes them:
+//   mbarrier_init(bar, count)   a barrier in 8 bytes of shared memory expecting `count` arrivals a
+//                               phase (each phase also waits for the bytes announced to it);
+//   mbarrier_arrive(bar, tx)    one arrival, first announcing tx more bytes (expect_tx; 0 for none);
+//   mbarrier_wait(bar, parity)  returns once the phase of that parity has completed: phases count
+//                               from 0 and the wait on parity p returns while the barrier's current
+//                               phase has the other parity;
+//   bulk_tensor_load(dst, map, rank, coords, bar)  one box of the tensor `map` describes
+//                               (encode_tensor_map), from coords (innermost first, zeros outside the
+//                               tensor), into shared memory at dst in the 128-byte swizzle (each
+//                               16-byte chunk's address bits 4–6 XOR bits 7–9), its bytes completing
+//                               on bar. The box is read at issue; it lands at random either at once
+//                               or only when a thread waits on the barrier, so a read of dst before
+//                               the wait gets the old contents.
+// A phase completes when its arrivals are in and every announced byte has landed; its waiting
+// threads then go on. Faults: a barrier not initialised (or initialised twice), more arrivals than
+// its count, a destination not 128-byte aligned, a map not encoded, a box wider than 128 bytes,
+// copies never waited for when the block ends; a wait that cannot complete is a deadlock.
+void mbarrier_init(void* bar, int count);
+void mbarrier_arrive(void* bar, uint32_t tx_bytes);
+void mbarrier_wait(void* bar, uint32_t parity);
+void bulk_tensor_load(void* dst, const void* map, int rank, const int* coords, void* bar);
+// What cuTensorMapEncodeTiled writes into a CUtensorMap (128 bytes at map), in the emulator's own
+// form: `rank` dimensions of elem_bytes-byte elements, dims innermost first, strides_bytes of
+// dimensions 1…rank − 1, box extents; 128-byte swizzle, zeros outside the tensor.
+void encode_tensor_map(void* map, const void* base, int rank, int elem_bytes, const uint64_t* dims,
+                       const uint64_t* strides_bytes, const uint32_t* box);
+
 // The calling thread's address of p in the block's shared-memory window (what cvta.to.shared
 // gives on the hardware). The emulated dynamic shared memory starts at a random multiple of 128
 // bytes in the window, as the hardware promises no more, so a kernel that needs a tile 1024-byte

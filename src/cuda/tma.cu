@@ -1,0 +1,120 @@
+// Hopper's TMA (cuda/tma.h): the host's tensor-map encoder, and one box loaded through it for the
+// test that holds the hardware (or the emulator) to the 128-byte-swizzled tile layout the wgmma
+// kernels read (flashgpt/cuda/warpgroup_cuda.h, tma_load_attention_tile).
+#include <string>
+
+#include "cuda/tma.h"
+#include "flashgpt/cuda/device_memory.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+namespace tma {
+
+void encode_tensor_map_16bit(CUtensorMap* map, const void* base, int rank, const uint64_t* dims,
+                             const uint64_t* strides_bytes, const uint32_t* box) {
+  const std::string what = "TMA tensor map: ";
+  FLASHGPT_CUDA_REQUIRE(rank >= 1 && rank <= 5, what + "rank " + std::to_string(rank) + " is not 1…5");
+  FLASHGPT_CUDA_REQUIRE(reinterpret_cast<uintptr_t>(base) % 16 == 0, what + "the tensor must start 16-byte aligned");
+  FLASHGPT_CUDA_REQUIRE(box[0] * 2 <= 128 && box[0] * 2 % 16 == 0,
+                        what + "the box's rows must be 16 to 128 bytes in steps of 16 (128-byte swizzle), not " +
+                            std::to_string(box[0] * 2));
+  for (int i = 0; i < rank; ++i) {
+    FLASHGPT_CUDA_REQUIRE(dims[i] >= 1 && dims[i] <= (uint64_t{1} << 32),
+                          what + "dimension " + std::to_string(i) + " has " + std::to_string(dims[i]) + " elements");
+    FLASHGPT_CUDA_REQUIRE(box[i] >= 1 && box[i] <= 256,
+                          what + "box dimension " + std::to_string(i) + " is " + std::to_string(box[i]) + " (1…256)");
+    if (i >= 1) {
+      FLASHGPT_CUDA_REQUIRE(strides_bytes[i - 1] % 16 == 0 && strides_bytes[i - 1] < (uint64_t{1} << 40),
+                            what + "the stride of dimension " + std::to_string(i) + " (" +
+                                std::to_string(strides_bytes[i - 1]) + " bytes) is not a multiple of 16 below 2⁴⁰");
+    }
+  }
+#if defined(FLASHGPT_SIMT)
+  simt::encode_tensor_map(map, base, rank, 2, dims, strides_bytes, box);
+#else
+  using Encode = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                              const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                              CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+  // The driver's encoder, found through the runtime so that nothing links against the driver.
+  static const Encode encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+    FLASHGPT_CUDA_CHECK(
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found));
+    FLASHGPT_CUDA_REQUIRE(found == cudaDriverEntryPointSuccess && fn != nullptr,
+                          "TMA tensor map: the driver has no cuTensorMapEncodeTiled (a driver for CUDA 12 or newer)");
+    return reinterpret_cast<Encode>(fn);
+  }();
+  cuuint64_t d[5], s[4];
+  cuuint32_t b[5], unit[5] = {1, 1, 1, 1, 1};
+  for (int i = 0; i < rank; ++i) {
+    d[i] = dims[i];
+    b[i] = box[i];
+    if (i >= 1) s[i - 1] = strides_bytes[i - 1];
+  }
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_UINT16, static_cast<cuuint32_t>(rank), const_cast<void*>(base),
+                            d, s, b, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  FLASHGPT_CUDA_REQUIRE(r == CUDA_SUCCESS, what + "the driver refused it (CUresult " + std::to_string(r) + ")");
+#endif
+}
+
+}  // namespace tma
+
+namespace {
+
+constexpr int kTileAlign = 1024;
+
+// One box {64 elements, 1 head, rows, 1 sequence} into a 1024-byte-aligned shared tile, then the
+// tile back out byte for byte, in shared-memory order. The barrier sits after the tile.
+__global__ void __launch_bounds__(128) tma_tile_kernel(const __grid_constant__ CUtensorMap map, int c0, int c1, int c2,
+                                                       int c3, int rows, uint16_t* __restrict__ out) {
+#if FLASHGPT_HAS_TMA
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
+  uint16_t* tile = reinterpret_cast<uint16_t*>(raw + (kTileAlign - wg::smem_address(raw) % kTileAlign) % kTileAlign);
+  uint64_t* bar = reinterpret_cast<uint64_t*>(tile + rows * 64);
+  const int tid = static_cast<int>(threadIdx.x);
+  if (tid == 0) {
+    tma::mbarrier_init(bar, 1);
+    tma::fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (tid == 0) {
+    tma::mbarrier_arrive_expect_tx(bar, static_cast<uint32_t>(rows * 128));
+    tma::tma_load_4d(tile, &map, c0, c1, c2, c3, bar);
+  }
+  tma::mbarrier_wait(bar, 0);
+  for (int i = tid; i < rows * 64; i += 128) out[i] = tile[i];
+#else
+  (void)map, (void)c0, (void)c1, (void)c2, (void)c3, (void)rows, (void)out;
+  __trap();  // not built for sm_90: the host side never launches it there
+#endif
+}
+
+}  // namespace
+
+void tma_load_attention_tile(const uint16_t* x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t row_stride,
+                             int64_t b, int64_t t0, int64_t h, int64_t d0, int rows, uint16_t* out) {
+  const std::string what = "TMA attention tile: ";
+  FLASHGPT_CUDA_REQUIRE(rows >= 8 && rows <= 256 && rows % 8 == 0,
+                        what + "rows must be a multiple of 8 in 8…256, not " + std::to_string(rows));
+  FLASHGPT_CUDA_REQUIRE(D % 8 == 0 && row_stride >= H * D && row_stride % 8 == 0,
+                        what + "rows of whole 16-byte chunks (D " + std::to_string(D) + ", row stride " +
+                            std::to_string(row_stride) + ")");
+  FLASHGPT_CUDA_REQUIRE(warpgroup_mma_supported(), what + "needs a compute capability 9.0 GPU and sm_90a code");
+  // The layout [B][T][row_stride] with each row's heads [H][D]: innermost first, d, h, t, b.
+  const uint64_t dims[4] = {static_cast<uint64_t>(D), static_cast<uint64_t>(H), static_cast<uint64_t>(T),
+                            static_cast<uint64_t>(B)};
+  const uint64_t strides[3] = {static_cast<uint64_t>(D) * 2, static_cast<uint64_t>(row_stride) * 2,
+                               static_cast<uint64_t>(T * row_stride) * 2};
+  const uint32_t box[4] = {64, 1, static_cast<uint32_t>(rows), 1};
+  CUtensorMap map;
+  tma::encode_tensor_map_16bit(&map, x, 4, dims, strides, box);
+  const size_t bytes = static_cast<size_t>(rows) * 128 + 8 + kTileAlign;
+  allow_shared(tma_tile_kernel, bytes, "TMA attention tile");
+  launch_kernel("TMA attention tile", tma_tile_kernel, 1, 128, bytes, nullptr, map, static_cast<int>(d0),
+                static_cast<int>(h), static_cast<int>(t0), static_cast<int>(b), rows, out);
+}
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
