@@ -817,8 +817,11 @@ void mbarrier_wait(void* bar, uint32_t parity) {
   const uint32_t address = shared_address(bar);
   for (;;) {
     Launch::Mbarrier& m = mbarrier_at(bar, "mbarrier.try_wait");
-    land(l, address, m);  // a copy may land no later than this
-    if ((m.phase & 1) != (parity & 1)) return;  // the phase of that parity is over
+    // The phase of that parity is over: nothing newer need have landed (a wait on the wrong
+    // parity returns at once and sees the old contents).
+    if ((m.phase & 1) != (parity & 1)) return;
+    land(l, address, m);  // the pending phase's copies land no later than a wait on it
+    if ((m.phase & 1) != (parity & 1)) return;
     l.current->mbarrier = address;
     yield(State::AtMbarrier);
   }
