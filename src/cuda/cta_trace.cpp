@@ -7,6 +7,7 @@
 
 #include "cuda/cta_trace.h"
 #include "cuda/cuda_check.h"
+#include "cuda/stream_capture.h"
 #include "flashgpt/cuda/device_memory.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -30,17 +31,6 @@ struct CtaTrace::Impl {
 
 namespace {
 thread_local CtaTrace::Impl* g_tracing = nullptr;
-
-bool capturing(cudaStream_t stream) {
-#if defined(FLASHGPT_SIMT)
-  (void)stream;
-  return simt::any_capture_open();
-#else
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  FLASHGPT_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-  return status != cudaStreamCaptureStatusNone;
-#endif
-}
 }  // namespace
 
 CtaTrace::CtaTrace(int64_t capacity) : impl_(std::make_unique<Impl>()) {
@@ -77,7 +67,7 @@ CtaSpan* cta_trace_slots(const char* kernel, int64_t ctas, cudaStream_t stream) 
   CtaTrace::Impl* t = g_tracing;
   if (t == nullptr) return nullptr;
   if (stream == nullptr) stream = current_stream();
-  if (capturing(stream)) return nullptr;
+  if (stream_capturing(stream)) return nullptr;
   if (ctas > t->capacity - t->used) {
     ++t->skipped;
     return nullptr;

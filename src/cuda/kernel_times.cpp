@@ -8,6 +8,7 @@
 
 #include "cuda/cuda_check.h"
 #include "cuda/kernel_timing.h"
+#include "cuda/stream_capture.h"
 #include "flashgpt/cuda/device_memory.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -56,17 +57,6 @@ struct KernelTimes::Impl {
 
 namespace {
 thread_local KernelTimes::Impl* g_recording = nullptr;
-
-bool capturing(cudaStream_t stream) {
-#if defined(FLASHGPT_SIMT)
-  (void)stream;
-  return simt::any_capture_open();
-#else
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  FLASHGPT_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-  return status != cudaStreamCaptureStatusNone;
-#endif
-}
 }  // namespace
 
 KernelTimes::KernelTimes() : impl_(std::make_unique<Impl>()) {}
@@ -102,7 +92,7 @@ bool kernel_timing_active() { return g_recording != nullptr; }
 
 int kernel_timing_begin(std::string_view name, cudaStream_t stream) {
   KernelTimes::Impl* r = g_recording;
-  if (!r || capturing(stream)) return -1;
+  if (!r || stream_capturing(stream)) return -1;
   r->spans.push_back({std::string(name), r->mark(stream), -1});
   return static_cast<int>(r->spans.size()) - 1;
 }

@@ -1,5 +1,6 @@
 // Streams and graphs (stream.h), compiled for the GPU and for the emulator alike.
 #include "cuda/stream.h"
+#include "cuda/stream_capture.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -8,6 +9,17 @@ thread_local cudaStream_t g_current = nullptr;
 }  // namespace
 
 cudaStream_t current_stream() { return g_current; }
+
+bool stream_capturing(cudaStream_t stream) {
+#if defined(FLASHGPT_SIMT)
+  (void)stream;
+  return simt::any_capture_open();
+#else
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  FLASHGPT_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+#endif
+}
 
 StreamScope::StreamScope(cudaStream_t stream) : saved_(g_current) { g_current = stream; }
 StreamScope::~StreamScope() { g_current = saved_; }
