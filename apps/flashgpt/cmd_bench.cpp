@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <string>
 #include <memory>
+#include <string>
 
 #include "commands.h"
 
