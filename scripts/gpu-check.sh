@@ -13,11 +13,11 @@
 #   decode ≈ 2.5 min; attention + standard + latent-decode + flash-decode ≈ 8 min; sanitizer with
 #   the default filters not yet timed (memcheck of the six programs ≈ 35 s without the two slow
 #   tensor-core attention accuracy tests); ops not yet timed (expected under a minute; ≈ 6 GB of
-#   GPU memory); tiles (tall forward, short backward, the wgmma kernels with cp.async and with TMA
-#   loads, and cuDNN's attention beside the automatic tiles, 128 cases, split out of attention) and
-#   kernels (eight ncu runs) not yet timed: expected ≈ 6 and ≈ 2 min; train now also runs d12
-#   with the TMA forward, with cuDNN's attention and with GELU unfused, and prints each run's
-#   per-kernel breakdown (≈ 3.5 min).
+#   GPU memory); tiles (tall forward, short backward, the wgmma kernels with cp.async loads, TMA
+#   loads and warp-specialized, and cuDNN's attention beside the automatic tiles, 152 cases, split
+#   out of attention) and kernels (eight ncu runs) not yet timed: expected ≈ 7 and ≈ 2 min; train
+#   now also runs d12 with the TMA and the warp-specialized forwards, with cuDNN's attention and
+#   with GELU unfused, and prints each run's per-kernel breakdown (≈ 4 min).
 #   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
 #                                         memcheck; racecheck: see GPU_CHECK_RACECHECK_FILTER)
 #   GPU_CHECK_RACECHECK_FILTER='*Graph*'  gtest filter for racecheck (default: small-shape tests for the
@@ -216,14 +216,15 @@ if [ -n "$bin" ]; then
   # tall: the forward's 32 query rows a warp (the backward as auto); short: the backward's 32-query
   # tiles, three blocks an SM (the forward as auto); wgmma: both on Hopper's warpgroup MMA
   # (elsewhere auto), also at head dim 128; wgmma-tma: the same with the forward's tiles copied by
-  # the TMA. The evidence for making any of them the default. cudnn:
+  # the TMA; wgmma-ws: that forward warp-specialized (a producer warpgroup, two computing ones in
+  # turns). The evidence for making any of them the default. cudnn:
   # cuDNN's fused attention on the same tensors (where cuDNN loads), the yardstick beyond FA2.
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768,2048 --head-dim 64 \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short,wgmma,wgmma-tma --backend ours,cudnn --repeats 10 --json \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short,wgmma,wgmma-tma,wgmma-ws --backend ours,cudnn --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 2048 --head-dim 128 \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma,wgmma-tma --backend ours,cudnn --repeats 10 --json \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma,wgmma-tma,wgmma-ws --backend ours,cudnn --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
   jsonl_table "$out/gpu-check-$stamp-tiles.jsonl" "tiles={'cuDNN' if r.get('backend') == 'cudnn' else r['tiles']}" "B={r['batch']}" "H={r['heads']}" \
@@ -408,7 +409,7 @@ if [ -n "$bin" ]; then
   # Then d12 with Hopper's wgmma flash kernels (skipped where the GPU or build has none), and d12
   # with cuDNN's fused attention in place of ours: what our attention costs the step; last, d12
   # with GELU in its own kernels rather than in the MLP's GEMM epilogues (the default).
-  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det d12:bf16::wgmma d12:bf16::wgmma-tma d12:bf16:::cudnn \
+  for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det d12:bf16::wgmma d12:bf16::wgmma-tma d12:bf16::wgmma-ws d12:bf16:::cudnn \
              d12:bf16::::off; do
     IFS=: read -r preset precision det tiles backend gelu <<< "$run"
     tag="${run//:/_}"

@@ -232,6 +232,7 @@ std::string name(const TcVariant& v) {
                      : v.tiles == cuda::FlashTiles::Short ? "short tiles"
                      : v.tiles == cuda::FlashTiles::Wgmma ? "wgmma tiles"
                      : v.tiles == cuda::FlashTiles::WgmmaTma ? "wgmma tiles loaded by TMA"
+                     : v.tiles == cuda::FlashTiles::WgmmaWs ? "wgmma tiles warp-specialized"
                                                           : "narrow tiles");
 }
 
@@ -245,7 +246,9 @@ const std::vector<TcVariant>& tc_variants() {
                                            {cuda::TensorCoreType::bf16, cuda::FlashTiles::Wgmma},
                                            {cuda::TensorCoreType::fp16, cuda::FlashTiles::Wgmma},
                                            {cuda::TensorCoreType::bf16, cuda::FlashTiles::WgmmaTma},
-                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::WgmmaTma}};
+                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::WgmmaTma},
+                                           {cuda::TensorCoreType::bf16, cuda::FlashTiles::WgmmaWs},
+                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::WgmmaWs}};
   return v;
 }
 
@@ -370,7 +373,8 @@ TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
     for (const Case& c : tc_cases()) {
       // Wgmma's backward exists for 64/64 and 128/128; elsewhere it is Auto's, as the wide variant.
       if (var.tiles == cuda::FlashTiles::Wgmma && !(c.Dqk == c.Dv && (c.Dqk == 64 || c.Dqk == 128))) continue;
-      if (var.tiles == cuda::FlashTiles::WgmmaTma) continue;  // its backward is Wgmma's, tested above
+      // Their backward is Wgmma's, tested above.
+      if (var.tiles == cuda::FlashTiles::WgmmaTma || var.tiles == cuda::FlashTiles::WgmmaWs) continue;
       SCOPED_TRACE(name(var) + " " + name(c));
       AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
       const auto q = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk));

@@ -3,8 +3,9 @@
 // semantics, and the faults it must report — a missing barrier, a deadlock, a warp mask naming an
 // exited lane, a bad launch, a misaligned tensor-core load — and the Ampere instructions
 // (mma.m16n8k16, ldmatrix, cp.async) against the PTX ISA's fragment layouts, and the misuse of
-// Hopper's warpgroup MMA it must expose (its products are tested by test_cuda_warpgroup), and
-// Hopper's mbarriers and tensor copies (TMA). Built only with the emulator.
+// Hopper's warpgroup MMA it must expose (its products are tested by test_cuda_warpgroup),
+// Hopper's mbarriers and tensor copies (TMA), and its register reallocation (setmaxnreg). Built
+// only with the emulator.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -278,6 +279,7 @@ __global__ void named_misuse_kernel(int* out, int which) {
   if (which == 0) cuda::named_barrier_sync(0, 64);                // id 0 is __syncthreads'
   if (which == 1) cuda::named_barrier_sync(1, t < 32 ? 64 : 32);  // two counts for one barrier
   if (which == 2 && t < 32) cuda::named_barrier_sync(2, 64);      // the other warp never comes
+  if (which == 3 && t < 32) cuda::named_barrier_arrive(3, 64);   // a round left open at the end
   out[t] = t;
 }
 
@@ -310,6 +312,8 @@ TEST(Simt, NamedBarriersOrderProducersAndConsumers) {
   const std::string stuck = misuse(2);
   EXPECT_NE(stuck.find("deadlocks"), std::string::npos) << stuck;
   EXPECT_NE(stuck.find("at a named barrier (barrier 2)"), std::string::npos) << stuck;
+  EXPECT_NE(misuse(3).find("named barrier 3 was left with 32 of its round's 64 arrivals"), std::string::npos)
+      << misuse(3);
 }
 
 // Hopper's TMA and mbarriers (cuda/tma.h): a box of a [40][64] tensor (as a 4-d map {64, 1, 40, 1})
@@ -417,6 +421,58 @@ TEST(Simt, TensorCopiesLandSwizzledAndOnlyWaitsOrderThem) {
   EXPECT_NE(error_of([&] { cuda::tma::encode_tensor_map_16bit(&map, x.get(), 4, dims, odd, box); })
                 .find("multiple of 16"),
             std::string::npos);
+}
+
+// Register reallocation (setmaxnreg) in a block of three warpgroups, each thread starting at 168.
+// which 0: a warp-specialized block's (warpgroup 2 lowers to 40 and gives the others enough to
+// raise to 232: 64512 of 65536); then the misuses — 1: raises no lowering pays for; 2: a "raise"
+// to fewer; 3: two counts in one warpgroup; 4: a count out of range.
+__global__ void registers_kernel(int which, int* out) {
+  const int group = static_cast<int>(threadIdx.x) / 128;
+  if (which == 0) {
+    if (group == 2) {
+      cuda::wg::lower_registers<40>();
+    } else {
+      cuda::wg::raise_registers<232>();
+    }
+  } else if (which == 1) {
+    if (group < 2) cuda::wg::raise_registers<232>();
+  } else if (which == 2) {
+    cuda::wg::raise_registers<160>();
+  } else if (which == 3) {
+    if (threadIdx.x % 128 < 64) {
+      cuda::wg::raise_registers<176>();
+    } else {
+      cuda::wg::raise_registers<184>();
+    }
+  } else {
+    simt::warpgroup_set_max_registers(100, true);
+  }
+  out[blockIdx.x * blockDim.x + threadIdx.x] = 1;
+}
+
+TEST(Simt, RegisterRaisesWaitForTheBlocksLowerings) {
+  constexpr int blocks = 8, threads = 384;
+  cuda::DeviceBuffer out(static_cast<size_t>(blocks * threads) * sizeof(int));
+  out.fill_bytes(0);
+  launch_kernel("registers", registers_kernel, blocks, threads, 0, nullptr, 0, out.as<int>());
+  std::vector<int> got(static_cast<size_t>(blocks * threads));
+  out.download(got.data(), got.size() * sizeof(int));
+  EXPECT_EQ(std::count(got.begin(), got.end(), 1), blocks * threads) << "every thread went on past its reallocation";
+  auto misuse = [&](int which, int block_threads) {
+    return error_of(
+        [&] { launch_kernel("registers misuse", registers_kernel, 1, block_threads, 0, nullptr, which, out.as<int>()); });
+  };
+  const std::string unpaid = misuse(1, threads);
+  EXPECT_NE(unpaid.find("deadlocks"), std::string::npos) << unpaid;
+  EXPECT_NE(unpaid.find("waiting for registers"), std::string::npos) << unpaid;
+  EXPECT_NE(misuse(2, threads).find("has 168 registers a thread and asks to raise that to 160"), std::string::npos) << misuse(2, threads);
+  const std::string mixed = misuse(3, threads);  // whichever thread comes first sets the warpgroup's request
+  EXPECT_TRUE(mixed.find("ask for 176 and 184") != std::string::npos ||
+              mixed.find("ask for 184 and 176") != std::string::npos)
+      << mixed;
+  EXPECT_NE(misuse(4, threads).find("multiples of 8, not 100"), std::string::npos) << misuse(4, threads);
+  EXPECT_NE(misuse(0, 96).find("whole warpgroups"), std::string::npos) << misuse(0, 96);
 }
 
 TEST(Simt, BadLaunchConfigurationsFailLikeTheRuntime) {

@@ -208,6 +208,7 @@ cuda::FlashTiles parse_tiles(const std::string& s) {
   if (s == "short") return cuda::FlashTiles::Short;
   if (s == "wgmma") return cuda::FlashTiles::Wgmma;
   if (s == "wgmma-tma") return cuda::FlashTiles::WgmmaTma;
+  if (s == "wgmma-ws") return cuda::FlashTiles::WgmmaWs;
   return cuda::FlashTiles::Auto;
 }
 
@@ -229,7 +230,7 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   // run under its name with the automatic tiles.
   std::vector<std::string> gpu_tiles;
   for (const std::string& t : c.gpu_tiles) {
-    if ((t == "wgmma" || t == "wgmma-tma") && !cuda::warpgroup_mma_supported()) {
+    if (t.starts_with("wgmma") && !cuda::warpgroup_mma_supported()) {
       std::fprintf(stderr,
                    "--tiles %s: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code): "
                    "its cases are left out\n",
@@ -472,10 +473,11 @@ void register_bench_attention(CLI::App& bench) {
                   "GPU tile shapes: auto, wide (sm_80/sm_90), narrow (sm_86/sm_89), tall (the forward's 32 query "
                   "rows a warp) or short (the backward's 32-query tiles, three blocks an SM), those two for value "
                   "head dims up to 64, or wgmma (Hopper's warpgroup MMA, sm_90a: the forward at head dims that are "
-                  "multiples of 64, the backward at 64/64 and 128/128) or wgmma-tma (the same with the forward's "
-                  "tiles copied by the TMA); several: each case with each, back to back")
+                  "multiples of 64, the backward at 64/64 and 128/128), wgmma-tma (the same with the forward's "
+                  "tiles copied by the TMA) or wgmma-ws (that forward warp-specialized: a producer warpgroup and "
+                  "two computing in turns); several: each case with each, back to back")
       ->delimiter(',')
-      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma", "wgmma-tma"}))
+      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma", "wgmma-tma", "wgmma-ws"}))
       ->capture_default_str();
   sub->add_option("--backend", c->backends,
                   "GPU attention for the flash mechanisms: ours (our kernels, with each of --tiles) or cudnn (cuDNN's "

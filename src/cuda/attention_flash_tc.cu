@@ -103,6 +103,9 @@ ForwardShape forward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::WgmmaTma && L::has_wgmma_forward() && warpgroup_mma_supported()) {
     return ForwardShape::WgmmaTma;
   }
+  if (tiles == FlashTiles::WgmmaWs && L::has_wgmma_forward() && warpgroup_mma_supported()) {
+    return ForwardShape::WgmmaWs;
+  }
   return use_wide(tiles, L::forward_bytes(ForwardShape::Wide)) ? ForwardShape::Wide : ForwardShape::Narrow;
 }
 
@@ -110,7 +113,8 @@ ForwardShape forward_shape(FlashTiles tiles) {
 template <typename L>
 BackwardShape backward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::Short && L::has_short_backward()) return BackwardShape::Short;
-  if ((tiles == FlashTiles::Wgmma || tiles == FlashTiles::WgmmaTma) && L::has_wgmma_backward() &&
+  if ((tiles == FlashTiles::Wgmma || tiles == FlashTiles::WgmmaTma || tiles == FlashTiles::WgmmaWs) &&
+      L::has_wgmma_backward() &&
       warpgroup_mma_supported()) {
     return BackwardShape::Wgmma;
   }

@@ -24,10 +24,19 @@
 // swizzled layout the wgmmas read — onto one mbarrier per stage, and every thread waits on the
 // barrier of the tile it is about to read instead of on its own cp.async groups; the other 255
 // threads issue no copies at all. The stages, the order and the one block barrier a tile (which
-// frees a stage for its next copy) are the same. Not yet: FlashAttention-3's ping-pong between
-// the warpgroups and a producer warp of its own.
+// frees a stage for its next copy) are the same.
+//
+// Warp-specialized (FlashTiles::WgmmaWs, FlashAttention-3's recipe): a third warpgroup produces.
+// It gives up most of its registers (setmaxnreg) to the two consuming warpgroups, and one of its
+// threads issues every copy, waiting before it refills a stage until all 256 consumers have
+// arrived on that stage's `empty` mbarrier (each does once the wgmmas reading the stage have
+// landed). There is no block barrier in the loop at all, so the consumers drift apart, and they
+// are made to in turn (ping-pong): each warpgroup issues its wgmmas only after the other has
+// issued its own (two named barriers), so one's softmax runs while the other's products occupy
+// the tensor cores.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 
 #include "cuda/attention_flash_tc_common.h"
@@ -37,19 +46,26 @@
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 namespace flash_tc {
 
-template <int Dqk_, int Dv_, int BlockN_, int Groups_ = 2, bool Tma_ = false>
+template <int Dqk_, int Dv_, int BlockN_, int Groups_ = 2, bool Tma_ = false, bool Producer_ = false>
 struct ForwardTilesWgmma {
-  static constexpr bool kWarpgroup = true, kTma = Tma_;
+  static constexpr bool kWarpgroup = true, kTma = Tma_ || Producer_, kProducer = Producer_;
   static constexpr int Dqk = Dqk_, Dv = Dv_, BlockN = BlockN_, Groups = Groups_;
-  static constexpr int BlockM = 64 * Groups, Threads = 128 * Groups, Stages = 3;
+  // Groups consuming warpgroups, and with a producer one more after them.
+  static constexpr int BlockM = 64 * Groups, Threads = 128 * (Groups + (kProducer ? 1 : 0)), Stages = 3;
+  // The producer's registers a thread, and what that leaves each consumer of the block's 65536
+  // (ptxas starts every thread at 65536 / Threads under launch bounds of one block an SM).
+  static constexpr int kProducerRegisters = 40;
+  static constexpr int kConsumerRegisters = std::min(256, (65536 - 128 * kProducerRegisters) / (128 * Groups) / 8 * 8);
+  static_assert(!kProducer || Groups == 2, "the ping-pong takes turns between two consuming warpgroups");
   using QTile = wg::SwizzledTile<BlockM, Dqk>;
   using KTile = wg::SwizzledTile<BlockN, Dqk>;
   using VTile = wg::SwizzledTile<BlockN, Dv>;
   // Three stages of K and V (a tile's V is read while the next tile's K is), and 1024 bytes to
   // align the tiles (the swizzle is a function of shared-memory address bits; the window promises 128).
-  // With TMA, one 8-byte mbarrier per stage after the tiles.
-  static constexpr size_t bytes =
-      2 * static_cast<size_t>(QTile::kElems + Stages * (KTile::kElems + VTile::kElems)) + 1024 + (kTma ? 8 * Stages : 0);
+  // With TMA, one 8-byte mbarrier per stage after the tiles (`full`), and with a producer a second
+  // (`empty`).
+  static constexpr size_t bytes = 2 * static_cast<size_t>(QTile::kElems + Stages * (KTile::kElems + VTile::kElems)) +
+                                  1024 + (kTma ? 8 * Stages : 0) + (kProducer ? 8 * Stages : 0);
   static_assert(BlockN == 64 || BlockN == 128 || BlockN == 256, "S is one wgmma wide");
   static_assert(Dv == 64 || Dv == 128 || Dv == 256, "O is one wgmma wide");
 };
@@ -62,6 +78,8 @@ template <int Dqk, int Dv>
 using ForwardTilesWgmmaFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64>;
 template <int Dqk, int Dv>
 using ForwardTilesWgmmaTmaFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64, 2, true>;
+template <int Dqk, int Dv>
+using ForwardTilesWgmmaWsFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64, 2, true, true>;
 
 // The tensor maps of the TMA forward's q, k and v (one kernel parameter, __grid_constant__).
 struct ForwardMaps {
@@ -119,7 +137,9 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
   const int n_tiles = key_tiles_of<BlockM, BlockN>(d, m, b, i0, key_limit);
 
   // TMA: full[st] counts stage st's copies in; tile j is its (j / Stages)-th use (the phase's parity).
+  // With a producer, empty[st] counts the consumers out of it.
   uint64_t* full = reinterpret_cast<uint64_t*>(Vs + F::Stages * VTile::kElems);
+  uint64_t* empty = full + F::Stages;
   auto load_tile = [&](int64_t j) {
     const int st = static_cast<int>(j % F::Stages);
     if constexpr (F::kTma) {  // by thread 0 alone: tile j's panels (tile 0 brings Q's too)
@@ -147,7 +167,33 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
   auto wait_tile = [&](int64_t j) {
     if constexpr (F::kTma) tma::mbarrier_wait(&full[j % F::Stages], static_cast<uint32_t>((j / F::Stages) & 1));
   };
-  if constexpr (F::kTma) {
+  if constexpr (F::kProducer) {
+    if (tid == 0) {
+#pragma unroll
+      for (int st = 0; st < F::Stages; ++st) {
+        tma::mbarrier_init(&full[st], 1);
+        tma::mbarrier_init(&empty[st], 128 * F::Groups);
+      }
+      tma::fence_mbarrier_init();
+    }
+    __syncthreads();
+    if (group == F::Groups) {  // the producer: one thread issues every copy, the rest leave
+      wg::lower_registers<F::kProducerRegisters>();
+      if (tid == 128 * F::Groups) {
+        for (int64_t j = 0; j < n_tiles; ++j) {
+          // Tile j's stage was last tile j − Stages's: every consumer must be out of it.
+          if (j >= F::Stages) tma::mbarrier_wait(&empty[j % F::Stages], static_cast<uint32_t>((j / F::Stages - 1) & 1));
+          load_tile(j);
+        }
+      }
+      cta_trace_end(d.trace);
+      return;
+    }
+    wg::raise_registers<F::kConsumerRegisters>();
+    // The first turn at the tensor cores is warpgroup 0's.
+    if (group == 1 && n_tiles > 0) named_barrier_arrive(1, 256);
+    if (n_tiles > 0) wait_tile(0);
+  } else if constexpr (F::kTma) {
     if (tid == 0) {
 #pragma unroll
       for (int st = 0; st < F::Stages; ++st) tma::mbarrier_init(&full[st], 1);
@@ -166,8 +212,13 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
   }
   // After the block's last read of tile j's stage: tile j + 1 landed, and tile j + 2 queued into
   // the stage tile j − 1 used (every warp is past its reads there once the barrier is passed).
+  // With a producer: tile j − 1's stage is released to it instead (this thread's wgmmas reading
+  // it have landed), and tile j + 1 waited for.
   auto advance = [&](int64_t j) {
-    if constexpr (F::kTma) {
+    if constexpr (F::kProducer) {
+      if (j >= 1) tma::mbarrier_arrive(&empty[(j - 1) % F::Stages]);
+      if (j + 1 < n_tiles) wait_tile(j + 1);
+    } else if constexpr (F::kTma) {
       if (j + 1 < n_tiles) wait_tile(j + 1);
       __syncthreads();
       if (tid == 0 && j + 2 < n_tiles) load_tile(j + 2);
@@ -180,6 +231,19 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};
   // This warp's 16 rows of its group's 64; the lane's rows are row0 and row0 + 8.
   const int64_t warp_row = i0 + 64 * group + 16 * (tid % 128 / 32), row0 = warp_row + g;
+
+  // The ping-pong (with a producer): warpgroup g issues its wgmmas between turn_begin, which waits
+  // for named barrier 1 + g, and turn_end, which lets the other warpgroup go (barrier 2 − g). Each
+  // barrier's rounds are 128 waiting and 128 arriving threads: warpgroup 1 arrives first (above)
+  // and skips its last turn_end, so every round opened is completed.
+  auto turn_begin = [&]() {
+    if constexpr (F::kProducer) named_barrier_sync(1 + group, 256);
+  };
+  auto turn_end = [&](bool last) {
+    if constexpr (F::kProducer) {
+      if (!(last && group == 1)) named_barrier_arrive(2 - group, 256);
+    }
+  };
 
   float s[BlockN / 8][4];
   uint32_t p[BlockN / 16][4];
@@ -246,17 +310,21 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
   if (n_tiles > 0) {
     // Tile 0's scores and softmax alone; then each tile's scores are multiplied while the tensor
     // cores still run the previous tile's P V, and its softmax overlaps that product.
+    turn_begin();
     wg::fence();
     issue_scores(0);
+    turn_end(false);
     wg::wait<0>();
     wg::hold(s);
     softmax(0);
     rescale_and_pack();
     advance(0);  // tile 1 landed; tile 2 into the third stage
     for (int tile = 1; tile < n_tiles; ++tile) {
+      turn_begin();
       wg::fence();
       issue_scores(tile);
       issue_values(tile - 1);
+      turn_end(false);
       wg::wait<1>();  // the scores (the older group) have landed; P V may still run
       wg::hold(s);
       softmax(tile);
@@ -267,8 +335,10 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
       // Every read of tile − 1's stage is done: tile + 1 landed, tile + 2 queued into that stage.
       advance(tile);
     }
+    turn_begin();
     wg::fence();
     issue_values(n_tiles - 1);
+    turn_end(true);
     wg::wait<0>();
     wg::hold(acc);
     wg::hold(p);
@@ -302,8 +372,9 @@ __global__ void __launch_bounds__(F::Threads)
 #endif
 }
 
+// Launch bounds of one block an SM: with a producer, ptxas then honours its register reallocation.
 template <typename E, typename F>
-__global__ void __launch_bounds__(F::Threads)
+__global__ void __launch_bounds__(F::Threads, 1)
     flash_forward_wgmma_tma_kernel(Dims d, Mask m, float scale, const __grid_constant__ ForwardMaps maps,
                                    E* __restrict__ o, float* __restrict__ lse) {
 #if FLASHGPT_HAS_WGMMA

@@ -22,6 +22,7 @@ decltype(auto) with_forward_tiles(ForwardShape shape, F&& f) {
   if constexpr (kHasWgmmaForward<Dqk, Dv>) {
     if (shape == ForwardShape::Wgmma) return f(std::type_identity<ForwardTilesWgmmaFor<Dqk, Dv>>{});
     if (shape == ForwardShape::WgmmaTma) return f(std::type_identity<ForwardTilesWgmmaTmaFor<Dqk, Dv>>{});
+    if (shape == ForwardShape::WgmmaWs) return f(std::type_identity<ForwardTilesWgmmaWsFor<Dqk, Dv>>{});
   }
   if (shape == ForwardShape::Narrow) return f(std::type_identity<ForwardTilesFor<Dqk, Dv, false>>{});
   return f(std::type_identity<ForwardTilesFor<Dqk, Dv, true>>{});
@@ -76,9 +77,13 @@ constexpr auto forward_kernel() {
 // One launch of the forward with tiles F: a block per BlockM queries of each (head, sequence).
 template <typename E, typename F>
 void launch_forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o, float* lse) {
-  const char* name = uses_tma<F>()                  ? "Hopper flash forward (TMA)"
-                     : requires { F::kWarpgroup; } ? "Hopper flash forward"
-                                                   : "tensor-core flash forward";
+  const char* name = [] {
+    if constexpr (requires { F::kProducer; }) {
+      if (F::kProducer) return "Hopper flash forward (warp-specialized)";
+      return F::kTma ? "Hopper flash forward (TMA)" : "Hopper flash forward";
+    }
+    return "tensor-core flash forward";
+  }();
   allow_shared(forward_kernel<E, F>(), F::bytes, name);
   const dim3 grid(static_cast<unsigned>((d.Tq + F::BlockM - 1) / F::BlockM), static_cast<unsigned>(d.Hq),
                   static_cast<unsigned>(d.B));

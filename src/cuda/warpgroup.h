@@ -18,6 +18,12 @@
 //   wait<N>()    until at most N groups are pending — only then may d (and a) be touched again;
 //   fence_proxy_async()  makes this thread's generic writes to shared memory (st.shared,
 //                cp.async) visible to the wgmmas that a following barrier orders after them.
+//   raise_registers<N>() / lower_registers<N>()  setmaxnreg: from here on each thread of the
+//                calling warpgroup (all 128 call it together) may use N registers (24 … 256, a
+//                multiple of 8) — a warp-specialized kernel's producers give theirs up for its
+//                consumers. ptxas honours it in a kernel whose launch bounds promise one block an
+//                SM, starting every thread at 65536 / threads; a raise waits until the block's
+//                lowerings have freed enough.
 //   hold(x)      tells the compiler the registers of x are read and rewritten here: called after
 //                wait<0>() on the accumulators and on register A operands, it keeps the compiler
 //                from reading the accumulators before the wait, or from reusing A's registers
@@ -121,6 +127,14 @@ __device__ __forceinline__ void wait() {
   simt::warpgroup_wait(N);
 }
 __device__ __forceinline__ void fence_proxy_async() {}
+template <int N>
+__device__ __forceinline__ void raise_registers() {
+  simt::warpgroup_set_max_registers(N, true);
+}
+template <int N>
+__device__ __forceinline__ void lower_registers() {
+  simt::warpgroup_set_max_registers(N, false);
+}
 
 #else
 
@@ -244,6 +258,20 @@ __device__ __forceinline__ void wait() {
 __device__ __forceinline__ void fence_proxy_async() {
 #if FLASHGPT_HAS_WGMMA
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void raise_registers() {
+  static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg: 24 … 256 registers in multiples of 8");
+#if FLASHGPT_HAS_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void lower_registers() {
+  static_assert(N >= 24 && N <= 256 && N % 8 == 0, "setmaxnreg: 24 … 256 registers in multiples of 8");
+#if FLASHGPT_HAS_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
 #endif
 }
 

@@ -37,7 +37,7 @@ constexpr int kMaxThreads = 1024;
 constexpr size_t kSharedOptIn = 232448;  // 227 KiB, an H100's opt-in limit per block
 constexpr int kSmCount = 132;
 
-enum class State { Runnable, AtBlock, AtWarp, AtGroup, AtNamed, AtMbarrier, Done };
+enum class State { Runnable, AtBlock, AtWarp, AtGroup, AtNamed, AtMbarrier, AtRegisters, Done };
 
 // AddressSanitizer must be told about every stack switch, or it takes the fibers' stacks for
 // corrupt ones. No-ops in other builds.
@@ -136,6 +136,7 @@ const char* state_name(State s) {
     case State::AtGroup: return "at a warpgroup instruction";
     case State::AtNamed: return "at a named barrier";
     case State::AtMbarrier: return "waiting on an mbarrier";
+    case State::AtRegisters: return "waiting for registers (setmaxnreg.inc)";
     case State::Done: return "exited";
   }
   return "?";
@@ -222,6 +223,9 @@ struct Launch {
     std::vector<std::pair<unsigned char*, std::array<unsigned char, 16>>> unlanded;
   };
   std::map<uint32_t, Mbarrier> mbarriers;
+  // Register reallocation (setmaxnreg), per warpgroup: the count its threads may use, the count
+  // its current call asks for, and how many of its threads have made a call (empty until one does).
+  std::vector<int> group_registers, register_request, register_calls;
   ucontext_t scheduler{};
   std::exception_ptr error;
 };
@@ -384,6 +388,9 @@ void run_block(Launch& l, std::vector<int>& order) {
   l.named_arrived.fill(0);
   l.named_expected.fill(0);
   l.mbarriers.clear();
+  l.group_registers.clear();
+  l.register_request.clear();
+  l.register_calls.clear();
   auto& rng = order_rng();
   const int n = static_cast<int>(l.fibers.size()), warps = (n + 31) / 32;
   std::vector<int> priority(static_cast<size_t>(warps));
@@ -423,6 +430,14 @@ void run_block(Launch& l, std::vector<int>& order) {
       if (f.state != State::Done && f.state != State::AtBlock) all_at_block = false;
     }
     if (all_done) {
+      for (int id = 1; id < kNamedBarriers; ++id) {
+        const int arrived = l.named_arrived[static_cast<size_t>(id)];
+        if (arrived != 0) {
+          fail("simt: kernel {} block ({}, {}, {}): named barrier {} was left with {} of its round's {} arrivals",
+               l.name, l.block_idx.x, l.block_idx.y, l.block_idx.z, id, arrived,
+               l.named_expected[static_cast<size_t>(id)]);
+        }
+      }
       for (const auto& [address, m] : l.mbarriers) {
         if (!m.unlanded.empty()) {
           fail("simt: kernel {} block ({}, {}, {}): tensor copies signalling the mbarrier at shared address {} "
@@ -947,6 +962,47 @@ void warpgroup_wait(int pending) {
   while (static_cast<int>(f.mma_groups.size()) > pending) {
     for (auto& op : f.mma_groups.front()) apply(op);
     f.mma_groups.pop_front();
+  }
+}
+
+void warpgroup_set_max_registers(int n, bool increase) {
+  Launch& l = launch();
+  Fiber& f = *l.current;
+  const std::string what = increase ? "setmaxnreg.inc" : "setmaxnreg.dec";
+  if (n < 24 || n > 256 || n % 8 != 0) {
+    kernel_fault(what + ": a count of 24 to 256 registers in multiples of 8, not " + std::to_string(n));
+  }
+  const int threads = static_cast<int>(l.fibers.size());
+  if (threads % 128 != 0) kernel_fault(what + ": a block of whole warpgroups, not " + std::to_string(threads) + " threads");
+  yield(State::AtGroup);  // .sync.aligned: the warpgroup's four warps together
+  const size_t groups = static_cast<size_t>(threads / 128), g = static_cast<size_t>(f.linear / 128);
+  const int start = std::min(256, 65536 / threads / 8 * 8);
+  if (l.group_registers.empty()) {
+    l.group_registers.assign(groups, start);
+    l.register_request.assign(groups, 0);
+    l.register_calls.assign(groups, 0);
+  }
+  if (l.register_calls[g]++ % 128 == 0) {  // the warpgroup's first thread through this call
+    const int now = l.group_registers[g];
+    if (increase ? n < now : n > now) {
+      kernel_fault(what + ": warpgroup " + std::to_string(g) + " has " + std::to_string(now) + " registers a thread and asks to " +
+                   (increase ? "raise" : "lower") + " that to " + std::to_string(n));
+    }
+    l.register_request[g] = n;
+  } else if (l.register_request[g] != n) {
+    kernel_fault(what + ": the threads of warpgroup " + std::to_string(g) + " ask for " +
+                 std::to_string(l.register_request[g]) + " and " + std::to_string(n) + " registers");
+  }
+  while (l.group_registers[g] != n) {
+    int64_t used = 0;
+    for (int r : l.group_registers) used += r;
+    if (!increase || used - l.group_registers[g] + n <= static_cast<int64_t>(start) * static_cast<int64_t>(groups)) {
+      l.group_registers[g] = n;
+      for (Fiber& other : l.fibers)
+        if (other.state == State::AtRegisters) other.state = State::Runnable;  // they look again
+      break;
+    }
+    yield(State::AtRegisters);
   }
 }
 

@@ -119,6 +119,15 @@ void warpgroup_mma(MmaType type, int n, float* d, const uint32_t* a, uint64_t a_
                    bool trans_b, bool accumulate);
 void warpgroup_commit();
 void warpgroup_wait(int pending);
+// Hopper's register reallocation (setmaxnreg.inc / .dec, sm_90a), a collective of a warpgroup's
+// 128 threads: each of them may use n registers from here on (24 … 256, a multiple of 8). A block's
+// warpgroups start with the most its size allows one block an SM (65536 / threads, a multiple of 8,
+// at most 256: what ptxas gives a kernel built for that), and the block's registers are a fixed
+// pool: a raise waits until lowerings elsewhere in the block have freed enough, so one that no
+// lowering can ever satisfy shows as a deadlock. Faults: a count out of range, a raise that lowers
+// or a lowering that raises, the threads of one warpgroup asking for different counts, a block
+// that is not whole warpgroups.
+void warpgroup_set_max_registers(int n, bool increase);
 // Hopper's shared-memory barriers and tensor copies (cuda/tma.h), as the PTX ISA describes them:
 //   mbarrier_init(bar, count)   a barrier in 8 bytes of shared memory expecting `count` arrivals a
 //                               phase (each phase also waits for the bytes announced to it);
