@@ -10,6 +10,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "flashgpt/attention/attention.h"
@@ -19,6 +20,7 @@
 #include "flashgpt/cuda/attention_bench_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/cta_trace.h"
+#include "flashgpt/cuda/warpgroup_cuda.h"
 #include "testing/bf16.h"
 #include "testing/relative_error.h"
 #include "testing/errors.h"
@@ -690,6 +692,27 @@ TEST(CudaAttention, CtaTraceRecordsEveryBlockOfTheFlashKernels) {
   go_traced.download(traced.data(), no * 2);
   EXPECT_EQ(plain, traced) << "tracing changed the forward's output";
   EXPECT_TRUE(trace.read().empty()) << "a read starts afresh";
+  // Hopper's forwards: every warp ends its block's span, the warp-specialized one's producer
+  // warpgroup too (it leaves early), and the output is the untraced one's.
+  if (cuda::warpgroup_mma_supported()) {
+    for (const auto& [tiles, warps] : {std::pair{cuda::FlashTiles::Wgmma, 8u}, std::pair{cuda::FlashTiles::WgmmaTma, 8u},
+                                       std::pair{cuda::FlashTiles::WgmmaWs, 12u}}) {
+      cuda::flash_forward_tc(bf16, d, m, 0.125f, gq.as<uint16_t>(), gk.as<uint16_t>(), gv.as<uint16_t>(),
+                             go_traced.as<uint16_t>(), glse.as<float>(), tiles);
+      launches = trace.read();
+      ASSERT_EQ(launches.size(), 1u);
+      EXPECT_NE(launches[0].kernel.find("Hopper flash forward"), std::string::npos) << launches[0].kernel;
+      for (const cuda::CtaSpan& span : launches[0].ctas) ASSERT_EQ(span.warps, warps) << launches[0].kernel;
+      check_spans(launches[0], 1.0);
+      go_traced.download(traced.data(), no * 2);
+      int differ = 0;
+      for (size_t i = 0; i < no; ++i) {  // the same attention, rounded to bf16 by another kernel
+        const float a = from_bf16(plain[i]), b = from_bf16(traced[i]);
+        differ += !(std::fabs(a - b) <= 0.01f + 0.02f * std::fabs(a));
+      }
+      EXPECT_EQ(differ, 0) << launches[0].kernel;
+    }
+  }
 
   backward(false);  // the main kernel is traced; the prologue and dQ's conversion are not
   launches = trace.read();
