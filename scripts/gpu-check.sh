@@ -7,7 +7,10 @@
 #   GPU_CHECK_ONLY="tests flash-decode" scripts/gpu-check.sh   only these parts, of: tests sanitizer
 #       attention tiles standard latent-decode flash-decode decode ops train profile kernels peers grid
 #       (default: all)
-#   GPU_CHECK_TIMEOUT=300                 seconds each test program (or its sanitizer run) may take (default 600)
+#   GPU_CHECK_TIMEOUT=300                 seconds each sanitizer run of a test program may take (default 600)
+#   GPU_CHECK_TEST_TIMEOUT=120            seconds each test program may take on its own (default 180: the
+#                                         whole tests part takes well under a minute, so a kernel that
+#                                         hangs costs three minutes, not ten)
 #   GPU_CHECK_BENCH_TIMEOUT=300           seconds each benchmark command may take (default 600)
 #   Parts' times on an H100 (2026-11-23): tests 35 s; train with its peer ≈ 2 min; peers ≈ 1 min;
 #   decode ≈ 2.5 min; attention + standard + latent-decode + flash-decode ≈ 8 min; sanitizer with
@@ -39,6 +42,7 @@ status=0
 only=" ${GPU_CHECK_ONLY:-tests sanitizer attention tiles standard latent-decode flash-decode decode ops train profile kernels peers grid} "
 want() { [[ "$only" == *" $1 "* ]]; }
 limit="${GPU_CHECK_TIMEOUT:-600}"
+test_limit="${GPU_CHECK_TEST_TIMEOUT:-180}"
 bench_limit="${GPU_CHECK_BENCH_TIMEOUT:-600}"
 
 if [ ! -d gpu-bundle/bin ] && [ -f gpu-bundle.tar.xz ]; then tar -xJf gpu-bundle.tar.xz; fi
@@ -117,12 +121,12 @@ for line in open(sys.argv[1]):
 PYEOF
 }
 
-run() {  # name, command…: runs it, keeps its log, records pass/fail and seconds
+run() {  # name, command…: runs it (within RUN_LIMIT seconds, else $limit), keeps its log, records pass/fail and seconds
   local name="$1"; shift
-  local t0=$SECONDS
-  timeout "$limit" "$@" > "$logs/$name.log" 2>&1
+  local t0=$SECONDS lim="${RUN_LIMIT:-$limit}"
+  timeout "$lim" "$@" > "$logs/$name.log" 2>&1
   local rc=$?
-  [ $rc -eq 124 ] && echo "(stopped after $limit s)" >> "$logs/$name.log"
+  [ $rc -eq 124 ] && echo "(stopped after $lim s)" >> "$logs/$name.log"
   say "| $name | $([ $rc -eq 0 ] && echo pass || echo "FAIL ($rc)") | $((SECONDS - t0)) s | $(grep -E 'PASSED|FAILED|SKIPPED|ERROR SUMMARY' "$logs/$name.log" | tail -2 | tr '\n' ' ' | cut -c1-120) |"
   [ $rc -eq 0 ] || status=1
 }
@@ -133,14 +137,16 @@ if [ -n "$bin" ] && { want tests || want sanitizer; }; then
   say ""
   say "| check | result | time | summary |"
   say "|---|---|---|---|"
-  cuda_tests=(test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul test_cuda_gpt test_cuda_warpgroup)
+  # The instruction layer first (it judges our reading of wgmma and TMA before any kernel built on
+  # it runs); the attention kernels, the newest of them Hopper's, last.
+  cuda_tests=(test_cuda_warpgroup test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul test_cuda_gpt test_cuda_attention)
   if want tests; then
-    run info "$bin/flashgpt" info --preset d12
-    run test_device "$bin/test_device"
-    for t in "${cuda_tests[@]}"; do run "$t" "$bin/$t"; done
+    RUN_LIMIT=$test_limit run info "$bin/flashgpt" info --preset d12
+    RUN_LIMIT=$test_limit run test_device "$bin/test_device"
+    for t in "${cuda_tests[@]}"; do RUN_LIMIT=$test_limit run "$t" "$bin/$t"; done
     # cuDNN's attention against the same bound (not under the sanitizers: the kernels are cuDNN's).
-    run test_cuda_attention_cudnn "$bin/test_cuda_attention_cudnn"
-    run test_attention_cpu "$bin/test_attention"
+    RUN_LIMIT=$test_limit run test_cuda_attention_cudnn "$bin/test_cuda_attention_cudnn"
+    RUN_LIMIT=$test_limit run test_attention_cpu "$bin/test_attention"
   fi
   filter="${GPU_CHECK_SANITIZE_FILTER:+--gtest_filter=$GPU_CHECK_SANITIZE_FILTER}"
   if ! want sanitizer; then :
