@@ -18,7 +18,7 @@
 #   tensor-core attention accuracy tests); ops not yet timed (expected under a minute; ≈ 6 GB of
 #   GPU memory); tiles (tall forward, short backward, the wgmma kernels with cp.async loads, TMA
 #   loads and warp-specialized, and cuDNN's attention beside the automatic tiles, 152 cases, split
-#   out of attention) and kernels (eight ncu runs) not yet timed: expected ≈ 7 and ≈ 2 min; train
+#   out of attention) and kernels (twelve ncu runs) not yet timed: expected ≈ 7 and ≈ 3 min; train
 #   now also runs d12 with the TMA and the warp-specialized forwards, with cuDNN's attention and
 #   with GELU unfused, and prints each run's per-kernel breakdown (≈ 4 min).
 #   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
@@ -259,11 +259,11 @@ if [ -n "$bin" ] && command -v ncu > /dev/null; then
   for reason in ${stalls//,/ }; do metrics=$metrics,smsp__average_warps_issue_stalled_${reason}_per_issue_active.ratio; done
   run_ncu() {  # run_ncu NAME ncu-arguments…, for $tiles: stdout to logs/NAME, stderr to logs/NAME.err
     local name="$1"; shift
-    timeout "$bench_limit" ncu "$@" -k regex:'flash_(forward|backward)_(tc|wgmma)_kernel' --launch-count 2 \
+    timeout "$bench_limit" ncu "$@" -k regex:'flash_(forward|backward)_(tc|wgmma|wgmma_tma)_kernel' --launch-count 2 \
       "$bin/flashgpt" bench attention --device cuda --batch 4 --seq 4096 --hidden 2048 --head-dim 64 --causal no \
       --tiles "$tiles" --repeats 1 > "$logs/$name" 2> "$logs/$name.err"
   }
-  for tiles in auto short tall wgmma; do
+  for tiles in auto short tall wgmma wgmma-tma wgmma-ws; do
     say "### tiles: $tiles"
     say ""
     if run_ncu "ncu_kernels_$tiles.csv" --csv --metrics "$metrics"; then
