@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,6 +18,26 @@
 namespace flashgpt::simt {
 
 using namespace detail;
+
+namespace {
+
+// Asynchronous operations in groups, as cp.async and wgmma keep them: `open` (issued since the
+// last commit) becomes the newest of `groups`; a wait completes the oldest groups until at most
+// `pending` remain.
+template <typename Op>
+void commit_group(std::vector<Op>& open, std::deque<std::vector<Op>>& groups) {
+  groups.push_back(std::move(open));
+  open.clear();
+}
+template <typename Op, typename Complete>
+void complete_groups(std::deque<std::vector<Op>>& groups, int pending, Complete complete) {
+  while (static_cast<int>(groups.size()) > pending) {
+    for (Op& op : groups.front()) complete(op);
+    groups.pop_front();
+  }
+}
+
+}  // namespace
 
 void mma_m16n8k16(MmaType type, float* d, const uint32_t* a, const uint32_t* b, const float* c) {
   struct Operands {
@@ -93,16 +114,12 @@ void cp_async(void* dst, const void* src, int bytes, int src_bytes) {
 
 void cp_async_commit() {
   Fiber& f = *launch().current;
-  f.copy_groups.push_back(std::move(f.open_copies));
-  f.open_copies.clear();
+  commit_group(f.open_copies, f.copy_groups);
 }
 
 void cp_async_wait(int pending) {
-  Fiber& f = *launch().current;
-  while (static_cast<int>(f.copy_groups.size()) > pending) {
-    for (const auto& c : f.copy_groups.front()) std::memcpy(c.dst, c.bytes.data(), static_cast<size_t>(c.size));
-    f.copy_groups.pop_front();
-  }
+  complete_groups(launch().current->copy_groups, pending,
+                  [](const Fiber::Copy& c) { std::memcpy(c.dst, c.bytes.data(), static_cast<size_t>(c.size)); });
 }
 
 namespace {
@@ -379,16 +396,11 @@ void warpgroup_mma(MmaType type, int n, float* d, const uint32_t* a, uint64_t a_
 
 void warpgroup_commit() {
   Fiber& f = *launch().current;
-  f.mma_groups.push_back(std::move(f.open_mmas));
-  f.open_mmas.clear();
+  commit_group(f.open_mmas, f.mma_groups);
 }
 
 void warpgroup_wait(int pending) {
-  Fiber& f = *launch().current;
-  while (static_cast<int>(f.mma_groups.size()) > pending) {
-    for (auto& op : f.mma_groups.front()) apply(op);
-    f.mma_groups.pop_front();
-  }
+  complete_groups(launch().current->mma_groups, pending, [](Fiber::Mma& op) { apply(op); });
 }
 
 void warpgroup_set_max_registers(int n, bool increase) {
