@@ -17,8 +17,8 @@
 #   the default filters not yet timed (memcheck of the six programs ≈ 35 s without the two slow
 #   tensor-core attention accuracy tests); ops not yet timed (expected under a minute; ≈ 6 GB of
 #   GPU memory); tiles (tall forward, short backward, the wgmma kernels with cp.async loads, TMA
-#   loads and warp-specialized, and cuDNN's attention beside the automatic tiles, 152 cases, split
-#   out of attention) and kernels (twelve ncu runs) not yet timed: expected ≈ 7 and ≈ 3 min; train
+#   loads and warp-specialized, and cuDNN's attention beside the automatic tiles, 176 cases, split
+#   out of attention) and kernels (fourteen ncu runs) not yet timed: expected ≈ 7 and ≈ 3 min; train
 #   now also runs d12 with the TMA and the warp-specialized forwards, with cuDNN's attention and
 #   with GELU unfused, and prints each run's per-kernel breakdown (≈ 4 min).
 #   GPU_CHECK_SANITIZE_FILTER='*Decode*'  gtest filter for the sanitizer's runs (default: every test for
@@ -223,14 +223,15 @@ if [ -n "$bin" ]; then
   # tiles, three blocks an SM (the forward as auto); wgmma: both on Hopper's warpgroup MMA
   # (elsewhere auto), also at head dim 128; wgmma-tma: the same with the forward's tiles copied by
   # the TMA; wgmma-ws: that forward warp-specialized (a producer warpgroup, two computing ones in
-  # turns). The evidence for making any of them the default. cudnn:
+  # turns), and without the turns (what the ping-pong itself gains). The evidence for making any
+  # of them the default. cudnn:
   # cuDNN's fused attention on the same tensors (where cuDNN loads), the yardstick beyond FA2.
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768,2048 --head-dim 64 \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short,wgmma,wgmma-tma,wgmma-ws --backend ours,cudnn --repeats 10 --json \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,tall,short,wgmma,wgmma-tma,wgmma-ws,wgmma-ws-no-pingpong --backend ours,cudnn --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 2048 --head-dim 128 \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma,wgmma-tma,wgmma-ws --backend ours,cudnn --repeats 10 --json \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma,wgmma-tma,wgmma-ws,wgmma-ws-no-pingpong --backend ours,cudnn --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
   jsonl_table "$out/gpu-check-$stamp-tiles.jsonl" "tiles={'cuDNN' if r.get('backend') == 'cudnn' else r['tiles']}" "B={r['batch']}" "H={r['heads']}" \
@@ -263,7 +264,7 @@ if [ -n "$bin" ] && command -v ncu > /dev/null; then
       "$bin/flashgpt" bench attention --device cuda --batch 4 --seq 4096 --hidden 2048 --head-dim 64 --causal no \
       --tiles "$tiles" --repeats 1 > "$logs/$name" 2> "$logs/$name.err"
   }
-  for tiles in auto short tall wgmma wgmma-tma wgmma-ws; do
+  for tiles in auto short tall wgmma wgmma-tma wgmma-ws wgmma-ws-no-pingpong; do
     say "### tiles: $tiles"
     say ""
     if run_ncu "ncu_kernels_$tiles.csv" --csv --metrics "$metrics"; then

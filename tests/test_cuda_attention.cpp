@@ -235,6 +235,7 @@ std::string name(const TcVariant& v) {
                      : v.tiles == cuda::FlashTiles::Wgmma ? "wgmma tiles"
                      : v.tiles == cuda::FlashTiles::WgmmaTma ? "wgmma tiles loaded by TMA"
                      : v.tiles == cuda::FlashTiles::WgmmaWs ? "wgmma tiles warp-specialized"
+                     : v.tiles == cuda::FlashTiles::WgmmaWsNoPingPong ? "wgmma tiles warp-specialized, no ping-pong"
                                                           : "narrow tiles");
 }
 
@@ -250,7 +251,8 @@ const std::vector<TcVariant>& tc_variants() {
                                            {cuda::TensorCoreType::bf16, cuda::FlashTiles::WgmmaTma},
                                            {cuda::TensorCoreType::fp16, cuda::FlashTiles::WgmmaTma},
                                            {cuda::TensorCoreType::bf16, cuda::FlashTiles::WgmmaWs},
-                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::WgmmaWs}};
+                                           {cuda::TensorCoreType::fp16, cuda::FlashTiles::WgmmaWs},
+                                           {cuda::TensorCoreType::bf16, cuda::FlashTiles::WgmmaWsNoPingPong}};
   return v;
 }
 
@@ -376,7 +378,10 @@ TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
       // Wgmma's backward exists for 64/64 and 128/128; elsewhere it is Auto's, as the wide variant.
       if (var.tiles == cuda::FlashTiles::Wgmma && !(c.Dqk == c.Dv && (c.Dqk == 64 || c.Dqk == 128))) continue;
       // Their backward is Wgmma's, tested above.
-      if (var.tiles == cuda::FlashTiles::WgmmaTma || var.tiles == cuda::FlashTiles::WgmmaWs) continue;
+      if (var.tiles == cuda::FlashTiles::WgmmaTma || var.tiles == cuda::FlashTiles::WgmmaWs ||
+          var.tiles == cuda::FlashTiles::WgmmaWsNoPingPong) {
+        continue;
+      }
       SCOPED_TRACE(name(var) + " " + name(c));
       AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
       const auto q = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk));
@@ -696,7 +701,8 @@ TEST(CudaAttention, CtaTraceRecordsEveryBlockOfTheFlashKernels) {
   // warpgroup too (it leaves early), and the output is the untraced one's.
   if (cuda::warpgroup_mma_supported()) {
     for (const auto& [tiles, warps] : {std::pair{cuda::FlashTiles::Wgmma, 8u}, std::pair{cuda::FlashTiles::WgmmaTma, 8u},
-                                       std::pair{cuda::FlashTiles::WgmmaWs, 12u}}) {
+                                       std::pair{cuda::FlashTiles::WgmmaWs, 12u},
+                                       std::pair{cuda::FlashTiles::WgmmaWsNoPingPong, 12u}}) {
       cuda::flash_forward_tc(bf16, d, m, 0.125f, gq.as<uint16_t>(), gk.as<uint16_t>(), gv.as<uint16_t>(),
                              go_traced.as<uint16_t>(), glse.as<float>(), tiles);
       launches = trace.read();

@@ -137,7 +137,8 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   const std::map<std::string, cuda::FlashTiles> tile_names = {
       {"auto", cuda::FlashTiles::Auto},   {"wide", cuda::FlashTiles::Wide},   {"narrow", cuda::FlashTiles::Narrow},
       {"tall", cuda::FlashTiles::Tall},   {"short", cuda::FlashTiles::Short}, {"wgmma", cuda::FlashTiles::Wgmma},
-      {"wgmma-tma", cuda::FlashTiles::WgmmaTma}, {"wgmma-ws", cuda::FlashTiles::WgmmaWs}};
+      {"wgmma-tma", cuda::FlashTiles::WgmmaTma}, {"wgmma-ws", cuda::FlashTiles::WgmmaWs},
+      {"wgmma-ws-no-pingpong", cuda::FlashTiles::WgmmaWsNoPingPong}};
   FLASHGPT_CHECK(!c.tiles.starts_with("wgmma") || cuda::warpgroup_mma_supported(),
                  "--tiles {}: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code)", c.tiles);
   gpu.set_flash_tiles(tile_names.at(c.tiles));
@@ -401,9 +402,10 @@ void register_bench(CLI::App& app) {
   tr->add_flag("--deterministic", c->deterministic, "GPU: time the backward without atomics (train --deterministic)");
   tr->add_option("--tiles", c->tiles,
                  "GPU: the bf16 flash kernels' tiles (as bench attention --tiles): auto, wide, narrow, tall, short, "
-                 "wgmma (Hopper's warpgroup MMA), wgmma-tma (its forward loading through the TMA) or wgmma-ws "
-                 "(that forward warp-specialized)")
-      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma", "wgmma-tma", "wgmma-ws"}))
+                 "wgmma (Hopper's warpgroup MMA), wgmma-tma (its forward loading through the TMA), wgmma-ws "
+                 "(that forward warp-specialized) or wgmma-ws-no-pingpong (the same without the warpgroups' turns)")
+      ->check(CLI::IsMember(
+          {"auto", "wide", "narrow", "tall", "short", "wgmma", "wgmma-tma", "wgmma-ws", "wgmma-ws-no-pingpong"}))
       ->capture_default_str();
   tr->add_option("--attention-backend", c->attention_backend,
                  "GPU, bf16, flash mechanisms: ours (flashgpt's kernels) or cudnn (cuDNN's fused attention): the "

@@ -209,6 +209,7 @@ cuda::FlashTiles parse_tiles(const std::string& s) {
   if (s == "wgmma") return cuda::FlashTiles::Wgmma;
   if (s == "wgmma-tma") return cuda::FlashTiles::WgmmaTma;
   if (s == "wgmma-ws") return cuda::FlashTiles::WgmmaWs;
+  if (s == "wgmma-ws-no-pingpong") return cuda::FlashTiles::WgmmaWsNoPingPong;
   return cuda::FlashTiles::Auto;
 }
 
@@ -474,10 +475,12 @@ void register_bench_attention(CLI::App& bench) {
                   "rows a warp) or short (the backward's 32-query tiles, three blocks an SM), those two for value "
                   "head dims up to 64, or wgmma (Hopper's warpgroup MMA, sm_90a: the forward at head dims that are "
                   "multiples of 64, the backward at 64/64 and 128/128), wgmma-tma (the same with the forward's "
-                  "tiles copied by the TMA) or wgmma-ws (that forward warp-specialized: a producer warpgroup and "
-                  "two computing in turns); several: each case with each, back to back")
+                  "tiles copied by the TMA), wgmma-ws (that forward warp-specialized: a producer warpgroup and "
+                  "two computing in turns) or wgmma-ws-no-pingpong (the same without the turns); several: each case "
+                  "with each, back to back")
       ->delimiter(',')
-      ->check(CLI::IsMember({"auto", "wide", "narrow", "tall", "short", "wgmma", "wgmma-tma", "wgmma-ws"}))
+      ->check(CLI::IsMember(
+          {"auto", "wide", "narrow", "tall", "short", "wgmma", "wgmma-tma", "wgmma-ws", "wgmma-ws-no-pingpong"}))
       ->capture_default_str();
   sub->add_option("--backend", c->backends,
                   "GPU attention for the flash mechanisms: ours (our kernels, with each of --tiles) or cudnn (cuDNN's "

@@ -106,6 +106,9 @@ ForwardShape forward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::WgmmaWs && L::has_wgmma_forward() && warpgroup_mma_supported()) {
     return ForwardShape::WgmmaWs;
   }
+  if (tiles == FlashTiles::WgmmaWsNoPingPong && L::has_wgmma_forward() && warpgroup_mma_supported()) {
+    return ForwardShape::WgmmaWsNoPingPong;
+  }
   return use_wide(tiles, L::forward_bytes(ForwardShape::Wide)) ? ForwardShape::Wide : ForwardShape::Narrow;
 }
 
@@ -113,7 +116,8 @@ ForwardShape forward_shape(FlashTiles tiles) {
 template <typename L>
 BackwardShape backward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::Short && L::has_short_backward()) return BackwardShape::Short;
-  if ((tiles == FlashTiles::Wgmma || tiles == FlashTiles::WgmmaTma || tiles == FlashTiles::WgmmaWs) &&
+  if ((tiles == FlashTiles::Wgmma || tiles == FlashTiles::WgmmaTma || tiles == FlashTiles::WgmmaWs ||
+       tiles == FlashTiles::WgmmaWsNoPingPong) &&
       L::has_wgmma_backward() &&
       warpgroup_mma_supported()) {
     return BackwardShape::Wgmma;

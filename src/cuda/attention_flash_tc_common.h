@@ -262,9 +262,9 @@ struct Residency {
 };
 
 // The forward's tiles: narrow, wide, tall (FlashTiles::Tall), or Hopper's warpgroup MMA
-// (FlashTiles::Wgmma; WgmmaTma loading through the TMA; WgmmaWs warp-specialized), where the head
-// dims have them.
-enum class ForwardShape { Narrow, Wide, Tall, Wgmma, WgmmaTma, WgmmaWs };
+// (FlashTiles::Wgmma; WgmmaTma loading through the TMA; WgmmaWs warp-specialized, and
+// WgmmaWsNoPingPong the same without the turns), where the head dims have them.
+enum class ForwardShape { Narrow, Wide, Tall, Wgmma, WgmmaTma, WgmmaWs, WgmmaWsNoPingPong };
 // The backward's: narrow, wide, short (FlashTiles::Short) or Hopper's warpgroup MMA
 // (FlashTiles::Wgmma), where the head dims have them.
 enum class BackwardShape { Narrow, Wide, Short, Wgmma };

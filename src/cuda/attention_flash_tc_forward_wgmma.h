@@ -81,15 +81,19 @@ using ForwardTilesWgmmaTmaFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64
 template <int Dqk, int Dv>
 using ForwardTilesWgmmaWsFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64, 2, true, true>;
 
-// The tensor maps of the TMA forward's q, k and v (one kernel parameter, __grid_constant__).
+// The tensor maps of the TMA forward's q, k and v (one kernel parameter, __grid_constant__), and
+// whether a warp-specialized forward's computing warpgroups take turns (ping-pong; FlashTiles::
+// WgmmaWs) or issue their wgmmas whenever ready (WgmmaWsNoPingPong, the experiment that tells
+// what the turns cost from what they overlap).
 struct ForwardMaps {
   CUtensorMap q, k, v;
+  int pingpong = 1;
 };
 
 // The maps for tiles F: each tensor [B][T][row] with each row's heads [H][D], innermost first
 // (d, head, position, sequence), boxes of 64 columns by BlockM (q) or BlockN (k, v) positions.
 template <typename F>
-ForwardMaps forward_maps(const Dims& d, const void* q, const void* k, const void* v) {
+ForwardMaps forward_maps(const Dims& d, const void* q, const void* k, const void* v, bool pingpong) {
   auto encode = [](CUtensorMap* map, const void* base, int64_t D, int64_t H, int64_t T, int64_t rows, int64_t row,
                    int64_t B, int box_rows) {
     const uint64_t dims[4] = {static_cast<uint64_t>(D), static_cast<uint64_t>(H), static_cast<uint64_t>(T),
@@ -100,6 +104,7 @@ ForwardMaps forward_maps(const Dims& d, const void* q, const void* k, const void
     tma::encode_tensor_map_16bit(map, base, 4, dims, strides, box);
   };
   ForwardMaps maps;
+  maps.pingpong = pingpong ? 1 : 0;
   encode(&maps.q, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.Hq * F::Dqk, d.B, F::BlockM);
   encode(&maps.k, k, F::Dqk, d.Hkv, d.Tk, d.kv_rows, d.k_row, d.B, F::BlockN);
   encode(&maps.v, v, F::Dv, d.Hkv, d.Tk, d.kv_rows, d.v_row, d.B, F::BlockN);
@@ -191,7 +196,7 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
     }
     wg::raise_registers<F::kConsumerRegisters>();
     // The first turn at the tensor cores is warpgroup 0's.
-    if (group == 1 && n_tiles > 0) named_barrier_arrive(1, 256);
+    if (maps->pingpong != 0 && group == 1 && n_tiles > 0) named_barrier_arrive(1, 256);
     if (n_tiles > 0) wait_tile(0);
   } else if constexpr (F::kTma) {
     if (tid == 0) {
@@ -232,16 +237,19 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
   // This warp's 16 rows of its group's 64; the lane's rows are row0 and row0 + 8.
   const int64_t warp_row = i0 + 64 * group + 16 * (tid % 128 / 32), row0 = warp_row + g;
 
-  // The ping-pong (with a producer): warpgroup g issues its wgmmas between turn_begin, which waits
-  // for named barrier 1 + g, and turn_end, which lets the other warpgroup go (barrier 2 − g). Each
-  // barrier's rounds are 128 waiting and 128 arriving threads: warpgroup 1 arrives first (above)
-  // and skips its last turn_end, so every round opened is completed.
+  // The ping-pong (with a producer, unless switched off): warpgroup g issues its wgmmas between
+  // turn_begin, which waits for named barrier 1 + g, and turn_end, which lets the other warpgroup
+  // go (barrier 2 − g). Each barrier's rounds are 128 waiting and 128 arriving threads: warpgroup 1
+  // arrives first (above) and skips its last turn_end, so every round opened is completed.
+  const bool pingpong = F::kProducer && maps->pingpong != 0;
   auto turn_begin = [&]() {
-    if constexpr (F::kProducer) named_barrier_sync(1 + group, 256);
+    if constexpr (F::kProducer) {
+      if (pingpong) named_barrier_sync(1 + group, 256);
+    }
   };
   auto turn_end = [&](bool last) {
     if constexpr (F::kProducer) {
-      if (!(last && group == 1)) named_barrier_arrive(2 - group, 256);
+      if (pingpong && !(last && group == 1)) named_barrier_arrive(2 - group, 256);
     }
   };
 

@@ -22,7 +22,9 @@ decltype(auto) with_forward_tiles(ForwardShape shape, F&& f) {
   if constexpr (kHasWgmmaForward<Dqk, Dv>) {
     if (shape == ForwardShape::Wgmma) return f(std::type_identity<ForwardTilesWgmmaFor<Dqk, Dv>>{});
     if (shape == ForwardShape::WgmmaTma) return f(std::type_identity<ForwardTilesWgmmaTmaFor<Dqk, Dv>>{});
-    if (shape == ForwardShape::WgmmaWs) return f(std::type_identity<ForwardTilesWgmmaWsFor<Dqk, Dv>>{});
+    if (shape == ForwardShape::WgmmaWs || shape == ForwardShape::WgmmaWsNoPingPong) {
+      return f(std::type_identity<ForwardTilesWgmmaWsFor<Dqk, Dv>>{});
+    }
   }
   if (shape == ForwardShape::Narrow) return f(std::type_identity<ForwardTilesFor<Dqk, Dv, false>>{});
   return f(std::type_identity<ForwardTilesFor<Dqk, Dv, true>>{});
@@ -74,12 +76,17 @@ constexpr auto forward_kernel() {
   }
 }
 
-// One launch of the forward with tiles F: a block per BlockM queries of each (head, sequence).
+// One launch of the forward with tiles F: a block per BlockM queries of each (head, sequence);
+// pingpong matters to warp-specialized tiles alone.
 template <typename E, typename F>
-void launch_forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o, float* lse) {
-  const char* name = [] {
+void launch_forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v, E* o, float* lse,
+                    bool pingpong = true) {
+  const char* name = [pingpong] {
     if constexpr (requires { F::kProducer; }) {
-      if (F::kProducer) return "Hopper flash forward (warp-specialized)";
+      if (F::kProducer) {
+        return pingpong ? "Hopper flash forward (warp-specialized)"
+                        : "Hopper flash forward (warp-specialized, no ping-pong)";
+      }
       return F::kTma ? "Hopper flash forward (TMA)" : "Hopper flash forward";
     }
     return "tensor-core flash forward";
@@ -89,7 +96,7 @@ void launch_forward(const Dims& d, const Mask& m, float scale, const E* q, const
                   static_cast<unsigned>(d.B));
   if constexpr (uses_tma<F>()) {
     launch_kernel(name, forward_kernel<E, F>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid), m, scale,
-                  forward_maps<F>(d, q, k, v), o, lse);
+                  forward_maps<F>(d, q, k, v, pingpong), o, lse);
   } else {
     launch_kernel(name, forward_kernel<E, F>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid), m, scale,
                   q, k, v, o, lse);
@@ -147,7 +154,8 @@ template <typename E, int Dqk, int Dv>
 void Launchers<E, Dqk, Dv>::forward(const Dims& d, const Mask& m, float scale, const E* q, const E* k, const E* v,
                                     E* o, float* lse, ForwardShape shape) {
   with_forward_tiles<Dqk, Dv>(shape, [&](auto tiles) {
-    launch_forward<E, typename decltype(tiles)::type>(d, m, scale, q, k, v, o, lse);
+    launch_forward<E, typename decltype(tiles)::type>(d, m, scale, q, k, v, o, lse,
+                                                      shape != ForwardShape::WgmmaWsNoPingPong);
   });
 }
 

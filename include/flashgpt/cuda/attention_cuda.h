@@ -64,8 +64,10 @@ enum class TensorCoreType { bf16, fp16 };
 // FlashAttention-3 is: a third warpgroup, its registers given to the other two, issues the copies
 // and refills a stage once both have released it (no block barrier in the loop), and the two
 // computing warpgroups take turns at the tensor cores so that one's softmax overlaps the other's
-// products (ping-pong); its backward is Wgmma's.
-enum class FlashTiles { Auto, Wide, Narrow, Tall, Short, Wgmma, WgmmaTma, WgmmaWs };
+// products (ping-pong); its backward is Wgmma's. WgmmaWsNoPingPong is WgmmaWs without the turns
+// (each computing warpgroup issues whenever it is ready): the measurement that separates what the
+// ping-pong gains from what the producer does.
+enum class FlashTiles { Auto, Wide, Narrow, Tall, Short, Wgmma, WgmmaTma, WgmmaWs, WgmmaWsNoPingPong };
 
 // Whether the tensor-core kernels have an instantiation for these head dims.
 bool flash_tc_supports(int64_t Dqk, int64_t Dv);
