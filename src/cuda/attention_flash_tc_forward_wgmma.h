@@ -33,7 +33,7 @@
 // landed). There is no block barrier in the loop at all, so the consumers drift apart, and they
 // are made to in turn (ping-pong): each warpgroup issues its wgmmas only after the other has
 // issued its own (two named barriers), so one's softmax runs while the other's products occupy
-// the tensor cores.
+// the tensor cores. FlashTiles::WgmmaWsNoPingPong is the same kernel with the turns switched off.
 #pragma once
 
 #include <algorithm>
@@ -147,7 +147,9 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
   uint64_t* empty = full + F::Stages;
   auto load_tile = [&](int64_t j) {
     const int st = static_cast<int>(j % F::Stages);
-    if constexpr (F::kTma) {  // by thread 0 alone: tile j's panels (tile 0 brings Q's too)
+    // With TMA, by one thread (thread 0, or the producer's first): tile j's panels, tile 0's with Q's;
+    // else by every thread, through cp.async.
+    if constexpr (F::kTma) {
       constexpr uint32_t kv_bytes = 2 * (KTile::kElems + VTile::kElems);
       tma::mbarrier_arrive_expect_tx(&full[st], kv_bytes + (j == 0 ? 2 * QTile::kElems : 0));
       const int hq = static_cast<int>(h), hkv = static_cast<int>(hk), bi = static_cast<int>(b);
