@@ -265,6 +265,7 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench flash-decode --batch 0"), "--batch");
   expect_one_error_line(run_flashgpt("bench flash-decode --precision fp8"), "--precision");
   expect_one_error_line(run_flashgpt("bench attention --device cuda --tiles auto,square"), "--tiles");
+  expect_one_error_line(run_flashgpt("bench train --device cuda --tiles square"), "--tiles");
   expect_one_error_line(run_flashgpt("bench attention --device cuda --backend ours,magic"), "--backend");
   expect_one_error_line(run_flashgpt("bench attention --backend cudnn"), "--backend: a GPU option");
   expect_one_error_line(run_flashgpt("bench train --breakdown 3"), "--breakdown: a GPU option");

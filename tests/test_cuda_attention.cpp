@@ -125,6 +125,22 @@ struct CaseMasks {
 };
 
 // The fp32 flash kernel and the GPU's standard kernel against the CPU's standard kernel.
+// The command lines' tile names: one per tile shape, each naming its own, and only Hopper's marked
+// as needing wgmma.
+TEST(CudaAttention, TileNamesNameEveryShapeOnce) {
+  const std::vector<std::string> names = cuda::flash_tiles_names();
+  ASSERT_EQ(names.size(), cuda::kFlashTilesNames.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    const cuda::FlashTiles tiles = cuda::kFlashTilesNames[i].second;
+    EXPECT_EQ(static_cast<size_t>(tiles), i) << names[i] << ": the table follows the enum";
+    EXPECT_EQ(cuda::flash_tiles_named(names[i]), tiles) << names[i];
+    EXPECT_EQ(cuda::flash_tiles_use_wgmma(tiles), names[i].starts_with("wgmma")) << names[i];
+  }
+  EXPECT_FALSE(cuda::flash_tiles_named("square").has_value());
+  EXPECT_FALSE(cuda::flash_tiles_named("").has_value());
+  EXPECT_EQ(cuda::flash_tiles_named("wgmma-ws-no-pingpong"), cuda::FlashTiles::WgmmaWsNoPingPong);
+}
+
 TEST(CudaAttention, Fp32KernelsEqualTheCpuStandardKernel) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   const std::vector<Case> cases = {

@@ -18,6 +18,7 @@ extern "C" char* openblas_get_corename(void);
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/kernel_times.h"
@@ -134,14 +135,10 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   const int gemm_size = c.gemm_size > 0 ? c.gemm_size : 8192;
   cuda::GPTCuda gpu(cfg, precision);
   gpu.set_deterministic(c.deterministic);
-  const std::map<std::string, cuda::FlashTiles> tile_names = {
-      {"auto", cuda::FlashTiles::Auto},   {"wide", cuda::FlashTiles::Wide},   {"narrow", cuda::FlashTiles::Narrow},
-      {"tall", cuda::FlashTiles::Tall},   {"short", cuda::FlashTiles::Short}, {"wgmma", cuda::FlashTiles::Wgmma},
-      {"wgmma-tma", cuda::FlashTiles::WgmmaTma}, {"wgmma-ws", cuda::FlashTiles::WgmmaWs},
-      {"wgmma-ws-no-pingpong", cuda::FlashTiles::WgmmaWsNoPingPong}};
-  FLASHGPT_CHECK(!c.tiles.starts_with("wgmma") || cuda::warpgroup_mma_supported(),
+  const cuda::FlashTiles tiles = *cuda::flash_tiles_named(c.tiles);  // --tiles took only its names
+  FLASHGPT_CHECK(!cuda::flash_tiles_use_wgmma(tiles) || cuda::warpgroup_mma_supported(),
                  "--tiles {}: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code)", c.tiles);
-  gpu.set_flash_tiles(tile_names.at(c.tiles));
+  gpu.set_flash_tiles(tiles);
   if (c.attention_backend == "cudnn") gpu.set_attention_backend(cuda::AttentionBackend::Cudnn);
   gpu.set_gelu_fusion(c.gelu_fusion == "on");
   {
@@ -404,8 +401,7 @@ void register_bench(CLI::App& app) {
                  "GPU: the bf16 flash kernels' tiles (as bench attention --tiles): auto, wide, narrow, tall, short, "
                  "wgmma (Hopper's warpgroup MMA), wgmma-tma (its forward loading through the TMA), wgmma-ws "
                  "(that forward warp-specialized) or wgmma-ws-no-pingpong (the same without the warpgroups' turns)")
-      ->check(CLI::IsMember(
-          {"auto", "wide", "narrow", "tall", "short", "wgmma", "wgmma-tma", "wgmma-ws", "wgmma-ws-no-pingpong"}))
+      ->check(CLI::IsMember(cuda::flash_tiles_names()))
       ->capture_default_str();
   tr->add_option("--attention-backend", c->attention_backend,
                  "GPU, bf16, flash mechanisms: ours (flashgpt's kernels) or cudnn (cuDNN's fused attention): the "

@@ -24,6 +24,7 @@
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
 #include "flashgpt/cuda/attention_bench_cuda.h"
+#include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/warpgroup_cuda.h"
 #include "flashgpt/train/trainer.h"
 #include "svg_chart.h"
@@ -201,18 +202,6 @@ void write_plot(const std::string& path, const std::vector<Case>& cases) {
 
 // The tensor-core kernels on the GPU: flash (Dqk = Dv = head dim) and flash_mla (Dqk = head dim +
 // rope dim), each case checked against the fp32 kernel before it is timed.
-cuda::FlashTiles parse_tiles(const std::string& s) {
-  if (s == "wide") return cuda::FlashTiles::Wide;
-  if (s == "narrow") return cuda::FlashTiles::Narrow;
-  if (s == "tall") return cuda::FlashTiles::Tall;
-  if (s == "short") return cuda::FlashTiles::Short;
-  if (s == "wgmma") return cuda::FlashTiles::Wgmma;
-  if (s == "wgmma-tma") return cuda::FlashTiles::WgmmaTma;
-  if (s == "wgmma-ws") return cuda::FlashTiles::WgmmaWs;
-  if (s == "wgmma-ws-no-pingpong") return cuda::FlashTiles::WgmmaWsNoPingPong;
-  return cuda::FlashTiles::Auto;
-}
-
 void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   std::vector<std::string> mechs = c.mechanisms_given ? c.mechanisms : std::vector<std::string>{"flash"};
   for (const std::string& mech : mechs) {
@@ -231,7 +220,7 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   // run under its name with the automatic tiles.
   std::vector<std::string> gpu_tiles;
   for (const std::string& t : c.gpu_tiles) {
-    if (t.starts_with("wgmma") && !cuda::warpgroup_mma_supported()) {
+    if (cuda::flash_tiles_use_wgmma(*cuda::flash_tiles_named(t)) && !cuda::warpgroup_mma_supported()) {
       std::fprintf(stderr,
                    "--tiles %s: this GPU or build has no wgmma (compute capability 9.0 and sm_90a code): "
                    "its cases are left out\n",
@@ -288,7 +277,7 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
               bc.dims = mechanism_dims(mk, B, T, H, c.head_dim, rope_dim);
               bc.kernel = mk.kernel;
               bc.causal = causal;
-              bc.tiles = parse_tiles(tiles);
+              bc.tiles = *cuda::flash_tiles_named(tiles);  // --tiles took only its names
               bc.backend = variant.backend;
               const cuda::FlashBenchResult r = cuda::bench_flash_attention(bc);
               std::string label = c.deterministic ? mech + " (deterministic)" : mech;
@@ -479,8 +468,7 @@ void register_bench_attention(CLI::App& bench) {
                   "two computing in turns) or wgmma-ws-no-pingpong (the same without the turns); several: each case "
                   "with each, back to back")
       ->delimiter(',')
-      ->check(CLI::IsMember(
-          {"auto", "wide", "narrow", "tall", "short", "wgmma", "wgmma-tma", "wgmma-ws", "wgmma-ws-no-pingpong"}))
+      ->check(CLI::IsMember(cuda::flash_tiles_names()))
       ->capture_default_str();
   sub->add_option("--backend", c->backends,
                   "GPU attention for the flash mechanisms: ours (our kernels, with each of --tiles) or cudnn (cuDNN's "

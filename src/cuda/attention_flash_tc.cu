@@ -99,27 +99,23 @@ void check_alignment(const AttentionDims& d, const char* what, std::initializer_
 template <typename L>
 ForwardShape forward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::Tall && L::has_tall_forward()) return ForwardShape::Tall;
-  if (tiles == FlashTiles::Wgmma && L::has_wgmma_forward() && warpgroup_mma_supported()) return ForwardShape::Wgmma;
-  if (tiles == FlashTiles::WgmmaTma && L::has_wgmma_forward() && warpgroup_mma_supported()) {
-    return ForwardShape::WgmmaTma;
-  }
-  if (tiles == FlashTiles::WgmmaWs && L::has_wgmma_forward() && warpgroup_mma_supported()) {
-    return ForwardShape::WgmmaWs;
-  }
-  if (tiles == FlashTiles::WgmmaWsNoPingPong && L::has_wgmma_forward() && warpgroup_mma_supported()) {
-    return ForwardShape::WgmmaWsNoPingPong;
+  if (flash_tiles_use_wgmma(tiles) && L::has_wgmma_forward() && warpgroup_mma_supported()) {
+    switch (tiles) {
+      case FlashTiles::WgmmaTma: return ForwardShape::WgmmaTma;
+      case FlashTiles::WgmmaWs: return ForwardShape::WgmmaWs;
+      case FlashTiles::WgmmaWsNoPingPong: return ForwardShape::WgmmaWsNoPingPong;
+      default: return ForwardShape::Wgmma;
+    }
   }
   return use_wide(tiles, L::forward_bytes(ForwardShape::Wide)) ? ForwardShape::Wide : ForwardShape::Narrow;
 }
 
-// The backward's (its first kernel's, in deterministic mode).
+// The backward's (its first kernel's, in deterministic mode). Every Hopper tile's backward is
+// Wgmma's.
 template <typename L>
 BackwardShape backward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::Short && L::has_short_backward()) return BackwardShape::Short;
-  if ((tiles == FlashTiles::Wgmma || tiles == FlashTiles::WgmmaTma || tiles == FlashTiles::WgmmaWs ||
-       tiles == FlashTiles::WgmmaWsNoPingPong) &&
-      L::has_wgmma_backward() &&
-      warpgroup_mma_supported()) {
+  if (flash_tiles_use_wgmma(tiles) && L::has_wgmma_backward() && warpgroup_mma_supported()) {
     return BackwardShape::Wgmma;
   }
   return use_wide(tiles, L::backward_bytes(BackwardShape::Wide)) ? BackwardShape::Wide : BackwardShape::Narrow;

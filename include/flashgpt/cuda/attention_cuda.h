@@ -22,8 +22,14 @@
 //   bf16 (bf16 products with fp32 accumulation, P rounded to bf16 as the flash kernels round it).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 #include "flashgpt/attention/attention.h"
 #include "flashgpt/cuda/abi.h"
@@ -68,6 +74,40 @@ enum class TensorCoreType { bf16, fp16 };
 // (each computing warpgroup issues whenever it is ready): the measurement that separates what the
 // ping-pong gains from what the producer does.
 enum class FlashTiles { Auto, Wide, Narrow, Tall, Short, Wgmma, WgmmaTma, WgmmaWs, WgmmaWsNoPingPong };
+
+// The tiles' names on the command line (bench attention --tiles, bench train --tiles).
+inline constexpr std::array<std::pair<std::string_view, FlashTiles>, 9> kFlashTilesNames = {{
+    {"auto", FlashTiles::Auto},
+    {"wide", FlashTiles::Wide},
+    {"narrow", FlashTiles::Narrow},
+    {"tall", FlashTiles::Tall},
+    {"short", FlashTiles::Short},
+    {"wgmma", FlashTiles::Wgmma},
+    {"wgmma-tma", FlashTiles::WgmmaTma},
+    {"wgmma-ws", FlashTiles::WgmmaWs},
+    {"wgmma-ws-no-pingpong", FlashTiles::WgmmaWsNoPingPong},
+}};
+
+// Every name of kFlashTilesNames, for a command line's choices.
+inline std::vector<std::string> flash_tiles_names() {
+  std::vector<std::string> names;
+  for (const auto& [name, tiles] : kFlashTilesNames) names.emplace_back(name);
+  return names;
+}
+
+// The tiles called `name`, or nothing for a name kFlashTilesNames lacks.
+inline std::optional<FlashTiles> flash_tiles_named(std::string_view name) {
+  for (const auto& [n, tiles] : kFlashTilesNames) {
+    if (n == name) return tiles;
+  }
+  return std::nullopt;
+}
+
+// Whether these tiles are Hopper's warpgroup MMA (they need compute capability 9.0 and sm_90a code).
+constexpr bool flash_tiles_use_wgmma(FlashTiles tiles) {
+  return tiles == FlashTiles::Wgmma || tiles == FlashTiles::WgmmaTma || tiles == FlashTiles::WgmmaWs ||
+         tiles == FlashTiles::WgmmaWsNoPingPong;
+}
 
 // Whether the tensor-core kernels have an instantiation for these head dims.
 bool flash_tc_supports(int64_t Dqk, int64_t Dv);
