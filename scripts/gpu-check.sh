@@ -223,7 +223,8 @@ if [ -n "$bin" ]; then
   # tiles, three blocks an SM (the forward as auto); wgmma: both on Hopper's warpgroup MMA
   # (elsewhere auto), also at head dim 128; wgmma-tma: the same with the forward's tiles copied by
   # the TMA; wgmma-ws: that forward warp-specialized (a producer warpgroup, two computing ones in
-  # turns), and without the turns (what the ping-pong itself gains). The evidence for making any
+  # turns) and the backward warp-specialized too, and without the forward's turns (what the
+  # ping-pong itself gains; its backward is wgmma-ws's). The evidence for making any
   # of them the default. cudnn:
   # cuDNN's fused attention on the same tensors (where cuDNN loads), the yardstick beyond FA2.
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768,2048 --head-dim 64 \
@@ -260,7 +261,7 @@ if [ -n "$bin" ] && command -v ncu > /dev/null; then
   for reason in ${stalls//,/ }; do metrics=$metrics,smsp__average_warps_issue_stalled_${reason}_per_issue_active.ratio; done
   run_ncu() {  # run_ncu NAME ncu-arguments…, for $tiles: stdout to logs/NAME, stderr to logs/NAME.err
     local name="$1"; shift
-    timeout "$bench_limit" ncu "$@" -k regex:'flash_(forward|backward)_(tc|wgmma|wgmma_tma)_kernel' --launch-count 2 \
+    timeout "$bench_limit" ncu "$@" -k regex:'flash_(forward|backward)_(tc|wgmma|wgmma_tma|wgmma_ws)_kernel' --launch-count 2 \
       "$bin/flashgpt" bench attention --device cuda --batch 4 --seq 4096 --hidden 2048 --head-dim 64 --causal no \
       --tiles "$tiles" --repeats 1 > "$logs/$name" 2> "$logs/$name.err"
   }

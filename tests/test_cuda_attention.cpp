@@ -391,13 +391,12 @@ TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
       return b;
     };
     for (const Case& c : tc_cases()) {
-      // Wgmma's backward exists for 64/64 and 128/128; elsewhere it is Auto's, as the wide variant.
-      if (var.tiles == cuda::FlashTiles::Wgmma && !(c.Dqk == c.Dv && (c.Dqk == 64 || c.Dqk == 128))) continue;
-      // Their backward is Wgmma's, tested above.
-      if (var.tiles == cuda::FlashTiles::WgmmaTma || var.tiles == cuda::FlashTiles::WgmmaWs ||
-          var.tiles == cuda::FlashTiles::WgmmaWsNoPingPong) {
-        continue;
-      }
+      // Hopper's backwards (Wgmma's, and WgmmaWs's warp-specialized one) exist for 64/64 and
+      // 128/128; elsewhere they are Auto's, as the wide variant.
+      const bool hopper = var.tiles == cuda::FlashTiles::Wgmma || var.tiles == cuda::FlashTiles::WgmmaWs;
+      if (hopper && !(c.Dqk == c.Dv && (c.Dqk == 64 || c.Dqk == 128))) continue;
+      // Their backwards are Wgmma's and WgmmaWs's, tested above.
+      if (var.tiles == cuda::FlashTiles::WgmmaTma || var.tiles == cuda::FlashTiles::WgmmaWsNoPingPong) continue;
       SCOPED_TRACE(name(var) + " " + name(c));
       AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
       const auto q = rounded(static_cast<size_t>(c.B * c.Tq * c.Hq * c.Dqk));
@@ -492,13 +491,14 @@ TEST(CudaAttention, DeterministicFlashBackwardRepeatsItsBits) {
   const float scale = 0.125f;
   cuda::flash_forward_tc(cuda::TensorCoreType::bf16, d, masks.device, scale, gq.as<uint16_t>(), gk.as<uint16_t>(),
                          gv.as<uint16_t>(), go.as<uint16_t>(), glse.as<float>());
-  for (const auto tiles :
-       {cuda::FlashTiles::Wide, cuda::FlashTiles::Narrow, cuda::FlashTiles::Short, cuda::FlashTiles::Wgmma}) {
+  for (const auto tiles : {cuda::FlashTiles::Wide, cuda::FlashTiles::Narrow, cuda::FlashTiles::Short,
+                           cuda::FlashTiles::Wgmma, cuda::FlashTiles::WgmmaWs}) {
     for (const bool deterministic : {true, false}) {
-      SCOPED_TRACE(std::string(tiles == cuda::FlashTiles::Wide     ? "wide"
-                               : tiles == cuda::FlashTiles::Short ? "short"
-                               : tiles == cuda::FlashTiles::Wgmma ? "wgmma"
-                                                                  : "narrow") +
+      SCOPED_TRACE(std::string(tiles == cuda::FlashTiles::Wide       ? "wide"
+                               : tiles == cuda::FlashTiles::Short   ? "short"
+                               : tiles == cuda::FlashTiles::Wgmma   ? "wgmma"
+                               : tiles == cuda::FlashTiles::WgmmaWs ? "wgmma warp-specialized"
+                                                                    : "narrow") +
                    (deterministic ? " deterministic" : " atomic"));
       std::vector<std::vector<uint16_t>> runs;
       for (uint64_t seed = 1; seed <= 3; ++seed) {
@@ -678,10 +678,10 @@ TEST(CudaAttention, CtaTraceRecordsEveryBlockOfTheFlashKernels) {
     cuda::flash_forward_tc(bf16, d, m, 0.125f, gq.as<uint16_t>(), gk.as<uint16_t>(), gv.as<uint16_t>(),
                            o.as<uint16_t>(), glse.as<float>());
   };
-  auto backward = [&](bool deterministic) {
+  auto backward = [&](bool deterministic, cuda::FlashTiles tiles = cuda::FlashTiles::Auto) {
     cuda::flash_backward_tc(bf16, d, m, 0.125f, gq.as<uint16_t>(), gk.as<uint16_t>(), gv.as<uint16_t>(),
                             go.as<uint16_t>(), glse.as<float>(), gdo.as<uint16_t>(), gdq.as<uint16_t>(),
-                            gdk.as<uint16_t>(), gdv.as<uint16_t>(), nullptr, cuda::FlashTiles::Auto, deterministic);
+                            gdk.as<uint16_t>(), gdv.as<uint16_t>(), nullptr, tiles, deterministic);
   };
   forward(go);
   const cuda::FlashOccupancy theoretical = cuda::flash_tc_occupancy(bf16, d);
@@ -747,6 +747,39 @@ TEST(CudaAttention, CtaTraceRecordsEveryBlockOfTheFlashKernels) {
   EXPECT_NE(launches[1].kernel.find("deterministic dQ"), std::string::npos) << launches[1].kernel;
   check_spans(launches[0], theoretical.backward);
   check_spans(launches[1], 1.0);
+  // Hopper's backwards, atomic and deterministic: every warp ends its span, the warp-specialized
+  // one's producer warpgroup too, and the gradients are the Auto backward's.
+  if (cuda::warpgroup_mma_supported()) {
+    const size_t n_grad = q.size() + k.size() + v.size();
+    auto gradients = [&] {
+      std::vector<uint16_t> all(n_grad);
+      gdq.download(all.data(), q.size() * 2);
+      gdk.download(all.data() + q.size(), k.size() * 2);
+      gdv.download(all.data() + q.size() + k.size(), v.size() * 2);
+      return all;
+    };
+    backward(false);
+    trace.read();
+    const std::vector<uint16_t> reference = gradients();
+    for (const auto& [tiles, warps] : {std::pair{cuda::FlashTiles::Wgmma, 8u}, std::pair{cuda::FlashTiles::WgmmaWs, 12u}}) {
+      for (const bool deterministic : {false, true}) {
+        for (auto* buf : {&gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
+        backward(deterministic, tiles);
+        launches = trace.read();
+        ASSERT_EQ(launches.size(), deterministic ? 2u : 1u);
+        EXPECT_NE(launches[0].kernel.find("Hopper flash backward"), std::string::npos) << launches[0].kernel;
+        for (const cuda::CtaSpan& span : launches[0].ctas) ASSERT_EQ(span.warps, warps) << launches[0].kernel;
+        check_spans(launches[0], 1.0);
+        const std::vector<uint16_t> got = gradients();
+        int differ = 0;
+        for (size_t i = 0; i < n_grad; ++i) {  // the same gradients, summed in another order
+          const float a = from_bf16(reference[i]), b = from_bf16(got[i]);
+          differ += !(std::fabs(a - b) <= 0.02f + 0.02f * std::fabs(a));
+        }
+        EXPECT_EQ(differ, 0) << launches[0].kernel;
+      }
+    }
+  }
 
   {  // an inner trace records instead; one too small skips the launch and says so
     cuda::CtaTrace inner(4096);

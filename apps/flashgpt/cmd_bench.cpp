@@ -400,7 +400,8 @@ void register_bench(CLI::App& app) {
   tr->add_option("--tiles", c->tiles,
                  "GPU: the bf16 flash kernels' tiles (as bench attention --tiles): auto, wide, narrow, tall, short, "
                  "wgmma (Hopper's warpgroup MMA), wgmma-tma (its forward loading through the TMA), wgmma-ws "
-                 "(that forward warp-specialized) or wgmma-ws-no-pingpong (the same without the warpgroups' turns)")
+                 "(forward and backward warp-specialized) or wgmma-ws-no-pingpong (the same without the forward's "
+                 "warpgroups' turns)")
       ->check(CLI::IsMember(cuda::flash_tiles_names()))
       ->capture_default_str();
   tr->add_option("--attention-backend", c->attention_backend,

@@ -464,8 +464,9 @@ void register_bench_attention(CLI::App& bench) {
                   "rows a warp) or short (the backward's 32-query tiles, three blocks an SM), those two for value "
                   "head dims up to 64, or wgmma (Hopper's warpgroup MMA, sm_90a: the forward at head dims that are "
                   "multiples of 64, the backward at 64/64 and 128/128), wgmma-tma (the same with the forward's "
-                  "tiles copied by the TMA), wgmma-ws (that forward warp-specialized: a producer warpgroup and "
-                  "two computing in turns) or wgmma-ws-no-pingpong (the same without the turns); several: each case "
+                  "tiles copied by the TMA), wgmma-ws (forward and backward warp-specialized: a producer warpgroup "
+                  "filling the stages, and in the forward two computing warpgroups in turns) or wgmma-ws-no-pingpong "
+                  "(the same without the turns); several: each case "
                   "with each, back to back")
       ->delimiter(',')
       ->check(CLI::IsMember(cuda::flash_tiles_names()))

@@ -110,13 +110,14 @@ ForwardShape forward_shape(FlashTiles tiles) {
   return use_wide(tiles, L::forward_bytes(ForwardShape::Wide)) ? ForwardShape::Wide : ForwardShape::Narrow;
 }
 
-// The backward's (its first kernel's, in deterministic mode). Every Hopper tile's backward is
-// Wgmma's.
+// The backward's (its first kernel's, in deterministic mode): the warp-specialized one for both
+// warp-specialized tiles (the ping-pong is the forward's), Wgmma's for the other Hopper tiles.
 template <typename L>
 BackwardShape backward_shape(FlashTiles tiles) {
   if (tiles == FlashTiles::Short && L::has_short_backward()) return BackwardShape::Short;
   if (flash_tiles_use_wgmma(tiles) && L::has_wgmma_backward() && warpgroup_mma_supported()) {
-    return BackwardShape::Wgmma;
+    const bool ws = tiles == FlashTiles::WgmmaWs || tiles == FlashTiles::WgmmaWsNoPingPong;
+    return ws ? BackwardShape::WgmmaWs : BackwardShape::Wgmma;
   }
   return use_wide(tiles, L::backward_bytes(BackwardShape::Wide)) ? BackwardShape::Wide : BackwardShape::Narrow;
 }

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cmath>
+#include <string>
 
 #include "cuda/attention_flash_tc_backward_wgmma.h"
 #include "cuda/attention_flash_tc_common.h"
@@ -182,13 +183,32 @@ using BackwardTilesShort = BackwardTiles<Dqk, Dv, 4, 32, 3>;
 template <int Dv>
 constexpr bool kHasShortBackward = Dv <= 64;
 
-// The backward kernel of tiles F: the warpgroup one for Hopper's tiles, else the mma.sync one.
+// The backward kernel of tiles F: the warpgroup one for Hopper's tiles (warp-specialized or not),
+// else the mma.sync one.
 template <typename E, typename F, bool WithDq>
 constexpr auto backward_kernel() {
-  if constexpr (requires { F::kWarpgroup; }) {
+  if constexpr (has_producer<F>()) {
+    return flash_backward_wgmma_ws_kernel<E, F, WithDq>;
+  } else if constexpr (requires { F::kWarpgroup; }) {
     return flash_backward_wgmma_kernel<E, F, WithDq>;
   } else {
     return flash_backward_tc_kernel<E, F, WithDq>;
+  }
+}
+
+// Launches the backward kernel of tiles F under `name`: the warp-specialized one takes q and dO as
+// tensor maps.
+template <typename E, typename F, bool WithDq>
+void launch_backward_kernel(const char* name, const dim3& grid, const Dims& d, const Mask& m, float scale, const E* q,
+                            const E* k, const E* v, const float* lse, const float* dsum, const E* dout,
+                            float* dq_accum, E* dk, E* dv) {
+  allow_shared(backward_kernel<E, F, WithDq>(), F::bytes, name);
+  if constexpr (has_producer<F>()) {
+    launch_kernel(name, backward_kernel<E, F, WithDq>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid),
+                  m, scale, backward_maps<F>(d, q, dout), k, v, lse, dsum, dq_accum, dk, dv);
+  } else {
+    launch_kernel(name, backward_kernel<E, F, WithDq>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid),
+                  m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
   }
 }
 
@@ -198,17 +218,17 @@ void launch_backward(const Dims& d, const Mask& m, float scale, const E* q, cons
                      const float* dsum, const E* dout, float* dq_accum, E* dk, E* dv) {
   const dim3 grid(static_cast<unsigned>((d.Tk + F::BlockN - 1) / F::BlockN), static_cast<unsigned>(d.Hkv),
                   static_cast<unsigned>(d.B));
-  constexpr bool kHopper = requires { F::kWarpgroup; };
+  const char* name = [] {
+    if constexpr (requires { F::kWarpgroup; }) {
+      return has_producer<F>() ? "Hopper flash backward (warp-specialized)" : "Hopper flash backward";
+    }
+    return "tensor-core flash backward";
+  }();
   if (dq_accum) {
-    const char* name = kHopper ? "Hopper flash backward" : "tensor-core flash backward";
-    allow_shared(backward_kernel<E, F, true>(), F::bytes, name);
-    launch_kernel(name, backward_kernel<E, F, true>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid), m,
-                  scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+    launch_backward_kernel<E, F, true>(name, grid, d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
   } else {
-    const char* name = kHopper ? "Hopper flash backward (dK, dV)" : "tensor-core flash backward (dK, dV)";
-    allow_shared(backward_kernel<E, F, false>(), F::bytes, name);
-    launch_kernel(name, backward_kernel<E, F, false>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid), m,
-                  scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
+    const std::string dkdv = std::string(name) + " (dK, dV)";
+    launch_backward_kernel<E, F, false>(dkdv.c_str(), grid, d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv);
   }
 }
 

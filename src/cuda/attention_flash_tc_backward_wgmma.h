@@ -22,21 +22,44 @@
 // into global memory once. Three stages, not two: the tile queued at a barrier goes into the stage the tile before
 // last used, so the dV and dK products of the current tile may still read theirs.
 // With WithDq false the kernel leaves dQ alone, for the deterministic backward.
+//
+// Warp-specialized (FlashTiles::WgmmaWs, as FlashAttention-3's backward is): a third warpgroup
+// produces. It gives most of its registers (setmaxnreg) to the two computing warpgroups, and its
+// first warp fills each stage: lse·log2 e and D by its 32 lanes, Q and dO by one lane through the
+// TMA (one box per 64-column panel, landing in the swizzled layout the wgmmas read, positions past
+// the sequence as zeros), all onto the stage's `full` mbarrier (32 arrivals and the copies' bytes).
+// It refills a stage once all 256 computing threads have arrived on its `empty` mbarrier, which
+// each does when the wgmmas reading the stage have landed, so the computing warpgroups never wait
+// at a block barrier; they meet only at a named barrier of their own once both have written dSᵀ,
+// which dQ reads across both warpgroups' keys, and which also orders the dQ exchange and the dSᵀ
+// buffers' reuse. K and V are loaded once by the computing threads, as without the producer.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 
 #include "cuda/attention_flash_tc_common.h"
+#include "cuda/tma.h"
 #include "cuda/warpgroup.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 namespace flash_tc {
 
-template <int Dqk_, int Dv_>
+template <int Dqk_, int Dv_, bool Producer_ = false>
 struct BackwardTilesWgmma {
-  static constexpr bool kWarpgroup = true;
-  static constexpr int Dqk = Dqk_, Dv = Dv_, Groups = 2, BlockN = 64 * Groups, BlockM = 64, Threads = 128 * Groups;
+  static constexpr bool kWarpgroup = true, kProducer = Producer_;
+  static constexpr int Dqk = Dqk_, Dv = Dv_, Groups = 2, BlockN = 64 * Groups, BlockM = 64;
+  // Groups computing warpgroups, and with a producer one more after them.
+  static constexpr int Consumers = 128 * Groups, Threads = Consumers + (kProducer ? 128 : 0);
   static constexpr int MinBlocks = 1, Stages = 3;
+  // The producer's registers a thread, and what that leaves each computing thread of the block's
+  // pool (ptxas starts every thread at 65536 / Threads, rounded down to 8, under launch bounds of
+  // one block an SM): 128 · 24 + 256 · 240 = 168 · 384.
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters =
+      std::min(256, (register_pool(Threads) - 128 * kProducerRegisters) / Consumers / 8 * 8);
+  // The producer's warp that fills the stages: its lanes load lse and D, one also issues the copies.
+  static constexpr int kFillers = 32;
   using KTile = wg::SwizzledTile<BlockN, Dqk>;
   using VTile = wg::SwizzledTile<BlockN, Dv>;
   using QTile = wg::SwizzledTile<BlockM, Dqk>;
@@ -52,10 +75,28 @@ struct BackwardTilesWgmma {
   static constexpr size_t elem_bytes =
       2 * static_cast<size_t>(KTile::kElems + VTile::kElems + Stages * (QTile::kElems + OTile::kElems) +
                               2 * STile::kElems);
-  // + lse·log2 e and D per stage, the dQ exchange, and 1024 bytes to align the tiles.
-  static constexpr size_t bytes = elem_bytes + sizeof(float) * 2 * Stages * BlockM + exchange_bytes + 1024;
+  // + lse·log2 e and D per stage, the dQ exchange, with a producer two mbarriers per stage (`full`
+  // and `empty`), and 1024 bytes to align the tiles.
+  static constexpr size_t bytes = elem_bytes + sizeof(float) * 2 * Stages * BlockM + exchange_bytes +
+                                  (kProducer ? 16 * Stages : 0) + 1024;
   static_assert(Dqk <= 128 && Dv <= 128, "the dK and dV accumulators of 64 keys fit the registers up to 128");
 };
+template <int Dqk, int Dv>
+using BackwardTilesWgmmaWs = BackwardTilesWgmma<Dqk, Dv, true>;
+
+// The tensor maps of the warp-specialized backward's q and dO (one kernel parameter,
+// __grid_constant__): each [B][Tq][H·D], boxes of 64 columns by BlockM positions.
+struct BackwardMaps {
+  CUtensorMap q, dout;
+};
+
+template <typename F>
+BackwardMaps backward_maps(const Dims& d, const void* q, const void* dout) {
+  BackwardMaps maps;
+  tma::encode_attention_map(&maps.q, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.Hq * F::Dqk, d.B, F::BlockM);
+  tma::encode_attention_map(&maps.dout, dout, F::Dv, d.Hq, d.Tq, d.Tq, d.Hq * F::Dv, d.B, F::BlockM);
+  return maps;
+}
 
 // Head dims with a Hopper backward: whole swizzle panels, and accumulators that fit the registers.
 template <int Dqk, int Dv>
@@ -71,14 +112,17 @@ __device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
 #endif
 }
 
-template <typename E, typename F, bool WithDq>
-__global__ void __launch_bounds__(F::Threads, F::MinBlocks)
-    flash_backward_wgmma_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
-                                const E* __restrict__ v, const float* __restrict__ lse,
-                                const float* __restrict__ dsum, const E* __restrict__ dout,
-                                float* __restrict__ dq_accum, E* __restrict__ dk, E* __restrict__ dv) {
 #if FLASHGPT_HAS_WGMMA
+// The kernel's body, for both ways of filling the stages: maps null (every thread's cp.async from q
+// and dout) or, for warp-specialized tiles, the tensor maps of q and dout (those pointers unused).
+template <typename E, typename F, bool WithDq>
+__device__ __forceinline__ void backward_wgmma(const Dims& d, const Mask& m, float scale, const E* __restrict__ q,
+                                               const E* __restrict__ k, const E* __restrict__ v,
+                                               const float* __restrict__ lse, const float* __restrict__ dsum,
+                                               const E* __restrict__ dout, float* __restrict__ dq_accum,
+                                               E* __restrict__ dk, E* __restrict__ dv, const BackwardMaps* maps) {
   constexpr int Dqk = F::Dqk, Dv = F::Dv, BlockM = F::BlockM, BlockN = F::BlockN, Stages = F::Stages;
+  constexpr int Consumers = F::Consumers;
   using KTile = typename F::KTile;
   using VTile = typename F::VTile;
   using QTile = typename F::QTile;
@@ -94,6 +138,10 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   float* Ls = reinterpret_cast<float*>(dSs + 2 * STile::kElems);  // [Stages][BlockM]
   float* Ds = Ls + Stages * BlockM;                               // [Stages][BlockM]
   float4* Xs = reinterpret_cast<float4*>(Ds + Stages * BlockM);   // the dQ exchange, if any
+  // With a producer: full[st] counts stage st's fill in (pair p is its (p / Stages)-th use, the
+  // phase's parity), empty[st] the computing threads out of it.
+  uint64_t* full = reinterpret_cast<uint64_t*>(reinterpret_cast<unsigned char*>(Xs) + F::exchange_bytes);
+  uint64_t* empty = full + Stages;
   const int tid = static_cast<int>(threadIdx.x), group = tid / 128, wq = tid % 128 / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, hk = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * BlockN;
@@ -102,16 +150,18 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;
   const float scale_log2 = scale * kLog2e;
 
-  wg::load_rows_swizzled<Dqk, BlockN, F::Threads>(Ks, kb, d.k_row, j0, d.Tk);
-  wg::load_rows_swizzled<Dv, BlockN, F::Threads>(Vs, vb, d.v_row, j0, d.Tk);
-  tc::cp_async_commit();
+  if (tid < Consumers) {  // K and V once, by the computing threads
+    wg::load_rows_swizzled<Dqk, BlockN, Consumers>(Ks, kb, d.k_row, j0, d.Tk);
+    wg::load_rows_swizzled<Dv, BlockN, Consumers>(Vs, vb, d.v_row, j0, d.Tk);
+    tc::cp_async_commit();
+  }
 
   const int64_t key_limit = key_limit_of(d, m, b);
   const int64_t q_off = causal_offset(m, b);
   const int64_t first_tile = m.causal ? max(int64_t{0}, j0 - q_off) / BlockM : 0;
   const int64_t tiles_per_head = max(int64_t{0}, (d.Tq + BlockM - 1) / BlockM - first_tile);
   const int64_t total = j0 < key_limit ? d.group * tiles_per_head : 0;
-  auto load_pair = [&](int64_t p) {
+  auto load_pair = [&](int64_t p) {  // every thread, through cp.async
     const int st = static_cast<int>(p % Stages);
     const int64_t h = hk * d.group + p / tiles_per_head, i0 = (first_tile + p % tiles_per_head) * BlockM;
     wg::load_rows_swizzled<Dqk, BlockM, F::Threads>(Qs + st * QTile::kElems, q + b * d.Tq * q_row + h * Dqk, q_row,
@@ -125,7 +175,65 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
       Ds[st * BlockM + r] = i < d.Tq ? dsum[(b * d.Hq + h) * d.Tq + i] : 0.0f;
     }
   };
-  stream_begin<true>(total, load_pair);
+  if constexpr (F::kProducer) {
+    if (tid == 0) {
+#pragma unroll
+      for (int st = 0; st < Stages; ++st) {
+        tma::mbarrier_init(&full[st], F::kFillers);
+        tma::mbarrier_init(&empty[st], Consumers);
+      }
+      tma::fence_mbarrier_init();
+    }
+    __syncthreads();
+    if (tid >= Consumers) {  // the producer: its first warp fills every stage, the rest leave
+      wg::lower_registers<F::kProducerRegisters>();
+      if (tid < Consumers + F::kFillers && total > 0) {
+        // Lean, in 32-bit indices walking heads and tiles: the producer has 24 registers.
+        const int filler = tid - Consumers, tiles = static_cast<int>(tiles_per_head), bi = static_cast<int>(b);
+        int st = 0, use = 0;  // pair p's stage p % Stages, and its use p / Stages
+        for (int hh = 0; hh < static_cast<int>(d.group); ++hh) {
+          const int hq = static_cast<int>(hk * d.group) + hh;
+          const float* lse_h = lse + (b * d.Hq + hq) * d.Tq;
+          const float* dsum_h = dsum + (b * d.Hq + hq) * d.Tq;
+          for (int it = 0; it < tiles; ++it) {
+            const int i0 = (static_cast<int>(first_tile) + it) * BlockM;
+            // The stage was last used by pair p − Stages: every computing thread must be out of it.
+            if (use > 0) tma::mbarrier_wait(&empty[st], static_cast<uint32_t>((use - 1) & 1));
+            for (int r = filler; r < BlockM; r += F::kFillers) {
+              const bool in = i0 + r < d.Tq;
+              const float l = in ? lse_h[i0 + r] : -INFINITY;
+              Ls[st * BlockM + r] = l == -INFINITY ? INFINITY : l * kLog2e;
+              Ds[st * BlockM + r] = in ? dsum_h[i0 + r] : 0.0f;
+            }
+            if (filler == 0) {  // its arrival, after its own stores, announces the copies' bytes
+              tma::mbarrier_arrive_expect_tx(&full[st], 2 * (QTile::kElems + OTile::kElems));
+#pragma unroll
+              for (int pp = 0; pp < Dqk / 64; ++pp) {
+                tma::tma_load_4d(Qs + st * QTile::kElems + pp * QTile::kPanelElems, &maps->q, 64 * pp, hq, i0, bi,
+                                 &full[st]);
+              }
+#pragma unroll
+              for (int pp = 0; pp < Dv / 64; ++pp) {
+                tma::tma_load_4d(dOs + st * OTile::kElems + pp * OTile::kPanelElems, &maps->dout, 64 * pp, hq, i0,
+                                 bi, &full[st]);
+              }
+            } else {
+              tma::mbarrier_arrive(&full[st]);
+            }
+            if (++st == Stages) st = 0, ++use;
+          }
+        }
+      }
+      cta_trace_end(d.trace);
+      return;
+    }
+    wg::raise_registers<F::kConsumerRegisters>();
+    tc::cp_async_wait<0>();  // K and V, visible to both computing warpgroups' wgmmas
+    wg::fence_proxy_async();
+    named_barrier_sync(2, Consumers);
+  } else {
+    stream_begin<true>(total, load_pair);
+  }
 
   float acc_dk[Dqk / 8][4] = {}, acc_dv[Dv / 8][4] = {};
   // This warpgroup's keys within the block, this warp's 16 of them, and the lane's two.
@@ -140,6 +248,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
     const float* Lt = Ls + st * BlockM;
     const float* Dt = Ds + st * BlockM;
     E* dSt = dSs + (p & 1) * STile::kElems;
+    if constexpr (F::kProducer) tma::mbarrier_wait(&full[st], static_cast<uint32_t>((p / Stages) & 1));
 
     float s[BlockM / 8][4], dp[BlockM / 8][4];
     wg::fence();
@@ -199,9 +308,17 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
           *reinterpret_cast<uint32_t*>(dSt + STile::offset(row, col)) = da[kk][r];
         }
     }
-    // The tile's one barrier: pair p + 1 visible, dSᵀ complete, pair p + 2 queued into the stage
-    // pair p − 1 used (its products were waited for before this barrier).
-    stream_advance<true>(p, total, load_pair);
+    if constexpr (F::kProducer) {
+      // The computing warpgroups' barrier: dSᵀ complete (and fenced over to the wgmmas).
+      if constexpr (WithDq) {
+        wg::fence_proxy_async();
+        named_barrier_sync(2, Consumers);
+      }
+    } else {
+      // The tile's one barrier: pair p + 1 visible, dSᵀ complete, pair p + 2 queued into the stage
+      // pair p − 1 used (its products were waited for before this barrier).
+      stream_advance<true>(p, total, load_pair);
+    }
     if constexpr (WithDq) {
       constexpr int DqCols = F::DqCols;
       const int dq_key0 = F::kDqSplitsColumns ? 0 : key_base, dq_col0 = F::kDqSplitsColumns ? DqCols * group : 0;
@@ -228,9 +345,9 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
         if (!dq_taker) {
 #pragma unroll
           for (int n = 0; n < DqCols / 8; ++n) Xs[n * 128 + slot] = make_float4(dq[n][0], dq[n][1], dq[n][2], dq[n][3]);
-          named_barrier_arrive(1, F::Threads);
+          named_barrier_arrive(1, Consumers);
         } else {
-          named_barrier_sync(1, F::Threads);
+          named_barrier_sync(1, Consumers);
 #pragma unroll
           for (int n = 0; n < DqCols / 8; ++n) {
             const float4 o = Xs[n * 128 + slot];
@@ -253,14 +370,44 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
     wg::hold(acc_dk);
     wg::hold(pa);
     wg::hold(da);
+    // Every wgmma reading pair p's stage has landed: the producer may refill it.
+    if constexpr (F::kProducer) tma::mbarrier_arrive(&empty[st]);
   }
   tc::cp_async_wait<0>();
 
   write_key_gradients<E, Dqk, Dv>(d, b, hk, key0, t, acc_dk, acc_dv, dk, dv);
   cta_trace_end(d.trace);
+}
+#endif
+
+template <typename E, typename F, bool WithDq>
+__global__ void __launch_bounds__(F::Threads, F::MinBlocks)
+    flash_backward_wgmma_kernel(Dims d, Mask m, float scale, const E* __restrict__ q, const E* __restrict__ k,
+                                const E* __restrict__ v, const float* __restrict__ lse,
+                                const float* __restrict__ dsum, const E* __restrict__ dout,
+                                float* __restrict__ dq_accum, E* __restrict__ dk, E* __restrict__ dv) {
+#if FLASHGPT_HAS_WGMMA
+  backward_wgmma<E, F, WithDq>(d, m, scale, q, k, v, lse, dsum, dout, dq_accum, dk, dv, nullptr);
 #else
   (void)d, (void)m, (void)scale, (void)q, (void)k, (void)v, (void)lse, (void)dsum, (void)dout, (void)dq_accum;
   (void)dk, (void)dv;
+  __trap();  // not built for sm_90a: the host side never launches it there
+#endif
+}
+
+// Launch bounds of one block an SM (the MinBlocks of these tiles): ptxas then honours the
+// producer's register reallocation.
+template <typename E, typename F, bool WithDq>
+__global__ void __launch_bounds__(F::Threads, 1)
+    flash_backward_wgmma_ws_kernel(Dims d, Mask m, float scale, const __grid_constant__ BackwardMaps maps,
+                                   const E* __restrict__ k, const E* __restrict__ v, const float* __restrict__ lse,
+                                   const float* __restrict__ dsum, float* __restrict__ dq_accum, E* __restrict__ dk,
+                                   E* __restrict__ dv) {
+#if FLASHGPT_HAS_WGMMA
+  backward_wgmma<E, F, WithDq>(d, m, scale, nullptr, k, v, lse, dsum, nullptr, dq_accum, dk, dv, &maps);
+#else
+  (void)d, (void)m, (void)scale, (void)maps, (void)k, (void)v, (void)lse, (void)dsum, (void)dq_accum, (void)dk;
+  (void)dv;
   __trap();  // not built for sm_90a: the host side never launches it there
 #endif
 }

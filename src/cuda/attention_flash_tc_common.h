@@ -266,8 +266,27 @@ struct Residency {
 // WgmmaWsNoPingPong the same without the turns), where the head dims have them.
 enum class ForwardShape { Narrow, Wide, Tall, Wgmma, WgmmaTma, WgmmaWs, WgmmaWsNoPingPong };
 // The backward's: narrow, wide, short (FlashTiles::Short) or Hopper's warpgroup MMA
-// (FlashTiles::Wgmma), where the head dims have them.
-enum class BackwardShape { Narrow, Wide, Short, Wgmma };
+// (FlashTiles::Wgmma and WgmmaTma; WgmmaWs warp-specialized, for both WgmmaWs tiles), where the
+// head dims have them.
+enum class BackwardShape { Narrow, Wide, Short, Wgmma, WgmmaWs };
+
+// The registers a block of `threads` holds under launch bounds of one block an SM: ptxas gives each
+// thread 65536 / threads rounded down to a multiple of 8, at most 256 (setmaxnreg moves registers
+// between warpgroups within this pool, never beyond it).
+constexpr int register_pool(int threads) {
+  const int each = 65536 / threads / 8 * 8;
+  return (each < 256 ? each : 256) * threads;
+}
+
+// Whether tiles F are warp-specialized (a producer warpgroup fills the stages).
+template <typename F>
+constexpr bool has_producer() {
+  if constexpr (requires { F::kProducer; }) {
+    return F::kProducer;
+  } else {
+    return false;
+  }
+}
 
 template <typename E, int Dqk, int Dv>
 struct Launchers {

@@ -52,10 +52,12 @@ struct ForwardTilesWgmma {
   static constexpr int Dqk = Dqk_, Dv = Dv_, BlockN = BlockN_, Groups = Groups_;
   // Groups consuming warpgroups, and with a producer one more after them.
   static constexpr int BlockM = 64 * Groups, Threads = 128 * (Groups + (kProducer ? 1 : 0)), Stages = 3;
-  // The producer's registers a thread, and what that leaves each consumer of the block's 65536
-  // (ptxas starts every thread at 65536 / Threads under launch bounds of one block an SM).
+  // The producer's registers a thread, and what that leaves each consumer of the block's pool
+  // (ptxas starts every thread at 65536 / Threads, rounded down to 8, under launch bounds of one
+  // block an SM): 128 · 40 + 256 · 232 = 168 · 384.
   static constexpr int kProducerRegisters = 40;
-  static constexpr int kConsumerRegisters = std::min(256, (65536 - 128 * kProducerRegisters) / (128 * Groups) / 8 * 8);
+  static constexpr int kConsumerRegisters =
+      std::min(256, (register_pool(Threads) - 128 * kProducerRegisters) / (128 * Groups) / 8 * 8);
   static_assert(!kProducer || Groups == 2, "the ping-pong takes turns between two consuming warpgroups");
   using QTile = wg::SwizzledTile<BlockM, Dqk>;
   using KTile = wg::SwizzledTile<BlockN, Dqk>;
@@ -94,20 +96,11 @@ struct ForwardMaps {
 // (d, head, position, sequence), boxes of 64 columns by BlockM (q) or BlockN (k, v) positions.
 template <typename F>
 ForwardMaps forward_maps(const Dims& d, const void* q, const void* k, const void* v, bool pingpong) {
-  auto encode = [](CUtensorMap* map, const void* base, int64_t D, int64_t H, int64_t T, int64_t rows, int64_t row,
-                   int64_t B, int box_rows) {
-    const uint64_t dims[4] = {static_cast<uint64_t>(D), static_cast<uint64_t>(H), static_cast<uint64_t>(T),
-                              static_cast<uint64_t>(B)};
-    const uint64_t strides[3] = {static_cast<uint64_t>(D) * 2, static_cast<uint64_t>(row) * 2,
-                                 static_cast<uint64_t>(rows * row) * 2};
-    const uint32_t box[4] = {64, 1, static_cast<uint32_t>(box_rows), 1};
-    tma::encode_tensor_map_16bit(map, base, 4, dims, strides, box);
-  };
   ForwardMaps maps;
   maps.pingpong = pingpong ? 1 : 0;
-  encode(&maps.q, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.Hq * F::Dqk, d.B, F::BlockM);
-  encode(&maps.k, k, F::Dqk, d.Hkv, d.Tk, d.kv_rows, d.k_row, d.B, F::BlockN);
-  encode(&maps.v, v, F::Dv, d.Hkv, d.Tk, d.kv_rows, d.v_row, d.B, F::BlockN);
+  tma::encode_attention_map(&maps.q, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.Hq * F::Dqk, d.B, F::BlockM);
+  tma::encode_attention_map(&maps.k, k, F::Dqk, d.Hkv, d.Tk, d.kv_rows, d.k_row, d.B, F::BlockN);
+  tma::encode_attention_map(&maps.v, v, F::Dv, d.Hkv, d.Tk, d.kv_rows, d.v_row, d.B, F::BlockN);
   return maps;
 }
 

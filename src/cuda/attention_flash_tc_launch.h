@@ -38,6 +38,7 @@ decltype(auto) with_backward_tiles(BackwardShape shape, F&& f) {
   }
   if constexpr (kHasWgmmaBackward<Dqk, Dv>) {
     if (shape == BackwardShape::Wgmma) return f(std::type_identity<BackwardTilesWgmma<Dqk, Dv>>{});
+    if (shape == BackwardShape::WgmmaWs) return f(std::type_identity<BackwardTilesWgmmaWs<Dqk, Dv>>{});
   }
   if (shape == BackwardShape::Narrow) return f(std::type_identity<BackwardTilesFor<Dqk, Dv, false>>{});
   return f(std::type_identity<BackwardTilesFor<Dqk, Dv, true>>{});

@@ -60,6 +60,16 @@ void encode_tensor_map_16bit(CUtensorMap* map, const void* base, int rank, const
 #endif
 }
 
+void encode_attention_map(CUtensorMap* map, const void* base, int64_t D, int64_t H, int64_t T, int64_t rows,
+                          int64_t row, int64_t B, int box_rows) {
+  const uint64_t dims[4] = {static_cast<uint64_t>(D), static_cast<uint64_t>(H), static_cast<uint64_t>(T),
+                            static_cast<uint64_t>(B)};
+  const uint64_t strides[3] = {static_cast<uint64_t>(D) * 2, static_cast<uint64_t>(row) * 2,
+                               static_cast<uint64_t>(rows * row) * 2};
+  const uint32_t box[4] = {64, 1, static_cast<uint32_t>(box_rows), 1};
+  encode_tensor_map_16bit(map, base, 4, dims, strides, box);
+}
+
 }  // namespace tma
 
 namespace {
@@ -103,14 +113,8 @@ void tma_load_attention_tile(const uint16_t* x, int64_t B, int64_t T, int64_t H,
                         what + "rows of whole 16-byte chunks (D " + std::to_string(D) + ", row stride " +
                             std::to_string(row_stride) + ")");
   FLASHGPT_CUDA_REQUIRE(warpgroup_mma_supported(), what + "needs a compute capability 9.0 GPU and sm_90a code");
-  // The layout [B][T][row_stride] with each row's heads [H][D]: innermost first, d, h, t, b.
-  const uint64_t dims[4] = {static_cast<uint64_t>(D), static_cast<uint64_t>(H), static_cast<uint64_t>(T),
-                            static_cast<uint64_t>(B)};
-  const uint64_t strides[3] = {static_cast<uint64_t>(D) * 2, static_cast<uint64_t>(row_stride) * 2,
-                               static_cast<uint64_t>(T * row_stride) * 2};
-  const uint32_t box[4] = {64, 1, static_cast<uint32_t>(rows), 1};
   CUtensorMap map;
-  tma::encode_tensor_map_16bit(&map, x, 4, dims, strides, box);
+  tma::encode_attention_map(&map, x, D, H, T, T, row_stride, B, rows);
   const size_t bytes = static_cast<size_t>(rows) * 128 + 8 + kTileAlign;
   allow_shared(tma_tile_kernel, bytes, "TMA attention tile");
   launch_kernel("TMA attention tile", tma_tile_kernel, 1, 128, bytes, nullptr, map, static_cast<int>(d0),

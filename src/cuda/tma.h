@@ -46,6 +46,12 @@ namespace tma {
 void encode_tensor_map_16bit(CUtensorMap* map, const void* base, int rank, const uint64_t* dims,
                              const uint64_t* strides_bytes, const uint32_t* box);
 
+// The map of an attention tensor (q, k, v, o, dO) laid out [B][rows][row] with each row's first
+// H·D elements its heads [H][D]: four dimensions, innermost first (d, head, position, sequence), of
+// T positions, in boxes of 64 columns (one swizzle panel) by box_rows positions.
+void encode_attention_map(CUtensorMap* map, const void* base, int64_t D, int64_t H, int64_t T, int64_t rows,
+                          int64_t row, int64_t B, int box_rows);
+
 #if FLASHGPT_HAS_TMA
 __device__ __forceinline__ void mbarrier_init(uint64_t* bar, int count) {
 #if defined(FLASHGPT_SIMT)

@@ -70,9 +70,11 @@ enum class TensorCoreType { bf16, fp16 };
 // FlashAttention-3 is: a third warpgroup, its registers given to the other two, issues the copies
 // and refills a stage once both have released it (no block barrier in the loop), and the two
 // computing warpgroups take turns at the tensor cores so that one's softmax overlaps the other's
-// products (ping-pong); its backward is Wgmma's. WgmmaWsNoPingPong is WgmmaWs without the turns
-// (each computing warpgroup issues whenever it is ready): the measurement that separates what the
-// ping-pong gains from what the producer does.
+// products (ping-pong); its backward (64/64 and 128/128) is warp-specialized too: the producer
+// fills each stage with Q and dO through the TMA, and lse and D, and the computing warpgroups
+// meet only at a barrier of their own before dQ. WgmmaWsNoPingPong is WgmmaWs without the
+// forward's turns (each computing warpgroup issues whenever it is ready): the measurement that
+// separates what the ping-pong gains from what the producer does; its backward is WgmmaWs's.
 enum class FlashTiles { Auto, Wide, Narrow, Tall, Short, Wgmma, WgmmaTma, WgmmaWs, WgmmaWsNoPingPong };
 
 // The tiles' names on the command line (bench attention --tiles, bench train --tiles).
