@@ -237,7 +237,7 @@ void expect_within_twice_plain(const Graded& outs, const char* kernel) {
 // backward then running its automatic tiles; short: the backward's own, the forward automatic;
 // wgmma: both Hopper kernels). Each case runs in every variant. Wgmma runs Hopper's warpgroup
 // kernels where the GPU and build have them (the emulator does) and the head dims do (forward:
-// multiples of 64; backward: 64/64 and 128/128); elsewhere it is Auto.
+// 64/64, 96/64, 128/128, 192/128; backward: 64/64 and 128/128); elsewhere it is Auto.
 struct TcVariant {
   cuda::TensorCoreType type;
   cuda::FlashTiles tiles;
@@ -796,6 +796,33 @@ TEST(CudaAttention, CtaTraceRecordsEveryBlockOfTheFlashKernels) {
   EXPECT_TRUE(trace.read().empty()) << "the outer trace recorded while an inner one lived";
   forward(go_traced);
   EXPECT_EQ(trace.read().size(), 1u) << "the outer trace records again once the inner one is gone";
+}
+
+// Which forward kernel each Hopper tile runs at latent attention's 96/64 (head 64 + rope 32): the
+// warpgroup MMA with Q and K ending in a 64-byte-swizzled half panel, for Wgmma and, since their
+// TMA boxes are whole 128-byte panels, for the TMA tiles too; at 64/64 each its own. The
+// accuracy tests hold what they compute.
+TEST(CudaAttention, HopperForwardTilesRunTheirKernels) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  if (!cuda::warpgroup_mma_supported()) GTEST_SKIP() << "this GPU or build has no wgmma";
+  cuda::CtaTrace trace(4096);
+  for (const auto& [Dqk, Dv] : {std::pair{96, 64}, std::pair{64, 64}}) {
+    const AttentionDims d{1, 2, 2, 70, 70, Dqk, Dv, 0};
+    const size_t qk_bytes = static_cast<size_t>(70 * 2 * Dqk) * 2, v_bytes = static_cast<size_t>(70 * 2 * Dv) * 2;
+    cuda::DeviceBuffer q(qk_bytes), k(qk_bytes), v(v_bytes), o(v_bytes), lse(static_cast<size_t>(2 * 70) * 4);
+    for (auto* buf : {&q, &k, &v}) buf->fill_bytes(0);
+    for (const auto& [tiles, kernel] :
+         {std::pair{cuda::FlashTiles::Wgmma, "Hopper flash forward"},
+          std::pair{cuda::FlashTiles::WgmmaTma, Dqk == 96 ? "Hopper flash forward" : "Hopper flash forward (TMA)"},
+          std::pair{cuda::FlashTiles::WgmmaWs,
+                    Dqk == 96 ? "Hopper flash forward" : "Hopper flash forward (warp-specialized)"}}) {
+      cuda::flash_forward_tc(cuda::TensorCoreType::bf16, d, AttentionMask{true, 0}, 0.125f, q.as<uint16_t>(),
+                             k.as<uint16_t>(), v.as<uint16_t>(), o.as<uint16_t>(), lse.as<float>(), tiles);
+      const std::vector<cuda::TracedLaunch> launches = trace.read();
+      ASSERT_EQ(launches.size(), 1u);
+      EXPECT_EQ(launches[0].kernel, kernel) << Dqk << "/" << Dv;
+    }
+  }
 }
 
 // The benchmark checks the kernel against the fp32 one, then times it: its figures are present and

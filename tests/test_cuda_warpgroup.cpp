@@ -1,7 +1,7 @@
 // Hopper's warpgroup instructions (wgmma, src/cuda/warpgroup.h) against a plain product of the same
 // 16-bit values: matrix descriptors, 128-byte-swizzled shared tiles, A from registers and from
-// shared memory K-major and MN-major, B K-major and MN-major, every width the kernels use and two depths (one and two
-// 64-column panels of A). On an H100 or H200 this holds our reading of the PTX ISA's layouts to
+// shared memory K-major and MN-major, B K-major and MN-major, every width the kernels use and three depths (one and two
+// 64-column panels of A, and one and a half: a K-major tile's last 32 columns in the 64-byte swizzle). On an H100 or H200 this holds our reading of the PTX ISA's layouts to
 // the hardware; on the emulator, the emulator to the same reading. Skipped, visibly, without a GPU
 // that has the instructions (compute capability 9.0 and a build with sm_90a code).
 #include <fmt/format.h>
@@ -35,7 +35,7 @@ TEST(CudaWarpgroup, ProductsMatchAPlainProductInEveryLayout) {
   Rng rng(7);
   for (const auto type : {cuda::TensorCoreType::bf16, cuda::TensorCoreType::fp16}) {
     for (const int n : {32, 64, 128, 256}) {
-      for (const int k : {64, 128}) {
+      for (const int k : {64, 96, 128}) {
         for (const auto a_from : {cuda::WarpgroupA::Registers, cuda::WarpgroupA::KMajor, cuda::WarpgroupA::MNMajor}) {
           for (const bool b_mn_major : {false, true}) {
             if (n < 64 && b_mn_major) continue;  // an MN-major tile is whole 64-column panels

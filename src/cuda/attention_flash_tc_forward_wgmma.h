@@ -72,9 +72,14 @@ struct ForwardTilesWgmma {
   static_assert(Dv == 64 || Dv == 128 || Dv == 256, "O is one wgmma wide");
 };
 
-// Head dims with a Hopper forward: whole 64-element swizzle panels.
+// Head dims with a Hopper forward: whole 64-element swizzle panels, and Q and K (K-major only) may
+// end in a 32-column one in the 64-byte swizzle (latent attention's 96 = 64 + 32).
 template <int Dqk, int Dv>
-constexpr bool kHasWgmmaForward = Dqk % 64 == 0 && Dv % 64 == 0;
+constexpr bool kHasWgmmaForward = (Dqk % 64 == 0 || Dqk % 64 == 32) && Dv % 64 == 0;
+// With TMA, whole panels only: a box lands in the 128-byte swizzle (elsewhere the TMA tiles run the
+// cp.async Hopper forward).
+template <int Dqk, int Dv>
+constexpr bool kHasWgmmaTmaForward = Dqk % 64 == 0 && Dv % 64 == 0;
 // 128 keys a tile up to Dqk = 128 (161 KiB of shared memory at 128/128), 64 beyond.
 template <int Dqk, int Dv>
 using ForwardTilesWgmmaFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64>;

@@ -33,7 +33,9 @@
 // panels of 64 elements, each [Rows][64] with 128-byte rows, panel after panel; row r's 16-byte
 // chunk c stored at chunk c ^ (r % 8). Such a tile starts 1024-byte aligned (the swizzle is a
 // function of address bits), and serves as a K-major operand whose rows are M or N (Q, K) and as an
-// MN-major one whose rows are K (V).
+// MN-major one whose rows are K (V). A tile 32 columns past its last whole panel (latent
+// attention's 96 = 64 + 32 query/key columns) ends in a 32-column panel in the 64-byte swizzle:
+// [Rows][32] with 64-byte rows, row r's chunk c at chunk c ^ ((r / 2) % 4); it serves K-major only.
 #pragma once
 
 #include <cstdint>
@@ -61,30 +63,45 @@ __device__ __forceinline__ uint32_t smem_address(const void* p) {
 }
 
 // A 64-bit matrix descriptor: start address, leading and stride byte offsets (each in 16-byte
-// units, 14 bits), base offset 0, swizzle mode 1 (128 bytes).
-__device__ __forceinline__ uint64_t descriptor_128b(uint32_t address, uint32_t lbo_bytes, uint32_t sbo_bytes) {
+// units, 14 bits), base offset 0, swizzle mode 1 (128 bytes) or 2 (64 bytes).
+__device__ __forceinline__ uint64_t descriptor(uint32_t address, uint32_t lbo_bytes, uint32_t sbo_bytes,
+                                               uint64_t mode) {
   return static_cast<uint64_t>((address & 0x3FFFF) >> 4) | static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16 |
-         static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32 | uint64_t{1} << 62;
+         static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32 | mode << 62;
+}
+__device__ __forceinline__ uint64_t descriptor_128b(uint32_t address, uint32_t lbo_bytes, uint32_t sbo_bytes) {
+  return descriptor(address, lbo_bytes, sbo_bytes, 1);
 }
 
-// A tile of Rows × Cols 16-bit elements in the 128-byte-swizzled layout above.
+// A tile of Rows × Cols 16-bit elements in the swizzled layout above: Cols / 64 panels in the
+// 128-byte swizzle, and where Cols % 64 is 32 a last 32-column panel in the 64-byte one.
 template <int Rows, int Cols>
 struct SwizzledTile {
-  static_assert(Rows % 8 == 0 && Cols % 64 == 0, "whole 8-row, 64-column swizzle atoms");
+  static_assert(Rows % 8 == 0 && (Cols % 64 == 0 || Cols % 64 == 32), "whole 8-row, 64- or 32-column swizzle atoms");
   static constexpr int kElems = Rows * Cols;
   static constexpr int kPanelElems = Rows * 64;
+  static constexpr int kWholePanels = Cols / 64;  // the 128-byte-swizzled ones
+  static constexpr bool kHalfPanel = Cols % 64 == 32;
   // The element offset of (r, c).
   __device__ __forceinline__ static int offset(int r, int c) {
+    if (kHalfPanel && c >= 64 * kWholePanels) {
+      return kWholePanels * kPanelElems + r * 32 + ((((c % 64) / 8) ^ ((r / 2) % 4)) * 8) + c % 8;
+    }
     return (c / 64) * kPanelElems + r * 64 + ((((c % 64) / 8) ^ (r % 8)) * 8) + c % 8;
   }
   // The K-major descriptor of rows [row0, row0 + 64 or N) and columns (k) [k0, k0 + 16): the
-  // stride offset steps 8-row groups (1024 bytes), the leading one is unused.
+  // stride offset steps 8-row groups (1024 bytes; 512 in the 64-byte panel), the leading one is
+  // unused.
   __device__ __forceinline__ static uint64_t k_major(const void* tile, int row0, int k0) {
+    if (kHalfPanel && k0 >= 64 * kWholePanels) {
+      return descriptor(smem_address(tile) + 2 * (kWholePanels * kPanelElems + row0 * 32 + k0 % 64), 16, 512, 2);
+    }
     return descriptor_128b(smem_address(tile) + 2 * ((k0 / 64) * kPanelElems + row0 * 64 + k0 % 64), 16, 1024);
   }
   // The MN-major descriptor of rows (k) [k0, k0 + 16) and the columns (n) from n0 (a multiple of
   // 64): the leading offset steps 64-column panels, the stride one 8-row groups.
   __device__ __forceinline__ static uint64_t mn_major(const void* tile, int k0, int n0 = 0) {
+    static_assert(!kHalfPanel, "an MN-major operand is whole 64-column panels");
     return descriptor_128b(smem_address(tile) + 2 * ((n0 / 64) * kPanelElems + k0 * 64), 2 * kPanelElems, 1024);
   }
 };

@@ -103,6 +103,7 @@ void launch_product(WarpgroupA a_from, bool b_mn_major, const uint16_t* a, const
 template <typename E, int N>
 void launch_product_k(int k, WarpgroupA a_from, bool b_mn_major, const uint16_t* a, const uint16_t* b, float* d) {
   if (k == 64) return launch_product<E, N, 64>(a_from, b_mn_major, a, b, d);
+  if (k == 96) return launch_product<E, N, 96>(a_from, b_mn_major, a, b, d);
   launch_product<E, N, 128>(a_from, b_mn_major, a, b, d);
 }
 
@@ -138,7 +139,8 @@ void warpgroup_mma_product(TensorCoreType type, int n, int k, WarpgroupA a_from,
   FLASHGPT_CUDA_REQUIRE(n == 32 || n == 64 || n == 128 || n == 256,
                         "warpgroup MMA product: n must be 32, 64, 128 or 256 (got " + std::to_string(n) + ")");
   FLASHGPT_CUDA_REQUIRE(n >= 64 || !b_mn_major, "warpgroup MMA product: an MN-major B needs n ≥ 64 (one swizzle panel)");
-  FLASHGPT_CUDA_REQUIRE(k == 64 || k == 128, "warpgroup MMA product: k must be 64 or 128 (got " + std::to_string(k) + ")");
+  FLASHGPT_CUDA_REQUIRE(k == 64 || k == 96 || k == 128,
+                        "warpgroup MMA product: k must be 64, 96 or 128 (got " + std::to_string(k) + ")");
   FLASHGPT_CUDA_REQUIRE(warpgroup_mma_supported(),
                         "warpgroup MMA product: needs a compute capability 9.0 GPU and a build with sm_90a code");
   if (type == TensorCoreType::bf16) {

@@ -61,12 +61,14 @@ enum class TensorCoreType { bf16, fp16 };
 // 64 keys walking query tiles of 32 rows, held to 168 registers so that three blocks share an SM
 // (12 warps instead of 8), for twice the dQ atomics of Wide. Wgmma is Hopper's (compute capability
 // 9.0, a build with sm_90a code; elsewhere it is Auto): the warpgroup MMA (wgmma) from
-// 128-byte-swizzled shared tiles. Its forward (head dims multiples of 64; else Auto's) has two
-// warpgroups of 64 query rows multiply whole 128-key tiles; its backward (64/64 and 128/128; else
+// 128-byte-swizzled shared tiles. Its forward (all four head dims; at 96/64 Q and K end in a
+// 32-column panel in the 64-byte swizzle) has two warpgroups of 64 query rows multiply whole
+// 128-key tiles; its backward (64/64 and 128/128; else
 // Auto's) two warpgroups of 64 keys walk query tiles of 64 rows. WgmmaTma is Wgmma with the
 // forward's Q, K and V tiles copied by Hopper's tensor memory accelerator (one thread issues a
 // copy per 64-column panel, every thread waits on the stage's mbarrier) instead of by every
-// thread's cp.async; its backward is Wgmma's. WgmmaWs is WgmmaTma warp-specialized, as
+// thread's cp.async (at 96/64, whose half panel a box does not fill, Wgmma's forward runs); its
+// backward is Wgmma's. WgmmaWs is WgmmaTma warp-specialized (at 96/64 likewise Wgmma's), as
 // FlashAttention-3 is: a third warpgroup, its registers given to the other two, issues the copies
 // and refills a stage once both have released it (no block barrier in the loop), and the two
 // computing warpgroups take turns at the tensor cores so that one's softmax overlaps the other's
