@@ -18,7 +18,7 @@
 #   tensor-core attention accuracy tests); ops not yet timed (expected under a minute; ≈ 6 GB of
 #   GPU memory); tiles (tall forward, short backward, the wgmma kernels with cp.async loads, TMA
 #   loads and warp-specialized, and cuDNN's attention beside the automatic tiles, 176 cases, and
-#   flash_mla's 96/64 with wgmma against auto, 16 more, split
+#   flash_mla's 96/64 with wgmma and wgmma-ws against auto, 24 more, split
 #   out of attention) and kernels (fourteen ncu runs) not yet timed: expected ≈ 7 and ≈ 3 min; train
 #   now also runs d12 with the TMA and the warp-specialized forwards, with cuDNN's attention and
 #   with GELU unfused, and prints each run's per-kernel breakdown (≈ 4 min).
@@ -236,10 +236,10 @@ if [ -n "$bin" ]; then
     --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma,wgmma-tma,wgmma-ws,wgmma-ws-no-pingpong --backend ours,cudnn --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
-  # flash_mla at 96/64 (head 64 + rope 32): the wgmma forward with its 64-byte-swizzled half
-  # panel, against auto (its backward is auto's at these head dims).
+  # flash_mla at 96/64 (head 64 + rope 32): the wgmma forwards with their 64-byte-swizzled half
+  # panel, against auto (the backward is auto's at these head dims).
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768 --head-dim 64 --mechanism flash_mla \
-    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma --repeats 10 --json \
+    --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma,wgmma-ws --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
   jsonl_table "$out/gpu-check-$stamp-tiles.jsonl" "mechanism={r['mechanism']}" "tiles={'cuDNN' if r.get('backend') == 'cudnn' else r['tiles']}" "B={r['batch']}" "H={r['heads']}" \

@@ -798,10 +798,9 @@ TEST(CudaAttention, CtaTraceRecordsEveryBlockOfTheFlashKernels) {
   EXPECT_EQ(trace.read().size(), 1u) << "the outer trace records again once the inner one is gone";
 }
 
-// Which forward kernel each Hopper tile runs at latent attention's 96/64 (head 64 + rope 32): the
-// warpgroup MMA with Q and K ending in a 64-byte-swizzled half panel, for Wgmma and, since their
-// TMA boxes are whole 128-byte panels, for the TMA tiles too; at 64/64 each its own. The
-// accuracy tests hold what they compute.
+// Which forward kernel each Hopper tile runs, at latent attention's 96/64 (head 64 + rope 32: Q and
+// K end in a 64-byte-swizzled half panel, which the TMA tiles copy as a box of 32 columns) as at
+// 64/64: each its own. The accuracy tests hold what they compute.
 TEST(CudaAttention, HopperForwardTilesRunTheirKernels) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   if (!cuda::warpgroup_mma_supported()) GTEST_SKIP() << "this GPU or build has no wgmma";
@@ -813,9 +812,8 @@ TEST(CudaAttention, HopperForwardTilesRunTheirKernels) {
     for (auto* buf : {&q, &k, &v}) buf->fill_bytes(0);
     for (const auto& [tiles, kernel] :
          {std::pair{cuda::FlashTiles::Wgmma, "Hopper flash forward"},
-          std::pair{cuda::FlashTiles::WgmmaTma, Dqk == 96 ? "Hopper flash forward" : "Hopper flash forward (TMA)"},
-          std::pair{cuda::FlashTiles::WgmmaWs,
-                    Dqk == 96 ? "Hopper flash forward" : "Hopper flash forward (warp-specialized)"}}) {
+          std::pair{cuda::FlashTiles::WgmmaTma, "Hopper flash forward (TMA)"},
+          std::pair{cuda::FlashTiles::WgmmaWs, "Hopper flash forward (warp-specialized)"}}) {
       cuda::flash_forward_tc(cuda::TensorCoreType::bf16, d, AttentionMask{true, 0}, 0.125f, q.as<uint16_t>(),
                              k.as<uint16_t>(), v.as<uint16_t>(), o.as<uint16_t>(), lse.as<float>(), tiles);
       const std::vector<cuda::TracedLaunch> launches = trace.read();

@@ -95,7 +95,8 @@ TEST(CudaWarpgroup, ProductsMatchAPlainProductInEveryLayout) {
 // Hopper's TMA (src/cuda/tma.h) into the tile layout the wgmma kernels read: boxes of an attention
 // tensor [B][T][row_stride] (each row's heads [H][D], rows padded past H·D) — 64 elements of one
 // head over `rows` positions — land with row r's 16-byte chunk c at chunk c ^ (r % 8) of a
-// 1024-byte-aligned tile (warpgroup.h's SwizzledTile), and positions past T as zeros. On an H100 or
+// 1024-byte-aligned tile (warpgroup.h's SwizzledTile), 32 elements (the 64-byte swizzle) at chunk
+// c ^ ((r / 2) % 4) of 64-byte rows (the tile's half panel), and positions past T as zeros. On an H100 or
 // H200 this holds the copy engine to that layout; on the emulator, the emulator to the same reading.
 TEST(CudaWarpgroup, TmaBoxesLandInTheSwizzledTileLayout) {
   if (const std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
@@ -106,22 +107,25 @@ TEST(CudaWarpgroup, TmaBoxesLandInTheSwizzledTileLayout) {
   gx.upload(x.data(), x.size() * 2);
   struct Box {
     int64_t b, t0, h, d0;
-    int rows;
+    int rows, cols = 64;
   };
+  // 32 columns: the 64-byte swizzle of a tile's half panel (latent attention's Dqk = 96 ends in one).
   for (const Box& c : {Box{0, 0, 0, 0, 64}, Box{1, 40, 2, 64, 64}, Box{1, 90, 1, 0, 16}, Box{0, 96, 2, 64, 8},
-                       Box{1, 0, 1, 64, 128}}) {
-    SCOPED_TRACE(fmt::format("b {} t0 {} h {} d0 {} rows {}", c.b, c.t0, c.h, c.d0, c.rows));
+                       Box{1, 0, 1, 64, 128}, Box{0, 0, 1, 64, 64, 32}, Box{1, 88, 2, 96, 24, 32}}) {
+    SCOPED_TRACE(fmt::format("b {} t0 {} h {} d0 {} rows {} cols {}", c.b, c.t0, c.h, c.d0, c.rows, c.cols));
     out.fill_bytes(0xFF);
     cuda::tma_load_attention_tile(gx.as<uint16_t>(), B, T, H, D, row, c.b, c.t0, c.h, c.d0, c.rows,
-                                  out.as<uint16_t>());
-    std::vector<uint16_t> got(static_cast<size_t>(c.rows * 64));
+                                  out.as<uint16_t>(), c.cols);
+    std::vector<uint16_t> got(static_cast<size_t>(c.rows * c.cols));
     out.download(got.data(), got.size() * 2);
     int wrong = 0;
     for (int r = 0; r < c.rows; ++r) {
-      for (int col = 0; col < 64; ++col) {
+      for (int col = 0; col < c.cols; ++col) {
         const int64_t t = c.t0 + r;
         const uint16_t want = t < T ? x[static_cast<size_t>((c.b * T + t) * row + c.h * D + c.d0 + col)] : 0;
-        const uint16_t have = got[static_cast<size_t>(r * 64 + ((col / 8) ^ (r % 8)) * 8 + col % 8)];
+        // Row r's 16-byte chunk k at chunk k ^ (r mod 8) (128-byte rows) or k ^ ((r / 2) mod 4) (64-byte ones).
+        const int chunk = c.cols == 64 ? (col / 8) ^ (r % 8) : (col / 8) ^ ((r / 2) % 4);
+        const uint16_t have = got[static_cast<size_t>(r * c.cols + chunk * 8 + col % 8)];
         if (have != want && ++wrong <= 5) ADD_FAILURE() << "row " << r << " column " << col << ": " << have << " ≠ " << want;
       }
     }

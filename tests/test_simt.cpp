@@ -417,6 +417,13 @@ TEST(Simt, TensorCopiesLandSwizzledAndOnlyWaitsOrderThem) {
   EXPECT_NE(error_of([&] { cuda::tma::encode_tensor_map_16bit(&map, x.get(), 4, dims, strides, wide); })
                 .find("16 to 128 bytes"),
             std::string::npos);
+  EXPECT_NE(error_of([&] { cuda::tma::encode_tensor_map_16bit(&map, x.get(), 4, dims, strides, box, 64); })
+                .find("16 to 64 bytes"),
+            std::string::npos)
+      << "a 64-element box row in the 64-byte swizzle";
+  EXPECT_NE(error_of([&] { cuda::tma::encode_tensor_map_16bit(&map, x.get(), 4, dims, strides, box, 32); })
+                .find("a swizzle of 32 bytes"),
+            std::string::npos);
   const uint64_t odd[3] = {128, 120, 128 * T};
   EXPECT_NE(error_of([&] { cuda::tma::encode_tensor_map_16bit(&map, x.get(), 4, dims, odd, box); })
                 .find("multiple of 16"),

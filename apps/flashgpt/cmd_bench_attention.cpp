@@ -464,7 +464,7 @@ void register_bench_attention(CLI::App& bench) {
                   "rows a warp) or short (the backward's 32-query tiles, three blocks an SM), those two for value "
                   "head dims up to 64, or wgmma (Hopper's warpgroup MMA, sm_90a: the forward at every head dim, the "
                   "backward at 64/64 and 128/128), wgmma-tma (the same with the forward's tiles copied by the "
-                  "TMA, except at 96/64), wgmma-ws (forward and backward warp-specialized: a producer warpgroup "
+                  "TMA), wgmma-ws (forward and backward warp-specialized: a producer warpgroup "
                   "filling the stages, and in the forward two computing warpgroups in turns) or wgmma-ws-no-pingpong "
                   "(the same without the turns); several: each case "
                   "with each, back to back")

@@ -76,10 +76,6 @@ struct ForwardTilesWgmma {
 // end in a 32-column one in the 64-byte swizzle (latent attention's 96 = 64 + 32).
 template <int Dqk, int Dv>
 constexpr bool kHasWgmmaForward = (Dqk % 64 == 0 || Dqk % 64 == 32) && Dv % 64 == 0;
-// With TMA, whole panels only: a box lands in the 128-byte swizzle (elsewhere the TMA tiles run the
-// cp.async Hopper forward).
-template <int Dqk, int Dv>
-constexpr bool kHasWgmmaTmaForward = Dqk % 64 == 0 && Dv % 64 == 0;
 // 128 keys a tile up to Dqk = 128 (161 KiB of shared memory at 128/128), 64 beyond.
 template <int Dqk, int Dv>
 using ForwardTilesWgmmaFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64>;
@@ -94,11 +90,13 @@ using ForwardTilesWgmmaWsFor = ForwardTilesWgmma<Dqk, Dv, Dqk <= 128 ? 128 : 64,
 // what the turns cost from what they overlap).
 struct ForwardMaps {
   CUtensorMap q, k, v;
+  CUtensorMap q_half, k_half;  // where Dqk ends in a half panel: its 32 columns, the 64-byte swizzle
   int pingpong = 1;
 };
 
 // The maps for tiles F: each tensor [B][T][row] with each row's heads [H][D], innermost first
-// (d, head, position, sequence), boxes of 64 columns by BlockM (q) or BlockN (k, v) positions.
+// (d, head, position, sequence), boxes of 64 columns by BlockM (q) or BlockN (k, v) positions, and
+// of 32 for a half panel.
 template <typename F>
 ForwardMaps forward_maps(const Dims& d, const void* q, const void* k, const void* v, bool pingpong) {
   ForwardMaps maps;
@@ -106,6 +104,10 @@ ForwardMaps forward_maps(const Dims& d, const void* q, const void* k, const void
   tma::encode_attention_map(&maps.q, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.Hq * F::Dqk, d.B, F::BlockM);
   tma::encode_attention_map(&maps.k, k, F::Dqk, d.Hkv, d.Tk, d.kv_rows, d.k_row, d.B, F::BlockN);
   tma::encode_attention_map(&maps.v, v, F::Dv, d.Hkv, d.Tk, d.kv_rows, d.v_row, d.B, F::BlockN);
+  if constexpr (F::QTile::kHalfPanel) {
+    tma::encode_attention_map(&maps.q_half, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.Hq * F::Dqk, d.B, F::BlockM, 32);
+    tma::encode_attention_map(&maps.k_half, k, F::Dqk, d.Hkv, d.Tk, d.kv_rows, d.k_row, d.B, F::BlockN, 32);
+  }
   return maps;
 }
 
@@ -151,15 +153,23 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
       constexpr uint32_t kv_bytes = 2 * (KTile::kElems + VTile::kElems);
       tma::mbarrier_arrive_expect_tx(&full[st], kv_bytes + (j == 0 ? 2 * QTile::kElems : 0));
       const int hq = static_cast<int>(h), hkv = static_cast<int>(hk), bi = static_cast<int>(b);
+      constexpr int whole = QTile::kWholePanels;
       if (j == 0) {
 #pragma unroll
-        for (int p = 0; p < Dqk / 64; ++p)
+        for (int p = 0; p < whole; ++p)
           tma::tma_load_4d(Qs + p * QTile::kPanelElems, &maps->q, 64 * p, hq, static_cast<int>(i0), bi, &full[st]);
+        if constexpr (QTile::kHalfPanel) {
+          tma::tma_load_4d(Qs + whole * QTile::kPanelElems, &maps->q_half, 64 * whole, hq, static_cast<int>(i0), bi,
+                           &full[st]);
+        }
       }
       const int key0 = static_cast<int>(j * BlockN);
+      E* Kt = Ks + st * KTile::kElems;
 #pragma unroll
-      for (int p = 0; p < Dqk / 64; ++p)
-        tma::tma_load_4d(Ks + st * KTile::kElems + p * KTile::kPanelElems, &maps->k, 64 * p, hkv, key0, bi, &full[st]);
+      for (int p = 0; p < whole; ++p) tma::tma_load_4d(Kt + p * KTile::kPanelElems, &maps->k, 64 * p, hkv, key0, bi, &full[st]);
+      if constexpr (KTile::kHalfPanel) {
+        tma::tma_load_4d(Kt + whole * KTile::kPanelElems, &maps->k_half, 64 * whole, hkv, key0, bi, &full[st]);
+      }
 #pragma unroll
       for (int p = 0; p < Dv / 64; ++p)
         tma::tma_load_4d(Vs + st * VTile::kElems + p * VTile::kPanelElems, &maps->v, 64 * p, hkv, key0, bi, &full[st]);

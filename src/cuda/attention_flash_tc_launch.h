@@ -13,22 +13,17 @@ namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 namespace flash_tc {
 
 // Calls f(std::type_identity<Tiles>{}) with the forward's tiles for `shape` (tall and wgmma fall
-// back to wide where the head dims have none, the TMA ones to the cp.async wgmma forward).
+// back to wide where the head dims have none).
 template <int Dqk, int Dv, typename F>
 decltype(auto) with_forward_tiles(ForwardShape shape, F&& f) {
   if constexpr (kHasTallForward<Dv>) {
     if (shape == ForwardShape::Tall) return f(std::type_identity<ForwardTilesTall<Dqk, Dv>>{});
   }
-  if constexpr (kHasWgmmaTmaForward<Dqk, Dv>) {
+  if constexpr (kHasWgmmaForward<Dqk, Dv>) {
+    if (shape == ForwardShape::Wgmma) return f(std::type_identity<ForwardTilesWgmmaFor<Dqk, Dv>>{});
     if (shape == ForwardShape::WgmmaTma) return f(std::type_identity<ForwardTilesWgmmaTmaFor<Dqk, Dv>>{});
     if (shape == ForwardShape::WgmmaWs || shape == ForwardShape::WgmmaWsNoPingPong) {
       return f(std::type_identity<ForwardTilesWgmmaWsFor<Dqk, Dv>>{});
-    }
-  }
-  if constexpr (kHasWgmmaForward<Dqk, Dv>) {
-    if (shape == ForwardShape::Wgmma || shape == ForwardShape::WgmmaTma || shape == ForwardShape::WgmmaWs ||
-        shape == ForwardShape::WgmmaWsNoPingPong) {
-      return f(std::type_identity<ForwardTilesWgmmaFor<Dqk, Dv>>{});
     }
   }
   if (shape == ForwardShape::Narrow) return f(std::type_identity<ForwardTilesFor<Dqk, Dv, false>>{});

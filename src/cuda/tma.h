@@ -16,7 +16,8 @@
 //
 // Host side: encode_tensor_map_16bit fills a CUtensorMap for 16-bit elements in the 128-byte
 // swizzle (cuda/warpgroup.h's SwizzledTile: a box 64 elements wide lands as one panel of such a
-// tile when dst is 1024-byte aligned), the map a kernel takes as a `const __grid_constant__
+// tile when dst is 1024-byte aligned) or the 64-byte one (a box 32 wide lands as a tile's
+// half panel when dst is 512-byte aligned), the map a kernel takes as a `const __grid_constant__
 // CUtensorMap` parameter.
 #pragma once
 
@@ -41,16 +42,17 @@ namespace tma {
 // A tensor of `rank` (1…5) dimensions of 16-bit elements at `base` (16-byte aligned): dims[i]
 // elements along dimension i (innermost first), strides_bytes[i − 1] bytes between consecutive
 // indices of dimension i ≥ 1 (multiples of 16; dimension 0 is contiguous), boxes of box[i]
-// elements (box[0] · 2 ≤ 128 bytes, a multiple of 16), 128-byte swizzle, zeros past the extent.
-// Throws naming the field the driver refused.
+// elements (box[0] · 2 ≤ swizzle_bytes, a multiple of 16), the 128- or 64-byte swizzle, zeros past
+// the extent. Throws naming the field the driver refused.
 void encode_tensor_map_16bit(CUtensorMap* map, const void* base, int rank, const uint64_t* dims,
-                             const uint64_t* strides_bytes, const uint32_t* box);
+                             const uint64_t* strides_bytes, const uint32_t* box, int swizzle_bytes = 128);
 
 // The map of an attention tensor (q, k, v, o, dO) laid out [B][rows][row] with each row's first
 // H·D elements its heads [H][D]: four dimensions, innermost first (d, head, position, sequence), of
-// T positions, in boxes of 64 columns (one swizzle panel) by box_rows positions.
+// T positions, in boxes of box_cols columns by box_rows positions: 64 (one panel of a SwizzledTile,
+// the 128-byte swizzle) or 32 (a tile's half panel, the 64-byte swizzle).
 void encode_attention_map(CUtensorMap* map, const void* base, int64_t D, int64_t H, int64_t T, int64_t rows,
-                          int64_t row, int64_t B, int box_rows);
+                          int64_t row, int64_t B, int box_rows, int box_cols = 64);
 
 #if FLASHGPT_HAS_TMA
 __device__ __forceinline__ void mbarrier_init(uint64_t* bar, int count) {

@@ -67,8 +67,8 @@ enum class TensorCoreType { bf16, fp16 };
 // Auto's) two warpgroups of 64 keys walk query tiles of 64 rows. WgmmaTma is Wgmma with the
 // forward's Q, K and V tiles copied by Hopper's tensor memory accelerator (one thread issues a
 // copy per 64-column panel, every thread waits on the stage's mbarrier) instead of by every
-// thread's cp.async (at 96/64, whose half panel a box does not fill, Wgmma's forward runs); its
-// backward is Wgmma's. WgmmaWs is WgmmaTma warp-specialized (at 96/64 likewise Wgmma's), as
+// thread's cp.async (a half panel as a 32-column box in the 64-byte swizzle); its backward is
+// Wgmma's. WgmmaWs is WgmmaTma warp-specialized, as
 // FlashAttention-3 is: a third warpgroup, its registers given to the other two, issues the copies
 // and refills a stage once both have released it (no block barrier in the loop), and the two
 // computing warpgroups take turns at the tensor cores so that one's softmax overlaps the other's

@@ -29,12 +29,13 @@ void warpgroup_mma_product(TensorCoreType type, int n, int k, WarpgroupA a_from,
                            const uint16_t* b, float* d);
 
 // One box of an attention tensor x ([B][T][row_stride] 16-bit elements, each row's heads [H][D])
-// through Hopper's TMA (cuda/tma.h) with the 128-byte swizzle: `rows` positions from t0 of head h
-// in sequence b, elements d0 … d0 + 63, into a 1024-byte-aligned shared tile that is copied back
-// to out (rows · 64 elements) in shared-memory order. Positions past T read as zeros. For the test
-// that holds the copy engine's layout to the tiles the wgmma kernels read (SwizzledTile); needs
+// through Hopper's TMA (cuda/tma.h): `rows` positions from t0 of head h in sequence b, elements
+// d0 … d0 + cols − 1 (cols 64, in the 128-byte swizzle, or 32, in the 64-byte one), into a
+// 1024-byte-aligned shared tile that is copied back to out (rows · cols elements) in shared-memory
+// order. Positions past T read as zeros. For the test that holds the copy engine's layout to the
+// tiles the wgmma kernels read (SwizzledTile's panels and half panels); needs
 // warpgroup_mma_supported(); x and out device pointers, 16-byte aligned.
 void tma_load_attention_tile(const uint16_t* x, int64_t B, int64_t T, int64_t H, int64_t D, int64_t row_stride,
-                             int64_t b, int64_t t0, int64_t h, int64_t d0, int rows, uint16_t* out);
+                             int64_t b, int64_t t0, int64_t h, int64_t d0, int rows, uint16_t* out, int cols = 64);
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

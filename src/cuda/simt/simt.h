@@ -137,14 +137,15 @@ void warpgroup_set_max_registers(int n, bool increase);
 //                               phase has the other parity;
 //   bulk_tensor_load(dst, map, rank, coords, bar)  one box of the tensor `map` describes
 //                               (encode_tensor_map), from coords (innermost first, zeros outside the
-//                               tensor), into shared memory at dst in the 128-byte swizzle (each
-//                               16-byte chunk's address bits 4–6 XOR bits 7–9), its bytes completing
+//                               tensor), into shared memory at dst in the map's swizzle (128 bytes:
+//                               each 16-byte chunk's address bits 4–6 XOR bits 7–9; 64 bytes: bits
+//                               4–5 XOR bits 7–8), its bytes completing
 //                               on bar. The box is read at issue; it lands at random either at once
 //                               or only when a thread waits on the barrier, so a read of dst before
 //                               the wait gets the old contents.
 // A phase completes when its arrivals are in and every announced byte has landed; its waiting
 // threads then go on. Faults: a barrier not initialised (or initialised twice), more arrivals than
-// its count, a destination not 128-byte aligned, a map not encoded, a box wider than 128 bytes,
+// its count, a destination not 128-byte aligned, a map not encoded, a box row wider than the swizzle,
 // copies never waited for when the block ends; a wait that cannot complete is a deadlock.
 void mbarrier_init(void* bar, int count);
 void mbarrier_arrive(void* bar, uint32_t tx_bytes);
@@ -152,9 +153,10 @@ void mbarrier_wait(void* bar, uint32_t parity);
 void bulk_tensor_load(void* dst, const void* map, int rank, const int* coords, void* bar);
 // What cuTensorMapEncodeTiled writes into a CUtensorMap (128 bytes at map), in the emulator's own
 // form: `rank` dimensions of elem_bytes-byte elements, dims innermost first, strides_bytes of
-// dimensions 1…rank − 1, box extents; 128-byte swizzle, zeros outside the tensor.
+// dimensions 1…rank − 1, box extents; the swizzle (swizzle_bytes: 128 or 64), zeros outside the
+// tensor.
 void encode_tensor_map(void* map, const void* base, int rank, int elem_bytes, const uint64_t* dims,
-                       const uint64_t* strides_bytes, const uint32_t* box);
+                       const uint64_t* strides_bytes, const uint32_t* box, int swizzle_bytes);
 
 // The calling thread's address of p in the block's shared-memory window (what cvta.to.shared
 // gives on the hardware). The emulated dynamic shared memory starts at a random multiple of 128

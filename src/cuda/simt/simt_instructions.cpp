@@ -204,7 +204,7 @@ struct TensorMap {
   uint64_t dims[5];
   uint64_t strides[5];  // bytes; strides[0] is the element size
   uint32_t box[5];
-  uint32_t pad;
+  uint32_t swizzle;  // bytes: 128 or 64
 };
 static_assert(sizeof(TensorMap) == 128, "a CUtensorMap is 128 bytes");
 constexpr uint64_t kTensorMapMagic = 0x746d61705f736d74ULL;
@@ -294,7 +294,10 @@ void bulk_tensor_load(void* dst, const void* map, int rank, const int* coords, v
                  std::to_string(t.rank) + " tensor map");
   }
   const uint64_t row_bytes = t.box[0] * static_cast<uint64_t>(t.elem_bytes);
-  if (row_bytes > 128 || row_bytes % 16 != 0) kernel_fault("cp.async.bulk.tensor: a 128-byte-swizzled box row of 16 to 128 bytes");
+  if (row_bytes > t.swizzle || row_bytes % 16 != 0) {
+    kernel_fault("cp.async.bulk.tensor: a " + std::to_string(t.swizzle) + "-byte-swizzled box row of 16 to " +
+                 std::to_string(t.swizzle) + " bytes, not " + std::to_string(row_bytes));
+  }
   uint64_t rows = 1;
   for (int i = 1; i < rank; ++i) rows *= t.box[i];
   const uint64_t bytes = rows * row_bytes;
@@ -321,12 +324,14 @@ void bulk_tensor_load(void* dst, const void* map, int rank, const int* coords, v
                   t.base + offset + c * t.elem_bytes, static_cast<size_t>(t.elem_bytes));
     }
   }
-  // Each 16-byte chunk goes to its address with bits 4–6 XORed by bits 7–9 (the 128-byte swizzle).
+  // The box packed row after row, each 16-byte chunk at its address with bits 4–6 XORed by bits
+  // 7–9 (the 128-byte swizzle) or bits 4–5 by bits 7–8 (the 64-byte one).
   auto* out = static_cast<unsigned char*>(dst);
+  const uint32_t bits = t.swizzle == 128 ? 7 : 3;
   std::vector<std::pair<unsigned char*, std::array<unsigned char, 16>>> chunks;
   for (uint64_t c = 0; c < bytes / 16; ++c) {
     const uint32_t linear = dst_address + static_cast<uint32_t>(16 * c);
-    const uint32_t swizzled = linear ^ (((linear >> 7) & 7) << 4);
+    const uint32_t swizzled = linear ^ (((linear >> 7) & bits) << 4);
     std::array<unsigned char, 16> piece;
     std::memcpy(piece.data(), &box[16 * c], 16);
     chunks.emplace_back(out + (swizzled - dst_address), piece);
@@ -338,9 +343,11 @@ void bulk_tensor_load(void* dst, const void* map, int rank, const int* coords, v
 }
 
 void encode_tensor_map(void* map, const void* base, int rank, int elem_bytes, const uint64_t* dims,
-                       const uint64_t* strides_bytes, const uint32_t* box) {
+                       const uint64_t* strides_bytes, const uint32_t* box, int swizzle_bytes) {
   if (rank < 1 || rank > 5) fail("simt: tensor map of rank {}", rank);
+  if (swizzle_bytes != 128 && swizzle_bytes != 64) fail("simt: a tensor map swizzle of {} bytes", swizzle_bytes);
   TensorMap t{};
+  t.swizzle = static_cast<uint32_t>(swizzle_bytes);
   t.magic = kTensorMapMagic;
   t.base = static_cast<const unsigned char*>(base);
   t.rank = rank;
