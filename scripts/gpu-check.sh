@@ -423,10 +423,11 @@ if [ -n "$bin" ]; then
   # seed's FlashMLA model) beside it. (d12's own mechanism, standard, would keep every layer's P.)
   # Then d12 with Hopper's wgmma flash kernels (skipped where the GPU or build has none), and d12
   # with cuDNN's fused attention in place of ours: what our attention costs the step; last, d12
-  # with GELU in its own kernels rather than in the MLP's GEMM epilogues (the default).
+  # with GELU in its own kernels rather than in the MLP's GEMM epilogues (the default), and d12
+  # with q, k and v projected by three GEMMs rather than one (the default).
   for run in d12:bf16 d12:fp32 d12_flash_mla:bf16 d12:bf16:det d12:bf16::wgmma d12:bf16::wgmma-tma d12:bf16::wgmma-ws d12:bf16:::cudnn \
-             d12:bf16::::off; do
-    IFS=: read -r preset precision det tiles backend gelu <<< "$run"
+             d12:bf16::::off d12:bf16:::::off; do
+    IFS=: read -r preset precision det tiles backend gelu qkv <<< "$run"
     tag="${run//:/_}"
     flash=""
     [ "$preset" = d12 ] && flash="--attention flash"
@@ -434,6 +435,7 @@ if [ -n "$bin" ]; then
     [ -n "$tiles" ] && flash="$flash --tiles $tiles"
     [ -n "$backend" ] && flash="$flash --attention-backend $backend"
     [ -n "$gelu" ] && flash="$flash --gelu-fusion $gelu"
+    [ -n "$qkv" ] && flash="$flash --qkv-fusion $qkv"
     # shellcheck disable=SC2086
     # --breakdown: three more steps with every kernel timed by CUDA events (where the step goes).
     if timeout "$bench_limit" "$bin/flashgpt" bench train --device cuda --precision "$precision" --preset "$preset" $flash -b 16 -t 1024 \
@@ -446,6 +448,7 @@ det = ", deterministic" if j.get("deterministic") else ""
 det += f", {j['tiles']} tiles" if j.get("tiles", "auto") != "auto" else ""
 det += ", cuDNN attention" if j.get("attention_backend") == "cudnn" else ""
 det += ", GELU unfused" if j.get("gelu_fusion") is False else ""
+det += ", q/k/v in three GEMMs" if j.get("qkv_fusion") is False else ""
 print(f"| flashgpt {sys.argv[2]} ({j['precision']}, {j['attention']}{det}) | {j['batch']}×{j['seq']} | {j['params'] / 1e6:.1f}M | "
       f"{j['step_s_median'] * 1e3:.1f} ms | {j['tokens_per_s']:,.0f} | {j['model_gflops'] / 1e3:.1f} | "
       f"{j['gemm_gflops'] / 1e3:.1f} | {100 * j['mfu']:.1f}% |")
@@ -465,8 +468,9 @@ if [ $have_torch = 1 ]; then
     >> "$report" 2> "$logs/peer_gpt.err" || say "| PyTorch peer | FAILED: $(tail -1 "$logs/peer_gpt.err" | cut -c1-150) | | | | | | |"
 fi
 # Where the step goes, kernel by kernel (CUDA events, no profiler), for d12 with our attention,
-# with cuDNN's and with GELU unfused: the kernels' shares and the GPU's idle remainder.
-for tag in d12_bf16 d12_bf16___cudnn d12_bf16____off d12_flash_mla_bf16; do
+# with cuDNN's, with GELU unfused and with q/k/v in three GEMMs: the kernels' shares and the GPU's
+# idle remainder.
+for tag in d12_bf16 d12_bf16___cudnn d12_bf16____off d12_bf16_____off d12_flash_mla_bf16; do
   [ -s "$logs/bench_train_$tag.json" ] || continue
   python3 - "$logs/bench_train_$tag.json" >> "$report" <<'PYEOF'
 import json, sys
@@ -476,6 +480,7 @@ if b:
     step = b["step_s_median"] * 1e3
     what = j["attention"] + (", cuDNN attention" if j.get("attention_backend") == "cudnn" else "")
     what += ", GELU unfused" if j.get("gelu_fusion") is False else ""
+    what += ", q/k/v in three GEMMs" if j.get("qkv_fusion") is False else ""
     print(f"\n### Where a {j['params'] / 1e6:.0f}M ({what}) step goes: {b['steps']} steps, each kernel timed by CUDA events (step {step:.1f} ms there)\n")
     print("| group | ms/step | share |\n|---|---|---|")
     for g, ms in sorted(b.get("groups_ms_per_step", {}).items(), key=lambda x: -x[1]):

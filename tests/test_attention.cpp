@@ -203,6 +203,72 @@ INSTANTIATE_TEST_SUITE_P(
       return std::string(to_string(std::get<0>(p.param))) + "_" + std::get<1>(p.param).name;
     });
 
+// q, k and v as the three column blocks of one fused projection's rows (plus padding columns),
+// read through q_row_stride / k_row_stride / v_row_stride: both kernels give what they give on
+// dense tensors, and the backward writes dq, dk and dv into the same layout of gradient rows,
+// leaving the padding alone. Cases: GQA training shapes, Dqk ≠ Dv, and a decoding-sized grouped
+// query (the flash kernel's packed path).
+TEST(AttentionSeam, FusedProjectionRowsEqualDenseTensors) {
+  struct Fused {
+    AttentionDims d;
+    AttentionMask m;
+  };
+  for (AttentionKernel kernel : {AttentionKernel::Standard, AttentionKernel::Flash}) {
+    for (const Fused& f : {Fused{{2, 4, 2, 6, 6, 8, 8, 0}, {true, 0}}, Fused{{1, 2, 2, 5, 5, 6, 3, 0}, {false, 0}},
+                           Fused{{2, 4, 1, 1, 9, 4, 4, 0}, {true, 8}}}) {
+      const AttentionDims& d = f.d;
+      SCOPED_TRACE(std::string(to_string(kernel)) + " Hq " + std::to_string(d.Hq) + " Hkv " + std::to_string(d.Hkv) +
+                   " Tq " + std::to_string(d.Tq));
+      const int64_t qw = d.Hq * d.Dqk, kw = d.Hkv * d.Dqk, vw = d.Hkv * d.Dv, W = qw + kw + vw + 3;
+      const int64_t rows_q = d.B * d.Tq, rows_k = d.B * d.Tk;
+      Rng rng(29);
+      const auto q = random_vector(rows_q * qw, rng), k = random_vector(rows_k * kw, rng),
+                 v = random_vector(rows_k * vw, rng), dout = random_vector(rows_q * d.Hq * d.Dv, rng);
+      // Fused rows: [q | k | v | padding] per token (queries beyond Tq rows only exist for keys).
+      const double pad = 7.25;
+      std::vector<double> fused(static_cast<size_t>(rows_k * W), pad);
+      for (int64_t r = 0; r < rows_k; ++r) {
+        if (r < rows_q) std::copy_n(q.begin() + r * qw, qw, fused.begin() + r * W);
+        std::copy_n(k.begin() + r * kw, kw, fused.begin() + r * W + qw);
+        std::copy_n(v.begin() + r * vw, vw, fused.begin() + r * W + qw + kw);
+      }
+      AttentionDims strided = d;
+      strided.q_row_stride = strided.k_row_stride = strided.v_row_stride = W;
+      const double scale = 0.4;
+      std::vector<double> o(rows_q * d.Hq * d.Dv), lse(d.B * d.Hq * d.Tq), o2(o.size()), lse2(lse.size());
+      attention_forward(kernel, d, f.m, scale, q.data(), k.data(), v.data(), o.data(), lse.data(), {2, 3});
+      attention_forward(kernel, strided, f.m, scale, fused.data(), fused.data() + qw, fused.data() + qw + kw, o2.data(),
+                        lse2.data(), {2, 3});
+      for (size_t i = 0; i < o.size(); ++i) ASSERT_NEAR(o2[i], o[i], 1e-13) << "o " << i;
+      for (size_t i = 0; i < lse.size(); ++i) ASSERT_NEAR(lse2[i], lse[i], 1e-13) << "lse " << i;
+      std::vector<double> dq(q.size()), dk(k.size()), dv(v.size()), grads(fused.size(), pad);
+      attention_backward(kernel, d, f.m, scale, q.data(), k.data(), v.data(), o.data(), lse.data(), dout.data(),
+                         dq.data(), dk.data(), dv.data(), {2, 3});
+      attention_backward(kernel, strided, f.m, scale, fused.data(), fused.data() + qw, fused.data() + qw + kw,
+                         o.data(), lse.data(), dout.data(), grads.data(), grads.data() + qw, grads.data() + qw + kw,
+                         {2, 3});
+      for (int64_t r = 0; r < rows_k; ++r) {
+        for (int64_t c = 0; c < W; ++c) {
+          const double got = grads[r * W + c];
+          double want = pad;  // padding, and query columns past the queries' rows
+          if (c < qw && r < rows_q) want = dq[r * qw + c];
+          if (c >= qw && c < qw + kw) want = dk[r * kw + c - qw];
+          if (c >= qw + kw && c < qw + kw + vw) want = dv[r * vw + c - qw - kw];
+          ASSERT_NEAR(got, want, 1e-13) << "gradient row " << r << " column " << c;
+        }
+      }
+    }
+  }
+  std::vector<double> buf(64, 0.0);
+  AttentionDims narrow{1, 2, 2, 2, 2, 4, 4, 0};
+  narrow.q_row_stride = 7;
+  EXPECT_NE(error_of([&] {
+              attention_forward(AttentionKernel::Flash, narrow, AttentionMask{}, 1.0, buf.data(), buf.data(),
+                                buf.data(), buf.data(), buf.data());
+            }).find("query row stride 7 is smaller than Hq·Dqk = 8"),
+            std::string::npos);
+}
+
 TEST(AttentionSeam, RejectsInconsistentShapes) {
   std::vector<double> buf(64, 0.0);
   auto run = [&](AttentionDims d) {

@@ -272,6 +272,8 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench train --attention-backend cudnn"), "--attention-backend: a GPU option");
   expect_one_error_line(run_flashgpt("bench train --gelu-fusion off"), "--gelu-fusion: a GPU option");
   expect_one_error_line(run_flashgpt("bench train --gelu-fusion maybe"), "--gelu-fusion");
+  expect_one_error_line(run_flashgpt("bench train --qkv-fusion off"), "--qkv-fusion: a GPU option");
+  expect_one_error_line(run_flashgpt("bench train --qkv-fusion maybe"), "--qkv-fusion");
   expect_one_error_line(run_flashgpt("train --attention-backend flash3"), "--attention-backend");
   expect_one_error_line(run_flashgpt("bench ops --rows 0"), "--rows: must be positive");
   expect_one_error_line(run_flashgpt("bench ops --repeats 0"), "--repeats");

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
 #include <tuple>
@@ -134,6 +135,7 @@ TEST(CudaAttention, TileNamesNameEveryShapeOnce) {
     const cuda::FlashTiles tiles = cuda::kFlashTilesNames[i].second;
     EXPECT_EQ(static_cast<size_t>(tiles), i) << names[i] << ": the table follows the enum";
     EXPECT_EQ(cuda::flash_tiles_named(names[i]), tiles) << names[i];
+    EXPECT_EQ(cuda::flash_tiles_name(tiles), names[i]) << "the name back from the tiles";
     EXPECT_EQ(cuda::flash_tiles_use_wgmma(tiles), names[i].starts_with("wgmma")) << names[i];
   }
   EXPECT_FALSE(cuda::flash_tiles_named("square").has_value());
@@ -522,6 +524,170 @@ TEST(CudaAttention, DeterministicFlashBackwardRepeatsItsBits) {
       }
     }
   }
+}
+
+// q, k and v as the column blocks of one fused projection's rows [q | k | v | 8 padding columns]
+// (the model's q/k/v GEMM writes them so), read through q_row_stride / k_row_stride /
+// v_row_stride; the backward writes dq, dk and dv into the same layout of gradient rows. Against
+// the same kernel on dense tensors: the same values (to the bit where the kernel sums in a fixed
+// order; within `slack` of the largest where dQ is summed by atomics), padding never written.
+template <typename E>
+struct FusedRows {
+  using Forward = std::function<void(const AttentionDims&, const E*, const E*, const E*, E*, float*)>;
+  using Backward = std::function<void(const AttentionDims&, const E*, const E*, const E*, const E*, const float*,
+                                      const E*, E*, E*, E*)>;
+
+  static float value(E x) {
+    if constexpr (std::is_same_v<E, float>) {
+      return x;
+    } else {
+      return from_bf16(x);
+    }
+  }
+  static E draw(Rng& rng) {
+    const float x = static_cast<float>(rng.normal());
+    if constexpr (std::is_same_v<E, float>) {
+      return x;
+    } else {
+      return to_bf16(x);
+    }
+  }
+
+  static void expect(const Case& c, const std::string& what, double slack, const Forward& forward,
+                     const Backward& backward) {
+    SCOPED_TRACE(what + " " + name(c));
+    ASSERT_EQ(c.Tq, c.Tk);  // one projection of the same tokens
+    const int64_t qw = c.Hq * c.Dqk, kw = c.Hkv * c.Dqk, vw = c.Hkv * c.Dv, W = qw + kw + vw + 8;
+    const int64_t rows = c.B * c.Tq, ow = c.Hq * c.Dv, n_lse = c.B * c.Hq * c.Tq;
+    Rng rng(131);
+    auto draws = [&](int64_t n) {
+      std::vector<E> x(static_cast<size_t>(n));
+      for (auto& e : x) e = draw(rng);
+      return x;
+    };
+    const auto q = draws(rows * qw), k = draws(rows * kw), v = draws(rows * vw), dout = draws(rows * ow);
+    const E pad = draw(rng);
+    std::vector<E> fused(static_cast<size_t>(rows * W), pad);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy_n(q.begin() + r * qw, qw, fused.begin() + r * W);
+      std::copy_n(k.begin() + r * kw, kw, fused.begin() + r * W + qw);
+      std::copy_n(v.begin() + r * vw, vw, fused.begin() + r * W + qw + kw);
+    }
+    const AttentionDims d{c.B, c.Hq, c.Hkv, c.Tq, c.Tk, c.Dqk, c.Dv, 0};
+    AttentionDims s = d;
+    s.q_row_stride = s.k_row_stride = s.v_row_stride = W;
+    cuda::DeviceBuffer gq = to_device(q), gk = to_device(k), gv = to_device(v), gdo = to_device(dout),
+                       gf = to_device(fused);
+    const auto* f = gf.as<E>();
+    const size_t e = sizeof(E);
+    cuda::DeviceBuffer go(static_cast<size_t>(rows * ow) * e), go2(go.bytes()), glse(static_cast<size_t>(n_lse) * 4),
+        glse2(glse.bytes()), gdq(q.size() * e), gdk(k.size() * e), gdv(v.size() * e);
+    for (auto* buf : {&go, &go2, &glse, &glse2, &gdq, &gdk, &gdv}) buf->fill_bytes(0xFF);
+    cuda::DeviceBuffer ggrad = to_device(std::vector<E>(fused.size(), pad));
+    forward(d, gq.as<E>(), gk.as<E>(), gv.as<E>(), go.as<E>(), glse.as<float>());
+    forward(s, f, f + qw, f + qw + kw, go2.as<E>(), glse2.as<float>());
+    backward(d, gq.as<E>(), gk.as<E>(), gv.as<E>(), go.as<E>(), glse.as<float>(), gdo.as<E>(), gdq.as<E>(),
+             gdk.as<E>(), gdv.as<E>());
+    auto* g = ggrad.as<E>();
+    backward(s, f, f + qw, f + qw + kw, go.as<E>(), glse.as<float>(), gdo.as<E>(), g, g + qw, g + qw + kw);
+    cuda::synchronize();
+    auto fetch = [](const cuda::DeviceBuffer& buf, size_t n) {
+      std::vector<E> h(n);
+      buf.download(h.data(), n * sizeof(E));
+      return h;
+    };
+    EXPECT_EQ(fetch(go2, static_cast<size_t>(rows * ow)), fetch(go, static_cast<size_t>(rows * ow))) << "o";
+    EXPECT_EQ(from_device(glse2, static_cast<size_t>(n_lse)), from_device(glse, static_cast<size_t>(n_lse))) << "lse";
+    const auto dq = fetch(gdq, q.size()), dk = fetch(gdk, k.size()), dv = fetch(gdv, v.size());
+    const auto grads = fetch(ggrad, fused.size());
+    float largest = 0.0f;
+    for (E x : dq) largest = std::max(largest, std::abs(value(x)));
+    int wrong = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t col = 0; col < W; ++col) {
+        const E got = grads[static_cast<size_t>(r * W + col)];
+        if (col >= qw + kw + vw) {
+          wrong += !(got == pad);
+        } else if (col >= qw + kw) {
+          wrong += !(got == dv[static_cast<size_t>(r * vw + col - qw - kw)]);
+        } else if (col >= qw) {
+          wrong += !(got == dk[static_cast<size_t>(r * kw + col - qw)]);
+        } else {
+          const float want = value(dq[static_cast<size_t>(r * qw + col)]);
+          wrong += !(std::abs(value(got) - want) <= slack * largest);
+        }
+      }
+    }
+    EXPECT_EQ(wrong, 0) << "gradient values in the fused rows differ from the dense run or overwrite the padding";
+  }
+};
+
+TEST(CudaAttention, FusedProjectionRowsEqualDenseTensors) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  using Bits = FusedRows<uint16_t>;
+  const AttentionMask causal{true, 0};
+  const Case gqa{2, 4, 2, 70, 70, 64, 64, true, 0}, latent{1, 2, 2, 40, 40, 96, 64, true, 0};
+  for (const auto& [tiles, deterministic] :
+       std::initializer_list<std::pair<cuda::FlashTiles, bool>>{{cuda::FlashTiles::Auto, true},
+                                                                {cuda::FlashTiles::Auto, false},
+                                                                {cuda::FlashTiles::Short, true},
+                                                                {cuda::FlashTiles::Wgmma, true},
+                                                                {cuda::FlashTiles::WgmmaTma, true},
+                                                                {cuda::FlashTiles::WgmmaWs, true}}) {
+    const auto forward = [&](const AttentionDims& d, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                             uint16_t* o, float* lse) {
+      cuda::flash_forward_tc(cuda::TensorCoreType::bf16, d, causal, 0.125f, q, k, v, o, lse, tiles);
+    };
+    const auto backward = [&](const AttentionDims& d, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                              const uint16_t* o, const float* lse, const uint16_t* dout, uint16_t* dq, uint16_t* dk,
+                              uint16_t* dv) {
+      cuda::flash_backward_tc(cuda::TensorCoreType::bf16, d, causal, 0.125f, q, k, v, o, lse, dout, dq, dk, dv,
+                              nullptr, tiles, deterministic);
+    };
+    const std::string what = "flash " + std::string(cuda::flash_tiles_name(tiles)) +
+                             (deterministic ? " deterministic" : " atomic");
+    // Atomic dQ sums in no fixed order: one bf16 rounding either way.
+    Bits::expect(gqa, what, deterministic ? 0.0 : 1.0 / 128, forward, backward);
+    Bits::expect(latent, what, deterministic ? 0.0 : 1.0 / 128, forward, backward);
+  }
+  FusedRows<float>::expect(
+      {1, 4, 2, 37, 37, 32, 16, true, 0}, "fp32 flash", 0.0,
+      [&](const AttentionDims& d, const float* q, const float* k, const float* v, float* o, float* lse) {
+        cuda::flash_forward_fp32(d, causal, 0.25f, q, k, v, o, lse);
+      },
+      [&](const AttentionDims& d, const float* q, const float* k, const float* v, const float* o, const float* lse,
+          const float* dout, float* dq, float* dk, float* dv) {
+        cuda::flash_backward_fp32(d, causal, 0.25f, q, k, v, o, lse, dout, dq, dk, dv);
+      });
+  // The standard kernel keeps P from its forward for its backward: one workspace a layout.
+  const Case standard{2, 4, 2, 33, 33, 32, 32, true, 0};
+  const AttentionDims sd{standard.B, standard.Hq, standard.Hkv, standard.Tq, standard.Tk, standard.Dqk, standard.Dv, 0};
+  cuda::DeviceBuffer ws_dense(cuda::standard_workspace_bytes<cuda::bf16>(sd)),
+      ws_fused(cuda::standard_workspace_bytes<cuda::bf16>(sd));
+  auto ws = [&](const AttentionDims& d) { return d.q_row_stride ? ws_fused.get() : ws_dense.get(); };
+  auto bf = [](auto* p) {
+    using P = std::remove_pointer_t<decltype(p)>;
+    return reinterpret_cast<std::conditional_t<std::is_const_v<P>, const cuda::bf16*, cuda::bf16*>>(p);
+  };
+  Bits::expect(
+      standard, "standard bf16", 0.0,
+      [&](const AttentionDims& d, const uint16_t* q, const uint16_t* k, const uint16_t* v, uint16_t* o, float* lse) {
+        cuda::standard_forward_cuda<cuda::bf16>(d, causal, 0.25f, bf(q), bf(k), bf(v), bf(o), lse, ws(d));
+      },
+      [&](const AttentionDims& d, const uint16_t* q, const uint16_t* k, const uint16_t* v, const uint16_t*,
+          const float*, const uint16_t* dout, uint16_t* dq, uint16_t* dk, uint16_t* dv) {
+        cuda::standard_backward_cuda<cuda::bf16>(d, causal, 0.25f, bf(q), bf(k), bf(v), bf(dout), bf(dq), bf(dk),
+                                                 bf(dv), ws(d));
+      });
+  // A query row stride that breaks the 16-byte rows is refused by name.
+  cuda::DeviceBuffer buf(1 << 16), lse(1 << 12);
+  AttentionDims odd{1, 1, 1, 8, 8, 64, 64, 0};
+  odd.q_row_stride = 68;
+  auto* p = buf.as<uint16_t>();
+  const std::string err = testing::error_of([&] {
+    cuda::flash_forward_tc(cuda::TensorCoreType::bf16, odd, causal, 1.0f, p, p, p, p, lse.as<float>());
+  });
+  EXPECT_NE(err.find("q row 68"), std::string::npos) << err;
 }
 
 // The GPU's standard kernel in bf16 (bf16 products, P and dS rounded to bf16, fp32 sums): output

@@ -158,8 +158,12 @@ double max_diff_in_lr(std::span<const float> a, std::span<const float> b) {
   return worst / 3e-3;
 }
 
-void expect_fp32_parity(const GPTConfig& c, bool doc_mask) {
+// alternate_qkv_fusion: q, k and v by three GEMMs in steps 1 and 3 (and the first forward), by
+// one in step 2, so the activations are laid out again each step.
+void expect_fp32_parity(const GPTConfig& c, bool doc_mask, bool alternate_qkv_fusion = false) {
   Pair p(c, Precision::FP32);
+  EXPECT_TRUE(p.gpu.qkv_fusion()) << "on by default";
+  if (alternate_qkv_fusion) p.gpu.set_qkv_fusion(false);
   const Batch b = make_batch(c, 7);
   const int32_t* seg = doc_mask ? b.seg.data() : nullptr;
   // Logits of a forward without targets.
@@ -176,6 +180,7 @@ void expect_fp32_parity(const GPTConfig& c, bool doc_mask) {
     p.cpu.zero_grad();
     p.gpu.zero_grad();
     p.gpu.set_classifier_rows(step == 1 ? 0 : step == 2 ? 10 : 7);
+    if (alternate_qkv_fusion) p.gpu.set_qkv_fusion(step == 2);
     const double cpu_loss = p.cpu.forward(b.x.data(), b.y.data(), b.B, b.T, seg);
     p.cpu.backward(0.5f);
     double gpu_loss = 0;
@@ -226,6 +231,19 @@ TEST(CudaGpt, Fp32TracksTheCpuModelWithRopeWithoutQkNorm) {
   c.n_head = 4;  // head_dim 32: fp32 has no head-dim limit
   c.n_kv_head = 1;
   expect_fp32_parity(c, false);
+}
+
+// q, k and v by three GEMMs (set_qkv_fusion(false), what bench train --qkv-fusion off times) and by
+// one into fused rows (the default, which the tests above run), switched between steps, with RoPE
+// rotating the q and k blocks in place, GQA and the flash kernels.
+TEST(CudaGpt, Fp32TracksTheCpuModelWithQkvInOneGemmOrThree) {
+  SKIP_WITHOUT_GPU();
+  GPTConfig c = gpt2_like();
+  c.pos = PosKind::Rope;
+  c.n_head = 4;
+  c.n_kv_head = 2;
+  c.attention = AttentionKind::Flash;
+  expect_fp32_parity(c, true, true);
 }
 
 // FlashMLA with decoupled RoPE, low-rank queries and QK-norm (Dqk 96 ≠ Dv 64).

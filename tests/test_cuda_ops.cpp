@@ -666,6 +666,36 @@ TEST(CudaOps, RopeEqualsTheCpu) {
     EXPECT_LT(rel_error(down_as<float>(gf, x.size()), fwd), 1e-6);
     EXPECT_LT(rel_error(down_as<float>(gbk, x.size()), bwd), 1e-6);
   }
+  // The q (or k) block of fused q/k/v rows: tokens W apart, the block `at` columns in; the rest of
+  // every row is left alone.
+  const int64_t W = H * D + 24, at = 8, rows = B * Tn;
+  const auto x = data.normal(static_cast<size_t>(rows * W));
+  std::vector<float> fwd(static_cast<size_t>(rows * H * D)), bwd;
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(x.begin() + r * W + at, H * D, fwd.begin() + r * H * D);
+  bwd = fwd;
+  ops::rope_forward_strided(fwd.data(), table, B, Tn, H, D, D, pos0);
+  ops::rope_backward_strided(bwd.data(), table, B, Tn, H, D, D, pos0);
+  std::vector<float> want_f = x, want_b = x;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy_n(fwd.begin() + r * H * D, H * D, want_f.begin() + r * W + at);
+    std::copy_n(bwd.begin() + r * H * D, H * D, want_b.begin() + r * W + at);
+  }
+  auto gf = up(x), gbk = up(x);
+  cuda::rope_forward(gf.as<float>() + at, gcos.as<const float>(), gsin.as<const float>(), B, Tn, H, D, D, pos0,
+                     nullptr, W);
+  cuda::rope_backward(gbk.as<float>() + at, gcos.as<const float>(), gsin.as<const float>(), B, Tn, H, D, D, pos0, W);
+  const auto got_f = down_as<float>(gf, x.size()), got_b = down_as<float>(gbk, x.size());
+  EXPECT_LT(rel_error(got_f, want_f), 1e-6) << "token stride";
+  EXPECT_LT(rel_error(got_b, want_b), 1e-6) << "token stride";
+  int touched = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < W; ++c) {
+      if (c >= at && c < at + H * D) continue;
+      const size_t i = static_cast<size_t>(r * W + c);
+      touched += got_f[i] != x[i] || got_b[i] != x[i];
+    }
+  }
+  EXPECT_EQ(touched, 0) << "values outside the rotated block changed";
 }
 
 // ---------------------------------------------------------------------------------------------

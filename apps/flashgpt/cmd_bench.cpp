@@ -47,6 +47,7 @@ struct BenchTrainCli {
   std::string tiles = "auto";  // GPU: the flash kernels' tiles
   std::string attention_backend = "ours";  // GPU: ours or cudnn (cuDNN's fused attention)
   std::string gelu_fusion = "on";         // GPU, bf16: GELU in the MLP's GEMM epilogues, or off
+  std::string qkv_fusion = "on";          // GPU: q, k and v in one GEMM, or three
   bool profile_step = false;   // GPU: the last timed step inside a profiler capture range
   int breakdown = 0;           // GPU: steps after the timed ones with every kernel timed (KernelTimes)
 };
@@ -141,6 +142,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   gpu.set_flash_tiles(tiles);
   if (c.attention_backend == "cudnn") gpu.set_attention_backend(cuda::AttentionBackend::Cudnn);
   gpu.set_gelu_fusion(c.gelu_fusion == "on");
+  gpu.set_qkv_fusion(c.qkv_fusion == "on");
   {
     GPT<float> host(cfg);
     host.init_weights(1);
@@ -211,6 +213,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
                       {"tiles", c.tiles},
                       {"attention_backend", c.attention_backend},
                       {"gelu_fusion", c.gelu_fusion == "on"},
+                      {"qkv_fusion", c.qkv_fusion == "on"},
                       {"params", gpu.num_params()},
                       {"batch", B},
                       {"seq", T},
@@ -243,10 +246,11 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
     std::printf("%s\n", j.dump().c_str());
     return;
   }
-  std::printf("train step on %s (%s%s%s%s%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(), c.precision.c_str(),
-              c.deterministic ? ", deterministic" : "", c.tiles == "auto" ? "" : (", " + c.tiles + " tiles").c_str(),
+  std::printf("train step on %s (%s%s%s%s%s%s): %.2fM params, B=%lld T=%lld\n", gpu_name.c_str(),
+              c.precision.c_str(), c.deterministic ? ", deterministic" : "",
+              c.tiles == "auto" ? "" : (", " + c.tiles + " tiles").c_str(),
               c.attention_backend == "cudnn" ? ", cuDNN attention" : "",
-              c.gelu_fusion == "on" ? "" : ", GELU unfused",
+              c.gelu_fusion == "on" ? "" : ", GELU unfused", c.qkv_fusion == "on" ? "" : ", q/k/v in three GEMMs",
               static_cast<double>(gpu.num_params()) / 1e6, static_cast<long long>(B), static_cast<long long>(T));
   std::printf("  step time  median %.4f s (min %.4f, max %.4f over %d steps)\n", step,
               j["step_s_min"].get<double>(), j["step_s_max"].get<double>(), c.steps);
@@ -286,6 +290,7 @@ void run_bench_train(const BenchTrainCli& c) {
   FLASHGPT_CHECK(c.tiles == "auto", "--tiles: a GPU option (--device cuda)");
   FLASHGPT_CHECK(c.attention_backend == "ours", "--attention-backend: a GPU option (--device cuda)");
   FLASHGPT_CHECK(c.gelu_fusion == "on", "--gelu-fusion: a GPU option (--device cuda)");
+  FLASHGPT_CHECK(c.qkv_fusion == "on", "--qkv-fusion: a GPU option (--device cuda)");
   FLASHGPT_CHECK(!c.profile_step, "--profile-step: a GPU option (--device cuda)");
   FLASHGPT_CHECK(c.breakdown == 0, "--breakdown: a GPU option (--device cuda)");
   dist::Communicator& world = dist::world();
@@ -412,6 +417,11 @@ void register_bench(CLI::App& app) {
   tr->add_option("--gelu-fusion", c->gelu_fusion,
                  "GPU, bf16, GELU models: on (GELU inside the MLP's GEMMs, cuBLASLt's epilogues) or off (its own "
                  "kernels): the same step both ways")
+      ->check(CLI::IsMember({"on", "off"}))
+      ->capture_default_str();
+  tr->add_option("--qkv-fusion", c->qkv_fusion,
+                 "GPU, multi-head attention without QK-norm: on (q, k and v projected by one GEMM into fused rows "
+                 "that the attention reads in place) or off (three GEMMs each way): the same step both ways")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   tr->add_flag("--profile-step", c->profile_step,

@@ -19,6 +19,8 @@ void check_attention_dims(const AttentionDims& d, const AttentionMask& m, MaskMe
                  "attention: key row stride {} is smaller than Hkv·Dqk = {}", d.k_row_stride, d.Hkv * d.Dqk);
   FLASHGPT_CHECK(d.v_row_stride == 0 || d.v_row_stride >= d.Hkv * d.Dv,
                  "attention: value row stride {} is smaller than Hkv·Dv = {}", d.v_row_stride, d.Hkv * d.Dv);
+  FLASHGPT_CHECK(d.q_row_stride == 0 || d.q_row_stride >= d.Hq * d.Dqk,
+                 "attention: query row stride {} is smaller than Hq·Dqk = {}", d.q_row_stride, d.Hq * d.Dqk);
   FLASHGPT_CHECK(!m.causal || m.q_offset >= 0, "attention: causal q_offset {} is negative", m.q_offset);
   FLASHGPT_CHECK(m.q_segments.empty() == m.kv_segments.empty(),
                  "attention: document masking needs segment ids for both queries and keys");

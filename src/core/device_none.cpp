@@ -136,6 +136,8 @@ AttentionBackend GPTCuda::attention_backend() const { fail("GPU model: {}", kNoC
 FlashTiles GPTCuda::flash_tiles() const { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::set_gelu_fusion(bool) { fail("GPU model: {}", kNoCuda); }
 bool GPTCuda::gelu_fusion() const { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::set_qkv_fusion(bool) { fail("GPU model: {}", kNoCuda); }
+bool GPTCuda::qkv_fusion() const { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}", kNoCuda); }
 std::string GPTCuda::decode_unsupported(const GPTConfig&, Precision) { return kNoCuda; }

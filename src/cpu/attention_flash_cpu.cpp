@@ -109,7 +109,7 @@ template <typename T>
 void flash_forward_packed(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, T scale,
                           const T* q, const T* k, const T* v, T* o, T* lse) {
   const int64_t group = d.Hq / d.Hkv, rows = d.Tq * group;
-  const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.q_row(), k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows(), Bc = tiles.block_kv;
   const int64_t items = d.B * d.Hkv;
   int64_t key_end_max = 0;  // splits share out the longest sequence's keys
@@ -233,7 +233,7 @@ void copy_rows(const float* src, int64_t src_row, int64_t n, int64_t width, floa
 void flash_forward_kv_outer(const AttentionDims& d, const AttentionMask& m, const AttentionTiling& tiles, float scale,
                             const float* q, const float* k, const float* v, float* o, float* lse) {
   const int64_t group = d.Hq / d.Hkv;
-  const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.q_row(), k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
   const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
   const int64_t sweep = query_sweep_rows(Br, d.Dqk + d.Dv);
@@ -331,7 +331,7 @@ void attention_flash_forward(const AttentionDims& d, const AttentionMask& m, con
       return;
     }
   }
-  const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.q_row(), k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
   const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
   const int64_t n_qt = (d.Tq + Br - 1) / Br;
@@ -435,7 +435,7 @@ void attention_flash_backward(const AttentionDims& d, const AttentionMask& m, co
                               const T* q, const T* k, const T* v, const T* o, const T* lse, const T* dout, T* dq,
                               T* dk, T* dv) {
   const int64_t group = d.Hq / d.Hkv;
-  const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.q_row(), k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
   const int64_t Br = tiles.block_q, Bc = tiles.block_kv;
   // Each (batch, kv head) belongs to one thread: it alone writes that head's dK, dV and the dQ of

@@ -39,7 +39,7 @@ template <typename T>
 void attention_standard_forward(const AttentionDims& d, const AttentionMask& m, T scale, const T* q, const T* k,
                                 const T* v, T* o, T* lse) {
   const int64_t group = d.Hq / d.Hkv;
-  const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.q_row(), k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
 #pragma omp parallel num_threads(team_size(attention_work(d)))
   {
@@ -79,7 +79,7 @@ template <typename T>
 void attention_standard_backward(const AttentionDims& d, const AttentionMask& m, T scale, const T* q, const T* k,
                                  const T* v, const T* o, const T* lse, const T* dout, T* dq, T* dk, T* dv) {
   const int64_t group = d.Hq / d.Hkv;
-  const int64_t q_row = d.Hq * d.Dqk, k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.q_row(), k_row = d.k_row(), v_row = d.v_row(), o_row = d.Hq * d.Dv;
   const int64_t kv_rows = d.kv_rows();
   // Work is split over (batch, kv head): the query heads of a group all add into the same dk, dv.
 #pragma omp parallel num_threads(team_size(attention_work(d)))

@@ -1,7 +1,7 @@
 // cuDNN's fused attention as a second backend (attention_cudnn.h): one cuDNN graph per case
 // (element type, shapes, strides, mask, scale, direction), built on first use and kept, its
 // tensors given flashgpt's layouts by strides so nothing is copied or transposed:
-//   q  [B, Hq, Tq, Dqk]   strides (Tq·Hq·Dqk, Dqk, Hq·Dqk, 1)
+//   q  [B, Hq, Tq, Dqk]   strides (Tq·q_row, Dqk, q_row, 1)
 //   k  [B, Hkv, Tk, Dqk]  strides (kv_rows·k_row, Dqk, k_row, 1); v alike with v_row
 //   o  [B, Hq, Tq, Dv]    strides (Tq·Hq·Dv, Dv, Hq·Dv, 1); dq, dk, dv as q, k, v
 //   lse [B, Hq, Tq, 1]    fp32, cuDNN's softmax statistics (log Σ exp of the scaled scores)
@@ -122,7 +122,7 @@ void require_library() {
 // Everything a graph depends on.
 struct Key {
   int type = 0;
-  int64_t B = 0, Hq = 0, Hkv = 0, Tq = 0, Tk = 0, Dqk = 0, Dv = 0, kv_rows = 0, k_row = 0, v_row = 0;
+  int64_t B = 0, Hq = 0, Hkv = 0, Tq = 0, Tk = 0, Dqk = 0, Dv = 0, kv_rows = 0, q_row = 0, k_row = 0, v_row = 0;
   int causal = 0;  // 0 none, 1 from the first key, 2 to the last
   bool padded = false, backward = false, deterministic = false;
   uint32_t scale_bits = 0;
@@ -134,7 +134,7 @@ Key key_of(TensorCoreType type, const AttentionDims& d, const AttentionMask& m, 
   Key k;
   k.type = static_cast<int>(type);
   k.B = d.B, k.Hq = d.Hq, k.Hkv = d.Hkv, k.Tq = d.Tq, k.Tk = d.Tk, k.Dqk = d.Dqk, k.Dv = d.Dv;
-  k.kv_rows = d.kv_rows(), k.k_row = d.k_row(), k.v_row = d.v_row();
+  k.kv_rows = d.kv_rows(), k.q_row = d.q_row(), k.k_row = d.k_row(), k.v_row = d.v_row();
   k.causal = !m.causal ? 0 : m.q_offset == 0 ? 1 : 2;
   k.padded = !m.kv_lengths.empty();
   k.backward = backward;
@@ -174,7 +174,7 @@ std::shared_ptr<fe::graph::Graph> make_graph(const Key& k, int sm = 0) {
   auto tensor = [&](const char* name, int64_t uid, std::vector<int64_t> dims, std::vector<int64_t> strides) {
     return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim(dims).set_stride(strides));
   };
-  const std::vector<int64_t> q_dims{k.B, k.Hq, k.Tq, k.Dqk}, q_strides{k.Tq * k.Hq * k.Dqk, k.Dqk, k.Hq * k.Dqk, 1};
+  const std::vector<int64_t> q_dims{k.B, k.Hq, k.Tq, k.Dqk}, q_strides{k.Tq * k.q_row, k.Dqk, k.q_row, 1};
   const std::vector<int64_t> k_dims{k.B, k.Hkv, k.Tk, k.Dqk}, k_strides{k.kv_rows * k.k_row, k.Dqk, k.k_row, 1};
   const std::vector<int64_t> v_dims{k.B, k.Hkv, k.Tk, k.Dv}, v_strides{k.kv_rows * k.v_row, k.Dv, k.v_row, 1};
   const std::vector<int64_t> o_dims{k.B, k.Hq, k.Tq, k.Dv}, o_strides{k.Tq * k.Hq * k.Dv, k.Dv, k.Hq * k.Dv, 1};

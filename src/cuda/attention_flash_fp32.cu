@@ -24,7 +24,7 @@ constexpr float kMasked = -1e30f;
 constexpr int kMaxHeadDim = 256;
 
 struct Dims {
-  int64_t B, Hq, Hkv, Tq, Tk, Dqk, Dv, kv_rows, k_row, v_row, group;
+  int64_t B, Hq, Hkv, Tq, Tk, Dqk, Dv, kv_rows, q_row, k_row, v_row, group;
 };
 
 using attention_kernels::Mask;
@@ -32,7 +32,7 @@ using attention_kernels::causal_offset;
 using attention_kernels::mask_of;
 
 Dims dims_of(const AttentionDims& d) {
-  return {d.B, d.Hq, d.Hkv, d.Tq, d.Tk, d.Dqk, d.Dv, d.kv_rows(), d.k_row(), d.v_row(), d.Hq / d.Hkv};
+  return {d.B, d.Hq, d.Hkv, d.Tq, d.Tk, d.Dqk, d.Dv, d.kv_rows(), d.q_row(), d.k_row(), d.v_row(), d.Hq / d.Hkv};
 }
 
 // Keys [0, limit) pass the causal and padding masks for query i of sequence b.
@@ -73,7 +73,7 @@ __global__ void forward_kernel(Dims d, Mask m, float scale, const float* __restr
   const int64_t b = blockIdx.z, h = blockIdx.y, i0 = static_cast<int64_t>(blockIdx.x) * kFwdRows;
   const int t = threadIdx.x;
   const int64_t i = i0 + t, hk = h / d.group;
-  const int64_t q_row = d.Hq * d.Dqk, o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.q_row, o_row = d.Hq * d.Dv;
   const float* qb = q + b * d.Tq * q_row + h * d.Dqk;
   const float* kb = k + b * d.kv_rows * d.k_row + hk * d.Dqk;
   const float* vb = v + b * d.kv_rows * d.v_row + hk * d.Dv;
@@ -159,7 +159,7 @@ __global__ void dq_kernel(Dims d, Mask m, float scale, const float* __restrict__
   const int64_t b = blockIdx.z, h = blockIdx.y, i0 = static_cast<int64_t>(blockIdx.x) * kDqRows;
   const int t = threadIdx.x;
   const int64_t i = i0 + t, hk = h / d.group;
-  const int64_t q_row = d.Hq * d.Dqk, o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.q_row, o_row = d.Hq * d.Dv;
   const float* kb = k + b * d.kv_rows * d.k_row + hk * d.Dqk;
   const float* vb = v + b * d.kv_rows * d.v_row + hk * d.Dv;
   stage_rows(Qs, qs, q + b * d.Tq * q_row + h * d.Dqk, q_row, i0, d.Tq, kDqRows, d.Dqk, t, kDqRows);
@@ -212,7 +212,7 @@ __global__ void dkv_kernel(Dims d, Mask m, float scale, const float* __restrict_
   const int64_t b = blockIdx.z, hk = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * kKvRows;
   const int t = threadIdx.x;
   const int64_t j = j0 + t;
-  const int64_t q_row = d.Hq * d.Dqk, o_row = d.Hq * d.Dv;
+  const int64_t q_row = d.q_row, o_row = d.Hq * d.Dv;
   stage_rows(Ks, ks, k + b * d.kv_rows * d.k_row + hk * d.Dqk, d.k_row, j0, d.Tk, kKvRows, d.Dqk, t, kKvRows);
   stage_rows(Vs, vs, v + b * d.kv_rows * d.v_row + hk * d.Dv, d.v_row, j0, d.Tk, kKvRows, d.Dv, t, kKvRows);
   for (int64_t c = 0; c < d.Dqk; ++c) dKs[t * ks + c] = 0.0f;

@@ -38,11 +38,13 @@ __global__ void backward_prologue_kernel(int64_t rows, int64_t Hq, int64_t Tq, i
   }
 }
 
+// acc is dense [B·Tq, width]; dq's rows are q_row apart (a fused projection's rows).
 template <typename E>
-__global__ void dq_convert_kernel(int64_t n, const float* __restrict__ acc, E* __restrict__ dq) {
+__global__ void dq_convert_kernel(int64_t n, int64_t width, int64_t q_row, const float* __restrict__ acc,
+                                  E* __restrict__ dq) {
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    dq[idx] = tc::from_float<E>(acc[idx]);
+    dq[idx / width * q_row + idx % width] = tc::from_float<E>(acc[idx]);
   }
 }
 
@@ -88,11 +90,11 @@ bool use_wide(FlashTiles tiles, size_t wide_bytes) {
 
 // cp.async moves 16-byte pieces: every row must start 16-byte aligned.
 void check_alignment(const AttentionDims& d, const char* what, std::initializer_list<const void*> pointers) {
-  bool ok = d.k_row() % 8 == 0 && d.v_row() % 8 == 0;
+  bool ok = d.q_row() % 8 == 0 && d.k_row() % 8 == 0 && d.v_row() % 8 == 0;
   for (const void* p : pointers) ok = ok && reinterpret_cast<uintptr_t>(p) % 16 == 0;
-  FLASHGPT_CUDA_REQUIRE(ok, std::string(what) + ": tensors must start 16-byte aligned and key/value rows be multiples "
-                                                "of 8 elements (k row " + std::to_string(d.k_row()) + ", v row " +
-                                std::to_string(d.v_row()) + ")");
+  FLASHGPT_CUDA_REQUIRE(ok, std::string(what) + ": tensors must start 16-byte aligned and query/key/value rows be "
+                                                "multiples of 8 elements (q row " + std::to_string(d.q_row()) +
+                                ", k row " + std::to_string(d.k_row()) + ", v row " + std::to_string(d.v_row()) + ")");
 }
 
 // The forward's tiles for these head dims on this GPU.
@@ -157,7 +159,7 @@ void backward_typed(const AttentionDims& ad, const AttentionMask& am, float scal
     } else {
       const int64_t n = rows * ad.Dqk;
       launch_kernel("tensor-core flash backward dQ conversion", dq_convert_kernel<E>, grid_for(n, 256), 256, 0,
-                    nullptr, n, dq_accum, dq);
+                    nullptr, n, ad.Hq * ad.Dqk, ad.q_row(), dq_accum, dq);
     }
     if (own.get()) synchronize();  // the workspace is freed on return
   });

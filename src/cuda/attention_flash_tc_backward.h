@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   float* Ds = Ls + 2 * BlockM;                                                                   // [2][BlockM]
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, hk = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * BlockN;
-  const int64_t q_row = d.Hq * Dqk, o_row = d.Hq * Dv;
+  const int64_t q_row = d.q_row, o_row = d.Hq * Dv;
   const E* kb = k + b * d.kv_rows * d.k_row + hk * Dqk;
   const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;
   const float scale_log2 = scale * kLog2e;
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
       for (int r = 0; r < 2; ++r) {
         const int64_t i = i0 + rg * 16 + g + r * 8;
         if (i >= d.Tq) continue;
-        float* row = dq_accum + (b * d.Tq + i) * q_row + h * Dqk + split * F::DqCols + 2 * t;
+        float* row = dq_accum + ((b * d.Tq + i) * d.Hq + h) * Dqk + split * F::DqCols + 2 * t;
 #pragma unroll
         for (int n = 0; n < F::DqCols / 8; ++n) {
           atomicAdd(row + n * 8, dq[n][2 * r]);
@@ -187,7 +187,7 @@ constexpr bool kHasShortBackward = Dv <= 64;
 // else the mma.sync one.
 template <typename E, typename F, bool WithDq>
 constexpr auto backward_kernel() {
-  if constexpr (has_producer<F>()) {
+  if constexpr (has_producer<F>) {
     return flash_backward_wgmma_ws_kernel<E, F, WithDq>;
   } else if constexpr (requires { F::kWarpgroup; }) {
     return flash_backward_wgmma_kernel<E, F, WithDq>;
@@ -203,7 +203,7 @@ void launch_backward_kernel(const char* name, const dim3& grid, const Dims& d, c
                             const E* k, const E* v, const float* lse, const float* dsum, const E* dout,
                             float* dq_accum, E* dk, E* dv) {
   allow_shared(backward_kernel<E, F, WithDq>(), F::bytes, name);
-  if constexpr (has_producer<F>()) {
+  if constexpr (has_producer<F>) {
     launch_kernel(name, backward_kernel<E, F, WithDq>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid),
                   m, scale, backward_maps<F>(d, q, dout), k, v, lse, dsum, dq_accum, dk, dv);
   } else {
@@ -220,7 +220,7 @@ void launch_backward(const Dims& d, const Mask& m, float scale, const E* q, cons
                   static_cast<unsigned>(d.B));
   const char* name = [] {
     if constexpr (requires { F::kWarpgroup; }) {
-      return has_producer<F>() ? "Hopper flash backward (warp-specialized)" : "Hopper flash backward";
+      return has_producer<F> ? "Hopper flash backward (warp-specialized)" : "Hopper flash backward";
     }
     return "tensor-core flash backward";
   }();

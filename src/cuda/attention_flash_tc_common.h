@@ -20,7 +20,7 @@ namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 namespace flash_tc {
 
 struct Dims {
-  int64_t B, Hq, Hkv, Tq, Tk, kv_rows, k_row, v_row, group;
+  int64_t B, Hq, Hkv, Tq, Tk, kv_rows, q_row, k_row, v_row, group;  // q_row: q's and dq's
   CtaSpan* trace = nullptr;  // where each block records its span, while a CtaTrace records (cta_trace.h)
 };
 
@@ -39,7 +39,7 @@ using attention_kernels::causal_offset;
 using attention_kernels::mask_of;
 
 inline Dims dims_of(const AttentionDims& a) {
-  return {a.B, a.Hq, a.Hkv, a.Tq, a.Tk, a.kv_rows(), a.k_row(), a.v_row(), a.Hq / a.Hkv, nullptr};
+  return {a.B, a.Hq, a.Hkv, a.Tq, a.Tk, a.kv_rows(), a.q_row(), a.k_row(), a.v_row(), a.Hq / a.Hkv, nullptr};
 }
 
 constexpr int kPad = 8;  // elements of padding per shared-memory row
@@ -278,15 +278,12 @@ constexpr int register_pool(int threads) {
   return (each < 256 ? each : 256) * threads;
 }
 
-// Whether tiles F are warp-specialized (a producer warpgroup fills the stages).
+// Whether tiles F are warp-specialized (a producer warpgroup fills the stages), and whether they
+// load through Hopper's TMA: the tiles' own flags, false for tiles without them.
 template <typename F>
-constexpr bool has_producer() {
-  if constexpr (requires { F::kProducer; }) {
-    return F::kProducer;
-  } else {
-    return false;
-  }
-}
+constexpr bool has_producer = requires { requires F::kProducer; };
+template <typename F>
+constexpr bool uses_tma = requires { requires F::kTma; };
 
 template <typename E, int Dqk, int Dv>
 struct Launchers {

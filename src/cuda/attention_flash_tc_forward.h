@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(F::Threads)
   const int g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, h = blockIdx.y, hk = h / d.group;
   const int64_t i0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BlockM;
-  const int64_t q_row = d.Hq * Dqk, o_row = d.Hq * Dv;
+  const int64_t q_row = d.q_row, o_row = d.Hq * Dv;
   const E* qb = q + b * d.Tq * q_row + h * Dqk;
   const E* kb = k + b * d.kv_rows * d.k_row + hk * Dqk;
   const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;

@@ -101,11 +101,11 @@ template <typename F>
 ForwardMaps forward_maps(const Dims& d, const void* q, const void* k, const void* v, bool pingpong) {
   ForwardMaps maps;
   maps.pingpong = pingpong ? 1 : 0;
-  tma::encode_attention_map(&maps.q, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.Hq * F::Dqk, d.B, F::BlockM);
+  tma::encode_attention_map(&maps.q, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.q_row, d.B, F::BlockM);
   tma::encode_attention_map(&maps.k, k, F::Dqk, d.Hkv, d.Tk, d.kv_rows, d.k_row, d.B, F::BlockN);
   tma::encode_attention_map(&maps.v, v, F::Dv, d.Hkv, d.Tk, d.kv_rows, d.v_row, d.B, F::BlockN);
   if constexpr (F::QTile::kHalfPanel) {
-    tma::encode_attention_map(&maps.q_half, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.Hq * F::Dqk, d.B, F::BlockM, 32);
+    tma::encode_attention_map(&maps.q_half, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.q_row, d.B, F::BlockM, 32);
     tma::encode_attention_map(&maps.k_half, k, F::Dqk, d.Hkv, d.Tk, d.kv_rows, d.k_row, d.B, F::BlockN, 32);
   }
   return maps;
@@ -131,7 +131,7 @@ __device__ __forceinline__ void forward_wgmma(const Dims& d, const Mask& m, floa
   const int g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, h = blockIdx.y, hk = h / d.group;
   const int64_t i0 = static_cast<int64_t>(gridDim.x - 1 - blockIdx.x) * BlockM;
-  const int64_t q_row = d.Hq * Dqk, o_row = d.Hq * Dv;
+  const int64_t q_row = d.q_row, o_row = d.Hq * Dv;
   const E* qb = F::kTma ? nullptr : q + b * d.Tq * q_row + h * Dqk;  // TMA reads through maps instead
   const E* kb = F::kTma ? nullptr : k + b * d.kv_rows * d.k_row + hk * Dqk;
   const E* vb = F::kTma ? nullptr : v + b * d.kv_rows * d.v_row + hk * Dv;

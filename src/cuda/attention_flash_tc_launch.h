@@ -54,21 +54,11 @@ bool Launchers<E, Dqk, Dv>::has_wgmma_forward() {
   return kHasWgmmaForward<Dqk, Dv>;
 }
 
-// Whether tiles F load through Hopper's TMA.
-template <typename F>
-constexpr bool uses_tma() {
-  if constexpr (requires { F::kTma; }) {
-    return F::kTma;
-  } else {
-    return false;
-  }
-}
-
 // The forward kernel of tiles F: the warpgroup one for Hopper's tiles (TMA or not), else the
 // mma.sync one.
 template <typename E, typename F>
 constexpr auto forward_kernel() {
-  if constexpr (uses_tma<F>()) {
+  if constexpr (uses_tma<F>) {
     return flash_forward_wgmma_tma_kernel<E, F>;
   } else if constexpr (requires { F::kWarpgroup; }) {
     return flash_forward_wgmma_kernel<E, F>;
@@ -95,7 +85,7 @@ void launch_forward(const Dims& d, const Mask& m, float scale, const E* q, const
   allow_shared(forward_kernel<E, F>(), F::bytes, name);
   const dim3 grid(static_cast<unsigned>((d.Tq + F::BlockM - 1) / F::BlockM), static_cast<unsigned>(d.Hq),
                   static_cast<unsigned>(d.B));
-  if constexpr (uses_tma<F>()) {
+  if constexpr (uses_tma<F>) {
     launch_kernel(name, forward_kernel<E, F>(), grid, F::Threads, F::bytes, nullptr, traced(d, name, grid), m, scale,
                   forward_maps<F>(d, q, k, v, pingpong), o, lse);
   } else {

@@ -128,7 +128,7 @@ void forward_typed(const AttentionDims& d, const AttentionMask& am, float scale,
   Workspace<E> w{};
   Workspace<E>::bytes(d, &w, workspace);
   const Mask m = mask_of(am);
-  const int64_t group = d.Hq / d.Hkv, q_row = d.Hq * d.Dqk, o_row = d.Hq * d.Dv;
+  const int64_t group = d.Hq / d.Hkv, q_row = d.q_row(), o_row = d.Hq * d.Dv;
   for (int64_t b = 0; b < d.B; ++b) {
     for (int64_t h = 0; h < d.Hq; ++h) {
       const int64_t hk = h / group;
@@ -151,7 +151,7 @@ void backward_typed(const AttentionDims& d, float scale, const E* q, const E* k,
                     E* dk, E* dv, void* workspace) {
   Workspace<E> w{};
   Workspace<E>::bytes(d, &w, workspace);
-  const int64_t group = d.Hq / d.Hkv, q_row = d.Hq * d.Dqk, o_row = d.Hq * d.Dv;
+  const int64_t group = d.Hq / d.Hkv, q_row = d.q_row(), o_row = d.Hq * d.Dv;
   for (int64_t b = 0; b < d.B; ++b) {
     for (int64_t hk = 0; hk < d.Hkv; ++hk) {
       const E* kh = k + b * d.kv_rows() * d.k_row() + hk * d.Dqk;

@@ -86,7 +86,7 @@ __device__ __forceinline__ void unpack(const Chunk& c, float (&x)[8]) {
 }
 
 struct Dims {
-  int64_t B, Hq, Hkv, Tq, Tk, Dqk, Dv, kv_rows, k_row, v_row, group;
+  int64_t B, Hq, Hkv, Tq, Tk, Dqk, Dv, kv_rows, q_row, k_row, v_row, group;
   int64_t rows;        // query rows per key/value head: Tq · group
   int qc, vc;          // 16-byte chunks of a key row and of a value row (the last zero-padded)
   int ks, vs;          // shared-memory row strides of the key and value tiles, in elements
@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kThreads)
     float x = 0.0f;
     if (r < nrows && c < d.Dqk) {
       const int64_t gr = row0 + r, tq = gr / d.group, hq = kvh * d.group + gr % d.group;
-      x = to_f32(q[((b * d.Tq + tq) * d.Hq + hq) * d.Dqk + c]);
+      x = to_f32(q[(b * d.Tq + tq) * d.q_row + hq * d.Dqk + c]);
     }
     Qs[idx] = x;
   }
@@ -377,7 +377,7 @@ Dims dims_of(const AttentionDims& a, int stages) {
   constexpr int CE = kChunk<E>;
   Dims d{};
   d.B = a.B, d.Hq = a.Hq, d.Hkv = a.Hkv, d.Tq = a.Tq, d.Tk = a.Tk, d.Dqk = a.Dqk, d.Dv = a.Dv;
-  d.kv_rows = a.kv_rows(), d.k_row = a.k_row(), d.v_row = a.v_row(), d.group = a.Hq / a.Hkv;
+  d.kv_rows = a.kv_rows(), d.q_row = a.q_row(), d.k_row = a.k_row(), d.v_row = a.v_row(), d.group = a.Hq / a.Hkv;
   d.rows = a.Tq * d.group;
   d.qc = static_cast<int>((a.Dqk + CE - 1) / CE);
   d.vc = static_cast<int>((a.Dv + CE - 1) / CE);

@@ -67,9 +67,13 @@ LayerOffsets layer_offsets(const GPTCuda::Impl& m, int l) {
 
 template <typename T>
 void Model<T>::allocate(int64_t B, int64_t Tn) {
-  if (B == B_ && Tn == Tn_ && chunk_planned_ == chunk_rows(B * Tn) && deterministic_planned_ == deterministic) return;
+  if (B == B_ && Tn == Tn_ && chunk_planned_ == chunk_rows(B * Tn) && deterministic_planned_ == deterministic &&
+      fused_planned_ == fused_qkv()) {
+    return;
+  }
   chunk_planned_ = chunk_rows(B * Tn);
   deterministic_planned_ = deterministic;
+  fused_planned_ = fused_qkv();
   const GPTConfig& c = config;
   const int64_t N = B * Tn, C = c.n_embd, H = c.n_head, hd = c.head_dim(), F = c.hidden(),
                 Vp = c.padded_vocab_size();
@@ -82,6 +86,9 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   const int64_t wq = H * dqk, wk = latent ? dr : c.kv_dim(), wka = latent ? H * dqk : c.kv_dim();
   const int64_t wv = latent ? H * hd : c.kv_dim(), k_rows = latent ? (dr > 0 ? 1 : 0) : c.kv_heads();
   const int64_t v_up = latent && c.use_svd ? H * hd * nl : 0;
+  // Fused q/k/v: one buffer of rows [q | k | v] in q's slot (and [dq | dk | dv] in dqa_'s).
+  const bool fused = fused_qkv();
+  const int64_t wqkv = wq + wk + wv;
   using TSlots = std::initializer_list<std::pair<T**, int64_t>>;
   using FSlots = std::initializer_list<std::pair<float**, int64_t>>;
   auto plan_t = [&](TSlots slots) {
@@ -94,7 +101,8 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   for (LayerActs& a : acts_) {
     // Without QK-norm, RoPE (if any) runs in place on q and k (qa, ka or kr alias them): the
     // backward needs only the rotated values.
-    plan_t({{&a.ln1, N * C}, {&a.q, N * wq}, {&a.k, N * wk}, {&a.v, N * wv}, {&a.att, N * H * hd},
+    plan_t({{&a.ln1, N * C}, {&a.q, N * (fused ? wqkv : wq)}, {&a.k, fused ? 0 : N * wk}, {&a.v, fused ? 0 : N * wv},
+            {&a.att, N * H * hd},
             {&a.proj, N * C}, {&a.res_mid, N * C}, {&a.ln2, N * C}, {&a.fc, N * c.fc_out()}, {&a.act, N * F},
             {&a.mlp_proj, N * C}, {&a.qa, qkn ? N * wq : 0}, {&a.ka, latent || qkn ? N * wka : 0},
             {&a.cq_pre, N * r}, {&a.cq, N * r}, {&a.ckv_pre, N * nl}, {&a.ckv, N * nl},
@@ -112,8 +120,8 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   resid_.assign(static_cast<size_t>(c.n_layer + 1), nullptr);
   for (T*& x : resid_) arena_t_.plan(&x, N * C);
   plan_t({{&lnf_, N * C}, {&branch_, N * C}, {&logits_, std::min(N, chunk_rows(N)) * Vp}, {&dres_, N * C}, {&dln_, N * C},
-          {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * H * hd}, {&dqa_, N * wq},
-          {&dka_, N * wka}, {&dv_, N * wv}, {&dq_, qkn ? N * wq : 0}, {&dk_, qkn ? N * wk : 0},
+          {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * H * hd},
+          {&dqa_, N * (fused ? wqkv : wq)}, {&dka_, fused ? 0 : N * wka}, {&dv_, fused ? 0 : N * wv}, {&dq_, qkn ? N * wq : 0}, {&dk_, qkn ? N * wk : 0},
           {&dkr_, N * dr}, {&dckv_, N * nl}, {&dckv_pre_, N * nl}, {&dcq_, N * r}, {&dcq_pre_, N * r}});
   // The tensor-core attention backward's workspace: its row sums, and in the atomic mode its fp32
   // dQ accumulator.
@@ -126,7 +134,15 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   arena_t_.commit();
   arena_f_.commit();
   arena_i_.commit();
+  if (fused) {
+    dka_ = dqa_ + wq;
+    dv_ = dka_ + wk;
+  }
   for (LayerActs& a : acts_) {
+    if (fused) {
+      a.k = a.q + wq;
+      a.v = a.k + wk;
+    }
     if (!qkn) {
       a.qa = a.q;
       if (latent) {
@@ -253,23 +269,27 @@ void Model<T>::mha_forward(const LayerOffsets& o, LayerActs& a) {
   const float eps = static_cast<float>(c.norm_eps);
   const T* w = W(o.qkv_w);
   const T* b = W(o.qkv_b);
-  matmul_forward(a.q, a.ln1, w, b, N, C, qd);
-  matmul_forward(a.k, a.ln1, w + qd * C, b ? b + qd : nullptr, N, C, kvd);
-  matmul_forward(a.v, a.ln1, w + (qd + kvd) * C, b ? b + qd + kvd : nullptr, N, C, kvd);
+  if (fused_qkv()) {
+    matmul_forward(a.q, a.ln1, w, b, N, C, qkv_width());  // a.k and a.v are its column blocks
+  } else {
+    matmul_forward(a.q, a.ln1, w, b, N, C, qd);
+    matmul_forward(a.k, a.ln1, w + qd * C, b ? b + qd : nullptr, N, C, kvd);
+    matmul_forward(a.v, a.ln1, w + (qd + kvd) * C, b ? b + qd + kvd : nullptr, N, C, kvd);
+  }
   if (c.qk_norm) {
     rmsnorm_forward(a.qa, a.q_rstd, a.q, W(o.q_norm_w), N * Hq, hd, eps);
     rmsnorm_forward(a.ka, a.k_rstd, a.k, W(o.k_norm_w), N * Hkv, hd, eps);
   }
   if (c.pos == PosKind::Rope) {
-    rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, pos0(), seq_pos());
-    rope_forward(a.ka, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, pos0(), seq_pos());
+    rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, pos0(), seq_pos(), q_ld());
+    rope_forward(a.ka, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, pos0(), seq_pos(),
+                 kv_ld());
   }
   if (decoding_) {
     mha_decode_attention(a);
     return;
   }
-  const AttentionDims d{B_, Hq, Hkv, Tn_, Tn_, hd, hd, 0};
-  attention_forward(d, 1.0f / std::sqrt(static_cast<float>(hd)), a);
+  attention_forward(mha_dims(B_, Tn_, Tn_, 0, true), 1.0f / std::sqrt(static_cast<float>(hd)), a);
 }
 
 template <typename T>
@@ -277,11 +297,18 @@ void Model<T>::mha_backward(const LayerOffsets& o, const LayerActs& a) {
   const GPTConfig& c = config;
   const int64_t N = B_ * Tn_, C = c.n_embd, hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads();
   const int64_t qd = c.q_dim(), kvd = c.kv_dim();
-  const AttentionDims d{B_, Hq, Hkv, Tn_, Tn_, hd, hd, 0};
-  attention_backward(d, 1.0f / std::sqrt(static_cast<float>(hd)), a);
+  // Fused: the attention writes dq, dk and dv into the rows [dq | dk | dv] at dqa_.
+  attention_backward(mha_dims(B_, Tn_, Tn_, 0, true), 1.0f / std::sqrt(static_cast<float>(hd)), a);
   if (c.pos == PosKind::Rope) {
-    rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0);
-    rope_backward(dka_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0);
+    rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0, q_ld());
+    rope_backward(dka_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0, kv_ld());
+  }
+  const T* w = W(o.qkv_w);
+  float* gw = G(o.qkv_w);
+  float* gb = G(o.qkv_b);
+  if (fused_qkv()) {
+    matmul_backward(dln_, gw, gb, dqa_, a.ln1, w, N, C, qkv_width(), false);
+    return;
   }
   const T* dq = dqa_;
   const T* dk = dka_;
@@ -291,9 +318,6 @@ void Model<T>::mha_backward(const LayerOffsets& o, const LayerActs& a) {
     dq = dq_;
     dk = dk_;
   }
-  const T* w = W(o.qkv_w);
-  float* gw = G(o.qkv_w);
-  float* gb = G(o.qkv_b);
   matmul_backward(dln_, gw, gb, dq, a.ln1, w, N, C, qd, false);
   matmul_backward(dln_, gw + qd * C, gb ? gb + qd : nullptr, dk, a.ln1, w + qd * C, N, C, kvd, true);
   matmul_backward(dln_, gw + (qd + kvd) * C, gb ? gb + qd + kvd : nullptr, dv_, a.ln1, w + (qd + kvd) * C, N, C, kvd,
@@ -639,6 +663,10 @@ void GPTCuda::set_attention_backend(AttentionBackend backend) {
 AttentionBackend GPTCuda::attention_backend() const { return impl_->attention_backend; }
 
 void GPTCuda::set_gelu_fusion(bool on) { impl_->gelu_fusion = on; }
+
+void GPTCuda::set_qkv_fusion(bool on) { impl_->qkv_fusion = on; }
+
+bool GPTCuda::qkv_fusion() const { return impl_->qkv_fusion; }
 
 bool GPTCuda::gelu_fusion() const { return impl_->gelu_fusion; }
 

@@ -252,7 +252,8 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   const float* wide = nullptr;  // the logits, without top_k
   if (!steady) {
     wide = decode_device_work(B, Tn, top_k, out_bytes);
-  } else if (!dec_.graph.empty() && dec_.graph_top_k == top_k && dec_.graph_epoch == allocation_epoch()) {
+  } else if (!dec_.graph.empty() && dec_.graph_top_k == top_k && dec_.graph_epoch == allocation_epoch() &&
+             dec_.graph_fused == fused_qkv()) {
     dec_.graph.launch(decode_stream_.get());
     wide = dec_.graph_out;
     ++graph_replays;
@@ -264,6 +265,7 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
       dec_.graph.capture(decode_stream_.get(), [&] { decode_device_work(B, Tn, top_k, out_bytes); });
       dec_.graph_top_k = top_k;
       dec_.graph_epoch = allocation_epoch();
+      dec_.graph_fused = fused_qkv();
       dec_.graph_out = wide;
     } catch (const Error& e) {  // the step is done; the next ones run launch by launch
       std::fprintf(stderr, "flashgpt: note: decode: CUDA graph capture failed, decoding without graphs: %s\n",
@@ -367,6 +369,7 @@ template <typename T>
 void Model<T>::mha_decode_attention(LayerActs& a) {
   const GPTConfig& c = config;
   const int64_t kvd = c.kv_dim(), hd = c.head_dim(), rows = dec_.rows, pos0 = dec_.pos, B = dec_.B;
+  const int64_t qld = q_ld(), kvld = kv_ld();  // this step's q, k and v rows (fused: one row each token)
   const int64_t layer = layer_of(a) * B * rows * kvd;
   T* k = dec_.k.template as<T>() + layer;
   T* v = dec_.v.template as<T>() + layer;
@@ -379,13 +382,13 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
     const int64_t N = packed_.n, Tn = dec_.step_tn, Hq = c.n_head, qw = Hq * hd;
     const int32_t* to_cache = step_int(packed_.row_cache);
     const int32_t* padded = step_int(packed_.row_padded);
-    copy_rows(k, 0, kvd, a.ka, kvd, 0, N, 1, kvd, to_cache);
-    copy_rows(v, 0, kvd, a.v, kvd, 0, N, 1, kvd, to_cache);
+    copy_rows(k, 0, kvd, a.ka, kvld, 0, N, 1, kvd, to_cache);
+    copy_rows(v, 0, kvd, a.v, kvld, 0, N, 1, kvd, to_cache);
     const int64_t pad_rows = B * (Tn + 1);
     T* q = dec_.q_pad.template as<T>();  // zeroed by decode for this step
     T* o = static_cast<T*>(at_least(dec_.o_pad, static_cast<size_t>(pad_rows * qw) * sizeof(T)));
     auto* lse = static_cast<float*>(at_least(dec_.lse_pad, static_cast<size_t>(pad_rows * Hq) * sizeof(float)));
-    copy_rows(q, 0, qw, a.qa, qw, 0, N, 1, qw, padded);
+    copy_rows(q, 0, qw, a.qa, qld, 0, N, 1, qw, padded);
     const auto attend = [&](int64_t Tq, int64_t max_keys, int64_t offsets, int64_t lengths, int64_t first) {
       if (max_keys == 0) return;  // no sequence in this layout
       const AttentionDims d{B, Hq, c.kv_heads(), Tq, max_keys, hd, hd, rows};
@@ -401,19 +404,19 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
   }
   if (dec_.apart) {  // Tn new tokens each, appended at its sequence's own row, seeing its own keys
     const int32_t* ints = step_int(0);
-    copy_rows(k, rows * kvd, kvd, a.ka, Tn_ * kvd, kvd, B, Tn_, kvd, ints);
-    copy_rows(v, rows * kvd, kvd, a.v, Tn_ * kvd, kvd, B, Tn_, kvd, ints);
-    const AttentionDims d{B, c.n_head, c.kv_heads(), Tn_, dec_.max_keys, hd, hd, rows};
+    copy_rows(k, rows * kvd, kvd, a.ka, Tn_ * kvld, kvld, B, Tn_, kvd, ints);
+    copy_rows(v, rows * kvd, kvd, a.v, Tn_ * kvld, kvld, B, Tn_, kvd, ints);
+    const AttentionDims d = mha_dims(B, Tn_, dec_.max_keys, rows, false);
     AttentionMask m{true, 0};
     m.q_offsets = {ints, static_cast<size_t>(B)};
     m.kv_lengths = {ints + B, static_cast<size_t>(B)};
     cached_attention(d, m, scale, a.qa, k, v, a.att, a.lse);
     return;
   }
-  // Each sequence's new keys (and values) are Tn·kv_dim consecutive values on both sides.
-  copy_rows(k + pos0 * kvd, rows * kvd, 0, a.ka, Tn_ * kvd, 0, B, 1, Tn_ * kvd);
-  copy_rows(v + pos0 * kvd, rows * kvd, 0, a.v, Tn_ * kvd, 0, B, 1, Tn_ * kvd);
-  const AttentionDims d{B, c.n_head, c.kv_heads(), Tn_, pos0 + Tn_, hd, hd, rows};
+  // Each sequence's Tn new keys (and values) after its pos0 cached ones.
+  copy_rows(k + pos0 * kvd, rows * kvd, kvd, a.ka, Tn_ * kvld, kvld, B, Tn_, kvd);
+  copy_rows(v + pos0 * kvd, rows * kvd, kvd, a.v, Tn_ * kvld, kvld, B, Tn_, kvd);
+  const AttentionDims d = mha_dims(B, Tn_, pos0 + Tn_, rows, false);
   const AttentionMask m{true, pos0};
   cached_attention(d, m, scale, a.qa, k, v, a.att, a.lse);
 }

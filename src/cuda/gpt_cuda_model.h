@@ -73,6 +73,7 @@ struct GPTCuda::Impl {
   FlashTiles flash_tiles = FlashTiles::Auto;  // set_flash_tiles: the bf16 flash kernels' tiles in training
   AttentionBackend attention_backend = AttentionBackend::Ours;  // set_attention_backend: training's bf16 flash attention
   bool gelu_fusion = true;  // set_gelu_fusion: GELU in the MLP's GEMM epilogues (bf16)
+  bool qkv_fusion = true;   // set_qkv_fusion: q, k and v in one GEMM (multi-head, no QK-norm)
 };
 
 namespace gpt_detail {
@@ -165,6 +166,8 @@ class Model final : public GPTCuda::Impl {
 
  private:
   // Saved activations of one block, N = B·Tn rows (widths as in the CPU model's LayerActs).
+  // With fused q/k/v (fused_qkv()), q is the whole projection [N, q_dim + 2·kv_dim] and k and v
+  // point at its column blocks.
   struct LayerActs {
     T *ln1, *q, *k, *v, *qa, *ka, *att, *proj, *res_mid, *ln2, *fc, *act, *mlp_proj;
     float *ln1_mean, *ln1_rstd, *q_rstd, *k_rstd, *lse, *post_attn_mean, *post_attn_rstd, *ln2_mean, *ln2_rstd,
@@ -209,6 +212,24 @@ class Model final : public GPTCuda::Impl {
   void norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean, const float* rstd,
                      int64_t N, int64_t C, bool accumulate) const;
   AttentionMask mask() const;
+  // Multi-head attention without QK-norm projects q, k and v with one GEMM into rows [q | k | v]
+  // (and its gradients with one GEMM each from rows [dq | dk | dv]); the attention kernels, RoPE
+  // and the decode cache's appends read the blocks through their row strides. QK-norm keeps three
+  // products: it normalises dense q and k rows.
+  bool fused_qkv() const { return qkv_fusion && !is_latent(config.attention) && !config.qk_norm; }
+  int64_t qkv_width() const { return config.q_dim() + 2 * config.kv_dim(); }
+  // Elements from one token's q (k or v) to the next one's.
+  int64_t q_ld() const { return fused_qkv() ? qkv_width() : config.q_dim(); }
+  int64_t kv_ld() const { return fused_qkv() ? qkv_width() : config.kv_dim(); }
+  // Multi-head attention over Tk keys of batch B, Tq queries each (Tk_stride: the cache's rows),
+  // reading this model's q (and, outside decoding, k and v) through their row strides.
+  AttentionDims mha_dims(int64_t B, int64_t Tq, int64_t Tk, int64_t Tk_stride, bool kv_in_rows) const {
+    const GPTConfig& c = config;
+    AttentionDims d{B, c.n_head, c.kv_heads(), Tq, Tk, c.head_dim(), c.head_dim(), Tk_stride};
+    d.q_row_stride = q_ld();
+    if (kv_in_rows) d.k_row_stride = d.v_row_stride = kv_ld();
+    return d;
+  }
   // GELU rides in the MLP's GEMM epilogues (gelu_fusion, bf16 GELU models).
   bool fused_gelu() const { return std::is_same_v<T, bf16> && gelu_fusion && config.mlp == MlpKind::Gelu; }
   void attention_forward(const AttentionDims& d, float scale, LayerActs& a) const;
@@ -258,6 +279,7 @@ class Model final : public GPTCuda::Impl {
   bool have_logits_ = false;
   int64_t chunk_planned_ = 0;  // the classifier chunk the arena holds
   bool deterministic_planned_ = false;  // the flash backward mode the workspace is sized for
+  bool fused_planned_ = false;          // whether the arena holds q, k and v as fused rows
   float *lnf_mean_ = nullptr, *lnf_rstd_ = nullptr, *losses_ = nullptr;
   int *tokens_ = nullptr, *targets_ = nullptr, *segments_ = nullptr;
   bool have_segments_ = false, have_forward_ = false;
@@ -297,13 +319,15 @@ class Model final : public GPTCuda::Impl {
     LatentDecodeOptions latent_opt;     // its planned splits and workspace
     // A steady step's device work (one new token per sequence, run apart with the cache's rows as
     // the key bound), captured once and replayed while nothing it names has been reallocated: it
-    // was captured for top_k `graph_top_k` at allocation epoch `graph_epoch`. Its activations are
+    // was captured for top_k `graph_top_k` at allocation epoch `graph_epoch`, with q, k and v fused
+    // or not as `graph_fused` (set_qkv_fusion between steps captures again). Its activations are
     // its own business (it writes each before reading it, so another step's layout of the arenas
     // in between does no harm); it meets host code only in buffers of their own: the cache,
     // step_ints (its tokens, positions and key counts, one upload) and its outputs.
     Graph graph;
     int graph_top_k = -1;
     uint64_t graph_epoch = 0;
+    bool graph_fused = false;
     const float* graph_out = nullptr;  // where it leaves the logits (top_k = 0)
   };
   DecodeCache dec_;

@@ -9,7 +9,10 @@
 //                                Tk_stride ≥ Tk lets a KV cache of larger capacity be used in place)
 //   k_row_stride / v_row_stride (elements from one key/value token to the next; 0: Hkv·Dqk and
 //   Hkv·Dv) let k and v be views into wider rows — absorbed MLA decode reads keys [c_kv, k_rope]
-//   and values c_kv out of the same latent cache rows.
+//   and values c_kv out of the same latent cache rows. q_row_stride (0: Hq·Dqk) does the same for
+//   q: q, k and v may be the three column blocks of one fused projection's [B, T, Hq·Dqk +
+//   Hkv·(Dqk + Dv)] rows. The backward writes dq, dk and dv with the same strides as q, k and v
+//   (so into one such buffer of gradients); o, do and lse stay dense.
 // Query head h reads key/value head h / (Hq / Hkv): grouped-query attention, MQA when Hkv = 1.
 //
 // Kernels:
@@ -35,7 +38,9 @@ struct AttentionDims {
   int64_t Tk_stride = 0;  // 0: same as Tk
   int64_t k_row_stride = 0;  // 0: Hkv·Dqk
   int64_t v_row_stride = 0;  // 0: Hkv·Dv
+  int64_t q_row_stride = 0;  // 0: Hq·Dqk
   int64_t kv_rows() const { return Tk_stride > 0 ? Tk_stride : Tk; }
+  int64_t q_row() const { return q_row_stride > 0 ? q_row_stride : Hq * Dqk; }
   int64_t k_row() const { return k_row_stride > 0 ? k_row_stride : Hkv * Dqk; }
   int64_t v_row() const { return v_row_stride > 0 ? v_row_stride : Hkv * Dv; }
 };

@@ -107,6 +107,14 @@ inline std::optional<FlashTiles> flash_tiles_named(std::string_view name) {
   return std::nullopt;
 }
 
+// The name kFlashTilesNames gives these tiles.
+inline std::string_view flash_tiles_name(FlashTiles tiles) {
+  for (const auto& [n, t] : kFlashTilesNames) {
+    if (t == tiles) return n;
+  }
+  return "?";
+}
+
 // Whether these tiles are Hopper's warpgroup MMA (they need compute capability 9.0 and sm_90a code).
 constexpr bool flash_tiles_use_wgmma(FlashTiles tiles) {
   return tiles == FlashTiles::Wgmma || tiles == FlashTiles::WgmmaTma || tiles == FlashTiles::WgmmaWs ||

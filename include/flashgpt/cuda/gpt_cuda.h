@@ -132,6 +132,12 @@ class GPTCuda {
   // fp32 and SwiGLU models always run the separate kernels.
   void set_gelu_fusion(bool on);
   bool gelu_fusion() const;
+  // Multi-head attention's q, k and v projected by one GEMM into rows [q | k | v] (and the
+  // gradients by one GEMM each), the attention reading them through row strides; on by default.
+  // Off, three GEMMs each way (what `bench train --qkv-fusion off` compares). Latent attention and
+  // QK-norm always run their own products.
+  void set_qkv_fusion(bool on);
+  bool qkv_fusion() const;
 
   // Σ g² over every gradient (for global-norm clipping).
   double grad_sum_squares();

@@ -109,15 +109,16 @@ inline constexpr int kMaxDeviceTopK = 128;
 template <typename T>
 void top_k_rows(const T* logits, int64_t rows, int64_t V, int64_t ld, int k, int32_t* ids, float* vals);
 
-// --- rotary embedding (rope_cuda.cu) --- x [B, Tn, H, ·] in place, heads head_stride apart, rotating
-// the first D values of each head at positions p + t (p = seq_pos[b] when given, device int32 [B],
-// else pos_offset); cos and sin tables [max_pos, D/2].
+// --- rotary embedding (rope_cuda.cu) --- x [B, Tn, H, ·] in place, heads head_stride apart and
+// tokens token_stride apart (0: H·head_stride; wider when x is the q or k block of fused q/k/v
+// rows), rotating the first D values of each head at positions p + t (p = seq_pos[b] when given,
+// device int32 [B], else pos_offset); cos and sin tables [max_pos, D/2].
 template <typename T>
 void rope_forward(T* x, const float* cos, const float* sin, int64_t B, int64_t Tn, int64_t H, int64_t D,
-                  int64_t head_stride, int64_t pos_offset, const int32_t* seq_pos = nullptr);
+                  int64_t head_stride, int64_t pos_offset, const int32_t* seq_pos = nullptr, int64_t token_stride = 0);
 template <typename T>
 void rope_backward(T* dx, const float* cos, const float* sin, int64_t B, int64_t Tn, int64_t H, int64_t D,
-                   int64_t head_stride, int64_t pos_offset);
+                   int64_t head_stride, int64_t pos_offset, int64_t token_stride = 0);
 
 // --- head slices (elementwise_cuda.cu) --- rows of H heads, head_stride apart; columns
 // [offset, offset + width) of each head. MLA's shared rope key is copied into every head's key,
