@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
   float* Ds = Ls + 2 * BlockM;                                                                   // [2][BlockM]
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, hk = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * BlockN;
-  const int64_t q_row = d.q_row, o_row = d.Hq * Dv;
+  const int64_t q_row = d.q_row, acc_row = d.Hq * Dqk, o_row = d.Hq * Dv;  // acc_row: dq_accum's, dense
   const E* kb = k + b * d.kv_rows * d.k_row + hk * Dqk;
   const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;
   const float scale_log2 = scale * kLog2e;
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(F::Threads, F::MinBlocks)
       for (int r = 0; r < 2; ++r) {
         const int64_t i = i0 + rg * 16 + g + r * 8;
         if (i >= d.Tq) continue;
-        float* row = dq_accum + ((b * d.Tq + i) * d.Hq + h) * Dqk + split * F::DqCols + 2 * t;
+        float* row = dq_accum + (b * d.Tq + i) * acc_row + h * Dqk + split * F::DqCols + 2 * t;
 #pragma unroll
         for (int n = 0; n < F::DqCols / 8; ++n) {
           atomicAdd(row + n * 8, dq[n][2 * r]);

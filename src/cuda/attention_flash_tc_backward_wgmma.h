@@ -145,7 +145,7 @@ __device__ __forceinline__ void backward_wgmma(const Dims& d, const Mask& m, flo
   const int tid = static_cast<int>(threadIdx.x), group = tid / 128, wq = tid % 128 / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;
   const int64_t b = blockIdx.z, hk = blockIdx.y, j0 = static_cast<int64_t>(blockIdx.x) * BlockN;
-  const int64_t q_row = d.q_row, o_row = d.Hq * Dv;
+  const int64_t q_row = d.q_row, acc_row = d.Hq * Dqk, o_row = d.Hq * Dv;  // acc_row: dq_accum's, dense
   const E* kb = k + b * d.kv_rows * d.k_row + hk * Dqk;
   const E* vb = v + b * d.kv_rows * d.v_row + hk * Dv;
   const float scale_log2 = scale * kLog2e;
@@ -359,7 +359,7 @@ __device__ __forceinline__ void backward_wgmma(const Dims& d, const Mask& m, flo
       for (int r = 0; r < 2; ++r) {
         const int64_t i = i0 + 16 * wq + g + 8 * r;
         if (!dq_taker || i >= d.Tq) continue;
-        float* row = dq_accum + ((b * d.Tq + i) * d.Hq + h) * Dqk + dq_col0 + 2 * t;
+        float* row = dq_accum + (b * d.Tq + i) * acc_row + h * Dqk + dq_col0 + 2 * t;
 #pragma unroll
         for (int n = 0; n < DqCols / 8; ++n) atomic_add2(row + n * 8, dq[n][2 * r], dq[n][2 * r + 1]);
       }
