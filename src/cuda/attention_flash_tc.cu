@@ -38,13 +38,13 @@ __global__ void backward_prologue_kernel(int64_t rows, int64_t Hq, int64_t Tq, i
   }
 }
 
-// acc is dense [B·Tq, width]; dq's rows are q_row apart (a fused projection's rows).
+// acc is dense [rows, width]; dq's rows are q_row apart (a fused projection's rows). A block per
+// row at a time, its threads across the row: no division per element.
 template <typename E>
-__global__ void dq_convert_kernel(int64_t n, int64_t width, int64_t q_row, const float* __restrict__ acc,
+__global__ void dq_convert_kernel(int64_t rows, int64_t width, int64_t q_row, const float* __restrict__ acc,
                                   E* __restrict__ dq) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    dq[idx / width * q_row + idx % width] = tc::from_float<E>(acc[idx]);
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) dq[r * q_row + c] = tc::from_float<E>(acc[r * width + c]);
   }
 }
 
@@ -157,9 +157,9 @@ void backward_typed(const AttentionDims& ad, const AttentionMask& am, float scal
     if (deterministic) {
       L::backward_dq(dims_of(ad), mask_of(am), scale, q, k, v, lse, dsum, dout, dq, dq_wide);
     } else {
-      const int64_t n = rows * ad.Dqk;
-      launch_kernel("tensor-core flash backward dQ conversion", dq_convert_kernel<E>, grid_for(n, 256), 256, 0,
-                    nullptr, n, ad.Hq * ad.Dqk, ad.q_row(), dq_accum, dq);
+      const int64_t tokens = ad.B * ad.Tq;
+      launch_kernel("tensor-core flash backward dQ conversion", dq_convert_kernel<E>, grid_for(tokens, 1), 256, 0,
+                    nullptr, tokens, ad.Hq * ad.Dqk, ad.q_row(), dq_accum, dq);
     }
     if (own.get()) synchronize();  // the workspace is freed on return
   });
