@@ -235,7 +235,8 @@ TEST(CudaGpt, Fp32TracksTheCpuModelWithRopeWithoutQkNorm) {
 
 // q, k and v by three GEMMs (set_qkv_fusion(false), what bench train --qkv-fusion off times) and by
 // one into fused rows (the default, which the tests above run), switched between steps, with RoPE
-// rotating the q and k blocks in place, GQA and the flash kernels.
+// rotating the q and k blocks in place, GQA and the flash kernels; then with QK-norm reading its
+// heads inside the rows (and its backward writing dq and dk back into them).
 TEST(CudaGpt, Fp32TracksTheCpuModelWithQkvInOneGemmOrThree) {
   SKIP_WITHOUT_GPU();
   GPTConfig c = gpt2_like();
@@ -244,6 +245,7 @@ TEST(CudaGpt, Fp32TracksTheCpuModelWithQkvInOneGemmOrThree) {
   c.n_kv_head = 2;
   c.attention = AttentionKind::Flash;
   expect_fp32_parity(c, true, true);
+  expect_fp32_parity(llama_like(), true, true);
 }
 
 // FlashMLA with decoupled RoPE, low-rank queries and QK-norm (Dqk 96 ≠ Dv 64).

@@ -921,6 +921,84 @@ TEST(CudaOps, PackedNormsAndTheFusedResidualNormEqualTheCpu) {
   check_packed_norms<bf16>();
 }
 
+// QK-norm over the heads inside fused [q | k | v] rows (HeadRows): the same bits as over dense
+// copies of the heads (which the tests above hold to the CPU) on the same path: packed, or on a
+// token stride that allows no packs against dense rows skewed off their packs; the backward writes only its block of each row (added to it, or
+// in place of it), and the weight gradient is the same sum by atomics or in fixed order.
+template <typename T>
+void check_head_rows_norm() {
+  Data data;
+  const int64_t tokens = 37, H = 3, D = 32, at = 8, N = tokens * H;
+  for (const int64_t ld : {H * D + 24 + at, H * D + at + 5}) {
+    SCOPED_TRACE("token stride " + std::to_string(ld));
+    const size_t nd = static_cast<size_t>(N * D), dd = static_cast<size_t>(D), n = static_cast<size_t>(N);
+    const size_t all = static_cast<size_t>(tokens * ld);
+    // The heads at column `at` of each token row, and the dense copy of them.
+    const auto block = [&](const std::vector<float>& rows) {
+      std::vector<float> dense(nd);
+      for (int64_t t = 0; t < tokens; ++t) {
+        std::copy_n(rows.begin() + t * ld + at, H * D, dense.begin() + t * H * D);
+      }
+      return dense;
+    };
+    const auto rows = as_stored<T>(data.normal(all, 2.0)), prior = as_stored<T>(data.normal(all));
+    const auto w = as_stored<T>(data.normal(dd)), dy = as_stored<T>(data.normal(nd));
+    const auto x = block(rows);
+    const size_t skew = ld % static_cast<int64_t>(16 / sizeof(T)) == 0 ? 0 : 1;  // 16-byte packs
+    DeviceBuffer grows = up_as<T>(rows), gw = up_as<T>(w), gdy = up_as<T>(dy);
+    Skewed<T> gx(x, skew), dense_dy(dy, skew), dense_y = Skewed<T>::poison(nd, skew);
+    const cuda::HeadRows heads{H, ld};
+    DeviceBuffer y = poisoned(nd * sizeof(T)), dense_rstd = poisoned(n * 4), rstd = poisoned(n * 4);
+    cuda::rmsnorm_forward(dense_y.p(), dense_rstd.as<float>(), gx.p(), gw.as<const T>(), N, D, 1e-5f);
+    cuda::rmsnorm_forward(y.as<T>(), rstd.as<float>(), grows.as<const T>() + at, gw.as<const T>(), N, D, 1e-5f,
+                          heads);
+    EXPECT_EQ(down_as<T>(y, nd), dense_y.down());
+    EXPECT_EQ(down_as<float>(rstd, n), down_as<float>(dense_rstd, n));
+    for (const bool deterministic : {false, true}) {
+      for (const bool accumulate : {false, true}) {
+        SCOPED_TRACE(std::string(deterministic ? "deterministic" : "atomics") + (accumulate ? ", added" : ""));
+        Skewed<T> dense_dx(block(prior), skew);
+        DeviceBuffer dx = up_as<T>(prior);
+        DeviceBuffer dense_dw = up(std::vector<float>(dd, 0.0f)), dw = up(std::vector<float>(dd, 0.0f));
+        cuda::rmsnorm_backward(dense_dx.p(), dense_dw.as<float>(), dense_dy.p(), gx.p(), gw.as<const T>(),
+                               dense_rstd.as<const float>(), N, D, accumulate, deterministic);
+        cuda::rmsnorm_backward(dx.as<T>() + at, dw.as<float>(), gdy.as<const T>(), grows.as<const T>() + at,
+                               gw.as<const T>(), dense_rstd.as<const float>(), N, D, accumulate, deterministic, heads);
+        const auto got = down_as<T>(dx, all);
+        EXPECT_EQ(block(got), dense_dx.down());
+        int touched = 0;
+        for (int64_t t = 0; t < tokens; ++t) {
+          for (int64_t c = 0; c < ld; ++c) {
+            const size_t i = static_cast<size_t>(t * ld + c);
+            touched += (c < at || c >= at + H * D) && got[i] != prior[i];
+          }
+        }
+        EXPECT_EQ(touched, 0) << "values outside the heads' block changed";
+        if (deterministic) {
+          EXPECT_EQ(down_as<float>(dw, dd), down_as<float>(dense_dw, dd));
+        } else {
+          EXPECT_LT(rel_error(down_as<float>(dw, dd), down_as<float>(dense_dw, dd)), 1e-5);
+        }
+      }
+    }
+  }
+  DeviceBuffer out = poisoned(static_cast<size_t>(N * D) * sizeof(T)), rstd = poisoned(static_cast<size_t>(N) * 4);
+  DeviceBuffer x = up_as<T>(data.normal(static_cast<size_t>(N * D))), w = up_as<T>(data.normal(static_cast<size_t>(D)));
+  T* y = out.as<T>();
+  const T* xp = x.as<const T>();
+  const T* wp = w.as<const T>();
+  EXPECT_NE(testing::error_of([&] {
+              cuda::rmsnorm_forward(y, rstd.as<float>(), xp, wp, N, D, 1e-5f, cuda::HeadRows{H, H * D - 1});
+            }).find("token row stride 95 is smaller than heads·C = 96"),
+            std::string::npos);
+}
+
+TEST(CudaOps, QkNormReadsHeadsInsideFusedRows) {
+  SKIP_WITHOUT_GPU();
+  check_head_rows_norm<float>();
+  check_head_rows_norm<bf16>();
+}
+
 // The loss over bf16 logits, on either path: the losses as the fp32 CPU computes them on the same
 // logits, the gradient within twice the error of a plain bf16 computation.
 TEST(CudaOps, CrossEntropyOverBf16LogitsOnEitherPath) {

@@ -420,8 +420,8 @@ void register_bench(CLI::App& app) {
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   tr->add_option("--qkv-fusion", c->qkv_fusion,
-                 "GPU, multi-head attention without QK-norm: on (q, k and v projected by one GEMM into fused rows "
-                 "that the attention reads in place) or off (three GEMMs each way): the same step both ways")
+                 "GPU, multi-head attention: on (q, k and v projected by one GEMM into fused rows that QK-norm and "
+                 "the attention read in place) or off (three GEMMs each way): the same step both ways")
       ->check(CLI::IsMember({"on", "off"}))
       ->capture_default_str();
   tr->add_flag("--profile-step", c->profile_step,

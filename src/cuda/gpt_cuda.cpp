@@ -86,7 +86,8 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   const int64_t wq = H * dqk, wk = latent ? dr : c.kv_dim(), wka = latent ? H * dqk : c.kv_dim();
   const int64_t wv = latent ? H * hd : c.kv_dim(), k_rows = latent ? (dr > 0 ? 1 : 0) : c.kv_heads();
   const int64_t v_up = latent && c.use_svd ? H * hd * nl : 0;
-  // Fused q/k/v: one buffer of rows [q | k | v] in q's slot (and [dq | dk | dv] in dqa_'s).
+  // Fused q/k/v: one buffer of rows [q | k | v] in q's slot, and [dq | dk | dv] in dqa_'s (with
+  // QK-norm in dq_'s: the attention's dqa_ and dka_ are then dense rows of the normalised q and k).
   const bool fused = fused_qkv();
   const int64_t wqkv = wq + wk + wv;
   using TSlots = std::initializer_list<std::pair<T**, int64_t>>;
@@ -121,7 +122,8 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   for (T*& x : resid_) arena_t_.plan(&x, N * C);
   plan_t({{&lnf_, N * C}, {&branch_, N * C}, {&logits_, std::min(N, chunk_rows(N)) * Vp}, {&dres_, N * C}, {&dln_, N * C},
           {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * H * hd},
-          {&dqa_, N * (fused ? wqkv : wq)}, {&dka_, fused ? 0 : N * wka}, {&dv_, fused ? 0 : N * wv}, {&dq_, qkn ? N * wq : 0}, {&dk_, qkn ? N * wk : 0},
+          {&dqa_, N * (fused && !qkn ? wqkv : wq)}, {&dka_, fused && !qkn ? 0 : N * wka}, {&dv_, fused ? 0 : N * wv},
+          {&dq_, qkn ? N * (fused ? wqkv : wq) : 0}, {&dk_, qkn && !fused ? N * wk : 0},
           {&dkr_, N * dr}, {&dckv_, N * nl}, {&dckv_pre_, N * nl}, {&dcq_, N * r}, {&dcq_pre_, N * r}});
   // The tensor-core attention backward's workspace: its row sums, and in the atomic mode its fp32
   // dQ accumulator.
@@ -134,7 +136,10 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   arena_t_.commit();
   arena_f_.commit();
   arena_i_.commit();
-  if (fused) {
+  if (fused && qkn) {
+    dk_ = dq_ + wq;
+    dv_ = dk_ + wk;
+  } else if (fused) {
     dka_ = dqa_ + wq;
     dv_ = dka_ + wk;
   }
@@ -276,14 +281,14 @@ void Model<T>::mha_forward(const LayerOffsets& o, LayerActs& a) {
     matmul_forward(a.k, a.ln1, w + qd * C, b ? b + qd : nullptr, N, C, kvd);
     matmul_forward(a.v, a.ln1, w + (qd + kvd) * C, b ? b + qd + kvd : nullptr, N, C, kvd);
   }
-  if (c.qk_norm) {
-    rmsnorm_forward(a.qa, a.q_rstd, a.q, W(o.q_norm_w), N * Hq, hd, eps);
-    rmsnorm_forward(a.ka, a.k_rstd, a.k, W(o.k_norm_w), N * Hkv, hd, eps);
+  if (c.qk_norm) {  // each head of the projected rows to dense rows of its own
+    rmsnorm_forward(a.qa, a.q_rstd, a.q, W(o.q_norm_w), N * Hq, hd, eps, {Hq, q_ld()});
+    rmsnorm_forward(a.ka, a.k_rstd, a.k, W(o.k_norm_w), N * Hkv, hd, eps, {Hkv, kv_ld()});
   }
   if (c.pos == PosKind::Rope) {
-    rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, pos0(), seq_pos(), q_ld());
+    rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, pos0(), seq_pos(), qa_ld());
     rope_forward(a.ka, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, pos0(), seq_pos(),
-                 kv_ld());
+                 ka_ld());
   }
   if (decoding_) {
     mha_decode_attention(a);
@@ -297,26 +302,29 @@ void Model<T>::mha_backward(const LayerOffsets& o, const LayerActs& a) {
   const GPTConfig& c = config;
   const int64_t N = B_ * Tn_, C = c.n_embd, hd = c.head_dim(), Hq = c.n_head, Hkv = c.kv_heads();
   const int64_t qd = c.q_dim(), kvd = c.kv_dim();
-  // Fused: the attention writes dq, dk and dv into the rows [dq | dk | dv] at dqa_.
+  // Fused: the attention writes dq, dk and dv into the rows [dq | dk | dv] at dqa_; with QK-norm
+  // it writes dv there (at dq_) and the norm's backward dq and dk.
   attention_backward(mha_dims(B_, Tn_, Tn_, 0, true), 1.0f / std::sqrt(static_cast<float>(hd)), a);
   if (c.pos == PosKind::Rope) {
-    rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0, q_ld());
-    rope_backward(dka_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0, kv_ld());
-  }
-  const T* w = W(o.qkv_w);
-  float* gw = G(o.qkv_w);
-  float* gb = G(o.qkv_b);
-  if (fused_qkv()) {
-    matmul_backward(dln_, gw, gb, dqa_, a.ln1, w, N, C, qkv_width(), false);
-    return;
+    rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0, qa_ld());
+    rope_backward(dka_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0, ka_ld());
   }
   const T* dq = dqa_;
   const T* dk = dka_;
   if (c.qk_norm) {
-    rmsnorm_backward(dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, N * Hq, hd, false, deterministic);
-    rmsnorm_backward(dk_, G(o.k_norm_w), dka_, a.k, W(o.k_norm_w), a.k_rstd, N * Hkv, hd, false, deterministic);
+    rmsnorm_backward(dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, N * Hq, hd, false, deterministic,
+                     {Hq, q_ld()});
+    rmsnorm_backward(dk_, G(o.k_norm_w), dka_, a.k, W(o.k_norm_w), a.k_rstd, N * Hkv, hd, false, deterministic,
+                     {Hkv, kv_ld()});
     dq = dq_;
     dk = dk_;
+  }
+  const T* w = W(o.qkv_w);
+  float* gw = G(o.qkv_w);
+  float* gb = G(o.qkv_b);
+  if (fused_qkv()) {  // dq is the rows [dq | dk | dv]
+    matmul_backward(dln_, gw, gb, dq, a.ln1, w, N, C, qkv_width(), false);
+    return;
   }
   matmul_backward(dln_, gw, gb, dq, a.ln1, w, N, C, qd, false);
   matmul_backward(dln_, gw + qd * C, gb ? gb + qd : nullptr, dk, a.ln1, w + qd * C, N, C, kvd, true);

@@ -369,7 +369,8 @@ template <typename T>
 void Model<T>::mha_decode_attention(LayerActs& a) {
   const GPTConfig& c = config;
   const int64_t kvd = c.kv_dim(), hd = c.head_dim(), rows = dec_.rows, pos0 = dec_.pos, B = dec_.B;
-  const int64_t qld = q_ld(), kvld = kv_ld();  // this step's q, k and v rows (fused: one row each token)
+  // This step's q, k and v rows (fused: one row each token; k and q dense after QK-norm).
+  const int64_t qld = qa_ld(), kld = ka_ld(), vld = kv_ld();
   const int64_t layer = layer_of(a) * B * rows * kvd;
   T* k = dec_.k.template as<T>() + layer;
   T* v = dec_.v.template as<T>() + layer;
@@ -382,8 +383,8 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
     const int64_t N = packed_.n, Tn = dec_.step_tn, Hq = c.n_head, qw = Hq * hd;
     const int32_t* to_cache = step_int(packed_.row_cache);
     const int32_t* padded = step_int(packed_.row_padded);
-    copy_rows(k, 0, kvd, a.ka, kvld, 0, N, 1, kvd, to_cache);
-    copy_rows(v, 0, kvd, a.v, kvld, 0, N, 1, kvd, to_cache);
+    copy_rows(k, 0, kvd, a.ka, kld, 0, N, 1, kvd, to_cache);
+    copy_rows(v, 0, kvd, a.v, vld, 0, N, 1, kvd, to_cache);
     const int64_t pad_rows = B * (Tn + 1);
     T* q = dec_.q_pad.template as<T>();  // zeroed by decode for this step
     T* o = static_cast<T*>(at_least(dec_.o_pad, static_cast<size_t>(pad_rows * qw) * sizeof(T)));
@@ -404,8 +405,8 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
   }
   if (dec_.apart) {  // Tn new tokens each, appended at its sequence's own row, seeing its own keys
     const int32_t* ints = step_int(0);
-    copy_rows(k, rows * kvd, kvd, a.ka, Tn_ * kvld, kvld, B, Tn_, kvd, ints);
-    copy_rows(v, rows * kvd, kvd, a.v, Tn_ * kvld, kvld, B, Tn_, kvd, ints);
+    copy_rows(k, rows * kvd, kvd, a.ka, Tn_ * kld, kld, B, Tn_, kvd, ints);
+    copy_rows(v, rows * kvd, kvd, a.v, Tn_ * vld, vld, B, Tn_, kvd, ints);
     const AttentionDims d = mha_dims(B, Tn_, dec_.max_keys, rows, false);
     AttentionMask m{true, 0};
     m.q_offsets = {ints, static_cast<size_t>(B)};
@@ -414,8 +415,8 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
     return;
   }
   // Each sequence's Tn new keys (and values) after its pos0 cached ones.
-  copy_rows(k + pos0 * kvd, rows * kvd, kvd, a.ka, Tn_ * kvld, kvld, B, Tn_, kvd);
-  copy_rows(v + pos0 * kvd, rows * kvd, kvd, a.v, Tn_ * kvld, kvld, B, Tn_, kvd);
+  copy_rows(k + pos0 * kvd, rows * kvd, kvd, a.ka, Tn_ * kld, kld, B, Tn_, kvd);
+  copy_rows(v + pos0 * kvd, rows * kvd, kvd, a.v, Tn_ * vld, vld, B, Tn_, kvd);
   const AttentionDims d = mha_dims(B, Tn_, pos0 + Tn_, rows, false);
   const AttentionMask m{true, pos0};
   cached_attention(d, m, scale, a.qa, k, v, a.att, a.lse);

@@ -167,7 +167,8 @@ class Model final : public GPTCuda::Impl {
  private:
   // Saved activations of one block, N = B·Tn rows (widths as in the CPU model's LayerActs).
   // With fused q/k/v (fused_qkv()), q is the whole projection [N, q_dim + 2·kv_dim] and k and v
-  // point at its column blocks.
+  // point at its column blocks; qa and ka are q and k themselves, or with QK-norm dense rows of
+  // their own.
   struct LayerActs {
     T *ln1, *q, *k, *v, *qa, *ka, *att, *proj, *res_mid, *ln2, *fc, *act, *mlp_proj;
     float *ln1_mean, *ln1_rstd, *q_rstd, *k_rstd, *lse, *post_attn_mean, *post_attn_rstd, *ln2_mean, *ln2_rstd,
@@ -212,22 +213,29 @@ class Model final : public GPTCuda::Impl {
   void norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean, const float* rstd,
                      int64_t N, int64_t C, bool accumulate) const;
   AttentionMask mask() const;
-  // Multi-head attention without QK-norm projects q, k and v with one GEMM into rows [q | k | v]
-  // (and its gradients with one GEMM each from rows [dq | dk | dv]); the attention kernels, RoPE
-  // and the decode cache's appends read the blocks through their row strides. QK-norm keeps three
-  // products: it normalises dense q and k rows.
-  bool fused_qkv() const { return qkv_fusion && !is_latent(config.attention) && !config.qk_norm; }
+  // Multi-head attention projects q, k and v with one GEMM into rows [q | k | v] (and its
+  // gradients with one GEMM each from rows [dq | dk | dv]); the attention kernels, RoPE, QK-norm
+  // and the decode cache's appends read the blocks through their row strides. QK-norm reads its
+  // heads inside the rows and writes dense normalised q and k (qa, ka), and its backward writes
+  // dq and dk back into the rows.
+  bool fused_qkv() const { return qkv_fusion && !is_latent(config.attention); }
   int64_t qkv_width() const { return config.q_dim() + 2 * config.kv_dim(); }
-  // Elements from one token's q (k or v) to the next one's.
+  // Elements from one token's projected q (k or v) to the next one's.
   int64_t q_ld() const { return fused_qkv() ? qkv_width() : config.q_dim(); }
   int64_t kv_ld() const { return fused_qkv() ? qkv_width() : config.kv_dim(); }
+  // The same for the q and k the attention reads (qa, ka; and dqa_, dka_): dense after QK-norm.
+  int64_t qa_ld() const { return config.qk_norm ? config.q_dim() : q_ld(); }
+  int64_t ka_ld() const { return config.qk_norm ? config.kv_dim() : kv_ld(); }
   // Multi-head attention over Tk keys of batch B, Tq queries each (Tk_stride: the cache's rows),
   // reading this model's q (and, outside decoding, k and v) through their row strides.
   AttentionDims mha_dims(int64_t B, int64_t Tq, int64_t Tk, int64_t Tk_stride, bool kv_in_rows) const {
     const GPTConfig& c = config;
     AttentionDims d{B, c.n_head, c.kv_heads(), Tq, Tk, c.head_dim(), c.head_dim(), Tk_stride};
-    d.q_row_stride = q_ld();
-    if (kv_in_rows) d.k_row_stride = d.v_row_stride = kv_ld();
+    d.q_row_stride = qa_ld();
+    if (kv_in_rows) {
+      d.k_row_stride = ka_ld();
+      d.v_row_stride = kv_ld();
+    }
     return d;
   }
   // GELU rides in the MLP's GEMM epilogues (gelu_fusion, bf16 GELU models).

@@ -14,6 +14,7 @@
 #include "cuda/packed.h"
 
 #include <algorithm>
+#include <string>
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -23,19 +24,37 @@ constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kMaxPacksPerLane = 4;  // d12's 768 bf16 columns are 3 packs a lane
 
+// Where row r of the input starts: dense (heads 1, ld C: r·C), or head r % heads of token r / heads
+// with token rows ld elements apart (HeadRows).
+struct RowLayout {
+  int64_t heads, ld;
+  __host__ __device__ int64_t start(int64_t r, int64_t C) const {
+    return heads == 1 ? r * ld : (r / heads) * ld + (r % heads) * C;
+  }
+};
+
+RowLayout layout_of(HeadRows rows, int64_t C) {
+  FLASHGPT_CUDA_REQUIRE(rows.heads >= 1, "norm: " + std::to_string(rows.heads) + " heads per token row");
+  const int64_t ld = rows.token_stride > 0 ? rows.token_stride : rows.heads * C;
+  FLASHGPT_CUDA_REQUIRE(ld >= rows.heads * C, "norm: token row stride " + std::to_string(ld) +
+                                                  " is smaller than heads·C = " + std::to_string(rows.heads * C));
+  return ld == rows.heads * C ? RowLayout{1, C} : RowLayout{rows.heads, ld};
+}
+
 // K: elements per access (1, or a pack), so the row is C / K accesses, lane l taking l, l + 32, …
 // kAdd: the row is first made as sum = ra + rb (rounded to T, stored) and normalised from there,
 // read back through `sum` (no restrict: written and read in this kernel); else it is inp.
 template <typename T, bool kLayer, int K, bool kAdd>
 __global__ void norm_forward_kernel(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
                                     const T* __restrict__ inp, const T* __restrict__ w, const T* __restrict__ b,
-                                    int64_t N, int64_t C, float eps, T* sum, const T* ra, const T* rb) {
+                                    int64_t N, int64_t C, float eps, T* sum, const T* ra, const T* rb,
+                                    RowLayout in_rows) {
   using P = Packed<T, K>;
   const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
   const int64_t packs = C / K;
   for (int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + warp; row < N;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {  // the same rows for every lane of the warp
-    const T* x = kAdd ? sum + row * C : inp + row * C;
+    const T* x = kAdd ? sum + row * C : inp + in_rows.start(row, C);
     float mu = 0.0f;
     if constexpr (kAdd) {
       float s = 0.0f;
@@ -91,7 +110,7 @@ template <typename T, bool kLayer, int K, int M>
 __global__ void norm_backward_kernel(T* __restrict__ dinp, float* __restrict__ dw, float* __restrict__ db,
                                      const T* __restrict__ dout, const T* __restrict__ inp, const T* __restrict__ w,
                                      const float* __restrict__ mean, const float* __restrict__ rstd, int64_t N,
-                                     int64_t C, bool accumulate) {
+                                     int64_t C, bool accumulate, RowLayout in_rows) {
   using P = Packed<T, K>;
   const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
   const int64_t packs = C / K;
@@ -99,9 +118,10 @@ __global__ void norm_backward_kernel(T* __restrict__ dinp, float* __restrict__ d
   float acc_w[M > 0 ? M : 1][K] = {}, acc_b[M > 0 ? M : 1][K] = {};
   for (int64_t row = blockIdx.x * static_cast<int64_t>(kWarps) + warp; row < N;
        row += static_cast<int64_t>(gridDim.x) * kWarps) {
-    const T* x = inp + row * C;
+    const int64_t at = in_rows.start(row, C);
+    const T* x = inp + at;
     const T* dy = dout + row * C;
-    T* dx = dinp + row * C;
+    T* dx = dinp + at;
     const float mu = kLayer ? mean[row] : 0.0f, r = rstd[row];
     float sg = 0.0f, sgx = 0.0f;
     for (int64_t p = lane; p < packs; p += 32) {
@@ -174,9 +194,11 @@ struct NormWeightTerm {
   const float* mean;  // null for RMSNorm
   const float* rstd;
   int64_t C;
+  RowLayout in_rows;  // inp's rows (dout is dense)
   template <int K>
   __device__ void add(int64_t r, int64_t c0, float (&s)[kWithDb ? 2 : 1][K]) const {
-    const Packed<T, K> d = Packed<T, K>::load(dout + r * C + c0), x = Packed<T, K>::load(inp + r * C + c0);
+    const Packed<T, K> d = Packed<T, K>::load(dout + r * C + c0);
+    const Packed<T, K> x = Packed<T, K>::load(inp + in_rows.start(r, C) + c0);
     const float mu = mean ? mean[r] : 0.0f, rs = rstd[r];
     for (int j = 0; j < K; ++j) {
       s[0][j] += d.get(j) * ((x.get(j) - mu) * rs);
@@ -197,27 +219,29 @@ unsigned resident_blocks(Kernel kernel, size_t shared, int64_t N) {
 
 template <typename T, bool kLayer, int K, int M>
 void launch_backward(const char* name, T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w,
-                     const float* mean, const float* rstd, int64_t N, int64_t C, bool accumulate) {
+                     const float* mean, const float* rstd, int64_t N, int64_t C, bool accumulate, RowLayout in_rows) {
   using D = device_t<T>;
   auto kernel = norm_backward_kernel<D, kLayer, K, M>;
   const size_t shared = M > 0 ? sizeof(float) * static_cast<size_t>(C) * 2 : 0;
   if (shared > 0) allow_shared(kernel, shared, name);
   launch_kernel(name, kernel, resident_blocks(kernel, shared, N), kThreads, shared, nullptr, dev(dinp), dw, db,
-                dev(dout), dev(inp), dev(w), mean, rstd, N, C, accumulate);
+                dev(dout), dev(inp), dev(w), mean, rstd, N, C, accumulate, in_rows);
 }
 
-// out = norm(inp), or with sum: sum = ra + rb, out = norm(sum) (inp unused).
+// out = norm(inp), or with sum: sum = ra + rb, out = norm(sum) (inp unused; the rows dense).
 template <typename T, bool kLayer>
 void forward(const char* name, T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int64_t N,
-             int64_t C, float eps, T* sum = nullptr, const T* ra = nullptr, const T* rb = nullptr) {
+             int64_t C, float eps, T* sum = nullptr, const T* ra = nullptr, const T* rb = nullptr,
+             HeadRows in_rows = {}) {
   if (N <= 0 || C <= 0) return;
   using D = device_t<T>;
   constexpr int K = static_cast<int>(pack_size<T>());
+  const RowLayout rows = layout_of(in_rows, C);
   auto run = [&](auto kernel) {
     launch_kernel(name, kernel, grid_for(N, kWarps), kThreads, 0, nullptr, dev(out), mean, rstd, dev(inp), dev(w),
-                  dev(b), N, C, eps, dev(sum), dev(ra), dev(rb));
+                  dev(b), N, C, eps, dev(sum), dev(ra), dev(rb), rows);
   };
-  const bool packed = packable<T>(C, {out, inp, w, b, sum, ra, rb});
+  const bool packed = packable<T>(C, {out, inp, w, b, sum, ra, rb}) && rows.ld % K == 0;
   if (sum) {
     packed ? run(norm_forward_kernel<D, kLayer, K, true>) : run(norm_forward_kernel<D, kLayer, 1, true>);
   } else {
@@ -227,36 +251,39 @@ void forward(const char* name, T* out, float* mean, float* rstd, const T* inp, c
 
 template <typename T, bool kLayer>
 void backward(const char* name, T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w,
-              const float* mean, const float* rstd, int64_t N, int64_t C, bool accumulate, bool deterministic) {
+              const float* mean, const float* rstd, int64_t N, int64_t C, bool accumulate, bool deterministic,
+              HeadRows in_rows = {}) {
   if (N <= 0 || C <= 0) return;
   constexpr int K = static_cast<int>(pack_size<T>());
-  const bool packed = packable<T>(C, {dinp, dout, inp, w});
+  const RowLayout rows = layout_of(in_rows, C);
+  const bool packed = packable<T>(C, {dinp, dout, inp, w}) && rows.ld % K == 0;
   const int64_t per_lane = (C / K + 31) / 32;  // packs per lane
   const bool grads = (dw || (kLayer && db)) && !deterministic;
   if (packed && grads && per_lane <= kMaxPacksPerLane) {
     if (per_lane == 1) {
-      launch_backward<T, kLayer, K, 1>(name, dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate);
+      launch_backward<T, kLayer, K, 1>(name, dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate, rows);
     } else if (per_lane == 2) {
-      launch_backward<T, kLayer, K, 2>(name, dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate);
+      launch_backward<T, kLayer, K, 2>(name, dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate, rows);
     } else {
-      launch_backward<T, kLayer, K, kMaxPacksPerLane>(name, dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate);
+      launch_backward<T, kLayer, K, kMaxPacksPerLane>(name, dinp, dw, db, dout, inp, w, mean, rstd, N, C, accumulate,
+                                                      rows);
     }
     return;
   }
   if (packed) {
-    launch_backward<T, kLayer, K, 0>(name, dinp, nullptr, nullptr, dout, inp, w, mean, rstd, N, C, accumulate);
+    launch_backward<T, kLayer, K, 0>(name, dinp, nullptr, nullptr, dout, inp, w, mean, rstd, N, C, accumulate, rows);
   } else {
-    launch_backward<T, kLayer, 1, 0>(name, dinp, nullptr, nullptr, dout, inp, w, mean, rstd, N, C, accumulate);
+    launch_backward<T, kLayer, 1, 0>(name, dinp, nullptr, nullptr, dout, inp, w, mean, rstd, N, C, accumulate, rows);
   }
   if (!dw && !db) return;
   using D = device_t<T>;
-  const bool rows_packed = packable<T>(C, {dout, inp});
+  const bool rows_packed = packable<T>(C, {dout, inp}) && rows.ld % K == 0;
   if (kLayer && db) {
-    ordered_column_sums<2, K>(name, dw, db, N, C, NormWeightTerm<D, true>{dev(dout), dev(inp), mean, rstd, C},
+    ordered_column_sums<2, K>(name, dw, db, N, C, NormWeightTerm<D, true>{dev(dout), dev(inp), mean, rstd, C, rows},
                               rows_packed);
   } else {
     ordered_column_sums<1, K>(name, dw, nullptr, N, C,
-                              NormWeightTerm<D, false>{dev(dout), dev(inp), kLayer ? mean : nullptr, rstd, C},
+                              NormWeightTerm<D, false>{dev(dout), dev(inp), kLayer ? mean : nullptr, rstd, C, rows},
                               rows_packed);
   }
 }
@@ -276,9 +303,10 @@ void layernorm_backward(T* dinp, float* dw, float* db, const T* dout, const T* i
 }
 
 template <typename T>
-void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, int64_t C, float eps) {
+void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, int64_t C, float eps,
+                     HeadRows in_rows) {
   forward<T, false>("rmsnorm forward", out, static_cast<float*>(nullptr), rstd, inp, w, static_cast<const T*>(nullptr),
-                    N, C, eps);
+                    N, C, eps, nullptr, nullptr, nullptr, in_rows);
 }
 
 template <typename T>
@@ -297,21 +325,21 @@ void add_rmsnorm_forward(T* sum, T* out, float* rstd, const T* a, const T* b, co
 
 template <typename T>
 void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int64_t N,
-                      int64_t C, bool accumulate, bool deterministic) {
+                      int64_t C, bool accumulate, bool deterministic, HeadRows in_rows) {
   backward<T, false>("rmsnorm backward", dinp, dw, nullptr, dout, inp, w, nullptr, rstd, N, C, accumulate,
-                     deterministic);
+                     deterministic, in_rows);
 }
 
 #define FLASHGPT_INSTANTIATE(T)                                                                                      \
   template void layernorm_forward<T>(T*, float*, float*, const T*, const T*, const T*, int64_t, int64_t, float);    \
   template void layernorm_backward<T>(T*, float*, float*, const T*, const T*, const T*, const float*, const float*, \
                                       int64_t, int64_t, bool, bool);                                                \
-  template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float);                        \
+  template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float, HeadRows);              \
   template void add_layernorm_forward<T>(T*, T*, float*, float*, const T*, const T*, const T*, const T*, int64_t,     \
                                          int64_t, float);                                                           \
   template void add_rmsnorm_forward<T>(T*, T*, float*, const T*, const T*, const T*, int64_t, int64_t, float);       \
   template void rmsnorm_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int64_t, int64_t, bool, \
-                                    bool);
+                                    bool, HeadRows);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(bf16)
 #undef FLASHGPT_INSTANTIATE

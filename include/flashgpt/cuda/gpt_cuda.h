@@ -134,8 +134,8 @@ class GPTCuda {
   bool gelu_fusion() const;
   // Multi-head attention's q, k and v projected by one GEMM into rows [q | k | v] (and the
   // gradients by one GEMM each), the attention reading them through row strides; on by default.
-  // Off, three GEMMs each way (what `bench train --qkv-fusion off` compares). Latent attention and
-  // QK-norm always run their own products.
+  // Off, three GEMMs each way (what `bench train --qkv-fusion off` compares). QK-norm reads its
+  // heads inside the fused rows. Latent attention always runs its own products.
   void set_qkv_fusion(bool on);
   bool qkv_fusion() const;
 

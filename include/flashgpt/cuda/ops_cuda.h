@@ -66,8 +66,17 @@ void layernorm_forward(T* out, float* mean, float* rstd, const T* inp, const T* 
 template <typename T>
 void layernorm_backward(T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w, const float* mean,
                         const float* rstd, int64_t N, int64_t C, bool accumulate, bool deterministic = false);
+// Norm rows that are heads inside wider token rows (QK-norm over the q and k blocks of the fused
+// [q | k | v] projection): row r is head r % heads of token r / heads, and one token's row is
+// token_stride elements from the next. The default is dense [N, C] rows.
+struct HeadRows {
+  int64_t heads = 1;
+  int64_t token_stride = 0;  // 0: heads·C
+};
+// RMSNorm's input may be such head rows (`in_rows`); out and rstd stay dense [N, C] and [N].
 template <typename T>
-void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, int64_t C, float eps);
+void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, int64_t C, float eps,
+                     HeadRows in_rows = {});
 // The residual stream's add and the next norm in one pass: sum = a + b (rounded to T, written), then
 // out = norm(sum), with the statistics of layernorm_forward / rmsnorm_forward.
 template <typename T>
@@ -76,9 +85,10 @@ void add_layernorm_forward(T* sum, T* out, float* mean, float* rstd, const T* a,
 template <typename T>
 void add_rmsnorm_forward(T* sum, T* out, float* rstd, const T* a, const T* b, const T* w, int64_t N, int64_t C,
                          float eps);
+// inp and dinp laid out as `in_rows` (the forward's input), dout dense.
 template <typename T>
 void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int64_t N,
-                      int64_t C, bool accumulate, bool deterministic = false);
+                      int64_t C, bool accumulate, bool deterministic = false, HeadRows in_rows = {});
 
 // --- activations (activation_cuda.cu) --- input gradients are written.
 template <typename T>
