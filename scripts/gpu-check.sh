@@ -346,7 +346,7 @@ fi
 # --- flash decode (split-KV) against the flash kernel, beside the copy bandwidth ---------------
 if want flash-decode; then
 say ""
-say "## Flash decode: one new token per sequence over a long cache, against the flash kernel on the same case (bf16)"
+say "## Flash decode: one new token per sequence over a long cache, against the flash kernel on the same case (bf16); the warps kernel beside the tiles kernel"
 say ""
 if [ -n "$bin" ]; then
   fd_ok=1
@@ -360,7 +360,10 @@ if [ -n "$bin" ]; then
     jsonl_table "$out/gpu-check-$stamp-flash-decode.jsonl" "heads={r['heads']}/{r['kv_heads']}" \
       "D={r['head_dim']}" "batch={r['batch']}" "context={r['context']}" "splits={r['splits']}" \
       "ms={r['ms']:.4f}" "flash kernel ms={r['flash_ms']:.4f}" "vs flash kernel={r['speedup_vs_flash']:.2f}×" \
-      "GB/s={r['gbps']:.0f}" "of copy={100 * r['of_copy']:.0f}%" "max rel err={r['max_rel_err']:.1e}" >> "$report"
+      "GB/s={r['gbps']:.0f}" "of copy={100 * r['of_copy']:.0f}%" "max rel err={r['max_rel_err']:.1e}" \
+      "warps kernel ms={format(r['warps_ms'], '.4f') if r.get('warps_ms') else '—'}" \
+      "warps vs tiles={format(r['warps_speedup'], '.2f') + '×' if r.get('warps_speedup') else '—'}" \
+      "warps of copy={format(100 * r['warps_of_copy'], '.0f') + '%' if r.get('warps_of_copy') else '—'}" >> "$report"
   fi
 fi
 fi

@@ -6,7 +6,8 @@
 // 16-byte chunk divides (plain loads instead of cp.async), keys and values as views into wider
 // rows. Cache rows past each sequence's length are NaN on the GPU (the reference sees zeros):
 // a kernel that reads them fails. Outputs are poisoned first; split counts automatic, one (no
-// combine) and several. Skipped without a GPU; the simt build runs it on the CPU emulator.
+// combine) and several; both split kernels (Tiles, and Warps wherever it runs the sizes).
+// Skipped without a GPU; the simt build runs it on the CPU emulator.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <gtest/gtest.h>
@@ -205,20 +206,34 @@ struct Fp32Check {
   }
 };
 
+// The kernels that run a problem with its tensors where they are: Tiles always, Warps where it can.
+template <typename T>
+std::vector<cuda::FlashDecodeKernel> kernels_for(const AttentionDims& d, const T* k, const T* v) {
+  std::vector<cuda::FlashDecodeKernel> ks{cuda::FlashDecodeKernel::Tiles};
+  if (cuda::flash_decode_warps_run<T>(d, k, v)) ks.push_back(cuda::FlashDecodeKernel::Warps);
+  return ks;
+}
+
 TEST(CudaFlashDecode, Fp32EqualsTheCpuOverEverySplitCount) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   Rng rng(11);
+  int warps_cases = 0;
   for (const Case& c : kCases) {
     const Problem p(c, rng, false);
     Fp32Check check(p);
     // Every other run brings its own workspace, poisoned.
     int run = 0;
+    const auto kernels = kernels_for<float>(p.d, check.g.k.as<float>(), check.g.v.as<float>());
+    warps_cases += kernels.size() > 1;
+    for (const cuda::FlashDecodeKernel kernel : kernels) {
     for (int splits : {0, 1, 3, 7}) {
-      SCOPED_TRACE(fmt::format("{} splits {}", name(c), splits));
+      SCOPED_TRACE(fmt::format("{} {} splits {}", name(c), cuda::flash_decode_kernel_name(kernel), splits));
       cuda::FlashDecodeOptions opt;
+      opt.kernel = kernel;
       opt.splits = splits;
       const auto plan = cuda::plan_flash_decode<float>(p.d, opt, check.g.q.as<float>(), check.g.k.as<float>(),
                                                        check.g.v.as<float>());
+      EXPECT_EQ(plan.kernel, kernel);
       if (splits > 0) {
         EXPECT_EQ(plan.splits, splits);
       }
@@ -227,7 +242,9 @@ TEST(CudaFlashDecode, Fp32EqualsTheCpuOverEverySplitCount) {
       if (run++ % 2 == 1) opt.workspace = ws.get();
       check.expect_equal(opt);
     }
+    }
   }
+  EXPECT_GE(warps_cases, 10) << "the warps kernel ran too few of the cases";
 }
 
 TEST(CudaFlashDecode, RandomShapesEqualTheCpu) {
@@ -252,11 +269,16 @@ TEST(CudaFlashDecode, RandomShapesEqualTheCpu) {
       }
     }
     const int splits = static_cast<int>(pick(0, 9));
-    SCOPED_TRACE(fmt::format("trial {}: {} splits {}", trial, name(c), splits));
     const Problem p(c, rng, false);
-    cuda::FlashDecodeOptions opt;
-    opt.splits = splits;
-    Fp32Check(p).expect_equal(opt);
+    Fp32Check check(p);
+    for (const cuda::FlashDecodeKernel kernel : kernels_for<float>(p.d, check.g.k.as<float>(), check.g.v.as<float>())) {
+      SCOPED_TRACE(fmt::format("trial {}: {} {} splits {}", trial, name(c), cuda::flash_decode_kernel_name(kernel),
+                               splits));
+      cuda::FlashDecodeOptions opt;
+      opt.kernel = kernel;
+      opt.splits = splits;
+      check.expect_equal(opt);
+    }
   }
 }
 
@@ -276,9 +298,11 @@ TEST(CudaFlashDecode, Bf16IsAsAccurateAsAPlainBf16Computation) {
     attention_forward(AttentionKernel::Standard, p.d, p.host, static_cast<float>(scale), p.q.data(), p.k.data(),
                       p.v.data(), plain.data(), plain_lse.data());
     OnDevice g(p, [](float x) { return bf16{to_bf16(x)}; });
+    for (const cuda::FlashDecodeKernel kernel : kernels_for<bf16>(p.d, g.k.as<bf16>(), g.v.as<bf16>())) {
     for (int splits : {0, 1, 4}) {
-      SCOPED_TRACE(fmt::format("{} splits {}", name(c), splits));
+      SCOPED_TRACE(fmt::format("{} {} splits {}", name(c), cuda::flash_decode_kernel_name(kernel), splits));
       cuda::FlashDecodeOptions opt;
+      opt.kernel = kernel;
       opt.splits = splits;
       g.o.fill_bytes(0xFF);
       g.lse.fill_bytes(0xFF);
@@ -310,6 +334,7 @@ TEST(CudaFlashDecode, Bf16IsAsAccurateAsAPlainBf16Computation) {
           EXPECT_NEAR(got_lse[i], exact_lse[i], 1e-4 * std::abs(exact_lse[i]) + 1e-4) << "lse " << i;
         }
       }
+    }
     }
   }
 }
@@ -357,6 +382,18 @@ TEST(CudaFlashDecode, PlansCopiesAndSplitsFromTheSizes) {
   // The widest fp32 heads still fit a block.
   d.Dqk = d.Dv = 256;
   EXPECT_GT(cuda::plan_flash_decode<float>(d).shared_bytes, 0u);
+  // Auto takes the tiles kernel; the warps kernel, asked for, holds 4 rows a block, stages
+  // nothing, and splits at most a quarter as many ways (each block takes four tiles a step).
+  d = AttentionDims{1, 12, 12, 1, 4096, 64, 64, 0};
+  EXPECT_EQ(one.kernel, cuda::FlashDecodeKernel::Tiles);
+  const auto warps = cuda::plan_flash_decode<bf16>(d, {.kernel = cuda::FlashDecodeKernel::Warps});
+  EXPECT_EQ(warps.kernel, cuda::FlashDecodeKernel::Warps);
+  EXPECT_EQ(warps.rows_per_block, 4);
+  EXPECT_EQ(warps.stages, 0);
+  EXPECT_GE(warps.blocks_per_sm, 4);
+  EXPECT_GT(warps.splits, 1);
+  EXPECT_LE(warps.splits, 4096 / 32 / 4);
+  EXPECT_EQ(cuda::plan_flash_decode<bf16>(d, {.kernel = cuda::FlashDecodeKernel::Warps, .splits = 3}).splits, 3);
 }
 
 TEST(CudaFlashDecode, SplitChoiceFillsTheGpuWithoutWastingWaves) {
@@ -391,8 +428,14 @@ TEST(CudaFlashDecode, BenchmarkChecksThenTimes) {
     EXPECT_GE(r.plan.splits, 1);
     EXPECT_LT(r.max_rel_err, bf16 ? 2e-2 : 1e-4);
     EXPECT_LT(r.flash_max_rel_err, bf16 ? 2e-2 : 1e-4);
+    EXPECT_EQ(r.plan.kernel, cuda::FlashDecodeKernel::Tiles);
+    // The warps kernel, which runs D = 64, checked and timed beside it.
+    EXPECT_GT(r.warps_ms, 0.0);
+    EXPECT_GE(r.warps_splits, 1);
+    EXPECT_LT(r.warps_max_rel_err, bf16 ? 2e-2 : 1e-4);
     if (bf16) {
       EXPECT_GT(r.max_rel_err, 0.0);  // rounded outputs: exact agreement would mean nothing was compared
+      EXPECT_GT(r.warps_max_rel_err, 0.0);
     }
     // Keys and values (2 × 2 × 70 × 2 × 64), queries, outputs and lse.
     const double w = bf16 ? 2 : 4;
@@ -418,6 +461,37 @@ TEST(CudaFlashDecode, RefusesWhatItCannotRun) {
   d.Dqk = 64;
   d.Hkv = 3;
   EXPECT_THROW((void)cuda::plan_flash_decode<float>(d), Error);
+  // The warps kernel takes whole, aligned 16-byte chunks and value rows of 1–32 of them.
+  d.Hkv = 4;
+  const cuda::FlashDecodeOptions warps{.kernel = cuda::FlashDecodeKernel::Warps};
+  EXPECT_TRUE(cuda::flash_decode_warps_run<bf16>(d, static_cast<const bf16*>(nullptr), nullptr));
+  DeviceBuffer buf(4096);
+  const bf16* base = buf.as<const bf16>();
+  EXPECT_FALSE(cuda::flash_decode_warps_run<bf16>(d, base + 1, base));
+  // 36 bf16: 4.5 chunks (fp32: 9); 48: 6 chunks (fp32 12), no power of two; 40: 5 (fp32 10).
+  struct Sizes {
+    int64_t dqk, dv;
+    bool bf16_runs, fp32_runs;
+  };
+  for (const Sizes& z : {Sizes{36, 64, false, true}, Sizes{64, 48, false, false}, Sizes{64, 40, false, false},
+                         Sizes{256, 256, true, false}, Sizes{8, 8, true, true}}) {
+    d.Dqk = z.dqk;
+    d.Dv = z.dv;
+    SCOPED_TRACE(fmt::format("Dqk {} Dv {}", z.dqk, z.dv));
+    EXPECT_EQ(cuda::flash_decode_warps_run<bf16>(d, static_cast<const bf16*>(nullptr), nullptr), z.bf16_runs);
+    EXPECT_EQ(cuda::flash_decode_warps_run<float>(d, static_cast<const float*>(nullptr), nullptr), z.fp32_runs);
+  }
+  d.Dqk = 36;
+  d.Dv = 64;
+  try {
+    (void)cuda::plan_flash_decode<bf16>(d, warps);
+    ADD_FAILURE() << "the warps kernel accepted 36-wide keys in bf16";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("warps kernel needs key and value rows of whole 16-byte chunks"),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("Dqk 36"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // flashgpt bench flash-decode: the GPU's flash decode (multi-head attention of a few new tokens
 // over a long cache, split along the cache) at decoding sizes, beside the flash kernel on the same
-// case and the GPU's own device-to-device copy rate, all measured in the same run. Each case is
-// checked against the CPU before it is timed.
+// case, the warps kernel beside the tiles kernel, and the GPU's own device-to-device copy rate, all
+// measured in the same run. Each case is checked against the CPU before it is timed.
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -25,7 +25,7 @@ struct BenchFlashDecodeCli {
   std::vector<int64_t> batches = {1, 16};
   int64_t heads = 12, kv_heads = 0, head_dim = 64, new_tokens = 1;
   std::vector<int64_t> contexts = {1024, 4096, 16384};
-  std::string precision = "bf16";
+  std::string precision = "bf16", kernel = "auto";
   int splits = 0, repeats = 10;
   bool json = false;
 };
@@ -50,8 +50,9 @@ void run_bench_flash_decode(const BenchFlashDecodeCli& c) {
                 dev.gpus.empty() ? "GPU" : dev.gpus.front().name.c_str(), static_cast<long long>(c.heads),
                 static_cast<long long>(kv_heads), static_cast<long long>(c.head_dim),
                 static_cast<long long>(c.new_tokens), c.precision.c_str());
-    std::printf("| batch | context | splits | blocks/SM | ms | flash kernel ms | vs flash kernel | GB/s | copy GB/s | of copy "
-                "| max rel err |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    std::printf("| batch | context | kernel | splits | blocks/SM | ms | flash kernel ms | vs flash kernel | GB/s | copy GB/s "
+                "| of copy | max rel err | warps kernel ms | warps vs it |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   }
   for (int64_t batch : c.batches) {
     for (int64_t ctx : c.contexts) {
@@ -64,26 +65,42 @@ void run_bench_flash_decode(const BenchFlashDecodeCli& c) {
       bc.context = ctx;
       bc.bf16 = c.precision == "bf16";
       bc.options.splits = c.splits;
+      bc.options.kernel = c.kernel == "warps"   ? cuda::FlashDecodeKernel::Warps
+                          : c.kernel == "tiles" ? cuda::FlashDecodeKernel::Tiles
+                                                : cuda::FlashDecodeKernel::Auto;
       bc.repeats = c.repeats;
       const cuda::FlashDecodeBenchResult r = cuda::bench_flash_decode(bc);
+      const double warps_gbps = r.warps_ms > 0 ? r.bytes / (r.warps_ms * 1e-3) / 1e9 : 0.0;
       if (c.json) {
         std::printf("%s\n", nlohmann::json{{"program", "flashgpt"}, {"bench", "flash-decode"},
                                            {"precision", c.precision}, {"batch", batch}, {"heads", c.heads},
                                            {"kv_heads", kv_heads}, {"head_dim", c.head_dim},
-                                           {"new_tokens", c.new_tokens}, {"context", ctx}, {"splits", r.plan.splits},
+                                           {"new_tokens", c.new_tokens}, {"context", ctx},
+                                           {"kernel", cuda::flash_decode_kernel_name(r.plan.kernel)},
+                                           {"splits", r.plan.splits},
                                            {"blocks_per_sm", r.plan.blocks_per_sm}, {"stages", r.plan.stages},
                                            {"ms", r.ms}, {"flash_ms", r.flash_ms},
                                            {"speedup_vs_flash", r.flash_ms / r.ms}, {"bytes", r.bytes},
                                            {"gbps", r.gbps}, {"copy_gbps", r.copy_gbps},
                                            {"of_copy", r.gbps / r.copy_gbps}, {"max_rel_err", r.max_rel_err},
-                                           {"flash_max_rel_err", r.flash_max_rel_err}}
+                                           {"flash_max_rel_err", r.flash_max_rel_err},
+                                           // the warps kernel beside it (null where not timed)
+                                           {"warps_ms", r.warps_ms > 0 ? nlohmann::json(r.warps_ms) : nullptr},
+                                           {"warps_splits", r.warps_ms > 0 ? nlohmann::json(r.warps_splits) : nullptr},
+                                           {"warps_speedup", r.warps_ms > 0 ? nlohmann::json(r.ms / r.warps_ms) : nullptr},
+                                           {"warps_of_copy", r.warps_ms > 0 ? nlohmann::json(warps_gbps / r.copy_gbps)
+                                                                            : nullptr},
+                                           {"warps_max_rel_err", r.warps_ms > 0 ? nlohmann::json(r.warps_max_rel_err) : nullptr}}
                                 .dump()
                                 .c_str());
       } else {
-        std::printf("| %lld | %lld | %d | %d | %.4f | %.4f | %.2f× | %.0f | %.0f | %.0f%% | %.1e |\n",
-                    static_cast<long long>(batch), static_cast<long long>(ctx), r.plan.splits, r.plan.blocks_per_sm,
-                    r.ms, r.flash_ms, r.flash_ms / r.ms, r.gbps, r.copy_gbps, 100.0 * r.gbps / r.copy_gbps,
-                    r.max_rel_err);
+        const std::string warps_ms = r.warps_ms > 0 ? fmt::format("{:.4f}", r.warps_ms) : "—";
+        const std::string warps_vs = r.warps_ms > 0 ? fmt::format("{:.2f}×", r.ms / r.warps_ms) : "—";
+        std::printf("| %lld | %lld | %s | %d | %d | %.4f | %.4f | %.2f× | %.0f | %.0f | %.0f%% | %.1e | %s | %s |\n",
+                    static_cast<long long>(batch), static_cast<long long>(ctx),
+                    cuda::flash_decode_kernel_name(r.plan.kernel), r.plan.splits, r.plan.blocks_per_sm, r.ms,
+                    r.flash_ms, r.flash_ms / r.ms, r.gbps, r.copy_gbps, 100.0 * r.gbps / r.copy_gbps, r.max_rel_err,
+                    warps_ms.c_str(), warps_vs.c_str());
       }
       std::fflush(stdout);
     }
@@ -111,6 +128,11 @@ void register_bench_flash_decode(CLI::App& bench) {
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
   sub->add_option("--splits", c->splits, "Splits of each sequence's cache (0: chosen for the GPU)")
+      ->capture_default_str();
+  sub->add_option("--kernel", c->kernel,
+                  "Split kernel: tiles (shared-memory tiles, block barriers), warps (each warp its own keys) or auto "
+                  "(tiles); the warps kernel is also timed beside any other where it runs the case")
+      ->check(CLI::IsMember({"auto", "tiles", "warps"}))
       ->capture_default_str();
   sub->add_option("--repeats", c->repeats, "Timed samples (median reported)")->capture_default_str();
   sub->add_flag("--json", c->json, "One JSON object per case");

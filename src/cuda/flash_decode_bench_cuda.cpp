@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -56,19 +57,40 @@ FlashDecodeBenchResult bench_flash_decode(const FlashDecodeBenchCase& c) {
   DeviceBuffer workspace(std::max<size_t>(r.plan.workspace_bytes, 1));
   opt.workspace = workspace.get();
   opt.splits = r.plan.splits;
+  opt.kernel = r.plan.kernel;
+  // The warps kernel beside the options' one, planned the same way.
+  const bool with_warps =
+      r.plan.kernel != FlashDecodeKernel::Warps &&
+      (c.bf16 ? flash_decode_warps_run<bf16>(d, k.as<const bf16>(), v.as<const bf16>())
+              : flash_decode_warps_run<float>(d, k.as<const float>(), v.as<const float>()));
+  FlashDecodeOptions warps_opt = c.options;
+  warps_opt.kernel = FlashDecodeKernel::Warps;
+  std::unique_ptr<DeviceBuffer> warps_ws;
+  if (with_warps) {
+    const FlashDecodePlan wp = c.bf16 ? plan_flash_decode<bf16>(d, warps_opt, q.as<const bf16>(), k.as<const bf16>(),
+                                                                v.as<const bf16>())
+                                      : plan_flash_decode<float>(d, warps_opt, q.as<const float>(),
+                                                                 k.as<const float>(), v.as<const float>());
+    warps_ws = std::make_unique<DeviceBuffer>(std::max<size_t>(wp.workspace_bytes, 1));
+    warps_opt.workspace = warps_ws->get();
+    warps_opt.splits = wp.splits;
+    r.warps_splits = wp.splits;
+  }
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.Dqk));
   // The mask as the GPU kernels take it: one causal offset, no arrays.
   const AttentionMask& mask = host_mask;
-  auto decode = [&] {
+  auto decode_with = [&](const FlashDecodeOptions& o_opt) {
     if (c.bf16) {
       flash_decode<bf16>(d, mask, scale, q.as<const bf16>(), reinterpret_cast<const bf16*>(kv(k)),
-                         reinterpret_cast<const bf16*>(kv(v)), o.as<bf16>(), lse.as<float>(), opt);
+                         reinterpret_cast<const bf16*>(kv(v)), o.as<bf16>(), lse.as<float>(), o_opt);
     } else {
       flash_decode<float>(d, mask, scale, q.as<const float>(), reinterpret_cast<const float*>(kv(k)),
-                          reinterpret_cast<const float*>(kv(v)), o.as<float>(), lse.as<float>(), opt);
+                          reinterpret_cast<const float*>(kv(v)), o.as<float>(), lse.as<float>(), o_opt);
     }
     turn = (turn + 1) % copies;
   };
+  auto decode = [&] { decode_with(opt); };
+  auto warps = [&] { decode_with(warps_opt); };
   auto flash = [&] {
     if (c.bf16) {
       flash_forward_bf16(d, mask, scale, q.as<const uint16_t>(), reinterpret_cast<const uint16_t*>(kv(k)),
@@ -112,15 +134,18 @@ FlashDecodeBenchResult bench_flash_decode(const FlashDecodeBenchCase& c) {
   };
   r.max_rel_err = check(decode, "flash decode");
   r.flash_max_rel_err = check(flash, "flash kernel");
+  if (with_warps) r.warps_max_rel_err = check(warps, "flash decode (warps kernel)");
 
-  // Side by side, alternating, so both see the same clocks and neighbours.
-  std::vector<double> ours, theirs;
+  // Side by side, alternating, so all see the same clocks and neighbours.
+  std::vector<double> ours, theirs, by_warps;
   for (int i = 0; i < 3; ++i) {
     ours.push_back(bench::time_per_call(decode, std::max(1, c.repeats / 3)));
     theirs.push_back(bench::time_per_call(flash, std::max(1, c.repeats / 3)));
+    if (with_warps) by_warps.push_back(bench::time_per_call(warps, std::max(1, c.repeats / 3)));
   }
   r.ms = bench::median(ours) * 1e3;
   r.flash_ms = bench::median(theirs) * 1e3;
+  if (with_warps) r.warps_ms = bench::median(by_warps) * 1e3;
   r.bytes = cache_bytes + static_cast<double>(q.bytes() + o.bytes() + lse.bytes());
   r.gbps = r.bytes / (r.ms * 1e-3) / 1e9;
   r.copy_gbps = bench::copy_gbps(cache_bytes, c.repeats);

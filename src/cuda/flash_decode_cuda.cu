@@ -365,6 +365,249 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// --- The warps kernel: each warp its own key tiles, no block barrier until the end ------------
+//
+// A block of kWarpsPerBlock warps holds up to kWarpRows query rows of one key/value head and one
+// split of its keys; warp w takes the split's 32-key tiles w, w + 4, … on its own. Per tile:
+//   scores — lane l reads key j0 + l straight from global memory (16-byte loads of the whole key
+//            row) and dots it with each row's query (fp32 in shared memory, read by every lane
+//            at once: a broadcast);
+//   softmax — the row's tile max and sum by warp shuffles, the running max, sum and rescale
+//            kept in every lane's registers; the probabilities to the warp's own shared row;
+//   P·V    — lanes split into 32 / vc key groups of vc lanes, each lane one 16-byte chunk of a
+//            value row, so a group reads whole value rows (coalesced) and a warp several keys'
+//            rows at once.
+// Only __syncwarp() orders a tile's steps; at the end the key groups' sums are added by
+// shuffles and the warps' (max, sum, output) merged once through shared memory, as the splits'
+// are by the combine step. What limits the tiles kernel (three block barriers a tile, a softmax
+// of one warp per row while the block waits) is gone; the loads in flight come from the warps of
+// many blocks per SM.
+constexpr int kWarpRows = static_cast<int>(kFlashDecodeWarpRows);  // query rows of a warps-kernel block
+constexpr int kWarpsPerBlock = 4;
+constexpr int kWarpThreads = 32 * kWarpsPerBlock;
+
+// Shared memory: queries [kWarpRows][qc·CE] fp32; each warp's probabilities [kWarpRows][kKeys];
+// then each warp's running max and sum [kWarpRows] and output [kWarpRows][vc·CE] for the merge.
+struct WarpLayout {
+  int64_t q, p, m, l, o, total;
+};
+template <typename E>
+__host__ __device__ WarpLayout warp_layout_of(const Dims& d) {
+  WarpLayout a{};
+  a.q = 0;
+  a.p = a.q + sizeof(float) * kWarpRows * d.qc * kChunk<E>;
+  a.m = a.p + sizeof(float) * kWarpsPerBlock * kWarpRows * kKeys;
+  a.l = a.m + sizeof(float) * kWarpsPerBlock * kWarpRows;
+  a.o = a.l + sizeof(float) * kWarpsPerBlock * kWarpRows;
+  a.total = a.o + sizeof(float) * kWarpsPerBlock * kWarpRows * d.vc * kChunk<E>;
+  return a;
+}
+
+// Whether the warps kernel runs these sizes: whole 16-byte chunks in every key and value row
+// (starts included), and a value row of 1, 2, 4, 8, 16 or 32 chunks (lanes per key group).
+template <typename E>
+bool warps_kernel_runs(const AttentionDims& a, const void* k, const void* v) {
+  constexpr int CE = kChunk<E>;
+  const int64_t vc = a.Dv / CE;
+  return a.Dqk % CE == 0 && a.Dv % CE == 0 && a.k_row() % CE == 0 && a.v_row() % CE == 0 && vc >= 1 && vc <= 32 &&
+         (vc & (vc - 1)) == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 && reinterpret_cast<uintptr_t>(v) % 16 == 0;
+}
+
+template <typename E>
+__global__ void __launch_bounds__(kWarpThreads)
+    warps_kernel(Dims d, Mask m, float scale, int splits, const E* __restrict__ q, const E* __restrict__ k,
+                 const E* __restrict__ v, Out out) {
+  constexpr int CE = kChunk<E>;
+  constexpr int R = kWarpRows;
+  FLASHGPT_DYNAMIC_SHARED(unsigned char, sm);
+  const WarpLayout lay = warp_layout_of<E>(d);
+  float* Qs = reinterpret_cast<float*>(sm + lay.q);
+  const int t = static_cast<int>(threadIdx.x), lane = t % 32, warp = t / 32;
+  float* Ps = reinterpret_cast<float*>(sm + lay.p) + warp * R * kKeys;
+  float* Ms = reinterpret_cast<float*>(sm + lay.m);
+  float* Ls = reinterpret_cast<float*>(sm + lay.l);
+  float* Os = reinterpret_cast<float*>(sm + lay.o);
+
+  const int64_t bh = blockIdx.x, b = bh / d.Hkv, kvh = bh % d.Hkv;
+  const int split = static_cast<int>(blockIdx.y);
+  const int64_t row0 = static_cast<int64_t>(blockIdx.z) * R;
+  const int nrows = static_cast<int>(d.rows - row0 < R ? d.rows - row0 : R);
+
+  // This sequence's visible keys [0, n) and this split's share [k0, k1), in whole tiles (as the
+  // tiles kernel cuts them).
+  int64_t n = d.Tk;
+  if (m.kv_lengths) n = min(n, static_cast<int64_t>(m.kv_lengths[b]));
+  if (m.causal) n = min(n, causal_offset(m, b) + d.Tq);
+  n = max(n, int64_t{0});
+  const int64_t tiles = (n + kKeys - 1) / kKeys, per = (tiles + splits - 1) / splits;
+  const int64_t k0 = min(static_cast<int64_t>(split) * per * kKeys, n), k1 = min(k0 + per * kKeys, n);
+  const int64_t ntiles = (k1 - k0 + kKeys - 1) / kKeys;
+
+  const int qw = d.qc * CE;
+  for (int idx = t; idx < R * qw; idx += kWarpThreads) {
+    const int r = idx / qw, c = idx % qw;
+    float x = 0.0f;
+    if (r < nrows) {
+      const int64_t gr = row0 + r, tq = gr / d.group, hq = kvh * d.group + gr % d.group;
+      x = to_f32(q[(b * d.Tq + tq) * d.q_row + hq * d.Dqk + c]);
+    }
+    Qs[idx] = x;
+  }
+  __syncthreads();
+
+  int64_t tq_of[R];  // each row's query position
+#pragma unroll
+  for (int r = 0; r < R; ++r) tq_of[r] = (row0 + r) / d.group;
+  const E* kbase = k + b * d.kv_rows * d.k_row + kvh * d.Dqk;
+  const E* vbase = v + b * d.kv_rows * d.v_row + kvh * d.Dv;
+  const int vc = d.vc, kg = kKeys / vc, g = lane / vc, cv = lane % vc;  // P·V: key group g, chunk cv
+  float acc[R][CE], m_run[R], l_run[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    m_run[r] = -INFINITY;
+    l_run[r] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < CE; ++e) acc[r][e] = 0.0f;
+  }
+
+  for (int64_t ti = warp; ti < ntiles; ti += kWarpsPerBlock) {
+    const int64_t j0 = k0 + ti * kKeys, j = j0 + lane;
+    const bool valid = j < k1;
+    float dot[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) dot[r] = 0.0f;
+    if (valid) {
+      const E* kr = kbase + j * d.k_row;
+      for (int c0 = 0; c0 < d.qc; c0 += 4) {  // four chunks' loads in flight before their products
+        Chunk kc[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          if (c0 + u < d.qc) kc[u] = load_chunk(kr + (c0 + u) * CE);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          if (c0 + u >= d.qc) break;
+          float kx[CE];
+          unpack(kc[u], kx);
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            if (r < nrows) {
+              const float* qr = Qs + r * qw + (c0 + u) * CE;
+#pragma unroll
+              for (int h = 0; h < CE / 4; ++h) {
+                float qx[4];
+                unpack(load_chunk(qr + 4 * h), qx);
+#pragma unroll
+                for (int e = 0; e < 4; ++e) dot[r] += qx[e] * kx[4 * h + e];
+              }
+            }
+          }
+        }
+      }
+    }
+    __syncwarp();  // the previous tile's probabilities are read
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (r < nrows) {
+        const float s = valid && visible(m, d.Tq, d.kv_rows, b, tq_of[r], j) ? dot[r] * scale : -INFINITY;
+        const float m_new = fmaxf(m_run[r], warp_max(s));
+        float p = 0.0f, a = 1.0f;
+        if (m_new != -INFINITY) {
+          p = s == -INFINITY ? 0.0f : expf(s - m_new);
+          a = m_run[r] == -INFINITY ? 0.0f : expf(m_run[r] - m_new);
+        }
+        l_run[r] = l_run[r] * a + warp_sum(p);
+        m_run[r] = m_new;
+        Ps[r * kKeys + lane] = p;
+#pragma unroll
+        for (int e = 0; e < CE; ++e) acc[r][e] *= a;
+      }
+    }
+    __syncwarp();  // this tile's probabilities are written
+    // P·V: key kk = i·kg + g of the tile, chunk cv of its value row; four keys' loads at a time.
+    for (int i0 = 0; i0 < vc; i0 += 4) {
+      Chunk vcs[4];
+      bool any[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int kk = (i0 + u) * kg + g;
+        any[u] = false;
+        if (i0 + u < vc && j0 + kk < k1) {
+#pragma unroll
+          for (int r = 0; r < R; ++r) any[u] = any[u] || (r < nrows && Ps[r * kKeys + kk] != 0.0f);
+          if (any[u]) vcs[u] = load_chunk(vbase + (j0 + kk) * d.v_row + cv * CE);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (!any[u]) continue;
+        const int kk = (i0 + u) * kg + g;
+        float vx[CE];
+        unpack(vcs[u], vx);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          if (r < nrows) {
+            const float p = Ps[r * kKeys + kk];
+#pragma unroll
+            for (int e = 0; e < CE; ++e) acc[r][e] += p * vx[e];
+          }
+        }
+      }
+    }
+  }
+
+  // The key groups' sums (lanes vc apart hold the same chunk), then each warp's share to shared
+  // memory for the merge.
+  for (int off = vc; off < 32; off *= 2) {
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int e = 0; e < CE; ++e) acc[r][e] += __shfl_xor_sync(0xffffffffu, acc[r][e], off);
+  }
+  const int vw = vc * CE;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (lane == 0) {
+      Ms[warp * R + r] = m_run[r];
+      Ls[warp * R + r] = l_run[r];
+    }
+    if (g == 0) {
+#pragma unroll
+      for (int e = 0; e < CE; ++e) Os[(warp * R + r) * vw + cv * CE + e] = acc[r][e];
+    }
+  }
+  __syncthreads();
+
+  const int64_t out_rows = d.B * d.Tq * d.Hq;
+  for (int idx = t; idx < nrows * vw; idx += kWarpThreads) {
+    const int r = idx / vw, col = idx % vw;
+    if (col >= d.Dv) continue;
+    float mx = -INFINITY;
+    for (int w = 0; w < kWarpsPerBlock; ++w) mx = fmaxf(mx, Ms[w * R + r]);
+    float l = 0.0f, o = 0.0f;
+    if (mx != -INFINITY) {
+      for (int w = 0; w < kWarpsPerBlock; ++w) {
+        const float mw = Ms[w * R + r];
+        if (mw == -INFINITY) continue;
+        const float f = expf(mw - mx);
+        l += Ls[w * R + r] * f;
+        o += Os[(w * R + r) * vw + col] * f;
+      }
+    }
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    const float row_lse = l > 0.0f ? mx + logf(l) : -INFINITY;
+    const int64_t gr = row0 + r, tq = gr / d.group, hq = kvh * d.group + gr % d.group;
+    const int64_t orow = (b * d.Tq + tq) * d.Hq + hq;  // [B, Tq, Hq]
+    if (splits == 1) {
+      static_cast<E*>(out.o)[orow * d.Dv + col] = from_f32<E>(o * inv);
+      if (col == 0) out.lse[(b * d.Hq + hq) * d.Tq + tq] = row_lse;
+    } else {
+      out.part_o[(split * out_rows + orow) * d.Dv + col] = o * inv;
+      if (col == 0) out.part_lse[split * out_rows + orow] = row_lse;
+    }
+  }
+}
+
 #if defined(FLASHGPT_SIMT)
 // The emulator checks that a kernel's outputs point at device memory.
 std::array<const void*, 4> kernel_pointers(const Out& o) { return {o.o, o.lse, o.part_o, o.part_lse}; }
@@ -394,9 +637,10 @@ Dims dims_of(const AttentionDims& a, int stages) {
 }
 
 template <typename E, typename F>
-void with_kernel(bool async, F&& f) {
-  if (async) return f(split_kernel<E, true>);
-  return f(split_kernel<E, false>);
+void with_kernel(FlashDecodeKernel kernel, bool async, F&& f) {
+  if (kernel == FlashDecodeKernel::Warps) return f(warps_kernel<E>, kWarpThreads);
+  if (async) return f(split_kernel<E, true>, kThreads);
+  return f(split_kernel<E, false>, kThreads);
 }
 
 int shared_limit() {
@@ -423,6 +667,20 @@ void check_dims(const AttentionDims& d) {
 
 using namespace flash_decode_kernels;
 
+const char* flash_decode_kernel_name(FlashDecodeKernel k) {
+  switch (k) {
+    case FlashDecodeKernel::Auto: return "auto";
+    case FlashDecodeKernel::Tiles: return "tiles";
+    case FlashDecodeKernel::Warps: return "warps";
+  }
+  return "?";
+}
+
+template <typename T>
+bool flash_decode_warps_run(const AttentionDims& d, const T* k, const T* v) {
+  return warps_kernel_runs<device_t<T>>(d, k, v);
+}
+
 bool flash_decode_supports(int64_t Dqk, int64_t Dv) {
   return Dqk > 0 && Dv > 0 && Dqk <= kFlashDecodeMaxHeadDim && Dv <= kFlashDecodeMaxHeadDim;
 }
@@ -441,25 +699,45 @@ FlashDecodePlan plan_flash_decode(const AttentionDims& ad, const FlashDecodeOpti
   constexpr int CE = kChunk<E>;
   FlashDecodePlan plan;
   plan.key_tile = kKeys;
-  plan.rows_per_block = kRows;
-  plan.async_copies = ad.Dqk % CE == 0 && ad.Dv % CE == 0 && ad.k_row() % CE == 0 && ad.v_row() % CE == 0 &&
-                      aligned16(k) && aligned16(v);
-  (void)q;
-  // Two stages where the GPU gives a block the shared memory, else one.
   const int limit = shared_limit();
-  Dims d = dims_of<E>(ad, 2);
-  if (layout_of<E>(d).total > limit) d = dims_of<E>(ad, 1);
-  plan.stages = d.stages;
-  plan.shared_bytes = static_cast<size_t>(layout_of<E>(d).total);
+  const bool warps = opt.kernel == FlashDecodeKernel::Warps;
+  Dims d{};
+  if (warps) {
+    FLASHGPT_CUDA_REQUIRE(warps_kernel_runs<E>(ad, k, v),
+                          "flash decode: the warps kernel needs key and value rows of whole 16-byte chunks, 16-byte "
+                          "aligned, and a value row of 1, 2, 4, 8, 16 or 32 chunks (Dqk " + std::to_string(ad.Dqk) +
+                              ", Dv " + std::to_string(ad.Dv) + ", k row " + std::to_string(ad.k_row()) + ", v row " +
+                              std::to_string(ad.v_row()) + ")");
+    plan.kernel = FlashDecodeKernel::Warps;
+    plan.rows_per_block = kWarpRows;
+    plan.stages = 0;
+    plan.async_copies = false;
+    d = dims_of<E>(ad, 0);
+    plan.shared_bytes = static_cast<size_t>(warp_layout_of<E>(d).total);
+    FLASHGPT_CUDA_REQUIRE((ad.Tq * (ad.Hq / ad.Hkv) + kWarpRows - 1) / kWarpRows <= 65535,
+                          "flash decode: the warps kernel takes at most 65535·4 query rows per key/value head");
+  } else {
+    plan.kernel = FlashDecodeKernel::Tiles;
+    plan.async_copies = ad.Dqk % CE == 0 && ad.Dv % CE == 0 && ad.k_row() % CE == 0 && ad.v_row() % CE == 0 &&
+                        aligned16(k) && aligned16(v);
+    // Two stages where the GPU gives a block the shared memory, else one.
+    d = dims_of<E>(ad, 2);
+    if (layout_of<E>(d).total > limit) d = dims_of<E>(ad, 1);
+    plan.stages = d.stages;
+    plan.shared_bytes = static_cast<size_t>(layout_of<E>(d).total);
+  }
+  (void)q;
   FLASHGPT_CUDA_REQUIRE(plan.shared_bytes <= static_cast<size_t>(limit),
                         "flash decode: needs " + std::to_string(plan.shared_bytes) +
                             " bytes of shared memory per block, the GPU allows " + std::to_string(limit));
-  // Blocks per SM, asked of the runtime once per size on each device (every decoding step plans).
+  // Blocks per SM, asked of the runtime once per kernel and size on each device (every decoding
+  // step plans).
   static std::mutex mutex;
-  static std::map<std::tuple<int, bool, bool, size_t>, std::pair<int, int>> known;  // → (blocks per SM, SMs)
+  static std::map<std::tuple<int, bool, int, size_t>, std::pair<int, int>> known;  // → (blocks per SM, SMs)
   int device = 0;
   FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
-  const auto key = std::make_tuple(device, std::is_same_v<T, bf16>, plan.async_copies, plan.shared_bytes);
+  const int variant = warps ? 2 : plan.async_copies ? 1 : 0;
+  const auto key = std::make_tuple(device, std::is_same_v<T, bf16>, variant, plan.shared_bytes);
   std::pair<int, int> occ;
   {
     const std::lock_guard<std::mutex> lock(mutex);
@@ -468,19 +746,21 @@ FlashDecodePlan plan_flash_decode(const AttentionDims& ad, const FlashDecodeOpti
       int sms = 0;
       FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
       int bps = 0;
-      with_kernel<E>(plan.async_copies, [&](auto kernel) {
+      with_kernel<E>(plan.kernel, plan.async_copies, [&](auto kernel, int threads) {
         allow_shared(kernel, plan.shared_bytes, "flash decode");
-        bps = max_blocks_per_sm(kernel, kThreads, plan.shared_bytes);
+        bps = max_blocks_per_sm(kernel, threads, plan.shared_bytes);
       });
       it = known.emplace(key, std::make_pair(bps, sms)).first;
     }
     occ = it->second;
   }
   plan.blocks_per_sm = occ.first;
-  const int64_t blocks = ad.B * ad.Hkv * ((d.rows + kRows - 1) / kRows);
+  const int64_t blocks = ad.B * ad.Hkv * ((d.rows + plan.rows_per_block - 1) / plan.rows_per_block);
   const int64_t tiles = std::max<int64_t>(1, (ad.Tk + kKeys - 1) / kKeys);
+  // The warps kernel's block takes kWarpsPerBlock tiles a step.
+  const int64_t steps = warps ? (tiles + kWarpsPerBlock - 1) / kWarpsPerBlock : tiles;
   const int automatic =
-      choose_flash_decode_splits(blocks, tiles, static_cast<int64_t>(occ.second) * std::max(1, occ.first));
+      choose_flash_decode_splits(blocks, steps, static_cast<int64_t>(occ.second) * std::max(1, occ.first));
   plan.beats_flash_kernel = d.rows >= 2 || automatic >= kFlashDecodeWinningSplits;
   if (opt.splits > 0) {
     FLASHGPT_CUDA_REQUIRE(opt.splits <= 65535, "flash decode: at most 65535 splits");
@@ -499,6 +779,7 @@ void flash_decode(const AttentionDims& ad, const AttentionMask& am, float scale,
   const FlashDecodePlan plan = plan_flash_decode<T>(ad, opt, q, k, v);
   using E = device_t<T>;
   const Dims d = dims_of<E>(ad, plan.stages);
+  const int64_t row_blocks = (d.rows + plan.rows_per_block - 1) / plan.rows_per_block;
   std::unique_ptr<DeviceBuffer> own;
   void* ws = opt.workspace;
   if (plan.splits > 1 && !ws) {
@@ -508,11 +789,12 @@ void flash_decode(const AttentionDims& ad, const AttentionMask& am, float scale,
   const split_kv::Partials part = split_kv::partials(ws, ad.B * ad.Tq * ad.Hq, ad.Dv, plan.splits);
   const Out out{o, lse, part.o, part.lse};
   const dim3 grid(static_cast<unsigned>(ad.B * ad.Hkv), static_cast<unsigned>(plan.splits),
-                  static_cast<unsigned>((d.rows + kRows - 1) / kRows));
-  with_kernel<E>(plan.async_copies, [&](auto kernel) {
+                  static_cast<unsigned>(row_blocks));
+  with_kernel<E>(plan.kernel, plan.async_copies, [&](auto kernel, int threads) {
     allow_shared(kernel, plan.shared_bytes, "flash decode");
-    launch_kernel("flash decode", kernel, grid, kThreads, plan.shared_bytes, nullptr, d, mask_of(am), scale,
-                  plan.splits, dev(q), dev(k), dev(v), out);
+    launch_kernel(plan.kernel == FlashDecodeKernel::Warps ? "flash decode (warps)" : "flash decode", kernel, grid,
+                  threads, plan.shared_bytes, nullptr, d, mask_of(am), scale, plan.splits, dev(q), dev(k), dev(v),
+                  out);
   });
   if (plan.splits > 1) {
     split_kv::launch_combine<E>("flash decode combine", ad.B, ad.Tq, ad.Hq, ad.Dv, plan.splits, part.o, part.lse,
@@ -521,6 +803,8 @@ void flash_decode(const AttentionDims& ad, const AttentionMask& am, float scale,
   if (own) synchronize();  // the scratch is freed on return
 }
 
+template bool flash_decode_warps_run<float>(const AttentionDims&, const float*, const float*);
+template bool flash_decode_warps_run<bf16>(const AttentionDims&, const bf16*, const bf16*);
 template FlashDecodePlan plan_flash_decode<float>(const AttentionDims&, const FlashDecodeOptions&, const float*,
                                                   const float*, const float*);
 template FlashDecodePlan plan_flash_decode<bf16>(const AttentionDims&, const FlashDecodeOptions&, const bf16*,

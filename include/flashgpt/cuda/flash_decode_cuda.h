@@ -35,7 +35,19 @@ inline constexpr int64_t kFlashDecodeRows = 16;
 // Widest head (Dqk and Dv) the kernel takes.
 inline constexpr int64_t kFlashDecodeMaxHeadDim = 256;
 
+// The split kernel. Tiles: a block's key and value tiles double-buffered in shared memory, its
+// warps in step through block barriers (any head dims, up to kFlashDecodeRows rows a block).
+// Warps: each warp walks its own key tiles straight from global memory, a lane per key for the
+// scores and a coalesced row per key group for P·V, with no block barrier until the warps merge
+// at the end (up to kFlashDecodeWarpRows rows a block; key and value rows of whole, aligned
+// 16-byte chunks, a value row of 1–32 chunks: flash_decode_warps_run). Auto takes Tiles, the one
+// measured so far.
+enum class FlashDecodeKernel { Auto, Tiles, Warps };
+const char* flash_decode_kernel_name(FlashDecodeKernel k);
+inline constexpr int64_t kFlashDecodeWarpRows = 4;
+
 struct FlashDecodeOptions {
+  FlashDecodeKernel kernel = FlashDecodeKernel::Auto;
   int splits = 0;  // splits of each sequence's keys; 0 chooses from the sizes and the GPU
   // Scratch for the splits' partial results: at least plan_flash_decode(…).workspace_bytes, or
   // null to have each call allocate (and wait for) its own.
@@ -44,11 +56,12 @@ struct FlashDecodeOptions {
 
 // What a call with these sizes and options does on this GPU.
 struct FlashDecodePlan {
+  FlashDecodeKernel kernel = FlashDecodeKernel::Tiles;  // the one that runs (never Auto)
   int splits = 1;
   int rows_per_block = static_cast<int>(kFlashDecodeRows);
-  int key_tile = 32;         // keys per shared-memory tile
-  int stages = 2;            // tiles in flight per block (2: double-buffered)
-  bool async_copies = true;  // 16-byte cp.async (false: plain loads, for rows not 16-byte aligned)
+  int key_tile = 32;         // keys per tile (a shared-memory tile, or a warp's step)
+  int stages = 2;            // Tiles: tiles in flight per block (2: double-buffered); Warps: 0
+  bool async_copies = true;  // Tiles: 16-byte cp.async (false: plain loads, for rows not 16-byte aligned)
   int blocks_per_sm = 1;     // blocks one SM holds at once
   size_t shared_bytes = 0;   // per block
   size_t workspace_bytes = 0;  // the partial outputs and log-sum-exps when splits > 1
@@ -67,14 +80,17 @@ inline constexpr int kFlashDecodeWinningSplits = 10;
 
 // Whether the kernel runs these head dims (both 1…kFlashDecodeMaxHeadDim).
 bool flash_decode_supports(int64_t Dqk, int64_t Dv);
+// Whether the Warps kernel runs these sizes with k and v at these addresses (T float or bf16).
+template <typename T>
+bool flash_decode_warps_run(const AttentionDims& d, const T* k, const T* v);
 
 // The split count the automatic choice makes for `blocks` blocks of a split-free launch over at
 // most `tiles` key tiles per sequence when `slots` blocks run at once on the whole GPU.
 int choose_flash_decode_splits(int64_t blocks, int64_t tiles, int64_t slots);
 
-// T is float or bf16. Throws (naming the size) when the dims are inconsistent or a head dim is
-// beyond the kernel. Pointers matter only to pick 16-byte copies: pass null ones to plan for
-// aligned tensors.
+// T is float or bf16. Throws (naming the size) when the dims are inconsistent, a head dim is
+// beyond the kernel, or the Warps kernel, asked for, cannot run them. Pointers matter only for
+// the 16-byte loads: pass null ones to plan for aligned tensors.
 template <typename T>
 FlashDecodePlan plan_flash_decode(const AttentionDims& d, const FlashDecodeOptions& opt = {}, const T* q = nullptr,
                                   const T* k = nullptr, const T* v = nullptr);
