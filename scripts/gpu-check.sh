@@ -391,6 +391,25 @@ if [ -n "$bin" ]; then
       "cache MiB={r['cache_bytes'] / 2**20:.1f}" "vs flash={r['speedup_vs_mha']:.2f}×" \
       "max rel err={r['max_rel_err']:.1e}" >> "$report"
   fi
+  say ""
+  say "Flash decode's two split kernels in the whole step (multi-head, split-KV on, graphs on), side by side:"
+  say ""
+  for batch in 1 16; do
+    if timeout "$bench_limit" "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash \
+         --context 1024,4096 --batch "$batch" --repeats 20 --cuda-graphs on --split-kv on \
+         --flash-decode-kernel tiles,warps --json \
+         >> "$out/gpu-check-$stamp-decode-kernels.jsonl" 2> "$logs/bench_decode_kernels_$batch.err"; then :; else
+      say "(batch $batch failed: $(tail -1 "$logs/bench_decode_kernels_$batch.err" | cut -c1-200))"
+      status=1
+    fi
+  done
+  if [ -s "$out/gpu-check-$stamp-decode-kernels.jsonl" ]; then
+    jsonl_table "$out/gpu-check-$stamp-decode-kernels.jsonl" "batch={r['batch']}" "context={r['context']}" \
+      "kernel={r['flash_decode_kernel']}" "ms / step={r['ms_per_token']:.3f}" \
+      "tokens/s={r['tokens_per_s']:.0f}" \
+      "warps vs tiles={format(r['speedup_vs_tiles'], '.2f') + '×' if r['speedup_vs_tiles'] else '—'}" \
+      "max rel err={r['max_rel_err']:.1e}" >> "$report"
+  fi
 fi
 fi
 

@@ -260,6 +260,10 @@ TEST(Cli, BadFlagsAndValues) {
   expect_one_error_line(run_flashgpt("bench latent-decode --kernel magic"), "--kernel");
   expect_one_error_line(run_flashgpt("bench latent-decode --heads 0"), "--heads");
   expect_one_error_line(run_flashgpt("bench decode --split-kv always"), "--split-kv: unknown setting 'always'");
+  expect_one_error_line(run_flashgpt("bench decode --flash-decode-kernel tiles,blocks"),
+                        "--flash-decode-kernel: unknown kernel 'blocks' (expected auto, tiles or warps)");
+  expect_one_error_line(run_flashgpt("sample -c /dev/null --flash-decode-kernel blocks"), "--flash-decode-kernel");
+  expect_one_error_line(run_flashgpt("bench flash-decode --kernel blocks"), "--kernel");
   expect_one_error_line(run_flashgpt("bench flash-decode --heads 12 --kv-heads 5"), "--kv-heads: 5 must divide --heads 12");
   expect_one_error_line(run_flashgpt("bench flash-decode --context 1 --new-tokens 2"), "--context: 1");
   expect_one_error_line(run_flashgpt("bench flash-decode --batch 0"), "--batch");

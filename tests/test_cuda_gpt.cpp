@@ -21,6 +21,7 @@
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/cuda/kernel_times.h"
 #include "flashgpt/infer/sampler.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
@@ -486,13 +487,19 @@ TEST(CudaGpt, DeterministicTrainingRepeatsItsBits) {
 // of the largest. Multi-head caches keys and values; latent attention caches [c_kv, k_rope] rows
 // and decodes with weight absorption, on the CPU and on the GPU.
 // split_kv: multi-head attention by flash decode wherever it runs (on, the helpers' default, so that
-// these tests reach it at their small sizes), by the flash kernels (off), or by the model's choice.
+// these tests reach it at their small sizes), by the flash kernels (off), or by the model's choice;
+// kernel: flash decode's split kernel.
 void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol,
-                                    cuda::SplitKv split_kv = cuda::SplitKv::On) {
-  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision) + " split-KV " + cuda::to_string(split_kv));
+                                    cuda::SplitKv split_kv = cuda::SplitKv::On,
+                                    cuda::FlashDecodeKernel kernel = cuda::FlashDecodeKernel::Auto) {
+  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision) + " split-KV " + cuda::to_string(split_kv) +
+               " kernel " + cuda::flash_decode_kernel_name(kernel));
   Pair p(c, precision);
   p.gpu.set_split_kv_decode(split_kv);
   EXPECT_EQ(p.gpu.split_kv_decode(), split_kv);
+  EXPECT_EQ(p.gpu.flash_decode_kernel(), cuda::FlashDecodeKernel::Auto) << "the default";
+  p.gpu.set_flash_decode_kernel(kernel);
+  EXPECT_EQ(p.gpu.flash_decode_kernel(), kernel);
   const int64_t B = 2, capacity = 12, Vp = c.padded_vocab_size();
   KVCache<float> cache = p.cpu.make_cache(B, capacity);
   p.gpu.start_decoding(B, capacity);
@@ -514,10 +521,13 @@ void expect_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, dou
 // each with the logits of its own full forward on the CPU; a step past the capacity is an error
 // that leaves the cache as it was.
 void expect_ragged_decoding_tracks_the_cpu(const GPTConfig& c, Precision precision, double tol,
-                                           cuda::SplitKv split_kv = cuda::SplitKv::On) {
-  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision) + " split-KV " + cuda::to_string(split_kv));
+                                           cuda::SplitKv split_kv = cuda::SplitKv::On,
+                                           cuda::FlashDecodeKernel kernel = cuda::FlashDecodeKernel::Auto) {
+  SCOPED_TRACE(to_string(c.attention) + " " + cuda::to_string(precision) + " split-KV " + cuda::to_string(split_kv) +
+               " kernel " + cuda::flash_decode_kernel_name(kernel));
   Pair p(c, precision);
   p.gpu.set_split_kv_decode(split_kv);
+  p.gpu.set_flash_decode_kernel(kernel);
   const int64_t B = 3, Vp = c.padded_vocab_size();
   p.gpu.start_decoding(B, 12);
   testing::expect_ragged_decoding_equals_full_forward(
@@ -566,6 +576,40 @@ TEST(CudaGpt, DecodingWithTheFlashKernelsOrTheAutomaticChoiceTracksTheCpu) {
     expect_ragged_decoding_tracks_the_cpu(llama_like(), Precision::FP32, 1e-5, mode);
     expect_ragged_decoding_tracks_the_cpu(llama_like(), Precision::BF16, 3e-2, mode);
   }
+}
+
+// Flash decode's warps kernel (one row per key/value head in gpt2_like, a GQA pair in llama_like)
+// tracks the CPU as the tiles kernel does, cache by cache and ragged.
+TEST(CudaGpt, DecodingWithTheWarpsKernelTracksTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const auto warps = cuda::FlashDecodeKernel::Warps;
+  for (const GPTConfig& c : {gpt2_like(), llama_like()}) {
+    expect_decoding_tracks_the_cpu(c, Precision::FP32, 1e-5, cuda::SplitKv::On, warps);
+  }
+  expect_decoding_tracks_the_cpu(llama_like(), Precision::BF16, 0.03, cuda::SplitKv::On, warps);
+  expect_ragged_decoding_tracks_the_cpu(llama_like(), Precision::FP32, 1e-5, cuda::SplitKv::On, warps);
+  expect_ragged_decoding_tracks_the_cpu(gpt2_like(), Precision::BF16, 3e-2, cuda::SplitKv::On, warps);
+  // The model does run it: a prompt of 6 tokens (6 rows a head, past the warps kernel's 4) takes the
+  // tiles kernel, the one-token step after it the warps kernel, once a layer each.
+  const GPTConfig c = gpt2_like();
+  Pair p(c, Precision::FP32);
+  p.gpu.set_split_kv_decode(cuda::SplitKv::On);
+  p.gpu.set_flash_decode_kernel(warps);
+  p.gpu.set_decode_graphs(false);
+  p.gpu.start_decoding(1, 8);
+  std::vector<int> prompt{1, 2, 3, 4, 5, 6}, next{7};
+  std::vector<float> logits(static_cast<size_t>(c.padded_vocab_size()));
+  cuda::KernelTimes times;
+  int64_t tiles = 0, by_warps = 0;
+  {
+    cuda::KernelTimesScope scope(times);
+    p.gpu.decode(prompt.data(), 1, 6, logits);
+    for (const cuda::KernelTime& k : times.read()) tiles += k.name == "flash decode" ? k.launches : 0;
+    p.gpu.decode(next.data(), 1, 1, logits);
+    for (const cuda::KernelTime& k : times.read()) by_warps += k.name == "flash decode (warps)" ? k.launches : 0;
+  }
+  EXPECT_EQ(tiles, c.n_layer);
+  EXPECT_EQ(by_warps, c.n_layer);
 }
 
 // bf16 weights and activations: within a few percent of the fp32 CPU. mla_rope's latent rows
@@ -844,6 +888,45 @@ TEST(CudaGpt, GraphReplayedStepsGiveTheBitsOfLaunchedOnes) {
   }
   expect_graph_steps_equal_launched_ones(llama_like(), Precision::BF16);
   expect_graph_steps_equal_launched_ones(flash_mla_like(), Precision::BF16);
+}
+
+// A graph captured under one split-KV setting or flash decode kernel is captured again when either
+// changes between steps: the steps after each switch give the bits of a model launching kernel by
+// kernel under the same switches, and the replays count only the steps after each new capture.
+TEST(CudaGpt, SwitchingSplitKvOrItsKernelBetweenStepsCapturesAgain) {
+  SKIP_WITHOUT_GPU();
+  const GPTConfig c = llama_like();
+  GPT<float> init(c);
+  init.init_weights(42);
+  GPTCuda graphs(c, Precision::FP32), launches(c, Precision::FP32);
+  for (GPTCuda* m : {&graphs, &launches}) {
+    m->set_params(init.params());
+    m->set_split_kv_decode(cuda::SplitKv::On);
+  }
+  launches.set_decode_graphs(false);
+  const int64_t B = 2, Vp = c.padded_vocab_size();
+  std::vector<std::vector<float>> want;
+  for (GPTCuda* m : {&launches, &graphs}) {  // one model after the other (see above)
+    m->start_decoding(B, 16);
+    Rng rng(3);
+    for (int step = 0; step < 10; ++step) {
+      SCOPED_TRACE("step " + std::to_string(step) + (m == &graphs ? ", graphs" : ", launches"));
+      if (step == 4) m->set_flash_decode_kernel(cuda::FlashDecodeKernel::Warps);
+      if (step == 7) m->set_split_kv_decode(cuda::SplitKv::Off);
+      const int64_t Tn = step == 0 ? 4 : 1;
+      std::vector<int> tokens(static_cast<size_t>(B * Tn));
+      for (int& t : tokens) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(c.vocab_size));
+      std::vector<float> logits(static_cast<size_t>(B * Vp), std::nanf(""));
+      m->decode(tokens.data(), B, Tn, logits);
+      if (m == &launches) {
+        want.push_back(logits);
+      } else {
+        ASSERT_EQ(std::memcmp(logits.data(), want[static_cast<size_t>(step)].data(), logits.size() * 4), 0);
+      }
+    }
+  }
+  // Steps 1, 4 and 7 capture; 2–3, 5–6 and 8–9 replay.
+  EXPECT_EQ(graphs.decode_graph_replays(), 6);
 }
 
 TEST(CudaGpt, BadDecodingIsAnErrorNamingIt) {

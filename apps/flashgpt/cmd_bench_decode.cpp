@@ -34,6 +34,7 @@ struct BenchDecodeCli {
   std::string device = "cpu", precision = "bf16";
   std::vector<std::string> cuda_graphs = {"on"};  // the GPU: each setting timed in turn
   std::vector<std::string> split_kv = {"auto"};   // the GPU, multi-head: flash decode (on, auto) or the flash kernels
+  std::vector<std::string> kernels = {"auto"};    // the GPU, flash decode's split kernel: auto, tiles, warps
   bool profile_step = false;  // the GPU: each case's last timed step inside a profiler capture range
 };
 
@@ -41,6 +42,7 @@ struct Result {
   std::string mechanism;
   std::string graphs = "-";  // the GPU: "on" or "off"
   std::string split_kv = "-";  // the GPU, multi-head attention: "on", "auto" or "off" (cuda::SplitKv)
+  std::string kernel = "-";    // the GPU, with split-KV: flash decode's split kernel (auto, tiles, warps)
   int64_t replays = 0;      // timed steps that replayed the graph
   int64_t context = 0;
   double ms = 0;  // median, all layers, one token per sequence
@@ -162,7 +164,7 @@ Result bench_one(const GPTConfig& base, AttentionKind kind, int64_t context, con
 // a prefill of `context` tokens, timed one token at a time. Checked first: one step's logits (of
 // the first sequence) against the GPU's own forward without a cache over the same tokens.
 Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context, const BenchDecodeCli& c,
-                      cuda::Precision precision, bool graphs, const std::string& split_kv) {
+                      cuda::Precision precision, bool graphs, const std::string& split_kv, const std::string& kernel) {
   GPTConfig cfg = base.with_attention(kind);
   const int64_t B = c.batch, capacity = context + 1 + c.repeats + 1, Vp = cfg.padded_vocab_size();
   cfg.block_size = std::max<int>(cfg.block_size, static_cast<int>(capacity));
@@ -172,6 +174,7 @@ Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context
   cuda::GPTCuda gpu(cfg, precision);
   gpu.set_decode_graphs(graphs);
   if (split_kv != "-") gpu.set_split_kv_decode(cuda::parse_split_kv(split_kv, "--split-kv"));
+  if (kernel != "-") gpu.set_flash_decode_kernel(cuda::parse_flash_decode_kernel(kernel, "--flash-decode-kernel"));
   {
     GPT<float> init(cfg);
     init.init_weights(1234);
@@ -224,6 +227,7 @@ Result bench_one_cuda(const GPTConfig& base, AttentionKind kind, int64_t context
   r.ms = median(times) * 1e3;
   r.graphs = graphs ? "on" : "off";
   r.split_kv = split_kv;
+  r.kernel = kernel;
   r.replays = gpu.decode_graph_replays() - replays;
   return r;
 }
@@ -243,6 +247,9 @@ void run_bench_decode(const BenchDecodeCli& c) {
   for (const std::string& g : c.split_kv) {
     (void)cuda::parse_split_kv(g, "--split-kv");
   }
+  for (const std::string& k : c.kernels) {
+    (void)cuda::parse_flash_decode_kernel(k, "--flash-decode-kernel");
+  }
   const bool gpu = c.device == "cuda";
   FLASHGPT_CHECK(gpu || !c.profile_step, "--profile-step: a GPU option (--device cuda)");
   const cuda::Precision precision = cuda::parse_precision(c.precision, "--precision");
@@ -254,9 +261,9 @@ void run_bench_decode(const BenchDecodeCli& c) {
                   "%d heads × %d\n\n",
                   report.gpus.front().name.c_str(), cuda::to_string(precision).c_str(), static_cast<long long>(c.batch),
                   base.n_layer, base.n_head, base.head_dim());
-      std::printf("| mechanism | split-KV | CUDA graphs | context | ms / token | tokens/s | vs launches | "
-                  "vs split-KV off | cache MiB | = info's prediction | vs MHA | max rel err |\n"
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+      std::printf("| mechanism | split-KV | kernel | CUDA graphs | context | ms / token | tokens/s | vs launches | "
+                  "vs split-KV off | vs tiles | cache MiB | = info's prediction | vs MHA | max rel err |\n"
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     }
   } else if (!c.json) {
     std::printf("decode attention, all %d layers, one new token per sequence: batch %lld, %d heads × %d, %d threads\n\n",
@@ -273,9 +280,13 @@ void run_bench_decode(const BenchDecodeCli& c) {
       }
       // Multi-head attention at each split-KV setting; latent attention has its own split decode.
       const std::vector<std::string> splits = is_latent(k) ? std::vector<std::string>{"-"} : c.split_kv;
+      // Flash decode's kernels where split-KV is on or automatic.
       for (const std::string& sk : splits) {
-        for (const std::string& g : c.cuda_graphs) {
-          results.push_back(bench_one_cuda(base, k, context, c, precision, g == "on", sk));
+        const std::vector<std::string> kernels = sk == "-" || sk == "off" ? std::vector<std::string>{"-"} : c.kernels;
+        for (const std::string& kn : kernels) {
+          for (const std::string& g : c.cuda_graphs) {
+            results.push_back(bench_one_cuda(base, k, context, c, precision, g == "on", sk, kn));
+          }
         }
       }
     }
@@ -292,7 +303,9 @@ void run_bench_decode(const BenchDecodeCli& c) {
     };
     const auto launched_ms = [&](const Result& of) {
       for (const Result& r : results) {
-        if (r.mechanism == of.mechanism && r.split_kv == of.split_kv && r.graphs == "off") return r.ms;
+        if (r.mechanism == of.mechanism && r.split_kv == of.split_kv && r.kernel == of.kernel && r.graphs == "off") {
+          return r.ms;
+        }
       }
       return 0.0;
     };
@@ -302,8 +315,20 @@ void run_bench_decode(const BenchDecodeCli& c) {
       }
       return 0.0;
     };
+    // The tiles kernel at the same settings, beside a run of the warps kernel.
+    const auto tiles_ms = [&](const Result& of) {
+      if (of.kernel != "warps") return 0.0;
+      for (const Result& r : results) {
+        if (r.mechanism == of.mechanism && r.graphs == of.graphs && r.split_kv == of.split_kv &&
+            (r.kernel == "tiles" || r.kernel == "auto")) {
+          return r.ms;
+        }
+      }
+      return 0.0;
+    };
     for (const Result& r : results) {
       const double speedup = mha_ms(r) > 0 ? mha_ms(r) / r.ms : 0.0;
+      const double vs_tiles = tiles_ms(r) > 0 ? tiles_ms(r) / r.ms : 0.0;
       const double vs_launches = launched_ms(r) > 0 ? launched_ms(r) / r.ms : 0.0;
       const double vs_split_off = split_off_ms(r) > 0 ? split_off_ms(r) / r.ms : 0.0;
       const double gbps = static_cast<double>(r.cache_bytes) / (r.ms * 1e-3) / 1e9;
@@ -319,15 +344,18 @@ void run_bench_decode(const BenchDecodeCli& c) {
                                            {"max_rel_err", r.max_rel_err}, {"threads", num_threads()},
                                            {"cuda_graphs", r.graphs}, {"graph_replays", r.replays},
                                            {"speedup_vs_launches", vs_launches}, {"split_kv", r.split_kv},
-                                           {"speedup_vs_split_kv_off", vs_split_off}}
+                                           {"speedup_vs_split_kv_off", vs_split_off},
+                                           {"flash_decode_kernel", r.kernel}, {"speedup_vs_tiles", vs_tiles}}
                                 .dump()
                                 .c_str());
       } else if (gpu) {
         const std::string graphs = r.graphs == "on" ? fmt::format("on ({} of {} replayed)", r.replays, c.repeats) : "off";
-        std::printf("| %s | %s | %s | %lld | %.3f | %.0f | %s | %s | %.2f | %s | %.2fx | %.1e |\n", r.mechanism.c_str(),
-                    r.split_kv.c_str(), graphs.c_str(), static_cast<long long>(r.context), r.ms, tokens_per_s,
+        std::printf("| %s | %s | %s | %s | %lld | %.3f | %.0f | %s | %s | %s | %.2f | %s | %.2fx | %.1e |\n",
+                    r.mechanism.c_str(), r.split_kv.c_str(), r.kernel.c_str(), graphs.c_str(),
+                    static_cast<long long>(r.context), r.ms, tokens_per_s,
                     vs_launches > 0 ? fmt::format("{:.2f}x", vs_launches).c_str() : "-",
                     vs_split_off > 0 ? fmt::format("{:.2f}x", vs_split_off).c_str() : "-",
+                    vs_tiles > 0 ? fmt::format("{:.2f}x", vs_tiles).c_str() : "-",
                     static_cast<double>(r.cache_bytes) / (1 << 20), r.cache_bytes == r.predicted_bytes ? "yes" : "NO",
                     speedup, r.max_rel_err);
       } else {
@@ -368,6 +396,11 @@ void register_bench_decode(CLI::App& bench) {
   sub->add_option("--split-kv", c->split_kv,
                   "The GPU, multi-head attention: flash decode, split along the cache, where it is expected to win "
                   "(auto) or at every step (on), the flash kernels (off), or several side by side (off,auto,on)")
+      ->delimiter(',')
+      ->capture_default_str();
+  sub->add_option("--flash-decode-kernel", c->kernels,
+                  "The GPU, multi-head attention with split-KV auto or on: flash decode's split kernel, tiles (auto) "
+                  "or warps (where it runs the step), or both side by side (tiles,warps)")
       ->delimiter(',')
       ->capture_default_str();
   sub->add_flag("--profile-step", c->profile_step,

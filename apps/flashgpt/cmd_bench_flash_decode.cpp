@@ -16,6 +16,7 @@
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/flash_decode_bench_cuda.h"
+#include "flashgpt/cuda/gpt_cuda.h"
 
 namespace flashgpt::cli {
 
@@ -65,9 +66,7 @@ void run_bench_flash_decode(const BenchFlashDecodeCli& c) {
       bc.context = ctx;
       bc.bf16 = c.precision == "bf16";
       bc.options.splits = c.splits;
-      bc.options.kernel = c.kernel == "warps"   ? cuda::FlashDecodeKernel::Warps
-                          : c.kernel == "tiles" ? cuda::FlashDecodeKernel::Tiles
-                                                : cuda::FlashDecodeKernel::Auto;
+      bc.options.kernel = cuda::parse_flash_decode_kernel(c.kernel, "--kernel");
       bc.repeats = c.repeats;
       const cuda::FlashDecodeBenchResult r = cuda::bench_flash_decode(bc);
       const double warps_gbps = r.warps_ms > 0 ? r.bytes / (r.warps_ms * 1e-3) / 1e9 : 0.0;

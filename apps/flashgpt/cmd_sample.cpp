@@ -34,6 +34,7 @@ struct SampleCli {
   DeviceFlags device;
   std::string cuda_graphs = "on";
   std::string split_kv = "auto";
+  std::string flash_decode_kernel = "auto";
 };
 
 std::vector<int> parse_ids(const std::string& s) {
@@ -111,6 +112,7 @@ void run_sample(SampleCli& c) {
     gpu->set_params(m.model->params());
     gpu->set_decode_graphs(c.cuda_graphs == "on");
     gpu->set_split_kv_decode(cuda::parse_split_kv(c.split_kv, "--split-kv"));
+    gpu->set_flash_decode_kernel(cuda::parse_flash_decode_kernel(c.flash_decode_kernel, "--flash-decode-kernel"));
     decoder = std::make_unique<cuda::GPTCudaDecoder>(*gpu);
   } else {
     decoder = std::make_unique<CpuDecoder>(*m.model);
@@ -230,6 +232,11 @@ void register_sample(CLI::App& app) {
                   "On the GPU, multi-head attention by flash decode, split along the cache, where it is expected "
                   "to beat the flash kernels (auto), at every step it can run (on), or never (off)")
       ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
+  sub->add_option("--flash-decode-kernel", c->flash_decode_kernel,
+                  "On the GPU, flash decode's split kernel: tiles (auto: shared-memory tiles in step) or warps (each "
+                  "warp its own keys, where it runs the step); the samples are the same up to rounding")
+      ->check(CLI::IsMember({"auto", "tiles", "warps"}))
       ->capture_default_str();
   sub->callback([c] { run_sample(*c); });
 }

@@ -158,6 +158,8 @@ bool GPTCuda::decode_graphs() const { fail("GPU decoding: {}", kNoCuda); }
 int64_t GPTCuda::decode_graph_replays() const { fail("GPU decoding: {}", kNoCuda); }
 void GPTCuda::set_split_kv_decode(SplitKv) { fail("GPU decoding: {}", kNoCuda); }
 SplitKv GPTCuda::split_kv_decode() const { fail("GPU decoding: {}", kNoCuda); }
+void GPTCuda::set_flash_decode_kernel(FlashDecodeKernel) { fail("GPU decoding: {}", kNoCuda); }
+FlashDecodeKernel GPTCuda::flash_decode_kernel() const { fail("GPU decoding: {}", kNoCuda); }
 double measure_gemm_flops(bool, int, int) { fail("GPU GEMM rate: {}", kNoCuda); }
 
 }  // namespace cuda::inline FLASHGPT_CUDA_ABI

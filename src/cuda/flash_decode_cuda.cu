@@ -75,15 +75,6 @@ void check_dims(const AttentionDims& d) {
 
 using namespace flash_decode_kernels;
 
-const char* flash_decode_kernel_name(FlashDecodeKernel k) {
-  switch (k) {
-    case FlashDecodeKernel::Auto: return "auto";
-    case FlashDecodeKernel::Tiles: return "tiles";
-    case FlashDecodeKernel::Warps: return "warps";
-  }
-  return "?";
-}
-
 template <typename T>
 bool flash_decode_warps_run(const AttentionDims& d, const T* k, const T* v) {
   return warps_kernel_runs<device_t<T>>(d, k, v);

@@ -253,7 +253,8 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
   if (!steady) {
     wide = decode_device_work(B, Tn, top_k, out_bytes);
   } else if (!dec_.graph.empty() && dec_.graph_top_k == top_k && dec_.graph_epoch == allocation_epoch() &&
-             dec_.graph_fused == fused_qkv()) {
+             dec_.graph_fused == fused_qkv() && dec_.graph_split_kv == split_kv_decode &&
+             dec_.graph_kernel == flash_decode_kernel) {
     dec_.graph.launch(decode_stream_.get());
     wide = dec_.graph_out;
     ++graph_replays;
@@ -266,6 +267,8 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
       dec_.graph_top_k = top_k;
       dec_.graph_epoch = allocation_epoch();
       dec_.graph_fused = fused_qkv();
+      dec_.graph_split_kv = split_kv_decode;
+      dec_.graph_kernel = flash_decode_kernel;
       dec_.graph_out = wide;
     } catch (const Error& e) {  // the step is done; the next ones run launch by launch
       std::fprintf(stderr, "flashgpt: note: decode: CUDA graph capture failed, decoding without graphs: %s\n",
@@ -341,6 +344,10 @@ void Model<T>::cached_attention(const AttentionDims& d, const AttentionMask& m, 
   if (split_kv_decode != SplitKv::Off && d.Tq * (d.Hq / d.Hkv) <= kFlashDecodeRows &&
       flash_decode_supports(d.Dqk, d.Dv)) {
     FlashDecodeOptions opt;
+    // The warps kernel where asked for and it runs the step, else the tiles kernel.
+    const bool warps = flash_decode_kernel == FlashDecodeKernel::Warps &&
+                       d.Tq * (d.Hq / d.Hkv) <= kFlashDecodeWarpRows && flash_decode_warps_run<T>(d, k, v);
+    opt.kernel = warps ? FlashDecodeKernel::Warps : FlashDecodeKernel::Tiles;
     const FlashDecodePlan plan = plan_flash_decode<T>(d, opt, q, k, v);
     if (split_kv_decode == SplitKv::On || plan.beats_flash_kernel) {
       opt.splits = plan.splits;
@@ -501,6 +508,8 @@ int64_t GPTCuda::decode_cache_bytes() const { return impl_->decode_cache_bytes()
 void GPTCuda::set_decode_graphs(bool on) { impl_->decode_graphs = on; }
 void GPTCuda::set_split_kv_decode(SplitKv mode) { impl_->split_kv_decode = mode; }
 SplitKv GPTCuda::split_kv_decode() const { return impl_->split_kv_decode; }
+void GPTCuda::set_flash_decode_kernel(FlashDecodeKernel kernel) { impl_->flash_decode_kernel = kernel; }
+FlashDecodeKernel GPTCuda::flash_decode_kernel() const { return impl_->flash_decode_kernel; }
 bool GPTCuda::decode_graphs() const { return impl_->decode_graphs; }
 int64_t GPTCuda::decode_graph_replays() const { return impl_->graph_replays; }
 void GPTCuda::restart_decoding(int64_t b) { impl_->restart_decoding(b); }

@@ -67,6 +67,7 @@ struct GPTCuda::Impl {
   int64_t classifier_rows = 0;  // rows per classifier chunk; 0 chooses
   bool decode_graphs = true;     // steady decoding steps replay a captured CUDA graph
   SplitKv split_kv_decode = SplitKv::Auto;  // multi-head decoding: flash decode (split-KV) or flash kernels
+  FlashDecodeKernel flash_decode_kernel = FlashDecodeKernel::Auto;  // flash decode's split kernel
   int64_t graph_replays = 0;     // steps that did, since start_decoding
   bool deterministic_next = false;  // set_deterministic: what the next forward with targets latches
   bool deterministic = false;       // the step in flight: no atomics in its backward
@@ -328,7 +329,8 @@ class Model final : public GPTCuda::Impl {
     // A steady step's device work (one new token per sequence, run apart with the cache's rows as
     // the key bound), captured once and replayed while nothing it names has been reallocated: it
     // was captured for top_k `graph_top_k` at allocation epoch `graph_epoch`, with q, k and v fused
-    // or not as `graph_fused` (set_qkv_fusion between steps captures again). Its activations are
+    // or not as `graph_fused` and multi-head attention's choices as `graph_split_kv` and
+    // `graph_kernel` (switching any of them between steps captures again). Its activations are
     // its own business (it writes each before reading it, so another step's layout of the arenas
     // in between does no harm); it meets host code only in buffers of their own: the cache,
     // step_ints (its tokens, positions and key counts, one upload) and its outputs.
@@ -336,6 +338,8 @@ class Model final : public GPTCuda::Impl {
     int graph_top_k = -1;
     uint64_t graph_epoch = 0;
     bool graph_fused = false;
+    SplitKv graph_split_kv = SplitKv::Auto;
+    FlashDecodeKernel graph_kernel = FlashDecodeKernel::Auto;
     const float* graph_out = nullptr;  // where it leaves the logits (top_k = 0)
   };
   DecodeCache dec_;

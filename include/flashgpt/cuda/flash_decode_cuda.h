@@ -43,7 +43,9 @@ inline constexpr int64_t kFlashDecodeMaxHeadDim = 256;
 // 16-byte chunks, a value row of 1–32 chunks: flash_decode_warps_run). Auto takes Tiles, the one
 // measured so far.
 enum class FlashDecodeKernel { Auto, Tiles, Warps };
-const char* flash_decode_kernel_name(FlashDecodeKernel k);
+constexpr const char* flash_decode_kernel_name(FlashDecodeKernel k) {
+  return k == FlashDecodeKernel::Tiles ? "tiles" : k == FlashDecodeKernel::Warps ? "warps" : "auto";
+}
 inline constexpr int64_t kFlashDecodeWarpRows = 4;
 
 struct FlashDecodeOptions {

@@ -28,6 +28,7 @@
 
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/abi.h"
+#include "flashgpt/cuda/flash_decode_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/attention_cudnn.h"
 #include "flashgpt/cuda/ops_cuda.h"
@@ -58,6 +59,13 @@ inline SplitKv parse_split_kv(const std::string& s, const std::string& field) {
   if (s == "auto") return SplitKv::Auto;
   if (s == "on") return SplitKv::On;
   fail("{}: unknown setting '{}' (expected off, auto or on)", field, s);
+}
+// "auto", "tiles" or "warps" (flash_decode_kernel_name's); anything else is an error naming `field`.
+inline FlashDecodeKernel parse_flash_decode_kernel(const std::string& s, const std::string& field) {
+  for (FlashDecodeKernel k : {FlashDecodeKernel::Auto, FlashDecodeKernel::Tiles, FlashDecodeKernel::Warps}) {
+    if (s == flash_decode_kernel_name(k)) return k;
+  }
+  fail("{}: unknown kernel '{}' (expected auto, tiles or warps)", field, s);
 }
 
 class GPTCuda {
@@ -192,6 +200,11 @@ class GPTCuda {
   // on, wherever it runs; off, never. Latent attention has its own split decode.
   void set_split_kv_decode(SplitKv mode);
   SplitKv split_kv_decode() const;
+  // Flash decode's split kernel for those steps (FlashDecodeKernel): Auto (the default) and Tiles
+  // run the tiles kernel; Warps the warps kernel wherever it runs the step (up to
+  // kFlashDecodeWarpRows rows per key/value head, rows of whole 16-byte chunks), else the tiles one.
+  void set_flash_decode_kernel(FlashDecodeKernel kernel);
+  FlashDecodeKernel flash_decode_kernel() const;
   // Why this config cannot decode on the GPU at this precision, or "" when it can.
   static std::string decode_unsupported(const GPTConfig& config, Precision precision);
 
