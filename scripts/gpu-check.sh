@@ -374,14 +374,19 @@ say ""
 say "## Decode step of the whole model (GPT-2 124M shapes, bf16, batch 1 and 16): the sampler's path, launched kernel by kernel and replayed as a CUDA graph, multi-head attention by the flash kernels (split-KV off) and by the automatic choice of flash decode where it wins (auto)"
 say ""
 if [ -n "$bin" ]; then
-  for batch in 1 16; do
-    if timeout "$bench_limit" "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash,flash_mla \
-         --context 1024,4096 --batch "$batch" --repeats 20 --cuda-graphs off,on --split-kv off,auto --json \
-         >> "$out/gpu-check-$stamp-decode.jsonl" 2> "$logs/bench_decode_$batch.err"; then :; else
-      say "(batch $batch failed: $(tail -1 "$logs/bench_decode_$batch.err" | cut -c1-200))"
-      status=1
-    fi
-  done
+  # bench decode at batch 1 and 16 into $out/gpu-check-$stamp-NAME.jsonl: NAME, then its flags.
+  decode_runs() {
+    local name="$1"; shift
+    for batch in 1 16; do
+      if timeout "$bench_limit" "$bin/flashgpt" bench decode --device cuda --preset d12 --context 1024,4096 \
+           --batch "$batch" --repeats 20 --json "$@" \
+           >> "$out/gpu-check-$stamp-$name.jsonl" 2> "$logs/bench_${name}_$batch.err"; then :; else
+        say "(batch $batch failed: $(tail -1 "$logs/bench_${name}_$batch.err" | cut -c1-200))"
+        status=1
+      fi
+    done
+  }
+  decode_runs decode --mechanism flash,flash_mla --cuda-graphs off,on --split-kv off,auto
   if [ -s "$out/gpu-check-$stamp-decode.jsonl" ]; then
     jsonl_table "$out/gpu-check-$stamp-decode.jsonl" "mechanism={r['mechanism']}" "batch={r['batch']}" \
       "context={r['context']}" "split-KV={r['split_kv']}" \
@@ -394,15 +399,7 @@ if [ -n "$bin" ]; then
   say ""
   say "Flash decode's two split kernels in the whole step (multi-head, split-KV on, graphs on), side by side:"
   say ""
-  for batch in 1 16; do
-    if timeout "$bench_limit" "$bin/flashgpt" bench decode --device cuda --preset d12 --mechanism flash \
-         --context 1024,4096 --batch "$batch" --repeats 20 --cuda-graphs on --split-kv on \
-         --flash-decode-kernel tiles,warps --json \
-         >> "$out/gpu-check-$stamp-decode-kernels.jsonl" 2> "$logs/bench_decode_kernels_$batch.err"; then :; else
-      say "(batch $batch failed: $(tail -1 "$logs/bench_decode_kernels_$batch.err" | cut -c1-200))"
-      status=1
-    fi
-  done
+  decode_runs decode-kernels --mechanism flash --cuda-graphs on --split-kv on --flash-decode-kernel tiles,warps
   if [ -s "$out/gpu-check-$stamp-decode-kernels.jsonl" ]; then
     jsonl_table "$out/gpu-check-$stamp-decode-kernels.jsonl" "batch={r['batch']}" "context={r['context']}" \
       "kernel={r['flash_decode_kernel']}" "ms / step={r['ms_per_token']:.3f}" \

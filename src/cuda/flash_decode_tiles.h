@@ -71,26 +71,10 @@ __global__ void __launch_bounds__(kThreads)
   const int nrows = static_cast<int>(d.rows - row0 < kRows ? d.rows - row0 : kRows);
   const int t = static_cast<int>(threadIdx.x), lane = t % 32, warp = t / 32;
 
-  // This sequence's visible keys [0, n) and this split's share [k0, k1), in whole tiles.
-  int64_t n = d.Tk;
-  if (m.kv_lengths) n = min(n, static_cast<int64_t>(m.kv_lengths[b]));
-  if (m.causal) n = min(n, causal_offset(m, b) + d.Tq);
-  n = max(n, int64_t{0});
-  const int64_t tiles = (n + kKeys - 1) / kKeys, per = (tiles + splits - 1) / splits;
-  const int64_t k0 = min(static_cast<int64_t>(split) * per * kKeys, n), k1 = min(k0 + per * kKeys, n);
-  const int64_t ntiles = (k1 - k0 + kKeys - 1) / kKeys;
-
-  // The queries, fp32, zeros past Dqk and past the block's rows.
+  const KeyRange keys = split_keys(d, m, b, split, splits);
+  const int64_t k0 = keys.k0, k1 = keys.k1, ntiles = keys.ntiles;
   const int qw = d.qc * CE;
-  for (int idx = t; idx < kRows * qw; idx += kThreads) {
-    const int r = idx / qw, c = idx % qw;
-    float x = 0.0f;
-    if (r < nrows && c < d.Dqk) {
-      const int64_t gr = row0 + r, tq = gr / d.group, hq = kvh * d.group + gr % d.group;
-      x = to_f32(q[(b * d.Tq + tq) * d.q_row + hq * d.Dqk + c]);
-    }
-    Qs[idx] = x;
-  }
+  load_queries<kRows>(Qs, q, d, b, kvh, row0, nrows, t, kThreads);
 
   const E* kbase = k + b * d.kv_rows * d.k_row + kvh * d.Dqk;
   const E* vbase = v + b * d.kv_rows * d.v_row + kvh * d.Dv;
@@ -172,19 +156,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int c = c_begin; c < c_end; ++c) {
         float kx[CE];
         unpack(load_chunk(kt + skey * d.ks + c * CE), kx);
-#pragma unroll
-        for (int r = 0; r < kRows; ++r) {
-          if (r < nrows) {
-            const float* qr = Qs + r * qw + c * CE;
-#pragma unroll
-            for (int h = 0; h < CE / 4; ++h) {
-              float qx[4];
-              unpack(load_chunk(qr + 4 * h), qx);
-#pragma unroll
-              for (int e = 0; e < 4; ++e) dot[r] += qx[e] * kx[4 * h + e];
-            }
-          }
-        }
+        add_chunk_dots(dot, Qs, qw, c, kx, nrows);
       }
       const int64_t j = j0 + skey;
 #pragma unroll
@@ -206,16 +178,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < kRowsPerWarp; ++i) {  // softmax: this warp's rows, a lane per key
       const int r = warp + kWarps * i;
       if (r < nrows) {
-        const float s = Ss[r * kKeys + lane];
-        const float m_new = fmaxf(m_run[i], warp_max(s));
-        float p = 0.0f, a = 1.0f;
-        if (m_new != -INFINITY) {
-          p = s == -INFINITY ? 0.0f : expf(s - m_new);
-          a = m_run[i] == -INFINITY ? 0.0f : expf(m_run[i] - m_new);
-        }
-        l_run[i] = l_run[i] * a + warp_sum(p);
-        m_run[i] = m_new;
-        Ss[r * kKeys + lane] = p;
+        float a;
+        Ss[r * kKeys + lane] = softmax_step(Ss[r * kKeys + lane], m_run[i], l_run[i], a);
         if (lane == 0) alpha_s[r] = a;
       }
     }

@@ -76,26 +76,10 @@ __global__ void __launch_bounds__(kWarpThreads)
   const int64_t row0 = static_cast<int64_t>(blockIdx.z) * R;
   const int nrows = static_cast<int>(d.rows - row0 < R ? d.rows - row0 : R);
 
-  // This sequence's visible keys [0, n) and this split's share [k0, k1), in whole tiles (as the
-  // tiles kernel cuts them).
-  int64_t n = d.Tk;
-  if (m.kv_lengths) n = min(n, static_cast<int64_t>(m.kv_lengths[b]));
-  if (m.causal) n = min(n, causal_offset(m, b) + d.Tq);
-  n = max(n, int64_t{0});
-  const int64_t tiles = (n + kKeys - 1) / kKeys, per = (tiles + splits - 1) / splits;
-  const int64_t k0 = min(static_cast<int64_t>(split) * per * kKeys, n), k1 = min(k0 + per * kKeys, n);
-  const int64_t ntiles = (k1 - k0 + kKeys - 1) / kKeys;
-
+  const KeyRange keys = split_keys(d, m, b, split, splits);
+  const int64_t k0 = keys.k0, k1 = keys.k1, ntiles = keys.ntiles;
   const int qw = d.qc * CE;
-  for (int idx = t; idx < R * qw; idx += kWarpThreads) {
-    const int r = idx / qw, c = idx % qw;
-    float x = 0.0f;
-    if (r < nrows) {
-      const int64_t gr = row0 + r, tq = gr / d.group, hq = kvh * d.group + gr % d.group;
-      x = to_f32(q[(b * d.Tq + tq) * d.q_row + hq * d.Dqk + c]);
-    }
-    Qs[idx] = x;
-  }
+  load_queries<R>(Qs, q, d, b, kvh, row0, nrows, t, kWarpThreads);
   __syncthreads();
 
   int64_t tq_of[R];  // each row's query position
@@ -132,19 +116,7 @@ __global__ void __launch_bounds__(kWarpThreads)
           if (c0 + u >= d.qc) break;
           float kx[CE];
           unpack(kc[u], kx);
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            if (r < nrows) {
-              const float* qr = Qs + r * qw + (c0 + u) * CE;
-#pragma unroll
-              for (int h = 0; h < CE / 4; ++h) {
-                float qx[4];
-                unpack(load_chunk(qr + 4 * h), qx);
-#pragma unroll
-                for (int e = 0; e < 4; ++e) dot[r] += qx[e] * kx[4 * h + e];
-              }
-            }
-          }
+          add_chunk_dots(dot, Qs, qw, c0 + u, kx, nrows);
         }
       }
     }
@@ -153,15 +125,8 @@ __global__ void __launch_bounds__(kWarpThreads)
     for (int r = 0; r < R; ++r) {
       if (r < nrows) {
         const float s = valid && visible(m, d.Tq, d.kv_rows, b, tq_of[r], j) ? dot[r] * scale : -INFINITY;
-        const float m_new = fmaxf(m_run[r], warp_max(s));
-        float p = 0.0f, a = 1.0f;
-        if (m_new != -INFINITY) {
-          p = s == -INFINITY ? 0.0f : expf(s - m_new);
-          a = m_run[r] == -INFINITY ? 0.0f : expf(m_run[r] - m_new);
-        }
-        l_run[r] = l_run[r] * a + warp_sum(p);
-        m_run[r] = m_new;
-        Ps[r * kKeys + lane] = p;
+        float a;
+        Ps[r * kKeys + lane] = softmax_step(s, m_run[r], l_run[r], a);
 #pragma unroll
         for (int e = 0; e < CE; ++e) acc[r][e] *= a;
       }
