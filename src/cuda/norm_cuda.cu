@@ -1,7 +1,9 @@
 // LayerNorm and RMSNorm on the GPU (CPU twin: cpu/norm_cpu.cpp). One warp per row: the row's
 // statistics come from warp shuffles, with two passes over the row as on the CPU (the later passes
 // find the row in L1). Rows move in 16-byte packs where the width and pointers allow
-// (cuda/packed.h), else an element at a time.
+// (cuda/packed.h), else an element at a time. RMSNorm's input rows (and its backward's input
+// gradient) may be heads inside wider token rows (HeadRows: QK-norm over the fused [q | k | v]
+// projection); the output and the output gradient are dense.
 //
 // The backward's weight (and bias) gradients: each lane of a warp owns the same columns in every
 // row it visits, so it sums their contributions in registers across its rows; the block's warps
