@@ -561,7 +561,13 @@ TEST(CudaGpt, Fp32DecodingTracksTheCpuCache) {
   SKIP_WITHOUT_GPU();
   GPTConfig narrow_standard = gpt2_like().with_attention(AttentionKind::Standard);
   narrow_standard.n_head = 4;  // head_dim 32
-  for (const GPTConfig& c : {gpt2_like(), llama_like(), narrow_standard, mla_rope(), mla_svd(), flash_mla_like()}) {
+  GPTConfig rope_gqa = gpt2_like();  // RoPE without QK-norm: q and k rotated in the fused rows at once
+  rope_gqa.pos = PosKind::Rope;
+  rope_gqa.n_head = 4;
+  rope_gqa.n_kv_head = 2;
+  rope_gqa.attention = AttentionKind::Flash;
+  for (const GPTConfig& c :
+       {gpt2_like(), llama_like(), narrow_standard, rope_gqa, mla_rope(), mla_svd(), flash_mla_like()}) {
     expect_decoding_tracks_the_cpu(c, Precision::FP32, 1e-5);
   }
 }

@@ -285,7 +285,10 @@ void Model<T>::mha_forward(const LayerOffsets& o, LayerActs& a) {
     rmsnorm_forward(a.qa, a.q_rstd, a.q, W(o.q_norm_w), N * Hq, hd, eps, {Hq, q_ld()});
     rmsnorm_forward(a.ka, a.k_rstd, a.k, W(o.k_norm_w), N * Hkv, hd, eps, {Hkv, kv_ld()});
   }
-  if (c.pos == PosKind::Rope) {
+  if (c.pos == PosKind::Rope && qk_adjacent()) {  // the q and k heads side by side: one launch
+    rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq + Hkv, hd, hd, pos0(), seq_pos(),
+                 qa_ld());
+  } else if (c.pos == PosKind::Rope) {
     rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, pos0(), seq_pos(), qa_ld());
     rope_forward(a.ka, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, pos0(), seq_pos(),
                  ka_ld());
@@ -305,7 +308,9 @@ void Model<T>::mha_backward(const LayerOffsets& o, const LayerActs& a) {
   // Fused: the attention writes dq, dk and dv into the rows [dq | dk | dv] at dqa_; with QK-norm
   // it writes dv there (at dq_) and the norm's backward dq and dk.
   attention_backward(mha_dims(B_, Tn_, Tn_, 0, true), 1.0f / std::sqrt(static_cast<float>(hd)), a);
-  if (c.pos == PosKind::Rope) {
+  if (c.pos == PosKind::Rope && qk_adjacent()) {  // dq and dk side by side in [dq | dk | dv]
+    rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq + Hkv, hd, hd, 0, qa_ld());
+  } else if (c.pos == PosKind::Rope) {
     rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0, qa_ld());
     rope_backward(dka_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0, ka_ld());
   }

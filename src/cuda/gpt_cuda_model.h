@@ -227,6 +227,9 @@ class Model final : public GPTCuda::Impl {
   // The same for the q and k the attention reads (qa, ka; and dqa_, dka_): dense after QK-norm.
   int64_t qa_ld() const { return config.qk_norm ? config.q_dim() : q_ld(); }
   int64_t ka_ld() const { return config.qk_norm ? config.kv_dim() : kv_ld(); }
+  // Whether the q and k the attention reads are the fused rows' first blocks, the q heads then the
+  // k heads (and dq, dk likewise): RoPE rotates them as Hq + Hkv heads in one launch.
+  bool qk_adjacent() const { return fused_qkv() && !config.qk_norm; }
   // Multi-head attention over Tk keys of batch B, Tq queries each (Tk_stride: the cache's rows),
   // reading this model's q (and, outside decoding, k and v) through their row strides.
   AttentionDims mha_dims(int64_t B, int64_t Tq, int64_t Tk, int64_t Tk_stride, bool kv_in_rows) const {
