@@ -236,8 +236,8 @@ if [ -n "$bin" ]; then
     --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma,wgmma-tma,wgmma-ws,wgmma-ws-no-pingpong --backend ours,cudnn --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \
     || { say "(a case failed: $(tail -1 "$logs/bench_tiles.err" | cut -c1-200))"; status=1; }
-  # flash_mla at 96/64 (head 64 + rope 32): the wgmma forwards with their 64-byte-swizzled half
-  # panel, against auto (the backward is auto's at these head dims).
+  # flash_mla at 96/64 (head 64 + rope 32): the wgmma forwards and backwards with their
+  # 64-byte-swizzled half panel, against auto.
   timeout "$bench_limit" "$bin/flashgpt" bench attention --device cuda --hidden 768 --head-dim 64 --mechanism flash_mla \
     --tokens 16384 --seq 1024,2048,4096,8192 --causal both --tiles auto,wgmma,wgmma-ws --repeats 10 --json \
     >> "$out/gpu-check-$stamp-tiles.jsonl" 2>> "$logs/bench_tiles.err" \

@@ -239,7 +239,7 @@ void expect_within_twice_plain(const Graded& outs, const char* kernel) {
 // backward then running its automatic tiles; short: the backward's own, the forward automatic;
 // wgmma: both Hopper kernels). Each case runs in every variant. Wgmma runs Hopper's warpgroup
 // kernels where the GPU and build have them (the emulator does) and the head dims do (forward:
-// 64/64, 96/64, 128/128, 192/128; backward: 64/64 and 128/128); elsewhere it is Auto.
+// 64/64, 96/64, 128/128, 192/128; backward: 64/64, 96/64 and 128/128); elsewhere it is Auto.
 struct TcVariant {
   cuda::TensorCoreType type;
   cuda::FlashTiles tiles;
@@ -393,10 +393,10 @@ TEST(CudaAttention, TensorCoreFlashBackwardIsAsAccurateAsAPlainComputation) {
       return b;
     };
     for (const Case& c : tc_cases()) {
-      // Hopper's backwards (Wgmma's, and WgmmaWs's warp-specialized one) exist for 64/64 and
-      // 128/128; elsewhere they are Auto's, as the wide variant.
+      // Hopper's backwards (Wgmma's, and WgmmaWs's warp-specialized one) exist for 64/64, 96/64
+      // and 128/128; elsewhere they are Auto's, as the wide variant.
       const bool hopper = var.tiles == cuda::FlashTiles::Wgmma || var.tiles == cuda::FlashTiles::WgmmaWs;
-      if (hopper && !(c.Dqk == c.Dv && (c.Dqk == 64 || c.Dqk == 128))) continue;
+      if (hopper && !((c.Dqk == c.Dv && (c.Dqk == 64 || c.Dqk == 128)) || (c.Dqk == 96 && c.Dv == 64))) continue;
       // Their backwards are Wgmma's and WgmmaWs's, tested above.
       if (var.tiles == cuda::FlashTiles::WgmmaTma || var.tiles == cuda::FlashTiles::WgmmaWsNoPingPong) continue;
       SCOPED_TRACE(name(var) + " " + name(c));
@@ -964,10 +964,12 @@ TEST(CudaAttention, CtaTraceRecordsEveryBlockOfTheFlashKernels) {
   EXPECT_EQ(trace.read().size(), 1u) << "the outer trace records again once the inner one is gone";
 }
 
-// Which forward kernel each Hopper tile runs, at latent attention's 96/64 (head 64 + rope 32: Q and
-// K end in a 64-byte-swizzled half panel, which the TMA tiles copy as a box of 32 columns) as at
-// 64/64: each its own. The accuracy tests hold what they compute.
-TEST(CudaAttention, HopperForwardTilesRunTheirKernels) {
+// Which kernel each Hopper tile runs, at latent attention's 96/64 (head 64 + rope 32: Q and K end
+// in a 64-byte-swizzled half panel, which the TMA tiles copy as a box of 32 columns and the
+// backward's dK and dQ products read MN-major as a wgmma of their own) as at 64/64: each its own,
+// forward and backward (the backward's main kernel, the first launch traced; without dQ in the
+// deterministic backward). The accuracy tests hold what they compute.
+TEST(CudaAttention, HopperTilesRunTheirKernels) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   if (!cuda::warpgroup_mma_supported()) GTEST_SKIP() << "this GPU or build has no wgmma";
   cuda::CtaTrace trace(4096);
@@ -975,7 +977,8 @@ TEST(CudaAttention, HopperForwardTilesRunTheirKernels) {
     const AttentionDims d{1, 2, 2, 70, 70, Dqk, Dv, 0};
     const size_t qk_bytes = static_cast<size_t>(70 * 2 * Dqk) * 2, v_bytes = static_cast<size_t>(70 * 2 * Dv) * 2;
     cuda::DeviceBuffer q(qk_bytes), k(qk_bytes), v(v_bytes), o(v_bytes), lse(static_cast<size_t>(2 * 70) * 4);
-    for (auto* buf : {&q, &k, &v}) buf->fill_bytes(0);
+    cuda::DeviceBuffer dout(v_bytes), dq(qk_bytes), dk(qk_bytes), dv(v_bytes);
+    for (auto* buf : {&q, &k, &v, &dout}) buf->fill_bytes(0);
     for (const auto& [tiles, kernel] :
          {std::pair{cuda::FlashTiles::Wgmma, "Hopper flash forward"},
           std::pair{cuda::FlashTiles::WgmmaTma, "Hopper flash forward (TMA)"},
@@ -985,6 +988,18 @@ TEST(CudaAttention, HopperForwardTilesRunTheirKernels) {
       const std::vector<cuda::TracedLaunch> launches = trace.read();
       ASSERT_EQ(launches.size(), 1u);
       EXPECT_EQ(launches[0].kernel, kernel) << Dqk << "/" << Dv;
+    }
+    for (const auto& [tiles, kernel] : {std::pair{cuda::FlashTiles::Wgmma, "Hopper flash backward"},
+                                        std::pair{cuda::FlashTiles::WgmmaWs, "Hopper flash backward (warp-specialized)"}}) {
+      for (const bool deterministic : {false, true}) {
+        cuda::flash_backward_tc(cuda::TensorCoreType::bf16, d, AttentionMask{true, 0}, 0.125f, q.as<uint16_t>(),
+                                k.as<uint16_t>(), v.as<uint16_t>(), o.as<uint16_t>(), lse.as<float>(),
+                                dout.as<uint16_t>(), dq.as<uint16_t>(), dk.as<uint16_t>(), dv.as<uint16_t>(), nullptr,
+                                tiles, deterministic);
+        const std::vector<cuda::TracedLaunch> launches = trace.read();
+        ASSERT_EQ(launches.size(), deterministic ? 2u : 1u);
+        EXPECT_EQ(launches[0].kernel, std::string(kernel) + (deterministic ? " (dK, dV)" : "")) << Dqk << "/" << Dv;
+      }
     }
   }
 }

@@ -373,18 +373,32 @@ TEST(CudaGpt, Bf16TrainingWithGeluInOrOutsideTheGemmsFollowsTheCpu) {
 }
 
 // The training step with Hopper's flash kernels, forward and backward (set_flash_tiles(Wgmma), what
-// bench train --tiles wgmma times; head dim 64 has both), follows the CPU as the automatic tiles do.
+// bench train --tiles wgmma times; head dims 64/64 and latent attention's 96/64 have both), follows
+// the CPU as the automatic tiles do, and runs them: one forward and one backward a layer a step.
 TEST(CudaGpt, Bf16TrainingWithTheWgmmaKernelsFollowsTheCpu) {
   SKIP_WITHOUT_GPU();
   if (!cuda::warpgroup_mma_supported()) GTEST_SKIP() << "this GPU or build has no wgmma (compute capability 9.0, sm_90a)";
   // The flash mechanism (gpt2_like's own, standard, never reaches the flash kernels), with document
-  // masks, in MHA and in GQA with RoPE and QK-norm.
-  for (const GPTConfig& c : {gpt2_like().with_attention(AttentionKind::Flash), llama_like()}) {
-    SCOPED_TRACE(c.kv_heads() < c.n_head ? "GQA" : "MHA");
+  // masks, in MHA and in GQA with RoPE and QK-norm; and FlashMLA with RoPE (head 64 + rope 32).
+  GPTConfig mla = flash_mla_like();
+  mla.pos = PosKind::Rope;
+  for (const GPTConfig& c : {gpt2_like().with_attention(AttentionKind::Flash), llama_like(), mla}) {
+    SCOPED_TRACE(to_string(c.attention) + (c.kv_heads() < c.n_head ? " GQA" : ""));
     Pair p(c, Precision::BF16);
     p.gpu.set_flash_tiles(cuda::FlashTiles::Wgmma);
     EXPECT_EQ(p.gpu.flash_tiles(), cuda::FlashTiles::Wgmma);
-    expect_two_steps_follow_the_cpu(p, make_batch(c, 9), true);
+    cuda::KernelTimes times;
+    {
+      cuda::KernelTimesScope scope(times);
+      expect_two_steps_follow_the_cpu(p, make_batch(c, 9), true);
+    }
+    int64_t forwards = 0, backwards = 0;
+    for (const cuda::KernelTime& k : times.read()) {
+      forwards += k.name == "Hopper flash forward" ? k.launches : 0;
+      backwards += k.name == "Hopper flash backward" ? k.launches : 0;
+    }
+    EXPECT_EQ(forwards, 2 * c.n_layer);
+    EXPECT_EQ(backwards, 2 * c.n_layer);
   }
 }
 

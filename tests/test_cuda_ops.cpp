@@ -3,6 +3,7 @@
 // bf16 computation (fp32 arithmetic on the bf16 inputs, rounded to bf16) against fp64. Outputs
 // are poisoned (NaN) before each run; sizes include 1, odd widths and widths past a warp's stride.
 // Skipped without a GPU; the simt build runs them on the CPU emulator.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -997,6 +998,111 @@ TEST(CudaOps, QkNormReadsHeadsInsideFusedRows) {
   SKIP_WITHOUT_GPU();
   check_head_rows_norm<float>();
   check_head_rows_norm<bf16>();
+}
+
+// QK-norm and RoPE in one launch: the query and key heads of fused [q | k | v] rows (tokens W
+// apart), each normalised with its side's weight and rotated, into dense-or-padded rows of their
+// own — the CPU's rmsnorm over each head, then its rope, at one position offset for every sequence
+// or one per sequence, and with no tables the norm alone. fp32 within 1e-5 of the CPU; bf16 within
+// twice the error of the four-launch path it replaces (norm, rounding, rope), both against the
+// fp32 CPU on the same rounded inputs. Nothing outside each output's heads is written.
+template <typename T>
+void check_qk_norm_rope() {
+  Data data;
+  const int64_t B = 2, Tn = 5, N = B * Tn, Hq = 4, Hkv = 2, P = 32;
+  const float eps = 1e-5f;
+  for (const int64_t D : {16, 64, 128}) {
+    const int64_t W = (Hq + 2 * Hkv) * D + 8;  // the fused rows, padded
+    const int64_t q_out = Hq * D + 8, k_out = Hkv * D;  // the query rows padded, the key rows dense
+    const ops::RopeTable<float> table(static_cast<int>(P), static_cast<int>(D), 10000.0);
+    auto gcos = up(table.cos), gsin = up(table.sin);
+    const auto rows = as_stored<T>(data.normal(static_cast<size_t>(N * W), 2.0));
+    const auto wq = as_stored<T>(data.normal(static_cast<size_t>(D))), wk = as_stored<T>(data.normal(static_cast<size_t>(D)));
+    DeviceBuffer grows = up_as<T>(rows), gwq = up_as<T>(wq), gwk = up_as<T>(wk);
+    const std::vector<int32_t> pos = {3, 11};
+    DeviceBuffer gpos(pos.size() * 4);
+    gpos.upload(pos.data(), pos.size() * 4);
+    for (const int rope_mode : {0, 1, 2}) {  // no rope, one offset, positions per sequence
+      SCOPED_TRACE(fmt::format("D {} {}", D, rope_mode == 0 ? "norm only" : rope_mode == 1 ? "rope at offset 6"
+                                                                                          : "rope per sequence"));
+      // The CPU: each side's heads as dense [N·H, D] rows, normalised, then rotated.
+      auto cpu_side = [&](int64_t at, int64_t H, const std::vector<float>& w, std::vector<float>& rstd) {
+        std::vector<float> x(static_cast<size_t>(N * H * D)), y(x.size());
+        for (int64_t n = 0; n < N; ++n) std::copy_n(rows.begin() + n * W + at, H * D, x.begin() + n * H * D);
+        rstd.assign(static_cast<size_t>(N * H), 0.0f);
+        ops::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N * H, D, eps);
+        for (int64_t b = 0; b < B && rope_mode > 0; ++b) {
+          const int64_t p0 = rope_mode == 1 ? 6 : pos[static_cast<size_t>(b)];
+          ops::rope_forward_strided(y.data() + b * Tn * H * D, table, 1, Tn, H, D, D, p0);
+        }
+        return y;
+      };
+      std::vector<float> q_rstd_want, k_rstd_want;
+      const auto q_want = cpu_side(0, Hq, wq, q_rstd_want), k_want = cpu_side(Hq * D, Hkv, wk, k_rstd_want);
+      DeviceBuffer qa = poisoned(static_cast<size_t>(N * q_out) * sizeof(T)),
+                   ka = poisoned(static_cast<size_t>(N * k_out) * sizeof(T));
+      DeviceBuffer q_rstd = poisoned(static_cast<size_t>(N * Hq) * 4), k_rstd = poisoned(static_cast<size_t>(N * Hkv) * 4);
+      cuda::RopePositions rope;
+      if (rope_mode > 0) {
+        rope = {gcos.as<const float>(), gsin.as<const float>(), Tn, rope_mode == 1 ? 6 : 0,
+                rope_mode == 2 ? gpos.as<const int32_t>() : nullptr};
+      }
+      const T* in = grows.as<const T>();
+      cuda::qk_norm_rope_forward<T>({qa.as<T>(), q_rstd.as<float>(), in, gwq.as<const T>(), Hq, W, q_out},
+                                    {ka.as<T>(), k_rstd.as<float>(), in + Hq * D, gwk.as<const T>(), Hkv, W, k_out},
+                                    N, D, eps, rope);
+      // The heads of each output row as dense [N·H, D], and whether the padding was left alone.
+      auto heads_of = [&](const DeviceBuffer& buf, int64_t H, int64_t ld, int& written_padding) {
+        const auto all = down_as<T>(buf, static_cast<size_t>(N * ld));
+        std::vector<float> dense(static_cast<size_t>(N * H * D));
+        for (int64_t n = 0; n < N; ++n) {
+          std::copy_n(all.begin() + n * ld, H * D, dense.begin() + n * H * D);
+          for (int64_t c = H * D; c < ld; ++c) written_padding += !std::isnan(all[static_cast<size_t>(n * ld + c)]);
+        }
+        return dense;
+      };
+      int padding = 0;
+      const auto q_got = heads_of(qa, Hq, q_out, padding), k_got = heads_of(ka, Hkv, k_out, padding);
+      EXPECT_EQ(padding, 0) << "values written past the heads of an output row";
+      EXPECT_LT(rel_error(down_as<float>(q_rstd, q_rstd_want.size()), q_rstd_want), 1e-6);
+      EXPECT_LT(rel_error(down_as<float>(k_rstd, k_rstd_want.size()), k_rstd_want), 1e-6);
+      if constexpr (std::is_same_v<T, float>) {
+        EXPECT_LT(rel_error(q_got, q_want), 1e-5);
+        EXPECT_LT(rel_error(k_got, k_want), 1e-5);
+      } else {
+        // The four launches it replaces: each side normalised into dense bf16 rows, then rotated.
+        auto two_step = [&](int64_t at, int64_t H, const DeviceBuffer& w) {
+          DeviceBuffer y = poisoned(static_cast<size_t>(N * H * D) * sizeof(T)), r = poisoned(static_cast<size_t>(N * H) * 4);
+          cuda::rmsnorm_forward(y.as<T>(), r.as<float>(), in + at, w.as<const T>(), N * H, D, eps, cuda::HeadRows{H, W});
+          if (rope_mode > 0) {
+            cuda::rope_forward(y.as<T>(), rope.cos, rope.sin, B, Tn, H, D, D, rope.pos_offset, rope.seq_pos);
+          }
+          return down_as<T>(y, static_cast<size_t>(N * H * D));
+        };
+        const double q_plain = rel_error(two_step(0, Hq, gwq), q_want), k_plain = rel_error(two_step(Hq * D, Hkv, gwk), k_want);
+        EXPECT_GT(q_plain, 0.0);  // bf16 outputs cannot match fp32 exactly
+        EXPECT_LE(rel_error(q_got, q_want), 2 * q_plain) << "against the four launches' " << q_plain;
+        EXPECT_LE(rel_error(k_got, k_want), 2 * k_plain) << "against the four launches' " << k_plain;
+      }
+    }
+  }
+  // Sizes it cannot take, each named.
+  DeviceBuffer out = poisoned(static_cast<size_t>(64 * 8) * sizeof(T)), r = poisoned(64 * 4);
+  DeviceBuffer x = up_as<T>(data.normal(64 * 8)), w = up_as<T>(data.normal(8));
+  const cuda::QkHeads<T> ok{out.as<T>(), r.as<float>(), x.as<const T>(), w.as<const T>(), 2, 16, 16};
+  cuda::QkHeads<T> narrow = ok;
+  narrow.in_ld = 15;
+  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_forward<T>(ok, ok, 2, 7, eps); }).find("head dim 7 must be even"),
+            std::string::npos);
+  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_forward<T>(ok, narrow, 2, 8, eps); })
+                .find("the key heads' token row strides 15 (in) and 16 (out) must be at least heads·D = 16"),
+            std::string::npos);
+}
+
+TEST(CudaOps, QkNormAndRopeInOneLaunchEqualTheCpu) {
+  SKIP_WITHOUT_GPU();
+  check_qk_norm_rope<float>();
+  check_qk_norm_rope<bf16>();
 }
 
 // The loss over bf16 logits, on either path: the losses as the fp32 CPU computes them on the same

@@ -1,7 +1,9 @@
 // Hopper's warpgroup instructions (wgmma, src/cuda/warpgroup.h) against a plain product of the same
 // 16-bit values: matrix descriptors, 128-byte-swizzled shared tiles, A from registers and from
 // shared memory K-major and MN-major, B K-major and MN-major, every width the kernels use and three depths (one and two
-// 64-column panels of A, and one and a half: a K-major tile's last 32 columns in the 64-byte swizzle). On an H100 or H200 this holds our reading of the PTX ISA's layouts to
+// 64-column panels of A, and one and a half: a K-major tile's last 32 columns in the 64-byte swizzle).
+// B MN-major 32 wide is a half panel alone (the 64-byte swizzle read MN-major), and 96 wide a panel
+// and a half, as the 96/64 backward's dK and dQ products read Q and K. On an H100 or H200 this holds our reading of the PTX ISA's layouts to
 // the hardware; on the emulator, the emulator to the same reading. Skipped, visibly, without a GPU
 // that has the instructions (compute capability 9.0 and a build with sm_90a code).
 #include <fmt/format.h>
@@ -34,11 +36,11 @@ TEST(CudaWarpgroup, ProductsMatchAPlainProductInEveryLayout) {
   if (const std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
   Rng rng(7);
   for (const auto type : {cuda::TensorCoreType::bf16, cuda::TensorCoreType::fp16}) {
-    for (const int n : {32, 64, 128, 256}) {
+    for (const int n : {32, 64, 96, 128, 256}) {
       for (const int k : {64, 96, 128}) {
         for (const auto a_from : {cuda::WarpgroupA::Registers, cuda::WarpgroupA::KMajor, cuda::WarpgroupA::MNMajor}) {
           for (const bool b_mn_major : {false, true}) {
-            if (n < 64 && b_mn_major) continue;  // an MN-major tile is whole 64-column panels
+            if (n == 96 && !b_mn_major) continue;  // a panel and a half: MN-major only
             SCOPED_TRACE(fmt::format("{} n {} k {} A from {} B {}", type == cuda::TensorCoreType::bf16 ? "bf16" : "fp16",
                                      n, k,
                                      a_from == cuda::WarpgroupA::Registers ? "registers"
@@ -150,7 +152,7 @@ TEST(CudaWarpgroup, RefusesSizesItHasNoInstructionFor) {
   EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 64, 32, cuda::WarpgroupA::KMajor, false, buf.as<uint16_t>(),
                                            buf.as<uint16_t>(), buf.as<float>()),
                Error);
-  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 32, 64, cuda::WarpgroupA::KMajor, true, buf.as<uint16_t>(),
+  EXPECT_THROW(cuda::warpgroup_mma_product(cuda::TensorCoreType::bf16, 48, 64, cuda::WarpgroupA::KMajor, true, buf.as<uint16_t>(),
                                            buf.as<uint16_t>(), buf.as<float>()),
                Error);
 }

@@ -463,7 +463,7 @@ void register_bench_attention(CLI::App& bench) {
                   "GPU tile shapes: auto, wide (sm_80/sm_90), narrow (sm_86/sm_89), tall (the forward's 32 query "
                   "rows a warp) or short (the backward's 32-query tiles, three blocks an SM), those two for value "
                   "head dims up to 64, or wgmma (Hopper's warpgroup MMA, sm_90a: the forward at every head dim, the "
-                  "backward at 64/64 and 128/128), wgmma-tma (the same with the forward's tiles copied by the "
+                  "backward at 64/64, 96/64 and 128/128), wgmma-tma (the same with the forward's tiles copied by the "
                   "TMA), wgmma-ws (forward and backward warp-specialized: a producer warpgroup "
                   "filling the stages, and in the forward two computing warpgroups in turns) or wgmma-ws-no-pingpong "
                   "(the same without the turns); several: each case "

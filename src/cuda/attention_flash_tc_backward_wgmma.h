@@ -22,6 +22,9 @@
 // into global memory once. Three stages, not two: the tile queued at a barrier goes into the stage the tile before
 // last used, so the dV and dK products of the current tile may still read theirs.
 // With WithDq false the kernel leaves dQ alone, for the deterministic backward.
+// At latent attention's Dqk = 96, Q and K end in a 32-column half panel in the 64-byte swizzle:
+// Sᵀ reads it K-major, and the two products that read Q or K MN-major (dK, dQ) give it a wgmma of
+// its own, 32 columns wide (wg::mma_rs_mn, wg::mma_ss_mn).
 //
 // Warp-specialized (FlashTiles::WgmmaWs, as FlashAttention-3's backward is): a third warpgroup
 // produces. It gives most of its registers (setmaxnreg) to the two computing warpgroups, and its
@@ -88,6 +91,7 @@ using BackwardTilesWgmmaWs = BackwardTilesWgmma<Dqk, Dv, true>;
 // __grid_constant__): each [B][Tq][H·D], boxes of 64 columns by BlockM positions.
 struct BackwardMaps {
   CUtensorMap q, dout;
+  CUtensorMap q_half;  // where Dqk ends in a half panel: its 32 columns, in the 64-byte swizzle
 };
 
 template <typename F>
@@ -95,12 +99,16 @@ BackwardMaps backward_maps(const Dims& d, const void* q, const void* dout) {
   BackwardMaps maps;
   tma::encode_attention_map(&maps.q, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.q_row, d.B, F::BlockM);
   tma::encode_attention_map(&maps.dout, dout, F::Dv, d.Hq, d.Tq, d.Tq, d.Hq * F::Dv, d.B, F::BlockM);
+  if constexpr (F::QTile::kHalfPanel) {
+    tma::encode_attention_map(&maps.q_half, q, F::Dqk, d.Hq, d.Tq, d.Tq, d.q_row, d.B, F::BlockM, 32);
+  }
   return maps;
 }
 
-// Head dims with a Hopper backward: whole swizzle panels, and accumulators that fit the registers.
+// Head dims with a Hopper backward: whole swizzle panels (Dqk may end in a half panel: latent
+// attention's 96), and accumulators that fit the registers.
 template <int Dqk, int Dv>
-constexpr bool kHasWgmmaBackward = Dqk % 64 == 0 && Dv % 64 == 0 && Dqk <= 128 && Dv <= 128;
+constexpr bool kHasWgmmaBackward = Dqk % 32 == 0 && Dqk >= 64 && Dv % 64 == 0 && Dqk <= 128 && Dv <= 128;
 
 // Adds two adjacent fp32 values into global memory: one vector reduction on sm_90, else two.
 __device__ __forceinline__ void atomic_add2(float* p, float a, float b) {
@@ -208,9 +216,13 @@ __device__ __forceinline__ void backward_wgmma(const Dims& d, const Mask& m, flo
             if (filler == 0) {  // its arrival, after its own stores, announces the copies' bytes
               tma::mbarrier_arrive_expect_tx(&full[st], 2 * (QTile::kElems + OTile::kElems));
 #pragma unroll
-              for (int pp = 0; pp < Dqk / 64; ++pp) {
+              for (int pp = 0; pp < QTile::kWholePanels; ++pp) {
                 tma::tma_load_4d(Qs + st * QTile::kElems + pp * QTile::kPanelElems, &maps->q, 64 * pp, hq, i0, bi,
                                  &full[st]);
+              }
+              if constexpr (QTile::kHalfPanel) {
+                tma::tma_load_4d(Qs + st * QTile::kElems + QTile::kWholePanels * QTile::kPanelElems, &maps->q_half,
+                                 64 * QTile::kWholePanels, hq, i0, bi, &full[st]);
               }
 #pragma unroll
               for (int pp = 0; pp < Dv / 64; ++pp) {
@@ -295,7 +307,7 @@ __device__ __forceinline__ void backward_wgmma(const Dims& d, const Mask& m, flo
 #pragma unroll
     for (int kk = 0; kk < BlockM / 16; ++kk) wg::mma_rs<E, Dv, true>(acc_dv, pa[kk], OTile::mn_major(dOt, 16 * kk), true);
 #pragma unroll
-    for (int kk = 0; kk < BlockM / 16; ++kk) wg::mma_rs<E, Dqk, true>(acc_dk, da[kk], QTile::mn_major(Qt, 16 * kk), true);
+    for (int kk = 0; kk < BlockM / 16; ++kk) wg::mma_rs_mn<E, QTile, Dqk>(acc_dk, da[kk], Qt, 16 * kk, 0, true);
     wg::commit();
     if constexpr (WithDq) {
       // dSᵀ to this pair's buffer, for the block's dQ product after the barrier. The buffer was
@@ -328,8 +340,8 @@ __device__ __forceinline__ void backward_wgmma(const Dims& d, const Mask& m, flo
       wg::fence();
 #pragma unroll
       for (int kk = 0; kk < F::DqKeys / 16; ++kk) {
-        wg::mma_ss<E, DqCols, true, true>(dq, STile::mn_major(dSt, dq_key0 + 16 * kk),
-                                          KTile::mn_major(Ks, dq_key0 + 16 * kk, dq_col0), kk > 0);
+        wg::mma_ss_mn<E, KTile, DqCols, true>(dq, STile::mn_major(dSt, dq_key0 + 16 * kk), Ks, dq_key0 + 16 * kk,
+                                              dq_col0, kk > 0);
       }
       wg::commit();
       wg::wait<0>();

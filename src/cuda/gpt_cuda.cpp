@@ -281,11 +281,12 @@ void Model<T>::mha_forward(const LayerOffsets& o, LayerActs& a) {
     matmul_forward(a.k, a.ln1, w + qd * C, b ? b + qd : nullptr, N, C, kvd);
     matmul_forward(a.v, a.ln1, w + (qd + kvd) * C, b ? b + qd + kvd : nullptr, N, C, kvd);
   }
-  if (c.qk_norm) {  // each head of the projected rows to dense rows of its own
-    rmsnorm_forward(a.qa, a.q_rstd, a.q, W(o.q_norm_w), N * Hq, hd, eps, {Hq, q_ld()});
-    rmsnorm_forward(a.ka, a.k_rstd, a.k, W(o.k_norm_w), N * Hkv, hd, eps, {Hkv, kv_ld()});
-  }
-  if (c.pos == PosKind::Rope && qk_adjacent()) {  // the q and k heads side by side: one launch
+  if (c.qk_norm) {  // each head of the projected rows to dense rows of its own, rotated: one launch
+    RopePositions rope;
+    if (c.pos == PosKind::Rope) rope = {rope_cos_.as<float>(), rope_sin_.as<float>(), Tn_, pos0(), seq_pos()};
+    qk_norm_rope_forward<T>({a.qa, a.q_rstd, a.q, W(o.q_norm_w), Hq, q_ld(), qa_ld()},
+                            {a.ka, a.k_rstd, a.k, W(o.k_norm_w), Hkv, kv_ld(), ka_ld()}, N, hd, eps, rope);
+  } else if (c.pos == PosKind::Rope && qk_adjacent()) {  // the q and k heads side by side: one launch
     rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq + Hkv, hd, hd, pos0(), seq_pos(),
                  qa_ld());
   } else if (c.pos == PosKind::Rope) {

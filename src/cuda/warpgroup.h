@@ -35,7 +35,8 @@
 // function of address bits), and serves as a K-major operand whose rows are M or N (Q, K) and as an
 // MN-major one whose rows are K (V). A tile 32 columns past its last whole panel (latent
 // attention's 96 = 64 + 32 query/key columns) ends in a 32-column panel in the 64-byte swizzle:
-// [Rows][32] with 64-byte rows, row r's chunk c at chunk c ^ ((r / 2) % 4); it serves K-major only.
+// [Rows][32] with 64-byte rows, row r's chunk c at chunk c ^ ((r / 2) % 4); it serves K-major, and
+// MN-major to a wgmma of its 32 columns alone (mma_ss_mn and mma_rs_mn split a product there).
 #pragma once
 
 #include <cstdint>
@@ -99,12 +100,30 @@ struct SwizzledTile {
     return descriptor_128b(smem_address(tile) + 2 * ((k0 / 64) * kPanelElems + row0 * 64 + k0 % 64), 16, 1024);
   }
   // The MN-major descriptor of rows (k) [k0, k0 + 16) and the columns (n) from n0 (a multiple of
-  // 64): the leading offset steps 64-column panels, the stride one 8-row groups.
+  // 64): the leading offset steps 64-column panels, the stride one 8-row groups. The columns of
+  // one wgmma lie in whole panels or are the half panel (n0 = 64 · kWholePanels, N = 32): there one
+  // swizzle atom spans the 32 columns (no leading offset) and the stride steps 8-row groups of
+  // 64-byte rows.
   __device__ __forceinline__ static uint64_t mn_major(const void* tile, int k0, int n0 = 0) {
-    static_assert(!kHalfPanel, "an MN-major operand is whole 64-column panels");
+    if (kHalfPanel && n0 >= 64 * kWholePanels) {
+      return descriptor(smem_address(tile) + 2 * (kWholePanels * kPanelElems + k0 * 32), 2 * Rows * 32, 512, 2);
+    }
     return descriptor_128b(smem_address(tile) + 2 * ((n0 / 64) * kPanelElems + k0 * 64), 2 * kPanelElems, 1024);
   }
 };
+
+// The first Chunks 8-column chunks of accumulators d, and those from chunk First on, as arrays of
+// their own (a wgmma takes its accumulators by array reference).
+template <int Chunks, int N>
+__device__ __forceinline__ auto leading_chunks(float (&d)[N][4]) -> float (&)[Chunks][4] {
+  static_assert(Chunks <= N);
+  return *reinterpret_cast<float(*)[Chunks][4]>(&d[0]);
+}
+template <int First, int N>
+__device__ __forceinline__ auto trailing_chunks(float (&d)[N][4]) -> float (&)[N - First][4] {
+  static_assert(First < N);
+  return *reinterpret_cast<float(*)[N - First][4]>(&d[First]);
+}
 
 // Queues the copy of rows [first, first + Rows) of a [·, stride] tensor (D elements each, from
 // src) into the swizzled tile dst; rows at or past `valid` are zero-filled. The caller commits.
@@ -293,6 +312,37 @@ __device__ __forceinline__ void lower_registers() {
 }
 
 #endif
+
+// D (64 × N) = A · B (+ D) with B the columns [n0, n0 + N) of a swizzled tile read MN-major (its
+// rows k0 … k0 + 15): one wgmma where those columns are whole panels, else one over the whole
+// panels among them and an m64n32k16 over the tile's half panel (latent attention's Dqk = 96).
+// A from shared memory (mma_ss_mn) or from registers (mma_rs_mn), as mma_ss and mma_rs take it.
+template <typename E, typename Tile, int N, bool TransA = false>
+__device__ __forceinline__ void mma_ss_mn(float (&d)[N / 8][4], uint64_t a_desc, const void* tile, int k0, int n0,
+                                          bool accumulate) {
+  constexpr int Wide = N / 64 * 64;
+  static_assert(N == Wide || N - Wide == 32, "MN-major columns: whole 64-column panels, then at most a half panel");
+  if constexpr (N == Wide) {
+    mma_ss<E, N, true, TransA>(d, a_desc, Tile::mn_major(tile, k0, n0), accumulate);
+  } else {
+    if constexpr (Wide > 0) {
+      mma_ss<E, Wide, true, TransA>(leading_chunks<Wide / 8>(d), a_desc, Tile::mn_major(tile, k0, n0), accumulate);
+    }
+    mma_ss<E, 32, true, TransA>(trailing_chunks<Wide / 8>(d), a_desc, Tile::mn_major(tile, k0, n0 + Wide), accumulate);
+  }
+}
+template <typename E, typename Tile, int N>
+__device__ __forceinline__ void mma_rs_mn(float (&d)[N / 8][4], const uint32_t (&a)[4], const void* tile, int k0,
+                                          int n0, bool accumulate) {
+  constexpr int Wide = N / 64 * 64;
+  static_assert(N == Wide || N - Wide == 32, "MN-major columns: whole 64-column panels, then at most a half panel");
+  if constexpr (N == Wide) {
+    mma_rs<E, N, true>(d, a, Tile::mn_major(tile, k0, n0), accumulate);
+  } else {
+    if constexpr (Wide > 0) mma_rs<E, Wide, true>(leading_chunks<Wide / 8>(d), a, Tile::mn_major(tile, k0, n0), accumulate);
+    mma_rs<E, 32, true>(trailing_chunks<Wide / 8>(d), a, Tile::mn_major(tile, k0, n0 + Wide), accumulate);
+  }
+}
 
 }  // namespace wg
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

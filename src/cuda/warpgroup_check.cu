@@ -1,8 +1,9 @@
 // One product through the warpgroup instructions (flashgpt/cuda/warpgroup_cuda.h): a single
-// warpgroup loads A (64 × K) and B into 128-byte-swizzled shared tiles by cp.async and multiplies
-// them with K / 16 wgmmas — A from registers or from shared memory K-major or MN-major, B K-major
-// or MN-major — the first of them discarding what the accumulators held (they start at a value no
-// product gives).
+// warpgroup loads A (64 × K) and B into swizzled shared tiles by cp.async and multiplies them with
+// K / 16 wgmmas — A from registers or from shared memory K-major or MN-major, B K-major or MN-major
+// (where N ends in a half panel, 32 or 96, the MN-major product is mma_ss_mn's or mma_rs_mn's:
+// a 64-byte-swizzled wgmma of its own for those 32 columns) — the first of them discarding what
+// the accumulators held (they start at a value no product gives).
 #include <string>
 
 #include "cuda/warpgroup.h"
@@ -26,7 +27,7 @@ __global__ void __launch_bounds__(128)
   using TileA = wg::SwizzledTile<64, K>;                // rows m, columns k
   using TileAt = wg::SwizzledTile<K, 64>;               // rows k, columns m
   using TileBk = wg::SwizzledTile<N, K>;                // rows n, columns k
-  using TileBn = wg::SwizzledTile<K, N < 64 ? 64 : N>;  // rows k, columns n (n ≥ 64 only)
+  using TileBn = wg::SwizzledTile<K, N>;  // rows k, columns n (n = 32 or 96 ends in a half panel)
   FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
   const uint32_t pad = (1024 - wg::smem_address(raw) % 1024) % 1024;
   E* As = reinterpret_cast<E*>(raw + pad);
@@ -37,8 +38,8 @@ __global__ void __launch_bounds__(128)
     wg::load_rows_swizzled<K, 64, 128>(As, a, K, 0, 64);
   }
   if (b_mn_major) {
-    if constexpr (N >= 64) wg::load_rows_swizzled<N, K, 128>(Bs, b, N, 0, K);
-  } else {
+    wg::load_rows_swizzled<N, K, 128>(Bs, b, N, 0, K);
+  } else if constexpr (N % 64 == 0 || N == 32) {
     wg::load_rows_swizzled<K, N, 128>(Bs, b, K, 0, N);
   }
   tc::cp_async_commit();
@@ -64,22 +65,22 @@ __global__ void __launch_bounds__(128)
     const bool accumulate = kk > 0;
     if (a_from == WarpgroupA::Registers) {
       if (b_mn_major) {
-        if constexpr (N >= 64) wg::mma_rs<E, N, true>(acc, af[kk], TileBn::mn_major(Bs, 16 * kk), accumulate);
-      } else {
+        wg::mma_rs_mn<E, TileBn, N>(acc, af[kk], Bs, 16 * kk, 0, accumulate);
+      } else if constexpr (N % 64 == 0 || N == 32) {
         wg::mma_rs<E, N, false>(acc, af[kk], TileBk::k_major(Bs, 0, 16 * kk), accumulate);
       }
     } else if (a_from == WarpgroupA::KMajor) {
       const uint64_t a_desc = TileA::k_major(As, 0, 16 * kk);
       if (b_mn_major) {
-        if constexpr (N >= 64) wg::mma_ss<E, N, true>(acc, a_desc, TileBn::mn_major(Bs, 16 * kk), accumulate);
-      } else {
+        wg::mma_ss_mn<E, TileBn, N>(acc, a_desc, Bs, 16 * kk, 0, accumulate);
+      } else if constexpr (N % 64 == 0 || N == 32) {
         wg::mma_ss<E, N, false>(acc, a_desc, TileBk::k_major(Bs, 0, 16 * kk), accumulate);
       }
     } else {
       const uint64_t a_desc = TileAt::mn_major(As, 16 * kk);
       if (b_mn_major) {
-        if constexpr (N >= 64) wg::mma_ss<E, N, true, true>(acc, a_desc, TileBn::mn_major(Bs, 16 * kk), accumulate);
-      } else {
+        wg::mma_ss_mn<E, TileBn, N, true>(acc, a_desc, Bs, 16 * kk, 0, accumulate);
+      } else if constexpr (N % 64 == 0 || N == 32) {
         wg::mma_ss<E, N, false, true>(acc, a_desc, TileBk::k_major(Bs, 0, 16 * kk), accumulate);
       }
     }
@@ -112,6 +113,7 @@ void launch_product_nk(int n, int k, WarpgroupA a_from, bool b_mn_major, const u
                        float* d) {
   if (n == 32) return launch_product_k<E, 32>(k, a_from, b_mn_major, a, b, d);
   if (n == 64) return launch_product_k<E, 64>(k, a_from, b_mn_major, a, b, d);
+  if (n == 96) return launch_product_k<E, 96>(k, a_from, b_mn_major, a, b, d);
   if (n == 128) return launch_product_k<E, 128>(k, a_from, b_mn_major, a, b, d);
   launch_product_k<E, 256>(k, a_from, b_mn_major, a, b, d);
 }
@@ -136,9 +138,10 @@ bool warpgroup_mma_supported() {
 
 void warpgroup_mma_product(TensorCoreType type, int n, int k, WarpgroupA a_from, bool b_mn_major, const uint16_t* a,
                            const uint16_t* b, float* d) {
-  FLASHGPT_CUDA_REQUIRE(n == 32 || n == 64 || n == 128 || n == 256,
-                        "warpgroup MMA product: n must be 32, 64, 128 or 256 (got " + std::to_string(n) + ")");
-  FLASHGPT_CUDA_REQUIRE(n >= 64 || !b_mn_major, "warpgroup MMA product: an MN-major B needs n ≥ 64 (one swizzle panel)");
+  FLASHGPT_CUDA_REQUIRE(n == 32 || n == 64 || n == 96 || n == 128 || n == 256,
+                        "warpgroup MMA product: n must be 32, 64, 96, 128 or 256 (got " + std::to_string(n) + ")");
+  FLASHGPT_CUDA_REQUIRE(n != 96 || b_mn_major,
+                        "warpgroup MMA product: n 96 needs an MN-major B (a panel and a half, two wgmmas)");
   FLASHGPT_CUDA_REQUIRE(k == 64 || k == 96 || k == 128,
                         "warpgroup MMA product: k must be 64, 96 or 128 (got " + std::to_string(k) + ")");
   FLASHGPT_CUDA_REQUIRE(warpgroup_mma_supported(),

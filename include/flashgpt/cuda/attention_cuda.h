@@ -63,7 +63,7 @@ enum class TensorCoreType { bf16, fp16 };
 // 9.0, a build with sm_90a code; elsewhere it is Auto): the warpgroup MMA (wgmma) from
 // 128-byte-swizzled shared tiles. Its forward (all four head dims; at 96/64 Q and K end in a
 // 32-column panel in the 64-byte swizzle) has two warpgroups of 64 query rows multiply whole
-// 128-key tiles; its backward (64/64 and 128/128; else
+// 128-key tiles; its backward (64/64, 96/64 and 128/128; else
 // Auto's) two warpgroups of 64 keys walk query tiles of 64 rows. WgmmaTma is Wgmma with the
 // forward's Q, K and V tiles copied by Hopper's tensor memory accelerator (one thread issues a
 // copy per 64-column panel, every thread waits on the stage's mbarrier) instead of by every
@@ -72,7 +72,7 @@ enum class TensorCoreType { bf16, fp16 };
 // FlashAttention-3 is: a third warpgroup, its registers given to the other two, issues the copies
 // and refills a stage once both have released it (no block barrier in the loop), and the two
 // computing warpgroups take turns at the tensor cores so that one's softmax overlaps the other's
-// products (ping-pong); its backward (64/64 and 128/128) is warp-specialized too: the producer
+// products (ping-pong); its backward (64/64, 96/64 and 128/128) is warp-specialized too: the producer
 // fills each stage with Q and dO through the TMA, and lse and D, and the computing warpgroups
 // meet only at a barrier of their own before dQ. WgmmaWsNoPingPong is WgmmaWs without the
 // forward's turns (each computing warpgroup issues whenever it is ready): the measurement that

@@ -130,6 +130,35 @@ template <typename T>
 void rope_backward(T* dx, const float* cos, const float* sin, int64_t B, int64_t Tn, int64_t H, int64_t D,
                    int64_t head_stride, int64_t pos_offset, int64_t token_stride = 0);
 
+// --- QK-norm and RoPE together (qk_norm_rope_cuda.cu) --- one side (queries or keys) of a layer's
+// projected heads: N tokens of `heads` heads of D values, token rows in_ld elements apart in `in`
+// (the q or k block of the fused [q | k | v] rows, or dense), normalised into out (token rows out_ld
+// apart), rstd [N·heads] as rmsnorm_forward writes it for HeadRows{heads, in_ld}.
+template <typename T>
+struct QkHeads {
+  T* out;
+  float* rstd;
+  const T* in;
+  const T* w;  // [D]
+  int64_t heads, in_ld, out_ld;
+};
+// The positions RoPE rotates by, as rope_forward takes them: token n of the N is position
+// (seq_pos ? seq_pos[n / Tn] : pos_offset) + n % Tn of tables cos and sin [max_pos, D/2]; cos null:
+// no rotation.
+struct RopePositions {
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int64_t Tn = 0, pos_offset = 0;
+  const int32_t* seq_pos = nullptr;
+};
+// RMSNorm of every query and key head with its side's weight, then (with tables) RoPE over the
+// result, in one launch, each element rounded to T once: what rmsnorm_forward over each side and
+// rope_forward over each output compute, in place of four launches. The backward stays theirs
+// (rope_backward, then rmsnorm_backward with the same rstd).
+template <typename T>
+void qk_norm_rope_forward(const QkHeads<T>& q, const QkHeads<T>& k, int64_t N, int64_t D, float eps,
+                          const RopePositions& rope = {});
+
 // --- head slices (elementwise_cuda.cu) --- rows of H heads, head_stride apart; columns
 // [offset, offset + width) of each head. MLA's shared rope key is copied into every head's key,
 // and its gradient summed back over the heads (in fp32).

@@ -22,8 +22,9 @@ enum class WarpgroupA { Registers, KMajor, MNMajor };
 
 // d (64 × n fp32, row-major) = A (64 × k) · B (k × n). A is given as a = A ([64][k], row-major) or,
 // where a_from is MNMajor, a = Aᵀ ([k][64]); B as b = Bᵀ ([n][k], row-major: B K-major) or, where
-// b_mn_major, b = B ([k][n]). n ∈ {32, 64, 128, 256} (MN-major B: n ≥ 64), k ∈ {64, 96, 128} (96: a
-// K-major tile's last 32 columns in the 64-byte swizzle); 16-bit
+// b_mn_major, b = B ([k][n]). n ∈ {32, 64, 96, 128, 256} (96: MN-major B only, a 64-column panel and
+// a half panel, multiplied by two wgmmas; an MN-major B of 32 is a half panel alone, in the 64-byte
+// swizzle), k ∈ {64, 96, 128} (96: a K-major tile's last 32 columns in the 64-byte swizzle); 16-bit
 // elements of `type`; device pointers, 16-byte aligned. Throws where !warpgroup_mma_supported().
 void warpgroup_mma_product(TensorCoreType type, int n, int k, WarpgroupA a_from, bool b_mn_major, const uint16_t* a,
                            const uint16_t* b, float* d);
