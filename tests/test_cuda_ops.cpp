@@ -306,6 +306,42 @@ TEST(CudaOps, CopyRowsPlacesEachBatchAtItsOwnRow) {
   EXPECT_EQ(rel_error(down_as<float>(d_dst, dst.size()), want), 0.0);
 }
 
+// Two blocks in one launch (a decoding step's key and value appends, the latent cache's c_kv and
+// rope key): the bits of the two copies made one after the other, each with its own widths,
+// strides and pointers over the same batches, rows and row offsets (a batch with a negative row
+// left alone), and a second block of width 0 copying nothing.
+TEST(CudaOps, CopyRowsPairEqualsTwoCopies) {
+  SKIP_WITHOUT_GPU();
+  Data data;
+  const int64_t batches = 4, rows = 3, dst_ld = 40, dst_batch = 9 * dst_ld;
+  const std::vector<int32_t> to = {0, 5, -1, 2}, from = {1, 0, 2, 0};
+  DeviceBuffer d_to(to.size() * 4), d_from(from.size() * 4);
+  d_to.upload(to.data(), to.size() * 4);
+  d_from.upload(from.data(), from.size() * 4);
+  const auto src1 = data.normal(static_cast<size_t>(batches * 6 * 13)), src2 = data.normal(static_cast<size_t>(batches * 6 * 7));
+  const auto dst = data.normal(static_cast<size_t>(batches * dst_batch));
+  for (const int64_t width2 : {int64_t{5}, int64_t{0}}) {
+    for (const bool offsets : {false, true}) {
+      SCOPED_TRACE(std::string("second width ") + std::to_string(width2) + (offsets ? ", rows per batch" : ""));
+      const int32_t* dr = offsets ? d_to.as<const int32_t>() : nullptr;
+      const int32_t* sr = offsets ? d_from.as<const int32_t>() : nullptr;
+      auto one = up(dst), two = up(dst), s1 = up(src1), s2 = up(src2);
+      float* d = one.as<float>();
+      // c_kv-like rows of 11 at column 0, rope-like rows of width2 after them, from sources with
+      // their own row and batch strides.
+      cuda::copy_rows(d, dst_batch, dst_ld, s1.as<const float>(), 6 * 13, 13, batches, rows, 11, dr, sr);
+      if (width2 > 0) cuda::copy_rows(d + 11, dst_batch, dst_ld, s2.as<const float>(), 6 * 7, 7, batches, rows, width2, dr, sr);
+      float* p = two.as<float>();
+      cuda::copy_rows_pair<float>({p, dst_batch, dst_ld, s1.as<const float>(), 6 * 13, 13, 11},
+                                  {p + 11, dst_batch, dst_ld, s2.as<const float>(), 6 * 7, 7, width2}, batches, rows, dr,
+                                  sr);
+      const auto want = down_as<float>(one, dst.size()), got = down_as<float>(two, dst.size());
+      EXPECT_EQ(got, want);
+      EXPECT_NE(want, dst) << "the copies must change something";
+    }
+  }
+}
+
 // Each batch's rows read from its own first row (the classifier's gather of each sequence's last
 // new token after a prefill of different lengths), and both indices together; a batch whose
 // source row is negative is left alone.

@@ -68,18 +68,25 @@ __global__ void sum_over_heads_kernel(T* __restrict__ dst, const T* __restrict__
   }
 }
 
-// dst[b·dst_batch + (row0 + r)·dst_ld + i] = src[b·src_batch + r·src_ld + i], with row0 =
-// dst_row0[b] (batches with row0 < 0 skipped) or 0.
+// One or two row copies over the same batches, rows and row offsets (RowCopy in ops_cuda.h):
+// element e of the first's batches·rows·a.width, then of the second's batches·rows·b.width, with
+// to = dst_row0[b] and from = src_row0[b] (a batch with either negative skipped) or 0.
 template <typename T>
-__global__ void copy_rows_kernel(T* __restrict__ dst, int64_t dst_batch, int64_t dst_ld, const T* __restrict__ src,
-                                 int64_t src_batch, int64_t src_ld, int64_t batches, int64_t rows, int64_t width,
+__global__ void copy_rows_kernel(RowCopy<T> a, RowCopy<T> b, int64_t batches, int64_t rows,
                                  const int32_t* __restrict__ dst_row0, const int32_t* __restrict__ src_row0) {
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < batches * rows * width;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = e % width, r = (e / width) % rows, b = e / (width * rows);
-    const int64_t to = dst_row0 ? dst_row0[b] : 0, from = src_row0 ? src_row0[b] : 0;
+  const int64_t n1 = batches * rows * a.width, n = n1 + batches * rows * b.width;
+  for (int64_t e0 = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e0 < n;
+       e0 += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const bool first = e0 < n1;
+    const int64_t e = first ? e0 : e0 - n1, width = first ? a.width : b.width;
+    const int64_t i = e % width, r = (e / width) % rows, bi = e / (width * rows);
+    const int64_t to = dst_row0 ? dst_row0[bi] : 0, from = src_row0 ? src_row0[bi] : 0;
     if (to < 0 || from < 0) continue;
-    dst[b * dst_batch + (to + r) * dst_ld + i] = src[b * src_batch + (from + r) * src_ld + i];
+    // Field by field: a parameter chosen through a reference would be copied to the stack.
+    T* dst = first ? a.dst : b.dst;
+    const T* src = first ? a.src : b.src;
+    dst[bi * (first ? a.dst_batch : b.dst_batch) + (to + r) * (first ? a.dst_ld : b.dst_ld) + i] =
+        src[bi * (first ? a.src_batch : b.src_batch) + (from + r) * (first ? a.src_ld : b.src_ld) + i];
   }
 }
 
@@ -151,9 +158,20 @@ void sum_over_heads(T* dst, const T* src, int64_t N, int64_t H, int64_t head_str
 template <typename T>
 void copy_rows(T* dst, int64_t dst_batch, int64_t dst_ld, const T* src, int64_t src_batch, int64_t src_ld,
                int64_t batches, int64_t rows, int64_t width, const int32_t* dst_row0, const int32_t* src_row0) {
-  if (batches <= 0 || rows <= 0 || width <= 0) return;
-  launch_kernel("copy rows", copy_rows_kernel<device_t<T>>, grid_for(batches * rows * width, kThreads), kThreads, 0,
-                nullptr, dev(dst), dst_batch, dst_ld, dev(src), src_batch, src_ld, batches, rows, width, dst_row0,
+  copy_rows_pair<T>({dst, dst_batch, dst_ld, src, src_batch, src_ld, width}, {}, batches, rows, dst_row0, src_row0);
+}
+
+template <typename T>
+void copy_rows_pair(const RowCopy<T>& a, const RowCopy<T>& b, int64_t batches, int64_t rows, const int32_t* dst_row0,
+                    const int32_t* src_row0) {
+  FLASHGPT_CUDA_REQUIRE(a.width >= 0 && b.width >= 0, "copy rows: a negative width");
+  const int64_t n = batches * rows * (a.width + b.width);
+  if (batches <= 0 || rows <= 0 || n <= 0) return;
+  auto on_device = [](const RowCopy<T>& c) {
+    return RowCopy<device_t<T>>{dev(c.dst), c.dst_batch, c.dst_ld, dev(c.src), c.src_batch, c.src_ld, c.width};
+  };
+  launch_kernel(b.width > 0 ? "copy rows (two blocks)" : "copy rows", copy_rows_kernel<device_t<T>>,
+                grid_for(n, kThreads), kThreads, 0, nullptr, on_device(a), on_device(b), batches, rows, dst_row0,
                 src_row0);
 }
 
@@ -172,7 +190,9 @@ void bias_backward(float* db, const T* dout, int64_t N, int64_t OC) {
   template void sum_over_heads<T>(T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t);     \
   template void bias_backward<T>(float*, const T*, int64_t, int64_t);                              \
   template void copy_rows<T>(T*, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, int64_t, int64_t,     \
-                             const int32_t*, const int32_t*);
+                             const int32_t*, const int32_t*);                                             \
+  template void copy_rows_pair<T>(const RowCopy<T>&, const RowCopy<T>&, int64_t, int64_t, const int32_t*,     \
+                                  const int32_t*);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(bf16)
 #undef FLASHGPT_INSTANTIATE

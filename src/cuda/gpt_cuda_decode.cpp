@@ -390,8 +390,7 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
     const int64_t N = packed_.n, Tn = dec_.step_tn, Hq = c.n_head, qw = Hq * hd;
     const int32_t* to_cache = step_int(packed_.row_cache);
     const int32_t* padded = step_int(packed_.row_padded);
-    copy_rows(k, 0, kvd, a.ka, kld, 0, N, 1, kvd, to_cache);
-    copy_rows(v, 0, kvd, a.v, vld, 0, N, 1, kvd, to_cache);
+    copy_rows_pair<T>({k, 0, kvd, a.ka, kld, 0, kvd}, {v, 0, kvd, a.v, vld, 0, kvd}, N, 1, to_cache);
     const int64_t pad_rows = B * (Tn + 1);
     T* q = dec_.q_pad.template as<T>();  // zeroed by decode for this step
     T* o = static_cast<T*>(at_least(dec_.o_pad, static_cast<size_t>(pad_rows * qw) * sizeof(T)));
@@ -412,8 +411,8 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
   }
   if (dec_.apart) {  // Tn new tokens each, appended at its sequence's own row, seeing its own keys
     const int32_t* ints = step_int(0);
-    copy_rows(k, rows * kvd, kvd, a.ka, Tn_ * kld, kld, B, Tn_, kvd, ints);
-    copy_rows(v, rows * kvd, kvd, a.v, Tn_ * vld, vld, B, Tn_, kvd, ints);
+    copy_rows_pair<T>({k, rows * kvd, kvd, a.ka, Tn_ * kld, kld, kvd}, {v, rows * kvd, kvd, a.v, Tn_ * vld, vld, kvd},
+                      B, Tn_, ints);
     const AttentionDims d = mha_dims(B, Tn_, dec_.max_keys, rows, false);
     AttentionMask m{true, 0};
     m.q_offsets = {ints, static_cast<size_t>(B)};
@@ -422,8 +421,8 @@ void Model<T>::mha_decode_attention(LayerActs& a) {
     return;
   }
   // Each sequence's Tn new keys (and values) after its pos0 cached ones.
-  copy_rows(k + pos0 * kvd, rows * kvd, kvd, a.ka, Tn_ * kld, kld, B, Tn_, kvd);
-  copy_rows(v + pos0 * kvd, rows * kvd, kvd, a.v, Tn_ * vld, vld, B, Tn_, kvd);
+  copy_rows_pair<T>({k + pos0 * kvd, rows * kvd, kvd, a.ka, Tn_ * kld, kld, kvd},
+                    {v + pos0 * kvd, rows * kvd, kvd, a.v, Tn_ * vld, vld, kvd}, B, Tn_);
   const AttentionDims d = mha_dims(B, Tn_, pos0 + Tn_, rows, false);
   const AttentionMask m{true, pos0};
   cached_attention(d, m, scale, a.qa, k, v, a.att, a.lse);
@@ -437,18 +436,16 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
   const int64_t rows = dec_.rows, pos0 = dec_.pos;
   T* cache = dec_.latent.template as<T>() + layer_of(a) * dec_.B * rows * row;
   // This step's rows [c_kv, k_rope] at positions pos0 … of each sequence, or apart each at its
-  // own, or packed each row at its own.
+  // own, or packed each row at its own: both parts in one launch (no rope part when dr is 0).
   if (dec_.packed) {
-    const int32_t* to_cache = step_int(packed_.row_cache);
-    copy_rows(cache, 0, row, a.ckv, nl, 0, N, 1, nl, to_cache);
-    if (dr > 0) copy_rows(cache + nl, 0, row, a.kr, dr, 0, N, 1, dr, to_cache);
+    copy_rows_pair<T>({cache, 0, row, a.ckv, nl, 0, nl}, {cache + nl, 0, row, a.kr, dr, 0, dr}, N, 1,
+                      step_int(packed_.row_cache));
   } else if (dec_.apart) {
-    const int32_t* at = step_int(0);
-    copy_rows(cache, rows * row, row, a.ckv, Tn_ * nl, nl, B_, Tn_, nl, at);
-    if (dr > 0) copy_rows(cache + nl, rows * row, row, a.kr, Tn_ * dr, dr, B_, Tn_, dr, at);
+    copy_rows_pair<T>({cache, rows * row, row, a.ckv, Tn_ * nl, nl, nl},
+                      {cache + nl, rows * row, row, a.kr, Tn_ * dr, dr, dr}, B_, Tn_, step_int(0));
   } else {
-    copy_rows(cache + pos0 * row, rows * row, row, a.ckv, Tn_ * nl, nl, B_, Tn_, nl);
-    if (dr > 0) copy_rows(cache + pos0 * row + nl, rows * row, row, a.kr, Tn_ * dr, dr, B_, Tn_, dr);
+    copy_rows_pair<T>({cache + pos0 * row, rows * row, row, a.ckv, Tn_ * nl, nl, nl},
+                      {cache + pos0 * row + nl, rows * row, row, a.kr, Tn_ * dr, dr, dr}, B_, Tn_);
   }
   // Absorbed queries q_abs,h = [q_nope,h · W_k_up,h, q_rope,h], [N, H, row]: one batch of H products.
   T* q_abs = static_cast<T*>(at_least(dec_.q_abs, static_cast<size_t>(N * H * row) * sizeof(T)));

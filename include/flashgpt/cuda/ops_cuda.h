@@ -178,6 +178,20 @@ template <typename T>
 void copy_rows(T* dst, int64_t dst_batch, int64_t dst_ld, const T* src, int64_t src_batch, int64_t src_ld,
                int64_t batches, int64_t rows, int64_t width, const int32_t* dst_row0 = nullptr,
                const int32_t* src_row0 = nullptr);
+// Two such copies over the same batches, rows and row offsets in one launch (a decoding step's key
+// and value appends; the latent cache's c_kv and rope key), each with its own pointers, strides and
+// width; a second of width 0 is none.
+template <typename T>
+struct RowCopy {
+  T* dst = nullptr;
+  int64_t dst_batch = 0, dst_ld = 0;
+  const T* src = nullptr;
+  int64_t src_batch = 0, src_ld = 0;
+  int64_t width = 0;
+};
+template <typename T>
+void copy_rows_pair(const RowCopy<T>& a, const RowCopy<T>& b, int64_t batches, int64_t rows,
+                    const int32_t* dst_row0 = nullptr, const int32_t* src_row0 = nullptr);
 // --- bias (elementwise_cuda.cu) --- out[n, oc] += bias[oc];  db[oc] += Σ_n dout[n, oc]
 // (deterministic: fixed-order partial sums, no atomics).
 template <typename T>
