@@ -1141,6 +1141,186 @@ TEST(CudaOps, QkNormAndRopeInOneLaunchEqualTheCpu) {
   check_qk_norm_rope<bf16>();
 }
 
+// The backward of QK-norm + RoPE in one launch: the output gradients of each side (the query rows
+// padded, the key rows dense) rotated back and taken through the norm into the q and k blocks of
+// fused rows (nothing else of those rows written), each weight's gradient added to what it held.
+// Against the CPU's rope_backward then rmsnorm_backward per side, at the forward's three position
+// modes, on both weight-gradient paths (registers and atomics; the fixed-order column sums, which
+// also serve D = 320, past the registers). fp32 within 1e-5. bf16: the input gradients within twice
+// the error of the four launches it replaces (each side's rotation in place, then its norm's
+// backward) against the fp32 CPU; the weight gradients, fp32 sums of the same bf16 values, within
+// 1e-5. The deterministic path repeats its bits in any block order.
+template <typename T>
+void check_qk_norm_rope_backward() {
+  Data data;
+  const int64_t B = 2, Tn = 5, N = B * Tn, Hq = 4, Hkv = 2, P = 32;
+  for (const int64_t D : {16, 64, 128, 320}) {
+    const int64_t W = (Hq + 2 * Hkv) * D + 8;           // the fused rows, padded
+    const int64_t q_out = Hq * D + 8, k_out = Hkv * D;  // the query gradient rows padded, the key rows dense
+    const ops::RopeTable<float> table(static_cast<int>(P), static_cast<int>(D), 10000.0);
+    auto gcos = up(table.cos), gsin = up(table.sin);
+    const auto rows = as_stored<T>(data.normal(static_cast<size_t>(N * W), 2.0));
+    const auto wq = as_stored<T>(data.normal(static_cast<size_t>(D))), wk = as_stored<T>(data.normal(static_cast<size_t>(D)));
+    const auto dq_rows = as_stored<T>(data.normal(static_cast<size_t>(N * q_out)));
+    const auto dk_rows = as_stored<T>(data.normal(static_cast<size_t>(N * k_out)));
+    const auto prior_q = data.normal(static_cast<size_t>(D)), prior_k = data.normal(static_cast<size_t>(D));
+    DeviceBuffer grows = up_as<T>(rows), gwq = up_as<T>(wq), gwk = up_as<T>(wk);
+    // Each side's heads as dense [N·H, D] rows: the input, its rstd (from the CPU's forward), and
+    // the output gradient.
+    struct Side {
+      int64_t at, H, out_ld;
+      std::vector<float> x, rstd, dy;
+    };
+    auto make_side = [&](int64_t at, int64_t H, const std::vector<float>& w, const std::vector<float>& drows,
+                         int64_t out_ld) {
+      Side s{at, H, out_ld, std::vector<float>(static_cast<size_t>(N * H * D)), {}, {}};
+      s.dy.resize(s.x.size());
+      for (int64_t n = 0; n < N; ++n) {
+        std::copy_n(rows.begin() + n * W + at, H * D, s.x.begin() + n * H * D);
+        std::copy_n(drows.begin() + n * out_ld, H * D, s.dy.begin() + n * H * D);
+      }
+      std::vector<float> y(s.x.size());
+      s.rstd.assign(static_cast<size_t>(N * H), 0.0f);
+      ops::rmsnorm_forward(y.data(), s.rstd.data(), s.x.data(), w.data(), N * H, D, 1e-5f);
+      return s;
+    };
+    const Side qs = make_side(0, Hq, wq, dq_rows, q_out), ks = make_side(Hq * D, Hkv, wk, dk_rows, k_out);
+    DeviceBuffer q_rstd = up(qs.rstd), k_rstd = up(ks.rstd);
+    const std::vector<int32_t> pos = {3, 11};
+    DeviceBuffer gpos(pos.size() * 4);
+    gpos.upload(pos.data(), pos.size() * 4);
+    for (const int rope_mode : {0, 1, 2}) {  // no rope, one offset, positions per sequence
+      cuda::RopePositions rope;
+      if (rope_mode > 0) {
+        rope = {gcos.as<const float>(), gsin.as<const float>(), Tn, rope_mode == 1 ? 6 : 0,
+                rope_mode == 2 ? gpos.as<const int32_t>() : nullptr};
+      }
+      // The CPU: each side's gradient rotated back, then through the norm; dw onto the prior.
+      auto cpu_side = [&](const Side& s, const std::vector<float>& w, const std::vector<float>& prior,
+                          std::vector<float>& dw) {
+        std::vector<float> dy = s.dy, dx(s.x.size());
+        for (int64_t b = 0; b < B && rope_mode > 0; ++b) {
+          const int64_t p0 = rope_mode == 1 ? 6 : pos[static_cast<size_t>(b)];
+          ops::rope_backward_strided(dy.data() + b * Tn * s.H * D, table, 1, Tn, s.H, D, D, p0);
+        }
+        dw = prior;
+        ops::rmsnorm_backward(dx.data(), dw.data(), dy.data(), s.x.data(), w.data(), s.rstd.data(), N * s.H, D, false);
+        return dx;
+      };
+      std::vector<float> dwq_want, dwk_want;
+      const auto dxq_want = cpu_side(qs, wq, prior_q, dwq_want), dxk_want = cpu_side(ks, wk, prior_k, dwk_want);
+      // One run of the fused backward: the q and k blocks of the fused gradient rows as dense heads,
+      // the weight gradients, and how many values it wrote outside those blocks.
+      struct Got {
+        std::vector<float> dxq, dxk, dwq, dwk;
+        int outside = 0;
+      };
+      auto run = [&](bool deterministic, uint64_t seed) {
+        testing::redraw_schedule(seed);
+        DeviceBuffer din = poisoned(static_cast<size_t>(N * W) * sizeof(T));
+        DeviceBuffer gdq = up_as<T>(dq_rows), gdk = up_as<T>(dk_rows), gdwq = up(prior_q), gdwk = up(prior_k);
+        const T* in = grows.as<const T>();
+        cuda::qk_norm_rope_backward<T>({din.as<T>(), gdwq.as<float>(), gdq.as<T>(), in, gwq.as<const T>(),
+                                        q_rstd.as<const float>(), Hq, W, q_out},
+                                       {din.as<T>() + Hq * D, gdwk.as<float>(), gdk.as<T>(), in + Hq * D,
+                                        gwk.as<const T>(), k_rstd.as<const float>(), Hkv, W, k_out},
+                                       N, D, rope, deterministic);
+        const auto all = down_as<T>(din, static_cast<size_t>(N * W));
+        Got g{std::vector<float>(dxq_want.size()), std::vector<float>(dxk_want.size()),
+              down_as<float>(gdwq, static_cast<size_t>(D)), down_as<float>(gdwk, static_cast<size_t>(D))};
+        for (int64_t n = 0; n < N; ++n) {
+          std::copy_n(all.begin() + n * W, Hq * D, g.dxq.begin() + n * Hq * D);
+          std::copy_n(all.begin() + n * W + Hq * D, Hkv * D, g.dxk.begin() + n * Hkv * D);
+          for (int64_t c = (Hq + Hkv) * D; c < W; ++c) g.outside += !std::isnan(all[static_cast<size_t>(n * W + c)]);
+        }
+        return g;
+      };
+      // The four launches it replaces, each side: the rotation in place, then the norm's backward.
+      std::vector<float> dxq_plain, dxk_plain;
+      if constexpr (!std::is_same_v<T, float>) {
+        auto four = [&](const Side& s, const std::vector<float>& drows, const DeviceBuffer& w, const DeviceBuffer& rstd,
+                        std::vector<float>& dx) {
+          DeviceBuffer dy = up_as<T>(drows), d = poisoned(static_cast<size_t>(N * W) * sizeof(T));
+          DeviceBuffer gdw = up(std::vector<float>(static_cast<size_t>(D)));  // the weight gradient: not compared
+          if (rope_mode == 1) {
+            cuda::rope_backward(dy.as<T>(), rope.cos, rope.sin, B, Tn, s.H, D, D, 6, s.out_ld);
+          } else if (rope_mode == 2) {  // rope_backward takes one offset: a sequence at a time
+            for (int64_t b = 0; b < B; ++b) {
+              cuda::rope_backward(dy.as<T>() + b * Tn * s.out_ld, rope.cos, rope.sin, 1, Tn, s.H, D, D,
+                                  pos[static_cast<size_t>(b)], s.out_ld);
+            }
+          }
+          // rmsnorm_backward reads a dense output gradient: the heads of each row, packed.
+          const auto dyr = down_as<T>(dy, static_cast<size_t>(N * s.out_ld));
+          std::vector<float> dense(static_cast<size_t>(N * s.H * D));
+          for (int64_t n = 0; n < N; ++n) std::copy_n(dyr.begin() + n * s.out_ld, s.H * D, dense.begin() + n * s.H * D);
+          DeviceBuffer gdense = up_as<T>(dense);
+          cuda::rmsnorm_backward(d.as<T>() + s.at, gdw.as<float>(), gdense.as<const T>(), grows.as<const T>() + s.at,
+                                 w.as<const T>(), rstd.as<const float>(), N * s.H, D, false, false,
+                                 cuda::HeadRows{s.H, W});
+          const auto all = down_as<T>(d, static_cast<size_t>(N * W));
+          dx.assign(static_cast<size_t>(N * s.H * D), 0.0f);
+          for (int64_t n = 0; n < N; ++n) std::copy_n(all.begin() + n * W + s.at, s.H * D, dx.begin() + n * s.H * D);
+        };
+        four(qs, dq_rows, gwq, q_rstd, dxq_plain);
+        four(ks, dk_rows, gwk, k_rstd, dxk_plain);
+      }
+      for (const bool deterministic : {false, true}) {
+        SCOPED_TRACE(fmt::format("D {} {}{}", D,
+                                 rope_mode == 0   ? "norm only"
+                                 : rope_mode == 1 ? "rope at offset 6"
+                                                  : "rope per sequence",
+                                 deterministic ? ", deterministic" : ""));
+        const Got got = run(deterministic, 1);
+        EXPECT_EQ(got.outside, 0) << "values written outside the q and k blocks";
+        const std::pair<const std::vector<float>*, const std::vector<float>*> pairs[] = {
+            {&got.dxq, &dxq_want}, {&got.dxk, &dxk_want}, {&got.dwq, &dwq_want}, {&got.dwk, &dwk_want}};
+        const std::vector<float>* plain[] = {&dxq_plain, &dxk_plain};
+        const char* what[] = {"dq", "dk", "q weight", "k weight"};
+        for (int i = 0; i < 4; ++i) {
+          if (std::is_same_v<T, float> || i >= 2) {
+            EXPECT_LT(rel_error(*pairs[i].first, *pairs[i].second), 1e-5) << what[i];
+          } else {
+            const double plain_error = rel_error(*plain[i], *pairs[i].second);
+            EXPECT_GT(plain_error, 0.0) << what[i];  // bf16 gradients cannot match fp32 exactly
+            EXPECT_LE(rel_error(*pairs[i].first, *pairs[i].second), 2 * plain_error)
+                << what[i] << " against the four launches' " << plain_error;
+          }
+        }
+        if (deterministic) {
+          const Got again = run(true, 2);
+          EXPECT_TRUE(again.dxq == got.dxq && again.dxk == got.dxk && again.dwq == got.dwq && again.dwk == got.dwk)
+              << "the deterministic backward changed with the block order";
+        }
+      }
+    }
+  }
+  // Sizes it cannot take, each named.
+  DeviceBuffer din = poisoned(static_cast<size_t>(64 * 8) * sizeof(T)), dout = poisoned(static_cast<size_t>(64 * 8) * sizeof(T));
+  DeviceBuffer x = up_as<T>(data.normal(64 * 8)), w = up_as<T>(data.normal(8)), r = up(data.normal(64));
+  const cuda::QkHeadGrads<T> ok{din.as<T>(), nullptr, dout.as<T>(), x.as<const T>(), w.as<const T>(),
+                                r.as<const float>(), 2, 16, 16};
+  cuda::QkHeadGrads<T> narrow = ok;
+  narrow.out_ld = 12;
+  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_backward<T>(ok, ok, 2, 7); })
+                .find("qk norm backward: head dim 7 must be even"),
+            std::string::npos);
+  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_backward<T>(narrow, ok, 2, 8); })
+                .find("qk norm backward: the query heads' token row strides 16 (in) and 12 (out) must be at least "
+                      "heads·D = 16"),
+            std::string::npos);
+  cuda::RopePositions ragged{r.as<const float>(), r.as<const float>(), 3};
+  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_backward<T>(ok, ok, 2, 8, ragged); })
+                .find("qk norm backward: 2 tokens are not whole sequences of 3"),
+            std::string::npos);
+}
+
+TEST(CudaOps, QkNormAndRopeBackwardInOneLaunchEqualsTheCpu) {
+  SKIP_WITHOUT_GPU();
+  check_qk_norm_rope_backward<float>();
+  check_qk_norm_rope_backward<bf16>();
+}
+
 // The loss over bf16 logits, on either path: the losses as the fp32 CPU computes them on the same
 // logits, the gradient within twice the error of a plain bf16 computation.
 TEST(CudaOps, CrossEntropyOverBf16LogitsOnEitherPath) {

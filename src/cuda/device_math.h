@@ -93,4 +93,15 @@ inline unsigned grid_for(int64_t n, int per, int64_t cap = 65535LL * 16) {
   return static_cast<unsigned>(b < cap ? b : cap);
 }
 
+// Blocks of `threads` threads, each taking `per` of n items a turn, for a grid-stride loop: as many
+// as the SMs hold at once (fewer where n is small).
+template <typename Kernel>
+unsigned resident_blocks(Kernel kernel, int threads, size_t shared, int64_t n, int per) {
+  int device = 0, sms = 0;
+  FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
+  FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int per_sm = max_blocks_per_sm(kernel, threads, shared);
+  return grid_for(n, per, static_cast<int64_t>(sms) * (per_sm > 1 ? per_sm : 1));
+}
+
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -309,21 +309,21 @@ void Model<T>::mha_backward(const LayerOffsets& o, const LayerActs& a) {
   // Fused: the attention writes dq, dk and dv into the rows [dq | dk | dv] at dqa_; with QK-norm
   // it writes dv there (at dq_) and the norm's backward dq and dk.
   attention_backward(mha_dims(B_, Tn_, Tn_, 0, true), 1.0f / std::sqrt(static_cast<float>(hd)), a);
-  if (c.pos == PosKind::Rope && qk_adjacent()) {  // dq and dk side by side in [dq | dk | dv]
+  const T* dq = dqa_;
+  const T* dk = dka_;
+  if (c.qk_norm) {  // RoPE's inverse and both norms' backward, into the q and k blocks: one launch
+    RopePositions rope;
+    if (c.pos == PosKind::Rope) rope = {rope_cos_.as<float>(), rope_sin_.as<float>(), Tn_, pos0(), seq_pos()};
+    qk_norm_rope_backward<T>({dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, Hq, q_ld(), qa_ld()},
+                             {dk_, G(o.k_norm_w), dka_, a.k, W(o.k_norm_w), a.k_rstd, Hkv, kv_ld(), ka_ld()},
+                             N, hd, rope, deterministic);
+    dq = dq_;
+    dk = dk_;
+  } else if (c.pos == PosKind::Rope && qk_adjacent()) {  // dq and dk side by side in [dq | dk | dv]
     rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq + Hkv, hd, hd, 0, qa_ld());
   } else if (c.pos == PosKind::Rope) {
     rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0, qa_ld());
     rope_backward(dka_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0, ka_ld());
-  }
-  const T* dq = dqa_;
-  const T* dk = dka_;
-  if (c.qk_norm) {
-    rmsnorm_backward(dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, N * Hq, hd, false, deterministic,
-                     {Hq, q_ld()});
-    rmsnorm_backward(dk_, G(o.k_norm_w), dka_, a.k, W(o.k_norm_w), a.k_rstd, N * Hkv, hd, false, deterministic,
-                     {Hkv, kv_ld()});
-    dq = dq_;
-    dk = dk_;
   }
   const T* w = W(o.qkv_w);
   float* gw = G(o.qkv_w);

@@ -15,7 +15,6 @@
 #include "cuda/device_math.h"
 #include "cuda/packed.h"
 
-#include <algorithm>
 #include <string>
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -209,16 +208,6 @@ struct NormWeightTerm {
   }
 };
 
-// Blocks for a grid-stride loop over N rows, kWarps a block: as many as the SMs hold at once.
-template <typename Kernel>
-unsigned resident_blocks(Kernel kernel, size_t shared, int64_t N) {
-  int device = 0, sms = 0;
-  FLASHGPT_CUDA_CHECK(cudaGetDevice(&device));
-  FLASHGPT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int per_sm = std::max(1, max_blocks_per_sm(kernel, kThreads, shared));
-  return grid_for(N, kWarps, static_cast<int64_t>(sms) * per_sm);
-}
-
 template <typename T, bool kLayer, int K, int M>
 void launch_backward(const char* name, T* dinp, float* dw, float* db, const T* dout, const T* inp, const T* w,
                      const float* mean, const float* rstd, int64_t N, int64_t C, bool accumulate, RowLayout in_rows) {
@@ -226,8 +215,8 @@ void launch_backward(const char* name, T* dinp, float* dw, float* db, const T* d
   auto kernel = norm_backward_kernel<D, kLayer, K, M>;
   const size_t shared = M > 0 ? sizeof(float) * static_cast<size_t>(C) * 2 : 0;
   if (shared > 0) allow_shared(kernel, shared, name);
-  launch_kernel(name, kernel, resident_blocks(kernel, shared, N), kThreads, shared, nullptr, dev(dinp), dw, db,
-                dev(dout), dev(inp), dev(w), mean, rstd, N, C, accumulate, in_rows);
+  launch_kernel(name, kernel, resident_blocks(kernel, kThreads, shared, N, kWarps), kThreads, shared, nullptr,
+                dev(dinp), dw, db, dev(dout), dev(inp), dev(w), mean, rstd, N, C, accumulate, in_rows);
 }
 
 // out = norm(inp), or with sum: sum = ra + rb, out = norm(sum) (inp unused; the rows dense).

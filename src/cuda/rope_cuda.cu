@@ -1,6 +1,7 @@
 // Rotary position embedding on the GPU (CPU twin: cpu/rope_cpu.cpp): half-split pairs, one thread
 // per pair, rotated in place by the cached cos/sin tables.
 #include "cuda/device_math.h"
+#include "cuda/rope_pairs.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
@@ -16,13 +17,13 @@ __global__ void rope_kernel(T* __restrict__ x, const float* __restrict__ cos_t, 
   const int64_t n = B * Tn * H * half;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = idx % half, h = (idx / half) % H, bt = idx / (half * H), t = bt % Tn;
-    const int64_t pos = (seq_pos ? seq_pos[bt / Tn] : pos_offset) + t;
+    const int64_t i = idx % half, h = (idx / half) % H, bt = idx / (half * H);
+    const int64_t pos = rope_position(bt, Tn, pos_offset, seq_pos);
     T* v = x + bt * token_stride + h * head_stride;
-    const float c = cos_t[pos * half + i], s = sign * sin_t[pos * half + i];
-    const float a = to_f32(v[i]), b = to_f32(v[i + half]);
-    v[i] = from_f32<T>(a * c - b * s);
-    v[i + half] = from_f32<T>(a * s + b * c);
+    float a = to_f32(v[i]), b = to_f32(v[i + half]);
+    rotate_pair(a, b, cos_t[pos * half + i], sign * sin_t[pos * half + i]);
+    v[i] = from_f32<T>(a);
+    v[i + half] = from_f32<T>(b);
   }
 }
 

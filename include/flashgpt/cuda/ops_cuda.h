@@ -153,11 +153,30 @@ struct RopePositions {
 };
 // RMSNorm of every query and key head with its side's weight, then (with tables) RoPE over the
 // result, in one launch, each element rounded to T once: what rmsnorm_forward over each side and
-// rope_forward over each output compute, in place of four launches. The backward stays theirs
-// (rope_backward, then rmsnorm_backward with the same rstd).
+// rope_forward over each output compute, in place of four launches.
 template <typename T>
 void qk_norm_rope_forward(const QkHeads<T>& q, const QkHeads<T>& k, int64_t N, int64_t D, float eps,
                           const RopePositions& rope = {});
+// The backward of one side: dout, the gradient of the forward's out (token rows out_ld apart), is
+// rotated back and taken through the norm into din (laid out as the forward's in, token rows in_ld
+// apart; written), the weight's gradient added to dw [D] (fp32; null: not wanted).
+template <typename T>
+struct QkHeadGrads {
+  T* din;
+  float* dw;
+  const T* dout;
+  const T* in;
+  const T* w;
+  const float* rstd;  // the forward's
+  int64_t heads, in_ld, out_ld;
+};
+// What rope_backward over each side's output gradient, then rmsnorm_backward over each side,
+// compute, in one launch in place of four; the gradient between the rotation and the norm stays in
+// fp32. The weight gradients are summed in registers and added with atomics; deterministic (or
+// D > 256), they are the fixed-order column sums instead (two more launches a side).
+template <typename T>
+void qk_norm_rope_backward(const QkHeadGrads<T>& q, const QkHeadGrads<T>& k, int64_t N, int64_t D,
+                           const RopePositions& rope = {}, bool deterministic = false);
 
 // --- head slices (elementwise_cuda.cu) --- rows of H heads, head_stride apart; columns
 // [offset, offset + width) of each head. MLA's shared rope key is copied into every head's key,
