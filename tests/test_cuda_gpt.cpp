@@ -402,6 +402,41 @@ TEST(CudaGpt, Bf16TrainingWithTheWgmmaKernelsFollowsTheCpu) {
   }
 }
 
+// QK-norm with RoPE is one launch each way a layer: multi-head attention's query and key heads
+// (llama_like: GQA), and latent attention's query heads with their rope parts and its shared rope
+// key (mla_rope); a training step runs one "qk norm and rope" and one "qk norm and rope backward"
+// a layer and no separate rotation, and a decode step one "qk norm and rope" a layer.
+TEST(CudaGpt, QkNormAndRopeAreOneLaunchEachWay) {
+  SKIP_WITHOUT_GPU();
+  for (const GPTConfig& c : {llama_like(), mla_rope()}) {
+    SCOPED_TRACE(to_string(c.attention));
+    Pair p(c, Precision::BF16);
+    const Batch b = make_batch(c, 5);
+    auto launches = [](const std::vector<cuda::KernelTime>& times, const std::string& name) {
+      int64_t n = 0;
+      for (const cuda::KernelTime& k : times) n += k.name == name ? k.launches : 0;
+      return n;
+    };
+    cuda::KernelTimes times;
+    std::vector<cuda::KernelTime> step, decode;
+    {
+      cuda::KernelTimesScope scope(times);
+      (void)p.gpu.forward_backward(b.x.data(), b.y.data(), b.B, b.T, b.seg.data(), 1.0f);
+      step = times.read();
+      p.gpu.set_decode_graphs(false);
+      p.gpu.start_decoding(1, 8);
+      std::vector<float> logits(static_cast<size_t>(c.padded_vocab_size()));
+      p.gpu.decode(b.x.data(), 1, 3, logits);
+      decode = times.read();
+    }
+    EXPECT_EQ(launches(step, "qk norm and rope"), c.n_layer);
+    EXPECT_EQ(launches(step, "qk norm and rope backward"), c.n_layer);
+    EXPECT_EQ(launches(step, "rope forward") + launches(step, "rope backward"), 0);
+    EXPECT_EQ(launches(decode, "qk norm and rope"), c.n_layer);
+    EXPECT_EQ(launches(decode, "rope forward"), 0);
+  }
+}
+
 // cuDNN's fused attention in the training step (set_attention_backend(Cudnn), what bench train
 // --attention-backend cudnn times): where cuDNN runs, two steps follow the CPU as our kernels do;
 // everywhere the model runs, what it cannot take is refused with the reason.

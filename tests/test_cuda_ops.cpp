@@ -1036,45 +1036,78 @@ TEST(CudaOps, QkNormReadsHeadsInsideFusedRows) {
   check_head_rows_norm<bf16>();
 }
 
-// QK-norm and RoPE in one launch: the query and key heads of fused [q | k | v] rows (tokens W
-// apart), each normalised with its side's weight and rotated, into dense-or-padded rows of their
+// The shapes the QK-norm + RoPE tests run: each side's heads, head width and first rotated column.
+// Multi-head attention rotates whole heads (GQA: fewer key heads); MLA normalises each query head
+// of hd + dr columns and rotates its last dr, and its one shared rope key of dr whole.
+struct QkShape {
+  int64_t Hq, Dq, q_rope_at, Hk, Dk, k_rope_at;
+  std::string name() const {
+    return fmt::format("q {}×{} (rope from {}), k {}×{} (rope from {})", Hq, Dq, q_rope_at, Hk, Dk, k_rope_at);
+  }
+  int64_t rope_width() const { return Dq - q_rope_at; }
+};
+const std::vector<QkShape> kQkShapes = {
+    {4, 16, 0, 2, 16, 0}, {4, 64, 0, 2, 64, 0}, {4, 128, 0, 2, 128, 0},  // multi-head, GQA
+    {3, 24, 16, 1, 8, 0}, {2, 96, 64, 1, 32, 0},                         // MLA (d12_flash_mla: 96 = 64 + 32)
+};
+
+// The CPU's rotation of the rope part of every head of dense [B·Tn·H, D] rows, forward or back,
+// at one position offset for every sequence (rope_mode 1: 6) or one per sequence (2: pos).
+void cpu_rope_parts(std::vector<float>& x, bool backward, int rope_mode, const ops::RopeTable<float>& table,
+                    const std::vector<int32_t>& pos, int64_t B, int64_t Tn, int64_t H, int64_t D, int64_t rope_at) {
+  for (int64_t b = 0; b < B && rope_mode > 0; ++b) {
+    const int64_t p0 = rope_mode == 1 ? 6 : pos[static_cast<size_t>(b)];
+    float* at = x.data() + b * Tn * H * D + rope_at;
+    if (backward) {
+      ops::rope_backward_strided(at, table, 1, Tn, H, D - rope_at, D, p0);
+    } else {
+      ops::rope_forward_strided(at, table, 1, Tn, H, D - rope_at, D, p0);
+    }
+  }
+}
+
+// QK-norm and RoPE in one launch: the query and key heads of fused rows (tokens W apart), each
+// normalised with its side's weight and its rope part rotated, into dense-or-padded rows of their
 // own — the CPU's rmsnorm over each head, then its rope, at one position offset for every sequence
-// or one per sequence, and with no tables the norm alone. fp32 within 1e-5 of the CPU; bf16 within
-// twice the error of the four-launch path it replaces (norm, rounding, rope), both against the
-// fp32 CPU on the same rounded inputs. Nothing outside each output's heads is written.
+// or one per sequence, and with no tables the norm alone; for the shapes of multi-head attention
+// and of MLA. fp32 within 1e-5 of the CPU; bf16 within twice the error of the four-launch path it
+// replaces (norm, rounding, rope), both against the fp32 CPU on the same rounded inputs. Nothing
+// outside each output's heads is written.
 template <typename T>
 void check_qk_norm_rope() {
   Data data;
-  const int64_t B = 2, Tn = 5, N = B * Tn, Hq = 4, Hkv = 2, P = 32;
+  const int64_t B = 2, Tn = 5, N = B * Tn, P = 32;
   const float eps = 1e-5f;
-  for (const int64_t D : {16, 64, 128}) {
-    const int64_t W = (Hq + 2 * Hkv) * D + 8;  // the fused rows, padded
-    const int64_t q_out = Hq * D + 8, k_out = Hkv * D;  // the query rows padded, the key rows dense
-    const ops::RopeTable<float> table(static_cast<int>(P), static_cast<int>(D), 10000.0);
+  for (const QkShape& sh : kQkShapes) {
+    const int64_t Hq = sh.Hq, Hkv = sh.Hk, R = sh.rope_width();
+    const int64_t W = Hq * sh.Dq + 2 * Hkv * sh.Dk + 8;          // the fused rows, padded
+    const int64_t q_out = Hq * sh.Dq + 8, k_out = Hkv * sh.Dk;  // the query rows padded, the key rows dense
+    const ops::RopeTable<float> table(static_cast<int>(P), static_cast<int>(R), 10000.0);
     auto gcos = up(table.cos), gsin = up(table.sin);
     const auto rows = as_stored<T>(data.normal(static_cast<size_t>(N * W), 2.0));
-    const auto wq = as_stored<T>(data.normal(static_cast<size_t>(D))), wk = as_stored<T>(data.normal(static_cast<size_t>(D)));
+    const auto wq = as_stored<T>(data.normal(static_cast<size_t>(sh.Dq)));
+    const auto wk = as_stored<T>(data.normal(static_cast<size_t>(sh.Dk)));
     DeviceBuffer grows = up_as<T>(rows), gwq = up_as<T>(wq), gwk = up_as<T>(wk);
     const std::vector<int32_t> pos = {3, 11};
     DeviceBuffer gpos(pos.size() * 4);
     gpos.upload(pos.data(), pos.size() * 4);
     for (const int rope_mode : {0, 1, 2}) {  // no rope, one offset, positions per sequence
-      SCOPED_TRACE(fmt::format("D {} {}", D, rope_mode == 0 ? "norm only" : rope_mode == 1 ? "rope at offset 6"
-                                                                                          : "rope per sequence"));
+      SCOPED_TRACE(fmt::format("{}, {}", sh.name(), rope_mode == 0   ? "norm only"
+                                                    : rope_mode == 1 ? "rope at offset 6"
+                                                                     : "rope per sequence"));
       // The CPU: each side's heads as dense [N·H, D] rows, normalised, then rotated.
-      auto cpu_side = [&](int64_t at, int64_t H, const std::vector<float>& w, std::vector<float>& rstd) {
+      auto cpu_side = [&](int64_t at, int64_t H, int64_t D, int64_t rope_at, const std::vector<float>& w,
+                          std::vector<float>& rstd) {
         std::vector<float> x(static_cast<size_t>(N * H * D)), y(x.size());
         for (int64_t n = 0; n < N; ++n) std::copy_n(rows.begin() + n * W + at, H * D, x.begin() + n * H * D);
         rstd.assign(static_cast<size_t>(N * H), 0.0f);
         ops::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N * H, D, eps);
-        for (int64_t b = 0; b < B && rope_mode > 0; ++b) {
-          const int64_t p0 = rope_mode == 1 ? 6 : pos[static_cast<size_t>(b)];
-          ops::rope_forward_strided(y.data() + b * Tn * H * D, table, 1, Tn, H, D, D, p0);
-        }
+        cpu_rope_parts(y, false, rope_mode, table, pos, B, Tn, H, D, rope_at);
         return y;
       };
       std::vector<float> q_rstd_want, k_rstd_want;
-      const auto q_want = cpu_side(0, Hq, wq, q_rstd_want), k_want = cpu_side(Hq * D, Hkv, wk, k_rstd_want);
+      const auto q_want = cpu_side(0, Hq, sh.Dq, sh.q_rope_at, wq, q_rstd_want);
+      const auto k_want = cpu_side(Hq * sh.Dq, Hkv, sh.Dk, sh.k_rope_at, wk, k_rstd_want);
       DeviceBuffer qa = poisoned(static_cast<size_t>(N * q_out) * sizeof(T)),
                    ka = poisoned(static_cast<size_t>(N * k_out) * sizeof(T));
       DeviceBuffer q_rstd = poisoned(static_cast<size_t>(N * Hq) * 4), k_rstd = poisoned(static_cast<size_t>(N * Hkv) * 4);
@@ -1084,21 +1117,22 @@ void check_qk_norm_rope() {
                 rope_mode == 2 ? gpos.as<const int32_t>() : nullptr};
       }
       const T* in = grows.as<const T>();
-      cuda::qk_norm_rope_forward<T>({qa.as<T>(), q_rstd.as<float>(), in, gwq.as<const T>(), Hq, W, q_out},
-                                    {ka.as<T>(), k_rstd.as<float>(), in + Hq * D, gwk.as<const T>(), Hkv, W, k_out},
-                                    N, D, eps, rope);
+      cuda::qk_norm_rope_forward<T>(
+          {qa.as<T>(), q_rstd.as<float>(), in, gwq.as<const T>(), Hq, sh.Dq, W, q_out, sh.q_rope_at},
+          {ka.as<T>(), k_rstd.as<float>(), in + Hq * sh.Dq, gwk.as<const T>(), Hkv, sh.Dk, W, k_out, sh.k_rope_at}, N,
+          eps, rope);
       // The heads of each output row as dense [N·H, D], and whether the padding was left alone.
-      auto heads_of = [&](const DeviceBuffer& buf, int64_t H, int64_t ld, int& written_padding) {
+      auto heads_of = [&](const DeviceBuffer& buf, int64_t width, int64_t ld, int& written_padding) {
         const auto all = down_as<T>(buf, static_cast<size_t>(N * ld));
-        std::vector<float> dense(static_cast<size_t>(N * H * D));
+        std::vector<float> dense(static_cast<size_t>(N * width));
         for (int64_t n = 0; n < N; ++n) {
-          std::copy_n(all.begin() + n * ld, H * D, dense.begin() + n * H * D);
-          for (int64_t c = H * D; c < ld; ++c) written_padding += !std::isnan(all[static_cast<size_t>(n * ld + c)]);
+          std::copy_n(all.begin() + n * ld, width, dense.begin() + n * width);
+          for (int64_t c = width; c < ld; ++c) written_padding += !std::isnan(all[static_cast<size_t>(n * ld + c)]);
         }
         return dense;
       };
       int padding = 0;
-      const auto q_got = heads_of(qa, Hq, q_out, padding), k_got = heads_of(ka, Hkv, k_out, padding);
+      const auto q_got = heads_of(qa, Hq * sh.Dq, q_out, padding), k_got = heads_of(ka, Hkv * sh.Dk, k_out, padding);
       EXPECT_EQ(padding, 0) << "values written past the heads of an output row";
       EXPECT_LT(rel_error(down_as<float>(q_rstd, q_rstd_want.size()), q_rstd_want), 1e-6);
       EXPECT_LT(rel_error(down_as<float>(k_rstd, k_rstd_want.size()), k_rstd_want), 1e-6);
@@ -1107,15 +1141,17 @@ void check_qk_norm_rope() {
         EXPECT_LT(rel_error(k_got, k_want), 1e-5);
       } else {
         // The four launches it replaces: each side normalised into dense bf16 rows, then rotated.
-        auto two_step = [&](int64_t at, int64_t H, const DeviceBuffer& w) {
+        auto two_step = [&](int64_t at, int64_t H, int64_t D, int64_t rope_at, const DeviceBuffer& w) {
           DeviceBuffer y = poisoned(static_cast<size_t>(N * H * D) * sizeof(T)), r = poisoned(static_cast<size_t>(N * H) * 4);
           cuda::rmsnorm_forward(y.as<T>(), r.as<float>(), in + at, w.as<const T>(), N * H, D, eps, cuda::HeadRows{H, W});
           if (rope_mode > 0) {
-            cuda::rope_forward(y.as<T>(), rope.cos, rope.sin, B, Tn, H, D, D, rope.pos_offset, rope.seq_pos);
+            cuda::rope_forward(y.as<T>() + rope_at, rope.cos, rope.sin, B, Tn, H, D - rope_at, D, rope.pos_offset,
+                               rope.seq_pos);
           }
           return down_as<T>(y, static_cast<size_t>(N * H * D));
         };
-        const double q_plain = rel_error(two_step(0, Hq, gwq), q_want), k_plain = rel_error(two_step(Hq * D, Hkv, gwk), k_want);
+        const double q_plain = rel_error(two_step(0, Hq, sh.Dq, sh.q_rope_at, gwq), q_want);
+        const double k_plain = rel_error(two_step(Hq * sh.Dq, Hkv, sh.Dk, sh.k_rope_at, gwk), k_want);
         EXPECT_GT(q_plain, 0.0);  // bf16 outputs cannot match fp32 exactly
         EXPECT_LE(rel_error(q_got, q_want), 2 * q_plain) << "against the four launches' " << q_plain;
         EXPECT_LE(rel_error(k_got, k_want), 2 * k_plain) << "against the four launches' " << k_plain;
@@ -1124,14 +1160,24 @@ void check_qk_norm_rope() {
   }
   // Sizes it cannot take, each named.
   DeviceBuffer out = poisoned(static_cast<size_t>(64 * 8) * sizeof(T)), r = poisoned(64 * 4);
-  DeviceBuffer x = up_as<T>(data.normal(64 * 8)), w = up_as<T>(data.normal(8));
-  const cuda::QkHeads<T> ok{out.as<T>(), r.as<float>(), x.as<const T>(), w.as<const T>(), 2, 16, 16};
-  cuda::QkHeads<T> narrow = ok;
+  DeviceBuffer x = up_as<T>(data.normal(64 * 8)), w = up_as<T>(data.normal(8)), tab = up(data.normal(64));
+  const cuda::QkHeads<T> ok{out.as<T>(), r.as<float>(), x.as<const T>(), w.as<const T>(), 2, 8, 16, 16};
+  cuda::QkHeads<T> narrow = ok, odd = ok, part = ok;
   narrow.in_ld = 15;
-  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_forward<T>(ok, ok, 2, 7, eps); }).find("head dim 7 must be even"),
+  odd.D = 7;
+  part.rope_at = 3;
+  auto error_of = [&](const cuda::QkHeads<T>& q, const cuda::QkHeads<T>& k, const cuda::RopePositions& rope = {}) {
+    return testing::error_of([&] { cuda::qk_norm_rope_forward<T>(q, k, 2, eps, rope); });
+  };
+  EXPECT_NE(error_of(odd, ok).find("qk norm: the query heads' width 7 must be even"), std::string::npos);
+  EXPECT_NE(error_of(ok, narrow).find("the key heads' token row strides 15 (in) and 16 (out) must be at least "
+                                      "heads·D = 16"),
             std::string::npos);
-  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_forward<T>(ok, narrow, 2, 8, eps); })
-                .find("the key heads' token row strides 15 (in) and 16 (out) must be at least heads·D = 16"),
+  EXPECT_NE(error_of(ok, part).find("the key heads' rope part from column 3 of 8 must start at an even column"),
+            std::string::npos);
+  part.rope_at = 4;
+  const cuda::RopePositions rope{tab.as<const float>(), tab.as<const float>(), 2};
+  EXPECT_NE(error_of(ok, part, rope).find("the query and key rope parts (8 and 4 columns) must match"),
             std::string::npos);
 }
 
@@ -1145,35 +1191,39 @@ TEST(CudaOps, QkNormAndRopeInOneLaunchEqualTheCpu) {
 // padded, the key rows dense) rotated back and taken through the norm into the q and k blocks of
 // fused rows (nothing else of those rows written), each weight's gradient added to what it held.
 // Against the CPU's rope_backward then rmsnorm_backward per side, at the forward's three position
-// modes, on both weight-gradient paths (registers and atomics; the fixed-order column sums, which
-// also serve D = 320, past the registers). fp32 within 1e-5. bf16: the input gradients within twice
-// the error of the four launches it replaces (each side's rotation in place, then its norm's
-// backward) against the fp32 CPU; the weight gradients, fp32 sums of the same bf16 values, within
-// 1e-5. The deterministic path repeats its bits in any block order.
+// modes and shapes (and multi-head heads of 320, past the registers), on both weight-gradient paths
+// (registers and atomics; the fixed-order column sums). fp32 within 1e-5. bf16: the input gradients
+// within twice the error of the four launches it replaces (each side's rotation in place, then its
+// norm's backward) against the fp32 CPU; the weight gradients, fp32 sums of the same bf16 values,
+// within 1e-5. The deterministic path repeats its bits in any block order.
 template <typename T>
 void check_qk_norm_rope_backward() {
   Data data;
-  const int64_t B = 2, Tn = 5, N = B * Tn, Hq = 4, Hkv = 2, P = 32;
-  for (const int64_t D : {16, 64, 128, 320}) {
-    const int64_t W = (Hq + 2 * Hkv) * D + 8;           // the fused rows, padded
-    const int64_t q_out = Hq * D + 8, k_out = Hkv * D;  // the query gradient rows padded, the key rows dense
-    const ops::RopeTable<float> table(static_cast<int>(P), static_cast<int>(D), 10000.0);
+  const int64_t B = 2, Tn = 5, N = B * Tn, P = 32;
+  std::vector<QkShape> shapes = kQkShapes;
+  shapes.push_back({4, 320, 0, 2, 320, 0});
+  for (const QkShape& sh : shapes) {
+    const int64_t Hq = sh.Hq, Hkv = sh.Hk, R = sh.rope_width();
+    const int64_t W = Hq * sh.Dq + 2 * Hkv * sh.Dk + 8;          // the fused rows, padded
+    const int64_t q_out = Hq * sh.Dq + 8, k_out = Hkv * sh.Dk;  // the query gradient rows padded, the key rows dense
+    const ops::RopeTable<float> table(static_cast<int>(P), static_cast<int>(R), 10000.0);
     auto gcos = up(table.cos), gsin = up(table.sin);
     const auto rows = as_stored<T>(data.normal(static_cast<size_t>(N * W), 2.0));
-    const auto wq = as_stored<T>(data.normal(static_cast<size_t>(D))), wk = as_stored<T>(data.normal(static_cast<size_t>(D)));
+    const auto wq = as_stored<T>(data.normal(static_cast<size_t>(sh.Dq)));
+    const auto wk = as_stored<T>(data.normal(static_cast<size_t>(sh.Dk)));
     const auto dq_rows = as_stored<T>(data.normal(static_cast<size_t>(N * q_out)));
     const auto dk_rows = as_stored<T>(data.normal(static_cast<size_t>(N * k_out)));
-    const auto prior_q = data.normal(static_cast<size_t>(D)), prior_k = data.normal(static_cast<size_t>(D));
+    const auto prior_q = data.normal(static_cast<size_t>(sh.Dq)), prior_k = data.normal(static_cast<size_t>(sh.Dk));
     DeviceBuffer grows = up_as<T>(rows), gwq = up_as<T>(wq), gwk = up_as<T>(wk);
     // Each side's heads as dense [N·H, D] rows: the input, its rstd (from the CPU's forward), and
     // the output gradient.
     struct Side {
-      int64_t at, H, out_ld;
+      int64_t at, H, D, rope_at, out_ld;
       std::vector<float> x, rstd, dy;
     };
-    auto make_side = [&](int64_t at, int64_t H, const std::vector<float>& w, const std::vector<float>& drows,
-                         int64_t out_ld) {
-      Side s{at, H, out_ld, std::vector<float>(static_cast<size_t>(N * H * D)), {}, {}};
+    auto make_side = [&](int64_t at, int64_t H, int64_t D, int64_t rope_at, const std::vector<float>& w,
+                         const std::vector<float>& drows, int64_t out_ld) {
+      Side s{at, H, D, rope_at, out_ld, std::vector<float>(static_cast<size_t>(N * H * D)), {}, {}};
       s.dy.resize(s.x.size());
       for (int64_t n = 0; n < N; ++n) {
         std::copy_n(rows.begin() + n * W + at, H * D, s.x.begin() + n * H * D);
@@ -1184,7 +1234,8 @@ void check_qk_norm_rope_backward() {
       ops::rmsnorm_forward(y.data(), s.rstd.data(), s.x.data(), w.data(), N * H, D, 1e-5f);
       return s;
     };
-    const Side qs = make_side(0, Hq, wq, dq_rows, q_out), ks = make_side(Hq * D, Hkv, wk, dk_rows, k_out);
+    const Side qs = make_side(0, Hq, sh.Dq, sh.q_rope_at, wq, dq_rows, q_out);
+    const Side ks = make_side(Hq * sh.Dq, Hkv, sh.Dk, sh.k_rope_at, wk, dk_rows, k_out);
     DeviceBuffer q_rstd = up(qs.rstd), k_rstd = up(ks.rstd);
     const std::vector<int32_t> pos = {3, 11};
     DeviceBuffer gpos(pos.size() * 4);
@@ -1199,12 +1250,10 @@ void check_qk_norm_rope_backward() {
       auto cpu_side = [&](const Side& s, const std::vector<float>& w, const std::vector<float>& prior,
                           std::vector<float>& dw) {
         std::vector<float> dy = s.dy, dx(s.x.size());
-        for (int64_t b = 0; b < B && rope_mode > 0; ++b) {
-          const int64_t p0 = rope_mode == 1 ? 6 : pos[static_cast<size_t>(b)];
-          ops::rope_backward_strided(dy.data() + b * Tn * s.H * D, table, 1, Tn, s.H, D, D, p0);
-        }
+        cpu_rope_parts(dy, true, rope_mode, table, pos, B, Tn, s.H, s.D, s.rope_at);
         dw = prior;
-        ops::rmsnorm_backward(dx.data(), dw.data(), dy.data(), s.x.data(), w.data(), s.rstd.data(), N * s.H, D, false);
+        ops::rmsnorm_backward(dx.data(), dw.data(), dy.data(), s.x.data(), w.data(), s.rstd.data(), N * s.H, s.D,
+                              false);
         return dx;
       };
       std::vector<float> dwq_want, dwk_want;
@@ -1215,23 +1264,25 @@ void check_qk_norm_rope_backward() {
         std::vector<float> dxq, dxk, dwq, dwk;
         int outside = 0;
       };
+      const int64_t q_width = Hq * sh.Dq, k_width = Hkv * sh.Dk;
       auto run = [&](bool deterministic, uint64_t seed) {
         testing::redraw_schedule(seed);
         DeviceBuffer din = poisoned(static_cast<size_t>(N * W) * sizeof(T));
         DeviceBuffer gdq = up_as<T>(dq_rows), gdk = up_as<T>(dk_rows), gdwq = up(prior_q), gdwk = up(prior_k);
         const T* in = grows.as<const T>();
-        cuda::qk_norm_rope_backward<T>({din.as<T>(), gdwq.as<float>(), gdq.as<T>(), in, gwq.as<const T>(),
-                                        q_rstd.as<const float>(), Hq, W, q_out},
-                                       {din.as<T>() + Hq * D, gdwk.as<float>(), gdk.as<T>(), in + Hq * D,
-                                        gwk.as<const T>(), k_rstd.as<const float>(), Hkv, W, k_out},
-                                       N, D, rope, deterministic);
+        cuda::qk_norm_rope_backward<T>({din.as<T>(), gdwq.as<float>(), gdq.as<const T>(), in, gwq.as<const T>(),
+                                        q_rstd.as<const float>(), Hq, sh.Dq, W, q_out, sh.q_rope_at},
+                                       {din.as<T>() + q_width, gdwk.as<float>(), gdk.as<const T>(), in + q_width,
+                                        gwk.as<const T>(), k_rstd.as<const float>(), Hkv, sh.Dk, W, k_out,
+                                        sh.k_rope_at},
+                                       N, rope, deterministic);
         const auto all = down_as<T>(din, static_cast<size_t>(N * W));
         Got g{std::vector<float>(dxq_want.size()), std::vector<float>(dxk_want.size()),
-              down_as<float>(gdwq, static_cast<size_t>(D)), down_as<float>(gdwk, static_cast<size_t>(D))};
+              down_as<float>(gdwq, prior_q.size()), down_as<float>(gdwk, prior_k.size())};
         for (int64_t n = 0; n < N; ++n) {
-          std::copy_n(all.begin() + n * W, Hq * D, g.dxq.begin() + n * Hq * D);
-          std::copy_n(all.begin() + n * W + Hq * D, Hkv * D, g.dxk.begin() + n * Hkv * D);
-          for (int64_t c = (Hq + Hkv) * D; c < W; ++c) g.outside += !std::isnan(all[static_cast<size_t>(n * W + c)]);
+          std::copy_n(all.begin() + n * W, q_width, g.dxq.begin() + n * q_width);
+          std::copy_n(all.begin() + n * W + q_width, k_width, g.dxk.begin() + n * k_width);
+          for (int64_t c = q_width + k_width; c < W; ++c) g.outside += !std::isnan(all[static_cast<size_t>(n * W + c)]);
         }
         return g;
       };
@@ -1241,32 +1292,32 @@ void check_qk_norm_rope_backward() {
         auto four = [&](const Side& s, const std::vector<float>& drows, const DeviceBuffer& w, const DeviceBuffer& rstd,
                         std::vector<float>& dx) {
           DeviceBuffer dy = up_as<T>(drows), d = poisoned(static_cast<size_t>(N * W) * sizeof(T));
-          DeviceBuffer gdw = up(std::vector<float>(static_cast<size_t>(D)));  // the weight gradient: not compared
-          if (rope_mode == 1) {
-            cuda::rope_backward(dy.as<T>(), rope.cos, rope.sin, B, Tn, s.H, D, D, 6, s.out_ld);
-          } else if (rope_mode == 2) {  // rope_backward takes one offset: a sequence at a time
-            for (int64_t b = 0; b < B; ++b) {
-              cuda::rope_backward(dy.as<T>() + b * Tn * s.out_ld, rope.cos, rope.sin, 1, Tn, s.H, D, D,
-                                  pos[static_cast<size_t>(b)], s.out_ld);
-            }
+          DeviceBuffer gdw = up(std::vector<float>(static_cast<size_t>(s.D)));  // the weight gradient: not compared
+          for (int64_t b = 0; b < B && rope_mode > 0; ++b) {  // rope_backward takes one offset: a sequence at a time
+            cuda::rope_backward(dy.as<T>() + b * Tn * s.out_ld + s.rope_at, rope.cos, rope.sin, 1, Tn, s.H,
+                                s.D - s.rope_at, s.D, rope_mode == 1 ? 6 : pos[static_cast<size_t>(b)], s.out_ld);
           }
           // rmsnorm_backward reads a dense output gradient: the heads of each row, packed.
           const auto dyr = down_as<T>(dy, static_cast<size_t>(N * s.out_ld));
-          std::vector<float> dense(static_cast<size_t>(N * s.H * D));
-          for (int64_t n = 0; n < N; ++n) std::copy_n(dyr.begin() + n * s.out_ld, s.H * D, dense.begin() + n * s.H * D);
+          std::vector<float> dense(static_cast<size_t>(N * s.H * s.D));
+          for (int64_t n = 0; n < N; ++n) {
+            std::copy_n(dyr.begin() + n * s.out_ld, s.H * s.D, dense.begin() + n * s.H * s.D);
+          }
           DeviceBuffer gdense = up_as<T>(dense);
           cuda::rmsnorm_backward(d.as<T>() + s.at, gdw.as<float>(), gdense.as<const T>(), grows.as<const T>() + s.at,
-                                 w.as<const T>(), rstd.as<const float>(), N * s.H, D, false, false,
+                                 w.as<const T>(), rstd.as<const float>(), N * s.H, s.D, false, false,
                                  cuda::HeadRows{s.H, W});
           const auto all = down_as<T>(d, static_cast<size_t>(N * W));
-          dx.assign(static_cast<size_t>(N * s.H * D), 0.0f);
-          for (int64_t n = 0; n < N; ++n) std::copy_n(all.begin() + n * W + s.at, s.H * D, dx.begin() + n * s.H * D);
+          dx.assign(static_cast<size_t>(N * s.H * s.D), 0.0f);
+          for (int64_t n = 0; n < N; ++n) {
+            std::copy_n(all.begin() + n * W + s.at, s.H * s.D, dx.begin() + n * s.H * s.D);
+          }
         };
         four(qs, dq_rows, gwq, q_rstd, dxq_plain);
         four(ks, dk_rows, gwk, k_rstd, dxk_plain);
       }
       for (const bool deterministic : {false, true}) {
-        SCOPED_TRACE(fmt::format("D {} {}{}", D,
+        SCOPED_TRACE(fmt::format("{}, {}{}", sh.name(),
                                  rope_mode == 0   ? "norm only"
                                  : rope_mode == 1 ? "rope at offset 6"
                                                   : "rope per sequence",
@@ -1298,19 +1349,20 @@ void check_qk_norm_rope_backward() {
   // Sizes it cannot take, each named.
   DeviceBuffer din = poisoned(static_cast<size_t>(64 * 8) * sizeof(T)), dout = poisoned(static_cast<size_t>(64 * 8) * sizeof(T));
   DeviceBuffer x = up_as<T>(data.normal(64 * 8)), w = up_as<T>(data.normal(8)), r = up(data.normal(64));
-  const cuda::QkHeadGrads<T> ok{din.as<T>(), nullptr, dout.as<T>(), x.as<const T>(), w.as<const T>(),
-                                r.as<const float>(), 2, 16, 16};
-  cuda::QkHeadGrads<T> narrow = ok;
+  const cuda::QkHeadGrads<T> ok{din.as<T>(), nullptr, dout.as<const T>(), x.as<const T>(), w.as<const T>(),
+                                r.as<const float>(), 2, 8, 16, 16};
+  cuda::QkHeadGrads<T> narrow = ok, odd = ok;
   narrow.out_ld = 12;
-  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_backward<T>(ok, ok, 2, 7); })
-                .find("qk norm backward: head dim 7 must be even"),
+  odd.D = 7;
+  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_backward<T>(ok, odd, 2); })
+                .find("qk norm backward: the key heads' width 7 must be even"),
             std::string::npos);
-  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_backward<T>(narrow, ok, 2, 8); })
+  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_backward<T>(narrow, ok, 2); })
                 .find("qk norm backward: the query heads' token row strides 16 (in) and 12 (out) must be at least "
                       "heads·D = 16"),
             std::string::npos);
-  cuda::RopePositions ragged{r.as<const float>(), r.as<const float>(), 3};
-  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_backward<T>(ok, ok, 2, 8, ragged); })
+  const cuda::RopePositions ragged{r.as<const float>(), r.as<const float>(), 3};
+  EXPECT_NE(testing::error_of([&] { cuda::qk_norm_rope_backward<T>(ok, ok, 2, ragged); })
                 .find("qk norm backward: 2 tokens are not whole sequences of 3"),
             std::string::npos);
 }

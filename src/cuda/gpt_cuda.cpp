@@ -284,8 +284,8 @@ void Model<T>::mha_forward(const LayerOffsets& o, LayerActs& a) {
   if (c.qk_norm) {  // each head of the projected rows to dense rows of its own, rotated: one launch
     RopePositions rope;
     if (c.pos == PosKind::Rope) rope = {rope_cos_.as<float>(), rope_sin_.as<float>(), Tn_, pos0(), seq_pos()};
-    qk_norm_rope_forward<T>({a.qa, a.q_rstd, a.q, W(o.q_norm_w), Hq, q_ld(), qa_ld()},
-                            {a.ka, a.k_rstd, a.k, W(o.k_norm_w), Hkv, kv_ld(), ka_ld()}, N, hd, eps, rope);
+    qk_norm_rope_forward<T>({a.qa, a.q_rstd, a.q, W(o.q_norm_w), Hq, hd, q_ld(), qa_ld()},
+                            {a.ka, a.k_rstd, a.k, W(o.k_norm_w), Hkv, hd, kv_ld(), ka_ld()}, N, eps, rope);
   } else if (c.pos == PosKind::Rope && qk_adjacent()) {  // the q and k heads side by side: one launch
     rope_forward(a.qa, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq + Hkv, hd, hd, pos0(), seq_pos(),
                  qa_ld());
@@ -314,9 +314,9 @@ void Model<T>::mha_backward(const LayerOffsets& o, const LayerActs& a) {
   if (c.qk_norm) {  // RoPE's inverse and both norms' backward, into the q and k blocks: one launch
     RopePositions rope;
     if (c.pos == PosKind::Rope) rope = {rope_cos_.as<float>(), rope_sin_.as<float>(), Tn_, pos0(), seq_pos()};
-    qk_norm_rope_backward<T>({dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, Hq, q_ld(), qa_ld()},
-                             {dk_, G(o.k_norm_w), dka_, a.k, W(o.k_norm_w), a.k_rstd, Hkv, kv_ld(), ka_ld()},
-                             N, hd, rope, deterministic);
+    qk_norm_rope_backward<T>({dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, Hq, hd, q_ld(), qa_ld()},
+                             {dk_, G(o.k_norm_w), dka_, a.k, W(o.k_norm_w), a.k_rstd, Hkv, hd, kv_ld(), ka_ld()},
+                             N, rope, deterministic);
     dq = dq_;
     dk = dk_;
   } else if (c.pos == PosKind::Rope && qk_adjacent()) {  // dq and dk side by side in [dq | dk | dv]

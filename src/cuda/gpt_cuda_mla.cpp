@@ -32,11 +32,14 @@ void Model<T>::mla_forward(const LayerOffsets& o, LayerActs& a) {
   rmsnorm_forward(a.ckv, a.ckv_rstd, a.ckv_pre, W(o.kv_norm_w), N, nl, eps);
   if (dr > 0) matmul_forward(a.k, a.ln1, W(o.k_rope_w), W(o.k_rope_b), N, C, dr);
   // QK-norm before RoPE: each query head, and the rope key (without it, qa and kr alias q and k).
-  if (c.qk_norm) {
+  // Both, with the rotation of the query heads' rope parts and of the rope key, in one launch.
+  if (c.qk_norm && dr > 0) {
+    qk_norm_rope_forward<T>({a.qa, a.q_rstd, a.q, W(o.q_norm_w), H, dqk, H * dqk, H * dqk, hd},
+                            {a.kr, a.k_rstd, a.k, W(o.k_norm_w), 1, dr, dr, dr, 0}, N, eps,
+                            {rope_cos_.as<float>(), rope_sin_.as<float>(), Tn_, pos0(), seq_pos()});
+  } else if (c.qk_norm) {
     rmsnorm_forward(a.qa, a.q_rstd, a.q, W(o.q_norm_w), N * H, dqk, eps);
-    if (dr > 0) rmsnorm_forward(a.kr, a.k_rstd, a.k, W(o.k_norm_w), N, dr, eps);
-  }
-  if (dr > 0) {
+  } else if (dr > 0) {
     rope_forward(a.qa + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, pos0(), seq_pos());
     rope_forward(a.kr, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, pos0(), seq_pos());
   }
@@ -75,20 +78,18 @@ void Model<T>::mla_backward(const LayerOffsets& o, const LayerActs& a) {
   attention_backward(d, 1.0f / std::sqrt(static_cast<float>(dqk)), a);  // dqa_, dka_, dv_
 
   // The rope key is shared: its gradient sums over heads. Then undo RoPE and QK-norm.
-  const T* dq = dqa_;
-  const T* dk_rope = dkr_;
-  if (dr > 0) {
-    sum_over_heads(dkr_, dka_, N, H, dqk, hd, dr);
+  const T* dq = c.qk_norm ? dq_ : dqa_;
+  const T* dk_rope = c.qk_norm && dr > 0 ? dk_ : dkr_;
+  if (dr > 0) sum_over_heads(dkr_, dka_, N, H, dqk, hd, dr);
+  if (c.qk_norm && dr > 0) {  // RoPE's inverse and both norms' backward: one launch
+    qk_norm_rope_backward<T>({dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, H, dqk, H * dqk, H * dqk, hd},
+                             {dk_, G(o.k_norm_w), dkr_, a.k, W(o.k_norm_w), a.k_rstd, 1, dr, dr, dr, 0}, N,
+                             {rope_cos_.as<float>(), rope_sin_.as<float>(), Tn_, pos0(), seq_pos()}, deterministic);
+  } else if (c.qk_norm) {
+    rmsnorm_backward(dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, N * H, dqk, false, deterministic);
+  } else if (dr > 0) {
     rope_backward(dqa_ + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, 0);
     rope_backward(dkr_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, 0);
-  }
-  if (c.qk_norm) {
-    rmsnorm_backward(dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, N * H, dqk, false, deterministic);
-    dq = dq_;
-    if (dr > 0) {
-      rmsnorm_backward(dk_, G(o.k_norm_w), dkr_, a.k, W(o.k_norm_w), a.k_rstd, N, dr, false, deterministic);
-      dk_rope = dk_;
-    }
   }
 
   // Into the latent: dc_kv = dv · W_v_up + Σ_h dk_nope,h · W_k_up,h. The values first, which frees

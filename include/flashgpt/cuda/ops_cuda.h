@@ -133,18 +133,21 @@ void rope_backward(T* dx, const float* cos, const float* sin, int64_t B, int64_t
 // --- QK-norm and RoPE together (qk_norm_rope_cuda.cu) --- one side (queries or keys) of a layer's
 // projected heads: N tokens of `heads` heads of D values, token rows in_ld elements apart in `in`
 // (the q or k block of the fused [q | k | v] rows, or dense), normalised into out (token rows out_ld
-// apart), rstd [N·heads] as rmsnorm_forward writes it for HeadRows{heads, in_ld}.
+// apart), rstd [N·heads] as rmsnorm_forward writes it for HeadRows{heads, in_ld}. RoPE rotates the
+// columns [rope_at, D) of each head (multi-head attention: all, rope_at 0; MLA: a query head's
+// rope part after its hd columns, rope_at hd, and the whole shared rope key).
 template <typename T>
 struct QkHeads {
   T* out;
   float* rstd;
   const T* in;
   const T* w;  // [D]
-  int64_t heads, in_ld, out_ld;
+  int64_t heads, D, in_ld, out_ld;
+  int64_t rope_at = 0;
 };
 // The positions RoPE rotates by, as rope_forward takes them: token n of the N is position
-// (seq_pos ? seq_pos[n / Tn] : pos_offset) + n % Tn of tables cos and sin [max_pos, D/2]; cos null:
-// no rotation.
+// (seq_pos ? seq_pos[n / Tn] : pos_offset) + n % Tn of tables cos and sin [max_pos, R/2], R the
+// rope part's width (the same on both sides); cos null: no rotation.
 struct RopePositions {
   const float* cos = nullptr;
   const float* sin = nullptr;
@@ -152,10 +155,10 @@ struct RopePositions {
   const int32_t* seq_pos = nullptr;
 };
 // RMSNorm of every query and key head with its side's weight, then (with tables) RoPE over the
-// result, in one launch, each element rounded to T once: what rmsnorm_forward over each side and
-// rope_forward over each output compute, in place of four launches.
+// result's rope part, in one launch, each element rounded to T once: what rmsnorm_forward over each
+// side and rope_forward over each output compute, in place of four launches.
 template <typename T>
-void qk_norm_rope_forward(const QkHeads<T>& q, const QkHeads<T>& k, int64_t N, int64_t D, float eps,
+void qk_norm_rope_forward(const QkHeads<T>& q, const QkHeads<T>& k, int64_t N, float eps,
                           const RopePositions& rope = {});
 // The backward of one side: dout, the gradient of the forward's out (token rows out_ld apart), is
 // rotated back and taken through the norm into din (laid out as the forward's in, token rows in_ld
@@ -168,15 +171,16 @@ struct QkHeadGrads {
   const T* in;
   const T* w;
   const float* rstd;  // the forward's
-  int64_t heads, in_ld, out_ld;
+  int64_t heads, D, in_ld, out_ld;
+  int64_t rope_at = 0;
 };
 // What rope_backward over each side's output gradient, then rmsnorm_backward over each side,
 // compute, in one launch in place of four; the gradient between the rotation and the norm stays in
-// fp32. The weight gradients are summed in registers and added with atomics; deterministic (or
-// D > 256), they are the fixed-order column sums instead (two more launches a side).
+// fp32. The weight gradients are summed in registers and added with atomics; deterministic (or a
+// side wider than 256), they are the fixed-order column sums instead (two more launches a side).
 template <typename T>
-void qk_norm_rope_backward(const QkHeadGrads<T>& q, const QkHeadGrads<T>& k, int64_t N, int64_t D,
-                           const RopePositions& rope = {}, bool deterministic = false);
+void qk_norm_rope_backward(const QkHeadGrads<T>& q, const QkHeadGrads<T>& k, int64_t N, const RopePositions& rope = {},
+                           bool deterministic = false);
 
 // --- head slices (elementwise_cuda.cu) --- rows of H heads, head_stride apart; columns
 // [offset, offset + width) of each head. MLA's shared rope key is copied into every head's key,
