@@ -402,11 +402,13 @@ TEST(CudaGpt, Bf16TrainingWithTheWgmmaKernelsFollowsTheCpu) {
   }
 }
 
-// QK-norm with RoPE is one launch each way a layer: multi-head attention's query and key heads
-// (llama_like: GQA), and latent attention's query heads with their rope parts and its shared rope
-// key (mla_rope); a training step runs one "qk norm and rope" and one "qk norm and rope backward"
-// a layer and no separate rotation, and a decode step one "qk norm and rope" a layer.
-TEST(CudaGpt, QkNormAndRopeAreOneLaunchEachWay) {
+// The fused norms run where they should. QK-norm with RoPE is one launch each way a layer:
+// multi-head attention's query and key heads (llama_like: GQA), and latent attention's query heads
+// with their rope parts and its shared rope key (mla_rope); a training step runs one "qk norm and
+// rope" and one "qk norm and rope backward" a layer and no separate rotation, and a decode step one
+// "qk norm and rope" a layer. Post-norm (llama_like) normalises each branch in the launch of the
+// residual add after it: two "rmsnorm + add + rmsnorm forward" a layer, in training and decoding.
+TEST(CudaGpt, FusedNormsRunWhereTheyShould) {
   SKIP_WITHOUT_GPU();
   for (const GPTConfig& c : {llama_like(), mla_rope()}) {
     SCOPED_TRACE(to_string(c.attention));
@@ -434,6 +436,9 @@ TEST(CudaGpt, QkNormAndRopeAreOneLaunchEachWay) {
     EXPECT_EQ(launches(step, "rope forward") + launches(step, "rope backward"), 0);
     EXPECT_EQ(launches(decode, "qk norm and rope"), c.n_layer);
     EXPECT_EQ(launches(decode, "rope forward"), 0);
+    const int64_t post_norms = c.post_norm ? 2 * c.n_layer : 0;
+    EXPECT_EQ(launches(step, "rmsnorm + add + rmsnorm forward"), post_norms);
+    EXPECT_EQ(launches(decode, "rmsnorm + add + rmsnorm forward"), post_norms);
   }
 }
 

@@ -891,7 +891,8 @@ TEST(CudaOps, PackedAndElementwisePathsAgree) {
 }
 
 // Norms on either path (their sums run in different orders, so each is held to the CPU), and the
-// fused residual add + norm: the same bits as the add followed by the norm.
+// fused residual add + norm: the same bits as the add followed by the norm; with post-norm's branch
+// norm before the add, the same bits as that norm, the add and the norm.
 template <typename T>
 void check_packed_norms() {
   Data data;
@@ -947,6 +948,36 @@ void check_packed_norms() {
         EXPECT_EQ(gsum.down(), x);
         EXPECT_EQ(gy2.down(), gy.down());
         EXPECT_EQ(down_as<float>(grstd2, n), down_as<float>(grstd, n));
+        // Post-norm: rb normalised with weights of its own before the add. Fused = the branch's norm
+        // into a buffer, then the add and norm: the same bits, statistics included (RMSNorm
+        // ignores the branch bias, as rmsnorm_forward has none).
+        const auto pw = as_stored<T>(data.normal(cc)), pb = as_stored<T>(data.normal(cc));
+        Skewed<T> gpw(pw, skew), gpb(pb, skew);
+        auto gbranch = Skewed<T>::poison(nc, skew), gsum3 = Skewed<T>::poison(nc, skew);
+        auto gy3 = Skewed<T>::poison(nc, skew), gsum4 = Skewed<T>::poison(nc, skew), gy4 = Skewed<T>::poison(nc, skew);
+        auto bmean3 = poisoned(n * 4), brstd3 = poisoned(n * 4), bmean4 = poisoned(n * 4), brstd4 = poisoned(n * 4);
+        auto mean3 = poisoned(n * 4), rstd3 = poisoned(n * 4), mean4 = poisoned(n * 4), rstd4 = poisoned(n * 4);
+        const cuda::BranchNorm<T> post{gpw.p(), gpb.p(), layer ? bmean4.as<float>() : nullptr, brstd4.as<float>()};
+        if (layer) {
+          cuda::layernorm_forward(gbranch.p(), bmean3.as<float>(), brstd3.as<float>(), grb.p(), gpw.p(), gpb.p(), N, C,
+                                  1e-5f);
+          cuda::add_layernorm_forward(gsum3.p(), gy3.p(), mean3.as<float>(), rstd3.as<float>(), gra.p(), gbranch.p(),
+                                      gw.p(), gb.p(), N, C, 1e-5f);
+          cuda::add_layernorm_forward(gsum4.p(), gy4.p(), mean4.as<float>(), rstd4.as<float>(), gra.p(), grb.p(),
+                                      gw.p(), gb.p(), N, C, 1e-5f, &post);
+          EXPECT_EQ(down_as<float>(mean4, n), down_as<float>(mean3, n));
+          EXPECT_EQ(down_as<float>(bmean4, n), down_as<float>(bmean3, n));
+        } else {
+          cuda::rmsnorm_forward(gbranch.p(), brstd3.as<float>(), grb.p(), gpw.p(), N, C, 1e-5f);
+          cuda::add_rmsnorm_forward(gsum3.p(), gy3.p(), rstd3.as<float>(), gra.p(), gbranch.p(), gw.p(), N, C, 1e-5f);
+          cuda::add_rmsnorm_forward(gsum4.p(), gy4.p(), rstd4.as<float>(), gra.p(), grb.p(), gw.p(), N, C, 1e-5f,
+                                    &post);
+        }
+        EXPECT_EQ(gsum4.down(), gsum3.down());
+        EXPECT_EQ(gy4.down(), gy3.down());
+        EXPECT_EQ(down_as<float>(rstd4, n), down_as<float>(rstd3, n));
+        EXPECT_EQ(down_as<float>(brstd4, n), down_as<float>(brstd3, n));
+        EXPECT_NE(gsum4.down(), gsum.down()) << "the branch norm changed nothing";
       }
     }
   }

@@ -120,7 +120,7 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   for (LayerActs& a : acts_) plan_f({{&a.standard_ws, standard_ws}});
   resid_.assign(static_cast<size_t>(c.n_layer + 1), nullptr);
   for (T*& x : resid_) arena_t_.plan(&x, N * C);
-  plan_t({{&lnf_, N * C}, {&branch_, N * C}, {&logits_, std::min(N, chunk_rows(N)) * Vp}, {&dres_, N * C}, {&dln_, N * C},
+  plan_t({{&lnf_, N * C}, {&logits_, std::min(N, chunk_rows(N)) * Vp}, {&dres_, N * C}, {&dln_, N * C},
           {&dbranch_, N * C}, {&dfc_, N * c.fc_out()}, {&dact_, N * F}, {&datt_, N * H * hd},
           {&dqa_, N * (fused && !qkn ? wqkv : wq)}, {&dka_, fused && !qkn ? 0 : N * wka}, {&dv_, fused ? 0 : N * wv},
           {&dq_, qkn ? N * (fused ? wqkv : wq) : 0}, {&dk_, qkn && !fused ? N * wk : 0},
@@ -174,12 +174,14 @@ void Model<T>::norm_forward(T* out, float* mean, float* rstd, const T* inp, int6
 
 template <typename T>
 void Model<T>::add_norm_forward(T* sum, T* out, float* mean, float* rstd, const T* a, const T* b, int64_t w,
-                                int64_t bias, int64_t N, int64_t C) const {
+                                int64_t bias, int64_t N, int64_t C, const PostNorm* post) const {
   const float eps = static_cast<float>(config.norm_eps);
+  BranchNorm<T> branch{};
+  if (post) branch = {W(post->w), W(post->b), post->mean, post->rstd};
   if (config.norm == NormKind::LayerNorm) {
-    add_layernorm_forward(sum, out, mean, rstd, a, b, W(w), W(bias), N, C, eps);
+    add_layernorm_forward(sum, out, mean, rstd, a, b, W(w), W(bias), N, C, eps, post ? &branch : nullptr);
   } else {
-    add_rmsnorm_forward(sum, out, rstd, a, b, W(w), N, C, eps);
+    add_rmsnorm_forward(sum, out, rstd, a, b, W(w), N, C, eps, post ? &branch : nullptr);
   }
 }
 
@@ -349,12 +351,11 @@ void Model<T>::block_forward(int l, LayerActs& a, const T* x, T* out) {
     mha_forward(o, a);
   }
   matmul_forward(a.proj, a.att, W(o.proj_w), W(o.proj_b), N, c.q_dim(), C);
-  const T* attn_out = a.proj;
-  if (c.post_norm) {
-    norm_forward(branch_, a.post_attn_mean, a.post_attn_rstd, a.proj, o.post_attn_w, o.post_attn_b, N, C);
-    attn_out = branch_;
-  }
-  add_norm_forward(a.res_mid, a.ln2, a.ln2_mean, a.ln2_rstd, x, attn_out, o.ln2_w, o.ln2_b, N, C);
+  // Post-norm normalises each branch on its way into the residual add: in the add's launch.
+  const PostNorm post_attn{o.post_attn_w, o.post_attn_b, a.post_attn_mean, a.post_attn_rstd};
+  const PostNorm post_mlp{o.post_mlp_w, o.post_mlp_b, a.post_mlp_mean, a.post_mlp_rstd};
+  add_norm_forward(a.res_mid, a.ln2, a.ln2_mean, a.ln2_rstd, x, a.proj, o.ln2_w, o.ln2_b, N, C,
+                   c.post_norm ? &post_attn : nullptr);
   bool fused = false;
   if constexpr (std::is_same_v<T, bf16>) {
     if (fused_gelu()) {  // a.fc and a.act from one product
@@ -371,18 +372,15 @@ void Model<T>::block_forward(int l, LayerActs& a, const T* x, T* out) {
     }
   }
   matmul_forward(a.mlp_proj, a.act, W(o.mlp_proj_w), W(o.mlp_proj_b), N, F, C);
-  const T* mlp_out = a.mlp_proj;
-  if (c.post_norm) {
-    norm_forward(branch_, a.post_mlp_mean, a.post_mlp_rstd, a.mlp_proj, o.post_mlp_w, o.post_mlp_b, N, C);
-    mlp_out = branch_;
-  }
   // The block's output, and its norm for what reads it next: the next block, or the classifier.
+  const PostNorm* post = c.post_norm ? &post_mlp : nullptr;
   if (l + 1 < c.n_layer) {
     LayerActs& next = acts_[static_cast<size_t>(l) + 1];
     const LayerOffsets& on = layers_[static_cast<size_t>(l) + 1];
-    add_norm_forward(out, next.ln1, next.ln1_mean, next.ln1_rstd, a.res_mid, mlp_out, on.ln1_w, on.ln1_b, N, C);
+    add_norm_forward(out, next.ln1, next.ln1_mean, next.ln1_rstd, a.res_mid, a.mlp_proj, on.ln1_w, on.ln1_b, N, C,
+                     post);
   } else {
-    add_norm_forward(out, lnf_, lnf_mean_, lnf_rstd_, a.res_mid, mlp_out, lnf_w_, lnf_b_, N, C);
+    add_norm_forward(out, lnf_, lnf_mean_, lnf_rstd_, a.res_mid, a.mlp_proj, lnf_w_, lnf_b_, N, C, post);
   }
 }
 

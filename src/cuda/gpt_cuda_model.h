@@ -206,9 +206,15 @@ class Model final : public GPTCuda::Impl {
   double mean_loss(const int* targets);  // waits for the losses
   void trunk_backward();                 // from dln_ down to the embeddings
   void norm_forward(T* out, float* mean, float* rstd, const T* inp, int64_t w, int64_t b, int64_t N, int64_t C) const;
-  // sum = a + b, then out = the norm with weights w, bias of sum (the residual add and the next norm).
+  // Post-norm's norm of a branch: its weight and bias (offsets) and where its statistics go.
+  struct PostNorm {
+    int64_t w, b;
+    float *mean, *rstd;
+  };
+  // sum = a + b, then out = the norm with weights w, bias of sum (the residual add and the next norm);
+  // with `post`, b is that norm of the branch (one launch: BranchNorm in ops_cuda.h).
   void add_norm_forward(T* sum, T* out, float* mean, float* rstd, const T* a, const T* b, int64_t w, int64_t bias,
-                        int64_t N, int64_t C) const;
+                        int64_t N, int64_t C, const PostNorm* post = nullptr) const;
   // The blocks from the embeddings in resid_[0] to the final norm in lnf_.
   void trunk_forward();
   void norm_backward(T* dinp, const T* dout, const T* inp, int64_t w, int64_t b, const float* mean, const float* rstd,
@@ -286,7 +292,7 @@ class Model final : public GPTCuda::Impl {
   Arena<int> arena_i_;
   std::vector<LayerActs> acts_;
   std::vector<T*> resid_;
-  T *lnf_ = nullptr, *logits_ = nullptr, *branch_ = nullptr;  // logits_: one chunk
+  T *lnf_ = nullptr, *logits_ = nullptr;  // logits_: one chunk
   DeviceBuffer full_logits_;  // [N, Vp], only for a forward without targets (get_logits)
   bool have_logits_ = false;
   int64_t chunk_planned_ = 0;  // the classifier chunk the arena holds

@@ -1,9 +1,10 @@
 // LayerNorm and RMSNorm on the GPU (CPU twin: cpu/norm_cpu.cpp). One warp per row: the row's
 // statistics come from warp shuffles, with two passes over the row as on the CPU (the later passes
-// find the row in L1). Rows move in 16-byte packs where the width and pointers allow
-// (cuda/packed.h), else an element at a time. RMSNorm's input rows (and its backward's input
-// gradient) may be heads inside wider token rows (HeadRows: QK-norm over the fused [q | k | v]
-// projection); the output and the output gradient are dense.
+// find the row in L1). The residual add can come first (sum = a + b, then its norm), and before it
+// post-norm's norm of the branch b, in the same warp, its output never stored. Rows move in 16-byte
+// packs where the width and pointers allow (cuda/packed.h), else an element at a time. RMSNorm's
+// input rows (and its backward's input gradient) may be heads inside wider token rows (HeadRows:
+// QK-norm over the fused [q | k | v] projection); the output and the output gradient are dense.
 //
 // The backward's weight (and bias) gradients: each lane of a warp owns the same columns in every
 // row it visits, so it sums their contributions in registers across its rows; the block's warps
@@ -42,14 +43,51 @@ RowLayout layout_of(HeadRows rows, int64_t C) {
   return ld == rows.heads * C ? RowLayout{1, C} : RowLayout{rows.heads, ld};
 }
 
+// One row of C values (K a pack), for the lanes of a warp: its mean, and its rstd about mean mu
+// (RMSNorm: mu 0); each a pass over the row.
+template <typename T, int K>
+__device__ __forceinline__ float row_mean(const T* x, int64_t C, int lane) {
+  using P = Packed<T, K>;
+  float s = 0.0f;
+  for (int64_t p = lane; p < C / K; p += 32) {
+    const P v = P::load(x + p * K);
+    for (int j = 0; j < K; ++j) s += v.get(j);
+  }
+  return warp_sum(s) / static_cast<float>(C);
+}
+template <typename T, int K>
+__device__ __forceinline__ float row_rstd(const T* x, float mu, int64_t C, float eps, int lane) {
+  using P = Packed<T, K>;
+  float var = 0.0f;
+  for (int64_t p = lane; p < C / K; p += 32) {
+    const P v = P::load(x + p * K);
+    for (int j = 0; j < K; ++j) {
+      const float d = v.get(j) - mu;
+      var += d * d;
+    }
+  }
+  return rsqrtf(warp_sum(var) / static_cast<float>(C) + eps);
+}
+
+// Post-norm's branch norm (kAdd 2): weights, and where its statistics go.
+template <typename T>
+struct BranchArgs {
+  const T* w;
+  const T* b;
+  float* mean;
+  float* rstd;
+};
+
 // K: elements per access (1, or a pack), so the row is C / K accesses, lane l taking l, l + 32, …
-// kAdd: the row is first made as sum = ra + rb (rounded to T, stored) and normalised from there,
-// read back through `sum` (no restrict: written and read in this kernel); else it is inp.
-template <typename T, bool kLayer, int K, bool kAdd>
+// kAdd 1: the row is first made as sum = ra + rb (rounded to T, stored) and normalised from there,
+// read back through `sum` (no restrict: written and read in this kernel); kAdd 2: the same with rb
+// normalised first (`branch`), each value rounded to T as the branch norm's own output would be;
+// kAdd 0: the row is inp.
+template <typename T, bool kLayer, int K, int kAdd>
 __global__ void norm_forward_kernel(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd,
                                     const T* __restrict__ inp, const T* __restrict__ w, const T* __restrict__ b,
                                     int64_t N, int64_t C, float eps, T* sum, const T* ra, const T* rb,
-                                    RowLayout in_rows) {
+                                    RowLayout in_rows, BranchArgs<T> branch) {
   using P = Packed<T, K>;
   const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
   const int64_t packs = C / K;
@@ -57,10 +95,29 @@ __global__ void norm_forward_kernel(T* __restrict__ out, float* __restrict__ mea
        row += static_cast<int64_t>(gridDim.x) * kWarps) {  // the same rows for every lane of the warp
     const T* x = kAdd ? sum + row * C : inp + in_rows.start(row, C);
     float mu = 0.0f;
-    if constexpr (kAdd) {
+    if constexpr (kAdd > 0) {
+      float bmu = 0.0f, br = 0.0f;
+      if constexpr (kAdd == 2) {
+        if (kLayer) bmu = row_mean<T, K>(rb + row * C, C, lane);
+        br = row_rstd<T, K>(rb + row * C, bmu, C, eps, lane);
+        if (lane == 0) {
+          if (kLayer) branch.mean[row] = bmu;
+          branch.rstd[row] = br;
+        }
+      }
       float s = 0.0f;
       for (int64_t p = lane; p < packs; p += 32) {
-        const P av = P::load(ra + row * C + p * K), bv = P::load(rb + row * C + p * K);
+        const P av = P::load(ra + row * C + p * K);
+        P bv = P::load(rb + row * C + p * K);
+        if constexpr (kAdd == 2) {  // the branch as its norm would have stored it
+          const P wv = P::load(branch.w + p * K);
+          if (branch.b) {
+            const P bb = P::load(branch.b + p * K);
+            for (int j = 0; j < K; ++j) bv.set(j, (bv.get(j) - bmu) * br * wv.get(j) + bb.get(j));
+          } else {
+            for (int j = 0; j < K; ++j) bv.set(j, (bv.get(j) - bmu) * br * wv.get(j));
+          }
+        }
         P v;
         for (int j = 0; j < K; ++j) {
           v.set(j, av.get(j) + bv.get(j));
@@ -70,22 +127,9 @@ __global__ void norm_forward_kernel(T* __restrict__ out, float* __restrict__ mea
       }
       if (kLayer) mu = warp_sum(s) / static_cast<float>(C);
     } else if (kLayer) {
-      float s = 0.0f;
-      for (int64_t p = lane; p < packs; p += 32) {
-        const P v = P::load(x + p * K);
-        for (int j = 0; j < K; ++j) s += v.get(j);
-      }
-      mu = warp_sum(s) / static_cast<float>(C);
+      mu = row_mean<T, K>(x, C, lane);
     }
-    float var = 0.0f;
-    for (int64_t p = lane; p < packs; p += 32) {
-      const P v = P::load(x + p * K);
-      for (int j = 0; j < K; ++j) {
-        const float d = v.get(j) - mu;
-        var += d * d;
-      }
-    }
-    const float r = rsqrtf(warp_sum(var) / static_cast<float>(C) + eps);
+    const float r = row_rstd<T, K>(x, mu, C, eps, lane);
     if (lane == 0) {
       if (kLayer) mean[row] = mu;
       rstd[row] = r;
@@ -219,24 +263,35 @@ void launch_backward(const char* name, T* dinp, float* dw, float* db, const T* d
                 dev(dinp), dw, db, dev(dout), dev(inp), dev(w), mean, rstd, N, C, accumulate, in_rows);
 }
 
-// out = norm(inp), or with sum: sum = ra + rb, out = norm(sum) (inp unused; the rows dense).
+// out = norm(inp), or with sum: sum = ra + rb, out = norm(sum) (inp unused; the rows dense), and
+// with a branch norm too: sum = ra + norm_branch(rb).
 template <typename T, bool kLayer>
 void forward(const char* name, T* out, float* mean, float* rstd, const T* inp, const T* w, const T* b, int64_t N,
              int64_t C, float eps, T* sum = nullptr, const T* ra = nullptr, const T* rb = nullptr,
-             HeadRows in_rows = {}) {
+             HeadRows in_rows = {}, const BranchNorm<T>* branch = nullptr) {
   if (N <= 0 || C <= 0) return;
   using D = device_t<T>;
   constexpr int K = static_cast<int>(pack_size<T>());
   const RowLayout rows = layout_of(in_rows, C);
+  BranchArgs<D> args{};
+  if (branch) {
+    FLASHGPT_CUDA_REQUIRE(branch->w && branch->rstd && (!kLayer || branch->mean),
+                          std::string(name) + ": the branch norm needs its weight, rstd" + (kLayer ? " and mean" : ""));
+    args = {dev(branch->w), kLayer ? dev(branch->bias) : nullptr, kLayer ? branch->mean : nullptr, branch->rstd};
+  }
   auto run = [&](auto kernel) {
     launch_kernel(name, kernel, grid_for(N, kWarps), kThreads, 0, nullptr, dev(out), mean, rstd, dev(inp), dev(w),
-                  dev(b), N, C, eps, dev(sum), dev(ra), dev(rb), rows);
+                  dev(b), N, C, eps, dev(sum), dev(ra), dev(rb), rows, args);
   };
-  const bool packed = packable<T>(C, {out, inp, w, b, sum, ra, rb}) && rows.ld % K == 0;
-  if (sum) {
-    packed ? run(norm_forward_kernel<D, kLayer, K, true>) : run(norm_forward_kernel<D, kLayer, 1, true>);
+  const T* bw = branch ? branch->w : nullptr;
+  const T* bb = branch && kLayer ? branch->bias : nullptr;
+  const bool packed = packable<T>(C, {out, inp, w, b, sum, ra, rb, bw, bb}) && rows.ld % K == 0;
+  if (branch) {
+    packed ? run(norm_forward_kernel<D, kLayer, K, 2>) : run(norm_forward_kernel<D, kLayer, 1, 2>);
+  } else if (sum) {
+    packed ? run(norm_forward_kernel<D, kLayer, K, 1>) : run(norm_forward_kernel<D, kLayer, 1, 1>);
   } else {
-    packed ? run(norm_forward_kernel<D, kLayer, K, false>) : run(norm_forward_kernel<D, kLayer, 1, false>);
+    packed ? run(norm_forward_kernel<D, kLayer, K, 0>) : run(norm_forward_kernel<D, kLayer, 1, 0>);
   }
 }
 
@@ -302,16 +357,17 @@ void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, i
 
 template <typename T>
 void add_layernorm_forward(T* sum, T* out, float* mean, float* rstd, const T* a, const T* b, const T* w,
-                           const T* bias, int64_t N, int64_t C, float eps) {
-  forward<T, true>("add + layernorm forward", out, mean, rstd, static_cast<const T*>(nullptr), w, bias, N, C, eps, sum,
-                   a, b);
+                           const T* bias, int64_t N, int64_t C, float eps, const BranchNorm<T>* branch) {
+  forward<T, true>(branch ? "layernorm + add + layernorm forward" : "add + layernorm forward", out, mean, rstd,
+                   static_cast<const T*>(nullptr), w, bias, N, C, eps, sum, a, b, {}, branch);
 }
 
 template <typename T>
 void add_rmsnorm_forward(T* sum, T* out, float* rstd, const T* a, const T* b, const T* w, int64_t N, int64_t C,
-                         float eps) {
-  forward<T, false>("add + rmsnorm forward", out, static_cast<float*>(nullptr), rstd, static_cast<const T*>(nullptr), w,
-                    static_cast<const T*>(nullptr), N, C, eps, sum, a, b);
+                         float eps, const BranchNorm<T>* branch) {
+  forward<T, false>(branch ? "rmsnorm + add + rmsnorm forward" : "add + rmsnorm forward", out,
+                    static_cast<float*>(nullptr), rstd, static_cast<const T*>(nullptr), w,
+                    static_cast<const T*>(nullptr), N, C, eps, sum, a, b, {}, branch);
 }
 
 template <typename T>
@@ -327,8 +383,9 @@ void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* 
                                       int64_t, int64_t, bool, bool);                                                \
   template void rmsnorm_forward<T>(T*, float*, const T*, const T*, int64_t, int64_t, float, HeadRows);              \
   template void add_layernorm_forward<T>(T*, T*, float*, float*, const T*, const T*, const T*, const T*, int64_t,     \
-                                         int64_t, float);                                                           \
-  template void add_rmsnorm_forward<T>(T*, T*, float*, const T*, const T*, const T*, int64_t, int64_t, float);       \
+                                         int64_t, float, const BranchNorm<T>*);                                     \
+  template void add_rmsnorm_forward<T>(T*, T*, float*, const T*, const T*, const T*, int64_t, int64_t, float,        \
+                                       const BranchNorm<T>*);                                                       \
   template void rmsnorm_backward<T>(T*, float*, const T*, const T*, const T*, const float*, int64_t, int64_t, bool, \
                                     bool, HeadRows);
 FLASHGPT_INSTANTIATE(float)

@@ -77,14 +77,26 @@ struct HeadRows {
 template <typename T>
 void rmsnorm_forward(T* out, float* rstd, const T* inp, const T* w, int64_t N, int64_t C, float eps,
                      HeadRows in_rows = {});
+// Post-norm's norm of a block's branch (attention or MLP output) before the residual add, of the
+// same kind as the add's norm: its weights, and where its statistics go (as layernorm_forward /
+// rmsnorm_forward write them; mean only for LayerNorm).
+template <typename T>
+struct BranchNorm {
+  const T* w;
+  const T* bias;  // LayerNorm's (null: none); RMSNorm has none and ignores it
+  float* mean;    // LayerNorm's
+  float* rstd;
+};
 // The residual stream's add and the next norm in one pass: sum = a + b (rounded to T, written), then
-// out = norm(sum), with the statistics of layernorm_forward / rmsnorm_forward.
+// out = norm(sum), with the statistics of layernorm_forward / rmsnorm_forward. With `branch` (post-
+// norm) b is normalised first, each value rounded to T and added without being stored: the bits of
+// the branch's norm into a buffer and then the add and norm, in one launch where there were two.
 template <typename T>
 void add_layernorm_forward(T* sum, T* out, float* mean, float* rstd, const T* a, const T* b, const T* w,
-                           const T* bias, int64_t N, int64_t C, float eps);
+                           const T* bias, int64_t N, int64_t C, float eps, const BranchNorm<T>* branch = nullptr);
 template <typename T>
 void add_rmsnorm_forward(T* sum, T* out, float* rstd, const T* a, const T* b, const T* w, int64_t N, int64_t C,
-                         float eps);
+                         float eps, const BranchNorm<T>* branch = nullptr);
 // inp and dinp laid out as `in_rows` (the forward's input), dout dense.
 template <typename T>
 void rmsnorm_backward(T* dinp, float* dw, const T* dout, const T* inp, const T* w, const float* rstd, int64_t N,
