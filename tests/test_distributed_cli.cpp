@@ -8,6 +8,7 @@
 #include <map>
 #include <sstream>
 
+#include "flashgpt/core/device.h"
 #include "flashgpt/core/io.h"
 #include "flashgpt/data/shard.h"
 #include "flashgpt/model/checkpoint.h"
@@ -101,6 +102,24 @@ TEST_F(DistributedCli, ABadLayoutIsOneErrorLine) {
   const RunResult single = testing::run_flashgpt(train_args(dir / "bad", "-n 2 --context-parallel 2"));
   EXPECT_NE(single.exit_code, 0);
   EXPECT_NE(single.output.find("mpirun -np 2"), std::string::npos) << single.output;
+}
+
+// GPU ranks: a bad --gpu-comm is one error line; without a GPU, --device cuda is one error line
+// and auto trains on the CPU, saying so once. (With GPUs, tests/test_distributed_cuda.cpp.)
+TEST_F(DistributedCli, GpuRanksWithoutAGpuSayWhyOnce) {
+  const std::string two = mpirun(2) + " " + FLASHGPT_BINARY + " ";
+  const RunResult bad = run_command(two + train_args(dir / "g", "-n 2 --device auto --gpu-comm mpi"));
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_EQ(count(bad.output, "--gpu-comm"), 1) << bad.output;
+  if (!probe_devices().gpus.empty()) GTEST_SKIP() << "this machine has a GPU";
+  const RunResult cuda = run_command(two + train_args(dir / "g", "-n 2 --device cuda --gpu-comm nccl"));
+  EXPECT_NE(cuda.exit_code, 0);
+  EXPECT_EQ(count(cuda.output, "flashgpt: error:"), 1) << cuda.output;
+  EXPECT_NE(cuda.output.find("--device cuda: "), std::string::npos) << cuda.output;
+  const RunResult automatic = run_command(two + train_args(dir / "g", "-n 2 --device auto"));
+  ASSERT_EQ(automatic.exit_code, 0) << automatic.output;
+  EXPECT_EQ(count(automatic.output, "device: cpu (--device auto: "), 1) << automatic.output;
+  EXPECT_EQ(automatic.output.find("gradients summed"), std::string::npos) << automatic.output;
 }
 
 TEST_F(DistributedCli, RanksWithDifferentConfigsAreRefused) {

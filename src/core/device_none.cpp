@@ -139,6 +139,10 @@ bool GPTCuda::gelu_fusion() const { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::set_qkv_fusion(bool) { fail("GPU model: {}", kNoCuda); }
 bool GPTCuda::qkv_fusion() const { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::allreduce_grads(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
+std::unique_ptr<DeviceComm> DeviceComm::create(dist::Communicator&, GpuComm) {
+  fail("GPU communication: {}", kNoCuda);
+}
 void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}", kNoCuda); }
 std::string GPTCuda::decode_unsupported(const GPTConfig&, Precision) { return kNoCuda; }
 void GPTCuda::start_decoding(int64_t, int64_t) { fail("GPU decoding: {}", kNoCuda); }

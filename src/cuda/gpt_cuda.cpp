@@ -697,6 +697,8 @@ double GPTCuda::grad_sum_squares() {
   return out;
 }
 
+void GPTCuda::allreduce_grads(DeviceComm& comm) { comm.allreduce_sum(impl_->grads.as<float>(), impl_->P); }
+
 void GPTCuda::adamw_step(const ops::AdamWParams& hp, float grad_scale) {
   Impl& m = *impl_;
   if (m.adamw_runs.count == 0 && !m.specs.empty()) {

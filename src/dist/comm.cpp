@@ -1,8 +1,10 @@
 // The single-process communicator, launch detection and the job's world communicator.
 #include "flashgpt/dist/comm.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <unistd.h>
 #include <string_view>
 
 #include "dist/comm_mpi.h"
@@ -123,6 +125,21 @@ void check_same_on_all_ranks(Communicator& comm, uint64_t value, const std::stri
     FLASHGPT_CHECK(all[r] == all[0], "{} differ across ranks: rank {} has {:016x}, rank 0 has {:016x}", what, r,
                    all[r], all[0]);
   }
+}
+
+HostRanks host_ranks(Communicator& comm) {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0) std::snprintf(name, sizeof name, "?");
+  const std::vector<uint64_t> hosts = comm.allgather_one(fingerprint(name, std::strlen(name)));
+  HostRanks r;
+  r.local_rank = 0;
+  r.local_size = 0;
+  for (size_t k = 0; k < hosts.size(); ++k) {
+    if (hosts[k] != hosts[static_cast<size_t>(comm.rank())]) continue;
+    if (static_cast<int>(k) < comm.rank()) ++r.local_rank;
+    ++r.local_size;
+  }
+  return r;
 }
 
 }  // namespace flashgpt::dist

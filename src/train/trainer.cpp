@@ -15,6 +15,7 @@
 #include "flashgpt/core/io.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/device_comm.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/matmul_cuda.h"
 #include "flashgpt/data/dataloader.h"
@@ -66,6 +67,7 @@ void check_options(const TrainOptions& o, const GPTConfig& c) {
   FLASHGPT_CHECK(o.val_every > 0 && o.val_batches > 0, "--val-every and --val-batches: must be positive");
   FLASHGPT_CHECK(o.log_every > 0, "--log-every: must be positive");
   FLASHGPT_CHECK(o.resume.empty() || o.init_from.empty(), "--resume and --init-from: give one or the other");
+  cuda::parse_gpu_comm(o.gpu_comm, "--gpu-comm");
 }
 
 // Where this run trains, and the line that says so.
@@ -73,10 +75,10 @@ DeviceChoice choose_train_device(const TrainOptions& o, const GPTConfig& c, cuda
   return choose_device(
       o.device,
       [&]() -> std::string {
-        if (ranks > 1) {
-          return "training across processes runs on the CPU only for now (the GPU path has no NCCL communicator yet)";
-        }
         if (o.context_parallel > 1) return "context parallelism runs on the CPU only";
+        if (ranks > 1 && o.zero_stage == 1) {
+          return "ZeRO-1 (--zero 1) runs on the CPU only for now: each GPU rank keeps the whole AdamW state";
+        }
         return cuda::GPTCuda::unsupported(c, precision);
       },
       cuda::to_string(precision));
@@ -153,6 +155,15 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   FLASHGPT_CHECK(!cudnn || !opt.document_masking,
                  "--attention-backend cudnn: cuDNN's attention takes no document masks (--document-masking)");
   const DeviceChoice where = choose_train_device(opt, config, precision, comm.size());
+  const int gpu_ranks = comm.size() > 1 ? comm.sum(where.gpu ? 1 : 0) : (where.gpu ? 1 : 0);
+  FLASHGPT_CHECK(gpu_ranks == 0 || gpu_ranks == comm.size(),
+                 "--device {}: {} of the {} ranks can train on a GPU and the others cannot; every rank must train "
+                 "on the same kind of device{}",
+                 opt.device, gpu_ranks, comm.size(), where.line.empty() ? "" : " (this rank: " + where.line + ")");
+  // Data parallelism on GPUs: each rank binds to its GPU and joins the ranks' GPU communicator
+  // before anything else touches the device.
+  std::unique_ptr<cuda::DeviceComm> gpu_comm;
+  if (where.gpu && comm.size() > 1) gpu_comm = cuda::DeviceComm::create(comm, cuda::parse_gpu_comm(opt.gpu_comm, "--gpu-comm"));
   // The host model holds the weights for checkpoints and samples in both cases; on the GPU the
   // training step runs on the device copy.
   GPT<float> model(config);
@@ -242,6 +253,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
                   config.vocab_size, B, T, accum, lay.dp > 1 ? fmt::format(" × {} data-parallel ranks", lay.dp) : "",
                   total, opt.max_steps, resuming ? fmt::format(" (resuming at step {})", start_step) : ""));
   if (!where.line.empty()) say(where.line);
+  if (gpu_comm) say(gpu_comm->why());
   if (gpu && opt.deterministic) say("deterministic: the GPU's backward adds nothing with atomics (slower)");
   if (cudnn) {
     std::string detail;
@@ -355,7 +367,9 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     if (opt.sample_every > 0 && step > 0 && step % opt.sample_every == 0) sample();
 
     Timer step_timer;
-    auto bytes_sent = [&] { return comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0); };
+    auto bytes_sent = [&] {
+      return comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) + (gpu_comm ? gpu_comm->bytes_sent() : 0);
+    };
     const uint64_t bytes_before = bytes_sent();
     if (gpu) {
       gpu->zero_grad();
@@ -366,8 +380,9 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     for (int64_t a = 0; a < accum; ++a) {
       if (!opt.overfit_single_batch) next_micro_batch(train_loader);
       if (gpu) {  // one pass: each chunk of logits becomes its loss and its gradient at once
+        // Scaled by 1/ranks as well: the ranks' gradients are summed, not averaged, after.
         loss += gpu->forward_backward(x.data(), y.data(), B, Tl, opt.document_masking ? seg.data() : nullptr,
-                                      1.0f / static_cast<float>(accum)) /
+                                      1.0f / static_cast<float>(accum * lay.dp)) /
                 static_cast<double>(accum);
         continue;
       }
@@ -379,6 +394,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     // where it dies or hangs), then the reduction started during the backward completes.
     comm.arrive("the gradient reduction", step);
     if (sync) sync->finish_reduction();
+    if (gpu_comm) gpu->allreduce_grads(*gpu_comm);
     // The global mean loss, and whether any rank was interrupted, in one reduction.
     double shared[2] = {loss, g_stop_requested ? 1.0 : 0.0};
     comm.allreduce_sum(shared, 2, dist::DType::F64);
@@ -418,6 +434,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
       sync->step(hp, clip_scale);
     }
     if (comm.size() > 1 && opt.check_weights_every > 0 && (step + 1) % opt.check_weights_every == 0) {
+      pull_params();
       dist::check_same_on_all_ranks(comm, dist::fingerprint(model.params().data(), model.params().size_bytes()),
                                     fmt::format("step {}: the weights", step + 1));
     }
@@ -460,7 +477,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   result.steps = step;
   result.tokens_per_second = train_seconds > 0 ? tokens_done / train_seconds : 0;
   result.checkpoint = ckpt_path;
-  result.bytes_sent = comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0);
+  result.bytes_sent = comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) + (gpu_comm ? gpu_comm->bytes_sent() : 0);
   result.device = gpu ? "cuda" : "cpu";
   return result;
 }

@@ -18,7 +18,8 @@
 // SwiGLU, biases or none, tied or untied embeddings, and document masking. unsupported() names
 // what does not (in BF16: head dims other than 64 and 128, and latent attention with decoupled
 // RoPE, whose query-key and value head dims differ), so `--device auto` can fall back to the CPU
-// with that reason. Context parallelism and several processes stay on the CPU.
+// with that reason. Several processes train data-parallel, one GPU each, their gradients summed by DeviceComm
+// (device_comm.h); context parallelism and ZeRO-1 stay on the CPU.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +32,7 @@
 #include "flashgpt/cuda/flash_decode_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/attention_cudnn.h"
+#include "flashgpt/cuda/device_comm.h"
 #include "flashgpt/cuda/ops_cuda.h"
 #include "flashgpt/infer/decoder.h"
 #include "flashgpt/model/config.h"
@@ -147,6 +149,10 @@ class GPTCuda {
   void set_qkv_fusion(bool on);
   bool qkv_fusion() const;
 
+  // Data parallelism: sums the gradients over the ranks of `comm` in place, each rank holding the
+  // same model and its own micro-batches' gradients (scale each rank's losses by 1/ranks for the
+  // mean). Collective: every rank calls it once a step, after its backward.
+  void allreduce_grads(DeviceComm& comm);
   // Σ g² over every gradient (for global-norm clipping).
   double grad_sum_squares();
   // One AdamW step over every tensor (weight decay on the tensors the parameter table marks),

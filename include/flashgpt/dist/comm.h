@@ -124,4 +124,11 @@ uint64_t fingerprint(const void* data, size_t bytes);
 // differs from rank 0's; `what` says what was compared.
 void check_same_on_all_ranks(Communicator& comm, uint64_t value, const std::string& what);
 
+// This rank's place among the ranks on its machine (same host name), in rank order: what picks
+// its GPU. Collective.
+struct HostRanks {
+  int local_rank = 0, local_size = 1;
+};
+HostRanks host_ranks(Communicator& comm);
+
 }  // namespace flashgpt::dist

@@ -1,0 +1,77 @@
+// Collectives over GPU memory, for data-parallel training on several GPUs: each rank of the job
+// (dist::Communicator, usually MPI) drives one GPU, and the ranks sum their gradients where they
+// lie. Two ways:
+//
+//   nccl — NVIDIA's collective library over NVLink, PCIe or the network, on the stream the work is
+//          queued on. libnccl.so.2 is loaded when a job first asks for it (no link-time
+//          dependency: a one-GPU build and run never need it). Every rank needs a GPU of its own.
+//   host — through host memory: each rank copies the buffer out, the ranks' communicator sums it,
+//          and each copies the sum back. Works wherever the communicator does, ranks sharing a GPU
+//          included, at the cost of two copies over PCIe a reduction.
+//   auto — nccl where it loads and every rank on a host has a GPU of its own, else host, with the
+//          reason on the line create() leaves in why().
+//
+// create() also binds the calling rank to its GPU: the ranks on one host take the host's GPUs in
+// rank order (local rank modulo the GPUs visible, so CUDA_VISIBLE_DEVICES chooses among them).
+// Call it before anything else touches the GPU. Every rank must call every collective, in the
+// same order, with the same sizes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "flashgpt/core/error.h"
+#include "flashgpt/cuda/abi.h"
+#include "flashgpt/dist/comm.h"
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+enum class GpuComm { Auto, Nccl, Host };
+inline std::string to_string(GpuComm c) { return c == GpuComm::Nccl ? "nccl" : c == GpuComm::Host ? "host" : "auto"; }
+// "auto", "nccl" or "host"; anything else is an error naming `field`.
+inline GpuComm parse_gpu_comm(const std::string& s, const std::string& field) {
+  for (GpuComm c : {GpuComm::Auto, GpuComm::Nccl, GpuComm::Host}) {
+    if (s == to_string(c)) return c;
+  }
+  fail("{}: unknown GPU communication '{}' (expected auto, nccl or host)", field, s);
+}
+
+class DeviceComm {
+ public:
+  // Collective over every rank of `host` (which must outlive the result): picks this rank's GPU
+  // and joins the ranks' GPU communicator of kind `kind`. Throws flashgpt::Error naming the
+  // reason (no GPU, NCCL missing or failing, ranks sharing a GPU under nccl); every rank then
+  // throws, not only the one that failed.
+  static std::unique_ptr<DeviceComm> create(dist::Communicator& host, GpuComm kind);
+  virtual ~DeviceComm() = default;
+
+  // "nccl" or "host".
+  virtual std::string backend() const = 0;
+  // A line for the log: the backend, its version, this rank's GPU and, under auto, why not nccl.
+  const std::string& why() const { return why_; }
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  int gpu() const { return gpu_; }  // the GPU index this rank uses
+
+  // Element-wise sum over the ranks of `count` fp32 values in this rank's GPU memory, in place,
+  // after the work already queued on the current stream (stream.h); later work on that stream
+  // sees the sum.
+  virtual void allreduce_sum(float* device_data, int64_t count) = 0;
+
+  // What this rank sent, counted as the communicator does (a ring allreduce: 2(N−1)/N of the bytes).
+  uint64_t bytes_sent() const { return bytes_sent_; }
+
+ protected:
+  DeviceComm(int rank, int size, int gpu) : rank_(rank), size_(size), gpu_(gpu) {}
+  void count_allreduce(int64_t bytes) {
+    if (size_ > 1) bytes_sent_ += static_cast<uint64_t>(2.0 * (size_ - 1) / size_ * static_cast<double>(bytes));
+  }
+  std::string why_;
+
+ private:
+  int rank_, size_, gpu_;
+  uint64_t bytes_sent_ = 0;
+};
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -1,0 +1,232 @@
+// DeviceComm (flashgpt/cuda/device_comm.h): the ranks' gradient sums over GPU memory, through NCCL
+// (loaded at run time) or through host memory and the job's communicator. Also compiled for the
+// emulator (cuda/simt), where there is one emulated GPU a process and no NCCL.
+#include "flashgpt/cuda/device_comm.h"
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "flashgpt/core/error.h"
+#include "flashgpt/cuda/device_memory.h"
+#include "cuda/cuda_check.h"
+#include "cuda/stream.h"
+
+#if !defined(FLASHGPT_SIMT) && __has_include(<nccl.h>)
+#include <nccl.h>
+#define FLASHGPT_NCCL_HEADERS 1
+#endif
+
+namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
+
+namespace {
+
+// A collective step that may fail on some ranks only: every rank learns whether all succeeded.
+// Those that failed throw their own reason, the others name the ranks that failed, so no rank
+// goes on to wait in a collective the failed ones never reach.
+void agree(dist::Communicator& host, const std::string& error, const std::string& what) {
+  const std::vector<int32_t> failed = host.allgather_one<int32_t>(error.empty() ? 0 : 1);
+  if (!error.empty()) fail("{}", error);
+  std::string ranks;
+  for (size_t k = 0; k < failed.size(); ++k) {
+    if (failed[k] != 0) ranks += (ranks.empty() ? "" : ", ") + std::to_string(k);
+  }
+  FLASHGPT_CHECK(ranks.empty(), "{}: failed on rank(s) {} (their messages say why)", what, ranks);
+}
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// This rank's GPU among the host's: the local rank modulo the GPUs visible. `gpus` gets their count.
+int bind_gpu(int local_rank, int* gpus) {
+#if defined(FLASHGPT_SIMT)
+  (void)local_rank;
+  *gpus = 1;  // the emulator: one GPU a process
+  return 0;
+#else
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    fail("GPU communication: this rank sees no GPU ({})",
+         e != cudaSuccess ? cudaGetErrorString(e) : "the CUDA driver lists none");
+  }
+  const int gpu = local_rank % count;
+  FLASHGPT_CUDA_CHECK(cudaSetDevice(gpu));
+  *gpus = count;
+  return gpu;
+#endif
+}
+
+// Through host memory: out, summed by the job's communicator, back in.
+class HostDeviceComm final : public DeviceComm {
+ public:
+  HostDeviceComm(dist::Communicator& host, int gpu) : DeviceComm(host.rank(), host.size(), gpu), host_(host) {}
+  std::string backend() const override { return "host"; }
+  void allreduce_sum(float* device_data, int64_t count) override {
+    FLASHGPT_CHECK(count >= 0, "GPU allreduce: {} values", count);
+    if (size() == 1 || count == 0) return;
+    const size_t bytes = static_cast<size_t>(count) * sizeof(float);
+    staging_.resize(static_cast<size_t>(count));
+    copy_to_host(staging_.data(), device_data, bytes);  // waits for the work queued before it
+    host_.allreduce_sum(staging_.data(), static_cast<size_t>(count), dist::DType::F32);
+    copy_to_device(device_data, staging_.data(), bytes);
+    count_allreduce(static_cast<int64_t>(bytes));
+  }
+
+ private:
+  dist::Communicator& host_;
+  std::vector<float> staging_;
+};
+
+#if defined(FLASHGPT_NCCL_HEADERS)
+// The few NCCL entry points flashgpt calls, resolved from libnccl.so.2 on first use.
+struct NcclApi {
+  decltype(&ncclGetVersion) get_version = nullptr;
+  decltype(&ncclGetUniqueId) get_unique_id = nullptr;
+  decltype(&ncclCommInitRank) comm_init_rank = nullptr;
+  decltype(&ncclCommDestroy) comm_destroy = nullptr;
+  decltype(&ncclAllReduce) all_reduce = nullptr;
+  decltype(&ncclGetErrorString) error_string = nullptr;
+  int version = 0;
+};
+
+// The loaded library, or null with the reason in *why. Loaded once a process, never unloaded.
+const NcclApi* nccl_api(std::string* why) {
+  static std::string error;
+  static const NcclApi* api = [&]() -> const NcclApi* {
+    void* lib = nullptr;
+    for (const char* name : {"libnccl.so.2", "libnccl.so"}) {
+      if ((lib = ::dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
+    }
+    if (lib == nullptr) {
+      const char* e = ::dlerror();
+      error = std::string("NCCL is not installed where the loader looks (libnccl.so.2: ") + (e ? e : "not found") +
+              "); install it or add its directory to LD_LIBRARY_PATH";
+      return nullptr;
+    }
+    static NcclApi a;
+    bool ok = true;
+    auto resolve = [&](auto& fn, const char* symbol) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(::dlsym(lib, symbol));
+      if (fn == nullptr) {
+        error = std::string("libnccl.so.2 lacks ") + symbol + " (too old an NCCL)";
+        ok = false;
+      }
+    };
+    resolve(a.get_version, "ncclGetVersion");
+    resolve(a.get_unique_id, "ncclGetUniqueId");
+    resolve(a.comm_init_rank, "ncclCommInitRank");
+    resolve(a.comm_destroy, "ncclCommDestroy");
+    resolve(a.all_reduce, "ncclAllReduce");
+    resolve(a.error_string, "ncclGetErrorString");
+    if (!ok) return nullptr;
+    if (a.get_version(&a.version) != ncclSuccess) a.version = 0;
+    return &a;
+  }();
+  if (api == nullptr && why != nullptr) *why = error;
+  return api;
+}
+
+std::string nccl_version_string(int v) {  // 22801 → 2.28.1 (NCCL ≥ 2.9's encoding)
+  return v <= 0 ? std::string("?") : std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
+                                         std::to_string(v % 100);
+}
+
+class NcclDeviceComm final : public DeviceComm {
+ public:
+  // Collective: rank 0 makes the unique id, the job's communicator hands it to every rank.
+  NcclDeviceComm(dist::Communicator& host, int gpu, const NcclApi& api) : DeviceComm(host.rank(), host.size(), gpu),
+                                                                          api_(api) {
+    ncclUniqueId id;
+    std::memset(&id, 0, sizeof id);
+    std::string error;
+    if (rank() == 0) error = error_of([&] { check(api_.get_unique_id(&id), "ncclGetUniqueId"); });
+    agree(host, error, "NCCL's unique id");
+    host.broadcast(&id, sizeof id, 0);
+    check(api_.comm_init_rank(&comm_, size(), id, rank()), "ncclCommInitRank");
+  }
+  ~NcclDeviceComm() override {
+    if (comm_ != nullptr) api_.comm_destroy(comm_);
+  }
+  std::string backend() const override { return "nccl"; }
+  void allreduce_sum(float* device_data, int64_t count) override {
+    FLASHGPT_CHECK(count >= 0, "GPU allreduce: {} values", count);
+    if (count == 0) return;
+    check(api_.all_reduce(device_data, device_data, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_,
+                          current_stream()),
+          "ncclAllReduce");
+    count_allreduce(count * static_cast<int64_t>(sizeof(float)));
+  }
+
+ private:
+  void check(ncclResult_t r, const char* what) const {
+    FLASHGPT_CHECK(r == ncclSuccess, "NCCL: {} failed on rank {}: {}", what, rank(), api_.error_string(r));
+  }
+  const NcclApi& api_;
+  ncclComm_t comm_ = nullptr;
+};
+#endif
+
+// Why this build cannot use NCCL at all ("" when it can try).
+std::string nccl_unbuilt() {
+#if defined(FLASHGPT_SIMT)
+  return "the CPU emulator has no NCCL";
+#elif defined(FLASHGPT_NCCL_HEADERS)
+  return "";
+#else
+  return "this build was compiled without NCCL's header (nccl.h)";
+#endif
+}
+
+}  // namespace
+
+std::unique_ptr<DeviceComm> DeviceComm::create(dist::Communicator& host, GpuComm kind) {
+  const dist::HostRanks local = dist::host_ranks(host);
+  int gpus = 0, gpu = 0;
+  agree(host, error_of([&] { gpu = bind_gpu(local.local_rank, &gpus); }), "choosing the ranks' GPUs");
+  // Whether NCCL can serve: built, loadable on every rank, and a GPU for every rank of each host.
+  std::string no_nccl = nccl_unbuilt();
+#if defined(FLASHGPT_NCCL_HEADERS)
+  if (no_nccl.empty() && nccl_api(&no_nccl) == nullptr && no_nccl.empty()) no_nccl = "NCCL did not load";
+#endif
+  if (no_nccl.empty() && local.local_size > gpus) {
+    no_nccl = fmt::format("{} ranks share this host's {} GPU(s), and NCCL needs a GPU for each", local.local_size,
+                          gpus);
+  }
+  const std::vector<int32_t> without = host.allgather_one<int32_t>(no_nccl.empty() ? 0 : 1);
+  const auto first_without = std::find(without.begin(), without.end(), 1);
+  if (no_nccl.empty() && first_without != without.end()) {
+    no_nccl = fmt::format("rank {} cannot use it (its message says why)", first_without - without.begin());
+  }
+  const std::string where = fmt::format("rank {} on GPU {} of {} on its host", host.rank(), gpu, gpus);
+  if (kind == GpuComm::Nccl) agree(host, no_nccl.empty() ? "" : "--gpu-comm nccl: " + no_nccl, "--gpu-comm nccl");
+  std::unique_ptr<DeviceComm> comm;
+#if defined(FLASHGPT_NCCL_HEADERS)
+  if (kind != GpuComm::Host && no_nccl.empty()) {
+    const NcclApi& api = *nccl_api(nullptr);
+    std::unique_ptr<NcclDeviceComm> nccl;
+    agree(host, error_of([&] { nccl = std::make_unique<NcclDeviceComm>(host, gpu, api); }), "starting NCCL");
+    nccl->why_ = fmt::format("gradients summed by NCCL {} ({})", nccl_version_string(api.version), where);
+    comm = std::move(nccl);
+  }
+#endif
+  if (!comm) {
+    auto staged = std::make_unique<HostDeviceComm>(host, gpu);
+    staged->why_ = fmt::format("gradients summed through host memory over {} ({}){}", host.backend(), where,
+                               kind == GpuComm::Auto ? ", not NCCL: " + no_nccl : std::string());
+    comm = std::move(staged);
+  }
+  return comm;
+}
+
+}  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

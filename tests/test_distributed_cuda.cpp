@@ -1,0 +1,211 @@
+// Data-parallel training on GPUs (cuda/device_comm.h, GPTCuda::allreduce_grads), run under mpirun
+// with 2 and 3 ranks (tests/CMakeLists.txt), each rank with a GPU of its own: on the CPU emulator
+// in every build, where each process emulates one. Each rank's model runs its own micro-batches,
+// the ranks sum their gradients, and the sum must be one model's gradient over the whole batch;
+// the AdamW steps that follow must keep every rank's weights bit-identical and on the one model's
+// path. Every rank runs every test; a failure on any rank fails the job.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "flashgpt/core/device.h"
+#include "flashgpt/core/error.h"
+#include "flashgpt/core/rng.h"
+#include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/device_comm.h"
+#include "flashgpt/cuda/device_memory.h"
+#include "flashgpt/cuda/gpt_cuda.h"
+#include "flashgpt/dist/comm.h"
+#include "flashgpt/model/gpt.h"
+#include "flashgpt/ops/adamw.h"
+#include "testing/errors.h"
+
+namespace flashgpt {
+namespace {
+
+using cuda::DeviceComm;
+using cuda::GPTCuda;
+using cuda::GpuComm;
+using cuda::Precision;
+using testing::error_of;
+
+dist::Communicator& W() { return dist::world(); }
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none
+
+// Rank r holds (r + 1)·i: the sums are whole numbers, exact in fp32 whatever the order.
+void expect_sums_in_place(DeviceComm& comm) {
+  const int n = W().size(), r = W().rank();
+  constexpr int64_t kCount = 1000;
+  std::vector<float> mine(kCount), back(kCount, -1.0f);
+  for (int64_t i = 0; i < kCount; ++i) mine[static_cast<size_t>(i)] = static_cast<float>((r + 1) * i);
+  cuda::DeviceBuffer buf(kCount * sizeof(float));
+  buf.upload(mine.data(), kCount * sizeof(float));
+  const uint64_t sent = comm.bytes_sent();
+  comm.allreduce_sum(buf.as<float>(), kCount);
+  comm.allreduce_sum(buf.as<float>(), 0);  // nothing to do, on every rank alike
+  buf.download(back.data(), kCount * sizeof(float));
+  for (int64_t i = 0; i < kCount; ++i) {
+    ASSERT_EQ(back[static_cast<size_t>(i)], static_cast<float>(n * (n + 1) / 2 * i)) << comm.backend() << " " << i;
+  }
+  EXPECT_EQ(comm.bytes_sent() - sent, static_cast<uint64_t>(2.0 * (n - 1) / n * kCount * sizeof(float)));
+  EXPECT_NE(error_of([&] { comm.allreduce_sum(buf.as<float>(), -1); }).find("GPU allreduce"), std::string::npos);
+}
+
+TEST(DeviceComm, HostSumsEveryRanksBufferInPlace) {
+  SKIP_WITHOUT_GPU();
+  ASSERT_GE(W().size(), 2) << "run this binary under mpirun with 2 or more ranks";
+  auto comm = DeviceComm::create(W(), GpuComm::Host);
+  EXPECT_EQ(comm->backend(), "host");
+  EXPECT_EQ(comm->rank(), W().rank());
+  EXPECT_EQ(comm->size(), W().size());
+  EXPECT_NE(comm->why().find("host memory"), std::string::npos) << comm->why();
+  expect_sums_in_place(*comm);
+}
+
+// NCCL runs where every rank has a GPU of its own and the library loads; elsewhere every rank
+// refuses it alike (none is left waiting in a collective), naming the flag and the reason, and
+// auto falls back to host memory saying why.
+TEST(DeviceComm, NcclSumsOrEveryRankRefusesItAlike) {
+  SKIP_WITHOUT_GPU();
+  std::unique_ptr<DeviceComm> nccl;
+  const std::string e = error_of([&] { nccl = DeviceComm::create(W(), GpuComm::Nccl); });
+  const std::vector<int32_t> refused = W().allgather_one<int32_t>(e.empty() ? 0 : 1);
+  EXPECT_EQ(std::count(refused.begin(), refused.end(), refused[0]), W().size()) << "the ranks disagree: " << e;
+  auto automatic = DeviceComm::create(W(), GpuComm::Auto);
+#if defined(FLASHGPT_SIMT)
+  EXPECT_NE(e.find("--gpu-comm nccl: the CPU emulator has no NCCL"), std::string::npos) << e;
+#endif
+  if (e.empty()) {
+    EXPECT_EQ(nccl->backend(), "nccl");
+    EXPECT_NE(nccl->why().find("NCCL"), std::string::npos) << nccl->why();
+    expect_sums_in_place(*nccl);
+    EXPECT_EQ(automatic->backend(), "nccl");
+  } else {
+    EXPECT_EQ(e.rfind("--gpu-comm nccl", 0), 0u) << e;
+    EXPECT_EQ(automatic->backend(), "host");
+    EXPECT_NE(automatic->why().find("not NCCL: "), std::string::npos) << automatic->why();
+  }
+  EXPECT_NE(error_of([] { cuda::parse_gpu_comm("mpi", "--gpu-comm"); }).find("--gpu-comm: unknown GPU communication 'mpi'"),
+            std::string::npos);
+}
+
+GPTConfig small_model() {
+  GPTConfig c;
+  c.vocab_size = 61;
+  c.block_size = 16;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_embd = 32;
+  c.attention = AttentionKind::Flash;
+  return c;
+}
+
+// A batch of `rows` sequences of T tokens, the same on every rank.
+struct Batch {
+  int64_t rows, T;
+  std::vector<int> x, y;
+};
+Batch whole_batch(const GPTConfig& c, int64_t rows, int64_t T, uint64_t seed) {
+  Batch b{rows, T, {}, {}};
+  Rng rng(seed);
+  for (int64_t i = 0; i < rows * T; ++i) {
+    b.x.push_back(static_cast<int>(rng.next_u64() % static_cast<uint64_t>(c.vocab_size)));
+    b.y.push_back(static_cast<int>(rng.next_u64() % static_cast<uint64_t>(c.vocab_size)));
+  }
+  return b;
+}
+
+std::vector<float> grads_of(const GPTCuda& m) {
+  std::vector<float> g(static_cast<size_t>(m.num_params()));
+  m.get_grads(g);
+  return g;
+}
+std::vector<float> params_of(const GPTCuda& m) {
+  std::vector<float> p(static_cast<size_t>(m.num_params()));
+  m.get_params(p);
+  return p;
+}
+
+// max |a − b| / max |b|.
+double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double scale = 0, worst = 0;
+  for (float v : b) scale = std::max(scale, static_cast<double>(std::abs(v)));
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return worst / scale;
+}
+
+// The trainer's step on N ranks: each rank's `accum` micro-batches of B sequences (its own rows of
+// the whole batch, every rank's micro-batch a at rows (a·N + rank)·B …), losses scaled by
+// 1/(accum·N), the gradients summed across ranks; against one model taking the whole batch at once
+// on every rank. Three steps, clipped: the gradients, their norms and the weights after each.
+TEST(DataParallel, GradientsAndStepsEqualOneModelOverTheWholeBatch) {
+  SKIP_WITHOUT_GPU();
+  const int n = W().size(), r = W().rank();
+  auto comm = DeviceComm::create(W(), GpuComm::Host);
+  const GPTConfig c = small_model();
+  constexpr int64_t B = 2, T = 16, kAccum = 2;
+  GPT<float> init(c);
+  init.init_weights(7);
+  GPTCuda one(c, Precision::FP32), dp(c, Precision::FP32);
+  one.set_params(init.params());
+  dp.set_params(init.params());
+  ops::AdamWParams hp;
+  hp.lr = 3e-3f;
+  hp.weight_decay = 0.1f;
+  for (int step = 0; step < 3; ++step) {
+    const Batch all = whole_batch(c, B * kAccum * n, T, 100 + static_cast<uint64_t>(step));
+    one.zero_grad();
+    const double loss_one = one.forward_backward(all.x.data(), all.y.data(), all.rows, T, nullptr, 1.0f);
+    dp.zero_grad();
+    double loss_dp = 0;
+    for (int64_t a = 0; a < kAccum; ++a) {
+      const size_t at = static_cast<size_t>(((a * n + r) * B) * T);
+      loss_dp += dp.forward_backward(all.x.data() + at, all.y.data() + at, B, T, nullptr,
+                                     1.0f / static_cast<float>(kAccum * n)) /
+                 kAccum;
+    }
+    dp.allreduce_grads(*comm);
+    loss_dp = W().sum(loss_dp) / n;
+    EXPECT_NEAR(loss_dp, loss_one, 1e-5 * loss_one) << "step " << step;
+    const std::vector<float> g_one = grads_of(one), g_dp = grads_of(dp);
+    EXPECT_LT(rel_error(g_dp, g_one), 1e-5) << "step " << step;
+    const double norm_one = std::sqrt(one.grad_sum_squares()), norm_dp = std::sqrt(dp.grad_sum_squares());
+    EXPECT_NEAR(norm_dp, norm_one, 1e-5 * norm_one) << "step " << step;
+    hp.step = step + 1;
+    const float clip = static_cast<float>(std::min(1.0, 0.5 / norm_dp));  // clipping on: the norm must be right
+    one.adamw_step(hp, clip);
+    dp.adamw_step(hp, clip);
+    const std::vector<float> p_dp = params_of(dp);
+    // Every rank summed the same values in the same order: the replicas agree to the bit.
+    dist::check_same_on_all_ranks(W(), dist::fingerprint(p_dp.data(), p_dp.size() * sizeof(float)),
+                                  "the weights after step " + std::to_string(step + 1));
+    EXPECT_LT(rel_error(p_dp, params_of(one)), 1e-5) << "step " << step;
+  }
+  EXPECT_GT(comm->bytes_sent(), 0u);
+}
+
+}  // namespace
+}  // namespace flashgpt
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  flashgpt::dist::Communicator& w = flashgpt::dist::world();
+  w.set_timeout(300);
+  if (w.rank() != 0) {  // one report: rank 0's (a failure on another rank still fails the job)
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  const int rc = RUN_ALL_TESTS();
+  const int failed = w.sum(rc != 0 ? 1 : 0);
+  if (w.rank() == 0 && failed > 0) std::fprintf(stderr, "%d rank(s) had failures\n", failed);
+  flashgpt::dist::finalize();
+  return failed > 0 ? 1 : 0;
+}
