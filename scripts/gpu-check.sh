@@ -107,6 +107,17 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libcudnn.so.9'; then
   done
 fi
 
+# NCCL, for data parallelism over GPUs (loaded at run time; test_cuda_gpt's one-rank NCCL test):
+# the toolkit's if it has one, else the one PyTorch's wheels carry.
+if ! ldconfig -p 2>/dev/null | grep -q 'libnccl.so.2'; then
+  for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null); do
+    if ls "$d"/libnccl.so.2 > /dev/null 2>&1; then
+      export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      break
+    fi
+  done
+fi
+
 # jsonl_table FILE "Header=format" …: a markdown table, one row per JSON line of FILE; each format
 # is a Python f-string over the line's object r, e.g. "ms={r['ms']:.3f}".
 jsonl_table() {

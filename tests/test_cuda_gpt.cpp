@@ -20,6 +20,9 @@
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/device_comm.h"
+#include "flashgpt/cuda/device_memory.h"
+#include "flashgpt/dist/comm.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/kernel_times.h"
 #include "flashgpt/infer/sampler.h"
@@ -1098,6 +1101,38 @@ TEST(CudaGpt, BadInputIsAnErrorNamingIt) {
   EXPECT_NE(error_of([&] { gpu.set_classifier_rows(-1); }).find("must not be negative"), std::string::npos);
   std::vector<float> wrong(10);
   EXPECT_NE(error_of([&] { gpu.set_params(wrong); }).find("the model has"), std::string::npos);
+}
+
+// One rank: both ways of summing gradients run and leave the buffer as it is (a sum over one
+// rank), sending nothing; NCCL where it loads (this build's, on a GPU) — the multi-rank sums are
+// tests/test_distributed_cuda.cpp's.
+TEST(GpuComm, OneRankSumsLeaveTheGradientsAsTheyAre) {
+  SKIP_WITHOUT_GPU();
+  auto single = dist::make_single_process_comm();
+  std::vector<float> x(300), back(300);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = 0.25f * static_cast<float>(i) - 7.0f;
+  for (cuda::GpuComm kind : {cuda::GpuComm::Host, cuda::GpuComm::Nccl}) {
+    std::unique_ptr<cuda::DeviceComm> comm;
+    const std::string e = error_of([&] { comm = cuda::DeviceComm::create(*single, kind); });
+#if defined(FLASHGPT_SIMT)
+    if (kind == cuda::GpuComm::Nccl) {
+      EXPECT_NE(e.find("--gpu-comm nccl: the CPU emulator has no NCCL"), std::string::npos) << e;
+      continue;
+    }
+#endif
+    if (kind == cuda::GpuComm::Nccl && e.find("NCCL is not installed") != std::string::npos) {
+      GTEST_SKIP() << e;
+    }
+    ASSERT_EQ(e, "no error");
+    EXPECT_EQ(comm->backend(), cuda::to_string(kind));
+    EXPECT_EQ(comm->gpu(), 0);
+    cuda::DeviceBuffer buf(x.size() * sizeof(float));
+    buf.upload(x.data(), x.size() * sizeof(float));
+    comm->allreduce_sum(buf.as<float>(), static_cast<int64_t>(x.size()));
+    buf.download(back.data(), back.size() * sizeof(float));
+    EXPECT_EQ(back, x) << comm->backend();
+    EXPECT_EQ(comm->bytes_sent(), 0u);
+  }
 }
 
 }  // namespace
