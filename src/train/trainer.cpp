@@ -163,7 +163,9 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   // Data parallelism on GPUs: each rank binds to its GPU and joins the ranks' GPU communicator
   // before anything else touches the device.
   std::unique_ptr<cuda::DeviceComm> gpu_comm;
-  if (where.gpu && comm.size() > 1) gpu_comm = cuda::DeviceComm::create(comm, cuda::parse_gpu_comm(opt.gpu_comm, "--gpu-comm"));
+  if (where.gpu && comm.size() > 1) {
+    gpu_comm = cuda::DeviceComm::create(comm, cuda::parse_gpu_comm(opt.gpu_comm, "--gpu-comm"));
+  }
   // The host model holds the weights for checkpoints and samples in both cases; on the GPU the
   // training step runs on the device copy.
   GPT<float> model(config);
@@ -276,16 +278,16 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   };
   auto save = [&](int64_t steps_done) {  // collective: ZeRO-1 gathers the optimizer state to rank 0
     if (opt.save_optimizer) {
-      if (gpu) {
+      if (!gpu) {
+        sync->gather_state(m_full, v_full);
+      } else if (root) {  // every GPU rank holds the same state: rank 0's is the one saved
         m_full.resize(static_cast<size_t>(n_params));
         v_full.resize(static_cast<size_t>(n_params));
         gpu->get_optimizer_state(m_full, v_full);
-      } else {
-        sync->gather_state(m_full, v_full);
       }
     }
-    pull_params();
     if (!root) return;
+    pull_params();
     nlohmann::json state = {{"step", steps_done},
                             {"rng", rng.state()},
                             {"train_loader", train_loader.state()},
@@ -477,7 +479,8 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   result.steps = step;
   result.tokens_per_second = train_seconds > 0 ? tokens_done / train_seconds : 0;
   result.checkpoint = ckpt_path;
-  result.bytes_sent = comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) + (gpu_comm ? gpu_comm->bytes_sent() : 0);
+  result.bytes_sent =
+      comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) + (gpu_comm ? gpu_comm->bytes_sent() : 0);
   result.device = gpu ? "cuda" : "cpu";
   return result;
 }
