@@ -814,6 +814,22 @@ TEST(CudaOps, AdamWOverRunsEqualsOneUpdatePerRun) {
     EXPECT_TRUE(got == bp.down()) << "weights";
     EXPECT_TRUE(am.down() == bm.down()) << "first moments";
     EXPECT_TRUE(av.down() == bv.down()) << "second moments";
+    {  // ZeRO-1's shard: moments kept only from the runs' first parameter on, the same bits
+      const auto f = static_cast<std::ptrdiff_t>(ends[0]);
+      Skewed<float> sp(p0, skew), sm(std::vector<float>(m0.begin() + f, m0.end()), skew),
+          sv(std::vector<float>(v0.begin() + f, v0.end()), skew);
+      cuda::AdamWRuns shard = runs;
+      shard.moments_first = ends[0];
+      cuda::adamw_update_runs(sp.p(), ag.p(), sm.p(), sv.p(), shard, hp, 0.5f, nullptr);
+      EXPECT_TRUE(sp.down() == got) << "weights, sharded moments";
+      const std::vector<float> full_m = am.down(), full_v = av.down();
+      EXPECT_TRUE(sm.down() == std::vector<float>(full_m.begin() + f, full_m.end())) << "first moments, sharded";
+      EXPECT_TRUE(sv.down() == std::vector<float>(full_v.begin() + f, full_v.end())) << "second moments, sharded";
+      shard.moments_first = ends[0] + 1;  // past the first parameter: refused
+      EXPECT_NE(testing::error_of([&] { cuda::adamw_update_runs(sp.p(), ag.p(), sm.p(), sv.p(), shard, hp, 0.5f); })
+                    .find("adamw: the moments start after the first parameter"),
+                std::string::npos);
+    }
     const std::vector<float> ac = acopy.down(), bc = bcopy.down();
     EXPECT_TRUE(std::equal(ac.begin() + 5, ac.end(), bc.begin() + 5)) << "the bf16 copy";
     for (int64_t i = 0; i < ends[0]; ++i) {

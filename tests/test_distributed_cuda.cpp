@@ -1,9 +1,10 @@
-// Data-parallel training on GPUs (cuda/device_comm.h, GPTCuda::allreduce_grads), run under mpirun
+// Data-parallel training on GPUs (cuda/device_comm.h, GPTCuda::reduce_grads), run under mpirun
 // with 2 and 3 ranks (tests/CMakeLists.txt), each rank with a GPU of its own: on the CPU emulator
 // in every build, where each process emulates one. Each rank's model runs its own micro-batches,
 // the ranks sum their gradients, and the sum must be one model's gradient over the whole batch;
 // the AdamW steps that follow must keep every rank's weights bit-identical and on the one model's
-// path. Every rank runs every test; a failure on any rank fails the job.
+// path, with the optimizer state whole on every rank or sharded (ZeRO-1). Every rank runs every
+// test; a failure on any rank fails the job.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -54,6 +55,29 @@ void expect_sums_in_place(DeviceComm& comm) {
   }
   EXPECT_EQ(comm.bytes_sent() - sent, static_cast<uint64_t>(2.0 * (n - 1) / n * kCount * sizeof(float)));
   EXPECT_NE(error_of([&] { comm.allreduce_sum(buf.as<float>(), -1); }).find("GPU allreduce"), std::string::npos);
+
+  // ZeRO-1's pair over blocks of 7: the reduce-scatter sums this rank's block (the others are
+  // whatever the backend leaves), the all-gather hands every block to every rank.
+  constexpr int64_t kShard = 7;
+  std::vector<float> blocks(static_cast<size_t>(n * kShard)), got(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = static_cast<float>((r + 1) * static_cast<int>(i));
+  cuda::DeviceBuffer wide(blocks.size() * sizeof(float));
+  wide.upload(blocks.data(), blocks.size() * sizeof(float));
+  comm.reduce_scatter_sum(wide.as<float>(), kShard);
+  wide.download(got.data(), got.size() * sizeof(float));
+  for (int64_t i = r * kShard; i < (r + 1) * kShard; ++i) {
+    EXPECT_EQ(got[static_cast<size_t>(i)], static_cast<float>(n * (n + 1) / 2 * i)) << comm.backend() << " " << i;
+  }
+  // Each rank's block now holds its rank number times 1000 plus the position: one all-gather.
+  for (int64_t i = r * kShard; i < (r + 1) * kShard; ++i) got[static_cast<size_t>(i)] = static_cast<float>(1000 * r + i);
+  wide.upload(got.data(), got.size() * sizeof(float));
+  const uint64_t before = comm.bytes_sent();
+  comm.allgather(wide.as<float>(), kShard);
+  wide.download(got.data(), got.size() * sizeof(float));
+  for (int64_t i = 0; i < n * kShard; ++i) {
+    EXPECT_EQ(got[static_cast<size_t>(i)], static_cast<float>(1000 * (i / kShard) + i)) << comm.backend() << " " << i;
+  }
+  EXPECT_EQ(comm.bytes_sent() - before, static_cast<uint64_t>(1.0 * (n - 1) / n * n * kShard * sizeof(float)));
 }
 
 TEST(DeviceComm, HostSumsEveryRanksBufferInPlace) {
@@ -146,9 +170,9 @@ double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
 // The trainer's step on N ranks: each rank's `accum` micro-batches of B sequences (its own rows of
 // the whole batch, every rank's micro-batch a at rows (a·N + rank)·B …), losses scaled by
 // 1/(accum·N), the gradients summed across ranks; against one model taking the whole batch at once
-// on every rank. Three steps, clipped: the gradients, their norms and the weights after each.
-TEST(DataParallel, GradientsAndStepsEqualOneModelOverTheWholeBatch) {
-  SKIP_WITHOUT_GPU();
+// on every rank. Three steps, clipped: the gradients (the shard's, under ZeRO-1), their norms and
+// the weights after each; then the optimizer state, gathered or whole.
+void expect_data_parallel_equals_one_model(bool zero) {
   const int n = W().size(), r = W().rank();
   auto comm = DeviceComm::create(W(), GpuComm::Host);
   const GPTConfig c = small_model();
@@ -158,6 +182,10 @@ TEST(DataParallel, GradientsAndStepsEqualOneModelOverTheWholeBatch) {
   GPTCuda one(c, Precision::FP32), dp(c, Precision::FP32);
   one.set_params(init.params());
   dp.set_params(init.params());
+  if (zero) dp.shard_optimizer_state(*comm);
+  EXPECT_EQ(dp.optimizer_state_sharded(), zero);
+  const int64_t P = one.num_params(), shard = (P + n - 1) / n;
+  const int64_t lo = std::min(P, r * shard), hi = std::min(P, lo + shard);
   ops::AdamWParams hp;
   hp.lr = 3e-3f;
   hp.weight_decay = 0.1f;
@@ -173,10 +201,14 @@ TEST(DataParallel, GradientsAndStepsEqualOneModelOverTheWholeBatch) {
                                      1.0f / static_cast<float>(kAccum * n)) /
                  kAccum;
     }
-    dp.allreduce_grads(*comm);
+    dp.reduce_grads(*comm);
     loss_dp = W().sum(loss_dp) / n;
     EXPECT_NEAR(loss_dp, loss_one, 1e-5 * loss_one) << "step " << step;
-    const std::vector<float> g_one = grads_of(one), g_dp = grads_of(dp);
+    std::vector<float> g_one = grads_of(one), g_dp = grads_of(dp);
+    if (zero) {  // only this rank's shard is summed
+      g_one = std::vector<float>(g_one.begin() + lo, g_one.begin() + hi);
+      g_dp = std::vector<float>(g_dp.begin() + lo, g_dp.begin() + hi);
+    }
     EXPECT_LT(rel_error(g_dp, g_one), 1e-5) << "step " << step;
     const double norm_one = std::sqrt(one.grad_sum_squares()), norm_dp = std::sqrt(dp.grad_sum_squares());
     EXPECT_NEAR(norm_dp, norm_one, 1e-5 * norm_one) << "step " << step;
@@ -191,6 +223,45 @@ TEST(DataParallel, GradientsAndStepsEqualOneModelOverTheWholeBatch) {
     EXPECT_LT(rel_error(p_dp, params_of(one)), 1e-5) << "step " << step;
   }
   EXPECT_GT(comm->bytes_sent(), 0u);
+  // The optimizer state: whole on every rank, or gathered to rank 0 (the others pass nothing).
+  std::vector<float> m_one(static_cast<size_t>(P)), v_one(m_one.size());
+  one.get_optimizer_state(m_one, v_one);
+  const bool receives = !zero || r == 0;
+  std::vector<float> m_dp(receives ? m_one.size() : 0), v_dp(m_dp.size());
+  dp.get_optimizer_state(m_dp, v_dp);
+  if (receives) {
+    EXPECT_LT(rel_error(m_dp, m_one), 1e-5);
+    EXPECT_LT(rel_error(v_dp, v_one), 1e-5);
+  }
+  if (!zero) return;
+  // Resuming: a new sharded model takes the whole state on every rank, and its next step is the
+  // one model's.
+  GPTCuda again(c, Precision::FP32);
+  again.set_params(params_of(one));
+  again.shard_optimizer_state(*comm);
+  again.set_optimizer_state(m_one, v_one);
+  const Batch all = whole_batch(c, B * n, T, 200);
+  one.zero_grad();
+  one.forward_backward(all.x.data(), all.y.data(), all.rows, T, nullptr, 1.0f);
+  again.zero_grad();
+  const size_t at = static_cast<size_t>(r * B * T);
+  again.forward_backward(all.x.data() + at, all.y.data() + at, B, T, nullptr, 1.0f / static_cast<float>(n));
+  again.reduce_grads(*comm);
+  hp.step = 4;
+  one.adamw_step(hp, 1.0f);
+  again.adamw_step(hp, 1.0f);
+  EXPECT_LT(rel_error(params_of(again), params_of(one)), 1e-5) << "the step after resuming";
+  EXPECT_NE(error_of([&] { again.shard_optimizer_state(*comm); }).find("already sharded"), std::string::npos);
+}
+
+TEST(DataParallel, GradientsAndStepsEqualOneModelOverTheWholeBatch) {
+  SKIP_WITHOUT_GPU();
+  expect_data_parallel_equals_one_model(false);
+}
+
+TEST(DataParallel, ZeroOneShardsTheOptimizerStateAndEqualsOneModel) {
+  SKIP_WITHOUT_GPU();
+  expect_data_parallel_equals_one_model(true);
 }
 
 }  // namespace

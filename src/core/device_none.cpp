@@ -139,7 +139,9 @@ bool GPTCuda::gelu_fusion() const { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::set_qkv_fusion(bool) { fail("GPU model: {}", kNoCuda); }
 bool GPTCuda::qkv_fusion() const { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
-void GPTCuda::allreduce_grads(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::reduce_grads(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::shard_optimizer_state(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
+bool GPTCuda::optimizer_state_sharded() const { fail("GPU model: {}", kNoCuda); }
 std::unique_ptr<DeviceComm> DeviceComm::create(dist::Communicator&, GpuComm) {
   fail("GPU communication: {}", kNoCuda);
 }

@@ -37,14 +37,15 @@ __device__ __forceinline__ int run_of(const int64_t* __restrict__ ends, int runs
   return lo;
 }
 
-// Parameters [first, first + n). Weight decay: where runs > 0, parameter i's run (run_of) says
+// Parameters [first, first + n); m and v hold the moments of parameters from `moments_first` on
+// (ZeRO-1's shard: only its own), so parameter i's are m[i − moments_first]. Weight decay: where runs > 0, parameter i's run (run_of) says
 // whether it applies (decay[r]); else it applies to all (op) or none, as `op` was built.
 // packed: four parameters a step (16-byte loads of params, grads, m, v; 8 bytes of the bf16 copy),
 // which the launch allows when n is a multiple of 4 and every pointer aligned for it.
 __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict__ grads, float* __restrict__ m,
                              float* __restrict__ v, __nv_bfloat16* __restrict__ copy, int64_t first, int64_t n,
                              bool packed, AdamW op, const int64_t* __restrict__ ends,
-                             const uint8_t* __restrict__ decay, int runs) {
+                             const uint8_t* __restrict__ decay, int runs, int64_t moments_first) {
   using P = Packed<float>;
   using Copy = Packed<__nv_bfloat16, P::kSize>;
   constexpr int64_t K = P::kSize;
@@ -62,7 +63,8 @@ __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict
   for (int64_t q = start; q < packs; q += stride) {
     const int64_t i = first + q * K;
     int r = runs > 0 ? run_of(ends, runs, i) : 0;
-    P p = P::load(params + i), mi = P::load(m + i), vi = P::load(v + i);
+    const int64_t im = i - moments_first;
+    P p = P::load(params + i), mi = P::load(m + im), vi = P::load(v + im);
     const P g = P::load(grads + i);
     Copy c;
     for (int j = 0; j < K; ++j) {
@@ -70,16 +72,17 @@ __global__ void adamw_kernel(float* __restrict__ params, const float* __restrict
       c.set(j, p.v[j]);
     }
     p.store(params + i);
-    mi.store(m + i);
-    vi.store(v + i);
+    mi.store(m + im);
+    vi.store(v + im);
     if (copy) c.store(copy + i);
   }
   for (int64_t i = first + packs * K + start; i < first + n; i += stride) {
     int r = runs > 0 ? run_of(ends, runs, i) : 0;
-    float mi = m[i], vi = v[i];
+    const int64_t im = i - moments_first;
+    float mi = m[im], vi = v[im];
     const float p = update(i, r, params[i], grads[i], mi, vi);
-    m[i] = mi;
-    v[i] = vi;
+    m[im] = mi;
+    v[im] = vi;
     params[i] = p;
     if (copy) copy[i] = __float2bfloat16(p);
   }
@@ -125,12 +128,13 @@ AdamW adamw_op(const ops::AdamWParams& p, bool decay, float grad_scale) {
 }
 
 void launch_adamw(float* params, const float* grads, float* m, float* v, int64_t first, int64_t n, const AdamW& op,
-                  bf16* copy, const int64_t* ends, const uint8_t* decay, int runs) {
+                  bf16* copy, const int64_t* ends, const uint8_t* decay, int runs, int64_t moments_first = 0) {
   if (n <= 0) return;
-  const bool packed = packable<float>(n, {params + first, grads + first, m + first, v + first}) &&
+  const int64_t mf = first - moments_first;  // the first moment's index in m and v
+  const bool packed = packable<float>(n, {params + first, grads + first, m + mf, v + mf}) &&
                       reinterpret_cast<uintptr_t>(copy ? copy + first : nullptr) % 8 == 0;
   launch_kernel("adamw", adamw_kernel, grid_for(packed ? n / pack_size<float>() : n, kThreads), kThreads, 0, nullptr,
-                params, grads, m, v, dev(copy), first, n, packed, op, ends, decay, runs);
+                params, grads, m, v, dev(copy), first, n, packed, op, ends, decay, runs, moments_first);
 }
 
 }  // namespace
@@ -143,8 +147,9 @@ void adamw_update(float* params, const float* grads, float* m, float* v, int64_t
 void adamw_update_runs(float* params, const float* grads, float* m, float* v, const AdamWRuns& runs,
                        const ops::AdamWParams& p, float grad_scale, bf16* copy) {
   if (runs.count == 0) return;
+  FLASHGPT_CUDA_REQUIRE(runs.moments_first <= runs.first, "adamw: the moments start after the first parameter");
   launch_adamw(params, grads, m, v, runs.first, runs.last - runs.first, adamw_op(p, true, grad_scale), copy,
-               runs.ends, runs.decay, runs.count);
+               runs.ends, runs.decay, runs.count, runs.moments_first);
 }
 
 void sum_squares(double* out, const float* x, int64_t n) {

@@ -68,23 +68,48 @@ int bind_gpu(int local_rank, int* gpus) {
 }
 
 // Through host memory: out, summed by the job's communicator, back in.
+void check_count(int64_t count, const char* what) { FLASHGPT_CHECK(count >= 0, "GPU {}: {} values", what, count); }
+
 class HostDeviceComm final : public DeviceComm {
  public:
-  HostDeviceComm(dist::Communicator& host, int gpu) : DeviceComm(host.rank(), host.size(), gpu), host_(host) {}
+  HostDeviceComm(dist::Communicator& host, int gpu) : DeviceComm(host, gpu) {}
   std::string backend() const override { return "host"; }
   void allreduce_sum(float* device_data, int64_t count) override {
-    FLASHGPT_CHECK(count >= 0, "GPU allreduce: {} values", count);
+    check_count(count, "allreduce");
     if (size() == 1 || count == 0) return;
     const size_t bytes = static_cast<size_t>(count) * sizeof(float);
     staging_.resize(static_cast<size_t>(count));
     copy_to_host(staging_.data(), device_data, bytes);  // waits for the work queued before it
-    host_.allreduce_sum(staging_.data(), static_cast<size_t>(count), dist::DType::F32);
+    host().allreduce_sum(staging_.data(), static_cast<size_t>(count), dist::DType::F32);
     copy_to_device(device_data, staging_.data(), bytes);
-    count_allreduce(static_cast<int64_t>(bytes));
+    count_sent(static_cast<int64_t>(bytes), 2);
+  }
+  void reduce_scatter_sum(float* device_data, int64_t shard) override {
+    check_count(shard, "reduce-scatter");
+    if (size() == 1 || shard == 0) return;
+    const size_t n = static_cast<size_t>(shard) * static_cast<size_t>(size());
+    staging_.resize(n + static_cast<size_t>(shard));
+    copy_to_host(staging_.data(), device_data, n * sizeof(float));
+    const std::vector<int64_t> counts(static_cast<size_t>(size()), shard);
+    host().reduce_scatter_sum(staging_.data(), staging_.data() + n, counts, dist::DType::F32);
+    copy_to_device(device_data + static_cast<int64_t>(rank()) * shard, staging_.data() + n,
+                   static_cast<size_t>(shard) * sizeof(float));
+    count_sent(static_cast<int64_t>(n * sizeof(float)), 1);
+  }
+  void allgather(float* device_data, int64_t shard) override {
+    check_count(shard, "all-gather");
+    if (size() == 1 || shard == 0) return;
+    const size_t n = static_cast<size_t>(shard) * static_cast<size_t>(size());
+    staging_.resize(n + static_cast<size_t>(shard));
+    copy_to_host(staging_.data() + n, device_data + static_cast<int64_t>(rank()) * shard,
+                 static_cast<size_t>(shard) * sizeof(float));
+    const std::vector<int64_t> counts(static_cast<size_t>(size()), shard);
+    host().allgather(staging_.data() + n, staging_.data(), counts, dist::DType::F32);
+    copy_to_device(device_data, staging_.data(), n * sizeof(float));
+    count_sent(static_cast<int64_t>(n * sizeof(float)), 1);
   }
 
  private:
-  dist::Communicator& host_;
   std::vector<float> staging_;
 };
 
@@ -96,6 +121,8 @@ struct NcclApi {
   decltype(&ncclCommInitRank) comm_init_rank = nullptr;
   decltype(&ncclCommDestroy) comm_destroy = nullptr;
   decltype(&ncclAllReduce) all_reduce = nullptr;
+  decltype(&ncclReduceScatter) reduce_scatter = nullptr;
+  decltype(&ncclAllGather) all_gather = nullptr;
   decltype(&ncclGetErrorString) error_string = nullptr;
   int version = 0;
 };
@@ -128,6 +155,8 @@ const NcclApi* nccl_api(std::string* why) {
     resolve(a.comm_init_rank, "ncclCommInitRank");
     resolve(a.comm_destroy, "ncclCommDestroy");
     resolve(a.all_reduce, "ncclAllReduce");
+    resolve(a.reduce_scatter, "ncclReduceScatter");
+    resolve(a.all_gather, "ncclAllGather");
     resolve(a.error_string, "ncclGetErrorString");
     if (!ok) return nullptr;
     if (a.get_version(&a.version) != ncclSuccess) a.version = 0;
@@ -145,8 +174,7 @@ std::string nccl_version_string(int v) {  // 22801 → 2.28.1 (NCCL ≥ 2.9's en
 class NcclDeviceComm final : public DeviceComm {
  public:
   // Collective: rank 0 makes the unique id, the job's communicator hands it to every rank.
-  NcclDeviceComm(dist::Communicator& host, int gpu, const NcclApi& api) : DeviceComm(host.rank(), host.size(), gpu),
-                                                                          api_(api) {
+  NcclDeviceComm(dist::Communicator& host, int gpu, const NcclApi& api) : DeviceComm(host, gpu), api_(api) {
     ncclUniqueId id;
     std::memset(&id, 0, sizeof id);
     std::string error;
@@ -160,12 +188,29 @@ class NcclDeviceComm final : public DeviceComm {
   }
   std::string backend() const override { return "nccl"; }
   void allreduce_sum(float* device_data, int64_t count) override {
-    FLASHGPT_CHECK(count >= 0, "GPU allreduce: {} values", count);
+    check_count(count, "allreduce");
     if (count == 0) return;
     check(api_.all_reduce(device_data, device_data, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_,
                           current_stream()),
           "ncclAllReduce");
-    count_allreduce(count * static_cast<int64_t>(sizeof(float)));
+    count_sent(count * static_cast<int64_t>(sizeof(float)), 2);
+  }
+  // In place as NCCL defines it: this rank's block is the receive buffer inside the send buffer.
+  void reduce_scatter_sum(float* device_data, int64_t shard) override {
+    check_count(shard, "reduce-scatter");
+    if (shard == 0) return;
+    check(api_.reduce_scatter(device_data, device_data + static_cast<int64_t>(rank()) * shard,
+                              static_cast<size_t>(shard), ncclFloat32, ncclSum, comm_, current_stream()),
+          "ncclReduceScatter");
+    count_sent(shard * size() * static_cast<int64_t>(sizeof(float)), 1);
+  }
+  void allgather(float* device_data, int64_t shard) override {
+    check_count(shard, "all-gather");
+    if (shard == 0) return;
+    check(api_.all_gather(device_data + static_cast<int64_t>(rank()) * shard, device_data, static_cast<size_t>(shard),
+                          ncclFloat32, comm_, current_stream()),
+          "ncclAllGather");
+    count_sent(shard * size() * static_cast<int64_t>(sizeof(float)), 1);
   }
 
  private:

@@ -615,18 +615,70 @@ void GPTCuda::get_params(std::span<float> params) const {
 }
 
 void GPTCuda::set_optimizer_state(std::span<const float> m, std::span<const float> v) {
-  check_count(m.size(), impl_->P, "optimizer state m");
-  check_count(v.size(), impl_->P, "optimizer state v");
-  impl_->adam_m.upload(m.data(), m.size_bytes());
-  impl_->adam_v.upload(v.data(), v.size_bytes());
+  const Impl& s = *impl_;
+  check_count(m.size(), s.P, "optimizer state m");
+  check_count(v.size(), s.P, "optimizer state v");
+  // Sharded: this rank's part of the whole state.
+  const size_t at = static_cast<size_t>(s.lo), n = static_cast<size_t>(s.zero ? s.hi - s.lo : s.P);
+  impl_->adam_m.upload(m.data() + at, n * sizeof(float));
+  impl_->adam_v.upload(v.data() + at, n * sizeof(float));
 }
 
 void GPTCuda::get_optimizer_state(std::span<float> m, std::span<float> v) const {
-  check_count(m.size(), impl_->P, "optimizer state m");
-  check_count(v.size(), impl_->P, "optimizer state v");
-  impl_->adam_m.download(m.data(), m.size_bytes());
-  impl_->adam_v.download(v.data(), v.size_bytes());
+  const Impl& s = *impl_;
+  const bool receives = !s.zero || s.zero->host().rank() == 0;
+  if (receives) {
+    check_count(m.size(), s.P, "optimizer state m");
+    check_count(v.size(), s.P, "optimizer state v");
+  }
+  if (!s.zero) {
+    s.adam_m.download(m.data(), m.size_bytes());
+    s.adam_v.download(v.data(), v.size_bytes());
+    return;
+  }
+  // Sharded: every rank's part, gathered to rank 0 in rank order.
+  dist::Communicator& host = s.zero->host();
+  std::vector<int64_t> counts;
+  for (int k = 0; k < host.size(); ++k) {
+    const int64_t lo = std::min(s.P, k * s.shard);
+    counts.push_back(std::min(s.P, lo + s.shard) - lo);
+  }
+  std::vector<float> mine(static_cast<size_t>(s.hi - s.lo));
+  for (auto [from, to] : {std::pair{&s.adam_m, m.data()}, std::pair{&s.adam_v, v.data()}}) {
+    from->download(mine.data(), mine.size() * sizeof(float));
+    host.gather(mine.data(), receives ? to : nullptr, counts, dist::DType::F32, 0);
+  }
 }
+
+void GPTCuda::shard_optimizer_state(DeviceComm& comm) {
+  Impl& s = *impl_;
+  FLASHGPT_CHECK(s.zero == nullptr, "ZeRO-1: the optimizer state is already sharded");
+  const int64_t ranks = comm.size(), shard = (s.P + ranks - 1) / ranks;
+  const int64_t lo = std::min(s.P, comm.rank() * shard), hi = std::min(s.P, lo + shard);
+  const size_t bytes = static_cast<size_t>(s.P) * sizeof(float), padded = static_cast<size_t>(ranks * shard) * sizeof(float);
+  auto grow = [&](DeviceBuffer& b) {  // ranks·shard values, the padding zero
+    DeviceBuffer wide(padded);
+    wide.fill_bytes(0);
+    copy_on_device(wide.get(), b.get(), bytes);
+    b = std::move(wide);
+  };
+  grow(s.master);
+  grow(s.grads);
+  auto keep_own = [&](DeviceBuffer& b) {  // this rank's moments only
+    DeviceBuffer own(static_cast<size_t>(std::max<int64_t>(1, hi - lo)) * sizeof(float));
+    own.fill_bytes(0);
+    if (hi > lo) copy_on_device(own.get(), b.as<float>() + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+    b = std::move(own);
+  };
+  keep_own(s.adam_m);
+  keep_own(s.adam_v);
+  s.zero = &comm;
+  s.shard = shard;
+  s.lo = lo;
+  s.hi = hi;
+}
+
+bool GPTCuda::optimizer_state_sharded() const { return impl_->zero != nullptr; }
 
 void GPTCuda::get_grads(std::span<float> grads) const {
   check_count(grads.size(), impl_->P, "get_grads");
@@ -690,14 +742,24 @@ void GPTCuda::set_classifier_rows(int64_t rows) {
 void GPTCuda::get_logits(std::span<float> logits) const { impl_->get_logits(logits); }
 
 double GPTCuda::grad_sum_squares() {
-  DeviceBuffer& sum = impl_->sum_squares;  // allocated once: this runs every step
-  cuda::sum_squares(sum.as<double>(), impl_->grads.as<float>(), impl_->P);
+  Impl& s = *impl_;
+  DeviceBuffer& sum = s.sum_squares;  // allocated once: this runs every step
+  // Sharded: this rank's summed gradients are its shard's; the shards' sums add up over the ranks.
+  cuda::sum_squares(sum.as<double>(), s.grads.as<float>() + s.lo, s.zero ? s.hi - s.lo : s.P);
   double out = 0;
   sum.download(&out, sizeof out);
-  return out;
+  return s.zero ? s.zero->host().sum(out) : out;
 }
 
-void GPTCuda::allreduce_grads(DeviceComm& comm) { comm.allreduce_sum(impl_->grads.as<float>(), impl_->P); }
+void GPTCuda::reduce_grads(DeviceComm& comm) {
+  Impl& s = *impl_;
+  if (s.zero == nullptr) {
+    comm.allreduce_sum(s.grads.as<float>(), s.P);
+    return;
+  }
+  FLASHGPT_CHECK(&comm == s.zero, "ZeRO-1: the gradients must be reduced over the ranks sharing the optimizer state");
+  comm.reduce_scatter_sum(s.grads.as<float>(), s.shard);
+}
 
 void GPTCuda::adamw_step(const ops::AdamWParams& hp, float grad_scale) {
   Impl& m = *impl_;
@@ -722,8 +784,19 @@ void GPTCuda::adamw_step(const ops::AdamWParams& hp, float grad_scale) {
     m.adamw_runs = {0, ends.back(), m.adamw_ends.as<int64_t>(), m.adamw_decay.as<uint8_t>(),
                     static_cast<int>(ends.size())};
   }
-  adamw_update_runs(m.master.as<float>(), m.grads.as<float>(), m.adam_m.as<float>(), m.adam_v.as<float>(),
-                    m.adamw_runs, hp, grad_scale, m.weight_copy());
+  AdamWRuns runs = m.adamw_runs;
+  if (m.zero) {  // this rank's shard, then every rank's weights from their owners
+    runs.first = runs.moments_first = m.lo;
+    runs.last = m.hi;
+  }
+  if (runs.last > runs.first) {
+    adamw_update_runs(m.master.as<float>(), m.grads.as<float>(), m.adam_m.as<float>(), m.adam_v.as<float>(), runs, hp,
+                      grad_scale, m.weight_copy());
+  }
+  if (m.zero) {
+    m.zero->allgather(m.master.as<float>(), m.shard);
+    m.refresh_weights();
+  }
   synchronize();
 }
 

@@ -26,7 +26,12 @@ struct GPTCuda::Impl {
   Precision precision;
   std::vector<ParamSpec> specs;
   int64_t P = 0;
-  DeviceBuffer master, grads, adam_m, adam_v;  // fp32 [P]
+  DeviceBuffer master, grads, adam_m, adam_v;  // fp32 [P] (ZeRO-1: see zero below)
+  // ZeRO-1 (GPTCuda::shard_optimizer_state): the ranks' communicator, and this rank's shard
+  // [lo, hi) of the parameters, blocks of `shard` = ⌈P/ranks⌉. master and grads then hold
+  // ranks·shard values (the tail past P padding) for the collectives, adam_m and adam_v `shard`.
+  DeviceComm* zero = nullptr;
+  int64_t shard = 0, lo = 0, hi = 0;
   DeviceBuffer sum_squares{sizeof(double)};     // grad_sum_squares' accumulator
   // AdamW's runs of consecutive tensors with the same weight decay (adamw_update_runs), made once.
   DeviceBuffer adamw_ends, adamw_decay;

@@ -76,9 +76,6 @@ DeviceChoice choose_train_device(const TrainOptions& o, const GPTConfig& c, cuda
       o.device,
       [&]() -> std::string {
         if (o.context_parallel > 1) return "context parallelism runs on the CPU only";
-        if (ranks > 1 && o.zero_stage == 1) {
-          return "ZeRO-1 (--zero 1) runs on the CPU only for now: each GPU rank keeps the whole AdamW state";
-        }
         return cuda::GPTCuda::unsupported(c, precision);
       },
       cuda::to_string(precision));
@@ -176,6 +173,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     gpu->set_deterministic(opt.deterministic);
     if (cudnn) gpu->set_attention_backend(cuda::AttentionBackend::Cudnn);
     model.release_gradients();  // the GPU keeps its own
+    if (gpu_comm && opt.zero_stage == 1) gpu->shard_optimizer_state(*gpu_comm);
   }
   std::unique_ptr<dist::Communicator> cp_group;
   std::unique_ptr<dist::ContextParallel> cp;
@@ -280,9 +278,9 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     if (opt.save_optimizer) {
       if (!gpu) {
         sync->gather_state(m_full, v_full);
-      } else if (root) {  // every GPU rank holds the same state: rank 0's is the one saved
-        m_full.resize(static_cast<size_t>(n_params));
-        v_full.resize(static_cast<size_t>(n_params));
+      } else if (root || gpu->optimizer_state_sharded()) {  // sharded: gathered to rank 0
+        m_full.resize(root ? static_cast<size_t>(n_params) : 0);
+        v_full.resize(m_full.size());
         gpu->get_optimizer_state(m_full, v_full);
       }
     }
@@ -396,7 +394,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     // where it dies or hangs), then the reduction started during the backward completes.
     comm.arrive("the gradient reduction", step);
     if (sync) sync->finish_reduction();
-    if (gpu_comm) gpu->allreduce_grads(*gpu_comm);
+    if (gpu_comm) gpu->reduce_grads(*gpu_comm);
     // The global mean loss, and whether any rank was interrupted, in one reduction.
     double shared[2] = {loss, g_stop_requested ? 1.0 : 0.0};
     comm.allreduce_sum(shared, 2, dist::DType::F64);

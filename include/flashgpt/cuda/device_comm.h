@@ -58,18 +58,30 @@ class DeviceComm {
   // after the work already queued on the current stream (stream.h); later work on that stream
   // sees the sum.
   virtual void allreduce_sum(float* device_data, int64_t count) = 0;
+  // ZeRO-1's pair, in place on size()·shard values: reduce_scatter_sum leaves this rank's block
+  // [rank·shard, (rank+1)·shard) holding the sum over the ranks of that block (the other blocks are
+  // left undefined); allgather fills every block with its owner's, each rank's own block in place.
+  virtual void reduce_scatter_sum(float* device_data, int64_t shard) = 0;
+  virtual void allgather(float* device_data, int64_t shard) = 0;
+  // The job's communicator, for what travels through host memory anyway (scalars, checkpoints).
+  dist::Communicator& host() const { return host_; }
 
   // What this rank sent, counted as the communicator does (a ring allreduce: 2(N−1)/N of the bytes).
   uint64_t bytes_sent() const { return bytes_sent_; }
 
  protected:
-  DeviceComm(int rank, int size, int gpu) : rank_(rank), size_(size), gpu_(gpu) {}
-  void count_allreduce(int64_t bytes) {
-    if (size_ > 1) bytes_sent_ += static_cast<uint64_t>(2.0 * (size_ - 1) / size_ * static_cast<double>(bytes));
+  DeviceComm(dist::Communicator& host, int gpu) : host_(host), rank_(host.rank()), size_(host.size()), gpu_(gpu) {}
+  // Bytes sent under the ring algorithms: `passes` (2 for an all-reduce, 1 for a reduce-scatter or
+  // an all-gather) of (N−1)/N of the `bytes` in all.
+  void count_sent(int64_t bytes, int passes) {
+    if (size_ > 1) {
+      bytes_sent_ += static_cast<uint64_t>(passes * static_cast<double>(size_ - 1) / size_ * static_cast<double>(bytes));
+    }
   }
   std::string why_;
 
  private:
+  dist::Communicator& host_;
   int rank_, size_, gpu_;
   uint64_t bytes_sent_ = 0;
 };

@@ -19,7 +19,7 @@
 // what does not (in BF16: head dims other than 64 and 128, and latent attention with decoupled
 // RoPE, whose query-key and value head dims differ), so `--device auto` can fall back to the CPU
 // with that reason. Several processes train data-parallel, one GPU each, their gradients summed by DeviceComm
-// (device_comm.h); context parallelism and ZeRO-1 stay on the CPU.
+// (device_comm.h), with ZeRO-1 optionally; context parallelism stays on the CPU.
 #pragma once
 
 #include <cstdint>
@@ -151,8 +151,18 @@ class GPTCuda {
 
   // Data parallelism: sums the gradients over the ranks of `comm` in place, each rank holding the
   // same model and its own micro-batches' gradients (scale each rank's losses by 1/ranks for the
-  // mean). Collective: every rank calls it once a step, after its backward.
-  void allreduce_grads(DeviceComm& comm);
+  // mean). Collective: every rank calls it once a step, after its backward. An all-reduce; under
+  // shard_optimizer_state a reduce-scatter, after which only this rank's shard is summed.
+  void reduce_grads(DeviceComm& comm);
+  // ZeRO-1 over the ranks of `comm` (which must outlive the model), before the first step: this
+  // rank keeps the AdamW moments of only its shard of the parameters, [rank·S, (rank+1)·S) with
+  // S = ⌈P/ranks⌉ (the whole state's 2·4P bytes become 2·4S). From then on, collectively:
+  // reduce_grads reduce-scatters; grad_sum_squares adds every rank's shard; adamw_step updates
+  // this rank's shard and all-gathers the weights; get_optimizer_state gathers the whole state on
+  // rank 0 (whose spans take it; the other ranks' may be empty); set_optimizer_state takes the
+  // whole state on every rank and keeps this rank's part. get_grads holds the sums only in the shard.
+  void shard_optimizer_state(DeviceComm& comm);
+  bool optimizer_state_sharded() const;
   // Σ g² over every gradient (for global-norm clipping).
   double grad_sum_squares();
   // One AdamW step over every tensor (weight decay on the tensors the parameter table marks),

@@ -241,12 +241,14 @@ void adamw_update(float* params, const float* grads, float* m, float* v, int64_t
 // Several runs of one parameter array in one launch, each with its own weight-decay switch: the
 // same arithmetic, bit for bit, as one adamw_update per run. Parameters [first, last) of the
 // arrays, split into `count` runs, run r ending at ends[r] (ascending, the last at `last`) with
-// weight decay where decay[r] is not 0; ends and decay in device memory.
+// weight decay where decay[r] is not 0; ends and decay in device memory. m and v hold the moments
+// of parameters moments_first … (≤ first) only: ZeRO-1's shard, whose moments are all a rank keeps.
 struct AdamWRuns {
   int64_t first = 0, last = 0;
   const int64_t* ends = nullptr;
   const uint8_t* decay = nullptr;
   int count = 0;
+  int64_t moments_first = 0;
 };
 void adamw_update_runs(float* params, const float* grads, float* m, float* v, const AdamWRuns& runs,
                        const ops::AdamWParams& p, float grad_scale, bf16* copy = nullptr);
