@@ -157,7 +157,7 @@ void register_train(CLI::App& app) {
   sub->add_flag("--progress", c->progress, "Force the progress bar")->group(mon);
   sub->add_flag("--no-progress", c->no_progress, "Plain log lines even on a terminal")->group(mon);
   const char* par = "Several processes (start with mpirun -np N flashgpt train …)";
-  sub->add_option("--zero", o.zero_stage, "1: shard the AdamW state across ranks (ZeRO-1, CPU only); 0: every rank keeps it all")
+  sub->add_option("--zero", o.zero_stage, "1: shard the AdamW state across ranks (ZeRO-1); 0: every rank keeps it all")
       ->check(CLI::IsMember({0, 1}))
       ->capture_default_str()
       ->group(par);

@@ -77,7 +77,7 @@ struct TrainOptions {
   std::optional<bool> progress_bar;  // unset: on when stderr is a terminal
   // Several processes. comm null: dist::world() (one process unless started by mpirun).
   dist::Communicator* comm = nullptr;
-  int zero_stage = 0;        // 1: shard the AdamW state across ranks (ZeRO-1; CPU only)
+  int zero_stage = 0;        // 1: shard the AdamW state across ranks (ZeRO-1)
   // How GPU ranks sum their gradients (cuda/device_comm.h): "auto", "nccl" or "host".
   std::string gpu_comm = "auto";
   int context_parallel = 1;  // ranks sharing each sequence
