@@ -19,6 +19,7 @@ extern "C" char* openblas_get_corename(void);
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/device_comm.h"
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/kernel_times.h"
@@ -48,6 +49,7 @@ struct BenchTrainCli {
   std::string attention_backend = "ours";  // GPU: ours or cudnn (cuDNN's fused attention)
   std::string gelu_fusion = "on";         // GPU, bf16: GELU in the MLP's GEMM epilogues, or off
   std::string qkv_fusion = "on";          // GPU: q, k and v in one GEMM, or three
+  std::string gpu_comm = "auto";          // GPU ranks under mpirun: how they sum gradients
   bool profile_step = false;   // GPU: the last timed step inside a profiler capture range
   int breakdown = 0;           // GPU: steps after the timed ones with every kernel timed (KernelTimes)
 };
@@ -130,7 +132,13 @@ std::string kernel_group(const std::string& name) {
 // step ending in a device synchronisation, against the GEMM rate cuBLASLt reaches here in the
 // run's precision (median of n³ products before and after; the higher is the ceiling).
 void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
-  FLASHGPT_CHECK(dist::world().size() == 1, "--device cuda: the GPU benchmark runs in one process");
+  dist::Communicator& world = dist::world();
+  FLASHGPT_CHECK(c.context_parallel == 1, "--context-parallel: runs on the CPU only");
+  const ParallelLayout lay = make_parallel_layout(world, 1);
+  const bool root = world.rank() == 0, ranks = world.size() > 1;
+  // Under mpirun: each rank on its GPU, bound before anything else touches one.
+  std::unique_ptr<cuda::DeviceComm> comm;
+  if (ranks) comm = cuda::DeviceComm::create(world, cuda::parse_gpu_comm(c.gpu_comm, "--gpu-comm"));
   const cuda::Precision precision = cuda::parse_precision(c.precision, "--precision");
   const bool bf16 = precision == cuda::Precision::BF16;
   const int gemm_size = c.gemm_size > 0 ? c.gemm_size : 8192;
@@ -157,9 +165,13 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   std::vector<double> times;
   double loss = 0;
   const int last = c.warmup + c.steps - 1;
+  // With ranks, each step's gradients are summed over them once `together` (the trainer's step);
+  // before that, every rank times its steps alone, side by side, for the scaling.
+  bool together = false;
   auto train_step = [&](int s) {
     gpu.zero_grad();
-    loss = gpu.forward_backward(x.data(), y.data(), B, T, nullptr);
+    loss = gpu.forward_backward(x.data(), y.data(), B, T, nullptr, together ? 1.0f / static_cast<float>(lay.dp) : 1.0f);
+    if (together) gpu.reduce_grads(*comm);
     const double norm = std::sqrt(gpu.grad_sum_squares());
     ops::AdamWParams hp;
     hp.lr = 1e-4f;
@@ -176,6 +188,23 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
     train_step(s);
     if (s >= c.warmup) times.push_back(t.seconds());
     if (c.profile_step && s == last) cuda::profiler_capture(false);
+  }
+  // All the ranks together: the same steps with the gradients summed (and under ZeRO-1 the
+  // optimizer state sharded), the job as fast as its slowest rank.
+  std::vector<double> together_times;
+  uint64_t together_bytes = 0;
+  if (ranks) {
+    if (c.zero == 1) gpu.shard_optimizer_state(*comm);
+    together = true;
+    world.arrive("the benchmark's steps together", 0);
+    auto sent = [&] { return comm->bytes_sent() + world.bytes_sent(); };
+    for (int s = 0; s <= last; ++s) {
+      if (s == c.warmup) together_bytes = sent();  // from the first timed step on
+      Timer t;
+      train_step(s);
+      if (s >= c.warmup) together_times.push_back(t.seconds());
+    }
+    together_bytes = sent() - together_bytes;
   }
   // Where a step's time goes: more steps with every kernel, GEMM and copy timed by events, after the
   // timed ones so that those carry none of the events' cost.
@@ -200,6 +229,9 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   const double gemm = std::max(gemm_before, gemm_after);
   const double step = median(times);
   const double tok_s = static_cast<double>(B * T) / step;
+  double ranks_step = 0;
+  if (ranks) ranks_step = std::ranges::max(world.allgather_one(median(together_times)));
+  if (!root) return;
   const ModelStats stats = model_stats(cfg, static_cast<int>(T));
   const double model_gflops = stats.train_flops_per_token * tok_s / 1e9;
   const DeviceReport dev = probe_devices();
@@ -229,6 +261,21 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
                       {"gemm_size", gemm_size},
                       {"mfu", model_gflops / gemm},
                       {"loss", loss}};
+  double tok_s_all = 0, efficiency = 0, predicted = 0;
+  if (ranks) {
+    tok_s_all = static_cast<double>(B * T * lay.dp) / ranks_step;
+    efficiency = tok_s_all / (lay.dp * tok_s);
+    predicted = predicted_bytes_per_step(cfg, B, T, lay, c.zero);
+    j["ranks"] = world.size();
+    j["data_parallel"] = lay.dp;
+    j["zero"] = c.zero;
+    j["gpu_comm"] = comm->backend();
+    j["ranks_step_s_median"] = ranks_step;
+    j["ranks_tokens_per_s"] = tok_s_all;
+    j["scaling_efficiency"] = efficiency;
+    j["comm_bytes_per_step"] = static_cast<double>(together_bytes) / c.steps;
+    j["comm_bytes_per_step_predicted"] = predicted;
+  }
   double kernel_ms = 0;
   if (c.breakdown > 0) {
     nlohmann::json rows = nlohmann::json::array();
@@ -258,6 +305,14 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   std::printf("  GEMM       %.1f TFLOP/s (cuBLASLt %s, %d³, best of before/after: %.1f / %.1f)\n", gemm / 1e3,
               c.precision.c_str(), gemm_size, gemm_before / 1e3, gemm_after / 1e3);
   std::printf("  MFU        %.1f%% of the measured GEMM rate\n", 100 * model_gflops / gemm);
+  if (ranks) {
+    std::printf("  %d ranks    (one GPU each%s, gradients summed by %s): median step %.4f s, %.0f tokens/s\n",
+                world.size(), c.zero ? ", ZeRO-1" : "", comm->backend().c_str(), ranks_step, tok_s_all);
+    std::printf("  scaling    %.1f%% of %d × one rank's tokens/s (each rank timed alone first, side by side)\n",
+                efficiency * 100, world.size());
+    std::printf("  traffic    %.2f MB sent per rank per step (predicted %.2f MB)\n",
+                j["comm_bytes_per_step"].get<double>() / 1e6, predicted / 1e6);
+  }
   if (c.breakdown > 0) {
     const double step_ms = breakdown_step_s * 1e3;
     std::printf("\nwhere a step goes (%d more steps, each kernel timed by CUDA events; step %.2f ms there):\n\n",
@@ -433,6 +488,10 @@ void register_bench(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   tr->add_flag("--json", c->json, "Print one JSON object");
   tr->add_option("--zero", c->zero, "Under mpirun: 1 shards the AdamW state (ZeRO-1)")->check(CLI::IsMember({0, 1}));
+  tr->add_option("--gpu-comm", c->gpu_comm,
+                 "GPU ranks under mpirun: how they sum gradients, nccl, host (through host memory) or auto")
+      ->check(CLI::IsMember({"auto", "nccl", "host"}))
+      ->capture_default_str();
   tr->add_option("--context-parallel", c->context_parallel, "Under mpirun: ranks sharing each sequence")
       ->check(CLI::PositiveNumber);
   tr->callback([c] { run_bench_train(*c); });

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/cuda/device_memory.h"
 #include "cuda/cuda_check.h"
@@ -53,13 +54,9 @@ int bind_gpu(int local_rank, int* gpus) {
   *gpus = 1;  // the emulator: one GPU a process
   return 0;
 #else
-  int count = 0;
-  const cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess || count == 0) {
-    cudaGetLastError();
-    fail("GPU communication: this rank sees no GPU ({})",
-         e != cudaSuccess ? cudaGetErrorString(e) : "the CUDA driver lists none");
-  }
+  const DeviceReport devices = probe_devices();
+  FLASHGPT_CHECK(!devices.gpus.empty(), "--device cuda: {}", devices.why_none);
+  const int count = static_cast<int>(devices.gpus.size());
   const int gpu = local_rank % count;
   FLASHGPT_CUDA_CHECK(cudaSetDevice(gpu));
   *gpus = count;
