@@ -11,6 +11,7 @@
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/threads.h"
 #include "flashgpt/cuda/attention_cudnn.h"
+#include "flashgpt/cuda/device_comm.h"
 #include "flashgpt/cuda/warpgroup_cuda.h"
 
 extern "C" char* openblas_get_config(void);
@@ -80,11 +81,15 @@ void run_info(const InfoCli& c) {
   std::string cudnn_detail;
   const bool cudnn = dev.cuda_built && cuda::cudnn_attention_built() && cuda::cudnn_attention_available(&cudnn_detail);
   if (!dev.cuda_built) cudnn_detail = "no CUDA backend";
+  // NCCL, for GPU ranks under mpirun (--gpu-comm nccl): loadable here.
+  std::string nccl_detail;
+  const bool nccl = cuda::nccl_available(&nccl_detail);
   nlohmann::json cuda = {{"built", dev.cuda_built},       {"architectures", dev.cuda_architectures},
                          {"driver_version", dev.driver_version}, {"runtime_version", dev.runtime_version},
                          {"gpus", gpus},                  {"why_no_gpu", dev.why_none},
                          {"wgmma", wgmma},
-                         {"cudnn_attention", {{"available", cudnn}, {"detail", cudnn_detail}}}};
+                         {"cudnn_attention", {{"available", cudnn}, {"detail", cudnn_detail}}},
+                         {"nccl", {{"available", nccl}, {"detail", nccl_detail}}}};
   const dist::LaunchInfo launch = dist::launch_info();
   nlohmann::json mpi = {{"built", launch.mpi_built},
                         {"under_launcher", launch.under_launcher},
@@ -179,6 +184,8 @@ void run_info(const InfoCli& c) {
     }
     std::printf("  cuDNN attention backend (--backend cudnn): %s\n",
                 cudnn ? cudnn_detail.c_str() : fmt::format("no ({})", cudnn_detail).c_str());
+    std::printf("  NCCL for GPU ranks (--gpu-comm nccl): %s\n",
+                nccl ? nccl_detail.c_str() : fmt::format("no ({}); GPU ranks sum through host memory", nccl_detail).c_str());
   }
   std::printf("  multi-process training: %s\n",
               !launch.mpi_built ? "not built (no MPI found at build time; install libopenmpi-dev and rebuild)"

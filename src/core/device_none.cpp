@@ -142,6 +142,10 @@ double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::reduce_grads(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::shard_optimizer_state(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
 bool GPTCuda::optimizer_state_sharded() const { fail("GPU model: {}", kNoCuda); }
+bool nccl_available(std::string* detail) {
+  if (detail) *detail = kNoCuda;
+  return false;
+}
 std::unique_ptr<DeviceComm> DeviceComm::create(dist::Communicator&, GpuComm) {
   fail("GPU communication: {}", kNoCuda);
 }

@@ -232,6 +232,20 @@ std::string nccl_unbuilt() {
 
 }  // namespace
 
+bool nccl_available(std::string* detail) {
+  std::string why = nccl_unbuilt();
+#if defined(FLASHGPT_NCCL_HEADERS)
+  if (why.empty()) {
+    if (const NcclApi* api = nccl_api(&why)) {
+      if (detail) *detail = "NCCL " + nccl_version_string(api->version) + " (libnccl.so.2, loaded at run time)";
+      return true;
+    }
+  }
+#endif
+  if (detail) *detail = why;
+  return false;
+}
+
 std::unique_ptr<DeviceComm> DeviceComm::create(dist::Communicator& host, GpuComm kind) {
   const dist::HostRanks local = dist::host_ranks(host);
   int gpus = 0, gpu = 0;

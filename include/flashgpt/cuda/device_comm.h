@@ -37,6 +37,9 @@ inline GpuComm parse_gpu_comm(const std::string& s, const std::string& field) {
   fail("{}: unknown GPU communication '{}' (expected auto, nccl or host)", field, s);
 }
 
+// Whether NCCL can be loaded here (libnccl.so.2): its version, or why not (`flashgpt info`).
+bool nccl_available(std::string* detail);
+
 class DeviceComm {
  public:
   // Collective over every rank of `host` (which must outlive the result): picks this rank's GPU
