@@ -172,7 +172,10 @@ double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
 // 1/(accum·N), the gradients summed across ranks; against one model taking the whole batch at once
 // on every rank. Three steps, clipped: the gradients (the shard's, under ZeRO-1), their norms and
 // the weights after each; then the optimizer state, gathered or whole.
-void expect_data_parallel_equals_one_model(bool zero) {
+enum class Mode { Plain, Overlapped, Zero };
+
+void expect_data_parallel_equals_one_model(Mode mode) {
+  const bool zero = mode == Mode::Zero;
   const int n = W().size(), r = W().rank();
   auto comm = DeviceComm::create(W(), GpuComm::Host);
   const GPTConfig c = small_model();
@@ -197,6 +200,7 @@ void expect_data_parallel_equals_one_model(bool zero) {
     double loss_dp = 0;
     for (int64_t a = 0; a < kAccum; ++a) {
       const size_t at = static_cast<size_t>(((a * n + r) * B) * T);
+      if (mode == Mode::Overlapped && a + 1 == kAccum) dp.overlap_next_backward(*comm);
       loss_dp += dp.forward_backward(all.x.data() + at, all.y.data() + at, B, T, nullptr,
                                      1.0f / static_cast<float>(kAccum * n)) /
                  kAccum;
@@ -256,12 +260,18 @@ void expect_data_parallel_equals_one_model(bool zero) {
 
 TEST(DataParallel, GradientsAndStepsEqualOneModelOverTheWholeBatch) {
   SKIP_WITHOUT_GPU();
-  expect_data_parallel_equals_one_model(false);
+  expect_data_parallel_equals_one_model(Mode::Plain);
+}
+
+// Each block's sum started as its backward ends (the last micro-batch only), the rest after.
+TEST(DataParallel, SumsStartedDuringTheBackwardEqualOneModel) {
+  SKIP_WITHOUT_GPU();
+  expect_data_parallel_equals_one_model(Mode::Overlapped);
 }
 
 TEST(DataParallel, ZeroOneShardsTheOptimizerStateAndEqualsOneModel) {
   SKIP_WITHOUT_GPU();
-  expect_data_parallel_equals_one_model(true);
+  expect_data_parallel_equals_one_model(Mode::Zero);
 }
 
 }  // namespace

@@ -182,6 +182,12 @@ class NcclDeviceComm final : public DeviceComm {
   }
   ~NcclDeviceComm() override {
     if (comm_ != nullptr) api_.comm_destroy(comm_);
+    if (stream_ != nullptr) {
+      cudaStreamSynchronize(stream_);
+      cudaEventDestroy(ready_);
+      cudaEventDestroy(done_);
+      cudaStreamDestroy(stream_);
+    }
   }
   std::string backend() const override { return "nccl"; }
   void allreduce_sum(float* device_data, int64_t count) override {
@@ -191,6 +197,28 @@ class NcclDeviceComm final : public DeviceComm {
                           current_stream()),
           "ncclAllReduce");
     count_sent(count * static_cast<int64_t>(sizeof(float)), 2);
+  }
+  void start_allreduce_sum(float* device_data, int64_t count) override {
+    check_count(count, "allreduce");
+    if (count == 0) return;
+    if (stream_ == nullptr) {  // non-blocking: no implicit order with the legacy default stream
+      FLASHGPT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+      FLASHGPT_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+      FLASHGPT_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+    }
+    // The wait takes the event as last recorded, so one event serves every start.
+    FLASHGPT_CUDA_CHECK(cudaEventRecord(ready_, current_stream()));
+    FLASHGPT_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+    check(api_.all_reduce(device_data, device_data, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_, stream_),
+          "ncclAllReduce");
+    count_sent(count * static_cast<int64_t>(sizeof(float)), 2);
+    pending_ = true;
+  }
+  void finish_sums() override {
+    if (!pending_) return;
+    FLASHGPT_CUDA_CHECK(cudaEventRecord(done_, stream_));
+    FLASHGPT_CUDA_CHECK(cudaStreamWaitEvent(current_stream(), done_, 0));
+    pending_ = false;
   }
   // In place as NCCL defines it: this rank's block is the receive buffer inside the send buffer.
   void reduce_scatter_sum(float* device_data, int64_t shard) override {
@@ -216,6 +244,10 @@ class NcclDeviceComm final : public DeviceComm {
   }
   const NcclApi& api_;
   ncclComm_t comm_ = nullptr;
+  // The sums started during a backward: their stream, and the events that order it both ways.
+  cudaStream_t stream_ = nullptr;
+  cudaEvent_t ready_ = nullptr, done_ = nullptr;
+  bool pending_ = false;
 };
 #endif
 

@@ -511,6 +511,11 @@ void Model<T>::trunk_backward() {
   norm_backward(dres_, dln_, resid_.back(), lnf_w_, lnf_b_, lnf_mean_, lnf_rstd_, N, C, false);
   for (int l = c.n_layer - 1; l >= 0; --l) {
     block_backward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)]);
+    if (overlap) {  // this block's gradients are final for the step: they travel while the next computes
+      const auto [off, count] = block_ranges[static_cast<size_t>(l)];
+      overlap->start_allreduce_sum(grads.as<float>() + off, count);
+      overlapped = true;
+    }
   }
   embedding_backward(G(wte_), G(wpe_), dres_, tokens_, B_, Tn_, C, 0, deterministic ? &token_runs_ : nullptr);
 }
@@ -751,10 +756,31 @@ double GPTCuda::grad_sum_squares() {
   return s.zero ? s.zero->host().sum(out) : out;
 }
 
+void GPTCuda::overlap_next_backward(DeviceComm& comm) {
+  Impl& s = *impl_;
+  if (s.zero != nullptr) return;  // ZeRO-1 reduce-scatters once the backward is done
+  s.overlap = &comm;
+  s.overlapped = false;
+}
+
 void GPTCuda::reduce_grads(DeviceComm& comm) {
   Impl& s = *impl_;
   if (s.zero == nullptr) {
-    comm.allreduce_sum(s.grads.as<float>(), s.P);
+    if (s.overlapped) {  // the blocks' sums started during the backward: the rest, then wait for all
+      FLASHGPT_CHECK(&comm == s.overlap, "overlapped gradient sums: reduce them over the ranks they started on");
+      int64_t at = 0;
+      float* g = s.grads.as<float>();
+      for (const auto& [off, count] : s.block_ranges) {  // ascending, as the layout has them
+        if (off > at) comm.start_allreduce_sum(g + at, off - at);
+        at = std::max(at, off + count);
+      }
+      if (at < s.P) comm.start_allreduce_sum(g + at, s.P - at);
+      comm.finish_sums();
+    } else {
+      comm.allreduce_sum(s.grads.as<float>(), s.P);
+    }
+    s.overlap = nullptr;
+    s.overlapped = false;
     return;
   }
   FLASHGPT_CHECK(&comm == s.zero, "ZeRO-1: the gradients must be reduced over the ranks sharing the optimizer state");

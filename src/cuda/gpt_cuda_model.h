@@ -32,12 +32,18 @@ struct GPTCuda::Impl {
   // ranks·shard values (the tail past P padding) for the collectives, adam_m and adam_v `shard`.
   DeviceComm* zero = nullptr;
   int64_t shard = 0, lo = 0, hi = 0;
+  // GPTCuda::overlap_next_backward: the communicator the next backward hands each finished block's
+  // gradients to (null: none), whether a backward did since, and each block's (offset, count).
+  DeviceComm* overlap = nullptr;
+  bool overlapped = false;
+  std::vector<std::pair<int64_t, int64_t>> block_ranges;
   DeviceBuffer sum_squares{sizeof(double)};     // grad_sum_squares' accumulator
   // AdamW's runs of consecutive tensors with the same weight decay (adamw_update_runs), made once.
   DeviceBuffer adamw_ends, adamw_decay;
   AdamWRuns adamw_runs;
   explicit Impl(const GPTConfig& c, Precision p) : config(c), precision(p), specs(param_specs(c)) {
     P = specs.empty() ? 0 : specs.back().offset + specs.back().numel();
+    for (int l = 0; l < c.n_layer; ++l) block_ranges.push_back(block_param_range(specs, l));
     const size_t bytes = static_cast<size_t>(P) * sizeof(float);
     master = DeviceBuffer(bytes);
     grads = DeviceBuffer(bytes);

@@ -36,14 +36,7 @@ GPT<T>::GPT(const GPTConfig& config) : config_(config) {
       auto it = std::find_if(specs_.begin(), specs_.end(), [&](const ParamSpec& s) { return s.name == name; });
       offsets.push_back(it == specs_.end() ? -1 : it->offset);
     }
-    int64_t lo = total, hi = 0;
-    for (const ParamSpec& s : specs_) {
-      if (s.name.starts_with(prefix)) {
-        lo = std::min(lo, s.offset);
-        hi = std::max(hi, s.offset + s.numel());
-      }
-    }
-    block_ranges_.emplace_back(lo, hi - lo);
+    block_ranges_.push_back(flashgpt::block_param_range(specs_, l));
   }
   if (config_.pos == PosKind::Rope) {
     // Multi-head attention rotates whole heads; latent attention only its decoupled rope part.

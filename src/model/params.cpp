@@ -2,7 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cmath>
+
+#include "flashgpt/core/error.h"
 
 namespace flashgpt {
 
@@ -92,6 +96,19 @@ std::vector<ParamSpec> param_specs(const GPTConfig& c) {
     offset += s.numel();
   }
   return specs;
+}
+
+std::pair<int64_t, int64_t> block_param_range(const std::vector<ParamSpec>& specs, int l) {
+  const std::string prefix = "blocks." + std::to_string(l) + ".";
+  int64_t lo = INT64_MAX, hi = 0;
+  for (const ParamSpec& s : specs) {
+    if (s.name.starts_with(prefix)) {
+      lo = std::min(lo, s.offset);
+      hi = std::max(hi, s.offset + s.numel());
+    }
+  }
+  FLASHGPT_CHECK(hi > 0, "block {}: no parameters", l);
+  return {lo, hi - lo};
 }
 
 }  // namespace flashgpt

@@ -71,7 +71,7 @@ void check_options(const TrainOptions& o, const GPTConfig& c) {
 }
 
 // Where this run trains, and the line that says so.
-DeviceChoice choose_train_device(const TrainOptions& o, const GPTConfig& c, cuda::Precision precision, int ranks) {
+DeviceChoice choose_train_device(const TrainOptions& o, const GPTConfig& c, cuda::Precision precision) {
   return choose_device(
       o.device,
       [&]() -> std::string {
@@ -151,7 +151,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   FLASHGPT_CHECK(!cudnn || opt.device != "cpu", "--attention-backend cudnn: a GPU option (--device cuda or auto)");
   FLASHGPT_CHECK(!cudnn || !opt.document_masking,
                  "--attention-backend cudnn: cuDNN's attention takes no document masks (--document-masking)");
-  const DeviceChoice where = choose_train_device(opt, config, precision, comm.size());
+  const DeviceChoice where = choose_train_device(opt, config, precision);
   const int gpu_ranks = comm.size() > 1 ? comm.sum(where.gpu ? 1 : 0) : (where.gpu ? 1 : 0);
   FLASHGPT_CHECK(gpu_ranks == 0 || gpu_ranks == comm.size(),
                  "--device {}: {} of the {} ranks can train on a GPU and the others cannot; every rank must train "
@@ -380,6 +380,8 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     for (int64_t a = 0; a < accum; ++a) {
       if (!opt.overfit_single_batch) next_micro_batch(train_loader);
       if (gpu) {  // one pass: each chunk of logits becomes its loss and its gradient at once
+        // The last micro-batch's blocks start their gradient sums as they finish.
+        if (gpu_comm && a + 1 == accum) gpu->overlap_next_backward(*gpu_comm);
         // Scaled by 1/ranks as well: the ranks' gradients are summed, not averaged, after.
         loss += gpu->forward_backward(x.data(), y.data(), B, Tl, opt.document_masking ? seg.data() : nullptr,
                                       1.0f / static_cast<float>(accum * lay.dp)) /

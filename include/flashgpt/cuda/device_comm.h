@@ -61,6 +61,12 @@ class DeviceComm {
   // after the work already queued on the current stream (stream.h); later work on that stream
   // sees the sum.
   virtual void allreduce_sum(float* device_data, int64_t count) = 0;
+  // The same sum started on a stream of the communicator's own, after the work already queued on
+  // the current stream, so that work queued there later runs alongside it (the backward of the
+  // next block while this block's gradients travel); finish_sums() makes the current stream wait
+  // for every sum started. Where there is no such stream (host) the sum is done at once.
+  virtual void start_allreduce_sum(float* device_data, int64_t count) { allreduce_sum(device_data, count); }
+  virtual void finish_sums() {}
   // ZeRO-1's pair, in place on size()·shard values: reduce_scatter_sum leaves this rank's block
   // [rank·shard, (rank+1)·shard) holding the sum over the ranks of that block (the other blocks are
   // left undefined); allgather fills every block with its owner's, each rank's own block in place.

@@ -154,6 +154,13 @@ class GPTCuda {
   // mean). Collective: every rank calls it once a step, after its backward. An all-reduce; under
   // shard_optimizer_state a reduce-scatter, after which only this rank's shard is summed.
   void reduce_grads(DeviceComm& comm);
+  // Data parallelism overlapped with the backward: during the next backward (the step's last
+  // micro-batch: earlier ones must not be summed yet) each block's gradients start their sum over
+  // `comm` as soon as the block is done (DeviceComm::start_allreduce_sum: with NCCL on a stream of
+  // its own, beside the next block's backward); reduce_grads then sums the rest (embeddings, final
+  // norm, head) and waits for all of it. Nothing under shard_optimizer_state (its reduce-scatter
+  // waits for the whole backward).
+  void overlap_next_backward(DeviceComm& comm);
   // ZeRO-1 over the ranks of `comm` (which must outlive the model), before the first step: this
   // rank keeps the AdamW moments of only its shard of the parameters, [rank·S, (rank+1)·S) with
   // S = ⌈P/ranks⌉ (the whole state's 2·4P bytes become 2·4S). From then on, collectively:

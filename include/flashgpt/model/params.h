@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flashgpt/model/config.h"
@@ -28,5 +29,7 @@ struct ParamSpec {
 };
 
 std::vector<ParamSpec> param_specs(const GPTConfig& c);
+// Block l's parameters, one contiguous stretch of the layout: (offset, count).
+std::pair<int64_t, int64_t> block_param_range(const std::vector<ParamSpec>& specs, int l);
 
 }  // namespace flashgpt
