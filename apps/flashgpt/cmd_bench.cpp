@@ -170,6 +170,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   bool together = false;
   auto train_step = [&](int s) {
     gpu.zero_grad();
+    if (together) gpu.overlap_next_backward(*comm);  // as the trainer does (not under ZeRO-1)
     loss = gpu.forward_backward(x.data(), y.data(), B, T, nullptr, together ? 1.0f / static_cast<float>(lay.dp) : 1.0f);
     if (together) gpu.reduce_grads(*comm);
     const double norm = std::sqrt(gpu.grad_sum_squares());
