@@ -96,27 +96,21 @@ else
   status=1
 fi
 
-# cuDNN, for the cuDNN attention backend (loaded at run time; --backend cudnn): the toolkit's if it
-# has one, else the one PyTorch's wheels carry.
-if ! ldconfig -p 2>/dev/null | grep -q 'libcudnn.so.9'; then
-  for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], "lib"))' 2>/dev/null); do
-    if ls "$d"/libcudnn.so.9 > /dev/null 2>&1; then
+# Libraries flashgpt loads at run time, where the loader does not already find them: the
+# toolkit's copy, else the one PyTorch's wheels carry. cuDNN for the cuDNN attention backend
+# (--backend cudnn); NCCL for data parallelism over GPUs (test_cuda_gpt's one-rank NCCL test).
+add_runtime_library() {  # add_runtime_library libcudnn.so.9 nvidia.cudnn
+  local lib="$1" module="$2" d
+  ldconfig -p 2>/dev/null | grep -q "$lib" && return 0
+  for d in /usr/local/cuda/lib64 $(python3 -c "import $module, os; print(os.path.join(list($module.__path__)[0], 'lib'))" 2>/dev/null); do
+    if ls "$d/$lib" > /dev/null 2>&1; then
       export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-      break
+      return 0
     fi
   done
-fi
-
-# NCCL, for data parallelism over GPUs (loaded at run time; test_cuda_gpt's one-rank NCCL test):
-# the toolkit's if it has one, else the one PyTorch's wheels carry.
-if ! ldconfig -p 2>/dev/null | grep -q 'libnccl.so.2'; then
-  for d in /usr/local/cuda/lib64 $(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null); do
-    if ls "$d"/libnccl.so.2 > /dev/null 2>&1; then
-      export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-      break
-    fi
-  done
-fi
+}
+add_runtime_library libcudnn.so.9 nvidia.cudnn
+add_runtime_library libnccl.so.2 nvidia.nccl
 
 # jsonl_table FILE "Header=format" …: a markdown table, one row per JSON line of FILE; each format
 # is a Python f-string over the line's object r, e.g. "ms={r['ms']:.3f}".

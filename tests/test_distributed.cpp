@@ -20,6 +20,7 @@
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/tokenizer/tokenizer.h"
 #include "flashgpt/train/trainer.h"
+#include "testing/mpi_main.h"
 #include "testing/temp_dir.h"
 
 namespace flashgpt {
@@ -380,17 +381,4 @@ TEST(Train, RejectsLayoutsThatDoNotDivide) {
 }  // namespace
 }  // namespace flashgpt
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  flashgpt::dist::Communicator& w = flashgpt::dist::world();
-  w.set_timeout(120);
-  if (w.rank() != 0) {  // one report: rank 0's (a failure on another rank still fails the job)
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  const int rc = RUN_ALL_TESTS();
-  const int failed = w.sum(rc != 0 ? 1 : 0);
-  if (w.rank() == 0 && failed > 0) std::fprintf(stderr, "%d rank(s) had failures\n", failed);
-  flashgpt::dist::finalize();
-  return failed > 0 ? 1 : 0;
-}
+int main(int argc, char** argv) { return flashgpt::testing::run_tests_on_every_rank(argc, argv, 120); }

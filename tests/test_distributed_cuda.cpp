@@ -23,6 +23,7 @@
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
 #include "testing/errors.h"
+#include "testing/mpi_main.h"
 
 namespace flashgpt {
 namespace {
@@ -277,17 +278,4 @@ TEST(DataParallel, ZeroOneShardsTheOptimizerStateAndEqualsOneModel) {
 }  // namespace
 }  // namespace flashgpt
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  flashgpt::dist::Communicator& w = flashgpt::dist::world();
-  w.set_timeout(300);
-  if (w.rank() != 0) {  // one report: rank 0's (a failure on another rank still fails the job)
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-  }
-  const int rc = RUN_ALL_TESTS();
-  const int failed = w.sum(rc != 0 ? 1 : 0);
-  if (w.rank() == 0 && failed > 0) std::fprintf(stderr, "%d rank(s) had failures\n", failed);
-  flashgpt::dist::finalize();
-  return failed > 0 ? 1 : 0;
-}
+int main(int argc, char** argv) { return flashgpt::testing::run_tests_on_every_rank(argc, argv, 300); }
