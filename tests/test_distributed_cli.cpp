@@ -111,6 +111,10 @@ TEST_F(DistributedCli, GpuRanksWithoutAGpuSayWhyOnce) {
   const RunResult bad = run_command(two + train_args(dir / "g", "-n 2 --device auto --gpu-comm mpi"));
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_EQ(count(bad.output, "--gpu-comm"), 1) << bad.output;
+  const RunResult cpu = run_command(two + train_args(dir / "g", "-n 2 --device cpu --gpu-comm nccl"));
+  EXPECT_NE(cpu.exit_code, 0);
+  EXPECT_NE(cpu.output.find("--gpu-comm nccl: a GPU option"), std::string::npos) << cpu.output;
+  EXPECT_EQ(count(cpu.output, "flashgpt: error:"), 1) << cpu.output;
   if (!probe_devices().gpus.empty()) GTEST_SKIP() << "this machine has a GPU";
   const RunResult cuda = run_command(two + train_args(dir / "g", "-n 2 --device cuda --gpu-comm nccl"));
   EXPECT_NE(cuda.exit_code, 0);

@@ -149,6 +149,8 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
                  "--attention-backend: '{}' is not one of ours, cudnn", opt.attention_backend);
   const bool cudnn = opt.attention_backend == "cudnn";
   FLASHGPT_CHECK(!cudnn || opt.device != "cpu", "--attention-backend cudnn: a GPU option (--device cuda or auto)");
+  FLASHGPT_CHECK(opt.gpu_comm == "auto" || opt.device != "cpu", "--gpu-comm {}: a GPU option (--device cuda or auto)",
+                 opt.gpu_comm);
   FLASHGPT_CHECK(!cudnn || !opt.document_masking,
                  "--attention-backend cudnn: cuDNN's attention takes no document masks (--document-masking)");
   const DeviceChoice where = choose_train_device(opt, config, precision);
