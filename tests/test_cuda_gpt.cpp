@@ -1129,6 +1129,12 @@ TEST(GpuComm, OneRankSumsLeaveTheGradientsAsTheyAre) {
     cuda::DeviceBuffer buf(x.size() * sizeof(float));
     buf.upload(x.data(), x.size() * sizeof(float));
     comm->allreduce_sum(buf.as<float>(), static_cast<int64_t>(x.size()));
+    // The started sums (on NCCL's own stream) in two pieces, and ZeRO-1's pair over one block.
+    comm->start_allreduce_sum(buf.as<float>(), 100);
+    comm->start_allreduce_sum(buf.as<float>() + 100, static_cast<int64_t>(x.size()) - 100);
+    comm->finish_sums();
+    comm->reduce_scatter_sum(buf.as<float>(), static_cast<int64_t>(x.size()));
+    comm->allgather(buf.as<float>(), static_cast<int64_t>(x.size()));
     buf.download(back.data(), back.size() * sizeof(float));
     EXPECT_EQ(back, x) << comm->backend();
     EXPECT_EQ(comm->bytes_sent(), 0u);
