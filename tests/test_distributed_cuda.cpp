@@ -197,14 +197,22 @@ void expect_data_parallel_equals_one_model(Mode mode) {
     const Batch all = whole_batch(c, B * kAccum * n, T, 100 + static_cast<uint64_t>(step));
     one.zero_grad();
     const double loss_one = one.forward_backward(all.x.data(), all.y.data(), all.rows, T, nullptr, 1.0f);
-    dp.zero_grad();
     double loss_dp = 0;
-    for (int64_t a = 0; a < kAccum; ++a) {
-      const size_t at = static_cast<size_t>(((a * n + r) * B) * T);
-      if (mode == Mode::Overlapped && a + 1 == kAccum) dp.overlap_next_backward(*comm);
-      loss_dp += dp.forward_backward(all.x.data() + at, all.y.data() + at, B, T, nullptr,
-                                     1.0f / static_cast<float>(kAccum * n)) /
-                 kAccum;
+    if (mode == Mode::Overlapped) {  // the trainer's step
+      int64_t a = 0;
+      loss_dp = dp.accumulate_gradients(kAccum, comm.get(), [&] {
+        const size_t at = static_cast<size_t>(((a++ * n + r) * B) * T);
+        return cuda::MicroBatch{all.x.data() + at, all.y.data() + at, nullptr, B, T};
+      });
+      EXPECT_EQ(a, kAccum);
+    } else {  // by hand: the sums after the backward
+      dp.zero_grad();
+      for (int64_t a = 0; a < kAccum; ++a) {
+        const size_t at = static_cast<size_t>(((a * n + r) * B) * T);
+        loss_dp += dp.forward_backward(all.x.data() + at, all.y.data() + at, B, T, nullptr,
+                                       1.0f / static_cast<float>(kAccum * n)) /
+                   kAccum;
+      }
     }
     dp.reduce_grads(*comm);
     loss_dp = W().sum(loss_dp) / n;
@@ -264,7 +272,8 @@ TEST(DataParallel, GradientsAndStepsEqualOneModelOverTheWholeBatch) {
   expect_data_parallel_equals_one_model(Mode::Plain);
 }
 
-// Each block's sum started as its backward ends (the last micro-batch only), the rest after.
+// The trainer's step (accumulate_gradients): each block's sum started as its backward ends (the
+// last micro-batch only), the rest after.
 TEST(DataParallel, SumsStartedDuringTheBackwardEqualOneModel) {
   SKIP_WITHOUT_GPU();
   expect_data_parallel_equals_one_model(Mode::Overlapped);

@@ -141,6 +141,9 @@ bool GPTCuda::qkv_fusion() const { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::reduce_grads(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::overlap_next_backward(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
+double GPTCuda::accumulate_gradients(int64_t, DeviceComm*, const std::function<MicroBatch()>&) {
+  fail("GPU model: {}", kNoCuda);
+}
 void GPTCuda::shard_optimizer_state(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
 bool GPTCuda::optimizer_state_sharded() const { fail("GPU model: {}", kNoCuda); }
 bool nccl_available(std::string* detail) {

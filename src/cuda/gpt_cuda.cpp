@@ -756,6 +756,20 @@ double GPTCuda::grad_sum_squares() {
   return s.zero ? s.zero->host().sum(out) : out;
 }
 
+double GPTCuda::accumulate_gradients(int64_t accum, DeviceComm* comm, const std::function<MicroBatch()>& next) {
+  FLASHGPT_CHECK(accum > 0, "gradient accumulation: {} micro-batches", accum);
+  // Scaled by 1/ranks as well: the ranks' gradients are summed, not averaged, after.
+  const float scale = 1.0f / static_cast<float>(accum * (comm ? comm->size() : 1));
+  zero_grad();
+  double loss = 0;
+  for (int64_t a = 0; a < accum; ++a) {
+    const MicroBatch mb = next();
+    if (comm && a + 1 == accum) overlap_next_backward(*comm);  // its blocks' gradients are final
+    loss += forward_backward(mb.tokens, mb.targets, mb.B, mb.Tn, mb.segments, scale) / static_cast<double>(accum);
+  }
+  return loss;
+}
+
 void GPTCuda::overlap_next_backward(DeviceComm& comm) {
   Impl& s = *impl_;
   if (s.zero != nullptr) return;  // ZeRO-1 reduce-scatters once the backward is done

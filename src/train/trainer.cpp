@@ -373,26 +373,20 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
       return comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) + (gpu_comm ? gpu_comm->bytes_sent() : 0);
     };
     const uint64_t bytes_before = bytes_sent();
-    if (gpu) {
-      gpu->zero_grad();
+    double loss = 0;
+    if (gpu) {  // the GPU's micro-batches, the last one's gradient sums started during its backward
+      loss = gpu->accumulate_gradients(accum, gpu_comm.get(), [&] {
+        if (!opt.overfit_single_batch) next_micro_batch(train_loader);
+        return cuda::MicroBatch{x.data(), y.data(), opt.document_masking ? seg.data() : nullptr, B, Tl};
+      });
     } else {
       model.zero_grad();
-    }
-    double loss = 0;
-    for (int64_t a = 0; a < accum; ++a) {
-      if (!opt.overfit_single_batch) next_micro_batch(train_loader);
-      if (gpu) {  // one pass: each chunk of logits becomes its loss and its gradient at once
-        // The last micro-batch's blocks start their gradient sums as they finish.
-        if (gpu_comm && a + 1 == accum) gpu->overlap_next_backward(*gpu_comm);
-        // Scaled by 1/ranks as well: the ranks' gradients are summed, not averaged, after.
-        loss += gpu->forward_backward(x.data(), y.data(), B, Tl, opt.document_masking ? seg.data() : nullptr,
-                                      1.0f / static_cast<float>(accum * lay.dp)) /
-                static_cast<double>(accum);
-        continue;
+      for (int64_t a = 0; a < accum; ++a) {
+        if (!opt.overfit_single_batch) next_micro_batch(train_loader);
+        loss += forward() / static_cast<double>(accum);
+        if (a + 1 == accum) sync->overlap_next_backward();
+        model.backward(1.0f / static_cast<float>(accum));
       }
-      loss += forward() / static_cast<double>(accum);
-      if (a + 1 == accum) sync->overlap_next_backward();
-      model.backward(1.0f / static_cast<float>(accum));
     }
     // Rank 0 names any rank that does not get here (compute is where a rank spends its time, so
     // where it dies or hangs), then the reduction started during the backward completes.

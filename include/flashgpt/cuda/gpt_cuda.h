@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -69,6 +70,14 @@ inline FlashDecodeKernel parse_flash_decode_kernel(const std::string& s, const s
   }
   fail("{}: unknown kernel '{}' (expected auto, tiles or warps)", field, s);
 }
+
+// A micro-batch in host memory: tokens and targets [B, Tn], document ids or null.
+struct MicroBatch {
+  const int* tokens = nullptr;
+  const int* targets = nullptr;
+  const int32_t* segments = nullptr;
+  int64_t B = 0, Tn = 0;
+};
 
 class GPTCuda {
  public:
@@ -161,6 +170,11 @@ class GPTCuda {
   // norm, head) and waits for all of it. Nothing under shard_optimizer_state (its reduce-scatter
   // waits for the whole backward).
   void overlap_next_backward(DeviceComm& comm);
+  // One optimizer step's gradients, as `flashgpt train` computes them: zero_grad, then `accum`
+  // micro-batches from next() through forward_backward, each loss scaled by 1/(accum · ranks of
+  // comm), and with comm (data parallelism) the last one's backward starting the blocks' sums
+  // (overlap_next_backward). Returns this rank's mean loss over them; reduce_grads(*comm) next.
+  double accumulate_gradients(int64_t accum, DeviceComm* comm, const std::function<MicroBatch()>& next);
   // ZeRO-1 over the ranks of `comm` (which must outlive the model), before the first step: this
   // rank keeps the AdamW moments of only its shard of the parameters, [rank·S, (rank+1)·S) with
   // S = ⌈P/ranks⌉ (the whole state's 2·4P bytes become 2·4S). From then on, collectively:
