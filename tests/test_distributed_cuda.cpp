@@ -70,7 +70,9 @@ void expect_sums_in_place(DeviceComm& comm) {
     EXPECT_EQ(got[static_cast<size_t>(i)], static_cast<float>(n * (n + 1) / 2 * i)) << comm.backend() << " " << i;
   }
   // Each rank's block now holds its rank number times 1000 plus the position: one all-gather.
-  for (int64_t i = r * kShard; i < (r + 1) * kShard; ++i) got[static_cast<size_t>(i)] = static_cast<float>(1000 * r + i);
+  for (int64_t i = r * kShard; i < (r + 1) * kShard; ++i) {
+    got[static_cast<size_t>(i)] = static_cast<float>(1000 * r + i);
+  }
   wide.upload(got.data(), got.size() * sizeof(float));
   const uint64_t before = comm.bytes_sent();
   comm.allgather(wide.as<float>(), kShard);

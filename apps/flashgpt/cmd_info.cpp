@@ -185,7 +185,8 @@ void run_info(const InfoCli& c) {
     std::printf("  cuDNN attention backend (--backend cudnn): %s\n",
                 cudnn ? cudnn_detail.c_str() : fmt::format("no ({})", cudnn_detail).c_str());
     std::printf("  NCCL for GPU ranks (--gpu-comm nccl): %s\n",
-                nccl ? nccl_detail.c_str() : fmt::format("no ({}); GPU ranks sum through host memory", nccl_detail).c_str());
+                nccl ? nccl_detail.c_str()
+                     : fmt::format("no ({}); GPU ranks sum through host memory", nccl_detail).c_str());
   }
   std::printf("  multi-process training: %s\n",
               !launch.mpi_built ? "not built (no MPI found at build time; install libopenmpi-dev and rebuild)"

@@ -64,9 +64,9 @@ int bind_gpu(int local_rank, int* gpus) {
 #endif
 }
 
-// Through host memory: out, summed by the job's communicator, back in.
 void check_count(int64_t count, const char* what) { FLASHGPT_CHECK(count >= 0, "GPU {}: {} values", what, count); }
 
+// Through host memory: out, summed by the job's communicator, back in.
 class HostDeviceComm final : public DeviceComm {
  public:
   HostDeviceComm(dist::Communicator& host, int gpu) : DeviceComm(host, gpu) {}
@@ -181,9 +181,9 @@ class NcclDeviceComm final : public DeviceComm {
     check(api_.comm_init_rank(&comm_, size(), id, rank()), "ncclCommInitRank");
   }
   ~NcclDeviceComm() override {
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);  // no sum left running on the communicator
     if (comm_ != nullptr) api_.comm_destroy(comm_);
     if (stream_ != nullptr) {
-      cudaStreamSynchronize(stream_);
       cudaEventDestroy(ready_);
       cudaEventDestroy(done_);
       cudaStreamDestroy(stream_);

@@ -660,7 +660,8 @@ void GPTCuda::shard_optimizer_state(DeviceComm& comm) {
   FLASHGPT_CHECK(s.zero == nullptr, "ZeRO-1: the optimizer state is already sharded");
   const int64_t ranks = comm.size(), shard = (s.P + ranks - 1) / ranks;
   const int64_t lo = std::min(s.P, comm.rank() * shard), hi = std::min(s.P, lo + shard);
-  const size_t bytes = static_cast<size_t>(s.P) * sizeof(float), padded = static_cast<size_t>(ranks * shard) * sizeof(float);
+  const size_t bytes = static_cast<size_t>(s.P) * sizeof(float);
+  const size_t padded = static_cast<size_t>(ranks * shard) * sizeof(float);
   auto grow = [&](DeviceBuffer& b) {  // ranks·shard values, the padding zero
     DeviceBuffer wide(padded);
     wide.fill_bytes(0);

@@ -84,7 +84,8 @@ class DeviceComm {
   // an all-gather) of (N−1)/N of the `bytes` in all.
   void count_sent(int64_t bytes, int passes) {
     if (size_ > 1) {
-      bytes_sent_ += static_cast<uint64_t>(passes * static_cast<double>(size_ - 1) / size_ * static_cast<double>(bytes));
+      const double share = static_cast<double>(size_ - 1) / size_;
+      bytes_sent_ += static_cast<uint64_t>(passes * share * static_cast<double>(bytes));
     }
   }
   std::string why_;
