@@ -6,7 +6,7 @@
 #   GPU_CHECK_USE_BUNDLE=1 scripts/gpu-check.sh   skip building here, use gpu-bundle/ (or gpu-bundle.tar.xz)
 #   GPU_CHECK_ONLY="tests flash-decode" scripts/gpu-check.sh   only these parts, of: tests sanitizer
 #       attention tiles standard latent-decode flash-decode decode ops train profile kernels peers grid
-#       (default: all)
+#       multi-gpu (default: all; multi-gpu needs two or more GPUs, OpenMPI and programs built here)
 #   GPU_CHECK_TIMEOUT=300                 seconds each sanitizer run of a test program may take (default 600)
 #   GPU_CHECK_TEST_TIMEOUT=120            seconds each test program may take on its own (default 180: the
 #                                         whole tests part takes well under a minute, so a kernel that
@@ -40,7 +40,7 @@ logs="$out/gpu-check-$stamp-logs"
 mkdir -p "$logs"
 say() { echo "$@" | tee -a "$report"; }
 status=0
-only=" ${GPU_CHECK_ONLY:-tests sanitizer attention tiles standard latent-decode flash-decode decode ops train profile kernels peers grid} "
+only=" ${GPU_CHECK_ONLY:-tests sanitizer attention tiles standard latent-decode flash-decode decode ops train profile kernels peers grid multi-gpu} "
 want() { [[ "$only" == *" $1 "* ]]; }
 limit="${GPU_CHECK_TIMEOUT:-600}"
 test_limit="${GPU_CHECK_TEST_TIMEOUT:-180}"
@@ -67,13 +67,21 @@ gpu_arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null 
 [ "$gpu_arch" = 90 ] && gpu_arch=90a
 test_programs=(test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul
                test_cuda_gpt test_cuda_warpgroup test_cuda_attention_cudnn test_device test_attention)
+# Several GPUs and OpenMPI here: build with MPI for the multi-gpu part (data parallelism over them).
+gpu_count=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+mpi=OFF
+[ "$gpu_count" -ge 2 ] && command -v mpirun > /dev/null && mpi=ON
 if [ -z "${GPU_CHECK_USE_BUNDLE:-}" ] && [ -n "$gpu_arch" ] &&
-   cmake -S . -B build-gpu-here -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_MPI=OFF -DFLASHGPT_NATIVE=OFF \
+   cmake -S . -B build-gpu-here -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_MPI=$mpi -DFLASHGPT_NATIVE=OFF \
      -DCMAKE_CUDA_ARCHITECTURES="$gpu_arch" -DFLASHGPT_BUILD_BENCH=OFF > "$logs/configure.log" 2>&1 &&
    cmake --build build-gpu-here --parallel --target flashgpt_cli "${test_programs[@]}" > "$logs/build.log" 2>&1; then
   mkdir -p build-gpu-here/bin
   cp build-gpu-here/flashgpt build-gpu-here/bin/
   for p in "${test_programs[@]}"; do cp "build-gpu-here/tests/$p" build-gpu-here/bin/; done
+  # Only where CMake found MPI (a failure here leaves the multi-gpu part to say it is skipped).
+  if [ "$mpi" = ON ] && cmake --build build-gpu-here --target test_distributed_cuda >> "$logs/build.log" 2>&1; then
+    cp build-gpu-here/tests/test_distributed_cuda build-gpu-here/bin/
+  fi
   bin=build-gpu-here/bin
   say "- programs: built here (native architecture)"
 elif [ -d gpu-bundle/bin ]; then
@@ -656,6 +664,43 @@ if [ -n "$bin" ]; then
       | sed 's/^ */    /' | head -24 >> "$report" || true
   else
     say "(ncu is not installed: achieved occupancy not measured)"
+  fi
+fi
+fi
+
+if want multi-gpu; then
+say ""
+say "## Several GPUs: data parallelism and ZeRO-1"
+say ""
+if [ "$gpu_count" -lt 2 ]; then
+  say "Skipped: this machine has $gpu_count GPU."
+elif [ -z "$bin" ] || [ ! -x "$bin/test_distributed_cuda" ]; then
+  say "Skipped: no test_distributed_cuda (the gpu-bundle and a build without OpenMPI have no MPI; install openmpi-bin and libopenmpi-dev and build here)."
+else
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  say "| check | result | time | summary |"
+  say "|---|---|---|---|"
+  RUN_LIMIT=$test_limit run test_distributed_cuda_all_gpus mpirun -np "$gpu_count" "$bin/test_distributed_cuda"
+  RUN_LIMIT=$test_limit run test_cuda_gpt_gpu_comm "$bin/test_cuda_gpt" --gtest_filter='GpuComm.*'
+  # d12 on every GPU: each rank alone first, side by side, then together (bench train's scaling).
+  for run in nccl:0 nccl:1 host:0; do
+    IFS=: read -r comm zero <<< "$run"
+    tag="dp_${comm}_zero$zero"
+    if timeout "$bench_limit" mpirun -np "$gpu_count" "$bin/flashgpt" bench train --device cuda --preset d12 --attention flash \
+         -b 16 -t 1024 --steps 10 --warmup 3 --gpu-comm "$comm" --zero "$zero" --json \
+         > "$logs/bench_train_$tag.json" 2> "$logs/bench_train_$tag.err"; then
+      grep '^{' "$logs/bench_train_$tag.json" >> "$out/gpu-check-$stamp-multi-gpu.jsonl"
+    else
+      say "| bench train $tag | FAIL | | $(tail -1 "$logs/bench_train_$tag.err" | cut -c1-120) |"
+      status=1
+    fi
+  done
+  if [ -f "$out/gpu-check-$stamp-multi-gpu.jsonl" ]; then
+    say ""
+    jsonl_table "$out/gpu-check-$stamp-multi-gpu.jsonl" "ranks={r['ranks']}" "sums={r['gpu_comm']}" "ZeRO={r['zero']}" \
+      "one rank ms={1e3 * r['step_s_median']:.1f}" "all ranks ms={1e3 * r['ranks_step_s_median']:.1f}" \
+      "tokens/s={r['ranks_tokens_per_s']:.0f}" "scaling={100 * r['scaling_efficiency']:.1f}%" \
+      "MB/step sent={r['comm_bytes_per_step'] / 1e6:.1f}" "predicted={r['comm_bytes_per_step_predicted'] / 1e6:.1f}" >> "$report"
   fi
 fi
 fi
