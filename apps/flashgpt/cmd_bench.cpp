@@ -169,9 +169,10 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   // before that, every rank times its steps alone, side by side, for the scaling.
   bool together = false;
   auto train_step = [&](int s) {
-    gpu.zero_grad();
-    if (together) gpu.overlap_next_backward(*comm);  // as the trainer does (not under ZeRO-1)
-    loss = gpu.forward_backward(x.data(), y.data(), B, T, nullptr, together ? 1.0f / static_cast<float>(lay.dp) : 1.0f);
+    // The trainer's step: together, the losses scaled by 1/ranks and the sums overlapping the backward.
+    loss = gpu.accumulate_gradients(1, together ? comm.get() : nullptr, [&] {
+      return cuda::MicroBatch{x.data(), y.data(), nullptr, B, T};
+    });
     if (together) gpu.reduce_grads(*comm);
     const double norm = std::sqrt(gpu.grad_sum_squares());
     ops::AdamWParams hp;

@@ -154,7 +154,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   FLASHGPT_CHECK(!cudnn || !opt.document_masking,
                  "--attention-backend cudnn: cuDNN's attention takes no document masks (--document-masking)");
   const DeviceChoice where = choose_train_device(opt, config, precision);
-  const int gpu_ranks = comm.size() > 1 ? comm.sum(where.gpu ? 1 : 0) : (where.gpu ? 1 : 0);
+  const int gpu_ranks = comm.sum(where.gpu ? 1 : 0);
   FLASHGPT_CHECK(gpu_ranks == 0 || gpu_ranks == comm.size(),
                  "--device {}: {} of the {} ranks can train on a GPU and the others cannot; every rank must train "
                  "on the same kind of device{}",
@@ -352,6 +352,9 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     metrics.flush();
   };
 
+  auto bytes_sent = [&] {  // by this rank, over every communicator
+    return comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) + (gpu_comm ? gpu_comm->bytes_sent() : 0);
+  };
   InterruptGuard interrupt_guard;
   if (opt.overfit_single_batch) next_micro_batch(train_loader);
   TrainResult result;
@@ -369,9 +372,6 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     if (opt.sample_every > 0 && step > 0 && step % opt.sample_every == 0) sample();
 
     Timer step_timer;
-    auto bytes_sent = [&] {
-      return comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) + (gpu_comm ? gpu_comm->bytes_sent() : 0);
-    };
     const uint64_t bytes_before = bytes_sent();
     double loss = 0;
     if (gpu) {  // the GPU's micro-batches, the last one's gradient sums started during its backward
@@ -475,8 +475,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   result.steps = step;
   result.tokens_per_second = train_seconds > 0 ? tokens_done / train_seconds : 0;
   result.checkpoint = ckpt_path;
-  result.bytes_sent =
-      comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) + (gpu_comm ? gpu_comm->bytes_sent() : 0);
+  result.bytes_sent = bytes_sent();
   result.device = gpu ? "cuda" : "cpu";
   return result;
 }
