@@ -16,6 +16,7 @@
 #include "flashgpt/train/schedule.h"
 #include "flashgpt/train/trainer.h"
 #include "testing/temp_dir.h"
+#include "testing/train_corpus.h"
 
 namespace flashgpt {
 namespace {
@@ -39,25 +40,10 @@ TEST(Schedule, WarmupThenDecayToTheFinalFraction) {
   EXPECT_THROW(parse_lr_schedule("exponential"), Error);
 }
 
-// A small corpus of repeated sentences, tokenized by characters.
-struct Corpus {
-  testing::TempDir dir;
-  std::string train, val, tokenizer;
-  Corpus(int repeats = 40) {
-    std::string text;
-    const char* lines[] = {"the cat sat on the mat. ", "a dog ran in the park! ", "birds sing at dawn; ",
-                           "rain falls on the roof. "};
-    for (int i = 0; i < repeats; ++i) text += lines[i % 4];
-    auto tok = train_char_tokenizer(text);
-    std::vector<int> ids = tok->encode(text);
-    train = dir / "train.bin";
-    val = dir / "val.bin";
-    tokenizer = dir / "tokenizer.json";
-    write_shard(train, ids);
-    write_shard(val, std::span<const int>(ids.data(), ids.size() / 2));
-    save_tokenizer(*tok, tokenizer);
-  }
-};
+using testing::Corpus;
+using testing::corpus_options;
+using testing::Metrics;
+using testing::read_metrics;
 
 GPTConfig tiny_config() {
   GPTConfig c = GPTConfig::preset("tiny");
@@ -65,43 +51,9 @@ GPTConfig tiny_config() {
   return c;
 }
 
-TrainOptions base_options(const Corpus& corpus, const std::string& out) {
-  TrainOptions o;
-  o.train_data = corpus.train;
-  o.val_data = corpus.val;
-  o.tokenizer_path = corpus.tokenizer;
-  o.batch_size = 4;
-  o.seq_len = 16;
-  o.max_steps = 8;
-  o.lr.lr = 3e-3;
-  o.lr.warmup_steps = 2;
-  o.val_every = 3;
-  o.val_batches = 2;
-  o.out_dir = out;
-  o.progress_bar = false;
-  o.seed = 42;
-  return o;
-}
-
-// (step → loss) and (step → val_loss) from a metrics file.
-struct Metrics {
-  std::map<int64_t, double> loss, val;
-};
-Metrics read_metrics(const std::string& path) {
-  Metrics m;
-  std::istringstream in(read_text_file(path));
-  std::string line;
-  while (std::getline(in, line)) {
-    auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) m.loss[j["step"]] = j["loss"];
-    if (j.contains("val_loss")) m.val[j["step"]] = j["val_loss"];
-  }
-  return m;
-}
-
 TEST(Train, OverfitsASingleBatch) {
   Corpus corpus;
-  TrainOptions o = base_options(corpus, corpus.dir / "out");
+  TrainOptions o = corpus_options(corpus, corpus.dir / "out");
   o.overfit_single_batch = true;
   o.max_steps = 150;
   o.lr.lr = 1e-2;
@@ -116,14 +68,14 @@ TEST(Train, OverfitsASingleBatch) {
 
 TEST(Train, FixedSeedGivesIdenticalLossesAndResumeContinuesExactly) {
   Corpus corpus;
-  TrainOptions a = base_options(corpus, corpus.dir / "a");
+  TrainOptions a = corpus_options(corpus, corpus.dir / "a");
   train(tiny_config(), a);
-  TrainOptions again = base_options(corpus, corpus.dir / "again");
+  TrainOptions again = corpus_options(corpus, corpus.dir / "again");
   train(tiny_config(), again);
   Metrics ma = read_metrics(corpus.dir / "a/metrics.jsonl");
   EXPECT_EQ(ma.loss, read_metrics(corpus.dir / "again/metrics.jsonl").loss);
 
-  TrainOptions b = base_options(corpus, corpus.dir / "b");
+  TrainOptions b = corpus_options(corpus, corpus.dir / "b");
   b.stop_at_step = 4;
   TrainResult first = train(tiny_config(), b);
   EXPECT_EQ(first.steps, 4);
@@ -144,10 +96,10 @@ TEST(Train, FixedSeedGivesIdenticalLossesAndResumeContinuesExactly) {
 
 TEST(Train, GradientAccumulationMatchesTheLargerBatch) {
   Corpus corpus;
-  TrainOptions big = base_options(corpus, corpus.dir / "big");
+  TrainOptions big = corpus_options(corpus, corpus.dir / "big");
   big.batch_size = 4;
   big.val_data.clear();
-  TrainOptions acc = base_options(corpus, corpus.dir / "acc");
+  TrainOptions acc = corpus_options(corpus, corpus.dir / "acc");
   acc.batch_size = 2;
   acc.total_batch_tokens = 4 * 16;
   acc.val_data.clear();
@@ -159,7 +111,7 @@ TEST(Train, GradientAccumulationMatchesTheLargerBatch) {
 
 TEST(Train, StopsOnANonFiniteLossAndKeepsTheLastGoodCheckpoint) {
   Corpus corpus;
-  TrainOptions o = base_options(corpus, corpus.dir / "out");
+  TrainOptions o = corpus_options(corpus, corpus.dir / "out");
   o.lr.lr = 1e30;
   o.lr.warmup_steps = 0;
   o.grad_clip = 0;
@@ -182,10 +134,10 @@ TEST(Train, StopsOnANonFiniteLossAndKeepsTheLastGoodCheckpoint) {
 
 TEST(Train, RejectsInconsistentOptions) {
   Corpus corpus;
-  TrainOptions o = base_options(corpus, corpus.dir / "out");
+  TrainOptions o = corpus_options(corpus, corpus.dir / "out");
   o.seq_len = 64;  // block_size is 32
   EXPECT_THROW(train(tiny_config(), o), Error);
-  o = base_options(corpus, corpus.dir / "out");
+  o = corpus_options(corpus, corpus.dir / "out");
   o.total_batch_tokens = 100;  // not a multiple of 4 × 16
   EXPECT_THROW(train(tiny_config(), o), Error);
 }

@@ -28,6 +28,7 @@ DeviceReport probe_devices() {
 
 namespace cuda::inline FLASHGPT_CUDA_ABI {
 
+DeviceReport devices() { return probe_devices(); }
 bool gpu_available() { return false; }
 
 struct KernelTimes::Impl {};

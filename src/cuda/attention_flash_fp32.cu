@@ -264,10 +264,21 @@ unsigned blocks(int64_t n, int per) { return static_cast<unsigned>((n + per - 1)
 }  // namespace
 
 #if defined(FLASHGPT_SIMT)
-bool gpu_available() { return true; }  // the emulator is always there
+DeviceReport devices() {  // the emulator is always there, as one GPU of the architecture it emulates
+  DeviceReport r;
+  r.cuda_built = true;
+  r.cuda_architectures = "90a (emulated on the CPU)";
+  int sms = 0, major = 0, minor = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
+  r.gpus.push_back({0, "CPU emulator", major, minor, 0, sms});
+  return r;
+}
 #else
-bool gpu_available() { return !probe_devices().gpus.empty(); }
+DeviceReport devices() { return probe_devices(); }
 #endif
+bool gpu_available() { return !devices().gpus.empty(); }
 
 void flash_forward_fp32(const AttentionDims& ad, const AttentionMask& am, float scale, const float* q, const float* k,
                         const float* v, float* o, float* lse) {

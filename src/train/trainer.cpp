@@ -15,6 +15,7 @@
 #include "flashgpt/core/io.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/device_comm.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/matmul_cuda.h"
@@ -73,7 +74,7 @@ void check_options(const TrainOptions& o, const GPTConfig& c) {
 // Where this run trains, and the line that says so.
 DeviceChoice choose_train_device(const TrainOptions& o, const GPTConfig& c, cuda::Precision precision) {
   return choose_device(
-      o.device,
+      cuda::devices(), o.device,
       [&]() -> std::string {
         if (o.context_parallel > 1) return "context parallelism runs on the CPU only";
         return cuda::GPTCuda::unsupported(c, precision);

@@ -39,5 +39,9 @@ struct DeviceChoice {
 };
 DeviceChoice choose_device(const std::string& device, const std::function<std::string()>& why_not,
                            const std::string& precision);
+// The same among the GPUs of `report` (the CUDA backend's cuda::devices(), which for the CPU
+// emulator is its one emulated GPU).
+DeviceChoice choose_device(const DeviceReport& report, const std::string& device,
+                           const std::function<std::string()>& why_not, const std::string& precision);
 
 }  // namespace flashgpt

@@ -32,12 +32,16 @@
 #include <vector>
 
 #include "flashgpt/attention/attention.h"
+#include "flashgpt/core/device.h"
 #include "flashgpt/cuda/abi.h"
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/ops_cuda.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
 
+// The GPUs this backend runs on: the CUDA driver's (probe_devices), or for the CPU emulator its
+// one emulated GPU. What `--device` chooses from.
+DeviceReport devices();
 // True when this build has the CUDA backend and a GPU is usable.
 bool gpu_available();
 

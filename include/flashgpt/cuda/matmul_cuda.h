@@ -56,7 +56,8 @@ void matmul_backward_dgelu(bf16* dpre, bf16* dact, float* dw, float* dbias, cons
                            const bf16* pre, const bf16* w, int64_t N, int64_t C, int64_t OC);
 
 // This device's measured GEMM rate in FLOP/s: the median of `repeats` n×n×n products in bf16
-// (fp32 accumulation) or fp32, after a warm-up. The denominator of model-FLOP utilisation.
+// (fp32 accumulation) or fp32, after a warm-up. The denominator of model-FLOP utilisation. (The
+// CPU emulator times n ≤ 256.)
 double measure_gemm_flops(bool bf16, int n = 4096, int repeats = 5);
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

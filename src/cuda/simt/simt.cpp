@@ -1,4 +1,4 @@
-// The fiber scheduler behind simt.h: every CUDA thread of a block is a ucontext fiber on its own
+// The fiber scheduler behind simt.h: every CUDA thread of a block is a fiber on its own
 // stack; blocks run one at a time in a shuffled order; barriers hand control back to the scheduler, which releases a
 // barrier once every thread it concerns has arrived and reports a deadlock when nothing can move.
 #include "cuda/simt/simt.h"
@@ -44,6 +44,62 @@ inline void switched_back(void* fake) { __sanitizer_finish_switch_fiber(fake, nu
 inline void switch_to(void**, const void*, size_t) {}
 inline void switched_from_scheduler(void*) {}
 inline void switched_back(void*) {}
+#endif
+
+// Switching stacks. On x86-64 by hand: swapcontext would save and restore the signal mask with a
+// system call at every switch, and under AddressSanitizer its interceptor clears the shadow of the
+// whole stack it enters; the two were most of an emulated launch's time. This pushes the
+// callee-saved registers, stores the stack pointer in *save, loads `load` and pops that stack's.
+// (The floating-point control words are not switched: no kernel changes them.)
+#if defined(__x86_64__)
+extern "C" void flashgpt_simt_switch(void** save, void* load);
+asm(R"(
+  .text
+  .p2align 4
+  .globl flashgpt_simt_switch
+  .hidden flashgpt_simt_switch
+  .type flashgpt_simt_switch, @function
+flashgpt_simt_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size flashgpt_simt_switch, .-flashgpt_simt_switch
+)");
+
+inline void switch_context(Context& save, const Context& load) { flashgpt_simt_switch(&save.sp, load.sp); }
+
+// A context that starts `entry` (which must never return) on the stack [stack, stack + bytes): the
+// first switch to it pops six zero registers and returns into entry, as if called, with the ABI's
+// alignment (rsp ≡ 8 mod 16 on entry) and a null return address that ends any unwinding there.
+void start_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  auto** sp = reinterpret_cast<void**>((reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t{15});
+  *--sp = nullptr;
+  *--sp = reinterpret_cast<void*>(entry);
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;
+  c.sp = sp;
+}
+#else
+inline void switch_context(Context& save, const Context& load) { swapcontext(&save.uc, &load.uc); }
+
+void start_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
 #endif
 
 const char* state_name(State s) {
@@ -116,7 +172,7 @@ void yield(State s) {
 #if defined(__SANITIZE_ADDRESS__)
   switch_to(&f->fake_stack, g_scheduler_stack, g_scheduler_stack_size);
 #endif
-  swapcontext(&f->ctx, &l.scheduler);
+  switch_context(f->ctx, l.scheduler);
   switched_from_scheduler(f->fake_stack);
 }
 
@@ -163,18 +219,28 @@ void check_shared(const void* p, size_t bytes, const char* what, uintptr_t align
 
 namespace {
 
-void fiber_entry() {
-  Launch& l = *g_launch;
-  switched_from_scheduler(nullptr);
+// The kernel's body for the current thread; a throw is kept for the scheduler to rethrow. Returns
+// normally either way, so that its frames leave no poisoned stack behind under AddressSanitizer.
+[[gnu::noinline]] void run_body(Launch& l) {
   try {
     (*l.body)();
   } catch (...) {
     if (!l.error) l.error = std::current_exception();
   }
-  l.current->state = State::Done;  // returning resumes the scheduler (uc_link)
+}
+
+// Where every fiber starts; it ends by handing its stack back to the scheduler for good.
+[[noreturn]] void fiber_entry() {
+  Launch& l = *g_launch;
+  switched_from_scheduler(nullptr);
+  run_body(l);
+  Fiber& f = *l.current;
+  f.state = State::Done;
 #if defined(__SANITIZE_ADDRESS__)
   switch_to(nullptr, g_scheduler_stack, g_scheduler_stack_size);  // this fiber's stack is finished with
 #endif
+  switch_context(f.ctx, l.scheduler);
+  std::abort();  // a finished fiber is never resumed
 }
 
 std::string describe_states(const Launch& l) {
@@ -247,18 +313,18 @@ bool release_group(Launch& l, int group) {
   return false;
 }
 
-// Runs f until it reaches a barrier or exits (its own function: swapcontext returns twice).
+// Runs f until it reaches a barrier or exits (its own function: the switch returns twice).
 [[gnu::noinline]] void resume(Launch& l, Fiber& f) {
   l.current = &f;
   void* fake = nullptr;
   switch_to(&fake, f.stack, kStackBytes);
-  swapcontext(&l.scheduler, &f.ctx);
+  switch_context(l.scheduler, f.ctx);
   switched_back(fake);
   l.current = nullptr;
 }
 
-// Makes f start at fiber_entry on `stack` and return to the scheduler when done.
-[[gnu::noinline]] void prepare(Launch& l, Fiber& f, char* stack) {
+// Makes f start at fiber_entry on `stack`, which switches back to the scheduler when done.
+[[gnu::noinline]] void prepare(Fiber& f, char* stack) {
   f.state = State::Runnable;
   f.open_copies.clear();
   f.copy_groups.clear();
@@ -266,12 +332,22 @@ bool release_group(Launch& l, int group) {
   f.mma_groups.clear();
   f.stack = stack;
   f.fake_stack = nullptr;
-  getcontext(&f.ctx);
-  f.ctx.uc_stack.ss_sp = stack;
-  f.ctx.uc_stack.ss_size = kStackBytes;
-  f.ctx.uc_link = &l.scheduler;
-  makecontext(&f.ctx, fiber_entry, 0);
+  start_context(f.ctx, stack, kStackBytes, fiber_entry);
 }
+
+// A block given up part-way (a fault, a deadlock) leaves fibers suspended inside their kernel's
+// frames, whose AddressSanitizer redzones would stay poisoned for the next launch on those stacks:
+// cleared when the block is left. (A fiber that ran to its end left nothing poisoned.)
+struct AbandonedStacks {
+  Launch& l;
+  ~AbandonedStacks() {
+#if defined(__SANITIZE_ADDRESS__)
+    for (const Fiber& f : l.fibers) {
+      if (f.state != State::Done && f.stack) __asan_unpoison_memory_region(f.stack, kStackBytes);
+    }
+#endif
+  }
+};
 
 // Scheduling: a warp runs all its runnable lanes (in shuffled order) to their next barrier and its
 // warp barriers are released at once, so warps drift apart by whole phases, as on the hardware.
@@ -280,7 +356,8 @@ bool release_group(Launch& l, int group) {
 // before the next starts, exposing a read of what a later warp was to write before a barrier.
 // A __syncthreads releases when every live thread is at it.
 void run_block(Launch& l, std::vector<int>& order) {
-  for (size_t i = 0; i < l.fibers.size(); ++i) prepare(l, l.fibers[i], g_stacks.get(i));
+  for (size_t i = 0; i < l.fibers.size(); ++i) prepare(l.fibers[i], g_stacks.get(i));
+  const AbandonedStacks abandoned{l};
   l.named_arrived.fill(0);
   l.named_expected.fill(0);
   l.mbarriers.clear();

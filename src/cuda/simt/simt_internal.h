@@ -28,8 +28,18 @@ constexpr int kSmCount = 132;
 
 enum class State { Runnable, AtBlock, AtWarp, AtGroup, AtNamed, AtMbarrier, AtRegisters, Done };
 
+// A suspended stack (simt.cpp switches between them): on x86-64 its saved stack pointer, with the
+// callee-saved registers pushed below it; elsewhere a ucontext.
+struct Context {
+#if defined(__x86_64__)
+  void* sp = nullptr;
+#else
+  ucontext_t uc{};
+#endif
+};
+
 struct Fiber {
-  ucontext_t ctx{};
+  Context ctx;
   uint3 idx{};
   int linear = 0;
   State state = State::Runnable;
@@ -93,7 +103,7 @@ struct Launch {
   // Register reallocation (setmaxnreg), per warpgroup: the count its threads may use, the count
   // its current call asks for, and how many of its threads have made a call (empty until one does).
   std::vector<int> group_registers, register_request, register_calls;
-  ucontext_t scheduler{};
+  Context scheduler;
   std::exception_ptr error;
 };
 
