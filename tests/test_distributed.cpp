@@ -21,6 +21,7 @@
 #include "flashgpt/tokenizer/tokenizer.h"
 #include "flashgpt/train/trainer.h"
 #include "testing/mpi_main.h"
+#include "testing/shared_corpus.h"
 #include "testing/temp_dir.h"
 
 namespace flashgpt {
@@ -30,33 +31,6 @@ using dist::Communicator;
 using dist::DType;
 
 Communicator& W() { return dist::world(); }
-
-// A directory every rank sees: rank 0 makes it and tells the others; rank 0 removes it.
-class SharedDir {
- public:
-  SharedDir() {
-    char buf[256] = {};
-    if (W().rank() == 0) {
-      static int counter = 0;
-      path_ = std::filesystem::temp_directory_path() /
-              ("flashgpt-dist-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-      std::filesystem::remove_all(path_);
-      std::filesystem::create_directories(path_);
-      std::snprintf(buf, sizeof buf, "%s", path_.c_str());
-    }
-    W().broadcast(buf, sizeof buf, 0);
-    path_ = buf;
-  }
-  ~SharedDir() {
-    W().arrive("test cleanup", 0);
-    std::error_code ec;
-    if (W().rank() == 0) std::filesystem::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  std::filesystem::path path_;
-};
 
 TEST(Communicator, CollectivesOverUnevenParts) {
   Communicator& c = W();
@@ -220,23 +194,7 @@ TEST(ContextParallel, ModelLossAndGradientsEqualOneProcess) {
 
 // --- whole training runs -----------------------------------------------------------------------
 
-// Random tokens over a small vocabulary: enough data that no run below leaves the first shard.
-struct Corpus {
-  SharedDir dir;
-  std::string train, val;
-  Corpus() {
-    train = dir / "train.bin";
-    val = dir / "val.bin";
-    if (W().rank() == 0) {
-      Rng rng(5);
-      std::vector<int> ids(60000);
-      for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int>((i * 7 + rng.next_u64() % 5) % 50);
-      write_shard(train, ids);
-      write_shard(val, std::span<const int>(ids.data(), 20000));
-    }
-    W().arrive("corpus written", 0);
-  }
-};
+using Corpus = testing::SharedCorpus;
 
 GPTConfig small_model() {
   GPTConfig c = GPTConfig::preset("tiny");

@@ -3,8 +3,9 @@
 // in every build, where each process emulates one. Each rank's model runs its own micro-batches,
 // the ranks sum their gradients, and the sum must be one model's gradient over the whole batch;
 // the AdamW steps that follow must keep every rank's weights bit-identical and on the one model's
-// path, with the optimizer state whole on every rank or sharded (ZeRO-1). Every rank runs every
-// test; a failure on any rank fails the job.
+// path, with the optimizer state whole on every rank or sharded (ZeRO-1). Then whole runs of the
+// trainer (`train --device cuda` under mpirun) against one GPU's. Every rank runs every test; a
+// failure on any rank fails the job.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -20,10 +21,14 @@
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/dist/comm.h"
+#include "flashgpt/model/checkpoint.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
+#include "flashgpt/train/trainer.h"
 #include "testing/errors.h"
 #include "testing/mpi_main.h"
+#include "testing/shared_corpus.h"
+#include "testing/temp_dir.h"
 
 namespace flashgpt {
 namespace {
@@ -284,6 +289,119 @@ TEST(DataParallel, SumsStartedDuringTheBackwardEqualOneModel) {
 TEST(DataParallel, ZeroOneShardsTheOptimizerStateAndEqualsOneModel) {
   SKIP_WITHOUT_GPU();
   expect_data_parallel_equals_one_model(Mode::Zero);
+}
+
+// --- whole training runs: train() on every rank's GPU ---------------------------------------------
+
+GPTConfig run_model() {
+  GPTConfig c = GPTConfig::preset("tiny");
+  c.vocab_size = 50;
+  c.block_size = 48;
+  return c;
+}
+
+// Six fp32 steps of 12 sequences of 24 tokens (micro-batches of 2: divisible among 1, 2 and 3
+// ranks), the replicas' weights compared after every step.
+TrainOptions run_options(const testing::SharedCorpus& corpus, const std::string& out, dist::Communicator* comm) {
+  TrainOptions o;
+  o.train_data = corpus.train;
+  o.val_data = corpus.val;
+  o.batch_size = 2;
+  o.seq_len = 24;
+  o.total_batch_tokens = 2 * 24 * 12;
+  o.max_steps = 6;
+  o.lr.lr = 3e-3;
+  o.lr.warmup_steps = 2;
+  o.val_every = 3;
+  o.val_batches = 6;
+  o.out_dir = out;
+  o.progress_bar = false;
+  o.seed = 9;
+  o.comm = comm;
+  o.check_weights_every = 1;
+  o.device = "cuda";
+  o.precision = "fp32";
+  return o;
+}
+
+// The same run on this rank's GPU alone (every rank computes it privately).
+TrainResult one_gpu(TrainOptions o) {
+  testing::TempDir mine;
+  auto single = dist::make_single_process_comm();
+  o.comm = single.get();
+  o.out_dir = mine / "out";
+  o.zero_stage = 0;
+  return train(run_model(), o);
+}
+
+void expect_same_losses(const TrainResult& got, const TrainResult& want, double tol) {
+  ASSERT_EQ(got.losses.size(), want.losses.size());
+  for (size_t s = 0; s < want.losses.size(); ++s) {
+    EXPECT_NEAR(got.losses[s], want.losses[s], tol * want.losses[s]) << "step " << s + 1;
+    EXPECT_NEAR(got.grad_norms[s], want.grad_norms[s], 10 * tol * want.grad_norms[s]) << "step " << s + 1;
+  }
+}
+
+// `train --device cuda` under mpirun: data parallel over the ranks' GPUs, with every kind of
+// gradient sum the machine has, is the one-GPU run step by step.
+TEST(TrainOnGpus, DataParallelRunsEqualOneGpuStepByStep) {
+  SKIP_WITHOUT_GPU();
+  testing::SharedCorpus corpus;
+  const TrainResult ref = one_gpu(run_options(corpus, "", &W()));
+  EXPECT_EQ(ref.device, "cuda");
+  EXPECT_LT(ref.losses.back(), ref.losses.front() - 0.1) << "the reference run should learn";
+  for (const char* kind : {"auto", "host"}) {
+    SCOPED_TRACE(kind);
+    TrainOptions o = run_options(corpus, corpus.dir / kind, &W());
+    o.gpu_comm = kind;
+    const TrainResult dp = train(run_model(), o);
+    EXPECT_EQ(dp.device, "cuda");
+    expect_same_losses(dp, ref, 1e-5);
+    EXPECT_NEAR(dp.final_val_loss, ref.final_val_loss, 1e-5 * ref.final_val_loss);
+    EXPECT_GT(dp.bytes_sent, 0u);
+  }
+}
+
+// ZeRO-1 on GPUs: the same run with the optimizer state sharded; its checkpoint holds the whole
+// state, equal to the plain run's, and resumes on one rank fewer (or on one GPU, from two).
+TEST(TrainOnGpus, ZeroOneEqualsDataParallelAndResumesOnAnotherRankCount) {
+  SKIP_WITHOUT_GPU();
+  testing::SharedCorpus corpus;
+  const TrainResult dp = train(run_model(), run_options(corpus, corpus.dir / "dp", &W()));
+  TrainOptions o = run_options(corpus, corpus.dir / "z", &W());
+  o.zero_stage = 1;
+  const TrainResult z = train(run_model(), o);
+  expect_same_losses(z, dp, 1e-5);
+  if (W().rank() == 0) {
+    const CheckpointData a = load_checkpoint(corpus.dir / "z/ckpt.safetensors");
+    const CheckpointData b = load_checkpoint(corpus.dir / "dp/ckpt.safetensors");
+    ASSERT_EQ(a.adam_m.size(), b.adam_m.size());
+    ASSERT_EQ(a.adam_v.size(), b.adam_v.size());
+    double err_m = 0, err_v = 0, err_p = 0;
+    for (size_t i = 0; i < a.adam_v.size(); ++i) {
+      err_m = std::max(err_m, double(std::abs(a.adam_m[i] - b.adam_m[i])));
+      err_v = std::max(err_v, double(std::abs(a.adam_v[i] - b.adam_v[i])));
+      err_p = std::max(err_p, double(std::abs(a.params[i] - b.params[i])));
+    }
+    EXPECT_LT(err_m, 1e-6);
+    EXPECT_LT(err_v, 1e-9);
+    EXPECT_LT(err_p, 1e-5);
+  }
+  TrainOptions first = run_options(corpus, corpus.dir / "r", &W());
+  first.zero_stage = 1;
+  first.stop_at_step = 3;
+  EXPECT_EQ(train(run_model(), first).steps, 3);
+  const int fewer = W().size() - 1;
+  auto sub = W().split(W().rank() < fewer ? 0 : 1, W().rank());
+  if (W().rank() < fewer) {
+    TrainOptions second = run_options(corpus, corpus.dir / "r", sub.get());
+    second.zero_stage = 1;
+    second.resume = corpus.dir / "r/ckpt.safetensors";
+    const TrainResult rest = train(run_model(), second);
+    ASSERT_EQ(rest.losses.size(), 3u);
+    for (size_t s = 0; s < 3; ++s) EXPECT_NEAR(rest.losses[s], dp.losses[s + 3], 1e-5 * dp.losses[s + 3]) << s;
+  }
+  W().arrive("resumed", 0);
 }
 
 }  // namespace
