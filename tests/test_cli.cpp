@@ -10,6 +10,7 @@
 
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/io.h"
+#include "flashgpt/cuda/attention_cuda.h"
 #include "testing/run.h"
 #include "testing/temp_dir.h"
 
@@ -334,7 +335,7 @@ TEST_F(Pipeline, DeviceChoice) {
                                      "--attention-backend cudnn --out " + (dir / "x")),
                         "takes no document masks");
   EXPECT_FALSE(std::filesystem::exists(dir / "x"));
-  if (probe_devices().gpus.empty()) {
+  if (cuda::devices().gpus.empty()) {
     RunResult r = run_flashgpt(common + "--steps 2 --deterministic --out " + (dir / "auto"));
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("device: cpu (--device auto: "), std::string::npos) << r.output;
@@ -355,10 +356,12 @@ TEST_F(Pipeline, DeviceChoice) {
                           "--device cuda: ");
     return;
   }
+  // The CPU emulator (test_cli_simt) runs the benchmarks below on smaller cases: the same paths.
+  const bool emulated = cuda::devices().gpus.front().emulated;
   // The latent decode's benchmark, both kernels side by side beside the copy rate.
   {
-    RunResult b = run_flashgpt("bench latent-decode --batch 4 --heads 64 --context 512 --kernel tensor-cores,cuda-cores "
-                               "--repeats 2 --json");
+    RunResult b = run_flashgpt(std::string("bench latent-decode --kernel tensor-cores,cuda-cores --repeats 2 --json ") +
+                               (emulated ? "--batch 2 --heads 16 --context 128" : "--batch 4 --heads 64 --context 512"));
     ASSERT_EQ(b.exit_code, 0) << b.output;
     std::istringstream rows(b.output);
     std::vector<std::string> kernels;
@@ -373,7 +376,8 @@ TEST_F(Pipeline, DeviceChoice) {
   }
   // Flash decode's benchmark beside the flash kernel, one JSON line per case.
   {
-    RunResult b = run_flashgpt("bench flash-decode --batch 1,4 --heads 8 --kv-heads 2 --context 300 --repeats 3 --json");
+    RunResult b = run_flashgpt(std::string("bench flash-decode --batch 1,4 --heads 8 --kv-heads 2 --repeats 3 --json ") +
+                               (emulated ? "--context 40" : "--context 300"));
     ASSERT_EQ(b.exit_code, 0) << b.output;
     std::istringstream rows(b.output);
     std::vector<int64_t> batches;
@@ -389,7 +393,8 @@ TEST_F(Pipeline, DeviceChoice) {
   // The tensor-core kernels' benchmark: checked, then timed, one JSON line per case.
   for (const std::string precision : {"bf16", "fp16", "bf16 --deterministic"}) {
     RunResult b = run_flashgpt("bench attention --device cuda --precision " + precision +
-                               " --mechanism flash,flash_mla --batch 1 --seq 256 --hidden 256 --repeats 2 --json");
+                               " --mechanism flash,flash_mla --batch 1 --repeats 2 --json " +
+                               (emulated ? "--seq 128 --hidden 128" : "--seq 256 --hidden 256"));
     ASSERT_EQ(b.exit_code, 0) << b.output;
     std::istringstream rows(b.output);
     int n = 0;

@@ -236,7 +236,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   if (!root) return;
   const ModelStats stats = model_stats(cfg, static_cast<int>(T));
   const double model_gflops = stats.train_flops_per_token * tok_s / 1e9;
-  const DeviceReport dev = probe_devices();
+  const DeviceReport dev = cuda::devices();
   const std::string gpu_name = dev.gpus.empty() ? "?" : dev.gpus.front().name;
   nlohmann::json j = {{"bench", "train"},
                       {"device", "cuda"},

@@ -210,7 +210,7 @@ void run_bench_attention_cuda(const BenchAttentionCli& c, int64_t rope_dim) {
   }
   FLASHGPT_CHECK(c.tiles.block_q == 0 && c.tiles.block_kv == 0,
                  "--flash-block-q/--flash-block-kv: CPU tiles; the GPU takes --tiles");
-  const DeviceReport dev = probe_devices();
+  const DeviceReport dev = cuda::devices();
   FLASHGPT_CHECK(cuda::gpu_available(), "--device cuda: {}", dev.why_none);
   if (!c.json) {
     std::printf("%s: tensor-core flash kernels (flash, flash_mla), standard kernel on cuBLASLt (standard, mla)\n\n",

@@ -15,6 +15,7 @@
 #include "flashgpt/core/rng.h"
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
+#include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/model/gpt.h"
@@ -254,7 +255,7 @@ void run_bench_decode(const BenchDecodeCli& c) {
   FLASHGPT_CHECK(gpu || !c.profile_step, "--profile-step: a GPU option (--device cuda)");
   const cuda::Precision precision = cuda::parse_precision(c.precision, "--precision");
   if (gpu) {
-    const DeviceReport report = probe_devices();
+    const DeviceReport report = cuda::devices();
     FLASHGPT_CHECK(!report.gpus.empty(), "--device cuda: {}", report.why_none);
     if (!c.json) {
       std::printf("decode step on %s (%s), the whole model, one new token per sequence: batch %lld, %d layers, "

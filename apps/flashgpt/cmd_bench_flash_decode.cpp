@@ -44,7 +44,7 @@ void run_bench_flash_decode(const BenchFlashDecodeCli& c) {
   for (int64_t ctx : c.contexts) {
     FLASHGPT_CHECK(ctx >= c.new_tokens, "--context: {} must hold the {} new tokens", ctx, c.new_tokens);
   }
-  const DeviceReport dev = probe_devices();
+  const DeviceReport dev = cuda::devices();
   FLASHGPT_CHECK(cuda::gpu_available(), "bench flash-decode: needs a GPU: {}", dev.why_none);
   if (!c.json) {
     std::printf("%s, flash decode: %lld query heads, %lld key/value heads, head dim %lld, %lld new tokens, %s\n\n",

@@ -54,7 +54,7 @@ void run_bench_latent_decode(const BenchLatentDecodeCli& c) {
   for (int64_t ctx : c.contexts) {
     FLASHGPT_CHECK(ctx >= c.new_tokens, "--context: {} must hold the {} new tokens", ctx, c.new_tokens);
   }
-  const DeviceReport dev = probe_devices();
+  const DeviceReport dev = cuda::devices();
   FLASHGPT_CHECK(cuda::gpu_available(), "bench latent-decode: needs a GPU: {}", dev.why_none);
   if (!c.json) {
     std::printf("%s, paged latent decode: %lld sequences × %lld new tokens × %lld heads, rows %lld + %lld, pages of %lld, "

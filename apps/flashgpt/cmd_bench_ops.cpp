@@ -29,7 +29,7 @@ void run_bench_ops(const BenchOpsCli& cli) {
     FLASHGPT_CHECK(v > 0, "{}: must be positive (got {})", flag, v);
   }
   FLASHGPT_CHECK(c.repeats > 0, "--repeats: must be positive");
-  const DeviceReport dev = probe_devices();
+  const DeviceReport dev = cuda::devices();
   FLASHGPT_CHECK(cuda::gpu_available(), "bench ops: needs a GPU: {}", dev.why_none);
   const cuda::OpsBenchResult r = cuda::bench_ops(c);
   const std::string gpu = dev.gpus.empty() ? "GPU" : dev.gpus.front().name;

@@ -6,6 +6,7 @@
 #include "commands.h"
 #include "device_flags.h"
 #include "flashgpt/core/device.h"
+#include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/timer.h"
@@ -34,7 +35,8 @@ void run_eval(const EvalCli& c) {
   const int64_t n = c.batches > 0 ? c.batches : std::max<int64_t>(1, available);
   const cuda::Precision precision = cuda::parse_precision(c.device.precision, "--precision");
   const DeviceChoice where =
-      choose_device(c.device.device, [&] { return cuda::GPTCuda::unsupported(cfg, precision); }, c.device.precision);
+      choose_device(cuda::devices(), c.device.device, [&] { return cuda::GPTCuda::unsupported(cfg, precision); },
+                    c.device.precision);
   if (!c.json && !where.line.empty()) std::fprintf(stderr, "%s\n", where.line.c_str());  // --json: in its object
   std::unique_ptr<cuda::GPTCuda> gpu;
   if (where.gpu) {

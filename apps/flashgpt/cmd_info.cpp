@@ -10,6 +10,7 @@
 #include "flashgpt/dist/comm.h"
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/threads.h"
+#include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/attention_cudnn.h"
 #include "flashgpt/cuda/device_comm.h"
 #include "flashgpt/cuda/warpgroup_cuda.h"
@@ -67,7 +68,7 @@ void run_info(const InfoCli& c) {
   }
   const int T = c.seq_len > 0 ? c.seq_len : cfg.block_size;
   const ModelStats s = model_stats(cfg, T);
-  const DeviceReport dev = probe_devices();
+  const DeviceReport dev = cuda::devices();
   nlohmann::json devices = {"cpu"}, gpus = nlohmann::json::array();
   for (const GpuInfo& g : dev.gpus) {
     devices.push_back(fmt::format("cuda:{}", g.index));
@@ -79,7 +80,7 @@ void run_info(const InfoCli& c) {
   const bool wgmma = !dev.gpus.empty() && cuda::gpu_available() && cuda::warpgroup_mma_supported();
   // cuDNN's fused attention (--backend cudnn): built in, and the library loadable here.
   std::string cudnn_detail;
-  const bool cudnn = dev.cuda_built && cuda::cudnn_attention_built() && cuda::cudnn_attention_available(&cudnn_detail);
+  const bool cudnn = dev.cuda_built && cuda::cudnn_attention_available(&cudnn_detail);  // else it says why
   if (!dev.cuda_built) cudnn_detail = "no CUDA backend";
   // NCCL, for GPU ranks under mpirun (--gpu-comm nccl): loadable here.
   std::string nccl_detail;

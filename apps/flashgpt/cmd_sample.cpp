@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "device_flags.h"
 #include "flashgpt/core/device.h"
+#include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/io.h"
@@ -102,8 +103,9 @@ void run_sample(SampleCli& c) {
   c.opt.eot_token = m.tokenizer ? m.tokenizer->eot_token() : -1;
   const GPTConfig& cfg = m.model->config();
   const cuda::Precision precision = cuda::parse_precision(c.device.precision, "--precision");
-  const DeviceChoice where = choose_device(
-      c.device.device, [&] { return cuda::GPTCuda::decode_unsupported(cfg, precision); }, c.device.precision);
+  const DeviceChoice where =
+      choose_device(cuda::devices(), c.device.device,
+                    [&] { return cuda::GPTCuda::decode_unsupported(cfg, precision); }, c.device.precision);
   if (!where.line.empty()) std::fprintf(stderr, "%s\n", where.line.c_str());
   std::unique_ptr<cuda::GPTCuda> gpu;
   std::unique_ptr<Decoder> decoder;

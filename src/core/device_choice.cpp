@@ -5,13 +5,6 @@
 
 namespace flashgpt {
 
-DeviceChoice choose_device(const std::string& device, const std::function<std::string()>& why_not,
-                           const std::string& precision) {
-  FLASHGPT_CHECK(device == "cpu" || device == "cuda" || device == "auto",
-                 "--device: unknown device '{}' (expected cpu, cuda or auto)", device);
-  return device == "cpu" ? DeviceChoice{} : choose_device(probe_devices(), device, why_not, precision);
-}
-
 DeviceChoice choose_device(const DeviceReport& r, const std::string& device,
                            const std::function<std::string()>& why_not, const std::string& precision) {
   FLASHGPT_CHECK(device == "cpu" || device == "cuda" || device == "auto",

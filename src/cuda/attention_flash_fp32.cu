@@ -7,6 +7,10 @@
 // Backward: D = rowsum(dO ∘ O) first; then one kernel per query tile for dQ and one per key tile
 // for dK and dV (summing the query heads that share a key/value head), each recomputing
 // P = exp(scale·q·k − lse) from the forward's lse, so no thread ever writes another's row.
+#if defined(FLASHGPT_SIMT)
+#include <unistd.h>  // the emulated GPU's memory: the host's
+#endif
+
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -272,7 +276,8 @@ DeviceReport devices() {  // the emulator is always there, as one GPU of the arc
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0);
-  r.gpus.push_back({0, "CPU emulator", major, minor, 0, sms});
+  const int64_t memory = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE);  // the host's
+  r.gpus.push_back({0, "CPU emulator", major, minor, memory, sms, true});
   return r;
 }
 #else

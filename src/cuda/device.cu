@@ -27,7 +27,8 @@ DeviceReport probe_devices() {
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp p{};
     if (cudaGetDeviceProperties(&p, i) != cudaSuccess) continue;
-    r.gpus.push_back({i, p.name, p.major, p.minor, static_cast<int64_t>(p.totalGlobalMem), p.multiProcessorCount});
+    r.gpus.push_back({i, p.name, p.major, p.minor, static_cast<int64_t>(p.totalGlobalMem), p.multiProcessorCount,
+                      false});
   }
   if (r.gpus.empty()) r.why_none = "the CUDA driver lists no usable GPU";
   return r;

@@ -16,6 +16,7 @@ struct GpuInfo {
   int cc_major = 0, cc_minor = 0;  // compute capability
   int64_t memory_bytes = 0;
   int multiprocessors = 0;
+  bool emulated = false;  // the CPU emulator's (src/cuda/simt): right answers, no speed
 };
 
 struct DeviceReport {
@@ -29,18 +30,15 @@ struct DeviceReport {
 
 DeviceReport probe_devices();
 
-// Where a command runs for `--device` (cpu, cuda or auto), given why its model cannot run on the
-// GPU (why_not: "" when it can; asked only when a GPU is there): the GPU, with the line naming it
-// and `precision`; or the CPU, with (for auto) the line saying why. --device cuda with a reason
-// is an error naming it; an explicit cpu has no line.
+// Where a command runs for `--device` (cpu, cuda or auto) among the GPUs of `report` (the CUDA
+// backend's cuda::devices(): the driver's, or the CPU emulator's one), given why its model cannot
+// run on the GPU (why_not: "" when it can; asked only when a GPU is there): the GPU, with the line
+// naming it and `precision`; or the CPU, with (for auto) the line saying why. --device cuda with a
+// reason is an error naming it; an explicit cpu has no line.
 struct DeviceChoice {
   bool gpu = false;
   std::string line;
 };
-DeviceChoice choose_device(const std::string& device, const std::function<std::string()>& why_not,
-                           const std::string& precision);
-// The same among the GPUs of `report` (the CUDA backend's cuda::devices(), which for the CPU
-// emulator is its one emulated GPU).
 DeviceChoice choose_device(const DeviceReport& report, const std::string& device,
                            const std::function<std::string()>& why_not, const std::string& precision);
 
