@@ -8,6 +8,8 @@
 #include <map>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/io.h"
 #include "flashgpt/data/shard.h"
@@ -124,6 +126,57 @@ TEST_F(DistributedCli, GpuRanksWithoutAGpuSayWhyOnce) {
   ASSERT_EQ(automatic.exit_code, 0) << automatic.output;
   EXPECT_EQ(count(automatic.output, "device: cpu (--device auto: "), 1) << automatic.output;
   EXPECT_EQ(automatic.output.find("gradients summed"), std::string::npos) << automatic.output;
+}
+
+// GPU ranks on the command line, each an emulated GPU (the command line built over the CPU
+// emulator, in every CUDA build): `mpirun -np 2 … train --device cuda --zero 1` trains like one GPU,
+// saying once how it sums, with the gradient traffic of a ring each step; `bench train` under
+// mpirun measures the same traffic, and its prediction agrees.
+TEST_F(DistributedCli, GpuRanksTrainLikeOneGpuAndBenchTheirTraffic) {
+#ifndef FLASHGPT_EMULATED_BINARY
+  GTEST_SKIP() << "no emulated GPU command line in this build";
+#else
+  const std::string bin = std::string("ASAN_OPTIONS=detect_leaks=0 ") + FLASHGPT_EMULATED_BINARY + " ";
+  const std::string gpu = "-n 6 --device cuda --precision fp32";
+  const RunResult one = run_command("OMP_NUM_THREADS=1 " + bin + train_args(dir / "one", gpu));
+  ASSERT_EQ(one.exit_code, 0) << one.output;
+  const RunResult two = run_command("ASAN_OPTIONS=detect_leaks=0 " + mpirun(2) + " " + FLASHGPT_EMULATED_BINARY + " " +
+                                    train_args(dir / "two", gpu + " --zero 1"));
+  ASSERT_EQ(two.exit_code, 0) << two.output;
+  EXPECT_EQ(count(two.output, "device: cuda:0 (CPU emulator"), 1) << two.output;
+  EXPECT_EQ(count(two.output, "gradients summed through host memory"), 1) << two.output;
+  EXPECT_EQ(count(two.output, "trained 6 steps"), 1) << two.output;
+  const auto a = losses(dir / "one/metrics.jsonl"), b = losses(dir / "two/metrics.jsonl");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  for (const auto& [step, loss] : a) EXPECT_NEAR(b.at(step), loss, 1e-5 * loss) << "step " << step;
+  // ZeRO-1 over 2 ranks: a reduce-scatter and an all-gather of the fp32 parameters, each sending
+  // half of them, plus a few scalars (the loss, the norm).
+  const CheckpointData ck = load_checkpoint(dir / "two/ckpt.safetensors");
+  const double ring = 2 * 0.5 * 4.0 * static_cast<double>(ck.params.size());
+  std::istringstream in(read_text_file(dir / "two/metrics.jsonl"));
+  int steps = 0;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("comm_bytes")) continue;
+    ++steps;
+    EXPECT_GE(j["comm_bytes"].get<double>(), ring) << line;
+    EXPECT_LT(j["comm_bytes"].get<double>(), 1.01 * ring) << line;
+  }
+  EXPECT_EQ(steps, 6);
+  // The benchmark's figures for the same layout: every rank alone, then together.
+  const RunResult bench = run_command("ASAN_OPTIONS=detect_leaks=0 " + mpirun(2) + " " + FLASHGPT_EMULATED_BINARY +
+                                      " bench train --device cuda --precision fp32 --preset tiny -b 2 -t 32 --steps 2 "
+                                      "--warmup 1 --zero 1 --json");
+  ASSERT_EQ(bench.exit_code, 0) << bench.output;
+  const nlohmann::json j = nlohmann::json::parse(bench.output.substr(bench.output.find('{')));
+  EXPECT_EQ(j["ranks"].get<int>(), 2) << bench.output;
+  EXPECT_EQ(j["gpu_comm"].get<std::string>(), "host") << bench.output;
+  EXPECT_GT(j["scaling_efficiency"].get<double>(), 0.0) << bench.output;
+  const double bytes = j["comm_bytes_per_step"].get<double>(), predicted = j["comm_bytes_per_step_predicted"];
+  EXPECT_GE(bytes, predicted) << bench.output;
+  EXPECT_LT(bytes, 1.01 * predicted) << bench.output;
+#endif
 }
 
 TEST_F(DistributedCli, RanksWithDifferentConfigsAreRefused) {

@@ -52,9 +52,17 @@ void expect_sums_in_place(DeviceComm& comm) {
   for (int64_t i = 0; i < kCount; ++i) mine[static_cast<size_t>(i)] = static_cast<float>((r + 1) * i);
   cuda::DeviceBuffer buf(kCount * sizeof(float));
   buf.upload(mine.data(), kCount * sizeof(float));
-  const uint64_t sent = comm.bytes_sent();
+  const uint64_t sent = comm.bytes_sent(), host_sent = comm.host().bytes_sent();
   comm.allreduce_sum(buf.as<float>(), kCount);
   comm.allreduce_sum(buf.as<float>(), 0);  // nothing to do, on every rank alike
+  // Through host memory the bytes are the host communicator's too, and a total counts them once.
+  if (comm.backend() == "host") {
+    EXPECT_EQ(comm.host().bytes_sent() - host_sent, comm.bytes_sent() - sent);
+    EXPECT_EQ(comm.bytes_sent_beyond_host(), 0u);
+  } else {
+    EXPECT_EQ(comm.host().bytes_sent(), host_sent) << comm.backend();
+    EXPECT_EQ(comm.bytes_sent_beyond_host(), comm.bytes_sent()) << comm.backend();
+  }
   buf.download(back.data(), kCount * sizeof(float));
   for (int64_t i = 0; i < kCount; ++i) {
     ASSERT_EQ(back[static_cast<size_t>(i)], static_cast<float>(n * (n + 1) / 2 * i)) << comm.backend() << " " << i;

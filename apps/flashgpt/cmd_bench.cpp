@@ -199,7 +199,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
     if (c.zero == 1) gpu.shard_optimizer_state(*comm);
     together = true;
     world.arrive("the benchmark's steps together", 0);
-    auto sent = [&] { return comm->bytes_sent() + world.bytes_sent(); };
+    auto sent = [&] { return comm->bytes_sent_beyond_host() + world.bytes_sent(); };
     for (int s = 0; s <= last; ++s) {
       if (s == c.warmup) together_bytes = sent();  // from the first timed step on
       Timer t;

@@ -69,7 +69,7 @@ void check_count(int64_t count, const char* what) { FLASHGPT_CHECK(count >= 0, "
 // Through host memory: out, summed by the job's communicator, back in.
 class HostDeviceComm final : public DeviceComm {
  public:
-  HostDeviceComm(dist::Communicator& host, int gpu) : DeviceComm(host, gpu) {}
+  HostDeviceComm(dist::Communicator& host, int gpu) : DeviceComm(host, gpu) { through_host_ = true; }
   std::string backend() const override { return "host"; }
   void allreduce_sum(float* device_data, int64_t count) override {
     check_count(count, "allreduce");

@@ -354,7 +354,8 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   };
 
   auto bytes_sent = [&] {  // by this rank, over every communicator
-    return comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) + (gpu_comm ? gpu_comm->bytes_sent() : 0);
+    return comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) +
+           (gpu_comm ? gpu_comm->bytes_sent_beyond_host() : 0);
   };
   InterruptGuard interrupt_guard;
   if (opt.overfit_single_batch) next_micro_batch(train_loader);

@@ -77,6 +77,9 @@ class DeviceComm {
 
   // What this rank sent, counted as the communicator does (a ring allreduce: 2(N−1)/N of the bytes).
   uint64_t bytes_sent() const { return bytes_sent_; }
+  // The part of bytes_sent() that host() has not counted already, for a total over both: all of it
+  // with NCCL, none where the sums go through host memory (they are host()'s own collectives).
+  uint64_t bytes_sent_beyond_host() const { return through_host_ ? 0 : bytes_sent_; }
 
  protected:
   DeviceComm(dist::Communicator& host, int gpu) : host_(host), rank_(host.rank()), size_(host.size()), gpu_(gpu) {}
@@ -89,6 +92,7 @@ class DeviceComm {
     }
   }
   std::string why_;
+  bool through_host_ = false;  // the sums are host()'s collectives (counted there too)
 
  private:
   dist::Communicator& host_;
