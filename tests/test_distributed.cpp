@@ -21,7 +21,7 @@
 #include "flashgpt/tokenizer/tokenizer.h"
 #include "flashgpt/train/trainer.h"
 #include "testing/mpi_main.h"
-#include "testing/shared_corpus.h"
+#include "testing/distributed_runs.h"
 #include "testing/temp_dir.h"
 
 namespace flashgpt {
@@ -195,55 +195,13 @@ TEST(ContextParallel, ModelLossAndGradientsEqualOneProcess) {
 // --- whole training runs -----------------------------------------------------------------------
 
 using Corpus = testing::SharedCorpus;
+using testing::expect_same_losses;
 
-GPTConfig small_model() {
-  GPTConfig c = GPTConfig::preset("tiny");
-  c.vocab_size = 50;
-  c.block_size = 48;
-  return c;
-}
-
+GPTConfig small_model() { return testing::shared_model(); }
 TrainOptions options(const Corpus& corpus, const std::string& out, Communicator* comm) {
-  TrainOptions o;
-  o.train_data = corpus.train;
-  o.val_data = corpus.val;
-  o.batch_size = 2;
-  o.seq_len = 24;
-  o.total_batch_tokens = 2 * 24 * 12;  // divisible by 1, 2, 3 and 4 data-parallel ranks
-  o.max_steps = 6;
-  o.lr.lr = 3e-3;
-  o.lr.warmup_steps = 2;
-  o.val_every = 3;
-  o.val_batches = 6;
-  o.out_dir = out;
-  o.progress_bar = false;
-  o.seed = 9;
-  o.comm = comm;
-  o.check_weights_every = 1;
-  return o;
+  return testing::shared_options(corpus, out, comm);
 }
-
-// The same run in this process alone, for reference (every rank computes it privately).
-TrainResult one_process(TrainOptions o) {
-  testing::TempDir mine;
-  auto single = dist::make_single_process_comm();
-  o.comm = single.get();
-  o.out_dir = mine / "out";
-  o.zero_stage = 0;
-  o.context_parallel = 1;
-  return train(small_model(), o);
-}
-
-// Step by step: the losses and the gradient norms (which a wrongly scaled average would change
-// while AdamW, being scale-free, would hide it in the losses).
-void expect_same_losses(const TrainResult& a, const TrainResult& b, double tol) {
-  ASSERT_EQ(a.losses.size(), b.losses.size());
-  ASSERT_EQ(a.grad_norms.size(), b.grad_norms.size());
-  for (size_t s = 0; s < a.losses.size(); ++s) {
-    EXPECT_NEAR(a.losses[s], b.losses[s], tol * std::abs(b.losses[s])) << "step " << s + 1;
-    EXPECT_NEAR(a.grad_norms[s], b.grad_norms[s], 10 * tol * b.grad_norms[s]) << "step " << s + 1;
-  }
-}
+TrainResult one_process(const TrainOptions& o) { return testing::run_alone(small_model(), o); }
 
 TEST(Train, DataParallelLossesEqualOneProcessStepByStep) {
   Corpus corpus;
@@ -276,21 +234,7 @@ TEST(Train, ZeroOneEqualsDataParallelAndResumesOnAnotherRankCount) {
     EXPECT_LT(max_err, 1e-9);
   }
   // Stop after 3 steps on every rank, then resume on one rank fewer (or one, from two).
-  TrainOptions first = options(corpus, corpus.dir / "r", &W());
-  first.zero_stage = 1;
-  first.stop_at_step = 3;
-  EXPECT_EQ(train(small_model(), first).steps, 3);
-  const int fewer = W().size() - 1;
-  auto sub = W().split(W().rank() < fewer ? 0 : 1, W().rank());
-  if (W().rank() < fewer) {
-    TrainOptions second = options(corpus, corpus.dir / "r", sub.get());
-    second.zero_stage = 1;
-    second.resume = corpus.dir / "r/ckpt.safetensors";
-    const TrainResult rest = train(small_model(), second);
-    ASSERT_EQ(rest.losses.size(), 3u);
-    for (size_t s = 0; s < 3; ++s) EXPECT_NEAR(rest.losses[s], ref.losses[s + 3], 1e-5 * ref.losses[s + 3]) << s;
-  }
-  W().arrive("resumed", 0);
+  testing::expect_resumes_on_fewer_ranks(small_model(), options(corpus, "", &W()), corpus.dir / "r", ref);
 }
 
 TEST(Train, ContextParallelEqualsOneProcessWithDocumentMasks) {

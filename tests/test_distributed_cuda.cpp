@@ -27,8 +27,7 @@
 #include "flashgpt/train/trainer.h"
 #include "testing/errors.h"
 #include "testing/mpi_main.h"
-#include "testing/shared_corpus.h"
-#include "testing/temp_dir.h"
+#include "testing/distributed_runs.h"
 
 namespace flashgpt {
 namespace {
@@ -301,53 +300,14 @@ TEST(DataParallel, ZeroOneShardsTheOptimizerStateAndEqualsOneModel) {
 
 // --- whole training runs: train() on every rank's GPU ---------------------------------------------
 
-GPTConfig run_model() {
-  GPTConfig c = GPTConfig::preset("tiny");
-  c.vocab_size = 50;
-  c.block_size = 48;
-  return c;
-}
+GPTConfig run_model() { return testing::shared_model(); }
 
-// Six fp32 steps of 12 sequences of 24 tokens (micro-batches of 2: divisible among 1, 2 and 3
-// ranks), the replicas' weights compared after every step.
+// The shared six steps, in fp32 on the GPU.
 TrainOptions run_options(const testing::SharedCorpus& corpus, const std::string& out, dist::Communicator* comm) {
-  TrainOptions o;
-  o.train_data = corpus.train;
-  o.val_data = corpus.val;
-  o.batch_size = 2;
-  o.seq_len = 24;
-  o.total_batch_tokens = 2 * 24 * 12;
-  o.max_steps = 6;
-  o.lr.lr = 3e-3;
-  o.lr.warmup_steps = 2;
-  o.val_every = 3;
-  o.val_batches = 6;
-  o.out_dir = out;
-  o.progress_bar = false;
-  o.seed = 9;
-  o.comm = comm;
-  o.check_weights_every = 1;
+  TrainOptions o = testing::shared_options(corpus, out, comm);
   o.device = "cuda";
   o.precision = "fp32";
   return o;
-}
-
-// The same run on this rank's GPU alone (every rank computes it privately).
-TrainResult one_gpu(TrainOptions o) {
-  testing::TempDir mine;
-  auto single = dist::make_single_process_comm();
-  o.comm = single.get();
-  o.out_dir = mine / "out";
-  o.zero_stage = 0;
-  return train(run_model(), o);
-}
-
-void expect_same_losses(const TrainResult& got, const TrainResult& want, double tol) {
-  ASSERT_EQ(got.losses.size(), want.losses.size());
-  for (size_t s = 0; s < want.losses.size(); ++s) {
-    EXPECT_NEAR(got.losses[s], want.losses[s], tol * want.losses[s]) << "step " << s + 1;
-    EXPECT_NEAR(got.grad_norms[s], want.grad_norms[s], 10 * tol * want.grad_norms[s]) << "step " << s + 1;
-  }
 }
 
 // `train --device cuda` under mpirun: data parallel over the ranks' GPUs, with every kind of
@@ -355,7 +315,7 @@ void expect_same_losses(const TrainResult& got, const TrainResult& want, double 
 TEST(TrainOnGpus, DataParallelRunsEqualOneGpuStepByStep) {
   SKIP_WITHOUT_GPU();
   testing::SharedCorpus corpus;
-  const TrainResult ref = one_gpu(run_options(corpus, "", &W()));
+  const TrainResult ref = testing::run_alone(run_model(), run_options(corpus, "", &W()));
   EXPECT_EQ(ref.device, "cuda");
   EXPECT_LT(ref.losses.back(), ref.losses.front() - 0.1) << "the reference run should learn";
   for (const char* kind : {"auto", "host"}) {
@@ -364,7 +324,7 @@ TEST(TrainOnGpus, DataParallelRunsEqualOneGpuStepByStep) {
     o.gpu_comm = kind;
     const TrainResult dp = train(run_model(), o);
     EXPECT_EQ(dp.device, "cuda");
-    expect_same_losses(dp, ref, 1e-5);
+    testing::expect_same_losses(dp, ref, 1e-5);
     EXPECT_NEAR(dp.final_val_loss, ref.final_val_loss, 1e-5 * ref.final_val_loss);
     EXPECT_GT(dp.bytes_sent, 0u);
   }
@@ -379,37 +339,28 @@ TEST(TrainOnGpus, ZeroOneEqualsDataParallelAndResumesOnAnotherRankCount) {
   TrainOptions o = run_options(corpus, corpus.dir / "z", &W());
   o.zero_stage = 1;
   const TrainResult z = train(run_model(), o);
-  expect_same_losses(z, dp, 1e-5);
+  testing::expect_same_losses(z, dp, 1e-5);
   if (W().rank() == 0) {
     const CheckpointData a = load_checkpoint(corpus.dir / "z/ckpt.safetensors");
     const CheckpointData b = load_checkpoint(corpus.dir / "dp/ckpt.safetensors");
     ASSERT_EQ(a.adam_m.size(), b.adam_m.size());
     ASSERT_EQ(a.adam_v.size(), b.adam_v.size());
-    double err_m = 0, err_v = 0, err_p = 0;
-    for (size_t i = 0; i < a.adam_v.size(); ++i) {
-      err_m = std::max(err_m, double(std::abs(a.adam_m[i] - b.adam_m[i])));
-      err_v = std::max(err_v, double(std::abs(a.adam_v[i] - b.adam_v[i])));
-      err_p = std::max(err_p, double(std::abs(a.params[i] - b.params[i])));
-    }
-    EXPECT_LT(err_m, 1e-6);
-    EXPECT_LT(err_v, 1e-9);
-    EXPECT_LT(err_p, 1e-5);
+    // The reduce-scatter adds the ranks' gradients in another order than the all-reduce, and six
+    // AdamW steps amplify that rounding (6e-5 of the largest moment at 3 ranks, 3e-7 at 2); a state
+    // lost or misplaced in the gather is off by its whole size.
+    auto rel_diff = [](const std::vector<float>& x, const std::vector<float>& y) {
+      double err = 0, big = 0;
+      for (size_t i = 0; i < x.size(); ++i) {
+        err = std::max(err, double(std::abs(x[i] - y[i])));
+        big = std::max(big, double(std::abs(y[i])));
+      }
+      return err / big;
+    };
+    EXPECT_LT(rel_diff(a.adam_m, b.adam_m), 1e-3);
+    EXPECT_LT(rel_diff(a.adam_v, b.adam_v), 1e-3);
+    EXPECT_LT(rel_diff(a.params, b.params), 1e-3);
   }
-  TrainOptions first = run_options(corpus, corpus.dir / "r", &W());
-  first.zero_stage = 1;
-  first.stop_at_step = 3;
-  EXPECT_EQ(train(run_model(), first).steps, 3);
-  const int fewer = W().size() - 1;
-  auto sub = W().split(W().rank() < fewer ? 0 : 1, W().rank());
-  if (W().rank() < fewer) {
-    TrainOptions second = run_options(corpus, corpus.dir / "r", sub.get());
-    second.zero_stage = 1;
-    second.resume = corpus.dir / "r/ckpt.safetensors";
-    const TrainResult rest = train(run_model(), second);
-    ASSERT_EQ(rest.losses.size(), 3u);
-    for (size_t s = 0; s < 3; ++s) EXPECT_NEAR(rest.losses[s], dp.losses[s + 3], 1e-5 * dp.losses[s + 3]) << s;
-  }
-  W().arrive("resumed", 0);
+  testing::expect_resumes_on_fewer_ranks(run_model(), run_options(corpus, "", &W()), corpus.dir / "r", dp);
 }
 
 }  // namespace
