@@ -15,9 +15,10 @@ build="build-gpu"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFLASHGPT_NATIVE=OFF -DFLASHGPT_MPI=OFF \
   -DCMAKE_CUDA_ARCHITECTURES="$archs" -DFLASHGPT_BUILD_BENCH=OFF > /dev/null
 programs=(flashgpt tests/test_cuda_attention tests/test_cuda_ops tests/test_cuda_latent_decode tests/test_cuda_flash_decode tests/test_cuda_matmul
-          tests/test_cuda_gpt tests/test_cuda_warpgroup tests/test_cuda_attention_cudnn tests/test_device tests/test_attention)
+          tests/test_cuda_gpt tests/test_train_cuda tests/test_cuda_warpgroup tests/test_cuda_attention_cudnn tests/test_device
+          tests/test_attention)
 cmake --build "$build" --parallel --target flashgpt_cli test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode \
-  test_cuda_matmul test_cuda_gpt test_cuda_warpgroup test_cuda_attention_cudnn test_device test_attention
+  test_cuda_matmul test_cuda_gpt test_train_cuda test_cuda_warpgroup test_cuda_attention_cudnn test_device test_attention
 
 rm -rf gpu-bundle
 mkdir -p gpu-bundle/bin gpu-bundle/lib

@@ -66,7 +66,7 @@ bin=""
 gpu_arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')
 [ "$gpu_arch" = 90 ] && gpu_arch=90a
 test_programs=(test_cuda_attention test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul
-               test_cuda_gpt test_cuda_warpgroup test_cuda_attention_cudnn test_device test_attention)
+               test_cuda_gpt test_train_cuda test_cuda_warpgroup test_cuda_attention_cudnn test_device test_attention)
 # Several GPUs and OpenMPI here: build with MPI for the multi-gpu part (data parallelism over them).
 gpu_count=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
 mpi=OFF
@@ -153,7 +153,8 @@ if [ -n "$bin" ] && { want tests || want sanitizer; }; then
   say "|---|---|---|---|"
   # The instruction layer first (it judges our reading of wgmma and TMA before any kernel built on
   # it runs); the attention kernels, the newest of them Hopper's, last.
-  cuda_tests=(test_cuda_warpgroup test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul test_cuda_gpt test_cuda_attention)
+  cuda_tests=(test_cuda_warpgroup test_cuda_ops test_cuda_latent_decode test_cuda_flash_decode test_cuda_matmul test_cuda_gpt
+              test_train_cuda test_cuda_attention)
   if want tests; then
     RUN_LIMIT=$test_limit run info "$bin/flashgpt" info --preset d12
     RUN_LIMIT=$test_limit run test_device "$bin/test_device"
@@ -179,6 +180,7 @@ if [ -n "$bin" ] && { want tests || want sanitizer; }; then
         case "$t" in
           test_cuda_attention) race='CudaAttention.DeterministicFlashBackwardRepeatsItsBits:CudaAttention.TensorCoreKernelsRefuse*' ;;
           test_cuda_gpt) race='CudaGpt.Fp32TracksTheCpuModelMlaWithSvdFactors:CudaGpt.DeterministicTrainingRepeatsItsBits:CudaGpt.DecodingWithTheFlashKernels*:CudaGpt.GraphReplayed*' ;;
+          test_train_cuda) race='TrainCuda.GradientAccumulationMatchesTheLargerBatch' ;;  # the kernels are test_cuda_gpt's
         esac
       fi
       [ -n "$race" ] && race="--gtest_filter=$race" || race="$filter"
