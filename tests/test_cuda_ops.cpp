@@ -720,7 +720,8 @@ TEST(CudaOps, RopeEqualsTheCpu) {
   auto gf = up(x), gbk = up(x);
   cuda::rope_forward(gf.as<float>() + at, gcos.as<const float>(), gsin.as<const float>(), B, Tn, H, D, D, pos0,
                      nullptr, W);
-  cuda::rope_backward(gbk.as<float>() + at, gcos.as<const float>(), gsin.as<const float>(), B, Tn, H, D, D, pos0, W);
+  cuda::rope_backward(gbk.as<float>() + at, gcos.as<const float>(), gsin.as<const float>(), B, Tn, H, D, D, pos0,
+                      nullptr, W);
   const auto got_f = down_as<float>(gf, x.size()), got_b = down_as<float>(gbk, x.size());
   EXPECT_LT(rel_error(got_f, want_f), 1e-6) << "token stride";
   EXPECT_LT(rel_error(got_b, want_b), 1e-6) << "token stride";
@@ -733,6 +734,21 @@ TEST(CudaOps, RopeEqualsTheCpu) {
     }
   }
   EXPECT_EQ(touched, 0) << "values outside the rotated block changed";
+
+  // The backward with each sequence at a position of its own (context parallelism's chunks; the
+  // forward's is checked with the embeddings below): sequence b as a batch of one at pos[b].
+  const std::vector<int32_t> pos = {11, 3};
+  DeviceBuffer gpos(pos.size() * 4);
+  gpos.upload(pos.data(), pos.size() * 4);
+  const auto xs = data.normal(static_cast<size_t>(B * Tn * H * D));
+  std::vector<float> want_s = xs;
+  for (int64_t b = 0; b < B; ++b) {
+    ops::rope_backward_strided(want_s.data() + b * Tn * H * D, table, 1, Tn, H, D, D, pos[static_cast<size_t>(b)]);
+  }
+  auto gs = up(xs);
+  cuda::rope_backward(gs.as<float>(), gcos.as<const float>(), gsin.as<const float>(), B, Tn, H, D, D, 0,
+                      gpos.as<const int32_t>());
+  EXPECT_LT(rel_error(down_as<float>(gs, xs.size()), want_s), 1e-6) << "positions per sequence";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1340,9 +1356,10 @@ void check_qk_norm_rope_backward() {
                         std::vector<float>& dx) {
           DeviceBuffer dy = up_as<T>(drows), d = poisoned(static_cast<size_t>(N * W) * sizeof(T));
           DeviceBuffer gdw = up(std::vector<float>(static_cast<size_t>(s.D)));  // the weight gradient: not compared
-          for (int64_t b = 0; b < B && rope_mode > 0; ++b) {  // rope_backward takes one offset: a sequence at a time
+          for (int64_t b = 0; b < B && rope_mode > 0; ++b) {  // the reference: a sequence at a time
             cuda::rope_backward(dy.as<T>() + b * Tn * s.out_ld + s.rope_at, rope.cos, rope.sin, 1, Tn, s.H,
-                                s.D - s.rope_at, s.D, rope_mode == 1 ? 6 : pos[static_cast<size_t>(b)], s.out_ld);
+                                s.D - s.rope_at, s.D, rope_mode == 1 ? 6 : pos[static_cast<size_t>(b)], nullptr,
+                                s.out_ld);
           }
           // rmsnorm_backward reads a dense output gradient: the heads of each row, packed.
           const auto dyr = down_as<T>(dy, static_cast<size_t>(N * s.out_ld));

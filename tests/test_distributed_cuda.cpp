@@ -4,8 +4,9 @@
 // the ranks sum their gradients, and the sum must be one model's gradient over the whole batch;
 // the AdamW steps that follow must keep every rank's weights bit-identical and on the one model's
 // path, with the optimizer state whole on every rank or sharded (ZeRO-1). Then whole runs of the
-// trainer (`train --device cuda` under mpirun) against one GPU's. Every rank runs every test; a
-// failure on any rank fails the job.
+// trainer (`train --device cuda` under mpirun) against one GPU's, data-parallel and
+// context-parallel (the ranks sharing each sequence). Every rank runs every test; a failure on any
+// rank fails the job.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -17,14 +18,18 @@
 #include "flashgpt/core/error.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/context_parallel_cuda.h"
 #include "flashgpt/cuda/device_comm.h"
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/dist/comm.h"
+#include "flashgpt/dist/context_parallel.h"
 #include "flashgpt/model/checkpoint.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
 #include "flashgpt/train/trainer.h"
+#include "testing/bf16.h"
+#include "testing/device_buffers.h"
 #include "testing/errors.h"
 #include "testing/mpi_main.h"
 #include "testing/distributed_runs.h"
@@ -298,6 +303,103 @@ TEST(DataParallel, ZeroOneShardsTheOptimizerStateAndEqualsOneModel) {
   expect_data_parallel_equals_one_model(Mode::Zero);
 }
 
+// Context parallelism's collectives on GPUs against the CPU's (dist::ContextParallel) on the same
+// rows: the gather assembles every rank's rows in sequence order, bit for bit, from local rows
+// laid out chunk-major and `ld` apart; the reduce-scatter hands each rank the sum of its rows over
+// the ranks (whole numbers: exact in any order), into rows `ld` apart, the rest of each row
+// untouched; bf16 rows travel alike.
+template <typename E>
+void expect_cp_collectives_match_the_cpus(DeviceComm& comm) {
+  const int n = W().size(), r = W().rank();
+  const int64_t B = 3, T = 4 * n, width = 5, ld = 7;
+  cuda::DeviceContextParallel cp(comm, T);
+  ASSERT_EQ(cp.chunk(), 2);
+  const int64_t ch = cp.chunk(), rows = B * cp.local_len();
+  auto value = [](int64_t i, int rank) { return static_cast<float>((rank + 1) * 1000 + i % 997); };
+  // This rank's rows in the CPU's layout [B][2][chunk], and the GPU model's [2][B][chunk] with ld.
+  std::vector<float> global_host(static_cast<size_t>(B * T * width));
+  for (size_t i = 0; i < global_host.size(); ++i) global_host[i] = static_cast<float>(i % 251) - 100.0f;
+  std::vector<float> local(static_cast<size_t>(rows * width));
+  cp.host().slice(global_host.data(), local.data(), B, width);
+  std::vector<float> local_ld(static_cast<size_t>(rows * ld), -7.0f);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int j = 0; j < 2; ++j) {
+      for (int64_t t = 0; t < ch; ++t) {
+        for (int64_t c = 0; c < width; ++c) {
+          local_ld[static_cast<size_t>(((j * B + b) * ch + t) * ld + c)] =
+              local[static_cast<size_t>(((b * 2 + j) * ch + t) * width + c)];
+        }
+      }
+    }
+  }
+  auto to_device = [](const std::vector<float>& h) {
+    if constexpr (std::is_same_v<E, cuda::bf16>) return testing::up_bf16(h);
+    cuda::DeviceBuffer d(h.size() * 4);
+    d.upload(h.data(), h.size() * 4);
+    return d;
+  };
+  auto to_host = [](const cuda::DeviceBuffer& d, size_t count) {
+    std::vector<float> h(count);
+    if constexpr (std::is_same_v<E, cuda::bf16>) {
+      std::vector<uint16_t> bits(count);
+      d.download(bits.data(), count * 2);
+      for (size_t i = 0; i < count; ++i) h[i] = testing::from_bf16(bits[i]);
+    } else {
+      d.download(h.data(), count * 4);
+    }
+    return h;
+  };
+  cuda::DeviceBuffer stage(static_cast<size_t>(cp.stage_floats(B, width)) * 4);
+  cuda::DeviceBuffer dlocal = to_device(local_ld), dglobal(static_cast<size_t>(B * T * width) * sizeof(E));
+  dglobal.fill_bytes(0xFF);
+  cp.gather(dlocal.as<const E>(), ld, dglobal.as<E>(), B, width, stage.as<float>());
+  EXPECT_EQ(to_host(dglobal, global_host.size()), global_host) << "gather";
+
+  // Rank k holds (k + 1)·1000 + i % 997 at position i of the whole sequences.
+  std::vector<float> mine(global_host.size()), want_global(global_host.size(), 0.0f);
+  for (size_t i = 0; i < mine.size(); ++i) {
+    mine[i] = value(static_cast<int64_t>(i), r);
+    for (int k = 0; k < n; ++k) want_global[i] += value(static_cast<int64_t>(i), k);
+  }
+  std::vector<float> want(static_cast<size_t>(rows * width));
+  cp.host().slice(want_global.data(), want.data(), B, width);
+  cuda::DeviceBuffer dmine(mine.size() * 4);
+  dmine.upload(mine.data(), mine.size() * 4);
+  cuda::DeviceBuffer dout = to_device(std::vector<float>(static_cast<size_t>(rows * ld), -7.0f));
+  cp.reduce_scatter(dmine.as<const float>(), dout.as<E>(), ld, B, width, stage.as<float>());
+  const std::vector<float> got = to_host(dout, static_cast<size_t>(rows * ld));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int j = 0; j < 2; ++j) {
+      for (int64_t t = 0; t < ch; ++t) {
+        for (int64_t c = 0; c < ld; ++c) {
+          const float g = got[static_cast<size_t>(((j * B + b) * ch + t) * ld + c)];
+          float w = c < width ? want[static_cast<size_t>(((b * 2 + j) * ch + t) * width + c)] : -7.0f;
+          if constexpr (std::is_same_v<E, cuda::bf16>) w = testing::round_bf16(w);
+          ASSERT_EQ(g, w) << "reduce-scatter: b " << b << " chunk " << j << " row " << t << " column " << c;
+        }
+      }
+    }
+  }
+}
+
+TEST(ContextParallelOnGpus, GatherAndReduceScatterMatchTheCpus) {
+  SKIP_WITHOUT_GPU();
+  for (const char* kind : {"auto", "host"}) {
+    SCOPED_TRACE(kind);
+    auto comm = DeviceComm::create(W(), cuda::parse_gpu_comm(kind, "kind"));
+    expect_cp_collectives_match_the_cpus<float>(*comm);
+    expect_cp_collectives_match_the_cpus<cuda::bf16>(*comm);
+    // A group of part of the ranks (each alone here, when the ranks split in two groups or more).
+    auto halves = W().split(W().rank() % 2, W().rank());
+    auto group = comm->subgroup(*halves);
+    EXPECT_EQ(group->backend(), comm->backend());
+    EXPECT_EQ(group->size(), halves->size());
+    EXPECT_EQ(group->gpu(), comm->gpu());
+    const int64_t odd = 2 * group->size() + 1;  // not a multiple of 2 × ranks
+    EXPECT_NE(error_of([&] { cuda::DeviceContextParallel(*group, odd); }).find("--context-parallel"), std::string::npos);
+  }
+}
+
 // --- whole training runs: train() on every rank's GPU ---------------------------------------------
 
 GPTConfig run_model() { return testing::shared_model(); }
@@ -361,6 +463,59 @@ TEST(TrainOnGpus, ZeroOneEqualsDataParallelAndResumesOnAnotherRankCount) {
     EXPECT_LT(rel_diff(a.params, b.params), 1e-3);
   }
   testing::expect_resumes_on_fewer_ranks(run_model(), run_options(corpus, "", &W()), corpus.dir / "r", dp);
+}
+
+// `train --device cuda --context-parallel N` under mpirun: every rank shares each sequence, and the
+// run is the one-GPU run step by step, for the multi-head mechanisms with grouped-query heads,
+// RoPE and QK-norm, latent attention with decoupled RoPE, and the standard kernel, all with
+// document masks; and in bf16, where the chunks' attention and the summed key gradients round
+// differently, close to it.
+TEST(TrainOnGpus, ContextParallelRunsEqualOneGpuStepByStep) {
+  SKIP_WITHOUT_GPU();
+  testing::SharedCorpus corpus;
+  struct Case {
+    const char* name;
+    GPTConfig model;
+    const char* precision;
+    double tol;
+  };
+  GPTConfig gqa = run_model().with_attention(AttentionKind::Flash);
+  gqa.n_head = 4;
+  gqa.n_kv_head = 2;
+  gqa.pos = PosKind::Rope;
+  gqa.qk_norm = true;
+  GPTConfig mla = run_model().with_attention(AttentionKind::FlashMLA);
+  mla.pos = PosKind::Rope;
+  GPTConfig standard = run_model().with_attention(AttentionKind::Standard);
+  GPTConfig wide = run_model().with_attention(AttentionKind::Flash);  // head dim 64: the tensor-core kernels
+  wide.n_embd = 128;
+  const std::vector<Case> cases = {{"flash, GQA, RoPE, QK-norm", gqa, "fp32", 1e-5},
+                                   {"flash_mla, RoPE", mla, "fp32", 1e-5},
+                                   {"standard", standard, "fp32", 1e-5},
+                                   {"flash bf16", wide, "bf16", 2e-2}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    TrainOptions o = run_options(corpus, corpus.dir / "cp", &W());
+    o.precision = c.precision;
+    o.document_masking = true;
+    o.eot_token = 0;
+    o.total_batch_tokens = 2 * 24 * 4;  // a third of the shared batch: every rank runs the reference too
+    if (o.precision == "bf16") o.max_steps = 3;  // the emulated tensor-core kernels are slow
+    const TrainResult ref = testing::run_alone(c.model, o);
+    o.context_parallel = W().size();
+    const TrainResult cp = train(c.model, o);
+    EXPECT_EQ(cp.device, "cuda");
+    EXPECT_LT(cp.losses.back(), cp.losses.front() - 0.1) << "the run should learn";
+    testing::expect_same_losses(cp, ref, c.tol);
+    EXPECT_NEAR(cp.final_val_loss, ref.final_val_loss, c.tol * ref.final_val_loss);
+    EXPECT_GT(cp.bytes_sent, 0u);
+  }
+  // cuDNN's attention does not take part.
+  TrainOptions o = run_options(corpus, corpus.dir / "cudnn", &W());
+  o.context_parallel = W().size();
+  o.precision = "bf16";
+  o.attention_backend = "cudnn";
+  EXPECT_NE(error_of([&] { train(wide, o); }).find("--context-parallel"), std::string::npos);
 }
 
 }  // namespace

@@ -139,6 +139,7 @@ void GPTCuda::set_gelu_fusion(bool) { fail("GPU model: {}", kNoCuda); }
 bool GPTCuda::gelu_fusion() const { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::set_qkv_fusion(bool) { fail("GPU model: {}", kNoCuda); }
 bool GPTCuda::qkv_fusion() const { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::set_context_parallel(const DeviceContextParallel*) { fail("GPU model: {}", kNoCuda); }
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::reduce_grads(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::overlap_next_backward(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
@@ -153,6 +154,11 @@ bool nccl_available(std::string* detail) {
 }
 std::unique_ptr<DeviceComm> DeviceComm::create(dist::Communicator&, GpuComm) {
   fail("GPU communication: {}", kNoCuda);
+}
+std::unique_ptr<DeviceComm> DeviceComm::subgroup(dist::Communicator&) const { fail("GPU communication: {}", kNoCuda); }
+DeviceContextParallel::DeviceContextParallel(DeviceComm& group, int64_t seq_len)
+    : group_(&group), host_(group.host(), seq_len) {
+  fail("GPU context parallelism: {}", kNoCuda);
 }
 void GPTCuda::adamw_step(const ops::AdamWParams&, float) { fail("GPU model: {}", kNoCuda); }
 std::string GPTCuda::decode_unsupported(const GPTConfig&, Precision) { return kNoCuda; }

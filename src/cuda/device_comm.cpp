@@ -317,4 +317,20 @@ std::unique_ptr<DeviceComm> DeviceComm::create(dist::Communicator& host, GpuComm
   return comm;
 }
 
+std::unique_ptr<DeviceComm> DeviceComm::subgroup(dist::Communicator& group) const {
+  const std::string where = fmt::format("rank {} of {} on GPU {}", group.rank(), group.size(), gpu());
+#if defined(FLASHGPT_NCCL_HEADERS)
+  if (backend() == "nccl") {
+    std::unique_ptr<NcclDeviceComm> nccl;
+    agree(group, error_of([&] { nccl = std::make_unique<NcclDeviceComm>(group, gpu(), *nccl_api(nullptr)); }),
+          "starting NCCL for a group of ranks");
+    nccl->why_ = fmt::format("a group's sums by NCCL ({})", where);
+    return nccl;
+  }
+#endif
+  auto staged = std::make_unique<HostDeviceComm>(group, gpu());
+  staged->why_ = fmt::format("a group's sums through host memory over {} ({})", group.backend(), where);
+  return staged;
+}
+
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

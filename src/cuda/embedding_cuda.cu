@@ -103,13 +103,13 @@ void embedding_backward(float* dwte, float* dwpe, const T* dout, const int* toke
                         int64_t pos_offset, const TokenRuns* runs) {
   const int64_t rows = B * Tn;
   if (rows <= 0 || C <= 0) return;
-  if (runs) {
+  if (dwte && runs) {
     if (runs->count > 0) {
       launch_kernel("embedding backward (tokens, deterministic)", embedding_backward_runs_kernel<device_t<T>>,
                     static_cast<unsigned>(runs->count), kThreads, 0, nullptr, dwte, dev(dout), runs->rows,
                     runs->starts, runs->ids, C);
     }
-  } else {
+  } else if (dwte) {
     launch_kernel("embedding backward (tokens)", embedding_backward_wte_kernel<device_t<T>>,
                   grid_for(rows * C, kThreads), kThreads, 0, nullptr, dwte, dev(dout), tokens, C, rows);
   }

@@ -68,12 +68,13 @@ LayerOffsets layer_offsets(const GPTCuda::Impl& m, int l) {
 template <typename T>
 void Model<T>::allocate(int64_t B, int64_t Tn) {
   if (B == B_ && Tn == Tn_ && chunk_planned_ == chunk_rows(B * Tn) && deterministic_planned_ == deterministic &&
-      fused_planned_ == fused_qkv()) {
+      fused_planned_ == fused_qkv() && cp_planned_ == cp) {
     return;
   }
   chunk_planned_ = chunk_rows(B * Tn);
   deterministic_planned_ = deterministic;
   fused_planned_ = fused_qkv();
+  cp_planned_ = cp;
   const GPTConfig& c = config;
   const int64_t N = B * Tn, C = c.n_embd, H = c.n_head, hd = c.head_dim(), F = c.hidden(),
                 Vp = c.padded_vocab_size();
@@ -114,10 +115,20 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
             {&a.ckv_rstd, latent ? N : 0}});
   }
   // The standard kernel keeps every layer's P (B·H·Tn² elements) from its forward to its backward.
-  const AttentionDims att_dims{B, H, latent ? H : c.kv_heads(), Tn, Tn, dqk, hd, 0};
+  // Context parallelism: B = 2·Bs runs of Tn = chunk rows, each chunk's Bs of them attending to
+  // up to the whole sequences' T keys (P of both chunks kept).
+  const int64_t Bs = cp ? B / 2 : B, Tg = cp ? cp->seq_len() : Tn;
+  const AttentionDims att_dims{Bs, H, latent ? H : c.kv_heads(), Tn, Tg, dqk, hd, 0};
   const bool standard = !uses_flash_kernel(c.attention);
-  const int64_t standard_ws = standard ? static_cast<int64_t>((standard_workspace_bytes<T>(att_dims) + 3) / 4) : 0;
+  cp_standard_ws_ = standard ? static_cast<int64_t>((standard_workspace_bytes<T>(att_dims) + 3) / 4) : 0;
+  const int64_t standard_ws = cp_standard_ws_ * (cp ? 2 : 1);
   for (LayerActs& a : acts_) plan_f({{&a.standard_ws, standard_ws}});
+  const int64_t cp_kv = cp ? Bs * Tg : 0;  // rows of the whole sequences' keys and values
+  for (LayerActs& a : acts_) plan_t({{&a.kg, cp_kv * wka}, {&a.vg, cp_kv * wv}});
+  plan_t({{&cp_dk_, cp_kv * wka}, {&cp_dv_, cp_kv * wv}});
+  plan_f({{&cp_acc_, cp_kv * (wka + wv)}, {&cp_stage_, cp ? cp->stage_floats(Bs, std::max(wka, wv)) : 0}});
+  arena_i_.plan(&cp_pos_, cp ? B : 0);
+  arena_i_.plan(&cp_kv_segments_, cp_kv);
   resid_.assign(static_cast<size_t>(c.n_layer + 1), nullptr);
   for (T*& x : resid_) arena_t_.plan(&x, N * C);
   plan_t({{&lnf_, N * C}, {&logits_, std::min(N, chunk_rows(N)) * Vp}, {&dres_, N * C}, {&dln_, N * C},
@@ -232,40 +243,101 @@ AttentionMask Model<T>::mask() const {
 }
 
 template <typename T>
-void Model<T>::attention_forward(const AttentionDims& d, float scale, LayerActs& a) const {
+void Model<T>::attention_call_forward(const AttentionCall& c, float scale) const {
   if (!uses_flash_kernel(config.attention)) {
-    standard_forward_cuda<T>(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse, a.standard_ws);
+    standard_forward_cuda<T>(c.d, c.m, scale, c.q, c.k, c.v, c.out, c.lse, c.ws);
   } else if constexpr (std::is_same_v<T, bf16>) {
     auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
     if (attention_backend == AttentionBackend::Cudnn) {
-      cudnn_attention_forward(TensorCoreType::bf16, d, mask(), scale, u(a.qa), u(a.ka), u(a.v),
-                              reinterpret_cast<uint16_t*>(a.att), a.lse);
+      cudnn_attention_forward(TensorCoreType::bf16, c.d, c.m, scale, u(c.q), u(c.k), u(c.v),
+                              reinterpret_cast<uint16_t*>(c.out), c.lse);
       return;
     }
-    flash_forward_tc(TensorCoreType::bf16, d, mask(), scale, u(a.qa), u(a.ka), u(a.v),
-                     reinterpret_cast<uint16_t*>(a.att), a.lse, flash_tiles);
+    flash_forward_tc(TensorCoreType::bf16, c.d, c.m, scale, u(c.q), u(c.k), u(c.v), reinterpret_cast<uint16_t*>(c.out),
+                     c.lse, flash_tiles);
   } else {
-    flash_forward_fp32(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse);
+    flash_forward_fp32(c.d, c.m, scale, c.q, c.k, c.v, c.out, c.lse);
   }
 }
 
 template <typename T>
-void Model<T>::attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const {
+void Model<T>::attention_call_backward(const AttentionCall& c, float scale, const T* dout, T* dq, T* dk,
+                                       T* dv) const {
   if (!uses_flash_kernel(config.attention)) {
-    standard_backward_cuda<T>(d, mask(), scale, a.qa, a.ka, a.v, datt_, dqa_, dka_, dv_, a.standard_ws);
+    standard_backward_cuda<T>(c.d, c.m, scale, c.q, c.k, c.v, dout, dq, dk, dv, c.ws);
   } else if constexpr (std::is_same_v<T, bf16>) {
     auto u = [](const bf16* p) { return reinterpret_cast<const uint16_t*>(p); };
     auto w = [](bf16* p) { return reinterpret_cast<uint16_t*>(p); };
     if (attention_backend == AttentionBackend::Cudnn) {
-      cudnn_attention_backward(TensorCoreType::bf16, d, mask(), scale, u(a.qa), u(a.ka), u(a.v), u(a.att), a.lse,
-                               u(datt_), w(dqa_), w(dka_), w(dv_), deterministic);
+      cudnn_attention_backward(TensorCoreType::bf16, c.d, c.m, scale, u(c.q), u(c.k), u(c.v), u(c.out), c.lse,
+                               u(dout), w(dq), w(dk), w(dv), deterministic);
       return;
     }
-    flash_backward_tc(TensorCoreType::bf16, d, mask(), scale, u(a.qa), u(a.ka), u(a.v), u(a.att), a.lse, u(datt_),
-                      w(dqa_), w(dka_), w(dv_), flash_ws_, flash_tiles, deterministic);
+    flash_backward_tc(TensorCoreType::bf16, c.d, c.m, scale, u(c.q), u(c.k), u(c.v), u(c.out), c.lse, u(dout), w(dq),
+                      w(dk), w(dv), flash_ws_, flash_tiles, deterministic);
   } else {
-    flash_backward_fp32(d, mask(), scale, a.qa, a.ka, a.v, a.att, a.lse, datt_, dqa_, dka_, dv_);
+    flash_backward_fp32(c.d, c.m, scale, c.q, c.k, c.v, c.out, c.lse, dout, dq, dk, dv);
   }
+}
+
+// Chunk j's queries are one batch of Bs sequences of `chunk` rows at global chunk g, causally
+// aligned at position g·chunk over the first (g + 1)·chunk of the gathered keys (as the CPU's
+// cp_attention_forward); their outputs, lse rows and gradients sit where they would without
+// context parallelism, the chunk-major rows making each chunk's a contiguous block.
+template <typename T>
+typename Model<T>::AttentionCall Model<T>::cp_call(const AttentionDims& d, const LayerActs& a, int j) const {
+  const int64_t Bs = B_ / 2, ch = Tn_, Tg = cp->seq_len(), g = cp->global_chunk(j);
+  AttentionDims dj{Bs, d.Hq, d.Hkv, ch, (g + 1) * ch, d.Dqk, d.Dv, Tg};
+  dj.q_row_stride = d.q_row_stride;  // the keys and values are dense rows of their own
+  AttentionMask m{true, g * ch};
+  if (have_segments_) {
+    m.q_segments = {segments_ + j * Bs * ch, static_cast<size_t>(Bs * ch)};
+    m.kv_segments = {cp_kv_segments_, static_cast<size_t>(Bs * Tg)};
+  }
+  const int64_t rows = j * Bs * ch;  // this chunk's first row
+  return {dj,
+          m,
+          a.qa + rows * d.q_row(),
+          a.kg,
+          a.vg,
+          a.att + rows * d.Hq * d.Dv,
+          a.lse + j * Bs * d.Hq * ch,
+          a.standard_ws ? a.standard_ws + j * cp_standard_ws_ : nullptr};
+}
+
+template <typename T>
+void Model<T>::attention_forward(const AttentionDims& d, float scale, LayerActs& a) const {
+  if (!cp) {
+    attention_call_forward({d, mask(), a.qa, a.ka, a.v, a.att, a.lse, a.standard_ws}, scale);
+    return;
+  }
+  const int64_t Bs = B_ / 2;
+  cp->gather(a.ka, d.k_row(), a.kg, Bs, d.Hkv * d.Dqk, cp_stage_);
+  cp->gather(a.v, d.v_row(), a.vg, Bs, d.Hkv * d.Dv, cp_stage_);
+  for (int j = 0; j < 2; ++j) attention_call_forward(cp_call(d, a, j), scale);
+}
+
+template <typename T>
+void Model<T>::attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const {
+  if (!cp) {
+    attention_call_backward({d, mask(), a.qa, a.ka, a.v, a.att, a.lse, a.standard_ws}, scale, datt_, dqa_, dka_, dv_);
+    return;
+  }
+  // Each chunk's queries give key and value gradients over the keys they see; summed here in fp32,
+  // then over the group, each rank keeping its own rows' (as the CPU's cp_attention_backward).
+  const int64_t Bs = B_ / 2, ch = Tn_, Tg = cp->seq_len(), kw = d.Hkv * d.Dqk, vw = d.Hkv * d.Dv;
+  float* acc_k = cp_acc_;
+  float* acc_v = cp_acc_ + Bs * Tg * kw;
+  fill_device_bytes(cp_acc_, 0, static_cast<size_t>(Bs * Tg * (kw + vw)) * sizeof(float));
+  for (int j = 0; j < 2; ++j) {
+    const AttentionCall c = cp_call(d, a, j);
+    const int64_t rows = j * Bs * ch;
+    attention_call_backward(c, scale, datt_ + rows * d.Hq * d.Dv, dqa_ + rows * d.q_row(), cp_dk_, cp_dv_);
+    cp_add_rows(acc_k, cp_dk_, Bs, c.d.Tk, Tg, kw);
+    cp_add_rows(acc_v, cp_dv_, Bs, c.d.Tk, Tg, vw);
+  }
+  cp->reduce_scatter(acc_k, dka_, d.k_row(), Bs, kw, cp_stage_);
+  cp->reduce_scatter(acc_v, dv_, d.v_row(), Bs, vw, cp_stage_);
 }
 
 template <typename T>
@@ -322,10 +394,11 @@ void Model<T>::mha_backward(const LayerOffsets& o, const LayerActs& a) {
     dq = dq_;
     dk = dk_;
   } else if (c.pos == PosKind::Rope && qk_adjacent()) {  // dq and dk side by side in [dq | dk | dv]
-    rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq + Hkv, hd, hd, 0, qa_ld());
+    rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq + Hkv, hd, hd, 0, seq_pos(),
+                  qa_ld());
   } else if (c.pos == PosKind::Rope) {
-    rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0, qa_ld());
-    rope_backward(dka_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0, ka_ld());
+    rope_backward(dqa_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hq, hd, hd, 0, seq_pos(), qa_ld());
+    rope_backward(dka_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, Hkv, hd, hd, 0, seq_pos(), ka_ld());
   }
   const T* w = W(o.qkv_w);
   float* gw = G(o.qkv_w);
@@ -435,6 +508,32 @@ void Model<T>::encode(const int* tokens, const int* targets, int64_t B, int64_t 
   const GPTConfig& c = config;
   FLASHGPT_CHECK(B > 0 && Tn > 0, "forward: batch {} and sequence length {} must be positive", B, Tn);
   FLASHGPT_CHECK(Tn <= c.block_size, "sequence length {} exceeds the model's block_size {}", Tn, c.block_size);
+  if (cp) {
+    // This rank's rows [B][2][chunk] become chunk-major [2][B][chunk]: the layers run 2·B runs of
+    // one chunk each (every op but attention works row by row, so the order is free), and each
+    // chunk's queries are one batch for the attention.
+    FLASHGPT_CHECK(Tn == cp->local_len(), "context parallel forward: {} rows per sequence, expected {}", Tn,
+                   cp->local_len());
+    FLASHGPT_CHECK(targets != nullptr, "context parallel forward: needs targets (a rank's logits are not gathered)");
+    const int64_t ch = cp->chunk(), n = B * Tn;
+    auto chunk_major = [&](const int* from, std::vector<int>& to) {
+      to.resize(static_cast<size_t>(n));
+      for (int64_t b = 0; b < B; ++b) {
+        for (int j = 0; j < 2; ++j) std::copy_n(from + (b * 2 + j) * ch, ch, to.begin() + (j * B + b) * ch);
+      }
+      return to.data();
+    };
+    tokens = chunk_major(tokens, cp_tokens_);
+    targets = chunk_major(targets, cp_targets_);
+    if (segments) {  // the whole sequences' ids, for the keys; a collective over the group
+      cp_segments_global_.resize(static_cast<size_t>(B * cp->seq_len()));
+      cp->host().gather(segments, cp_segments_global_.data(), B, 1);
+      segments = chunk_major(segments, cp_segments_);
+    }
+    B *= 2;
+    Tn = ch;
+  }
+  targets_host_ = targets;
   const int64_t N = B * Tn, C = c.n_embd, V = c.vocab_size;
   for (int64_t i = 0; i < N; ++i) {
     FLASHGPT_CHECK(tokens[i] >= 0 && tokens[i] < V, "token id {} at index {} is out of range for vocab_size {}",
@@ -451,8 +550,18 @@ void Model<T>::encode(const int* tokens, const int* targets, int64_t B, int64_t 
   have_segments_ = segments != nullptr;
   if (segments) copy_to_device(segments_, segments, static_cast<size_t>(N) * sizeof(int32_t));
   if (deterministic && targets) group_tokens(tokens, N);
+  if (cp) {  // each run's position, and the keys' document ids
+    std::vector<int32_t> pos(static_cast<size_t>(B));
+    for (int64_t e = 0; e < B; ++e) {
+      pos[static_cast<size_t>(e)] = static_cast<int32_t>(cp->global_chunk(e < B / 2 ? 0 : 1) * Tn);
+    }
+    copy_to_device(cp_pos_, pos.data(), pos.size() * sizeof(int32_t));
+    if (segments) {
+      copy_to_device(cp_kv_segments_, cp_segments_global_.data(), cp_segments_global_.size() * sizeof(int32_t));
+    }
+  }
 
-  embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), B, Tn, C, 0);
+  embedding_forward(resid_[0], tokens_, W(wte_), W(wpe_), B, Tn, C, 0, seq_pos());
   trunk_forward();
   n_targets_ = targets ? std::count_if(targets, targets + N, [](int t) { return t >= 0; }) : 0;
 }
@@ -493,7 +602,8 @@ void Model<T>::classifier_backward(float per_token) {
 }
 
 template <typename T>
-double Model<T>::mean_loss(const int* targets) {
+double Model<T>::mean_loss() {
+  const int* targets = targets_host_;
   const int64_t N = B_ * Tn_;
   std::vector<float> losses(static_cast<size_t>(N));
   copy_to_host(losses.data(), losses_, losses.size() * sizeof(float));  // waits for the GPU
@@ -517,7 +627,19 @@ void Model<T>::trunk_backward() {
       overlapped = true;
     }
   }
-  embedding_backward(G(wte_), G(wpe_), dres_, tokens_, B_, Tn_, C, 0, deterministic ? &token_runs_ : nullptr);
+  const TokenRuns* runs = deterministic ? &token_runs_ : nullptr;
+  if (!cp) {
+    embedding_backward(G(wte_), G(wpe_), dres_, tokens_, B_, Tn_, C, 0, runs);
+    return;
+  }
+  embedding_backward(G(wte_), static_cast<float*>(nullptr), dres_, tokens_, B_, Tn_, C, 0, runs);
+  if (wpe_ < 0) return;
+  const int64_t Bs = B_ / 2;  // each chunk's positions: one call over its Bs runs
+  for (int j = 0; j < 2; ++j) {
+    const int64_t rows = j * Bs * Tn_;
+    embedding_backward(static_cast<float*>(nullptr), G(wpe_), dres_ + rows * C, tokens_ + rows, Bs, Tn_, C,
+                       cp->global_chunk(j) * Tn_);
+  }
 }
 
 template <typename T>
@@ -536,7 +658,7 @@ double Model<T>::forward(const int* tokens, const int* targets, int64_t B, int64
   full_logits_ = DeviceBuffer();  // a training run never holds them
   classifier_loss();
   have_forward_ = true;
-  return mean_loss(targets);
+  return mean_loss();
 }
 
 template <typename T>
@@ -557,7 +679,7 @@ double Model<T>::forward_backward(const int* tokens, const int* targets, int64_t
   full_logits_ = DeviceBuffer();
   classifier_backward(n_targets_ > 0 ? loss_scale / static_cast<float>(n_targets_) : 0.0f);
   trunk_backward();
-  return mean_loss(targets);  // waits for the whole step
+  return mean_loss();  // waits for the whole step
 }
 
 template <typename T>
@@ -726,6 +848,7 @@ void GPTCuda::set_attention_backend(AttentionBackend backend) {
     const AttentionDims d{1, c.n_head, latent ? c.n_head : c.kv_heads(), 1, 1, dqk, c.head_dim(), 0};
     why = cudnn_attention_unsupported(d, AttentionMask{true, 0});
     FLASHGPT_CHECK(why.empty(), "attention backend cudnn: {}", why);
+    FLASHGPT_CHECK(impl_->cp == nullptr, "attention backend cudnn: not with context parallelism (--context-parallel)");
   }
   impl_->attention_backend = backend;
 }
@@ -735,6 +858,17 @@ AttentionBackend GPTCuda::attention_backend() const { return impl_->attention_ba
 void GPTCuda::set_gelu_fusion(bool on) { impl_->gelu_fusion = on; }
 
 void GPTCuda::set_qkv_fusion(bool on) { impl_->qkv_fusion = on; }
+
+void GPTCuda::set_context_parallel(const DeviceContextParallel* cp) {
+  if (cp != nullptr) {
+    FLASHGPT_CHECK(cp->seq_len() <= impl_->config.block_size,
+                   "--context-parallel: sequence length {} exceeds the model's block_size {}", cp->seq_len(),
+                   impl_->config.block_size);
+    FLASHGPT_CHECK(impl_->attention_backend != AttentionBackend::Cudnn,
+                   "--context-parallel: runs our attention kernels, not cuDNN's (--attention-backend ours)");
+  }
+  impl_->cp = cp;
+}
 
 bool GPTCuda::qkv_fusion() const { return impl_->qkv_fusion; }
 
@@ -765,7 +899,9 @@ double GPTCuda::accumulate_gradients(int64_t accum, DeviceComm* comm, const std:
   double loss = 0;
   for (int64_t a = 0; a < accum; ++a) {
     const MicroBatch mb = next();
-    if (comm && a + 1 == accum) overlap_next_backward(*comm);  // its blocks' gradients are final
+    // Its blocks' gradients are final: they travel during the backward (not beside context
+    // parallelism's own collectives, which would then run on two streams at once).
+    if (comm && a + 1 == accum && impl_->cp == nullptr) overlap_next_backward(*comm);
     loss += forward_backward(mb.tokens, mb.targets, mb.B, mb.Tn, mb.segments, scale) / static_cast<double>(accum);
   }
   return loss;

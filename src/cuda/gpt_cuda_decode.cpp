@@ -58,6 +58,7 @@ template <typename T>
 void Model<T>::start_decoding(int64_t B, int64_t capacity) {
   const GPTConfig& c = config;
   FLASHGPT_CHECK(B > 0 && B <= 65535, "decode cache: batch {} must be 1…65535", B);
+  FLASHGPT_CHECK(cp == nullptr, "decode cache: decoding runs whole sequences on one GPU (context parallelism is on)");
   FLASHGPT_CHECK(capacity > 0 && capacity <= c.block_size, "decode cache: capacity {} must be 1…{} (block_size)",
                  capacity, c.block_size);
   const std::string why = GPTCuda::decode_unsupported(c, precision);

@@ -88,8 +88,8 @@ void Model<T>::mla_backward(const LayerOffsets& o, const LayerActs& a) {
   } else if (c.qk_norm) {
     rmsnorm_backward(dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, N * H, dqk, false, deterministic);
   } else if (dr > 0) {
-    rope_backward(dqa_ + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, 0);
-    rope_backward(dkr_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, 0);
+    rope_backward(dqa_ + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, 0, seq_pos());
+    rope_backward(dkr_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, 0, seq_pos());
   }
 
   // Into the latent: dc_kv = dv · W_v_up + Σ_h dk_nope,h · W_k_up,h. The values first, which frees

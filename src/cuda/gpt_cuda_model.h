@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "flashgpt/attention/attention.h"
+#include "flashgpt/cuda/context_parallel_cuda.h"
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
 #include "flashgpt/cuda/latent_decode_cuda.h"
@@ -86,6 +87,7 @@ struct GPTCuda::Impl {
   AttentionBackend attention_backend = AttentionBackend::Ours;  // set_attention_backend: training's bf16 flash attention
   bool gelu_fusion = true;  // set_gelu_fusion: GELU in the MLP's GEMM epilogues (bf16)
   bool qkv_fusion = true;   // set_qkv_fusion: q, k and v in one GEMM (multi-head, no QK-norm)
+  const DeviceContextParallel* cp = nullptr;  // set_context_parallel: the group sharing each sequence
 };
 
 namespace gpt_detail {
@@ -190,6 +192,9 @@ class Model final : public GPTCuda::Impl {
     float *cq_rstd, *ckv_rstd;
     // the standard kernel only: its workspace, with this layer's P kept from forward to backward
     float* standard_ws;
+    // context parallelism only: the whole sequences' keys [Bs, T, Hkv·Dqk] and values [Bs, T, Hkv·Dv]
+    // as the attention read them, kept for the backward
+    T *kg, *vg;
   };
 
   // The weights the forward reads (T) and the fp32 gradients, by offset.
@@ -214,7 +219,7 @@ class Model final : public GPTCuda::Impl {
   int64_t chunk_rows(int64_t N) const;  // rows per chunk of a batch of N rows
   void classifier_loss();
   void classifier_backward(float per_token);
-  double mean_loss(const int* targets);  // waits for the losses
+  double mean_loss();                    // waits for the losses
   void trunk_backward();                 // from dln_ down to the embeddings
   void norm_forward(T* out, float* mean, float* rstd, const T* inp, int64_t w, int64_t b, int64_t N, int64_t C) const;
   // Post-norm's norm of a branch: its weight and bias (offsets) and where its statistics go.
@@ -263,6 +268,20 @@ class Model final : public GPTCuda::Impl {
   bool fused_gelu() const { return std::is_same_v<T, bf16> && gelu_fusion && config.mlp == MlpKind::Gelu; }
   void attention_forward(const AttentionDims& d, float scale, LayerActs& a) const;
   void attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const;
+  // One kernel call of either: the chosen kernel over these inputs (P of the standard kernel in ws).
+  struct AttentionCall {
+    AttentionDims d;
+    AttentionMask m;
+    const T *q, *k, *v;
+    T* out;
+    float* lse;
+    float* ws;
+  };
+  void attention_call_forward(const AttentionCall& c, float scale) const;
+  void attention_call_backward(const AttentionCall& c, float scale, const T* dout, T* dq, T* dk, T* dv) const;
+  // Context parallelism: the call of chunk j (0: early, 1: late) of this rank's rows, over the
+  // gathered keys and values of layer a. d: the layer's attention as it would run without it.
+  AttentionCall cp_call(const AttentionDims& d, const LayerActs& a, int j) const;
   // Block l from its input x (a.ln1 already holds its norm) to its output out, ending with the
   // norm the next block (or the classifier) reads.
   void block_forward(int l, LayerActs& a, const T* x, T* out);
@@ -287,8 +306,10 @@ class Model final : public GPTCuda::Impl {
   // Decoding: the position of this call's first new token, shared by the batch (pos0), or each
   // sequence's own (seq_pos, device int32 [B]; null when shared), or in a packed step each row's.
   int64_t pos0() const { return decoding_ ? dec_.pos : 0; }
+  // Context parallelism (training): each chunk's, device int32 [2·Bs] (cp_pos_).
   const int32_t* seq_pos() const {
-    return decoding_ && (dec_.apart || dec_.packed) ? dec_.step_ints.template as<int32_t>() : nullptr;
+    if (!decoding_) return cp != nullptr ? cp_pos_ : nullptr;
+    return dec_.apart || dec_.packed ? dec_.step_ints.template as<int32_t>() : nullptr;
   }
 
   DeviceBuffer copy_;  // bf16 weights (BF16 only)
@@ -319,6 +340,20 @@ class Model final : public GPTCuda::Impl {
   T *dkr_ = nullptr, *dckv_ = nullptr, *dckv_pre_ = nullptr, *dcq_ = nullptr, *dcq_pre_ = nullptr;  // latent
   float* dv_up_ = nullptr;  // the factored value up-projection's gradient [H·hd, n_latent]
   float* flash_ws_ = nullptr;  // the bf16 attention backward's workspace
+  // Context parallelism: the arenas are laid out for cp_planned_. The layers run B_ = 2·Bs
+  // "sequences" of Tn_ = chunk rows (chunk-major: context_parallel_cuda.h); cp_pos_ holds their
+  // positions, cp_kv_segments_ the whole sequences' document ids [Bs, T]; the backward's key and
+  // value gradients of one chunk's queries (cp_dk_, cp_dv_ [Bs, T, ·]), their sums (cp_acc_, fp32)
+  // and the collectives' scratch (cp_stage_). The host side: this forward's tokens, targets and
+  // document ids rearranged chunk-major, and the whole sequences' ids.
+  const DeviceContextParallel* cp_planned_ = nullptr;
+  int64_t cp_standard_ws_ = 0;  // floats of the standard kernel's workspace per chunk
+  int32_t *cp_pos_ = nullptr, *cp_kv_segments_ = nullptr;
+  T *cp_dk_ = nullptr, *cp_dv_ = nullptr;
+  float *cp_acc_ = nullptr, *cp_stage_ = nullptr;
+  std::vector<int> cp_tokens_, cp_targets_;
+  std::vector<int32_t> cp_segments_, cp_segments_global_;
+  const int* targets_host_ = nullptr;  // the targets of the rows as laid out (mean_loss)
   // The deterministic backward's rows of the batch grouped by token (group_rows_by_token).
   DeviceBuffer token_runs_buf_;
   TokenRuns token_runs_;

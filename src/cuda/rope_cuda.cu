@@ -48,15 +48,15 @@ void rope_forward(T* x, const float* cos_t, const float* sin_t, int64_t B, int64
 
 template <typename T>
 void rope_backward(T* dx, const float* cos_t, const float* sin_t, int64_t B, int64_t Tn, int64_t H, int64_t D,
-                   int64_t head_stride, int64_t pos_offset, int64_t token_stride) {
-  rotate("rope backward", dx, cos_t, sin_t, B, Tn, H, D, head_stride, token_stride, pos_offset, nullptr, -1.0f);
+                   int64_t head_stride, int64_t pos_offset, const int32_t* seq_pos, int64_t token_stride) {
+  rotate("rope backward", dx, cos_t, sin_t, B, Tn, H, D, head_stride, token_stride, pos_offset, seq_pos, -1.0f);
 }
 
 #define FLASHGPT_INSTANTIATE(T)                                                                                  \
   template void rope_forward<T>(T*, const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,     \
                                 int64_t, const int32_t*, int64_t);                                             \
   template void rope_backward<T>(T*, const float*, const float*, int64_t, int64_t, int64_t, int64_t, int64_t,    \
-                                 int64_t, int64_t);
+                                 int64_t, const int32_t*, int64_t);
 FLASHGPT_INSTANTIATE(float)
 FLASHGPT_INSTANTIATE(bf16)
 #undef FLASHGPT_INSTANTIATE

@@ -74,11 +74,7 @@ void check_options(const TrainOptions& o, const GPTConfig& c) {
 // Where this run trains, and the line that says so.
 DeviceChoice choose_train_device(const TrainOptions& o, const GPTConfig& c, cuda::Precision precision) {
   return choose_device(
-      cuda::devices(), o.device,
-      [&]() -> std::string {
-        if (o.context_parallel > 1) return "context parallelism runs on the CPU only";
-        return cuda::GPTCuda::unsupported(c, precision);
-      },
+      cuda::devices(), o.device, [&] { return cuda::GPTCuda::unsupported(c, precision); },
       cuda::to_string(precision));
 }
 
@@ -154,6 +150,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
                  opt.gpu_comm);
   FLASHGPT_CHECK(!cudnn || !opt.document_masking,
                  "--attention-backend cudnn: cuDNN's attention takes no document masks (--document-masking)");
+  FLASHGPT_CHECK(!cudnn || lay.cp == 1, "--attention-backend cudnn: not with --context-parallel (our kernels run it)");
   const DeviceChoice where = choose_train_device(opt, config, precision);
   const int gpu_ranks = comm.sum(where.gpu ? 1 : 0);
   FLASHGPT_CHECK(gpu_ranks == 0 || gpu_ranks == comm.size(),
@@ -180,10 +177,17 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   }
   std::unique_ptr<dist::Communicator> cp_group;
   std::unique_ptr<dist::ContextParallel> cp;
+  std::unique_ptr<cuda::DeviceComm> cp_gpu_comm;  // on GPUs: the group's collectives over device memory
+  std::unique_ptr<cuda::DeviceContextParallel> cp_gpu;
   if (lay.cp > 1) {
     cp_group = comm.split(lay.dp_rank, lay.cp_rank);
     cp = std::make_unique<dist::ContextParallel>(*cp_group, T);
     model.set_context_parallel(cp.get());
+    if (gpu) {
+      cp_gpu_comm = gpu_comm->subgroup(*cp_group);
+      cp_gpu = std::make_unique<cuda::DeviceContextParallel>(*cp_gpu_comm, T);
+      gpu->set_context_parallel(cp_gpu.get());
+    }
   }
   const int64_t n_params = model.num_params();
   int eot = opt.eot_token;
@@ -355,7 +359,8 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
 
   auto bytes_sent = [&] {  // by this rank, over every communicator
     return comm.bytes_sent() + (cp_group ? cp_group->bytes_sent() : 0) +
-           (gpu_comm ? gpu_comm->bytes_sent_beyond_host() : 0);
+           (gpu_comm ? gpu_comm->bytes_sent_beyond_host() : 0) +
+           (cp_gpu_comm ? cp_gpu_comm->bytes_sent_beyond_host() : 0);
   };
   InterruptGuard interrupt_guard;
   if (opt.overfit_single_batch) next_micro_batch(train_loader);

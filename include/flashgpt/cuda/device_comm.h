@@ -48,6 +48,10 @@ class DeviceComm {
   // throws, not only the one that failed.
   static std::unique_ptr<DeviceComm> create(dist::Communicator& host, GpuComm kind);
   virtual ~DeviceComm() = default;
+  // A communicator of the same backend over `group` (which must outlive the result), a part of
+  // this one's ranks (the ranks sharing sequences under context parallelism, say), each rank
+  // keeping the GPU it is bound to. Collective over `group`.
+  std::unique_ptr<DeviceComm> subgroup(dist::Communicator& group) const;
 
   // "nccl" or "host".
   virtual std::string backend() const = 0;

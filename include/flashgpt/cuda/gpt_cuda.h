@@ -19,7 +19,8 @@
 // what does not (in BF16: head dims other than 64 and 128, and latent attention with decoupled
 // RoPE, whose query-key and value head dims differ), so `--device auto` can fall back to the CPU
 // with that reason. Several processes train data-parallel, one GPU each, their gradients summed by DeviceComm
-// (device_comm.h), with ZeRO-1 optionally; context parallelism stays on the CPU.
+// (device_comm.h), with ZeRO-1 optionally, and context-parallel (set_context_parallel): the ranks
+// of a group share each sequence.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +34,7 @@
 #include "flashgpt/cuda/flash_decode_cuda.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/attention_cudnn.h"
+#include "flashgpt/cuda/context_parallel_cuda.h"
 #include "flashgpt/cuda/device_comm.h"
 #include "flashgpt/cuda/ops_cuda.h"
 #include "flashgpt/infer/decoder.h"
@@ -157,6 +159,18 @@ class GPTCuda {
   // heads inside the fused rows. Latent attention always runs its own products.
   void set_qkv_fusion(bool on);
   bool qkv_fusion() const;
+  // Context parallelism (context_parallel_cuda.h), from the next forward: `cp`'s ranks share each
+  // sequence of cp->seq_len() tokens, and forward and forward_backward take this rank's rows of
+  // them, tokens and targets [B, cp->local_len()] in dist::ContextParallel's layout (as its
+  // slice() cuts them; document ids too). Each layer's attention gathers the group's keys and
+  // values; the backward returns each rank its rows' share of every rank's key and value
+  // gradients, so that summing the weight gradients over every rank (reduce_grads) gives those of
+  // the whole sequences. The losses are this rank's rows' (their mean over the group is the
+  // sequences'). Collective over cp's group: its ranks call forward (and backward) together.
+  // Null switches it off. Training only: no logits without targets, no decoding; not with cuDNN's
+  // attention; the blocks' gradient sums wait for the whole backward (no overlap_next_backward).
+  // `cp` must outlive its use.
+  void set_context_parallel(const DeviceContextParallel* cp);
 
   // Data parallelism: sums the gradients over the ranks of `comm` in place, each rank holding the
   // same model and its own micro-batches' gradients (scale each rank's losses by 1/ranks for the

@@ -50,7 +50,7 @@ struct TokenRuns {
 // Builds them on the host from a batch's tokens: rows, starts and ids to upload as TokenRuns.
 void group_rows_by_token(const int* tokens, int64_t n, std::vector<int>& rows, std::vector<int>& starts,
                          std::vector<int>& ids);
-// dwte[tok] += dout rows; dwpe[pos_offset + t] += Σ_b dout[b, t] (deterministic); dwpe may be null.
+// dwte[tok] += dout rows; dwpe[pos_offset + t] += Σ_b dout[b, t] (deterministic); either may be null.
 // dwte by atomics, or with `runs` one fixed-order sum per token (the same bits on every run).
 template <typename T>
 void embedding_backward(float* dwte, float* dwpe, const T* dout, const int* tokens, int64_t B, int64_t Tn, int64_t C,
@@ -140,7 +140,7 @@ void rope_forward(T* x, const float* cos, const float* sin, int64_t B, int64_t T
                   int64_t head_stride, int64_t pos_offset, const int32_t* seq_pos = nullptr, int64_t token_stride = 0);
 template <typename T>
 void rope_backward(T* dx, const float* cos, const float* sin, int64_t B, int64_t Tn, int64_t H, int64_t D,
-                   int64_t head_stride, int64_t pos_offset, int64_t token_stride = 0);
+                   int64_t head_stride, int64_t pos_offset, const int32_t* seq_pos = nullptr, int64_t token_stride = 0);
 
 // --- QK-norm and RoPE together (qk_norm_rope_cuda.cu) --- one side (queries or keys) of a layer's
 // projected heads: N tokens of `heads` heads of D values, token rows in_ld elements apart in `in`
@@ -254,5 +254,19 @@ void adamw_update_runs(float* params, const float* grads, float* m, float* v, co
                        const ops::AdamWParams& p, float grad_scale, bf16* copy = nullptr);
 // *out = Σ x² over n values (device memory, double), for global-norm clipping; deterministic.
 void sum_squares(double* out, const float* x, int64_t n);
+
+// --- context parallelism's layouts (context_parallel_cuda.cu; context_parallel_cuda.h says what
+// they are) --- rank r holds chunks r and 2·ranks−1−r of each sequence; T is float or bf16.
+// global = the rank-major rows rearranged into whole sequences.
+template <typename T>
+void cp_assemble(T* global, const T* rank_major, int ranks, int64_t B, int64_t chunk, int64_t width);
+// rank_major = global's rows as each rank holds them (the inverse of cp_assemble), fp32.
+void cp_disassemble(float* rank_major, const float* global, int ranks, int64_t B, int64_t chunk, int64_t width);
+// acc[b, t, :] += part[b, t, :] for t < rows, both [B, seq_rows, width] dense (rows ≤ seq_rows).
+template <typename T>
+void cp_add_rows(float* acc, const T* part, int64_t B, int64_t rows, int64_t seq_rows, int64_t width);
+// out rows [rows, width] `ld` apart (as T) = in [rows, width] dense (fp32).
+template <typename T>
+void cp_store_rows(T* out, int64_t ld, const float* in, int64_t rows, int64_t width);
 
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI
