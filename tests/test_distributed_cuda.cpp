@@ -400,6 +400,85 @@ TEST(ContextParallelOnGpus, GatherAndReduceScatterMatchTheCpus) {
   }
 }
 
+// The GPU model under context parallelism (GPTCuda::set_context_parallel): each rank's forward and
+// backward over its rows of the sequences give, summed over the ranks, one GPU's loss and every
+// gradient over the whole sequences: multi-head, grouped-query and latent attention, both kernels,
+// both position schemes, QK-norm, document masks; fp32 and, for the tensor-core kernels, bf16.
+TEST(ContextParallelOnGpus, ModelLossAndGradientsEqualOneGpu) {
+  SKIP_WITHOUT_GPU();
+  const int n = W().size();
+  auto comm = DeviceComm::create(W(), GpuComm::Host);
+  for (int variant = 0; variant < 8; ++variant) {
+    GPTConfig cfg;
+    cfg.vocab_size = 61;
+    cfg.block_size = 64;
+    cfg.n_layer = 2;
+    cfg.n_head = 4;
+    cfg.n_embd = 32;
+    cfg.attention = variant & 1 ? AttentionKind::Flash : AttentionKind::Standard;
+    cfg.pos = variant & 2 ? PosKind::Rope : PosKind::Learned;
+    cfg.n_kv_head = variant == 2 || variant == 3 ? 2 : 0;
+    cfg.qk_norm = variant == 3;
+    if (variant == 4 || variant == 5) {  // latent attention: the expanded keys and values are gathered
+      cfg.attention = variant == 5 ? AttentionKind::FlashMLA : AttentionKind::MLA;
+      cfg.pos = PosKind::Rope;
+      cfg.n_latent = 12;
+      cfg.qk_norm = variant == 5;
+    }
+    Precision precision = Precision::FP32;
+    if (variant >= 6) {  // bf16: head dim 64 for the tensor-core kernels
+      precision = Precision::BF16;
+      cfg.attention = AttentionKind::Flash;
+      cfg.n_embd = 128;
+      cfg.n_head = 2;
+      cfg.pos = variant == 7 ? PosKind::Rope : PosKind::Learned;
+    }
+    const bool documents = variant != 1;
+    SCOPED_TRACE("variant " + std::to_string(variant));
+    const int64_t B = 2, T = 2 * n * 5;
+    GPT<float> init(cfg);
+    init.init_weights(7);
+    GPTCuda one(cfg, precision), par(cfg, precision);
+    one.set_params(init.params());
+    par.set_params(init.params());
+    Rng rng(11);  // the same tokens on every rank
+    std::vector<int> tok(static_cast<size_t>(B * T)), tgt(tok.size());
+    for (auto& t : tok) t = static_cast<int>(rng.next_u64() % 61);
+    for (auto& t : tgt) t = static_cast<int>(rng.next_u64() % 61);
+    tgt[3] = -1;  // an ignored target
+    std::vector<int32_t> seg(tok.size());
+    for (int64_t i = 0; i < B * T; ++i) seg[static_cast<size_t>(i)] = static_cast<int32_t>((i % T) / 7 + i / T);
+    one.zero_grad();
+    const double loss_one = one.forward_backward(tok.data(), tgt.data(), B, T, documents ? seg.data() : nullptr);
+
+    cuda::DeviceContextParallel cp(*comm, T);
+    par.set_context_parallel(&cp);
+    const int64_t Tl = cp.local_len();
+    std::vector<int> ltok(static_cast<size_t>(B * Tl)), ltgt(ltok.size());
+    std::vector<int32_t> lseg(ltok.size());
+    cp.host().slice(tok.data(), ltok.data(), B, 1);
+    cp.host().slice(tgt.data(), ltgt.data(), B, 1);
+    cp.host().slice(seg.data(), lseg.data(), B, 1);
+    // Each rank's rows are its own sequences' worth of rows: a forward of other lengths is refused.
+    EXPECT_NE(error_of([&] { par.forward(tok.data(), tgt.data(), B, T); }).find("context parallel"),
+              std::string::npos);
+    par.zero_grad();
+    // The ignored target makes the ranks' counts differ: weight each rank's mean by its count.
+    const int64_t mine = std::count_if(ltgt.begin(), ltgt.end(), [](int t) { return t >= 0; });
+    const int64_t all = std::count_if(tgt.begin(), tgt.end(), [](int t) { return t >= 0; });
+    const double frac = static_cast<double>(mine) / static_cast<double>(all);
+    const double local = par.forward_backward(ltok.data(), ltgt.data(), B, Tl, documents ? lseg.data() : nullptr,
+                                              static_cast<float>(frac));
+    par.reduce_grads(*comm);
+    const double loss = W().sum(local * frac);
+    const double tol = precision == Precision::FP32 ? 1e-5 : 2e-2;
+    EXPECT_NEAR(loss, loss_one, tol * loss_one);
+    EXPECT_LT(rel_error(grads_of(par), grads_of(one)), precision == Precision::FP32 ? 1e-5 : 5e-2);
+    par.set_context_parallel(nullptr);  // and back: whole sequences again
+    EXPECT_NEAR(par.forward(tok.data(), tgt.data(), B, T, documents ? seg.data() : nullptr), loss_one, tol * loss_one);
+  }
+}
+
 // --- whole training runs: train() on every rank's GPU ---------------------------------------------
 
 GPTConfig run_model() { return testing::shared_model(); }
