@@ -164,6 +164,29 @@ TEST_F(DistributedCli, GpuRanksTrainLikeOneGpuAndBenchTheirTraffic) {
     EXPECT_LT(j["comm_bytes"].get<double>(), 1.01 * ring) << line;
   }
   EXPECT_EQ(steps, 6);
+  // Context parallelism: both GPUs share each sequence, and train like the one. Each step sends the
+  // gradient's all-reduce (half of it each way) and, per layer and micro-batch (4 of B·T = 2·32
+  // tokens), the gathers of the keys and values and the reduce-scatters of their gradients, half
+  // of the [B, T, kv_dim] fp32 values each.
+  const RunResult cp = run_command("ASAN_OPTIONS=detect_leaks=0 " + mpirun(2) + " " + FLASHGPT_EMULATED_BINARY + " " +
+                                   train_args(dir / "cp", gpu + " --context-parallel 2"));
+  ASSERT_EQ(cp.exit_code, 0) << cp.output;
+  EXPECT_EQ(count(cp.output, "1 data-parallel × 2 context-parallel"), 1) << cp.output;
+  const auto c = losses(dir / "cp/metrics.jsonl");
+  ASSERT_EQ(c.size(), 6u);
+  for (const auto& [step, loss] : a) EXPECT_NEAR(c.at(step), loss, 1e-5 * loss) << "step " << step;
+  const GPTConfig tiny = GPTConfig::preset("tiny");
+  const double cp_ring = ring + tiny.n_layer * 4 * 4 * 0.5 * (2 * 32 * tiny.kv_dim()) * 4.0;
+  std::istringstream cp_in(read_text_file(dir / "cp/metrics.jsonl"));
+  steps = 0;
+  for (std::string line; std::getline(cp_in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("comm_bytes")) continue;
+    ++steps;
+    EXPECT_GE(j["comm_bytes"].get<double>(), cp_ring) << line;
+    EXPECT_LT(j["comm_bytes"].get<double>(), 1.01 * cp_ring) << line;
+  }
+  EXPECT_EQ(steps, 6);
   // The benchmark's figures for the same layout: every rank alone, then together.
   const RunResult bench = run_command("ASAN_OPTIONS=detect_leaks=0 " + mpirun(2) + " " + FLASHGPT_EMULATED_BINARY +
                                       " bench train --device cuda --precision fp32 --preset tiny -b 2 -t 32 --steps 2 "

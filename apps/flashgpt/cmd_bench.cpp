@@ -133,7 +133,8 @@ std::string kernel_group(const std::string& name) {
 // run's precision (median of n³ products before and after; the higher is the ceiling).
 void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   dist::Communicator& world = dist::world();
-  FLASHGPT_CHECK(c.context_parallel == 1, "--context-parallel: runs on the CPU only");
+  FLASHGPT_CHECK(c.context_parallel == 1,
+                 "--context-parallel: bench train times it on the CPU only (on GPUs, train --context-parallel runs it)");
   const ParallelLayout lay = make_parallel_layout(world, 1);
   const bool root = world.rank() == 0, ranks = world.size() > 1;
   // Under mpirun: each rank on its GPU, bound before anything else touches one.
