@@ -546,9 +546,9 @@ TEST(TrainOnGpus, ZeroOneEqualsDataParallelAndResumesOnAnotherRankCount) {
 
 // `train --device cuda --context-parallel N` under mpirun: every rank shares each sequence, and the
 // run is the one-GPU run step by step, for the multi-head mechanisms with grouped-query heads,
-// RoPE and QK-norm, latent attention with decoupled RoPE, and the standard kernel, all with
-// document masks; and in bf16, where the chunks' attention and the summed key gradients round
-// differently, close to it.
+// RoPE and QK-norm, latent attention with decoupled RoPE, and the standard kernel (with ZeRO-1 over
+// every rank beside the context-parallel group), all with document masks; and in bf16, where the
+// chunks' attention and the summed key gradients round differently, close to it.
 TEST(TrainOnGpus, ContextParallelRunsEqualOneGpuStepByStep) {
   SKIP_WITHOUT_GPU();
   testing::SharedCorpus corpus;
@@ -557,6 +557,7 @@ TEST(TrainOnGpus, ContextParallelRunsEqualOneGpuStepByStep) {
     GPTConfig model;
     const char* precision;
     double tol;
+    int zero = 0;
   };
   GPTConfig gqa = run_model().with_attention(AttentionKind::Flash);
   gqa.n_head = 4;
@@ -570,7 +571,7 @@ TEST(TrainOnGpus, ContextParallelRunsEqualOneGpuStepByStep) {
   wide.n_embd = 128;
   const std::vector<Case> cases = {{"flash, GQA, RoPE, QK-norm", gqa, "fp32", 1e-5},
                                    {"flash_mla, RoPE", mla, "fp32", 1e-5},
-                                   {"standard", standard, "fp32", 1e-5},
+                                   {"standard, ZeRO-1", standard, "fp32", 1e-5, 1},
                                    {"flash bf16", wide, "bf16", 2e-2}};
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -582,6 +583,7 @@ TEST(TrainOnGpus, ContextParallelRunsEqualOneGpuStepByStep) {
     if (o.precision == "bf16") o.max_steps = 3;  // the emulated tensor-core kernels are slow
     const TrainResult ref = testing::run_alone(c.model, o);
     o.context_parallel = W().size();
+    o.zero_stage = c.zero;
     const TrainResult cp = train(c.model, o);
     EXPECT_EQ(cp.device, "cuda");
     EXPECT_LT(cp.losses.back(), cp.losses.front() - 0.1) << "the run should learn";
