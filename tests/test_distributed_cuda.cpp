@@ -27,6 +27,7 @@
 #include "flashgpt/model/checkpoint.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/ops/adamw.h"
+#include "flashgpt/train/distributed.h"
 #include "flashgpt/train/trainer.h"
 #include "testing/bf16.h"
 #include "testing/device_buffers.h"
@@ -402,13 +403,16 @@ TEST(ContextParallelOnGpus, GatherAndReduceScatterMatchTheCpus) {
 
 // The GPU model under context parallelism (GPTCuda::set_context_parallel): each rank's forward and
 // backward over its rows of the sequences give, summed over the ranks, one GPU's loss and every
-// gradient over the whole sequences: multi-head, grouped-query and latent attention, both kernels,
-// both position schemes, QK-norm, document masks; fp32 and, for the tensor-core kernels, bf16.
+// gradient over the whole sequences: multi-head, grouped-query and latent attention (with and
+// without a rope part, the query latent and the factored value up-projection), both kernels, both
+// position schemes, QK-norm, document masks; fp32 and, for the tensor-core kernels, bf16. The
+// group sends per layer what predicted_bytes_per_step counts: keys and values, or latent attention's
+// latent rows, and their gradients.
 TEST(ContextParallelOnGpus, ModelLossAndGradientsEqualOneGpu) {
   SKIP_WITHOUT_GPU();
   const int n = W().size();
   auto comm = DeviceComm::create(W(), GpuComm::Host);
-  for (int variant = 0; variant < 8; ++variant) {
+  for (int variant = 0; variant < 10; ++variant) {
     GPTConfig cfg;
     cfg.vocab_size = 61;
     cfg.block_size = 64;
@@ -419,19 +423,27 @@ TEST(ContextParallelOnGpus, ModelLossAndGradientsEqualOneGpu) {
     cfg.pos = variant & 2 ? PosKind::Rope : PosKind::Learned;
     cfg.n_kv_head = variant == 2 || variant == 3 ? 2 : 0;
     cfg.qk_norm = variant == 3;
-    if (variant == 4 || variant == 5) {  // latent attention: the expanded keys and values are gathered
+    if (variant == 4 || variant == 5) {  // latent attention: the latent rows are gathered
       cfg.attention = variant == 5 ? AttentionKind::FlashMLA : AttentionKind::MLA;
       cfg.pos = PosKind::Rope;
       cfg.n_latent = 12;
       cfg.qk_norm = variant == 5;
     }
+    if (variant == 8) {  // no rope part (c_kv alone), the query latent, v_up factored
+      cfg.attention = AttentionKind::MLA;
+      cfg.n_latent = 12;
+      cfg.q_lora_rank = 8;
+      cfg.use_svd = true;
+      cfg.svd_rank = 4;
+    }
     Precision precision = Precision::FP32;
-    if (variant >= 6) {  // bf16: head dim 64 for the tensor-core kernels
+    if (variant >= 6 && variant != 8) {  // bf16: head dim 64 for the tensor-core kernels
       precision = Precision::BF16;
-      cfg.attention = AttentionKind::Flash;
+      cfg.attention = variant == 9 ? AttentionKind::FlashMLA : AttentionKind::Flash;
       cfg.n_embd = 128;
       cfg.n_head = 2;
-      cfg.pos = variant == 7 ? PosKind::Rope : PosKind::Learned;
+      cfg.pos = variant != 6 ? PosKind::Rope : PosKind::Learned;
+      cfg.qk_norm = variant == 9;  // FlashMLA at 96/64
     }
     const bool documents = variant != 1;
     SCOPED_TRACE("variant " + std::to_string(variant));
@@ -467,8 +479,15 @@ TEST(ContextParallelOnGpus, ModelLossAndGradientsEqualOneGpu) {
     const int64_t mine = std::count_if(ltgt.begin(), ltgt.end(), [](int t) { return t >= 0; });
     const int64_t all = std::count_if(tgt.begin(), tgt.end(), [](int t) { return t >= 0; });
     const double frac = static_cast<double>(mine) / static_cast<double>(all);
+    const uint64_t bytes0 = comm->bytes_sent();
     const double local = par.forward_backward(ltok.data(), ltgt.data(), B, Tl, documents ? lseg.data() : nullptr,
                                               static_cast<float>(frac));
+    const double sent = static_cast<double>(comm->bytes_sent() - bytes0);
+    ParallelLayout lay;
+    lay.world = lay.cp = n;
+    const double want = predicted_bytes_per_step(cfg, B, T, lay, 0, precision == Precision::BF16 ? 2 : 4) -
+                        predicted_bytes_per_step(cfg, B, T, ParallelLayout{.world = n}, 0);
+    EXPECT_NEAR(sent, want, 1e-9 * want);
     par.reduce_grads(*comm);
     const double loss = W().sum(local * frac);
     const double tol = precision == Precision::FP32 ? 1e-5 : 2e-2;

@@ -19,6 +19,7 @@ extern "C" char* openblas_get_corename(void);
 #include "flashgpt/core/threads.h"
 #include "flashgpt/core/timer.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/context_parallel_cuda.h"
 #include "flashgpt/cuda/device_comm.h"
 #include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/gpt_cuda.h"
@@ -133,13 +134,22 @@ std::string kernel_group(const std::string& name) {
 // run's precision (median of n³ products before and after; the higher is the ceiling).
 void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   dist::Communicator& world = dist::world();
-  FLASHGPT_CHECK(c.context_parallel == 1,
-                 "--context-parallel: bench train times it on the CPU only (on GPUs, train --context-parallel runs it)");
-  const ParallelLayout lay = make_parallel_layout(world, 1);
+  const ParallelLayout lay = make_parallel_layout(world, c.context_parallel);
   const bool root = world.rank() == 0, ranks = world.size() > 1;
-  // Under mpirun: each rank on its GPU, bound before anything else touches one.
+  // Under mpirun: each rank on its GPU, bound before anything else touches one; with context
+  // parallelism, the ranks sharing each sequence get a communicator of their own as well.
   std::unique_ptr<cuda::DeviceComm> comm;
   if (ranks) comm = cuda::DeviceComm::create(world, cuda::parse_gpu_comm(c.gpu_comm, "--gpu-comm"));
+  std::unique_ptr<dist::Communicator> cp_group;
+  std::unique_ptr<cuda::DeviceComm> cp_comm;
+  std::unique_ptr<cuda::DeviceContextParallel> cp;
+  if (lay.cp > 1) {
+    FLASHGPT_CHECK(c.attention_backend == "ours",
+                   "--context-parallel: runs our attention kernels, not cuDNN's (--attention-backend ours)");
+    cp_group = world.split(lay.dp_rank, lay.cp_rank);
+    cp_comm = comm->subgroup(*cp_group);
+    cp = std::make_unique<cuda::DeviceContextParallel>(*cp_comm, c.seq_len);
+  }
   const cuda::Precision precision = cuda::parse_precision(c.precision, "--precision");
   const bool bf16 = precision == cuda::Precision::BF16;
   const int gemm_size = c.gemm_size > 0 ? c.gemm_size : 8192;
@@ -162,6 +172,13 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   Rng rng(2);
   for (auto& t : x) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(cfg.vocab_size));
   for (auto& t : y) t = static_cast<int>(rng.next_u64() % static_cast<uint64_t>(cfg.vocab_size));
+  // Under context parallelism each rank's share of every sequence, for the steps together.
+  const int64_t Tl = cp ? cp->local_len() : T;
+  std::vector<int> xl(static_cast<size_t>(B * Tl)), yl(xl.size());
+  if (cp) {
+    cp->host().slice(x.data(), xl.data(), B, 1);
+    cp->host().slice(y.data(), yl.data(), B, 1);
+  }
   const double gemm_before = cuda::measure_gemm_flops(bf16, gemm_size, 7) / 1e9;
   std::vector<double> times;
   double loss = 0;
@@ -172,7 +189,8 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   auto train_step = [&](int s) {
     // The trainer's step: together, the losses scaled by 1/ranks and the sums overlapping the backward.
     loss = gpu.accumulate_gradients(1, together ? comm.get() : nullptr, [&] {
-      return cuda::MicroBatch{x.data(), y.data(), nullptr, B, T};
+      return together && cp ? cuda::MicroBatch{xl.data(), yl.data(), nullptr, B, Tl}
+                            : cuda::MicroBatch{x.data(), y.data(), nullptr, B, T};
     });
     if (together) gpu.reduce_grads(*comm);
     const double norm = std::sqrt(gpu.grad_sum_squares());
@@ -198,9 +216,13 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   uint64_t together_bytes = 0;
   if (ranks) {
     if (c.zero == 1) gpu.shard_optimizer_state(*comm);
+    gpu.set_context_parallel(cp.get());
     together = true;
     world.arrive("the benchmark's steps together", 0);
-    auto sent = [&] { return comm->bytes_sent_beyond_host() + world.bytes_sent(); };
+    auto sent = [&] {
+      return comm->bytes_sent_beyond_host() + world.bytes_sent() +
+             (cp ? cp_comm->bytes_sent_beyond_host() + cp_group->bytes_sent() : 0);
+    };
     for (int s = 0; s <= last; ++s) {
       if (s == c.warmup) together_bytes = sent();  // from the first timed step on
       Timer t;
@@ -267,10 +289,11 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   double tok_s_all = 0, efficiency = 0, predicted = 0;
   if (ranks) {
     tok_s_all = static_cast<double>(B * T * lay.dp) / ranks_step;
-    efficiency = tok_s_all / (lay.dp * tok_s);
-    predicted = predicted_bytes_per_step(cfg, B, T, lay, c.zero);
+    efficiency = tok_s_all / (world.size() * tok_s);
+    predicted = predicted_bytes_per_step(cfg, B, T, lay, c.zero, bf16 ? 2 : 4);
     j["ranks"] = world.size();
     j["data_parallel"] = lay.dp;
+    j["context_parallel"] = lay.cp;
     j["zero"] = c.zero;
     j["gpu_comm"] = comm->backend();
     j["ranks_step_s_median"] = ranks_step;
@@ -309,8 +332,10 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
               c.precision.c_str(), gemm_size, gemm_before / 1e3, gemm_after / 1e3);
   std::printf("  MFU        %.1f%% of the measured GEMM rate\n", 100 * model_gflops / gemm);
   if (ranks) {
-    std::printf("  %d ranks    (one GPU each%s, gradients summed by %s): median step %.4f s, %.0f tokens/s\n",
-                world.size(), c.zero ? ", ZeRO-1" : "", comm->backend().c_str(), ranks_step, tok_s_all);
+    std::printf("  %d ranks    (one GPU each, %d data-parallel × %d context-parallel%s, gradients summed by %s): "
+                "median step %.4f s, %.0f tokens/s\n",
+                world.size(), lay.dp, lay.cp, c.zero ? ", ZeRO-1" : "", comm->backend().c_str(), ranks_step,
+                tok_s_all);
     std::printf("  scaling    %.1f%% of %d × one rank's tokens/s (each rank timed alone first, side by side)\n",
                 efficiency * 100, world.size());
     std::printf("  traffic    %.2f MB sent per rank per step (predicted %.2f MB)\n",

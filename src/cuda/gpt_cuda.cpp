@@ -124,9 +124,11 @@ void Model<T>::allocate(int64_t B, int64_t Tn) {
   const int64_t standard_ws = cp_standard_ws_ * (cp ? 2 : 1);
   for (LayerActs& a : acts_) plan_f({{&a.standard_ws, standard_ws}});
   const int64_t cp_kv = cp ? Bs * Tg : 0;  // rows of the whole sequences' keys and values
-  for (LayerActs& a : acts_) plan_t({{&a.kg, cp_kv * wka}, {&a.vg, cp_kv * wv}});
-  plan_t({{&cp_dk_, cp_kv * wka}, {&cp_dv_, cp_kv * wv}});
-  plan_f({{&cp_acc_, cp_kv * (wka + wv)}, {&cp_stage_, cp ? cp->stage_floats(Bs, std::max(wka, wv)) : 0}});
+  for (LayerActs& a : acts_) plan_t({{&a.kg, cp_kv * wka}, {&a.vg, cp_kv * wv}, {&a.ckvg, cp_kv * nl}});
+  plan_t({{&cp_dk_, cp_kv * wka}, {&cp_dv_, cp_kv * std::max(wv, dr)}});
+  // The fp32 sums: of dK and dV, then (latent) of the latent rows' gradients [dc_kv | dk_rope].
+  plan_f({{&cp_acc_, cp_kv * std::max(wka + wv, nl + dr)},
+          {&cp_stage_, cp ? cp->stage_floats(Bs, std::max({wka, wv, nl})) : 0}});
   arena_i_.plan(&cp_pos_, cp ? B : 0);
   arena_i_.plan(&cp_kv_segments_, cp_kv);
   resid_.assign(static_cast<size_t>(c.n_layer + 1), nullptr);
@@ -314,6 +316,11 @@ void Model<T>::attention_forward(const AttentionDims& d, float scale, LayerActs&
   const int64_t Bs = B_ / 2;
   cp->gather(a.ka, d.k_row(), a.kg, Bs, d.Hkv * d.Dqk, cp_stage_);
   cp->gather(a.v, d.v_row(), a.vg, Bs, d.Hkv * d.Dv, cp_stage_);
+  cp_attention_calls_forward(d, scale, a);
+}
+
+template <typename T>
+void Model<T>::cp_attention_calls_forward(const AttentionDims& d, float scale, const LayerActs& a) const {
   for (int j = 0; j < 2; ++j) attention_call_forward(cp_call(d, a, j), scale);
 }
 
@@ -323,8 +330,17 @@ void Model<T>::attention_backward(const AttentionDims& d, float scale, const Lay
     attention_call_backward({d, mask(), a.qa, a.ka, a.v, a.att, a.lse, a.standard_ws}, scale, datt_, dqa_, dka_, dv_);
     return;
   }
-  // Each chunk's queries give key and value gradients over the keys they see; summed here in fp32,
-  // then over the group, each rank keeping its own rows' (as the CPU's cp_attention_backward).
+  // The sums over both chunks' queries, then over the group, each rank keeping its own rows' (as
+  // the CPU's cp_attention_backward).
+  cp_attention_calls_backward(d, scale, a);
+  const int64_t Bs = B_ / 2, kw = d.Hkv * d.Dqk, vw = d.Hkv * d.Dv;
+  cp->reduce_scatter(cp_acc_, dka_, d.k_row(), Bs, kw, cp_stage_);
+  cp->reduce_scatter(cp_acc_ + Bs * cp->seq_len() * kw, dv_, d.v_row(), Bs, vw, cp_stage_);
+}
+
+template <typename T>
+void Model<T>::cp_attention_calls_backward(const AttentionDims& d, float scale, const LayerActs& a) const {
+  // Each chunk's queries give key and value gradients over the keys they see; summed in fp32.
   const int64_t Bs = B_ / 2, ch = Tn_, Tg = cp->seq_len(), kw = d.Hkv * d.Dqk, vw = d.Hkv * d.Dv;
   float* acc_k = cp_acc_;
   float* acc_v = cp_acc_ + Bs * Tg * kw;
@@ -336,8 +352,6 @@ void Model<T>::attention_backward(const AttentionDims& d, float scale, const Lay
     cp_add_rows(acc_k, cp_dk_, Bs, c.d.Tk, Tg, kw);
     cp_add_rows(acc_v, cp_dv_, Bs, c.d.Tk, Tg, vw);
   }
-  cp->reduce_scatter(acc_k, dka_, d.k_row(), Bs, kw, cp_stage_);
-  cp->reduce_scatter(acc_v, dv_, d.v_row(), Bs, vw, cp_stage_);
 }
 
 template <typename T>

@@ -3,10 +3,14 @@
 // outputs a.att and back. Training expands the normed latent c_kv into per-head keys
 // [k_nope, k_rope] (Dqk = head_dim + rope_dim) and values (Dv = head_dim) and runs the flash
 // kernels over them; decoding attends straight over the latent cache (gpt_cuda_decode.cpp).
+// Under context parallelism the group exchanges the latent rows [c_kv, k_rope] and each rank
+// expands them over the whole sequences (mla_cp_expand), as the CPU does.
 #include <cmath>
+#include <type_traits>
 
 #include "cuda/gpt_cuda_model.h"
 #include "flashgpt/cuda/attention_cuda.h"
+#include "flashgpt/cuda/device_memory.h"
 #include "flashgpt/cuda/matmul_cuda.h"
 
 namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI {
@@ -53,6 +57,13 @@ void Model<T>::mla_forward(const LayerOffsets& o, LayerActs& a) {
     mla_decode_attention(o, a, v_up);
     return;
   }
+  const AttentionDims d{B_, H, H, Tn_, Tn_, dqk, hd, 0};
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dqk));
+  if (cp) {  // the group's latent rows, expanded over the whole sequences
+    mla_cp_expand(o, a, v_up);
+    cp_attention_calls_forward(d, scale, a);
+    return;
+  }
   // Expanded keys [k_nope,h, k_rope] per head, and values, from the latent: k_nope = c_kv · W_k_upᵀ
   // is one product over all heads. With a rope part each head's key row is [k_nope,h, k_rope], so
   // the product lands in a.v (free until the values are formed) and is spread out to the heads.
@@ -64,9 +75,94 @@ void Model<T>::mla_forward(const LayerOffsets& o, LayerActs& a) {
     broadcast_to_heads(a.ka, a.kr, N, H, dqk, hd, dr);
   }
   matmul_forward(a.v, a.ckv, v_up, static_cast<const T*>(nullptr), N, nl, H * hd);
+  attention_forward(d, scale, a);
+}
 
-  const AttentionDims d{B_, H, H, Tn_, Tn_, dqk, hd, 0};
-  attention_forward(d, 1.0f / std::sqrt(static_cast<float>(dqk)), a);
+namespace {
+
+// fp32 sums to the run's type and back (a copy in the fp32 mode).
+template <typename T>
+void narrow_rows(T* out, const float* in, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    copy_on_device(out, in, static_cast<size_t>(n) * sizeof(float));
+  } else {
+    convert(out, in, n);
+  }
+}
+template <typename T>
+void widen_rows(float* out, const T* in, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    copy_on_device(out, in, static_cast<size_t>(n) * sizeof(float));
+  } else {
+    convert(out, in, n);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void Model<T>::mla_cp_expand(const LayerOffsets& o, LayerActs& a, const T* v_up) {
+  const GPTConfig& c = config;
+  const int64_t Bs = B_ / 2, Mg = Bs * cp->seq_len(), H = c.n_head, hd = c.head_dim();
+  const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim();
+  cp->gather(a.ckv, nl, a.ckvg, Bs, nl, cp_stage_);  // kept: the backward's dW_k_up and dW_v_up read it
+  if (dr == 0) {
+    gemm<T, T>(false, true, Mg, H * hd, nl, 1.0f, a.ckvg, nl, W(o.k_up_w), nl, 0.0f, a.kg, H * hd);
+  } else {  // as mla_forward: k_nope lands in the values' buffer, then goes to the heads' key rows
+    T* krg = cp_dk_;  // the rotated rope keys of the whole sequences (scratch until the backward)
+    cp->gather(a.kr, dr, krg, Bs, dr, cp_stage_);
+    gemm<T, T>(false, true, Mg, H * hd, nl, 1.0f, a.ckvg, nl, W(o.k_up_w), nl, 0.0f, a.vg, H * hd);
+    copy_rows(a.kg, dqk, H * dqk, a.vg, hd, H * hd, H, Mg, hd);
+    broadcast_to_heads(a.kg, krg, Mg, H, dqk, hd, dr);
+  }
+  matmul_forward(a.vg, a.ckvg, v_up, static_cast<const T*>(nullptr), Mg, nl, H * hd);
+}
+
+template <typename T>
+void Model<T>::mla_cp_latent_backward(const LayerOffsets& o, const LayerActs& a) {
+  const GPTConfig& c = config;
+  const int64_t Bs = B_ / 2, Mg = Bs * cp->seq_len(), H = c.n_head, hd = c.head_dim();
+  const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), kw = H * dqk, vw = H * hd;
+  // The key and value gradients' sums in the run's type, as the expansion's products read them
+  // (dK in cp_dk_, dV in cp_dv_); that frees cp_acc_ for the latent rows' fp32 gradients.
+  narrow_rows(cp_dk_, cp_acc_, Mg * kw);
+  narrow_rows(cp_dv_, cp_acc_ + Mg * kw, Mg * vw);
+  const T* dkg = cp_dk_;
+  T* dvg = cp_dv_;
+  float* dckvg = cp_acc_;
+  // The values: dc_kv = dV · v_up, and v_up's gradient dVᵀ · c_kv (with use_svd through its
+  // factors, as mla_backward).
+  if (c.use_svd) {
+    const int64_t rank = c.svd_rank;
+    fill_device_bytes(dv_up_, 0, static_cast<size_t>(vw * nl) * sizeof(float));
+    matmul_backward(static_cast<T*>(nullptr), dv_up_, static_cast<float*>(nullptr), dvg, a.ckvg, a.v_up, Mg, nl, vw,
+                    false);
+    gemm<T, float>(false, false, Mg, nl, vw, 1.0f, dvg, vw, a.v_up, nl, 0.0f, dckvg, nl);
+    gemm<float, float>(false, true, vw, rank, nl, 1.0f, dv_up_, nl, M(o.v_up_v_w), nl, 1.0f, G(o.v_up_u_w), rank);
+    gemm<float, float>(true, false, rank, nl, vw, 1.0f, M(o.v_up_u_w), rank, dv_up_, nl, 1.0f, G(o.v_up_v_w), nl);
+  } else {
+    matmul_backward(static_cast<T*>(nullptr), G(o.v_up_w), static_cast<float*>(nullptr), dvg, a.ckvg, W(o.v_up_w), Mg,
+                    nl, vw, false);
+    gemm<T, float>(false, false, Mg, nl, vw, 1.0f, dvg, vw, W(o.v_up_w), nl, 0.0f, dckvg, nl);
+  }
+  // The keys: every head's k_nope part (gathered, with a rope part, into the values' buffer, now
+  // free), into dW_k_up and dc_kv.
+  const T* dk_nope = dkg;
+  if (dr > 0) {
+    copy_rows(dvg, hd, vw, dkg, dqk, kw, H, Mg, hd);
+    dk_nope = dvg;
+  }
+  matmul_backward(static_cast<T*>(nullptr), G(o.k_up_w), static_cast<float*>(nullptr), dk_nope, a.ckvg,
+                  W(o.k_up_w), Mg, nl, vw, false);
+  gemm<T, float>(false, false, Mg, nl, vw, 1.0f, dk_nope, vw, W(o.k_up_w), nl, 1.0f, dckvg, nl);
+  cp->reduce_scatter(dckvg, dckv_, nl, Bs, nl, cp_stage_);
+  // The shared rope key's gradient, summed over the heads (and then over the group).
+  if (dr > 0) {
+    float* dkrg = cp_acc_ + Mg * nl;
+    sum_over_heads(dvg, dkg, Mg, H, dqk, hd, dr);
+    widen_rows(dkrg, dvg, Mg * dr);
+    cp->reduce_scatter(dkrg, dkr_, dr, Bs, dr, cp_stage_);
+  }
 }
 
 template <typename T>
@@ -75,12 +171,43 @@ void Model<T>::mla_backward(const LayerOffsets& o, const LayerActs& a) {
   const int64_t N = B_ * Tn_, C = c.n_embd, H = c.n_head, hd = c.head_dim();
   const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), r = c.q_lora_rank;
   const AttentionDims d{B_, H, H, Tn_, Tn_, dqk, hd, 0};
-  attention_backward(d, 1.0f / std::sqrt(static_cast<float>(dqk)), a);  // dqa_, dka_, dv_
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dqk));
+  if (cp) {  // dqa_, then the latent rows' gradients dckv_ and dkr_ (and dW_k_up, dW_v_up)
+    cp_attention_calls_backward(d, scale, a);
+    mla_cp_latent_backward(o, a);
+  } else {
+    attention_backward(d, scale, a);  // dqa_, dka_, dv_
+    // The rope key is shared: its gradient sums over heads.
+    if (dr > 0) sum_over_heads(dkr_, dka_, N, H, dqk, hd, dr);
+    // Into the latent: dc_kv = dv · W_v_up + Σ_h dk_nope,h · W_k_up,h. The values first, which
+    // frees dv_: with a rope part the heads' dk_nope are gathered there, contiguous, so that the
+    // sum over heads, like dW_k_up, is one product over all of them.
+    if (c.use_svd) {
+      // dv_up = dvᵀ·c_kv, then through v_up = u·v: du += dv_up·vᵀ, dv += uᵀ·dv_up (with the fp32
+      // master factors).
+      const int64_t rows = H * hd, rank = c.svd_rank;
+      fill_device_bytes(dv_up_, 0, static_cast<size_t>(rows * nl) * sizeof(float));
+      matmul_backward(dckv_, dv_up_, static_cast<float*>(nullptr), dv_, a.ckv, a.v_up, N, nl, rows, false);
+      gemm<float, float>(false, true, rows, rank, nl, 1.0f, dv_up_, nl, M(o.v_up_v_w), nl, 1.0f, G(o.v_up_u_w),
+                         rank);
+      gemm<float, float>(true, false, rank, nl, rows, 1.0f, M(o.v_up_u_w), rank, dv_up_, nl, 1.0f, G(o.v_up_v_w),
+                         nl);
+    } else {
+      matmul_backward(dckv_, G(o.v_up_w), static_cast<float*>(nullptr), dv_, a.ckv, W(o.v_up_w), N, nl, H * hd,
+                      false);
+    }
+    const T* dk_nope = dka_;
+    if (dr > 0) {
+      copy_rows(dv_, hd, H * hd, dka_, dqk, H * dqk, H, N, hd);
+      dk_nope = dv_;
+    }
+    matmul_backward(dckv_, G(o.k_up_w), static_cast<float*>(nullptr), dk_nope, a.ckv, W(o.k_up_w), N, nl, H * hd,
+                    true);
+  }
 
-  // The rope key is shared: its gradient sums over heads. Then undo RoPE and QK-norm.
+  // Undo RoPE and QK-norm (the rope key's part into dkr_, or dk_ with QK-norm).
   const T* dq = c.qk_norm ? dq_ : dqa_;
   const T* dk_rope = c.qk_norm && dr > 0 ? dk_ : dkr_;
-  if (dr > 0) sum_over_heads(dkr_, dka_, N, H, dqk, hd, dr);
   if (c.qk_norm && dr > 0) {  // RoPE's inverse and both norms' backward: one launch
     qk_norm_rope_backward<T>({dq_, G(o.q_norm_w), dqa_, a.q, W(o.q_norm_w), a.q_rstd, H, dqk, H * dqk, H * dqk, hd},
                              {dk_, G(o.k_norm_w), dkr_, a.k, W(o.k_norm_w), a.k_rstd, 1, dr, dr, dr, 0}, N,
@@ -91,27 +218,6 @@ void Model<T>::mla_backward(const LayerOffsets& o, const LayerActs& a) {
     rope_backward(dqa_ + hd, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, H, dr, dqk, 0, seq_pos());
     rope_backward(dkr_, rope_cos_.as<float>(), rope_sin_.as<float>(), B_, Tn_, 1, dr, dr, 0, seq_pos());
   }
-
-  // Into the latent: dc_kv = dv · W_v_up + Σ_h dk_nope,h · W_k_up,h. The values first, which frees
-  // dv_: with a rope part the heads' dk_nope are gathered there, contiguous, so that the sum over
-  // heads, like dW_k_up, is one product over all of them.
-  if (c.use_svd) {
-    // dv_up = dvᵀ·c_kv, then through v_up = u·v: du += dv_up·vᵀ, dv += uᵀ·dv_up (with the fp32
-    // master factors).
-    const int64_t rows = H * hd, rank = c.svd_rank;
-    fill_device_bytes(dv_up_, 0, static_cast<size_t>(rows * nl) * sizeof(float));
-    matmul_backward(dckv_, dv_up_, static_cast<float*>(nullptr), dv_, a.ckv, a.v_up, N, nl, rows, false);
-    gemm<float, float>(false, true, rows, rank, nl, 1.0f, dv_up_, nl, M(o.v_up_v_w), nl, 1.0f, G(o.v_up_u_w), rank);
-    gemm<float, float>(true, false, rank, nl, rows, 1.0f, M(o.v_up_u_w), rank, dv_up_, nl, 1.0f, G(o.v_up_v_w), nl);
-  } else {
-    matmul_backward(dckv_, G(o.v_up_w), static_cast<float*>(nullptr), dv_, a.ckv, W(o.v_up_w), N, nl, H * hd, false);
-  }
-  const T* dk_nope = dka_;
-  if (dr > 0) {
-    copy_rows(dv_, hd, H * hd, dka_, dqk, H * dqk, H, N, hd);
-    dk_nope = dv_;
-  }
-  matmul_backward(dckv_, G(o.k_up_w), static_cast<float*>(nullptr), dk_nope, a.ckv, W(o.k_up_w), N, nl, H * hd, true);
   rmsnorm_backward(dckv_pre_, G(o.kv_norm_w), dckv_, a.ckv_pre, W(o.kv_norm_w), a.ckv_rstd, N, nl, false,
                    deterministic);
 
@@ -131,8 +237,12 @@ void Model<T>::mla_backward(const LayerOffsets& o, const LayerActs& a) {
 // The class is instantiated in gpt_cuda.cpp; this file instantiates its own members.
 template void Model<float>::mla_forward(const LayerOffsets&, LayerActs&);
 template void Model<float>::mla_backward(const LayerOffsets&, const LayerActs&);
+template void Model<float>::mla_cp_expand(const LayerOffsets&, LayerActs&, const float*);
+template void Model<float>::mla_cp_latent_backward(const LayerOffsets&, const LayerActs&);
 template void Model<bf16>::mla_forward(const LayerOffsets&, LayerActs&);
 template void Model<bf16>::mla_backward(const LayerOffsets&, const LayerActs&);
+template void Model<bf16>::mla_cp_expand(const LayerOffsets&, LayerActs&, const bf16*);
+template void Model<bf16>::mla_cp_latent_backward(const LayerOffsets&, const LayerActs&);
 
 }  // namespace gpt_detail
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -193,8 +193,9 @@ class Model final : public GPTCuda::Impl {
     // the standard kernel only: its workspace, with this layer's P kept from forward to backward
     float* standard_ws;
     // context parallelism only: the whole sequences' keys [Bs, T, Hkv·Dqk] and values [Bs, T, Hkv·Dv]
-    // as the attention read them, kept for the backward
-    T *kg, *vg;
+    // as the attention read them, kept for the backward; latent attention's gathered latent rows
+    // c_kv [Bs, T, n_latent] they were expanded from
+    T *kg, *vg, *ckvg;
   };
 
   // The weights the forward reads (T) and the fp32 gradients, by offset.
@@ -268,6 +269,11 @@ class Model final : public GPTCuda::Impl {
   bool fused_gelu() const { return std::is_same_v<T, bf16> && gelu_fusion && config.mlp == MlpKind::Gelu; }
   void attention_forward(const AttentionDims& d, float scale, LayerActs& a) const;
   void attention_backward(const AttentionDims& d, float scale, const LayerActs& a) const;
+  // Context parallelism's part of both, over keys and values already in a.kg and a.vg: both
+  // chunks' calls, and in the backward the sums of their key and value gradients over the whole
+  // sequences, fp32 [Bs, T, Hkv·Dqk] then [Bs, T, Hkv·Dv] in cp_acc_ (dqa_ gets the local rows').
+  void cp_attention_calls_forward(const AttentionDims& d, float scale, const LayerActs& a) const;
+  void cp_attention_calls_backward(const AttentionDims& d, float scale, const LayerActs& a) const;
   // One kernel call of either: the chosen kernel over these inputs (P of the standard kernel in ws).
   struct AttentionCall {
     AttentionDims d;
@@ -292,6 +298,14 @@ class Model final : public GPTCuda::Impl {
   void mha_backward(const LayerOffsets& o, const LayerActs& a);
   void mla_forward(const LayerOffsets& o, LayerActs& a);
   void mla_backward(const LayerOffsets& o, const LayerActs& a);
+  // Latent attention under context parallelism (gpt_cuda_mla.cpp): the group exchanges latent rows
+  // [c_kv, k_rope], n_latent + rope_dim values a token, not the expanded keys and values. Forward:
+  // gather them and expand every head's keys and values over the whole sequences into a.kg and
+  // a.vg. Backward: from cp_attention_calls_backward's sums, dW_k_up and dW_v_up over the whole
+  // sequences (this rank's queries' share) and the latent rows' gradients, reduce-scattered into
+  // this rank's dckv_ and dkr_.
+  void mla_cp_expand(const LayerOffsets& o, LayerActs& a, const T* v_up);
+  void mla_cp_latent_backward(const LayerOffsets& o, const LayerActs& a);
   // decode's attention: this step's keys and values (or latent rows) appended to the cache, then
   // the new queries over everything cached.
   void mha_decode_attention(LayerActs& a);

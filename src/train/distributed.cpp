@@ -23,7 +23,7 @@ ParallelLayout make_parallel_layout(const dist::Communicator& world, int context
 }
 
 double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, const ParallelLayout& layout,
-                                int zero_stage) {
+                                int zero_stage, int kv_bytes) {
   (void)zero_stage;  // ZeRO-1 moves the same volume as the all-reduce, split in two halves
   const double N = layout.world, P = static_cast<double>(model_stats(config).n_params);
   double bytes = N > 1 ? 2.0 * (N - 1) / N * 4.0 * P : 0.0;
@@ -32,7 +32,7 @@ double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, c
     // Multi-head: keys and values, kv_dim each. Latent attention: its latent rows [c_kv, k_rope].
     const double width = is_latent(config.attention) ? static_cast<double>(config.latent_dim() + config.mla_rope_dim())
                                                      : 2.0 * config.kv_dim();
-    bytes += config.n_layer * 2.0 * (cp - 1) / cp * static_cast<double>(B * T) * width * 4.0;
+    bytes += config.n_layer * (cp - 1) / cp * static_cast<double>(B * T) * width * (kv_bytes + 4.0);
   }
   return bytes;
 }

@@ -34,11 +34,12 @@ ParallelLayout make_parallel_layout(const dist::Communicator& world, int context
 // bandwidth-optimal collectives: the fp32 gradient all-reduce 2(N−1)/N · 4P (ZeRO-1: a
 // reduce-scatter and an all-gather of (N−1)/N · 4P each, the same total), plus under context
 // parallelism per layer the all-gather of keys and values and the reduce-scatter of their
-// gradients, 2 · (cp−1)/cp · B·T·width · 4 bytes, width = 2·kv_dim for multi-head attention and
-// n_latent + rope_dim for latent attention, which exchanges its latent rows instead. Scalars (the
-// loss, the norm) are left out.
+// gradients, (cp−1)/cp · B·T·width · (kv_bytes + 4) bytes, width = 2·kv_dim for multi-head
+// attention and n_latent + rope_dim for latent attention, which exchanges its latent rows instead;
+// kv_bytes is the gathered values' size (4 on the CPU and in fp32, 2 for the GPU's bf16), the
+// gradients are summed in fp32. Scalars (the loss, the norm) are left out.
 double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, const ParallelLayout& layout,
-                                int zero_stage);
+                                int zero_stage, int kv_bytes = 4);
 
 class GradientSync {
  public:
