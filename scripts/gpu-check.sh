@@ -685,12 +685,13 @@ else
   RUN_LIMIT=$test_limit run test_distributed_cuda_all_gpus mpirun -np "$gpu_count" "$bin/test_distributed_cuda"
   RUN_LIMIT=$test_limit run test_cuda_gpt_gpu_comm "$bin/test_cuda_gpt" --gtest_filter='GpuComm.*'
   # d12 on every GPU: each rank alone first, side by side, then together (bench train's scaling):
-  # data parallel, with ZeRO-1, through host memory, then every GPU sharing each sequence.
-  for run in nccl:0:1 nccl:1:1 host:0:1 "nccl:0:$gpu_count"; do
-    IFS=: read -r comm zero cp <<< "$run"
-    tag="dp_${comm}_zero${zero}_cp$cp"
+  # data parallel, with ZeRO-1, through host memory, with bf16 gradients, then every GPU sharing
+  # each sequence.
+  for run in nccl:0:1:fp32 nccl:1:1:fp32 host:0:1:fp32 nccl:0:1:bf16 host:0:1:bf16 "nccl:0:$gpu_count:fp32"; do
+    IFS=: read -r comm zero cp reduce <<< "$run"
+    tag="dp_${comm}_zero${zero}_cp${cp}_$reduce"
     if timeout "$bench_limit" mpirun -np "$gpu_count" "$bin/flashgpt" bench train --device cuda --preset d12 --attention flash \
-         -b 16 -t 1024 --steps 10 --warmup 3 --gpu-comm "$comm" --zero "$zero" --context-parallel "$cp" --json \
+         -b 16 -t 1024 --steps 10 --warmup 3 --gpu-comm "$comm" --zero "$zero" --context-parallel "$cp" --reduce-dtype "$reduce" --json \
          > "$logs/bench_train_$tag.json" 2> "$logs/bench_train_$tag.err"; then
       grep '^{' "$logs/bench_train_$tag.json" >> "$out/gpu-check-$stamp-multi-gpu.jsonl"
     else
@@ -701,7 +702,7 @@ else
   if [ -f "$out/gpu-check-$stamp-multi-gpu.jsonl" ]; then
     say ""
     jsonl_table "$out/gpu-check-$stamp-multi-gpu.jsonl" "ranks={r['ranks']}" "sums={r['gpu_comm']}" "ZeRO={r['zero']}" \
-      "context-parallel={r['context_parallel']}" \
+      "context-parallel={r['context_parallel']}" "gradients={r['reduce_dtype']}" \
       "one rank ms={1e3 * r['step_s_median']:.1f}" "all ranks ms={1e3 * r['ranks_step_s_median']:.1f}" \
       "tokens/s={r['ranks_tokens_per_s']:.0f}" "scaling={100 * r['scaling_efficiency']:.1f}%" \
       "MB/step sent={r['comm_bytes_per_step'] / 1e6:.1f}" "predicted={r['comm_bytes_per_step_predicted'] / 1e6:.1f}" >> "$report"

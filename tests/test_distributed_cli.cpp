@@ -193,18 +193,19 @@ TEST_F(DistributedCli, GpuRanksTrainLikeOneGpuAndBenchTheirTraffic) {
   const double bytes = j["comm_bytes_per_step"].get<double>(), predicted = j["comm_bytes_per_step_predicted"];
   EXPECT_GE(bytes, predicted) << bench.output;
   EXPECT_LT(bytes, 1.01 * predicted) << bench.output;
-  // And with both GPUs sharing each sequence: the gradient's all-reduce plus the keys' and values'
-  // traffic, as the train run above sent it.
+  // And with both GPUs sharing each sequence, the gradients travelling in bf16: half the gradient's
+  // all-reduce, plus the keys' and values' traffic as the train run above sent it.
   const RunResult bench_cp = run_command("ASAN_OPTIONS=detect_leaks=0 " + mpirun(2) + " " + FLASHGPT_EMULATED_BINARY +
                                          " bench train --device cuda --precision fp32 --preset tiny -b 2 -t 32 "
-                                         "--steps 2 --warmup 1 --context-parallel 2 --json");
+                                         "--steps 2 --warmup 1 --context-parallel 2 --reduce-dtype bf16 --json");
   ASSERT_EQ(bench_cp.exit_code, 0) << bench_cp.output;
   const nlohmann::json k = nlohmann::json::parse(bench_cp.output.substr(bench_cp.output.find('{')));
   EXPECT_EQ(k["context_parallel"].get<int>(), 2) << bench_cp.output;
   EXPECT_EQ(k["data_parallel"].get<int>(), 1) << bench_cp.output;
   EXPECT_GT(k["scaling_efficiency"].get<double>(), 0.0) << bench_cp.output;
   const double cp_bytes = k["comm_bytes_per_step"].get<double>();
-  const double cp_want = predicted + tiny.n_layer * 4 * 0.5 * (2 * 32 * tiny.kv_dim()) * 4.0;
+  EXPECT_EQ(k["reduce_dtype"].get<std::string>(), "bf16") << bench_cp.output;
+  const double cp_want = predicted / 2 + tiny.n_layer * 4 * 0.5 * (2 * 32 * tiny.kv_dim()) * 4.0;
   EXPECT_NEAR(k["comm_bytes_per_step_predicted"].get<double>(), cp_want, 1e-9 * cp_want) << bench_cp.output;
   EXPECT_GE(cp_bytes, cp_want) << bench_cp.output;
   EXPECT_LT(cp_bytes, 1.01 * cp_want) << bench_cp.output;

@@ -16,6 +16,7 @@
 
 #include "flashgpt/core/device.h"
 #include "flashgpt/core/error.h"
+#include "flashgpt/core/half_precision.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/cuda/attention_cuda.h"
 #include "flashgpt/cuda/context_parallel_cuda.h"
@@ -297,6 +298,81 @@ TEST(DataParallel, GradientsAndStepsEqualOneModelOverTheWholeBatch) {
 TEST(DataParallel, SumsStartedDuringTheBackwardEqualOneModel) {
   SKIP_WITHOUT_GPU();
   expect_data_parallel_equals_one_model(Mode::Overlapped);
+}
+
+// --reduce-dtype bf16 (GPTCuda::set_reduce_precision): each rank's gradient rounded to bf16, the
+// ranks' values summed in bf16, the sum widened back. Against the sum worked out here from every
+// rank's own gradient: on 2 ranks the one rounded addition is exact to the bit; on more, where the
+// order of the additions is MPI's, within a few bf16 roundings. Plain, overlapped with the backward
+// and under ZeRO-1 (its own block); half the fp32 sum's bytes; replicas identical.
+TEST(DataParallel, GradientsTravelInBf16WhenAsked) {
+  SKIP_WITHOUT_GPU();
+  const int n = W().size(), r = W().rank();
+  auto comm = DeviceComm::create(W(), GpuComm::Host);
+  const GPTConfig c = small_model();
+  constexpr int64_t B = 2, T = 16;
+  GPT<float> init(c);
+  init.init_weights(7);
+  const Batch all = whole_batch(c, B * n, T, 300);
+  const size_t at = static_cast<size_t>(r * B * T);
+  const int64_t P = init.num_params(), shard = (P + n - 1) / n;
+  for (Mode mode : {Mode::Plain, Mode::Overlapped, Mode::Zero}) {
+    SCOPED_TRACE("mode " + std::to_string(static_cast<int>(mode)));
+    GPTCuda dp(c, Precision::FP32);
+    dp.set_params(init.params());
+    dp.set_deterministic(true);  // the overlapped mode's second backward repeats the first's bits
+    if (mode == Mode::Zero) dp.shard_optimizer_state(*comm);
+    dp.set_reduce_precision(Precision::BF16);
+    EXPECT_EQ(dp.reduce_precision(), Precision::BF16);
+    auto micro = [&] { return cuda::MicroBatch{all.x.data() + at, all.y.data() + at, nullptr, B, T}; };
+    dp.zero_grad();
+    dp.forward_backward(all.x.data() + at, all.y.data() + at, B, T, nullptr, 1.0f / static_cast<float>(n));
+    const std::vector<float> mine = grads_of(dp);  // before the sum
+    // Every rank's gradient, and the sums expected of them.
+    std::vector<float> every(static_cast<size_t>(P) * n);
+    const std::vector<int64_t> counts(static_cast<size_t>(n), P);
+    W().allgather(mine.data(), every.data(), counts, dist::DType::F32);
+    std::vector<float> exact(static_cast<size_t>(P), 0.0f), rounded(exact.size());
+    for (int64_t i = 0; i < P; ++i) {
+      float acc = 0;
+      for (int k = 0; k < n; ++k) {
+        const float v = bf16_bits_to_float(float_to_bf16_bits(every[static_cast<size_t>(k * P + i)]));
+        acc = k == 0 ? v : bf16_bits_to_float(float_to_bf16_bits(acc + v));
+        exact[static_cast<size_t>(i)] += every[static_cast<size_t>(k * P + i)];
+      }
+      rounded[static_cast<size_t>(i)] = acc;
+    }
+    const uint64_t bytes0 = comm->bytes_sent();
+    if (mode == Mode::Overlapped) {  // again, with the blocks' sums started during the backward
+      dp.accumulate_gradients(1, comm.get(), micro);
+    }
+    dp.reduce_grads(*comm);
+    const double sent = static_cast<double>(comm->bytes_sent() - bytes0);
+    // What the fp32 sum sends (an all-reduce, or ZeRO-1's reduce-scatter of the padded blocks),
+    // halved; each collective's count rounds down to whole bytes.
+    const double fp32_bytes = mode == Mode::Zero ? 1.0 * (n - 1) / n * 4.0 * static_cast<double>(shard * n)
+                                                 : 2.0 * (n - 1) / n * 4.0 * static_cast<double>(P);
+    EXPECT_NEAR(sent, fp32_bytes / 2, 64.0);
+    std::vector<float> got = grads_of(dp);
+    if (mode == Mode::Zero) {  // only this rank's block is summed
+      const int64_t lo = std::min(P, r * shard), hi = std::min(P, lo + shard);
+      got = std::vector<float>(got.begin() + lo, got.begin() + hi);
+      rounded = std::vector<float>(rounded.begin() + lo, rounded.begin() + hi);
+      exact = std::vector<float>(exact.begin() + lo, exact.begin() + hi);
+    } else {
+      dist::check_same_on_all_ranks(W(), dist::fingerprint(got.data(), got.size() * sizeof(float)),
+                                    "the gradients summed in bf16");
+    }
+    if (n == 2) {
+      EXPECT_EQ(got, rounded);
+    } else {
+      EXPECT_LT(rel_error(got, rounded), 1.0 / 64);
+    }
+    // Rounded, not fp32 sums: off the exact sum by about bf16's precision, and no further.
+    const double off = rel_error(got, exact);
+    EXPECT_GT(off, 1e-5);
+    EXPECT_LT(off, 1.0 / 64);
+  }
 }
 
 TEST(DataParallel, ZeroOneShardsTheOptimizerStateAndEqualsOneModel) {

@@ -51,6 +51,7 @@ struct BenchTrainCli {
   std::string gelu_fusion = "on";         // GPU, bf16: GELU in the MLP's GEMM epilogues, or off
   std::string qkv_fusion = "on";          // GPU: q, k and v in one GEMM, or three
   std::string gpu_comm = "auto";          // GPU ranks under mpirun: how they sum gradients
+  std::string reduce_dtype = "fp32";      // GPU ranks: the precision the gradients travel in
   bool profile_step = false;   // GPU: the last timed step inside a profiler capture range
   int breakdown = 0;           // GPU: steps after the timed ones with every kernel timed (KernelTimes)
 };
@@ -162,6 +163,7 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   if (c.attention_backend == "cudnn") gpu.set_attention_backend(cuda::AttentionBackend::Cudnn);
   gpu.set_gelu_fusion(c.gelu_fusion == "on");
   gpu.set_qkv_fusion(c.qkv_fusion == "on");
+  gpu.set_reduce_precision(c.reduce_dtype == "bf16" ? cuda::Precision::BF16 : cuda::Precision::FP32);
   {
     GPT<float> host(cfg);
     host.init_weights(1);
@@ -290,12 +292,13 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
   if (ranks) {
     tok_s_all = static_cast<double>(B * T * lay.dp) / ranks_step;
     efficiency = tok_s_all / (world.size() * tok_s);
-    predicted = predicted_bytes_per_step(cfg, B, T, lay, c.zero, bf16 ? 2 : 4);
+    predicted = predicted_bytes_per_step(cfg, B, T, lay, c.zero, bf16 ? 2 : 4, c.reduce_dtype == "bf16" ? 2 : 4);
     j["ranks"] = world.size();
     j["data_parallel"] = lay.dp;
     j["context_parallel"] = lay.cp;
     j["zero"] = c.zero;
     j["gpu_comm"] = comm->backend();
+    j["reduce_dtype"] = c.reduce_dtype;
     j["ranks_step_s_median"] = ranks_step;
     j["ranks_tokens_per_s"] = tok_s_all;
     j["scaling_efficiency"] = efficiency;
@@ -332,10 +335,10 @@ void run_bench_train_gpu(const BenchTrainCli& c, const GPTConfig& cfg) {
               c.precision.c_str(), gemm_size, gemm_before / 1e3, gemm_after / 1e3);
   std::printf("  MFU        %.1f%% of the measured GEMM rate\n", 100 * model_gflops / gemm);
   if (ranks) {
-    std::printf("  %d ranks    (one GPU each, %d data-parallel × %d context-parallel%s, gradients summed by %s): "
+    std::printf("  %d ranks    (one GPU each, %d data-parallel × %d context-parallel%s, gradients summed by %s in %s): "
                 "median step %.4f s, %.0f tokens/s\n",
-                world.size(), lay.dp, lay.cp, c.zero ? ", ZeRO-1" : "", comm->backend().c_str(), ranks_step,
-                tok_s_all);
+                world.size(), lay.dp, lay.cp, c.zero ? ", ZeRO-1" : "", comm->backend().c_str(),
+                c.reduce_dtype.c_str(), ranks_step, tok_s_all);
     std::printf("  scaling    %.1f%% of %d × one rank's tokens/s (each rank timed alone first, side by side)\n",
                 efficiency * 100, world.size());
     std::printf("  traffic    %.2f MB sent per rank per step (predicted %.2f MB)\n",
@@ -376,6 +379,7 @@ void run_bench_train(const BenchTrainCli& c) {
   FLASHGPT_CHECK(c.qkv_fusion == "on", "--qkv-fusion: a GPU option (--device cuda)");
   FLASHGPT_CHECK(!c.profile_step, "--profile-step: a GPU option (--device cuda)");
   FLASHGPT_CHECK(c.breakdown == 0, "--breakdown: a GPU option (--device cuda)");
+  FLASHGPT_CHECK(c.reduce_dtype == "fp32", "--reduce-dtype: a GPU option (--device cuda); CPU ranks sum fp32");
   dist::Communicator& world = dist::world();
   const ParallelLayout lay = make_parallel_layout(world, c.context_parallel);
   const bool root = world.rank() == 0;
@@ -519,6 +523,10 @@ void register_bench(CLI::App& app) {
   tr->add_option("--gpu-comm", c->gpu_comm,
                  "GPU ranks under mpirun: how they sum gradients, nccl, host (through host memory) or auto")
       ->check(CLI::IsMember({"auto", "nccl", "host"}))
+      ->capture_default_str();
+  tr->add_option("--reduce-dtype", c->reduce_dtype,
+                 "GPU ranks under mpirun: the precision their gradients travel in, fp32 or bf16 (half the bytes)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
   tr->add_option("--context-parallel", c->context_parallel, "Under mpirun: ranks sharing each sequence")
       ->check(CLI::PositiveNumber);

@@ -172,6 +172,12 @@ void register_train(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "nccl", "host"}))
       ->capture_default_str()
       ->group(par);
+  sub->add_option("--reduce-dtype", o.reduce_dtype,
+                  "Precision GPU ranks' gradients travel in: fp32, or bf16 (half the bytes; each rank's gradient "
+                  "rounded to bf16 and summed in bf16)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str()
+      ->group(par);
   sub->add_option("--comm-timeout", o.comm_timeout_s,
                   "Seconds a rank waits for the others before ending the job (a rank died or hangs)")
       ->check(CLI::PositiveNumber)

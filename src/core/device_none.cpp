@@ -143,6 +143,8 @@ void GPTCuda::set_context_parallel(const DeviceContextParallel*) { fail("GPU mod
 double GPTCuda::grad_sum_squares() { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::reduce_grads(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
 void GPTCuda::overlap_next_backward(DeviceComm&) { fail("GPU model: {}", kNoCuda); }
+void GPTCuda::set_reduce_precision(Precision) { fail("GPU model: {}", kNoCuda); }
+Precision GPTCuda::reduce_precision() const { return Precision::FP32; }
 double GPTCuda::accumulate_gradients(int64_t, DeviceComm*, const std::function<MicroBatch()>&) {
   fail("GPU model: {}", kNoCuda);
 }

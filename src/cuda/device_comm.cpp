@@ -72,26 +72,16 @@ class HostDeviceComm final : public DeviceComm {
   HostDeviceComm(dist::Communicator& host, int gpu) : DeviceComm(host, gpu) { through_host_ = true; }
   std::string backend() const override { return "host"; }
   void allreduce_sum(float* device_data, int64_t count) override {
-    check_count(count, "allreduce");
-    if (size() == 1 || count == 0) return;
-    const size_t bytes = static_cast<size_t>(count) * sizeof(float);
-    staging_.resize(static_cast<size_t>(count));
-    copy_to_host(staging_.data(), device_data, bytes);  // waits for the work queued before it
-    host().allreduce_sum(staging_.data(), static_cast<size_t>(count), dist::DType::F32);
-    copy_to_device(device_data, staging_.data(), bytes);
-    count_sent(static_cast<int64_t>(bytes), 2);
+    allreduce(device_data, count, staging_, dist::DType::F32);
+  }
+  void allreduce_sum_bf16(uint16_t* device_data, int64_t count) override {
+    allreduce(device_data, count, staging16_, dist::DType::BF16);
   }
   void reduce_scatter_sum(float* device_data, int64_t shard) override {
-    check_count(shard, "reduce-scatter");
-    if (size() == 1 || shard == 0) return;
-    const size_t n = static_cast<size_t>(shard) * static_cast<size_t>(size());
-    staging_.resize(n + static_cast<size_t>(shard));
-    copy_to_host(staging_.data(), device_data, n * sizeof(float));
-    const std::vector<int64_t> counts(static_cast<size_t>(size()), shard);
-    host().reduce_scatter_sum(staging_.data(), staging_.data() + n, counts, dist::DType::F32);
-    copy_to_device(device_data + static_cast<int64_t>(rank()) * shard, staging_.data() + n,
-                   static_cast<size_t>(shard) * sizeof(float));
-    count_sent(static_cast<int64_t>(n * sizeof(float)), 1);
+    reduce_scatter(device_data, shard, staging_, dist::DType::F32);
+  }
+  void reduce_scatter_sum_bf16(uint16_t* device_data, int64_t shard) override {
+    reduce_scatter(device_data, shard, staging16_, dist::DType::BF16);
   }
   void allgather(float* device_data, int64_t shard) override {
     check_count(shard, "all-gather");
@@ -107,7 +97,32 @@ class HostDeviceComm final : public DeviceComm {
   }
 
  private:
+  template <typename V>
+  void allreduce(V* device_data, int64_t count, std::vector<V>& staging, dist::DType t) {
+    check_count(count, "allreduce");
+    if (size() == 1 || count == 0) return;
+    const size_t bytes = static_cast<size_t>(count) * sizeof(V);
+    staging.resize(static_cast<size_t>(count));
+    copy_to_host(staging.data(), device_data, bytes);  // waits for the work queued before it
+    host().allreduce_sum(staging.data(), static_cast<size_t>(count), t);
+    copy_to_device(device_data, staging.data(), bytes);
+    count_sent(static_cast<int64_t>(bytes), 2);
+  }
+  template <typename V>
+  void reduce_scatter(V* device_data, int64_t shard, std::vector<V>& staging, dist::DType t) {
+    check_count(shard, "reduce-scatter");
+    if (size() == 1 || shard == 0) return;
+    const size_t n = static_cast<size_t>(shard) * static_cast<size_t>(size());
+    staging.resize(n + static_cast<size_t>(shard));
+    copy_to_host(staging.data(), device_data, n * sizeof(V));
+    const std::vector<int64_t> counts(static_cast<size_t>(size()), shard);
+    host().reduce_scatter_sum(staging.data(), staging.data() + n, counts, t);
+    copy_to_device(device_data + static_cast<int64_t>(rank()) * shard, staging.data() + n,
+                   static_cast<size_t>(shard) * sizeof(V));
+    count_sent(static_cast<int64_t>(n * sizeof(V)), 1);
+  }
   std::vector<float> staging_;
+  std::vector<uint16_t> staging16_;
 };
 
 #if defined(FLASHGPT_NCCL_HEADERS)
@@ -191,28 +206,16 @@ class NcclDeviceComm final : public DeviceComm {
   }
   std::string backend() const override { return "nccl"; }
   void allreduce_sum(float* device_data, int64_t count) override {
-    check_count(count, "allreduce");
-    if (count == 0) return;
-    check(api_.all_reduce(device_data, device_data, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_,
-                          current_stream()),
-          "ncclAllReduce");
-    count_sent(count * static_cast<int64_t>(sizeof(float)), 2);
+    allreduce(device_data, count, ncclFloat32, sizeof(float), false);
   }
   void start_allreduce_sum(float* device_data, int64_t count) override {
-    check_count(count, "allreduce");
-    if (count == 0) return;
-    if (stream_ == nullptr) {  // non-blocking: no implicit order with the legacy default stream
-      FLASHGPT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-      FLASHGPT_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
-      FLASHGPT_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
-    }
-    // The wait takes the event as last recorded, so one event serves every start.
-    FLASHGPT_CUDA_CHECK(cudaEventRecord(ready_, current_stream()));
-    FLASHGPT_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
-    check(api_.all_reduce(device_data, device_data, static_cast<size_t>(count), ncclFloat32, ncclSum, comm_, stream_),
-          "ncclAllReduce");
-    count_sent(count * static_cast<int64_t>(sizeof(float)), 2);
-    pending_ = true;
+    allreduce(device_data, count, ncclFloat32, sizeof(float), true);
+  }
+  void allreduce_sum_bf16(uint16_t* device_data, int64_t count) override {
+    allreduce(device_data, count, ncclBfloat16, sizeof(uint16_t), false);
+  }
+  void start_allreduce_sum_bf16(uint16_t* device_data, int64_t count) override {
+    allreduce(device_data, count, ncclBfloat16, sizeof(uint16_t), true);
   }
   void finish_sums() override {
     if (!pending_) return;
@@ -229,6 +232,14 @@ class NcclDeviceComm final : public DeviceComm {
           "ncclReduceScatter");
     count_sent(shard * size() * static_cast<int64_t>(sizeof(float)), 1);
   }
+  void reduce_scatter_sum_bf16(uint16_t* device_data, int64_t shard) override {
+    check_count(shard, "reduce-scatter");
+    if (shard == 0) return;
+    check(api_.reduce_scatter(device_data, device_data + static_cast<int64_t>(rank()) * shard,
+                              static_cast<size_t>(shard), ncclBfloat16, ncclSum, comm_, current_stream()),
+          "ncclReduceScatter");
+    count_sent(shard * size() * static_cast<int64_t>(sizeof(uint16_t)), 1);
+  }
   void allgather(float* device_data, int64_t shard) override {
     check_count(shard, "all-gather");
     if (shard == 0) return;
@@ -239,6 +250,28 @@ class NcclDeviceComm final : public DeviceComm {
   }
 
  private:
+  // In place on the training stream, or (started) on the communicator's own, after the work
+  // already queued on the training stream.
+  void allreduce(void* device_data, int64_t count, ncclDataType_t type, size_t bytes, bool started) {
+    check_count(count, "allreduce");
+    if (count == 0) return;
+    cudaStream_t stream = current_stream();
+    if (started) {
+      if (stream_ == nullptr) {  // non-blocking: no implicit order with the legacy default stream
+        FLASHGPT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+        FLASHGPT_CUDA_CHECK(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming));
+        FLASHGPT_CUDA_CHECK(cudaEventCreateWithFlags(&done_, cudaEventDisableTiming));
+      }
+      // The wait takes the event as last recorded, so one event serves every start.
+      FLASHGPT_CUDA_CHECK(cudaEventRecord(ready_, current_stream()));
+      FLASHGPT_CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+      stream = stream_;
+      pending_ = true;
+    }
+    check(api_.all_reduce(device_data, device_data, static_cast<size_t>(count), type, ncclSum, comm_, stream),
+          "ncclAllReduce");
+    count_sent(count * static_cast<int64_t>(bytes), 2);
+  }
   void check(ncclResult_t r, const char* what) const {
     FLASHGPT_CHECK(r == ncclSuccess, "NCCL: {} failed on rank {}: {}", what, rank(), api_.error_string(r));
   }

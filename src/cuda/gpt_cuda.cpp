@@ -637,7 +637,7 @@ void Model<T>::trunk_backward() {
     block_backward(l, acts_[static_cast<size_t>(l)], resid_[static_cast<size_t>(l)]);
     if (overlap) {  // this block's gradients are final for the step: they travel while the next computes
       const auto [off, count] = block_ranges[static_cast<size_t>(l)];
-      overlap->start_allreduce_sum(grads.as<float>() + off, count);
+      start_sum(*overlap, off, count);
       overlapped = true;
     }
   }
@@ -926,30 +926,50 @@ void GPTCuda::overlap_next_backward(DeviceComm& comm) {
   if (s.zero != nullptr) return;  // ZeRO-1 reduce-scatters once the backward is done
   s.overlap = &comm;
   s.overlapped = false;
+  if (s.reduce == Precision::BF16) s.grads16_for(s.P);
 }
+
+void GPTCuda::set_reduce_precision(Precision p) { impl_->reduce = p; }
+Precision GPTCuda::reduce_precision() const { return impl_->reduce; }
 
 void GPTCuda::reduce_grads(DeviceComm& comm) {
   Impl& s = *impl_;
+  const bool half = s.reduce == Precision::BF16 && comm.size() > 1;
+  float* g = s.grads.as<float>();
   if (s.zero == nullptr) {
     if (s.overlapped) {  // the blocks' sums started during the backward: the rest, then wait for all
       FLASHGPT_CHECK(&comm == s.overlap, "overlapped gradient sums: reduce them over the ranks they started on");
       int64_t at = 0;
-      float* g = s.grads.as<float>();
       for (const auto& [off, count] : s.block_ranges) {  // ascending, as the layout has them
-        if (off > at) comm.start_allreduce_sum(g + at, off - at);
+        if (off > at) s.start_sum(comm, at, off - at);
         at = std::max(at, off + count);
       }
-      if (at < s.P) comm.start_allreduce_sum(g + at, s.P - at);
+      if (at < s.P) s.start_sum(comm, at, s.P - at);
       comm.finish_sums();
+      if (half) convert(g, reinterpret_cast<const bf16*>(s.grads16.as<uint16_t>()), s.P);
+    } else if (half) {
+      uint16_t* h = s.grads16_for(s.P);
+      convert(reinterpret_cast<bf16*>(h), g, s.P);
+      comm.allreduce_sum_bf16(h, s.P);
+      convert(g, reinterpret_cast<const bf16*>(h), s.P);
     } else {
-      comm.allreduce_sum(s.grads.as<float>(), s.P);
+      comm.allreduce_sum(g, s.P);
     }
     s.overlap = nullptr;
     s.overlapped = false;
     return;
   }
   FLASHGPT_CHECK(&comm == s.zero, "ZeRO-1: the gradients must be reduced over the ranks sharing the optimizer state");
-  comm.reduce_scatter_sum(s.grads.as<float>(), s.shard);
+  if (!half) {
+    comm.reduce_scatter_sum(g, s.shard);
+    return;
+  }
+  // In bf16: every block rounded, reduce-scattered, and this rank's block widened back.
+  const int64_t n = s.shard * comm.size(), own = comm.rank() * s.shard;
+  uint16_t* h = s.grads16_for(n);
+  convert(reinterpret_cast<bf16*>(h), g, n);
+  comm.reduce_scatter_sum_bf16(h, s.shard);
+  convert(g + own, reinterpret_cast<const bf16*>(h + own), s.shard);
 }
 
 void GPTCuda::adamw_step(const ops::AdamWParams& hp, float grad_scale) {

@@ -38,6 +38,27 @@ struct GPTCuda::Impl {
   DeviceComm* overlap = nullptr;
   bool overlapped = false;
   std::vector<std::pair<int64_t, int64_t>> block_ranges;
+  // GPTCuda::set_reduce_precision: BF16 sums the gradients over the ranks as bf16, rounded into
+  // grads16 (as many values as grads) before they travel and widened back after.
+  Precision reduce = Precision::FP32;
+  DeviceBuffer grads16;
+  uint16_t* grads16_for(int64_t count) {  // grads16, made to hold `count` values
+    if (grads16.bytes() != static_cast<size_t>(count) * sizeof(uint16_t)) {
+      grads16 = DeviceBuffer(static_cast<size_t>(count) * sizeof(uint16_t));
+    }
+    return grads16.as<uint16_t>();
+  }
+  // Starts the sum of grads [off, off + count) over `comm` in the reduce precision (bf16: rounded
+  // into grads16 first, on the current stream).
+  void start_sum(DeviceComm& comm, int64_t off, int64_t count) {
+    if (reduce == Precision::FP32) {
+      comm.start_allreduce_sum(grads.as<float>() + off, count);
+      return;
+    }
+    uint16_t* h = grads16.as<uint16_t>() + off;
+    convert(reinterpret_cast<bf16*>(h), grads.as<const float>() + off, count);
+    comm.start_allreduce_sum_bf16(h, count);
+  }
   DeviceBuffer sum_squares{sizeof(double)};     // grad_sum_squares' accumulator
   // AdamW's runs of consecutive tensors with the same weight decay (adamw_update_runs), made once.
   DeviceBuffer adamw_ends, adamw_decay;

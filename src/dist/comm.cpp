@@ -21,6 +21,8 @@ size_t dtype_bytes(DType t) {
     case DType::I64:
     case DType::U64:
       return 8;
+    case DType::BF16:
+      return 2;
   }
   return 0;
 }

@@ -13,12 +13,21 @@
 #include <vector>
 
 #include "flashgpt/core/error.h"
+#include "flashgpt/core/half_precision.h"
 
 namespace flashgpt::dist {
 
 namespace {
 
 bool g_started_mpi = false;
+
+void check_mpi(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, text, &len);
+  fail("{} failed: {}", what, std::string(text, static_cast<size_t>(len)));
+}
 
 MPI_Datatype mpi_type(DType t) {
   switch (t) {
@@ -32,16 +41,27 @@ MPI_Datatype mpi_type(DType t) {
       return MPI_INT64_T;
     case DType::U64:
       return MPI_UINT64_T;
+    case DType::BF16:
+      return MPI_UINT16_T;  // with bf16_sum, not MPI_SUM
   }
   return MPI_BYTE;
 }
 
-void check_mpi(int rc, const char* what) {
-  if (rc == MPI_SUCCESS) return;
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, text, &len);
-  fail("{} failed: {}", what, std::string(text, static_cast<size_t>(len)));
+// MPI has no bfloat16: its sums go through this operation, each pair added in fp32 and rounded.
+void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+  const auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = float_to_bf16_bits(bf16_bits_to_float(a[i]) + bf16_bits_to_float(b[i]));
+}
+
+MPI_Op sum_op(DType t) {
+  if (t != DType::BF16) return MPI_SUM;
+  static const MPI_Op op = [] {
+    MPI_Op o = MPI_OP_NULL;
+    check_mpi(MPI_Op_create(&bf16_sum, 1, &o), "MPI_Op_create");
+    return o;
+  }();
+  return op;
 }
 
 int as_int(int64_t n, const char* what) {
@@ -77,7 +97,7 @@ class MpiComm final : public Communicator {
     for (size_t done = 0; done < count; done += chunk) {
       const int n = static_cast<int>(std::min(chunk, count - done));
       MPI_Request r;
-      check_mpi(MPI_Iallreduce(MPI_IN_PLACE, p + done * dtype_bytes(t), n, mpi_type(t), MPI_SUM, comm_, &r),
+      check_mpi(MPI_Iallreduce(MPI_IN_PLACE, p + done * dtype_bytes(t), n, mpi_type(t), sum_op(t), comm_, &r),
                 "MPI_Iallreduce");
       pending_.push_back(r);
     }
@@ -99,7 +119,8 @@ class MpiComm final : public Communicator {
       total += counts[i];
     }
     std::vector<MPI_Request> r(1);
-    check_mpi(MPI_Ireduce_scatter(send, recv, c.data(), mpi_type(t), MPI_SUM, comm_, &r[0]), "MPI_Ireduce_scatter");
+    check_mpi(MPI_Ireduce_scatter(send, recv, c.data(), mpi_type(t), sum_op(t), comm_, &r[0]),
+              "MPI_Ireduce_scatter");
     count_sent(static_cast<double>(size_ - 1) / size_ * static_cast<double>(total) * dtype_bytes(t));
     wait(r, "reduce-scatter");
   }

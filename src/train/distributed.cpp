@@ -23,10 +23,12 @@ ParallelLayout make_parallel_layout(const dist::Communicator& world, int context
 }
 
 double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, const ParallelLayout& layout,
-                                int zero_stage, int kv_bytes) {
-  (void)zero_stage;  // ZeRO-1 moves the same volume as the all-reduce, split in two halves
+                                int zero_stage, int kv_bytes, int grad_bytes) {
+  // ZeRO-1 moves the all-reduce's volume in two halves, the gradient's reduce-scatter and the
+  // fp32 weights' all-gather.
   const double N = layout.world, P = static_cast<double>(model_stats(config).n_params);
-  double bytes = N > 1 ? 2.0 * (N - 1) / N * 4.0 * P : 0.0;
+  const double per_param = zero_stage == 1 ? grad_bytes + 4.0 : 2.0 * grad_bytes;
+  double bytes = N > 1 ? (N - 1) / N * per_param * P : 0.0;
   if (layout.cp > 1) {  // keys and values gathered, their gradients reduce-scattered, per layer
     const double cp = layout.cp;
     // Multi-head: keys and values, kv_dim each. Latent attention: its latent rows [c_kv, k_rope].

@@ -69,6 +69,8 @@ void check_options(const TrainOptions& o, const GPTConfig& c) {
   FLASHGPT_CHECK(o.log_every > 0, "--log-every: must be positive");
   FLASHGPT_CHECK(o.resume.empty() || o.init_from.empty(), "--resume and --init-from: give one or the other");
   cuda::parse_gpu_comm(o.gpu_comm, "--gpu-comm");
+  FLASHGPT_CHECK(o.reduce_dtype == "fp32" || o.reduce_dtype == "bf16", "--reduce-dtype: '{}' is not one of fp32, bf16",
+                 o.reduce_dtype);
 }
 
 // Where this run trains, and the line that says so.
@@ -151,6 +153,9 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   FLASHGPT_CHECK(!cudnn || !opt.document_masking,
                  "--attention-backend cudnn: cuDNN's attention takes no document masks (--document-masking)");
   FLASHGPT_CHECK(!cudnn || lay.cp == 1, "--attention-backend cudnn: not with --context-parallel (our kernels run it)");
+  FLASHGPT_CHECK(opt.reduce_dtype == "fp32" || opt.device != "cpu",
+                 "--reduce-dtype {}: a GPU option (--device cuda or auto); CPU ranks sum fp32 gradients",
+                 opt.reduce_dtype);
   const DeviceChoice where = choose_train_device(opt, config, precision);
   const int gpu_ranks = comm.sum(where.gpu ? 1 : 0);
   FLASHGPT_CHECK(gpu_ranks == 0 || gpu_ranks == comm.size(),
@@ -174,6 +179,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
     if (cudnn) gpu->set_attention_backend(cuda::AttentionBackend::Cudnn);
     model.release_gradients();  // the GPU keeps its own
     if (gpu_comm && opt.zero_stage == 1) gpu->shard_optimizer_state(*gpu_comm);
+    gpu->set_reduce_precision(opt.reduce_dtype == "bf16" ? cuda::Precision::BF16 : cuda::Precision::FP32);
   }
   std::unique_ptr<dist::Communicator> cp_group;
   std::unique_ptr<dist::ContextParallel> cp;
@@ -261,6 +267,11 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
                   total, opt.max_steps, resuming ? fmt::format(" (resuming at step {})", start_step) : ""));
   if (!where.line.empty()) say(where.line);
   if (gpu_comm) say(gpu_comm->why());
+  if (opt.reduce_dtype == "bf16") {
+    say(gpu_comm ? std::string("gradients travel between the ranks in bf16 (--reduce-dtype bf16: half the bytes)")
+                 : fmt::format("--reduce-dtype bf16 does not apply {}",
+                               gpu ? "to one GPU (nothing is summed)" : "on the CPU (its ranks sum fp32)"));
+  }
   if (gpu && opt.deterministic) say("deterministic: the GPU's backward adds nothing with atomics (slower)");
   if (cudnn) {
     std::string detail;

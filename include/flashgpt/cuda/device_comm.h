@@ -76,6 +76,11 @@ class DeviceComm {
   // left undefined); allgather fills every block with its owner's, each rank's own block in place.
   virtual void reduce_scatter_sum(float* device_data, int64_t shard) = 0;
   virtual void allgather(float* device_data, int64_t shard) = 0;
+  // The sums above over bfloat16 values (their bits, as uint16_t): half the bytes of fp32, each
+  // addition rounded to bf16 (NCCL's ncclBfloat16; through host memory, dist::DType::BF16).
+  virtual void allreduce_sum_bf16(uint16_t* device_data, int64_t count) = 0;
+  virtual void start_allreduce_sum_bf16(uint16_t* device_data, int64_t count) { allreduce_sum_bf16(device_data, count); }
+  virtual void reduce_scatter_sum_bf16(uint16_t* device_data, int64_t shard) = 0;
   // The job's communicator, for what travels through host memory anyway (scalars, checkpoints).
   dist::Communicator& host() const { return host_; }
 

@@ -184,6 +184,13 @@ class GPTCuda {
   // norm, head) and waits for all of it. Nothing under shard_optimizer_state (its reduce-scatter
   // waits for the whole backward).
   void overlap_next_backward(DeviceComm& comm);
+  // The precision the gradients travel in between the ranks (reduce_grads and its overlapped
+  // sums): FP32 (the default), or BF16, half the bytes: each rank's fp32 gradient is rounded to
+  // bf16, the ranks' values are summed in bf16 (each addition rounded) and the sum is widened back
+  // into the fp32 gradient, which the clipping norm and AdamW then read as before. The replicas
+  // stay identical (every rank widens the same sum). Set it alike on every rank.
+  void set_reduce_precision(Precision p);
+  Precision reduce_precision() const;
   // One optimizer step's gradients, as `flashgpt train` computes them: zero_grad, then `accum`
   // micro-batches from next() through forward_backward, each loss scaled by 1/(accum · ranks of
   // comm), and with comm (data parallelism) the last one's backward starting the blocks' sums

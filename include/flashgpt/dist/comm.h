@@ -22,7 +22,9 @@
 
 namespace flashgpt::dist {
 
-enum class DType { F32, F64, I32, I64, U64 };
+// BF16: bfloat16 values held as uint16_t bits (core/half_precision.h); their sums add pairs in
+// fp32 and round each to the nearest bf16 (ties to even), so an N-rank sum rounds up to N−1 times.
+enum class DType { F32, F64, I32, I64, U64, BF16 };
 
 size_t dtype_bytes(DType t);
 template <typename T>

@@ -36,10 +36,11 @@ ParallelLayout make_parallel_layout(const dist::Communicator& world, int context
 // parallelism per layer the all-gather of keys and values and the reduce-scatter of their
 // gradients, (cp−1)/cp · B·T·width · (kv_bytes + 4) bytes, width = 2·kv_dim for multi-head
 // attention and n_latent + rope_dim for latent attention, which exchanges its latent rows instead;
-// kv_bytes is the gathered values' size (4 on the CPU and in fp32, 2 for the GPU's bf16), the
-// gradients are summed in fp32. Scalars (the loss, the norm) are left out.
+// kv_bytes is the gathered values' size (4 on the CPU and in fp32, 2 for the GPU's bf16), their
+// gradients are summed in fp32. grad_bytes: 4, or 2 where the gradients travel in bf16
+// (--reduce-dtype bf16) in place of the 4 above. Scalars (the loss, the norm) are left out.
 double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, const ParallelLayout& layout,
-                                int zero_stage, int kv_bytes = 4);
+                                int zero_stage, int kv_bytes = 4, int grad_bytes = 4);
 
 class GradientSync {
  public:

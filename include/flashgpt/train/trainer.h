@@ -80,6 +80,8 @@ struct TrainOptions {
   int zero_stage = 0;        // 1: shard the AdamW state across ranks (ZeRO-1)
   // How GPU ranks sum their gradients (cuda/device_comm.h): "auto", "nccl" or "host".
   std::string gpu_comm = "auto";
+  // The precision GPU ranks' gradients travel in: "fp32", or "bf16" (half the bytes).
+  std::string reduce_dtype = "fp32";
   int context_parallel = 1;  // ranks sharing each sequence
   double comm_timeout_s = 300;        // a rank waiting longer for the others ends the job
   int64_t check_weights_every = 100;  // compare weight fingerprints across ranks every N steps (0: off)
