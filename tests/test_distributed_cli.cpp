@@ -168,6 +168,15 @@ TEST_F(DistributedCli, GpuRanksTrainLikeOneGpuAndBenchTheirTraffic) {
     EXPECT_EQ(steps, 6) << metrics;
   };
   expect_step_bytes(dir / "two/metrics.jsonl", ring);
+  // The gradients in bf16: half the bytes, the losses one GPU's to bf16's rounding of the sums.
+  const RunResult half = run_command("ASAN_OPTIONS=detect_leaks=0 " + mpirun(2) + " " + FLASHGPT_EMULATED_BINARY + " " +
+                                     train_args(dir / "half", gpu + " --reduce-dtype bf16"));
+  ASSERT_EQ(half.exit_code, 0) << half.output;
+  EXPECT_EQ(count(half.output, "gradients travel between the ranks in bf16"), 1) << half.output;
+  const auto h = losses(dir / "half/metrics.jsonl");
+  ASSERT_EQ(h.size(), 6u);
+  for (const auto& [step, loss] : a) EXPECT_NEAR(h.at(step), loss, 1e-2 * loss) << "step " << step;
+  expect_step_bytes(dir / "half/metrics.jsonl", ring / 2);
   // Context parallelism: both GPUs share each sequence, and train like the one. Each step sends the
   // gradient's all-reduce (half of it each way) and, per layer and micro-batch (4 of B·T = 2·32
   // tokens), the gathers of the keys and values and the reduce-scatters of their gradients, half
