@@ -223,22 +223,12 @@ class NcclDeviceComm final : public DeviceComm {
     FLASHGPT_CUDA_CHECK(cudaStreamWaitEvent(current_stream(), done_, 0));
     pending_ = false;
   }
-  // In place as NCCL defines it: this rank's block is the receive buffer inside the send buffer.
   void reduce_scatter_sum(float* device_data, int64_t shard) override {
-    check_count(shard, "reduce-scatter");
-    if (shard == 0) return;
-    check(api_.reduce_scatter(device_data, device_data + static_cast<int64_t>(rank()) * shard,
-                              static_cast<size_t>(shard), ncclFloat32, ncclSum, comm_, current_stream()),
-          "ncclReduceScatter");
-    count_sent(shard * size() * static_cast<int64_t>(sizeof(float)), 1);
+    reduce_scatter(device_data, device_data + static_cast<int64_t>(rank()) * shard, shard, ncclFloat32, sizeof(float));
   }
   void reduce_scatter_sum_bf16(uint16_t* device_data, int64_t shard) override {
-    check_count(shard, "reduce-scatter");
-    if (shard == 0) return;
-    check(api_.reduce_scatter(device_data, device_data + static_cast<int64_t>(rank()) * shard,
-                              static_cast<size_t>(shard), ncclBfloat16, ncclSum, comm_, current_stream()),
-          "ncclReduceScatter");
-    count_sent(shard * size() * static_cast<int64_t>(sizeof(uint16_t)), 1);
+    reduce_scatter(device_data, device_data + static_cast<int64_t>(rank()) * shard, shard, ncclBfloat16,
+                   sizeof(uint16_t));
   }
   void allgather(float* device_data, int64_t shard) override {
     check_count(shard, "all-gather");
@@ -250,6 +240,14 @@ class NcclDeviceComm final : public DeviceComm {
   }
 
  private:
+  // In place as NCCL defines it: this rank's block (`mine`) is the receive buffer inside the send buffer.
+  void reduce_scatter(void* device_data, void* mine, int64_t shard, ncclDataType_t type, size_t bytes) {
+    check_count(shard, "reduce-scatter");
+    if (shard == 0) return;
+    check(api_.reduce_scatter(device_data, mine, static_cast<size_t>(shard), type, ncclSum, comm_, current_stream()),
+          "ncclReduceScatter");
+    count_sent(shard * size() * static_cast<int64_t>(bytes), 1);
+  }
   // In place on the training stream, or (started) on the communicator's own, after the work
   // already queued on the training stream.
   void allreduce(void* device_data, int64_t count, ncclDataType_t type, size_t bytes, bool started) {

@@ -81,18 +81,10 @@ void Model<T>::mla_forward(const LayerOffsets& o, LayerActs& a) {
 namespace {
 
 // fp32 sums to the run's type and back (a copy in the fp32 mode).
-template <typename T>
-void narrow_rows(T* out, const float* in, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    copy_on_device(out, in, static_cast<size_t>(n) * sizeof(float));
-  } else {
-    convert(out, in, n);
-  }
-}
-template <typename T>
-void widen_rows(float* out, const T* in, int64_t n) {
-  if constexpr (std::is_same_v<T, float>) {
-    copy_on_device(out, in, static_cast<size_t>(n) * sizeof(float));
+template <typename To, typename From>
+void convert_rows(To* out, const From* in, int64_t n) {
+  if constexpr (std::is_same_v<To, From>) {
+    copy_on_device(out, in, static_cast<size_t>(n) * sizeof(To));
   } else {
     convert(out, in, n);
   }
@@ -125,8 +117,8 @@ void Model<T>::mla_cp_latent_backward(const LayerOffsets& o, const LayerActs& a)
   const int64_t nl = c.latent_dim(), dr = c.mla_rope_dim(), dqk = c.mla_qk_dim(), kw = H * dqk, vw = H * hd;
   // The key and value gradients' sums in the run's type, as the expansion's products read them
   // (dK in cp_dk_, dV in cp_dv_); that frees cp_acc_ for the latent rows' fp32 gradients.
-  narrow_rows(cp_dk_, cp_acc_, Mg * kw);
-  narrow_rows(cp_dv_, cp_acc_ + Mg * kw, Mg * vw);
+  convert_rows(cp_dk_, cp_acc_, Mg * kw);
+  convert_rows(cp_dv_, cp_acc_ + Mg * kw, Mg * vw);
   const T* dkg = cp_dk_;
   T* dvg = cp_dv_;
   float* dckvg = cp_acc_;
@@ -160,7 +152,7 @@ void Model<T>::mla_cp_latent_backward(const LayerOffsets& o, const LayerActs& a)
   if (dr > 0) {
     float* dkrg = cp_acc_ + Mg * nl;
     sum_over_heads(dvg, dkg, Mg, H, dqk, hd, dr);
-    widen_rows(dkrg, dvg, Mg * dr);
+    convert_rows(dkrg, dvg, Mg * dr);
     cp->reduce_scatter(dkrg, dkr_, dr, Bs, dr, cp_stage_);
   }
 }
