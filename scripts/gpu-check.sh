@@ -13,7 +13,8 @@
 #                                         hangs costs three minutes, not ten)
 #   GPU_CHECK_BENCH_TIMEOUT=300           seconds each benchmark command may take (default 600)
 #   Parts' times on an H100 (2026-11-23): tests 35 s; train with its peer ≈ 2 min; peers ≈ 1 min;
-#   decode ≈ 2.5 min; attention + standard + latent-decode + flash-decode ≈ 8 min; sanitizer with
+#   decode ≈ 2.5 min; attention + standard + latent-decode + flash-decode ≈ 8 min (latent-decode's
+#   batches of different lengths, added since, not yet timed: expected ≈ 1.5 min); sanitizer with
 #   the default filters not yet timed (memcheck of the six programs ≈ 35 s without the two slow
 #   tensor-core attention accuracy tests); ops not yet timed (expected under a minute; ≈ 6 GB of
 #   GPU memory); tiles (tall forward, short backward, the wgmma kernels with cp.async loads, TMA
@@ -353,6 +354,21 @@ if [ -n "$bin" ]; then
       "of copy={100 * r['of_copy']:.0f}%" "TFLOP/s={r['tflops']:.1f}" "max rel err={r['max_rel_err']:.1e}" >> "$report"
   else
     say "(failed: $(tail -1 "$logs/bench_latent_decode.err" | cut -c1-200))"
+    status=1
+  fi
+  say ""
+  say "Batches of different lengths (the longest 32k): the balanced schedule against the uniform one, same kernel"
+  say ""
+  if timeout "$bench_limit" "$bin/flashgpt" bench latent-decode --batch 128 --heads 128 --latent 512 --rope 64 \
+       --context 4096,32768 --lengths same,one-long,random --schedule uniform,balanced --kernel tensor-cores \
+       --repeats 10 --json > "$out/gpu-check-$stamp-latent-decode-lengths.jsonl" \
+       2> "$logs/bench_latent_decode_lengths.err"; then
+    jsonl_table "$out/gpu-check-$stamp-latent-decode-lengths.jsonl" "lengths={r['lengths']}" \
+      "context={r['context']}" "schedule={r['schedule']}" "splits={r['splits']}" "chunks={r['chunks']}" \
+      "chunk pages={r['chunk_pages']}" "ms={r['ms']:.3f}" "GB/s={r['gbps']:.0f}" "of copy={100 * r['of_copy']:.0f}%" \
+      "max rel err={r['max_rel_err']:.1e}" >> "$report"
+  else
+    say "(failed: $(tail -1 "$logs/bench_latent_decode_lengths.err" | cut -c1-200))"
     status=1
   fi
 fi

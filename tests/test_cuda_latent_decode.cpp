@@ -120,6 +120,23 @@ const std::vector<Case> kTensorCoreCases = {
     {12, 2, 32, 0, 64, {5, 70, 129}},
 };
 
+// The schedules every numeric test runs: balanced (the automatic choice), and uniform with the
+// split count chosen, one (no combine) and three.
+cuda::LatentDecodeOptions with_schedule(cuda::LatentSchedule schedule, int splits) {
+  cuda::LatentDecodeOptions opt;
+  opt.schedule = schedule;
+  opt.splits = splits;
+  return opt;
+}
+const std::vector<cuda::LatentDecodeOptions> kSchedules = {
+    with_schedule(cuda::LatentSchedule::Auto, 0), with_schedule(cuda::LatentSchedule::Uniform, 0),
+    with_schedule(cuda::LatentSchedule::Uniform, 1), with_schedule(cuda::LatentSchedule::Uniform, 3)};
+
+std::string name(const cuda::LatentDecodeOptions& opt) {
+  if (opt.schedule == cuda::LatentSchedule::Uniform) return fmt::format("uniform, splits {}", opt.splits);
+  return opt.splits > 0 ? fmt::format("splits {}", opt.splits) : std::string("balanced");
+}
+
 TEST(CudaLatentDecode, Fp32EqualsTheCpuOverEverySplitCount) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   Rng rng(5);
@@ -143,14 +160,13 @@ TEST(CudaLatentDecode, Fp32EqualsTheCpuOverEverySplitCount) {
     gtab.upload(p.table.data(), p.table.size() * 4);
     glen.upload(c.lens.data(), c.lens.size() * 4);
     cuda::PagedLatentDims d{B, c.H, c.Tq, c.nl, c.rope, c.page, p.max_pages};
-    for (int splits : {0, 1, 3}) {
-      SCOPED_TRACE(fmt::format("{} splits {}", name(c), splits));
+    for (const cuda::LatentDecodeOptions& opt : kSchedules) {
+      SCOPED_TRACE(fmt::format("{} {}", name(c), name(opt)));
       DeviceBuffer gout(want.size() * 4), glse(want_lse.size() * 4);
       gout.fill_bytes(0xFF);
       glse.fill_bytes(0xFF);
       cuda::latent_decode_paged(d, scale, gq.as<const float>(), gpool.as<const float>(), gtab.as<const int32_t>(),
-                                glen.as<const int32_t>(), gout.as<float>(), glse.as<float>(),
-                                cuda::LatentDecodeOptions{splits});
+                                glen.as<const int32_t>(), gout.as<float>(), glse.as<float>(), opt);
       cuda::synchronize();
       std::vector<float> got(want.size()), got_lse(want_lse.size());
       gout.download(got.data(), got.size() * 4);
@@ -234,10 +250,8 @@ Bf16Run run_bf16(const Case& c, uint64_t seed, const cuda::LatentDecodeOptions& 
 TEST(CudaLatentDecode, Bf16IsAsAccurateAsAPlainBf16Computation) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   for (const Case& c : kCases) {
-    for (int splits : {0, 1, 3}) {
-      SCOPED_TRACE(fmt::format("{} splits {}", name(c), splits));
-      cuda::LatentDecodeOptions opt;
-      opt.splits = splits;
+    for (cuda::LatentDecodeOptions opt : kSchedules) {
+      SCOPED_TRACE(fmt::format("{} {}", name(c), name(opt)));
       opt.kernel = cuda::LatentDecodeKernel::CudaCores;
       const Bf16Run r = run_bf16(c, 6, opt);
       EXPECT_LE(r.ours, 2 * r.plain + 1e-6) << "ours " << r.ours << " against plain bf16 " << r.plain;
@@ -249,10 +263,12 @@ TEST(CudaLatentDecode, TensorCoreKernelIsAsAccurateAsAPlainBf16Computation) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   int run = 0;
   for (const Case& c : kTensorCoreCases) {
-    for (int splits : {0, 1, 2, 5}) {
-      SCOPED_TRACE(fmt::format("{} splits {}", name(c), splits));
-      cuda::LatentDecodeOptions opt;
-      opt.splits = splits;
+    for (cuda::LatentDecodeOptions opt : {with_schedule(cuda::LatentSchedule::Balanced, 0),
+                                          with_schedule(cuda::LatentSchedule::Uniform, 0),
+                                          with_schedule(cuda::LatentSchedule::Auto, 1),
+                                          with_schedule(cuda::LatentSchedule::Auto, 2),
+                                          with_schedule(cuda::LatentSchedule::Uniform, 5)}) {
+      SCOPED_TRACE(fmt::format("{} {}", name(c), name(opt)));
       opt.kernel = cuda::LatentDecodeKernel::TensorCores;
       // Every other run brings its own scratch, poisoned.
       const auto plan = cuda::plan_latent_decode<bf16>(
@@ -276,10 +292,12 @@ TEST(CudaLatentDecode, WgmmaKernelIsAsAccurateAsAPlainBf16Computation) {
   int run = 0;
   for (const Case& c : kTensorCoreCases) {
     if (c.nl != 512 || c.rope != 64) continue;
-    for (int splits : {0, 1, 2, 5}) {
-      SCOPED_TRACE(fmt::format("{} splits {}", name(c), splits));
-      cuda::LatentDecodeOptions opt;
-      opt.splits = splits;
+    for (cuda::LatentDecodeOptions opt : {with_schedule(cuda::LatentSchedule::Balanced, 0),
+                                          with_schedule(cuda::LatentSchedule::Uniform, 0),
+                                          with_schedule(cuda::LatentSchedule::Auto, 1),
+                                          with_schedule(cuda::LatentSchedule::Auto, 2),
+                                          with_schedule(cuda::LatentSchedule::Uniform, 5)}) {
+      SCOPED_TRACE(fmt::format("{} {}", name(c), name(opt)));
       opt.kernel = cuda::LatentDecodeKernel::Wgmma;
       const auto plan = cuda::plan_latent_decode<bf16>(
           cuda::PagedLatentDims{static_cast<int64_t>(c.lens.size()), c.H, c.Tq, c.nl, c.rope, c.page,
@@ -317,19 +335,45 @@ TEST(CudaLatentDecode, AutoPicksTheTensorCoresForBf16AtTheirSizes) {
   EXPECT_EQ(tc.rows_per_block, 64);  // the emulated GPU has an H100's shared memory: wide tiles
   EXPECT_GE(tc.blocks_per_sm, 1);
   EXPECT_GT(tc.shared_bytes, 100u * 1024);
-  // 128 sequences × 2 row blocks fill the 132 SMs twice over: one split, no scratch.
-  EXPECT_EQ(tc.splits, 1);
-  EXPECT_EQ(tc.workspace_bytes, 0u);
+  // Balanced by default: room for the 128 sequences plus a wave of the GPU's blocks (132 SMs, one
+  // block each, 2 row blocks a chunk), with their partial results.
+  EXPECT_EQ(tc.schedule, cuda::LatentSchedule::Balanced);
+  EXPECT_EQ(tc.splits, 0);
+  EXPECT_EQ(tc.chunk_slots, 128 + (132 * tc.blocks_per_sm + 1) / 2);
+  EXPECT_GE(tc.workspace_bytes, static_cast<size_t>(tc.chunk_slots) * 128 * (512 + 1) * sizeof(float));
+  // Uniform: 128 sequences × 2 row blocks fill the 132 SMs twice over: one split, no scratch.
+  cuda::LatentDecodeOptions uniform;
+  uniform.schedule = cuda::LatentSchedule::Uniform;
+  const auto tc_uniform = cuda::plan_latent_decode<bf16>(d, uniform);
+  EXPECT_EQ(tc_uniform.schedule, cuda::LatentSchedule::Uniform);
+  EXPECT_EQ(tc_uniform.splits, 1);
+  EXPECT_EQ(tc_uniform.workspace_bytes, 0u);
   EXPECT_EQ(cuda::plan_latent_decode<float>(d).kernel, LatentDecodeKernel::CudaCores);
   cuda::LatentDecodeOptions cores;
   cores.kernel = LatentDecodeKernel::CudaCores;
   EXPECT_EQ(cuda::plan_latent_decode<bf16>(d, cores).kernel, LatentDecodeKernel::CudaCores);
-  // One long sequence: split along its cache, with scratch for the partial results.
+  // A split count asks for the uniform schedule; the balanced one refuses it by name.
+  cuda::LatentDecodeOptions three;
+  three.splits = 3;
+  EXPECT_EQ(cuda::plan_latent_decode<bf16>(d, three).schedule, cuda::LatentSchedule::Uniform);
+  EXPECT_EQ(cuda::plan_latent_decode<bf16>(d, three).splits, 3);
+  three.schedule = cuda::LatentSchedule::Balanced;
+  try {
+    (void)cuda::plan_latent_decode<bf16>(d, three);
+    ADD_FAILURE() << "the balanced schedule took a split count";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("uniform schedule"), std::string::npos) << e.what();
+  }
+  // One long sequence: split along its cache, with scratch for the partial results; balanced has
+  // room for at least the uniform choice's splits, at most 64.
   d.B = 1;
   d.max_pages = 512;
-  const auto one = cuda::plan_latent_decode<bf16>(d);
+  const auto one = cuda::plan_latent_decode<bf16>(d, uniform);
   EXPECT_GT(one.splits, 16);
   EXPECT_GE(one.workspace_bytes, static_cast<size_t>(one.splits) * 128 * (512 + 1) * sizeof(float));
+  const auto one_balanced = cuda::plan_latent_decode<bf16>(d);
+  EXPECT_GE(one_balanced.chunk_slots, one.splits);
+  EXPECT_LE(one_balanced.chunk_slots, 64);
   cuda::LatentDecodeOptions forced;
   forced.kernel = LatentDecodeKernel::TensorCores;
   d.n_latent = 40;
@@ -360,6 +404,117 @@ TEST(CudaLatentDecode, SplitChoiceFillsTheGpuWithoutWastingWaves) {
   EXPECT_THROW((void)cuda::choose_latent_splits(0, 1, 1), Error);
 }
 
+// The balanced schedule, made on the GPU from the lengths there, is the host's choice
+// (choose_latent_chunks) on batches of equal, skewed, tiny and random lengths, at DeepSeek's decode
+// sizes (2 row blocks a chunk) and at a single row block; and it cuts a long sequence among short
+// ones where the uniform schedule, sized by the longest, would leave it to one block.
+TEST(CudaLatentDecode, BalancedScheduleOnTheGpuIsTheHostsChoice) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  Rng rng(11);
+  std::vector<std::pair<std::string, std::vector<int32_t>>> batches;
+  batches.emplace_back("equal", std::vector<int32_t>(128, 4096));
+  std::vector<int32_t> skewed(128, 1024);
+  skewed[37] = 32768;
+  batches.emplace_back("one long", skewed);
+  batches.emplace_back("one token each", std::vector<int32_t>(300, 1));
+  std::vector<int32_t> random(200);
+  for (int32_t& n : random) n = 1 + static_cast<int32_t>(rng.next_u64() % 20000);
+  batches.emplace_back("random", random);
+  batches.emplace_back("alone", std::vector<int32_t>{5000});
+  for (int64_t heads : {128, 16}) {
+    for (const auto& [what, lens] : batches) {
+      SCOPED_TRACE(fmt::format("{} heads, {}", heads, what));
+      const int64_t B = static_cast<int64_t>(lens.size()), page = 64;
+      const int32_t longest = *std::max_element(lens.begin(), lens.end());
+      const cuda::PagedLatentDims d{B, heads, 1, 512, 64, page, (longest + page - 1) / page};
+      cuda::LatentDecodeOptions opt;
+      const cuda::LatentDecodePlan plan = cuda::plan_latent_decode<bf16>(d, opt);
+      ASSERT_EQ(plan.schedule, cuda::LatentSchedule::Balanced);
+      DeviceBuffer ws(plan.workspace_bytes), glen(lens.size() * 4);
+      ws.fill_bytes(0xFF);
+      glen.upload(lens.data(), lens.size() * 4);
+      opt.workspace = ws.get();
+      cuda::latent_decode_schedule<bf16>(d, glen.as<const int32_t>(), opt);
+      const cuda::LatentChunks got = cuda::read_latent_schedule(ws.get());
+      std::vector<int64_t> pages;
+      for (int32_t n : lens) pages.push_back((n + page - 1) / page);
+      const int64_t groups = (heads + plan.rows_per_block - 1) / plan.rows_per_block;
+      const cuda::LatentChunks want =
+          cuda::choose_latent_chunks(pages, groups, 132 * std::max(1, plan.blocks_per_sm), plan.chunk_slots);
+      EXPECT_EQ(got.chunk_pages, want.chunk_pages);
+      EXPECT_EQ(got.chunks, want.chunks);
+      EXPECT_EQ(got.cut, want.cut);
+      EXPECT_LE(got.chunks, plan.chunk_slots);
+      int64_t chunks = 0, cut = 0;  // the header agrees with its own chunk size
+      for (int64_t p : pages) {
+        chunks += (p + got.chunk_pages - 1) / got.chunk_pages;
+        cut += p > got.chunk_pages ? 1 : 0;
+      }
+      EXPECT_EQ(got.chunks, chunks);
+      EXPECT_EQ(got.cut, cut);
+      if (what == "one long") {
+        // The 512-page sequence is cut finer than the uniform choice (sized for the table's width
+        // over 256 blocks: one split) would; the 16-page ones stay whole.
+        EXPECT_LT(got.chunk_pages, 512);
+        EXPECT_GE(got.chunk_pages, 16);
+        EXPECT_EQ(got.cut, 1);
+      }
+      if (what == "alone") {
+        EXPECT_GT(got.cut, 0);  // one sequence is spread over the GPU
+      }
+      if (what == "one token each") {
+        EXPECT_EQ(got.chunks, B);
+      }
+    }
+  }
+  // The host's arithmetic, by hand: one sequence of 512 pages among 127 of 16, 2 row blocks a
+  // chunk, 132 slots, room for 194 chunks. Chunks of 16 pages make 32 + 127 = 159 chunks, 318
+  // blocks, 3 waves: 3 · 17 + 2 = 53 page-steps, against 2 waves of 513 uncut; 8 pages would make
+  // 318 chunks (no room).
+  std::vector<int64_t> pages(128, 16);
+  pages[0] = 512;
+  const cuda::LatentChunks c = cuda::choose_latent_chunks(pages, 2, 132, 194);
+  EXPECT_EQ(c.chunk_pages, 16);
+  EXPECT_EQ(c.chunks, 159);
+  EXPECT_EQ(c.cut, 1);
+  EXPECT_EQ(cuda::choose_latent_chunks(pages, 2, 132, 400).chunk_pages, 8);  // 5 waves · 9 + 2 = 47
+  EXPECT_THROW((void)cuda::choose_latent_chunks(pages, 2, 132, 100), Error);  // fewer slots than sequences
+}
+
+// A schedule made ahead serves later calls over the same lengths (schedule_ready), as a model's
+// layers share one; a call without it makes its own.
+TEST(CudaLatentDecode, ScheduleMadeAheadServesLaterCalls) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  const Case c{8, 2, 32, 32, 16, {2, 3, 700, 5, 64, 2}};
+  const int64_t B = static_cast<int64_t>(c.lens.size());
+  const cuda::PagedLatentDims d{B, c.H, c.Tq, c.nl, c.rope, c.page, (700 + c.page - 1) / c.page};
+  cuda::LatentDecodeOptions opt;
+  const cuda::LatentDecodePlan plan = cuda::plan_latent_decode<bf16>(d, opt);
+  DeviceBuffer ws(plan.workspace_bytes), glen(c.lens.size() * 4);
+  ws.fill_bytes(0xFF);
+  glen.upload(c.lens.data(), c.lens.size() * 4);
+  opt.workspace = ws.get();
+  cuda::latent_decode_schedule<bf16>(d, glen.as<const int32_t>(), opt);
+  const cuda::LatentChunks made = cuda::read_latent_schedule(ws.get());
+  EXPECT_GT(made.cut, 0);  // the 44-page sequence is cut; the result below goes through the combine
+  EXPECT_LT(made.cut, B);
+  opt.schedule_ready = true;
+  const Bf16Run ready = run_bf16(c, 9, opt);
+  EXPECT_LE(ready.ours, 2 * ready.plain + 1e-6) << "ours " << ready.ours << " against plain bf16 " << ready.plain;
+  opt.schedule_ready = false;
+  const Bf16Run fresh = run_bf16(c, 9, opt);
+  EXPECT_EQ(ready.out, fresh.out);
+  // The uniform schedule's result agrees to bf16 rounding (its splits differ).
+  const Bf16Run uniform = run_bf16(c, 9, with_schedule(cuda::LatentSchedule::Uniform, 0));
+  EXPECT_LE(uniform.ours, 2 * uniform.plain + 1e-6);
+  // Without a workspace there is nothing to make a schedule in ahead.
+  cuda::LatentDecodeOptions none;
+  EXPECT_THROW(cuda::latent_decode_schedule<bf16>(d, glen.as<const int32_t>(), none), Error);
+  EXPECT_THROW(cuda::latent_decode_schedule<bf16>(d, glen.as<const int32_t>(),
+                                                  with_schedule(cuda::LatentSchedule::Uniform, 0)),
+               Error);
+}
+
 // The benchmark checks before it times: a tiny case runs both kernels and reports sane figures.
 TEST(CudaLatentDecode, BenchmarkChecksThenTimes) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
@@ -380,9 +535,29 @@ TEST(CudaLatentDecode, BenchmarkChecksThenTimes) {
     // Cache rows (3 × 70 × 64 bf16), queries, outputs, lse and the block table.
     EXPECT_DOUBLE_EQ(r.bytes, 3.0 * 70 * 64 * 2 + 3 * 2 * 8 * 64 * 2 + 3 * 2 * 8 * 32 * 2 + 3 * 2 * 8 * 4 + 3 * 5 * 4);
   }
+  // Sequences of their own lengths, balanced: the bytes count what they hold, and the schedule
+  // it reports is the one its calls made (the 70-token sequence cut, the 3-token one whole).
+  cuda::LatentDecodeBenchCase mixed;
+  mixed.dims = cuda::PagedLatentDims{3, 8, 2, 32, 32, 16, 1};
+  mixed.context = 70;
+  mixed.lengths = {70, 20, 3};
+  mixed.repeats = 2;
+  const cuda::LatentDecodeBenchResult m = cuda::bench_latent_decode(mixed);
+  EXPECT_EQ(m.plan.schedule, cuda::LatentSchedule::Balanced);
+  EXPECT_GT(m.chunks.chunk_pages, 0);
+  EXPECT_LT(m.chunks.chunk_pages, 5);  // the longest holds 5 pages and one wave has room to spare
+  EXPECT_GE(m.chunks.cut, 1);
+  EXPECT_EQ(m.chunks.chunks, (5 + m.chunks.chunk_pages - 1) / m.chunks.chunk_pages +
+                                 (2 + m.chunks.chunk_pages - 1) / m.chunks.chunk_pages + 1);
+  EXPECT_LT(m.max_rel_err, 2e-2);
+  EXPECT_DOUBLE_EQ(m.bytes, 93.0 * 64 * 2 + 3 * 2 * 8 * 64 * 2 + 3 * 2 * 8 * 32 * 2 + 3 * 2 * 8 * 4 + 3 * 5 * 4);
   cuda::LatentDecodeBenchCase bad;
   bad.context = 0;
   EXPECT_THROW((void)cuda::bench_latent_decode(bad), Error);
+  mixed.lengths = {70, 1, 3};  // shorter than its 2 new tokens
+  EXPECT_THROW((void)cuda::bench_latent_decode(mixed), Error);
+  mixed.lengths = {70, 3};  // one short
+  EXPECT_THROW((void)cuda::bench_latent_decode(mixed), Error);
 }
 
 TEST(CudaLatentDecode, RejectsBadSizes) {

@@ -245,9 +245,16 @@ void Model<T>::decode(const int* tokens, int64_t B, int64_t Tn, std::span<float>
     pd.rope_dim = c.mla_rope_dim();
     pd.page_size = kLatentPage;
     pd.max_pages = dec_.rows / kLatentPage;
-    const LatentDecodePlan plan = plan_latent_decode<T>(pd);
-    dec_.latent_opt.splits = plan.splits;
-    dec_.latent_opt.workspace = plan.workspace_bytes > 0 ? at_least(dec_.scratch, plan.workspace_bytes) : nullptr;
+    // Not packed, the step's lengths (read on the GPU, so a replayed graph's too) are scheduled
+    // once, at the step's start, for every layer; packed calls split uniformly.
+    LatentDecodeOptions opt;
+    opt.schedule = dec_.packed ? LatentSchedule::Uniform : LatentSchedule::Auto;
+    const LatentDecodePlan plan = plan_latent_decode<T>(pd, opt);
+    opt.splits = plan.splits;
+    opt.schedule = plan.schedule;
+    opt.schedule_ready = plan.schedule == LatentSchedule::Balanced;
+    opt.workspace = plan.workspace_bytes > 0 ? at_least(dec_.scratch, plan.workspace_bytes) : nullptr;
+    dec_.latent_opt = opt;
   }
   const size_t out_bytes = top_k > 0 ? logits.size_bytes() : static_cast<size_t>(B * Vp) * sizeof(float);
   const float* wide = nullptr;  // the logits, without top_k
@@ -307,6 +314,9 @@ const float* Model<T>::decode_device_work(int64_t B, int64_t Tn, int top_k, size
 
   // Apart, the tokens follow the positions and key counts in step_ints.
   const int* tokens = dec_.apart ? step_int(2 * B) : tokens_;
+  if (is_latent(c.attention) && dec_.latent_opt.schedule == LatentSchedule::Balanced) {
+    latent_decode_schedule<T>(dec_.latent_dims, latent_key_counts(), dec_.latent_opt);
+  }
   embedding_forward(resid_[0], tokens, W(wte_), W(wpe_), lb, lt, C, pos0(), seq_pos());
   trunk_forward();
   // The classifier over each sequence's last new token only: rows Tn − 1, 2·Tn − 1, …, or packed
@@ -466,10 +476,8 @@ void Model<T>::mla_decode_attention(const LayerOffsets& o, LayerActs& a, const T
                              step_int(packed_.row_keys + r0), o_lat + r0 * H * nl, a.lse + r0 * H, dec_.latent_opt);
     }
   } else {
-    // Apart, the key counts are step_ints' second row.
-    const int32_t* keys = dec_.apart ? step_int(dec_.B) : dec_.seq_lens.template as<int32_t>();
-    latent_decode_paged<T>(dec_.latent_dims, scale, q_abs, cache, dec_.block_table.template as<int32_t>(), keys, o_lat,
-                           a.lse, dec_.latent_opt);
+    latent_decode_paged<T>(dec_.latent_dims, scale, q_abs, cache, dec_.block_table.template as<int32_t>(),
+                           latent_key_counts(), o_lat, a.lse, dec_.latent_opt);
   }
   // Back to each head's values: att_h = o_lat,h · W_v_up,hᵀ, again one batch of H products.
   gemm_batched<T, T>(false, true, N, hd, nl, 1.0f, o_lat, H * nl, nl, v_up, nl, hd * nl, 0.0f, a.att, H * hd, hd, H);

@@ -347,6 +347,12 @@ class Model final : public GPTCuda::Impl {
     return dec_.apart || dec_.packed ? dec_.step_ints.template as<int32_t>() : nullptr;
   }
 
+  // Decoding a latent cache, not packed: each sequence's key count, device int32 [B] (apart,
+  // step_ints' second row).
+  const int32_t* latent_key_counts() const {
+    return dec_.apart ? step_int(dec_.B) : dec_.seq_lens.template as<int32_t>();
+  }
+
   DeviceBuffer copy_;  // bf16 weights (BF16 only)
   std::vector<LayerOffsets> layers_;
   int64_t wte_ = -1, wpe_ = -1, lnf_w_ = -1, lnf_b_ = -1, lm_ = -1;
@@ -415,7 +421,7 @@ class Model final : public GPTCuda::Impl {
     DeviceBuffer top;  // top_k: the candidates' ids [B, k], then their logits [B, k] (one copy back)
     DeviceBuffer q_pad, o_pad, lse_pad, last;  // a packed step's padded attention, its last rows
     PagedLatentDims latent_dims;        // latent: this call's decode, the same for every layer
-    LatentDecodeOptions latent_opt;     // its planned splits and workspace
+    LatentDecodeOptions latent_opt;     // its planned schedule (made once a step) and workspace
     // A steady step's device work (one new token per sequence, run apart with the cache's rows as
     // the key bound), captured once and replayed while nothing it names has been reallocated: it
     // was captured for top_k `graph_top_k` at allocation epoch `graph_epoch`, with q, k and v fused

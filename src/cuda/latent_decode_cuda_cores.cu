@@ -23,23 +23,23 @@ constexpr int kThreads = kRows * kLanesPerRow;
 // kCols: output columns per thread (n_latent / 8 rounded up to a power of two).
 template <typename T, int kCols>
 __global__ void __launch_bounds__(kThreads)
-    split_kernel(Dims d, float scale, int splits, const T* __restrict__ q, const T* __restrict__ cache,
+    split_kernel(Dims d, float scale, Split split, const T* __restrict__ q, const T* __restrict__ cache,
                  const int32_t* __restrict__ block_table, const int32_t* __restrict__ seq_lens, T* __restrict__ out,
                  float* __restrict__ lse, float* __restrict__ part_o, float* __restrict__ part_lse) {
+  const Work w = work_of(d, split, seq_lens);
+  if (w.none) return;
   FLASHGPT_DYNAMIC_SHARED(float, sm);
   float* Qs = sm;                    // [kRows][row]
   float* Ks = Qs + kRows * d.row;    // [kKeys][row]
   float* Ss = Ks + kKeys * d.row;    // [kRows][kKeys + 1]
-  const int split = static_cast<int>(blockIdx.x), group = static_cast<int>(blockIdx.y);
-  const int64_t b = blockIdx.z;
+  const int group = static_cast<int>(blockIdx.y);
+  const int64_t b = w.b;
   const int t = static_cast<int>(threadIdx.x), r = t / kLanesPerRow, part = t % kLanesPerRow;
   const int64_t rows = d.rows(), gr = static_cast<int64_t>(group) * kRows + r;
   const bool valid = gr < rows;
   const int64_t tq = gr / d.H, h = gr % d.H;
 
-  const int64_t len = seq_lens[b];
-  const KeyRange range = split_range(len, d.page, split, splits);
-  const int64_t k0 = range.k0, k1 = range.k1;
+  const int64_t len = w.len, k0 = w.k0, k1 = w.k1;
   const int64_t qpos = len - d.Tq + tq;  // this row's position: it sees keys 0 … qpos
 
   for (int64_t idx = t; idx < kRows * d.row; idx += kThreads) {
@@ -102,16 +102,16 @@ __global__ void __launch_bounds__(kThreads)
   const float inv = l > 0.0f ? 1.0f / l : 0.0f;
   const float row_lse = l > 0.0f ? m + logf(l) : -INFINITY;
   const int64_t orow = (b * d.Tq + tq) * d.H + h;  // [B, Tq, H] row of out
-  if (splits == 1) {
+  if (w.direct) {
     for (int c = 0; c < kCols; ++c)
       if (col0 + c < d.nl) out[orow * d.nl + col0 + c] = from_f32<T>(acc[c] * inv);
     if (part == 0) lse[(b * d.H + h) * d.Tq + tq] = row_lse;
     return;
   }
-  float* po = part_o + (static_cast<int64_t>(split) * d.B * rows + orow) * d.nl;
+  float* po = part_o + (w.prow0 + gr) * d.nl;
   for (int c = 0; c < kCols; ++c)
     if (col0 + c < d.nl) po[col0 + c] = acc[c] * inv;
-  if (part == 0) part_lse[static_cast<int64_t>(split) * d.B * rows + orow] = row_lse;
+  if (part == 0) part_lse[w.prow0 + gr] = row_lse;
 }
 
 size_t shared_bytes(const Dims& d) {
@@ -142,21 +142,19 @@ LaunchInfo cuda_cores_info(const Dims& d) {
 }
 
 template <typename E>
-void launch_cuda_cores(const Dims& d, float scale, int splits, const Args<E>& a) {
+void launch_cuda_cores(const Dims& d, float scale, const Args<E>& a) {
   const size_t shared = shared_bytes(d);
-  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>((d.rows() + kRows - 1) / kRows),
-                  static_cast<unsigned>(d.B));
   with_kernel<E>(d, [&](auto kernel) {
     allow_shared(kernel, shared, "latent decode");
-    launch_kernel("latent decode", kernel, grid, kThreads, shared, nullptr, d, scale, splits, a.q, a.cache,
-                  a.block_table, a.seq_lens, a.out, a.lse, a.part_o, a.part_lse);
+    launch_kernel("latent decode", kernel, grid_of(d, a.split, kRows), kThreads, shared, nullptr, d, scale, a.split,
+                  a.q, a.cache, a.block_table, a.seq_lens, a.out, a.lse, a.part_o, a.part_lse);
   });
 }
 
 template LaunchInfo cuda_cores_info<float>(const Dims&);
 template LaunchInfo cuda_cores_info<__nv_bfloat16>(const Dims&);
-template void launch_cuda_cores<float>(const Dims&, float, int, const Args<float>&);
-template void launch_cuda_cores<__nv_bfloat16>(const Dims&, float, int, const Args<__nv_bfloat16>&);
+template void launch_cuda_cores<float>(const Dims&, float, const Args<float>&);
+template void launch_cuda_cores<__nv_bfloat16>(const Dims&, float, const Args<__nv_bfloat16>&);
 
 }  // namespace latent_decode
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

@@ -4,9 +4,18 @@
 // plan and the combine step are in latent_decode_cuda.cu. On Hopper a third, on the warpgroup MMA
 // (latent_decode_wgmma.cu).
 //
-// Both split kernels write, per query row, either the final output and log-sum-exp (one split)
-// or the split's normalised output and log-sum-exp in fp32 for the combine step:
-//   part_o [splits, B·Tq·H, n_latent], part_lse [splits, B·Tq·H], rows in out's [B, Tq, H] order.
+// The blocks share out the sequences' keys in one of two ways (Split):
+//   uniform   — grid (splits, row groups, B): every sequence cut into `splits` ranges of whole
+//               pages, the same count for each (the last ones possibly empty);
+//   balanced  — grid (chunk slots, row groups): the schedule (latent_decode_schedule.cu) cut every
+//               sequence, from its length on the device, into chunks of the same number of pages
+//               (its last chunk possibly shorter) and listed them; block x takes chunk x, and
+//               blocks past the list's end leave at once.
+// Every split kernel writes, per query row, either the final output and log-sum-exp (its range
+// is the whole sequence) or the range's normalised output and log-sum-exp in fp32 for the
+// combine step, at partial row prow0 + (the row's index in its sequence):
+//   uniform   part_o [splits, B·Tq·H, n_latent], part_lse [splits, B·Tq·H], rows in out's order;
+//   balanced  part_o [chunk slots, Tq·H, n_latent], part_lse [chunk slots, Tq·H].
 #pragma once
 
 #include <cstddef>
@@ -34,6 +43,97 @@ __host__ __device__ inline KeyRange split_range(int64_t len, int64_t page, int s
   return {k0 < len ? k0 : len, k1 < len ? k1 : len};
 }
 
+// How a launch's blocks share out the keys. `chunks` null: uniform, `splits` ranges per sequence.
+// Otherwise balanced: chunks = [pages per chunk, chunk count, sequences cut in several chunks],
+// items = [chunk slot][2] = (sequence, chunk index in it).
+struct Split {
+  int splits = 1;
+  const int32_t* chunks = nullptr;
+  const int32_t* items = nullptr;
+  int64_t chunk_slots = 0;  // balanced: the grid's x, the list's capacity
+};
+
+// The split kernels' grid for blocks of rows_per_block query rows.
+inline dim3 grid_of(const Dims& d, const Split& s, int rows_per_block) {
+  const auto groups = static_cast<unsigned>((d.rows() + rows_per_block - 1) / rows_per_block);
+  return s.chunks != nullptr ? dim3(static_cast<unsigned>(s.chunk_slots), groups, 1)
+                             : dim3(static_cast<unsigned>(s.splits), groups, static_cast<unsigned>(d.B));
+}
+
+// One block's share: sequence b (len tokens) keys [k0, k1); `direct` when that is the whole
+// sequence (final output, no partial), else partial rows from prow0; `none` for a balanced
+// block past the chunk list's end.
+struct Work {
+  int64_t b = 0, len = 0, k0 = 0, k1 = 0, prow0 = 0;
+  bool direct = true, none = false;
+};
+
+__device__ __forceinline__ Work work_of(const Dims& d, const Split& s, const int32_t* seq_lens) {
+  Work w;
+  if (s.chunks == nullptr) {
+    const int split = static_cast<int>(blockIdx.x);
+    w.b = blockIdx.z;
+    w.len = seq_lens[w.b];
+    const KeyRange r = split_range(w.len, d.page, split, s.splits);
+    w.k0 = r.k0;
+    w.k1 = r.k1;
+    w.direct = s.splits == 1;
+    w.prow0 = (static_cast<int64_t>(split) * d.B + w.b) * d.rows();
+    return w;
+  }
+  const int64_t slot = blockIdx.x;
+  if (slot >= s.chunks[1]) {
+    w.none = true;
+    return w;
+  }
+  const int64_t keys = static_cast<int64_t>(s.chunks[0]) * d.page, j = s.items[2 * slot + 1];
+  w.b = s.items[2 * slot];
+  w.len = seq_lens[w.b];
+  w.k0 = j * keys;
+  w.k1 = w.k0 + keys < w.len ? w.k0 + keys : w.len;
+  w.direct = j == 0 && w.k1 == w.len;
+  w.prow0 = slot * d.rows();
+  return w;
+}
+
+// The balanced schedule (latent_decode_schedule.cu). Its choice, made on the GPU and mirrored on
+// the host by choose_latent_chunks: a sequence of len tokens counts at least one page (an empty
+// one still writes its rows), and a chunk of c pages for a batch of B sequences cut into n chunks
+// costs waves · (c + 1) page-steps on the busiest SM, plus 2 for the combine when n > B.
+constexpr int kMaxChunkSplits = 64;  // the longest sequence is cut in at most this many chunks
+__host__ __device__ inline int64_t pages_of(int64_t len, int64_t page) {
+  const int64_t p = (len + page - 1) / page;
+  return p > 1 ? p : 1;
+}
+__host__ __device__ inline int64_t chunk_cost(int64_t chunk_pages, int64_t chunks, int64_t B, int64_t groups,
+                                              int64_t slots) {
+  const int64_t waves = (chunks * groups + slots - 1) / slots;
+  return waves * (chunk_pages + 1) + (chunks > B ? 2 : 0);
+}
+
+// Where the schedule sits at the start of a balanced call's workspace (int32): the header
+// [chunk pages, chunks, cut sequences, 0], first [B + 1] (each sequence's first chunk slot), cut
+// [B] (the sequences cut in several, in order), items [chunk_slots][2]; then, from
+// schedule_bytes, the partial results (split_combine.h) of chunk_slots slots.
+struct ScheduleViews {
+  int32_t* header;
+  int32_t* first;
+  int32_t* cut;
+  int32_t* items;
+};
+inline size_t schedule_bytes(int64_t B, int64_t chunk_slots) {
+  return (sizeof(int32_t) * static_cast<size_t>(4 + 2 * B + 1 + 2 * chunk_slots) + 255) / 256 * 256;
+}
+inline ScheduleViews schedule_views(void* workspace, int64_t B) {
+  auto* p = static_cast<int32_t*>(workspace);
+  return {p, p + 4, p + 4 + B + 1, p + 4 + 2 * B + 1};
+}
+
+// Queues the schedule kernel (one block) for sequences of seq_lens over `groups` row groups each
+// on a GPU running `slots` split blocks at once.
+void launch_schedule(const Dims& d, const int32_t* seq_lens, int64_t groups, int64_t slots, int64_t chunk_slots,
+                     const ScheduleViews& v);
+
 template <typename E>
 struct Args {
   const E* q;
@@ -42,8 +142,9 @@ struct Args {
   const int32_t* seq_lens;
   E* out;
   float* lse;
-  float* part_o;    // null when splits == 1
-  float* part_lse;  // null when splits == 1
+  float* part_o;    // null when no block writes partial results
+  float* part_lse;
+  Split split;
 };
 
 // How one split kernel launches for these sizes: the query rows a block holds, its threads and
@@ -112,11 +213,11 @@ __device__ __forceinline__ void halves_softmax(float (&s)[HalfKeys / 8][4], floa
 // every query row of the block, each over half of every tile's keys and half of the output
 // columns: the halves' row sums meet in red ([2][Rows], free once the last tile's row maxima are
 // read), and each writes its columns of the block's rows (lr: this lane's two, block-local) —
-// normalised, bf16 with the log-sum-exp when there is one split, else fp32 partials. Every thread
-// of the block calls it.
+// normalised, bf16 with the log-sum-exp when its keys are the whole sequence, else fp32
+// partials. Every thread of the block calls it.
 template <int NL, int HalfNL, int Rows>
-__device__ __forceinline__ void write_halves(const Dims& d, float scale, int splits, int split, int64_t b, int64_t g0,
-                                             int half, const int (&lr)[2], const float (&acc)[HalfNL / 8][4],
+__device__ __forceinline__ void write_halves(const Dims& d, float scale, const Work& w, int64_t g0, int half,
+                                             const int (&lr)[2], const float (&acc)[HalfNL / 8][4],
                                              const float (&row_max)[2], const float (&row_sum)[2], float* red,
                                              __nv_bfloat16* out, float* lse, float* part_o, float* part_lse) {
   const int t = static_cast<int>(threadIdx.x) % 4;
@@ -134,15 +235,15 @@ __device__ __forceinline__ void write_halves(const Dims& d, float scale, int spl
     const float sum = red[lr[r]] + red[Rows + lr[r]];
     const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // a row that saw no key writes zeros
     const float row_lse = sum > 0.0f ? row_max[r] * scale + logf(sum) : -INFINITY;
-    const int64_t tq = gr / d.H, h = gr % d.H, orow = b * rows + gr;  // out's [B, Tq, H] row
+    const int64_t tq = gr / d.H, h = gr % d.H, orow = w.b * rows + gr;  // out's [B, Tq, H] row
     const int col0 = half * HalfNL + 2 * t;
-    if (splits == 1) {
+    if (w.direct) {
       __nv_bfloat16* o = out + orow * NL + col0;
 #pragma unroll
       for (int n = 0; n < HalfNL / 8; ++n) flash_tc::store2(o + n * 8, acc[n][2 * r] * inv, acc[n][2 * r + 1] * inv);
-      if (half == 0 && t == 0) lse[(b * d.H + h) * d.Tq + tq] = row_lse;
+      if (half == 0 && t == 0) lse[(w.b * d.H + h) * d.Tq + tq] = row_lse;
     } else {
-      const int64_t prow = static_cast<int64_t>(split) * d.B * rows + orow;
+      const int64_t prow = w.prow0 + gr;
       float* o = part_o + prow * NL + col0;
 #pragma unroll
       for (int n = 0; n < HalfNL / 8; ++n) {
@@ -158,20 +259,20 @@ __device__ __forceinline__ void write_halves(const Dims& d, float scale, int spl
 template <typename E>
 LaunchInfo cuda_cores_info(const Dims& d);
 template <typename E>
-void launch_cuda_cores(const Dims& d, float scale, int splits, const Args<E>& a);
+void launch_cuda_cores(const Dims& d, float scale, const Args<E>& a);
 
 // The tensor-core kernel (bf16): the (n_latent, rope_dim) pairs tc_supports names. `wide` tiles
 // need 152 KiB of shared memory per block (A100, H100, H200), the others 75 KiB (every sm_8x).
 bool tc_supports(int64_t nl, int64_t rope);
 size_t tc_shared_bytes(const Dims& d, bool wide);
 LaunchInfo tc_info(const Dims& d, bool wide);
-void launch_tensor_cores(const Dims& d, float scale, int splits, const Args<__nv_bfloat16>& a, bool wide);
+void launch_tensor_cores(const Dims& d, float scale, const Args<__nv_bfloat16>& a, bool wide);
 
 // The Hopper kernel (bf16, latent_decode_wgmma.cu): n_latent 512 with rope 64 only, on GPUs and
 // builds where warpgroup_mma_supported(); 64 query rows a block in 226 KiB of shared memory.
 bool wgmma_supports(int64_t nl, int64_t rope);
 LaunchInfo wgmma_info(const Dims& d);
-void launch_wgmma(const Dims& d, float scale, int splits, const Args<__nv_bfloat16>& a);
+void launch_wgmma(const Dims& d, float scale, const Args<__nv_bfloat16>& a);
 
 }  // namespace latent_decode
 }  // namespace flashgpt::cuda::inline FLASHGPT_CUDA_ABI

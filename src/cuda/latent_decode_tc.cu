@@ -65,11 +65,13 @@ __device__ __forceinline__ void load_keys(E* dst, const E* cache, const int32_t*
 
 template <typename F>
 __global__ void __launch_bounds__(F::Threads)
-    latent_decode_tc_kernel(Dims d, float scale, int splits, const E* __restrict__ q, const E* __restrict__ cache,
+    latent_decode_tc_kernel(Dims d, float scale, Split split, const E* __restrict__ q, const E* __restrict__ cache,
                             const int32_t* __restrict__ block_table, const int32_t* __restrict__ seq_lens,
                             E* __restrict__ out, float* __restrict__ lse, float* __restrict__ part_o,
                             float* __restrict__ part_lse) {
   constexpr int Row = F::Row, Rows = F::Rows, KeyTile = F::KeyTile, HalfKeys = F::HalfKeys, HalfNL = F::HalfNL;
+  const Work w = work_of(d, split, seq_lens);
+  if (w.none) return;
   FLASHGPT_DYNAMIC_SHARED(E, smem);
   E* Qs = smem;                          // [Rows][RS]
   E* Ks = Qs + F::q_elems;               // two stages of [KeyTile][RS]
@@ -78,13 +80,10 @@ __global__ void __launch_bounds__(F::Threads)
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane / 4;
   const int rw = warp % F::RowWarps, half = warp / F::RowWarps;
-  const int split = static_cast<int>(blockIdx.x);
-  const int64_t b = blockIdx.z, rows = d.rows(), g0 = static_cast<int64_t>(blockIdx.y) * Rows;
+  const int64_t b = w.b, rows = d.rows(), g0 = static_cast<int64_t>(blockIdx.y) * Rows;
   const float scale_log2 = scale * kLog2e;
 
-  const int64_t len = seq_lens[b];
-  const KeyRange range = split_range(len, d.page, split, splits);
-  const int64_t k0 = range.k0, k1 = range.k1;
+  const int64_t len = w.len, k0 = w.k0, k1 = w.k1;
   const int n_tiles = static_cast<int>((k1 - k0 + KeyTile - 1) / KeyTile);
   const int32_t* table_row = block_table + b * d.max_pages;
 
@@ -154,8 +153,8 @@ __global__ void __launch_bounds__(F::Threads)
   }
   tc::cp_async_wait<0>();
 
-  write_halves<F::NL, HalfNL, Rows>(d, scale, splits, split, b, g0, half, lr, acc, row_max, row_sum, red, out, lse,
-                                    part_o, part_lse);
+  write_halves<F::NL, HalfNL, Rows>(d, scale, w, g0, half, lr, acc, row_max, row_sum, red, out, lse, part_o,
+                                    part_lse);
 }
 
 // Wide: 8 warps, 64 query rows, 32-key tiles (152 KiB at 576/512). Narrow: 4 warps, 32 rows,
@@ -172,12 +171,11 @@ LaunchInfo info_of() {
 }
 
 template <typename F>
-void launch(const Dims& d, float scale, int splits, const Args<E>& a) {
+void launch(const Dims& d, float scale, const Args<E>& a) {
   allow_shared(latent_decode_tc_kernel<F>, F::bytes, "tensor-core latent decode");
-  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>((d.rows() + F::Rows - 1) / F::Rows),
-                  static_cast<unsigned>(d.B));
-  launch_kernel("tensor-core latent decode", latent_decode_tc_kernel<F>, grid, F::Threads, F::bytes, nullptr, d, scale,
-                splits, a.q, a.cache, a.block_table, a.seq_lens, a.out, a.lse, a.part_o, a.part_lse);
+  launch_kernel("tensor-core latent decode", latent_decode_tc_kernel<F>, grid_of(d, a.split, F::Rows), F::Threads,
+                F::bytes, nullptr, d, scale, a.split, a.q, a.cache, a.block_table, a.seq_lens, a.out, a.lse, a.part_o,
+                a.part_lse);
 }
 
 // Calls f.template operator()<Wide tiles, Narrow tiles>() for the built (n_latent, rope_dim) pair.
@@ -208,12 +206,12 @@ LaunchInfo tc_info(const Dims& d, bool wide) {
   return info;
 }
 
-void launch_tensor_cores(const Dims& d, float scale, int splits, const Args<E>& a, bool wide) {
+void launch_tensor_cores(const Dims& d, float scale, const Args<E>& a, bool wide) {
   with_tiles(d.nl, d.row - d.nl, [&]<typename W, typename N>() {
     if (wide) {
-      launch<W>(d, scale, splits, a);
+      launch<W>(d, scale, a);
     } else {
-      launch<N>(d, scale, splits, a);
+      launch<N>(d, scale, a);
     }
   });
 }

@@ -56,7 +56,7 @@ __device__ __forceinline__ void load_keys_swizzled(E* dst, const E* cache, const
 }
 
 __global__ void __launch_bounds__(WgmmaTiles::Threads, 1)
-    latent_decode_wgmma_kernel(Dims d, float scale, int splits, const E* __restrict__ q, const E* __restrict__ cache,
+    latent_decode_wgmma_kernel(Dims d, float scale, Split split, const E* __restrict__ q, const E* __restrict__ cache,
                                const int32_t* __restrict__ block_table, const int32_t* __restrict__ seq_lens,
                                E* __restrict__ out, float* __restrict__ lse, float* __restrict__ part_o,
                                float* __restrict__ part_lse) {
@@ -65,6 +65,8 @@ __global__ void __launch_bounds__(WgmmaTiles::Threads, 1)
   using RowTile = F::RowTile;
   using PTile = F::PTile;
   constexpr int Row = F::Row, Rows = F::Rows, KeyTile = F::KeyTile, HalfKeys = F::HalfKeys, HalfNL = F::HalfNL;
+  const Work w = work_of(d, split, seq_lens);
+  if (w.none) return;
   FLASHGPT_DYNAMIC_SHARED(unsigned char, raw);
   E* Qs = reinterpret_cast<E*>(raw + (1024 - wg::smem_address(raw) % 1024) % 1024);
   E* Ks = Qs + RowTile::kElems;      // two stages
@@ -72,13 +74,10 @@ __global__ void __launch_bounds__(WgmmaTiles::Threads, 1)
   float* red = reinterpret_cast<float*>(Ps + PTile::kElems);  // [2 halves][Rows]: row maxima, then sums
   const int tid = static_cast<int>(threadIdx.x), half = tid / 128, lane = tid % 32;
   const int g = lane / 4, wq = tid % 128 / 32;  // wq: the warp within its warpgroup
-  const int split = static_cast<int>(blockIdx.x);
-  const int64_t b = blockIdx.z, rows = d.rows(), g0 = static_cast<int64_t>(blockIdx.y) * Rows;
+  const int64_t b = w.b, rows = d.rows(), g0 = static_cast<int64_t>(blockIdx.y) * Rows;
   const float scale_log2 = scale * kLog2e;
 
-  const int64_t len = seq_lens[b];
-  const KeyRange range = split_range(len, d.page, split, splits);
-  const int64_t k0 = range.k0, k1 = range.k1;
+  const int64_t len = w.len, k0 = w.k0, k1 = w.k1;
   const int n_tiles = static_cast<int>((k1 - k0 + KeyTile - 1) / KeyTile);
   const int32_t* table_row = block_table + b * d.max_pages;
 
@@ -137,10 +136,10 @@ __global__ void __launch_bounds__(WgmmaTiles::Threads, 1)
   }
   tc::cp_async_wait<0>();
 
-  write_halves<F::NL, HalfNL, Rows>(d, scale, splits, split, b, g0, half, lr, acc, row_max, row_sum, red, out, lse,
-                                    part_o, part_lse);
+  write_halves<F::NL, HalfNL, Rows>(d, scale, w, g0, half, lr, acc, row_max, row_sum, red, out, lse, part_o,
+                                    part_lse);
 #else
-  (void)d, (void)scale, (void)splits, (void)q, (void)cache, (void)block_table, (void)seq_lens, (void)out, (void)lse,
+  (void)d, (void)scale, (void)split, (void)q, (void)cache, (void)block_table, (void)seq_lens, (void)out, (void)lse,
       (void)part_o, (void)part_lse, (void)WgmmaTiles::HalfKeys, (void)WgmmaTiles::HalfNL, (void)&load_keys_swizzled;
   __trap();  // not built for sm_90a: the host side never launches it there
 #endif
@@ -156,13 +155,12 @@ LaunchInfo wgmma_info(const Dims&) {
   return {F::Rows, F::Threads, F::bytes, max_blocks_per_sm(latent_decode_wgmma_kernel, F::Threads, F::bytes)};
 }
 
-void launch_wgmma(const Dims& d, float scale, int splits, const Args<E>& a) {
+void launch_wgmma(const Dims& d, float scale, const Args<E>& a) {
   using F = WgmmaTiles;
   allow_shared(latent_decode_wgmma_kernel, F::bytes, "Hopper latent decode");
-  const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>((d.rows() + F::Rows - 1) / F::Rows),
-                  static_cast<unsigned>(d.B));
-  launch_kernel("Hopper latent decode", latent_decode_wgmma_kernel, grid, F::Threads, F::bytes, nullptr, d, scale,
-                splits, a.q, a.cache, a.block_table, a.seq_lens, a.out, a.lse, a.part_o, a.part_lse);
+  launch_kernel("Hopper latent decode", latent_decode_wgmma_kernel, grid_of(d, a.split, F::Rows), F::Threads, F::bytes,
+                nullptr, d, scale, a.split, a.q, a.cache, a.block_table, a.seq_lens, a.out, a.lse, a.part_o,
+                a.part_lse);
 }
 
 }  // namespace latent_decode
