@@ -3,14 +3,17 @@
 // process, and whole training runs — data parallel, ZeRO-1, context parallel, resumed on another
 // rank count — against the same run in one process. Every rank runs every test; a test that
 // fails on any rank fails the job. Only rank 0 prints the usual report.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
 #include <numeric>
+#include <tuple>
 
 #include "flashgpt/core/error.h"
+#include "flashgpt/core/half_precision.h"
 #include "flashgpt/core/rng.h"
 #include "flashgpt/data/dataloader.h"
 #include "flashgpt/data/shard.h"
@@ -19,6 +22,7 @@
 #include "flashgpt/model/checkpoint.h"
 #include "flashgpt/model/gpt.h"
 #include "flashgpt/tokenizer/tokenizer.h"
+#include "flashgpt/train/distributed.h"
 #include "flashgpt/train/trainer.h"
 #include "testing/mpi_main.h"
 #include "testing/distributed_runs.h"
@@ -212,6 +216,104 @@ TEST(Train, DataParallelLossesEqualOneProcessStepByStep) {
   EXPECT_NEAR(dp.final_val_loss, ref.final_val_loss, 1e-5 * ref.final_val_loss);
   EXPECT_LT(ref.losses.back(), ref.losses.front() - 0.1) << "the reference run should learn";
   EXPECT_GT(dp.bytes_sent, 0u);
+}
+
+// --reduce-dtype bf16 on CPU ranks (GradientSync): each rank's gradient rounded to bf16 and summed
+// in bf16. The average equals the bf16 sum of the rounded gradients worked out here (bitwise on 2
+// ranks, where the one addition is the only rounding; within one bf16 step on more, whose order
+// of additions is MPI's), differs from the exact fp32 average by a bf16 rounding, and costs half
+// the fp32 sum's bytes — with and without ZeRO-1.
+TEST(GradientSync, Bf16GradientsAreTheRoundedSumAtHalfTheBytes) {
+  const int N = W().size(), me = W().rank();
+  for (int zero : {0, 1}) {
+    SCOPED_TRACE(fmt::format("zero {}", zero));
+    GPT<float> model(small_model());
+    model.init_weights(1);
+    const int64_t n = model.num_params();
+    // Rank r's gradient: the same draw on every rank, scaled and shifted by r, so that the sums
+    // need rounding.
+    auto gradient_of = [&](int r) {
+      Rng rng(17);
+      std::vector<float> g(static_cast<size_t>(n));
+      for (float& x : g) x = static_cast<float>(rng.normal()) * (1.0f + 0.37f * static_cast<float>(r)) + 0.01f * r;
+      return g;
+    };
+    std::vector<double> exact(static_cast<size_t>(n), 0.0), rounded(static_cast<size_t>(n), 0.0);
+    for (int r = 0; r < N; ++r) {
+      const std::vector<float> g = gradient_of(r);
+      for (int64_t i = 0; i < n; ++i) {
+        exact[static_cast<size_t>(i)] += g[static_cast<size_t>(i)];
+        rounded[static_cast<size_t>(i)] += bf16_bits_to_float(float_to_bf16_bits(g[static_cast<size_t>(i)]));
+      }
+    }
+    auto run = [&](bool bf16) {
+      const std::vector<float> mine = gradient_of(me);
+      std::copy(mine.begin(), mine.end(), model.grads().begin());
+      GradientSync sync(W(), model, zero, bf16);
+      EXPECT_EQ(sync.bf16_gradients(), bf16);
+      W().reset_bytes_sent();
+      sync.finish_reduction();
+      const uint64_t bytes = W().bytes_sent();
+      // The averaged gradient (ZeRO-1 keeps only its shard, seen here through Σ g² over the ranks).
+      std::vector<float> avg;
+      if (zero == 0) avg.assign(model.grads().begin(), model.grads().end());
+      return std::make_tuple(avg, bytes, sync.grad_sum_squares());
+    };
+    const auto [f32_avg, f32_bytes, f32_sq] = run(false);
+    const auto [b16_avg, b16_bytes, b16_sq] = run(true);
+    EXPECT_NEAR(static_cast<double>(b16_bytes), 0.5 * static_cast<double>(f32_bytes), 0.01 * f32_bytes);
+    double sq = 0;
+    for (double x : exact) sq += (x / N) * (x / N);
+    EXPECT_NEAR(f32_sq, sq, 1e-4 * sq);
+    EXPECT_NEAR(b16_sq, sq, 2e-2 * sq);  // each element within a bf16 rounding or two
+    EXPECT_NE(b16_sq, f32_sq);
+    if (zero == 0) {
+      double worst_vs_bf16 = 0, worst_vs_exact = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double want = bf16_bits_to_float(float_to_bf16_bits(static_cast<float>(rounded[static_cast<size_t>(i)]))) /
+                            N;
+        const double got = b16_avg[static_cast<size_t>(i)], e = exact[static_cast<size_t>(i)] / N;
+        const double mag = std::max(std::abs(e), 1e-3);
+        worst_vs_bf16 = std::max(worst_vs_bf16, std::abs(got - want) / mag);
+        worst_vs_exact = std::max(worst_vs_exact, std::abs(got - e) / mag);
+        EXPECT_NEAR(f32_avg[static_cast<size_t>(i)], e, 1e-5 * mag) << "fp32 element " << i;
+      }
+      if (N == 2) {
+        EXPECT_LT(worst_vs_bf16, 1e-6);
+      } else {
+        EXPECT_LT(worst_vs_bf16, 1.0 / 64);
+      }
+      EXPECT_GT(worst_vs_exact, 1e-5);  // bf16 did round
+      EXPECT_LT(worst_vs_exact, 1.0 / 64);
+    }
+  }
+  // One rank sums nothing: bf16 does not apply.
+  auto single = dist::make_single_process_comm();
+  GPT<float> alone(small_model());
+  EXPECT_FALSE(GradientSync(*single, alone, 0, true).bf16_gradients());
+}
+
+// The same through whole training runs (the overlapped per-block sums included): losses follow
+// the fp32 run's within bf16's rounding, and each step's gradient sum sends half its fp32 bytes
+// (the runs' other traffic — the validation losses, the replica checks — is the same in both).
+TEST(Train, Bf16GradientsFollowTheFp32RunAtHalfTheBytes) {
+  Corpus corpus;
+  TrainOptions o = options(corpus, corpus.dir / "f32", &W());
+  W().reset_bytes_sent();
+  const TrainResult f32 = train(small_model(), o);
+  const double f32_bytes = static_cast<double>(W().bytes_sent());
+  TrainOptions h = options(corpus, corpus.dir / "bf16", &W());
+  h.reduce_dtype = "bf16";
+  W().reset_bytes_sent();
+  const TrainResult b16 = train(small_model(), h);
+  const double b16_bytes = static_cast<double>(W().bytes_sent());
+  expect_same_losses(b16, f32, 2e-2);
+  const ParallelLayout lay = make_parallel_layout(W(), 1);
+  const double saved = static_cast<double>(o.max_steps) *
+                       (predicted_bytes_per_step(small_model(), o.batch_size, o.seq_len, lay, 0, 4, 4) -
+                        predicted_bytes_per_step(small_model(), o.batch_size, o.seq_len, lay, 0, 4, 2));
+  EXPECT_GT(saved, 0.4 * f32_bytes);  // the gradient is most of the traffic
+  EXPECT_NEAR(f32_bytes - b16_bytes, saved, 0.01 * saved) << "fp32 " << f32_bytes << " B, bf16 " << b16_bytes << " B";
 }
 
 TEST(Train, ZeroOneEqualsDataParallelAndResumesOnAnotherRankCount) {

@@ -87,6 +87,26 @@ TEST_F(DistributedCli, TwoRanksTrainLikeOneProcessAndOnlyRankZeroWrites) {
   ASSERT_EQ(a.size(), 6u);
   ASSERT_EQ(b.size(), 6u);
   for (const auto& [step, loss] : a) EXPECT_NEAR(b.at(step), loss, 1e-5 * loss) << "step " << step;
+  // The gradients in bf16: said once, the losses one process's to bf16's rounding of the sums, and
+  // the benchmark's traffic the bf16 prediction (half the fp32 all-reduce).
+  const RunResult half =
+      run_command(mpirun(2) + " " + FLASHGPT_BINARY + " " + train_args(dir / "half", "-n 6 --reduce-dtype bf16"));
+  ASSERT_EQ(half.exit_code, 0) << half.output;
+  EXPECT_EQ(count(half.output, "gradients travel between the ranks in bf16"), 1) << half.output;
+  const auto h = losses(dir / "half/metrics.jsonl");
+  ASSERT_EQ(h.size(), 6u);
+  for (const auto& [step, loss] : a) EXPECT_NEAR(h.at(step), loss, 1e-2 * loss) << "step " << step;
+  const RunResult bench = run_command(mpirun(2) + " " + FLASHGPT_BINARY +
+                                      " bench train --preset tiny -b 2 -t 32 --steps 2 --warmup 1 --gemm-size 64 "
+                                      "--reduce-dtype bf16 --json");
+  ASSERT_EQ(bench.exit_code, 0) << bench.output;
+  const nlohmann::json j = nlohmann::json::parse(bench.output.substr(bench.output.find('{')));
+  EXPECT_EQ(j["reduce_dtype"].get<std::string>(), "bf16") << bench.output;
+  // (N−1)/N · 2 · P values of 2 bytes.
+  const double want = 0.5 * 2 * static_cast<double>(model_stats(GPTConfig::preset("tiny")).n_params) * 2.0;
+  EXPECT_NEAR(j["comm_bytes_per_step_predicted"].get<double>(), want, 1e-9 * want) << bench.output;
+  EXPECT_GE(j["comm_bytes_per_step"].get<double>(), want) << bench.output;
+  EXPECT_LT(j["comm_bytes_per_step"].get<double>(), 1.01 * want) << bench.output;
   // The checkpoint holds the whole optimizer state and resumes in one process.
   const RunResult resumed = testing::run_flashgpt(
       train_args(dir / "two", "-n 8 --resume " + shell_quote(dir / "two/ckpt.safetensors")));

@@ -68,11 +68,11 @@ struct StepTiming {
   double step_s = 0, step_min = 0, step_max = 0, loss = 0;
   double bytes_per_step = 0;
 };
-StepTiming time_steps(GPT<float>& model, dist::Communicator& comm, int zero, const dist::ContextParallel* cp,
-                      int64_t B, int64_t T, int warmup, int steps) {
+StepTiming time_steps(GPT<float>& model, dist::Communicator& comm, int zero, bool bf16_grads,
+                      const dist::ContextParallel* cp, int64_t B, int64_t T, int warmup, int steps) {
   model.init_weights(1);
   model.set_context_parallel(cp);
-  GradientSync sync(comm, model, zero);
+  GradientSync sync(comm, model, zero, bf16_grads);
   const int vocab = model.config().vocab_size;
   std::vector<int> x(static_cast<size_t>(B * T)), y(x.size());
   Rng rng(2 + static_cast<uint64_t>(comm.rank()));
@@ -379,7 +379,6 @@ void run_bench_train(const BenchTrainCli& c) {
   FLASHGPT_CHECK(c.qkv_fusion == "on", "--qkv-fusion: a GPU option (--device cuda)");
   FLASHGPT_CHECK(!c.profile_step, "--profile-step: a GPU option (--device cuda)");
   FLASHGPT_CHECK(c.breakdown == 0, "--breakdown: a GPU option (--device cuda)");
-  FLASHGPT_CHECK(c.reduce_dtype == "fp32", "--reduce-dtype: a GPU option (--device cuda); CPU ranks sum fp32");
   dist::Communicator& world = dist::world();
   const ParallelLayout lay = make_parallel_layout(world, c.context_parallel);
   const bool root = world.rank() == 0;
@@ -391,7 +390,8 @@ void run_bench_train(const BenchTrainCli& c) {
   // One rank alone: the baseline the scaling is measured against (the same step, no peers).
   StepTiming one;
   auto single = dist::make_single_process_comm();
-  if (world.size() == 1 || root) one = time_steps(model, *single, 0, nullptr, B, T, c.warmup, c.steps);
+  const bool bf16_grads = c.reduce_dtype == "bf16";
+  if (world.size() == 1 || root) one = time_steps(model, *single, 0, false, nullptr, B, T, c.warmup, c.steps);
   StepTiming all;
   if (world.size() > 1) {
     world.broadcast(&one, sizeof one, 0);
@@ -401,7 +401,7 @@ void run_bench_train(const BenchTrainCli& c) {
       group = world.split(lay.dp_rank, lay.cp_rank);
       cp = std::make_unique<dist::ContextParallel>(*group, T);
     }
-    all = time_steps(model, world, c.zero, cp.get(), B, T, c.warmup, c.steps);
+    all = time_steps(model, world, c.zero, bf16_grads, cp.get(), B, T, c.warmup, c.steps);
     // The job moves at the pace of its slowest rank.
     std::vector<double> per_rank = world.allgather_one(all.step_s);
     all.step_s = *std::max_element(per_rank.begin(), per_rank.end());
@@ -436,11 +436,12 @@ void run_bench_train(const BenchTrainCli& c) {
     const int N = world.size();
     tok_s_all = static_cast<double>(B * T * lay.dp) / all.step_s;
     efficiency = tok_s_all / (N * tok_s);
-    predicted = predicted_bytes_per_step(cfg, B, T, lay, c.zero);
+    predicted = predicted_bytes_per_step(cfg, B, T, lay, c.zero, 4, bf16_grads ? 2 : 4);
     j["ranks"] = N;
     j["data_parallel"] = lay.dp;
     j["context_parallel"] = lay.cp;
     j["zero"] = c.zero;
+    j["reduce_dtype"] = c.reduce_dtype;
     j["ranks_step_s_median"] = all.step_s;
     j["ranks_tokens_per_s"] = tok_s_all;
     j["scaling_efficiency"] = efficiency;
@@ -460,8 +461,9 @@ void run_bench_train(const BenchTrainCli& c) {
               gemm_size, gemm_before, gemm_after, openblas_get_corename());
   std::printf("  MFU        %.1f%% of the measured sgemm rate\n", mfu * 100);
   if (world.size() > 1) {
-    std::printf("  %d ranks    (%d data-parallel × %d context-parallel%s): median step %.3f s, %.0f tokens/s\n",
-                world.size(), lay.dp, lay.cp, c.zero ? ", ZeRO-1" : "", all.step_s, tok_s_all);
+    std::printf("  %d ranks    (%d data-parallel × %d context-parallel%s%s): median step %.3f s, %.0f tokens/s\n",
+                world.size(), lay.dp, lay.cp, c.zero ? ", ZeRO-1" : "", bf16_grads ? ", bf16 gradients" : "",
+                all.step_s, tok_s_all);
     std::printf("  scaling    %.1f%% of %d × one rank's tokens/s\n", efficiency * 100, world.size());
     std::printf("  traffic    %.2f MB sent per rank per step (predicted %.2f MB)\n", all.bytes_per_step / 1e6,
                 predicted / 1e6);
@@ -525,7 +527,7 @@ void register_bench(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "nccl", "host"}))
       ->capture_default_str();
   tr->add_option("--reduce-dtype", c->reduce_dtype,
-                 "GPU ranks under mpirun: the precision their gradients travel in, fp32 or bf16 (half the bytes)")
+                 "Under mpirun: the precision the ranks' gradients travel in, fp32 or bf16 (half the bytes)")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
   tr->add_option("--context-parallel", c->context_parallel, "Under mpirun: ranks sharing each sequence")

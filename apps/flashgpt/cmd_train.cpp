@@ -173,7 +173,7 @@ void register_train(CLI::App& app) {
       ->capture_default_str()
       ->group(par);
   sub->add_option("--reduce-dtype", o.reduce_dtype,
-                  "Precision GPU ranks' gradients travel in: fp32, or bf16 (half the bytes; each rank's gradient "
+                  "Precision the ranks' gradients travel in: fp32, or bf16 (half the bytes; each rank's gradient "
                   "rounded to bf16 and summed in bf16)")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str()

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "flashgpt/core/error.h"
+#include "flashgpt/core/half_precision.h"
 
 namespace flashgpt {
 
@@ -39,8 +40,24 @@ double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, c
   return bytes;
 }
 
-GradientSync::GradientSync(dist::Communicator& comm, GPT<float>& model, int zero_stage)
-    : comm_(comm), model_(model), zero_(zero_stage) {
+namespace {
+
+// dst[i] = bf16(src[i]), to nearest even.
+void round_to_bf16(const float* src, uint16_t* dst, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) dst[i] = float_to_bf16_bits(src[i]);
+}
+
+// dst[i] = float(src[i]) · scale.
+void widen_scaled(const uint16_t* src, float* dst, int64_t n, float scale) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits_to_float(src[i]) * scale;
+}
+
+}  // namespace
+
+GradientSync::GradientSync(dist::Communicator& comm, GPT<float>& model, int zero_stage, bool bf16_gradients)
+    : comm_(comm), model_(model), zero_(zero_stage), bf16_(bf16_gradients && comm.size() > 1) {
   FLASHGPT_CHECK(zero_stage == 0 || zero_stage == 1, "--zero: stage {} is not supported (0: off, 1: shard the "
                  "optimizer state)", zero_stage);
   const int64_t n = model.num_params(), N = comm.size();
@@ -55,6 +72,10 @@ GradientSync::GradientSync(dist::Communicator& comm, GPT<float>& model, int zero
   }
   m_.assign(static_cast<size_t>(hi_ - lo_), 0.0f);
   v_.assign(static_cast<size_t>(hi_ - lo_), 0.0f);
+  if (bf16_) {
+    g16_.assign(static_cast<size_t>(n), 0);
+    if (zero_ == 1) shard16_.assign(static_cast<size_t>(hi_ - lo_), 0);
+  }
   // The parameters outside every block, reduced once the backward has returned.
   std::vector<std::pair<int64_t, int64_t>> blocks;
   for (int l = 0; l < model.config().n_layer; ++l) blocks.push_back(model.block_param_range(l));
@@ -71,9 +92,16 @@ void GradientSync::overlap_next_backward() {
   if (comm_.size() == 1 || zero_ == 1) return;  // ZeRO-1 reduce-scatters once the backward is done
   overlapping_ = true;
   float* g = model_.grads().data();
-  model_.set_grads_ready_hook([this, g](int64_t off, int64_t count) {
+  model_.set_grads_ready_hook([this, g](int64_t off, int64_t count) { start_sum(g, off, count); });
+}
+
+void GradientSync::start_sum(float* g, int64_t off, int64_t count) {
+  if (bf16_) {
+    round_to_bf16(g + off, g16_.data() + off, count);
+    comm_.start_allreduce_sum(g16_.data() + off, static_cast<size_t>(count), dist::DType::BF16);
+  } else {
     comm_.start_allreduce_sum(g + off, static_cast<size_t>(count), dist::DType::F32);
-  });
+  }
 }
 
 void GradientSync::finish_reduction() {
@@ -81,19 +109,29 @@ void GradientSync::finish_reduction() {
   const float inv = 1.0f / static_cast<float>(comm_.size());
   float* g = model_.grads().data();
   if (comm_.size() == 1) return;
+  const int64_t n = model_.num_params();
   if (zero_ == 1) {
+    if (bf16_) {
+      round_to_bf16(g, g16_.data(), n);
+      comm_.reduce_scatter_sum(g16_.data(), shard16_.data(), counts_, dist::DType::BF16);
+      widen_scaled(shard16_.data(), shard_grad_.data(), static_cast<int64_t>(shard16_.size()), inv);
+      return;
+    }
     comm_.reduce_scatter_sum(g, shard_grad_.data(), counts_, dist::DType::F32);
     for (float& x : shard_grad_) x *= inv;
     return;
   }
   if (overlapping_) {
-    for (const auto& [off, count] : rest_) comm_.start_allreduce_sum(g + off, static_cast<size_t>(count), dist::DType::F32);
+    for (const auto& [off, count] : rest_) start_sum(g, off, count);
   } else {
-    comm_.start_allreduce_sum(g, static_cast<size_t>(model_.num_params()), dist::DType::F32);
+    start_sum(g, 0, n);
   }
   comm_.wait_all();
   overlapping_ = false;
-  const int64_t n = model_.num_params();
+  if (bf16_) {
+    widen_scaled(g16_.data(), g, n, inv);
+    return;
+  }
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) g[i] *= inv;
 }

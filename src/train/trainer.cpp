@@ -153,9 +153,6 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   FLASHGPT_CHECK(!cudnn || !opt.document_masking,
                  "--attention-backend cudnn: cuDNN's attention takes no document masks (--document-masking)");
   FLASHGPT_CHECK(!cudnn || lay.cp == 1, "--attention-backend cudnn: not with --context-parallel (our kernels run it)");
-  FLASHGPT_CHECK(opt.reduce_dtype == "fp32" || opt.device != "cpu",
-                 "--reduce-dtype {}: a GPU option (--device cuda or auto); CPU ranks sum fp32 gradients",
-                 opt.reduce_dtype);
   const DeviceChoice where = choose_train_device(opt, config, precision);
   const int gpu_ranks = comm.sum(where.gpu ? 1 : 0);
   FLASHGPT_CHECK(gpu_ranks == 0 || gpu_ranks == comm.size(),
@@ -205,7 +202,7 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   FLASHGPT_CHECK(!opt.document_masking || eot < config.vocab_size, "--eot-token: {} is not below vocab_size {}", eot,
                  config.vocab_size);
   std::optional<GradientSync> sync;  // the CPU path's gradient reduction and optimizer
-  if (!gpu) sync.emplace(comm, model, opt.zero_stage);
+  if (!gpu) sync.emplace(comm, model, opt.zero_stage, opt.reduce_dtype == "bf16");
   Rng rng(opt.seed);
   int64_t start_step = 0;
   if (ckpt.params.empty()) {
@@ -268,9 +265,9 @@ TrainResult train(GPTConfig config, const TrainOptions& opt) {
   if (!where.line.empty()) say(where.line);
   if (gpu_comm) say(gpu_comm->why());
   if (opt.reduce_dtype == "bf16") {
-    say(gpu_comm ? std::string("gradients travel between the ranks in bf16 (--reduce-dtype bf16: half the bytes)")
-                 : fmt::format("--reduce-dtype bf16 does not apply {}",
-                               gpu ? "to one GPU (nothing is summed)" : "on the CPU (its ranks sum fp32)"));
+    say(comm.size() > 1
+            ? std::string("gradients travel between the ranks in bf16 (--reduce-dtype bf16: half the bytes)")
+            : fmt::format("--reduce-dtype bf16 does not apply to one {} (nothing is summed)", gpu ? "GPU" : "process"));
   }
   if (gpu && opt.deterministic) say("deterministic: the GPU's backward adds nothing with atomics (slower)");
   if (cudnn) {

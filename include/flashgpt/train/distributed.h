@@ -5,7 +5,10 @@
 // sequences (one context-parallel group), data-parallel group r reads its own part of the data.
 //
 // Plain data parallelism: every rank keeps the whole AdamW state; gradients are all-reduced in
-// per-block buckets started as soon as the backward finishes each block, then averaged.
+// per-block buckets started as soon as the backward finishes each block, then averaged. With
+// bf16 gradients (--reduce-dtype bf16) each bucket is first rounded to bf16 (to nearest even) and
+// summed in bf16 (each pair added in fp32 and rounded), half the bytes; the sum is widened back
+// to fp32 before the average, so every replica takes the same step.
 // ZeRO-1: rank r owns the parameter range [offset, offset + count) of the flat parameter vector
 // and only that part of the AdamW state; gradients are reduce-scattered to their owners, each
 // rank updates its range, and the updated parameters are all-gathered.
@@ -44,10 +47,12 @@ double predicted_bytes_per_step(const GPTConfig& config, int64_t B, int64_t T, c
 
 class GradientSync {
  public:
-  // comm: every rank holding a replica (the whole job). zero_stage: 0 or 1.
-  GradientSync(dist::Communicator& comm, GPT<float>& model, int zero_stage);
+  // comm: every rank holding a replica (the whole job). zero_stage: 0 or 1. bf16_gradients: sum
+  // the gradients in bf16 (above).
+  GradientSync(dist::Communicator& comm, GPT<float>& model, int zero_stage, bool bf16_gradients = false);
 
   int zero_stage() const { return zero_; }
+  bool bf16_gradients() const { return bf16_; }
   // Before the last micro-batch's backward: start reducing each block as it completes.
   void overlap_next_backward();
   // After the last backward: finish the reduction and average over the ranks.
@@ -69,8 +74,13 @@ class GradientSync {
 
  private:
   dist::Communicator& comm_;
+  // Starts the sum of grads [off, off + count) (in bf16 from g16_ when bf16_).
+  void start_sum(float* g, int64_t off, int64_t count);
+
   GPT<float>& model_;
   int zero_;
+  bool bf16_;
+  std::vector<uint16_t> g16_, shard16_;  // bf16 gradients: the rounded gradient, ZeRO-1's summed part
   std::vector<int64_t> counts_;  // per rank: parameters owned (ZeRO-1)
   int64_t lo_ = 0, hi_ = 0;
   std::vector<float> m_, v_, shard_grad_;
