@@ -444,14 +444,33 @@ TEST(CudaLatentDecode, BalancedScheduleOnTheGpuIsTheHostsChoice) {
       EXPECT_EQ(got.chunk_pages, want.chunk_pages);
       EXPECT_EQ(got.chunks, want.chunks);
       EXPECT_EQ(got.cut, want.cut);
+      EXPECT_EQ(got.whole, want.whole);
       EXPECT_LE(got.chunks, plan.chunk_slots);
-      int64_t chunks = 0, cut = 0;  // the header agrees with its own chunk size
+      int64_t chunks = 0, cut = 0, whole = 0;  // the header agrees with its own chunk size
       for (int64_t p : pages) {
         chunks += (p + got.chunk_pages - 1) / got.chunk_pages;
         cut += p > got.chunk_pages ? 1 : 0;
+        whole += p / got.chunk_pages;
       }
       EXPECT_EQ(got.chunks, chunks);
       EXPECT_EQ(got.cut, cut);
+      EXPECT_EQ(got.whole, whole);
+      // The launch order: every whole chunk (a full chunk_pages of its sequence), then the shorter
+      // last chunks; each sequence's chunks have their partial slots side by side from its first.
+      std::vector<int32_t> ints(static_cast<size_t>(4 + 2 * B + 1 + 3 * plan.chunk_slots));
+      ws.download(ints.data(), ints.size() * 4);
+      const int32_t* first = ints.data() + 4;
+      const int32_t* items = ints.data() + 4 + 2 * B + 1;
+      std::vector<int> seen(static_cast<size_t>(got.chunks), 0);
+      for (int64_t at = 0; at < got.chunks; ++at) {
+        const int32_t b = items[3 * at], j = items[3 * at + 1], slot = items[3 * at + 2];
+        ASSERT_TRUE(b >= 0 && b < B && j >= 0 && slot >= 0 && slot < got.chunks) << "item " << at;
+        const bool full = (j + 1) * got.chunk_pages <= pages[static_cast<size_t>(b)];
+        EXPECT_EQ(full, at < got.whole) << "item " << at << ": sequence " << b << " chunk " << j;
+        EXPECT_EQ(slot, first[b] + j) << "item " << at;
+        ++seen[static_cast<size_t>(slot)];
+      }
+      EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), got.chunks) << "every partial slot once";
       if (what == "one long") {
         // The 512-page sequence is cut finer than the uniform choice (sized for the table's width
         // over 256 blocks: one split) would; the 16-page ones stay whole.
@@ -479,6 +498,57 @@ TEST(CudaLatentDecode, BalancedScheduleOnTheGpuIsTheHostsChoice) {
   EXPECT_EQ(c.cut, 1);
   EXPECT_EQ(cuda::choose_latent_chunks(pages, 2, 132, 400).chunk_pages, 8);  // 5 waves · 9 + 2 = 47
   EXPECT_THROW((void)cuda::choose_latent_chunks(pages, 2, 132, 100), Error);  // fewer slots than sequences
+}
+
+// A batch whose balanced schedule launches a cut sequence's short last chunk after every whole
+// chunk of the others (so launch order and partial slots differ): a wave of 2-page sequences
+// behind one of 7 pages, cut into chunks of 2 (3 whole, 1 short). fp32 within 1e-5 of the CPU.
+TEST(CudaLatentDecode, ShortLastChunksRunLastAndCombineInTheirSequencesSlots) {
+  if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
+  const int64_t H = 16, nl = 32, page = 4;
+  cuda::LatentDecodeOptions opt;
+  opt.kernel = cuda::LatentDecodeKernel::CudaCores;
+  const auto probe = cuda::plan_latent_decode<float>(cuda::PagedLatentDims{1, H, 1, nl, 0, page, 7}, opt);
+  const int64_t slots = 132 * std::max(1, probe.blocks_per_sm);  // one row group a chunk (16 rows)
+  Case c{H, 1, nl, 0, page, std::vector<int32_t>(static_cast<size_t>(slots + 1), 2 * page)};
+  c.lens[0] = 7 * page - 1;  // 7 pages, the last one not full
+  const int64_t B = static_cast<int64_t>(c.lens.size());
+  std::vector<int64_t> pages(static_cast<size_t>(B), 2);
+  pages[0] = 7;
+  const cuda::PagedLatentDims d{B, H, 1, nl, 0, page, 7};
+  const cuda::LatentDecodePlan plan = cuda::plan_latent_decode<float>(d, opt);
+  const cuda::LatentChunks want = cuda::choose_latent_chunks(pages, 1, slots, plan.chunk_slots);
+  ASSERT_EQ(want.chunk_pages, 2) << "the case no longer makes short last chunks";
+  ASSERT_EQ(want.cut, 1);
+  Rng rng(13);
+  const Paged p = make_paged(c, rng, false);
+  std::vector<float> q(static_cast<size_t>(B * H * nl));
+  for (float& x : q) x = static_cast<float>(rng.normal());
+  const float scale = 1.0f / std::sqrt(static_cast<float>(nl));
+  DeviceBuffer gq(q.size() * 4), gpool(p.pool.size() * 4), gtab(p.table.size() * 4), glen(c.lens.size() * 4);
+  DeviceBuffer gout(q.size() * 4), glse(static_cast<size_t>(B * H) * 4), ws(plan.workspace_bytes);
+  gq.upload(q.data(), q.size() * 4);
+  gpool.upload(p.pool.data(), p.pool.size() * 4);
+  gtab.upload(p.table.data(), p.table.size() * 4);
+  glen.upload(c.lens.data(), c.lens.size() * 4);
+  gout.fill_bytes(0xFF);
+  ws.fill_bytes(0xFF);
+  opt.workspace = ws.get();
+  cuda::latent_decode_paged(d, scale, gq.as<const float>(), gpool.as<const float>(), gtab.as<const int32_t>(),
+                            glen.as<const int32_t>(), gout.as<float>(), glse.as<float>(), opt);
+  const cuda::LatentChunks got = cuda::read_latent_schedule(ws.get());
+  EXPECT_EQ(got.chunk_pages, 2);
+  EXPECT_EQ(got.whole, B + 2);  // 3 of sequence 0's 4 chunks, and every 2-page sequence
+  std::vector<float> out(q.size());
+  gout.download(out.data(), out.size() * 4);
+  for (int64_t b : {int64_t{0}, int64_t{1}, B / 2, B - 1}) {
+    SCOPED_TRACE(fmt::format("sequence {}", b));
+    std::vector<float> qb(q.begin() + b * H * nl, q.begin() + (b + 1) * H * nl), o, l;
+    reference<float>(c, qb, p.dense[static_cast<size_t>(b)], c.lens[static_cast<size_t>(b)], scale, o, l);
+    for (size_t i = 0; i < o.size(); ++i) {
+      ASSERT_NEAR(out[static_cast<size_t>(b * H * nl) + i], o[i], 1e-5 * (1 + std::abs(o[i]))) << "output " << i;
+    }
+  }
 }
 
 // A schedule made ahead serves later calls over the same lengths (schedule_ready), as a model's

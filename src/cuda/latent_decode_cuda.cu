@@ -158,7 +158,7 @@ LatentChunks read_latent_schedule(const void* workspace) {
   int32_t header[4] = {};
   synchronize();
   copy_to_host(header, workspace, sizeof(header));
-  return {header[0], header[1], header[2]};
+  return {header[0], header[1], header[2], header[3]};
 }
 
 template <typename T>

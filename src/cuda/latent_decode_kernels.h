@@ -45,7 +45,8 @@ __host__ __device__ inline KeyRange split_range(int64_t len, int64_t page, int s
 
 // How a launch's blocks share out the keys. `chunks` null: uniform, `splits` ranges per sequence.
 // Otherwise balanced: chunks = [pages per chunk, chunk count, sequences cut in several chunks],
-// items = [chunk slot][2] = (sequence, chunk index in it).
+// items = [launch order][3] = (sequence, chunk index in it, its partial slot): whole chunks first,
+// then the shorter last chunks, so that the blocks the GPU starts last are the short ones.
 struct Split {
   int splits = 1;
   const int32_t* chunks = nullptr;
@@ -81,18 +82,19 @@ __device__ __forceinline__ Work work_of(const Dims& d, const Split& s, const int
     w.prow0 = (static_cast<int64_t>(split) * d.B + w.b) * d.rows();
     return w;
   }
-  const int64_t slot = blockIdx.x;
-  if (slot >= s.chunks[1]) {
+  const int64_t at = blockIdx.x;
+  if (at >= s.chunks[1]) {
     w.none = true;
     return w;
   }
-  const int64_t keys = static_cast<int64_t>(s.chunks[0]) * d.page, j = s.items[2 * slot + 1];
-  w.b = s.items[2 * slot];
+  const int32_t* item = s.items + 3 * at;
+  const int64_t keys = static_cast<int64_t>(s.chunks[0]) * d.page, j = item[1];
+  w.b = item[0];
   w.len = seq_lens[w.b];
   w.k0 = j * keys;
   w.k1 = w.k0 + keys < w.len ? w.k0 + keys : w.len;
   w.direct = j == 0 && w.k1 == w.len;
-  w.prow0 = slot * d.rows();
+  w.prow0 = static_cast<int64_t>(item[2]) * d.rows();
   return w;
 }
 
@@ -112,8 +114,9 @@ __host__ __device__ inline int64_t chunk_cost(int64_t chunk_pages, int64_t chunk
 }
 
 // Where the schedule sits at the start of a balanced call's workspace (int32): the header
-// [chunk pages, chunks, cut sequences, 0], first [B + 1] (each sequence's first chunk slot), cut
-// [B] (the sequences cut in several, in order), items [chunk_slots][2]; then, from
+// [chunk pages, chunks, cut sequences, whole chunks], first [B + 1] (each sequence's first partial
+// slot: its chunks' partial results side by side), cut
+// [B] (the sequences cut in several, in order), items [chunk_slots][3]; then, from
 // schedule_bytes, the partial results (split_combine.h) of chunk_slots slots.
 struct ScheduleViews {
   int32_t* header;
@@ -122,7 +125,7 @@ struct ScheduleViews {
   int32_t* items;
 };
 inline size_t schedule_bytes(int64_t B, int64_t chunk_slots) {
-  return (sizeof(int32_t) * static_cast<size_t>(4 + 2 * B + 1 + 2 * chunk_slots) + 255) / 256 * 256;
+  return (sizeof(int32_t) * static_cast<size_t>(4 + 2 * B + 1 + 3 * chunk_slots) + 255) / 256 * 256;
 }
 inline ScheduleViews schedule_views(void* workspace, int64_t B) {
   auto* p = static_cast<int32_t*>(workspace);

@@ -7,9 +7,11 @@
 //   2. for each candidate chunk ⌈P/s⌉ (s = 1 … min(P, 64); one warp per candidate at a time, its
 //      lanes over the sequences) the number of chunks it makes; thread 0 takes the cheapest
 //      (chunk_cost) of those that fit the launch's chunk slots;
-//   3. each thread a contiguous run of sequences: their chunk counts and cut flags, an exclusive
-//      scan of the runs' totals (thread 0, over the 256 runs), then the run's first slots, cut
-//      list entries and (sequence, chunk) items, in sequence order.
+//   3. each thread a contiguous run of sequences: their chunk counts, whole chunks, short last
+//      chunks and cut flags, exclusive scans of the runs' totals (thread 0, over the 256 runs),
+//      then the run's first partial slots (each sequence's chunks side by side, for the combine),
+//      cut list entries and (sequence, chunk, partial slot) items — every whole chunk in sequence
+//      order, then every short one — the longest work first, as list scheduling wants.
 // choose_latent_chunks is step 2 on the host: the same arithmetic, for tests and for the reader.
 #include <algorithm>
 #include <string>
@@ -32,7 +34,7 @@ __global__ void __launch_bounds__(kThreads)
                     int32_t* __restrict__ cut, int32_t* __restrict__ items) {
   __shared__ int64_t warp_max[kWarps];
   __shared__ int64_t chunks_of[kMaxChunkSplits];
-  __shared__ int64_t run_chunks[kThreads], run_cut[kThreads];
+  __shared__ int64_t run_chunks[kThreads], run_whole[kThreads], run_short[kThreads], run_cut[kThreads];
   __shared__ int64_t chosen;
   const int t = static_cast<int>(threadIdx.x), lane = t % 32, warp = t / 32;
 
@@ -73,39 +75,50 @@ __global__ void __launch_bounds__(kThreads)
 
   // 3. The runs' totals, their exclusive scan, then each run's slots, cut entries and items.
   const int64_t per = (B + kThreads - 1) / kThreads, b0 = min(B, t * per), b1 = min(B, b0 + per);
-  int64_t n_run = 0, cut_run = 0;
+  int64_t n_run = 0, whole_run = 0, short_run = 0, cut_run = 0;
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t n = (pages_of(seq_lens[b], page) + c - 1) / c;
+    const int64_t p = pages_of(seq_lens[b], page), n = (p + c - 1) / c;
     n_run += n;
+    whole_run += p / c;
+    short_run += p % c != 0 ? 1 : 0;
     cut_run += n > 1 ? 1 : 0;
   }
   run_chunks[t] = n_run;
+  run_whole[t] = whole_run;
+  run_short[t] = short_run;
   run_cut[t] = cut_run;
   __syncthreads();
   if (t == 0) {
-    int64_t total = 0, cuts = 0;
+    int64_t total = 0, wholes = 0, shorts = 0, cuts = 0;
     for (int r = 0; r < kThreads; ++r) {
-      const int64_t n = run_chunks[r], k = run_cut[r];
+      const int64_t n = run_chunks[r], w = run_whole[r], k = run_short[r], x = run_cut[r];
       run_chunks[r] = total;
+      run_whole[r] = wholes;
+      run_short[r] = shorts;
       run_cut[r] = cuts;
       total += n;
-      cuts += k;
+      wholes += w;
+      shorts += k;
+      cuts += x;
     }
+    for (int r = 0; r < kThreads; ++r) run_short[r] += wholes;  // the short chunks follow every whole one
     header[0] = static_cast<int32_t>(c);
     header[1] = static_cast<int32_t>(total);
     header[2] = static_cast<int32_t>(cuts);
-    header[3] = 0;
+    header[3] = static_cast<int32_t>(wholes);
     first[B] = static_cast<int32_t>(total);
   }
   __syncthreads();
-  int64_t slot = run_chunks[t], next_cut = run_cut[t];
+  int64_t slot = run_chunks[t], next_whole = run_whole[t], next_short = run_short[t], next_cut = run_cut[t];
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t n = (pages_of(seq_lens[b], page) + c - 1) / c;
+    const int64_t p = pages_of(seq_lens[b], page), n = (p + c - 1) / c;
     first[b] = static_cast<int32_t>(slot);
     if (n > 1) cut[next_cut++] = static_cast<int32_t>(b);
     for (int64_t j = 0; j < n; ++j, ++slot) {
-      items[2 * slot] = static_cast<int32_t>(b);
-      items[2 * slot + 1] = static_cast<int32_t>(j);
+      const int64_t at = (j + 1) * c <= p ? next_whole++ : next_short++;
+      items[3 * at] = static_cast<int32_t>(b);
+      items[3 * at + 1] = static_cast<int32_t>(j);
+      items[3 * at + 2] = static_cast<int32_t>(slot);
     }
   }
 }
@@ -144,8 +157,11 @@ LatentChunks choose_latent_chunks(const std::vector<int64_t>& pages, int64_t gro
       best_cost = cost;
     }
   }
-  LatentChunks r{best, chunks_for(best), 0};
-  for (int64_t p : pages) r.cut += (std::max<int64_t>(p, 1) + best - 1) / best > 1 ? 1 : 0;
+  LatentChunks r{best, chunks_for(best), 0, 0};
+  for (int64_t p : pages) {
+    r.cut += (std::max<int64_t>(p, 1) + best - 1) / best > 1 ? 1 : 0;
+    r.whole += std::max<int64_t>(p, 1) / best;
+  }
   return r;
 }
 

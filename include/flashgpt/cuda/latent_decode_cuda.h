@@ -84,9 +84,10 @@ struct LatentDecodePlan {
 };
 
 // The balanced schedule for one batch: chunks of chunk_pages pages, `chunks` of them in all,
-// `cut` sequences in more than one (those the combine step merges).
+// `whole` of them a full chunk_pages long (launched before the shorter last chunks), `cut`
+// sequences in more than one (those the combine step merges).
 struct LatentChunks {
-  int64_t chunk_pages = 0, chunks = 0, cut = 0;
+  int64_t chunk_pages = 0, chunks = 0, cut = 0, whole = 0;
 };
 
 // Whether the tensor-core kernel is built for this latent width and rope width.
