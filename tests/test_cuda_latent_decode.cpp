@@ -106,6 +106,7 @@ const std::vector<Case> kCases = {
     {16, 3, 64, 8, 8, {3, 40}},
     {4, 1, 512, 64, 64, {100, 200}},  // DeepSeek's 576/512 rows
     {20, 2, 40, 0, 16, {64, 2, 33, 90}},
+    {6, 2, 24, 8, 64, {2, 64, 30}},  // a table one page wide: nothing to cut, no partial results
 };
 
 // The tensor-core kernel's sizes (rows 576/512, 64/32 and 32/32: n_latent 32 with and without a

@@ -137,8 +137,11 @@ LatentDecodePlan plan_latent_decode(const PagedLatentDims& pd, const LatentDecod
                               pd.B * uniform + (slots + groups - 1) / groups);
   plan.chunk_slots = std::max(plan.chunk_slots, pd.B);
   FLASHGPT_CUDA_REQUIRE(plan.chunk_slots <= 2147483647 / 2, "latent decode: too many sequences for one call");
+  // Partial results only where a sequence can be cut (a table of one page cuts none).
   plan.workspace_bytes = schedule_bytes(pd.B, plan.chunk_slots) +
-                         split_kv::workspace_bytes(d.rows(), pd.n_latent, static_cast<int>(plan.chunk_slots));
+                         (plan.chunk_slots > pd.B
+                              ? split_kv::workspace_bytes(d.rows(), pd.n_latent, static_cast<int>(plan.chunk_slots))
+                              : 0);
   return plan;
 }
 
@@ -184,8 +187,10 @@ void latent_decode_paged(const PagedLatentDims& pd, float scale, const T* q_abs,
       made.workspace = ws;
       latent_decode_schedule<T>(pd, seq_lens, made);
     }
-    part = split_kv::partials(static_cast<char*>(ws) + schedule_bytes(pd.B, plan.chunk_slots), d.rows(), pd.n_latent,
-                              static_cast<int>(plan.chunk_slots));
+    if (plan.chunk_slots > pd.B) {
+      part = split_kv::partials(static_cast<char*>(ws) + schedule_bytes(pd.B, plan.chunk_slots), d.rows(),
+                                pd.n_latent, static_cast<int>(plan.chunk_slots));
+    }
     split = Split{0, views.header, views.items, plan.chunk_slots};
   } else {
     part = split_kv::partials(ws, query_rows(pd), pd.n_latent, plan.splits);
