@@ -133,6 +133,12 @@ const std::vector<cuda::LatentDecodeOptions> kSchedules = {
     with_schedule(cuda::LatentSchedule::Auto, 0), with_schedule(cuda::LatentSchedule::Uniform, 0),
     with_schedule(cuda::LatentSchedule::Uniform, 1), with_schedule(cuda::LatentSchedule::Uniform, 3)};
 
+// The tensor-core kernels' runs: balanced, and uniform with the count chosen, 1, 2 and 5 splits.
+const std::vector<cuda::LatentDecodeOptions> kTensorCoreSchedules = {
+    with_schedule(cuda::LatentSchedule::Balanced, 0), with_schedule(cuda::LatentSchedule::Uniform, 0),
+    with_schedule(cuda::LatentSchedule::Auto, 1), with_schedule(cuda::LatentSchedule::Auto, 2),
+    with_schedule(cuda::LatentSchedule::Uniform, 5)};
+
 std::string name(const cuda::LatentDecodeOptions& opt) {
   if (opt.schedule == cuda::LatentSchedule::Uniform) return fmt::format("uniform, splits {}", opt.splits);
   return opt.splits > 0 ? fmt::format("splits {}", opt.splits) : std::string("balanced");
@@ -264,11 +270,7 @@ TEST(CudaLatentDecode, TensorCoreKernelIsAsAccurateAsAPlainBf16Computation) {
   if (!cuda::gpu_available()) GTEST_SKIP() << "no GPU: " << probe_devices().why_none;
   int run = 0;
   for (const Case& c : kTensorCoreCases) {
-    for (cuda::LatentDecodeOptions opt : {with_schedule(cuda::LatentSchedule::Balanced, 0),
-                                          with_schedule(cuda::LatentSchedule::Uniform, 0),
-                                          with_schedule(cuda::LatentSchedule::Auto, 1),
-                                          with_schedule(cuda::LatentSchedule::Auto, 2),
-                                          with_schedule(cuda::LatentSchedule::Uniform, 5)}) {
+    for (cuda::LatentDecodeOptions opt : kTensorCoreSchedules) {
       SCOPED_TRACE(fmt::format("{} {}", name(c), name(opt)));
       opt.kernel = cuda::LatentDecodeKernel::TensorCores;
       // Every other run brings its own scratch, poisoned.
@@ -293,11 +295,7 @@ TEST(CudaLatentDecode, WgmmaKernelIsAsAccurateAsAPlainBf16Computation) {
   int run = 0;
   for (const Case& c : kTensorCoreCases) {
     if (c.nl != 512 || c.rope != 64) continue;
-    for (cuda::LatentDecodeOptions opt : {with_schedule(cuda::LatentSchedule::Balanced, 0),
-                                          with_schedule(cuda::LatentSchedule::Uniform, 0),
-                                          with_schedule(cuda::LatentSchedule::Auto, 1),
-                                          with_schedule(cuda::LatentSchedule::Auto, 2),
-                                          with_schedule(cuda::LatentSchedule::Uniform, 5)}) {
+    for (cuda::LatentDecodeOptions opt : kTensorCoreSchedules) {
       SCOPED_TRACE(fmt::format("{} {}", name(c), name(opt)));
       opt.kernel = cuda::LatentDecodeKernel::Wgmma;
       const auto plan = cuda::plan_latent_decode<bf16>(
