@@ -220,8 +220,8 @@ TEST(Train, DataParallelLossesEqualOneProcessStepByStep) {
 
 // --reduce-dtype bf16 on CPU ranks (GradientSync): each rank's gradient rounded to bf16 and summed
 // in bf16. The average equals the bf16 sum of the rounded gradients worked out here (bitwise on 2
-// ranks, where the one addition is the only rounding; within one bf16 step on more, whose order
-// of additions is MPI's), differs from the exact fp32 average by a bf16 rounding, and costs half
+// ranks, where the one addition is the only rounding; within twice the rounding bound on more,
+// whose order of additions is MPI's), is within that bound of the exact fp32 average, and costs half
 // the fp32 sum's bytes — with and without ZeRO-1.
 TEST(GradientSync, Bf16GradientsAreTheRoundedSumAtHalfTheBytes) {
   const int N = W().size(), me = W().rank();
@@ -238,12 +238,14 @@ TEST(GradientSync, Bf16GradientsAreTheRoundedSumAtHalfTheBytes) {
       for (float& x : g) x = static_cast<float>(rng.normal()) * (1.0f + 0.37f * static_cast<float>(r)) + 0.01f * r;
       return g;
     };
-    std::vector<double> exact(static_cast<size_t>(n), 0.0), rounded(static_cast<size_t>(n), 0.0);
+    // The exact sum, the sum of the rounded values, and Σ|g| (what bounds each rounding's error).
+    std::vector<double> exact(static_cast<size_t>(n), 0.0), rounded(exact), spread(exact);
     for (int r = 0; r < N; ++r) {
       const std::vector<float> g = gradient_of(r);
-      for (int64_t i = 0; i < n; ++i) {
-        exact[static_cast<size_t>(i)] += g[static_cast<size_t>(i)];
-        rounded[static_cast<size_t>(i)] += bf16_bits_to_float(float_to_bf16_bits(g[static_cast<size_t>(i)]));
+      for (size_t i = 0; i < g.size(); ++i) {
+        exact[i] += g[i];
+        rounded[i] += bf16_bits_to_float(float_to_bf16_bits(g[i]));
+        spread[i] += std::abs(g[i]);
       }
     }
     auto run = [&](bool bf16) {
@@ -268,23 +270,26 @@ TEST(GradientSync, Bf16GradientsAreTheRoundedSumAtHalfTheBytes) {
     EXPECT_NEAR(b16_sq, sq, 2e-2 * sq);  // each element within a bf16 rounding or two
     EXPECT_NE(b16_sq, f32_sq);
     if (zero == 0) {
+      // Errors relative to Σ|g|/N: the N roundings of the inputs and the N − 1 of the partial sums
+      // each err by at most 2⁻⁸ of Σ|g| (bf16 keeps 8 significant bits), so the average is within
+      // (2N − 1)·2⁻⁸ of the exact one
+      // (cancellation can make that large against the average itself).
       double worst_vs_bf16 = 0, worst_vs_exact = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const double want = bf16_bits_to_float(float_to_bf16_bits(static_cast<float>(rounded[static_cast<size_t>(i)]))) /
-                            N;
-        const double got = b16_avg[static_cast<size_t>(i)], e = exact[static_cast<size_t>(i)] / N;
-        const double mag = std::max(std::abs(e), 1e-3);
+      for (size_t i = 0; i < exact.size(); ++i) {
+        const double want = bf16_bits_to_float(float_to_bf16_bits(static_cast<float>(rounded[i]))) / N;
+        const double got = b16_avg[i], e = exact[i] / N, mag = std::max(spread[i] / N, 1e-6);
         worst_vs_bf16 = std::max(worst_vs_bf16, std::abs(got - want) / mag);
         worst_vs_exact = std::max(worst_vs_exact, std::abs(got - e) / mag);
-        EXPECT_NEAR(f32_avg[static_cast<size_t>(i)], e, 1e-5 * mag) << "fp32 element " << i;
+        EXPECT_NEAR(f32_avg[i], e, 1e-5 * mag) << "fp32 element " << i;
       }
+      const double bound = 1.01 * (2 * N - 1) / 256.0;
       if (N == 2) {
-        EXPECT_LT(worst_vs_bf16, 1e-6);
+        EXPECT_LT(worst_vs_bf16, 1e-6);  // one addition: the host's rounded sum to the bit
       } else {
-        EXPECT_LT(worst_vs_bf16, 1.0 / 64);
+        EXPECT_LT(worst_vs_bf16, 2 * bound);  // MPI's order of additions is its own
       }
       EXPECT_GT(worst_vs_exact, 1e-5);  // bf16 did round
-      EXPECT_LT(worst_vs_exact, 1.0 / 64);
+      EXPECT_LT(worst_vs_exact, bound);
     }
   }
   // One rank sums nothing: bf16 does not apply.
