@@ -145,15 +145,24 @@ LatentDecodePlan plan_latent_decode(const PagedLatentDims& pd, const LatentDecod
   return plan;
 }
 
+namespace {
+
+// Queues the balanced schedule of a planned call into workspace.
+void make_schedule(const PagedLatentDims& pd, const LatentDecodePlan& plan, const int32_t* seq_lens, void* workspace) {
+  const LaunchInfo info{plan.rows_per_block, 0, plan.shared_bytes, plan.blocks_per_sm};
+  const auto [groups, slots] = groups_and_slots(pd, info);
+  launch_schedule(dims_of(pd), seq_lens, groups, slots, plan.chunk_slots, schedule_views(workspace, pd.B));
+}
+
+}  // namespace
+
 template <typename T>
 void latent_decode_schedule(const PagedLatentDims& pd, const int32_t* seq_lens, const LatentDecodeOptions& opt) {
   const LatentDecodePlan plan = plan_latent_decode<T>(pd, opt);
   FLASHGPT_CUDA_REQUIRE(plan.schedule == LatentSchedule::Balanced,
                         "latent decode: only the balanced schedule is made ahead (these options are uniform)");
   FLASHGPT_CUDA_REQUIRE(opt.workspace != nullptr, "latent decode: the schedule is made in the caller's workspace");
-  const LaunchInfo info{plan.rows_per_block, 0, plan.shared_bytes, plan.blocks_per_sm};
-  const auto [groups, slots] = groups_and_slots(pd, info);
-  launch_schedule(dims_of(pd), seq_lens, groups, slots, plan.chunk_slots, schedule_views(opt.workspace, pd.B));
+  make_schedule(pd, plan, seq_lens, opt.workspace);
 }
 
 LatentChunks read_latent_schedule(const void* workspace) {
@@ -182,11 +191,7 @@ void latent_decode_paged(const PagedLatentDims& pd, float scale, const T* q_abs,
   ScheduleViews views{};
   if (plan.schedule == LatentSchedule::Balanced) {
     views = schedule_views(ws, pd.B);
-    if (!opt.schedule_ready || own) {
-      LatentDecodeOptions made = opt;
-      made.workspace = ws;
-      latent_decode_schedule<T>(pd, seq_lens, made);
-    }
+    if (!opt.schedule_ready || own) make_schedule(pd, plan, seq_lens, ws);
     if (plan.chunk_slots > pd.B) {
       part = split_kv::partials(static_cast<char*>(ws) + schedule_bytes(pd.B, plan.chunk_slots), d.rows(),
                                 pd.n_latent, static_cast<int>(plan.chunk_slots));
